@@ -1,0 +1,112 @@
+/* Bump allocator for per-step tensors: chunks are appended as needed and the
+ * whole arena rewinds at once, keeping its chunks for the next step. */
+#include <stdlib.h>
+
+#include "tensor.h"
+
+#define ARENA_ALIGN 64
+
+typedef struct chunk {
+    struct chunk *next;
+    size_t size, used;
+    unsigned char *base; /* ARENA_ALIGN-aligned start of the usable bytes */
+} chunk;
+
+struct cr_arena {
+    chunk *first, *cur;
+    size_t chunk_bytes;
+    size_t n_chunks;
+};
+
+static _Thread_local cr_arena *current_arena;
+
+static chunk *chunk_new(size_t size)
+{
+    chunk *c = cr_xmalloc(sizeof *c + size + ARENA_ALIGN);
+    uintptr_t p = (uintptr_t)(c + 1);
+    p = (p + ARENA_ALIGN - 1) & ~(uintptr_t)(ARENA_ALIGN - 1);
+    c->base = (unsigned char *)p;
+    c->next = NULL;
+    c->size = size;
+    c->used = 0;
+    return c;
+}
+
+cr_arena *cr_arena_init(size_t chunk_bytes)
+{
+    cr_arena *a = cr_xcalloc(1, sizeof *a);
+    a->chunk_bytes = chunk_bytes ? chunk_bytes : (size_t)1 << 20;
+    a->first = a->cur = chunk_new(a->chunk_bytes);
+    a->n_chunks = 1;
+    return a;
+}
+
+void cr_arena_free(cr_arena *a)
+{
+    if (!a) return;
+    if (current_arena == a) current_arena = NULL;
+    for (chunk *c = a->first, *next; c; c = next) {
+        next = c->next;
+        free(c);
+    }
+    free(a);
+}
+
+void *cr_arena_alloc(cr_arena *a, size_t bytes)
+{
+    bytes = (bytes + ARENA_ALIGN - 1) & ~(size_t)(ARENA_ALIGN - 1);
+    for (;;) {
+        chunk *c = a->cur;
+        if (c->size - c->used >= bytes) {
+            void *p = c->base + c->used;
+            c->used += bytes;
+            return p;
+        }
+        if (c->next) { /* a chunk kept from an earlier step */
+            a->cur = c->next;
+            a->cur->used = 0;
+            continue;
+        }
+        /* Grow: at least the configured chunk size, doubling with the total so
+         * a long sequence needs few chunks. */
+        size_t size = a->chunk_bytes * a->n_chunks;
+        if (size < bytes) size = bytes;
+        c->next = chunk_new(size);
+        a->n_chunks++;
+        a->cur = c->next;
+    }
+}
+
+void cr_arena_reset(cr_arena *a)
+{
+    a->cur = a->first;
+    a->first->used = 0;
+}
+
+size_t cr_arena_used(const cr_arena *a)
+{
+    size_t n = 0;
+    for (const chunk *c = a->first; c; c = c->next) {
+        n += c->used;
+        if (c == a->cur) break;
+    }
+    return n;
+}
+
+size_t cr_arena_capacity(const cr_arena *a)
+{
+    size_t n = 0;
+    for (const chunk *c = a->first; c; c = c->next) n += c->size;
+    return n;
+}
+
+size_t cr_arena_chunk_count(const cr_arena *a) { return a->n_chunks; }
+
+cr_arena *cr_arena_use(cr_arena *a)
+{
+    cr_arena *old = current_arena;
+    current_arena = a;
+    return old;
+}
+
+cr_arena *cr_arena_current(void) { return current_arena; }

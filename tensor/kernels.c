@@ -1,0 +1,319 @@
+/* Elementwise, reduction and softmax kernels for f32 and f64. The loops are
+ * written once in kernels_impl.h and instantiated for each float type. */
+#include <math.h>
+#include <string.h>
+
+#include "iter.h"
+#include "tensor.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+int64_t cr_parallel_threshold = 32768;
+
+void cr_iter_init(cr_iter *it, int ndim, const int64_t *shape, int n_ops, const cr_tensor *const *ops)
+{
+    int64_t sh[CR_MAX_DIMS], st[ITER_MAX_OPS][CR_MAX_DIMS];
+    for (int k = 0; k < n_ops; k++) {
+        const cr_tensor *t = ops[k];
+        int off = ndim - t->ndim;
+        for (int d = 0; d < ndim; d++) {
+            int64_t s = d < off ? 1 : t->shape[d - off];
+            st[k][d] = (d < off || s == 1) ? 0 : t->stride[d - off];
+        }
+    }
+    for (int d = 0; d < ndim; d++) sh[d] = shape[d];
+    /* drop size-1 dims, then merge dims contiguous for every operand */
+    int n = 0;
+    for (int d = 0; d < ndim; d++) {
+        if (sh[d] == 1) continue;
+        if (n > 0) {
+            bool merge = true;
+            for (int k = 0; k < n_ops; k++)
+                if (it->stride[k][n - 1] != st[k][d] * sh[d]) merge = false;
+            if (merge) {
+                it->shape[n - 1] *= sh[d];
+                for (int k = 0; k < n_ops; k++) it->stride[k][n - 1] = st[k][d];
+                continue;
+            }
+        }
+        it->shape[n] = sh[d];
+        for (int k = 0; k < n_ops; k++) it->stride[k][n] = st[k][d];
+        n++;
+    }
+    if (n == 0) {
+        it->shape[0] = 1;
+        for (int k = 0; k < n_ops; k++) it->stride[k][0] = 0;
+        n = 1;
+    }
+    /* a zero-size dim anywhere means no work */
+    for (int d = 0; d < ndim; d++)
+        if (shape[d] == 0) {
+            it->shape[0] = 0;
+            n = 1;
+        }
+    it->ndim = n;
+    it->n_ops = n_ops;
+    it->inner = it->shape[n - 1];
+    it->outer = 1;
+    for (int d = 0; d < n - 1; d++) it->outer *= it->shape[d];
+}
+
+static void check_float(const char *op, const cr_tensor *t)
+{
+    if (t->dtype == CR_I32) cr_error("%s: needs f32 or f64, got i32", op);
+}
+
+static void check_same_dtype(const char *op, const cr_tensor *a, const cr_tensor *b)
+{
+    if (a->dtype != b->dtype)
+        cr_error("%s: dtypes %s and %s differ", op, cr_dtype_name(a->dtype), cr_dtype_name(b->dtype));
+}
+
+static inline double sigmoid_d(double x)
+{
+    /* split by sign so exp never overflows */
+    if (x >= 0) return 1.0 / (1.0 + exp(-x));
+    double e = exp(x);
+    return e / (1.0 + e);
+}
+
+static inline double softplus_d(double x) { return x > 0 ? x + log1p(exp(-x)) : log1p(exp(x)); }
+
+/* View a contiguous x as [outer, n, inner] around dim. */
+static void split_dims(const cr_tensor *x, int dim, int64_t *outer, int64_t *n, int64_t *inner)
+{
+    *outer = 1;
+    *inner = 1;
+    for (int d = 0; d < dim; d++) *outer *= x->shape[d];
+    *n = x->shape[dim];
+    for (int d = dim + 1; d < x->ndim; d++) *inner *= x->shape[d];
+}
+
+#define T float
+#define SFX f32
+#define EXP expf
+#define LOG logf
+#define SQRT sqrtf
+#define TANH tanhf
+#define FABS fabsf
+#define POW powf
+#include "kernels_impl.h"
+#undef T
+#undef SFX
+#undef EXP
+#undef LOG
+#undef SQRT
+#undef TANH
+#undef FABS
+#undef POW
+
+#define T double
+#define SFX f64
+#define EXP exp
+#define LOG log
+#define SQRT sqrt
+#define TANH tanh
+#define FABS fabs
+#define POW pow
+#include "kernels_impl.h"
+
+void cr_k_unary(cr_unary_kind k, cr_tensor *out, const cr_tensor *x, double a, double b)
+{
+    check_float("cr_k_unary", out);
+    check_float("cr_k_unary", x);
+    if (!cr_same_shape(out, x)) {
+        char s1[128], s2[128];
+        cr_error("cr_k_unary: output %s and input %s differ in shape",
+                 cr_shape_str(s1, sizeof s1, out->ndim, out->shape), cr_shape_str(s2, sizeof s2, x->ndim, x->shape));
+    }
+    if (out->dtype != x->dtype) {
+        /* conversion copy only (cr_copy_ between float dtypes) */
+        if (k != CR_U_MUL_SCALAR) check_same_dtype("cr_k_unary", out, x);
+        int64_t n = cr_numel(x);
+        for (int64_t i = 0; i < n; i++) cr_set_flat(out, i, a * cr_get_flat(x, i));
+        return;
+    }
+    if (out->dtype == CR_F32)
+        unary_f32(k, out, x, (float)a, (float)b);
+    else
+        unary_f64(k, out, x, a, b);
+}
+
+static void check_broadcast_out(const char *op, const cr_tensor *out, const cr_tensor *x, const cr_tensor *y)
+{
+    int n;
+    int64_t sh[CR_MAX_DIMS];
+    char s1[128], s2[128], s3[128];
+    if (!cr_broadcast_shape(x->ndim, x->shape, y->ndim, y->shape, &n, sh))
+        cr_error("%s: shapes %s and %s do not broadcast", op, cr_shape_str(s1, sizeof s1, x->ndim, x->shape),
+                 cr_shape_str(s2, sizeof s2, y->ndim, y->shape));
+    bool same = n == out->ndim;
+    for (int d = 0; same && d < n; d++) same = sh[d] == out->shape[d];
+    if (!same)
+        cr_error("%s: output %s is not the broadcast of %s and %s", op,
+                 cr_shape_str(s3, sizeof s3, out->ndim, out->shape), cr_shape_str(s1, sizeof s1, x->ndim, x->shape),
+                 cr_shape_str(s2, sizeof s2, y->ndim, y->shape));
+}
+
+void cr_k_binary(cr_binary_kind k, cr_tensor *out, const cr_tensor *x, const cr_tensor *y)
+{
+    check_float("cr_k_binary", out);
+    check_same_dtype("cr_k_binary", out, x);
+    check_same_dtype("cr_k_binary", out, y);
+    check_broadcast_out("cr_k_binary", out, x, y);
+    if (out->dtype == CR_F32)
+        binary_f32(k, out, x, y);
+    else
+        binary_f64(k, out, x, y);
+}
+
+void cr_k_accumulate(cr_tensor *acc, const cr_tensor *x, const cr_tensor *y)
+{
+    check_float("cr_k_accumulate", acc);
+    check_same_dtype("cr_k_accumulate", acc, x);
+    if (y) check_same_dtype("cr_k_accumulate", acc, y);
+    int n;
+    int64_t sh[CR_MAX_DIMS];
+    char s1[128], s2[128], s3[128];
+    bool ok = cr_broadcast_shape(acc->ndim, acc->shape, x->ndim, x->shape, &n, sh);
+    if (ok && y) ok = cr_broadcast_shape(n, sh, y->ndim, y->shape, &n, sh);
+    if (!ok)
+        cr_error("cr_k_accumulate: gradient %s%s%s does not fit %s", cr_shape_str(s1, sizeof s1, x->ndim, x->shape),
+                 y ? " * " : "", y ? cr_shape_str(s2, sizeof s2, y->ndim, y->shape) : "",
+                 cr_shape_str(s3, sizeof s3, acc->ndim, acc->shape));
+    if (acc->dtype == CR_F32)
+        accumulate_f32(acc, x, y, n, sh);
+    else
+        accumulate_f64(acc, x, y, n, sh);
+}
+
+void cr_k_unary_backward(cr_unary_kind k, cr_tensor *gx, const cr_tensor *gy, const cr_tensor *x,
+                         const cr_tensor *out, double a, double b)
+{
+    check_float("cr_k_unary_backward", gx);
+    check_same_dtype("cr_k_unary_backward", gx, gy);
+    check_same_dtype("cr_k_unary_backward", gx, x);
+    if (!cr_same_shape(gx, gy) || !cr_same_shape(gx, x) || !cr_same_shape(gx, out) || !cr_is_contiguous(gx) ||
+        !cr_is_contiguous(gy) || !cr_is_contiguous(out))
+        cr_error("cr_k_unary_backward: operands must share one shape (gx, gy, out contiguous)");
+    if (!cr_is_contiguous(x)) x = cr_contiguous_copy(x);
+    int64_t n = cr_numel(gx);
+    if (gx->dtype == CR_F32)
+        unary_backward_f32(k, gx->data, gy->data, x->data, out->data, n, (float)a, (float)b);
+    else
+        unary_backward_f64(k, gx->data, gy->data, x->data, out->data, n, a, b);
+}
+
+void cr_k_softmax_backward(cr_tensor *gx, const cr_tensor *gy, const cr_tensor *out, int dim, bool log)
+{
+    check_float("cr_k_softmax_backward", gx);
+    check_same_dtype("cr_k_softmax_backward", gx, gy);
+    check_same_dtype("cr_k_softmax_backward", gx, out);
+    if (!cr_is_contiguous(gx) || !cr_is_contiguous(gy) || !cr_is_contiguous(out) || !cr_same_shape(gx, gy) ||
+        !cr_same_shape(gx, out))
+        cr_error("cr_k_softmax_backward: operands must be contiguous and of one shape");
+    dim = cr_dim_norm("cr_k_softmax_backward", dim, gx->ndim);
+    int64_t outer, n, inner;
+    split_dims(gx, dim, &outer, &n, &inner);
+    if (gx->dtype == CR_F32)
+        softmax_backward_f32(gx->data, gy->data, out->data, outer, n, inner, log);
+    else
+        softmax_backward_f64(gx->data, gy->data, out->data, outer, n, inner, log);
+}
+
+void cr_k_index_add_dim(cr_tensor *gx, int dim, const cr_tensor *idx, const cr_tensor *gy)
+{
+    check_float("cr_k_index_add_dim", gx);
+    check_same_dtype("cr_k_index_add_dim", gx, gy);
+    dim = cr_dim_norm("cr_k_index_add_dim", dim, gx->ndim);
+    int64_t outer, n, inner;
+    split_dims(gx, dim, &outer, &n, &inner);
+    if (!cr_is_contiguous(gx) || !cr_is_contiguous(gy) || !cr_is_contiguous(idx) || idx->dtype != CR_I32 ||
+        cr_numel(idx) != outer * inner || cr_numel(gy) != outer * inner)
+        cr_error("cr_k_index_add_dim: operands do not fit");
+    if (gx->dtype == CR_F32)
+        index_add_dim_f32(gx->data, idx->data, gy->data, outer, n, inner);
+    else
+        index_add_dim_f64(gx->data, idx->data, gy->data, outer, n, inner);
+}
+
+void cr_k_scale(cr_tensor *out, const cr_tensor *x, double scale)
+{
+    cr_k_unary(CR_U_MUL_SCALAR, out, x, scale, 0);
+}
+
+void cr_k_where(cr_tensor *out, const cr_tensor *cond, const cr_tensor *x, const cr_tensor *y)
+{
+    check_float("cr_k_where", out);
+    check_same_dtype("cr_k_where", out, x);
+    check_same_dtype("cr_k_where", out, y);
+    check_broadcast_out("cr_k_where", out, x, y);
+    if (out->dtype == CR_F32)
+        where_f32(out, cond, x, y);
+    else
+        where_f64(out, cond, x, y);
+}
+
+void cr_k_reduce(cr_reduce_kind k, cr_tensor *out, cr_tensor *arg, const cr_tensor *x, int dim)
+{
+    check_float("cr_k_reduce", x);
+    check_same_dtype("cr_k_reduce", out, x);
+    if (!cr_is_contiguous(x) || !cr_is_contiguous(out))
+        cr_error("cr_k_reduce: input and output must be contiguous");
+    int64_t outer, n, inner;
+    if (dim == CR_ALL_DIMS) {
+        outer = 1;
+        n = cr_numel(x);
+        inner = 1;
+    } else {
+        dim = cr_dim_norm("cr_k_reduce", dim, x->ndim);
+        split_dims(x, dim, &outer, &n, &inner);
+    }
+    if (cr_numel(out) != outer * inner)
+        cr_error("cr_k_reduce: output has %lld elements, expected %lld", (long long)cr_numel(out),
+                 (long long)(outer * inner));
+    if ((k == CR_R_MAX || k == CR_R_MIN) && n == 0) cr_error("cr_k_reduce: max/min over an empty dim");
+    if (arg && (arg->dtype != CR_I32 || cr_numel(arg) != outer * inner))
+        cr_error("cr_k_reduce: argmax buffer must be i32 with %lld elements", (long long)(outer * inner));
+    int32_t *argp = arg ? arg->data : NULL;
+    if (x->dtype == CR_F32)
+        reduce_f32(k, out->data, argp, x->data, outer, n, inner);
+    else
+        reduce_f64(k, out->data, argp, x->data, outer, n, inner);
+}
+
+void cr_k_softmax(cr_tensor *out, const cr_tensor *x, int dim, bool log)
+{
+    check_float("cr_k_softmax", x);
+    check_same_dtype("cr_k_softmax", out, x);
+    if (!cr_is_contiguous(x) || !cr_is_contiguous(out) || !cr_same_shape(out, x))
+        cr_error("cr_k_softmax: input and output must be contiguous and of one shape");
+    dim = cr_dim_norm("cr_k_softmax", dim, x->ndim);
+    int64_t outer, n, inner;
+    split_dims(x, dim, &outer, &n, &inner);
+    if (x->dtype == CR_F32)
+        softmax_f32(out->data, x->data, outer, n, inner, log);
+    else
+        softmax_f64(out->data, x->data, outer, n, inner, log);
+}
+
+void cr_set_num_threads(int n)
+{
+#ifdef _OPENMP
+    omp_set_num_threads(n > 0 ? n : 1);
+#else
+    (void)n;
+#endif
+    cr_gemm_set_threads(n);
+}
+
+int cr_get_num_threads(void)
+{
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}

@@ -1,0 +1,361 @@
+/* Float-type template for kernels.c: included once per type with T (float or
+ * double), SFX (f32 or f64) and the matching libm names defined. */
+
+#define CAT_(a, b) a##_##b
+#define CAT2(a, b) CAT_(a, b)
+#define FN(name) CAT2(name, SFX)
+
+/* Apply `EXPR` (in terms of the input value `v`) from x into out, same shape. */
+#define UNARY_LOOP(EXPR)                                                                   \
+    do {                                                                                   \
+        if (contig) {                                                                      \
+            T *restrict o_ = out->data;                                                    \
+            const T *restrict x_ = x->data;                                                \
+            _Pragma("omp parallel for simd schedule(static) if (n > cr_parallel_threshold)") \
+            for (int64_t i = 0; i < n; i++) {                                              \
+                T v = x_[i];                                                               \
+                o_[i] = (EXPR);                                                            \
+            }                                                                              \
+        } else {                                                                           \
+            const cr_tensor *ops_[2] = {out, x};                                           \
+            cr_iter it;                                                                    \
+            cr_iter_init(&it, out->ndim, out->shape, 2, ops_);                             \
+            T *o0 = out->data;                                                             \
+            const T *x0 = x->data;                                                         \
+            _Pragma("omp parallel for schedule(static) if (n > cr_parallel_threshold)")    \
+            for (int64_t r = 0; r < it.outer; r++) {                                       \
+                int64_t off[2];                                                            \
+                cr_iter_row(&it, r, off);                                                  \
+                int64_t so = it.stride[0][it.ndim - 1], sx = it.stride[1][it.ndim - 1];     \
+                for (int64_t i = 0; i < it.inner; i++) {                                   \
+                    T v = x0[off[1] + i * sx];                                             \
+                    o0[off[0] + i * so] = (EXPR);                                          \
+                }                                                                          \
+            }                                                                              \
+        }                                                                                  \
+    } while (0)
+
+static void FN(unary)(cr_unary_kind k, cr_tensor *out, const cr_tensor *x, T a, T b)
+{
+    int64_t n = cr_numel(out);
+    bool contig = cr_is_contiguous(out) && cr_is_contiguous(x);
+    const T one = 1, zero = 0;
+    switch (k) {
+    case CR_U_NEG: UNARY_LOOP(-v); break;
+    case CR_U_EXP: UNARY_LOOP(EXP(v)); break;
+    case CR_U_LOG: UNARY_LOOP(LOG(v)); break;
+    case CR_U_SQRT: UNARY_LOOP(SQRT(v)); break;
+    case CR_U_TANH: UNARY_LOOP(TANH(v)); break;
+    case CR_U_SIGMOID: UNARY_LOOP((T)sigmoid_d((double)v)); break;
+    case CR_U_RELU: UNARY_LOOP(v > zero ? v : zero); break;
+    case CR_U_ABS: UNARY_LOOP(FABS(v)); break;
+    case CR_U_SQUARE: UNARY_LOOP(v * v); break;
+    case CR_U_RECIP: UNARY_LOOP(one / v); break;
+    case CR_U_SOFTPLUS: UNARY_LOOP((T)softplus_d((double)v)); break;
+    case CR_U_HARDTANH: UNARY_LOOP(v < -one ? -one : v > one ? one : v); break;
+    case CR_U_LEAKY_RELU: UNARY_LOOP(v > zero ? v : a * v); break;
+    case CR_U_ELU: UNARY_LOOP(v > zero ? v : a * (EXP(v) - one)); break;
+    case CR_U_POW: UNARY_LOOP(POW(v, a)); break;
+    case CR_U_ADD_SCALAR: UNARY_LOOP(v + a); break;
+    case CR_U_MUL_SCALAR: UNARY_LOOP(v * a); break;
+    case CR_U_CLAMP: UNARY_LOOP(v < a ? a : v > b ? b : v); break;
+    }
+}
+#undef UNARY_LOOP
+
+/* out = EXPR(u, v) with u from x, v from y, broadcast. */
+#define BINARY_LOOP(EXPR)                                                                  \
+    do {                                                                                   \
+        if (same) {                                                                        \
+            T *restrict o_ = out->data;                                                    \
+            const T *x_ = x->data, *y_ = y->data;                                          \
+            _Pragma("omp parallel for simd schedule(static) if (n > cr_parallel_threshold)") \
+            for (int64_t i = 0; i < n; i++) {                                              \
+                T u = x_[i], v = y_[i];                                                    \
+                o_[i] = (EXPR);                                                            \
+            }                                                                              \
+        } else {                                                                           \
+            _Pragma("omp parallel for schedule(static) if (n > cr_parallel_threshold)")    \
+            for (int64_t r = 0; r < it.outer; r++) {                                       \
+                int64_t off[3];                                                            \
+                cr_iter_row(&it, r, off);                                                  \
+                T *o_ = o0 + off[0];                                                       \
+                const T *x_ = x0 + off[1], *y_ = y0 + off[2];                              \
+                int64_t so = it.stride[0][it.ndim - 1], sx = it.stride[1][it.ndim - 1],     \
+                        sy = it.stride[2][it.ndim - 1];                                    \
+                for (int64_t i = 0; i < it.inner; i++) {                                   \
+                    T u = x_[i * sx], v = y_[i * sy];                                      \
+                    o_[i * so] = (EXPR);                                                   \
+                }                                                                          \
+            }                                                                              \
+        }                                                                                  \
+    } while (0)
+
+static void FN(binary)(cr_binary_kind k, cr_tensor *out, const cr_tensor *x, const cr_tensor *y)
+{
+    int64_t n = cr_numel(out);
+    bool same = cr_same_shape(out, x) && cr_same_shape(out, y) && cr_is_contiguous(out) &&
+                cr_is_contiguous(x) && cr_is_contiguous(y);
+    cr_iter it;
+    if (!same) {
+        const cr_tensor *ops[3] = {out, x, y};
+        cr_iter_init(&it, out->ndim, out->shape, 3, ops);
+    }
+    T *o0 = out->data;
+    const T *x0 = x->data, *y0 = y->data;
+    switch (k) {
+    case CR_B_ADD: BINARY_LOOP(u + v); break;
+    case CR_B_SUB: BINARY_LOOP(u - v); break;
+    case CR_B_MUL: BINARY_LOOP(u * v); break;
+    case CR_B_DIV: BINARY_LOOP(u / v); break;
+    case CR_B_MAX: BINARY_LOOP(u >= v ? u : v); break;
+    case CR_B_MIN: BINARY_LOOP(u <= v ? u : v); break;
+    case CR_B_GE: BINARY_LOOP((T)(u >= v)); break;
+    case CR_B_GT: BINARY_LOOP((T)(u > v)); break;
+    case CR_B_LE: BINARY_LOOP((T)(u <= v)); break;
+    case CR_B_LT: BINARY_LOOP((T)(u < v)); break;
+    }
+}
+#undef BINARY_LOOP
+
+/* acc += x (* y) over `shape`, the broadcast of all three: acc dims of size 1
+ * sum what lies along them, x or y dims of size 1 are repeated. */
+static void FN(accumulate)(cr_tensor *acc, const cr_tensor *x, const cr_tensor *y, int ndim,
+                           const int64_t *shape)
+{
+    int64_t n = 1;
+    for (int d = 0; d < ndim; d++) n *= shape[d];
+    bool same = cr_numel(acc) == n && cr_is_contiguous(acc) && cr_is_contiguous(x) &&
+                cr_numel(x) == n && (!y || (cr_is_contiguous(y) && cr_numel(y) == n));
+    if (same) {
+        T *restrict a_ = acc->data;
+        const T *x_ = x->data;
+        if (y) {
+            const T *y_ = y->data;
+#pragma omp parallel for simd schedule(static) if (n > cr_parallel_threshold)
+            for (int64_t i = 0; i < n; i++) a_[i] += x_[i] * y_[i];
+        } else {
+#pragma omp parallel for simd schedule(static) if (n > cr_parallel_threshold)
+            for (int64_t i = 0; i < n; i++) a_[i] += x_[i];
+        }
+        return;
+    }
+    const cr_tensor *ops[3] = {acc, x, y ? y : x};
+    cr_iter it;
+    cr_iter_init(&it, ndim, shape, 3, ops);
+    bool reduces = cr_numel(acc) < n;
+    T *a0 = acc->data;
+    const T *x0 = x->data, *y0 = y ? y->data : NULL;
+    int64_t sa = it.stride[0][it.ndim - 1], sx = it.stride[1][it.ndim - 1], sy = it.stride[2][it.ndim - 1];
+    /* When acc is summed into, rows may share acc elements: run serially so the
+     * sum has one fixed order. Otherwise rows are disjoint and run in parallel. */
+#pragma omp parallel for schedule(static) if (!reduces && n > cr_parallel_threshold)
+    for (int64_t r = 0; r < it.outer; r++) {
+        int64_t o[3];
+        cr_iter_row(&it, r, o);
+        T *a_ = a0 + o[0];
+        const T *x_ = x0 + o[1];
+        if (sa == 0 && it.inner > 1) { /* the row sums into one element, in double */
+            double s = 0;
+            if (y0)
+                for (int64_t i = 0; i < it.inner; i++) s += (double)x_[i * sx] * (double)y0[o[2] + i * sy];
+            else
+                for (int64_t i = 0; i < it.inner; i++) s += (double)x_[i * sx];
+            a_[0] += (T)s;
+        } else if (y0) {
+            const T *y_ = y0 + o[2];
+            for (int64_t i = 0; i < it.inner; i++) a_[i * sa] += x_[i * sx] * y_[i * sy];
+        } else {
+            for (int64_t i = 0; i < it.inner; i++) a_[i * sa] += x_[i * sx];
+        }
+    }
+}
+
+static void FN(where)(cr_tensor *out, const cr_tensor *cond, const cr_tensor *x, const cr_tensor *y)
+{
+    const cr_tensor *ops[4] = {out, cond, x, y};
+    cr_iter it;
+    cr_iter_init(&it, out->ndim, out->shape, 4, ops);
+    T *o0 = out->data;
+    const T *x0 = x->data, *y0 = y->data;
+    for (int64_t r = 0; r < it.outer; r++) {
+        int64_t o[4];
+        cr_iter_row(&it, r, o);
+        int last = it.ndim - 1;
+        for (int64_t i = 0; i < it.inner; i++) {
+            int64_t ci = o[1] + i * it.stride[1][last];
+            bool c = cond->dtype == CR_F32   ? ((const float *)cond->data)[ci] != 0
+                     : cond->dtype == CR_F64 ? ((const double *)cond->data)[ci] != 0
+                                             : ((const int32_t *)cond->data)[ci] != 0;
+            o0[o[0] + i * it.stride[0][last]] = c ? x0[o[2] + i * it.stride[2][last]]
+                                                  : y0[o[3] + i * it.stride[3][last]];
+        }
+    }
+}
+
+/* Sum over fixed blocks, then the block sums in order: the same result on any
+ * number of threads. */
+#define REDUCE_BLOCK 8192
+static double FN(sum_all)(const T *x, int64_t n)
+{
+    int64_t nb = (n + REDUCE_BLOCK - 1) / REDUCE_BLOCK;
+    if (nb <= 1 || nb > 4096) {
+        double s = 0;
+        for (int64_t i = 0; i < n; i++) s += x[i];
+        return s;
+    }
+    double part[4096];
+#pragma omp parallel for schedule(static) if (n > cr_parallel_threshold)
+    for (int64_t b = 0; b < nb; b++) {
+        int64_t lo = b * REDUCE_BLOCK, hi = lo + REDUCE_BLOCK < n ? lo + REDUCE_BLOCK : n;
+        double s = 0;
+        for (int64_t i = lo; i < hi; i++) s += x[i];
+        part[b] = s;
+    }
+    double s = 0;
+    for (int64_t b = 0; b < nb; b++) s += part[b];
+    return s;
+}
+
+static void FN(reduce)(cr_reduce_kind k, T *out, int32_t *arg, const T *x, int64_t outer, int64_t n,
+                       int64_t inner)
+{
+    if (outer == 1 && inner == 1 && (k == CR_R_SUM || k == CR_R_MEAN)) {
+        double s = FN(sum_all)(x, n);
+        out[0] = (T)(k == CR_R_MEAN ? (n ? s / (double)n : NAN) : s);
+        return;
+    }
+    int64_t total = outer * n * inner;
+#pragma omp parallel for schedule(static) if (total > cr_parallel_threshold)
+    for (int64_t o = 0; o < outer; o++) {
+        const T *xo = x + o * n * inner;
+        T *out_o = out + o * inner;
+        if (k == CR_R_SUM || k == CR_R_MEAN) {
+            if (inner == 1) {
+                double s = 0;
+                for (int64_t j = 0; j < n; j++) s += xo[j];
+                out_o[0] = (T)(k == CR_R_MEAN ? (n ? s / (double)n : NAN) : s);
+            } else {
+                for (int64_t i = 0; i < inner; i++) out_o[i] = 0;
+                for (int64_t j = 0; j < n; j++)
+                    for (int64_t i = 0; i < inner; i++) out_o[i] += xo[j * inner + i];
+                if (k == CR_R_MEAN)
+                    for (int64_t i = 0; i < inner; i++) out_o[i] = n ? out_o[i] / (T)n : (T)NAN;
+            }
+        } else {
+            bool mx = k == CR_R_MAX;
+            for (int64_t i = 0; i < inner; i++) {
+                T best = xo[i];
+                int32_t bi = 0;
+                for (int64_t j = 1; j < n; j++) {
+                    T v = xo[j * inner + i];
+                    /* NaN wins, as in PyTorch; ties keep the first index */
+                    if ((mx ? v > best : v < best) || (v != v && best == best)) {
+                        best = v;
+                        bi = (int32_t)j;
+                    }
+                }
+                out_o[i] = best;
+                if (arg) arg[o * inner + i] = bi;
+            }
+        }
+    }
+}
+
+static void FN(softmax)(T *out, const T *x, int64_t outer, int64_t n, int64_t inner, bool take_log)
+{
+    int64_t total = outer * n * inner;
+#pragma omp parallel for schedule(static) if (total > cr_parallel_threshold)
+    for (int64_t o = 0; o < outer; o++) {
+        for (int64_t i = 0; i < inner; i++) {
+            const T *xo = x + o * n * inner + i;
+            T *oo = out + o * n * inner + i;
+            T m = xo[0];
+            for (int64_t j = 1; j < n; j++)
+                if (xo[j * inner] > m) m = xo[j * inner];
+            double s = 0;
+            for (int64_t j = 0; j < n; j++) s += exp((double)(xo[j * inner] - m));
+            if (take_log) {
+                T lse = (T)(log(s));
+                for (int64_t j = 0; j < n; j++) oo[j * inner] = xo[j * inner] - m - lse;
+            } else {
+                for (int64_t j = 0; j < n; j++) oo[j * inner] = (T)(exp((double)(xo[j * inner] - m)) / s);
+            }
+        }
+    }
+}
+
+/* gx += gy * DERIV, with x (input) and y (output) values in scope. All
+ * operands contiguous (the caller copies a strided x). */
+static void FN(unary_backward)(cr_unary_kind k, T *restrict gx, const T *gy, const T *xs, const T *ys,
+                               int64_t n, T a, T b)
+{
+    const T one = 1, zero = 0;
+#define BWD(DERIV)                                                                          \
+    _Pragma("omp parallel for simd schedule(static) if (n > cr_parallel_threshold)")         \
+    for (int64_t i = 0; i < n; i++) {                                                       \
+        T x = xs[i], y = ys[i];                                                             \
+        (void)x;                                                                            \
+        (void)y;                                                                            \
+        gx[i] += gy[i] * (DERIV);                                                           \
+    }                                                                                       \
+    break
+    switch (k) {
+    case CR_U_NEG: BWD(-one);
+    case CR_U_EXP: BWD(y);
+    case CR_U_LOG: BWD(one / x);
+    case CR_U_SQRT: BWD((T)0.5 / y);
+    case CR_U_TANH: BWD(one - y * y);
+    case CR_U_SIGMOID: BWD(y * (one - y));
+    case CR_U_RELU: BWD(x > zero ? one : zero);
+    case CR_U_ABS: BWD(x > zero ? one : x < zero ? -one : zero);
+    case CR_U_SQUARE: BWD((T)2 * x);
+    case CR_U_RECIP: BWD(-y * y);
+    case CR_U_SOFTPLUS: BWD((T)sigmoid_d((double)x));
+    case CR_U_HARDTANH: BWD(x > -one && x < one ? one : zero);
+    case CR_U_LEAKY_RELU: BWD(x > zero ? one : a);
+    case CR_U_ELU: BWD(x > zero ? one : y + a);
+    case CR_U_POW: BWD(a * POW(x, a - one));
+    case CR_U_ADD_SCALAR: BWD(one);
+    case CR_U_MUL_SCALAR: BWD(a);
+    case CR_U_CLAMP: BWD(x >= a && x <= b ? one : zero);
+    }
+#undef BWD
+}
+
+static void FN(softmax_backward)(T *gx, const T *gy, const T *y, int64_t outer, int64_t n, int64_t inner,
+                                 bool take_log)
+{
+    int64_t total = outer * n * inner;
+#pragma omp parallel for schedule(static) if (total > cr_parallel_threshold)
+    for (int64_t o = 0; o < outer; o++) {
+        for (int64_t i = 0; i < inner; i++) {
+            int64_t base = o * n * inner + i;
+            double s = 0;
+            if (take_log) {
+                /* y = log softmax: gx = gy - softmax * sum(gy) */
+                for (int64_t j = 0; j < n; j++) s += gy[base + j * inner];
+                for (int64_t j = 0; j < n; j++)
+                    gx[base + j * inner] += gy[base + j * inner] - (T)(exp((double)y[base + j * inner]) * s);
+            } else {
+                /* y = softmax: gx = y * (gy - sum(gy * y)) */
+                for (int64_t j = 0; j < n; j++) s += (double)gy[base + j * inner] * y[base + j * inner];
+                for (int64_t j = 0; j < n; j++)
+                    gx[base + j * inner] += y[base + j * inner] * (gy[base + j * inner] - (T)s);
+            }
+        }
+    }
+}
+
+static void FN(index_add_dim)(T *gx, const int32_t *idx, const T *gy, int64_t outer, int64_t n, int64_t inner)
+{
+    for (int64_t o = 0; o < outer; o++)
+        for (int64_t i = 0; i < inner; i++) {
+            int64_t j = idx[o * inner + i];
+            gx[o * n * inner + j * inner + i] += gy[o * inner + i];
+        }
+}
+
+#undef FN
+#undef CAT2
+#undef CAT_

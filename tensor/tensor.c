@@ -1,0 +1,425 @@
+/* Tensor headers: dtypes, shapes, creation (persistent on the heap, per-step
+ * in the current arena), element access, fills, copies and strided views. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "tensor.h"
+
+size_t cr_dtype_size(cr_dtype dt)
+{
+    switch (dt) {
+    case CR_F32: return 4;
+    case CR_F64: return 8;
+    case CR_I32: return 4;
+    }
+    cr_error("cr_dtype_size: unknown dtype %d", (int)dt);
+}
+
+const char *cr_dtype_name(cr_dtype dt)
+{
+    switch (dt) {
+    case CR_F32: return "f32";
+    case CR_F64: return "f64";
+    case CR_I32: return "i32";
+    }
+    return "?";
+}
+
+int64_t cr_numel(const cr_tensor *t)
+{
+    int64_t n = 1;
+    for (int d = 0; d < t->ndim; d++) n *= t->shape[d];
+    return n;
+}
+
+bool cr_is_contiguous(const cr_tensor *t)
+{
+    int64_t expect = 1;
+    for (int d = t->ndim - 1; d >= 0; d--) {
+        if (t->shape[d] != 1 && t->stride[d] != expect) return false;
+        expect *= t->shape[d];
+    }
+    return true;
+}
+
+bool cr_same_shape(const cr_tensor *a, const cr_tensor *b)
+{
+    if (a->ndim != b->ndim) return false;
+    for (int d = 0; d < a->ndim; d++)
+        if (a->shape[d] != b->shape[d]) return false;
+    return true;
+}
+
+bool cr_broadcast_shape(int na, const int64_t *a, int nb, const int64_t *b, int *nout, int64_t *out)
+{
+    int n = na > nb ? na : nb;
+    for (int i = 0; i < n; i++) {
+        int64_t da = i < n - na ? 1 : a[i - (n - na)];
+        int64_t db = i < n - nb ? 1 : b[i - (n - nb)];
+        if (da != db && da != 1 && db != 1) return false;
+        out[i] = da == 1 ? db : da;
+    }
+    *nout = n;
+    return true;
+}
+
+static void check_shape(const char *op, int ndim, const int64_t *shape)
+{
+    if (ndim < 0 || ndim > CR_MAX_DIMS)
+        cr_error("%s: %d dims, at most %d are supported", op, ndim, CR_MAX_DIMS);
+    for (int d = 0; d < ndim; d++)
+        if (shape[d] < 0) {
+            char s[128];
+            cr_error("%s: negative size in shape %s", op, cr_shape_str(s, sizeof s, ndim, shape));
+        }
+}
+
+static void set_contiguous(cr_tensor *t, cr_dtype dt, int ndim, const int64_t *shape)
+{
+    memset(t, 0, sizeof *t);
+    t->dtype = dt;
+    t->ndim = ndim;
+    int64_t s = 1;
+    for (int d = ndim - 1; d >= 0; d--) {
+        t->shape[d] = shape[d];
+        t->stride[d] = s;
+        s *= shape[d];
+    }
+}
+
+cr_tensor *cr_tensor_init(cr_dtype dt, int ndim, const int64_t *shape)
+{
+    check_shape("cr_tensor_init", ndim, shape);
+    cr_tensor *t = cr_xmalloc(sizeof *t);
+    set_contiguous(t, dt, ndim, shape);
+    t->owned = cr_xcalloc((size_t)cr_numel(t), cr_dtype_size(dt));
+    t->data = t->owned;
+    t->persistent = true;
+    return t;
+}
+
+void cr_tensor_free(cr_tensor *t)
+{
+    if (!t) return;
+    if (t->grad && t->grad->persistent) cr_tensor_free(t->grad);
+    free(t->owned);
+    free(t);
+}
+
+cr_tensor *cr_tensor_new(cr_dtype dt, int ndim, const int64_t *shape)
+{
+    check_shape("cr_tensor_new", ndim, shape);
+    cr_arena *a = cr_arena_current();
+    if (!a)
+        cr_error("cr_tensor_new: no current graph; call cr_graph_use(cr_graph_init()) first");
+    cr_tensor *t = cr_arena_alloc(a, sizeof *t);
+    set_contiguous(t, dt, ndim, shape);
+    t->data = cr_arena_alloc(a, (size_t)cr_numel(t) * cr_dtype_size(dt));
+    return t;
+}
+
+cr_tensor *cr_zeros(cr_dtype dt, int ndim, const int64_t *shape)
+{
+    cr_tensor *t = cr_tensor_new(dt, ndim, shape);
+    memset(t->data, 0, (size_t)cr_numel(t) * cr_dtype_size(dt));
+    return t;
+}
+
+cr_tensor *cr_full(cr_dtype dt, int ndim, const int64_t *shape, double value)
+{
+    cr_tensor *t = cr_tensor_new(dt, ndim, shape);
+    cr_fill(t, value);
+    return t;
+}
+
+cr_tensor *cr_ones(cr_dtype dt, int ndim, const int64_t *shape) { return cr_full(dt, ndim, shape, 1.0); }
+
+cr_tensor *cr_scalar(cr_dtype dt, double value) { return cr_full(dt, 0, NULL, value); }
+
+cr_tensor *cr_arange(cr_dtype dt, double start, double stop, double step)
+{
+    if (step == 0 || !isfinite(start) || !isfinite(stop) || !isfinite(step))
+        cr_error("cr_arange: start %g, stop %g, step %g do not define a range", start, stop, step);
+    double count = ceil((stop - start) / step);
+    int64_t n = count > 0 ? (int64_t)count : 0;
+    cr_tensor *t = cr_tensor_new(dt, 1, &n);
+    for (int64_t i = 0; i < n; i++) cr_set_flat(t, i, start + (double)i * step);
+    return t;
+}
+
+cr_tensor *cr_from_array(cr_dtype dt, int ndim, const int64_t *shape, const void *data)
+{
+    cr_tensor *t = cr_tensor_new(dt, ndim, shape);
+    memcpy(t->data, data, (size_t)cr_numel(t) * cr_dtype_size(dt));
+    return t;
+}
+
+cr_tensor *cr_tensor_alias(const cr_tensor *t)
+{
+    cr_arena *a = cr_arena_current();
+    if (!a) cr_error("cr_tensor_alias: no current graph");
+    cr_tensor *v = cr_arena_alloc(a, sizeof *v);
+    *v = *t;
+    v->owned = NULL;
+    v->persistent = false;
+    v->requires_grad = false;
+    v->retain_grad = false;
+    v->grad = NULL;
+    v->node = NULL;
+    v->name = NULL;
+    return v;
+}
+
+/* ---- element access ---------------------------------------------------- */
+
+static int64_t offset_of(const cr_tensor *t, const int64_t *index)
+{
+    int64_t off = 0;
+    for (int d = 0; d < t->ndim; d++) {
+        if (index[d] < 0 || index[d] >= t->shape[d]) {
+            char s[128];
+            cr_error("cr_get/cr_set: index %lld out of range for dim %d of shape %s",
+                     (long long)index[d], d, cr_shape_str(s, sizeof s, t->ndim, t->shape));
+        }
+        off += index[d] * t->stride[d];
+    }
+    return off;
+}
+
+static int64_t flat_offset(const cr_tensor *t, int64_t i)
+{
+    int64_t off = 0;
+    for (int d = t->ndim - 1; d >= 0; d--) {
+        int64_t n = t->shape[d];
+        off += (i % n) * t->stride[d];
+        i /= n;
+    }
+    return off;
+}
+
+static double load(const cr_tensor *t, int64_t off)
+{
+    switch (t->dtype) {
+    case CR_F32: return ((const float *)t->data)[off];
+    case CR_F64: return ((const double *)t->data)[off];
+    case CR_I32: return ((const int32_t *)t->data)[off];
+    }
+    return 0;
+}
+
+static void store(cr_tensor *t, int64_t off, double v)
+{
+    switch (t->dtype) {
+    case CR_F32: ((float *)t->data)[off] = (float)v; break;
+    case CR_F64: ((double *)t->data)[off] = v; break;
+    case CR_I32: ((int32_t *)t->data)[off] = (int32_t)v; break;
+    }
+}
+
+double cr_get(const cr_tensor *t, const int64_t *index) { return load(t, offset_of(t, index)); }
+void cr_set(cr_tensor *t, const int64_t *index, double v) { store(t, offset_of(t, index), v); }
+
+double cr_get_flat(const cr_tensor *t, int64_t i)
+{
+    if (i < 0 || i >= cr_numel(t))
+        cr_error("cr_get_flat: index %lld out of range for %lld elements", (long long)i,
+                 (long long)cr_numel(t));
+    return load(t, flat_offset(t, i));
+}
+
+void cr_set_flat(cr_tensor *t, int64_t i, double v)
+{
+    if (i < 0 || i >= cr_numel(t))
+        cr_error("cr_set_flat: index %lld out of range for %lld elements", (long long)i,
+                 (long long)cr_numel(t));
+    store(t, flat_offset(t, i), v);
+}
+
+double cr_item(const cr_tensor *t)
+{
+    if (cr_numel(t) != 1) {
+        char s[128];
+        cr_error("cr_item: tensor of shape %s has %lld elements, not 1",
+                 cr_shape_str(s, sizeof s, t->ndim, t->shape), (long long)cr_numel(t));
+    }
+    return load(t, 0);
+}
+
+void cr_fill(cr_tensor *t, double value)
+{
+    int64_t n = cr_numel(t);
+    if (cr_is_contiguous(t)) {
+        switch (t->dtype) {
+        case CR_F32: for (int64_t i = 0; i < n; i++) ((float *)t->data)[i] = (float)value; return;
+        case CR_F64: for (int64_t i = 0; i < n; i++) ((double *)t->data)[i] = value; return;
+        case CR_I32: for (int64_t i = 0; i < n; i++) ((int32_t *)t->data)[i] = (int32_t)value; return;
+        }
+    }
+    for (int64_t i = 0; i < n; i++) store(t, flat_offset(t, i), value);
+}
+
+void cr_copy_(cr_tensor *dst, const cr_tensor *src)
+{
+    if (cr_numel(dst) != cr_numel(src) || !cr_same_shape(dst, src)) {
+        char a[128], b[128];
+        cr_error("cr_copy_: destination %s and source %s differ in shape",
+                 cr_shape_str(a, sizeof a, dst->ndim, dst->shape),
+                 cr_shape_str(b, sizeof b, src->ndim, src->shape));
+    }
+    int64_t n = cr_numel(src);
+    if (dst->dtype == src->dtype && cr_is_contiguous(dst) && cr_is_contiguous(src)) {
+        memmove(dst->data, src->data, (size_t)n * cr_dtype_size(src->dtype));
+        return;
+    }
+    if (dst->dtype != CR_I32 && src->dtype != CR_I32) {
+        /* float <-> float through the kernel's strided path */
+        cr_k_unary(CR_U_MUL_SCALAR, dst, src, 1.0, 0.0);
+        return;
+    }
+    for (int64_t i = 0; i < n; i++) store(dst, flat_offset(dst, i), load(src, flat_offset(src, i)));
+}
+
+cr_tensor *cr_contiguous_copy(const cr_tensor *t)
+{
+    cr_tensor *c = cr_tensor_new(t->dtype, t->ndim, t->shape);
+    cr_copy_(c, t);
+    return c;
+}
+
+/* ---- views ------------------------------------------------------------- */
+
+int cr_dim_norm(const char *op, int dim, int ndim)
+{
+    int d = dim < 0 ? dim + ndim : dim;
+    if (d < 0 || d >= ndim) cr_error("%s: dim %d out of range for %d dims", op, dim, ndim);
+    return d;
+}
+
+static void view_base(cr_tensor *dst, const cr_tensor *src)
+{
+    *dst = *src;
+    dst->owned = NULL;
+    dst->persistent = false;
+    dst->requires_grad = false;
+    dst->retain_grad = false;
+    dst->grad = NULL;
+    dst->node = NULL;
+    dst->name = NULL;
+}
+
+void cr_view_reshape(cr_tensor *dst, const cr_tensor *src, int ndim, const int64_t *shape)
+{
+    char a[128], b[128];
+    if (ndim < 0 || ndim > CR_MAX_DIMS) cr_error("cr_reshape: %d dims requested", ndim);
+    int64_t known = 1, n = cr_numel(src);
+    int infer = -1;
+    int64_t sh[CR_MAX_DIMS];
+    for (int d = 0; d < ndim; d++) {
+        sh[d] = shape[d];
+        if (shape[d] == -1) {
+            if (infer >= 0) cr_error("cr_reshape: more than one -1 in %s", cr_shape_str(a, sizeof a, ndim, shape));
+            infer = d;
+        } else if (shape[d] < 0) {
+            cr_error("cr_reshape: negative size in %s", cr_shape_str(a, sizeof a, ndim, shape));
+        } else {
+            known *= shape[d];
+        }
+    }
+    if (infer >= 0) sh[infer] = known ? n / known : 0;
+    int64_t total = 1;
+    for (int d = 0; d < ndim; d++) total *= sh[d];
+    if (total != n)
+        cr_error("cr_reshape: %s (%lld elements) cannot become %s",
+                 cr_shape_str(a, sizeof a, src->ndim, src->shape), (long long)n,
+                 cr_shape_str(b, sizeof b, ndim, shape));
+    if (!cr_is_contiguous(src))
+        cr_error("cr_reshape: source %s is not contiguous; call cr_contiguous first",
+                 cr_shape_str(a, sizeof a, src->ndim, src->shape));
+    view_base(dst, src);
+    dst->ndim = ndim;
+    int64_t s = 1;
+    for (int d = ndim - 1; d >= 0; d--) {
+        dst->shape[d] = sh[d];
+        dst->stride[d] = s;
+        s *= sh[d];
+    }
+}
+
+void cr_view_transpose(cr_tensor *dst, const cr_tensor *src, int d0, int d1)
+{
+    d0 = cr_dim_norm("cr_transpose", d0, src->ndim);
+    d1 = cr_dim_norm("cr_transpose", d1, src->ndim);
+    view_base(dst, src);
+    dst->shape[d0] = src->shape[d1];
+    dst->shape[d1] = src->shape[d0];
+    dst->stride[d0] = src->stride[d1];
+    dst->stride[d1] = src->stride[d0];
+}
+
+void cr_view_permute(cr_tensor *dst, const cr_tensor *src, const int *perm)
+{
+    bool seen[CR_MAX_DIMS] = {false};
+    for (int d = 0; d < src->ndim; d++) {
+        int p = perm[d];
+        if (p < 0 || p >= src->ndim || seen[p])
+            cr_error("cr_permute: perm is not a permutation of %d dims (entry %d is %d)", src->ndim, d, p);
+        seen[p] = true;
+    }
+    view_base(dst, src);
+    for (int d = 0; d < src->ndim; d++) {
+        dst->shape[d] = src->shape[perm[d]];
+        dst->stride[d] = src->stride[perm[d]];
+    }
+}
+
+void cr_view_narrow(cr_tensor *dst, const cr_tensor *src, int dim, int64_t start, int64_t len)
+{
+    dim = cr_dim_norm("cr_narrow", dim, src->ndim);
+    if (start < 0 || len < 0 || start + len > src->shape[dim]) {
+        char s[128];
+        cr_error("cr_narrow: [%lld, %lld) out of range for dim %d of %s", (long long)start,
+                 (long long)(start + len), dim, cr_shape_str(s, sizeof s, src->ndim, src->shape));
+    }
+    view_base(dst, src);
+    dst->shape[dim] = len;
+    dst->data = (char *)src->data + start * src->stride[dim] * (int64_t)cr_dtype_size(src->dtype);
+}
+
+void cr_view_select(cr_tensor *dst, const cr_tensor *src, int dim, int64_t index)
+{
+    dim = cr_dim_norm("cr_select", dim, src->ndim);
+    int64_t i = index < 0 ? index + src->shape[dim] : index;
+    if (i < 0 || i >= src->shape[dim]) {
+        char s[128];
+        cr_error("cr_select: index %lld out of range for dim %d of %s", (long long)index, dim,
+                 cr_shape_str(s, sizeof s, src->ndim, src->shape));
+    }
+    view_base(dst, src);
+    dst->data = (char *)src->data + i * src->stride[dim] * (int64_t)cr_dtype_size(src->dtype);
+    for (int d = dim; d < src->ndim - 1; d++) {
+        dst->shape[d] = src->shape[d + 1];
+        dst->stride[d] = src->stride[d + 1];
+    }
+    dst->ndim = src->ndim - 1;
+}
+
+void cr_view_expand(cr_tensor *dst, const cr_tensor *src, int ndim, const int64_t *shape)
+{
+    char a[128], b[128];
+    if (ndim < src->ndim || ndim > CR_MAX_DIMS)
+        cr_error("cr_expand: cannot expand %s to %s", cr_shape_str(a, sizeof a, src->ndim, src->shape),
+                 cr_shape_str(b, sizeof b, ndim, shape));
+    view_base(dst, src);
+    dst->ndim = ndim;
+    int off = ndim - src->ndim;
+    for (int d = 0; d < ndim; d++) {
+        int64_t s = d < off ? 1 : src->shape[d - off];
+        int64_t st = d < off ? 0 : src->stride[d - off];
+        if (s != shape[d] && s != 1)
+            cr_error("cr_expand: cannot expand %s to %s", cr_shape_str(a, sizeof a, src->ndim, src->shape),
+                     cr_shape_str(b, sizeof b, ndim, shape));
+        dst->shape[d] = shape[d];
+        dst->stride[d] = s == shape[d] ? st : 0;
+    }
+}

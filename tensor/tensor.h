@@ -1,0 +1,229 @@
+/*
+ * carousel tensor module: dtypes, shapes, strided storage, views, arenas, the
+ * counter-based RNG and the compute kernels (BLIS matmul, OpenMP elementwise).
+ *
+ * This module knows nothing of graphs. A tensor carries three fields that the
+ * autograd module fills (`grad`, `node`, `requires_grad`); tensor code never
+ * reads them.
+ *
+ * Lifetimes (see ARCHITECTURE.md):
+ *   cr_tensor_init(...) / cr_tensor_free(t)  persistent, heap, owned by the caller
+ *   cr_tensor_new(...), cr_zeros(...), ...   per-step, bump-allocated from the
+ *                                            thread's current arena (a graph's)
+ *
+ * Glossary used in shape comments: B batch, T time steps, I input features,
+ * H hidden units, V vocabulary, G gates (4H for LSTM, 3H for GRU).
+ */
+#ifndef CAROUSEL_TENSOR_H
+#define CAROUSEL_TENSOR_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define CR_MAX_DIMS 8
+
+typedef enum cr_dtype { CR_F32 = 0, CR_F64 = 1, CR_I32 = 2 } cr_dtype;
+
+struct cr_node;
+
+typedef struct cr_tensor {
+    cr_dtype dtype;
+    int ndim;
+    int64_t shape[CR_MAX_DIMS];
+    int64_t stride[CR_MAX_DIMS]; /* in elements, may be 0 (expanded) */
+    void *data;                  /* address of element [0, ..., 0] */
+    void *owned;                 /* heap block to free, or NULL (arena/view) */
+    bool persistent;             /* created by cr_tensor_init */
+    /* autograd fields, owned by autograd/ */
+    bool requires_grad;
+    bool retain_grad;
+    struct cr_tensor *grad;
+    struct cr_node *node; /* producer on a tape, NULL for leaves */
+    uint64_t gen;         /* generation of the graph that made it */
+    const char *name;     /* optional label (parameters, graph export) */
+} cr_tensor;
+
+/* ---- errors ------------------------------------------------------------ */
+
+/* Misuse of the API (shapes, dtypes, dims, indices) calls the error handler
+ * with a message naming the op and the shapes. The default handler prints it
+ * to stderr and aborts. A handler must not return (it may longjmp or exit);
+ * if it does, carousel aborts. */
+typedef void (*cr_error_handler)(const char *message);
+cr_error_handler cr_set_error_handler(cr_error_handler h); /* returns the old one */
+_Noreturn void cr_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* Format a shape as "[2,3,4]" into buf; returns buf. */
+char *cr_shape_str(char *buf, size_t len, int ndim, const int64_t *shape);
+
+/* Checked allocation: never returns NULL (reports through cr_error). */
+void *cr_xmalloc(size_t bytes);
+void *cr_xcalloc(size_t n, size_t bytes);
+void *cr_xrealloc(void *p, size_t bytes);
+
+/* ---- arenas ------------------------------------------------------------ */
+
+/* A bump allocator that grows by chunks and rewinds at once. Reset keeps the
+ * chunks, so steady-state use makes no malloc call. */
+typedef struct cr_arena cr_arena;
+cr_arena *cr_arena_init(size_t chunk_bytes);
+void cr_arena_free(cr_arena *a);
+void *cr_arena_alloc(cr_arena *a, size_t bytes); /* 64-byte aligned */
+void cr_arena_reset(cr_arena *a);
+size_t cr_arena_used(const cr_arena *a);
+size_t cr_arena_capacity(const cr_arena *a);
+size_t cr_arena_chunk_count(const cr_arena *a);
+/* Thread-local current arena used by every `_new` constructor. */
+cr_arena *cr_arena_use(cr_arena *a); /* returns the previous one */
+cr_arena *cr_arena_current(void);
+
+/* ---- dtypes and shapes ------------------------------------------------- */
+
+size_t cr_dtype_size(cr_dtype dt);
+const char *cr_dtype_name(cr_dtype dt);
+int64_t cr_numel(const cr_tensor *t);
+bool cr_is_contiguous(const cr_tensor *t);
+bool cr_same_shape(const cr_tensor *a, const cr_tensor *b);
+/* NumPy broadcasting of two shapes; returns false when they do not fit. */
+bool cr_broadcast_shape(int na, const int64_t *a, int nb, const int64_t *b, int *nout,
+                        int64_t *out);
+
+/* ---- creation ---------------------------------------------------------- */
+
+/* Persistent tensor on the heap, zero-filled; free with cr_tensor_free. */
+cr_tensor *cr_tensor_init(cr_dtype dt, int ndim, const int64_t *shape);
+void cr_tensor_free(cr_tensor *t); /* NULL is a no-op; also frees t->grad */
+/* Per-step tensor in the current arena, uninitialised / zero-filled. */
+cr_tensor *cr_tensor_new(cr_dtype dt, int ndim, const int64_t *shape);
+cr_tensor *cr_zeros(cr_dtype dt, int ndim, const int64_t *shape);
+cr_tensor *cr_ones(cr_dtype dt, int ndim, const int64_t *shape);
+cr_tensor *cr_full(cr_dtype dt, int ndim, const int64_t *shape, double value);
+cr_tensor *cr_scalar(cr_dtype dt, double value);                   /* 0-dim */
+cr_tensor *cr_arange(cr_dtype dt, double start, double stop, double step); /* [start,stop) */
+/* Copy `data` (numel elements of dtype dt) into a new arena tensor. */
+cr_tensor *cr_from_array(cr_dtype dt, int ndim, const int64_t *shape, const void *data);
+/* Header-only copy sharing storage (arena). */
+cr_tensor *cr_tensor_alias(const cr_tensor *t);
+
+/* Convenience for shapes: CR_SHAPE(2, 3) expands to `2, (int64_t[]){2, 3}`. */
+#define CR_SHAPE(...)                                                                      \
+    (int)(sizeof((int64_t[]){__VA_ARGS__}) / sizeof(int64_t)), (int64_t[]) { __VA_ARGS__ }
+
+/* ---- element access (slow, for tests and printing) ---------------------- */
+
+double cr_get(const cr_tensor *t, const int64_t *index);
+void cr_set(cr_tensor *t, const int64_t *index, double v);
+double cr_get_flat(const cr_tensor *t, int64_t i); /* i-th element in row-major order */
+void cr_set_flat(cr_tensor *t, int64_t i, double v);
+double cr_item(const cr_tensor *t); /* the only element of a 1-element tensor */
+
+/* ---- in-place fills and copies ------------------------------------------ */
+
+void cr_fill(cr_tensor *t, double value);
+void cr_copy_(cr_tensor *dst, const cr_tensor *src); /* same shape, any dtypes/strides */
+cr_tensor *cr_contiguous_copy(const cr_tensor *t);   /* always a fresh arena copy */
+
+/* ---- views: fill `dst` (a header) to alias part of `src` ----------------- */
+
+void cr_view_reshape(cr_tensor *dst, const cr_tensor *src, int ndim, const int64_t *shape);
+void cr_view_transpose(cr_tensor *dst, const cr_tensor *src, int d0, int d1);
+void cr_view_permute(cr_tensor *dst, const cr_tensor *src, const int *perm);
+void cr_view_narrow(cr_tensor *dst, const cr_tensor *src, int dim, int64_t start, int64_t len);
+void cr_view_select(cr_tensor *dst, const cr_tensor *src, int dim, int64_t index);
+void cr_view_expand(cr_tensor *dst, const cr_tensor *src, int ndim, const int64_t *shape);
+/* Normalise a possibly negative dim; reports `op` on error. */
+int cr_dim_norm(const char *op, int dim, int ndim);
+
+/* ---- RNG ---------------------------------------------------------------- */
+
+/* Philox4x32-10: the value at position p of stream (seed) depends only on
+ * (seed, p), so fills are identical whatever the thread count. */
+typedef struct cr_rng {
+    uint64_t seed;
+    uint64_t offset; /* next unused counter */
+} cr_rng;
+cr_rng cr_rng_seed(uint64_t seed);
+void cr_philox(uint64_t seed, uint64_t counter, uint32_t out[4]);
+double cr_rng_uniform01(cr_rng *r); /* in [0, 1) */
+double cr_rng_normal(cr_rng *r);
+void cr_fill_uniform(cr_tensor *t, cr_rng *r, double lo, double hi);
+void cr_fill_normal(cr_tensor *t, cr_rng *r, double mean, double std);
+/* Bernoulli keep-mask scaled for inverted dropout: 1/(1-p) with prob 1-p, else 0. */
+void cr_fill_dropout_mask(cr_tensor *t, cr_rng *r, double p);
+
+/* ---- kernels ------------------------------------------------------------ */
+/* Kernels write into an existing `out`. Float dtypes only unless stated.
+ * Elementwise kernels use OpenMP above cr_parallel_threshold elements. */
+
+typedef enum cr_unary_kind {
+    CR_U_NEG, CR_U_EXP, CR_U_LOG, CR_U_SQRT, CR_U_TANH, CR_U_SIGMOID, CR_U_RELU,
+    CR_U_ABS, CR_U_SQUARE, CR_U_RECIP, CR_U_SOFTPLUS, CR_U_HARDTANH, CR_U_LEAKY_RELU,
+    CR_U_POW, CR_U_ADD_SCALAR, CR_U_MUL_SCALAR, CR_U_CLAMP, CR_U_ELU
+} cr_unary_kind;
+
+typedef enum cr_binary_kind {
+    CR_B_ADD, CR_B_SUB, CR_B_MUL, CR_B_DIV, CR_B_MAX, CR_B_MIN,
+    CR_B_GE, CR_B_GT, CR_B_LE, CR_B_LT /* 1 where the comparison holds, else 0 */
+} cr_binary_kind;
+
+/* out = f(x; a, b) elementwise, same shape (x may be strided). a, b are the
+ * scalar parameters of POW (exponent), ADD/MUL_SCALAR, CLAMP (lo, hi),
+ * LEAKY_RELU (slope), ELU (alpha). */
+void cr_k_unary(cr_unary_kind k, cr_tensor *out, const cr_tensor *x, double a, double b);
+/* out = x op y with broadcasting (out has the broadcast shape). */
+void cr_k_binary(cr_binary_kind k, cr_tensor *out, const cr_tensor *x, const cr_tensor *y);
+/* acc += x * y (or acc += x when y is NULL), where x, y have the same shape as
+ * acc or broadcast to a larger shape that is summed back to acc's shape. */
+void cr_k_accumulate(cr_tensor *acc, const cr_tensor *x, const cr_tensor *y);
+/* gx += gy * f'(x) for the unary kind that produced out = f(x); all four of
+ * one shape (x may be strided), a and b as in cr_k_unary. */
+void cr_k_unary_backward(cr_unary_kind k, cr_tensor *gx, const cr_tensor *gy, const cr_tensor *x,
+                         const cr_tensor *out, double a, double b);
+/* out = scale * x (same shapes). */
+void cr_k_scale(cr_tensor *out, const cr_tensor *x, double scale);
+/* out = where(cond != 0, x, y); cond broadcast to out. */
+void cr_k_where(cr_tensor *out, const cr_tensor *cond, const cr_tensor *x, const cr_tensor *y);
+
+typedef enum cr_reduce_kind { CR_R_SUM, CR_R_MEAN, CR_R_MAX, CR_R_MIN } cr_reduce_kind;
+/* Reduce over `dim` (or all elements when dim == CR_ALL_DIMS). `out` has the
+ * reduced shape (keepdim or not: only its element count matters). For MAX/MIN,
+ * `arg` (i32, same element count as out, may be NULL) gets the index along dim. */
+#define CR_ALL_DIMS (-1000)
+void cr_k_reduce(cr_reduce_kind k, cr_tensor *out, cr_tensor *arg, const cr_tensor *x, int dim);
+
+/* Softmax / log-softmax over `dim`. */
+void cr_k_softmax(cr_tensor *out, const cr_tensor *x, int dim, bool log);
+/* gx += d softmax (or log-softmax) given gy and the forward output out. */
+void cr_k_softmax_backward(cr_tensor *gx, const cr_tensor *gy, const cr_tensor *out, int dim, bool log);
+/* gx[..., idx[...], ...] += gy along dim (gx contiguous; idx i32 with gy's
+ * element count, the reduced shape): the backward of max over a dim. */
+void cr_k_index_add_dim(cr_tensor *gx, int dim, const cr_tensor *idx, const cr_tensor *gy);
+
+/* C = alpha * op(A) op(B) + beta * C for 2-D views of one float dtype, any
+ * strides (a transposed view costs no copy). Small products use a plain C
+ * kernel, larger ones BLIS. */
+void cr_k_gemm(double alpha, const cr_tensor *a, const cr_tensor *b, double beta, cr_tensor *c);
+/* Products with m*n*k at or below this use the C kernel (measured, bench/matmul). */
+extern int64_t cr_gemm_small_threshold;
+/* Elementwise kernels run serially below this many elements (measured). */
+extern int64_t cr_parallel_threshold;
+
+/* Threads for OpenMP kernels and BLIS. */
+void cr_set_num_threads(int n);
+int cr_get_num_threads(void);
+
+/* ---- printing ----------------------------------------------------------- */
+
+/* "tensor([..], dtype=f32, shape=[2,3])"; large tensors are elided. */
+void cr_print(const cr_tensor *t);
+void cr_fprint(FILE *f, const cr_tensor *t);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
