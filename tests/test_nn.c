@@ -1,0 +1,425 @@
+/* nn layers: PyTorch parity on committed fixtures (sequence layers, cells,
+ * Linear, Embedding, LayerNorm), float64 gradient checks of every cell and
+ * sequence layer, variable-length batches, initialisers and losses. */
+#include <setjmp.h>
+
+#include "fixture.h"
+
+static cr_graph *g;
+static void setup(void) { cr_graph_use(g = cr_graph_init()); }
+static void teardown(void) { cr_graph_free(g); }
+TestSuite(nn, .init = setup, .fini = teardown);
+
+static cr_tensor *leaf(cr_tensor *t)
+{
+    cr_requires_grad(t, true);
+    return t;
+}
+
+/* loss = sum(a * w) for a fixture weight w */
+static cr_tensor *weighted(cr_tensor *a, cr_tensor *w) { return cr_sum(cr_mul(a, w)); }
+
+/* ---- PyTorch parity: sequence layers -------------------------------------------------- */
+
+static void seq_parity(const char *file, cr_rnn_mode mode, cr_dtype dt, double tol)
+{
+    cr_st_file *f = fixture_open(file);
+    cr_rnn_config cfg = {.mode = mode,
+                         .input_size = fixture_meta_int(f, "input_size"),
+                         .hidden_size = fixture_meta_int(f, "hidden_size"),
+                         .num_layers = (int)fixture_meta_int(f, "num_layers"),
+                         .bidirectional = fixture_meta_int(f, "bidirectional"),
+                         .dtype = dt};
+    cr_params *ps = cr_params_init();
+    cr_rng rng = cr_rng_seed(1);
+    cr_rnn *m = cr_rnn_init(ps, NULL, cfg, &rng);
+    for (size_t i = 0; i < ps->n; i++) fixture_copy(f, ps->items[i].name, ps->items[i].value);
+    bool lstm = mode == CR_LSTM;
+    cr_tensor *x = leaf(fixture_tensor(f, "x")), *h0 = leaf(fixture_tensor(f, "h0"));
+    cr_tensor *c0 = lstm ? leaf(fixture_tensor(f, "c0")) : NULL;
+    cr_tensor *lengths = fixture_tensor(f, "lengths");
+    cr_tensor *gy = fixture_tensor(f, "gy"), *gh = fixture_tensor(f, "gh"), *gc = lstm ? fixture_tensor(f, "gc") : NULL;
+
+    cr_rnn_output o = cr_rnn_forward(m, x, lengths, h0, c0);
+    cr_tensor *loss = cr_add(weighted(o.y, gy), weighted(o.h_n, gh));
+    if (lstm) loss = cr_add(loss, weighted(o.c_n, gc));
+    cr_backward(loss);
+
+    EXPECT_MATCH(f, "y", o.y, tol);
+    EXPECT_MATCH(f, "h_n", o.h_n, tol);
+    if (lstm) EXPECT_MATCH(f, "c_n", o.c_n, tol);
+    EXPECT_MATCH(f, "loss", loss, tol);
+    char name[256];
+    for (size_t i = 0; i < ps->n; i++) {
+        snprintf(name, sizeof name, "grad.%s", ps->items[i].name);
+        EXPECT_MATCH(f, name, ps->items[i].value->grad, tol);
+    }
+    EXPECT_MATCH(f, "grad.x", x->grad, tol);
+    EXPECT_MATCH(f, "grad.h0", h0->grad, tol);
+    if (lstm) EXPECT_MATCH(f, "grad.c0", c0->grad, tol);
+
+    cr_tensor *all[] = {x, h0, c0, lengths, gy, gh, gc};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) cr_tensor_free(all[i]);
+    cr_rnn_free(m);
+    cr_params_free(ps);
+    cr_st_file_free(f);
+}
+
+#define F32_TOL 1e-5
+#define F64_TOL 1e-10
+
+Test(nn, torch_rnn_tanh_f64) { seq_parity("rnn_tanh_f64.safetensors", CR_RNN_TANH, CR_F64, F64_TOL); }
+Test(nn, torch_rnn_tanh_f32) { seq_parity("rnn_tanh_f32.safetensors", CR_RNN_TANH, CR_F32, F32_TOL); }
+Test(nn, torch_rnn_relu_f64) { seq_parity("rnn_relu_f64.safetensors", CR_RNN_RELU, CR_F64, F64_TOL); }
+Test(nn, torch_rnn_relu_f32) { seq_parity("rnn_relu_f32.safetensors", CR_RNN_RELU, CR_F32, F32_TOL); }
+Test(nn, torch_gru_f64) { seq_parity("gru_f64.safetensors", CR_GRU, CR_F64, F64_TOL); }
+Test(nn, torch_gru_f32) { seq_parity("gru_f32.safetensors", CR_GRU, CR_F32, F32_TOL); }
+Test(nn, torch_lstm_f64) { seq_parity("lstm_f64.safetensors", CR_LSTM, CR_F64, F64_TOL); }
+Test(nn, torch_lstm_f32) { seq_parity("lstm_f32.safetensors", CR_LSTM, CR_F32, F32_TOL); }
+
+/* ---- PyTorch parity: cells ---------------------------------------------------------------- */
+
+static void cell_parity(const char *file, cr_rnn_mode mode, cr_dtype dt, double tol)
+{
+    cr_st_file *f = fixture_open(file);
+    cr_cell_config cc = {.mode = mode,
+                         .input_size = fixture_meta_int(f, "input_size"),
+                         .hidden_size = fixture_meta_int(f, "hidden_size"),
+                         .dtype = dt};
+    cr_params *ps = cr_params_init();
+    cr_rng rng = cr_rng_seed(2);
+    cr_rnn_cell cell = cr_cell_init(ps, NULL, cc, &rng);
+    for (size_t i = 0; i < ps->n; i++) fixture_copy(f, ps->items[i].name, ps->items[i].value);
+    bool lstm = mode == CR_LSTM;
+    cr_tensor *x = leaf(fixture_tensor(f, "x")), *h = leaf(fixture_tensor(f, "h"));
+    cr_tensor *c = lstm ? leaf(fixture_tensor(f, "c")) : NULL;
+    cr_tensor *gh = fixture_tensor(f, "gh"), *gc = lstm ? fixture_tensor(f, "gc") : NULL;
+    cr_tensor *h_out, *c_out = NULL;
+    cr_cell_forward(&cell, x, h, c, &h_out, &c_out);
+    cr_tensor *loss = weighted(h_out, gh);
+    if (lstm) loss = cr_add(loss, weighted(c_out, gc));
+    cr_backward(loss);
+    EXPECT_MATCH(f, "h_out", h_out, tol);
+    if (lstm) EXPECT_MATCH(f, "c_out", c_out, tol);
+    char name[256];
+    for (size_t i = 0; i < ps->n; i++) {
+        snprintf(name, sizeof name, "grad.%s", ps->items[i].name);
+        EXPECT_MATCH(f, name, ps->items[i].value->grad, tol);
+    }
+    EXPECT_MATCH(f, "grad.x", x->grad, tol);
+    EXPECT_MATCH(f, "grad.h", h->grad, tol);
+    if (lstm) EXPECT_MATCH(f, "grad.c", c->grad, tol);
+    cr_tensor *all[] = {x, h, c, gh, gc};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) cr_tensor_free(all[i]);
+    cr_params_free(ps);
+    cr_st_file_free(f);
+}
+
+Test(nn, torch_rnncell_f64) { cell_parity("rnncell_f64.safetensors", CR_RNN_TANH, CR_F64, F64_TOL); }
+Test(nn, torch_rnncell_f32) { cell_parity("rnncell_f32.safetensors", CR_RNN_TANH, CR_F32, F32_TOL); }
+Test(nn, torch_grucell_f64) { cell_parity("grucell_f64.safetensors", CR_GRU, CR_F64, F64_TOL); }
+Test(nn, torch_grucell_f32) { cell_parity("grucell_f32.safetensors", CR_GRU, CR_F32, F32_TOL); }
+Test(nn, torch_lstmcell_f64) { cell_parity("lstmcell_f64.safetensors", CR_LSTM, CR_F64, F64_TOL); }
+Test(nn, torch_lstmcell_f32) { cell_parity("lstmcell_f32.safetensors", CR_LSTM, CR_F32, F32_TOL); }
+
+/* ---- PyTorch parity: Linear, Embedding, LayerNorm -------------------------------------------- */
+
+Test(nn, torch_linear)
+{
+    cr_st_file *f = fixture_open("linear_f64.safetensors");
+    cr_params *ps = cr_params_init();
+    cr_rng rng = cr_rng_seed(3);
+    cr_linear l = cr_linear_init(ps, NULL, fixture_meta_int(f, "in_features"), fixture_meta_int(f, "out_features"),
+                                 true, CR_F64, &rng);
+    fixture_copy(f, "weight", l.weight);
+    fixture_copy(f, "bias", l.bias);
+    cr_tensor *x = leaf(fixture_tensor(f, "x")), *gy = fixture_tensor(f, "gy");
+    cr_tensor *y = cr_linear_forward(&l, x);
+    cr_backward(weighted(y, gy));
+    EXPECT_MATCH(f, "y", y, F64_TOL);
+    EXPECT_MATCH(f, "grad.weight", l.weight->grad, F64_TOL);
+    EXPECT_MATCH(f, "grad.bias", l.bias->grad, F64_TOL);
+    EXPECT_MATCH(f, "grad.x", x->grad, F64_TOL);
+    cr_tensor_free(x);
+    cr_tensor_free(gy);
+    cr_params_free(ps);
+    cr_st_file_free(f);
+}
+
+Test(nn, torch_embedding)
+{
+    cr_st_file *f = fixture_open("embedding_f64.safetensors");
+    cr_params *ps = cr_params_init();
+    cr_rng rng = cr_rng_seed(4);
+    cr_embedding e = cr_embedding_init(ps, NULL, fixture_meta_int(f, "num_embeddings"),
+                                       fixture_meta_int(f, "embedding_dim"), fixture_meta_int(f, "padding_idx"),
+                                       CR_F64, &rng);
+    fixture_copy(f, "weight", e.weight);
+    cr_tensor *idx = fixture_tensor(f, "indices"), *gy = fixture_tensor(f, "gy");
+    cr_tensor *y = cr_embedding_forward(&e, idx);
+    cr_backward(weighted(y, gy));
+    EXPECT_MATCH(f, "y", y, F64_TOL);
+    EXPECT_MATCH(f, "grad.weight", e.weight->grad, F64_TOL);
+    for (int64_t j = 0; j < e.weight->shape[1]; j++)
+        cr_expect_eq(cr_get_flat(e.weight->grad, e.padding_idx * e.weight->shape[1] + j), 0.0);
+    cr_tensor_free(idx);
+    cr_tensor_free(gy);
+    cr_params_free(ps);
+    cr_st_file_free(f);
+}
+
+Test(nn, torch_layernorm)
+{
+    cr_st_file *f = fixture_open("layernorm_f64.safetensors");
+    cr_params *ps = cr_params_init();
+    cr_layernorm ln = cr_layernorm_init(ps, NULL, fixture_meta_int(f, "normalized_shape"),
+                                        strtod(cr_st_meta_get(f, "eps"), NULL), CR_F64);
+    fixture_copy(f, "weight", ln.weight);
+    fixture_copy(f, "bias", ln.bias);
+    cr_tensor *x = leaf(fixture_tensor(f, "x")), *gy = fixture_tensor(f, "gy");
+    cr_tensor *y = cr_layernorm_forward(&ln, x);
+    cr_backward(weighted(y, gy));
+    EXPECT_MATCH(f, "y", y, F64_TOL);
+    EXPECT_MATCH(f, "grad.weight", ln.weight->grad, F64_TOL);
+    EXPECT_MATCH(f, "grad.bias", ln.bias->grad, F64_TOL);
+    EXPECT_MATCH(f, "grad.x", x->grad, F64_TOL);
+    cr_tensor_free(x);
+    cr_tensor_free(gy);
+    cr_params_free(ps);
+    cr_st_file_free(f);
+}
+
+/* ---- float64 gradient checks of cells and sequence layers ------------------------------------- */
+
+typedef struct seq_case {
+    cr_rnn *m;
+    const cr_tensor *lengths;
+    int n_in; /* inputs: params..., x, h0, (c0) */
+} seq_case;
+
+static cr_tensor *flat(cr_tensor *t) { return cr_reshape(t, CR_SHAPE(-1)); }
+
+static cr_tensor *seq_fn(cr_tensor *const *in, void *ctx)
+{
+    seq_case *c = ctx;
+    bool lstm = c->m->cfg.mode == CR_LSTM;
+    int k = c->n_in - (lstm ? 3 : 2);
+    cr_rnn_output o = cr_rnn_forward(c->m, in[k], c->lengths, in[k + 1], lstm ? in[k + 2] : NULL);
+    cr_tensor *parts[3] = {flat(o.y), flat(o.h_n), lstm ? flat(o.c_n) : NULL};
+    return cr_concat(lstm ? 3 : 2, parts, 0);
+}
+
+static void seq_gradcheck(cr_rnn_config cfg, bool var_len)
+{
+    cfg.input_size = 2;
+    cfg.hidden_size = 3;
+    cfg.dtype = CR_F64;
+    int64_t B = 3, T = 4;
+    cr_params *ps = cr_params_init();
+    cr_rng rng = cr_rng_seed(11);
+    cr_rnn *m = cr_rnn_init(ps, "rnn", cfg, &rng);
+    bool lstm = cfg.mode == CR_LSTM;
+    int dirs = cfg.bidirectional ? 2 : 1;
+    cr_tensor *in[64];
+    int n = 0;
+    for (size_t i = 0; i < ps->n; i++) in[n++] = ps->items[i].value;
+    cr_tensor *x = leaf(cr_tensor_init(CR_F64, CR_SHAPE(B, T, 2)));
+    cr_tensor *h0 = leaf(cr_tensor_init(CR_F64, CR_SHAPE(cfg.num_layers * dirs, B, 3)));
+    cr_tensor *c0 = lstm ? leaf(cr_tensor_init(CR_F64, CR_SHAPE(cfg.num_layers * dirs, B, 3))) : NULL;
+    cr_fill_uniform(x, &rng, -1, 1);
+    cr_fill_uniform(h0, &rng, -0.5, 0.5);
+    in[n++] = x;
+    in[n++] = h0;
+    if (c0) {
+        cr_fill_uniform(c0, &rng, -0.5, 0.5);
+        in[n++] = c0;
+    }
+    cr_tensor *lengths = cr_tensor_init(CR_I32, CR_SHAPE(B));
+    int32_t lens[3] = {4, 2, 1};
+    memcpy(lengths->data, lens, sizeof lens);
+    seq_case c = {.m = m, .lengths = var_len ? lengths : NULL, .n_in = n};
+    cr_gradcheck_report rep;
+    double err = cr_gradcheck(seq_fn, &c, n, in, 1e-5, &rep);
+    cr_expect(err < 1e-6, "%s layers=%d bidir=%d peephole=%d var_len=%d: rel err %.3g at input %d index %lld (%.10g vs %.10g)",
+              cr_rnn_mode_name(cfg.mode), cfg.num_layers, cfg.bidirectional, cfg.peephole, var_len, err,
+              rep.worst_input, (long long)rep.worst_index, rep.analytic, rep.numeric);
+    cr_expect_gt(rep.n_checked, 20);
+    cr_tensor_free(x);
+    cr_tensor_free(h0);
+    cr_tensor_free(c0);
+    cr_tensor_free(lengths);
+    cr_rnn_free(m);
+    cr_params_free(ps);
+}
+
+static const cr_rnn_mode all_modes[] = {CR_RNN_TANH, CR_RNN_RELU, CR_GRU, CR_GRU_ORIGINAL, CR_LSTM};
+
+Test(nn, gradcheck_one_layer)
+{
+    for (size_t i = 0; i < 5; i++) seq_gradcheck((cr_rnn_config){.mode = all_modes[i], .num_layers = 1}, false);
+}
+
+Test(nn, gradcheck_two_layers_bidirectional)
+{
+    for (size_t i = 0; i < 5; i++)
+        seq_gradcheck((cr_rnn_config){.mode = all_modes[i], .num_layers = 2, .bidirectional = true}, false);
+}
+
+Test(nn, gradcheck_variable_lengths)
+{
+    for (size_t i = 0; i < 5; i++)
+        seq_gradcheck((cr_rnn_config){.mode = all_modes[i], .num_layers = 2, .bidirectional = true}, true);
+}
+
+Test(nn, gradcheck_lstm_peephole_and_forget_bias)
+{
+    seq_gradcheck((cr_rnn_config){.mode = CR_LSTM, .num_layers = 1, .peephole = true, .forget_bias = 1.0}, false);
+    seq_gradcheck((cr_rnn_config){.mode = CR_LSTM, .num_layers = 2, .bidirectional = true, .peephole = true}, true);
+}
+
+Test(nn, gradcheck_without_bias)
+{
+    seq_gradcheck((cr_rnn_config){.mode = CR_GRU, .num_layers = 1, .no_bias = true}, false);
+    seq_gradcheck((cr_rnn_config){.mode = CR_LSTM, .num_layers = 1, .no_bias = true}, false);
+}
+
+/* ---- variable lengths: a padded batch equals each sequence run alone ---------------------------- */
+
+Test(nn, padding_changes_nothing)
+{
+    for (size_t mi = 0; mi < 5; mi++) {
+        cr_rnn_mode mode = all_modes[mi];
+        bool lstm = mode == CR_LSTM;
+        int64_t B = 3, T = 5, I = 2, H = 3;
+        cr_params *ps = cr_params_init();
+        cr_rng rng = cr_rng_seed(21);
+        cr_rnn_config cfg = {.mode = mode, .input_size = I, .hidden_size = H, .num_layers = 2,
+                             .bidirectional = true, .dtype = CR_F64};
+        cr_rnn *m = cr_rnn_init(ps, "m", cfg, &rng);
+        cr_tensor *x = cr_tensor_init(CR_F64, CR_SHAPE(B, T, I));
+        cr_fill_uniform(x, &rng, -1, 1);
+        cr_tensor *lengths = cr_tensor_init(CR_I32, CR_SHAPE(B));
+        int32_t lens[3] = {5, 2, 3};
+        memcpy(lengths->data, lens, sizeof lens);
+
+        /* batched, with garbage in the padding */
+        for (int64_t b = 0; b < B; b++)
+            for (int64_t t = lens[b]; t < T; t++)
+                for (int64_t i = 0; i < I; i++) cr_set(x, (int64_t[]){b, t, i}, 1e3 * (double)(t + 1));
+        cr_rnn_output o = cr_rnn_forward(m, x, lengths, NULL, NULL);
+        cr_tensor *loss = cr_add(cr_sum(cr_square(o.y)), cr_sum(o.h_n));
+        if (lstm) loss = cr_add(loss, cr_sum(o.c_n));
+        cr_backward(loss);
+        size_t np = ps->n;
+        cr_tensor **batched = calloc(np, sizeof *batched);
+        for (size_t i = 0; i < np; i++) {
+            batched[i] = cr_tensor_init(CR_F64, ps->items[i].value->ndim, ps->items[i].value->shape);
+            cr_copy_(batched[i], ps->items[i].value->grad);
+        }
+        cr_tensor *y_batched = cr_contiguous_copy(o.y), *h_batched = cr_contiguous_copy(o.h_n);
+        cr_params_zero_grad(ps);
+
+        /* one sequence at a time; parameter gradients add up over the three */
+        for (int64_t b = 0; b < B; b++) {
+            cr_tensor *xb = cr_contiguous(cr_narrow(cr_select(x, 0, b), 0, 0, lens[b]));
+            xb = cr_reshape(xb, CR_SHAPE(1, lens[b], I));
+            cr_rnn_output ob = cr_rnn_forward(m, xb, NULL, NULL, NULL);
+            cr_tensor *lb = cr_add(cr_sum(cr_square(ob.y)), cr_sum(ob.h_n));
+            if (lstm) lb = cr_add(lb, cr_sum(ob.c_n));
+            cr_backward(lb);
+            for (int64_t t = 0; t < T; t++)
+                for (int64_t j = 0; j < 2 * H; j++) {
+                    double want = t < lens[b] ? cr_get(ob.y, (int64_t[]){0, t, j}) : 0.0;
+                    cr_expect(fabs(cr_get(y_batched, (int64_t[]){b, t, j}) - want) < 1e-13, "%s y[%lld,%lld,%lld]",
+                              cr_rnn_mode_name(mode), (long long)b, (long long)t, (long long)j);
+                }
+            for (int64_t k = 0; k < 4; k++)
+                for (int64_t j = 0; j < H; j++)
+                    cr_expect(fabs(cr_get(h_batched, (int64_t[]){k, b, j}) - cr_get(ob.h_n, (int64_t[]){k, 0, j})) < 1e-13,
+                              "%s h_n", cr_rnn_mode_name(mode));
+        }
+        for (size_t i = 0; i < np; i++)
+            for (int64_t e = 0; e < cr_numel(batched[i]); e++)
+                cr_expect(fabs(cr_get_flat(batched[i], e) - cr_get_flat(ps->items[i].value->grad, e)) < 1e-12,
+                          "%s grad %s[%lld]", cr_rnn_mode_name(mode), ps->items[i].name, (long long)e);
+        for (size_t i = 0; i < np; i++) cr_tensor_free(batched[i]);
+        free(batched);
+        cr_tensor_free(x);
+        cr_tensor_free(lengths);
+        cr_rnn_free(m);
+        cr_params_free(ps);
+        cr_graph_clear(g);
+    }
+}
+
+/* ---- initialisers, losses, misuse ------------------------------------------------------------------- */
+
+Test(nn, orthogonal_blocks_have_spectral_radius_one)
+{
+    cr_tensor *w = cr_tensor_init(CR_F64, CR_SHAPE(8, 4)); /* two [4,4] gate blocks */
+    cr_rng rng = cr_rng_seed(5);
+    cr_init_orthogonal(w, &rng, 1.0, 4);
+    for (int b = 0; b < 2; b++)
+        for (int i = 0; i < 4; i++)
+            for (int j = 0; j < 4; j++) {
+                double dot = 0; /* rows of an orthogonal block are orthonormal */
+                for (int k = 0; k < 4; k++) dot += cr_get_flat(w, (b * 4 + i) * 4 + k) * cr_get_flat(w, (b * 4 + j) * 4 + k);
+                cr_expect(fabs(dot - (i == j)) < 1e-12);
+            }
+    cr_tensor_free(w);
+}
+
+Test(nn, init_bounds_and_forget_bias)
+{
+    cr_params *ps = cr_params_init();
+    cr_rng rng = cr_rng_seed(6);
+    cr_rnn_cell c = cr_cell_init(ps, "lstm", (cr_cell_config){.mode = CR_LSTM, .input_size = 5, .hidden_size = 16,
+                                                              .forget_bias = 1.0, .dtype = CR_F32}, &rng);
+    double bound = 0.25;
+    for (int64_t i = 0; i < cr_numel(c.w_hh); i++) cr_expect(fabs(cr_get_flat(c.w_hh, i)) <= bound);
+    for (int64_t j = 16; j < 32; j++) {
+        cr_expect_eq(cr_get_flat(c.b_ih, j), 1.0);
+        cr_expect_eq(cr_get_flat(c.b_hh, j), 0.0);
+    }
+    cr_expect_not_null(cr_params_get(ps, "lstm.w_ih"));
+    cr_expect_eq(cr_params_numel(ps), (size_t)(64 * 5 + 64 * 16 + 64 * 2));
+    cr_params_free(ps);
+}
+
+Test(nn, losses)
+{
+    cr_tensor *p = cr_from_array(CR_F64, CR_SHAPE(3), (double[]){1, 2, 3});
+    cr_tensor *t = cr_from_array(CR_F64, CR_SHAPE(3), (double[]){1, 0, 5});
+    cr_expect(fabs(cr_item(cr_mse_loss(p, t, CR_MEAN)) - (0 + 4 + 4) / 3.0) < 1e-15);
+    cr_expect(fabs(cr_item(cr_mse_loss(p, t, CR_SUM)) - 8.0) < 1e-15);
+    cr_tensor *x = cr_from_array(CR_F64, CR_SHAPE(2), (double[]){0.3, -40.0});
+    cr_tensor *y = cr_from_array(CR_F64, CR_SHAPE(2), (double[]){1, 0});
+    double want = (-log(1 / (1 + exp(-0.3))) + -log(1 - 1 / (1 + exp(40.0)))) / 2;
+    cr_expect(fabs(cr_item(cr_bce_with_logits(x, y, CR_MEAN)) - want) < 1e-15);
+}
+
+static jmp_buf jb;
+static char msg[1024];
+static void catch_error(const char *m)
+{
+    snprintf(msg, sizeof msg, "%s", m);
+    longjmp(jb, 1);
+}
+
+Test(nn, misuse_names_the_op_and_shapes)
+{
+    cr_params *ps = cr_params_init();
+    cr_rng rng = cr_rng_seed(7);
+    cr_rnn *m = cr_rnn_init(ps, "lstm", (cr_rnn_config){.mode = CR_LSTM, .input_size = 4, .hidden_size = 8,
+                                                         .num_layers = 1, .dtype = CR_F32}, &rng);
+    cr_tensor *x = cr_zeros(CR_F32, CR_SHAPE(2, 3, 5));
+    cr_error_handler old = cr_set_error_handler(catch_error);
+    if (!setjmp(jb)) {
+        cr_rnn_forward(m, x, NULL, NULL, NULL);
+        cr_assert_fail("no error");
+    }
+    cr_set_error_handler(old);
+    cr_expect_str_eq(msg, "cr_rnn_forward: input is f32 [2,3,5], expected f32 [B,T,4]");
+    cr_rnn_free(m);
+    cr_params_free(ps);
+}
