@@ -40,6 +40,207 @@ void cr_params_zero_grad(cr_params *ps);
 /* Print "name dtype shape numel" for every parameter and the totals. */
 void cr_params_print(const cr_params *ps, FILE *f);
 
+/* ---- initialisers (all seeded through the framework's RNG) ---------------- */
+
+void cr_init_constant(cr_tensor *t, double value);
+void cr_init_uniform(cr_tensor *t, cr_rng *r, double bound);       /* U(-bound, bound) */
+void cr_init_normal(cr_tensor *t, cr_rng *r, double std);          /* N(0, std^2) */
+/* Fans of a 2-D weight [out, in]: fan_in = in, fan_out = out. */
+void cr_init_xavier_uniform(cr_tensor *t, cr_rng *r, double gain); /* U(+-gain sqrt(6/(in+out))) */
+void cr_init_kaiming_uniform(cr_tensor *t, cr_rng *r);             /* U(+-sqrt(6/in)), for relu */
+/* Orthogonal rows or columns (whichever are fewer), times gain, via
+ * Gram-Schmidt on a Gaussian matrix. With block_rows > 0 each block of
+ * block_rows rows (a gate's recurrent matrix, [H, H]) is made orthogonal on
+ * its own, so every gate's recurrent matrix has spectral radius gain. */
+void cr_init_orthogonal(cr_tensor *t, cr_rng *r, double gain, int64_t block_rows);
+
+/* ---- Linear, Embedding, Dropout, LayerNorm -------------------------------- */
+
+typedef struct cr_linear {
+    cr_tensor *weight; /* (O, I) */
+    cr_tensor *bias;   /* (O), or NULL */
+} cr_linear;
+/* PyTorch's default init: weight and bias U(+-1/sqrt(I)). */
+cr_linear cr_linear_init(cr_params *ps, const char *prefix, int64_t in, int64_t out, bool bias,
+                         cr_dtype dt, cr_rng *rng);
+cr_tensor *cr_linear_forward(const cr_linear *l, cr_tensor *x); /* x W^T + b, x [..., I] */
+
+typedef struct cr_embedding {
+    cr_tensor *weight;   /* (V, D) */
+    int64_t padding_idx; /* row that gets no gradient, or -1 */
+} cr_embedding;
+/* Init N(0, 1) as PyTorch, with the padding row zeroed. */
+cr_embedding cr_embedding_init(cr_params *ps, const char *prefix, int64_t vocab, int64_t dim,
+                               int64_t padding_idx, cr_dtype dt, cr_rng *rng);
+cr_tensor *cr_embedding_forward(const cr_embedding *e, const cr_tensor *idx); /* W[idx] */
+
+typedef struct cr_dropout_layer {
+    double p;
+    bool train;
+    cr_rng rng;
+} cr_dropout_layer;
+cr_tensor *cr_dropout_forward(cr_dropout_layer *d, cr_tensor *x); /* train: x * mask/(1-p) */
+
+typedef struct cr_layernorm {
+    cr_tensor *weight, *bias; /* (D) each, init 1 and 0 */
+    double eps;
+} cr_layernorm;
+cr_layernorm cr_layernorm_init(cr_params *ps, const char *prefix, int64_t dim, double eps, cr_dtype dt);
+/* (x - mean) / sqrt(var + eps) * w + b over the last dim (biased variance) */
+cr_tensor *cr_layernorm_forward(const cr_layernorm *ln, cr_tensor *x);
+
+/* ---- recurrent cells ---------------------------------------------------------- */
+
+typedef enum cr_rnn_mode {
+    CR_RNN_TANH,     /* h' = tanh(W_ih x + b_ih + W_hh h + b_hh) */
+    CR_RNN_RELU,     /* h' = relu(...) */
+    CR_GRU,          /* PyTorch: n = tanh(W_in x + b_in + r * (W_hn h + b_hn)) */
+    CR_GRU_ORIGINAL, /* Cho et al.: n = tanh(W_in x + b_in + W_hn (r * h) + b_hn) */
+    CR_LSTM          /* gates i, f, g, o; optional peepholes */
+} cr_rnn_mode;
+
+/* Gates per mode: 1 (RNN), 3 (GRU), 4 (LSTM); G = gates * H. */
+int cr_rnn_gates(cr_rnn_mode mode);
+const char *cr_rnn_mode_name(cr_rnn_mode mode);
+
+typedef struct cr_rnn_cell {
+    cr_rnn_mode mode;
+    int64_t input_size, hidden_size;
+    cr_tensor *w_ih;             /* (G, I) */
+    cr_tensor *w_hh;             /* (G, H) */
+    cr_tensor *b_ih, *b_hh;      /* (G) each, or NULL without bias */
+    cr_tensor *w_ci, *w_cf, *w_co; /* (H) LSTM peepholes, or NULL */
+} cr_rnn_cell;
+
+/* Parameters prefix.w_ih, .w_hh, .b_ih, .b_hh (and .w_ci, .w_cf, .w_co), all
+ * U(+-1/sqrt(H)) as PyTorch; forget_bias (LSTM) sets the f block of b_ih and
+ * zeroes that of b_hh, so the forget gate starts at sigmoid(forget_bias). */
+typedef struct cr_cell_config {
+    cr_rnn_mode mode;
+    int64_t input_size, hidden_size;
+    bool no_bias;      /* biases are on unless this is set */
+    bool peephole;     /* LSTM only */
+    double forget_bias; /* LSTM only; 0 keeps PyTorch's init */
+    cr_dtype dtype;
+} cr_cell_config;
+cr_rnn_cell cr_cell_init(cr_params *ps, const char *prefix, cr_cell_config cfg, cr_rng *rng);
+/* One step: x [B, I], h [B, H], c [B, H] (LSTM, else NULL) -> *h_out (and
+ * *c_out for LSTM). */
+void cr_cell_forward(const cr_rnn_cell *cell, cr_tensor *x, cr_tensor *h, cr_tensor *c, cr_tensor **h_out,
+                     cr_tensor **c_out);
+/* The same step given the input projection gx = x W_ih^T + b_ih (+ b_hh for
+ * RNN and LSTM, whose recurrent bias folds into it), [B, G], any strides. */
+void cr_cell_step(const cr_rnn_cell *cell, cr_tensor *gx, cr_tensor *w_hh_t, cr_tensor *h, cr_tensor *c,
+                  cr_tensor **h_out, cr_tensor **c_out);
+
+/* ---- sequence layers ------------------------------------------------------------- */
+
+typedef struct cr_rnn_config {
+    cr_rnn_mode mode;
+    int64_t input_size, hidden_size;
+    int num_layers;     /* >= 1 */
+    bool bidirectional;
+    double dropout;     /* between layers, in training mode */
+    bool no_bias;
+    bool peephole;      /* LSTM */
+    double forget_bias; /* LSTM */
+    cr_dtype dtype;
+} cr_rnn_config;
+
+typedef struct cr_rnn {
+    cr_rnn_config cfg;
+    int dirs;            /* 1 or 2 */
+    cr_rnn_cell *cells;  /* [num_layers * dirs]: layer l direction d at l*dirs+d */
+    bool train;          /* dropout on when true (default) */
+    cr_rng dropout_rng;
+} cr_rnn;
+
+/* Parameters prefix.l{k}.* and prefix.l{k}_reverse.* (torch's *_l{k}[_reverse]). */
+cr_rnn *cr_rnn_init(cr_params *ps, const char *prefix, cr_rnn_config cfg, cr_rng *rng);
+void cr_rnn_free(cr_rnn *m); /* the parameters stay in their set */
+
+typedef struct cr_rnn_output {
+    cr_tensor *y;   /* [B, T, dirs*H]: every step's top-layer output (0 at padding) */
+    cr_tensor *h_n; /* [layers*dirs, B, H]: final states (at each sequence's end) */
+    cr_tensor *c_n; /* [layers*dirs, B, H] for LSTM, else NULL */
+} cr_rnn_output;
+
+/* x [B, T, I] batch-first. lengths: i32 [B] true lengths (<= T, >= 1), or
+ * NULL when every sequence is T long; padded steps never change outputs,
+ * final states or gradients. h0, c0: [layers*dirs, B, H] or NULL (zeros). */
+cr_rnn_output cr_rnn_forward(cr_rnn *m, cr_tensor *x, const cr_tensor *lengths, cr_tensor *h0,
+                             cr_tensor *c0);
+
+/* ---- losses ------------------------------------------------------------------------ */
+
+/* Cross-entropy with logits [N, C] and i32 targets [N]: see cr_cross_entropy. */
+cr_tensor *cr_mse_loss(cr_tensor *pred, cr_tensor *target, cr_reduction red); /* mean (p-t)^2 */
+/* softplus(x) - x t, the stable form of -t log s(x) - (1-t) log(1-s(x)) */
+cr_tensor *cr_bce_with_logits(cr_tensor *logits, cr_tensor *target, cr_reduction red);
+
+/* ---- hand-derived reference BPTT (nn/bptt.c) -------------------------------- */
+/*
+ * Forward and backward through time for one layer of a classic cell, written
+ * out by hand (no graph): the reference that autograd's cells are checked
+ * against and timed beside. Single layer, unidirectional, batch-first, f32/f64.
+ * Weight layout is PyTorch's: w_ih (G, I), w_hh (G, H), b_ih (G), b_hh (G) with
+ * G = H (RNN), 3H (GRU: blocks r, z, n), 4H (LSTM: blocks i, f, g, o).
+ */
+typedef enum cr_cell_kind {
+    CR_CELL_RNN_TANH,      /* h' = tanh(W_ih x + b_ih + W_hh h + b_hh) */
+    CR_CELL_RNN_RELU,      /* h' = relu(W_ih x + b_ih + W_hh h + b_hh) */
+    CR_CELL_GRU,           /* PyTorch: n = tanh(W_in x + b_in + r*(W_hn h + b_hn)) */
+    CR_CELL_GRU_ORIGINAL,  /* Cho et al. 2014: n = tanh(W_in x + b_in + W_hn (r*h) + b_hn) */
+    CR_CELL_LSTM,          /* c' = f*c + i*g, h' = o*tanh(c') */
+    CR_CELL_LSTM_PEEPHOLE  /* i, f also see w_ci*c, w_cf*c; o sees w_co*c' */
+} cr_cell_kind;
+
+const char *cr_cell_kind_name(cr_cell_kind kind); /* "lstm", "gru_original", ... */
+int64_t cr_cell_gates(cr_cell_kind kind);          /* G/H: 1, 3 or 4 */
+
+/* A cell's weights (or, for backward, their gradient accumulators). The
+ * peephole vectors (H) are used only by CR_CELL_LSTM_PEEPHOLE, else NULL. */
+typedef struct cr_bptt_weights {
+    cr_tensor *w_ih, *w_hh, *b_ih, *b_hh; /* (G, I), (G, H), (G), (G); biases may be NULL (zero) */
+    cr_tensor *w_ci, *w_cf, *w_co;        /* (H) each */
+} cr_bptt_weights;
+
+/* Looks up prefix.w_ih, prefix.w_hh, ... (and the peepholes for
+ * CR_CELL_LSTM_PEEPHOLE) in ps; a missing one is an error, except the
+ * biases, which a layer without biases lacks. */
+cr_bptt_weights cr_bptt_weights_from(const cr_params *ps, const char *prefix,
+                                     cr_cell_kind kind);
+/* The same for an autograd cell (cr_cell_init): its kind and its weights. */
+cr_cell_kind cr_cell_kind_of(const cr_rnn_cell *cell);
+cr_bptt_weights cr_bptt_weights_of(const cr_rnn_cell *cell);
+/* The gradient tensors (cr_grad_of, created zero-filled if absent) of p's
+ * weights, ready to pass as `g` to cr_bptt_backward. */
+cr_bptt_weights cr_bptt_grads_of(const cr_bptt_weights *p);
+
+/* Workspace for one (kind, dtype, B, T, I, H): the forward caches (gate
+ * activations, hidden and cell states) and backward scratch, allocated once
+ * and reused by every call, so steady-state use makes no malloc call. */
+typedef struct cr_bptt cr_bptt;
+cr_bptt *cr_bptt_init(cr_cell_kind kind, cr_dtype dt, int64_t B, int64_t T, int64_t I,
+                      int64_t H);
+void cr_bptt_free(cr_bptt *w); /* NULL is a no-op */
+
+/* Run the layer over x (B, T, I) from h0, c0 (B, H) (NULL: zeros; c0 only for
+ * LSTM). Writes y (B, T, H) = every h_t, h_n (B, H) = h_T and, for LSTM,
+ * c_n (B, H) = c_T; y, h_n, c_n may be NULL. Caches what backward needs. */
+void cr_bptt_forward(cr_bptt *w, const cr_bptt_weights *p, const cr_tensor *x,
+                     const cr_tensor *h0, const cr_tensor *c0, cr_tensor *y, cr_tensor *h_n,
+                     cr_tensor *c_n);
+/* Backward of the last forward, given dL/dy (B, T, H), dL/dh_n and (LSTM)
+ * dL/dc_n (B, H), each NULL for zero. ADDS the parameter gradients into g
+ * (g or any field may be NULL to skip) and writes dx (B, T, I), dh0 and dc0
+ * (B, H) when non-NULL. p must be the weights the forward used. */
+void cr_bptt_backward(cr_bptt *w, const cr_bptt_weights *p, const cr_tensor *dy,
+                      const cr_tensor *dh_n, const cr_tensor *dc_n, cr_bptt_weights *g,
+                      cr_tensor *dx, cr_tensor *dh0, cr_tensor *dc0);
+
+/* ---- end of declarations ---- */
+
 #ifdef __cplusplus
 }
 #endif
