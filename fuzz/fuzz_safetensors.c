@@ -1,0 +1,121 @@
+/*
+ * libFuzzer harness for the safetensors reader: cr_st_parse on arbitrary
+ * bytes must either reject them with a one-line message, or return a file
+ * whose entries, lookups and metadata are consistent and which survives a
+ * round trip through the writer's header builder unchanged.
+ */
+
+/* Included rather than linked so the harness can reach the writer's static
+ * header builder and round-trip in memory (no file, no fsync per input). */
+#include "../optim/safetensors.c"
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Aborting (not returning) makes libFuzzer save the input as a crash. */
+#define CHECK(cond)                                                                          \
+    do {                                                                                     \
+        if (!(cond))                                                                         \
+            abort();                                                                         \
+    } while (0)
+
+static void check_file(const cr_st_file *f)
+{
+    size_t n = cr_st_count(f), total = 0;
+    const unsigned char *prev_end = NULL;
+    for (size_t i = 0; i < n; i++) {
+        const cr_st_entry *e = cr_st_entry_at(f, i);
+        CHECK(e && e->name);
+        CHECK(e->ndim >= 0 && e->ndim <= CR_MAX_DIMS);
+        CHECK(cr_st_find(f, e->name) == e);
+        /* Entries tile the data section in order. */
+        if (prev_end)
+            CHECK((const unsigned char *)e->data == prev_end);
+        prev_end = (const unsigned char *)e->data + e->nbytes;
+        /* Touch every byte so ASan sees any bad range. */
+        volatile unsigned char sink = 0;
+        for (size_t k = 0; k < e->nbytes; k++)
+            sink ^= ((const unsigned char *)e->data)[k];
+        (void)sink;
+        total += e->nbytes;
+    }
+    CHECK(total == cr_st_data_bytes(f));
+    CHECK(cr_st_entry_at(f, n) == NULL);
+
+    for (size_t i = 0; i < cr_st_meta_count(f); i++) {
+        const char *k = NULL, *v = NULL;
+        CHECK(cr_st_meta_at(f, i, &k, &v) && k && v);
+        CHECK(cr_st_meta_get(f, k) == v); /* keys are unique */
+    }
+}
+
+/* Whatever the reader accepts, the writer must encode, and reading that back
+ * must give the same tensors and metadata. */
+static void check_round_trip(const cr_st_file *f)
+{
+    size_t n = cr_st_count(f), nm = cr_st_meta_count(f);
+    cr_st_entry *es = malloc((n ? n : 1) * sizeof *es);
+    const char **kv = malloc((nm ? 2 * nm : 1) * sizeof *kv);
+    CHECK(es && kv);
+    for (size_t i = 0; i < n; i++)
+        es[i] = *cr_st_entry_at(f, i);
+    for (size_t i = 0; i < nm; i++)
+        cr_st_meta_at(f, i, &kv[2 * i], &kv[2 * i + 1]);
+
+    st_buf hdr = {0};
+    char err[256];
+    CHECK(st_build_header(es, n, kv, nm, &hdr, err, sizeof err) == 0);
+    size_t len = 8 + hdr.len + cr_st_data_bytes(f);
+    unsigned char *buf = malloc(len);
+    CHECK(buf);
+    for (int i = 0; i < 8; i++)
+        buf[i] = (unsigned char)((uint64_t)hdr.len >> (8 * i));
+    memcpy(buf + 8, hdr.p, hdr.len);
+    size_t off = 8 + hdr.len;
+    for (size_t i = 0; i < n; i++) {
+        if (es[i].nbytes)
+            memcpy(buf + off, es[i].data, es[i].nbytes);
+        off += es[i].nbytes;
+    }
+
+    cr_st_file *g = NULL;
+    CHECK(cr_st_parse(buf, len, &g, err, sizeof err) == 0);
+    CHECK(cr_st_count(g) == n && cr_st_meta_count(g) == nm);
+    for (size_t i = 0; i < n; i++) {
+        const cr_st_entry *a = &es[i], *b = cr_st_entry_at(g, i);
+        CHECK(strcmp(a->name, b->name) == 0 && a->dtype == b->dtype && a->ndim == b->ndim);
+        CHECK(memcmp(a->shape, b->shape, (size_t)a->ndim * sizeof a->shape[0]) == 0);
+        CHECK(a->nbytes == b->nbytes);
+        CHECK(a->nbytes == 0 || memcmp(a->data, b->data, a->nbytes) == 0);
+    }
+    for (size_t i = 0; i < nm; i++) {
+        const char *k, *v;
+        CHECK(cr_st_meta_at(g, i, &k, &v));
+        CHECK(strcmp(k, kv[2 * i]) == 0 && strcmp(v, kv[2 * i + 1]) == 0);
+    }
+    cr_st_file_free(g);
+    free(buf);
+    free(hdr.p);
+    free(kv);
+    free(es);
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    cr_st_file *f = NULL;
+    char err[256];
+    err[0] = '\0';
+    if (cr_st_parse(data, size, &f, err, sizeof err) == 0) {
+        CHECK(f != NULL);
+        check_file(f);
+        check_round_trip(f);
+        cr_st_file_free(f);
+    } else {
+        CHECK(f == NULL);
+        CHECK(err[0] != '\0' && strchr(err, '\n') == NULL);
+    }
+    return 0;
+}

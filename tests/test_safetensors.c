@@ -1,0 +1,888 @@
+/*
+ * Tests of optim/safetensors.c: round trips, the exact bytes carousel writes,
+ * rejection of every kind of broken or lying file, atomic writes, and loading
+ * parameter sets.
+ */
+#include "carousel.h"
+
+#include <criterion/criterion.h>
+#include <dirent.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* ---- fixture: a fresh temporary directory per test ------------------------- */
+
+static char g_dir[256];
+
+static void rm_rf(const char *path)
+{
+    struct stat st;
+    if (lstat(path, &st) != 0)
+        return;
+    if (S_ISDIR(st.st_mode)) {
+        chmod(path, 0700); /* a test may have made it read-only */
+        DIR *d = opendir(path);
+        if (d) {
+            struct dirent *de;
+            while ((de = readdir(d))) {
+                if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
+                    continue;
+                char sub[512];
+                snprintf(sub, sizeof sub, "%s/%s", path, de->d_name);
+                rm_rf(sub);
+            }
+            closedir(d);
+        }
+        rmdir(path);
+    } else {
+        unlink(path);
+    }
+}
+
+static void setup(void)
+{
+    const char *base = getenv("TMPDIR");
+    snprintf(g_dir, sizeof g_dir, "%s/carousel-st-XXXXXX", base && *base ? base : "/tmp");
+    cr_assert(mkdtemp(g_dir) != NULL, "mkdtemp failed");
+}
+
+static void teardown(void) { rm_rf(g_dir); }
+
+TestSuite(safetensors, .init = setup, .fini = teardown);
+
+/* g_dir/name in a static buffer (one at a time is enough for these tests). */
+static const char *tpath(const char *name)
+{
+    static char buf[2][512];
+    static int which;
+    which ^= 1;
+    snprintf(buf[which], sizeof buf[which], "%s/%s", g_dir, name);
+    return buf[which];
+}
+
+static unsigned char *slurp(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    cr_assert(f, "cannot open %s", path);
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    unsigned char *b = malloc(n > 0 ? (size_t)n : 1);
+    cr_assert(fread(b, 1, (size_t)n, f) == (size_t)n);
+    fclose(f);
+    *len = (size_t)n;
+    return b;
+}
+
+static int count_dir_entries(const char *dir)
+{
+    DIR *d = opendir(dir);
+    cr_assert(d);
+    int n = 0;
+    struct dirent *de;
+    while ((de = readdir(d)))
+        if (strcmp(de->d_name, ".") != 0 && strcmp(de->d_name, "..") != 0)
+            n++;
+    closedir(d);
+    return n;
+}
+
+/* A file in memory: length field, the header as given, data_len bytes 0..255. */
+static unsigned char *mkfile(const char *hdr, size_t data_len, size_t *len)
+{
+    size_t h = strlen(hdr);
+    *len = 8 + h + data_len;
+    unsigned char *b = malloc(*len);
+    for (int i = 0; i < 8; i++)
+        b[i] = (unsigned char)((uint64_t)h >> (8 * i));
+    memcpy(b + 8, hdr, h);
+    for (size_t i = 0; i < data_len; i++)
+        b[8 + h + i] = (unsigned char)i;
+    return b;
+}
+
+/* Parse hdr+data and expect failure with `needle` in the message. */
+static void expect_reject(const char *hdr, size_t data_len, const char *needle)
+{
+    size_t len;
+    unsigned char *b = mkfile(hdr, data_len, &len);
+    cr_st_file *f = (cr_st_file *)1;
+    char err[256] = "";
+    int rc = cr_st_parse(b, len, &f, err, sizeof err);
+    free(b);
+    cr_assert_eq(rc, -1, "accepted: %s", hdr);
+    cr_assert_null(f);
+    cr_assert(strstr(err, needle), "message '%s' lacks '%s' (header %s)", err, needle, hdr);
+    cr_assert_null(strchr(err, '\n'), "message is not one line: %s", err);
+}
+
+static void expect_accept(const char *hdr, size_t data_len)
+{
+    size_t len;
+    unsigned char *b = mkfile(hdr, data_len, &len);
+    cr_st_file *f = NULL;
+    char err[256] = "";
+    int rc = cr_st_parse(b, len, &f, err, sizeof err);
+    free(b);
+    cr_assert_eq(rc, 0, "rejected %s: %s", hdr, err);
+    cr_st_file_free(f);
+}
+
+/* ---- a small valid file ------------------------------------------------------ */
+
+static const float k_f32[6] = {1.5f, -2.0f, 3.25f, 0.0f, 1e-8f, -7.0f};
+static const double k_f64[4] = {3.141592653589793, -1e300, 2.5e-310, 42.0};
+static const int32_t k_i32[1] = {-123456};
+
+static const char *const k_meta[] = {"step",  "1000", "note", "quote \" back\\slash \n tab\t ü€",
+                                     "empty", ""};
+
+static void write_sample(const char *path)
+{
+    cr_st_entry es[4] = {
+        {.name = "l0.w_ih", .dtype = CR_F32, .ndim = 2, .shape = {2, 3}, .data = k_f32,
+         .nbytes = sizeof k_f32},
+        {.name = "analysis.x", .dtype = CR_F64, .ndim = 1, .shape = {4}, .data = k_f64,
+         .nbytes = sizeof k_f64},
+        {.name = "scalar", .dtype = CR_I32, .ndim = 0, .data = k_i32, .nbytes = 4},
+        {.name = "empty", .dtype = CR_F32, .ndim = 2, .shape = {0, 5}, .data = NULL,
+         .nbytes = 0},
+    };
+    char err[256] = "";
+    cr_assert_eq(cr_st_write(path, es, 4, k_meta, 3, err, sizeof err), 0, "%s", err);
+}
+
+static void check_sample(const cr_st_file *f)
+{
+    cr_assert_eq(cr_st_count(f), 4);
+    cr_assert_eq(cr_st_data_bytes(f), sizeof k_f32 + sizeof k_f64 + 4);
+
+    const cr_st_entry *e = cr_st_find(f, "l0.w_ih");
+    cr_assert_not_null(e);
+    cr_assert_eq(e->dtype, CR_F32);
+    cr_assert_eq(e->ndim, 2);
+    cr_assert_eq(e->shape[0], 2);
+    cr_assert_eq(e->shape[1], 3);
+    cr_assert_eq(e->nbytes, sizeof k_f32);
+    cr_assert_eq(memcmp(e->data, k_f32, sizeof k_f32), 0);
+
+    e = cr_st_find(f, "analysis.x");
+    cr_assert_not_null(e);
+    cr_assert_eq(e->dtype, CR_F64);
+    cr_assert_eq(e->ndim, 1);
+    cr_assert_eq(memcmp(e->data, k_f64, sizeof k_f64), 0);
+
+    e = cr_st_find(f, "scalar");
+    cr_assert_not_null(e);
+    cr_assert_eq(e->dtype, CR_I32);
+    cr_assert_eq(e->ndim, 0);
+    int32_t v;
+    memcpy(&v, e->data, 4);
+    cr_assert_eq(v, -123456);
+
+    e = cr_st_find(f, "empty");
+    cr_assert_not_null(e);
+    cr_assert_eq(e->nbytes, 0);
+    cr_assert_eq(e->shape[0], 0);
+    cr_assert_eq(e->shape[1], 5);
+
+    cr_assert_null(cr_st_find(f, "absent"));
+    cr_assert_null(cr_st_find(f, "__metadata__"));
+
+    /* Entries in data order, which is the order they were written in. */
+    cr_assert_str_eq(cr_st_entry_at(f, 0)->name, "l0.w_ih");
+    cr_assert_str_eq(cr_st_entry_at(f, 1)->name, "analysis.x");
+    cr_assert_null(cr_st_entry_at(f, 4));
+
+    cr_assert_eq(cr_st_meta_count(f), 3);
+    cr_assert_str_eq(cr_st_meta_get(f, "step"), "1000");
+    cr_assert_str_eq(cr_st_meta_get(f, "note"), k_meta[3]);
+    cr_assert_str_eq(cr_st_meta_get(f, "empty"), "");
+    cr_assert_null(cr_st_meta_get(f, "absent"));
+    const char *k, *val;
+    cr_assert(cr_st_meta_at(f, 1, &k, &val));
+    cr_assert_str_eq(k, "note");
+    cr_assert(!cr_st_meta_at(f, 3, &k, &val));
+}
+
+Test(safetensors, round_trip)
+{
+    const char *p = tpath("a.safetensors");
+    write_sample(p);
+    cr_st_file *f = NULL;
+    char err[256] = "";
+    cr_assert_eq(cr_st_read(p, &f, err, sizeof err), 0, "%s", err);
+    check_sample(f);
+    cr_st_file_free(f);
+
+    /* The same bytes through cr_st_parse; the copy outlives the input. */
+    size_t len;
+    unsigned char *b = slurp(p, &len);
+    cr_assert_eq(cr_st_parse(b, len, &f, err, sizeof err), 0, "%s", err);
+    memset(b, 0xAB, len);
+    free(b);
+    check_sample(f);
+    cr_st_file_free(f);
+}
+
+Test(safetensors, round_trip_no_tensors)
+{
+    const char *p = tpath("empty.safetensors");
+    char err[256] = "";
+    cr_assert_eq(cr_st_write(p, NULL, 0, NULL, 0, err, sizeof err), 0, "%s", err);
+    cr_st_file *f = NULL;
+    cr_assert_eq(cr_st_read(p, &f, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(cr_st_count(f), 0);
+    cr_assert_eq(cr_st_meta_count(f), 0);
+    cr_assert_null(cr_st_find(f, "x"));
+    cr_st_file_free(f);
+    cr_st_file_free(NULL);
+}
+
+/* The exact bytes, as the reference implementation lays them out. */
+Test(safetensors, golden_bytes)
+{
+    const char *p = tpath("g.safetensors");
+    const float x[2] = {1.0f, 2.0f};
+    cr_st_entry e = {.name = "x", .dtype = CR_F32, .ndim = 1, .shape = {2}, .data = x,
+                     .nbytes = 8};
+    const char *meta[] = {"k", "v"};
+    char err[256] = "";
+    cr_assert_eq(cr_st_write(p, &e, 1, meta, 1, err, sizeof err), 0, "%s", err);
+    size_t len;
+    unsigned char *b = slurp(p, &len);
+    const char *json =
+        "{\"__metadata__\":{\"k\":\"v\"},\"x\":{\"dtype\":\"F32\",\"shape\":[2],"
+        "\"data_offsets\":[0,8]}}";
+    size_t jl = strlen(json), hl = (jl + 7) / 8 * 8;
+    cr_assert_eq(len, 8 + hl + 8);
+    cr_assert_eq(b[0], (unsigned char)hl);
+    for (int i = 1; i < 8; i++)
+        cr_assert_eq(b[i], 0);
+    cr_assert_eq(memcmp(b + 8, json, jl), 0);
+    for (size_t i = jl; i < hl; i++)
+        cr_assert_eq(b[8 + i], ' ');
+    /* 1.0f and 2.0f little-endian */
+    const unsigned char want[8] = {0, 0, 0x80, 0x3f, 0, 0, 0, 0x40};
+    cr_assert_eq(memcmp(b + 8 + hl, want, 8), 0);
+    free(b);
+}
+
+/* Names and metadata keys are JSON-escaped on the way out. */
+Test(safetensors, escaped_names_round_trip)
+{
+    const char *p = tpath("esc.safetensors");
+    const char *names[] = {"we\"ird\\name", "ctl\x01\x1f\x7f", "caf\xc3\xa9.\xe2\x82\xac", ""};
+    int32_t v[4] = {1, 2, 3, 4};
+    cr_st_entry es[4];
+    for (int i = 0; i < 4; i++)
+        es[i] = (cr_st_entry){.name = names[i], .dtype = CR_I32, .ndim = 1, .shape = {1},
+                              .data = &v[i], .nbytes = 4};
+    const char *meta[] = {"k\"\n", "v\\\t"};
+    char err[256] = "";
+    cr_assert_eq(cr_st_write(p, es, 4, meta, 1, err, sizeof err), 0, "%s", err);
+    cr_st_file *f = NULL;
+    cr_assert_eq(cr_st_read(p, &f, err, sizeof err), 0, "%s", err);
+    for (int i = 0; i < 4; i++) {
+        const cr_st_entry *e = cr_st_find(f, names[i]);
+        cr_assert_not_null(e, "name %d lost", i);
+        cr_assert_eq(memcmp(e->data, &v[i], 4), 0);
+    }
+    cr_assert_str_eq(cr_st_meta_get(f, "k\"\n"), "v\\\t");
+    cr_st_file_free(f);
+}
+
+/* A file written by another tool: header not padded, no metadata, other key
+ * order, whitespace inside. */
+Test(safetensors, reads_foreign_layout)
+{
+    expect_accept("{ \"b\" : {\"data_offsets\":[8,16],\"shape\":[2],\"dtype\":\"I32\"},"
+                  "\"a\":{\"shape\":[1,2],\"dtype\":\"F32\",\"data_offsets\":[0,8]} }\n",
+                  16);
+    expect_accept("{}", 0);
+    expect_accept("{\"__metadata__\":{}}", 0);
+}
+
+/* ---- truncation and lengths ----------------------------------------------- */
+
+Test(safetensors, every_truncation_is_rejected)
+{
+    const char *p = tpath("t.safetensors");
+    write_sample(p);
+    size_t len;
+    unsigned char *b = slurp(p, &len);
+    for (size_t n = 0; n < len; n++) {
+        /* A fresh heap copy so ASan sees any read past n. */
+        unsigned char *c = malloc(n ? n : 1);
+        memcpy(c, b, n);
+        cr_st_file *f = NULL;
+        char err[256] = "";
+        cr_assert_eq(cr_st_parse(c, n, &f, err, sizeof err), -1, "prefix %zu accepted", n);
+        cr_assert_null(f);
+        cr_assert(err[0] != '\0', "prefix %zu: no message", n);
+        free(c);
+    }
+    /* And through the file path, for a few lengths. */
+    size_t cuts[] = {0, 3, 8, 20, len - 1};
+    for (size_t i = 0; i < sizeof cuts / sizeof *cuts; i++) {
+        const char *q = tpath("cut.safetensors");
+        FILE *fp = fopen(q, "wb");
+        fwrite(b, 1, cuts[i], fp);
+        fclose(fp);
+        cr_st_file *f = NULL;
+        char err[256] = "";
+        cr_assert_eq(cr_st_read(q, &f, err, sizeof err), -1);
+        cr_assert(strstr(err, q), "message names the file: %s", err);
+    }
+    free(b);
+}
+
+Test(safetensors, header_length_lies)
+{
+    size_t len;
+    unsigned char *b = mkfile("{}", 0, &len);
+    cr_st_file *f = NULL;
+    char err[256];
+
+    b[7] = 0x80; /* 2^63 */
+    cr_assert_eq(cr_st_parse(b, len, &f, err, sizeof err), -1);
+    cr_assert(strstr(err, "header length"), "%s", err);
+    cr_assert(strstr(err, "limit"), "%s", err);
+
+    memset(b, 0, 8);
+    uint64_t big = CR_ST_MAX_HEADER + 1;
+    for (int i = 0; i < 8; i++)
+        b[i] = (unsigned char)(big >> (8 * i));
+    cr_assert_eq(cr_st_parse(b, len, &f, err, sizeof err), -1);
+    cr_assert(strstr(err, "limit"), "%s", err);
+
+    memset(b, 0, 8);
+    b[0] = 3; /* longer than the 2 bytes there */
+    cr_assert_eq(cr_st_parse(b, len, &f, err, sizeof err), -1);
+    cr_assert(strstr(err, "exceeds the 2 bytes"), "%s", err);
+
+    memset(b, 0, 8); /* zero-length header */
+    cr_assert_eq(cr_st_parse(b, len, &f, err, sizeof err), -1);
+    cr_assert(strstr(err, "empty"), "%s", err);
+
+    b[0] = 1; /* "{" only */
+    cr_assert_eq(cr_st_parse(b, len, &f, err, sizeof err), -1);
+    cr_assert(strstr(err, "JSON"), "%s", err);
+    free(b);
+
+    cr_assert_eq(cr_st_parse(NULL, 0, &f, err, sizeof err), -1);
+    cr_assert(strstr(err, "shorter than"), "%s", err);
+}
+
+/* ---- lying offsets ---------------------------------------------------------- */
+
+Test(safetensors, offsets_beyond_end)
+{
+    expect_reject("{\"a\":{\"dtype\":\"F32\",\"shape\":[4],\"data_offsets\":[0,16]}}", 8,
+                  "tensor 'a': data_offsets [0,16] end beyond the 8-byte data section");
+    expect_reject("{\"a\":{\"dtype\":\"F32\",\"shape\":[0],\"data_offsets\":[9,9]}}", 8,
+                  "end beyond");
+}
+
+Test(safetensors, offsets_wrong_size)
+{
+    expect_reject("{\"l0.w_ih\":{\"dtype\":\"F32\",\"shape\":[4,8],\"data_offsets\":[0,96]}}", 96,
+                  "tensor 'l0.w_ih': data_offsets [0,96] but dtype F32 shape [4,8] needs 128 "
+                  "bytes");
+    expect_reject("{\"a\":{\"dtype\":\"F64\",\"shape\":[],\"data_offsets\":[0,4]}}", 4,
+                  "needs 8 bytes");
+    expect_reject("{\"a\":{\"dtype\":\"I32\",\"shape\":[2],\"data_offsets\":[8,0]}}", 8,
+                  "begin after end");
+}
+
+Test(safetensors, offsets_overlap_gap_trailing)
+{
+    expect_reject("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},"
+                  "\"b\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[4,12]}}",
+                  12, "tensors 'a' [0,8] and 'b' [4,12] overlap");
+    /* The same range twice. */
+    expect_reject("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},"
+                  "\"b\":{\"dtype\":\"I32\",\"shape\":[2],\"data_offsets\":[0,8]}}",
+                  8, "overlap");
+    /* An empty tensor inside another one. */
+    expect_reject("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},"
+                  "\"b\":{\"dtype\":\"F32\",\"shape\":[0],\"data_offsets\":[4,4]}}",
+                  8, "overlap");
+    expect_reject("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[4,12]}}", 12,
+                  "4 unused bytes before tensor 'a'");
+    expect_reject("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}", 9,
+                  "1 bytes after the last tensor");
+    expect_reject("{}", 3, "3 bytes after the last tensor");
+    /* Listed out of order in the header is fine. */
+    expect_accept("{\"b\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[8,16]},"
+                  "\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}",
+                  16);
+}
+
+/* ---- bad headers -------------------------------------------------------------- */
+
+Test(safetensors, bad_json)
+{
+    expect_reject("{", 0, "not valid JSON");
+    expect_reject("not json", 0, "not valid JSON");
+    expect_reject("{\"a\":}", 0, "not valid JSON");
+    expect_reject("[]", 0, "not a JSON object");
+    expect_reject("\"x\"", 0, "not a JSON object");
+    expect_reject("{} {}", 0, "bytes after the JSON object");
+    expect_reject("{}x", 0, "bytes after the JSON object");
+    expect_reject("{\"a\xff\":1}", 0, "not valid UTF-8");
+    expect_reject("{\"\xc0\xaf\":1}", 0, "not valid UTF-8");  /* overlong '/' */
+    expect_reject("{\"\xed\xa0\x80\":1}", 0, "not valid UTF-8"); /* surrogate */
+
+    /* An embedded NUL byte in the header. */
+    size_t len;
+    unsigned char *b = mkfile("{}      ", 0, &len);
+    b[8 + 3] = 0;
+    cr_st_file *f = NULL;
+    char err[256];
+    cr_assert_eq(cr_st_parse(b, len, &f, err, sizeof err), -1);
+    cr_assert(strstr(err, "NUL"), "%s", err);
+    free(b);
+}
+
+Test(safetensors, bad_entries)
+{
+    expect_reject("{\"a\":1}", 0, "tensor 'a': entry is not an object");
+    expect_reject("{\"a\":[]}", 0, "tensor 'a': entry is not an object");
+    expect_reject("{\"a\":{\"dtype\":\"F32\",\"shape\":[0]}}", 0, "missing field 'data_offsets'");
+    expect_reject("{\"a\":{\"shape\":[0],\"data_offsets\":[0,0]}}", 0, "missing field 'dtype'");
+    expect_reject("{\"a\":{\"dtype\":\"F32\",\"shape\":[0],\"data_offsets\":[0,0],\"x\":1}}", 0,
+                  "unknown field 'x'");
+    expect_reject("{\"a\":{\"dtype\":\"F32\",\"dtype\":\"F32\",\"shape\":[0],"
+                  "\"data_offsets\":[0,0]}}",
+                  0, "field 'dtype' appears twice");
+    expect_reject("{\"a\":{\"dtype\":32,\"shape\":[0],\"data_offsets\":[0,0]}}", 0,
+                  "dtype is not a string");
+    expect_reject("{\"a\":{\"dtype\":\"F32\",\"shape\":{},\"data_offsets\":[0,0]}}", 0,
+                  "shape is not an array");
+    expect_reject("{\"a\":{\"dtype\":\"F32\",\"shape\":[-1],\"data_offsets\":[0,0]}}", 0,
+                  "shape[0] is not a non-negative integer");
+    expect_reject("{\"a\":{\"dtype\":\"F32\",\"shape\":[1.5],\"data_offsets\":[0,0]}}", 0,
+                  "shape[0]");
+    expect_reject("{\"a\":{\"dtype\":\"F32\",\"shape\":[1,\"2\"],\"data_offsets\":[0,0]}}", 0,
+                  "shape[1]");
+    expect_reject("{\"a\":{\"dtype\":\"F32\",\"shape\":[1e300],\"data_offsets\":[0,0]}}", 0,
+                  "shape[0]");
+    expect_reject("{\"a\":{\"dtype\":\"F32\",\"shape\":[1,1,1,1,1,1,1,1,1],"
+                  "\"data_offsets\":[0,4]}}",
+                  4, "more than 8 dims");
+    expect_reject("{\"a\":{\"dtype\":\"F64\",\"shape\":[4294967296,4294967296,4294967296],"
+                  "\"data_offsets\":[0,0]}}",
+                  0, "overflows");
+    expect_reject("{\"a\":{\"dtype\":\"F32\",\"shape\":[0],\"data_offsets\":[0]}}", 0,
+                  "data_offsets is not an array of two");
+    expect_reject("{\"a\":{\"dtype\":\"F32\",\"shape\":[0],\"data_offsets\":[0,0,0]}}", 0,
+                  "data_offsets is not an array of two");
+    expect_reject("{\"a\":{\"dtype\":\"F32\",\"shape\":[0],\"data_offsets\":[0,-0.5]}}", 0,
+                  "data_offsets is not an array of two");
+    expect_reject("{\"a\":{\"dtype\":\"F32\",\"shape\":[0],\"data_offsets\":\"0,0\"}}", 0,
+                  "data_offsets is not an array of two");
+}
+
+Test(safetensors, unknown_dtype)
+{
+    expect_reject("{\"a\":{\"dtype\":\"BF16\",\"shape\":[2],\"data_offsets\":[0,4]}}", 4,
+                  "tensor 'a': unsupported dtype 'BF16'");
+    expect_reject("{\"a\":{\"dtype\":\"f32\",\"shape\":[2],\"data_offsets\":[0,8]}}", 8,
+                  "unsupported dtype 'f32'");
+}
+
+Test(safetensors, duplicates)
+{
+    expect_reject("{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]},"
+                  "\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]}}",
+                  8, "duplicate tensor name 'a'");
+    expect_reject("{\"__metadata__\":{\"k\":\"1\"},\"__metadata__\":{}}", 0,
+                  "__metadata__ appears twice");
+    expect_reject("{\"__metadata__\":{\"k\":\"1\",\"k\":\"2\"}}", 0, "duplicate metadata key 'k'");
+}
+
+Test(safetensors, bad_metadata)
+{
+    expect_reject("{\"__metadata__\":[]}", 0, "__metadata__ is not an object");
+    expect_reject("{\"__metadata__\":{\"step\":100}}", 0,
+                  "__metadata__ value of 'step' is not a string");
+    expect_reject("{\"__metadata__\":{\"a\":null}}", 0, "value of 'a' is not a string");
+}
+
+Test(safetensors, messages_are_sanitised)
+{
+    /* A control character in a name must not break the one-line message. */
+    expect_reject("{\"a\\nb\":1}", 0, "tensor 'a?b'");
+    char hdr[600];
+    snprintf(hdr, sizeof hdr, "{\"%0300d\":1}", 7);
+    expect_reject(hdr, 0, "...'");
+}
+
+/* ---- writer ------------------------------------------------------------------- */
+
+Test(safetensors, writer_rejects_bad_input)
+{
+    const char *p = tpath("w.safetensors");
+    float x[2] = {0};
+    char err[256];
+    cr_st_entry e = {.name = "x", .dtype = CR_F32, .ndim = 1, .shape = {3}, .data = x,
+                     .nbytes = 8};
+    cr_assert_eq(cr_st_write(p, &e, 1, NULL, 0, err, sizeof err), -1);
+    cr_assert(strstr(err, "tensor 'x': nbytes 8 but dtype F32 shape [3] needs 12"), "%s", err);
+
+    cr_st_entry two[2] = {{.name = "x", .dtype = CR_F32, .ndim = 1, .shape = {2}, .data = x,
+                           .nbytes = 8},
+                          {.name = "x", .dtype = CR_F32, .ndim = 1, .shape = {2}, .data = x,
+                           .nbytes = 8}};
+    cr_assert_eq(cr_st_write(p, two, 2, NULL, 0, err, sizeof err), -1);
+    cr_assert(strstr(err, "duplicate tensor name 'x'"), "%s", err);
+
+    two[1].name = "__metadata__";
+    cr_assert_eq(cr_st_write(p, two, 2, NULL, 0, err, sizeof err), -1);
+    cr_assert(strstr(err, "reserved"), "%s", err);
+
+    two[1].name = "y";
+    two[1].data = NULL;
+    cr_assert_eq(cr_st_write(p, two, 2, NULL, 0, err, sizeof err), -1);
+    cr_assert(strstr(err, "data is NULL"), "%s", err);
+
+    two[1].data = x;
+    two[1].dtype = (cr_dtype)7;
+    cr_assert_eq(cr_st_write(p, two, 2, NULL, 0, err, sizeof err), -1);
+    cr_assert(strstr(err, "unknown dtype"), "%s", err);
+
+    two[1].dtype = CR_F32;
+    two[1].ndim = 9;
+    cr_assert_eq(cr_st_write(p, two, 2, NULL, 0, err, sizeof err), -1);
+    cr_assert(strstr(err, "ndim 9"), "%s", err);
+
+    const char *dupmeta[] = {"k", "1", "k", "2"};
+    cr_assert_eq(cr_st_write(p, &two[0], 1, dupmeta, 2, err, sizeof err), -1);
+    cr_assert(strstr(err, "duplicate metadata key 'k'"), "%s", err);
+
+    const char *nullmeta[] = {"k", NULL};
+    cr_assert_eq(cr_st_write(p, &two[0], 1, nullmeta, 1, err, sizeof err), -1);
+    cr_assert(strstr(err, "metadata value 0 is NULL"), "%s", err);
+
+    cr_st_entry badname = two[0];
+    badname.name = "bad\xff";
+    cr_assert_eq(cr_st_write(p, &badname, 1, NULL, 0, err, sizeof err), -1);
+    cr_assert(strstr(err, "UTF-8"), "%s", err);
+
+    /* Nothing was created, not even a temporary file; err may be NULL. */
+    cr_assert_eq(count_dir_entries(g_dir), 0);
+    cr_assert_eq(cr_st_write(p, &e, 1, NULL, 0, NULL, 0), -1);
+}
+
+Test(safetensors, write_into_missing_directory_fails)
+{
+    const char *p = tpath("no/such/dir/a.safetensors");
+    float x = 1;
+    cr_st_entry e = {.name = "x", .dtype = CR_F32, .ndim = 0, .data = &x, .nbytes = 4};
+    char err[256] = "";
+    cr_assert_eq(cr_st_write(p, &e, 1, NULL, 0, err, sizeof err), -1);
+    cr_assert(strstr(err, p), "%s", err);
+    cr_assert(strstr(err, "No such file"), "%s", err);
+    cr_assert_eq(count_dir_entries(g_dir), 0);
+
+    /* A directory nobody may create files in, even root. */
+    cr_assert_eq(cr_st_write("/proc/carousel-test.safetensors", &e, 1, NULL, 0, err, sizeof err),
+                 -1);
+    cr_assert(err[0]);
+}
+
+Test(safetensors, write_into_unwritable_directory_keeps_old_file)
+{
+    const char *sub = tpath("ro");
+    cr_assert_eq(mkdir(sub, 0700), 0);
+    char p[512];
+    snprintf(p, sizeof p, "%s/a.safetensors", sub);
+    write_sample(p);
+    size_t len0;
+    unsigned char *before = slurp(p, &len0);
+
+    cr_assert_eq(chmod(sub, 0500), 0);
+    float x = 1;
+    cr_st_entry e = {.name = "x", .dtype = CR_F32, .ndim = 0, .data = &x, .nbytes = 4};
+    char err[256] = "";
+    int rc = cr_st_write(p, &e, 1, NULL, 0, err, sizeof err);
+    chmod(sub, 0700);
+    if (geteuid() != 0) { /* root writes anywhere; the other tests cover it */
+        cr_assert_eq(rc, -1);
+        cr_assert(strstr(err, "Permission denied"), "%s", err);
+        size_t len1;
+        unsigned char *after = slurp(p, &len1);
+        cr_assert_eq(len1, len0);
+        cr_assert_eq(memcmp(before, after, len0), 0);
+        free(after);
+        cr_assert_eq(count_dir_entries(sub), 1);
+    }
+    free(before);
+}
+
+/* A write that fails half way (file size limit) leaves the old file as it was
+ * and no temporary file behind. Works as root too. */
+Test(safetensors, failed_write_keeps_old_file)
+{
+    const char *p = tpath("a.safetensors");
+    write_sample(p);
+    size_t len0;
+    unsigned char *before = slurp(p, &len0);
+
+    static float big[4096];
+    cr_st_entry e = {.name = "big", .dtype = CR_F32, .ndim = 1, .shape = {4096}, .data = big,
+                     .nbytes = sizeof big};
+    signal(SIGXFSZ, SIG_IGN);
+    struct rlimit rl = {.rlim_cur = 1000, .rlim_max = RLIM_INFINITY};
+    cr_assert_eq(setrlimit(RLIMIT_FSIZE, &rl), 0);
+    char err[256] = "";
+    int rc = cr_st_write(p, &e, 1, NULL, 0, err, sizeof err);
+    rl.rlim_cur = RLIM_INFINITY;
+    setrlimit(RLIMIT_FSIZE, &rl);
+    cr_assert_eq(rc, -1);
+    cr_assert(strstr(err, "File too large"), "%s", err);
+
+    size_t len1;
+    unsigned char *after = slurp(p, &len1);
+    cr_assert_eq(len1, len0);
+    cr_assert_eq(memcmp(before, after, len0), 0);
+    free(before);
+    free(after);
+    cr_assert_eq(count_dir_entries(g_dir), 1, "temporary file left behind");
+}
+
+/* The rename is the last step; when it fails the temporary must go too. */
+Test(safetensors, failed_rename_removes_temp)
+{
+    const char *p = tpath("isdir");
+    cr_assert_eq(mkdir(p, 0700), 0);
+    char inner[512];
+    snprintf(inner, sizeof inner, "%s/keep", p);
+    FILE *fp = fopen(inner, "w");
+    fclose(fp);
+    float x = 1;
+    cr_st_entry e = {.name = "x", .dtype = CR_F32, .ndim = 0, .data = &x, .nbytes = 4};
+    char err[256] = "";
+    cr_assert_eq(cr_st_write(p, &e, 1, NULL, 0, err, sizeof err), -1);
+    cr_assert(strstr(err, "rename"), "%s", err);
+    cr_assert_eq(count_dir_entries(g_dir), 1, "temporary file left behind");
+    cr_assert_eq(count_dir_entries(p), 1);
+}
+
+Test(safetensors, overwrite_leaves_no_temp_and_keeps_mode)
+{
+    const char *p = tpath("a.safetensors");
+    write_sample(p);
+    cr_assert_eq(chmod(p, 0640), 0);
+    float x = 5;
+    cr_st_entry e = {.name = "x", .dtype = CR_F32, .ndim = 0, .data = &x, .nbytes = 4};
+    char err[256] = "";
+    cr_assert_eq(cr_st_write(p, &e, 1, NULL, 0, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(count_dir_entries(g_dir), 1);
+    struct stat st;
+    cr_assert_eq(stat(p, &st), 0);
+    cr_assert_eq(st.st_mode & 0777, 0640);
+
+    cr_st_file *f = NULL;
+    cr_assert_eq(cr_st_read(p, &f, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(cr_st_count(f), 1);
+    cr_st_file_free(f);
+
+    /* A relative path (no directory part) works too. */
+    char cwd[512];
+    cr_assert(getcwd(cwd, sizeof cwd));
+    cr_assert_eq(chdir(g_dir), 0);
+    cr_assert_eq(cr_st_write("rel.safetensors", &e, 1, NULL, 0, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(chdir(cwd), 0);
+    cr_assert_eq(count_dir_entries(g_dir), 2);
+}
+
+Test(safetensors, read_errors, .timeout = 10)
+{
+    cr_st_file *f = NULL;
+    char err[256];
+    cr_assert_eq(cr_st_read(tpath("absent"), &f, err, sizeof err), -1);
+    cr_assert(strstr(err, "No such file"), "%s", err);
+    cr_assert_eq(cr_st_read(g_dir, &f, err, sizeof err), -1);
+    cr_assert(strstr(err, "not a regular file"), "%s", err);
+    cr_assert_null(f);
+
+    /* A FIFO is refused at once rather than waited on. */
+    const char *fifo = tpath("fifo");
+    cr_assert_eq(mkfifo(fifo, 0600), 0);
+    cr_assert_eq(cr_st_read(fifo, &f, err, sizeof err), -1);
+    cr_assert(strstr(err, "not a regular file"), "%s", err);
+
+    const char *empty = tpath("empty");
+    FILE *fp = fopen(empty, "wb");
+    fclose(fp);
+    cr_assert_eq(cr_st_read(empty, &f, err, sizeof err), -1);
+    cr_assert(strstr(err, "file is 0 bytes"), "%s", err);
+}
+
+/* ---- parameter sets ------------------------------------------------------------ */
+
+static cr_params *make_params(int64_t hidden)
+{
+    cr_params *ps = cr_params_init();
+    cr_tensor *w = cr_params_add(ps, "rnn", "w_ih", CR_F32, CR_SHAPE(hidden, 3));
+    cr_tensor *b = cr_params_add(ps, "rnn", "b_ih", CR_F64, CR_SHAPE(hidden));
+    cr_tensor *sc = cr_params_add(ps, NULL, "scale", CR_F64, CR_SHAPE(2));
+    for (int64_t i = 0; i < hidden * 3; i++)
+        ((float *)w->data)[i] = (float)i * 0.5f;
+    for (int64_t i = 0; i < hidden; i++)
+        ((double *)b->data)[i] = -(double)i;
+    ((double *)sc->data)[0] = 7;
+    ((double *)sc->data)[1] = -7.5;
+    return ps;
+}
+
+static void zero_params(cr_params *ps)
+{
+    for (size_t i = 0; i < ps->n; i++)
+        cr_fill(ps->items[i].value, 0.0);
+}
+
+static bool params_equal(const cr_params *a, const cr_params *b)
+{
+    if (a->n != b->n)
+        return false;
+    for (size_t i = 0; i < a->n; i++) {
+        const cr_tensor *x = a->items[i].value, *y = b->items[i].value;
+        size_t nb = (size_t)cr_numel(x) * cr_dtype_size(x->dtype);
+        if (strcmp(a->items[i].name, b->items[i].name) != 0 || !cr_same_shape(x, y) ||
+            memcmp(x->data, y->data, nb) != 0)
+            return false;
+    }
+    return true;
+}
+
+Test(safetensors, params_round_trip)
+{
+    const char *p = tpath("model.safetensors");
+    cr_params *ps = make_params(4);
+    const char *meta[] = {"arch", "rnn"};
+    char err[256] = "";
+    cr_assert_eq(cr_params_save(ps, p, meta, 1, err, sizeof err), 0, "%s", err);
+
+    cr_params *qs = make_params(4);
+    zero_params(qs);
+    cr_assert(!params_equal(ps, qs));
+    cr_assert_eq(cr_params_load(qs, p, err, sizeof err), 0, "%s", err);
+    cr_assert(params_equal(ps, qs));
+
+    cr_st_file *f = NULL;
+    cr_assert_eq(cr_st_read(p, &f, err, sizeof err), 0, "%s", err);
+    cr_assert_not_null(cr_st_find(f, "rnn.w_ih"));
+    cr_assert_not_null(cr_st_find(f, "scale"));
+    cr_assert_str_eq(cr_st_meta_get(f, "arch"), "rnn");
+    cr_st_file_free(f);
+    cr_params_free(ps);
+    cr_params_free(qs);
+}
+
+Test(safetensors, params_load_rejects_shape_mismatch_and_changes_nothing)
+{
+    const char *p = tpath("model.safetensors");
+    cr_params *ps = make_params(4);
+    char err[256] = "";
+    cr_assert_eq(cr_params_save(ps, p, NULL, 0, err, sizeof err), 0, "%s", err);
+
+    /* Same names, hidden size 5: the first parameter in the file would fit
+     * nowhere, and nothing may be copied. */
+    cr_params *qs = make_params(5);
+    cr_params *orig = make_params(5);
+    cr_assert_eq(cr_params_load(qs, p, err, sizeof err), -1);
+    cr_assert(strstr(err, "parameter 'rnn.w_ih': file has F32 [4,3], model has F32 [5,3]"), "%s",
+              err);
+    cr_assert(params_equal(qs, orig), "a failed load changed the parameters");
+    cr_params_free(qs);
+    cr_params_free(orig);
+
+    /* Only the last parameter differs: still nothing copied. */
+    cr_params *rs = cr_params_init();
+    cr_params_add(rs, "rnn", "w_ih", CR_F32, CR_SHAPE(4, 3));
+    cr_params_add(rs, "rnn", "b_ih", CR_F64, CR_SHAPE(4));
+    cr_params_add(rs, NULL, "scale", CR_F32, CR_SHAPE(2)); /* dtype differs */
+    cr_assert_eq(cr_params_load(rs, p, err, sizeof err), -1);
+    cr_assert(strstr(err, "parameter 'scale': file has F64 [2], model has F32 [2]"), "%s", err);
+    cr_assert_eq(cr_get_flat(rs->items[0].value, 5), 0.0);
+    cr_params_free(rs);
+    cr_params_free(ps);
+}
+
+Test(safetensors, params_load_missing_and_extra)
+{
+    const char *p = tpath("model.safetensors");
+    cr_params *ps = make_params(2);
+    char err[256] = "";
+    cr_assert_eq(cr_params_save(ps, p, NULL, 0, err, sizeof err), 0, "%s", err);
+
+    /* The model has a parameter the file lacks. */
+    cr_params *more = make_params(2);
+    cr_params_add(more, "head", "w", CR_F32, CR_SHAPE(2, 2));
+    cr_assert_eq(cr_params_load(more, p, err, sizeof err), -1);
+    cr_assert(strstr(err, "parameter 'head.w' is missing"), "%s", err);
+    cr_params_free(more);
+
+    /* The file has a tensor the model lacks. */
+    cr_params *fewer = cr_params_init();
+    cr_params_add(fewer, "rnn", "w_ih", CR_F32, CR_SHAPE(2, 3));
+    cr_params_add(fewer, "rnn", "b_ih", CR_F64, CR_SHAPE(2));
+    cr_assert_eq(cr_params_load(fewer, p, err, sizeof err), -1);
+    cr_assert(strstr(err, "tensor 'scale' is not a parameter of the model"), "%s", err);
+    cr_assert_eq(cr_get_flat(fewer->items[0].value, 1), 0.0);
+    cr_params_free(fewer);
+    cr_params_free(ps);
+}
+
+Test(safetensors, params_with_optimizer_state)
+{
+    const char *p = tpath("ckpt.safetensors");
+    cr_params *ps = make_params(3);
+    double m[3] = {0.1, 0.2, 0.3};
+    cr_st_entry extra = {.name = CR_ST_OPTIM_PREFIX "adam.m.rnn.b_ih", .dtype = CR_F64,
+                         .ndim = 1, .shape = {3}, .data = m, .nbytes = sizeof m};
+    char err[256] = "";
+    cr_assert_eq(cr_params_save_extra(ps, &extra, 1, p, NULL, 0, err, sizeof err), 0, "%s", err);
+
+    cr_params *qs = make_params(3);
+    zero_params(qs);
+    cr_assert_eq(cr_params_load(qs, p, err, sizeof err), 0, "%s", err);
+    cr_assert(params_equal(ps, qs));
+
+    cr_st_file *f = NULL;
+    cr_assert_eq(cr_st_read(p, &f, err, sizeof err), 0, "%s", err);
+    const cr_st_entry *e = cr_st_find(f, "__optim__.adam.m.rnn.b_ih");
+    cr_assert_not_null(e);
+    cr_assert_eq(memcmp(e->data, m, sizeof m), 0);
+    cr_st_file_free(f);
+
+    /* Extras must carry the reserved prefix. */
+    extra.name = "adam.m";
+    cr_assert_eq(cr_params_save_extra(ps, &extra, 1, p, NULL, 0, err, sizeof err), -1);
+    cr_assert(strstr(err, "does not start with '__optim__.'"), "%s", err);
+    cr_params_free(ps);
+    cr_params_free(qs);
+}
+
+Test(safetensors, params_load_from_broken_file)
+{
+    const char *p = tpath("bad.safetensors");
+    FILE *fp = fopen(p, "wb");
+    fwrite("\x02\0\0\0\0\0\0\0{]", 1, 10, fp);
+    fclose(fp);
+    cr_params *ps = make_params(2);
+    cr_params *orig = make_params(2);
+    char err[256] = "";
+    cr_assert_eq(cr_params_load(ps, p, err, sizeof err), -1);
+    cr_assert(strstr(err, "not valid JSON"), "%s", err);
+    cr_assert(params_equal(ps, orig));
+    cr_params_free(ps);
+    cr_params_free(orig);
+}
