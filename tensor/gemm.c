@@ -32,6 +32,26 @@ static void fix_strides(int64_t r, int64_t c, int64_t *rs, int64_t *cs)
                      int64_t rsc, int64_t csc)                                                   \
     {                                                                                            \
         T acc[n > 0 ? n : 1];                                                                    \
+        if (rsb == 1 && csb != 1 && csa == 1) {                                                  \
+            /* B is a transposed row-major matrix (a weight W^T): dot products of       \
+             * contiguous rows, eight partial sums so the loop vectorises without       \
+             * reassociating a single sum. */                                          \
+            for (int64_t i = 0; i < m; i++) {                                                    \
+                const T *ai = a + i * rsa;                                                       \
+                for (int64_t j = 0; j < n; j++) {                                                \
+                    const T *bj = b + j * csb;                                                   \
+                    T s8[8] = {0, 0, 0, 0, 0, 0, 0, 0};                                          \
+                    int64_t p = 0;                                                               \
+                    for (; p + 8 <= k; p += 8)                                                   \
+                        for (int q = 0; q < 8; q++) s8[q] += ai[p + q] * bj[p + q];             \
+                    T s = ((s8[0] + s8[1]) + (s8[2] + s8[3])) + ((s8[4] + s8[5]) + (s8[6] + s8[7])); \
+                    for (; p < k; p++) s += ai[p] * bj[p];                                       \
+                    T *cij = c + i * rsc + j * csc;                                              \
+                    *cij = beta == 0 ? alpha * s : alpha * s + beta * *cij;                      \
+                }                                                                                \
+            }                                                                                    \
+            return;                                                                              \
+        }                                                                                        \
         for (int64_t i = 0; i < m; i++) {                                                        \
             for (int64_t j = 0; j < n; j++) acc[j] = 0;                                          \
             for (int64_t p = 0; p < k; p++) {                                                    \
