@@ -200,7 +200,8 @@ typedef struct cr_gradcheck_report {
 } cr_gradcheck_report;
 /* Central differences with step eps on every input element, against the
  * autograd gradient of sum(f(x) * r) for a fixed random r. Runs in a private
- * graph. Returns the worst relative error. */
+ * graph. Zeroes the inputs' gradients first and leaves the analytic gradient
+ * in them. Returns the worst relative error. */
 double cr_gradcheck(cr_gradcheck_fn f, void *ctx, int n_in, cr_tensor *const *inputs, double eps,
                     cr_gradcheck_report *report);
 

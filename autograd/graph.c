@@ -178,16 +178,40 @@ void cr_backward_with(cr_tensor *out, const cr_tensor *grad)
         cr_error("cr_backward: gradient %s %s does not match output %s %s", cr_dtype_name(grad->dtype),
                  cr_shape_str(s1, sizeof s1, grad->ndim, grad->shape), cr_dtype_name(out->dtype),
                  cr_shape_str(s2, sizeof s2, out->ndim, out->shape));
+    if (!out->node) { /* a leaf: nothing to propagate */
+        cr_k_accumulate(cr_grad_of(out), grad, NULL);
+        return;
+    }
+    size_t start = out->node->tape_index;
+    /* Gradients retained by an earlier backward must not flow again: set them
+     * aside for this pass, then add this pass's gradient into them. */
+    size_t n_kept = 0;
+    for (size_t i = 0; i <= start; i++) n_kept += g->tape[i]->out->retain_grad && g->tape[i]->out->grad;
+    cr_tensor **kept = NULL;
+    if (n_kept) {
+        kept = cr_arena_alloc(g->arena, 2 * n_kept * sizeof *kept);
+        for (size_t i = 0, k = 0; i <= start; i++) {
+            cr_tensor *t = g->tape[i]->out;
+            if (!t->retain_grad || !t->grad) continue;
+            kept[k++] = t;
+            kept[k++] = t->grad;
+            t->grad = NULL;
+        }
+    }
     cr_k_accumulate(cr_grad_of(out), grad, NULL);
-    if (!out->node) return;
     bool old = cr_set_grad_enabled(false); /* backward computes with kernels; record nothing */
-    for (size_t i = out->node->tape_index + 1; i-- > 0;) {
+    for (size_t i = start + 1; i-- > 0;) {
         cr_node *n = g->tape[i];
         if (!n->out->grad) continue;
         n->op->backward(n);
         if (!n->out->retain_grad) n->out->grad = NULL;
     }
     cr_set_grad_enabled(old);
+    for (size_t k = 0; k < 2 * n_kept; k += 2) {
+        cr_tensor *t = kept[k], *earlier = kept[k + 1];
+        if (t->grad) cr_k_accumulate(earlier, t->grad, NULL);
+        t->grad = earlier;
+    }
 }
 
 void cr_backward(cr_tensor *loss)

@@ -205,7 +205,7 @@ static void check_pieces(const char *op, int n, cr_tensor *const *xs, int dim, b
 
 cr_tensor *cr_concat(int n, cr_tensor *const *xs, int dim)
 {
-    check_pieces("cr_concat", n, xs, 0, false);
+    if (n < 1) cr_error("cr_concat: needs at least one tensor");
     dim = cr_dim_norm("cr_concat", dim, xs[0]->ndim);
     check_pieces("cr_concat", n, xs, dim, false);
     int64_t shape[CR_MAX_DIMS];

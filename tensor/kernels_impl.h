@@ -265,6 +265,7 @@ static void FN(reduce)(cr_reduce_kind k, T *out, int32_t *arg, const T *x, int64
 static void FN(softmax)(T *out, const T *x, int64_t outer, int64_t n, int64_t inner, bool take_log)
 {
     int64_t total = outer * n * inner;
+    if (n == 0) return; /* nothing to normalise; xo[0] does not exist */
 #pragma omp parallel for schedule(static) if (total > cr_parallel_threshold)
     for (int64_t o = 0; o < outer; o++) {
         for (int64_t i = 0; i < inner; i++) {

@@ -53,13 +53,18 @@ bool cr_same_shape(const cr_tensor *a, const cr_tensor *b)
 
 bool cr_broadcast_shape(int na, const int64_t *a, int nb, const int64_t *b, int *nout, int64_t *out)
 {
+    /* built in a local first: out may be a or b (cr_k_accumulate folds three
+     * shapes in place), and writing out[i] early would clobber a[i - (n - na)] */
     int n = na > nb ? na : nb;
+    int64_t res[CR_MAX_DIMS];
+    if (n > CR_MAX_DIMS) return false;
     for (int i = 0; i < n; i++) {
         int64_t da = i < n - na ? 1 : a[i - (n - na)];
         int64_t db = i < n - nb ? 1 : b[i - (n - nb)];
         if (da != db && da != 1 && db != 1) return false;
-        out[i] = da == 1 ? db : da;
+        res[i] = da == 1 ? db : da;
     }
+    for (int i = 0; i < n; i++) out[i] = res[i];
     *nout = n;
     return true;
 }
@@ -102,6 +107,11 @@ cr_tensor *cr_tensor_init(cr_dtype dt, int ndim, const int64_t *shape)
 void cr_tensor_free(cr_tensor *t)
 {
     if (!t) return;
+    if (!t->persistent) { /* free() on arena memory would corrupt the heap far from here */
+        char s[128];
+        cr_error("cr_tensor_free: tensor %s is not persistent (it belongs to a graph's arena or is a view)",
+                 cr_shape_str(s, sizeof s, t->ndim, t->shape));
+    }
     if (t->grad && t->grad->persistent) cr_tensor_free(t->grad);
     free(t->owned);
     free(t);
@@ -151,7 +161,8 @@ cr_tensor *cr_arange(cr_dtype dt, double start, double stop, double step)
 cr_tensor *cr_from_array(cr_dtype dt, int ndim, const int64_t *shape, const void *data)
 {
     cr_tensor *t = cr_tensor_new(dt, ndim, shape);
-    memcpy(t->data, data, (size_t)cr_numel(t) * cr_dtype_size(dt));
+    size_t bytes = (size_t)cr_numel(t) * cr_dtype_size(dt);
+    if (bytes) memcpy(t->data, data, bytes); /* data may be NULL when empty */
     return t;
 }
 
@@ -416,7 +427,7 @@ void cr_view_expand(cr_tensor *dst, const cr_tensor *src, int ndim, const int64_
     for (int d = 0; d < ndim; d++) {
         int64_t s = d < off ? 1 : src->shape[d - off];
         int64_t st = d < off ? 0 : src->stride[d - off];
-        if (s != shape[d] && s != 1)
+        if ((s != shape[d] && s != 1) || shape[d] < 0)
             cr_error("cr_expand: cannot expand %s to %s", cr_shape_str(a, sizeof a, src->ndim, src->shape),
                      cr_shape_str(b, sizeof b, ndim, shape));
         dst->shape[d] = shape[d];

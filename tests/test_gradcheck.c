@@ -1,0 +1,792 @@
+/*
+ * Finite-difference checks (float64, cr_gradcheck) of the backward of every op
+ * in the op table, for plain, broadcasting and view-of-view inputs; a table
+ * maps op names to checks and a test fails when an op has none.
+ */
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "autograd.h"
+
+#define EPS 1e-6     /* central-difference step */
+#define MAX_REL 1e-6 /* largest relative error accepted */
+
+/* ---- persistent inputs, freed after each test ------------------------------- */
+
+static cr_tensor *owned[64];
+static int n_owned;
+
+static void teardown(void)
+{
+    for (int i = 0; i < n_owned; i++) cr_tensor_free(owned[i]);
+    n_owned = 0;
+}
+
+TestSuite(gradcheck, .fini = teardown);
+
+static cr_tensor *keep(cr_tensor *t)
+{
+    cr_assert_lt(n_owned, 64);
+    owned[n_owned++] = t;
+    return t;
+}
+
+/* A persistent f64 input with uniform values in [lo, hi) that requires a gradient. */
+static cr_tensor *input(int ndim, const int64_t *shape, double lo, double hi)
+{
+    static uint64_t seed = 1;
+    cr_tensor *t = keep(cr_tensor_init(CR_F64, ndim, shape));
+    cr_rng r = cr_rng_seed(seed++);
+    cr_fill_uniform(t, &r, lo, hi);
+    cr_requires_grad(t, true);
+    return t;
+}
+
+static cr_tensor *input_values(int ndim, const int64_t *shape, const double *v)
+{
+    cr_tensor *t = keep(cr_tensor_init(CR_F64, ndim, shape));
+    memcpy(t->data, v, (size_t)cr_numel(t) * sizeof(double));
+    cr_requires_grad(t, true);
+    return t;
+}
+
+/* Move values closer than `gap` to any kink so the check never straddles one. */
+static void avoid_kinks(cr_tensor *t, const double *kinks, int n, double gap)
+{
+    for (int64_t i = 0; i < cr_numel(t); i++) {
+        double v = cr_get_flat(t, i);
+        for (int k = 0; k < n; k++)
+            if (fabs(v - kinks[k]) < gap) v = kinks[k] + (v < kinks[k] ? -gap : gap);
+        cr_set_flat(t, i, v);
+    }
+}
+
+static double eps = EPS;
+
+static void run_check(const char *what, cr_gradcheck_fn f, void *ctx, int n, cr_tensor *const *in)
+{
+    cr_gradcheck_report rep;
+    double err = cr_gradcheck(f, ctx, n, in, eps, &rep);
+    int64_t total = 0;
+    for (int i = 0; i < n; i++) total += cr_numel(in[i]);
+    cr_assert_eq(rep.n_checked, total, "%s: checked %lld of %lld elements", what, (long long)rep.n_checked,
+                 (long long)total);
+    cr_assert(err < MAX_REL, "%s: relative error %.3g at input %d element %lld (analytic %.10g, numeric %.10g)", what,
+              err, rep.worst_input, (long long)rep.worst_index, rep.analytic, rep.numeric);
+}
+
+#define CHECK1(what, f, ctx, a) run_check(what, f, ctx, 1, (cr_tensor *[]){a})
+#define CHECK2(what, f, ctx, a, b) run_check(what, f, ctx, 2, (cr_tensor *[]){a, b})
+
+/* ---- arithmetic (broadcasting) ------------------------------------------------- */
+
+typedef cr_tensor *(*binary_op)(cr_tensor *, cr_tensor *);
+static cr_tensor *f_binary(cr_tensor *const *in, void *ctx) { return ((binary_op *)ctx)[0](in[0], in[1]); }
+/* the same op on views: a transposed and narrowed, b selected from a permute */
+static cr_tensor *f_binary_views(cr_tensor *const *in, void *ctx)
+{
+    cr_tensor *a = cr_narrow(cr_transpose(in[0], 0, 1), 0, 1, 3);       /* [5,4] -> [4,5] -> [3,5] */
+    cr_tensor *b = cr_select(cr_permute(in[1], (int[]){2, 0, 1}), 1, 1); /* [2,5,3] -> [3,2,5] -> [3,5] */
+    return ((binary_op *)ctx)[0](a, b);
+}
+
+/* Broadcasting pairs: [2,3]+[3], [2,1]+[1,3], [2,3]+[], [3,1,2]+[4,1], same shape, and views. */
+static void check_binary(const char *name, binary_op op, double lo_b, double hi_b)
+{
+    char what[64];
+    int64_t shapes[][2][3] = {{{2, 3, 0}, {3, 0, 0}}, {{2, 1, 0}, {1, 3, 0}}, {{2, 3, 0}, {0, 0, 0}},
+                              {{3, 1, 2}, {4, 1, 0}}, {{2, 3, 0}, {2, 3, 0}}, {{3, 0, 0}, {2, 3, 0}}};
+    int nd[][2] = {{2, 1}, {2, 2}, {2, 0}, {3, 2}, {2, 2}, {1, 2}};
+    for (size_t c = 0; c < sizeof nd / sizeof nd[0]; c++) {
+        cr_tensor *a = input(nd[c][0], shapes[c][0], -2, 2);
+        cr_tensor *b = input(nd[c][1], shapes[c][1], lo_b, hi_b);
+        snprintf(what, sizeof what, "%s case %zu", name, c);
+        CHECK2(what, f_binary, &op, a, b);
+    }
+    snprintf(what, sizeof what, "%s of views", name);
+    CHECK2(what, f_binary_views, &op, input(CR_SHAPE(5, 4), -2, 2), input(CR_SHAPE(2, 5, 3), lo_b, hi_b));
+}
+
+static void check_add(void) { check_binary("add", cr_add, -2, 2); }
+static void check_sub(void) { check_binary("sub", cr_sub, -2, 2); }
+static void check_mul(void) { check_binary("mul", cr_mul, -2, 2); }
+static void check_div(void) { check_binary("div", cr_div, 0.5, 2); }
+
+/* max/min: b is a + an offset of at least 0.2 in size, so no pair is near a tie */
+static void check_extremum(const char *name, binary_op op)
+{
+    char what[64];
+    cr_tensor *a = input_values(CR_SHAPE(2, 3), (double[]){0.1, -1.2, 0.7, 1.5, -0.4, 0.0});
+    cr_tensor *b = input_values(CR_SHAPE(3), (double[]){0.4, -0.9, 0.2}); /* vs rows: all gaps >= 0.2 */
+    snprintf(what, sizeof what, "%s broadcast", name);
+    CHECK2(what, f_binary, &op, a, b);
+    cr_tensor *c = input_values(CR_SHAPE(2, 3), (double[]){0.5, -1.5, 1.0, 1.2, 0.3, -0.5});
+    snprintf(what, sizeof what, "%s same shape", name);
+    CHECK2(what, f_binary, &op, a, c);
+    cr_tensor *s = input_values(0, NULL, (double[]){0.35});
+    snprintf(what, sizeof what, "%s scalar", name);
+    CHECK2(what, f_binary, &op, a, s);
+}
+static void check_maximum(void) { check_extremum("maximum", cr_maximum); }
+static void check_minimum(void) { check_extremum("minimum", cr_minimum); }
+
+/* ---- unary functions -------------------------------------------------------------- */
+
+typedef struct {
+    int kind; /* which op */
+    double a, b;
+} unary_ctx;
+
+enum { U_NEG, U_ADDS, U_MULS, U_POW, U_EXP, U_LN, U_SQRT, U_ABS, U_SQUARE, U_TANH, U_SIGMOID, U_RELU,
+       U_LEAKY, U_ELU, U_SOFTPLUS, U_HARDTANH, U_CLAMP };
+
+static cr_tensor *apply_unary(const unary_ctx *c, cr_tensor *x)
+{
+    switch (c->kind) {
+    case U_NEG: return cr_neg(x);
+    case U_ADDS: return cr_add_scalar(x, c->a);
+    case U_MULS: return cr_mul_scalar(x, c->a);
+    case U_POW: return cr_pow(x, c->a);
+    case U_EXP: return cr_exp(x);
+    case U_LN: return cr_ln(x);
+    case U_SQRT: return cr_sqrt(x);
+    case U_ABS: return cr_abs(x);
+    case U_SQUARE: return cr_square(x);
+    case U_TANH: return cr_tanh(x);
+    case U_SIGMOID: return cr_sigmoid(x);
+    case U_RELU: return cr_relu(x);
+    case U_LEAKY: return cr_leaky_relu(x, c->a);
+    case U_ELU: return cr_elu(x, c->a);
+    case U_SOFTPLUS: return cr_softplus(x);
+    case U_HARDTANH: return cr_hardtanh(x);
+    case U_CLAMP: return cr_clamp(x, c->a, c->b);
+    }
+    return NULL;
+}
+
+static cr_tensor *f_unary(cr_tensor *const *in, void *ctx) { return apply_unary(ctx, in[0]); }
+/* on a strided view: transpose then narrow */
+static cr_tensor *f_unary_view(cr_tensor *const *in, void *ctx)
+{
+    return apply_unary(ctx, cr_narrow(cr_transpose(in[0], 0, 1), 1, 1, 2));
+}
+
+/* x uniform in [lo, hi), kept `gap` away from the kinks; checked plain and on a view */
+static void check_unary(const char *name, unary_ctx c, double lo, double hi, const double *kinks, int n_kinks)
+{
+    char what[64];
+    cr_tensor *x = input(CR_SHAPE(3, 4), lo, hi), *v = input(CR_SHAPE(4, 3), lo, hi);
+    avoid_kinks(x, kinks, n_kinks, 0.05);
+    avoid_kinks(v, kinks, n_kinks, 0.05);
+    snprintf(what, sizeof what, "%s", name);
+    CHECK1(what, f_unary, &c, x);
+    snprintf(what, sizeof what, "%s on a view", name);
+    CHECK1(what, f_unary_view, &c, v);
+}
+
+static void check_neg(void) { check_unary("neg", (unary_ctx){U_NEG, 0, 0}, -2, 2, NULL, 0); }
+static void check_add_scalar(void) { check_unary("add_scalar", (unary_ctx){U_ADDS, 1.5, 0}, -2, 2, NULL, 0); }
+static void check_mul_scalar(void) { check_unary("mul_scalar", (unary_ctx){U_MULS, -0.7, 0}, -2, 2, NULL, 0); }
+static void check_pow(void)
+{
+    check_unary("pow 2.5", (unary_ctx){U_POW, 2.5, 0}, 0.5, 2, NULL, 0);
+    check_unary("pow -1.5", (unary_ctx){U_POW, -1.5, 0}, 0.5, 2, NULL, 0);
+    check_unary("pow 3 (negative x)", (unary_ctx){U_POW, 3, 0}, -2, 2, NULL, 0);
+}
+static void check_exp(void) { check_unary("exp", (unary_ctx){U_EXP, 0, 0}, -2, 2, NULL, 0); }
+static void check_ln(void) { check_unary("ln", (unary_ctx){U_LN, 0, 0}, 0.5, 3, NULL, 0); }
+static void check_sqrt(void) { check_unary("sqrt", (unary_ctx){U_SQRT, 0, 0}, 0.5, 3, NULL, 0); }
+static void check_abs(void) { check_unary("abs", (unary_ctx){U_ABS, 0, 0}, -2, 2, (double[]){0}, 1); }
+static void check_square(void) { check_unary("square", (unary_ctx){U_SQUARE, 0, 0}, -2, 2, NULL, 0); }
+static void check_tanh(void) { check_unary("tanh", (unary_ctx){U_TANH, 0, 0}, -2, 2, NULL, 0); }
+static void check_sigmoid(void) { check_unary("sigmoid", (unary_ctx){U_SIGMOID, 0, 0}, -3, 3, NULL, 0); }
+static void check_relu(void) { check_unary("relu", (unary_ctx){U_RELU, 0, 0}, -2, 2, (double[]){0}, 1); }
+static void check_leaky_relu(void)
+{
+    check_unary("leaky_relu", (unary_ctx){U_LEAKY, 0.1, 0}, -2, 2, (double[]){0}, 1);
+}
+static void check_elu(void) { check_unary("elu", (unary_ctx){U_ELU, 0.7, 0}, -2, 2, (double[]){0}, 1); }
+static void check_softplus(void) { check_unary("softplus", (unary_ctx){U_SOFTPLUS, 0, 0}, -3, 3, NULL, 0); }
+static void check_hardtanh(void)
+{
+    check_unary("hardtanh", (unary_ctx){U_HARDTANH, 0, 0}, -2, 2, (double[]){-1, 1}, 2);
+}
+static void check_clamp(void)
+{
+    check_unary("clamp", (unary_ctx){U_CLAMP, -0.5, 0.8}, -2, 2, (double[]){-0.5, 0.8}, 2);
+}
+
+/* ---- reductions and normalisers ----------------------------------------------------- */
+
+typedef struct {
+    int dim;
+    bool keepdim;
+    int view; /* 0 plain, 1 transposed, 2 expanded, 3 reshaped to 3-D */
+} red_ctx;
+
+static cr_tensor *red_input(cr_tensor *x, const red_ctx *c)
+{
+    if (c->view == 1) return cr_transpose(x, 0, -1);
+    if (c->view == 2) return cr_expand(cr_narrow(x, 0, 1, 1), CR_SHAPE(2, 3, x->shape[1])); /* [1,K] -> [2,3,K] */
+    if (c->view == 3) return cr_reshape(x, CR_SHAPE(2, 3, 2));                              /* [3,4] -> [2,3,2] */
+    return x;
+}
+
+static cr_tensor *f_sum(cr_tensor *const *in, void *ctx) { return cr_sum(red_input(in[0], ctx)); }
+static cr_tensor *f_mean(cr_tensor *const *in, void *ctx) { return cr_mean(red_input(in[0], ctx)); }
+static cr_tensor *f_sum_dim(cr_tensor *const *in, void *ctx)
+{
+    const red_ctx *c = ctx;
+    return cr_sum_dim(red_input(in[0], c), c->dim, c->keepdim);
+}
+static cr_tensor *f_mean_dim(cr_tensor *const *in, void *ctx)
+{
+    const red_ctx *c = ctx;
+    return cr_mean_dim(red_input(in[0], c), c->dim, c->keepdim);
+}
+static cr_tensor *f_max_dim(cr_tensor *const *in, void *ctx)
+{
+    const red_ctx *c = ctx;
+    return cr_max_dim(red_input(in[0], c), c->dim, c->keepdim);
+}
+static cr_tensor *f_softmax(cr_tensor *const *in, void *ctx)
+{
+    const red_ctx *c = ctx;
+    return cr_softmax(red_input(in[0], c), c->dim);
+}
+static cr_tensor *f_log_softmax(cr_tensor *const *in, void *ctx)
+{
+    const red_ctx *c = ctx;
+    return cr_log_softmax(red_input(in[0], c), c->dim);
+}
+
+static void check_reduction(const char *name, cr_gradcheck_fn f, bool distinct)
+{
+    char what[96];
+    red_ctx cases[] = {{0, false, 0}, {1, true, 0}, {-1, false, 1}, {0, true, 1}, {1, false, 2},
+                       {2, true, 2},  {1, false, 3}, {1, true, 3},  {0, false, 3}};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        cr_tensor *x = input(CR_SHAPE(3, 4), -2, 2);
+        if (distinct) /* max: well separated values, so no near-tie decides the argmax */
+            for (int64_t j = 0; j < 12; j++) cr_set_flat(x, j, (double)((j * 5) % 12) * 0.3 - 1.5);
+        snprintf(what, sizeof what, "%s dim %d keepdim %d view %d", name, cases[i].dim, cases[i].keepdim,
+                 cases[i].view);
+        CHECK1(what, f, &cases[i], x);
+    }
+}
+
+static void check_sum(void)
+{
+    red_ctx plain = {0, false, 0}, tr = {0, false, 1}, ex = {0, false, 2};
+    CHECK1("sum", f_sum, &plain, input(CR_SHAPE(3, 4), -2, 2));
+    CHECK1("sum of a transpose", f_sum, &tr, input(CR_SHAPE(3, 4), -2, 2));
+    CHECK1("sum of an expand", f_sum, &ex, input(CR_SHAPE(3, 4), -2, 2));
+    CHECK1("sum of a scalar", f_sum, &plain, input(0, NULL, -2, 2));
+}
+static void check_mean(void)
+{
+    red_ctx plain = {0, false, 0}, tr = {0, false, 1}, ex = {0, false, 2};
+    CHECK1("mean", f_mean, &plain, input(CR_SHAPE(3, 4), -2, 2));
+    CHECK1("mean of a transpose", f_mean, &tr, input(CR_SHAPE(3, 4), -2, 2));
+    CHECK1("mean of an expand", f_mean, &ex, input(CR_SHAPE(3, 4), -2, 2));
+}
+static void check_sum_dim(void) { check_reduction("sum_dim", f_sum_dim, false); }
+static void check_mean_dim(void) { check_reduction("mean_dim", f_mean_dim, false); }
+static void check_max_dim(void) { check_reduction("max_dim", f_max_dim, true); }
+static void check_softmax(void) { check_reduction("softmax", f_softmax, false); }
+static void check_log_softmax(void) { check_reduction("log_softmax", f_log_softmax, false); }
+
+/* ---- matmul -------------------------------------------------------------------------- */
+
+static cr_tensor *f_matmul(cr_tensor *const *in, void *ctx)
+{
+    (void)ctx;
+    return cr_matmul(in[0], in[1]);
+}
+/* A^T B^T from stored [K,M] and [N,K] */
+static cr_tensor *f_matmul_tt(cr_tensor *const *in, void *ctx)
+{
+    (void)ctx;
+    return cr_matmul(cr_transpose(in[0], -2, -1), cr_transpose(in[1], -2, -1));
+}
+/* batched on a permuted [M,B,K] and a narrowed weight */
+static cr_tensor *f_matmul_perm(cr_tensor *const *in, void *ctx)
+{
+    (void)ctx;
+    return cr_matmul(cr_permute(in[0], (int[]){1, 0, 2}), cr_narrow(in[1], 1, 1, 2));
+}
+
+static void check_matmul(void)
+{
+    /* The product is linear in each element, so a large step has no truncation
+     * error and divides the rounding error of the BLIS-sized sums by more. */
+    eps = 1e-3;
+    CHECK2("matmul 2-D", f_matmul, NULL, input(CR_SHAPE(3, 4), -1, 1), input(CR_SHAPE(4, 2), -1, 1));
+    CHECK2("matmul 3-D x 3-D", f_matmul, NULL, input(CR_SHAPE(2, 3, 4), -1, 1), input(CR_SHAPE(2, 4, 5), -1, 1));
+    CHECK2("matmul 3-D x 2-D", f_matmul, NULL, input(CR_SHAPE(2, 3, 4), -1, 1), input(CR_SHAPE(4, 5), -1, 1));
+    CHECK2("matmul 2-D x 3-D", f_matmul, NULL, input(CR_SHAPE(3, 4), -1, 1), input(CR_SHAPE(2, 4, 5), -1, 1));
+    CHECK2("matmul of transposes", f_matmul_tt, NULL, input(CR_SHAPE(4, 3), -1, 1), input(CR_SHAPE(2, 4), -1, 1));
+    CHECK2("matmul 3-D of transposes", f_matmul_tt, NULL, input(CR_SHAPE(2, 4, 3), -1, 1),
+           input(CR_SHAPE(2, 5, 4), -1, 1));
+    CHECK2("matmul of permuted 3-D x narrowed 2-D", f_matmul_perm, NULL, input(CR_SHAPE(3, 2, 4), -1, 1),
+           input(CR_SHAPE(4, 4), -1, 1));
+    /* above the small-product threshold: BLIS */
+    CHECK2("matmul through BLIS", f_matmul, NULL, input(CR_SHAPE(40, 30), -1, 1), input(CR_SHAPE(30, 30), -1, 1));
+    CHECK2("matmul 3-D x 2-D of transposes through BLIS", f_matmul_tt, NULL, input(CR_SHAPE(2, 12, 33), -1, 1),
+           input(CR_SHAPE(84, 12), -1, 1)); /* 33 * 84 * 12 per batch */
+}
+
+/* ---- views and shape ops ---------------------------------------------------------------- */
+
+/* Each view op on its own and composed (views of views), then multiplied by a
+ * fixed pattern so the result is not just a permutation of the input. */
+static cr_tensor *f_reshape(cr_tensor *const *in, void *ctx)
+{
+    (void)ctx;
+    return cr_reshape(in[0], CR_SHAPE(4, -1));
+}
+static cr_tensor *f_reshape_of_transpose(cr_tensor *const *in, void *ctx)
+{
+    (void)ctx;
+    return cr_reshape(cr_transpose(in[0], 0, 1), CR_SHAPE(2, 6)); /* goes through contiguous */
+}
+static cr_tensor *f_transpose(cr_tensor *const *in, void *ctx)
+{
+    (void)ctx;
+    return cr_transpose(in[0], 0, 2);
+}
+static cr_tensor *f_permute(cr_tensor *const *in, void *ctx)
+{
+    (void)ctx;
+    return cr_permute(in[0], (int[]){2, 0, 1});
+}
+static cr_tensor *f_narrow(cr_tensor *const *in, void *ctx)
+{
+    (void)ctx;
+    return cr_narrow(in[0], 1, 1, 2);
+}
+static cr_tensor *f_narrow_of_transpose(cr_tensor *const *in, void *ctx)
+{
+    (void)ctx;
+    return cr_narrow(cr_transpose(in[0], 0, 1), 0, 1, 2);
+}
+static cr_tensor *f_select(cr_tensor *const *in, void *ctx)
+{
+    (void)ctx;
+    return cr_select(in[0], 1, -1);
+}
+static cr_tensor *f_select_of_permute(cr_tensor *const *in, void *ctx)
+{
+    (void)ctx;
+    return cr_select(cr_permute(in[0], (int[]){2, 0, 1}), 0, 2);
+}
+static cr_tensor *f_expand(cr_tensor *const *in, void *ctx)
+{
+    (void)ctx;
+    return cr_expand(in[0], CR_SHAPE(2, 3, 4)); /* from [3,1] */
+}
+static cr_tensor *f_expand_of_narrow(cr_tensor *const *in, void *ctx)
+{
+    (void)ctx;
+    return cr_expand(cr_narrow(in[0], 1, 2, 1), CR_SHAPE(3, 5)); /* [3,4] -> [3,1] -> [3,5] */
+}
+static cr_tensor *f_contiguous(cr_tensor *const *in, void *ctx)
+{
+    (void)ctx;
+    return cr_contiguous(cr_narrow(cr_transpose(in[0], 0, 1), 1, 0, 2));
+}
+/* two overlapping views of one input summed: gradients of both add up */
+static cr_tensor *f_overlap(cr_tensor *const *in, void *ctx)
+{
+    (void)ctx;
+    cr_tensor *a = cr_narrow(in[0], 0, 0, 2), *b = cr_transpose(cr_narrow(in[0], 1, 1, 2), 0, 1);
+    return cr_mul(a, b); /* [2,3] * [2,3], sharing x[0..1, 1..2] */
+}
+
+static void check_reshape(void)
+{
+    CHECK1("reshape", f_reshape, NULL, input(CR_SHAPE(2, 2, 3), -2, 2));
+    CHECK1("reshape of transpose", f_reshape_of_transpose, NULL, input(CR_SHAPE(3, 4), -2, 2));
+}
+static void check_transpose(void) { CHECK1("transpose", f_transpose, NULL, input(CR_SHAPE(2, 3, 4), -2, 2)); }
+static void check_permute(void) { CHECK1("permute", f_permute, NULL, input(CR_SHAPE(2, 3, 4), -2, 2)); }
+static void check_narrow(void)
+{
+    CHECK1("narrow", f_narrow, NULL, input(CR_SHAPE(3, 4), -2, 2));
+    CHECK1("narrow of transpose", f_narrow_of_transpose, NULL, input(CR_SHAPE(3, 4), -2, 2));
+}
+static void check_select(void)
+{
+    CHECK1("select", f_select, NULL, input(CR_SHAPE(3, 4), -2, 2));
+    CHECK1("select of permute", f_select_of_permute, NULL, input(CR_SHAPE(2, 3, 4), -2, 2));
+}
+static void check_expand(void)
+{
+    CHECK1("expand", f_expand, NULL, input(CR_SHAPE(3, 1), -2, 2));
+    CHECK1("expand of narrow", f_expand_of_narrow, NULL, input(CR_SHAPE(3, 4), -2, 2));
+}
+static void check_contiguous(void)
+{
+    CHECK1("contiguous of narrow of transpose", f_contiguous, NULL, input(CR_SHAPE(3, 4), -2, 2));
+    CHECK1("overlapping views", f_overlap, NULL, input(CR_SHAPE(3, 3), -2, 2));
+}
+
+typedef struct {
+    int dim, n;
+} cat_ctx;
+static cr_tensor *f_concat(cr_tensor *const *in, void *ctx)
+{
+    const cat_ctx *c = ctx;
+    cr_tensor *xs[3] = {in[0], cr_transpose(in[1], 0, 1), in[2]};
+    return cr_concat(c->n, xs, c->dim);
+}
+static cr_tensor *f_stack(cr_tensor *const *in, void *ctx)
+{
+    const cat_ctx *c = ctx;
+    cr_tensor *xs[3] = {in[0], cr_transpose(in[1], 0, 1), in[2]};
+    return cr_stack(c->n, xs, c->dim);
+}
+/* pieces of split and chunk, recombined with different weights */
+static cr_tensor *f_split(cr_tensor *const *in, void *ctx)
+{
+    (void)ctx;
+    cr_tensor *p[3], *q[2];
+    int n = cr_split(in[0], 2, 1, p, 3); /* [3,5] -> [3,2] [3,2] [3,1] */
+    cr_assert_eq(n, 3);
+    cr_chunk(p[0], 2, 1, q);
+    return cr_add(cr_mul(p[1], cr_tanh(p[0])), cr_mul(cr_exp(p[2]), cr_concat(2, q, 1)));
+}
+
+static void check_concat(void)
+{
+    cat_ctx c0 = {0, 3}, c1 = {1, 2}, cm = {-1, 3};
+    run_check("concat dim 0", f_concat, &c0, 3,
+              (cr_tensor *[]){input(CR_SHAPE(2, 3), -1, 1), input(CR_SHAPE(3, 1), -1, 1),
+                              input(CR_SHAPE(4, 3), -1, 1)});
+    run_check("concat dim 1", f_concat, &c1, 2,
+              (cr_tensor *[]){input(CR_SHAPE(2, 3), -1, 1), input(CR_SHAPE(4, 2), -1, 1), input(CR_SHAPE(1), -1, 1)});
+    run_check("concat dim -1", f_concat, &cm, 3,
+              (cr_tensor *[]){input(CR_SHAPE(2, 3), -1, 1), input(CR_SHAPE(1, 2), -1, 1),
+                              input(CR_SHAPE(2, 2), -1, 1)});
+    CHECK1("split and chunk", f_split, NULL, input(CR_SHAPE(3, 5), -1, 1));
+}
+static void check_stack(void)
+{
+    cat_ctx s0 = {0, 3}, s1 = {1, 3}, s2 = {-1, 2};
+    cr_tensor *a = input(CR_SHAPE(2, 3), -1, 1), *b = input(CR_SHAPE(3, 2), -1, 1), *c = input(CR_SHAPE(2, 3), -1, 1);
+    run_check("stack dim 0", f_stack, &s0, 3, (cr_tensor *[]){a, b, c});
+    run_check("stack dim 1", f_stack, &s1, 3, (cr_tensor *[]){a, b, c});
+    run_check("stack dim -1", f_stack, &s2, 3, (cr_tensor *[]){a, b, c});
+}
+
+/* ---- indexing, masking, dropout, loss ------------------------------------------------------ */
+
+typedef struct {
+    cr_tensor *idx; /* persistent i32 */
+    int64_t skip;
+} gather_ctx;
+static cr_tensor *f_gather(cr_tensor *const *in, void *ctx)
+{
+    const gather_ctx *c = ctx;
+    return cr_gather_rows(in[0], c->idx, c->skip);
+}
+static cr_tensor *f_gather_t(cr_tensor *const *in, void *ctx)
+{
+    const gather_ctx *c = ctx;
+    return cr_gather_rows(cr_transpose(in[0], 0, 1), c->idx, c->skip);
+}
+
+static void check_gather_rows(void)
+{
+    cr_tensor *idx = keep(cr_tensor_init(CR_I32, CR_SHAPE(2, 3)));
+    int32_t rows[6] = {3, 0, 3, 1, 1, 4}; /* repeats; row 2 unused */
+    memcpy(idx->data, rows, sizeof rows);
+    gather_ctx c = {idx, -1}, c_unused = {idx, 2};
+    CHECK1("gather_rows", f_gather, &c, input(CR_SHAPE(5, 3), -1, 1));
+    CHECK1("gather_rows, skip index not present", f_gather, &c_unused, input(CR_SHAPE(5, 3), -1, 1));
+    CHECK1("gather_rows of a 1-D table", f_gather, &c, input(CR_SHAPE(5), -1, 1));
+    CHECK1("gather_rows of a transposed table", f_gather_t, &c, input(CR_SHAPE(2, 5), -1, 1));
+    /* the skipped row gets no gradient at all, the others theirs */
+    cr_graph *g = cr_graph_init();
+    cr_graph_use(g);
+    cr_tensor *table = input(CR_SHAPE(5, 2), -1, 1);
+    cr_backward(cr_sum(cr_gather_rows(table, idx, 3)));
+    double want[5] = {1, 2, 0, 0, 1}; /* counts of rows 0..4, row 3 skipped */
+    for (int64_t r = 0; r < 5; r++)
+        for (int64_t j = 0; j < 2; j++)
+            cr_assert_eq(cr_get(table->grad, (int64_t[]){r, j}), want[r], "row %lld", (long long)r);
+    cr_graph_free(g);
+}
+
+typedef struct {
+    cr_tensor *cond;
+} where_ctx;
+static cr_tensor *f_where(cr_tensor *const *in, void *ctx)
+{
+    const where_ctx *c = ctx;
+    return cr_where(c->cond, in[0], in[1]);
+}
+static void check_where(void)
+{
+    cr_tensor *cond = keep(cr_tensor_init(CR_I32, CR_SHAPE(2, 1, 3)));
+    int32_t cv[6] = {1, 0, 0, 1, 1, 0};
+    memcpy(cond->data, cv, sizeof cv);
+    where_ctx c = {cond};
+    CHECK2("where, broadcast", f_where, &c, input(CR_SHAPE(4, 1), -1, 1), input(CR_SHAPE(2, 4, 3), -1, 1));
+    CHECK2("where, same shapes", f_where, &c, input(CR_SHAPE(2, 4, 3), -1, 1), input(CR_SHAPE(2, 4, 3), -1, 1));
+    CHECK2("where, scalar x", f_where, &c, input(0, NULL, -1, 1), input(CR_SHAPE(2, 4, 3), -1, 1));
+}
+
+static cr_tensor *f_mask(cr_tensor *const *in, void *ctx) { return cr_mask(in[0], ctx); }
+static cr_tensor *f_mask_view(cr_tensor *const *in, void *ctx) { return cr_mask(cr_transpose(in[0], 0, 1), ctx); }
+static void check_mask(void)
+{
+    cr_tensor *m = keep(cr_tensor_init(CR_F64, CR_SHAPE(4)));
+    memcpy(m->data, (double[]){1, 0, 2.5, -1}, 4 * sizeof(double));
+    CHECK1("mask, broadcast", f_mask, m, input(CR_SHAPE(3, 4), -1, 1));
+    CHECK1("mask of a view", f_mask_view, m, input(CR_SHAPE(4, 2), -1, 1));
+}
+
+typedef struct {
+    double p;
+    uint64_t seed;
+} dropout_ctx;
+static cr_tensor *f_dropout(cr_tensor *const *in, void *ctx)
+{
+    const dropout_ctx *c = ctx;
+    cr_rng r = cr_rng_seed(c->seed); /* the same mask at every evaluation */
+    return cr_dropout(cr_transpose(in[0], 0, 1), c->p, true, &r);
+}
+static void check_dropout(void)
+{
+    dropout_ctx c = {0.4, 99};
+    CHECK1("dropout", f_dropout, &c, input(CR_SHAPE(6, 5), -1, 1));
+}
+
+typedef struct {
+    cr_tensor *target;
+    int64_t ignore;
+    cr_reduction red;
+    bool view;
+} ce_ctx;
+static cr_tensor *f_ce(cr_tensor *const *in, void *ctx)
+{
+    const ce_ctx *c = ctx;
+    return cr_cross_entropy(c->view ? cr_transpose(in[0], 0, 1) : in[0], c->target, c->ignore, c->red);
+}
+static void check_cross_entropy(void)
+{
+    cr_tensor *t = keep(cr_tensor_init(CR_I32, CR_SHAPE(4)));
+    memcpy(t->data, (int32_t[]){2, 0, -100, 4}, 4 * sizeof(int32_t));
+    cr_tensor *t1 = keep(cr_tensor_init(CR_I32, 0, NULL));
+    ((int32_t *)t1->data)[0] = 3;
+    ce_ctx mean = {t, -100, CR_MEAN, false}, sum = {t, -100, CR_SUM, false}, view = {t, -100, CR_MEAN, true};
+    ce_ctx one = {t1, -100, CR_SUM, false}, ign = {t, 0, CR_MEAN, false};
+    cr_tensor *tt = keep(cr_tensor_init(CR_I32, CR_SHAPE(4)));
+    memcpy(tt->data, (int32_t[]){2, 0, 1, 4}, 4 * sizeof(int32_t));
+    ign.target = tt;
+    CHECK1("cross_entropy mean, one ignored", f_ce, &mean, input(CR_SHAPE(4, 5), -2, 2));
+    CHECK1("cross_entropy sum", f_ce, &sum, input(CR_SHAPE(4, 5), -2, 2));
+    CHECK1("cross_entropy of a transposed view", f_ce, &view, input(CR_SHAPE(5, 4), -2, 2));
+    CHECK1("cross_entropy 1-D", f_ce, &one, input(CR_SHAPE(5), -2, 2));
+    CHECK1("cross_entropy ignoring class 0", f_ce, &ign, input(CR_SHAPE(4, 5), -2, 2));
+}
+
+/* ---- composed: a small tanh RNN over three steps (all ops through views) ------------------------ */
+
+static cr_tensor *f_rnn(cr_tensor *const *in, void *ctx)
+{
+    (void)ctx;
+    cr_tensor *x = in[0], *w = in[1], *u = in[2], *b = in[3]; /* x [T=3,B=2,I=3], w [I,H=4], u [H,H], b [H] */
+    cr_tensor *xw = cr_matmul(x, w);                              /* hoisted input projection */
+    cr_tensor *h = cr_zeros(CR_F64, CR_SHAPE(2, 4));
+    cr_tensor *hs[3];
+    for (int t = 0; t < 3; t++) {
+        h = cr_tanh(cr_add(cr_add(cr_select(xw, 0, t), cr_matmul(h, u)), b));
+        hs[t] = h;
+    }
+    return cr_stack(3, hs, 1);
+}
+Test(gradcheck, composed_rnn)
+{
+    run_check("tanh RNN", f_rnn, NULL, 4,
+              (cr_tensor *[]){input(CR_SHAPE(3, 2, 3), -1, 1), input(CR_SHAPE(3, 4), -0.8, 0.8),
+                              input(CR_SHAPE(4, 4), -0.8, 0.8), input(CR_SHAPE(4), -0.5, 0.5)});
+}
+
+/* ---- every op at once, in f32 and f64 --------------------------------------------------------- */
+
+/* One expression using every op; constants are made in the inputs' dtype, so
+ * the same function runs in f32 and f64. x [4,6], w [6,5], table [7,6]. */
+static cr_tensor *f_everything(cr_tensor *const *in, void *ctx)
+{
+    (void)ctx;
+    cr_tensor *x = in[0], *w = in[1], *table = in[2];
+    cr_dtype dt = x->dtype;
+    int32_t iv[4] = {1, 6, 1, 3}, tv[4] = {2, -1, 4, 0};
+    cr_tensor *idx = cr_from_array(CR_I32, CR_SHAPE(4), iv), *tgt = cr_from_array(CR_I32, CR_SHAPE(4), tv);
+    cr_tensor *e = cr_gather_rows(table, idx, -1);                                  /* [4,6] */
+    cr_tensor *a = cr_add(cr_mul(x, e), cr_div(cr_sub(x, e), cr_add_scalar(cr_square(e), 1)));
+    a = cr_maximum(cr_minimum(a, cr_full(dt, CR_SHAPE(6), 1.7)), cr_full(dt, 0, NULL, -1.9));
+    cr_tensor *b = cr_add(cr_add(cr_relu(a), cr_leaky_relu(a, 0.2)), cr_elu(cr_neg(a), 0.5));
+    b = cr_add(b, cr_mul(cr_hardtanh(a), cr_clamp(cr_softplus(a), 0.1, 1.2)));
+    b = cr_add(b, cr_mul_scalar(cr_abs(cr_sigmoid(b)), 0.3));
+    cr_tensor *pos = cr_add_scalar(cr_exp(cr_mul_scalar(b, 0.1)), 0.5);            /* > 0 */
+    b = cr_add(b, cr_sub(cr_ln(pos), cr_add(cr_sqrt(pos), cr_pow(pos, 1.5))));
+    cr_tensor *h = cr_tanh(cr_matmul(b, w));                                        /* [4,5] */
+    cr_tensor *hs[2] = {h, cr_mask(h, cr_full(dt, CR_SHAPE(5), 2.0))};
+    cr_tensor *st = cr_stack(2, hs, 0);                                             /* [2,4,5] */
+    cr_tensor *p = cr_permute(st, (int[]){1, 2, 0});                                /* [4,5,2] */
+    cr_tensor *flat = cr_reshape(cr_contiguous(p), CR_SHAPE(4, 10));
+    cr_tensor *cat = cr_concat(2, (cr_tensor *[]){flat, cr_reshape(w, CR_SHAPE(3, 10))}, 0);    /* [7,10] */
+    cr_tensor *sel = cr_select(st, 0, 1);                                           /* [4,5] */
+    cr_rng r = cr_rng_seed(5);
+    cr_tensor *logits = cr_add(cr_dropout(sel, 0.25, true, &r), cr_expand(cr_max_dim(h, 1, true), CR_SHAPE(4, 5)));
+    cr_tensor *cond = cr_from_array(CR_I32, CR_SHAPE(5), (int32_t[]){1, 0, 1, 1, 0});
+    logits = cr_where(cond, logits, cr_transpose(cr_log_softmax(cr_transpose(h, 0, 1), 1), 0, 1));
+    cr_tensor *loss = cr_cross_entropy(logits, tgt, -1, CR_MEAN);
+    loss = cr_add(loss, cr_mean(cr_softmax(flat, 1)));
+    loss = cr_add(loss, cr_sum(cr_mean_dim(cr_sum_dim(flat, 0, true), 1, false)));
+    return cr_add(loss, cr_mul_scalar(cr_sum(cr_square(cr_narrow(cat, 0, 3, 2))), 0.1));
+}
+
+Test(gradcheck, every_op_in_one_expression_f32_matches_f64)
+{
+    cr_tensor *x = input(CR_SHAPE(4, 6), -1, 1), *w = input(CR_SHAPE(6, 5), -0.5, 0.5);
+    cr_tensor *table = input(CR_SHAPE(7, 6), -1, 1);
+    run_check("every op", f_everything, NULL, 3, (cr_tensor *[]){x, w, table});
+    /* the same in f32: gradients agree to f32 precision */
+    cr_tensor *in64[3] = {x, w, table}, *in32[3];
+    for (int i = 0; i < 3; i++) {
+        in32[i] = keep(cr_tensor_init(CR_F32, in64[i]->ndim, in64[i]->shape));
+        for (int64_t j = 0; j < cr_numel(in64[i]); j++) cr_set_flat(in32[i], j, cr_get_flat(in64[i], j));
+        cr_requires_grad(in32[i], true);
+        cr_zero_grad(in64[i]);
+    }
+    cr_graph *g = cr_graph_init();
+    cr_graph_use(g);
+    cr_tensor *l64 = f_everything(in64, NULL), *l32 = f_everything(in32, NULL);
+    cr_assert_eq(l32->dtype, CR_F32);
+    cr_assert_float_eq(cr_item(l32), cr_item(l64), 1e-5 * fabs(cr_item(l64)));
+    /* the tape really holds every op of the table */
+    size_t count;
+    const cr_op *const *ops = cr_op_table(&count);
+    for (size_t i = 0; i < count; i++) {
+        bool seen = false;
+        for (size_t k = 0; k < cr_graph_node_count(g); k++) seen |= cr_graph_node(g, k)->op == ops[i];
+        cr_assert(seen, "f_everything does not use op '%s'", ops[i]->name);
+    }
+    cr_backward(l64);
+    cr_backward(l32);
+    for (int i = 0; i < 3; i++)
+        for (int64_t j = 0; j < cr_numel(in64[i]); j++) {
+            double g64 = cr_get_flat(in64[i]->grad, j), g32 = cr_get_flat(in32[i]->grad, j);
+            cr_assert(fabs(g32 - g64) <= 1e-5 * fmax(1, fabs(g64)), "input %d element %lld: f32 %.8g, f64 %.8g", i,
+                      (long long)j, g32, g64);
+        }
+    cr_graph_free(g);
+}
+
+/* ---- the table: op name -> check ------------------------------------------------------------------ */
+
+#define CHECKS(X)                                                                                          \
+    X(add) X(sub) X(mul) X(div) X(maximum) X(minimum) X(neg) X(add_scalar) X(mul_scalar) X(pow) X(exp)      \
+    X(ln) X(sqrt) X(abs) X(square) X(tanh) X(sigmoid) X(relu) X(leaky_relu) X(elu) X(softplus) X(hardtanh) \
+    X(clamp) X(sum) X(mean) X(sum_dim) X(mean_dim) X(max_dim) X(softmax) X(log_softmax) X(matmul)          \
+    X(reshape) X(transpose) X(permute) X(narrow) X(select) X(expand) X(contiguous) X(concat) X(stack)       \
+    X(gather_rows) X(where) X(mask) X(dropout) X(cross_entropy)
+
+#define CHECK_TEST(name)                                                                                   \
+    Test(gradcheck, name) { check_##name(); }
+CHECKS(CHECK_TEST)
+
+#define CHECK_ENTRY(name) {#name, check_##name},
+static const struct {
+    const char *op;
+    void (*check)(void);
+} check_table[] = {CHECKS(CHECK_ENTRY)};
+
+Test(gradcheck, every_op_has_a_check)
+{
+    size_t count;
+    const cr_op *const *ops = cr_op_table(&count);
+    cr_assert_gt(count, 0);
+    for (size_t i = 0; i < count; i++) {
+        bool found = false;
+        for (size_t j = 0; j < sizeof check_table / sizeof check_table[0]; j++)
+            found |= strcmp(check_table[j].op, ops[i]->name) == 0;
+        cr_assert(found, "op '%s' has no gradient check in test_gradcheck.c: add one to CHECKS", ops[i]->name);
+    }
+    /* and no check names an op that does not exist */
+    for (size_t j = 0; j < sizeof check_table / sizeof check_table[0]; j++)
+        cr_assert_not_null(cr_op_find(check_table[j].op), "check '%s' names no op", check_table[j].op);
+}
+
+/* ---- the check can fail: a custom op with a wrong backward ------------------------------------------ */
+
+/* y = x^2, whose backward is right except at flat element 2, where it uses 3x. */
+static void bad_square_fwd(cr_node *n) { cr_k_unary(CR_U_SQUARE, n->out, n->in[0], 0, 0); }
+static void bad_square_bwd(cr_node *n)
+{
+    cr_tensor *x = n->in[0], *gy = n->out->grad, *gx = cr_grad_of(x);
+    for (int64_t i = 0; i < cr_numel(x); i++)
+        cr_set_flat(gx, i, cr_get_flat(gx, i) + cr_get_flat(gy, i) * (i == 2 ? 3 : 2) * cr_get_flat(x, i));
+}
+static const cr_op bad_square = {"bad_square", bad_square_fwd, bad_square_bwd};
+static cr_tensor *f_bad(cr_tensor *const *in, void *ctx)
+{
+    (void)ctx;
+    cr_node *n = cr_node_new(&bad_square, 1, in);
+    return cr_node_finish(n, in[0]->dtype, in[0]->ndim, in[0]->shape);
+}
+
+Test(gradcheck, wrong_backward_is_caught)
+{
+    cr_tensor *x = input_values(CR_SHAPE(2, 3), (double[]){0.5, -0.3, 0.8, 1.1, -0.9, 0.2});
+    cr_gradcheck_report rep;
+    double err = cr_gradcheck(f_bad, NULL, 1, (cr_tensor *[]){x}, EPS, &rep);
+    cr_assert_gt(err, 0.1);
+    cr_assert_eq(rep.max_rel_err, err);
+    cr_assert_eq(rep.worst_input, 0);
+    cr_assert_eq(rep.worst_index, 2);
+    cr_assert_eq(rep.n_checked, 6);
+    cr_assert_float_eq(rep.analytic, 1.5 * rep.numeric, 1e-6);
+    cr_assert_gt(rep.max_abs_err, 0.01);
+    /* the report is optional, the result the same */
+    double err2 = cr_gradcheck(f_bad, NULL, 1, (cr_tensor *[]){x}, EPS, NULL);
+    cr_assert_eq(err, err2);
+}
+
+static cr_tensor *f_second_bad(cr_tensor *const *in, void *ctx)
+{
+    (void)ctx;
+    return cr_add(cr_tanh(in[0]), f_bad(&in[1], NULL));
+}
+Test(gradcheck, report_names_the_input)
+{
+    cr_tensor *a = input(CR_SHAPE(2, 3), -1, 1);
+    cr_tensor *b = input_values(CR_SHAPE(2, 3), (double[]){0.5, -0.3, 0.8, 1.1, -0.9, 0.2});
+    cr_gradcheck_report rep;
+    cr_gradcheck(f_second_bad, NULL, 2, (cr_tensor *[]){a, b}, EPS, &rep);
+    cr_assert_eq(rep.worst_input, 1);
+    cr_assert_eq(rep.worst_index, 2);
+    cr_assert_eq(rep.n_checked, 12);
+    cr_assert_gt(rep.max_rel_err, 0.1);
+    /* the inputs are left as they were */
+    cr_assert_eq(cr_get_flat(b, 2), 0.8);
+}
+
+Test(gradcheck, correct_custom_op_passes)
+{
+    /* the same check on cr_square passes, and leaves the caller's graph alone */
+    cr_graph *g = cr_graph_init();
+    cr_graph_use(g);
+    unary_ctx c = {U_SQUARE, 0, 0};
+    cr_tensor *x = input(CR_SHAPE(2, 3), -1, 1);
+    CHECK1("square", f_unary, &c, x);
+    cr_assert_eq(cr_graph_current(), g);
+    cr_assert_eq(cr_graph_node_count(g), 0);
+    cr_graph_free(g);
+}
