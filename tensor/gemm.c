@@ -8,7 +8,7 @@
 
 /* m*n*k at or below this goes to the C kernel; see ARCHITECTURE.md for the
  * measurement behind the default. */
-int64_t cr_gemm_small_threshold = 32 * 32 * 32;
+int64_t cr_gemm_small_threshold = 131072;
 
 void cr_gemm_set_threads(int n) { bli_thread_set_num_threads(n > 0 ? n : 1); }
 

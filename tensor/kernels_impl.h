@@ -1,6 +1,7 @@
 /* Float-type template for kernels.c: included once per type with T (float or
  * double), SFX (f32 or f64) and the matching libm names defined. */
 
+
 #define CAT_(a, b) a##_##b
 #define CAT2(a, b) CAT_(a, b)
 #define FN(name) CAT2(name, SFX)
@@ -11,18 +12,18 @@
         if (contig) {                                                                      \
             T *restrict o_ = out->data;                                                    \
             const T *restrict x_ = x->data;                                                \
-            _Pragma("omp parallel for simd schedule(static) if (n > cr_parallel_threshold)") \
+            CR_PAR_FOR(n > cr_parallel_threshold, "omp parallel for simd schedule(static)", \
             for (int64_t i = 0; i < n; i++) {                                              \
                 T v = x_[i];                                                               \
                 o_[i] = (EXPR);                                                            \
-            }                                                                              \
+            });                                                                              \
         } else {                                                                           \
             const cr_tensor *ops_[2] = {out, x};                                           \
             cr_iter it;                                                                    \
             cr_iter_init(&it, out->ndim, out->shape, 2, ops_);                             \
             T *o0 = out->data;                                                             \
             const T *x0 = x->data;                                                         \
-            _Pragma("omp parallel for schedule(static) if (n > cr_parallel_threshold)")    \
+            CR_PAR_FOR(n > cr_parallel_threshold, "omp parallel for schedule(static)", \
             for (int64_t r = 0; r < it.outer; r++) {                                       \
                 int64_t off[2];                                                            \
                 cr_iter_row(&it, r, off);                                                  \
@@ -31,7 +32,7 @@
                     T v = x0[off[1] + i * sx];                                             \
                     o0[off[0] + i * so] = (EXPR);                                          \
                 }                                                                          \
-            }                                                                              \
+            });                                                                              \
         }                                                                                  \
     } while (0)
 
@@ -69,13 +70,13 @@ static void FN(unary)(cr_unary_kind k, cr_tensor *out, const cr_tensor *x, T a, 
         if (same) {                                                                        \
             T *restrict o_ = out->data;                                                    \
             const T *x_ = x->data, *y_ = y->data;                                          \
-            _Pragma("omp parallel for simd schedule(static) if (n > cr_parallel_threshold)") \
+            CR_PAR_FOR(n > cr_parallel_threshold, "omp parallel for simd schedule(static)", \
             for (int64_t i = 0; i < n; i++) {                                              \
                 T u = x_[i], v = y_[i];                                                    \
                 o_[i] = (EXPR);                                                            \
-            }                                                                              \
+            });                                                                              \
         } else {                                                                           \
-            _Pragma("omp parallel for schedule(static) if (n > cr_parallel_threshold)")    \
+            CR_PAR_FOR(n > cr_parallel_threshold, "omp parallel for schedule(static)", \
             for (int64_t r = 0; r < it.outer; r++) {                                       \
                 int64_t off[3];                                                            \
                 cr_iter_row(&it, r, off);                                                  \
@@ -87,7 +88,7 @@ static void FN(unary)(cr_unary_kind k, cr_tensor *out, const cr_tensor *x, T a, 
                     T u = x_[i * sx], v = y_[i * sy];                                      \
                     o_[i * so] = (EXPR);                                                   \
                 }                                                                          \
-            }                                                                              \
+            });                                                                              \
         }                                                                                  \
     } while (0)
 
@@ -132,11 +133,11 @@ static void FN(accumulate)(cr_tensor *acc, const cr_tensor *x, const cr_tensor *
         const T *x_ = x->data;
         if (y) {
             const T *y_ = y->data;
-#pragma omp parallel for simd schedule(static) if (n > cr_parallel_threshold)
-            for (int64_t i = 0; i < n; i++) a_[i] += x_[i] * y_[i];
+            CR_PAR_FOR(n > cr_parallel_threshold, "omp parallel for simd schedule(static)",
+            for (int64_t i = 0; i < n; i++) a_[i] += x_[i] * y_[i];);
         } else {
-#pragma omp parallel for simd schedule(static) if (n > cr_parallel_threshold)
-            for (int64_t i = 0; i < n; i++) a_[i] += x_[i];
+            CR_PAR_FOR(n > cr_parallel_threshold, "omp parallel for simd schedule(static)",
+            for (int64_t i = 0; i < n; i++) a_[i] += x_[i];);
         }
         return;
     }
@@ -149,7 +150,7 @@ static void FN(accumulate)(cr_tensor *acc, const cr_tensor *x, const cr_tensor *
     int64_t sa = it.stride[0][it.ndim - 1], sx = it.stride[1][it.ndim - 1], sy = it.stride[2][it.ndim - 1];
     /* When acc is summed into, rows may share acc elements: run serially so the
      * sum has one fixed order. Otherwise rows are disjoint and run in parallel. */
-#pragma omp parallel for schedule(static) if (!reduces && n > cr_parallel_threshold)
+    CR_PAR_FOR(!reduces && n > cr_parallel_threshold, "omp parallel for schedule(static)",
     for (int64_t r = 0; r < it.outer; r++) {
         int64_t o[3];
         cr_iter_row(&it, r, o);
@@ -168,7 +169,7 @@ static void FN(accumulate)(cr_tensor *acc, const cr_tensor *x, const cr_tensor *
         } else {
             for (int64_t i = 0; i < it.inner; i++) a_[i * sa] += x_[i * sx];
         }
-    }
+    });
 }
 
 static void FN(where)(cr_tensor *out, const cr_tensor *cond, const cr_tensor *x, const cr_tensor *y)
@@ -205,13 +206,13 @@ static double FN(sum_all)(const T *x, int64_t n)
         return s;
     }
     double part[4096];
-#pragma omp parallel for schedule(static) if (n > cr_parallel_threshold)
+    CR_PAR_FOR(n > cr_parallel_threshold, "omp parallel for schedule(static)",
     for (int64_t b = 0; b < nb; b++) {
         int64_t lo = b * REDUCE_BLOCK, hi = lo + REDUCE_BLOCK < n ? lo + REDUCE_BLOCK : n;
         double s = 0;
         for (int64_t i = lo; i < hi; i++) s += x[i];
         part[b] = s;
-    }
+    });
     double s = 0;
     for (int64_t b = 0; b < nb; b++) s += part[b];
     return s;
@@ -226,7 +227,7 @@ static void FN(reduce)(cr_reduce_kind k, T *out, int32_t *arg, const T *x, int64
         return;
     }
     int64_t total = outer * n * inner;
-#pragma omp parallel for schedule(static) if (total > cr_parallel_threshold)
+    CR_PAR_FOR(total > cr_parallel_threshold, "omp parallel for schedule(static)",
     for (int64_t o = 0; o < outer; o++) {
         const T *xo = x + o * n * inner;
         T *out_o = out + o * inner;
@@ -259,14 +260,14 @@ static void FN(reduce)(cr_reduce_kind k, T *out, int32_t *arg, const T *x, int64
                 if (arg) arg[o * inner + i] = bi;
             }
         }
-    }
+    });
 }
 
 static void FN(softmax)(T *out, const T *x, int64_t outer, int64_t n, int64_t inner, bool take_log)
 {
     int64_t total = outer * n * inner;
     if (n == 0) return; /* nothing to normalise; xo[0] does not exist */
-#pragma omp parallel for schedule(static) if (total > cr_parallel_threshold)
+    CR_PAR_FOR(total > cr_parallel_threshold, "omp parallel for schedule(static)",
     for (int64_t o = 0; o < outer; o++) {
         for (int64_t i = 0; i < inner; i++) {
             const T *xo = x + o * n * inner + i;
@@ -283,7 +284,7 @@ static void FN(softmax)(T *out, const T *x, int64_t outer, int64_t n, int64_t in
                 for (int64_t j = 0; j < n; j++) oo[j * inner] = (T)(exp((double)(xo[j * inner] - m)) / s);
             }
         }
-    }
+    });
 }
 
 /* gx += gy * DERIV, with x (input) and y (output) values in scope. All
@@ -293,13 +294,13 @@ static void FN(unary_backward)(cr_unary_kind k, T *restrict gx, const T *gy, con
 {
     const T one = 1, zero = 0;
 #define BWD(DERIV)                                                                          \
-    _Pragma("omp parallel for simd schedule(static) if (n > cr_parallel_threshold)")         \
+    CR_PAR_FOR(n > cr_parallel_threshold, "omp parallel for simd schedule(static)", \
     for (int64_t i = 0; i < n; i++) {                                                       \
         T x = xs[i], y = ys[i];                                                             \
         (void)x;                                                                            \
         (void)y;                                                                            \
         gx[i] += gy[i] * (DERIV);                                                           \
-    }                                                                                       \
+    });                                                                                       \
     break
     switch (k) {
     case CR_U_NEG: BWD(-one);
@@ -328,7 +329,7 @@ static void FN(softmax_backward)(T *gx, const T *gy, const T *y, int64_t outer, 
                                  bool take_log)
 {
     int64_t total = outer * n * inner;
-#pragma omp parallel for schedule(static) if (total > cr_parallel_threshold)
+    CR_PAR_FOR(total > cr_parallel_threshold, "omp parallel for schedule(static)",
     for (int64_t o = 0; o < outer; o++) {
         for (int64_t i = 0; i < inner; i++) {
             int64_t base = o * n * inner + i;
@@ -345,7 +346,7 @@ static void FN(softmax_backward)(T *gx, const T *gy, const T *y, int64_t outer, 
                     gx[base + j * inner] += y[base + j * inner] * (gy[base + j * inner] - (T)s);
             }
         }
-    }
+    });
 }
 
 static void FN(index_add_dim)(T *gx, const int32_t *idx, const T *gy, int64_t outer, int64_t n, int64_t inner)

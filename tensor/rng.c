@@ -3,6 +3,7 @@
  * any number of threads and in any order. */
 #include <math.h>
 
+#include "iter.h"
 #include "tensor.h"
 
 static inline void mulhilo(uint32_t a, uint32_t b, uint32_t *hi, uint32_t *lo)
@@ -82,7 +83,7 @@ static void fill(cr_tensor *t, cr_rng *r, fill_kind kind, double a, double b, co
         return;
     }
     /* a Philox block costs ~100 cycles: worth threads from a few thousand up */
-#pragma omp parallel for schedule(static) if (n > 4096)
+    CR_PAR_FOR(n > 4096, "omp parallel for schedule(static)",
     for (int64_t i = 0; i < n; i++) {
         double u = kind == FILL_NORMAL ? draw_normal(seed, base + (uint64_t)i)
                                        : draw_uniform(seed, base + (uint64_t)i);
@@ -93,7 +94,7 @@ static void fill(cr_tensor *t, cr_rng *r, fill_kind kind, double a, double b, co
             ((float *)t->data)[i] = (float)v;
         else
             ((double *)t->data)[i] = v;
-    }
+    });
 }
 
 void cr_fill_uniform(cr_tensor *t, cr_rng *r, double lo, double hi)

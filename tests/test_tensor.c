@@ -795,15 +795,20 @@ Test(tensor, gemm_matches_naive_on_strided_views)
 {
     int64_t sizes[][3] = {{3, 4, 5}, {1, 7, 1}, {5, 1, 6}, {17, 13, 9}, /* small kernel */
                           {40, 50, 30}, {64, 33, 70}, {1, 300, 200}, {200, 120, 1}}; /* BLIS */
-    cr_assert_leq(17 * 13 * 9, cr_gemm_small_threshold);
-    cr_assert_gt(40 * 50 * 30, cr_gemm_small_threshold);
     cr_dtype dts[2] = {CR_F32, CR_F64};
-    for (int d = 0; d < 2; d++)
-        for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; s++)
-            for (int layout = 0; layout < 2; layout++) {
-                check_gemm(dts[d], sizes[s][0], sizes[s][1], sizes[s][2], layout, 1.0, 0.0);
-                check_gemm(dts[d], sizes[s][0], sizes[s][1], sizes[s][2], layout, -0.5, 2.0);
-            }
+    int64_t saved = cr_gemm_small_threshold;
+    /* every size through both paths: BLIS (threshold 0) and the C kernel */
+    int64_t thresholds[2] = {0, INT64_MAX};
+    for (int p = 0; p < 2; p++) {
+        cr_gemm_small_threshold = thresholds[p];
+        for (int d = 0; d < 2; d++)
+            for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; s++)
+                for (int layout = 0; layout < 2; layout++) {
+                    check_gemm(dts[d], sizes[s][0], sizes[s][1], sizes[s][2], layout, 1.0, 0.0);
+                    check_gemm(dts[d], sizes[s][0], sizes[s][1], sizes[s][2], layout, -0.5, 2.0);
+                }
+    }
+    cr_gemm_small_threshold = saved;
 }
 
 Test(tensor, gemm_contiguous_and_expanded_operands)
