@@ -71,14 +71,6 @@ static void check_same_dtype(const char *op, const cr_tensor *a, const cr_tensor
         cr_error("%s: dtypes %s and %s differ", op, cr_dtype_name(a->dtype), cr_dtype_name(b->dtype));
 }
 
-static inline double sigmoid_d(double x)
-{
-    /* split by sign so exp never overflows */
-    if (x >= 0) return 1.0 / (1.0 + exp(-x));
-    double e = exp(x);
-    return e / (1.0 + e);
-}
-
 static inline double softplus_d(double x) { return x > 0 ? x + log1p(exp(-x)) : log1p(exp(x)); }
 
 /* View a contiguous x as [outer, n, inner] around dim. */

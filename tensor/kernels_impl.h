@@ -36,6 +36,14 @@
         }                                                                                  \
     } while (0)
 
+/* 1/(1+e^-x), split by sign so the exponential never overflows */
+static inline T FN(sigmoid)(T x)
+{
+    if (x >= 0) return (T)1 / ((T)1 + EXP(-x));
+    T e = EXP(x);
+    return e / ((T)1 + e);
+}
+
 static void FN(unary)(cr_unary_kind k, cr_tensor *out, const cr_tensor *x, T a, T b)
 {
     int64_t n = cr_numel(out);
@@ -47,7 +55,7 @@ static void FN(unary)(cr_unary_kind k, cr_tensor *out, const cr_tensor *x, T a, 
     case CR_U_LOG: UNARY_LOOP(LOG(v)); break;
     case CR_U_SQRT: UNARY_LOOP(SQRT(v)); break;
     case CR_U_TANH: UNARY_LOOP(TANH(v)); break;
-    case CR_U_SIGMOID: UNARY_LOOP((T)sigmoid_d((double)v)); break;
+    case CR_U_SIGMOID: UNARY_LOOP(FN(sigmoid)(v)); break;
     case CR_U_RELU: UNARY_LOOP(v > zero ? v : zero); break;
     case CR_U_ABS: UNARY_LOOP(FABS(v)); break;
     case CR_U_SQUARE: UNARY_LOOP(v * v); break;
@@ -313,7 +321,7 @@ static void FN(unary_backward)(cr_unary_kind k, T *restrict gx, const T *gy, con
     case CR_U_ABS: BWD(x > zero ? one : x < zero ? -one : zero);
     case CR_U_SQUARE: BWD((T)2 * x);
     case CR_U_RECIP: BWD(-y * y);
-    case CR_U_SOFTPLUS: BWD((T)sigmoid_d((double)x));
+    case CR_U_SOFTPLUS: BWD(FN(sigmoid)(x));
     case CR_U_HARDTANH: BWD(x > -one && x < one ? one : zero);
     case CR_U_LEAKY_RELU: BWD(x > zero ? one : a);
     case CR_U_ELU: BWD(x > zero ? one : y + a);
