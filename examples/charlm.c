@@ -74,7 +74,7 @@ static opts parse(int argc, char **argv)
         else if (!strcmp(a, "--threads")) o.threads = atoi(v);
         else usage(argv[0]);
     }
-    if (o.steps < 0 || o.hidden < 1 || o.layers < 1 || o.embed < 1 || o.batch < 1 || o.seq < 1 || o.sample < 0 ||
+    if (o.steps < 1 || o.hidden < 1 || o.layers < 1 || o.embed < 1 || o.batch < 1 || o.seq < 1 || o.sample < 0 ||
         !(o.lr > 0) || !(o.temperature > 0)) {
         fprintf(stderr, "charlm: option out of range\n");
         exit(2);
