@@ -239,6 +239,46 @@ void cr_bptt_backward(cr_bptt *w, const cr_bptt_weights *p, const cr_tensor *dy,
                       const cr_tensor *dh_n, const cr_tensor *dc_n, cr_bptt_weights *g,
                       cr_tensor *dx, cr_tensor *dh0, cr_tensor *dc0);
 
+/* ---- comparing gradient sets (nn/gradcompare.c) ------------------------------ */
+/*
+ * Two gradients of one tensor (autograd against hand-derived BPTT, or either
+ * against finite differences), element by element:
+ *   abs error  |a - b|
+ *   rel error  |a - b| / max(|a|, |b|, tiny)
+ * tiny is the floor of the denominator: below it the error counts as
+ * absolute, so values that are zero up to rounding do not report a relative
+ * error of 1. Both zero is an error of 0; a NaN on either side is the worst.
+ */
+#define CR_GRAD_TINY 1e-300 /* the floor used when tiny <= 0: a pure relative error */
+
+typedef struct cr_grad_diff {
+    const char *name;     /* borrowed from the caller's names (or the parameter set) */
+    int ndim;
+    int64_t shape[CR_MAX_DIMS];
+    int64_t numel;
+    double max_abs;       /* max |a - b| */
+    double max_rel;       /* max |a - b| / max(|a|, |b|, tiny) */
+    int64_t worst_index;  /* row-major index of max_rel, -1 when numel is 0 */
+    double a, b;          /* the two values there */
+} cr_grad_diff;
+
+/* Compare a[k] with b[k] for k < n into out[k]: f32 or f64, any strides,
+ * dtypes may differ (an f32 gradient against an f64 reference); the shapes
+ * must match, else an error naming names[k] (names may be NULL: "?"). A NULL
+ * tensor counts as zeros of the other's shape. tiny <= 0 means CR_GRAD_TINY.
+ * Returns the largest max_rel of all (NaN if any is NaN, 0 when n is 0). */
+double cr_grad_compare(const char *const *names, const cr_tensor *const *a,
+                       const cr_tensor *const *b, size_t n, double tiny, cr_grad_diff *out);
+/* The same for every parameter of ps, in order: a = ps->items[k].value->grad
+ * (NULL: no gradient reached it, zeros), b = b[k]; out has ps->n entries. */
+double cr_grad_compare_params(const cr_params *ps, const cr_tensor *const *b, double tiny,
+                              cr_grad_diff *out);
+/* A table, one row per tensor: name, numel, max_abs, max_rel, where max_rel
+ * occurs (multi-index) and the two values there under the headings label_a,
+ * label_b (NULL: "a", "b"). f NULL is stdout. */
+void cr_grad_diff_print(FILE *f, const cr_grad_diff *d, size_t n, const char *label_a,
+                        const char *label_b);
+
 /* ---- end of declarations ---- */
 
 #ifdef __cplusplus
