@@ -57,7 +57,13 @@ typedef struct cr_tensor {
  * if it does, carousel aborts. */
 typedef void (*cr_error_handler)(const char *message);
 cr_error_handler cr_set_error_handler(cr_error_handler h); /* returns the old one */
-_Noreturn void cr_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* GCC and clang check the format string against the arguments. */
+#if defined(__GNUC__)
+#define CR_PRINTF_LIKE(f, a) __attribute__((format(printf, f, a)))
+#else
+#define CR_PRINTF_LIKE(f, a)
+#endif
+_Noreturn void cr_error(const char *fmt, ...) CR_PRINTF_LIKE(1, 2);
 /* Format a shape as "[2,3,4]" into buf; returns buf. */
 char *cr_shape_str(char *buf, size_t len, int ndim, const int64_t *shape);
 
