@@ -64,6 +64,15 @@ double cr_rng_normal(cr_rng *r) { return draw_normal(r->seed, r->offset++); }
 
 typedef enum { FILL_UNIFORM, FILL_NORMAL, FILL_DROPOUT } fill_kind;
 
+/* Element value at counter ctr: uniform in [a, b), normal N(a, b^2), or a
+ * dropout keep-mask value (0 with probability a, else b). */
+static inline double fill_value(fill_kind kind, uint64_t seed, uint64_t ctr, double a, double b)
+{
+    if (kind == FILL_NORMAL) return a + b * draw_normal(seed, ctr);
+    double u = draw_uniform(seed, ctr);
+    return kind == FILL_UNIFORM ? a + (b - a) * u : (u < a ? 0.0 : b);
+}
+
 static void fill(cr_tensor *t, cr_rng *r, fill_kind kind, double a, double b, const char *op)
 {
     if (t->dtype == CR_I32) cr_error("%s: needs a float tensor, got i32", op);
@@ -73,23 +82,14 @@ static void fill(cr_tensor *t, cr_rng *r, fill_kind kind, double a, double b, co
     r->offset += (uint64_t)n;
     if (!contig) {
         for (int64_t i = 0; i < n; i++) {
-            double u = kind == FILL_NORMAL ? draw_normal(seed, base + (uint64_t)i)
-                                           : draw_uniform(seed, base + (uint64_t)i);
-            double v = kind == FILL_UNIFORM ? a + (b - a) * u
-                     : kind == FILL_NORMAL  ? a + b * u
-                                            : (u < a ? 0.0 : b);
-            cr_set_flat(t, i, v);
+            cr_set_flat(t, i, fill_value(kind, seed, base + (uint64_t)i, a, b));
         }
         return;
     }
     /* a Philox block costs ~100 cycles: worth threads from a few thousand up */
     CR_PAR_FOR(n > 4096, "omp parallel for schedule(static)",
     for (int64_t i = 0; i < n; i++) {
-        double u = kind == FILL_NORMAL ? draw_normal(seed, base + (uint64_t)i)
-                                       : draw_uniform(seed, base + (uint64_t)i);
-        double v = kind == FILL_UNIFORM ? a + (b - a) * u
-                 : kind == FILL_NORMAL  ? a + b * u
-                                        : (u < a ? 0.0 : b);
+        double v = fill_value(kind, seed, base + (uint64_t)i, a, b);
         if (t->dtype == CR_F32)
             ((float *)t->data)[i] = (float)v;
         else

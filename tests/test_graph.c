@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "autograd.h"
+#include "expect_error.h"
 
 /* ---- malloc counting: this test links with -Wl,--wrap=malloc,--wrap=calloc,--wrap=realloc,
  * so every allocation made by carousel (a static library here) and by this file
@@ -84,26 +85,6 @@ static void expect_values(const cr_tensor *t, const double *want, int64_t n, dou
                   cr_get_flat(t, i), want[i]);
 }
 
-static jmp_buf err_jmp;
-static char err_msg[1024];
-static void catch_error(const char *m)
-{
-    snprintf(err_msg, sizeof err_msg, "%s", m);
-    longjmp(err_jmp, 1);
-}
-
-#define EXPECT_ERROR(stmt, text)                                                                   \
-    do {                                                                                           \
-        cr_error_handler old_ = cr_set_error_handler(catch_error);                                 \
-        err_msg[0] = '\0';                                                                         \
-        if (setjmp(err_jmp) == 0) {                                                                \
-            stmt;                                                                                  \
-            cr_set_error_handler(old_);                                                            \
-            cr_assert_fail("no error from: %s", #stmt);                                            \
-        }                                                                                          \
-        cr_set_error_handler(old_);                                                                \
-        cr_assert(strstr(err_msg, text) != NULL, "message \"%s\" lacks \"%s\"", err_msg, text);    \
-    } while (0)
 
 /* ---- accumulation --------------------------------------------------------------- */
 

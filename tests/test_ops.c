@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "autograd.h"
+#include "expect_error.h"
 
 static cr_graph *graph;
 
@@ -51,26 +52,6 @@ static void expect_shape(const cr_tensor *t, int ndim, const int64_t *shape)
               cr_shape_str(b, sizeof b, ndim, shape));
 }
 
-static jmp_buf err_jmp;
-static char err_msg[1024];
-static void catch_error(const char *m)
-{
-    snprintf(err_msg, sizeof err_msg, "%s", m);
-    longjmp(err_jmp, 1);
-}
-
-#define EXPECT_ERROR(stmt, text)                                                                   \
-    do {                                                                                           \
-        cr_error_handler old_ = cr_set_error_handler(catch_error);                                 \
-        err_msg[0] = '\0';                                                                         \
-        if (setjmp(err_jmp) == 0) {                                                                \
-            stmt;                                                                                  \
-            cr_set_error_handler(old_);                                                            \
-            cr_assert_fail("no error from: %s", #stmt);                                            \
-        }                                                                                          \
-        cr_set_error_handler(old_);                                                                \
-        cr_assert(strstr(err_msg, text) != NULL, "message \"%s\" lacks \"%s\"", err_msg, text);    \
-    } while (0)
 
 /* ---- arithmetic with broadcasting --------------------------------------------------- */
 

@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "tensor.h"
+#include "expect_error.h"
 
 /* ---- fixture: every test runs with a private current arena ---------------- */
 
@@ -64,27 +65,6 @@ static void expect_strides(const cr_tensor *t, const int64_t *stride)
                      (long long)stride[d]);
 }
 
-/* Errors: a handler that records the message and jumps back. */
-static jmp_buf err_jmp;
-static char err_msg[1024];
-static void catch_error(const char *m)
-{
-    snprintf(err_msg, sizeof err_msg, "%s", m);
-    longjmp(err_jmp, 1);
-}
-
-#define EXPECT_ERROR(stmt, text)                                                                   \
-    do {                                                                                           \
-        cr_error_handler old_ = cr_set_error_handler(catch_error);                                 \
-        err_msg[0] = '\0';                                                                         \
-        if (setjmp(err_jmp) == 0) {                                                                \
-            stmt;                                                                                  \
-            cr_set_error_handler(old_);                                                            \
-            cr_assert_fail("no error from: %s", #stmt);                                            \
-        }                                                                                          \
-        cr_set_error_handler(old_);                                                                \
-        cr_assert(strstr(err_msg, text) != NULL, "message \"%s\" lacks \"%s\"", err_msg, text);    \
-    } while (0)
 
 /* ---- creation and dtypes ---------------------------------------------------- */
 
