@@ -105,11 +105,13 @@ static cr_graph *need_graph(const char *op)
 cr_node *cr_node_new(const cr_op *op, int n_in, cr_tensor *const *in)
 {
     cr_graph *g = need_graph(op->name);
-    cr_node *n = cr_arena_alloc(g->arena, sizeof *n);
+    /* the node and its input list in one block */
+    size_t bytes = sizeof(cr_node) + (size_t)(n_in > 0 ? n_in : 1) * sizeof(cr_tensor *);
+    cr_node *n = cr_arena_alloc_aligned(g->arena, bytes, 16);
     memset(n, 0, sizeof *n);
     n->op = op;
     n->n_in = n_in;
-    n->in = cr_arena_alloc(g->arena, (size_t)(n_in > 0 ? n_in : 1) * sizeof *n->in);
+    n->in = (cr_tensor **)(n + 1);
     for (int i = 0; i < n_in; i++) {
         if (!in[i]) cr_error("%s: input %d is NULL", op->name, i);
         n->in[i] = in[i];
@@ -145,7 +147,7 @@ cr_tensor *cr_node_finish(cr_node *n, cr_dtype dt, int ndim, const int64_t *shap
 
 cr_tensor *cr_node_finish_view(cr_node *n)
 {
-    cr_tensor *out = cr_arena_alloc(current_graph->arena, sizeof *out);
+    cr_tensor *out = cr_arena_alloc_aligned(current_graph->arena, sizeof *out, 16);
     memset(out, 0, sizeof *out);
     return record(n, out);
 }

@@ -52,15 +52,17 @@ void cr_arena_free(cr_arena *a)
     free(a);
 }
 
-void *cr_arena_alloc(cr_arena *a, size_t bytes)
+void *cr_arena_alloc_aligned(cr_arena *a, size_t bytes, size_t align)
 {
-    bytes = (bytes + ARENA_ALIGN - 1) & ~(size_t)(ARENA_ALIGN - 1);
+    if (align < 16 || align > ARENA_ALIGN || (align & (align - 1)))
+        cr_error("cr_arena_alloc_aligned: alignment %zu is not a power of two in [16, %d]", align, ARENA_ALIGN);
+    bytes = (bytes + 15) & ~(size_t)15;
     for (;;) {
         chunk *c = a->cur;
-        if (c->size - c->used >= bytes) {
-            void *p = c->base + c->used;
-            c->used += bytes;
-            return p;
+        size_t at = (c->used + align - 1) & ~(align - 1);
+        if (at <= c->size && c->size - at >= bytes) {
+            c->used = at + bytes;
+            return c->base + at;
         }
         if (c->next) { /* a chunk kept from an earlier step */
             a->cur = c->next;
@@ -76,6 +78,8 @@ void *cr_arena_alloc(cr_arena *a, size_t bytes)
         a->cur = c->next;
     }
 }
+
+void *cr_arena_alloc(cr_arena *a, size_t bytes) { return cr_arena_alloc_aligned(a, bytes, ARENA_ALIGN); }
 
 void cr_arena_reset(cr_arena *a)
 {

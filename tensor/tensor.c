@@ -123,7 +123,7 @@ cr_tensor *cr_tensor_new(cr_dtype dt, int ndim, const int64_t *shape)
     cr_arena *a = cr_arena_current();
     if (!a)
         cr_error("cr_tensor_new: no current graph; call cr_graph_use(cr_graph_init()) first");
-    cr_tensor *t = cr_arena_alloc(a, sizeof *t);
+    cr_tensor *t = cr_arena_alloc_aligned(a, sizeof *t, 16);
     set_contiguous(t, dt, ndim, shape);
     t->data = cr_arena_alloc(a, (size_t)cr_numel(t) * cr_dtype_size(dt));
     return t;
@@ -170,7 +170,7 @@ cr_tensor *cr_tensor_alias(const cr_tensor *t)
 {
     cr_arena *a = cr_arena_current();
     if (!a) cr_error("cr_tensor_alias: no current graph");
-    cr_tensor *v = cr_arena_alloc(a, sizeof *v);
+    cr_tensor *v = cr_arena_alloc_aligned(a, sizeof *v, 16);
     *v = *t;
     v->owned = NULL;
     v->persistent = false;

@@ -80,6 +80,8 @@ typedef struct cr_arena cr_arena;
 cr_arena *cr_arena_init(size_t chunk_bytes);
 void cr_arena_free(cr_arena *a);
 void *cr_arena_alloc(cr_arena *a, size_t bytes); /* 64-byte aligned */
+/* align: a power of two from 16 to 64 (headers and nodes need only 16) */
+void *cr_arena_alloc_aligned(cr_arena *a, size_t bytes, size_t align);
 void cr_arena_reset(cr_arena *a);
 size_t cr_arena_used(const cr_arena *a);
 size_t cr_arena_capacity(const cr_arena *a);
