@@ -414,3 +414,36 @@ Test(nn, misuse_names_the_op_and_shapes)
     cr_rnn_free(m);
     cr_params_free(ps);
 }
+
+Test(nn, dropout_between_layers_only_in_training)
+{
+    cr_params *ps = cr_params_init();
+    cr_rng rng = cr_rng_seed(8);
+    cr_rnn_config cfg = {.mode = CR_GRU, .input_size = 3, .hidden_size = 5, .num_layers = 2, .dropout = 0.5,
+                         .dtype = CR_F64};
+    cr_rnn *m = cr_rnn_init(ps, "gru", cfg, &rng);
+    cr_tensor *x = cr_tensor_new(CR_F64, CR_SHAPE(2, 4, 3));
+    cr_fill_uniform(x, &rng, -1, 1);
+    /* eval: no dropout, the same numbers every call and as a dropout-free model */
+    m->train = false;
+    cr_tensor *e1 = cr_rnn_forward(m, x, NULL, NULL, NULL).y, *e2 = cr_rnn_forward(m, x, NULL, NULL, NULL).y;
+    m->cfg.dropout = 0;
+    m->train = true;
+    cr_tensor *e3 = cr_rnn_forward(m, x, NULL, NULL, NULL).y;
+    for (int64_t i = 0; i < cr_numel(e1); i++) {
+        cr_expect_eq(cr_get_flat(e1, i), cr_get_flat(e2, i));
+        cr_expect_eq(cr_get_flat(e1, i), cr_get_flat(e3, i));
+    }
+    /* train: the second layer sees a masked input, and each call draws a new mask */
+    m->cfg.dropout = 0.5;
+    cr_tensor *t1 = cr_rnn_forward(m, x, NULL, NULL, NULL).y, *t2 = cr_rnn_forward(m, x, NULL, NULL, NULL).y;
+    double d1 = 0, d12 = 0;
+    for (int64_t i = 0; i < cr_numel(e1); i++) {
+        d1 += fabs(cr_get_flat(t1, i) - cr_get_flat(e1, i));
+        d12 += fabs(cr_get_flat(t1, i) - cr_get_flat(t2, i));
+    }
+    cr_expect_gt(d1, 1e-3);
+    cr_expect_gt(d12, 1e-3);
+    cr_rnn_free(m);
+    cr_params_free(ps);
+}
