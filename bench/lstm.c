@@ -29,6 +29,8 @@
 #define CR_BENCH_PYTHON "/usr/bin/python3"
 #endif
 
+extern char **environ; /* POSIX */
+
 #define MAX_LIST 16
 #define MAX_SAMPLES 4096
 
@@ -244,11 +246,26 @@ static peer peer_start(const opts *o, const model *m, int threads, const char *p
     char *argv[] = {(char *)py, (char *)script, "--file", (char *)path, "--batch", a[0], "--steps", a[1],
                     "--input", a[2], "--hidden", a[3], "--vocab", a[4], "--layers", a[5],
                     "--threads", a[6], "--optim", a[7], "--lr", a[8], NULL};
+    /* torch.set_num_threads does not reach the BLAS it links (Debian's
+     * libblas.so.3 is BLIS with its own thread count): give that T too. */
+    size_t n_env = 0;
+    while (environ[n_env]) n_env++;
+    char **envp = cr_xmalloc((n_env + 2) * sizeof *envp), blis_env[64];
+    size_t k_env = 0;
+    for (size_t k = 0; k < n_env; k++)
+        if (strncmp(environ[k], "BLIS_NUM_THREADS=", 17)) envp[k_env++] = environ[k];
+    snprintf(blis_env, sizeof blis_env, "BLIS_NUM_THREADS=%d", threads);
+    envp[k_env++] = blis_env;
+    envp[k_env] = NULL;
     int down[2], up[2];
-    if (pipe(down) != 0) return p;
+    if (pipe(down) != 0) {
+        free(envp);
+        return p;
+    }
     if (pipe(up) != 0) {
         close(down[0]);
         close(down[1]);
+        free(envp);
         return p;
     }
     fflush(stdout);
@@ -260,9 +277,10 @@ static peer peer_start(const opts *o, const model *m, int threads, const char *p
         close(down[1]);
         close(up[0]);
         close(up[1]);
-        execv(py, argv);
+        execve(py, argv, envp);
         _exit(127);
     }
+    free(envp);
     close(down[0]);
     close(up[1]);
     if (p.pid < 0) {
@@ -282,7 +300,9 @@ static peer peer_start(const opts *o, const model *m, int threads, const char *p
             p.gnorm0 = field(line, "gnorm0");
             const char *v = strstr(line, " torch_version=");
             if (v) sscanf(v + 15, "%63s", p.version);
-            if (!p.ok) printf("torch: %s", line);
+            static bool shown;
+            if (!p.ok || !shown) printf("torch: %s", line); /* its versions and thread counts */
+            shown = true;
             break;
         }
         printf("torch: %s", line); /* anything else the peer says */

@@ -7,6 +7,7 @@
 # (ok=0 and a reason when torch is missing), then answers each "run N" line
 # with "ms t1 ... tN" (wall ms per step) until "quit" or end of input.
 import argparse
+import os
 import sys
 import time
 
@@ -85,7 +86,8 @@ def main():
     loss0, gnorm0 = step(norm=True)
     loss1, _ = step()
     print(f"ready ok=1 loss0={loss0:.9g} loss1={loss1:.9g} gnorm0={gnorm0:.9g} "
-          f"torch_version={torch.__version__}", flush=True)
+          f"threads={torch.get_num_threads()} blis_threads={os.environ.get('BLIS_NUM_THREADS', '-')} "
+          f"blis_arch={os.environ.get('BLIS_ARCH_TYPE', '-')} torch_version={torch.__version__}", flush=True)
     for line in sys.stdin:
         cmd = line.split()
         if not cmd or cmd[0] == "quit":
