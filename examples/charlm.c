@@ -15,6 +15,7 @@
 #include <time.h>
 
 #include "carousel.h"
+#include "cli.h"
 
 typedef struct opts {
     const char *data, *save;
@@ -30,13 +31,6 @@ typedef struct model {
     cr_rnn *lstm;
     cr_linear head;
 } model;
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 static void usage(const char *prog)
 {
@@ -60,18 +54,18 @@ static opts parse(int argc, char **argv)
         i++;
         if (!strcmp(a, "--data")) o.data = v;
         else if (!strcmp(a, "--save")) o.save = v;
-        else if (!strcmp(a, "--steps")) o.steps = atoll(v);
-        else if (!strcmp(a, "--hidden")) o.hidden = atoll(v);
-        else if (!strcmp(a, "--layers")) o.layers = atoll(v);
-        else if (!strcmp(a, "--embed")) o.embed = atoll(v);
-        else if (!strcmp(a, "--batch")) o.batch = atoll(v);
-        else if (!strcmp(a, "--seq")) o.seq = atoll(v);
-        else if (!strcmp(a, "--sample")) o.sample = atoll(v);
-        else if (!strcmp(a, "--lr")) o.lr = atof(v);
-        else if (!strcmp(a, "--clip")) o.clip = atof(v);
-        else if (!strcmp(a, "--temperature")) o.temperature = atof(v);
-        else if (!strcmp(a, "--seed")) o.seed = strtoull(v, NULL, 10);
-        else if (!strcmp(a, "--threads")) o.threads = atoi(v);
+        else if (!strcmp(a, "--steps")) o.steps = parse_int(argv[0], v);
+        else if (!strcmp(a, "--hidden")) o.hidden = parse_int(argv[0], v);
+        else if (!strcmp(a, "--layers")) o.layers = parse_int(argv[0], v);
+        else if (!strcmp(a, "--embed")) o.embed = parse_int(argv[0], v);
+        else if (!strcmp(a, "--batch")) o.batch = parse_int(argv[0], v);
+        else if (!strcmp(a, "--seq")) o.seq = parse_int(argv[0], v);
+        else if (!strcmp(a, "--sample")) o.sample = parse_int(argv[0], v);
+        else if (!strcmp(a, "--lr")) o.lr = parse_real(argv[0], v);
+        else if (!strcmp(a, "--clip")) o.clip = parse_real(argv[0], v);
+        else if (!strcmp(a, "--temperature")) o.temperature = parse_real(argv[0], v);
+        else if (!strcmp(a, "--seed")) o.seed = (uint64_t)parse_int(argv[0], v);
+        else if (!strcmp(a, "--threads")) o.threads = (int)parse_int(argv[0], v);
         else usage(argv[0]);
     }
     if (o.steps < 1 || o.hidden < 1 || o.layers < 1 || o.embed < 1 || o.batch < 1 || o.seq < 1 || o.sample < 0 ||

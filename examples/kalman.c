@@ -29,6 +29,7 @@
 #include <time.h>
 
 #include "carousel.h"
+#include "cli.h"
 
 typedef struct opts {
     int64_t steps, batch, len, hidden, test;
@@ -57,13 +58,6 @@ typedef struct lrnn {
     cr_tensor *C; /* (1, H) readout */
 } lrnn;
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 static void usage(const char *prog)
 {
     fprintf(stderr,
@@ -71,24 +65,6 @@ static void usage(const char *prog)
             "          [--sigma-z X] [--test N] [--seed S] [--threads N]\n",
             prog);
     exit(2);
-}
-
-static int64_t parse_int(const char *prog, const char *s)
-{
-    char *end;
-    errno = 0;
-    long long v = strtoll(s, &end, 10);
-    if (errno || end == s || *end) usage(prog);
-    return (int64_t)v;
-}
-
-static double parse_real(const char *prog, const char *s)
-{
-    char *end;
-    errno = 0;
-    double v = strtod(s, &end);
-    if (errno || end == s || *end) usage(prog);
-    return v;
 }
 
 static opts parse(int argc, char **argv)

@@ -19,6 +19,7 @@
 #include <time.h>
 
 #include "carousel.h"
+#include "cli.h"
 
 /* Tokens: padding, start and end of the output, then the ten digits. */
 enum { PAD = 0, BOS = 1, EOS = 2, DIGIT0 = 3, VOCAB = 13 };
@@ -45,13 +46,6 @@ typedef struct example {
     int64_t len;
 } example;
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 static void usage(const char *prog)
 {
     fprintf(stderr,
@@ -60,24 +54,6 @@ static void usage(const char *prog)
             "          [--seed S] [--threads N]\n",
             prog);
     exit(2);
-}
-
-static int64_t parse_int(const char *prog, const char *s)
-{
-    char *end;
-    errno = 0;
-    long long v = strtoll(s, &end, 10);
-    if (errno || end == s || *end) usage(prog);
-    return (int64_t)v;
-}
-
-static double parse_real(const char *prog, const char *s)
-{
-    char *end;
-    errno = 0;
-    double v = strtod(s, &end);
-    if (errno || end == s || *end) usage(prog);
-    return v;
 }
 
 static opts parse(int argc, char **argv)
