@@ -28,9 +28,18 @@
                 int64_t off[2];                                                            \
                 cr_iter_row(&it, r, off);                                                  \
                 int64_t so = it.stride[0][it.ndim - 1], sx = it.stride[1][it.ndim - 1];     \
-                for (int64_t i = 0; i < it.inner; i++) {                                   \
-                    T v = x0[off[1] + i * sx];                                             \
-                    o0[off[0] + i * so] = (EXPR);                                          \
+                if (so == 1 && sx == 1) { /* contiguous rows (a gate's slice): vectorises */ \
+                    T *restrict or_ = o0 + off[0];                                         \
+                    const T *restrict xr_ = x0 + off[1];                                   \
+                    for (int64_t i = 0; i < it.inner; i++) {                               \
+                        T v = xr_[i];                                                      \
+                        or_[i] = (EXPR);                                                   \
+                    }                                                                      \
+                } else {                                                                   \
+                    for (int64_t i = 0; i < it.inner; i++) {                               \
+                        T v = x0[off[1] + i * sx];                                         \
+                        o0[off[0] + i * so] = (EXPR);                                      \
+                    }                                                                      \
                 }                                                                          \
             });                                                                              \
         }                                                                                  \
@@ -54,8 +63,8 @@ static void FN(unary)(cr_unary_kind k, cr_tensor *out, const cr_tensor *x, T a, 
     case CR_U_EXP: UNARY_LOOP(EXP(v)); break;
     case CR_U_LOG: UNARY_LOOP(LOG(v)); break;
     case CR_U_SQRT: UNARY_LOOP(SQRT(v)); break;
-    case CR_U_TANH: UNARY_LOOP(TANH(v)); break;
-    case CR_U_SIGMOID: UNARY_LOOP(FN(sigmoid)(v)); break;
+    case CR_U_TANH: UNARY_LOOP(GATE_TANH(v)); break;
+    case CR_U_SIGMOID: UNARY_LOOP(GATE_SIGMOID(v)); break;
     case CR_U_RELU: UNARY_LOOP(v > zero ? v : zero); break;
     case CR_U_ABS: UNARY_LOOP(FABS(v)); break;
     case CR_U_SQUARE: UNARY_LOOP(v * v); break;
@@ -92,9 +101,17 @@ static void FN(unary)(cr_unary_kind k, cr_tensor *out, const cr_tensor *x, T a, 
                 const T *x_ = x0 + off[1], *y_ = y0 + off[2];                              \
                 int64_t so = it.stride[0][it.ndim - 1], sx = it.stride[1][it.ndim - 1],     \
                         sy = it.stride[2][it.ndim - 1];                                    \
-                for (int64_t i = 0; i < it.inner; i++) {                                   \
-                    T u = x_[i * sx], v = y_[i * sy];                                      \
-                    o_[i * so] = (EXPR);                                                   \
+                if (so == 1 && sx == 1 && sy == 1) {                                       \
+                    T *restrict or_ = o_;                                                  \
+                    for (int64_t i = 0; i < it.inner; i++) {                               \
+                        T u = x_[i], v = y_[i];                                            \
+                        or_[i] = (EXPR);                                                   \
+                    }                                                                      \
+                } else {                                                                   \
+                    for (int64_t i = 0; i < it.inner; i++) {                               \
+                        T u = x_[i * sx], v = y_[i * sy];                                  \
+                        o_[i * so] = (EXPR);                                               \
+                    }                                                                      \
                 }                                                                          \
             });                                                                              \
         }                                                                                  \
@@ -321,7 +338,7 @@ static void FN(unary_backward)(cr_unary_kind k, T *restrict gx, const T *gy, con
     case CR_U_ABS: BWD(x > zero ? one : x < zero ? -one : zero);
     case CR_U_SQUARE: BWD((T)2 * x);
     case CR_U_RECIP: BWD(-y * y);
-    case CR_U_SOFTPLUS: BWD(FN(sigmoid)(x));
+    case CR_U_SOFTPLUS: BWD(GATE_SIGMOID(x));
     case CR_U_HARDTANH: BWD(x > -one && x < one ? one : zero);
     case CR_U_LEAKY_RELU: BWD(x > zero ? one : a);
     case CR_U_ELU: BWD(x > zero ? one : y + a);

@@ -1085,3 +1085,30 @@ Test(tensor, shape_str)
     cr_shape_str(small, sizeof small, CR_SHAPE(123, 456, 789));
     cr_assert_eq(strlen(small), 5); /* truncated, terminated */
 }
+
+/* f32 tanh and sigmoid use carousel's own vectorisable exp: a few ulp of
+ * double-precision libm across the range, contiguous and strided. */
+Test(tensor, f32_tanh_sigmoid_accuracy)
+{
+    int64_t n = 200001;
+    cr_tensor *x = cr_tensor_new(CR_F32, 1, &n), *t = cr_tensor_new(CR_F32, 1, &n), *s = cr_tensor_new(CR_F32, 1, &n);
+    for (int64_t i = 0; i < n; i++) cr_set_flat(x, i, -60.0 + 120.0 * (double)i / (double)(n - 1));
+    cr_set_flat(x, n / 2, 0.0);
+    cr_set_flat(x, 1, 1e-7);
+    cr_k_unary(CR_U_TANH, t, x, 0, 0);
+    cr_k_unary(CR_U_SIGMOID, s, x, 0, 0);
+    for (int64_t i = 0; i < n; i++) {
+        double v = cr_get_flat(x, i), wt = tanh(v), ws = 1.0 / (1.0 + exp(-v));
+        cr_assert(fabs(cr_get_flat(t, i) - wt) <= 4e-7 * fabs(wt) + 1e-45, "tanh(%.9g) = %.9g, want %.9g", v,
+                  cr_get_flat(t, i), wt);
+        cr_assert(fabs(cr_get_flat(s, i) - ws) <= 4e-7 * ws + 1e-38, "sigmoid(%.9g) = %.9g, want %.9g", v,
+                  cr_get_flat(s, i), ws);
+    }
+    /* a strided view (a gate's slice) goes through the same functions */
+    cr_tensor v, o;
+    cr_view_narrow(&v, x, 0, 100, 1000);
+    cr_tensor *out = cr_tensor_new(CR_F32, CR_SHAPE(1000));
+    cr_view_narrow(&o, out, 0, 0, 1000);
+    cr_k_unary(CR_U_TANH, &o, &v, 0, 0);
+    for (int64_t i = 0; i < 1000; i++) cr_assert_eq(cr_get_flat(out, i), cr_get_flat(t, 100 + i));
+}
