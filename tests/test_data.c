@@ -14,45 +14,25 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-static char g_dir[256];
+#include "tmpdir.h"
+
 static cr_graph *g_graph;
 
 static void setup(void)
 {
-    const char *base = getenv("TMPDIR");
-    snprintf(g_dir, sizeof g_dir, "%s/carousel-data-XXXXXX", base && *base ? base : "/tmp");
-    cr_assert(mkdtemp(g_dir) != NULL, "mkdtemp failed");
+    tmpdir_make("data");
     g_graph = cr_graph_init();
     cr_graph_use(g_graph);
 }
 
 static void teardown(void)
 {
-    DIR *d = opendir(g_dir);
-    if (d) {
-        struct dirent *de;
-        while ((de = readdir(d))) {
-            char p[512];
-            snprintf(p, sizeof p, "%s/%s", g_dir, de->d_name);
-            if (strcmp(de->d_name, ".") && strcmp(de->d_name, "..")) unlink(p);
-        }
-        closedir(d);
-    }
-    rmdir(g_dir);
+    tmpdir_remove();
     cr_graph_use(NULL);
     cr_graph_free(g_graph);
 }
 
 TestSuite(data, .init = setup, .fini = teardown);
-
-static const char *tpath(const char *name)
-{
-    static char buf[4][512];
-    static int k;
-    k = (k + 1) % 4;
-    snprintf(buf[k], sizeof buf[k], "%s/%s", g_dir, name);
-    return buf[k];
-}
 
 static void write_bytes(const char *path, const void *p, size_t n)
 {
@@ -207,7 +187,7 @@ Test(data, vocab_load_missing_and_garbage)
     cr_assert_eq(v, (cr_vocab *)0x1, "untouched on failure");
     write_bytes(tpath("junk"), "\x10\0\0\0\0\0\0\0{not json}      ", 24);
     cr_assert_eq(cr_vocab_load(tpath("junk"), &v, err, sizeof err), CR_EFORMAT, "%s", err);
-    cr_assert_eq(cr_vocab_load(g_dir, &v, err, sizeof err), CR_EIO, "a directory: %s", err);
+    cr_assert_eq(cr_vocab_load(tmpdir_path(), &v, err, sizeof err), CR_EIO, "a directory: %s", err);
     /* a valid file with no vocabulary in it */
     double x = 1;
     cr_st_entry e = {.name = "w", .dtype = CR_F64, .ndim = 1, .shape = {1}, .data = &x, .nbytes = 8};

@@ -16,40 +16,13 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-static char g_dir[256];
+#include "tmpdir.h"
 
-static void setup(void)
-{
-    const char *base = getenv("TMPDIR");
-    snprintf(g_dir, sizeof g_dir, "%s/carousel-resume-XXXXXX", base && *base ? base : "/tmp");
-    cr_assert(mkdtemp(g_dir) != NULL, "mkdtemp failed");
-}
+static void setup(void) { tmpdir_make("resume"); }
 
-static void teardown(void)
-{
-    DIR *d = opendir(g_dir);
-    if (d) {
-        struct dirent *de;
-        while ((de = readdir(d))) {
-            char p[512];
-            snprintf(p, sizeof p, "%s/%s", g_dir, de->d_name);
-            if (strcmp(de->d_name, ".") && strcmp(de->d_name, "..")) unlink(p);
-        }
-        closedir(d);
-    }
-    rmdir(g_dir);
-}
+static void teardown(void) { tmpdir_remove(); }
 
 TestSuite(resume, .init = setup, .fini = teardown);
-
-static const char *tpath(const char *name)
-{
-    static char buf[4][512];
-    static int k;
-    k = (k + 1) % 4;
-    snprintf(buf[k], sizeof buf[k], "%s/%s", g_dir, name);
-    return buf[k];
-}
 
 /* ---- a tiny character language model, built from ops ------------------------------- */
 /* Embedding E [V,D], tanh RNN h = tanh(e W_ih^T + h W_hh^T + b) over windows of T
@@ -262,7 +235,9 @@ static int child_resume(int fd)
 
 Test(resume, new_process_matches_straight_run)
 {
-    /* Fork first, before this process starts any OpenMP thread. */
+    /* Fork first, before this process starts any OpenMP thread, but after the
+     * directory exists, so parent and child share it. */
+    tmpdir_path();
     int pipefd[2];
     cr_assert_eq(pipe(pipefd), 0);
     fflush(NULL);
@@ -566,7 +541,8 @@ Test(resume, reserved_metadata_key_is_misuse, .signal = SIGABRT)
 {
     session *s = session_new(1, NULL, OPT_SGD);
     const char *meta[] = {"carousel.mine", "x"};
-    cr_checkpoint_save(tpath("r.safetensors"), s->ps, s->opt, 0, NULL, NULL, meta, 1, NULL, 0);
+    /* misuse is reported before any file is touched: the path is never created */
+    cr_checkpoint_save("never-written.safetensors", s->ps, s->opt, 0, NULL, NULL, meta, 1, NULL, 0);
 }
 
 /* ---- truncated BPTT ------------------------------------------------------------------- */

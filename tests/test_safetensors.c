@@ -14,55 +14,15 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "tmpdir.h"
+
 /* ---- fixture: a fresh temporary directory per test ------------------------- */
 
-static char g_dir[256];
+static void setup(void) { tmpdir_make("st"); }
 
-static void rm_rf(const char *path)
-{
-    struct stat st;
-    if (lstat(path, &st) != 0)
-        return;
-    if (S_ISDIR(st.st_mode)) {
-        chmod(path, 0700); /* a test may have made it read-only */
-        DIR *d = opendir(path);
-        if (d) {
-            struct dirent *de;
-            while ((de = readdir(d))) {
-                if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
-                    continue;
-                char sub[512];
-                snprintf(sub, sizeof sub, "%s/%s", path, de->d_name);
-                rm_rf(sub);
-            }
-            closedir(d);
-        }
-        rmdir(path);
-    } else {
-        unlink(path);
-    }
-}
-
-static void setup(void)
-{
-    const char *base = getenv("TMPDIR");
-    snprintf(g_dir, sizeof g_dir, "%s/carousel-st-XXXXXX", base && *base ? base : "/tmp");
-    cr_assert(mkdtemp(g_dir) != NULL, "mkdtemp failed");
-}
-
-static void teardown(void) { rm_rf(g_dir); }
+static void teardown(void) { tmpdir_remove(); }
 
 TestSuite(safetensors, .init = setup, .fini = teardown);
-
-/* g_dir/name in a static buffer (one at a time is enough for these tests). */
-static const char *tpath(const char *name)
-{
-    static char buf[2][512];
-    static int which;
-    which ^= 1;
-    snprintf(buf[which], sizeof buf[which], "%s/%s", g_dir, name);
-    return buf[which];
-}
 
 static unsigned char *slurp(const char *path, size_t *len)
 {
@@ -575,7 +535,7 @@ Test(safetensors, writer_rejects_bad_input)
     cr_assert(strstr(err, "UTF-8"), "%s", err);
 
     /* Nothing was created, not even a temporary file; err may be NULL. */
-    cr_assert_eq(count_dir_entries(g_dir), 0);
+    cr_assert_eq(count_dir_entries(tmpdir_path()), 0);
     cr_assert_eq(cr_st_write(p, &e, 1, NULL, 0, NULL, 0), -1);
 }
 
@@ -588,7 +548,7 @@ Test(safetensors, write_into_missing_directory_fails)
     cr_assert_eq(cr_st_write(p, &e, 1, NULL, 0, err, sizeof err), -1);
     cr_assert(strstr(err, p), "%s", err);
     cr_assert(strstr(err, "No such file"), "%s", err);
-    cr_assert_eq(count_dir_entries(g_dir), 0);
+    cr_assert_eq(count_dir_entries(tmpdir_path()), 0);
 
     /* A directory nobody may create files in, even root. */
     cr_assert_eq(cr_st_write("/proc/carousel-test.safetensors", &e, 1, NULL, 0, err, sizeof err),
@@ -653,7 +613,7 @@ Test(safetensors, failed_write_keeps_old_file)
     cr_assert_eq(memcmp(before, after, len0), 0);
     free(before);
     free(after);
-    cr_assert_eq(count_dir_entries(g_dir), 1, "temporary file left behind");
+    cr_assert_eq(count_dir_entries(tmpdir_path()), 1, "temporary file left behind");
 }
 
 /* The rename is the last step; when it fails the temporary must go too. */
@@ -670,7 +630,7 @@ Test(safetensors, failed_rename_removes_temp)
     char err[256] = "";
     cr_assert_eq(cr_st_write(p, &e, 1, NULL, 0, err, sizeof err), -1);
     cr_assert(strstr(err, "rename"), "%s", err);
-    cr_assert_eq(count_dir_entries(g_dir), 1, "temporary file left behind");
+    cr_assert_eq(count_dir_entries(tmpdir_path()), 1, "temporary file left behind");
     cr_assert_eq(count_dir_entries(p), 1);
 }
 
@@ -683,7 +643,7 @@ Test(safetensors, overwrite_leaves_no_temp_and_keeps_mode)
     cr_st_entry e = {.name = "x", .dtype = CR_F32, .ndim = 0, .data = &x, .nbytes = 4};
     char err[256] = "";
     cr_assert_eq(cr_st_write(p, &e, 1, NULL, 0, err, sizeof err), 0, "%s", err);
-    cr_assert_eq(count_dir_entries(g_dir), 1);
+    cr_assert_eq(count_dir_entries(tmpdir_path()), 1);
     struct stat st;
     cr_assert_eq(stat(p, &st), 0);
     cr_assert_eq(st.st_mode & 0777, 0640);
@@ -696,10 +656,10 @@ Test(safetensors, overwrite_leaves_no_temp_and_keeps_mode)
     /* A relative path (no directory part) works too. */
     char cwd[512];
     cr_assert(getcwd(cwd, sizeof cwd));
-    cr_assert_eq(chdir(g_dir), 0);
+    cr_assert_eq(chdir(tmpdir_path()), 0);
     cr_assert_eq(cr_st_write("rel.safetensors", &e, 1, NULL, 0, err, sizeof err), 0, "%s", err);
     cr_assert_eq(chdir(cwd), 0);
-    cr_assert_eq(count_dir_entries(g_dir), 2);
+    cr_assert_eq(count_dir_entries(tmpdir_path()), 2);
 }
 
 Test(safetensors, read_errors, .timeout = 10)
@@ -708,7 +668,7 @@ Test(safetensors, read_errors, .timeout = 10)
     char err[256];
     cr_assert_eq(cr_st_read(tpath("absent"), &f, err, sizeof err), -1);
     cr_assert(strstr(err, "No such file"), "%s", err);
-    cr_assert_eq(cr_st_read(g_dir, &f, err, sizeof err), -1);
+    cr_assert_eq(cr_st_read(tmpdir_path(), &f, err, sizeof err), -1);
     cr_assert(strstr(err, "not a regular file"), "%s", err);
     cr_assert_null(f);
 
