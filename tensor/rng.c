@@ -80,6 +80,7 @@ static void fill(cr_tensor *t, cr_rng *r, fill_kind kind, double a, double b, co
     uint64_t seed = r->seed, base = r->offset;
     bool contig = cr_is_contiguous(t);
     r->offset += (uint64_t)n;
+    cr_tensor_bump_version(t);
     if (!contig) {
         for (int64_t i = 0; i < n; i++) {
             cr_set_flat(t, i, fill_value(kind, seed, base + (uint64_t)i, a, b));

@@ -91,7 +91,15 @@ static void set_contiguous(cr_tensor *t, cr_dtype dt, int ndim, const int64_t *s
         t->stride[d] = s;
         s *= shape[d];
     }
+    t->version = &t->version_store;
 }
+
+void cr_tensor_bump_version(cr_tensor *t)
+{
+    if (t->version) ++*t->version;
+}
+
+uint64_t cr_tensor_version(const cr_tensor *t) { return t->version ? *t->version : 0; }
 
 cr_tensor *cr_tensor_init(cr_dtype dt, int ndim, const int64_t *shape)
 {
@@ -229,7 +237,11 @@ static void store(cr_tensor *t, int64_t off, double v)
 }
 
 double cr_get(const cr_tensor *t, const int64_t *index) { return load(t, offset_of(t, index)); }
-void cr_set(cr_tensor *t, const int64_t *index, double v) { store(t, offset_of(t, index), v); }
+void cr_set(cr_tensor *t, const int64_t *index, double v)
+{
+    store(t, offset_of(t, index), v);
+    cr_tensor_bump_version(t);
+}
 
 double cr_get_flat(const cr_tensor *t, int64_t i)
 {
@@ -245,6 +257,7 @@ void cr_set_flat(cr_tensor *t, int64_t i, double v)
         cr_error("cr_set_flat: index %lld out of range for %lld elements", (long long)i,
                  (long long)cr_numel(t));
     store(t, flat_offset(t, i), v);
+    cr_tensor_bump_version(t);
 }
 
 double cr_item(const cr_tensor *t)
@@ -260,6 +273,7 @@ double cr_item(const cr_tensor *t)
 void cr_fill(cr_tensor *t, double value)
 {
     int64_t n = cr_numel(t);
+    cr_tensor_bump_version(t);
     if (cr_is_contiguous(t)) {
         switch (t->dtype) {
         case CR_F32: for (int64_t i = 0; i < n; i++) ((float *)t->data)[i] = (float)value; return;
@@ -279,6 +293,7 @@ void cr_copy_(cr_tensor *dst, const cr_tensor *src)
                  cr_shape_str(b, sizeof b, src->ndim, src->shape));
     }
     int64_t n = cr_numel(src);
+    cr_tensor_bump_version(dst);
     if (dst->dtype == src->dtype && cr_is_contiguous(dst) && cr_is_contiguous(src)) {
         memmove(dst->data, src->data, (size_t)n * cr_dtype_size(src->dtype));
         return;

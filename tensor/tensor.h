@@ -39,6 +39,12 @@ typedef struct cr_tensor {
     int64_t stride[CR_MAX_DIMS]; /* in elements, may be 0 (expanded) */
     void *data;                  /* address of element [0, ..., 0] */
     void *owned;                 /* heap block to free, or NULL (arena/view) */
+    /* In-place writes through the API (cr_fill, cr_copy_, cr_set, ...) bump the
+     * storage's version; every view of one storage shares one counter, which
+     * lives in the header that owns the storage. Writes through `data` are
+     * not seen: call cr_tensor_bump_version after them. */
+    uint64_t *version;
+    uint64_t version_store;
     bool persistent;             /* created by cr_tensor_init */
     /* autograd fields, owned by autograd/ */
     bool requires_grad;
@@ -129,6 +135,12 @@ void cr_set(cr_tensor *t, const int64_t *index, double v);
 double cr_get_flat(const cr_tensor *t, int64_t i); /* i-th element in row-major order */
 void cr_set_flat(cr_tensor *t, int64_t i, double v);
 double cr_item(const cr_tensor *t); /* the only element of a 1-element tensor */
+
+/* ---- versions: in-place writes ----------------------------------------- */
+
+/* Mark t's storage as written in place (every API write does this itself). */
+void cr_tensor_bump_version(cr_tensor *t);
+uint64_t cr_tensor_version(const cr_tensor *t); /* 0 for a fresh storage */
 
 /* ---- in-place fills and copies ------------------------------------------ */
 
