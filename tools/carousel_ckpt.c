@@ -99,10 +99,9 @@ int main(int argc, char **argv)
     }
     const char *cmd = argv[1], *path = argv[2];
 
-    char err[1024];
     cr_st_file *f = NULL;
-    if (cr_st_read(path, &f, err, sizeof err) != 0) {
-        fprintf(stderr, "carousel-ckpt: %s\n", err);
+    if (cr_st_read(path, &f) != CR_OK) {
+        fprintf(stderr, "carousel-ckpt: %s\n", cr_last_error());
         return 1;
     }
     if (strcmp(cmd, "info") == 0)
