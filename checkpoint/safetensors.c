@@ -974,14 +974,14 @@ static cr_status st_parse_header(const char *h, size_t hlen, uint64_t data_len, 
     }
 
     /* Entries in data order; names sorted for duplicates and lookups. */
-    qsort(f->entries, f->n, sizeof *f->entries, st_cmp_range);
+    if (f->n > 1) qsort(f->entries, f->n, sizeof *f->entries, st_cmp_range);
     f->by_name = malloc((f->n ? f->n : 1) * sizeof *f->by_name);
     if (!f->by_name) {
         st = cr_failure(CR_ENOMEM, "out of memory");
         goto fail;
     }
     for (size_t i = 0; i < f->n; i++) f->by_name[i] = &f->entries[i];
-    qsort(f->by_name, f->n, sizeof *f->by_name, st_cmp_entry_name);
+    if (f->n > 1) qsort(f->by_name, f->n, sizeof *f->by_name, st_cmp_entry_name);
     for (size_t i = 1; i < f->n; i++)
         if (strcmp(f->by_name[i - 1]->name, f->by_name[i]->name) == 0) {
             st = cr_failure(CR_EFORMAT, "duplicate tensor name '%s'", cr_escape(f->by_name[i]->name).s);

@@ -396,6 +396,64 @@ Test(data, stream_chunks_continue)
     }
 }
 
+/* Byte ids: one byte per character (in place), and chunks over them equal
+ * the chunks over int32 ids. */
+Test(data, byte_stream_matches_int_stream)
+{
+    char text[] = "abracadabra, said the wizard, and the rabbit left the hat.";
+    size_t len = strlen(text);
+    cr_vocab *v = cr_vocab_init_chars(text, len);
+    int32_t ids[64];
+    int64_t n = encode_count(v, text, len, ids, 64);
+    cr_assert_eq(n, (int64_t)len);
+    cr_assert_eq(cr_vocab_encode_bytes(v, text, len, (uint8_t *)text), CR_OK); /* in place */
+    for (size_t i = 0; i < len; i++) cr_assert_eq(((uint8_t *)text)[i], ids[i]);
+    cr_tensor *x = cr_tensor_init(CR_I32, CR_SHAPE(2, 4)), *y = cr_tensor_init(CR_I32, CR_SHAPE(2, 4));
+    cr_tensor *x2 = cr_tensor_init(CR_I32, CR_SHAPE(2, 4)), *y2 = cr_tensor_init(CR_I32, CR_SHAPE(2, 4));
+    for (int64_t c = 0; c < cr_stream_chunks(n, 2, 4); c++) {
+        uint64_t vx = cr_tensor_version(x);
+        cr_stream_chunk(x, y, ids, n, c);
+        cr_stream_chunk_u8(x2, y2, (const uint8_t *)text, n, c);
+        cr_assert_gt(cr_tensor_version(x), vx, "a fill bumps the version");
+        cr_assert(memcmp(x->data, x2->data, 32) == 0 && memcmp(y->data, y2->data, 32) == 0, "chunk %lld",
+                  (long long)c);
+    }
+    cr_assert_eq(cr_vocab_encode_bytes(v, "abq", 3, (uint8_t *)text), CR_EINVAL);
+    cr_assert(strstr(cr_last_error(), "0x71"), "%s", cr_last_error());
+    cr_tensor_free(x);
+    cr_tensor_free(y);
+    cr_tensor_free(x2);
+    cr_tensor_free(y2);
+    cr_vocab_free(v);
+}
+
+Test(data, encode_bytes_needs_a_char_vocab, .signal = SIGABRT)
+{
+    cr_vocab *v = cr_vocab_init_words("a b", 3, 1, 0);
+    uint8_t out[3];
+    cr_vocab_encode_bytes(v, "a b", 3, out);
+}
+
+/* A vocabulary from tokens: the same checks a file gets, as CR_EINVAL. */
+Test(data, vocab_from_tokens)
+{
+    const char bytes[] = "<unk><eos>catdog";
+    int64_t off[] = {0, 5, 10, 13, 16};
+    cr_vocab *v = NULL;
+    cr_assert_eq(cr_vocab_init_tokens(&v, CR_VOCAB_WORD, bytes, off, 4, 0, 1), CR_OK, "%s", cr_last_error());
+    cr_assert_eq(cr_vocab_id(v, "dog", 3), 3);
+    cr_assert_eq(cr_vocab_eos(v), 1);
+    cr_vocab_free(v);
+    int64_t dup[] = {0, 5, 10, 13, 16};
+    cr_assert_eq(cr_vocab_init_tokens(&v, CR_VOCAB_WORD, "<unk><eos>catcat", dup, 4, 0, 1), CR_EINVAL);
+    cr_assert(strstr(cr_last_error(), "equal"), "%s", cr_last_error());
+    cr_assert_null(v);
+    int64_t down[] = {0, 5, 4, 13, 16};
+    cr_assert_eq(cr_vocab_init_tokens(&v, CR_VOCAB_WORD, bytes, down, 4, 0, 1), CR_EINVAL);
+    cr_assert_eq(cr_vocab_init_tokens(&v, CR_VOCAB_WORD, bytes, off, 4, 0, 9), CR_EINVAL, "eos out of range");
+    cr_assert_eq(cr_vocab_init_tokens(&v, CR_VOCAB_CHAR, bytes, off, 4, -1, -1), CR_EINVAL, "char tokens are 1 byte");
+}
+
 Test(data, decode_bad_id_is_misuse, .signal = SIGABRT)
 {
     cr_vocab *v = cr_vocab_init_chars("ab", 2);

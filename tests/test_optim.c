@@ -434,6 +434,32 @@ static cr_params *two_grads(double scale)
     return ps;
 }
 
+/* Every tensor a step, a clipping or a parameter load writes through ->data
+ * gets its version bumped, so autograd can tell a parameter changed after a
+ * forward that saved it. */
+Test(optim, in_place_writes_bump_versions)
+{
+    cr_params *ps = cr_params_init();
+    cr_tensor *p = cr_params_add(ps, NULL, "p", CR_F32, CR_SHAPE(3));
+    cr_optim *o = cr_adam_init(ps, cr_adam_defaults(0.1));
+    set_grad(p, 1);
+    uint64_t v0 = cr_tensor_version(p);
+    cr_optim_step(o);
+    cr_assert_gt(cr_tensor_version(p), v0, "the step");
+    const cr_tensor *m = cr_optim_state(o, "p", "exp_avg");
+    cr_assert_gt(cr_tensor_version(m), 0, "the state");
+    uint64_t g0 = cr_tensor_version(p->grad);
+    cr_set_flat(p->grad, 0, 100);
+    g0 = cr_tensor_version(p->grad);
+    cr_assert_eq(cr_clip_grad_norm(ps, 1.0, NULL), CR_OK);
+    cr_assert_gt(cr_tensor_version(p->grad), g0, "clipping by norm");
+    g0 = cr_tensor_version(p->grad);
+    cr_assert_eq(cr_clip_grad_value(ps, 0.1), CR_OK);
+    cr_assert_gt(cr_tensor_version(p->grad), g0, "clipping by value");
+    cr_optim_free(o);
+    cr_params_free(ps);
+}
+
 Test(optim, clip_norm_scales_to_the_threshold)
 {
     cr_params *ps = two_grads(1.0);

@@ -1,5 +1,5 @@
 /*
- * Tests of optim/state.c: training resumed from a checkpoint in a new process
+ * Tests of checkpoint/checkpoint.c: training resumed from a checkpoint in a new process
  * matches training straight through, bit for bit; checkpoint files that are
  * missing, corrupt or do not fit leave everything untouched; truncated BPTT
  * carries state across chunks and stops the gradient at their boundary.
@@ -515,6 +515,117 @@ Test(resume, failed_loads_change_nothing)
     session_free(s);
     session_free(src);
 #undef EXPECT_FAIL
+}
+
+/* Strings from a checkpoint (format, optimizer name, vocabulary kind) reach
+ * messages escaped: a newline or a terminal escape cannot forge log lines. */
+Test(resume, file_strings_are_escaped_in_messages)
+{
+    session *src = session_new(1, NULL, OPT_ADAM);
+    session_train(src, 1);
+    cr_assert_eq(session_save(src, tpath("good.safetensors")), CR_OK, "%s", cr_last_error());
+    session *s = session_new(2, NULL, OPT_ADAM);
+    const char *evil = "x\ncarousel: ok\x1b[31m'";
+    const char *shown = "x\\x0acarousel: ok\\x1b[31m\\'";
+    struct {
+        const char *key, *want;
+        cr_status st;
+    } cases[] = {
+        {"carousel.format", "unsupported checkpoint format '", CR_EFORMAT},
+        {"carousel.optim", "the file holds '", CR_EMISMATCH},
+        {"carousel.vocab.kind", "vocabulary kind '", CR_EFORMAT},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        rewrite(tpath("good.safetensors"), tpath("bad.safetensors"), cases[i].key, evil, NULL, NULL);
+        cr_vocab *v = NULL;
+        cr_status st = cr_checkpoint_load(tpath("bad.safetensors"), s->ps, s->opt, NULL, NULL, &v);
+        cr_assert_eq(st, cases[i].st, "%s: %s", cases[i].key, cr_last_error());
+        char want[256];
+        snprintf(want, sizeof want, "%s%s'", cases[i].want, shown);
+        cr_assert(strstr(cr_last_error(), want), "%s: '%s' lacks '%s'", cases[i].key, cr_last_error(), want);
+        for (const char *c = cr_last_error(); *c; c++)
+            cr_assert((unsigned char)*c >= 0x20 && (unsigned char)*c < 0x7f, "raw byte 0x%02x", (unsigned char)*c);
+    }
+    session_free(s);
+    session_free(src);
+}
+
+/* ---- an optimizer defined outside the library ----------------------------------------- */
+/* Sign SGD with a decaying trace: p -= lr sign(g + beta tr), tr = g. A whole
+ * optimizer in a config, two tables and an update: checkpoints save and
+ * restore it from its tables with no change anywhere else. */
+typedef struct sign_config {
+    double lr, beta;
+    bool trace;
+} sign_config;
+
+static const char *const sign_slots[] = {"trace"};
+static const cr_optim_hparam sign_hparams[] = {
+    {"lr", offsetof(sign_config, lr), false, 0, INFINITY},
+    {"beta", offsetof(sign_config, beta), false, 0, 1},
+    {"trace", offsetof(sign_config, trace), true, 0, 0},
+};
+
+static bool sign_uses_slot(const void *cfg, int s) { return s == 0 && ((const sign_config *)cfg)->trace; }
+
+static void sign_update(const void *cfg, cr_tensor *p, const cr_tensor *g, cr_tensor *const *slot, int64_t k)
+{
+    (void)k;
+    const sign_config *c = cfg;
+    float *pd = p->data, *tr = slot[0] ? slot[0]->data : NULL;
+    const float *gd = g->data;
+    for (int64_t i = 0; i < cr_numel(p); i++) {
+        float d = gd[i] + (tr ? (float)c->beta * tr[i] : 0.0f);
+        pd[i] -= (float)c->lr * (float)((d > 0) - (d < 0));
+        if (tr) tr[i] = gd[i];
+    }
+}
+
+static const cr_optim_rule sign_rule = {
+    .name = "signsgd",
+    .config_size = sizeof(sign_config),
+    .hparams = sign_hparams,
+    .n_hparams = 3,
+    .slots = sign_slots,
+    .n_slots = 1,
+    .uses_slot = sign_uses_slot,
+    .update = sign_update,
+};
+
+Test(resume, user_defined_rule_resumes_exactly)
+{
+    session *a = session_new(1, NULL, OPT_ADAM);
+    cr_optim_free(a->opt);
+    sign_config cfg = {.lr = 0.01, .beta = 0.5, .trace = true};
+    a->opt = cr_optim_init(a->ps, &sign_rule, &cfg);
+    session_train(a, 3);
+    cr_assert_eq(session_save(a, tpath("sign.safetensors")), CR_OK, "%s", cr_last_error());
+    cr_st_file *f = NULL;
+    cr_assert_eq(cr_st_read(tpath("sign.safetensors"), &f), CR_OK);
+    cr_assert_str_eq(cr_st_meta_get(f, "carousel.optim"), "signsgd");
+    cr_assert_str_eq(cr_st_meta_get(f, "carousel.optim.beta"), "0.5");
+    cr_assert_str_eq(cr_st_meta_get(f, "carousel.optim.trace"), "1");
+    cr_assert_not_null(cr_st_find(f, "__optim__.signsgd.trace.lm.embed"));
+    cr_st_file_free(f);
+    session_train(a, 3);
+
+    session *b = session_new(9, NULL, OPT_ADAM);
+    cr_optim_free(b->opt);
+    sign_config other = {.lr = 1, .beta = 0, .trace = false};
+    b->opt = cr_optim_init(b->ps, &sign_rule, &other);
+    cr_assert_null(cr_optim_state(b->opt, "lm.embed", "trace"));
+    cr_assert_eq(cr_checkpoint_load(tpath("sign.safetensors"), b->ps, b->opt, &b->step, &b->rng, NULL), CR_OK,
+                 "%s", cr_last_error());
+    const sign_config *got = cr_optim_config(b->opt);
+    cr_assert(got->lr == 0.01 && got->beta == 0.5 && got->trace);
+    cr_assert_eq(cr_optim_get_hparam(b->opt, "beta"), 0.5);
+    session_train(b, 3);
+    for (size_t i = 0; i < a->ps->n; i++) {
+        const cr_tensor *x = a->ps->items[i].value, *y = b->ps->items[i].value;
+        cr_assert(memcmp(x->data, y->data, (size_t)cr_numel(x) * 4) == 0, "%s differs", a->ps->items[i].name);
+    }
+    session_free(a);
+    session_free(b);
 }
 
 Test(resume, save_failure_is_a_status)
