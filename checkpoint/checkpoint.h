@@ -20,7 +20,7 @@
 extern "C" {
 #endif
 
-/* ---- safetensors files (checkpoint/safetensors.c) -------------------------- */
+/* ---- safetensors files (checkpoint/st_read.c, st_write.c) ------------------- */
 
 /* The safetensors format (https://github.com/huggingface/safetensors):
  *

@@ -1,5 +1,6 @@
-/* Shared by the files of the checkpoint module (not a public header): strings
- * from files made safe for messages, and the vocabulary's entries in a file. */
+/* Shared by the files of the checkpoint module (not a public header): the
+ * format's small pieces (st_format.c), strings from files made safe for
+ * messages, and the vocabulary's entries in a file (vocab_io.c). */
 #ifndef CAROUSEL_CHECKPOINT_INTERNAL_H
 #define CAROUSEL_CHECKPOINT_INTERNAL_H
 
@@ -15,6 +16,21 @@ typedef struct cr_escaped {
     char s[CR_ESCAPE_MAX * 4 + 4];
 } cr_escaped;
 cr_escaped cr_escape(const char *s);
+
+/* ---- the safetensors format (st_format.c) ---- */
+
+#define CR_ST_META_KEY "__metadata__"
+#define CR_ST_SHAPE_BUF (CR_MAX_DIMS * 21 + 3) /* "[d0,...,d7]" */
+
+bool cr_st_dtype_parse(const char *s, cr_dtype *dt); /* "F32" -> CR_F32, ... */
+bool cr_st_dtype_known(cr_dtype dt);
+/* bytes = prod(shape) * element size; false on a bad dtype, a negative dim or overflow. */
+bool cr_st_nbytes(cr_dtype dt, int ndim, const int64_t *shape, uint64_t *bytes);
+/* Length of the valid UTF-8 sequence at s[0..len) (no overlongs, surrogates
+ * or code points above U+10FFFF), or 0 if it is not one. */
+size_t cr_st_utf8_seq(const unsigned char *s, size_t len);
+/* The first name that appears twice in names[n] (sorted in place), or NULL. */
+const char *cr_st_first_dup(const char **names, size_t n);
 
 /* A vocabulary as two safetensors entries and metadata pairs (vocab_io.c),
  * for cr_vocab_save and cr_checkpoint_save. kv points into val: do not copy

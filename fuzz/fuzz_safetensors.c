@@ -6,9 +6,10 @@
  * round trip through the writer's header builder unchanged.
  */
 
-/* Included rather than linked so the harness can reach the writer's static
- * header builder and round-trip in memory (no file, no fsync per input). */
-#include "../checkpoint/safetensors.c"
+/* The writer is included rather than linked so the harness can reach its
+ * static header builder and round-trip in memory (no file, no fsync per
+ * input); the reader is compiled in with the harness (fuzz/meson.build). */
+#include "../checkpoint/st_write.c"
 
 #include <stdint.h>
 #include <stdlib.h>

@@ -1,5 +1,5 @@
 /*
- * Tests of checkpoint/safetensors.c and checkpoint/params_io.c: round trips, the exact bytes carousel writes,
+ * Tests of the safetensors reader and writer (checkpoint/st_*.c) and of params_io.c: round trips, the bytes written,
  * rejection of every kind of broken or lying file, atomic writes, and loading
  * parameter sets.
  */

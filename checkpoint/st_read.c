@@ -1,21 +1,16 @@
-/*
- * The safetensors format: a strict, bounded, thread-safe reader (its own
- * small JSON parser for the fixed shape of the header) and an atomic writer.
- * Depends on libc and the tensor module only, so the fuzz harness builds it alone.
- */
-#define _GNU_SOURCE /* O_TMPFILE */
+/* The safetensors reader: a strict, bounded, thread-safe parser for the fixed
+ * shape of the header (no JSON library, no tree, no global state), the file
+ * and memory entry points, and the accessors of a parsed file. */
+#define _GNU_SOURCE /* memmem */
 
 #include "checkpoint_internal.h"
 
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 
 /* The header length is encoded byte by byte, so it is portable. Tensor data
@@ -24,10 +19,8 @@
  * byte-swap every element; refuse to build there rather than write files no
  * one else can read. */
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
-#error "checkpoint/safetensors.c copies tensor data raw and needs a little-endian host"
+#error "checkpoint/st_read.c hands out tensor data raw and needs a little-endian host"
 #endif
-
-#define ST_META_KEY "__metadata__"
 
 typedef struct st_meta {
     const char *key;
@@ -45,515 +38,7 @@ struct cr_st_file {
     size_t data_bytes;
 };
 
-/* ---- messages --------------------------------------------------------------- */
 
-cr_escaped cr_escape(const char *s)
-{
-    static const char hex[] = "0123456789abcdef";
-    cr_escaped out;
-    size_t n = 0, i = 0;
-    if (!s) s = "(null)";
-    for (; s[i] && i < CR_ESCAPE_MAX; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (c == '\'' || c == '"' || c == '\\') {
-            out.s[n++] = '\\';
-            out.s[n++] = (char)c;
-        } else if (c < 0x20 || c >= 0x7F) {
-            out.s[n++] = '\\';
-            out.s[n++] = 'x';
-            out.s[n++] = hex[c >> 4];
-            out.s[n++] = hex[c & 15];
-        } else {
-            out.s[n++] = (char)c;
-        }
-    }
-    if (s[i]) {
-        memcpy(out.s + n, "...", 3);
-        n += 3;
-    }
-    out.s[n] = '\0';
-    return out;
-}
-
-/* ---- dtypes and sizes ---------------------------------------------------------- */
-
-const char *cr_st_dtype_name(cr_dtype dt)
-{
-    switch (dt) {
-    case CR_F32: return "F32";
-    case CR_F64: return "F64";
-    case CR_I32: return "I32";
-    }
-    return "?";
-}
-
-static bool st_dtype_parse(const char *s, cr_dtype *dt)
-{
-    if (strcmp(s, "F32") == 0)
-        *dt = CR_F32;
-    else if (strcmp(s, "F64") == 0)
-        *dt = CR_F64;
-    else if (strcmp(s, "I32") == 0)
-        *dt = CR_I32;
-    else
-        return false;
-    return true;
-}
-
-static bool st_dtype_known(cr_dtype dt) { return dt == CR_F32 || dt == CR_F64 || dt == CR_I32; }
-
-/* bytes = prod(shape) * element size; false on a negative dim or overflow. */
-static bool st_nbytes(cr_dtype dt, int ndim, const int64_t *shape, uint64_t *bytes)
-{
-    if (!st_dtype_known(dt) || ndim < 0 || ndim > CR_MAX_DIMS) return false;
-    uint64_t b = cr_dtype_size(dt);
-    for (int d = 0; d < ndim; d++) {
-        if (shape[d] < 0) return false;
-        uint64_t dim = (uint64_t)shape[d];
-        if (dim != 0 && b > UINT64_MAX / dim) return false;
-        b *= dim;
-    }
-    if (b > SIZE_MAX) return false;
-    *bytes = b;
-    return true;
-}
-
-#define ST_SHAPE_BUF (CR_MAX_DIMS * 21 + 3)
-
-/* Length of the valid UTF-8 sequence at s[0..len) (no overlongs, surrogates
- * or code points above U+10FFFF), or 0 if it is not one. */
-static size_t st_utf8_seq(const unsigned char *s, size_t len)
-{
-    unsigned c = s[0];
-    size_t need;
-    unsigned lo = 0x80, hi = 0xBF; /* allowed range of the 2nd byte */
-    if (c < 0x80) return 1;
-    if (c >= 0xC2 && c <= 0xDF) {
-        need = 1;
-    } else if (c >= 0xE0 && c <= 0xEF) {
-        need = 2;
-        if (c == 0xE0) lo = 0xA0; /* overlong */
-        if (c == 0xED) hi = 0x9F; /* surrogates */
-    } else if (c >= 0xF0 && c <= 0xF4) {
-        need = 3;
-        if (c == 0xF0) lo = 0x90; /* overlong */
-        if (c == 0xF4) hi = 0x8F; /* above U+10FFFF */
-    } else {
-        return 0;
-    }
-    if (len <= need || s[1] < lo || s[1] > hi) return 0;
-    for (size_t k = 2; k <= need; k++)
-        if ((s[k] & 0xC0) != 0x80) return 0;
-    return need + 1;
-}
-
-static bool st_utf8_ok(const char *s)
-{
-    size_t len = strlen(s);
-    for (size_t i = 0, k; i < len; i += k)
-        if (!(k = st_utf8_seq((const unsigned char *)s + i, len - i))) return false;
-    return true;
-}
-
-/* ---- writer ----------------------------------------------------------------- */
-
-/* A growable byte buffer for the JSON header; `oom` sticks once set. */
-typedef struct st_buf {
-    char *p;
-    size_t len, cap;
-    bool oom;
-} st_buf;
-
-static void sb_put(st_buf *b, const char *s, size_t n)
-{
-    if (b->oom) return;
-    if (n > SIZE_MAX - b->len - 1) {
-        b->oom = true;
-        return;
-    }
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 256;
-        while (cap < b->len + n + 1) cap = cap > SIZE_MAX / 2 ? b->len + n + 1 : cap * 2;
-        char *p = realloc(b->p, cap);
-        if (!p) {
-            b->oom = true;
-            return;
-        }
-        b->p = p;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->len, s, n);
-    b->len += n;
-    b->p[b->len] = '\0';
-}
-
-static void sb_puts(st_buf *b, const char *s) { sb_put(b, s, strlen(s)); }
-
-static void sb_u64(st_buf *b, uint64_t v)
-{
-    char tmp[24];
-    int n = snprintf(tmp, sizeof tmp, "%llu", (unsigned long long)v);
-    sb_put(b, tmp, (size_t)n);
-}
-
-/* A JSON string literal; s is valid UTF-8 (checked by the caller). */
-static void sb_json_str(st_buf *b, const char *s)
-{
-    sb_put(b, "\"", 1);
-    const char *run = s;
-    for (; *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (c >= 0x20 && c != '"' && c != '\\') continue;
-        sb_put(b, run, (size_t)(s - run));
-        char esc[8];
-        switch (c) {
-        case '"': sb_puts(b, "\\\""); break;
-        case '\\': sb_puts(b, "\\\\"); break;
-        case '\n': sb_puts(b, "\\n"); break;
-        case '\t': sb_puts(b, "\\t"); break;
-        case '\r': sb_puts(b, "\\r"); break;
-        default:
-            snprintf(esc, sizeof esc, "\\u%04x", c);
-            sb_puts(b, esc);
-        }
-        run = s + 1;
-    }
-    sb_put(b, run, (size_t)(s - run));
-    sb_put(b, "\"", 1);
-}
-
-static int st_cmp_str_ptr(const void *a, const void *b)
-{
-    return strcmp(*(const char *const *)a, *(const char *const *)b);
-}
-
-/* The first name that appears twice in names[n] (sorted in place), or NULL. */
-static const char *st_first_dup(const char **names, size_t n)
-{
-    if (n < 2) return NULL;
-    qsort(names, n, sizeof *names, st_cmp_str_ptr);
-    for (size_t i = 1; i < n; i++)
-        if (strcmp(names[i - 1], names[i]) == 0) return names[i];
-    return NULL;
-}
-
-/* Check the caller's entries and metadata, and build the padded header. */
-static cr_status st_build_header(const cr_st_entry *entries, size_t n, const char *const *meta_kv,
-                                 size_t n_meta, st_buf *hdr)
-{
-    if (n > 0 && !entries) return cr_failure(CR_EINVAL, "entries is NULL but n is %zu", n);
-    if (n_meta > 0 && !meta_kv) return cr_failure(CR_EINVAL, "meta_kv is NULL but n_meta is %zu", n_meta);
-    if (n_meta > SIZE_MAX / 2) return cr_failure(CR_EINVAL, "n_meta %zu is absurd", n_meta);
-
-    for (size_t i = 0; i < n; i++) {
-        const cr_st_entry *e = &entries[i];
-        if (!e->name) return cr_failure(CR_EINVAL, "entry %zu has no name", i);
-        cr_escaped esc = cr_escape(e->name);
-        const char *nm = esc.s;
-        if (!st_utf8_ok(e->name)) return cr_failure(CR_EINVAL, "tensor '%s': name is not valid UTF-8", nm);
-        if (strcmp(e->name, ST_META_KEY) == 0)
-            return cr_failure(CR_EINVAL, "tensor name '%s' is reserved for metadata", nm);
-        if (!st_dtype_known(e->dtype))
-            return cr_failure(CR_EINVAL, "tensor '%s': unknown dtype value %d", nm, (int)e->dtype);
-        if (e->ndim < 0 || e->ndim > CR_MAX_DIMS)
-            return cr_failure(CR_EINVAL, "tensor '%s': ndim %d is outside 0..%d", nm, e->ndim, CR_MAX_DIMS);
-        char sh[ST_SHAPE_BUF];
-        uint64_t need;
-        if (!st_nbytes(e->dtype, e->ndim, e->shape, &need))
-            return cr_failure(CR_EINVAL, "tensor '%s': shape %s is negative or too large", nm,
-                           cr_shape_str(sh, sizeof sh, e->ndim, e->shape));
-        if (need != e->nbytes)
-            return cr_failure(CR_EINVAL, "tensor '%s': nbytes %zu but dtype %s shape %s needs %llu", nm,
-                           e->nbytes, cr_st_dtype_name(e->dtype), cr_shape_str(sh, sizeof sh, e->ndim, e->shape),
-                           (unsigned long long)need);
-        if (e->nbytes > 0 && !e->data) return cr_failure(CR_EINVAL, "tensor '%s': data is NULL", nm);
-    }
-    for (size_t i = 0; i < 2 * n_meta; i++) {
-        if (!meta_kv[i]) return cr_failure(CR_EINVAL, "metadata %s %zu is NULL", i % 2 ? "value" : "key", i / 2);
-        if (!st_utf8_ok(meta_kv[i]))
-            return cr_failure(CR_EINVAL, "metadata %s '%s' is not valid UTF-8", i % 2 ? "value" : "key",
-                           cr_escape(meta_kv[i]).s);
-    }
-
-    /* Duplicates: one sorted array of names for tensors, one for keys. */
-    size_t nnames = n > n_meta ? n : n_meta;
-    const char **names = malloc((nnames ? nnames : 1) * sizeof *names);
-    if (!names) return cr_failure(CR_ENOMEM, "out of memory");
-    for (size_t i = 0; i < n; i++) names[i] = entries[i].name;
-    const char *dup = st_first_dup(names, n);
-    if (dup) {
-        free(names);
-        return cr_failure(CR_EINVAL, "duplicate tensor name '%s'", cr_escape(dup).s);
-    }
-    for (size_t i = 0; i < n_meta; i++) names[i] = meta_kv[2 * i];
-    dup = st_first_dup(names, n_meta);
-    free(names);
-    if (dup) return cr_failure(CR_EINVAL, "duplicate metadata key '%s'", cr_escape(dup).s);
-
-    /* The header, metadata first (as the reference implementation writes it),
-     * then tensors in data order. */
-    sb_put(hdr, "{", 1);
-    if (n_meta > 0) {
-        sb_puts(hdr, "\"" ST_META_KEY "\":{");
-        for (size_t i = 0; i < n_meta; i++) {
-            if (i) sb_put(hdr, ",", 1);
-            sb_json_str(hdr, meta_kv[2 * i]);
-            sb_put(hdr, ":", 1);
-            sb_json_str(hdr, meta_kv[2 * i + 1]);
-        }
-        sb_puts(hdr, "}");
-    }
-    uint64_t off = 0;
-    for (size_t i = 0; i < n; i++) {
-        const cr_st_entry *e = &entries[i];
-        if (i || n_meta) sb_put(hdr, ",", 1);
-        sb_json_str(hdr, e->name);
-        sb_puts(hdr, ":{\"dtype\":\"");
-        sb_puts(hdr, cr_st_dtype_name(e->dtype));
-        sb_puts(hdr, "\",\"shape\":[");
-        for (int d = 0; d < e->ndim; d++) {
-            if (d) sb_put(hdr, ",", 1);
-            sb_u64(hdr, (uint64_t)e->shape[d]);
-        }
-        sb_puts(hdr, "],\"data_offsets\":[");
-        sb_u64(hdr, off);
-        sb_put(hdr, ",", 1);
-        if (e->nbytes > UINT64_MAX - off) return cr_failure(CR_EINVAL, "total data size overflows");
-        off += e->nbytes;
-        sb_u64(hdr, off);
-        sb_puts(hdr, "]}");
-    }
-    sb_put(hdr, "}", 1);
-    /* Pad so the data section starts 8-byte aligned (the 8-byte length field
-     * plus a header that is a multiple of 8). */
-    while (!hdr->oom && hdr->len % 8 != 0) sb_put(hdr, " ", 1);
-    if (hdr->oom) return cr_failure(CR_ENOMEM, "out of memory building the header");
-    if ((uint64_t)hdr->len > CR_ST_MAX_HEADER)
-        return cr_failure(CR_EINVAL, "header of %zu bytes exceeds the %llu-byte limit", hdr->len,
-                       (unsigned long long)CR_ST_MAX_HEADER);
-    return CR_OK;
-}
-
-/* Permission bits for a new file: those of the file being replaced, else
- * 0666 minus the umask. umask() can only be read by setting it (racy in a
- * threaded program), so read it from /proc; when that is unavailable keep
- * 0600, the safe side. */
-static mode_t st_new_mode(const char *path)
-{
-    struct stat st;
-    if (stat(path, &st) == 0 && S_ISREG(st.st_mode)) return st.st_mode & 07777;
-    FILE *f = fopen("/proc/self/status", "r");
-    if (!f) return 0600;
-    char line[256];
-    mode_t mode = 0600;
-    while (fgets(line, sizeof line, f)) {
-        unsigned mask;
-        if (sscanf(line, "Umask: %o", &mask) == 1) {
-            mode = (mode_t)(0666 & ~mask);
-            break;
-        }
-    }
-    fclose(f);
-    return mode;
-}
-
-/* Temporary files: "<path>.tmp.<pid>.<6 letters>", beside the target so the
- * rename is atomic (same file system). The pid says which process owns one, so
- * a later save can tell a leftover of a killed save from a save in progress. */
-#define ST_TMP_TAG ".tmp."
-
-/* dir and base of path (dir "." when path has no slash); malloc'd, NULL when out of memory. */
-static char *st_dir_of(const char *path, const char **base)
-{
-    const char *slash = strrchr(path, '/');
-    *base = slash ? slash + 1 : path;
-    return slash ? strndup(path, slash == path ? 1 : (size_t)(slash - path)) : strdup(".");
-}
-
-/* Remove "<base>.tmp.<pid>.*" files in dir whose process no longer exists
- * (leftovers of a save that was killed). Best effort: errors are ignored, and
- * a file whose pid is alive, or that another naming made, is left alone. */
-static void st_remove_stale_temps(const char *dir, const char *base)
-{
-    DIR *d = opendir(dir);
-    if (!d) return;
-    size_t bl = strlen(base), tl = strlen(ST_TMP_TAG);
-    struct dirent *de;
-    while ((de = readdir(d))) {
-        const char *nm = de->d_name;
-        if (strncmp(nm, base, bl) != 0 || strncmp(nm + bl, ST_TMP_TAG, tl) != 0) continue;
-        const char *p = nm + bl + tl;
-        long long pid = 0;
-        int digits = 0;
-        for (; *p >= '0' && *p <= '9' && digits < 10; p++, digits++) pid = pid * 10 + (*p - '0');
-        if (digits == 0 || *p != '.' || strlen(p + 1) != 6 || pid <= 0 || pid > INT32_MAX) continue;
-        if (pid == (long long)getpid()) continue; /* another thread of ours may be saving */
-        if (kill((pid_t)pid, 0) == 0 || errno != ESRCH) continue; /* alive, or not ours to judge */
-        unlinkat(dirfd(d), nm, 0);
-    }
-    closedir(d);
-}
-
-/* Fill the last six bytes of name (the X's) with letters from a counter. */
-static void st_tmp_letters(char *name)
-{
-    static _Atomic unsigned long counter;
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    uint64_t x = (uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 20) ^ ((uint64_t)getpid() << 40) ^
-                 (uint64_t)counter++ * 0x9E3779B97F4A7C15u;
-    char *p = name + strlen(name) - 6;
-    for (int i = 0; i < 6; i++, x /= 26) p[i] = (char)('a' + x % 26);
-}
-
-static bool st_write_all(int fd, const void *p, size_t n)
-{
-    const char *c = p;
-    while (n > 0) {
-        ssize_t w = write(fd, c, n);
-        if (w < 0 && errno == EINTR) continue;
-        if (w <= 0) return false;
-        c += w;
-        n -= (size_t)w;
-    }
-    return true;
-}
-
-/* Write length, header and every tensor's data to fd, then fsync. */
-static bool st_write_body(int fd, const unsigned char lenbytes[8], const st_buf *hdr, const cr_st_entry *entries,
-                          size_t n, const char **step)
-{
-    *step = "write";
-    bool ok = st_write_all(fd, lenbytes, 8) && st_write_all(fd, hdr->p, hdr->len);
-    for (size_t i = 0; ok && i < n; i++) ok = st_write_all(fd, entries[i].data, entries[i].nbytes);
-    if (ok && fsync(fd) != 0) ok = false, *step = "fsync";
-    return ok;
-}
-
-/* Create the temporary file and write everything into it; on success *tmp
- * names it (complete and synced). With tmpfile, an unnamed O_TMPFILE file
- * that is linked to *tmp only at the end; *fallback is set when that is not
- * possible here (no O_TMPFILE, no /proc), so the caller tries a named file. */
-static cr_status st_write_temp(const char *path, const char *dir, char *tmp, bool tmpfile, mode_t mode,
-                               const unsigned char lenbytes[8], const st_buf *hdr, const cr_st_entry *entries,
-                               size_t n, bool *fallback)
-{
-    int fd = -1;
-    *fallback = false;
-    if (tmpfile) {
-#ifdef O_TMPFILE
-        fd = open(dir, O_TMPFILE | O_WRONLY | O_CLOEXEC, mode);
-#else
-        errno = EOPNOTSUPP;
-#endif
-        if (fd < 0) {
-            /* EISDIR / EOPNOTSUPP / EINVAL: no O_TMPFILE on this kernel or file system. */
-            *fallback = errno != EACCES && errno != EROFS && errno != ENOSPC && errno != EDQUOT;
-            if (!*fallback)
-                return cr_failure(CR_EIO, "%s: cannot create a temporary file beside it: %s", path,
-                               strerror(errno));
-            return CR_EIO;
-        }
-    } else {
-        fd = mkstemp(tmp);
-        if (fd < 0)
-            return cr_failure(CR_EIO, "%s: cannot create a temporary file beside it: %s", path, strerror(errno));
-    }
-    /* A file system without permissions (FAT, some network mounts) refuses
-     * fchmod; the file then keeps mode 0600, which is no reason to fail. */
-    if (fchmod(fd, mode) != 0) {
-    }
-    const char *step;
-    bool ok = st_write_body(fd, lenbytes, hdr, entries, n, &step);
-    int e = errno;
-    bool linked = !tmpfile;
-    if (ok && tmpfile) {
-        /* Give the complete file a name (linkat through /proc, which needs no
-         * privilege, unlike AT_EMPTY_PATH). */
-        char proc[64];
-        snprintf(proc, sizeof proc, "/proc/self/fd/%d", fd);
-        for (int tries = 0; tries < 100 && !linked; tries++) {
-            st_tmp_letters(tmp);
-            if (linkat(AT_FDCWD, proc, AT_FDCWD, tmp, AT_SYMLINK_FOLLOW) == 0)
-                linked = true;
-            else if (errno != EEXIST)
-                break;
-        }
-        if (!linked) {
-            close(fd);
-            *fallback = true;
-            return CR_EIO;
-        }
-    }
-    /* close also reports delayed write errors on some file systems. */
-    if (close(fd) != 0 && ok) ok = false, step = "close", e = errno;
-    if (!ok) {
-        if (linked) unlink(tmp);
-        return cr_failure(CR_EIO, "%s: %s failed: %s", path, step, strerror(e));
-    }
-    return CR_OK;
-}
-
-cr_status cr_st_write(const char *path, const cr_st_entry *entries, size_t n, const char *const *meta_kv,
-                      size_t n_meta)
-{
-    if (!path || !*path) return cr_failure(CR_EINVAL, "no path given");
-    st_buf hdr = {0};
-    cr_status st = st_build_header(entries, n, meta_kv, n_meta, &hdr);
-    if (st != CR_OK) {
-        free(hdr.p);
-        return st;
-    }
-    unsigned char lenbytes[8];
-    for (int i = 0; i < 8; i++) lenbytes[i] = (unsigned char)((uint64_t)hdr.len >> (8 * i));
-
-    const char *base;
-    char *dir = st_dir_of(path, &base);
-    size_t tlen = strlen(path) + strlen(ST_TMP_TAG) + 24;
-    char *tmp = malloc(tlen);
-    if (!dir || !tmp) {
-        free(hdr.p);
-        free(dir);
-        free(tmp);
-        return cr_failure(CR_ENOMEM, "%s: out of memory", path);
-    }
-    st_remove_stale_temps(dir, base);
-
-    /* Preferably an unnamed file (O_TMPFILE): a save killed while writing
-     * leaves nothing behind, and the file is named only once complete, just
-     * before the rename. Else a named file, which the next save of the same
-     * target removes if this process dies first. */
-    mode_t mode = st_new_mode(path);
-    bool fallback;
-    snprintf(tmp, tlen, "%s" ST_TMP_TAG "%ld.XXXXXX", path, (long)getpid());
-    st = st_write_temp(path, dir, tmp, true, mode, lenbytes, &hdr, entries, n, &fallback);
-    if (st != CR_OK && fallback) {
-        snprintf(tmp, tlen, "%s" ST_TMP_TAG "%ld.XXXXXX", path, (long)getpid());
-        st = st_write_temp(path, dir, tmp, false, mode, lenbytes, &hdr, entries, n, &fallback);
-    }
-    free(hdr.p);
-    if (st == CR_OK && rename(tmp, path) != 0) {
-        int e = errno;
-        unlink(tmp);
-        st = cr_failure(CR_EIO, "%s: cannot rename the temporary file over it: %s", path, strerror(e));
-    }
-    free(tmp);
-    if (st != CR_OK) {
-        free(dir);
-        return st;
-    }
-
-    /* Make the rename itself durable: fsync the directory entry. Some file
-     * systems cannot fsync a directory (EINVAL); nothing more to do there. */
-    int dfd = open(dir, O_RDONLY | O_DIRECTORY);
-    if (dfd < 0 || (fsync(dfd) != 0 && errno != EINVAL))
-        st = cr_failure(CR_EIO, "%s: written, but syncing directory %s failed: %s", path, dir, strerror(errno));
-    if (dfd >= 0) close(dfd);
-    free(dir);
-    return st;
-}
-
-/* ---- reader ----------------------------------------------------------------- */
 /*
  * The header has a fixed shape: one object whose values are tensor entries
  * (objects with exactly "dtype": string, "shape": [integers], "data_offsets":
@@ -650,7 +135,7 @@ static cr_status st_string(st_parser *P, size_t *off)
             return st_bad_json(P);
         }
         if (c >= 0x80) {
-            size_t k = st_utf8_seq((const unsigned char *)s, (size_t)(end - s));
+            size_t k = cr_st_utf8_seq((const unsigned char *)s, (size_t)(end - s));
             if (!k) return cr_failure(CR_EFORMAT, "header is not valid UTF-8 (byte %zu)", (size_t)(s - P->start));
             memmove(o, s, k); /* o < s, and they may overlap */
             o += k;
@@ -791,7 +276,7 @@ static cr_status st_parse_tensor(st_parser *P, size_t name_off)
                                              : st_bad_json(P);
                 const char *dt;
                 if ((st = st_scratch_string(P, &dt)) != CR_OK) return st;
-                if (!st_dtype_parse(dt, &e.dtype))
+                if (!cr_st_dtype_parse(dt, &e.dtype))
                     return cr_failure(CR_EFORMAT, "tensor '%s': unsupported dtype '%s' (carousel reads F32, F64, I32)",
                                    NM, cr_escape(dt).s);
             } else if (f == 1) {
@@ -825,10 +310,10 @@ static cr_status st_parse_tensor(st_parser *P, size_t name_off)
     for (int f = 0; f < 3; f++)
         if (!have[f]) return cr_failure(CR_EFORMAT, "tensor '%s': missing field '%s'", NM, fields[f]);
 
-    char sh[ST_SHAPE_BUF];
+    char sh[CR_ST_SHAPE_BUF];
     cr_shape_str(sh, sizeof sh, e.ndim, e.shape);
     uint64_t need;
-    if (!st_nbytes(e.dtype, e.ndim, e.shape, &need))
+    if (!cr_st_nbytes(e.dtype, e.ndim, e.shape, &need))
         return cr_failure(CR_EFORMAT, "tensor '%s': dtype %s shape %s overflows", NM, cr_st_dtype_name(e.dtype), sh);
     unsigned long long b = begin, en = end;
     if (b > en) return cr_failure(CR_EFORMAT, "tensor '%s': data_offsets [%llu,%llu] begin after end", NM, b, en);
@@ -856,7 +341,7 @@ static cr_status st_parse_tensor(st_parser *P, size_t name_off)
 static cr_status st_parse_meta(st_parser *P)
 {
     if (!st_take(P, '{'))
-        return st_value_start(P) ? cr_failure(CR_EFORMAT, ST_META_KEY " is not an object") : st_bad_json(P);
+        return st_value_start(P) ? cr_failure(CR_EFORMAT, CR_ST_META_KEY " is not an object") : st_bad_json(P);
     if (st_take(P, '}')) return CR_OK;
     for (;;) {
         size_t k, v;
@@ -866,7 +351,7 @@ static cr_status st_parse_meta(st_parser *P)
         if (!st_take(P, ':')) return st_bad_json(P);
         if (!st_peek(P, '"'))
             return st_value_start(P) || st_peek(P, '{')
-                       ? cr_failure(CR_EFORMAT, ST_META_KEY " value of '%s' is not a string", cr_escape(P->pool + k).s)
+                       ? cr_failure(CR_EFORMAT, CR_ST_META_KEY " value of '%s' is not a string", cr_escape(P->pool + k).s)
                        : st_bad_json(P);
         if ((st = st_string(P, &v)) != CR_OK) return st;
         if (P->n_meta == P->meta_cap) {
@@ -896,8 +381,8 @@ static cr_status st_parse_object(st_parser *P)
             cr_status st = st_string(P, &k);
             if (st != CR_OK) return st;
             if (!st_take(P, ':')) return st_bad_json(P);
-            if (strcmp(P->pool + k, ST_META_KEY) == 0) {
-                if (seen_meta) return cr_failure(CR_EFORMAT, ST_META_KEY " appears twice");
+            if (strcmp(P->pool + k, CR_ST_META_KEY) == 0) {
+                if (seen_meta) return cr_failure(CR_EFORMAT, CR_ST_META_KEY " appears twice");
                 seen_meta = true;
                 P->pool_len = k;
                 st = st_parse_meta(P);
@@ -986,7 +471,7 @@ static cr_status st_parse_header(char *h, size_t hlen, uint64_t data_len, cr_st_
         goto fail;
     }
     for (size_t i = 0; i < f->n_meta; i++) keys[i] = f->meta[i].key;
-    const char *dup = st_first_dup(keys, f->n_meta);
+    const char *dup = cr_st_first_dup(keys, f->n_meta);
     free(keys);
     if (dup) {
         st = cr_failure(CR_EFORMAT, "duplicate metadata key '%s'", cr_escape(dup).s);
@@ -1226,3 +711,4 @@ bool cr_st_meta_at(const cr_st_file *f, size_t i, const char **key, const char *
     if (value) *value = f->meta[i].value;
     return true;
 }
+
