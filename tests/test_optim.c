@@ -644,6 +644,39 @@ Test(optim, bad_beta_is_misuse, .signal = SIGABRT)
     cr_adam_init(ps, c);
 }
 
+Test(optim, set_hparam_out_of_range_is_misuse, .signal = SIGABRT)
+{
+    cr_params *ps = cr_params_init();
+    cr_params_add(ps, NULL, "p", CR_F32, CR_SHAPE(3));
+    cr_optim *o = cr_adam_init(ps, cr_adam_defaults(0.1));
+    cr_optim_set_hparam(o, "beta1", 1.5);
+}
+
+Test(optim, unknown_hparam_is_misuse, .signal = SIGABRT)
+{
+    cr_params *ps = cr_params_init();
+    cr_params_add(ps, NULL, "p", CR_F32, CR_SHAPE(3));
+    cr_optim *o = cr_rmsprop_init(ps, cr_rmsprop_defaults(0.1));
+    cr_optim_get_hparam(o, "beta1");
+}
+
+/* A rule without "lr" cannot follow a schedule: refused at init. */
+static void noop_update(const void *cfg, cr_tensor *p, const cr_tensor *g, cr_tensor *const *slot, int64_t k)
+{
+    (void)cfg, (void)p, (void)g, (void)slot, (void)k;
+}
+
+Test(optim, rule_without_lr_is_misuse, .signal = SIGABRT)
+{
+    static const cr_optim_hparam hp[] = {{"rate", 0, false, 0, INFINITY}};
+    static const cr_optim_rule bad = {.name = "bad", .config_size = sizeof(double), .hparams = hp, .n_hparams = 1,
+                                      .update = noop_update};
+    cr_params *ps = cr_params_init();
+    cr_params_add(ps, NULL, "p", CR_F32, CR_SHAPE(3));
+    double rate = 0.1;
+    cr_optim_init(ps, &bad, &rate);
+}
+
 Test(optim, negative_lr_is_misuse, .signal = SIGABRT)
 {
     cr_params *ps = cr_params_init();
