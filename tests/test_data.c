@@ -1,5 +1,5 @@
 /*
- * Tests of optim/data.c: character and word vocabularies (build, encode,
+ * Tests of data/data.c (and vocabulary files, checkpoint/vocab_io.c): character and word vocabularies (build, encode,
  * decode, save, load, rejection of broken files), reading files, the seeded
  * shuffle, padded batches, windows and TBPTT stream chunks.
  */

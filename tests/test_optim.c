@@ -1,5 +1,5 @@
 /*
- * Tests of optim/optimizers.c, clip.c and schedule.c: PyTorch parity on the
+ * Tests of optim/ (the rules in sgd.c, adam.c, rmsprop.c, the generic optim.c, clip.c, schedule.c): PyTorch parity on the
  * 20-step trajectories of tests/fixtures/optim_f64.safetensors, hand-computed
  * references for the options the fixture leaves out, clipping, schedules and
  * contract errors.
