@@ -41,11 +41,12 @@ extern "C" {
  * metadata keys are unique; and, as in the reference reader, the ranges tile
  * the data section exactly (no overlap, gap or trailing bytes).
  *
- * The reader is a streaming parser of that fixed shape: it stops at the first
- * byte that cannot belong to a valid header (the 9th dim of a shape, a '[' in
- * place of a dtype), needs no global state (concurrent loads are safe) and
- * reads the data section only after the header is valid. Its memory is
- * bounded by about three times the header plus the data section. */
+ * The reader is a streaming parser of that fixed shape: it parses the header
+ * chunk by chunk as it reads it and stops at the first byte that cannot
+ * belong to a valid header (the 9th dim of a shape, a '[' in place of a
+ * dtype), needs no global state (concurrent loads are safe) and reads the data
+ * section only after the header is valid. Its memory is about 2.2 times the
+ * header (below 4 times in any case) plus the data section. */
 
 /* One tensor of a file. `data` may be unaligned in a file read from disk:
  * copy it out with memcpy rather than casting it to float *. */

@@ -1,8 +1,6 @@
 /* The safetensors reader: a strict, bounded, thread-safe parser for the fixed
  * shape of the header (no JSON library, no tree, no global state), the file
  * and memory entry points, and the accessors of a parsed file. */
-#define _GNU_SOURCE /* memmem */
-
 #include "checkpoint_internal.h"
 
 #include <errno.h>
@@ -47,16 +45,25 @@ struct cr_st_file {
  * the bytes once, keeps only what the file will hold (one entry per tensor,
  * the decoded strings) and stops at the first byte that cannot belong to a
  * valid header, e.g. at the 9th dim of a shape or a '[' where a dtype should be.
- * Memory: strings are decoded in place, into the header buffer itself: a
- * decoded JSON string (plus its NUL) is never longer than its literal, so the
- * bytes written stay behind the bytes read, and the buffer is then shrunk to
- * the strings kept. Besides it, one cr_st_entry (96 bytes) and one pointer per
- * tensor, whose header text takes at least 50 bytes: at most about three times
- * the header in all, 2.3x for typical names.
+ * Reading a file, it parses each chunk of the header as it arrives, so a
+ * hostile header is rejected after reading up to its first bad byte, not all
+ * of it. Memory: strings are decoded in place, into the header buffer itself:
+ * a decoded JSON string (plus its NUL) is never longer than its literal, so
+ * the bytes written stay behind the bytes read, and the buffer is then shrunk
+ * to the strings kept. Besides it, one cr_st_entry (96 bytes) and one pointer
+ * per tensor, whose header text takes at least 50 bytes: about 2.2x the
+ * header for typical names, at most about three times.
  */
 
+/* Bytes of the header read per chunk while parsing a file. */
+#define ST_CHUNK ((size_t)1 << 20)
+
 typedef struct st_parser {
-    const char *start, *p, *end;
+    const char *start, *p, *end; /* end: the bytes read so far */
+    const char *limit;           /* start + the header's length */
+    int fd;                      /* the file the rest comes from, -1 when all is there */
+    int io_err;                  /* errno of a failed read (0: the file was shorter) */
+    bool io_failed;
     char *pool; /* = start: decoded strings, written behind p; entries hold offsets into it until the end */
     size_t pool_len;
     cr_st_entry *e; /* e[i].name: pool offset; e[i].data: begin offset */
@@ -66,15 +73,46 @@ typedef struct st_parser {
     uint64_t data_len;
 } st_parser;
 
+/* Read the next chunk of the header from the file; false when the header is
+ * all there or the read failed (P->io_failed: reported by the caller). */
+static bool st_more(st_parser *P)
+{
+    if (P->end == P->limit || P->fd < 0 || P->io_failed) return false;
+    size_t want = (size_t)(P->limit - P->end);
+    if (want > ST_CHUNK) want = ST_CHUNK;
+    ssize_t r;
+    do {
+        r = read(P->fd, P->pool + (P->end - P->start), want);
+    } while (r < 0 && errno == EINTR);
+    if (r <= 0) {
+        P->io_failed = true;
+        P->io_err = r < 0 ? errno : 0;
+        return false;
+    }
+    P->end += r;
+    return true;
+}
+
+/* Bytes available at s, reading until there are k (fewer at the header's end). */
+static size_t st_have(st_parser *P, const char *s, size_t k)
+{
+    while ((size_t)(P->end - s) < k && st_more(P)) {
+    }
+    return (size_t)(P->end - s);
+}
+
 static cr_status st_bad_json(const st_parser *P)
 {
-    return cr_failure(CR_EFORMAT, "header is not valid JSON (near byte %zu of %zu)", (size_t)(P->p - P->start),
-                   (size_t)(P->end - P->start));
+    size_t at = (size_t)(P->p - P->start);
+    if (P->p < P->end && *P->p == '\0') return cr_failure(CR_EFORMAT, "header has a NUL byte at offset %zu", at);
+    return cr_failure(CR_EFORMAT, "header is not valid JSON (near byte %zu of %zu)", at,
+                      (size_t)(P->limit - P->start));
 }
 
 static void st_ws(st_parser *P)
 {
-    while (P->p < P->end && (*P->p == ' ' || *P->p == '\t' || *P->p == '\n' || *P->p == '\r')) P->p++;
+    while ((P->p < P->end || st_more(P)) && (*P->p == ' ' || *P->p == '\t' || *P->p == '\n' || *P->p == '\r'))
+        P->p++;
 }
 
 /* Is the next byte c (after whitespace)? Consumes it if so. */
@@ -104,7 +142,8 @@ static bool st_value_start(st_parser *P)
     char c = *P->p;
     if (c == '[' || c == '"' || c == '-' || (c >= '0' && c <= '9')) return true;
     for (int i = 0; i < 3; i++)
-        if ((size_t)(P->end - P->p) >= strlen(lit[i]) && memcmp(P->p, lit[i], strlen(lit[i])) == 0) return true;
+        if (st_have(P, P->p, strlen(lit[i])) >= strlen(lit[i]) && memcmp(P->p, lit[i], strlen(lit[i])) == 0)
+            return true;
     return false;
 }
 
@@ -125,17 +164,17 @@ static int st_hex4(const char *s)
  * UTF-8, lone surrogates and \u0000 (names are C strings). */
 static cr_status st_string(st_parser *P, size_t *off)
 {
-    const char *s = P->p + 1, *end = P->end;
+    const char *s = P->p + 1;
     char *o = P->pool + P->pool_len;
     *off = P->pool_len;
-    while (s < end && *s != '"') {
+    while ((s < P->end || st_more(P)) && *s != '"') {
         unsigned char c = (unsigned char)*s;
         if (c < 0x20) {
             P->p = s;
             return st_bad_json(P);
         }
         if (c >= 0x80) {
-            size_t k = cr_st_utf8_seq((const unsigned char *)s, (size_t)(end - s));
+            size_t k = cr_st_utf8_seq((const unsigned char *)s, st_have(P, s, 4));
             if (!k) return cr_failure(CR_EFORMAT, "header is not valid UTF-8 (byte %zu)", (size_t)(s - P->start));
             memmove(o, s, k); /* o < s, and they may overlap */
             o += k;
@@ -147,7 +186,7 @@ static cr_status st_string(st_parser *P, size_t *off)
             s++;
             continue;
         }
-        if (end - s < 2) { /* a backslash as the header's last byte */
+        if (st_have(P, s, 2) < 2) { /* a backslash as the header's last byte */
             P->p = s;
             return st_bad_json(P);
         }
@@ -165,14 +204,14 @@ static cr_status st_string(st_parser *P, size_t *off)
         case 'u': break;
         default: P->p = s - 2; return st_bad_json(P);
         }
-        long cp = end - s >= 4 ? st_hex4(s) : -1;
+        long cp = st_have(P, s, 4) >= 4 ? st_hex4(s) : -1;
         if (cp < 0) {
             P->p = s - 2;
             return st_bad_json(P);
         }
         s += 4;
         if (cp >= 0xD800 && cp <= 0xDBFF) { /* a high surrogate needs its low half */
-            long lo = end - s >= 6 && s[0] == '\\' && s[1] == 'u' ? st_hex4(s + 2) : -1;
+            long lo = st_have(P, s, 6) >= 6 && s[0] == '\\' && s[1] == 'u' ? st_hex4(s + 2) : -1;
             if (lo < 0xDC00 || lo > 0xDFFF)
                 return cr_failure(CR_EFORMAT, "header is not valid UTF-8 (byte %zu: lone surrogate \\u%04lx)",
                                (size_t)(s - 6 - P->start), cp);
@@ -202,8 +241,8 @@ static cr_status st_string(st_parser *P, size_t *off)
             *o++ = (char)(0x80 | (cp & 0x3F));
         }
     }
-    if (s >= end) {
-        P->p = end;
+    if (s >= P->end) {
+        P->p = P->end;
         return st_bad_json(P);
     }
     *o++ = '\0';
@@ -224,13 +263,14 @@ static bool st_uint(st_parser *P, uint64_t *out)
     if (*s == '0') {
         s++;
     } else {
-        for (; s < P->end && *s >= '0' && *s <= '9'; s++) {
+        for (; (s < P->end || st_more(P)) && *s >= '0' && *s <= '9'; s++) {
             unsigned d = (unsigned)(*s - '0');
             if (v > ((uint64_t)INT64_MAX - d) / 10) return false;
             v = v * 10 + d;
         }
     }
-    if (s < P->end && ((*s >= '0' && *s <= '9') || *s == '.' || *s == 'e' || *s == 'E')) return false;
+    if ((s < P->end || st_more(P)) && ((*s >= '0' && *s <= '9') || *s == '.' || *s == 'e' || *s == 'E'))
+        return false;
     P->p = s;
     *out = v;
     return true;
@@ -395,7 +435,9 @@ static cr_status st_parse_object(st_parser *P)
         }
     }
     st_ws(P); /* only JSON whitespace (the writer's padding) may follow */
-    if (P->p != P->end)
+    if (P->p < P->end && *P->p == '\0')
+        return cr_failure(CR_EFORMAT, "header has a NUL byte at offset %zu", (size_t)(P->p - P->start));
+    if (P->p != P->limit)
         return cr_failure(CR_EFORMAT, "header has bytes after the JSON object (byte %zu)", (size_t)(P->p - P->start));
     return CR_OK;
 }
@@ -423,32 +465,25 @@ static int st_cmp_key_entry(const void *key, const void *pe)
 
 /* Parse and validate the header h[hlen] (malloc'd; taken over: it becomes
  * the pool of decoded strings, or is freed on failure) of a file whose data
- * section has data_len bytes. On success *out holds every entry (data not
- * attached yet: entries' data are offsets into the data section). */
-static cr_status st_parse_header(char *h, size_t hlen, uint64_t data_len, cr_st_file **out)
+ * section has data_len bytes. h holds `filled` bytes; when fewer than hlen,
+ * the rest is read from fd chunk by chunk as the parser gets there. On
+ * success *out holds every entry (data not attached yet: entries' data are
+ * offsets into the data section). */
+static cr_status st_parse_header(char *h, size_t hlen, size_t filled, int fd, uint64_t data_len, cr_st_file **out)
 {
-    const char *nul = memchr(h, 0, hlen);
-    if (nul) {
-        size_t at = (size_t)(nul - h);
-        free(h);
-        return cr_failure(CR_EFORMAT, "header has a NUL byte at offset %zu", at);
-    }
-    st_parser P = {.start = h, .p = h, .end = h + hlen, .pool = h, .data_len = data_len};
-    /* Every tensor has one "data_offsets" key: counting them sizes the entry
-     * array exactly (a key spelled with escapes falls back to doubling). */
-    size_t guess = 0;
-    for (const char *q = h; (q = memmem(q, hlen - (size_t)(q - h), "\"data_offsets\"", 14)); q += 14) guess++;
-    if (guess > hlen / 50 + 1) guess = hlen / 50 + 1; /* a tensor entry takes at least 50 bytes */
+    st_parser P = {.start = h, .p = h, .end = h + filled, .limit = h + hlen, .fd = fd, .pool = h,
+                   .data_len = data_len};
     cr_st_file *f = calloc(1, sizeof *f);
-    P.cap = guess;
-    P.e = guess ? malloc(guess * sizeof *P.e) : NULL;
-    cr_status st = f && (P.e || !guess) ? st_parse_object(&P) : cr_failure(CR_ENOMEM, "out of memory");
+    cr_status st = f ? st_parse_object(&P) : cr_failure(CR_ENOMEM, "out of memory");
+    if (st != CR_OK && P.io_failed)
+        st = cr_failure(CR_EIO, "%s after %zu of the header's %zu bytes", P.io_err ? strerror(P.io_err) : "file shrank",
+                        (size_t)(P.end - P.start), hlen);
     if (st != CR_OK) goto fail;
 
     /* Offsets into the pool become pointers once it has its final size. */
     char *pool = realloc(P.pool, P.pool_len ? P.pool_len : 1);
     if (pool) P.pool = pool;
-    if (P.n < P.cap) {
+    if (P.n < P.cap) { /* give back the doubling's slack */
         cr_st_entry *e = realloc(P.e, (P.n ? P.n : 1) * sizeof *e);
         if (e) P.e = e;
     }
@@ -570,7 +605,7 @@ cr_status cr_st_parse(const void *bytes, size_t len, cr_st_file **out)
     char *h = malloc((size_t)hlen); /* the parser decodes strings in place */
     if (!h) return cr_failure(CR_ENOMEM, "out of memory copying a %llu-byte header", (unsigned long long)hlen);
     memcpy(h, b + 8, (size_t)hlen);
-    if ((st = st_parse_header(h, (size_t)hlen, len - 8 - hlen, &f)) != CR_OK) return st;
+    if ((st = st_parse_header(h, (size_t)hlen, (size_t)hlen, -1, len - 8 - hlen, &f)) != CR_OK) return st;
     size_t data_len = len - 8 - (size_t)hlen;
     unsigned char *data = malloc(data_len ? data_len : 1);
     if (!data) {
@@ -638,9 +673,8 @@ cr_status cr_st_read(const char *path, cr_st_file **out)
         st = cr_failure(CR_ENOMEM, "%s: out of memory reading a %llu-byte header", path, (unsigned long long)hlen);
         goto done;
     }
-    if (!st_read_all(fd, hdr, (size_t)hlen, &e)) goto short_read;
     size_t data_len = (size_t)(size - 8 - hlen);
-    st = st_parse_header(hdr, (size_t)hlen, data_len, &f);
+    st = st_parse_header(hdr, (size_t)hlen, 0, fd, data_len, &f); /* reads the header as it parses */
     hdr = NULL; /* the parser took it */
     if (st != CR_OK) goto prefix;
     data = malloc(data_len ? data_len : 1);
