@@ -55,8 +55,11 @@ struct cr_st_file {
  * header for typical names, at most about three times.
  */
 
-/* Bytes of the header read per chunk while parsing a file. */
-#define ST_CHUNK ((size_t)1 << 20)
+/* Bytes of the header read per chunk while parsing a file (the fuzz harness
+ * sets a few bytes, to cross a chunk boundary everywhere). */
+#ifndef CR_ST_CHUNK
+#define CR_ST_CHUNK ((size_t)1 << 20)
+#endif
 
 typedef struct st_parser {
     const char *start, *p, *end; /* end: the bytes read so far */
@@ -79,7 +82,7 @@ static bool st_more(st_parser *P)
 {
     if (P->end == P->limit || P->fd < 0 || P->io_failed) return false;
     size_t want = (size_t)(P->limit - P->end);
-    if (want > ST_CHUNK) want = ST_CHUNK;
+    if (want > CR_ST_CHUNK) want = CR_ST_CHUNK;
     ssize_t r;
     do {
         r = read(P->fd, P->pool + (P->end - P->start), want);

@@ -2,7 +2,9 @@
  * the padded JSON header, and writes the file atomically through an unnamed
  * temporary file (O_TMPFILE, else a named one that the next save of the same
  * target cleans up if this process dies). */
+#ifndef _GNU_SOURCE
 #define _GNU_SOURCE /* O_TMPFILE */
+#endif
 
 #include "checkpoint_internal.h"
 

@@ -14,6 +14,8 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 /* Aborting (not returning) makes libFuzzer save the input as a crash. */
 #define CHECK(cond)                                                                          \
@@ -102,6 +104,27 @@ static void check_round_trip(const cr_st_file *f)
     free(es);
 }
 
+/* The same bytes through the file reader (a memfd: a regular file), which
+ * parses the header chunk by chunk as it reads it: same verdict, same file. */
+static void check_file_path(const uint8_t *data, size_t size, cr_status st_mem, const cr_st_file *fm)
+{
+    int fd = memfd_create("fuzz", 0);
+    CHECK(fd >= 0);
+    CHECK(size == 0 || write(fd, data, size) == (ssize_t)size);
+    char path[64];
+    snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+    cr_st_file *ff = NULL;
+    cr_status st = cr_st_read(path, &ff);
+    close(fd);
+    CHECK(st == st_mem);
+    if (st == CR_OK) {
+        CHECK(cr_st_count(ff) == cr_st_count(fm) && cr_st_meta_count(ff) == cr_st_meta_count(fm));
+        for (size_t i = 0; i < cr_st_count(fm); i++)
+            CHECK(strcmp(cr_st_entry_at(ff, i)->name, cr_st_entry_at(fm, i)->name) == 0);
+    }
+    cr_st_file_free(ff);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -109,6 +132,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     cr_st_file *f = NULL;
     cr_failure(CR_OK, "%s", "");
     cr_status st = cr_st_parse(data, size, &f);
+    check_file_path(data, size, st, f);
     if (st == CR_OK) {
         CHECK(f != NULL);
         check_file(f);
