@@ -4,9 +4,14 @@
  *   ./build/examples/charlm [--data FILE] [--steps N] [--hidden H] [--layers L]
  *                           [--batch B] [--seq T] [--lr LR] [--clip C] [--seed S]
  *                           [--threads N] [--sample N] [--temperature X] [--save FILE]
+ *                           [--val-chunks N]
  *
- * The default corpus is the GNU GPL text every Debian system ships. The last
- * line is a key=value summary: demo=charlm steps=... train_loss=... val_loss=...
+ * The default corpus is the GNU GPL text every Debian system ships. The text
+ * is encoded in place to one byte per character, so a file costs about its
+ * own size in memory; validation reads the first --val-chunks chunks of the
+ * held-out tenth (64 by default, 0 = all of it). The last line is a key=value
+ * summary: demo=charlm steps=... train_loss=... val_loss=... A failed save
+ * exits with status 1.
  */
 #include <math.h>
 #include <stdio.h>
@@ -19,7 +24,7 @@
 
 typedef struct opts {
     const char *data, *save;
-    int64_t steps, hidden, layers, batch, seq, sample, embed;
+    int64_t steps, hidden, layers, batch, seq, sample, embed, val_chunks;
     double lr, clip, temperature;
     uint64_t seed;
     int threads;
@@ -37,7 +42,7 @@ static void usage(const char *prog)
     fprintf(stderr,
             "usage: %s [--data FILE] [--steps N] [--hidden H] [--layers L] [--embed E] [--batch B]\n"
             "          [--seq T] [--lr LR] [--clip C] [--seed S] [--threads N] [--sample N]\n"
-            "          [--temperature X] [--save FILE]\n",
+            "          [--temperature X] [--save FILE] [--val-chunks N]\n",
             prog);
     exit(2);
 }
@@ -46,7 +51,7 @@ static opts parse(int argc, char **argv)
 {
     opts o = {.data = "/usr/share/common-licenses/GPL-3", .steps = 400, .hidden = 128, .layers = 1,
               .batch = 32, .seq = 64, .sample = 400, .embed = 32, .lr = 3e-3, .clip = 5.0,
-              .temperature = 0.8, .seed = 42, .threads = 0};
+              .temperature = 0.8, .seed = 42, .threads = 0, .val_chunks = 64};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) usage(argv[0]);
@@ -66,41 +71,54 @@ static opts parse(int argc, char **argv)
         else if (!strcmp(a, "--temperature")) o.temperature = parse_real(argv[0], v);
         else if (!strcmp(a, "--seed")) o.seed = (uint64_t)parse_int(argv[0], v);
         else if (!strcmp(a, "--threads")) o.threads = (int)parse_int(argv[0], v);
+        else if (!strcmp(a, "--val-chunks")) o.val_chunks = parse_int(argv[0], v);
         else usage(argv[0]);
     }
     if (o.steps < 1 || o.hidden < 1 || o.layers < 1 || o.embed < 1 || o.batch < 1 || o.seq < 1 || o.sample < 0 ||
-        !(o.lr > 0) || !(o.temperature > 0)) {
+        o.val_chunks < 0 || !(o.lr > 0) || !(o.temperature > 0)) {
         fprintf(stderr, "charlm: option out of range\n");
         exit(2);
     }
     return o;
 }
 
-/* logits [B*T, V] for x [B, T], starting from (and updating) the carried state */
-static cr_tensor *forward(model *m, const cr_tensor *x, cr_tensor *h, cr_tensor *c)
+/* logits [B*T, V] for x [B, T], starting from the carried state (h, c); the
+ * final state goes to out. The caller carries it (cr_state_carry) only after
+ * backward, which still reads h and c: dW_hh needs the chunk's h_0. */
+static cr_tensor *forward(model *m, const cr_tensor *x, cr_tensor *h, cr_tensor *c, cr_rnn_output *out)
 {
     cr_tensor *e = cr_embedding_forward(&m->emb, x); /* [B, T, E] */
-    cr_rnn_output o = cr_rnn_forward(m->lstm, e, NULL, h, c);
-    cr_state_carry(h, o.h_n); /* values only: the next chunk starts from a constant */
-    cr_state_carry(c, o.c_n);
+    *out = cr_rnn_forward(m->lstm, e, NULL, h, c);
     int64_t H = m->lstm->cfg.hidden_size;
-    return cr_linear_forward(&m->head, cr_reshape(o.y, CR_SHAPE(-1, H)));
+    return cr_linear_forward(&m->head, cr_reshape(out->y, CR_SHAPE(-1, H)));
 }
 
-/* Mean cross-entropy (nats per char) over the held-out stream. */
-static double evaluate(model *m, const int32_t *ids, int64_t n, int64_t B, int64_t T, cr_graph *g)
+/* values only: the next chunk starts from a constant */
+static void carry(cr_tensor *h, cr_tensor *c, const cr_rnn_output *o)
+{
+    cr_state_carry(h, o->h_n);
+    cr_state_carry(c, o->c_n);
+}
+
+/* Mean cross-entropy (nats per char) over the first max_chunks chunks of the
+ * held-out stream (0: all of them). */
+static double evaluate(model *m, const uint8_t *ids, int64_t n, int64_t B, int64_t T, int64_t max_chunks,
+                       cr_graph *g)
 {
     int64_t L = m->lstm->cfg.num_layers, H = m->lstm->cfg.hidden_size;
     int64_t chunks = cr_stream_chunks(n, B, T);
+    if (max_chunks > 0 && chunks > max_chunks) chunks = max_chunks;
     if (chunks == 0) return NAN;
     cr_tensor *h = cr_tensor_init(CR_F32, CR_SHAPE(L, B, H)), *c = cr_tensor_init(CR_F32, CR_SHAPE(L, B, H));
     cr_tensor *x = cr_tensor_init(CR_I32, CR_SHAPE(B, T)), *y = cr_tensor_init(CR_I32, CR_SHAPE(B, T));
     bool old = cr_set_grad_enabled(false);
     double total = 0;
     for (int64_t k = 0; k < chunks; k++) {
-        cr_stream_chunk(x, y, ids, n, k);
-        cr_tensor *logits = forward(m, x, h, c);
+        cr_stream_chunk_u8(x, y, ids, n, k);
+        cr_rnn_output out;
+        cr_tensor *logits = forward(m, x, h, c, &out);
         total += cr_item(cr_cross_entropy(logits, cr_reshape(y, CR_SHAPE(-1)), -1, CR_MEAN));
+        carry(h, c, &out);
         cr_graph_clear(g);
     }
     cr_set_grad_enabled(old);
@@ -120,7 +138,9 @@ static void sample(model *m, const cr_vocab *v, int32_t first, int64_t n, double
     int32_t cur = first;
     for (int64_t i = 0; i < n; i++) {
         ((int32_t *)x->data)[0] = cur;
-        cr_tensor *p = cr_softmax(cr_mul_scalar(forward(m, x, h, c), 1.0 / temperature), -1);
+        cr_rnn_output out;
+        cr_tensor *p = cr_softmax(cr_mul_scalar(forward(m, x, h, c, &out), 1.0 / temperature), -1);
+        carry(h, c, &out);
         double u = cr_rng_uniform01(rng), acc = 0;
         cur = (int32_t)(V - 1);
         for (int64_t k = 0; k < V; k++) {
@@ -146,17 +166,20 @@ int main(int argc, char **argv)
 {
     opts o = parse(argc, argv);
     if (o.threads > 0) cr_set_num_threads(o.threads);
-    char err[512];
     char *text;
     size_t len;
-    if (cr_read_file(o.data, &text, &len, err, sizeof err) != CR_OK) {
-        fprintf(stderr, "charlm: %s\n", err);
+    if (cr_read_file(o.data, &text, &len) != CR_OK) {
+        fprintf(stderr, "charlm: %s\n", cr_last_error());
         return 1;
     }
     cr_vocab *vocab = cr_vocab_init_chars(text, len);
     int64_t n = (int64_t)len, V = cr_vocab_size(vocab);
-    int32_t *ids = malloc((size_t)n * sizeof *ids);
-    cr_vocab_encode(vocab, text, len, ids, n, err, sizeof err);
+    /* One id byte per character, in place: the text itself is not needed again. */
+    uint8_t *ids = (uint8_t *)text;
+    if (cr_vocab_encode_bytes(vocab, text, len, ids) != CR_OK) {
+        fprintf(stderr, "charlm: %s\n", cr_last_error());
+        return 1;
+    }
     int64_t n_train = n * 9 / 10, n_val = n - n_train;
     printf("data=%s chars=%lld vocab=%lld train=%lld val=%lld\n", o.data, (long long)n, (long long)V,
            (long long)n_train, (long long)n_val);
@@ -192,17 +215,18 @@ int main(int argc, char **argv)
             cr_fill(h, 0);
             cr_fill(c, 0);
         }
-        cr_stream_chunk(x, y, ids, n_train, k);
+        cr_stream_chunk_u8(x, y, ids, n_train, k);
         cr_schedule_apply(&sched, opt, step);
-        cr_tensor *loss = cr_cross_entropy(forward(&m, x, h, c), cr_reshape(y, CR_SHAPE(-1)), -1, CR_MEAN);
+        cr_rnn_output out;
+        cr_tensor *loss = cr_cross_entropy(forward(&m, x, h, c, &out), cr_reshape(y, CR_SHAPE(-1)), -1, CR_MEAN);
         cr_optim_zero_grad(opt);
         cr_backward(loss);
-        int st;
-        double norm = cr_clip_grad_norm(m.ps, o.clip, &st);
-        if (st == CR_OK)
+        double norm;
+        if (cr_clip_grad_norm(m.ps, o.clip, &norm) == CR_OK)
             cr_optim_step(opt);
         else
             skipped++;
+        carry(h, c, &out); /* after backward, before the clear */
         double l = cr_item(loss);
         loss_avg = isnan(loss_avg) ? l : 0.95 * loss_avg + 0.05 * l;
         cr_graph_clear(g);
@@ -212,14 +236,17 @@ int main(int argc, char **argv)
         fflush(stdout);
     }
     double train_s = now_s() - t0;
-    double val = evaluate(&m, ids + n_train, n_val, 4, T, g);
+    double val = evaluate(&m, ids + n_train, n_val, 4, T, o.val_chunks, g);
     printf("val_loss=%.4f bits_per_char=%.3f\n", val, val / log(2.0));
 
+    int rc = 0;
     if (o.save) {
-        if (cr_checkpoint_save(o.save, m.ps, opt, o.steps, &rng, vocab, NULL, 0, err, sizeof err) != CR_OK)
-            fprintf(stderr, "charlm: %s\n", err);
-        else
+        if (cr_checkpoint_save(o.save, m.ps, opt, o.steps, &rng, vocab, NULL, 0) != CR_OK) {
+            fprintf(stderr, "charlm: %s\n", cr_last_error());
+            rc = 1;
+        } else {
             printf("saved=%s\n", o.save);
+        }
     }
     printf("--- sample (temperature %.2f) ---\n", o.temperature);
     sample(&m, vocab, ids[0], o.sample, o.temperature, &rng, g);
@@ -237,7 +264,6 @@ int main(int argc, char **argv)
     cr_rnn_free(m.lstm);
     cr_params_free(m.ps);
     cr_vocab_free(vocab);
-    free(ids);
     free(text);
-    return 0;
+    return rc;
 }

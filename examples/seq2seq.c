@@ -364,9 +364,8 @@ int main(int argc, char **argv)
         cr_tensor *loss = loss_batch(&m, o.batch, batch);
         cr_optim_zero_grad(opt);
         cr_backward(loss);
-        int st;
-        double norm = cr_clip_grad_norm(m.ps, o.clip, &st);
-        if (st == CR_OK)
+        double norm;
+        if (cr_clip_grad_norm(m.ps, o.clip, &norm) == CR_OK)
             cr_optim_step(opt);
         else
             skipped++;

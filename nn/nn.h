@@ -279,6 +279,26 @@ double cr_grad_compare_params(const cr_params *ps, const cr_tensor *const *b, do
 void cr_grad_diff_print(FILE *f, const cr_grad_diff *d, size_t n, const char *label_a,
                         const char *label_b);
 
+/* ---- truncated BPTT: the carried state (nn/carry.c) ------------------------- */
+/*
+ * Train on a long stream in chunks of K steps. The hidden state is carried
+ * across chunks in a persistent tensor that does not require a gradient, so
+ * each chunk's graph starts from a constant and the gradient stops at the
+ * chunk boundary. Carry after backward (which still reads the chunk's initial
+ * state: dW_hh needs h_0) and before the clear (which frees the final state):
+ *
+ *     cr_backward(loss);
+ *     if (cr_clip_grad_norm(ps, 1.0, NULL) == CR_OK) cr_optim_step(opt);
+ *     cr_state_carry(h, out.h_n);   // and c for an LSTM
+ *     cr_graph_clear(g);
+ *
+ * Carrying before backward would overwrite h_0 in place; the version check
+ * makes that backward fail instead of computing a wrong gradient.
+ */
+/* dst = h by value (any strides/dtypes, same shape); dst must be persistent
+ * and must not require a gradient. Bumps dst's version. */
+void cr_state_carry(cr_tensor *dst, const cr_tensor *h); /* dst <- value(h), no history */
+
 /* ---- end of declarations ---- */
 
 #ifdef __cplusplus

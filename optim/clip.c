@@ -3,7 +3,7 @@
  * Sums of squares run in f64 over fixed blocks, so the norm is reproducible. */
 #include <math.h>
 
-#include "optim.h"
+#include "optim_internal.h"
 
 /* Elements per block of a sum of squares: blocks are summed one after the
  * other whatever the thread count, so the result never depends on it. */
@@ -36,22 +36,22 @@ static double sumsq(const cr_tensor *g, double scale)
     for (int64_t b0 = 0; b0 < nb; b0 += SQ_ROUND) {
         double part[SQ_ROUND];
         int64_t nr = nb - b0 < SQ_ROUND ? nb - b0 : SQ_ROUND;
-#pragma omp parallel for schedule(static) if (n >= cr_parallel_threshold)
-        for (int64_t r = 0; r < nr; r++) {
-            int64_t lo = (b0 + r) * SQ_BLOCK, hi = lo + SQ_BLOCK < n ? lo + SQ_BLOCK : n;
-            double s = 0;
-            if (f64)
-                for (int64_t i = lo; i < hi; i++) {
-                    double x = xd[i] * inv;
-                    s += x * x;
-                }
-            else
-                for (int64_t i = lo; i < hi; i++) {
-                    double x = (double)xf[i] * inv;
-                    s += x * x;
-                }
-            part[r] = s;
-        }
+        CR_PAR_FOR(n >= cr_parallel_threshold, "omp parallel for schedule(static)",
+                   for (int64_t r = 0; r < nr; r++) {
+                       int64_t lo = (b0 + r) * SQ_BLOCK, hi = lo + SQ_BLOCK < n ? lo + SQ_BLOCK : n;
+                       double s = 0;
+                       if (f64)
+                           for (int64_t i = lo; i < hi; i++) {
+                               double x = xd[i] * inv;
+                               s += x * x;
+                           }
+                       else
+                           for (int64_t i = lo; i < hi; i++) {
+                               double x = (double)xf[i] * inv;
+                               s += x * x;
+                           }
+                       part[r] = s;
+                   });
         for (int64_t r = 0; r < nr; r++) total += part[r];
     }
     return total;
@@ -111,35 +111,34 @@ static void scale_grad(cr_tensor *g, double coef)
     int64_t n = cr_numel(g);
     if (g->dtype == CR_F64) {
         double *x = g->data;
-#pragma omp parallel for schedule(static) if (n >= cr_parallel_threshold)
-        for (int64_t i = 0; i < n; i++) x[i] = x[i] * coef;
+        CR_PAR_FOR(n >= cr_parallel_threshold, "omp parallel for schedule(static)",
+                   for (int64_t i = 0; i < n; i++) x[i] = x[i] * coef;);
     } else {
         float *x = g->data, c = (float)coef;
-#pragma omp parallel for schedule(static) if (n >= cr_parallel_threshold)
-        for (int64_t i = 0; i < n; i++) x[i] = x[i] * c;
+        CR_PAR_FOR(n >= cr_parallel_threshold, "omp parallel for schedule(static)",
+                   for (int64_t i = 0; i < n; i++) x[i] = x[i] * c;);
     }
+    cr_tensor_bump_version(g);
 }
 
-double cr_clip_grad_norm(cr_params *ps, double max_norm, int *status)
+cr_status cr_clip_grad_norm(cr_params *ps, double max_norm, double *norm)
 {
     if (!ps) cr_error("cr_clip_grad_norm: params is NULL");
     if (!(max_norm > 0) || !isfinite(max_norm))
         cr_error("cr_clip_grad_norm: max_norm = %g must be finite and > 0", max_norm);
     double total = cr_grad_norm(ps);
-    if (!isfinite(total)) {
-        if (status) *status = CR_NONFINITE;
-        return total;
-    }
-    if (status) *status = CR_OK;
+    if (norm) *norm = total;
+    if (!isfinite(total))
+        return cr_failure(CR_NONFINITE, "cr_clip_grad_norm: the gradient norm is %g; gradients left as they are", total);
     /* PyTorch multiplies by min(coef, 1); a factor of exactly 1 changes nothing. */
     double coef = max_norm / (total + 1e-6);
     if (coef < 1)
         for (size_t i = 0; i < ps->n; i++)
             if (ps->items[i].value->grad) scale_grad(ps->items[i].value->grad, coef);
-    return total;
+    return CR_OK;
 }
 
-int cr_clip_grad_value(cr_params *ps, double clip)
+cr_status cr_clip_grad_value(cr_params *ps, double clip)
 {
     if (!ps) cr_error("cr_clip_grad_value: params is NULL");
     if (!(clip >= 0) || !isfinite(clip))
@@ -151,21 +150,22 @@ int cr_clip_grad_value(cr_params *ps, double clip)
         int64_t n = cr_numel(g);
         if (g->dtype == CR_F64) {
             double *x = g->data, c = clip;
-#pragma omp parallel for schedule(static) if (n >= cr_parallel_threshold) reduction(| : bad)
-            for (int64_t i = 0; i < n; i++) {
-                double v = x[i];
-                if (!isfinite(v)) bad |= 1;
-                x[i] = v > c ? c : v < -c ? -c : v; /* NaN stays NaN */
-            }
+            CR_PAR_FOR(n >= cr_parallel_threshold, "omp parallel for schedule(static) reduction(| : bad)",
+                       for (int64_t i = 0; i < n; i++) {
+                           double v = x[i];
+                           if (!isfinite(v)) bad |= 1;
+                           x[i] = v > c ? c : v < -c ? -c : v; /* NaN stays NaN */
+                       });
         } else {
             float *x = g->data, c = (float)clip;
-#pragma omp parallel for schedule(static) if (n >= cr_parallel_threshold) reduction(| : bad)
-            for (int64_t i = 0; i < n; i++) {
-                float v = x[i];
-                if (!isfinite(v)) bad |= 1;
-                x[i] = v > c ? c : v < -c ? -c : v;
-            }
+            CR_PAR_FOR(n >= cr_parallel_threshold, "omp parallel for schedule(static) reduction(| : bad)",
+                       for (int64_t i = 0; i < n; i++) {
+                           float v = x[i];
+                           if (!isfinite(v)) bad |= 1;
+                           x[i] = v > c ? c : v < -c ? -c : v;
+                       });
         }
+        cr_tensor_bump_version(g);
     }
-    return bad ? CR_NONFINITE : CR_OK;
+    return bad ? cr_failure(CR_NONFINITE, "cr_clip_grad_value: a gradient holds NaN or infinite values") : CR_OK;
 }

@@ -73,6 +73,30 @@ _Noreturn void cr_error(const char *fmt, ...) CR_PRINTF_LIKE(1, 2);
 /* Format a shape as "[2,3,4]" into buf; returns buf. */
 char *cr_shape_str(char *buf, size_t len, int ndim, const int64_t *shape);
 
+/* ---- status: failures that come from the outside world ------------------ */
+
+/* What a call that depends on the outside world (files, parsing, data, numbers
+ * a model produced) returns instead of aborting; misuse of the API still goes
+ * to cr_error. A failing call also leaves a one-line message, readable with
+ * cr_last_error() until the same thread's next failure. */
+typedef enum cr_status {
+    CR_OK = 0,
+    CR_NONFINITE, /* a gradient norm (or value) was NaN or infinite */
+    CR_EIO,       /* the file could not be opened, read or written */
+    CR_EFORMAT,   /* the file is not what it claims to be (corrupt, truncated, lying) */
+    CR_EMISMATCH, /* the file is valid but does not fit the model / optimizer */
+    CR_ENOMEM,    /* out of memory while handling outside data */
+    CR_EINVAL     /* outside data (text, ids) that the call cannot take */
+} cr_status;
+const char *cr_status_str(cr_status s); /* "ok", "non-finite value", "i/o error", ... */
+/* The message of this thread's last failure ("" before any). Thread-local:
+ * concurrent calls on other threads do not overwrite it. */
+const char *cr_last_error(void);
+/* Set this thread's last-error message (printf-style) and return st: the one
+ * way a function reports an outside-world failure, `return cr_failure(CR_EIO, ...)`.
+ * (Not cr_fail: Criterion, the test framework, defines a macro of that name.) */
+cr_status cr_failure(cr_status st, const char *fmt, ...) CR_PRINTF_LIKE(2, 3);
+
 /* Checked allocation: never returns NULL (reports through cr_error). */
 void *cr_xmalloc(size_t bytes);
 void *cr_xcalloc(size_t n, size_t bytes);

@@ -14,10 +14,10 @@
 static inline cr_st_file *fixture_open(const char *file)
 {
     const char *dir = getenv("CR_FIXTURES");
-    char path[1024], err[256];
+    char path[1024];
     snprintf(path, sizeof path, "%s/%s", dir && *dir ? dir : "tests/fixtures", file);
     cr_st_file *f = NULL;
-    if (cr_st_read(path, &f, err, sizeof err) != 0) cr_assert_fail("cannot load fixture %s: %s", path, err);
+    if (cr_st_read(path, &f) != CR_OK) cr_assert_fail("cannot load fixture %s: %s", path, cr_last_error());
     return f;
 }
 

@@ -1,5 +1,5 @@
 /*
- * Tests of optim/data.c: character and word vocabularies (build, encode,
+ * Tests of data/data.c (and vocabulary files, checkpoint/vocab_io.c): character and word vocabularies (build, encode,
  * decode, save, load, rejection of broken files), reading files, the seeded
  * shuffle, padded batches, windows and TBPTT stream chunks.
  */
@@ -15,6 +15,13 @@
 #include <unistd.h>
 
 #include "tmpdir.h"
+
+/* cr_vocab_encode's token count, or -1 when it fails. */
+static int64_t encode_count(const cr_vocab *v, const char *text, size_t len, int32_t *out, int64_t cap)
+{
+    int64_t n = -1;
+    return cr_vocab_encode(v, text, len, out, cap, &n) == CR_OK ? n : -1;
+}
 
 static cr_graph *g_graph;
 
@@ -60,10 +67,10 @@ Test(data, char_vocab_roundtrip)
     cr_assert_eq(len, 1);
 
     int32_t ids[32];
-    int64_t n = cr_vocab_encode(v, text, strlen(text), ids, 32, NULL, 0);
+    int64_t n = encode_count(v, text, strlen(text), ids, 32);
     cr_assert_eq(n, 12);
     cr_assert_eq(ids[0], 4);
-    cr_assert_eq(cr_vocab_encode(v, text, strlen(text), NULL, 0, NULL, 0), 12, "count only");
+    cr_assert_eq(encode_count(v, text, strlen(text), NULL, 0), 12, "count only");
     char out[64];
     cr_assert_eq(cr_vocab_decode(v, ids, n, out, sizeof out), 12);
     cr_assert_str_eq(out, text);
@@ -71,9 +78,8 @@ Test(data, char_vocab_roundtrip)
     cr_assert_eq(cr_vocab_decode(v, ids, n, out, 5), 12);
     cr_assert_str_eq(out, "hell");
 
-    char err[128] = "";
-    cr_assert_eq(cr_vocab_encode(v, "hez", 3, ids, 32, err, sizeof err), -1);
-    cr_assert(strstr(err, "0x7a") && strstr(err, "offset 2"), "message: %s", err);
+    cr_assert_eq(encode_count(v, "hez", 3, ids, 32), -1);
+    cr_assert(strstr(cr_last_error(), "0x7a") && strstr(cr_last_error(), "offset 2"), "message: %s", cr_last_error());
     cr_vocab_free(v);
     cr_vocab_free(NULL);
 }
@@ -85,14 +91,13 @@ Test(data, char_vocab_all_bytes_save_load)
     for (int i = 0; i < 512; i++) text[i] = (char)(255 - i % 256);
     cr_vocab *v = cr_vocab_init_chars(text, sizeof text);
     cr_assert_eq(cr_vocab_size(v), 256);
-    char err[256];
-    cr_assert_eq(cr_vocab_save(v, tpath("v.safetensors"), err, sizeof err), CR_OK, "%s", err);
+    cr_assert_eq(cr_vocab_save(v, tpath("v.safetensors")), CR_OK, "%s", cr_last_error());
     cr_vocab *w = NULL;
-    cr_assert_eq(cr_vocab_load(tpath("v.safetensors"), &w, err, sizeof err), CR_OK, "%s", err);
+    cr_assert_eq(cr_vocab_load(tpath("v.safetensors"), &w), CR_OK, "%s", cr_last_error());
     cr_assert_eq(cr_vocab_size(w), 256);
     int32_t a[512], b[512];
-    cr_assert_eq(cr_vocab_encode(v, text, sizeof text, a, 512, NULL, 0), 512);
-    cr_assert_eq(cr_vocab_encode(w, text, sizeof text, b, 512, NULL, 0), 512);
+    cr_assert_eq(encode_count(v, text, sizeof text, a, 512), 512);
+    cr_assert_eq(encode_count(w, text, sizeof text, b, 512), 512);
     cr_assert(memcmp(a, b, sizeof a) == 0);
     char back[513];
     cr_assert_eq(cr_vocab_decode(w, b, 512, back, sizeof back), 512);
@@ -120,7 +125,7 @@ Test(data, word_vocab_build_encode_decode)
         cr_assert_eq(cr_vocab_id(v, want[i], strlen(want[i])), i);
     }
     int32_t ids[16];
-    int64_t n = cr_vocab_encode(v, text, strlen(text), ids, 16, NULL, 0);
+    int64_t n = encode_count(v, text, strlen(text), ids, 16);
     int32_t expect[] = {3, 4, 2, 1, 3, 5, 0, 2, 1};
     cr_assert_eq(n, 9);
     cr_assert(memcmp(ids, expect, sizeof expect) == 0);
@@ -128,7 +133,7 @@ Test(data, word_vocab_build_encode_decode)
     cr_assert_eq(cr_vocab_decode(v, ids, n, out, sizeof out), strlen("the cat sat\nthe dog <unk> sat\n"));
     cr_assert_str_eq(out, "the cat sat\nthe dog <unk> sat\n");
     /* unseen words map to <unk> */
-    cr_assert_eq(cr_vocab_encode(v, "the zebra", 9, ids, 16, NULL, 0), 2);
+    cr_assert_eq(encode_count(v, "the zebra", 9, ids, 16), 2);
     cr_assert_eq(ids[1], 0);
     cr_vocab_free(v);
 
@@ -155,14 +160,14 @@ Test(data, word_vocab_many_words_save_load)
     size_t tl;
     const char *t = cr_vocab_token(v, 2, &tl);
     cr_assert(tl == 2 && memcmp(t, "w0", 2) == 0);
-    char err[256];
-    cr_assert_eq(cr_vocab_save(v, tpath("w.safetensors"), err, sizeof err), CR_OK, "%s", err);
+    cr_assert_eq(cr_vocab_save(v, tpath("w.safetensors")), CR_OK, "%s", cr_last_error());
     cr_vocab *w = NULL;
-    cr_assert_eq(cr_vocab_load(tpath("w.safetensors"), &w, err, sizeof err), CR_OK, "%s", err);
-    int64_t n = cr_vocab_encode(v, text, len, NULL, 0, NULL, 0);
+    cr_assert_eq(cr_vocab_load(tpath("w.safetensors"), &w), CR_OK, "%s", cr_last_error());
+    int64_t n = 0;
+    cr_assert_eq(cr_vocab_encode(v, text, len, NULL, 0, &n), CR_OK);
     int32_t *a = malloc((size_t)n * 4), *b = malloc((size_t)n * 4);
-    cr_assert_eq(cr_vocab_encode(v, text, len, a, n, NULL, 0), n);
-    cr_assert_eq(cr_vocab_encode(w, text, len, b, n, NULL, 0), n);
+    cr_assert_eq(encode_count(v, text, len, a, n), n);
+    cr_assert_eq(encode_count(w, text, len, b, n), n);
     cr_assert(memcmp(a, b, (size_t)n * 4) == 0);
     char *back = malloc(len + 1);
     cr_assert_eq(cr_vocab_decode(w, b, n, back, len + 1), len);
@@ -181,23 +186,22 @@ Test(data, word_vocab_many_words_save_load)
 Test(data, vocab_load_missing_and_garbage)
 {
     cr_vocab *v = (cr_vocab *)0x1;
-    char err[256] = "";
-    cr_assert_eq(cr_vocab_load(tpath("absent.safetensors"), &v, err, sizeof err), CR_EIO);
-    cr_assert(strstr(err, "absent.safetensors") != NULL, "%s", err);
+    cr_assert_eq(cr_vocab_load(tpath("absent.safetensors"), &v), CR_EIO);
+    cr_assert(strstr(cr_last_error(), "absent.safetensors") != NULL, "%s", cr_last_error());
     cr_assert_eq(v, (cr_vocab *)0x1, "untouched on failure");
     write_bytes(tpath("junk"), "\x10\0\0\0\0\0\0\0{not json}      ", 24);
-    cr_assert_eq(cr_vocab_load(tpath("junk"), &v, err, sizeof err), CR_EFORMAT, "%s", err);
-    cr_assert_eq(cr_vocab_load(tmpdir_path(), &v, err, sizeof err), CR_EIO, "a directory: %s", err);
+    cr_assert_eq(cr_vocab_load(tpath("junk"), &v), CR_EFORMAT, "%s", cr_last_error());
+    cr_assert_eq(cr_vocab_load(tmpdir_path(), &v), CR_EIO, "a directory: %s", cr_last_error());
     /* a valid file with no vocabulary in it */
     double x = 1;
     cr_st_entry e = {.name = "w", .dtype = CR_F64, .ndim = 1, .shape = {1}, .data = &x, .nbytes = 8};
-    cr_assert_eq(cr_st_write(tpath("params"), &e, 1, NULL, 0, NULL, 0), 0);
-    cr_assert_eq(cr_vocab_load(tpath("params"), &v, err, sizeof err), CR_EMISMATCH, "%s", err);
+    cr_assert_eq(cr_st_write(tpath("params"), &e, 1, NULL, 0), CR_OK);
+    cr_assert_eq(cr_vocab_load(tpath("params"), &v), CR_EMISMATCH, "%s", cr_last_error());
 }
 
 /* Write a vocabulary file by hand: bytes, offsets and metadata as given. */
 static cr_status load_crafted(const int32_t *bytes, int64_t nb, const int32_t *off, int64_t no,
-                              const char *kind, const char *size, char *err, size_t errlen)
+                              const char *kind, const char *size)
 {
     cr_st_entry e[2] = {
         {.name = "__optim__.vocab.bytes",
@@ -215,40 +219,39 @@ static cr_status load_crafted(const int32_t *bytes, int64_t nb, const int32_t *o
     };
     const char *kv[] = {"carousel.vocab.kind", kind, "carousel.vocab.size", size,
                         "carousel.vocab.unk",  "0",  "carousel.vocab.eos",  "1"};
-    cr_assert_eq(cr_st_write(tpath("crafted"), e, 2, kv, 4, NULL, 0), 0);
+    cr_assert_eq(cr_st_write(tpath("crafted"), e, 2, kv, 4), CR_OK);
     cr_vocab *v = NULL;
-    cr_status st = cr_vocab_load(tpath("crafted"), &v, err, errlen);
+    cr_status st = cr_vocab_load(tpath("crafted"), &v);
     cr_vocab_free(v);
     return st;
 }
 
 Test(data, vocab_load_rejects_lying_files)
 {
-    char err[256];
     int32_t ab[] = {'a', 'b', 'c', 'd'};
     int32_t ok_off[] = {0, 1, 2, 4};
-    cr_assert_eq(load_crafted(ab, 4, ok_off, 4, "word", "3", err, sizeof err), CR_OK, "%s", err);
+    cr_assert_eq(load_crafted(ab, 4, ok_off, 4, "word", "3"), CR_OK, "%s", cr_last_error());
     int32_t down[] = {0, 3, 2, 4};
-    cr_assert_eq(load_crafted(ab, 4, down, 4, "word", "3", err, sizeof err), CR_EFORMAT);
+    cr_assert_eq(load_crafted(ab, 4, down, 4, "word", "3"), CR_EFORMAT);
     int32_t past[] = {0, 1, 2, 5};
-    cr_assert_eq(load_crafted(ab, 4, past, 4, "word", "3", err, sizeof err), CR_EFORMAT);
+    cr_assert_eq(load_crafted(ab, 4, past, 4, "word", "3"), CR_EFORMAT);
     int32_t empty[] = {0, 0, 2, 4};
-    cr_assert_eq(load_crafted(ab, 4, empty, 4, "word", "3", err, sizeof err), CR_EFORMAT, "empty word");
+    cr_assert_eq(load_crafted(ab, 4, empty, 4, "word", "3"), CR_EFORMAT, "empty word");
     int32_t big[] = {'a', 300, 'c', 'd'};
-    cr_assert_eq(load_crafted(big, 4, ok_off, 4, "word", "3", err, sizeof err), CR_EFORMAT);
-    cr_assert(strstr(err, "300") != NULL, "%s", err);
+    cr_assert_eq(load_crafted(big, 4, ok_off, 4, "word", "3"), CR_EFORMAT);
+    cr_assert(strstr(cr_last_error(), "300") != NULL, "%s", cr_last_error());
     int32_t dup[] = {'a', 'b', 'a', 'b'};
     int32_t dup_off[] = {0, 1, 2, 4};
-    cr_assert_eq(load_crafted(dup, 4, dup_off, 4, "word", "3", err, sizeof err), CR_OK, "ab differs from a");
+    cr_assert_eq(load_crafted(dup, 4, dup_off, 4, "word", "3"), CR_OK, "ab differs from a");
     int32_t dup_off2[] = {0, 2, 4};
-    cr_assert_eq(load_crafted(dup, 4, dup_off2, 3, "word", "2", err, sizeof err), CR_EFORMAT, "ab twice");
-    cr_assert_eq(load_crafted(ab, 4, ok_off, 4, "word", "7", err, sizeof err), CR_EFORMAT, "size lies");
-    cr_assert_eq(load_crafted(ab, 4, ok_off, 4, "word", "x", err, sizeof err), CR_EFORMAT);
-    cr_assert_eq(load_crafted(ab, 4, ok_off, 4, "bytes", "3", err, sizeof err), CR_EFORMAT, "kind");
-    cr_assert_eq(load_crafted(ab, 4, ok_off, 4, "char", "3", err, sizeof err), CR_EFORMAT,
+    cr_assert_eq(load_crafted(dup, 4, dup_off2, 3, "word", "2"), CR_EFORMAT, "ab twice");
+    cr_assert_eq(load_crafted(ab, 4, ok_off, 4, "word", "7"), CR_EFORMAT, "size lies");
+    cr_assert_eq(load_crafted(ab, 4, ok_off, 4, "word", "x"), CR_EFORMAT);
+    cr_assert_eq(load_crafted(ab, 4, ok_off, 4, "bytes", "3"), CR_EFORMAT, "kind");
+    cr_assert_eq(load_crafted(ab, 4, ok_off, 4, "char", "3"), CR_EFORMAT,
                  "char tokens are 1 byte");
     int32_t one[] = {0, 1, 2, 3, 4};
-    cr_assert_eq(load_crafted(ab, 4, one, 5, "char", "4", err, sizeof err), CR_OK, "%s", err);
+    cr_assert_eq(load_crafted(ab, 4, one, 5, "char", "4"), CR_OK, "%s", cr_last_error());
 }
 
 /* ---- files ------------------------------------------------------------------------ */
@@ -260,18 +263,17 @@ Test(data, read_file)
     write_bytes(tpath("t.txt"), big, sizeof big);
     char *text = NULL;
     size_t len = 0;
-    char err[256];
-    cr_assert_eq(cr_read_file(tpath("t.txt"), &text, &len, err, sizeof err), CR_OK, "%s", err);
+    cr_assert_eq(cr_read_file(tpath("t.txt"), &text, &len), CR_OK, "%s", cr_last_error());
     cr_assert_eq(len, sizeof big);
     cr_assert(memcmp(text, big, len) == 0);
     cr_assert_eq(text[len], '\0');
     free(text);
     write_bytes(tpath("e.txt"), "", 0);
-    cr_assert_eq(cr_read_file(tpath("e.txt"), &text, &len, err, sizeof err), CR_OK);
+    cr_assert_eq(cr_read_file(tpath("e.txt"), &text, &len), CR_OK);
     cr_assert_eq(len, 0);
     free(text);
-    cr_assert_eq(cr_read_file(tpath("none.txt"), &text, &len, err, sizeof err), CR_EIO);
-    cr_assert(strstr(err, "none.txt") != NULL);
+    cr_assert_eq(cr_read_file(tpath("none.txt"), &text, &len), CR_EIO);
+    cr_assert(strstr(cr_last_error(), "none.txt") != NULL);
     cr_assert_str_eq(cr_status_str(CR_EIO), "i/o error");
 }
 
@@ -392,6 +394,64 @@ Test(data, stream_chunks_continue)
             last[b] = yd[b * 3 + 2];
         }
     }
+}
+
+/* Byte ids: one byte per character (in place), and chunks over them equal
+ * the chunks over int32 ids. */
+Test(data, byte_stream_matches_int_stream)
+{
+    char text[] = "abracadabra, said the wizard, and the rabbit left the hat.";
+    size_t len = strlen(text);
+    cr_vocab *v = cr_vocab_init_chars(text, len);
+    int32_t ids[64];
+    int64_t n = encode_count(v, text, len, ids, 64);
+    cr_assert_eq(n, (int64_t)len);
+    cr_assert_eq(cr_vocab_encode_bytes(v, text, len, (uint8_t *)text), CR_OK); /* in place */
+    for (size_t i = 0; i < len; i++) cr_assert_eq(((uint8_t *)text)[i], ids[i]);
+    cr_tensor *x = cr_tensor_init(CR_I32, CR_SHAPE(2, 4)), *y = cr_tensor_init(CR_I32, CR_SHAPE(2, 4));
+    cr_tensor *x2 = cr_tensor_init(CR_I32, CR_SHAPE(2, 4)), *y2 = cr_tensor_init(CR_I32, CR_SHAPE(2, 4));
+    for (int64_t c = 0; c < cr_stream_chunks(n, 2, 4); c++) {
+        uint64_t vx = cr_tensor_version(x);
+        cr_stream_chunk(x, y, ids, n, c);
+        cr_stream_chunk_u8(x2, y2, (const uint8_t *)text, n, c);
+        cr_assert_gt(cr_tensor_version(x), vx, "a fill bumps the version");
+        cr_assert(memcmp(x->data, x2->data, 32) == 0 && memcmp(y->data, y2->data, 32) == 0, "chunk %lld",
+                  (long long)c);
+    }
+    cr_assert_eq(cr_vocab_encode_bytes(v, "abq", 3, (uint8_t *)text), CR_EINVAL);
+    cr_assert(strstr(cr_last_error(), "0x71"), "%s", cr_last_error());
+    cr_tensor_free(x);
+    cr_tensor_free(y);
+    cr_tensor_free(x2);
+    cr_tensor_free(y2);
+    cr_vocab_free(v);
+}
+
+Test(data, encode_bytes_needs_a_char_vocab, .signal = SIGABRT)
+{
+    cr_vocab *v = cr_vocab_init_words("a b", 3, 1, 0);
+    uint8_t out[3];
+    cr_vocab_encode_bytes(v, "a b", 3, out);
+}
+
+/* A vocabulary from tokens: the same checks a file gets, as CR_EINVAL. */
+Test(data, vocab_from_tokens)
+{
+    const char bytes[] = "<unk><eos>catdog";
+    int64_t off[] = {0, 5, 10, 13, 16};
+    cr_vocab *v = NULL;
+    cr_assert_eq(cr_vocab_init_tokens(&v, CR_VOCAB_WORD, bytes, off, 4, 0, 1), CR_OK, "%s", cr_last_error());
+    cr_assert_eq(cr_vocab_id(v, "dog", 3), 3);
+    cr_assert_eq(cr_vocab_eos(v), 1);
+    cr_vocab_free(v);
+    int64_t dup[] = {0, 5, 10, 13, 16};
+    cr_assert_eq(cr_vocab_init_tokens(&v, CR_VOCAB_WORD, "<unk><eos>catcat", dup, 4, 0, 1), CR_EINVAL);
+    cr_assert(strstr(cr_last_error(), "equal"), "%s", cr_last_error());
+    cr_assert_null(v);
+    int64_t down[] = {0, 5, 4, 13, 16};
+    cr_assert_eq(cr_vocab_init_tokens(&v, CR_VOCAB_WORD, bytes, down, 4, 0, 1), CR_EINVAL);
+    cr_assert_eq(cr_vocab_init_tokens(&v, CR_VOCAB_WORD, bytes, off, 4, 0, 9), CR_EINVAL, "eos out of range");
+    cr_assert_eq(cr_vocab_init_tokens(&v, CR_VOCAB_CHAR, bytes, off, 4, -1, -1), CR_EINVAL, "char tokens are 1 byte");
 }
 
 Test(data, decode_bad_id_is_misuse, .signal = SIGABRT)

@@ -1,5 +1,5 @@
 /*
- * Tests of optim/optimizers.c, clip.c and schedule.c: PyTorch parity on the
+ * Tests of optim/ (the rules in sgd.c, adam.c, rmsprop.c, the generic optim.c, clip.c, schedule.c): PyTorch parity on the
  * 20-step trajectories of tests/fixtures/optim_f64.safetensors, hand-computed
  * references for the options the fixture leaves out, clipping, schedules and
  * contract errors.
@@ -159,8 +159,9 @@ static double run_fixture_config(const cr_st_file *f, const char *cfg, cr_dtype 
         worst = fmax(worst, rel_err(cr_item(loss), entry_at(losses, k - 1)));
         cr_backward(loss);
         if (norms) {
-            int status = -1;
-            double n = cr_clip_grad_norm(ps, meta_f(f, cfg, "max_norm"), &status);
+            cr_status status = CR_NONFINITE;
+            double n;
+    status = cr_clip_grad_norm(ps, meta_f(f, cfg, "max_norm"), &n);
             cr_assert_eq(status, CR_OK);
             worst = fmax(worst, rel_err(n, entry_at(norms, k - 1)));
         } else if (strcmp(clip, "value") == 0) {
@@ -189,8 +190,7 @@ static double run_fixture_config(const cr_st_file *f, const char *cfg, cr_dtype 
 Test(optim, pytorch_trajectories_f64)
 {
     cr_st_file *f = NULL;
-    char err[512];
-    cr_assert_eq(cr_st_read(fixture_path("optim_f64.safetensors"), &f, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(cr_st_read(fixture_path("optim_f64.safetensors"), &f), CR_OK, "%s", cr_last_error());
     cr_assert_str_eq(cr_st_meta_get(f, "kind"), "optim");
     char configs[512];
     snprintf(configs, sizeof configs, "%s", cr_st_meta_get(f, "configs"));
@@ -209,7 +209,7 @@ Test(optim, pytorch_trajectories_f64)
 Test(optim, pytorch_trajectories_f32_close)
 {
     cr_st_file *f = NULL;
-    cr_assert_eq(cr_st_read(fixture_path("optim_f64.safetensors"), &f, NULL, 0), 0);
+    cr_assert_eq(cr_st_read(fixture_path("optim_f64.safetensors"), &f), CR_OK);
     const char *cfgs[] = {"sgd_nesterov", "adam_wd", "adamw", "rmsprop", "sgd_clipnorm"};
     rel_floor = 1.0;
     for (size_t i = 0; i < sizeof cfgs / sizeof *cfgs; i++) {
@@ -347,9 +347,14 @@ Test(optim, zero_grad_keeps_buffers_and_lr_accessors)
     cr_assert_eq(cr_optim_get_lr(o), 0.5);
     cr_optim_set_lr(o, 0.25);
     cr_assert_eq(cr_optim_get_lr(o), 0.25);
-    cr_assert_eq(cr_optim_sgd_config(o).lr, 0.25);
+    cr_assert_eq(((const cr_sgd_config *)cr_optim_config(o))->lr, 0.25);
+    cr_assert_eq(cr_optim_get_hparam(o, "lr"), 0.25);
+    cr_optim_set_hparam(o, "momentum", 0.9);
+    cr_assert_eq(((const cr_sgd_config *)cr_optim_config(o))->momentum, 0.9);
+    cr_assert_not_null(cr_optim_state(o, "p", "momentum_buffer"), "momentum on: a buffer");
+    cr_optim_set_hparam(o, "momentum", 0);
     cr_assert_str_eq(cr_optim_name(o), "sgd");
-    cr_assert_eq(cr_optim_kind_of(o), CR_OPTIM_SGD);
+    cr_assert_eq(cr_optim_rule_of(o), &cr_sgd_rule);
     cr_assert_eq(cr_optim_params(o), ps);
     cr_assert_null(cr_optim_state(o, "p", "momentum_buffer"), "no momentum: no buffer");
     cr_optim_free(o);
@@ -400,7 +405,9 @@ Test(optim, threads_do_not_change_results)
         double norm = 0;
         for (int k = 1; k <= 3; k++) {
             cr_fill_normal(cr_grad_of(p), &r, 0, 3);
-            norm += cr_clip_grad_norm(ps, 100.0, NULL);
+            double nk;
+            cr_assert_eq(cr_clip_grad_norm(ps, 100.0, &nk), CR_OK);
+            norm += nk;
             cr_optim_step(o);
         }
         res[run] = malloc((size_t)n * sizeof(float) + sizeof(double));
@@ -427,21 +434,49 @@ static cr_params *two_grads(double scale)
     return ps;
 }
 
+/* Every tensor a step, a clipping or a parameter load writes through ->data
+ * gets its version bumped, so autograd can tell a parameter changed after a
+ * forward that saved it. */
+Test(optim, in_place_writes_bump_versions)
+{
+    cr_params *ps = cr_params_init();
+    cr_tensor *p = cr_params_add(ps, NULL, "p", CR_F32, CR_SHAPE(3));
+    cr_optim *o = cr_adam_init(ps, cr_adam_defaults(0.1));
+    set_grad(p, 1);
+    uint64_t v0 = cr_tensor_version(p);
+    cr_optim_step(o);
+    cr_assert_gt(cr_tensor_version(p), v0, "the step");
+    const cr_tensor *m = cr_optim_state(o, "p", "exp_avg");
+    cr_assert_gt(cr_tensor_version(m), 0, "the state");
+    uint64_t g0 = cr_tensor_version(p->grad);
+    cr_set_flat(p->grad, 0, 100);
+    g0 = cr_tensor_version(p->grad);
+    cr_assert_eq(cr_clip_grad_norm(ps, 1.0, NULL), CR_OK);
+    cr_assert_gt(cr_tensor_version(p->grad), g0, "clipping by norm");
+    g0 = cr_tensor_version(p->grad);
+    cr_assert_eq(cr_clip_grad_value(ps, 0.1), CR_OK);
+    cr_assert_gt(cr_tensor_version(p->grad), g0, "clipping by value");
+    cr_optim_free(o);
+    cr_params_free(ps);
+}
+
 Test(optim, clip_norm_scales_to_the_threshold)
 {
     cr_params *ps = two_grads(1.0);
     /* sum of squares: a: 2*(2.5^2 + 1.5^2 + 0.5^2) = 17.5, b: 1+4+9+16 = 30 */
     double want = sqrt(47.5);
     cr_assert(fabs(cr_grad_norm(ps) - want) < 1e-12);
-    int st = -1;
-    double n = cr_clip_grad_norm(ps, 2.0, &st);
+    cr_status st = CR_NONFINITE;
+    double n;
+    st = cr_clip_grad_norm(ps, 2.0, &n);
     cr_assert_eq(st, CR_OK);
     cr_assert(fabs(n - want) < 1e-12, "returns the norm before clipping");
     double after = cr_grad_norm(ps);
     cr_assert(fabs(after - 2.0) < 1e-6, "clipped norm %.9f is the threshold (not 1, as KANN)", after);
     cr_assert(fabs(after - 2.0 * want / (want + 1e-6)) < 1e-6);
     /* below the threshold: unchanged */
-    double again = cr_clip_grad_norm(ps, 5.0, &st);
+    double again;
+    st = cr_clip_grad_norm(ps, 5.0, &again);
     cr_assert(fabs(again - after) < 1e-12);
     cr_assert(fabs(cr_grad_norm(ps) - after) < 1e-15);
     cr_params_free(ps);
@@ -454,14 +489,15 @@ Test(optim, clip_norm_nonfinite_leaves_grads)
     cr_set_flat(gb, 2, NAN);
     double before_a[6];
     memcpy(before_a, ga->data, sizeof before_a);
-    int st = CR_OK;
-    double n = cr_clip_grad_norm(ps, 1.0, &st);
+    cr_status st = CR_NONFINITE;
+    double n;
+    st = cr_clip_grad_norm(ps, 1.0, &n);
     cr_assert(isnan(n));
     cr_assert_eq(st, CR_NONFINITE);
     cr_assert(memcmp(before_a, ga->data, sizeof before_a) == 0, "grads untouched");
     cr_assert_eq(cr_get_flat(gb, 0), 1.0);
     cr_set_flat(gb, 2, INFINITY);
-    n = cr_clip_grad_norm(ps, 1.0, &st);
+    st = cr_clip_grad_norm(ps, 1.0, &n);
     cr_assert(isinf(n));
     cr_assert_eq(st, CR_NONFINITE);
     cr_assert_eq(cr_get_flat(gb, 3), 4.0);
@@ -476,8 +512,9 @@ Test(optim, clip_norm_huge_finite_grads)
     cr_tensor *b = cr_params_add(ps, NULL, "b", CR_F64, CR_SHAPE(1));
     cr_fill(cr_grad_of(a), 1e200);
     cr_fill(cr_grad_of(b), 1e200);
-    int st = -1;
-    double n = cr_clip_grad_norm(ps, 1.0, &st);
+    cr_status st = CR_NONFINITE;
+    double n;
+    st = cr_clip_grad_norm(ps, 1.0, &n);
     cr_assert_eq(st, CR_OK);
     cr_assert(rel_err(n, sqrt(5.0) * 1e200) < 1e-14, "norm %g", n);
     cr_assert(fabs(cr_grad_norm(ps) - 1.0) < 1e-6);
@@ -605,6 +642,39 @@ Test(optim, bad_beta_is_misuse, .signal = SIGABRT)
     cr_adam_config c = cr_adam_defaults(0.1);
     c.beta2 = 1.0;
     cr_adam_init(ps, c);
+}
+
+Test(optim, set_hparam_out_of_range_is_misuse, .signal = SIGABRT)
+{
+    cr_params *ps = cr_params_init();
+    cr_params_add(ps, NULL, "p", CR_F32, CR_SHAPE(3));
+    cr_optim *o = cr_adam_init(ps, cr_adam_defaults(0.1));
+    cr_optim_set_hparam(o, "beta1", 1.5);
+}
+
+Test(optim, unknown_hparam_is_misuse, .signal = SIGABRT)
+{
+    cr_params *ps = cr_params_init();
+    cr_params_add(ps, NULL, "p", CR_F32, CR_SHAPE(3));
+    cr_optim *o = cr_rmsprop_init(ps, cr_rmsprop_defaults(0.1));
+    cr_optim_get_hparam(o, "beta1");
+}
+
+/* A rule without "lr" cannot follow a schedule: refused at init. */
+static void noop_update(const void *cfg, cr_tensor *p, const cr_tensor *g, cr_tensor *const *slot, int64_t k)
+{
+    (void)cfg, (void)p, (void)g, (void)slot, (void)k;
+}
+
+Test(optim, rule_without_lr_is_misuse, .signal = SIGABRT)
+{
+    static const cr_optim_hparam hp[] = {{"rate", 0, false, 0, INFINITY}};
+    static const cr_optim_rule bad = {.name = "bad", .config_size = sizeof(double), .hparams = hp, .n_hparams = 1,
+                                      .update = noop_update};
+    cr_params *ps = cr_params_init();
+    cr_params_add(ps, NULL, "p", CR_F32, CR_SHAPE(3));
+    double rate = 0.1;
+    cr_optim_init(ps, &bad, &rate);
 }
 
 Test(optim, negative_lr_is_misuse, .signal = SIGABRT)

@@ -31,16 +31,6 @@ static void put_escaped(FILE *out, const char *s)
     }
 }
 
-/* "[4,8]", "[]" for a scalar: safetensors' own spelling of a shape. */
-static void shape_str(char *buf, size_t len, const cr_st_entry *e)
-{
-    size_t n = (size_t)snprintf(buf, len, "[");
-    for (int d = 0; d < e->ndim && n < len; d++)
-        n += (size_t)snprintf(buf + n, len - n, "%s%lld", d ? "," : "", (long long)e->shape[d]);
-    if (n < len)
-        snprintf(buf + n, len - n, "]");
-}
-
 static int cmd_info(const cr_st_file *f, const char *path)
 {
     size_t n = cr_st_count(f);
@@ -60,7 +50,7 @@ static int cmd_info(const cr_st_file *f, const char *path)
     for (size_t i = 0; i < n; i++) {
         const cr_st_entry *e = cr_st_entry_at(f, i);
         char shape[CR_MAX_DIMS * 21 + 3];
-        shape_str(shape, sizeof shape, e);
+        cr_shape_str(shape, sizeof shape, e->ndim, e->shape); /* "[4,8]", "[]" for a scalar */
         unsigned long long numel = 1;
         for (int d = 0; d < e->ndim; d++)
             numel *= (unsigned long long)e->shape[d]; /* validated: no overflow */
@@ -99,10 +89,9 @@ int main(int argc, char **argv)
     }
     const char *cmd = argv[1], *path = argv[2];
 
-    char err[1024];
     cr_st_file *f = NULL;
-    if (cr_st_read(path, &f, err, sizeof err) != 0) {
-        fprintf(stderr, "carousel-ckpt: %s\n", err);
+    if (cr_st_read(path, &f) != CR_OK) {
+        fprintf(stderr, "carousel-ckpt: %s\n", cr_last_error());
         return 1;
     }
     if (strcmp(cmd, "info") == 0)

@@ -1,6 +1,6 @@
-/* Data utilities: character and word vocabularies (build, encode, decode,
- * save, load), reading text files, a Philox-driven Fisher-Yates shuffle,
- * padded batches of variable-length sequences and windows over one stream. */
+/* Data utilities: character and word vocabularies (build, encode, decode),
+ * reading text files, a Philox-driven Fisher-Yates shuffle, padded batches of
+ * variable-length sequences and windows over one stream. Only tensor/ below. */
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -8,7 +8,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "optim_internal.h"
+#include "data.h"
 
 /* ---- vocabularies ------------------------------------------------------------ */
 
@@ -68,13 +68,13 @@ void cr_vocab_free(cr_vocab *v)
  * the tokens (distinct; one byte each for a char vocabulary) and index them.
  * Frees bytes and off on failure. */
 static cr_status vocab_make(cr_vocab_kind kind, char *bytes, int64_t *off, int32_t n, int32_t unk,
-                            int32_t eos, cr_vocab **out, char *err, size_t errlen)
+                            int32_t eos, cr_vocab **out)
 {
     cr_vocab *v = calloc(1, sizeof *v);
     if (!v) {
         free(bytes);
         free(off);
-        return cr_optim_fail(err, errlen, CR_ENOMEM, "vocabulary: out of memory");
+        return cr_failure(CR_ENOMEM, "vocabulary: out of memory");
     }
     *v = (cr_vocab){.kind = kind, .n = n, .bytes = bytes, .off = off, .unk = unk, .eos = eos};
     for (int i = 0; i < 256; i++) v->byte_id[i] = -1;
@@ -83,14 +83,14 @@ static cr_status vocab_make(cr_vocab_kind kind, char *bytes, int64_t *off, int32
             int64_t tl = off[i + 1] - off[i];
             if (tl != 1) {
                 cr_vocab_free(v);
-                return cr_optim_fail(err, errlen, CR_EFORMAT,
+                return cr_failure(CR_EINVAL,
                                      "char vocabulary: token %d is %lld bytes long, not 1", (int)i,
                                      (long long)tl);
             }
             unsigned char c = (unsigned char)bytes[off[i]];
             if (v->byte_id[c] >= 0) {
                 cr_vocab_free(v);
-                return cr_optim_fail(err, errlen, CR_EFORMAT, "char vocabulary: byte 0x%02x appears twice",
+                return cr_failure(CR_EINVAL, "char vocabulary: byte 0x%02x appears twice",
                                      c);
             }
             v->byte_id[c] = i;
@@ -101,7 +101,7 @@ static cr_status vocab_make(cr_vocab_kind kind, char *bytes, int64_t *off, int32
         v->table = malloc(cap * sizeof *v->table);
         if (!v->table) {
             cr_vocab_free(v);
-            return cr_optim_fail(err, errlen, CR_ENOMEM, "vocabulary: out of memory");
+            return cr_failure(CR_ENOMEM, "vocabulary: out of memory");
         }
         v->table_cap = cap;
         memset(v->table, 0xff, cap * sizeof *v->table); /* all -1 */
@@ -110,14 +110,14 @@ static cr_status vocab_make(cr_vocab_kind kind, char *bytes, int64_t *off, int32
             size_t len = (size_t)(off[i + 1] - off[i]);
             if (len == 0) {
                 cr_vocab_free(v);
-                return cr_optim_fail(err, errlen, CR_EFORMAT, "word vocabulary: token %d is empty", (int)i);
+                return cr_failure(CR_EINVAL, "word vocabulary: token %d is empty", (int)i);
             }
             size_t h = fnv1a(s, len) & (cap - 1);
             for (; v->table[h] >= 0; h = (h + 1) & (cap - 1))
                 if (tok_eq(v, v->table[h], s, len)) {
                     int32_t first = v->table[h];
                     cr_vocab_free(v);
-                    return cr_optim_fail(err, errlen, CR_EFORMAT,
+                    return cr_failure(CR_EINVAL,
                                          "word vocabulary: tokens %d and %d are equal", (int)first, (int)i);
                 }
             v->table[h] = i;
@@ -125,7 +125,7 @@ static cr_status vocab_make(cr_vocab_kind kind, char *bytes, int64_t *off, int32
     }
     if (unk < -1 || unk >= n || eos < -1 || eos >= n || (kind == CR_VOCAB_WORD && (unk < 0 || eos < 0))) {
         cr_vocab_free(v);
-        return cr_optim_fail(err, errlen, CR_EFORMAT,
+        return cr_failure(CR_EINVAL,
                              "vocabulary of %d tokens: bad <unk> id %d or <eos> id %d", (int)n, (int)unk,
                              (int)eos);
     }
@@ -149,9 +149,8 @@ cr_vocab *cr_vocab_init_chars(const char *text, size_t len)
             off[n] = n;
         }
     cr_vocab *v = NULL;
-    char msg[128];
-    if (vocab_make(CR_VOCAB_CHAR, bytes, off, n, -1, -1, &v, msg, sizeof msg) != CR_OK)
-        cr_error("cr_vocab_init_chars: %s", msg);
+    if (vocab_make(CR_VOCAB_CHAR, bytes, off, n, -1, -1, &v) != CR_OK)
+        cr_error("cr_vocab_init_chars: %s", cr_last_error());
     return v;
 }
 
@@ -261,10 +260,37 @@ cr_vocab *cr_vocab_init_words(const char *text, size_t len, int64_t min_count, i
     }
     free(w);
     cr_vocab *v = NULL;
-    char msg[128];
-    if (vocab_make(CR_VOCAB_WORD, bytes, off, (int32_t)keep + 2, 0, 1, &v, msg, sizeof msg) != CR_OK)
-        cr_error("cr_vocab_init_words: %s", msg);
+    if (vocab_make(CR_VOCAB_WORD, bytes, off, (int32_t)keep + 2, 0, 1, &v) != CR_OK)
+        cr_error("cr_vocab_init_words: %s", cr_last_error());
     return v;
+}
+
+cr_status cr_vocab_init_tokens(cr_vocab **out, cr_vocab_kind kind, const char *bytes, const int64_t *offsets,
+                               int32_t n, int32_t unk, int32_t eos)
+{
+    if (!out || n < 0 || (n > 0 && !offsets) || (kind != CR_VOCAB_CHAR && kind != CR_VOCAB_WORD))
+        cr_error("cr_vocab_init_tokens: out %p, kind %d, %d tokens, offsets %p", (void *)out, (int)kind, (int)n,
+                 (const void *)offsets);
+    *out = NULL;
+    int64_t total = n > 0 ? offsets[n] : 0;
+    if (n > 0 && offsets[0] != 0) return cr_failure(CR_EINVAL, "vocabulary offsets must start at 0, not %lld",
+                                                 (long long)offsets[0]);
+    for (int32_t i = 0; i < n; i++)
+        if (offsets[i + 1] < offsets[i])
+            return cr_failure(CR_EINVAL, "vocabulary offsets must not fall (offset %d is %lld, then %lld)", (int)i,
+                           (long long)offsets[i], (long long)offsets[i + 1]);
+    if (total > 0 && !bytes) cr_error("cr_vocab_init_tokens: bytes is NULL for %lld bytes", (long long)total);
+    char *b = malloc((size_t)(total ? total : 1));
+    int64_t *off = malloc(((size_t)n + 1) * sizeof *off);
+    if (!b || !off) {
+        free(b);
+        free(off);
+        return cr_failure(CR_ENOMEM, "vocabulary: out of memory");
+    }
+    if (total) memcpy(b, bytes, (size_t)total);
+    off[0] = 0;
+    if (n > 0) memcpy(off, offsets, ((size_t)n + 1) * sizeof *off);
+    return vocab_make(kind, b, off, n, unk, eos, out);
 }
 
 cr_vocab_kind cr_vocab_kind_of(const cr_vocab *v) { return v->kind; }
@@ -280,25 +306,25 @@ const char *cr_vocab_token(const cr_vocab *v, int32_t id, size_t *len)
     return v->bytes + v->off[id];
 }
 
-int64_t cr_vocab_encode(const cr_vocab *v, const char *text, size_t len, int32_t *out, int64_t cap, char *err,
-                        size_t errlen)
+cr_status cr_vocab_encode(const cr_vocab *v, const char *text, size_t len, int32_t *out, int64_t cap,
+                          int64_t *count)
 {
     if (!v) cr_error("cr_vocab_encode: vocabulary is NULL");
     if (!text && len) cr_error("cr_vocab_encode: text is NULL");
     if (cap < 0 || (cap > 0 && !out)) cr_error("cr_vocab_encode: out is NULL with cap %lld", (long long)cap);
+    if (!count) cr_error("cr_vocab_encode: count is NULL");
     int64_t n = 0;
     if (v->kind == CR_VOCAB_CHAR) {
         for (size_t i = 0; i < len; i++) {
             int32_t id = v->byte_id[(unsigned char)text[i]];
-            if (id < 0) {
-                cr_optim_fail(err, errlen, CR_EINVAL, "byte 0x%02x at offset %zu is not in the vocabulary",
-                              (unsigned char)text[i], i);
-                return -1;
-            }
+            if (id < 0)
+                return cr_failure(CR_EINVAL, "byte 0x%02x at offset %zu is not in the vocabulary",
+                               (unsigned char)text[i], i);
             if (n < cap) out[n] = id;
             n++;
         }
-        return n;
+        *count = n;
+        return CR_OK;
     }
     size_t pos = 0, wl = 0;
     const char *s = NULL;
@@ -312,8 +338,29 @@ int64_t cr_vocab_encode(const cr_vocab *v, const char *text, size_t len, int32_t
         if (n < cap) out[n] = id;
         n++;
     }
-    return n;
+    *count = n;
+    return CR_OK;
 }
+
+cr_status cr_vocab_encode_bytes(const cr_vocab *v, const char *text, size_t len, uint8_t *out)
+{
+    if (!v) cr_error("cr_vocab_encode_bytes: vocabulary is NULL");
+    if (v->kind != CR_VOCAB_CHAR || v->n > 256)
+        cr_error("cr_vocab_encode_bytes: needs a char vocabulary (this one is a %s vocabulary of %d tokens)",
+                 v->kind == CR_VOCAB_CHAR ? "char" : "word", (int)v->n);
+    if (len && (!text || !out)) cr_error("cr_vocab_encode_bytes: text or out is NULL");
+    /* Byte by byte, reading text[i] before writing out[i]: out may be text. */
+    for (size_t i = 0; i < len; i++) {
+        int32_t id = v->byte_id[(unsigned char)text[i]];
+        if (id < 0)
+            return cr_failure(CR_EINVAL, "byte 0x%02x at offset %zu is not in the vocabulary", (unsigned char)text[i],
+                           i);
+        out[i] = (uint8_t)id;
+    }
+    return CR_OK;
+}
+
+
 
 size_t cr_vocab_decode(const cr_vocab *v, const int32_t *ids, int64_t n, char *out, size_t cap)
 {
@@ -346,162 +393,13 @@ size_t cr_vocab_decode(const cr_vocab *v, const int32_t *ids, int64_t n, char *o
     return k;
 }
 
-/* ---- vocabularies in safetensors files ------------------------------------------ */
-
-#define VOCAB_BYTES CR_ST_OPTIM_PREFIX "vocab.bytes"
-#define VOCAB_OFFSETS CR_ST_OPTIM_PREFIX "vocab.offsets"
-static const char *const vocab_keys[CR_VOCAB_N_META] = {"carousel.vocab.kind", "carousel.vocab.size",
-                                                        "carousel.vocab.unk", "carousel.vocab.eos"};
-
-cr_status cr_vocab_blob_make(const cr_vocab *v, cr_vocab_blob *b, char *err, size_t errlen)
-{
-    memset(b, 0, sizeof *b);
-    int64_t total = v->off[v->n];
-    if (total > INT32_MAX)
-        return cr_optim_fail(err, errlen, CR_EINVAL, "vocabulary of %lld bytes is too large to save",
-                             (long long)total);
-    b->data = malloc((size_t)(total + v->n + 1 + 1) * sizeof *b->data);
-    if (!b->data) return cr_optim_fail(err, errlen, CR_ENOMEM, "vocabulary: out of memory");
-    for (int64_t i = 0; i < total; i++) b->data[i] = (unsigned char)v->bytes[i];
-    for (int32_t i = 0; i <= v->n; i++) b->data[total + i] = (int32_t)v->off[i];
-    b->e[0] = (cr_st_entry){.name = VOCAB_BYTES,
-                            .dtype = CR_I32,
-                            .ndim = 1,
-                            .shape = {total},
-                            .data = b->data,
-                            .nbytes = (size_t)total * 4};
-    b->e[1] = (cr_st_entry){.name = VOCAB_OFFSETS,
-                            .dtype = CR_I32,
-                            .ndim = 1,
-                            .shape = {v->n + 1},
-                            .data = b->data + total,
-                            .nbytes = (size_t)(v->n + 1) * 4};
-    snprintf(b->val[0], sizeof b->val[0], "%s", v->kind == CR_VOCAB_CHAR ? "char" : "word");
-    snprintf(b->val[1], sizeof b->val[1], "%d", (int)v->n);
-    snprintf(b->val[2], sizeof b->val[2], "%d", (int)v->unk);
-    snprintf(b->val[3], sizeof b->val[3], "%d", (int)v->eos);
-    for (int i = 0; i < CR_VOCAB_N_META; i++) {
-        b->kv[2 * i] = vocab_keys[i];
-        b->kv[2 * i + 1] = b->val[i];
-    }
-    return CR_OK;
-}
-
-void cr_vocab_blob_free(cr_vocab_blob *b)
-{
-    free(b->data);
-    b->data = NULL;
-}
-
-bool cr_vocab_in_file(const cr_st_file *f)
-{
-    return cr_st_find(f, VOCAB_BYTES) || cr_st_find(f, VOCAB_OFFSETS) || cr_st_meta_get(f, vocab_keys[0]);
-}
-
-/* A decimal integer in [lo, hi] filling the whole string. */
-static bool parse_int(const char *s, long long lo, long long hi, long long *out)
-{
-    if (!s || !*s) return false;
-    char *end;
-    errno = 0;
-    long long x = strtoll(s, &end, 10);
-    if (errno || *end || x < lo || x > hi) return false;
-    *out = x;
-    return true;
-}
-
-cr_status cr_vocab_from_file(const cr_st_file *f, cr_vocab **out, char *err, size_t errlen)
-{
-    const cr_st_entry *eb = cr_st_find(f, VOCAB_BYTES), *eo = cr_st_find(f, VOCAB_OFFSETS);
-    const char *kind_s = cr_st_meta_get(f, vocab_keys[0]);
-    if (!eb || !eo || !kind_s) return cr_optim_fail(err, errlen, CR_EMISMATCH, "no vocabulary in the file");
-    cr_vocab_kind kind;
-    if (strcmp(kind_s, "char") == 0)
-        kind = CR_VOCAB_CHAR;
-    else if (strcmp(kind_s, "word") == 0)
-        kind = CR_VOCAB_WORD;
-    else
-        return cr_optim_fail(err, errlen, CR_EFORMAT, "vocabulary kind '%.32s' is neither 'char' nor 'word'",
-                             kind_s);
-    long long size, unk, eos;
-    if (!parse_int(cr_st_meta_get(f, vocab_keys[1]), 0, INT32_MAX - 1, &size) ||
-        !parse_int(cr_st_meta_get(f, vocab_keys[2]), -1, INT32_MAX, &unk) ||
-        !parse_int(cr_st_meta_get(f, vocab_keys[3]), -1, INT32_MAX, &eos))
-        return cr_optim_fail(err, errlen, CR_EFORMAT,
-                             "vocabulary metadata size/unk/eos missing or not integers");
-    if (eb->dtype != CR_I32 || eb->ndim != 1 || eo->dtype != CR_I32 || eo->ndim != 1 ||
-        eo->shape[0] != size + 1)
-        return cr_optim_fail(err, errlen, CR_EFORMAT,
-                             "vocabulary tensors must be I32 [bytes] and I32 [size+1] (size %lld)", size);
-    int64_t total = eb->shape[0];
-    char *bytes = malloc((size_t)(total ? total : 1));
-    int64_t *off = malloc((size_t)(size + 1) * sizeof *off);
-    if (!bytes || !off) {
-        free(bytes);
-        free(off);
-        return cr_optim_fail(err, errlen, CR_ENOMEM, "vocabulary: out of memory");
-    }
-    for (int64_t i = 0; i < total; i++) {
-        int32_t x;
-        memcpy(&x, (const char *)eb->data + 4 * i, 4);
-        if (x < 0 || x > 255) {
-            free(bytes);
-            free(off);
-            return cr_optim_fail(err, errlen, CR_EFORMAT, "vocabulary byte %lld is %d, not in 0..255",
-                                 (long long)i, (int)x);
-        }
-        bytes[i] = (char)(unsigned char)x;
-    }
-    for (int64_t i = 0; i <= size; i++) {
-        int32_t x;
-        memcpy(&x, (const char *)eo->data + 4 * i, 4);
-        off[i] = x;
-        bool ok = i == 0 ? x == 0 : x >= off[i - 1] && x <= total;
-        if (ok && i == size) ok = x == total;
-        if (!ok) {
-            free(bytes);
-            free(off);
-            return cr_optim_fail(err, errlen, CR_EFORMAT,
-                                 "vocabulary offsets must rise from 0 to %lld (offset %lld is %d)",
-                                 (long long)total, (long long)i, (int)x);
-        }
-    }
-    return vocab_make(kind, bytes, off, (int32_t)size, (int32_t)unk, (int32_t)eos, out, err, errlen);
-}
-
-cr_status cr_vocab_save(const cr_vocab *v, const char *path, char *err, size_t errlen)
-{
-    if (!v || !path) cr_error("cr_vocab_save: %s is NULL", v ? "path" : "vocabulary");
-    cr_vocab_blob b;
-    cr_status st = cr_vocab_blob_make(v, &b, err, errlen);
-    if (st != CR_OK) return st;
-    const char *kv[2 * CR_VOCAB_N_META + 2] = {"carousel.format", "vocab-1"};
-    memcpy(kv + 2, b.kv, sizeof b.kv);
-    int rc = cr_st_write(path, b.e, 2, kv, CR_VOCAB_N_META + 1, err, errlen);
-    cr_vocab_blob_free(&b);
-    return rc == 0 ? CR_OK : CR_EIO;
-}
-
-cr_status cr_vocab_load(const char *path, cr_vocab **out, char *err, size_t errlen)
-{
-    if (!path || !out) cr_error("cr_vocab_load: %s is NULL", path ? "out" : "path");
-    cr_st_file *f = NULL;
-    char msg[256];
-    cr_status st = cr_optim_st_read(path, &f, err, errlen);
-    if (st != CR_OK) return st;
-    st = cr_vocab_from_file(f, out, msg, sizeof msg);
-    cr_st_file_free(f);
-    if (st != CR_OK) return cr_optim_fail(err, errlen, st, "%s: %s", path, msg);
-    return CR_OK;
-}
-
 /* ---- reading files ------------------------------------------------------------- */
 
-cr_status cr_read_file(const char *path, char **text, size_t *len, char *err, size_t errlen)
+cr_status cr_read_file(const char *path, char **text, size_t *len)
 {
     if (!path || !text || !len) cr_error("cr_read_file: path, text and len must not be NULL");
     FILE *fp = fopen(path, "rb");
-    if (!fp) return cr_optim_fail(err, errlen, CR_EIO, "%s: cannot open: %s", path, strerror(errno));
+    if (!fp) return cr_failure(CR_EIO, "%s: cannot open: %s", path, strerror(errno));
     struct stat sb;
     size_t cap = 1 << 16;
     if (fstat(fileno(fp), &sb) == 0 && S_ISREG(sb.st_mode) && (uint64_t)sb.st_size < SIZE_MAX - 1)
@@ -511,14 +409,14 @@ cr_status cr_read_file(const char *path, char **text, size_t *len, char *err, si
     for (;;) {
         if (!buf) {
             fclose(fp);
-            return cr_optim_fail(err, errlen, CR_ENOMEM, "%s: out of memory (%zu bytes)", path, cap);
+            return cr_failure(CR_ENOMEM, "%s: out of memory (%zu bytes)", path, cap);
         }
         n += fread(buf + n, 1, cap - n, fp);
         if (n < cap) break; /* end of file or error */
         if (cap > SIZE_MAX / 2) {
             free(buf);
             fclose(fp);
-            return cr_optim_fail(err, errlen, CR_ENOMEM, "%s: file too large", path);
+            return cr_failure(CR_ENOMEM, "%s: file too large", path);
         }
         cap *= 2;
         char *nb = realloc(buf, cap);
@@ -529,7 +427,7 @@ cr_status cr_read_file(const char *path, char **text, size_t *len, char *err, si
         int e = errno;
         free(buf);
         fclose(fp);
-        return cr_optim_fail(err, errlen, CR_EIO, "%s: read error: %s", path, strerror(e));
+        return cr_failure(CR_EIO, "%s: read error: %s", path, strerror(e));
     }
     fclose(fp);
     buf[n] = '\0'; /* n < cap */
@@ -626,6 +524,8 @@ void cr_windows_fill(cr_tensor *x, cr_tensor *y, const int32_t *stream, int64_t 
         memcpy(xd + b * T, stream + s, (size_t)T * sizeof *xd);
         memcpy(yd + b * T, stream + s + 1, (size_t)T * sizeof *yd);
     }
+    cr_tensor_bump_version(x);
+    cr_tensor_bump_version(y);
 }
 
 int64_t cr_windows_count(int64_t n, int64_t T, int64_t stride)
@@ -659,4 +559,27 @@ void cr_stream_chunk(cr_tensor *x, cr_tensor *y, const int32_t *stream, int64_t 
         memcpy(xd + b * T, src, (size_t)T * sizeof *xd);
         memcpy(yd + b * T, src + 1, (size_t)T * sizeof *yd);
     }
+    cr_tensor_bump_version(x);
+    cr_tensor_bump_version(y);
+}
+
+void cr_stream_chunk_u8(cr_tensor *x, cr_tensor *y, const uint8_t *stream, int64_t n, int64_t c)
+{
+    check_xy("cr_stream_chunk_u8", x, y);
+    if (!stream) cr_error("cr_stream_chunk_u8: stream is NULL");
+    int64_t B = x->shape[0], T = x->shape[1], nc = cr_stream_chunks(n, B, T);
+    if (c < 0 || c >= nc)
+        cr_error("cr_stream_chunk_u8: chunk %lld of %lld (n = %lld, B = %lld, T = %lld)", (long long)c,
+                 (long long)nc, (long long)n, (long long)B, (long long)T);
+    int64_t R = (n - 1) / B;
+    int32_t *xd = x->data, *yd = y->data;
+    for (int64_t b = 0; b < B; b++) {
+        const uint8_t *src = stream + b * R + c * T;
+        for (int64_t t = 0; t < T; t++) {
+            xd[b * T + t] = src[t];
+            yd[b * T + t] = src[t + 1];
+        }
+    }
+    cr_tensor_bump_version(x);
+    cr_tensor_bump_version(y);
 }
