@@ -354,7 +354,7 @@ Test(ops, view_ops_share_storage)
     expect_values(rt, (double[]){0, 12, 4, 16, 8, 20, 1, 13, 5, 17, 9, 21, 2, 14, 6, 18, 10, 22, 3, 15, 7, 19, 11, 23},
                   24, 0);
     EXPECT_ERROR(cr_reshape(x, CR_SHAPE(5, 5)), "cr_reshape: [24] (24 elements) cannot become [5,5]");
-    EXPECT_ERROR(cr_narrow(r, 2, 3, 2), "cr_narrow: [3, 5) out of range for dim 2 of [2,3,4]");
+    EXPECT_ERROR(cr_narrow(r, 2, 3, 2), "cr_narrow: start 3, length 2 out of range for dim 2 of [2,3,4]");
     EXPECT_ERROR(cr_select(r, 0, 2), "cr_select: index 2 out of range for dim 0 of [2,3,4]");
     EXPECT_ERROR(cr_expand(r, CR_SHAPE(3, 3, 4)), "cr_expand: cannot expand [2,3,4] to [3,3,4]");
     EXPECT_ERROR(cr_permute(r, (int[]){0, 1, 1}), "cr_permute");
