@@ -201,22 +201,39 @@ void cr_node_attr_mismatch(const cr_node *n, size_t size)
 
 /* ---- anomaly detection ---------------------------------------------------------- */
 
+/* Whether any of n floats (or doubles) has all exponent bits set (inf or
+ * NaN): an OR over integer bits, which vectorises, unlike an early-exit
+ * isfinite loop. */
+static bool any_nonfinite_f32(const float *p, int64_t n)
+{
+    uint32_t bad = 0;
+    for (int64_t i = 0; i < n; i++) {
+        uint32_t b;
+        memcpy(&b, p + i, sizeof b);
+        bad |= (~b & 0x7f800000u) == 0;
+    }
+    return bad;
+}
+
+static bool any_nonfinite_f64(const double *p, int64_t n)
+{
+    uint64_t bad = 0;
+    for (int64_t i = 0; i < n; i++) {
+        uint64_t b;
+        memcpy(&b, p + i, sizeof b);
+        bad |= (~b & 0x7ff0000000000000u) == 0;
+    }
+    return bad;
+}
+
 /* Index of the first NaN or inf of a float tensor, or -1. */
 static int64_t first_nonfinite(const cr_tensor *t)
 {
     int64_t n = cr_numel(t);
     if (t->dtype == CR_I32) return -1;
     if (cr_is_contiguous(t)) {
-        if (t->dtype == CR_F32) {
-            const float *p = t->data;
-            for (int64_t i = 0; i < n; i++)
-                if (!isfinite(p[i])) return i;
-        } else {
-            const double *p = t->data;
-            for (int64_t i = 0; i < n; i++)
-                if (!isfinite(p[i])) return i;
-        }
-        return -1;
+        bool any = t->dtype == CR_F32 ? any_nonfinite_f32(t->data, n) : any_nonfinite_f64(t->data, n);
+        if (!any) return -1;
     }
     for (int64_t i = 0; i < n; i++)
         if (!isfinite(cr_get_flat(t, i))) return i;
@@ -237,8 +254,8 @@ static _Noreturn void anomaly(const cr_graph *g, const cr_node *n, bool recorded
     if (recorded) snprintf(pos, sizeof pos, "tape #%zu", n->tape_index);
     else snprintf(pos, sizeof pos, "not on the tape");
     double v = cr_get_flat(bad, at);
-    PUT("%s (%s) %s: %s, %s %s, holds %s at element %lld; output %s", n->op->name, pos,
-        in_backward ? "backward" : "forward", what,
+    PUT("%s%s (%s) %s: anomaly: %s, %s %s, holds %s at element %lld; output %s", in_backward ? "cr_backward: " : "",
+        n->op->name, pos, in_backward ? "backward" : "forward", what,
         cr_dtype_name(bad->dtype), cr_shape_str(s, sizeof s, bad->ndim, bad->shape), isnan(v) ? "NaN" : v < 0 ? "-inf" : "inf",
         (long long)at, cr_shape_str(s, sizeof s, n->out->ndim, n->out->shape));
     for (int i = 0; i < n->n_in && i < 4; i++)
@@ -252,7 +269,7 @@ static _Noreturn void anomaly(const cr_graph *g, const cr_node *n, bool recorded
     }
 #undef PUT
     if (in_backward) grad_disabled = grad_disabled_outside;
-    cr_error("anomaly: %s", msg);
+    cr_error("%s", msg);
 }
 
 /* ---- recording --------------------------------------------------------------------- */

@@ -113,15 +113,17 @@ static int64_t check_shape(const char *fn, cr_dtype dt, int ndim, const int64_t 
 {
     char s[128];
     if (ndim < 0 || ndim > CR_MAX_DIMS) cr_error("%s: %d dims, at most %d are supported", fn, ndim, CR_MAX_DIMS);
-    for (int d = 0; d < ndim; d++)
-        if (shape[d] < 0) cr_error("%s: negative size in shape %s", fn, cr_shape_str(s, sizeof s, ndim, shape));
     int64_t nonzero = 1, bytes;
-    for (int d = 0; d < ndim; d++)
-        if (shape[d] != 0 && !cr_mul_ok(nonzero, shape[d], &nonzero)) nonzero = -1;
-    if (nonzero < 0 || !cr_mul_ok(nonzero, (int64_t)cr_dtype_size(dt), &bytes) || (uint64_t)bytes > PTRDIFF_MAX)
+    bool empty = false, overflow = false;
+    for (int d = 0; d < ndim; d++) {
+        if (shape[d] < 0) cr_error("%s: negative size in shape %s", fn, cr_shape_str(s, sizeof s, ndim, shape));
+        if (shape[d] == 0) empty = true;
+        else overflow |= !cr_mul_ok(nonzero, shape[d], &nonzero);
+    }
+    if (overflow || !cr_mul_ok(nonzero, (int64_t)cr_dtype_size(dt), &bytes) || (uint64_t)bytes > PTRDIFF_MAX)
         cr_error("%s: shape %s of %s holds more elements than memory can address", fn,
                  cr_shape_str(s, sizeof s, ndim, shape), cr_dtype_name(dt));
-    return cr_shape_numel(ndim, shape);
+    return empty ? 0 : nonzero;
 }
 
 static void set_contiguous(cr_tensor *t, cr_dtype dt, int ndim, const int64_t *shape)

@@ -414,6 +414,26 @@ Test(ops, unsqueeze)
                  "cr_unsqueeze: [1,1,1,1,1,1,1,1] already has 8 dims");
 }
 
+Test(ops, sizes_that_overflow_are_refused)
+{
+    /* two expanded [2^62] views concatenate to 2^63 elements */
+    int64_t big = (int64_t)1 << 62;
+    cr_tensor *e = cr_expand(cr_zeros(CR_F32, CR_SHAPE(1)), CR_SHAPE(big));
+    EXPECT_ERROR(cr_concat(2, (cr_tensor *[]){e, e}, 0),
+                 "cr_concat: the 2 tensors' sizes along dim 0 add up to more than 2^63");
+    /* an op whose output would not fit names itself */
+    cr_tensor *row = cr_expand(cr_zeros(CR_F32, CR_SHAPE(1, 1)), CR_SHAPE(1, (int64_t)1 << 40));
+    cr_tensor *col = cr_expand(cr_zeros(CR_F32, CR_SHAPE(1, 1)), CR_SHAPE((int64_t)1 << 40, 1));
+    EXPECT_ERROR(cr_add(row, col), "cr_add: shape [1099511627776,1099511627776] of f32 holds more elements");
+    EXPECT_ERROR(cr_narrow(cr_zeros(CR_F32, CR_SHAPE(2, 3)), 1, 1, INT64_MAX),
+                 "cr_narrow: start 1, length 9223372036854775807 out of range for dim 1 of [2,3]");
+    /* a piece size near INT64_MAX is one piece, not an overflow */
+    cr_tensor *x = cr_zeros(CR_F32, CR_SHAPE(5)), *out[2];
+    cr_assert_eq(cr_split(x, INT64_MAX, 0, out, 2), 1);
+    expect_shape(out[0], CR_SHAPE(5));
+    EXPECT_ERROR(cr_from_array(CR_F32, CR_SHAPE(2), NULL), "cr_from_array: data is NULL for shape [2]");
+}
+
 Test(ops, contiguous)
 {
     cr_tensor *x = f64(CR_SHAPE(2, 2), (double[]){1, 2, 3, 4});
