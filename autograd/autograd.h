@@ -29,28 +29,54 @@ extern "C" {
 typedef struct cr_graph cr_graph;
 typedef struct cr_node cr_node;
 
-/* An op: its name, forward and backward, defined side by side (autograd/ops_*.c).
- * forward computes n->out from n->in and n->attr; backward adds into the grads
- * of the inputs that require them. */
+/* What an op's backward reads, besides the output's gradient (cr_op.saves).
+ * At recording, the node notes the version of each such tensor; backward
+ * refuses to run when one was written in place since (cr_tensor_bump_version).
+ * An input that backward only needs the shape of (add, sum, views) is not
+ * listed and may be overwritten, as in PyTorch. */
+#define CR_SAVES_IN(i) (1u << (i)) /* input i's values (i < 8) */
+#define CR_SAVES_OUT (1u << 8)     /* the output's values */
+/* Two-input products (mul, matmul): input i is read only for the gradient of
+ * the other, so it is checked only when the other requires a gradient. */
+#define CR_SAVES_CROSS (1u << 9)
+
+/* An op: the public function's name, its forward and backward, defined side
+ * by side (autograd/ops_*.c). forward computes n->out from n->in and the
+ * node's attributes; backward adds into the grads of the inputs that require
+ * them. Messages name the op by `name`, so give the function users call. */
 typedef struct cr_op {
-    const char *name;
+    const char *name;                /* "cr_add" */
     void (*forward)(cr_node *n);
     void (*backward)(cr_node *n);
+    unsigned saves;                  /* CR_SAVES_* */
+    size_t attr_size;                /* bytes of the op's attribute struct, 0 for none */
 } cr_op;
 
-#define CR_NODE_ATTRS 8
+/* A recorded op application. Its input list, the versions of what backward
+ * reads and the op's attribute struct follow it in one arena block. */
 struct cr_node {
     const cr_op *op;
     cr_tensor *out;
-    cr_tensor **in; /* n_in inputs (arena) */
-    int n_in;
-    union {
-        int64_t i[CR_NODE_ATTRS];
-        double f[CR_NODE_ATTRS];
-    } attr, attr2;   /* op parameters: ints in attr.i, reals in attr2.f */
-    cr_tensor *saved; /* what backward needs beyond inputs/output (mask, argmax, ...) */
+    cr_tensor **in;    /* n_in inputs */
+    void *attr;        /* op->attr_size bytes, zeroed; read through CR_NODE_ATTR */
+    cr_tensor *saved;  /* a tensor the forward made for backward (argmax, log-probabilities), or NULL */
     size_t tape_index; /* position on the tape (recorded nodes only) */
+    int n_in;
+    unsigned saves;    /* op->saves as it applies to this node (CR_SAVES_CROSS resolved) */
 };
+
+/* The attribute struct of n's op, typed: an op declares
+ *     typedef struct { int dim; bool keepdim; } reduce_attr;
+ * with .attr_size = sizeof(reduce_attr) in its descriptor, and reads
+ * CR_NODE_ATTR(n, reduce_attr)->dim. A size that does not match the
+ * descriptor's is an error. */
+#define CR_NODE_ATTR(n, type) ((type *)cr_node_attr_checked((n), sizeof(type)))
+_Noreturn void cr_node_attr_mismatch(const cr_node *n, size_t size);
+static inline void *cr_node_attr_checked(const cr_node *n, size_t size)
+{
+    if (size != n->op->attr_size) cr_node_attr_mismatch(n, size);
+    return n->attr;
+}
 
 cr_graph *cr_graph_init(void);
 void cr_graph_free(cr_graph *g);           /* NULL is a no-op */
@@ -76,6 +102,17 @@ void cr_retain_grad(cr_tensor *t);
 /* A view of t that records no history: the gradient stops here. */
 cr_tensor *cr_detach(cr_tensor *t);
 
+/* ---- anomaly detection --------------------------------------------------- */
+
+/* When on (thread-local, off by default), the first op whose forward output,
+ * or whose backward gradient for an input, holds a NaN or an infinity raises
+ * an error naming the op, its position on the tape, forward or backward, the
+ * shapes and the ops that made its inputs. Every op output and gradient is
+ * scanned, so this costs time (see ARCHITECTURE.md): a debugging aid.
+ * Returns the previous setting. */
+bool cr_set_detect_anomaly(bool on);
+bool cr_detect_anomaly(void);
+
 /* ---- backward ------------------------------------------------------------ */
 
 /* loss must be a one-element tensor; seeds d loss = 1. */
@@ -87,13 +124,15 @@ void cr_zero_grad(cr_tensor *t);
 
 /* ---- the op table ---------------------------------------------------------- */
 
-/* Every op the library defines, for tests and tools. */
+/* Every op the library defines, for tests and tools (autograd/op_table.c). */
 const cr_op *const *cr_op_table(size_t *count);
-const cr_op *cr_op_find(const char *name);
+const cr_op *cr_op_find(const char *name); /* by public name: "cr_tanh" */
 
 /* Building blocks for new ops: create a node for `op` with inputs, allocate
  * its output (dtype, shape) in the arena, run op->forward, and record it when
- * any input requires a gradient and grad mode is on. */
+ * any input requires a gradient and grad mode is on. cr_node_new checks that
+ * every input is a persistent tensor or a step tensor of the current graph's
+ * current step (not one from before a cr_graph_clear, nor another graph's). */
 cr_node *cr_node_new(const cr_op *op, int n_in, cr_tensor *const *in);
 cr_tensor *cr_node_finish(cr_node *n, cr_dtype dt, int ndim, const int64_t *shape);
 /* For views: the output is a header only, which op->forward fills to alias an input. */
@@ -110,26 +149,17 @@ cr_tensor *cr_mul(cr_tensor *a, cr_tensor *b); /* a * b */
 cr_tensor *cr_div(cr_tensor *a, cr_tensor *b); /* a / b */
 cr_tensor *cr_maximum(cr_tensor *a, cr_tensor *b); /* max(a, b), ties send grad to a */
 cr_tensor *cr_minimum(cr_tensor *a, cr_tensor *b); /* min(a, b), ties send grad to a */
-cr_tensor *cr_add_scalar(cr_tensor *x, double c);  /* x + c */
-cr_tensor *cr_mul_scalar(cr_tensor *x, double c);  /* c * x */
-cr_tensor *cr_pow(cr_tensor *x, double p);         /* x^p */
-cr_tensor *cr_neg(cr_tensor *x);                   /* -x */
 
 /* ---- ops: elementwise functions -------------------------------------------- */
 
-cr_tensor *cr_exp(cr_tensor *x);      /* e^x */
-cr_tensor *cr_ln(cr_tensor *x);       /* natural log (cr_log is taken by Criterion) */
-cr_tensor *cr_sqrt(cr_tensor *x);     /* sqrt(x) */
-cr_tensor *cr_abs(cr_tensor *x);      /* |x| */
-cr_tensor *cr_square(cr_tensor *x);   /* x^2 */
-cr_tensor *cr_tanh(cr_tensor *x);     /* tanh(x) */
-cr_tensor *cr_sigmoid(cr_tensor *x);  /* 1/(1+exp(-x)) */
-cr_tensor *cr_relu(cr_tensor *x);     /* max(x, 0) */
-cr_tensor *cr_leaky_relu(cr_tensor *x, double slope); /* x>0 ? x : slope*x */
-cr_tensor *cr_elu(cr_tensor *x, double alpha);        /* x>0 ? x : alpha*(e^x-1) */
-cr_tensor *cr_softplus(cr_tensor *x); /* log(1+e^x) */
-cr_tensor *cr_hardtanh(cr_tensor *x); /* clamp(x, -1, 1) */
-cr_tensor *cr_clamp(cr_tensor *x, double lo, double hi);
+/* One prototype per line of tensor/unary_ops.h, which gives each op's
+ * parameters and math: cr_<name>(cr_tensor *x, <params as double>), e.g.
+ * cr_tanh(x), cr_leaky_relu(x, slope), cr_rsub_scalar(x, c) = c - x,
+ * cr_clamp(x, lo, hi). The natural log is cr_ln (cr_log is Criterion's). */
+#define CR_UNARY_PROTO_(name, KIND, np, params, reads, fwd, deriv, valid) \
+    cr_tensor *cr_##name(cr_tensor *x CR_UNARY_PARAMS_##np params);
+CR_UNARY_OPS(CR_UNARY_PROTO_)
+#undef CR_UNARY_PROTO_
 
 /* ---- ops: reductions and normalisers ---------------------------------------- */
 
@@ -155,6 +185,7 @@ cr_tensor *cr_permute(cr_tensor *x, const int *perm);
 cr_tensor *cr_narrow(cr_tensor *x, int dim, int64_t start, int64_t len);
 cr_tensor *cr_select(cr_tensor *x, int dim, int64_t index); /* drops dim */
 cr_tensor *cr_expand(cr_tensor *x, int ndim, const int64_t *shape);
+cr_tensor *cr_unsqueeze(cr_tensor *x, int dim); /* a size-1 dim inserted at dim */
 cr_tensor *cr_contiguous(cr_tensor *x); /* x itself when already contiguous */
 cr_tensor *cr_concat(int n, cr_tensor *const *xs, int dim);
 cr_tensor *cr_stack(int n, cr_tensor *const *xs, int dim);
@@ -188,7 +219,8 @@ cr_tensor *cr_cross_entropy(cr_tensor *logits, const cr_tensor *target, int64_t 
 
 /* ---- gradcheck ------------------------------------------------------------------- */
 
-/* f builds an output from inputs (all f64, persistent, requires_grad). */
+/* f builds an output from inputs (all f64, persistent, requires_grad; other
+ * inputs are refused: finite differences in f32 measure rounding). */
 typedef cr_tensor *(*cr_gradcheck_fn)(cr_tensor *const *inputs, void *ctx);
 typedef struct cr_gradcheck_report {
     double max_abs_err;

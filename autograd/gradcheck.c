@@ -17,9 +17,16 @@ static double project(const cr_tensor *out, const cr_tensor *r)
 double cr_gradcheck(cr_gradcheck_fn f, void *ctx, int n_in, cr_tensor *const *inputs, double eps,
                     cr_gradcheck_report *report)
 {
-    for (int i = 0; i < n_in; i++)
-        if (!inputs[i]->persistent || !inputs[i]->requires_grad)
-            cr_error("cr_gradcheck: input %d must be a persistent tensor that requires a gradient", i);
+    for (int i = 0; i < n_in; i++) {
+        const cr_tensor *x = inputs[i];
+        char s[128];
+        if (x->dtype != CR_F64)
+            cr_error("cr_gradcheck: input %d is %s %s; finite differences need f64 (in f32 they measure rounding)", i,
+                     cr_dtype_name(x->dtype), cr_shape_str(s, sizeof s, x->ndim, x->shape));
+        if (!x->persistent || !x->requires_grad)
+            cr_error("cr_gradcheck: input %d, %s, must be a persistent tensor that requires a gradient", i,
+                     cr_shape_str(s, sizeof s, x->ndim, x->shape));
+    }
     cr_graph *g = cr_graph_init();
     cr_graph *prev = cr_graph_use(g);
     bool prev_mode = cr_set_grad_enabled(true);

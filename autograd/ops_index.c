@@ -6,6 +6,10 @@
 
 /* ---- gather_rows --------------------------------------------------------------------- */
 
+typedef struct {
+    int64_t skip_index; /* rows equal to it get no gradient (< 0: none) */
+} gather_attr;
+
 static void gather_rows_fwd(cr_node *n)
 {
     const cr_tensor *table = n->in[0], *idx = n->in[1];
@@ -14,7 +18,7 @@ static void gather_rows_fwd(cr_node *n)
     const int32_t *ix = idx->data;
     for (int64_t i = 0, m = cr_numel(idx); i < m; i++) {
         if (ix[i] < 0 || ix[i] >= rows)
-            cr_error("gather_rows: index %d at position %lld is out of range for %lld rows", ix[i],
+            cr_error("cr_gather_rows: index %d at position %lld is out of range for %lld rows", ix[i],
                      (long long)i, (long long)rows);
         memcpy((char *)n->out->data + (size_t)i * bytes, (const char *)table->data + (size_t)ix[i] * bytes, bytes);
     }
@@ -38,7 +42,7 @@ static void gather_rows_bwd(cr_node *n)
     if (!gt) return;
     const cr_tensor *idx = n->in[1];
     int64_t rows = n->in[0]->shape[0], width = cr_numel(n->in[0]) / (rows ? rows : 1);
-    int64_t m = cr_numel(idx), skip = n->attr.i[0];
+    int64_t m = cr_numel(idx), skip = CR_NODE_ATTR(n, gather_attr)->skip_index;
     const int32_t *ix = idx->data;
     /* dtable[idx[i]] += dy[i], serially: repeated indices add in one fixed order */
     if (gt->dtype == CR_F32)
@@ -46,7 +50,8 @@ static void gather_rows_bwd(cr_node *n)
     else
         SCATTER_ADD(double);
 }
-const cr_op cr_op_gather_rows = {"gather_rows", gather_rows_fwd, gather_rows_bwd};
+const cr_op cr_op_gather_rows = {"cr_gather_rows", gather_rows_fwd, gather_rows_bwd, CR_SAVES_IN(1),
+                                  sizeof(gather_attr)};
 
 cr_tensor *cr_gather_rows(cr_tensor *table, const cr_tensor *idx, int64_t skip_index)
 {
@@ -63,7 +68,7 @@ cr_tensor *cr_gather_rows(cr_tensor *table, const cr_tensor *idx, int64_t skip_i
     for (int d = 0; d < idx->ndim; d++) shape[nd++] = idx->shape[d];
     for (int d = 1; d < table->ndim; d++) shape[nd++] = table->shape[d];
     cr_node *n = cr_node_new(&cr_op_gather_rows, 2, in);
-    n->attr.i[0] = skip_index;
+    CR_NODE_ATTR(n, gather_attr)->skip_index = skip_index;
     return cr_node_finish(n, table->dtype, nd, shape);
 }
 
@@ -83,7 +88,7 @@ static void where_bwd(cr_node *n)
         cr_k_accumulate(gz, t, NULL);
     }
 }
-const cr_op cr_op_where = {"where", where_fwd, where_bwd};
+const cr_op cr_op_where = {"cr_where", where_fwd, where_bwd, CR_SAVES_IN(0), 0};
 
 cr_tensor *cr_where(const cr_tensor *cond, cr_tensor *x, cr_tensor *y)
 {
@@ -106,14 +111,16 @@ cr_tensor *cr_where(const cr_tensor *cond, cr_tensor *x, cr_tensor *y)
 }
 
 /* ---- mask and dropout: y = x * m, no gradient to m ------------------------------------------ */
+/* The mask is input 1 (so a write into it before backward is seen), detached
+ * when it requires a gradient: it never gets one. */
 
-static void mask_fwd(cr_node *n) { cr_k_binary(CR_B_MUL, n->out, n->in[0], n->saved); }
+static void mask_fwd(cr_node *n) { cr_k_binary(CR_B_MUL, n->out, n->in[0], n->in[1]); }
 static void mask_bwd(cr_node *n)
 {
     cr_tensor *gx = input_grad(n, 0);
-    if (gx) cr_k_accumulate(gx, n->out->grad, n->saved); /* dx += dy * m */
+    if (gx) cr_k_accumulate(gx, n->out->grad, n->in[1]); /* dx += dy * m */
 }
-const cr_op cr_op_mask = {"mask", mask_fwd, mask_bwd};
+const cr_op cr_op_mask = {"cr_mask", mask_fwd, mask_bwd, CR_SAVES_IN(1), 0};
 
 static cr_tensor *mask_new(const cr_op *op, cr_tensor *x, cr_tensor *mask)
 {
@@ -128,21 +135,21 @@ static cr_tensor *mask_new(const cr_op *op, cr_tensor *x, cr_tensor *mask)
         if (shape[d] != x->shape[d])
             cr_error("%s: mask %s does not broadcast to x %s", op->name,
                      cr_shape_str(s1, sizeof s1, mask->ndim, mask->shape), cr_shape_str(s2, sizeof s2, x->ndim, x->shape));
-    cr_node *n = cr_node_new(op, 1, &x);
-    n->saved = mask;
-    return cr_node_finish(n, x->dtype, x->ndim, x->shape);
+    if (mask->requires_grad) mask = cr_detach(mask);
+    cr_tensor *in[2] = {x, mask};
+    return cr_node_finish(cr_node_new(op, 2, in), x->dtype, x->ndim, x->shape);
 }
 
 cr_tensor *cr_mask(cr_tensor *x, const cr_tensor *mask) { return mask_new(&cr_op_mask, x, (cr_tensor *)mask); }
 
-const cr_op cr_op_dropout = {"dropout", mask_fwd, mask_bwd};
+const cr_op cr_op_dropout = {"cr_dropout", mask_fwd, mask_bwd, CR_SAVES_IN(1), 0};
 
 cr_tensor *cr_dropout(cr_tensor *x, double p, bool train, cr_rng *rng)
 {
     if (!(p >= 0 && p < 1)) cr_error("cr_dropout: p = %g is not in [0, 1)", p);
     if (!train || p == 0) return x;
     cr_check_float("cr_dropout", x);
-    cr_tensor *m = cr_tensor_new(x->dtype, x->ndim, x->shape);
+    cr_tensor *m = cr_tensor_new_as("cr_dropout", x->dtype, x->ndim, x->shape);
     cr_fill_dropout_mask(m, rng, p);
     return mask_new(&cr_op_dropout, x, m);
 }

@@ -5,17 +5,20 @@
 
 #include "autograd.h"
 
+/* Every op but the unary ones, which come from tensor/unary_ops.h. */
 #define CR_OP_LIST(X)                                                                      \
-    X(add) X(sub) X(mul) X(div) X(maximum) X(minimum) X(neg) X(add_scalar) X(mul_scalar)   \
-    X(pow) X(exp) X(ln) X(sqrt) X(abs) X(square) X(tanh) X(sigmoid) X(relu) X(leaky_relu)  \
-    X(elu) X(softplus) X(hardtanh) X(clamp)                                                \
+    X(add) X(sub) X(mul) X(div) X(maximum) X(minimum)                                      \
     X(sum) X(mean) X(sum_dim) X(mean_dim) X(max_dim) X(softmax) X(log_softmax)             \
-    X(matmul) X(reshape) X(transpose) X(permute) X(narrow) X(select) X(expand)             \
+    X(matmul) X(cross_entropy)                                                             \
+    X(reshape) X(transpose) X(permute) X(narrow) X(select) X(expand) X(unsqueeze)          \
     X(contiguous) X(concat) X(stack)                                                       \
-    X(gather_rows) X(where) X(mask) X(dropout) X(cross_entropy)
+    X(gather_rows) X(where) X(mask) X(dropout)
 
 #define CR_DECLARE_OP(name) extern const cr_op cr_op_##name;
+#define CR_DECLARE_UNARY_OP(name, KIND, np, params, reads, fwd, deriv, valid) CR_DECLARE_OP(name)
 CR_OP_LIST(CR_DECLARE_OP)
+CR_UNARY_OPS(CR_DECLARE_UNARY_OP)
+#undef CR_DECLARE_UNARY_OP
 #undef CR_DECLARE_OP
 
 /* The gradient buffer of input i, or NULL when it needs none. */
@@ -25,7 +28,13 @@ static inline cr_tensor *input_grad(cr_node *n, int i)
     return t->requires_grad ? cr_grad_of(t) : NULL;
 }
 
-/* Name the op and both shapes when a and b cannot be combined. */
+/* x itself when contiguous, else a contiguous copy in the arena. */
+static inline const cr_tensor *as_contiguous(const cr_tensor *x)
+{
+    return cr_is_contiguous(x) ? x : cr_contiguous_copy(x);
+}
+
+/* Name the op and both shapes when a and b cannot be combined (graph.c). */
 void cr_check_float_pair(const char *op, const cr_tensor *a, const cr_tensor *b);
 void cr_check_float(const char *op, const cr_tensor *a);
 

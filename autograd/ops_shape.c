@@ -1,5 +1,6 @@
-/* Shape ops: views (reshape, transpose, permute, narrow, select, expand) that
- * share their input's storage, plus contiguous, concat, stack, split, chunk.
+/* Shape ops: views (reshape, transpose, permute, narrow, select, expand,
+ * unsqueeze) that share their input's storage, plus contiguous, concat, stack,
+ * split, chunk.
  * The backward of a slice adds into the slice of the input's gradient only. */
 #include <string.h>
 
@@ -9,7 +10,17 @@ static void accumulate_view(cr_tensor *gx_view, const cr_tensor *gy) { cr_k_accu
 
 /* ---- reshape ----------------------------------------------------------------------- */
 
-static void reshape_fwd(cr_node *n) { cr_view_reshape(n->out, n->in[0], (int)n->attr2.i[0], n->attr.i); }
+/* a target shape: reshape's (with -1 resolved) and expand's */
+typedef struct {
+    int ndim;
+    int64_t shape[CR_MAX_DIMS];
+} shape_attr;
+
+static void reshape_fwd(cr_node *n)
+{
+    const shape_attr *at = CR_NODE_ATTR(n, shape_attr);
+    cr_view_reshape(n->out, n->in[0], at->ndim, at->shape);
+}
 static void reshape_bwd(cr_node *n)
 {
     cr_tensor *gx = input_grad(n, 0), v;
@@ -17,7 +28,7 @@ static void reshape_bwd(cr_node *n)
     cr_view_reshape(&v, n->out->grad, n->in[0]->ndim, n->in[0]->shape); /* dx += reshape(dy) */
     accumulate_view(gx, &v);
 }
-const cr_op cr_op_reshape = {"reshape", reshape_fwd, reshape_bwd};
+const cr_op cr_op_reshape = {"cr_reshape", reshape_fwd, reshape_bwd, 0, sizeof(shape_attr)};
 
 cr_tensor *cr_reshape(cr_tensor *x, int ndim, const int64_t *shape)
 {
@@ -26,68 +37,88 @@ cr_tensor *cr_reshape(cr_tensor *x, int ndim, const int64_t *shape)
     cr_tensor probe;
     cr_view_reshape(&probe, x, ndim, shape); /* validates, resolves -1 */
     cr_node *n = cr_node_new(&cr_op_reshape, 1, &x);
-    n->attr2.i[0] = ndim;
-    memcpy(n->attr.i, probe.shape, (size_t)ndim * sizeof(int64_t));
+    shape_attr *at = CR_NODE_ATTR(n, shape_attr);
+    at->ndim = ndim;
+    memcpy(at->shape, probe.shape, (size_t)ndim * sizeof(int64_t));
     return cr_node_finish_view(n);
 }
 
 /* ---- transpose and permute ------------------------------------------------------------- */
 
-static void transpose_fwd(cr_node *n) { cr_view_transpose(n->out, n->in[0], (int)n->attr.i[0], (int)n->attr.i[1]); }
+typedef struct {
+    int d0, d1; /* normalised */
+} transpose_attr;
+
+static void transpose_fwd(cr_node *n)
+{
+    const transpose_attr *at = CR_NODE_ATTR(n, transpose_attr);
+    cr_view_transpose(n->out, n->in[0], at->d0, at->d1);
+}
 static void transpose_bwd(cr_node *n)
 {
     cr_tensor *gx = input_grad(n, 0), v;
     if (!gx) return;
-    cr_view_transpose(&v, n->out->grad, (int)n->attr.i[0], (int)n->attr.i[1]); /* dx += dy^T */
+    const transpose_attr *at = CR_NODE_ATTR(n, transpose_attr);
+    cr_view_transpose(&v, n->out->grad, at->d0, at->d1); /* dx += dy^T */
     accumulate_view(gx, &v);
 }
-const cr_op cr_op_transpose = {"transpose", transpose_fwd, transpose_bwd};
+const cr_op cr_op_transpose = {"cr_transpose", transpose_fwd, transpose_bwd, 0, sizeof(transpose_attr)};
 
 cr_tensor *cr_transpose(cr_tensor *x, int d0, int d1)
 {
+    transpose_attr at = {cr_dim_norm("cr_transpose", d0, x->ndim), cr_dim_norm("cr_transpose", d1, x->ndim)};
     cr_node *n = cr_node_new(&cr_op_transpose, 1, &x);
-    n->attr.i[0] = cr_dim_norm("cr_transpose", d0, x->ndim);
-    n->attr.i[1] = cr_dim_norm("cr_transpose", d1, x->ndim);
+    *CR_NODE_ATTR(n, transpose_attr) = at;
     return cr_node_finish_view(n);
 }
 
-static void permute_fwd(cr_node *n)
-{
-    int perm[CR_MAX_DIMS];
-    for (int d = 0; d < n->in[0]->ndim; d++) perm[d] = (int)n->attr.i[d];
-    cr_view_permute(n->out, n->in[0], perm);
-}
+typedef struct {
+    int perm[CR_MAX_DIMS]; /* output dim d is input dim perm[d] */
+} permute_attr;
+
+static void permute_fwd(cr_node *n) { cr_view_permute(n->out, n->in[0], CR_NODE_ATTR(n, permute_attr)->perm); }
 static void permute_bwd(cr_node *n)
 {
     cr_tensor *gx = input_grad(n, 0), v;
     if (!gx) return;
+    const int *perm = CR_NODE_ATTR(n, permute_attr)->perm;
     int inv[CR_MAX_DIMS];
-    for (int d = 0; d < n->in[0]->ndim; d++) inv[n->attr.i[d]] = d;
+    for (int d = 0; d < n->in[0]->ndim; d++) inv[perm[d]] = d;
     cr_view_permute(&v, n->out->grad, inv); /* dx += dy permuted back */
     accumulate_view(gx, &v);
 }
-const cr_op cr_op_permute = {"permute", permute_fwd, permute_bwd};
+const cr_op cr_op_permute = {"cr_permute", permute_fwd, permute_bwd, 0, sizeof(permute_attr)};
 
 cr_tensor *cr_permute(cr_tensor *x, const int *perm)
 {
     cr_tensor probe;
     cr_view_permute(&probe, x, perm); /* validates */
     cr_node *n = cr_node_new(&cr_op_permute, 1, &x);
-    for (int d = 0; d < x->ndim; d++) n->attr.i[d] = perm[d];
+    memcpy(CR_NODE_ATTR(n, permute_attr)->perm, perm, (size_t)x->ndim * sizeof *perm);
     return cr_node_finish_view(n);
 }
 
 /* ---- narrow and select -------------------------------------------------------------------- */
 
-static void narrow_fwd(cr_node *n) { cr_view_narrow(n->out, n->in[0], (int)n->attr.i[0], n->attr.i[1], n->attr.i[2]); }
+typedef struct {
+    int dim; /* normalised */
+    int64_t start, len;
+} narrow_attr;
+
+static void narrow_fwd(cr_node *n)
+{
+    const narrow_attr *at = CR_NODE_ATTR(n, narrow_attr);
+    cr_view_narrow(n->out, n->in[0], at->dim, at->start, at->len);
+}
 static void narrow_bwd(cr_node *n)
 {
     cr_tensor *gx = input_grad(n, 0), v;
     if (!gx) return;
-    cr_view_narrow(&v, gx, (int)n->attr.i[0], n->attr.i[1], n->attr.i[2]); /* dx[slice] += dy */
+    const narrow_attr *at = CR_NODE_ATTR(n, narrow_attr);
+    cr_view_narrow(&v, gx, at->dim, at->start, at->len); /* dx[slice] += dy */
     accumulate_view(&v, n->out->grad);
 }
-const cr_op cr_op_narrow = {"narrow", narrow_fwd, narrow_bwd};
+const cr_op cr_op_narrow = {"cr_narrow", narrow_fwd, narrow_bwd, 0, sizeof(narrow_attr)};
 
 cr_tensor *cr_narrow(cr_tensor *x, int dim, int64_t start, int64_t len)
 {
@@ -95,21 +126,29 @@ cr_tensor *cr_narrow(cr_tensor *x, int dim, int64_t start, int64_t len)
     dim = cr_dim_norm("cr_narrow", dim, x->ndim);
     cr_view_narrow(&probe, x, dim, start, len);
     cr_node *n = cr_node_new(&cr_op_narrow, 1, &x);
-    n->attr.i[0] = dim;
-    n->attr.i[1] = start;
-    n->attr.i[2] = len;
+    *CR_NODE_ATTR(n, narrow_attr) = (narrow_attr){dim, start, len};
     return cr_node_finish_view(n);
 }
 
-static void select_fwd(cr_node *n) { cr_view_select(n->out, n->in[0], (int)n->attr.i[0], n->attr.i[1]); }
+typedef struct {
+    int dim;       /* normalised */
+    int64_t index; /* normalised (>= 0) */
+} select_attr;
+
+static void select_fwd(cr_node *n)
+{
+    const select_attr *at = CR_NODE_ATTR(n, select_attr);
+    cr_view_select(n->out, n->in[0], at->dim, at->index);
+}
 static void select_bwd(cr_node *n)
 {
     cr_tensor *gx = input_grad(n, 0), v;
     if (!gx) return;
-    cr_view_select(&v, gx, (int)n->attr.i[0], n->attr.i[1]); /* dx[index] += dy */
+    const select_attr *at = CR_NODE_ATTR(n, select_attr);
+    cr_view_select(&v, gx, at->dim, at->index); /* dx[index] += dy */
     accumulate_view(&v, n->out->grad);
 }
-const cr_op cr_op_select = {"select", select_fwd, select_bwd};
+const cr_op cr_op_select = {"cr_select", select_fwd, select_bwd, 0, sizeof(select_attr)};
 
 cr_tensor *cr_select(cr_tensor *x, int dim, int64_t index)
 {
@@ -117,28 +156,57 @@ cr_tensor *cr_select(cr_tensor *x, int dim, int64_t index)
     dim = cr_dim_norm("cr_select", dim, x->ndim);
     cr_view_select(&probe, x, dim, index);
     cr_node *n = cr_node_new(&cr_op_select, 1, &x);
-    n->attr.i[0] = dim;
-    n->attr.i[1] = index < 0 ? index + x->shape[dim] : index;
+    *CR_NODE_ATTR(n, select_attr) = (select_attr){dim, index < 0 ? index + x->shape[dim] : index};
     return cr_node_finish_view(n);
 }
 
 /* ---- expand and contiguous ------------------------------------------------------------------ */
 
-static void expand_fwd(cr_node *n) { cr_view_expand(n->out, n->in[0], (int)n->attr2.i[0], n->attr.i); }
+static void expand_fwd(cr_node *n)
+{
+    const shape_attr *at = CR_NODE_ATTR(n, shape_attr);
+    cr_view_expand(n->out, n->in[0], at->ndim, at->shape);
+}
 static void expand_bwd(cr_node *n)
 {
     cr_tensor *gx = input_grad(n, 0);
     if (gx) cr_k_accumulate(gx, n->out->grad, NULL); /* dx += dy summed over expanded dims */
 }
-const cr_op cr_op_expand = {"expand", expand_fwd, expand_bwd};
+const cr_op cr_op_expand = {"cr_expand", expand_fwd, expand_bwd, 0, sizeof(shape_attr)};
 
 cr_tensor *cr_expand(cr_tensor *x, int ndim, const int64_t *shape)
 {
     cr_tensor probe;
     cr_view_expand(&probe, x, ndim, shape);
     cr_node *n = cr_node_new(&cr_op_expand, 1, &x);
-    n->attr2.i[0] = ndim;
-    memcpy(n->attr.i, shape, (size_t)ndim * sizeof(int64_t));
+    shape_attr *at = CR_NODE_ATTR(n, shape_attr);
+    at->ndim = ndim;
+    memcpy(at->shape, shape, (size_t)ndim * sizeof(int64_t));
+    return cr_node_finish_view(n);
+}
+
+/* ---- unsqueeze ------------------------------------------------------------------------------ */
+
+typedef struct {
+    int dim; /* normalised, in the output's dims */
+} unsqueeze_attr;
+
+static void unsqueeze_fwd(cr_node *n) { cr_view_unsqueeze(n->out, n->in[0], CR_NODE_ATTR(n, unsqueeze_attr)->dim); }
+static void unsqueeze_bwd(cr_node *n)
+{
+    cr_tensor *gx = input_grad(n, 0), v;
+    if (!gx) return;
+    cr_view_select(&v, n->out->grad, CR_NODE_ATTR(n, unsqueeze_attr)->dim, 0); /* dx += dy without the dim */
+    accumulate_view(gx, &v);
+}
+const cr_op cr_op_unsqueeze = {"cr_unsqueeze", unsqueeze_fwd, unsqueeze_bwd, 0, sizeof(unsqueeze_attr)};
+
+cr_tensor *cr_unsqueeze(cr_tensor *x, int dim)
+{
+    cr_tensor probe;
+    cr_view_unsqueeze(&probe, x, dim); /* validates */
+    cr_node *n = cr_node_new(&cr_op_unsqueeze, 1, &x);
+    CR_NODE_ATTR(n, unsqueeze_attr)->dim = cr_dim_norm("cr_unsqueeze", dim, x->ndim + 1);
     return cr_node_finish_view(n);
 }
 
@@ -148,7 +216,7 @@ static void contiguous_bwd(cr_node *n)
     cr_tensor *gx = input_grad(n, 0);
     if (gx) cr_k_accumulate(gx, n->out->grad, NULL); /* dx += dy */
 }
-const cr_op cr_op_contiguous = {"contiguous", contiguous_fwd, contiguous_bwd};
+const cr_op cr_op_contiguous = {"cr_contiguous", contiguous_fwd, contiguous_bwd, 0, 0};
 
 cr_tensor *cr_contiguous(cr_tensor *x)
 {
@@ -158,9 +226,13 @@ cr_tensor *cr_contiguous(cr_tensor *x)
 
 /* ---- concat and stack ------------------------------------------------------------------------- */
 
+typedef struct {
+    int dim; /* normalised, in the output's dims */
+} cat_attr;
+
 static void concat_fwd(cr_node *n)
 {
-    int dim = (int)n->attr.i[0];
+    int dim = CR_NODE_ATTR(n, cat_attr)->dim;
     int64_t off = 0;
     for (int i = 0; i < n->n_in; i++) {
         cr_tensor v;
@@ -171,7 +243,7 @@ static void concat_fwd(cr_node *n)
 }
 static void concat_bwd(cr_node *n)
 {
-    int dim = (int)n->attr.i[0];
+    int dim = CR_NODE_ATTR(n, cat_attr)->dim;
     int64_t off = 0;
     for (int i = 0; i < n->n_in; i++) {
         cr_tensor *gx = input_grad(n, i);
@@ -184,7 +256,7 @@ static void concat_bwd(cr_node *n)
         off += len;
     }
 }
-const cr_op cr_op_concat = {"concat", concat_fwd, concat_bwd};
+const cr_op cr_op_concat = {"cr_concat", concat_fwd, concat_bwd, 0, sizeof(cat_attr)};
 
 static void check_pieces(const char *op, int n, cr_tensor *const *xs, int dim, bool stack)
 {
@@ -210,9 +282,11 @@ cr_tensor *cr_concat(int n, cr_tensor *const *xs, int dim)
     check_pieces("cr_concat", n, xs, dim, false);
     int64_t shape[CR_MAX_DIMS];
     memcpy(shape, xs[0]->shape, sizeof shape);
-    for (int i = 1; i < n; i++) shape[dim] += xs[i]->shape[dim];
+    for (int i = 1; i < n; i++)
+        if (!cr_add_ok(shape[dim], xs[i]->shape[dim], &shape[dim]))
+            cr_error("cr_concat: the %d tensors' sizes along dim %d add up to more than 2^63", n, dim);
     cr_node *node = cr_node_new(&cr_op_concat, n, xs);
-    node->attr.i[0] = dim;
+    CR_NODE_ATTR(node, cat_attr)->dim = dim;
     return cr_node_finish(node, xs[0]->dtype, xs[0]->ndim, shape);
 }
 
@@ -220,7 +294,7 @@ static void stack_fwd(cr_node *n)
 {
     for (int i = 0; i < n->n_in; i++) {
         cr_tensor v;
-        cr_view_select(&v, n->out, (int)n->attr.i[0], i);
+        cr_view_select(&v, n->out, CR_NODE_ATTR(n, cat_attr)->dim, i);
         cr_copy_(&v, n->in[i]);
     }
 }
@@ -230,11 +304,11 @@ static void stack_bwd(cr_node *n)
         cr_tensor *gx = input_grad(n, i);
         if (!gx) continue;
         cr_tensor v; /* dx_i += dy[i] */
-        cr_view_select(&v, n->out->grad, (int)n->attr.i[0], i);
+        cr_view_select(&v, n->out->grad, CR_NODE_ATTR(n, cat_attr)->dim, i);
         cr_k_accumulate(gx, &v, NULL);
     }
 }
-const cr_op cr_op_stack = {"stack", stack_fwd, stack_bwd};
+const cr_op cr_op_stack = {"cr_stack", stack_fwd, stack_bwd, 0, sizeof(cat_attr)};
 
 cr_tensor *cr_stack(int n, cr_tensor *const *xs, int dim)
 {
@@ -245,7 +319,7 @@ cr_tensor *cr_stack(int n, cr_tensor *const *xs, int dim)
     int64_t shape[CR_MAX_DIMS];
     for (int d = 0, s = 0; d < nd; d++) shape[d] = d == dim ? n : xs[0]->shape[s++];
     cr_node *node = cr_node_new(&cr_op_stack, n, xs);
-    node->attr.i[0] = dim;
+    CR_NODE_ATTR(node, cat_attr)->dim = dim;
     return cr_node_finish(node, xs[0]->dtype, nd, shape);
 }
 
@@ -256,13 +330,14 @@ int cr_split(cr_tensor *x, int64_t size, int dim, cr_tensor **out, int max_out)
     dim = cr_dim_norm("cr_split", dim, x->ndim);
     if (size <= 0) cr_error("cr_split: piece size %lld must be positive", (long long)size);
     int64_t len = x->shape[dim];
-    int pieces = (int)((len + size - 1) / size);
-    if (pieces > max_out) cr_error("cr_split: %d pieces do not fit in %d outputs", pieces, max_out);
+    int64_t pieces = len / size + (len % size != 0); /* (len + size - 1) / size can overflow */
+    if (pieces > max_out)
+        cr_error("cr_split: %lld pieces do not fit in %d outputs", (long long)pieces, max_out);
     for (int i = 0; i < pieces; i++) {
         int64_t start = (int64_t)i * size;
-        out[i] = cr_narrow(x, dim, start, start + size <= len ? size : len - start);
+        out[i] = cr_narrow(x, dim, start, size <= len - start ? size : len - start);
     }
-    return pieces;
+    return (int)pieces;
 }
 
 void cr_chunk(cr_tensor *x, int n, int dim, cr_tensor **out)

@@ -2,7 +2,10 @@
  * tanh in turn on 1- or 4-element f32 tensors, from a leaf requiring grad),
  * forward + backward + graph clear, in CPU ns per op, beside PyTorch on the same chain.
  *
- *   ./build/bench/overhead [--ops N] [--reps N] [--size 1|4] [--no-torch]
+ *   ./build/bench/overhead [--ops N] [--reps N] [--size 1|4] [--no-torch] [--anomaly]
+ *
+ * --anomaly runs the chain with anomaly detection on (cr_set_detect_anomaly),
+ * to measure what the NaN/inf scans cost.
  */
 #include <math.h>
 #include <stdio.h>
@@ -108,7 +111,7 @@ static void run_torch(long ops, int reps, int size, double *ns)
 
 static void usage(const char *argv0)
 {
-    fprintf(stderr, "usage: %s [--ops N] [--reps N] [--size 1|4] [--no-torch]\n", argv0);
+    fprintf(stderr, "usage: %s [--ops N] [--reps N] [--size 1|4] [--no-torch] [--anomaly]\n", argv0);
     exit(2);
 }
 
@@ -117,17 +120,19 @@ int main(int argc, char **argv)
     setvbuf(stdout, NULL, _IOLBF, 0); /* progress shows through pipes and run targets */
     long ops = 1000000;
     int reps = 5, size = 1;
-    int torch = 1;
+    int torch = 1, anomaly = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--ops") && i + 1 < argc) ops = atol(argv[++i]);
         else if (!strcmp(argv[i], "--reps") && i + 1 < argc) reps = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--size") && i + 1 < argc) size = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--no-torch")) torch = 0;
+        else if (!strcmp(argv[i], "--anomaly")) anomaly = 1;
         else usage(argv[0]);
     }
     if (ops < 1 || reps < 1 || size < 1) usage(argv[0]);
 
     cr_set_num_threads(1);
+    cr_set_detect_anomaly(anomaly);
     cr_graph *g = cr_graph_init();
     cr_graph_use(g);
     cr_tensor *x = cr_tensor_init(CR_F32, 1, (int64_t[]){size});
@@ -147,9 +152,9 @@ int main(int argc, char **argv)
     double best_ns = tot[best] / (double)ops;
     qsort(tot, (size_t)reps, sizeof *tot, cmp_double);
     double median_ns = tot[reps / 2] / (double)ops;
-    printf("carousel: ops=%ld size=%d reps=%d best %.1f CPU ns/op (fwd %.1f, bwd %.1f, clear %.2f; wall %.1f), "
+    printf("carousel: ops=%ld size=%d reps=%d%s best %.1f CPU ns/op (fwd %.1f, bwd %.1f, clear %.2f; wall %.1f), "
            "median %.1f ns/op, arena %.1f MB, grad_x0=%.6g\n",
-           ops, size, reps, best_ns, t[best].fwd / (double)ops, t[best].bwd / (double)ops,
+           ops, size, reps, anomaly ? " anomaly-detection" : "", best_ns, t[best].fwd / (double)ops, t[best].bwd / (double)ops,
            t[best].clear / (double)ops, t[best].wall / (double)ops, median_ns, (double)cr_graph_bytes_reserved(g) / 1e6, grad0);
 
     double torch_ns = NAN;

@@ -1,10 +1,16 @@
 /* Bump allocator for per-step tensors: chunks are appended as needed and the
- * whole arena rewinds at once, keeping its chunks for the next step. */
+ * whole arena rewinds at once, keeping its chunks for the next step. Each init
+ * and reset takes a process-wide unique generation. */
+#include <stdatomic.h>
+#include <stdint.h>
 #include <stdlib.h>
 
 #include "tensor.h"
 
 #define ARENA_ALIGN 64
+/* The largest single request: far beyond any memory, far from SIZE_MAX, so
+ * the rounding and chunk-header arithmetic below cannot wrap. */
+#define ARENA_MAX_REQUEST (SIZE_MAX / 4)
 
 typedef struct chunk {
     struct chunk *next;
@@ -16,12 +22,17 @@ struct cr_arena {
     chunk *first, *cur;
     size_t chunk_bytes;
     size_t n_chunks;
+    uint64_t gen;
 };
 
 static _Thread_local cr_arena *current_arena;
+/* Generations are unique across arenas, so a header from one arena never
+ * passes for another's. 0 is never used (it marks headers outside arenas). */
+static atomic_uint_fast64_t next_gen = 1;
 
 static chunk *chunk_new(size_t size)
 {
+    if (size > ARENA_MAX_REQUEST) cr_error("cr_arena_alloc: a chunk of %zu bytes is larger than any memory", size);
     chunk *c = cr_xmalloc(sizeof *c + size + ARENA_ALIGN);
     uintptr_t p = (uintptr_t)(c + 1);
     p = (p + ARENA_ALIGN - 1) & ~(uintptr_t)(ARENA_ALIGN - 1);
@@ -38,6 +49,7 @@ cr_arena *cr_arena_init(size_t chunk_bytes)
     a->chunk_bytes = chunk_bytes ? chunk_bytes : (size_t)1 << 20;
     a->first = a->cur = chunk_new(a->chunk_bytes);
     a->n_chunks = 1;
+    a->gen = atomic_fetch_add(&next_gen, 1);
     return a;
 }
 
@@ -56,6 +68,7 @@ void *cr_arena_alloc_aligned(cr_arena *a, size_t bytes, size_t align)
 {
     if (align < 16 || align > ARENA_ALIGN || (align & (align - 1)))
         cr_error("cr_arena_alloc_aligned: alignment %zu is not a power of two in [16, %d]", align, ARENA_ALIGN);
+    if (bytes > ARENA_MAX_REQUEST) cr_error("cr_arena_alloc: %zu bytes is more than any memory holds", bytes);
     bytes = (bytes + 15) & ~(size_t)15;
     for (;;) {
         chunk *c = a->cur;
@@ -71,7 +84,7 @@ void *cr_arena_alloc_aligned(cr_arena *a, size_t bytes, size_t align)
         }
         /* Grow: at least the configured chunk size, doubling with the total so
          * a long sequence needs few chunks. */
-        size_t size = a->chunk_bytes * a->n_chunks;
+        size_t size = a->chunk_bytes <= ARENA_MAX_REQUEST / a->n_chunks ? a->chunk_bytes * a->n_chunks : bytes;
         if (size < bytes) size = bytes;
         c->next = chunk_new(size);
         a->n_chunks++;
@@ -85,6 +98,32 @@ void cr_arena_reset(cr_arena *a)
 {
     a->cur = a->first;
     a->first->used = 0;
+    a->gen = atomic_fetch_add(&next_gen, 1);
+}
+
+uint64_t cr_arena_generation(const cr_arena *a) { return a->gen; }
+
+bool cr_arena_owns(const cr_arena *a, const void *p)
+{
+    const unsigned char *q = p;
+    for (const chunk *c = a->first; c; c = c->next)
+        if (q >= c->base && q < c->base + c->size) return true;
+    return false;
+}
+
+/* Chunks are handed out in list order after a reset, each from its start, so
+ * p is untouched when its chunk comes after the current one, or is the current
+ * one and p lies beyond what it has handed out. */
+bool cr_arena_untouched(const cr_arena *a, const void *p)
+{
+    const unsigned char *q = p;
+    bool past_cur = false;
+    for (const chunk *c = a->first; c; c = c->next) {
+        bool inside = q >= c->base && q < c->base + c->size;
+        if (inside) return past_cur || (c == a->cur && (size_t)(q - c->base) >= c->used);
+        if (c == a->cur) past_cur = true;
+    }
+    return false;
 }
 
 size_t cr_arena_used(const cr_arena *a)

@@ -17,7 +17,8 @@ typedef struct cr_iter {
     int64_t outer;                           /* product of the other dims */
 } cr_iter;
 
-/* Operand k (a tensor whose shape broadcasts to `shape`) gets its strides. */
+/* Operand k (a tensor whose shape broadcasts to `shape`) gets its strides
+ * (iter.c). */
 void cr_iter_init(cr_iter *it, int ndim, const int64_t *shape, int n_ops, const cr_tensor *const *ops);
 /* Element offsets of operand rows for outer index o. */
 static inline void cr_iter_row(const cr_iter *it, int64_t o, int64_t *off)
@@ -29,20 +30,6 @@ static inline void cr_iter_row(const cr_iter *it, int64_t o, int64_t *off)
         for (int k = 0; k < it->n_ops; k++) off[k] += i * it->stride[k][d];
     }
 }
-
-/* Run a for statement with OpenMP when COND holds and as a plain loop
- * otherwise. An if() clause on the pragma is not the same: a false clause
- * still enters the OpenMP runtime on every call (libgomp allocates and frees
- * a team of one, ~0.3 us) and the outlined loop runs up to 3-7x slower than
- * a plain one (bench/elementwise). */
-#define CR_PAR_FOR(COND, PRAGMA, ...)                                                       \
-    do {                                                                                    \
-        if (COND) {                                                                         \
-            _Pragma(PRAGMA) __VA_ARGS__                                                     \
-        } else {                                                                            \
-            __VA_ARGS__                                                                     \
-        }                                                                                   \
-    } while (0)
 
 /* BLIS thread count (gemm.c). */
 void cr_gemm_set_threads(int n);

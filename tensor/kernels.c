@@ -10,56 +10,6 @@
 #include <omp.h>
 #endif
 
-int64_t cr_parallel_threshold = 16384; /* measured crossover, bench/elementwise */
-
-void cr_iter_init(cr_iter *it, int ndim, const int64_t *shape, int n_ops, const cr_tensor *const *ops)
-{
-    int64_t sh[CR_MAX_DIMS], st[ITER_MAX_OPS][CR_MAX_DIMS];
-    for (int k = 0; k < n_ops; k++) {
-        const cr_tensor *t = ops[k];
-        int off = ndim - t->ndim;
-        for (int d = 0; d < ndim; d++) {
-            int64_t s = d < off ? 1 : t->shape[d - off];
-            st[k][d] = (d < off || s == 1) ? 0 : t->stride[d - off];
-        }
-    }
-    for (int d = 0; d < ndim; d++) sh[d] = shape[d];
-    /* drop size-1 dims, then merge dims contiguous for every operand */
-    int n = 0;
-    for (int d = 0; d < ndim; d++) {
-        if (sh[d] == 1) continue;
-        if (n > 0) {
-            bool merge = true;
-            for (int k = 0; k < n_ops; k++)
-                if (it->stride[k][n - 1] != st[k][d] * sh[d]) merge = false;
-            if (merge) {
-                it->shape[n - 1] *= sh[d];
-                for (int k = 0; k < n_ops; k++) it->stride[k][n - 1] = st[k][d];
-                continue;
-            }
-        }
-        it->shape[n] = sh[d];
-        for (int k = 0; k < n_ops; k++) it->stride[k][n] = st[k][d];
-        n++;
-    }
-    if (n == 0) {
-        it->shape[0] = 1;
-        for (int k = 0; k < n_ops; k++) it->stride[k][0] = 0;
-        n = 1;
-    }
-    /* a zero-size dim anywhere means no work */
-    for (int d = 0; d < ndim; d++)
-        if (shape[d] == 0) {
-            it->shape[0] = 0;
-            n = 1;
-        }
-    it->ndim = n;
-    it->n_ops = n_ops;
-    it->inner = it->shape[n - 1];
-    it->outer = 1;
-    for (int d = 0; d < n - 1; d++) it->outer *= it->shape[d];
-}
-
 static void check_float(const char *op, const cr_tensor *t)
 {
     if (t->dtype == CR_I32) cr_error("%s: needs f32 or f64, got i32", op);
@@ -133,16 +83,17 @@ static inline float tanh_gate_f32(float x)
     return x < 0 ? -t : t;
 }
 
+/* The names tensor/unary_ops.h's expressions use, per type. */
 #define T float
 #define SFX f32
 #define EXP expf
 #define LOG logf
 #define SQRT sqrtf
-#define TANH tanhf
-#define GATE_TANH tanh_gate_f32
-#define GATE_SIGMOID sigmoid_gate_f32
-#define FABS fabsf
+#define TANH tanh_gate_f32
+#define SIGMOID sigmoid_gate_f32
+#define ABS fabsf
 #define POW powf
+#define SOFTPLUS(v) ((float)softplus_d((double)(v)))
 #include "kernels_impl.h"
 #undef T
 #undef SFX
@@ -150,10 +101,10 @@ static inline float tanh_gate_f32(float x)
 #undef LOG
 #undef SQRT
 #undef TANH
-#undef GATE_TANH
-#undef GATE_SIGMOID
-#undef FABS
+#undef SIGMOID
+#undef ABS
 #undef POW
+#undef SOFTPLUS
 
 #define T double
 #define SFX f64
@@ -161,27 +112,26 @@ static inline float tanh_gate_f32(float x)
 #define LOG log
 #define SQRT sqrt
 #define TANH tanh
-#define GATE_TANH tanh
-#define GATE_SIGMOID sigmoid_f64
-#define FABS fabs
+#define SIGMOID sigmoid_f64
+#define ABS fabs
 #define POW pow
+#define SOFTPLUS softplus_d
 #include "kernels_impl.h"
+
+/* What each kind's derivative reads (the reads column). */
+#define READS_(name, KIND, np, params, reads, fwd, deriv, valid) reads,
+static const unsigned char unary_reads[CR_U_COUNT_] = {CR_UNARY_OPS(READS_)};
+#undef READS_
 
 void cr_k_unary(cr_unary_kind k, cr_tensor *out, const cr_tensor *x, double a, double b)
 {
     check_float("cr_k_unary", out);
-    check_float("cr_k_unary", x);
+    check_same_dtype("cr_k_unary", out, x);
+    if ((unsigned)k >= CR_U_COUNT_) cr_error("cr_k_unary: unknown kind %d", (int)k);
     if (!cr_same_shape(out, x)) {
         char s1[128], s2[128];
         cr_error("cr_k_unary: output %s and input %s differ in shape",
                  cr_shape_str(s1, sizeof s1, out->ndim, out->shape), cr_shape_str(s2, sizeof s2, x->ndim, x->shape));
-    }
-    if (out->dtype != x->dtype) {
-        /* conversion copy only (cr_copy_ between float dtypes) */
-        if (k != CR_U_MUL_SCALAR) check_same_dtype("cr_k_unary", out, x);
-        int64_t n = cr_numel(x);
-        for (int64_t i = 0; i < n; i++) cr_set_flat(out, i, a * cr_get_flat(x, i));
-        return;
     }
     if (out->dtype == CR_F32)
         unary_f32(k, out, x, (float)a, (float)b);
@@ -240,18 +190,23 @@ void cr_k_accumulate(cr_tensor *acc, const cr_tensor *x, const cr_tensor *y)
 void cr_k_unary_backward(cr_unary_kind k, cr_tensor *gx, const cr_tensor *gy, const cr_tensor *x,
                          const cr_tensor *out, double a, double b)
 {
+    if ((unsigned)k >= CR_U_COUNT_) cr_error("cr_k_unary_backward: unknown kind %d", (int)k);
+    bool rx = unary_reads[k] & CR_RD_X, ry = unary_reads[k] & CR_RD_Y;
     check_float("cr_k_unary_backward", gx);
     check_same_dtype("cr_k_unary_backward", gx, gy);
-    check_same_dtype("cr_k_unary_backward", gx, x);
-    if (!cr_same_shape(gx, gy) || !cr_same_shape(gx, x) || !cr_same_shape(gx, out) || !cr_is_contiguous(gx) ||
-        !cr_is_contiguous(gy) || !cr_is_contiguous(out))
+    if ((rx && !x) || (ry && !out)) cr_error("cr_k_unary_backward: the derivative needs %s", rx && !x ? "x" : "out");
+    if (rx) check_same_dtype("cr_k_unary_backward", gx, x);
+    if (ry) check_same_dtype("cr_k_unary_backward", gx, out);
+    if (!cr_same_shape(gx, gy) || (rx && !cr_same_shape(gx, x)) || (ry && !cr_same_shape(gx, out)) ||
+        !cr_is_contiguous(gx) || !cr_is_contiguous(gy) || (ry && !cr_is_contiguous(out)))
         cr_error("cr_k_unary_backward: operands must share one shape (gx, gy, out contiguous)");
-    if (!cr_is_contiguous(x)) x = cr_contiguous_copy(x);
+    if (rx && !cr_is_contiguous(x)) x = cr_contiguous_copy(x);
+    const void *xd = rx ? x->data : NULL, *yd = ry ? out->data : NULL;
     int64_t n = cr_numel(gx);
     if (gx->dtype == CR_F32)
-        unary_backward_f32(k, gx->data, gy->data, x->data, out->data, n, (float)a, (float)b);
+        unary_backward_f32(k, gx->data, gy->data, xd, yd, n, (float)a, (float)b);
     else
-        unary_backward_f64(k, gx->data, gy->data, x->data, out->data, n, a, b);
+        unary_backward_f64(k, gx->data, gy->data, xd, yd, n, a, b);
 }
 
 void cr_k_softmax_backward(cr_tensor *gx, const cr_tensor *gy, const cr_tensor *out, int dim, bool log)
@@ -289,6 +244,10 @@ void cr_k_index_add_dim(cr_tensor *gx, int dim, const cr_tensor *idx, const cr_t
 
 void cr_k_scale(cr_tensor *out, const cr_tensor *x, double scale)
 {
+    if (out->dtype != x->dtype && x->dtype != CR_I32) { /* convert first, then scale in place */
+        cr_copy_(out, x);
+        x = out;
+    }
     cr_k_unary(CR_U_MUL_SCALAR, out, x, scale, 0);
 }
 

@@ -1,6 +1,6 @@
 /* Float-type template for kernels.c: included once per type with T (float or
- * double), SFX (f32 or f64) and the matching libm names defined. */
-
+ * double), SFX (f32 or f64) and the names tensor/unary_ops.h's expressions
+ * use (EXP, TANH, ...) defined. */
 
 #define CAT_(a, b) a##_##b
 #define CAT2(a, b) CAT_(a, b)
@@ -15,7 +15,7 @@
             CR_PAR_FOR(n > cr_parallel_threshold, "omp parallel for simd schedule(static)", \
             for (int64_t i = 0; i < n; i++) {                                              \
                 T v = x_[i];                                                               \
-                o_[i] = (EXPR);                                                            \
+                o_[i] = (T)(EXPR);                                                         \
             });                                                                              \
         } else {                                                                           \
             const cr_tensor *ops_[2] = {out, x};                                           \
@@ -33,19 +33,20 @@
                     const T *restrict xr_ = x0 + off[1];                                   \
                     for (int64_t i = 0; i < it.inner; i++) {                               \
                         T v = xr_[i];                                                      \
-                        or_[i] = (EXPR);                                                   \
+                        or_[i] = (T)(EXPR);                                                \
                     }                                                                      \
                 } else {                                                                   \
                     for (int64_t i = 0; i < it.inner; i++) {                               \
                         T v = x0[off[1] + i * sx];                                         \
-                        o0[off[0] + i * so] = (EXPR);                                      \
+                        o0[off[0] + i * so] = (T)(EXPR);                                   \
                     }                                                                      \
                 }                                                                          \
             });                                                                              \
         }                                                                                  \
     } while (0)
 
-/* 1/(1+e^-x), split by sign so the exponential never overflows */
+/* 1/(1+e^-x), split by sign so the exponential never overflows (the f64
+ * SIGMOID; f32 uses the gate function) */
 static inline T FN(sigmoid)(T x)
 {
     if (x >= 0) return (T)1 / ((T)1 + EXP(-x));
@@ -53,30 +54,19 @@ static inline T FN(sigmoid)(T x)
     return e / ((T)1 + e);
 }
 
+/* One case per line of tensor/unary_ops.h. */
 static void FN(unary)(cr_unary_kind k, cr_tensor *out, const cr_tensor *x, T a, T b)
 {
     int64_t n = cr_numel(out);
     bool contig = cr_is_contiguous(out) && cr_is_contiguous(x);
-    const T one = 1, zero = 0;
+    (void)a;
+    (void)b;
     switch (k) {
-    case CR_U_NEG: UNARY_LOOP(-v); break;
-    case CR_U_EXP: UNARY_LOOP(EXP(v)); break;
-    case CR_U_LOG: UNARY_LOOP(LOG(v)); break;
-    case CR_U_SQRT: UNARY_LOOP(SQRT(v)); break;
-    case CR_U_TANH: UNARY_LOOP(GATE_TANH(v)); break;
-    case CR_U_SIGMOID: UNARY_LOOP(GATE_SIGMOID(v)); break;
-    case CR_U_RELU: UNARY_LOOP(v > zero ? v : zero); break;
-    case CR_U_ABS: UNARY_LOOP(FABS(v)); break;
-    case CR_U_SQUARE: UNARY_LOOP(v * v); break;
-    case CR_U_RECIP: UNARY_LOOP(one / v); break;
-    case CR_U_SOFTPLUS: UNARY_LOOP((T)softplus_d((double)v)); break;
-    case CR_U_HARDTANH: UNARY_LOOP(v < -one ? -one : v > one ? one : v); break;
-    case CR_U_LEAKY_RELU: UNARY_LOOP(v > zero ? v : a * v); break;
-    case CR_U_ELU: UNARY_LOOP(v > zero ? v : a * (EXP(v) - one)); break;
-    case CR_U_POW: UNARY_LOOP(POW(v, a)); break;
-    case CR_U_ADD_SCALAR: UNARY_LOOP(v + a); break;
-    case CR_U_MUL_SCALAR: UNARY_LOOP(v * a); break;
-    case CR_U_CLAMP: UNARY_LOOP(v < a ? a : v > b ? b : v); break;
+#define FORWARD_(name, KIND, np, params, reads, fwd, deriv, valid)                                    \
+    case CR_U_##KIND: UNARY_LOOP(fwd); break;
+    CR_UNARY_OPS(FORWARD_)
+#undef FORWARD_
+    case CR_U_COUNT_: break;
     }
 }
 #undef UNARY_LOOP
@@ -312,42 +302,30 @@ static void FN(softmax)(T *out, const T *x, int64_t outer, int64_t n, int64_t in
     });
 }
 
-/* gx += gy * DERIV, with x (input) and y (output) values in scope. All
- * operands contiguous (the caller copies a strided x). */
+/* gx += gy * dy/dx, one case per line of tensor/unary_ops.h, with x (input)
+ * and y (output) in scope; only what the line's reads column names is loaded
+ * (the other pointer may be NULL). All operands contiguous (the caller copies
+ * a strided x). */
 static void FN(unary_backward)(cr_unary_kind k, T *restrict gx, const T *gy, const T *xs, const T *ys,
                                int64_t n, T a, T b)
 {
-    const T one = 1, zero = 0;
-#define BWD(DERIV)                                                                          \
-    CR_PAR_FOR(n > cr_parallel_threshold, "omp parallel for simd schedule(static)", \
-    for (int64_t i = 0; i < n; i++) {                                                       \
-        T x = xs[i], y = ys[i];                                                             \
-        (void)x;                                                                            \
-        (void)y;                                                                            \
-        gx[i] += gy[i] * (DERIV);                                                           \
-    });                                                                                       \
-    break
+    (void)a;
+    (void)b;
     switch (k) {
-    case CR_U_NEG: BWD(-one);
-    case CR_U_EXP: BWD(y);
-    case CR_U_LOG: BWD(one / x);
-    case CR_U_SQRT: BWD((T)0.5 / y);
-    case CR_U_TANH: BWD(one - y * y);
-    case CR_U_SIGMOID: BWD(y * (one - y));
-    case CR_U_RELU: BWD(x > zero ? one : zero);
-    case CR_U_ABS: BWD(x > zero ? one : x < zero ? -one : zero);
-    case CR_U_SQUARE: BWD((T)2 * x);
-    case CR_U_RECIP: BWD(-y * y);
-    case CR_U_SOFTPLUS: BWD(GATE_SIGMOID(x));
-    case CR_U_HARDTANH: BWD(x > -one && x < one ? one : zero);
-    case CR_U_LEAKY_RELU: BWD(x > zero ? one : a);
-    case CR_U_ELU: BWD(x > zero ? one : y + a);
-    case CR_U_POW: BWD(a * POW(x, a - one));
-    case CR_U_ADD_SCALAR: BWD(one);
-    case CR_U_MUL_SCALAR: BWD(a);
-    case CR_U_CLAMP: BWD(x >= a && x <= b ? one : zero);
+#define BACKWARD_(name, KIND, np, params, reads, fwd, deriv, valid)                                  \
+    case CR_U_##KIND:                                                                               \
+        CR_PAR_FOR(n > cr_parallel_threshold, "omp parallel for simd schedule(static)",              \
+        for (int64_t i = 0; i < n; i++) {                                                           \
+            T x = ((reads) & CR_RD_X) ? xs[i] : 0, y = ((reads) & CR_RD_Y) ? ys[i] : 0;             \
+            (void)x;                                                                                \
+            (void)y;                                                                                \
+            gx[i] += gy[i] * (T)(deriv);                                                            \
+        });                                                                                         \
+        break;
+    CR_UNARY_OPS(BACKWARD_)
+#undef BACKWARD_
+    case CR_U_COUNT_: break;
     }
-#undef BWD
 }
 
 static void FN(softmax_backward)(T *gx, const T *gy, const T *y, int64_t outer, int64_t n, int64_t inner,

@@ -1,10 +1,14 @@
-/* Tensor headers: dtypes, shapes, creation (persistent on the heap, per-step
- * in the current arena), element access, fills, copies and strided views. */
+/* Tensor headers: dtypes, checked shapes and sizes, creation (persistent on
+ * the heap, per-step in the current arena), element access, fills, copies
+ * (with their own strided loop: this file calls no kernel) and strided views. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "iter.h"
 #include "tensor.h"
+
+int64_t cr_parallel_threshold = 16384; /* measured crossover, bench/elementwise */
 
 size_t cr_dtype_size(cr_dtype dt)
 {
@@ -69,15 +73,57 @@ bool cr_broadcast_shape(int na, const int64_t *a, int nb, const int64_t *b, int 
     return true;
 }
 
-static void check_shape(const char *op, int ndim, const int64_t *shape)
+/* ---- checked sizes ------------------------------------------------------- */
+
+bool cr_mul_ok(int64_t a, int64_t b, int64_t *out)
 {
-    if (ndim < 0 || ndim > CR_MAX_DIMS)
-        cr_error("%s: %d dims, at most %d are supported", op, ndim, CR_MAX_DIMS);
-    for (int d = 0; d < ndim; d++)
-        if (shape[d] < 0) {
-            char s[128];
-            cr_error("%s: negative size in shape %s", op, cr_shape_str(s, sizeof s, ndim, shape));
-        }
+#if defined(__GNUC__)
+    int64_t r;
+    if (__builtin_mul_overflow(a, b, &r)) return false;
+    *out = r;
+    return true;
+#else
+    if (a != 0 && b != 0 && (a > INT64_MAX / b || a < INT64_MIN / b)) return false; /* callers pass sizes >= 0 */
+    *out = a * b;
+    return true;
+#endif
+}
+
+bool cr_add_ok(int64_t a, int64_t b, int64_t *out)
+{
+    if ((b > 0 && a > INT64_MAX - b) || (b < 0 && a < INT64_MIN - b)) return false;
+    *out = a + b;
+    return true;
+}
+
+int64_t cr_shape_numel(int ndim, const int64_t *shape)
+{
+    int64_t n = 1, nonzero = 1;
+    for (int d = 0; d < ndim; d++) {
+        if (shape[d] != 0 && !cr_mul_ok(nonzero, shape[d], &nonzero)) return -1;
+        n = shape[d] == 0 ? 0 : n;
+    }
+    return n ? nonzero : 0;
+}
+
+/* A shape `fn` can allocate in dtype dt: dims in range, no negative size, and
+ * an element count whose bytes (zero dims counted as 1, so the strides of an
+ * empty shape fit too) stay below PTRDIFF_MAX. Returns the element count. */
+static int64_t check_shape(const char *fn, cr_dtype dt, int ndim, const int64_t *shape)
+{
+    char s[128];
+    if (ndim < 0 || ndim > CR_MAX_DIMS) cr_error("%s: %d dims, at most %d are supported", fn, ndim, CR_MAX_DIMS);
+    int64_t nonzero = 1, bytes;
+    bool empty = false, overflow = false;
+    for (int d = 0; d < ndim; d++) {
+        if (shape[d] < 0) cr_error("%s: negative size in shape %s", fn, cr_shape_str(s, sizeof s, ndim, shape));
+        if (shape[d] == 0) empty = true;
+        else overflow |= !cr_mul_ok(nonzero, shape[d], &nonzero);
+    }
+    if (overflow || !cr_mul_ok(nonzero, (int64_t)cr_dtype_size(dt), &bytes) || (uint64_t)bytes > PTRDIFF_MAX)
+        cr_error("%s: shape %s of %s holds more elements than memory can address", fn,
+                 cr_shape_str(s, sizeof s, ndim, shape), cr_dtype_name(dt));
+    return empty ? 0 : nonzero;
 }
 
 static void set_contiguous(cr_tensor *t, cr_dtype dt, int ndim, const int64_t *shape)
@@ -103,10 +149,10 @@ uint64_t cr_tensor_version(const cr_tensor *t) { return t->version ? *t->version
 
 cr_tensor *cr_tensor_init(cr_dtype dt, int ndim, const int64_t *shape)
 {
-    check_shape("cr_tensor_init", ndim, shape);
+    int64_t n = check_shape("cr_tensor_init", dt, ndim, shape);
     cr_tensor *t = cr_xmalloc(sizeof *t);
     set_contiguous(t, dt, ndim, shape);
-    t->owned = cr_xcalloc((size_t)cr_numel(t), cr_dtype_size(dt));
+    t->owned = cr_xcalloc((size_t)n, cr_dtype_size(dt));
     t->data = t->owned;
     t->persistent = true;
     return t;
@@ -125,51 +171,70 @@ void cr_tensor_free(cr_tensor *t)
     free(t);
 }
 
-cr_tensor *cr_tensor_new(cr_dtype dt, int ndim, const int64_t *shape)
+cr_tensor *cr_tensor_new_as(const char *fn, cr_dtype dt, int ndim, const int64_t *shape)
 {
-    check_shape("cr_tensor_new", ndim, shape);
+    int64_t n = check_shape(fn, dt, ndim, shape);
     cr_arena *a = cr_arena_current();
-    if (!a)
-        cr_error("cr_tensor_new: no current graph; call cr_graph_use(cr_graph_init()) first");
+    if (!a) cr_error("%s: no current graph; call cr_graph_use(cr_graph_init()) first", fn);
     cr_tensor *t = cr_arena_alloc_aligned(a, sizeof *t, 16);
     set_contiguous(t, dt, ndim, shape);
-    t->data = cr_arena_alloc(a, (size_t)cr_numel(t) * cr_dtype_size(dt));
+    t->data = cr_arena_alloc(a, (size_t)n * cr_dtype_size(dt));
+    t->gen = cr_arena_generation(a);
     return t;
+}
+
+cr_tensor *cr_tensor_new(cr_dtype dt, int ndim, const int64_t *shape)
+{
+    return cr_tensor_new_as("cr_tensor_new", dt, ndim, shape);
 }
 
 cr_tensor *cr_zeros(cr_dtype dt, int ndim, const int64_t *shape)
 {
-    cr_tensor *t = cr_tensor_new(dt, ndim, shape);
+    cr_tensor *t = cr_tensor_new_as("cr_zeros", dt, ndim, shape);
     memset(t->data, 0, (size_t)cr_numel(t) * cr_dtype_size(dt));
+    return t;
+}
+
+static cr_tensor *full_as(const char *fn, cr_dtype dt, int ndim, const int64_t *shape, double value)
+{
+    cr_tensor *t = cr_tensor_new_as(fn, dt, ndim, shape);
+    cr_fill(t, value);
     return t;
 }
 
 cr_tensor *cr_full(cr_dtype dt, int ndim, const int64_t *shape, double value)
 {
-    cr_tensor *t = cr_tensor_new(dt, ndim, shape);
-    cr_fill(t, value);
-    return t;
+    return full_as("cr_full", dt, ndim, shape, value);
 }
 
-cr_tensor *cr_ones(cr_dtype dt, int ndim, const int64_t *shape) { return cr_full(dt, ndim, shape, 1.0); }
+cr_tensor *cr_ones(cr_dtype dt, int ndim, const int64_t *shape) { return full_as("cr_ones", dt, ndim, shape, 1.0); }
 
-cr_tensor *cr_scalar(cr_dtype dt, double value) { return cr_full(dt, 0, NULL, value); }
+cr_tensor *cr_scalar(cr_dtype dt, double value) { return full_as("cr_scalar", dt, 0, NULL, value); }
 
 cr_tensor *cr_arange(cr_dtype dt, double start, double stop, double step)
 {
     if (step == 0 || !isfinite(start) || !isfinite(stop) || !isfinite(step))
         cr_error("cr_arange: start %g, stop %g, step %g do not define a range", start, stop, step);
+    /* (stop - start) may overflow to inf; the count is checked as a double
+     * before it becomes an integer (a double beyond int64 does not convert) */
     double count = ceil((stop - start) / step);
+    if (!(count <= 0x1p62))
+        cr_error("cr_arange: start %g, stop %g, step %g give %g elements, more than memory can address", start,
+                 stop, step, count);
     int64_t n = count > 0 ? (int64_t)count : 0;
-    cr_tensor *t = cr_tensor_new(dt, 1, &n);
+    cr_tensor *t = cr_tensor_new_as("cr_arange", dt, 1, &n);
     for (int64_t i = 0; i < n; i++) cr_set_flat(t, i, start + (double)i * step);
     return t;
 }
 
 cr_tensor *cr_from_array(cr_dtype dt, int ndim, const int64_t *shape, const void *data)
 {
-    cr_tensor *t = cr_tensor_new(dt, ndim, shape);
+    cr_tensor *t = cr_tensor_new_as("cr_from_array", dt, ndim, shape);
     size_t bytes = (size_t)cr_numel(t) * cr_dtype_size(dt);
+    if (bytes && !data) {
+        char s[128];
+        cr_error("cr_from_array: data is NULL for shape %s", cr_shape_str(s, sizeof s, ndim, shape));
+    }
     if (bytes) memcpy(t->data, data, bytes); /* data may be NULL when empty */
     return t;
 }
@@ -180,6 +245,7 @@ cr_tensor *cr_tensor_alias(const cr_tensor *t)
     if (!a) cr_error("cr_tensor_alias: no current graph");
     cr_tensor *v = cr_arena_alloc_aligned(a, sizeof *v, 16);
     *v = *t;
+    v->gen = cr_arena_generation(a); /* the header is the arena's, whatever the storage */
     v->owned = NULL;
     v->persistent = false;
     v->requires_grad = false;
@@ -284,9 +350,29 @@ void cr_fill(cr_tensor *t, double value)
     for (int64_t i = 0; i < n; i++) store(t, flat_offset(t, i), value);
 }
 
+/* dst = src for two operands of one shape, any strides: rows of the merged
+ * iteration, a flat inner loop where both rows are contiguous. */
+#define COPY_ROWS(TD, TS)                                                                              \
+    do {                                                                                               \
+        TD *d0 = dst->data;                                                                            \
+        const TS *s0 = src->data;                                                                      \
+        int64_t sd = it.stride[0][it.ndim - 1], ss = it.stride[1][it.ndim - 1];                        \
+        CR_PAR_FOR(n > cr_parallel_threshold, "omp parallel for schedule(static)",                     \
+        for (int64_t r = 0; r < it.outer; r++) {                                                       \
+            int64_t off[2];                                                                            \
+            cr_iter_row(&it, r, off);                                                                  \
+            TD *d = d0 + off[0];                                                                       \
+            const TS *q = s0 + off[1];                                                                 \
+            if (sd == 1 && ss == 1)                                                                    \
+                for (int64_t i = 0; i < it.inner; i++) d[i] = (TD)q[i];                                \
+            else                                                                                       \
+                for (int64_t i = 0; i < it.inner; i++) d[i * sd] = (TD)q[i * ss];                      \
+        });                                                                                            \
+    } while (0)
+
 void cr_copy_(cr_tensor *dst, const cr_tensor *src)
 {
-    if (cr_numel(dst) != cr_numel(src) || !cr_same_shape(dst, src)) {
+    if (!cr_same_shape(dst, src)) {
         char a[128], b[128];
         cr_error("cr_copy_: destination %s and source %s differ in shape",
                  cr_shape_str(a, sizeof a, dst->ndim, dst->shape),
@@ -294,17 +380,25 @@ void cr_copy_(cr_tensor *dst, const cr_tensor *src)
     }
     int64_t n = cr_numel(src);
     cr_tensor_bump_version(dst);
+    if (n == 0) return;
     if (dst->dtype == src->dtype && cr_is_contiguous(dst) && cr_is_contiguous(src)) {
         memmove(dst->data, src->data, (size_t)n * cr_dtype_size(src->dtype));
         return;
     }
-    if (dst->dtype != CR_I32 && src->dtype != CR_I32) {
-        /* float <-> float through the kernel's strided path */
-        cr_k_unary(CR_U_MUL_SCALAR, dst, src, 1.0, 0.0);
-        return;
-    }
-    for (int64_t i = 0; i < n; i++) store(dst, flat_offset(dst, i), load(src, flat_offset(src, i)));
+    const cr_tensor *ops[2] = {dst, src};
+    cr_iter it;
+    cr_iter_init(&it, dst->ndim, dst->shape, 2, ops);
+    /* same dtype: copy bits; otherwise convert as C does (i32 <- float truncates) */
+    if (dst->dtype == src->dtype && cr_dtype_size(src->dtype) == 4) COPY_ROWS(uint32_t, uint32_t);
+    else if (dst->dtype == src->dtype) COPY_ROWS(uint64_t, uint64_t);
+    else if (dst->dtype == CR_F32 && src->dtype == CR_F64) COPY_ROWS(float, double);
+    else if (dst->dtype == CR_F32) COPY_ROWS(float, int32_t);
+    else if (dst->dtype == CR_F64 && src->dtype == CR_F32) COPY_ROWS(double, float);
+    else if (dst->dtype == CR_F64) COPY_ROWS(double, int32_t);
+    else if (src->dtype == CR_F32) COPY_ROWS(int32_t, float);
+    else COPY_ROWS(int32_t, double);
 }
+#undef COPY_ROWS
 
 cr_tensor *cr_contiguous_copy(const cr_tensor *t)
 {
@@ -348,14 +442,13 @@ void cr_view_reshape(cr_tensor *dst, const cr_tensor *src, int ndim, const int64
             infer = d;
         } else if (shape[d] < 0) {
             cr_error("cr_reshape: negative size in %s", cr_shape_str(a, sizeof a, ndim, shape));
-        } else {
-            known *= shape[d];
+        } else if (!cr_mul_ok(known, shape[d], &known)) {
+            known = -1; /* overflows: cannot equal n */
+            break;
         }
     }
-    if (infer >= 0) sh[infer] = known ? n / known : 0;
-    int64_t total = 1;
-    for (int d = 0; d < ndim; d++) total *= sh[d];
-    if (total != n)
+    if (infer >= 0) sh[infer] = known > 0 ? n / known : 0;
+    if (known < 0 || cr_shape_numel(ndim, sh) != n)
         cr_error("cr_reshape: %s (%lld elements) cannot become %s",
                  cr_shape_str(a, sizeof a, src->ndim, src->shape), (long long)n,
                  cr_shape_str(b, sizeof b, ndim, shape));
@@ -368,7 +461,7 @@ void cr_view_reshape(cr_tensor *dst, const cr_tensor *src, int ndim, const int64
     for (int d = ndim - 1; d >= 0; d--) {
         dst->shape[d] = sh[d];
         dst->stride[d] = s;
-        s *= sh[d];
+        s *= sh[d]; /* cannot overflow: the nonzero dims' product fits (cr_shape_numel) */
     }
 }
 
@@ -402,10 +495,11 @@ void cr_view_permute(cr_tensor *dst, const cr_tensor *src, const int *perm)
 void cr_view_narrow(cr_tensor *dst, const cr_tensor *src, int dim, int64_t start, int64_t len)
 {
     dim = cr_dim_norm("cr_narrow", dim, src->ndim);
-    if (start < 0 || len < 0 || start + len > src->shape[dim]) {
+    /* len > size - start rather than start + len > size, which can overflow */
+    if (start < 0 || len < 0 || start > src->shape[dim] || len > src->shape[dim] - start) {
         char s[128];
-        cr_error("cr_narrow: [%lld, %lld) out of range for dim %d of %s", (long long)start,
-                 (long long)(start + len), dim, cr_shape_str(s, sizeof s, src->ndim, src->shape));
+        cr_error("cr_narrow: start %lld, length %lld out of range for dim %d of %s", (long long)start,
+                 (long long)len, dim, cr_shape_str(s, sizeof s, src->ndim, src->shape));
     }
     view_base(dst, src);
     dst->shape[dim] = len;
@@ -436,16 +530,47 @@ void cr_view_expand(cr_tensor *dst, const cr_tensor *src, int ndim, const int64_
     if (ndim < src->ndim || ndim > CR_MAX_DIMS)
         cr_error("cr_expand: cannot expand %s to %s", cr_shape_str(a, sizeof a, src->ndim, src->shape),
                  cr_shape_str(b, sizeof b, ndim, shape));
-    view_base(dst, src);
-    dst->ndim = ndim;
     int off = ndim - src->ndim;
     for (int d = 0; d < ndim; d++) {
         int64_t s = d < off ? 1 : src->shape[d - off];
-        int64_t st = d < off ? 0 : src->stride[d - off];
         if ((s != shape[d] && s != 1) || shape[d] < 0)
             cr_error("cr_expand: cannot expand %s to %s", cr_shape_str(a, sizeof a, src->ndim, src->shape),
                      cr_shape_str(b, sizeof b, ndim, shape));
-        dst->shape[d] = shape[d];
-        dst->stride[d] = s == shape[d] ? st : 0;
     }
+    /* stride 0 costs no memory, but the element count must stay countable */
+    if (cr_shape_numel(ndim, shape) < 0)
+        cr_error("cr_expand: %s expanded to %s has more than 2^63 elements",
+                 cr_shape_str(a, sizeof a, src->ndim, src->shape), cr_shape_str(b, sizeof b, ndim, shape));
+    int64_t st[CR_MAX_DIMS];
+    for (int d = 0; d < ndim; d++) { /* read src before writing dst: they may be one header */
+        int64_t s = d < off ? 1 : src->shape[d - off];
+        st[d] = d < off || s != shape[d] ? 0 : src->stride[d - off];
+    }
+    view_base(dst, src);
+    dst->ndim = ndim;
+    for (int d = 0; d < ndim; d++) {
+        dst->shape[d] = shape[d];
+        dst->stride[d] = st[d];
+    }
+}
+
+void cr_view_unsqueeze(cr_tensor *dst, const cr_tensor *src, int dim)
+{
+    if (src->ndim >= CR_MAX_DIMS) {
+        char s[128];
+        cr_error("cr_unsqueeze: %s already has %d dims, the most supported",
+                 cr_shape_str(s, sizeof s, src->ndim, src->shape), CR_MAX_DIMS);
+    }
+    dim = cr_dim_norm("cr_unsqueeze", dim, src->ndim + 1);
+    /* the new dim's stride is what a contiguous layout would give it (as in
+     * PyTorch); being of size 1, it is never stepped along */
+    int64_t stride = dim < src->ndim ? src->shape[dim] * src->stride[dim] : 1;
+    view_base(dst, src);
+    for (int d = src->ndim; d > dim; d--) {
+        dst->shape[d] = dst->shape[d - 1];
+        dst->stride[d] = dst->stride[d - 1];
+    }
+    dst->shape[dim] = 1;
+    dst->stride[dim] = stride;
+    dst->ndim = src->ndim + 1;
 }

@@ -2,9 +2,10 @@
  * carousel tensor module: dtypes, shapes, strided storage, views, arenas, the
  * counter-based RNG and the compute kernels (BLIS matmul, OpenMP elementwise).
  *
- * This module knows nothing of graphs. A tensor carries three fields that the
- * autograd module fills (`grad`, `node`, `requires_grad`); tensor code never
- * reads them.
+ * This module knows nothing of graphs. A tensor carries fields that the
+ * autograd module fills (`requires_grad`, `retain_grad`, `grad`, `node`);
+ * tensor code never reads them. Autograd reads two of this module's: `gen`
+ * (the arena generation that made a header) and `version` (in-place writes).
  *
  * Lifetimes (see ARCHITECTURE.md):
  *   cr_tensor_init(...) / cr_tensor_free(t)  persistent, heap, owned by the caller
@@ -21,6 +22,8 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+
+#include "unary_ops.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -51,8 +54,12 @@ typedef struct cr_tensor {
     bool retain_grad;
     struct cr_tensor *grad;
     struct cr_node *node; /* producer on a tape, NULL for leaves */
-    uint64_t gen;         /* generation of the graph that made it */
-    const char *name;     /* optional label (parameters, graph export) */
+    /* Generation of the arena that made this header (cr_arena_generation),
+     * or 0 for headers outside any arena (persistent tensors, and views a
+     * caller fills in its own header, which copy their source's). A header
+     * whose generation is no longer its arena's belongs to a cleared step. */
+    uint64_t gen;
+    const char *name; /* optional label (parameters, graph export) */
 } cr_tensor;
 
 /* ---- errors ------------------------------------------------------------ */
@@ -72,6 +79,14 @@ cr_error_handler cr_set_error_handler(cr_error_handler h); /* returns the old on
 _Noreturn void cr_error(const char *fmt, ...) CR_PRINTF_LIKE(1, 2);
 /* Format a shape as "[2,3,4]" into buf; returns buf. */
 char *cr_shape_str(char *buf, size_t len, int ndim, const int64_t *shape);
+
+/* Sizes: false when a * b (or a + b) overflows; *out is left alone then. */
+bool cr_mul_ok(int64_t a, int64_t b, int64_t *out);
+bool cr_add_ok(int64_t a, int64_t b, int64_t *out);
+/* Elements of a shape (dims >= 0), or -1 when the product overflows int64.
+ * Zero dims count as 1 in the overflow test, so a valid shape's strides fit
+ * too. */
+int64_t cr_shape_numel(int ndim, const int64_t *shape);
 
 /* ---- status: failures that come from the outside world ------------------ */
 
@@ -105,7 +120,9 @@ void *cr_xrealloc(void *p, size_t bytes);
 /* ---- arenas ------------------------------------------------------------ */
 
 /* A bump allocator that grows by chunks and rewinds at once. Reset keeps the
- * chunks, so steady-state use makes no malloc call. */
+ * chunks, so steady-state use makes no malloc call. Every init and reset takes
+ * a new generation, unique in the process, which tensors made in the arena
+ * record (cr_tensor.gen): a header from before a reset is recognisably stale. */
 typedef struct cr_arena cr_arena;
 cr_arena *cr_arena_init(size_t chunk_bytes);
 void cr_arena_free(cr_arena *a);
@@ -116,6 +133,11 @@ void cr_arena_reset(cr_arena *a);
 size_t cr_arena_used(const cr_arena *a);
 size_t cr_arena_capacity(const cr_arena *a);
 size_t cr_arena_chunk_count(const cr_arena *a);
+uint64_t cr_arena_generation(const cr_arena *a); /* never 0 */
+/* True when memory at p, allocated from a before its last reset, has not been
+ * handed out again since (so an old header or node there is still intact). */
+bool cr_arena_untouched(const cr_arena *a, const void *p);
+bool cr_arena_owns(const cr_arena *a, const void *p); /* p lies in one of a's chunks */
 /* Thread-local current arena used by every `_new` constructor. */
 cr_arena *cr_arena_use(cr_arena *a); /* returns the previous one */
 cr_arena *cr_arena_current(void);
@@ -133,11 +155,16 @@ bool cr_broadcast_shape(int na, const int64_t *a, int nb, const int64_t *b, int 
 
 /* ---- creation ---------------------------------------------------------- */
 
+/* Shapes are checked: at most CR_MAX_DIMS dims, none negative, and an
+ * element count and byte size that fit (errors name the function and shape). */
+
 /* Persistent tensor on the heap, zero-filled; free with cr_tensor_free. */
 cr_tensor *cr_tensor_init(cr_dtype dt, int ndim, const int64_t *shape);
 void cr_tensor_free(cr_tensor *t); /* NULL is a no-op; also frees t->grad */
 /* Per-step tensor in the current arena, uninitialised / zero-filled. */
 cr_tensor *cr_tensor_new(cr_dtype dt, int ndim, const int64_t *shape);
+/* cr_tensor_new whose errors name `fn`, for constructors built on it (ops). */
+cr_tensor *cr_tensor_new_as(const char *fn, cr_dtype dt, int ndim, const int64_t *shape);
 cr_tensor *cr_zeros(cr_dtype dt, int ndim, const int64_t *shape);
 cr_tensor *cr_ones(cr_dtype dt, int ndim, const int64_t *shape);
 cr_tensor *cr_full(cr_dtype dt, int ndim, const int64_t *shape, double value);
@@ -162,7 +189,14 @@ double cr_item(const cr_tensor *t); /* the only element of a 1-element tensor */
 
 /* ---- versions: in-place writes ----------------------------------------- */
 
-/* Mark t's storage as written in place (every API write does this itself). */
+/* Every in-place write through the API (cr_fill, cr_copy_, cr_set,
+ * cr_set_flat, the cr_fill_* RNG fills) bumps the version of the tensor's
+ * storage, shared by all its views. Autograd records the versions of the
+ * tensors an op's backward reads and refuses to run that backward when one
+ * has changed (as PyTorch does). Writes through `->data`, and the cr_k_*
+ * kernels (building blocks that write into an output they are given), are
+ * not seen: call cr_tensor_bump_version after writing into a tensor that an
+ * op may have saved. */
 void cr_tensor_bump_version(cr_tensor *t);
 uint64_t cr_tensor_version(const cr_tensor *t); /* 0 for a fresh storage */
 
@@ -180,6 +214,8 @@ void cr_view_permute(cr_tensor *dst, const cr_tensor *src, const int *perm);
 void cr_view_narrow(cr_tensor *dst, const cr_tensor *src, int dim, int64_t start, int64_t len);
 void cr_view_select(cr_tensor *dst, const cr_tensor *src, int dim, int64_t index);
 void cr_view_expand(cr_tensor *dst, const cr_tensor *src, int ndim, const int64_t *shape);
+/* Insert a size-1 dim at `dim` (in [-(ndim+1), ndim]). */
+void cr_view_unsqueeze(cr_tensor *dst, const cr_tensor *src, int dim);
 /* Normalise a possibly negative dim; reports `op` on error. */
 int cr_dim_norm(const char *op, int dim, int ndim);
 
@@ -204,20 +240,36 @@ void cr_fill_dropout_mask(cr_tensor *t, cr_rng *r, double p);
 /* Kernels write into an existing `out`. Float dtypes only unless stated.
  * Elementwise kernels use OpenMP above cr_parallel_threshold elements. */
 
-typedef enum cr_unary_kind {
-    CR_U_NEG, CR_U_EXP, CR_U_LOG, CR_U_SQRT, CR_U_TANH, CR_U_SIGMOID, CR_U_RELU,
-    CR_U_ABS, CR_U_SQUARE, CR_U_RECIP, CR_U_SOFTPLUS, CR_U_HARDTANH, CR_U_LEAKY_RELU,
-    CR_U_POW, CR_U_ADD_SCALAR, CR_U_MUL_SCALAR, CR_U_CLAMP, CR_U_ELU
-} cr_unary_kind;
+/* Run a for statement with OpenMP when COND holds and as a plain loop
+ * otherwise:
+ *     CR_PAR_FOR(n > cr_parallel_threshold, "omp parallel for schedule(static)",
+ *                for (int64_t i = 0; i < n; i++) y[i] = f(x[i]););
+ * An if() clause on the pragma is not the same: a false clause still enters
+ * the OpenMP runtime on every call (libgomp builds and frees a team of one,
+ * ~0.3 us) and the outlined loop runs up to 3-7x slower than a plain one
+ * (bench/elementwise). Every module's parallel loops use this. */
+#define CR_PAR_FOR(COND, PRAGMA, ...)                                                       \
+    do {                                                                                    \
+        if (COND) {                                                                         \
+            _Pragma(PRAGMA) __VA_ARGS__                                                     \
+        } else {                                                                            \
+            __VA_ARGS__                                                                     \
+        }                                                                                   \
+    } while (0)
+
+/* One kind per line of tensor/unary_ops.h: CR_U_NEG, CR_U_EXP, ... */
+#define CR_UNARY_KIND_(name, KIND, np, params, reads, fwd, deriv, valid) CR_U_##KIND,
+typedef enum cr_unary_kind { CR_UNARY_OPS(CR_UNARY_KIND_) CR_U_COUNT_ } cr_unary_kind;
+#undef CR_UNARY_KIND_
 
 typedef enum cr_binary_kind {
     CR_B_ADD, CR_B_SUB, CR_B_MUL, CR_B_DIV, CR_B_MAX, CR_B_MIN,
     CR_B_GE, CR_B_GT, CR_B_LE, CR_B_LT /* 1 where the comparison holds, else 0 */
 } cr_binary_kind;
 
-/* out = f(x; a, b) elementwise, same shape (x may be strided). a, b are the
- * scalar parameters of POW (exponent), ADD/MUL_SCALAR, CLAMP (lo, hi),
- * LEAKY_RELU (slope), ELU (alpha). */
+/* out = f(x; a, b) elementwise, same shape and dtype (x may be strided); a, b
+ * are the op's scalar parameters in the order of tensor/unary_ops.h (0 when
+ * it has fewer). */
 void cr_k_unary(cr_unary_kind k, cr_tensor *out, const cr_tensor *x, double a, double b);
 /* out = x op y with broadcasting (out has the broadcast shape). */
 void cr_k_binary(cr_binary_kind k, cr_tensor *out, const cr_tensor *x, const cr_tensor *y);
@@ -225,10 +277,11 @@ void cr_k_binary(cr_binary_kind k, cr_tensor *out, const cr_tensor *x, const cr_
  * acc or broadcast to a larger shape that is summed back to acc's shape. */
 void cr_k_accumulate(cr_tensor *acc, const cr_tensor *x, const cr_tensor *y);
 /* gx += gy * f'(x) for the unary kind that produced out = f(x); all four of
- * one shape (x may be strided), a and b as in cr_k_unary. */
+ * one shape (x may be strided), a and b as in cr_k_unary. Only what the kind's
+ * derivative reads (unary_ops.h) is touched: x or out may be NULL otherwise. */
 void cr_k_unary_backward(cr_unary_kind k, cr_tensor *gx, const cr_tensor *gy, const cr_tensor *x,
                          const cr_tensor *out, double a, double b);
-/* out = scale * x (same shapes). */
+/* out = scale * x (same shapes; out's dtype may differ from x's). */
 void cr_k_scale(cr_tensor *out, const cr_tensor *x, double scale);
 /* out = where(cond != 0, x, y); cond broadcast to out. */
 void cr_k_where(cr_tensor *out, const cr_tensor *cond, const cr_tensor *x, const cr_tensor *y);

@@ -1,7 +1,8 @@
 /*
  * Finite-difference checks (float64, cr_gradcheck) of the backward of every op
  * in the op table, for plain, broadcasting and view-of-view inputs; a table
- * maps op names to checks and a test fails when an op has none.
+ * maps op names to checks (the unary ops: the cases of tests/unary_cases.h)
+ * and a test fails when an op has none.
  */
 #include <criterion/criterion.h>
 #include <math.h>
@@ -9,6 +10,8 @@
 #include <string.h>
 
 #include "autograd.h"
+#include "expect_error.h"
+#include "unary_cases.h"
 
 #define EPS 1e-6     /* central-difference step */
 #define MAX_REL 1e-6 /* largest relative error accepted */
@@ -50,17 +53,6 @@ static cr_tensor *input_values(int ndim, const int64_t *shape, const double *v)
     memcpy(t->data, v, (size_t)cr_numel(t) * sizeof(double));
     cr_requires_grad(t, true);
     return t;
-}
-
-/* Move values closer than `gap` to any kink so the check never straddles one. */
-static void avoid_kinks(cr_tensor *t, const double *kinks, int n, double gap)
-{
-    for (int64_t i = 0; i < cr_numel(t); i++) {
-        double v = cr_get_flat(t, i);
-        for (int k = 0; k < n; k++)
-            if (fabs(v - kinks[k]) < gap) v = kinks[k] + (v < kinks[k] ? -gap : gap);
-        cr_set_flat(t, i, v);
-    }
 }
 
 static double eps = EPS;
@@ -132,90 +124,109 @@ static void check_extremum(const char *name, binary_op op)
 static void check_maximum(void) { check_extremum("maximum", cr_maximum); }
 static void check_minimum(void) { check_extremum("minimum", cr_minimum); }
 
-/* ---- unary functions -------------------------------------------------------------- */
+/* ---- unary functions: one check per case of tests/unary_cases.h --------------------- */
 
-typedef struct {
-    int kind; /* which op */
-    double a, b;
-} unary_ctx;
-
-enum { U_NEG, U_ADDS, U_MULS, U_POW, U_EXP, U_LN, U_SQRT, U_ABS, U_SQUARE, U_TANH, U_SIGMOID, U_RELU,
-       U_LEAKY, U_ELU, U_SOFTPLUS, U_HARDTANH, U_CLAMP };
-
-static cr_tensor *apply_unary(const unary_ctx *c, cr_tensor *x)
-{
-    switch (c->kind) {
-    case U_NEG: return cr_neg(x);
-    case U_ADDS: return cr_add_scalar(x, c->a);
-    case U_MULS: return cr_mul_scalar(x, c->a);
-    case U_POW: return cr_pow(x, c->a);
-    case U_EXP: return cr_exp(x);
-    case U_LN: return cr_ln(x);
-    case U_SQRT: return cr_sqrt(x);
-    case U_ABS: return cr_abs(x);
-    case U_SQUARE: return cr_square(x);
-    case U_TANH: return cr_tanh(x);
-    case U_SIGMOID: return cr_sigmoid(x);
-    case U_RELU: return cr_relu(x);
-    case U_LEAKY: return cr_leaky_relu(x, c->a);
-    case U_ELU: return cr_elu(x, c->a);
-    case U_SOFTPLUS: return cr_softplus(x);
-    case U_HARDTANH: return cr_hardtanh(x);
-    case U_CLAMP: return cr_clamp(x, c->a, c->b);
-    }
-    return NULL;
-}
-
-static cr_tensor *f_unary(cr_tensor *const *in, void *ctx) { return apply_unary(ctx, in[0]); }
+static cr_tensor *f_unary(cr_tensor *const *in, void *ctx) { return ((const unary_case *)ctx)->apply(in[0]); }
 /* on a strided view: transpose then narrow */
 static cr_tensor *f_unary_view(cr_tensor *const *in, void *ctx)
 {
-    return apply_unary(ctx, cr_narrow(cr_transpose(in[0], 0, 1), 1, 1, 2));
+    return ((const unary_case *)ctx)->apply(cr_narrow(cr_transpose(in[0], 0, 1), 1, 1, 2));
 }
 
-/* x uniform in [lo, hi), kept `gap` away from the kinks; checked plain and on a view */
-static void check_unary(const char *name, unary_ctx c, double lo, double hi, const double *kinks, int n_kinks)
+/* x uniform in the case's [lo, hi), kept 0.05 away from its kinks; checked
+ * plain and on a view */
+static void check_unary_case(const unary_case *c)
 {
-    char what[64];
-    cr_tensor *x = input(CR_SHAPE(3, 4), lo, hi), *v = input(CR_SHAPE(4, 3), lo, hi);
-    avoid_kinks(x, kinks, n_kinks, 0.05);
-    avoid_kinks(v, kinks, n_kinks, 0.05);
-    snprintf(what, sizeof what, "%s", name);
-    CHECK1(what, f_unary, &c, x);
-    snprintf(what, sizeof what, "%s on a view", name);
-    CHECK1(what, f_unary_view, &c, v);
+    char what[96];
+    cr_tensor *x = input(CR_SHAPE(3, 4), c->lo, c->hi), *v = input(CR_SHAPE(4, 3), c->lo, c->hi);
+    unary_case_avoid_kinks(c, x, 0.05);
+    unary_case_avoid_kinks(c, v, 0.05);
+    snprintf(what, sizeof what, "%s", c->id);
+    CHECK1(what, f_unary, (void *)c, x);
+    snprintf(what, sizeof what, "%s on a view", c->id);
+    CHECK1(what, f_unary_view, (void *)c, v);
 }
 
-static void check_neg(void) { check_unary("neg", (unary_ctx){U_NEG, 0, 0}, -2, 2, NULL, 0); }
-static void check_add_scalar(void) { check_unary("add_scalar", (unary_ctx){U_ADDS, 1.5, 0}, -2, 2, NULL, 0); }
-static void check_mul_scalar(void) { check_unary("mul_scalar", (unary_ctx){U_MULS, -0.7, 0}, -2, 2, NULL, 0); }
-static void check_pow(void)
+Test(gradcheck, unary_ops)
 {
-    check_unary("pow 2.5", (unary_ctx){U_POW, 2.5, 0}, 0.5, 2, NULL, 0);
-    check_unary("pow -1.5", (unary_ctx){U_POW, -1.5, 0}, 0.5, 2, NULL, 0);
-    check_unary("pow 3 (negative x)", (unary_ctx){U_POW, 3, 0}, -2, 2, NULL, 0);
+    for (size_t i = 0; i < N_UNARY_CASES; i++) {
+        check_unary_case(&unary_cases[i]);
+        teardown();
+    }
 }
-static void check_exp(void) { check_unary("exp", (unary_ctx){U_EXP, 0, 0}, -2, 2, NULL, 0); }
-static void check_ln(void) { check_unary("ln", (unary_ctx){U_LN, 0, 0}, 0.5, 3, NULL, 0); }
-static void check_sqrt(void) { check_unary("sqrt", (unary_ctx){U_SQRT, 0, 0}, 0.5, 3, NULL, 0); }
-static void check_abs(void) { check_unary("abs", (unary_ctx){U_ABS, 0, 0}, -2, 2, (double[]){0}, 1); }
-static void check_square(void) { check_unary("square", (unary_ctx){U_SQUARE, 0, 0}, -2, 2, NULL, 0); }
-static void check_tanh(void) { check_unary("tanh", (unary_ctx){U_TANH, 0, 0}, -2, 2, NULL, 0); }
-static void check_sigmoid(void) { check_unary("sigmoid", (unary_ctx){U_SIGMOID, 0, 0}, -3, 3, NULL, 0); }
-static void check_relu(void) { check_unary("relu", (unary_ctx){U_RELU, 0, 0}, -2, 2, (double[]){0}, 1); }
-static void check_leaky_relu(void)
+
+/* The reads column of tensor/unary_ops.h must be exact: backward's version
+ * check covers only what it names. So: changing the values of a tensor the op
+ * says its backward does not read leaves the gradient alone, and changing one
+ * it says it reads changes it. (Writes through ->data are not versioned, which
+ * is what lets this test change them under the tape.) */
+static void gradient_after_writing(const unary_case *c, cr_tensor *x, bool write_x, bool write_y, double *g)
 {
-    check_unary("leaky_relu", (unary_ctx){U_LEAKY, 0.1, 0}, -2, 2, (double[]){0}, 1);
+    cr_graph *gr = cr_graph_init();
+    cr_graph_use(gr);
+    cr_zero_grad(x);
+    double saved[12];
+    for (int64_t i = 0; i < 12; i++) saved[i] = cr_get_flat(x, i);
+    cr_tensor *y = c->apply(x);
+    cr_tensor *gy = cr_full(CR_F64, CR_SHAPE(3, 4), 1.0);
+    for (int64_t i = 0; i < 12; i++) { /* v -> 1.7 - 3v: moves across 0, +-1 and the clamp bounds */
+        if (write_x) ((double *)x->data)[i] = 1.7 - 3 * saved[i];
+        if (write_y) ((double *)y->data)[i] = 1.7 - 3 * ((double *)y->data)[i];
+        cr_set_flat(gy, i, 0.5 + 0.1 * (double)i);
+    }
+    cr_backward_with(y, gy);
+    for (int64_t i = 0; i < 12; i++) g[i] = x->grad ? cr_get_flat(x->grad, i) : 0;
+    memcpy(x->data, saved, sizeof saved);
+    cr_graph_use(NULL);
+    cr_graph_free(gr);
 }
-static void check_elu(void) { check_unary("elu", (unary_ctx){U_ELU, 0.7, 0}, -2, 2, (double[]){0}, 1); }
-static void check_softplus(void) { check_unary("softplus", (unary_ctx){U_SOFTPLUS, 0, 0}, -3, 3, NULL, 0); }
-static void check_hardtanh(void)
+
+static bool same_values(const double *a, const double *b, int n)
 {
-    check_unary("hardtanh", (unary_ctx){U_HARDTANH, 0, 0}, -2, 2, (double[]){-1, 1}, 2);
+    for (int i = 0; i < n; i++)
+        if (!(a[i] == b[i])) return false; /* NaN differs */
+    return true;
 }
-static void check_clamp(void)
+
+Test(gradcheck, unary_reads_column_is_exact)
 {
-    check_unary("clamp", (unary_ctx){U_CLAMP, -0.5, 0.8}, -2, 2, (double[]){-0.5, 0.8}, 2);
+    /* per op: whether some case's gradient changed with x, with y */
+    const cr_op *ops[N_UNARY_CASES];
+    bool moved_x[N_UNARY_CASES] = {false}, moved_y[N_UNARY_CASES] = {false};
+    size_t n_ops = 0;
+    for (size_t i = 0; i < N_UNARY_CASES; i++) {
+        const unary_case *c = &unary_cases[i];
+        cr_tensor *x = input(CR_SHAPE(3, 4), c->lo, c->hi);
+        unary_case_avoid_kinks(c, x, 0.05);
+        cr_graph *probe = cr_graph_init();
+        cr_graph_use(probe);
+        const cr_op *op = unary_case_op(c, x);
+        cr_graph_use(NULL);
+        cr_graph_free(probe);
+        cr_assert_not_null(op);
+        size_t k = 0;
+        while (k < n_ops && ops[k] != op) k++;
+        if (k == n_ops) ops[n_ops++] = op;
+        bool reads_x = op->saves & CR_SAVES_IN(0), reads_y = op->saves & CR_SAVES_OUT;
+        double g[12], gx[12], gyw[12];
+        gradient_after_writing(c, x, false, false, g);
+        gradient_after_writing(c, x, true, false, gx);
+        gradient_after_writing(c, x, false, true, gyw);
+        bool dx = !same_values(g, gx, 12), dy = !same_values(g, gyw, 12);
+        /* the direction that matters: what the line leaves out is never read */
+        cr_assert(reads_x || !dx, "%s: backward reads x, but its line in unary_ops.h says it does not", c->id);
+        cr_assert(reads_y || !dy, "%s: backward reads y, but its line in unary_ops.h says it does not", c->id);
+        moved_x[k] |= dx;
+        moved_y[k] |= dy;
+        teardown();
+    }
+    /* and what it names is read in some case (cr_pow(x, 0) alone reads nothing) */
+    for (size_t k = 0; k < n_ops; k++) {
+        cr_assert(!(ops[k]->saves & CR_SAVES_IN(0)) || moved_x[k], "%s: its line says backward reads x; it does not",
+                  ops[k]->name);
+        cr_assert(!(ops[k]->saves & CR_SAVES_OUT) || moved_y[k], "%s: its line says backward reads y; it does not",
+                  ops[k]->name);
+    }
 }
 
 /* ---- reductions and normalisers ----------------------------------------------------- */
@@ -392,6 +403,17 @@ static cr_tensor *f_expand_of_narrow(cr_tensor *const *in, void *ctx)
     (void)ctx;
     return cr_expand(cr_narrow(in[0], 1, 2, 1), CR_SHAPE(3, 5)); /* [3,4] -> [3,1] -> [3,5] */
 }
+static cr_tensor *f_unsqueeze(cr_tensor *const *in, void *ctx)
+{
+    (void)ctx;
+    return cr_unsqueeze(in[0], 1); /* [3,4] -> [3,1,4] */
+}
+static cr_tensor *f_unsqueeze_of_transpose(cr_tensor *const *in, void *ctx)
+{
+    (void)ctx; /* a strided input, a new last dim, then broadcast against it */
+    cr_tensor *u = cr_unsqueeze(cr_transpose(in[0], 0, 1), -1); /* [4,3,1] */
+    return cr_mul(u, cr_expand(u, CR_SHAPE(4, 3, 2)));
+}
 static cr_tensor *f_contiguous(cr_tensor *const *in, void *ctx)
 {
     (void)ctx;
@@ -426,6 +448,11 @@ static void check_expand(void)
 {
     CHECK1("expand", f_expand, NULL, input(CR_SHAPE(3, 1), -2, 2));
     CHECK1("expand of narrow", f_expand_of_narrow, NULL, input(CR_SHAPE(3, 4), -2, 2));
+}
+static void check_unsqueeze(void)
+{
+    CHECK1("unsqueeze", f_unsqueeze, NULL, input(CR_SHAPE(3, 4), -2, 2));
+    CHECK1("unsqueeze of transpose", f_unsqueeze_of_transpose, NULL, input(CR_SHAPE(3, 4), -2, 2));
 }
 static void check_contiguous(void)
 {
@@ -630,14 +657,18 @@ static cr_tensor *f_everything(cr_tensor *const *in, void *ctx)
     cr_tensor *e = cr_gather_rows(table, idx, -1);                                  /* [4,6] */
     cr_tensor *a = cr_add(cr_mul(x, e), cr_div(cr_sub(x, e), cr_add_scalar(cr_square(e), 1)));
     a = cr_maximum(cr_minimum(a, cr_full(dt, CR_SHAPE(6), 1.7)), cr_full(dt, 0, NULL, -1.9));
-    cr_tensor *b = cr_add(cr_add(cr_relu(a), cr_leaky_relu(a, 0.2)), cr_elu(cr_neg(a), 0.5));
-    b = cr_add(b, cr_mul(cr_hardtanh(a), cr_clamp(cr_softplus(a), 0.1, 1.2)));
-    b = cr_add(b, cr_mul_scalar(cr_abs(cr_sigmoid(b)), 0.3));
-    cr_tensor *pos = cr_add_scalar(cr_exp(cr_mul_scalar(b, 0.1)), 0.5);            /* > 0 */
-    b = cr_add(b, cr_sub(cr_ln(pos), cr_add(cr_sqrt(pos), cr_pow(pos, 1.5))));
+    /* every unary case, on a's values mapped into its domain [lo, hi) by
+     * lo + (hi - lo) sigmoid(a) */
+    cr_tensor *b = cr_mul_scalar(a, 0.5);
+    for (size_t i = 0; i < N_UNARY_CASES; i++) {
+        const unary_case *c = &unary_cases[i];
+        cr_tensor *u = cr_add_scalar(cr_mul_scalar(cr_sigmoid(a), c->hi - c->lo), c->lo);
+        b = cr_add(b, cr_mul_scalar(c->apply(u), 0.05));
+    }
     cr_tensor *h = cr_tanh(cr_matmul(b, w));                                        /* [4,5] */
     cr_tensor *hs[2] = {h, cr_mask(h, cr_full(dt, CR_SHAPE(5), 2.0))};
     cr_tensor *st = cr_stack(2, hs, 0);                                             /* [2,4,5] */
+    st = cr_select(cr_unsqueeze(st, 1), 1, 0);                                      /* [2,1,4,5] -> [2,4,5] */
     cr_tensor *p = cr_permute(st, (int[]){1, 2, 0});                                /* [4,5,2] */
     cr_tensor *flat = cr_reshape(cr_contiguous(p), CR_SHAPE(4, 10));
     cr_tensor *cat = cr_concat(2, (cr_tensor *[]){flat, cr_reshape(w, CR_SHAPE(3, 10))}, 0);    /* [7,10] */
@@ -691,18 +722,18 @@ Test(gradcheck, every_op_in_one_expression_f32_matches_f64)
 
 /* ---- the table: op name -> check ------------------------------------------------------------------ */
 
+/* Every op but the unary ones (checked per case above). */
 #define CHECKS(X)                                                                                          \
-    X(add) X(sub) X(mul) X(div) X(maximum) X(minimum) X(neg) X(add_scalar) X(mul_scalar) X(pow) X(exp)      \
-    X(ln) X(sqrt) X(abs) X(square) X(tanh) X(sigmoid) X(relu) X(leaky_relu) X(elu) X(softplus) X(hardtanh) \
-    X(clamp) X(sum) X(mean) X(sum_dim) X(mean_dim) X(max_dim) X(softmax) X(log_softmax) X(matmul)          \
-    X(reshape) X(transpose) X(permute) X(narrow) X(select) X(expand) X(contiguous) X(concat) X(stack)       \
-    X(gather_rows) X(where) X(mask) X(dropout) X(cross_entropy)
+    X(add) X(sub) X(mul) X(div) X(maximum) X(minimum)                                                      \
+    X(sum) X(mean) X(sum_dim) X(mean_dim) X(max_dim) X(softmax) X(log_softmax) X(matmul)                   \
+    X(reshape) X(transpose) X(permute) X(narrow) X(select) X(expand) X(unsqueeze) X(contiguous) X(concat)  \
+    X(stack) X(gather_rows) X(where) X(mask) X(dropout) X(cross_entropy)
 
 #define CHECK_TEST(name)                                                                                   \
     Test(gradcheck, name) { check_##name(); }
 CHECKS(CHECK_TEST)
 
-#define CHECK_ENTRY(name) {#name, check_##name},
+#define CHECK_ENTRY(name) {"cr_" #name, check_##name},
 static const struct {
     const char *op;
     void (*check)(void);
@@ -710,6 +741,15 @@ static const struct {
 
 Test(gradcheck, every_op_has_a_check)
 {
+    /* the ops the unary cases exercise */
+    const cr_op *unary_ops[N_UNARY_CASES];
+    cr_graph *g = cr_graph_init();
+    cr_graph_use(g);
+    cr_tensor *x = input(CR_SHAPE(2), 0.5, 1);
+    for (size_t i = 0; i < N_UNARY_CASES; i++) unary_ops[i] = unary_case_op(&unary_cases[i], x);
+    cr_graph_use(NULL);
+    cr_graph_free(g);
+
     size_t count;
     const cr_op *const *ops = cr_op_table(&count);
     cr_assert_gt(count, 0);
@@ -717,7 +757,11 @@ Test(gradcheck, every_op_has_a_check)
         bool found = false;
         for (size_t j = 0; j < sizeof check_table / sizeof check_table[0]; j++)
             found |= strcmp(check_table[j].op, ops[i]->name) == 0;
-        cr_assert(found, "op '%s' has no gradient check in test_gradcheck.c: add one to CHECKS", ops[i]->name);
+        for (size_t j = 0; j < N_UNARY_CASES; j++) found |= unary_ops[j] == ops[i];
+        cr_assert(found,
+                  "op '%s' has no gradient check: add one to CHECKS in test_gradcheck.c (a unary op: a line "
+                  "in tests/unary_cases.h)",
+                  ops[i]->name);
     }
     /* and no check names an op that does not exist */
     for (size_t j = 0; j < sizeof check_table / sizeof check_table[0]; j++)
@@ -734,7 +778,7 @@ static void bad_square_bwd(cr_node *n)
     for (int64_t i = 0; i < cr_numel(x); i++)
         cr_set_flat(gx, i, cr_get_flat(gx, i) + cr_get_flat(gy, i) * (i == 2 ? 3 : 2) * cr_get_flat(x, i));
 }
-static const cr_op bad_square = {"bad_square", bad_square_fwd, bad_square_bwd};
+static const cr_op bad_square = {"bad_square", bad_square_fwd, bad_square_bwd, 0, 0};
 static cr_tensor *f_bad(cr_tensor *const *in, void *ctx)
 {
     (void)ctx;
@@ -783,10 +827,28 @@ Test(gradcheck, correct_custom_op_passes)
     /* the same check on cr_square passes, and leaves the caller's graph alone */
     cr_graph *g = cr_graph_init();
     cr_graph_use(g);
-    unary_ctx c = {U_SQUARE, 0, 0};
+    const unary_case *c = NULL;
+    for (size_t i = 0; i < N_UNARY_CASES; i++)
+        if (!strcmp(unary_cases[i].id, "square")) c = &unary_cases[i];
+    cr_assert_not_null(c);
     cr_tensor *x = input(CR_SHAPE(2, 3), -1, 1);
-    CHECK1("square", f_unary, &c, x);
+    CHECK1("square", f_unary, (void *)c, x);
     cr_assert_eq(cr_graph_current(), g);
     cr_assert_eq(cr_graph_node_count(g), 0);
     cr_graph_free(g);
+}
+
+Test(gradcheck, refuses_inputs_that_are_not_f64)
+{
+    const unary_case *c = &unary_cases[0];
+    cr_tensor *x32 = keep(cr_tensor_init(CR_F32, CR_SHAPE(2, 3)));
+    cr_requires_grad(x32, true);
+    cr_tensor *x64 = input(CR_SHAPE(2), -1, 1);
+    EXPECT_ERROR(cr_gradcheck(f_unary, (void *)c, 1, (cr_tensor *[]){x32}, EPS, NULL),
+                 "cr_gradcheck: input 0 is f32 [2,3]; finite differences need f64");
+    EXPECT_ERROR(cr_gradcheck(f_second_bad, NULL, 2, (cr_tensor *[]){x64, x32}, EPS, NULL),
+                 "cr_gradcheck: input 1 is f32 [2,3]");
+    cr_tensor *no_grad = keep(cr_tensor_init(CR_F64, CR_SHAPE(2)));
+    EXPECT_ERROR(cr_gradcheck(f_unary, (void *)c, 1, (cr_tensor *[]){no_grad}, EPS, NULL),
+                 "cr_gradcheck: input 0, [2], must be a persistent tensor that requires a gradient");
 }

@@ -185,7 +185,7 @@ Test(graph, no_grad_records_nothing)
     cr_tensor *z = cr_sum(w);
     cr_assert(z->requires_grad);
     cr_assert_eq(cr_graph_node_count(graph), 1);
-    cr_assert_str_eq(cr_graph_node(graph, 0)->op->name, "sum");
+    cr_assert_str_eq(cr_graph_node(graph, 0)->op->name, "cr_sum");
     cr_assert_null(cr_graph_node(graph, 1));
 }
 
@@ -419,7 +419,7 @@ Test(graph, backward_through_a_cleared_graph_is_an_error)
     cr_tensor *w = param(CR_SHAPE(2), (double[]){1, 2});
     cr_tensor *loss = cr_sum(cr_tanh(w));
     cr_graph_clear(graph);
-    EXPECT_ERROR(cr_backward(loss), "cr_backward: tensor [] belongs to a graph that was cleared");
+    EXPECT_ERROR(cr_backward(loss), "cr_backward: tensor [] (made by cr_sum) belongs to a graph that was cleared");
     cr_assert_null(w->grad);
     /* and through another graph that is current */
     loss = cr_sum(cr_tanh(w));
@@ -432,6 +432,235 @@ Test(graph, backward_through_a_cleared_graph_is_an_error)
     cr_assert_not_null(w->grad);
 }
 
+/* ---- typed op attributes --------------------------------------------------------------------- */
+
+typedef struct {
+    double scale;
+} scale_attr;
+static void scale_fwd(cr_node *n) { cr_k_scale(n->out, n->in[0], CR_NODE_ATTR(n, scale_attr)->scale); }
+static void scale_bwd(cr_node *n) { cr_k_accumulate(cr_grad_of(n->in[0]), n->out->grad, NULL); }
+static const cr_op good_scale = {"good_scale", scale_fwd, scale_bwd, 0, sizeof(scale_attr)};
+static const cr_op bad_scale = {"bad_scale", scale_fwd, scale_bwd, 0, sizeof(int32_t)};
+
+static cr_tensor *scale_op(const cr_op *op, cr_tensor *x, double s)
+{
+    cr_node *n = cr_node_new(op, 1, &x);
+    cr_assert_not_null(n->attr);
+    for (size_t i = 0; i < op->attr_size; i++) cr_assert_eq(((unsigned char *)n->attr)[i], 0); /* zeroed */
+    if (op->attr_size == sizeof(scale_attr)) CR_NODE_ATTR(n, scale_attr)->scale = s;
+    return cr_node_finish(n, x->dtype, x->ndim, x->shape);
+}
+
+Test(graph, op_attributes_are_typed_and_checked)
+{
+    cr_tensor *x = f64(CR_SHAPE(2), (double[]){1, 2});
+    expect_values(scale_op(&good_scale, x, 3), (double[]){3, 6}, 2, 0);
+    /* a struct of another size than the descriptor declares is refused */
+    EXPECT_ERROR(scale_op(&bad_scale, x, 3), "bad_scale: attributes read as 8 bytes, but the op's descriptor declares 4");
+    /* an op without attributes has none */
+    cr_assert_null(cr_graph_node(graph, 0) ? cr_graph_node(graph, 0)->attr : NULL);
+    cr_tensor *w = param(CR_SHAPE(2), (double[]){1, 2});
+    cr_add(w, w);
+    cr_assert_null(cr_graph_node(graph, 0)->attr);
+    cr_assert_eq(cr_graph_node(graph, 0)->op->attr_size, 0);
+}
+
+/* ---- in-place writes to what backward reads (version counters) ------------------------------ */
+
+/* The issue's example: a persistent state h, read by the recurrent product,
+ * overwritten by the next chunk's state (what cr_state_carry does) before
+ * backward. dW would silently come out of h_next. */
+Test(graph, write_into_a_saved_input_before_backward_is_refused)
+{
+    cr_tensor *h = cr_tensor_init(CR_F64, CR_SHAPE(2, 3));
+    owned[n_owned++] = h;
+    cr_fill(h, 1);
+    cr_tensor *w = param(CR_SHAPE(3, 3), (double[9]){0});
+    cr_tensor *y = cr_sum(cr_matmul(h, w));
+    cr_tensor *h_next = cr_full(CR_F64, CR_SHAPE(2, 3), 5);
+    cr_copy_(h, h_next);
+    EXPECT_ERROR(cr_backward(y), "cr_backward: cr_matmul (tape #0) needs its input 0, f64 [2,3], but it was written "
+                                 "in place after the op was recorded (version 1 then, 2 now)");
+    cr_assert(w->grad == NULL || cr_get_flat(w->grad, 0) == 0); /* nothing flowed */
+    /* written back after backward, as a training loop should: fine, dW[0] = 2 */
+    cr_graph_clear(graph);
+    cr_fill(h, 1);
+    y = cr_sum(cr_matmul(h, w));
+    cr_backward(y);
+    cr_copy_(h, cr_full(CR_F64, CR_SHAPE(2, 3), 5));
+    expect_values(w->grad, (double[]){2, 2, 2, 2, 2, 2, 2, 2, 2}, 9, 0);
+}
+
+Test(graph, views_share_the_version_counter)
+{
+    /* a view of h is saved; a write through h is seen */
+    cr_tensor *h = cr_tensor_init(CR_F64, CR_SHAPE(2, 2, 3));
+    owned[n_owned++] = h;
+    cr_tensor *w = param(CR_SHAPE(3, 3), (double[9]){0});
+    cr_tensor *y = cr_sum(cr_matmul(cr_select(h, 0, 1), w));
+    cr_set_flat(h, 0, 2); /* another row of h, same storage */
+    EXPECT_ERROR(cr_backward(y), "cr_matmul (tape #0) needs its input 0, f64 [2,3]");
+    /* a write through a view of a saved output is seen */
+    cr_graph_clear(graph);
+    cr_tensor *x = param(CR_SHAPE(2, 3), (double[6]){0.1, 0.2, 0.3, 0.4, 0.5, 0.6});
+    cr_tensor *t = cr_tanh(x); /* backward reads t */
+    cr_tensor *loss = cr_sum(t);
+    cr_tensor row;
+    cr_view_select(&row, t, 0, 1);
+    cr_fill(&row, 0);
+    EXPECT_ERROR(cr_backward(loss), "cr_tanh (tape #0) needs its output, f64 [2,3]");
+    /* and one through cr_copy_ into a narrow view of an op output */
+    cr_graph_clear(graph);
+    t = cr_exp(x);
+    loss = cr_sum(t);
+    cr_copy_(cr_narrow(t, 1, 0, 1), cr_zeros(CR_F64, CR_SHAPE(2, 1)));
+    EXPECT_ERROR(cr_backward(loss), "cr_exp (tape #0) needs its output");
+}
+
+Test(graph, inputs_backward_does_not_read_may_be_overwritten)
+{
+    /* add reads neither input (as in PyTorch): writing one is fine */
+    cr_tensor *c = cr_tensor_init(CR_F64, CR_SHAPE(3));
+    owned[n_owned++] = c;
+    cr_tensor *w = param(CR_SHAPE(3), (double[]){1, 2, 3});
+    cr_tensor *y = cr_sum(cr_add(w, c));
+    cr_fill(c, 7);
+    cr_backward(y);
+    expect_values(w->grad, (double[]){1, 1, 1}, 3, 0);
+    /* mul reads c for dw; w is read only for dc, which nobody needs */
+    cr_zero_grad(w);
+    cr_fill(c, 2);
+    y = cr_sum(cr_mul(w, c));
+    cr_fill(w, 9);
+    cr_backward(y);
+    expect_values(w->grad, (double[]){2, 2, 2}, 3, 0);
+    y = cr_sum(cr_mul(w, c));
+    cr_fill(c, 3);
+    EXPECT_ERROR(cr_backward(y), "cr_mul (tape #4) needs its input 1, f64 [3]");
+    /* a reduction reads only its input's shape */
+    cr_graph_clear(graph);
+    cr_tensor *x = param(CR_SHAPE(3), (double[]){1, 2, 3});
+    cr_tensor *z = cr_mean(x);
+    cr_fill(x, 0);
+    cr_backward(z);
+    expect_values(x->grad, (double[]){1.0 / 3, 1.0 / 3, 1.0 / 3}, 3, 1e-16);
+}
+
+Test(graph, data_writes_are_not_versioned_until_bumped)
+{
+    cr_tensor *h = cr_tensor_init(CR_F64, CR_SHAPE(3));
+    owned[n_owned++] = h;
+    cr_tensor *w = param(CR_SHAPE(3), (double[]){1, 2, 3});
+    uint64_t v0 = cr_tensor_version(h);
+    cr_tensor *y = cr_sum(cr_mul(h, w));
+    ((double *)h->data)[0] = 4; /* not seen */
+    cr_assert_eq(cr_tensor_version(h), v0);
+    cr_backward(y);
+    cr_assert_eq(cr_get_flat(w->grad, 0), 4);
+    y = cr_sum(cr_mul(h, w));
+    ((double *)h->data)[1] = 4;
+    cr_tensor_bump_version(h); /* now it is */
+    EXPECT_ERROR(cr_backward(y), "cr_mul (tape #2) needs its input 0");
+}
+
+/* ---- step tensors after a clear -------------------------------------------------------------- */
+
+Test(graph, step_tensor_from_a_cleared_graph_is_refused_as_input)
+{
+    cr_tensor *w = param(CR_SHAPE(2), (double[]){1, 2});
+    cr_tensor *t = cr_tanh(w), *z = cr_zeros(CR_F64, CR_SHAPE(2));
+    cr_graph_clear(graph);
+    EXPECT_ERROR(cr_add(t, w), "cr_add: input 0, f64 [2] (made by cr_tanh), is a step tensor from before a "
+                               "cr_graph_clear or from another graph");
+    EXPECT_ERROR(cr_mul(w, z), "cr_mul: input 1, f64 [2], is a step tensor from before a cr_graph_clear");
+    EXPECT_ERROR(cr_sum(cr_transpose(cr_reshape(z, CR_SHAPE(1, 2)), 0, 1)), "cr_reshape: input 0, f64 [2]");
+    EXPECT_ERROR(cr_detach(t), "cr_detach: tensor 0, f64 [2]");
+    /* once the node's memory is handed out again (here just its first 16
+     * bytes; the tensor's header, allocated after it, is still intact), the
+     * maker is no longer named */
+    cr_arena_alloc_aligned(cr_arena_current(), 16, 16);
+    EXPECT_ERROR(cr_add(t, w), "cr_add: input 0, f64 [2] (made by an op whose record was reused since)");
+    /* persistent tensors and headers outside the arena are always fine */
+    cr_tensor v;
+    cr_view_narrow(&v, w, 0, 1, 1);
+    expect_values(cr_add(&v, w), (double[]){3, 4}, 2, 0);
+}
+
+Test(graph, step_tensor_of_another_live_graph_is_refused)
+{
+    cr_tensor *w = param(CR_SHAPE(2), (double[]){1, 2});
+    cr_tensor *mine = cr_tanh(w);
+    cr_graph *other = cr_graph_init();
+    cr_graph_use(other);
+    EXPECT_ERROR(cr_mul(mine, w), "cr_mul: input 0, f64 [2], is a step tensor from before a cr_graph_clear or from "
+                                  "another graph");
+    cr_tensor *theirs = cr_exp(w);
+    cr_graph_use(graph);
+    EXPECT_ERROR(cr_add(mine, theirs), "cr_add: input 1, f64 [2]");
+    cr_graph_free(other);
+    cr_backward(cr_sum(mine)); /* the current graph's own tensors still work */
+    cr_assert_not_null(w->grad);
+}
+
+/* ---- anomaly detection -------------------------------------------------------------------------- */
+
+Test(graph, anomaly_detection_names_the_op_of_a_nonfinite_gradient)
+{
+    /* the example: d/dx sum(2 sqrt(tanh x)) at x = 0 is inf */
+    cr_tensor *x = param(CR_SHAPE(3), (double[]){0, 0.5, 1});
+    cr_assert_not(cr_detect_anomaly()); /* off by default */
+    cr_backward(cr_sum(cr_mul_scalar(cr_sqrt(cr_tanh(x)), 2)));
+    cr_assert(isinf(cr_get_flat(x->grad, 0))); /* silently */
+    cr_zero_grad(x);
+    cr_graph_clear(graph);
+    cr_assert_not(cr_set_detect_anomaly(true));
+    cr_tensor *y = cr_sum(cr_mul_scalar(cr_sqrt(cr_tanh(x)), 2));
+    EXPECT_ERROR(cr_backward(y), "cr_backward: cr_sqrt (tape #1) backward: anomaly: the gradient for input 0, f64 [3], holds inf "
+                                 "at element 0; output [3]; input 0 [3] (made by cr_tanh, tape #0); last ops "
+                                 "before it: #0 cr_tanh [3]");
+    cr_assert(cr_set_detect_anomaly(false));
+}
+
+Test(graph, anomaly_detection_names_the_op_of_a_nonfinite_output)
+{
+    cr_tensor *x = param(CR_SHAPE(2, 2), (double[]){1, 2, 0, 3});
+    cr_set_detect_anomaly(true);
+    cr_tensor *a = cr_exp(x), *b = cr_mul(a, x);
+    EXPECT_ERROR(cr_ln(cr_sub(b, cr_mul(a, x))), "cr_ln (tape #4) forward: anomaly: the output, f64 [2,2], holds "
+                                                  "-inf at element 0; output [2,2]; input 0 [2,2] (made by cr_sub, "
+                                                  "tape #3); last ops before it: #1 cr_mul [2,2] #2 cr_mul [2,2] "
+                                                  "#3 cr_sub [2,2]");
+    /* ops that are not recorded are checked too */
+    cr_tensor *c = cr_zeros(CR_F64, CR_SHAPE(2));
+    EXPECT_ERROR(cr_div(c, c), "cr_div (not on the tape) forward: anomaly: the output, f64 [2], holds NaN");
+    /* a finite computation passes, and backward checks every gradient */
+    cr_backward(cr_sum(cr_tanh(cr_mul(a, x))));
+    cr_assert_not_null(x->grad);
+    cr_set_detect_anomaly(false);
+    /* a NaN already in a gradient is not blamed on the next op that adds to it */
+    cr_tensor *u = param(CR_SHAPE(1), (double[]){1});
+    cr_backward(cr_sum(cr_mul_scalar(u, NAN)));
+    cr_set_detect_anomaly(true);
+    cr_backward(cr_sum(cr_mul_scalar(u, 2)));
+    cr_assert(isnan(cr_item(u->grad)));
+    cr_set_detect_anomaly(false);
+}
+
+Test(graph, anomaly_detection_is_per_thread)
+{
+    cr_set_detect_anomaly(true);
+    bool seen[2] = {true, true};
+    int team = 1;
+#pragma omp parallel num_threads(2)
+    {
+        seen[omp_get_thread_num()] = cr_detect_anomaly();
+        if (omp_get_thread_num() == 0) team = omp_get_num_threads();
+    }
+    cr_assert(seen[0]);
+    if (team > 1) cr_assert_not(seen[1]);
+    cr_set_detect_anomaly(false);
+}
+
 Test(graph, misuse_messages_name_op_and_shapes)
 {
     cr_tensor *a = cr_zeros(CR_F32, CR_SHAPE(32, 64)), *b = cr_zeros(CR_F32, CR_SHAPE(65, 128));
@@ -442,12 +671,12 @@ Test(graph, misuse_messages_name_op_and_shapes)
     EXPECT_ERROR(cr_backward_with(y, cr_zeros(CR_F64, CR_SHAPE(3, 2))),
                  "cr_backward: gradient f64 [3,2] does not match output f64 [2,3]");
     EXPECT_ERROR(cr_backward_with(y, cr_zeros(CR_F32, CR_SHAPE(2, 3))), "gradient f32 [2,3] does not match output f64");
-    EXPECT_ERROR(cr_requires_grad(y, true), "cr_requires_grad: tensor made by op 'tanh' is not a leaf");
+    EXPECT_ERROR(cr_requires_grad(y, true), "cr_requires_grad: tensor made by cr_tanh is not a leaf");
     EXPECT_ERROR(cr_requires_grad(cr_zeros(CR_I32, CR_SHAPE(2)), true), "i32 tensors have no gradient");
-    EXPECT_ERROR(cr_add(w, cr_zeros(CR_F64, CR_SHAPE(2))), "add: shapes [2,3] and [2] do not broadcast");
-    EXPECT_ERROR(cr_sum_dim(w, 5, false), "sum_dim: dim 5 out of range for 2 dims");
+    EXPECT_ERROR(cr_add(w, cr_zeros(CR_F64, CR_SHAPE(2))), "cr_add: shapes [2,3] and [2] do not broadcast");
+    EXPECT_ERROR(cr_sum_dim(w, 5, false), "cr_sum_dim: dim 5 out of range for 2 dims");
     cr_graph_use(NULL);
-    EXPECT_ERROR(cr_tanh(w), "tanh: no current graph");
+    EXPECT_ERROR(cr_tanh(w), "cr_tanh: no current graph");
     EXPECT_ERROR(cr_backward(s), "cr_backward: no current graph");
     cr_graph_use(graph);
 }
@@ -477,7 +706,7 @@ Test(graph, tape_order_and_bytes)
     cr_assert_eq(cr_graph_bytes_used(graph), 0);
     cr_tensor *x = cr_ones(CR_F64, CR_SHAPE(3, 4));
     cr_tensor *loss = cr_mean(cr_sigmoid(cr_matmul(x, w)));
-    const char *want[3] = {"matmul", "sigmoid", "mean"};
+    const char *want[3] = {"cr_matmul", "cr_sigmoid", "cr_mean"};
     cr_assert_eq(cr_graph_node_count(graph), 3);
     for (size_t i = 0; i < 3; i++) {
         const cr_node *n = cr_graph_node(graph, i);

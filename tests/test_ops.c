@@ -11,6 +11,7 @@
 
 #include "autograd.h"
 #include "expect_error.h"
+#include "unary_cases.h"
 
 static cr_graph *graph;
 
@@ -96,9 +97,9 @@ Test(ops, maximum_minimum)
 Test(ops, arithmetic_misuse_names_op_and_shapes)
 {
     cr_tensor *a = cr_zeros(CR_F64, CR_SHAPE(2, 3)), *b = cr_zeros(CR_F64, CR_SHAPE(4));
-    EXPECT_ERROR(cr_add(a, b), "add: shapes [2,3] and [4] do not broadcast");
-    EXPECT_ERROR(cr_mul(a, cr_zeros(CR_F32, CR_SHAPE(3))), "mul: f64 [2,3] and f32 [3] (need one float dtype)");
-    EXPECT_ERROR(cr_exp(cr_zeros(CR_I32, CR_SHAPE(3))), "exp: needs f32 or f64, got i32 [3]");
+    EXPECT_ERROR(cr_add(a, b), "cr_add: shapes [2,3] and [4] do not broadcast");
+    EXPECT_ERROR(cr_mul(a, cr_zeros(CR_F32, CR_SHAPE(3))), "cr_mul: f64 [2,3] and f32 [3] (need one float dtype)");
+    EXPECT_ERROR(cr_exp(cr_zeros(CR_I32, CR_SHAPE(3))), "cr_exp: needs f32 or f64, got i32 [3]");
 }
 
 /* ---- elementwise functions ------------------------------------------------------------ */
@@ -146,7 +147,34 @@ Test(ops, unary_functions)
     expect_values(cr_pow(p, 1.5), (double[]){0.125, 1, 8, 27}, 4, 1e-15);
     expect_values(cr_pow(p, -1), (double[]){4, 1, 0.25, 1.0 / 9}, 4, 1e-15);
     expect_values(cr_pow(p, 0), (double[]){1, 1, 1, 1}, 4, 0);
-    EXPECT_ERROR(cr_clamp(x, 1, -1), "cr_clamp: lo 1 > hi -1");
+    EXPECT_ERROR(cr_clamp(x, 1, -1), "cr_clamp: needs lo <= hi, got lo = 1, hi = -1");
+}
+
+/* Every case of tests/unary_cases.h against its libm reference: f64 to a few
+ * ulp, f32 (inputs rounded to f32 first, the reference in double) to 1e-6,
+ * on a plain input and on a strided view. */
+Test(ops, unary_cases_match_libm)
+{
+    cr_rng r = cr_rng_seed(17);
+    for (size_t i = 0; i < N_UNARY_CASES; i++) {
+        const unary_case *c = &unary_cases[i];
+        for (int dt = 0; dt < 2; dt++) {
+            cr_tensor *x = cr_tensor_new(dt ? CR_F32 : CR_F64, CR_SHAPE(4, 5));
+            cr_fill_uniform(x, &r, c->lo, c->hi);
+            double tol = dt ? 1e-6 : 4e-16;
+            cr_tensor *views[2] = {x, cr_transpose(x, 0, 1)};
+            for (int v = 0; v < 2; v++) {
+                cr_tensor *y = c->apply(views[v]);
+                cr_assert_eq(y->dtype, x->dtype);
+                expect_shape(y, views[v]->ndim, views[v]->shape);
+                for (int64_t j = 0; j < 20; j++) {
+                    double in = cr_get_flat(views[v], j), got = cr_get_flat(y, j), want = c->ref(in);
+                    cr_assert(fabs(got - want) <= tol * fmax(1, fabs(want)), "%s %s%s (%.17g) = %.17g, libm %.17g",
+                              c->id, cr_dtype_name(x->dtype), v ? " on a view" : "", in, got, want);
+                }
+            }
+        }
+    }
 }
 
 Test(ops, unary_on_strided_view)
@@ -189,7 +217,7 @@ Test(ops, sums_and_means)
     cr_tensor *m3 = cr_mean_dim(x3, 1, false);
     expect_shape(m3, CR_SHAPE(2, 4));
     expect_values(m3, (double[]){4, 5, 6, 7, 16, 17, 18, 19}, 8, 0);
-    EXPECT_ERROR(cr_sum_dim(x, 2, false), "sum_dim: dim 2 out of range for 2 dims");
+    EXPECT_ERROR(cr_sum_dim(x, 2, false), "cr_sum_dim: dim 2 out of range for 2 dims");
 }
 
 Test(ops, max_dim_and_argmax)
@@ -354,10 +382,56 @@ Test(ops, view_ops_share_storage)
     expect_values(rt, (double[]){0, 12, 4, 16, 8, 20, 1, 13, 5, 17, 9, 21, 2, 14, 6, 18, 10, 22, 3, 15, 7, 19, 11, 23},
                   24, 0);
     EXPECT_ERROR(cr_reshape(x, CR_SHAPE(5, 5)), "cr_reshape: [24] (24 elements) cannot become [5,5]");
-    EXPECT_ERROR(cr_narrow(r, 2, 3, 2), "cr_narrow: [3, 5) out of range for dim 2 of [2,3,4]");
+    EXPECT_ERROR(cr_narrow(r, 2, 3, 2), "cr_narrow: start 3, length 2 out of range for dim 2 of [2,3,4]");
     EXPECT_ERROR(cr_select(r, 0, 2), "cr_select: index 2 out of range for dim 0 of [2,3,4]");
     EXPECT_ERROR(cr_expand(r, CR_SHAPE(3, 3, 4)), "cr_expand: cannot expand [2,3,4] to [3,3,4]");
     EXPECT_ERROR(cr_permute(r, (int[]){0, 1, 1}), "cr_permute");
+}
+
+Test(ops, unsqueeze)
+{
+    cr_tensor *x = f64(CR_SHAPE(2, 3), (double[]){1, 2, 3, 4, 5, 6});
+    cr_tensor *u0 = cr_unsqueeze(x, 0), *u1 = cr_unsqueeze(x, 1), *u2 = cr_unsqueeze(x, -1);
+    expect_shape(u0, CR_SHAPE(1, 2, 3));
+    expect_shape(u1, CR_SHAPE(2, 1, 3));
+    expect_shape(u2, CR_SHAPE(2, 3, 1));
+    cr_assert_eq(u1->data, x->data);
+    cr_assert(cr_is_contiguous(u0) && cr_is_contiguous(u1) && cr_is_contiguous(u2));
+    expect_values(u2, (double[]){1, 2, 3, 4, 5, 6}, 6, 0);
+    /* of a transposed view: a view again, the strides kept */
+    cr_tensor *t = cr_unsqueeze(cr_transpose(x, 0, 1), 1); /* [3,1,2] */
+    expect_shape(t, CR_SHAPE(3, 1, 2));
+    cr_assert_eq(t->data, x->data);
+    expect_values(t, (double[]){1, 4, 2, 5, 3, 6}, 6, 0);
+    /* broadcasting a column against a row */
+    cr_tensor *row = f64(CR_SHAPE(3), (double[]){10, 20, 30});
+    expect_values(cr_add(cr_unsqueeze(row, 1), row), (double[]){20, 30, 40, 30, 40, 50, 40, 50, 60}, 9, 0);
+    cr_tensor *s = cr_unsqueeze(cr_scalar(CR_F64, 7), 0);
+    expect_shape(s, CR_SHAPE(1));
+    EXPECT_ERROR(cr_unsqueeze(x, 3), "cr_unsqueeze: dim 3 out of range for 3 dims");
+    EXPECT_ERROR(cr_unsqueeze(x, -4), "cr_unsqueeze: dim -4 out of range for 3 dims");
+    EXPECT_ERROR(cr_unsqueeze(cr_zeros(CR_F64, 8, (int64_t[]){1, 1, 1, 1, 1, 1, 1, 1}), 0),
+                 "cr_unsqueeze: [1,1,1,1,1,1,1,1] already has 8 dims");
+}
+
+Test(ops, sizes_that_overflow_are_refused)
+{
+    /* two expanded [2^62] views concatenate to 2^63 elements */
+    int64_t big = (int64_t)1 << 62;
+    cr_tensor *e = cr_expand(cr_zeros(CR_F32, CR_SHAPE(1)), CR_SHAPE(big));
+    EXPECT_ERROR(cr_concat(2, (cr_tensor *[]){e, e}, 0),
+                 "cr_concat: the 2 tensors' sizes along dim 0 add up to more than 2^63");
+    /* an op whose output would not fit names itself */
+    cr_tensor *row = cr_expand(cr_zeros(CR_F32, CR_SHAPE(1, 1)), CR_SHAPE(1, (int64_t)1 << 40));
+    cr_tensor *col = cr_expand(cr_zeros(CR_F32, CR_SHAPE(1, 1)), CR_SHAPE((int64_t)1 << 40, 1));
+    EXPECT_ERROR(cr_add(row, col), "cr_add: shape [1099511627776,1099511627776] of f32 holds more elements");
+    EXPECT_ERROR(cr_narrow(cr_zeros(CR_F32, CR_SHAPE(2, 3)), 1, 1, INT64_MAX),
+                 "cr_narrow: start 1, length 9223372036854775807 out of range for dim 1 of [2,3]");
+    /* a piece size near INT64_MAX is one piece, not an overflow */
+    cr_tensor *x = cr_zeros(CR_F32, CR_SHAPE(5)), *out[2];
+    cr_assert_eq(cr_split(x, INT64_MAX, 0, out, 2), 1);
+    expect_shape(out[0], CR_SHAPE(5));
+    EXPECT_ERROR(cr_from_array(CR_F32, CR_SHAPE(2), NULL), "cr_from_array: data is NULL for shape [2]");
 }
 
 Test(ops, contiguous)
@@ -443,7 +517,7 @@ Test(ops, gather_rows)
     cr_tensor *tt = cr_transpose(f64(CR_SHAPE(2, 3), (double[]){1, 2, 3, 4, 5, 6}), 0, 1);
     expect_values(cr_gather_rows(tt, i32(CR_SHAPE(1), (int32_t[]){2}), -1), (double[]){3, 6}, 2, 0);
     EXPECT_ERROR(cr_gather_rows(table, i32(CR_SHAPE(2), (int32_t[]){1, 4}), -1),
-                 "gather_rows: index 4 at position 1 is out of range for 4 rows");
+                 "cr_gather_rows: index 4 at position 1 is out of range for 4 rows");
     EXPECT_ERROR(cr_gather_rows(table, f64(CR_SHAPE(1), (double[]){1}), -1), "cr_gather_rows: indices must be i32");
 }
 
@@ -461,7 +535,7 @@ Test(ops, where_and_mask)
     expect_values(cr_mask(x, m), (double[]){1, 0, 6, 4, 0, 12}, 6, 0);
     EXPECT_ERROR(cr_where(i32(CR_SHAPE(4), (int32_t[]){1, 1, 1, 1}), x, y), "cr_where: cond [4], x [2,3], y []");
     EXPECT_ERROR(cr_mask(x, f64(CR_SHAPE(2, 2, 3), (double[12]){0})),
-                 "mask: mask [2,2,3] does not broadcast to x [2,3]");
+                 "cr_mask: mask [2,2,3] does not broadcast to x [2,3]");
 }
 
 Test(ops, dropout)
@@ -536,7 +610,7 @@ Test(ops, cross_entropy)
     cr_tensor *huge = f64(CR_SHAPE(1, 2), (double[]){1000, 0});
     cr_assert_float_eq(cr_item(cr_cross_entropy(huge, i32(CR_SHAPE(1), (int32_t[]){1}), -100, CR_SUM)), 1000, 1e-9);
     EXPECT_ERROR(cr_cross_entropy(logits, i32(CR_SHAPE(3), (int32_t[]){0, 4, 1}), -100, CR_MEAN),
-                 "cross_entropy: target 4 at row 1 is out of range for 4 classes");
+                 "cr_cross_entropy: target 4 at row 1 is out of range for 4 classes");
     EXPECT_ERROR(cr_cross_entropy(logits, i32(CR_SHAPE(2), (int32_t[]){0, 1}), -100, CR_MEAN),
                  "cr_cross_entropy: logits [3,4] and targets [2]");
     EXPECT_ERROR(cr_cross_entropy(logits, f64(CR_SHAPE(3), (double[]){0, 1, 2}), -100, CR_MEAN),
@@ -547,18 +621,27 @@ Test(ops, cross_entropy)
 
 Test(ops, op_table_is_complete_and_findable)
 {
-    const char *tested[] = {"add", "sub", "mul", "div", "maximum", "minimum", "neg", "add_scalar", "mul_scalar",
-                            "pow", "exp", "ln", "sqrt", "abs", "square", "tanh", "sigmoid", "relu", "leaky_relu",
-                            "elu", "softplus", "hardtanh", "clamp", "sum", "mean", "sum_dim", "mean_dim",
+    /* the unary ops are tested through the cases of tests/unary_cases.h */
+    const char *tested[] = {"add", "sub", "mul", "div", "maximum", "minimum", "sum", "mean", "sum_dim", "mean_dim",
                             "max_dim", "softmax", "log_softmax", "matmul", "reshape", "transpose", "permute",
-                            "narrow", "select", "expand", "contiguous", "concat", "stack", "gather_rows",
-                            "where", "mask", "dropout", "cross_entropy"};
+                            "narrow", "select", "expand", "unsqueeze", "contiguous", "concat", "stack",
+                            "gather_rows", "where", "mask", "dropout", "cross_entropy"};
     size_t n_tested = sizeof tested / sizeof tested[0], count;
+    const cr_op *unary_ops[N_UNARY_CASES];
+    cr_tensor *x = cr_tensor_init(CR_F64, CR_SHAPE(2));
+    cr_fill(x, 0.75);
+    cr_requires_grad(x, true);
+    for (size_t i = 0; i < N_UNARY_CASES; i++) unary_ops[i] = unary_case_op(&unary_cases[i], x);
+    cr_tensor_free(x);
     const cr_op *const *table = cr_op_table(&count);
     for (size_t i = 0; i < count; i++) {
         bool found = false;
-        for (size_t j = 0; j < n_tested; j++) found |= strcmp(table[i]->name, tested[j]) == 0;
-        cr_assert(found, "op '%s' has no forward test in test_ops.c", table[i]->name);
+        for (size_t j = 0; j < n_tested; j++) found |= strcmp(table[i]->name + 3, tested[j]) == 0;
+        for (size_t j = 0; j < N_UNARY_CASES; j++) found |= unary_ops[j] == table[i];
+        cr_assert(found, "op '%s' has no forward test in test_ops.c (a unary op: a line in tests/unary_cases.h)",
+                  table[i]->name);
+        cr_assert(strncmp(table[i]->name, "cr_", 3) == 0, "op '%s' is not named by its public function",
+                  table[i]->name);
         cr_assert_eq(cr_op_find(table[i]->name), table[i]);
         cr_assert_not_null(table[i]->forward);
         cr_assert_not_null(table[i]->backward);

@@ -266,7 +266,7 @@ Test(tensor, narrow_and_select_are_views)
     cr_assert_eq(cr_get_flat(t, 3), -3.0);
     cr_view_narrow(&n, &m, 0, 4, 0); /* empty narrow at the end is fine */
     cr_assert_eq(cr_numel(&n), 0);
-    EXPECT_ERROR(cr_view_narrow(&n, &m, 1, 3, 3), "cr_narrow: [3, 6) out of range for dim 1 of [4,5]");
+    EXPECT_ERROR(cr_view_narrow(&n, &m, 1, 3, 3), "cr_narrow: start 3, length 3 out of range for dim 1 of [4,5]");
     EXPECT_ERROR(cr_view_select(&s, &m, 0, 4), "cr_select: index 4 out of range for dim 0 of [4,5]");
     EXPECT_ERROR(cr_view_select(&s, &m, 0, -5), "cr_select");
 }
@@ -340,6 +340,188 @@ Test(tensor, copies_between_layouts_and_dtypes)
     cr_view_select(&col, d, 1, 0);
     cr_fill(&col, 0);
     expect_values(d, (double[]){0, 4, 0, 5, 0, 6}, 6, 0);
+}
+
+Test(tensor, strided_copies_convert_every_dtype_pair)
+{
+    /* every (dst, src) dtype pair, from a transposed source into a transposed destination */
+    cr_dtype dts[3] = {CR_F32, CR_F64, CR_I32};
+    for (int i = 0; i < 3; i++)
+        for (int j = 0; j < 3; j++) {
+            cr_tensor *src = cr_tensor_new(dts[j], CR_SHAPE(2, 3)), st, dt;
+            for (int64_t k = 0; k < 6; k++) cr_set_flat(src, k, (double)(k * 3 - 7));
+            cr_view_transpose(&st, src, 0, 1);
+            cr_tensor *dst = cr_zeros(dts[i], CR_SHAPE(2, 3));
+            cr_view_transpose(&dt, dst, 0, 1);
+            cr_copy_(&dt, &st);
+            expect_values(dst, (double[]){-7, -4, -1, 2, 5, 8}, 6, 0);
+        }
+    /* a parallel-sized strided copy, and a copy of an expanded (stride 0) source */
+    int64_t n = 300;
+    cr_tensor *big = cr_tensor_new(CR_F32, CR_SHAPE(n, n)), bt;
+    cr_rng r = cr_rng_seed(3);
+    cr_fill_uniform(big, &r, -1, 1);
+    cr_view_transpose(&bt, big, 0, 1);
+    cr_tensor *c = cr_contiguous_copy(&bt);
+    for (int64_t i = 0; i < n; i += 13)
+        for (int64_t j = 0; j < n; j += 7)
+            cr_assert_eq(cr_get(c, (int64_t[]){i, j}), cr_get(big, (int64_t[]){j, i}));
+    cr_tensor *col = f64(CR_SHAPE(3, 1), (double[]){1, 2, 3}), e;
+    cr_view_expand(&e, col, CR_SHAPE(3, 4));
+    expect_values(cr_contiguous_copy(&e), (double[]){1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3}, 12, 0);
+    cr_copy_(cr_tensor_new(CR_F64, CR_SHAPE(0, 3)), cr_zeros(CR_F64, CR_SHAPE(0, 3))); /* empty */
+}
+
+Test(tensor, unsqueeze_view)
+{
+    cr_tensor *t = cr_arange(CR_F64, 0, 6, 1), x, u, tr;
+    cr_view_reshape(&x, t, CR_SHAPE(2, 3));
+    cr_view_unsqueeze(&u, &x, 1);
+    expect_shape(&u, CR_SHAPE(2, 1, 3));
+    expect_strides(&u, (int64_t[]){3, 3, 1});
+    cr_view_unsqueeze(&u, &x, -1);
+    expect_shape(&u, CR_SHAPE(2, 3, 1));
+    expect_strides(&u, (int64_t[]){3, 1, 1});
+    cr_view_transpose(&tr, &x, 0, 1);
+    cr_view_unsqueeze(&u, &tr, 0); /* in place of its source too */
+    cr_view_unsqueeze(&u, &u, 2);
+    expect_shape(&u, CR_SHAPE(1, 3, 1, 2));
+    expect_values(&u, (double[]){0, 3, 1, 4, 2, 5}, 6, 0);
+    EXPECT_ERROR(cr_view_unsqueeze(&u, &x, 3), "cr_unsqueeze: dim 3 out of range for 3 dims");
+}
+
+/* ---- versions ---------------------------------------------------------------------- */
+
+Test(tensor, api_writes_bump_the_shared_version)
+{
+    cr_tensor *p = cr_tensor_init(CR_F32, CR_SHAPE(4, 3)), v, w;
+    cr_assert_eq(cr_tensor_version(p), 0);
+    cr_view_narrow(&v, p, 0, 1, 2);
+    cr_view_transpose(&w, &v, 0, 1);
+    uint64_t n = 0;
+    cr_fill(&w, 1);
+    cr_assert_eq(cr_tensor_version(p), ++n); /* a write through a view of a view */
+    cr_set(p, (int64_t[]){0, 0}, 2);
+    cr_assert_eq(cr_tensor_version(&v), ++n);
+    cr_set_flat(&v, 1, 3);
+    cr_copy_(&w, cr_zeros(CR_F64, CR_SHAPE(3, 2)));
+    n += 2;
+    cr_rng r = cr_rng_seed(1);
+    cr_fill_uniform(p, &r, 0, 1);
+    cr_fill_normal(&v, &r, 0, 1);
+    cr_fill_dropout_mask(p, &r, 0.5);
+    n += 3;
+    cr_assert_eq(cr_tensor_version(&w), n);
+    cr_tensor_bump_version(&w);
+    cr_assert_eq(cr_tensor_version(p), n + 1);
+    /* reads and fresh storages do not count */
+    cr_get_flat(p, 0);
+    cr_assert_eq(cr_tensor_version(p), n + 1);
+    cr_assert_eq(cr_tensor_version(cr_contiguous_copy(p)), 1); /* made by one cr_copy_ */
+    cr_assert_eq(cr_tensor_version(cr_tensor_new(CR_F32, CR_SHAPE(2))), 0);
+    cr_tensor_free(p);
+}
+
+/* ---- overflow-checked sizes ------------------------------------------------------------ */
+
+#define P32 ((int64_t)1 << 32)
+
+Test(tensor, element_counts_that_overflow_are_refused)
+{
+    /* [2^32, 2^32] has 2^64 elements: used to wrap to 0 and allocate nothing */
+    EXPECT_ERROR(cr_tensor_init(CR_F32, CR_SHAPE(P32, P32)),
+                 "cr_tensor_init: shape [4294967296,4294967296] of f32 holds more elements than memory can address");
+    EXPECT_ERROR(cr_zeros(CR_F32, CR_SHAPE(P32, P32)), "cr_zeros: shape [4294967296,4294967296]");
+    EXPECT_ERROR(cr_tensor_new(CR_F64, CR_SHAPE(3, P32, P32)), "cr_tensor_new: shape [3,4294967296,4294967296]");
+    EXPECT_ERROR(cr_ones(CR_F64, CR_SHAPE(P32 / 2, P32 / 2, 2)), "cr_ones"); /* 2^63 elements */
+    EXPECT_ERROR(cr_full(CR_F64, CR_SHAPE(P32 / 4, P32 / 4, 8), 1), "cr_full"); /* 2^61 elements, 2^64 bytes */
+    EXPECT_ERROR(cr_from_array(CR_I32, CR_SHAPE(INT64_MAX, 2), NULL), "cr_from_array");
+    EXPECT_ERROR(cr_tensor_init(CR_F32, CR_SHAPE(0, P32, P32)), "cr_tensor_init"); /* no elements, but no strides */
+    /* a large empty shape whose strides fit is fine */
+    cr_tensor *e = cr_zeros(CR_F32, CR_SHAPE(1 << 20, 1 << 20, 0));
+    cr_assert_eq(cr_numel(e), 0);
+    cr_assert_eq(cr_shape_numel(CR_SHAPE(P32, P32)), -1);
+    cr_assert_eq(cr_shape_numel(CR_SHAPE(P32, 0, 7)), 0);
+    cr_assert_eq(cr_shape_numel(CR_SHAPE(P32, 2)), 2 * P32);
+    int64_t out = 5;
+    cr_assert_not(cr_mul_ok(INT64_MAX / 2 + 1, 2, &out));
+    cr_assert_not(cr_add_ok(INT64_MAX, 1, &out));
+    cr_assert_not(cr_add_ok(INT64_MIN, -1, &out));
+    cr_assert_eq(out, 5);
+    cr_assert(cr_add_ok(INT64_MAX, -1, &out) && out == INT64_MAX - 1);
+}
+
+Test(tensor, view_ranges_that_overflow_are_refused)
+{
+    cr_tensor *x = cr_zeros(CR_F32, CR_SHAPE(2, 3)), v;
+    /* start + len overflows: the check used to pass and return [2,INT64_MAX] */
+    EXPECT_ERROR(cr_view_narrow(&v, x, 1, 1, INT64_MAX), "cr_narrow: start 1, length 9223372036854775807 out of range "
+                                                         "for dim 1 of [2,3]");
+    EXPECT_ERROR(cr_view_narrow(&v, x, 1, INT64_MAX, 1), "cr_narrow: start 9223372036854775807");
+    EXPECT_ERROR(cr_view_narrow(&v, x, 1, 4, -1), "cr_narrow");
+    EXPECT_ERROR(cr_view_select(&v, x, 1, INT64_MIN), "cr_select: index -9223372036854775808 out of range");
+    EXPECT_ERROR(cr_view_select(&v, x, 1, INT64_MAX), "cr_select");
+    /* an expand whose element count does not fit in 63 bits */
+    cr_tensor *one = cr_zeros(CR_F32, CR_SHAPE(1, 1));
+    EXPECT_ERROR(cr_view_expand(&v, one, CR_SHAPE(P32, P32)),
+                 "cr_expand: [1,1] expanded to [4294967296,4294967296] has more than 2^63 elements");
+    cr_view_expand(&v, one, CR_SHAPE(P32, P32 / 4)); /* 2^62: fine, it costs no memory */
+    cr_assert_eq(cr_numel(&v), (int64_t)1 << 62);
+    /* reshape sizes whose product overflows */
+    EXPECT_ERROR(cr_view_reshape(&v, x, CR_SHAPE(P32, P32, -1)), "cr_reshape: [2,3] (6 elements) cannot become");
+    EXPECT_ERROR(cr_view_reshape(&v, x, CR_SHAPE(P32, P32, 0, 6)), "cr_reshape");
+}
+
+Test(tensor, arange_counts_that_overflow_are_refused)
+{
+    EXPECT_ERROR(cr_arange(CR_F32, 0, 1e300, 1), "cr_arange: start 0, stop 1e+300, step 1 give 1e+300 elements");
+    EXPECT_ERROR(cr_arange(CR_F64, -1e308, 1e308, 1), "cr_arange"); /* stop - start is inf */
+    EXPECT_ERROR(cr_arange(CR_F64, 0, 0x1p62, 0.5), "cr_arange");
+    cr_assert_eq(cr_numel(cr_arange(CR_F64, 1e300, 0, 1)), 0);   /* a negative count is empty */
+}
+
+Test(tensor, arena_sizes_that_overflow_are_refused)
+{
+    cr_arena *a = cr_arena_init(4096);
+    EXPECT_ERROR(cr_arena_alloc(a, SIZE_MAX), "cr_arena_alloc: 18446744073709551615 bytes is more than any memory holds");
+    EXPECT_ERROR(cr_arena_alloc(a, SIZE_MAX - 15), "cr_arena_alloc"); /* used to round up to 0 */
+    EXPECT_ERROR(cr_arena_alloc_aligned(a, SIZE_MAX / 2, 16), "cr_arena_alloc");
+    cr_assert_eq(cr_arena_used(a), 0);
+    cr_assert_not_null(cr_arena_alloc(a, 100)); /* still usable */
+    cr_arena_free(a);
+    EXPECT_ERROR(cr_arena_init(SIZE_MAX - 8), "cr_arena_alloc: a chunk of");
+}
+
+Test(tensor, arena_generations)
+{
+    cr_arena *a = cr_arena_init(4096), *b = cr_arena_init(4096);
+    uint64_t ga = cr_arena_generation(a), gb = cr_arena_generation(b);
+    cr_assert(ga != 0 && gb != 0 && ga != gb);
+    cr_arena_use(a);
+    cr_tensor *t = cr_zeros(CR_F32, CR_SHAPE(3));
+    cr_assert_eq(t->gen, ga);
+    cr_assert_eq(cr_tensor_alias(t)->gen, ga);
+    cr_tensor v;
+    cr_view_narrow(&v, t, 0, 0, 2); /* a caller's header copies its source's */
+    cr_assert_eq(v.gen, ga);
+    cr_tensor *p = cr_tensor_init(CR_F32, CR_SHAPE(2));
+    cr_assert_eq(p->gen, 0); /* outside any arena */
+    cr_assert_eq(cr_tensor_alias(p)->gen, ga);
+    cr_tensor_free(p);
+    /* untouched: memory from before a reset, until it is handed out again */
+    cr_assert(cr_arena_owns(a, t));
+    cr_assert_not(cr_arena_owns(b, t));
+    cr_assert_not(cr_arena_untouched(a, t)); /* in use */
+    cr_arena_reset(a);
+    cr_assert_neq(cr_arena_generation(a), ga);
+    cr_assert(cr_arena_untouched(a, t));
+    cr_assert(cr_arena_untouched(a, t->data));
+    cr_zeros(CR_F32, CR_SHAPE(3)); /* the same header and data again */
+    cr_assert_not(cr_arena_untouched(a, t));
+    cr_assert_not(cr_arena_untouched(b, t));
+    cr_arena_use(arena);
+    cr_arena_free(a);
+    cr_arena_free(b);
 }
 
 /* ---- broadcasting ----------------------------------------------------------------- */

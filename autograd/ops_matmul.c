@@ -1,0 +1,96 @@
+/* Matrix products: 2-D, batched 3-D, and 3-D by a shared 2-D weight, through
+ * the strided gemm kernel (transposed views cost no copy); a batch that folds
+ * into rows becomes one product. */
+#include "ops_internal.h"
+
+/* 2-D view of batch i of t (t itself when 2-D), transposed when asked. */
+static cr_tensor mat(const cr_tensor *t, int64_t i, bool trans)
+{
+    cr_tensor v = *t;
+    if (t->ndim == 3) {
+        v.ndim = 2;
+        v.data = (char *)t->data + i * t->stride[0] * (int64_t)cr_dtype_size(t->dtype);
+        v.shape[0] = t->shape[1];
+        v.shape[1] = t->shape[2];
+        v.stride[0] = t->stride[1];
+        v.stride[1] = t->stride[2];
+    }
+    if (trans) {
+        int64_t s = v.shape[0], st = v.stride[0];
+        v.shape[0] = v.shape[1];
+        v.stride[0] = v.stride[1];
+        v.shape[1] = s;
+        v.stride[1] = st;
+    }
+    return v;
+}
+
+/* A 3-D tensor whose first two dims merge into one: [B,M,K] -> [B*M,K]. */
+static bool flatten3(const cr_tensor *t, cr_tensor *v)
+{
+    if (t->ndim != 3 || t->stride[0] != t->shape[1] * t->stride[1]) return false;
+    *v = *t;
+    v->ndim = 2;
+    v->shape[0] = t->shape[0] * t->shape[1];
+    v->shape[1] = t->shape[2];
+    v->stride[0] = t->stride[1];
+    v->stride[1] = t->stride[2];
+    return true;
+}
+
+/* C (+)= op(A) op(B) over batches; 2-D operands are shared by every batch, and
+ * a 2-D C sums over them. beta applies to the first product only. */
+static void gemm_batched(const cr_tensor *a, bool ta, const cr_tensor *b, bool tb, double beta, cr_tensor *c)
+{
+    int64_t nb = 1;
+    if (a->ndim == 3) nb = a->shape[0];
+    if (b->ndim == 3) nb = b->shape[0];
+    if (c->ndim == 3) nb = c->shape[0];
+    /* One product where the batch folds into rows: [B*M,K] x [K,N], or the
+     * weight gradient [K,B*M] x [B*M,N] of the hoisted input projection. */
+    cr_tensor af, cf, bf;
+    if (!ta && b->ndim == 2 && flatten3(a, &af) && flatten3(c, &cf)) {
+        cr_tensor bv = mat(b, 0, tb);
+        cr_k_gemm(1.0, &af, &bv, beta, &cf);
+        return;
+    }
+    if (ta && c->ndim == 2 && flatten3(a, &af) && flatten3(b, &bf) && !tb) {
+        cr_tensor at = mat(&af, 0, true);
+        cr_k_gemm(1.0, &at, &bf, beta, c);
+        return;
+    }
+    for (int64_t i = 0; i < nb; i++) {
+        cr_tensor av = mat(a, i, ta), bv = mat(b, i, tb), cv = mat(c, c->ndim == 3 ? i : 0, false);
+        cr_k_gemm(1.0, &av, &bv, (c->ndim == 2 && i > 0) ? 1.0 : beta, &cv);
+    }
+}
+
+static void matmul_fwd(cr_node *n) { gemm_batched(n->in[0], false, n->in[1], false, 0.0, n->out); }
+static void matmul_bwd(cr_node *n)
+{
+    cr_tensor *gy = n->out->grad, *ga = input_grad(n, 0), *gb = input_grad(n, 1);
+    if (ga) gemm_batched(gy, false, n->in[1], true, 1.0, ga); /* dA += dY B^T */
+    if (gb) gemm_batched(n->in[0], true, gy, false, 1.0, gb); /* dB += A^T dY */
+}
+const cr_op cr_op_matmul = {"cr_matmul", matmul_fwd, matmul_bwd, CR_SAVES_IN(0) | CR_SAVES_IN(1) | CR_SAVES_CROSS, 0};
+
+cr_tensor *cr_matmul(cr_tensor *a, cr_tensor *b)
+{
+    char s1[128], s2[128];
+    cr_check_float_pair("cr_matmul", a, b);
+    cr_shape_str(s1, sizeof s1, a->ndim, a->shape);
+    cr_shape_str(s2, sizeof s2, b->ndim, b->shape);
+    if (a->ndim < 2 || a->ndim > 3 || b->ndim < 2 || b->ndim > 3)
+        cr_error("cr_matmul: %s x %s: operands must be 2-D or 3-D", s1, s2);
+    int64_t m = a->shape[a->ndim - 2], k = a->shape[a->ndim - 1];
+    int64_t k2 = b->shape[b->ndim - 2], nn = b->shape[b->ndim - 1];
+    if (k != k2) cr_error("cr_matmul: %s x %s: inner dims %lld and %lld differ", s1, s2, (long long)k, (long long)k2);
+    if (a->ndim == 3 && b->ndim == 3 && a->shape[0] != b->shape[0])
+        cr_error("cr_matmul: %s x %s: batch sizes %lld and %lld differ", s1, s2, (long long)a->shape[0],
+                 (long long)b->shape[0]);
+    cr_tensor *in[2] = {a, b};
+    cr_node *n = cr_node_new(&cr_op_matmul, 2, in);
+    if (a->ndim == 2 && b->ndim == 2) return cr_node_finish(n, a->dtype, 2, (int64_t[]){m, nn});
+    int64_t batch = a->ndim == 3 ? a->shape[0] : b->shape[0];
+    return cr_node_finish(n, a->dtype, 3, (int64_t[]){batch, m, nn});
+}
