@@ -8,7 +8,7 @@
 #include <signal.h>
 #include <string.h>
 
-#include "nn.h"
+#include "carousel/nn.h"
 
 static const cr_cell_kind all_kinds[] = {CR_CELL_RNN_TANH, CR_CELL_RNN_RELU,
                                          CR_CELL_GRU,      CR_CELL_GRU_ORIGINAL,

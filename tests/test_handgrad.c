@@ -10,7 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "nn.h"
+#include "carousel/nn.h"
 
 /* A one-layer unidirectional sequence layer (autograd) with the same
  * parameters viewed as hand-BPTT weights, inputs that require gradients, and
