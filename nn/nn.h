@@ -114,7 +114,7 @@ cr_tensor *cr_layernorm_forward(const cr_layernorm *ln, cr_tensor *x);
  *         cr_tensor *h = s[0];
  *         cr_tensor *f = cr_sigmoid(cr_add(cr_narrow(gx, 1, 0, H), cr_matmul(h, w[UF])));
  *         cr_tensor *n = cr_tanh(cr_add(cr_narrow(gx, 1, H, H), cr_matmul(cr_mul(f, h), w[U])));
- *         next[0] = cr_add(h, cr_mul(f, cr_sub(n, h)));
+ *         next[0] = cr_add(cr_mul(cr_add_scalar(cr_neg(f), 1), h), cr_mul(f, n));
  *     }
  *     const cr_cell_type mgu = {.name = "mgu", .n_states = 1, .proj = CR_H(2),
  *                               .params = mgu_params, .n_params = 4, .step = mgu_step};
