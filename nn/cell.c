@@ -45,8 +45,8 @@ int cr_cell_input_index(const cr_cell_type *type)
 int cr_cell_type_check(const char *op, const cr_cell_type *t)
 {
     if (!t) cr_error("%s: no cell type (the config's cell is NULL)", op);
-    const char *name = t->name ? t->name : "?";
     if (!t->name) cr_error("%s: a cell type needs a name", op);
+    const char *name = t->name;
     if (t->n_states < 1 || t->n_states > CR_CELL_MAX_STATES)
         cr_error("%s: cell %s has %d states, expected 1 to %d", op, name, t->n_states, CR_CELL_MAX_STATES);
     if (!t->step) cr_error("%s: cell %s has no step function", op, name);

@@ -252,7 +252,8 @@ cr_cell cr_cell_init(cr_params *ps, const char *prefix, cr_cell_config cfg, cr_r
 /* The parameter called name (NULL: a bias dropped by no_bias); a name the
  * type's table lacks is an error. */
 cr_tensor *cr_cell_get(const cr_cell *cell, const char *name);
-/* One step on x (B, I): s[k] (B, H) -> next[k] for every state of the type. */
+/* One step on x (B, I): s[k] (B, H) -> next[k] for every state of the type
+ * (through the fused step when the type has one). next may be s. */
 void cr_cell_forward_states(const cr_cell *cell, cr_tensor *x, cr_tensor *const *s, cr_tensor **next);
 /* The same for cells of one or two states: h, c -> *h_out, *c_out (c NULL
  * for one state, and *c_out, if given, gets NULL). */
