@@ -122,7 +122,7 @@ static void param_init(const char *op, const cr_cell_type *t, const cr_cell_para
     }
 }
 
-cr_cell cr_cell_make(const char *op, cr_params *ps, const char *prefix, const cr_cell_config *cfg, cr_rng *rng)
+void cr_cell_config_check(const char *op, const cr_cell_config *cfg)
 {
     const cr_cell_type *t = cfg->cell;
     cr_cell_type_check(op, t);
@@ -135,6 +135,17 @@ cr_cell cr_cell_make(const char *op, cr_params *ps, const char *prefix, const cr
         cr_error("%s: forget_bias %g given, but cell %s has no forget gate to set", op, cfg->forget_bias, t->name);
     if (cfg->forget_bias != 0 && cfg->no_bias)
         cr_error("%s: forget_bias %g needs biases, but no_bias is set", op, cfg->forget_bias);
+    for (int j = 0; j < t->n_params; j++) {
+        int64_t shape[2];
+        param_shape(op, t, &t->params[j], H, I, shape);
+    }
+}
+
+cr_cell cr_cell_make(const char *op, cr_params *ps, const char *prefix, const cr_cell_config *cfg, cr_rng *rng)
+{
+    cr_cell_config_check(op, cfg);
+    const cr_cell_type *t = cfg->cell;
+    int64_t I = cfg->input_size, H = cfg->hidden_size;
     cr_cell c = {.type = t, .input_size = I, .hidden_size = H};
     for (int j = 0; j < t->n_params; j++) {
         const cr_cell_param *p = &t->params[j];

@@ -14,6 +14,8 @@ extern const struct cr_cell_bptt cr_bptt_rnn_tanh, cr_bptt_rnn_relu, cr_bptt_gru
 int cr_cell_type_check(const char *op, const cr_cell_type *type);
 /* The CR_PARAM_INPUT row of a checked type. */
 int cr_cell_input_index(const cr_cell_type *type);
+/* Everything cr_cell_make would refuse, checked before anything is made. */
+void cr_cell_config_check(const char *op, const cr_cell_config *cfg);
 /* Create one cell's parameters prefix.<name> (op names the public caller). */
 cr_cell cr_cell_make(const char *op, cr_params *ps, const char *prefix, const cr_cell_config *cfg,
                      cr_rng *rng);

@@ -10,9 +10,14 @@
 
 cr_rnn *cr_rnn_init(cr_params *ps, const char *prefix, cr_rnn_config cfg, cr_rng *rng)
 {
-    cr_cell_type_check("cr_rnn_init", cfg.cell);
     if (cfg.num_layers < 1) cr_error("cr_rnn_init: num_layers %d must be at least 1", cfg.num_layers);
     if (!(cfg.dropout >= 0 && cfg.dropout < 1)) cr_error("cr_rnn_init: dropout %g is not in [0, 1)", cfg.dropout);
+    /* every layer's configuration is checked before anything is allocated */
+    cr_cell_config cc = {.cell = cfg.cell, .input_size = cfg.input_size, .hidden_size = cfg.hidden_size,
+                         .no_bias = cfg.no_bias, .forget_bias = cfg.forget_bias, .dtype = cfg.dtype};
+    cr_cell_config_check("cr_rnn_init", &cc);
+    cc.input_size = cfg.hidden_size * (cfg.bidirectional ? 2 : 1);
+    if (cfg.num_layers > 1) cr_cell_config_check("cr_rnn_init", &cc);
     cr_rnn *m = cr_xcalloc(1, sizeof *m);
     m->cfg = cfg;
     m->dirs = cfg.bidirectional ? 2 : 1;
@@ -25,12 +30,7 @@ cr_rnn *cr_rnn_init(cr_params *ps, const char *prefix, cr_rnn_config cfg, cr_rng
             char name[512];
             snprintf(name, sizeof name, "%s%sl%d%s", prefix ? prefix : "", prefix && *prefix ? "." : "", l,
                      d ? "_reverse" : "");
-            cr_cell_config cc = {.cell = cfg.cell,
-                                 .input_size = l == 0 ? cfg.input_size : cfg.hidden_size * m->dirs,
-                                 .hidden_size = cfg.hidden_size,
-                                 .no_bias = cfg.no_bias,
-                                 .forget_bias = cfg.forget_bias,
-                                 .dtype = cfg.dtype};
+            cc.input_size = l == 0 ? cfg.input_size : cfg.hidden_size * m->dirs;
             m->cells[l * m->dirs + d] = cr_cell_make("cr_rnn_init", ps, name, &cc, rng);
         }
     return m;
