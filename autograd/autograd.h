@@ -141,6 +141,15 @@ cr_tensor *cr_node_finish_view(cr_node *n);
  * tensors, heap for persistent leaves). */
 cr_tensor *cr_grad_of(cr_tensor *t);
 
+/* Per-thread gradient buffers of persistent leaves, for data-parallel
+ * replicas (optim/parallel.c): while a hook is set on a thread, the gradient
+ * of a persistent leaf t that backward adds into is fn(ctx, t), not t->grad,
+ * so threads sharing the weights accumulate into buffers of their own. fn
+ * never returns NULL (it reports a leaf it does not know as misuse). A
+ * NULL fn ends it. Thread-local. */
+typedef cr_tensor *(*cr_grad_hook)(void *ctx, const cr_tensor *leaf);
+void cr_set_grad_hook(cr_grad_hook fn, void *ctx);
+
 /* ---- ops: arithmetic (NumPy broadcasting) ---------------------------------- */
 
 cr_tensor *cr_add(cr_tensor *a, cr_tensor *b); /* a + b */

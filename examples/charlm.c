@@ -1,11 +1,17 @@
 /* The main demo: a character-level LSTM language model trained with truncated
- * BPTT (Adam, gradient clipping by global norm), then sampled from.
+ * BPTT (Adam, gradient clipping by global norm) on every core, then sampled
+ * from.
  *
  *   ./build/examples/charlm [--data FILE] [--steps N] [--hidden H] [--layers L]
  *                           [--batch B] [--seq T] [--lr LR] [--clip C] [--seed S]
- *                           [--threads N] [--sample N] [--temperature X] [--save FILE]
- *                           [--val-chunks N]
+ *                           [--threads N] [--shards S] [--mode auto|replicas|intra-op]
+ *                           [--sample N] [--temperature X] [--save FILE] [--val-chunks N]
  *
+ * Training is data-parallel (optim.h's cr_trainer): each batch is split into
+ * --shards shards (8 by default), which --threads threads (default: every
+ * available core, or OMP_NUM_THREADS) take in turn. The shard count is part
+ * of the run and the thread count is not: the same flags give the same
+ * weights, and a byte-identical --save checkpoint, on any number of threads.
  * The default corpus is the GNU GPL text every Debian system ships. The text
  * is encoded in place to one byte per character, so a file costs about its
  * own size in memory; validation reads the first --val-chunks chunks of the
@@ -27,7 +33,8 @@ typedef struct opts {
     int64_t steps, hidden, layers, batch, seq, sample, embed, val_chunks;
     double lr, clip, temperature;
     uint64_t seed;
-    int threads;
+    int threads, shards;
+    cr_parallel_mode mode;
 } opts;
 
 typedef struct model {
@@ -41,8 +48,9 @@ static void usage(const char *prog)
 {
     fprintf(stderr,
             "usage: %s [--data FILE] [--steps N] [--hidden H] [--layers L] [--embed E] [--batch B]\n"
-            "          [--seq T] [--lr LR] [--clip C] [--seed S] [--threads N] [--sample N]\n"
-            "          [--temperature X] [--save FILE] [--val-chunks N]\n",
+            "          [--seq T] [--lr LR] [--clip C] [--seed S] [--threads N] [--shards S]\n"
+            "          [--mode auto|replicas|intra-op] [--sample N] [--temperature X] [--save FILE]\n"
+            "          [--val-chunks N]\n",
             prog);
     exit(2);
 }
@@ -51,7 +59,8 @@ static opts parse(int argc, char **argv)
 {
     opts o = {.data = "/usr/share/common-licenses/GPL-3", .steps = 400, .hidden = 128, .layers = 1,
               .batch = 32, .seq = 64, .sample = 400, .embed = 32, .lr = 3e-3, .clip = 5.0,
-              .temperature = 0.8, .seed = 42, .threads = 0, .val_chunks = 64};
+              .temperature = 0.8, .seed = 42, .threads = 0, .shards = 8, .mode = CR_PARALLEL_AUTO,
+              .val_chunks = 64};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) usage(argv[0]);
@@ -71,11 +80,19 @@ static opts parse(int argc, char **argv)
         else if (!strcmp(a, "--temperature")) o.temperature = parse_real(argv[0], v);
         else if (!strcmp(a, "--seed")) o.seed = (uint64_t)parse_int(argv[0], v);
         else if (!strcmp(a, "--threads")) o.threads = (int)parse_int(argv[0], v);
+        else if (!strcmp(a, "--shards")) o.shards = (int)parse_int(argv[0], v);
+        else if (!strcmp(a, "--mode")) {
+            if (!strcmp(v, "auto")) o.mode = CR_PARALLEL_AUTO;
+            else if (!strcmp(v, "replicas")) o.mode = CR_PARALLEL_REPLICAS;
+            else if (!strcmp(v, "intra-op")) o.mode = CR_PARALLEL_INTRA_OP;
+            else usage(argv[0]);
+        }
         else if (!strcmp(a, "--val-chunks")) o.val_chunks = parse_int(argv[0], v);
         else usage(argv[0]);
     }
     if (o.steps < 1 || o.hidden < 1 || o.layers < 1 || o.embed < 1 || o.batch < 1 || o.seq < 1 || o.sample < 0 ||
-        o.val_chunks < 0 || !(o.lr > 0) || !(o.temperature > 0)) {
+        o.val_chunks < 0 || o.threads < 0 || o.threads > 1024 || o.shards < 1 || o.shards > 4096 || !(o.lr > 0) ||
+        !(o.temperature > 0)) {
         fprintf(stderr, "charlm: option out of range\n");
         exit(2);
     }
@@ -98,6 +115,34 @@ static void carry(cr_tensor *h, cr_tensor *c, const cr_rnn_output *o)
 {
     cr_state_carry(h, o->h_n);
     cr_state_carry(c, o->c_n);
+}
+
+/* One training step's shards: shard s reads rows [begin, end) of the batch
+ * (x, y) and of the carried state (h, c), all persistent, and keeps its final
+ * state for after_backward, which carries it once every shard's backward has
+ * read the old one. */
+typedef struct batch {
+    model *m;
+    cr_tensor *x, *y, *h, *c; /* [B, T] ids and targets; [L, B, H] carried state */
+    cr_rnn_output *out;       /* [shards] each shard's output */
+} batch;
+
+static cr_tensor *shard_loss(void *ctx, const cr_shard *s)
+{
+    batch *b = ctx;
+    int64_t rows = s->end - s->begin;
+    cr_tensor *h = cr_narrow(b->h, 1, s->begin, rows), *c = cr_narrow(b->c, 1, s->begin, rows);
+    cr_tensor *x = cr_narrow(b->x, 0, s->begin, rows), *y = cr_reshape(cr_narrow(b->y, 0, s->begin, rows), CR_SHAPE(-1));
+    cr_tensor *loss = cr_cross_entropy(forward(b->m, x, h, c, &b->out[s->index]), y, -1, CR_MEAN);
+    return cr_mul_scalar(loss, s->weight); /* its share of the batch mean */
+}
+
+static void shard_carry(void *ctx, const cr_shard *s)
+{
+    batch *b = ctx;
+    int64_t rows = s->end - s->begin;
+    cr_copy_(cr_narrow(b->h, 1, s->begin, rows), b->out[s->index].h_n);
+    cr_copy_(cr_narrow(b->c, 1, s->begin, rows), b->out[s->index].c_n);
 }
 
 /* Mean cross-entropy (nats per char) over the first max_chunks chunks of the
@@ -165,7 +210,8 @@ static void sample(model *m, const cr_vocab *v, int32_t first, int64_t n, double
 int main(int argc, char **argv)
 {
     opts o = parse(argc, argv);
-    if (o.threads > 0) cr_set_num_threads(o.threads);
+    if (o.threads == 0) o.threads = cr_get_num_threads(); /* OMP_NUM_THREADS, else every core */
+    cr_set_num_threads(o.threads);
     char *text;
     size_t len;
     if (cr_read_file(o.data, &text, &len) != CR_OK) {
@@ -197,7 +243,10 @@ int main(int argc, char **argv)
                                          .num_layers = (int)o.layers, .forget_bias = 1.0, .dtype = CR_F32},
                          &rng);
     m.head = cr_linear_init(m.ps, "charlm.head", o.hidden, V, true, CR_F32, &rng);
-    printf("params=%zu bytes=%zu threads=%d\n", cr_params_numel(m.ps), cr_params_bytes(m.ps), cr_get_num_threads());
+    cr_trainer *tr = cr_trainer_init(m.ps, (cr_trainer_config){.shards = o.shards, .threads = o.threads,
+                                                               .mode = o.mode, .seed = o.seed});
+    printf("params=%zu bytes=%zu threads=%d shards=%d mode=%s\n", cr_params_numel(m.ps), cr_params_bytes(m.ps),
+           o.threads, o.shards, cr_parallel_mode_name(cr_trainer_mode(tr)));
 
     cr_optim *opt = cr_adam_init(m.ps, cr_adam_defaults(o.lr));
     cr_schedule sched = cr_schedule_warmup_cosine(o.lr, o.steps / 20, o.steps, o.lr / 10);
@@ -207,6 +256,8 @@ int main(int argc, char **argv)
     cr_tensor *h = cr_tensor_init(CR_F32, CR_SHAPE(L, B, H)), *c = cr_tensor_init(CR_F32, CR_SHAPE(L, B, H));
     cr_tensor *x = cr_tensor_init(CR_I32, CR_SHAPE(B, T)), *y = cr_tensor_init(CR_I32, CR_SHAPE(B, T));
     int64_t chunks = cr_stream_chunks(n_train, B, T);
+    batch bt = {.m = &m, .x = x, .y = y, .h = h, .c = c, .out = cr_xcalloc((size_t)o.shards, sizeof *bt.out)};
+    cr_task task = {.rows = B, .loss = shard_loss, .after_backward = shard_carry, .ctx = &bt};
     double t0 = now_s(), loss_avg = NAN;
     int64_t skipped = 0;
     for (int64_t step = 0; step < o.steps; step++) {
@@ -217,19 +268,11 @@ int main(int argc, char **argv)
         }
         cr_stream_chunk_u8(x, y, ids, n_train, k);
         cr_schedule_apply(&sched, opt, step);
-        cr_rnn_output out;
-        cr_tensor *loss = cr_cross_entropy(forward(&m, x, h, c, &out), cr_reshape(y, CR_SHAPE(-1)), -1, CR_MEAN);
-        cr_optim_zero_grad(opt);
-        cr_backward(loss);
-        double norm;
-        if (cr_clip_grad_norm(m.ps, o.clip, &norm) == CR_OK)
-            cr_optim_step(opt);
-        else
-            skipped++;
-        carry(h, c, &out); /* after backward, before the clear */
-        double l = cr_item(loss);
+        double l, norm;
+        /* forward and backward of every shard, the tree sum, clipping, Adam;
+         * the carry runs after every shard's backward */
+        if (cr_trainer_step(tr, &task, opt, o.clip, &l, &norm) != CR_OK) skipped++;
         loss_avg = isnan(loss_avg) ? l : 0.95 * loss_avg + 0.05 * l;
-        cr_graph_clear(g);
         if ((step + 1) % 50 == 0 || step + 1 == o.steps)
             printf("step=%lld loss=%.4f lr=%.2e grad_norm=%.3f ms_per_step=%.1f\n", (long long)(step + 1), loss_avg,
                    cr_optim_get_lr(opt), norm, 1e3 * (now_s() - t0) / (double)(step + 1));
@@ -259,6 +302,8 @@ int main(int argc, char **argv)
     cr_tensor_free(c);
     cr_tensor_free(x);
     cr_tensor_free(y);
+    free(bt.out);
+    cr_trainer_free(tr);
     cr_graph_free(g);
     cr_optim_free(opt);
     cr_rnn_free(m.lstm);
