@@ -6,6 +6,8 @@
  *                           [--batch B] [--seq T] [--lr LR] [--clip C] [--seed S]
  *                           [--threads N] [--shards S] [--mode auto|replicas|intra-op]
  *                           [--sample N] [--temperature X] [--save FILE] [--val-chunks N]
+ *                           [--resume FILE] [--mpi]
+ *   mpirun -np 2 ./build/examples/charlm --mpi [same flags]
  *
  * Training is data-parallel (optim.h's cr_trainer): each batch is split into
  * --shards shards (8 by default), which --threads threads (default: every
@@ -18,6 +20,15 @@
  * held-out tenth (64 by default, 0 = all of it). The last line is a key=value
  * summary: demo=charlm steps=... train_loss=... val_loss=... A failed save
  * exits with status 1.
+ *
+ * --resume FILE continues a run from a --save checkpoint (weights, Adam's
+ * state, the step, the sampling generator) up to --steps; the LSTM's carried
+ * state restarts from zero. --mpi trains over the ranks of an mpirun job (the
+ * mpi module, cr_mpi.h): the --shards shards are split over the ranks, the
+ * gradient is summed across them in the trainer's fixed tree, rank 0 prints
+ * and writes the checkpoint, and the result is the same as on one process:
+ * `mpirun -np 2 charlm --mpi --save a` and `charlm --save b` write
+ * byte-identical files. A checkpoint resumes on any number of ranks.
  */
 #include <math.h>
 #include <stdio.h>
@@ -27,9 +38,13 @@
 
 #include "carousel.h"
 #include "cli.h"
+#ifdef CR_HAVE_MPI
+#include "carousel/cr_mpi.h"
+#endif
 
 typedef struct opts {
-    const char *data, *save;
+    const char *data, *save, *resume;
+    bool mpi;
     int64_t steps, hidden, layers, batch, seq, sample, embed, val_chunks;
     double lr, clip, temperature;
     uint64_t seed;
@@ -50,7 +65,7 @@ static void usage(const char *prog)
             "usage: %s [--data FILE] [--steps N] [--hidden H] [--layers L] [--embed E] [--batch B]\n"
             "          [--seq T] [--lr LR] [--clip C] [--seed S] [--threads N] [--shards S]\n"
             "          [--mode auto|replicas|intra-op] [--sample N] [--temperature X] [--save FILE]\n"
-            "          [--val-chunks N]\n",
+            "          [--val-chunks N] [--resume FILE] [--mpi]\n",
             prog);
     exit(2);
 }
@@ -64,10 +79,15 @@ static opts parse(int argc, char **argv)
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) usage(argv[0]);
+        if (!strcmp(a, "--mpi")) {
+            o.mpi = true;
+            continue;
+        }
         if (!v) usage(argv[0]);
         i++;
         if (!strcmp(a, "--data")) o.data = v;
         else if (!strcmp(a, "--save")) o.save = v;
+        else if (!strcmp(a, "--resume")) o.resume = v;
         else if (!strcmp(a, "--steps")) o.steps = parse_int(argv[0], v);
         else if (!strcmp(a, "--hidden")) o.hidden = parse_int(argv[0], v);
         else if (!strcmp(a, "--layers")) o.layers = parse_int(argv[0], v);
@@ -207,16 +227,42 @@ static void sample(model *m, const cr_vocab *v, int32_t first, int64_t n, double
     cr_tensor_free(x);
 }
 
+/* Leave after a failure: under mpirun the other ranks may be waiting in a
+ * step, so the whole job goes (MPI_Abort prints which rank ended it). */
+static int fail(const opts *o, int rc)
+{
+#ifdef CR_HAVE_MPI
+    if (o->mpi) MPI_Abort(MPI_COMM_WORLD, rc);
+#endif
+    (void)o;
+    return rc;
+}
+
 int main(int argc, char **argv)
 {
     opts o = parse(argc, argv);
-    if (o.threads == 0) o.threads = cr_get_num_threads(); /* OMP_NUM_THREADS, else every core */
-    cr_set_num_threads(o.threads);
+    int rank = 0, ranks = 1;
+#ifdef CR_HAVE_MPI
+    if (o.mpi) {
+        MPI_Init(&argc, &argv);
+        MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+        MPI_Comm_size(MPI_COMM_WORLD, &ranks);
+        /* rank 0 speaks for the job; every rank still reports its errors */
+        if (rank != 0 && !freopen("/dev/null", "w", stdout)) return fail(&o, 1);
+    }
+#else
+    if (o.mpi) {
+        fprintf(stderr, "charlm: --mpi: this build has no MPI (meson option mpi; Debian: libopenmpi-dev)\n");
+        return 2;
+    }
+#endif
+    if (!o.mpi && o.threads == 0) o.threads = cr_get_num_threads(); /* OMP_NUM_THREADS, else every core */
+    if (o.threads) cr_set_num_threads(o.threads); /* over MPI, 0: the cores shared among a machine's ranks */
     char *text;
     size_t len;
     if (cr_read_file(o.data, &text, &len) != CR_OK) {
         fprintf(stderr, "charlm: %s\n", cr_last_error());
-        return 1;
+        return fail(&o, 1);
     }
     cr_vocab *vocab = cr_vocab_init_chars(text, len);
     int64_t n = (int64_t)len, V = cr_vocab_size(vocab);
@@ -224,7 +270,7 @@ int main(int argc, char **argv)
     uint8_t *ids = (uint8_t *)text;
     if (cr_vocab_encode_bytes(vocab, text, len, ids) != CR_OK) {
         fprintf(stderr, "charlm: %s\n", cr_last_error());
-        return 1;
+        return fail(&o, 1);
     }
     int64_t n_train = n * 9 / 10, n_val = n - n_train;
     printf("data=%s chars=%lld vocab=%lld train=%lld val=%lld\n", o.data, (long long)n, (long long)V,
@@ -232,7 +278,7 @@ int main(int argc, char **argv)
     if (cr_stream_chunks(n_train, o.batch, o.seq) < 1) {
         fprintf(stderr, "charlm: %s is too short for batch %lld x seq %lld\n", o.data, (long long)o.batch,
                 (long long)o.seq);
-        return 1;
+        return fail(&o, 1);
     }
 
     cr_rng rng = cr_rng_seed(o.seed);
@@ -243,12 +289,42 @@ int main(int argc, char **argv)
                                          .num_layers = (int)o.layers, .forget_bias = 1.0, .dtype = CR_F32},
                          &rng);
     m.head = cr_linear_init(m.ps, "charlm.head", o.hidden, V, true, CR_F32, &rng);
-    cr_trainer *tr = cr_trainer_init(m.ps, (cr_trainer_config){.shards = o.shards, .threads = o.threads,
-                                                               .mode = o.mode, .seed = o.seed});
-    printf("params=%zu bytes=%zu threads=%d shards=%d mode=%s\n", cr_params_numel(m.ps), cr_params_bytes(m.ps),
-           o.threads, o.shards, cr_parallel_mode_name(cr_trainer_mode(tr)));
+    cr_trainer_config tcfg = {.shards = o.shards, .threads = o.threads, .mode = o.mode, .seed = o.seed};
+    cr_trainer *tr;
+#ifdef CR_HAVE_MPI
+    cr_mpi_trainer *mt = NULL;
+    if (o.mpi) { /* the shards split over the ranks; the same result as one process */
+        if (cr_mpi_trainer_init(MPI_COMM_WORLD, m.ps, tcfg, &mt) != CR_OK) {
+            fprintf(stderr, "charlm: %s\n", cr_last_error());
+            return fail(&o, 1);
+        }
+        tr = cr_mpi_trainer_local(mt);
+    } else
+#endif
+        tr = cr_trainer_init(m.ps, tcfg);
+    printf("params=%zu bytes=%zu threads=%d shards=%d mode=%s ranks=%d\n", cr_params_numel(m.ps),
+           cr_params_bytes(m.ps), cr_trainer_threads(tr), o.shards, cr_parallel_mode_name(cr_trainer_mode(tr)), ranks);
 
     cr_optim *opt = cr_adam_init(m.ps, cr_adam_defaults(o.lr));
+    int64_t start = 0;
+    if (o.resume) { /* weights, Adam, the step (it keys the dropout streams), the sampling generator */
+        cr_status st;
+#ifdef CR_HAVE_MPI
+        if (mt)
+            st = cr_mpi_checkpoint_load(mt, o.resume, m.ps, opt, &start, &rng, NULL);
+        else
+#endif
+            st = cr_checkpoint_load(o.resume, m.ps, opt, &start, &rng, NULL);
+        if (st == CR_OK && start > o.steps)
+            st = cr_failure(CR_EINVAL, "%s is at step %lld, past --steps %lld", o.resume, (long long)start,
+                            (long long)o.steps);
+        if (st != CR_OK) {
+            fprintf(stderr, "charlm: %s\n", cr_last_error());
+            return fail(&o, 1);
+        }
+        cr_trainer_set_steps(tr, start);
+        printf("resumed=%s step=%lld\n", o.resume, (long long)start);
+    }
     cr_schedule sched = cr_schedule_warmup_cosine(o.lr, o.steps / 20, o.steps, o.lr / 10);
     cr_graph *g = cr_graph_init();
     cr_graph_use(g);
@@ -260,9 +336,9 @@ int main(int argc, char **argv)
     cr_task task = {.rows = B, .loss = shard_loss, .after_backward = shard_carry, .ctx = &bt};
     double t0 = now_s(), loss_avg = NAN;
     int64_t skipped = 0;
-    for (int64_t step = 0; step < o.steps; step++) {
+    for (int64_t step = start; step < o.steps; step++) {
         int64_t k = step % chunks;
-        if (k == 0) { /* a new pass over the stream starts from a zero state */
+        if (k == 0) { /* a new pass over the stream starts from a zero state (and a resumed run) */
             cr_fill(h, 0);
             cr_fill(c, 0);
         }
@@ -271,20 +347,39 @@ int main(int argc, char **argv)
         double l, norm;
         /* forward and backward of every shard, the tree sum, clipping, Adam;
          * the carry runs after every shard's backward */
-        if (cr_trainer_step(tr, &task, opt, o.clip, &l, &norm) != CR_OK) skipped++;
+        cr_status st;
+#ifdef CR_HAVE_MPI
+        if (mt)
+            st = cr_mpi_trainer_step(mt, &task, opt, o.clip, &l, &norm);
+        else
+#endif
+            st = cr_trainer_step(tr, &task, opt, o.clip, &l, &norm);
+        if (st == CR_NONFINITE) {
+            skipped++;
+        } else if (st != CR_OK) { /* ranks out of step, or MPI failed */
+            fprintf(stderr, "charlm: rank %d: %s\n", rank, cr_last_error());
+            return fail(&o, 1);
+        }
         loss_avg = isnan(loss_avg) ? l : 0.95 * loss_avg + 0.05 * l;
         if ((step + 1) % 50 == 0 || step + 1 == o.steps)
             printf("step=%lld loss=%.4f lr=%.2e grad_norm=%.3f ms_per_step=%.1f\n", (long long)(step + 1), loss_avg,
-                   cr_optim_get_lr(opt), norm, 1e3 * (now_s() - t0) / (double)(step + 1));
+                   cr_optim_get_lr(opt), norm, 1e3 * (now_s() - t0) / (double)(step + 1 - start));
         fflush(stdout);
     }
     double train_s = now_s() - t0;
-    double val = evaluate(&m, ids + n_train, n_val, 4, T, o.val_chunks, g);
+    double val = rank == 0 ? evaluate(&m, ids + n_train, n_val, 4, T, o.val_chunks, g) : NAN;
     printf("val_loss=%.4f bits_per_char=%.3f\n", val, val / log(2.0));
 
     int rc = 0;
     if (o.save) {
-        if (cr_checkpoint_save(o.save, m.ps, opt, o.steps, &rng, vocab, NULL, 0) != CR_OK) {
+        cr_status st;
+#ifdef CR_HAVE_MPI
+        if (mt) /* rank 0 writes; every rank gets its status */
+            st = cr_mpi_checkpoint_save(mt, o.save, m.ps, opt, o.steps, &rng, vocab, NULL, 0);
+        else
+#endif
+            st = cr_checkpoint_save(o.save, m.ps, opt, o.steps, &rng, vocab, NULL, 0);
+        if (st != CR_OK) {
             fprintf(stderr, "charlm: %s\n", cr_last_error());
             rc = 1;
         } else {
@@ -292,17 +387,23 @@ int main(int argc, char **argv)
         }
     }
     printf("--- sample (temperature %.2f) ---\n", o.temperature);
-    sample(&m, vocab, ids[0], o.sample, o.temperature, &rng, g);
+    if (rank == 0) sample(&m, vocab, ids[0], o.sample, o.temperature, &rng, g);
     printf("demo=charlm steps=%lld train_loss=%.4f val_loss=%.4f bits_per_char=%.3f skipped_steps=%lld "
            "ms_per_step=%.1f\n",
            (long long)o.steps, loss_avg, val, val / log(2.0), (long long)skipped,
-           o.steps ? 1e3 * train_s / (double)o.steps : 0.0);
+           o.steps > start ? 1e3 * train_s / (double)(o.steps - start) : 0.0);
 
     cr_tensor_free(h);
     cr_tensor_free(c);
     cr_tensor_free(x);
     cr_tensor_free(y);
     free(bt.out);
+#ifdef CR_HAVE_MPI
+    if (mt) {
+        cr_mpi_trainer_free(mt); /* and its trainer */
+        tr = NULL;
+    }
+#endif
     cr_trainer_free(tr);
     cr_graph_free(g);
     cr_optim_free(opt);
@@ -310,5 +411,8 @@ int main(int argc, char **argv)
     cr_params_free(m.ps);
     cr_vocab_free(vocab);
     free(text);
+#ifdef CR_HAVE_MPI
+    if (o.mpi) MPI_Finalize();
+#endif
     return rc;
 }
