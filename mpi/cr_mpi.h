@@ -102,6 +102,9 @@ int cr_mpi_trainer_local_shards(const cr_mpi_trainer *mt);
 size_t cr_mpi_trainer_message_bytes(const cr_mpi_trainer *mt); /* one rank's message: header + gradient */
 /* Bytes this rank sent in the last exchange (reduction and broadcast). */
 size_t cr_mpi_trainer_bytes_sent(const cr_mpi_trainer *mt);
+/* Wall time of this rank's last exchange, seconds: messages, sums and any
+ * wait for a slower rank. */
+double cr_mpi_trainer_exchange_s(const cr_mpi_trainer *mt);
 
 /* Collective: rank 0 writes the checkpoint (cr_checkpoint_save, atomic), and
  * every rank returns its status; on failure every rank's cr_last_error() holds

@@ -46,6 +46,7 @@ struct cr_mpi_trainer {
     void *their_grad;    /* [numel] a received gradient */
     MPI_Datatype mine_t, theirs_t; /* header + gradient as one message */
     size_t sent;         /* bytes sent in the last exchange */
+    double exchange_s;   /* its wall time */
 };
 
 /* ---- the split ------------------------------------------------------------------------- */
@@ -274,6 +275,7 @@ int cr_mpi_trainer_ranks(const cr_mpi_trainer *mt) { return mt->ranks; }
 int cr_mpi_trainer_first_shard(const cr_mpi_trainer *mt) { return mt->first; }
 int cr_mpi_trainer_local_shards(const cr_mpi_trainer *mt) { return mt->local; }
 size_t cr_mpi_trainer_bytes_sent(const cr_mpi_trainer *mt) { return mt->sent; }
+double cr_mpi_trainer_exchange_s(const cr_mpi_trainer *mt) { return mt->exchange_s; }
 
 size_t cr_mpi_trainer_message_bytes(const cr_mpi_trainer *mt)
 {
@@ -331,6 +333,7 @@ cr_status cr_mpi_trainer_backward(cr_mpi_trainer *mt, const cr_task *task, doubl
     memcpy(flags_of(h), cr_trainer_reached(mt->t), mt->n);
     size_t bytes = cr_mpi_trainer_message_bytes(mt);
     mt->sent = 0;
+    double t0 = MPI_Wtime();
     const int r = mt->rank, R = mt->ranks;
     int rc, top = 1;
     while (top < R) top *= 2;
@@ -376,6 +379,7 @@ cr_status cr_mpi_trainer_backward(cr_mpi_trainer *mt, const cr_task *task, doubl
             }
         }
     }
+    mt->exchange_s = MPI_Wtime() - t0;
     if (h->status != CR_OK) return cr_failure((cr_status)h->status, "%s: %s", fn, h->msg);
     memcpy(cr_trainer_reached(mt->t), flags_of(h), mt->n);
     cr_tensor_bump_version(cr_trainer_grad(mt->t));
