@@ -193,7 +193,7 @@ typedef struct result {
 
 static bool run_child(const char *self, const opts *o, const config *c, result *r)
 {
-    char cmd[2048];
+    char cmd[8192];
     snprintf(cmd, sizeof cmd,
              "mpirun -np %d %s--oversubscribe %s %s --child %s --threads %d --hidden %lld --shards %d "
              "--steps %d --batch %lld --seq %lld 2>&1",
