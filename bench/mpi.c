@@ -97,6 +97,14 @@ static cr_tensor *shard_loss(void *ctx, const cr_shard *s)
     return cr_mul_scalar(cr_cross_entropy(logits, y, -1, CR_MEAN), s->weight);
 }
 
+/* A shard loss that needs no gradient: the trainer's backward does no work,
+ * so a step is the exchange alone (both ranks arrive at once). */
+static cr_tensor *no_loss(void *ctx, const cr_shard *s)
+{
+    (void)ctx, (void)s;
+    return cr_zeros(CR_F32, CR_SHAPE(1));
+}
+
 static int child(opts o)
 {
     int rank = 0, ranks = 1;
@@ -148,6 +156,18 @@ static int child(opts o)
             if (mt) exch += cr_mpi_trainer_exchange_s(mt);
         }
     }
+    /* The exchange alone: median over 50 steps of a task with no gradient. */
+    double bare[50];
+    int n_bare = mt && ranks > 1 ? 50 : 0;
+    cr_task empty = {.rows = o.B, .loss = no_loss};
+    for (int k = 0; k < n_bare; k++) {
+        MPI_Barrier(MPI_COMM_WORLD);
+        if (cr_mpi_trainer_backward(mt, &empty, NULL) != CR_OK) MPI_Abort(MPI_COMM_WORLD, 1);
+        bare[k] = cr_mpi_trainer_exchange_s(mt);
+    }
+    if (n_bare) qsort(bare, (size_t)n_bare, sizeof *bare, cmp_double);
+    double bare_ms = n_bare ? 1e3 * bare[n_bare / 2] : 0, bare_max = 0;
+    MPI_Reduce(&bare_ms, &bare_max, 1, MPI_DOUBLE, MPI_MAX, 0, MPI_COMM_WORLD);
     /* the job's step takes as long as its slowest rank: the max per step */
     double *slowest = cr_xcalloc((size_t)o.steps, sizeof *slowest);
     MPI_Reduce(step_s, slowest, o.steps, MPI_DOUBLE, MPI_MAX, 0, MPI_COMM_WORLD);
@@ -158,9 +178,9 @@ static int child(opts o)
     if (rank == 0) {
         qsort(slowest, (size_t)o.steps, sizeof *slowest, cmp_double);
         double med = slowest[o.steps / 2];
-        printf("child ranks=%d threads=%d step_ms=%.3f exchange_ms=%.3f tokens_per_s=%.0f message_bytes=%zu "
-               "bytes_sent_per_step=%llu params=%zu loss=%.17g\n",
-               ranks, o.threads, 1e3 * med, 1e3 * exch_max / o.steps, (double)(o.B * o.T) / med,
+        printf("child ranks=%d threads=%d step_ms=%.3f exchange_ms=%.3f bare_exchange_ms=%.3f tokens_per_s=%.0f "
+               "message_bytes=%zu bytes_sent_per_step=%llu params=%zu loss=%.17g\n",
+               ranks, o.threads, 1e3 * med, 1e3 * exch_max / o.steps, bare_max, (double)(o.B * o.T) / med,
                mt ? cr_mpi_trainer_message_bytes(mt) : 0, sent_all, cr_params_numel(ps), loss);
     }
     free(step_s);
@@ -185,7 +205,7 @@ typedef struct config {
 } config;
 
 typedef struct result {
-    double tps[MAX_ROUNDS], step_ms[MAX_ROUNDS], exch_ms[MAX_ROUNDS];
+    double tps[MAX_ROUNDS], step_ms[MAX_ROUNDS], exch_ms[MAX_ROUNDS], bare_ms[MAX_ROUNDS];
     int n;
     size_t message, sent;
     double loss;
@@ -204,14 +224,15 @@ static bool run_child(const char *self, const opts *o, const config *c, result *
     char line[1024];
     bool got = false;
     while (fgets(line, sizeof line, p)) {
-        double step_ms, exch_ms, tps, loss;
+        double step_ms, exch_ms, bare_ms, tps, loss;
         size_t msg, params;
         unsigned long long sent;
         int ranks, threads;
         if (sscanf(line,
-                   "child ranks=%d threads=%d step_ms=%lf exchange_ms=%lf tokens_per_s=%lf message_bytes=%zu "
-                   "bytes_sent_per_step=%llu params=%zu loss=%lf",
-                   &ranks, &threads, &step_ms, &exch_ms, &tps, &msg, &sent, &params, &loss) == 9) {
+                   "child ranks=%d threads=%d step_ms=%lf exchange_ms=%lf bare_exchange_ms=%lf tokens_per_s=%lf "
+                   "message_bytes=%zu bytes_sent_per_step=%llu params=%zu loss=%lf",
+                   &ranks, &threads, &step_ms, &exch_ms, &bare_ms, &tps, &msg, &sent, &params, &loss) == 10) {
+            r->bare_ms[r->n] = bare_ms;
             r->tps[r->n] = tps;
             r->step_ms[r->n] = step_ms;
             r->exch_ms[r->n] = exch_ms;
@@ -266,18 +287,19 @@ int main(int argc, char **argv)
             }
     double base_lo, base_med, base_hi;
     stats(res[0].tps, res[0].n, &base_lo, &base_med, &base_hi);
-    printf("\n%-36s %30s %8s %12s %14s %12s\n", "configuration", "tokens/s min / median / max", "vs 1", "step ms",
-           "exchange ms", "bytes/step");
+    printf("\n%-36s %30s %8s %9s %12s %24s %11s\n", "configuration", "tokens/s min / median / max", "vs 1",
+           "step ms", "exchange ms", "bare exchange min/med/max", "bytes/step");
     for (int c = 0; c < NCFG; c++) {
-        double lo, med, hi, s_lo, s_med, s_hi, e_lo, e_med, e_hi;
+        double lo, med, hi, s_lo, s_med, s_hi, e_lo, e_med, e_hi, b_lo, b_med, b_hi;
         stats(res[c].tps, res[c].n, &lo, &med, &hi);
         stats(res[c].step_ms, res[c].n, &s_lo, &s_med, &s_hi);
         stats(res[c].exch_ms, res[c].n, &e_lo, &e_med, &e_hi);
-        printf("%-36s %9.0f / %9.0f / %9.0f %7.2fx %12.2f %14.3f %12zu\n", cfgs[c].name, lo, med, hi, med / base_med,
-               s_med, e_med, res[c].sent);
+        stats(res[c].bare_ms, res[c].n, &b_lo, &b_med, &b_hi);
+        printf("%-36s %9.0f / %9.0f / %9.0f %7.2fx %9.2f %12.3f %7.3f/%7.3f/%7.3f %11zu\n", cfgs[c].name, lo, med, hi,
+               med / base_med, s_med, e_med, b_lo, b_med, b_hi, res[c].sent);
         printf("bench=mpi config=%d ranks=%d threads=%d hidden=%lld tokens_per_s=%.0f min=%.0f max=%.0f "
-               "step_ms=%.3f exchange_ms=%.3f message_bytes=%zu bytes_sent_per_step=%zu\n",
-               c, cfgs[c].np, cfgs[c].threads, (long long)o.H, med, lo, hi, s_med, e_med, res[c].message,
+               "step_ms=%.3f exchange_ms=%.3f bare_exchange_ms=%.3f message_bytes=%zu bytes_sent_per_step=%zu\n",
+               c, cfgs[c].np, cfgs[c].threads, (long long)o.H, med, lo, hi, s_med, e_med, b_med, res[c].message,
                res[c].sent);
     }
     bool same = res[0].loss == res[1].loss && res[1].loss == res[2].loss;
