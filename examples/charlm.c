@@ -3,7 +3,7 @@
  * from.
  *
  *   ./build/examples/charlm [--data FILE] [--steps N] [--hidden H] [--layers L]
- *                           [--batch B] [--seq T] [--lr LR] [--clip C] [--seed S]
+ *                           [--batch B] [--seq T] [--lr LR] [--clip C] [--seed S] [--dropout P]
  *                           [--threads N] [--shards S] [--mode auto|replicas|intra-op]
  *                           [--sample N] [--temperature X] [--save FILE] [--val-chunks N]
  *                           [--resume FILE] [--mpi]
@@ -14,6 +14,8 @@
  * available core, or OMP_NUM_THREADS) take in turn. The shard count is part
  * of the run and the thread count is not: the same flags give the same
  * weights, and a byte-identical --save checkpoint, on any number of threads.
+ * --dropout applies between LSTM layers (--layers 2 and up); its masks come
+ * from each shard's stream, keyed by the seed, the step and the shard.
  * The default corpus is the GNU GPL text every Debian system ships. The text
  * is encoded in place to one byte per character, so a file costs about its
  * own size in memory; validation reads the first --val-chunks chunks of the
@@ -46,7 +48,7 @@ typedef struct opts {
     const char *data, *save, *resume;
     bool mpi;
     int64_t steps, hidden, layers, batch, seq, sample, embed, val_chunks;
-    double lr, clip, temperature;
+    double lr, clip, temperature, dropout;
     uint64_t seed;
     int threads, shards;
     cr_parallel_mode mode;
@@ -63,9 +65,9 @@ static void usage(const char *prog)
 {
     fprintf(stderr,
             "usage: %s [--data FILE] [--steps N] [--hidden H] [--layers L] [--embed E] [--batch B]\n"
-            "          [--seq T] [--lr LR] [--clip C] [--seed S] [--threads N] [--shards S]\n"
-            "          [--mode auto|replicas|intra-op] [--sample N] [--temperature X] [--save FILE]\n"
-            "          [--val-chunks N] [--resume FILE] [--mpi]\n",
+            "          [--seq T] [--lr LR] [--clip C] [--seed S] [--dropout P] [--threads N]\n"
+            "          [--shards S] [--mode auto|replicas|intra-op] [--sample N] [--temperature X]\n"
+            "          [--save FILE] [--val-chunks N] [--resume FILE] [--mpi]\n",
             prog);
     exit(2);
 }
@@ -101,6 +103,7 @@ static opts parse(int argc, char **argv)
         else if (!strcmp(a, "--seed")) o.seed = (uint64_t)parse_int(argv[0], v);
         else if (!strcmp(a, "--threads")) o.threads = (int)parse_int(argv[0], v);
         else if (!strcmp(a, "--shards")) o.shards = (int)parse_int(argv[0], v);
+        else if (!strcmp(a, "--dropout")) o.dropout = parse_real(argv[0], v);
         else if (!strcmp(a, "--mode")) {
             if (!strcmp(v, "auto")) o.mode = CR_PARALLEL_AUTO;
             else if (!strcmp(v, "replicas")) o.mode = CR_PARALLEL_REPLICAS;
@@ -111,7 +114,7 @@ static opts parse(int argc, char **argv)
         else usage(argv[0]);
     }
     if (o.steps < 1 || o.hidden < 1 || o.layers < 1 || o.embed < 1 || o.batch < 1 || o.seq < 1 || o.sample < 0 ||
-        o.val_chunks < 0 || o.threads < 0 || o.threads > 1024 || o.shards < 1 || o.shards > 4096 || !(o.lr > 0) ||
+        o.val_chunks < 0 || o.threads < 0 || o.threads > 1024 || o.shards < 1 || o.shards > 4096 || !(o.lr > 0) || !(o.dropout >= 0 && o.dropout < 1) ||
         !(o.temperature > 0)) {
         fprintf(stderr, "charlm: option out of range\n");
         exit(2);
@@ -286,7 +289,8 @@ int main(int argc, char **argv)
     m.emb = cr_embedding_init(m.ps, "charlm.embed", V, o.embed, -1, CR_F32, &rng);
     m.lstm = cr_rnn_init(m.ps, "charlm.lstm",
                          (cr_rnn_config){.cell = &cr_cell_lstm, .input_size = o.embed, .hidden_size = o.hidden,
-                                         .num_layers = (int)o.layers, .forget_bias = 1.0, .dtype = CR_F32},
+                                         .num_layers = (int)o.layers, .dropout = o.dropout, .forget_bias = 1.0,
+                                         .dtype = CR_F32},
                          &rng);
     m.head = cr_linear_init(m.ps, "charlm.head", o.hidden, V, true, CR_F32, &rng);
     cr_trainer_config tcfg = {.shards = o.shards, .threads = o.threads, .mode = o.mode, .seed = o.seed};

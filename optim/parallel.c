@@ -4,6 +4,7 @@
  * summed in a fixed pairwise tree, then clipping and one optimizer step.
  * Results depend on the shard count, never on the thread count. */
 #include <math.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -305,6 +306,29 @@ static void replica_body(cr_trainer *t, const cr_task *task, int id, int nth, bo
     atomic_fetch_add_explicit(&t->sync, 1, memory_order_release);
 }
 
+typedef struct region_args {
+    cr_trainer *t;
+    const cr_task *task;
+    bool anomaly;
+} region_args;
+
+static pthread_mutex_t region_lock = PTHREAD_MUTEX_INITIALIZER;
+static _Atomic(region_args *) region;
+
+/* The body of a replica step's one parallel region (it reads no local of
+ * the caller; see cr_trainer_backward). */
+static void region_body(void)
+{
+    const region_args *a = atomic_load_explicit(&region, memory_order_acquire);
+    cr_serial_begin();
+#ifdef _OPENMP
+    replica_body(a->t, a->task, omp_get_thread_num(), omp_get_num_threads(), a->anomaly);
+#else
+    replica_body(a->t, a->task, 0, 1, a->anomaly);
+#endif
+    cr_serial_end();
+}
+
 static void check_params(const cr_trainer *t, const char *op)
 {
     if (t->ps->n != t->n) cr_error("%s: the parameter set has %zu parameters, %zu at cr_trainer_init", op, t->ps->n, t->n);
@@ -334,22 +358,32 @@ double cr_trainer_backward(cr_trainer *t, const cr_task *task)
         active += begin < end;
     }
     bool anomaly = cr_detect_anomaly();
-    atomic_store_explicit(&t->next_shard, 0, memory_order_release);
+    atomic_store_explicit(&t->next_shard, 0, memory_order_relaxed);
     bool replicas = t->cfg.mode == CR_PARALLEL_REPLICAS;
-    int nth = replicas && cr_parallel_ok() ? (t->cfg.threads < active ? t->cfg.threads : active) : 1;
+    /* The configured thread count, not OpenMP's default: threads = 3 forks
+     * three threads even under OMP_NUM_THREADS=1. Never a nested team. */
+    bool can_fork = !cr_serial();
+#ifdef _OPENMP
+    can_fork = can_fork && !omp_in_parallel();
+#else
+    can_fork = false;
+#endif
+    int nth = replicas && can_fork ? (t->cfg.threads < active ? t->cfg.threads : active) : 1;
     if (replicas) cr_serial_begin(); /* no kernel of a shard forks */
     if (nth > 1) {
+        /* The region's arguments go through region_args, published with a
+         * release store the workers' first action acquires, so that
+         * ThreadSanitizer sees the hand-off (libgomp's is not instrumented,
+         * and a block capturing locals makes the workers read the caller's
+         * stack behind its back). The lock serialises trainers stepping on
+         * several user threads at once; uncontended it costs ~20 ns a step. */
+        pthread_mutex_lock(&region_lock);
+        region_args args = {t, task, anomaly};
+        atomic_store_explicit(&region, &args, memory_order_release);
 #pragma omp parallel num_threads(nth)
-        {
-            (void)atomic_load_explicit(&t->next_shard, memory_order_acquire);
-            cr_serial_begin();
-#ifdef _OPENMP
-            replica_body(t, task, omp_get_thread_num(), omp_get_num_threads(), anomaly);
-#else
-            replica_body(t, task, 0, 1, anomaly);
-#endif
-            cr_serial_end();
-        }
+        region_body();
+        atomic_store_explicit(&region, NULL, memory_order_relaxed);
+        pthread_mutex_unlock(&region_lock);
         (void)atomic_load_explicit(&t->sync, memory_order_acquire);
     } else {
         replica_body(t, task, 0, 1, anomaly);

@@ -1,6 +1,6 @@
-/* Shared by the parallel tests (test_parallel.c, replica_check.c,
- * alloc_count.c): a character-LM-shaped model (embedding, a multi-layer LSTM
- * with dropout between layers, a linear head on every step) trained through
+/* Shared by the parallel tests (test_parallel.c, replica_check.c): a
+ * character-LM-shaped model (embedding, a multi-layer LSTM with dropout
+ * between layers, a linear head on every step) trained through
  * cr_trainer on random ids, with variable lengths and truncated BPTT's
  * carried state per sequence. */
 #ifndef CAROUSEL_TEST_PARALLEL_MODEL_H
