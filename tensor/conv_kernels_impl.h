@@ -1,0 +1,166 @@
+/* Float-type template for conv_kernels.c: included once per type with T
+ * (float or double) and SFX (f32 or f64) defined. Every loop writes disjoint
+ * parts of its output per iteration (a row of the columns, or one input
+ * plane), so the OpenMP loops give the same numbers on any thread count. */
+
+#define CAT_(a, b) a##_##b
+#define CAT2(a, b) CAT_(a, b)
+#define FN(name) CAT2(name, SFX)
+
+/* Row (c, ki, kj) of the columns holds, for every sample of the block and
+ * every output position (oh, ow), x[n, c, oh SH - PH + ki DH, ow SW - PW + kj DW]. */
+static void FN(im2col)(const cr_window *g, const T *x, int64_t n0, int64_t nb, T *cols)
+{
+    const int64_t KK = g->KH * g->KW, rows = g->C * KK, P = g->OH * g->OW, width = nb * P;
+    const int64_t plane = g->H * g->W;
+    CR_PAR_FOR(rows * width > cr_parallel_threshold, "omp parallel for schedule(static)",
+    for (int64_t r = 0; r < rows; r++) {
+        int64_t c = r / KK, ki = r % KK / g->KW, kj = r % g->KW;
+        int64_t off_w = kj * g->DW - g->PW, lo, hi;
+        window_span(g->W, g->OW, g->SW, off_w, &lo, &hi);
+        T *dst = cols + r * width;
+        for (int64_t n = 0; n < nb; n++) {
+            const T *src = x + ((n0 + n) * g->C + c) * plane;
+            for (int64_t oh = 0; oh < g->OH; oh++, dst += g->OW) {
+                int64_t ih = oh * g->SH - g->PH + ki * g->DH;
+                if (ih < 0 || ih >= g->H) {
+                    for (int64_t ow = 0; ow < g->OW; ow++) dst[ow] = 0;
+                    continue;
+                }
+                const T *row = src + ih * g->W;
+                for (int64_t ow = 0; ow < lo; ow++) dst[ow] = 0;
+                if (g->SW == 1 && hi > lo)
+                    memcpy(dst + lo, row + lo + off_w, (size_t)(hi - lo) * sizeof(T));
+                else
+                    for (int64_t ow = lo; ow < hi; ow++) dst[ow] = row[ow * g->SW + off_w];
+                for (int64_t ow = hi; ow < g->OW; ow++) dst[ow] = 0;
+            }
+        }
+    });
+}
+
+/* The adjoint of im2col: every column entry is added back to the input
+ * element it was read from. One iteration owns one (sample, channel) plane
+ * and adds into it in a fixed order (ki, kj, oh, ow). */
+static void FN(col2im)(const cr_window *g, const T *cols, int64_t n0, int64_t nb, T *gx)
+{
+    const int64_t KK = g->KH * g->KW, P = g->OH * g->OW, width = nb * P, plane = g->H * g->W;
+    const int64_t planes = nb * g->C;
+    CR_PAR_FOR(planes * KK * P > cr_parallel_threshold, "omp parallel for schedule(static)",
+    for (int64_t q = 0; q < planes; q++) {
+        int64_t n = q / g->C, c = q % g->C;
+        T *dst = gx + ((n0 + n) * g->C + c) * plane;
+        for (int64_t ki = 0; ki < g->KH; ki++)
+            for (int64_t kj = 0; kj < g->KW; kj++) {
+                int64_t off_w = kj * g->DW - g->PW, lo, hi;
+                window_span(g->W, g->OW, g->SW, off_w, &lo, &hi);
+                const T *src = cols + ((c * g->KH + ki) * g->KW + kj) * width + n * P;
+                for (int64_t oh = 0; oh < g->OH; oh++) {
+                    int64_t ih = oh * g->SH - g->PH + ki * g->DH;
+                    if (ih < 0 || ih >= g->H) continue;
+                    T *row = dst + ih * g->W;
+                    const T *s = src + oh * g->OW;
+                    if (g->SW == 1)
+                        for (int64_t ow = lo; ow < hi; ow++) row[ow + off_w] += s[ow];
+                    else
+                        for (int64_t ow = lo; ow < hi; ow++) row[ow * g->SW + off_w] += s[ow];
+                }
+            }
+    });
+}
+
+/* Max over each window, padding being -inf; the index of the first maximum
+ * in scan order, a NaN taking over (PyTorch's `val > max || isnan(val)`). */
+static void FN(max_pool)(const cr_window *g, int64_t planes, const T *x, T *out, int32_t *arg)
+{
+    const int64_t plane = g->H * g->W, P = g->OH * g->OW;
+    CR_PAR_FOR(planes * P * g->KH * g->KW > cr_parallel_threshold, "omp parallel for schedule(static)",
+    for (int64_t q = 0; q < planes; q++) {
+        const T *src = x + q * plane;
+        for (int64_t oh = 0; oh < g->OH; oh++)
+            for (int64_t ow = 0; ow < g->OW; ow++) {
+                int64_t h0 = oh * g->SH - g->PH, w0 = ow * g->SW - g->PW, best_i = -1;
+                T best = -(T)INFINITY;
+                for (int64_t ki = 0; ki < g->KH; ki++) {
+                    int64_t ih = h0 + ki * g->DH;
+                    if (ih < 0 || ih >= g->H) continue;
+                    for (int64_t kj = 0; kj < g->KW; kj++) {
+                        int64_t iw = w0 + kj * g->DW;
+                        if (iw < 0 || iw >= g->W) continue;
+                        T v = src[ih * g->W + iw];
+                        if (best_i < 0) best_i = ih * g->W + iw; /* all -inf: the first element */
+                        if (v > best || isnan(v)) {
+                            best = v;
+                            best_i = ih * g->W + iw;
+                        }
+                    }
+                }
+                out[q * P + oh * g->OW + ow] = best;
+                arg[q * P + oh * g->OW + ow] = (int32_t)best_i;
+            }
+    });
+}
+
+/* gx[argmax] += gy, plane by plane (one iteration owns one plane). */
+static void FN(max_pool_backward)(const cr_window *g, int64_t planes, T *gx, const T *gy, const int32_t *arg)
+{
+    const int64_t plane = g->H * g->W, P = g->OH * g->OW;
+    CR_PAR_FOR(planes * P > cr_parallel_threshold, "omp parallel for schedule(static)",
+    for (int64_t q = 0; q < planes; q++)
+        for (int64_t k = 0; k < P; k++) gx[q * plane + arg[q * P + k]] += gy[q * P + k];);
+}
+
+/* Mean over each window with the padding counted as zeros: the divisor is
+ * always KH KW (PyTorch's count_include_pad=True; without ceil_mode a window
+ * never reaches past the padding). */
+static void FN(avg_pool)(const cr_window *g, int64_t planes, const T *x, T *out)
+{
+    const int64_t plane = g->H * g->W, P = g->OH * g->OW;
+    const T inv = (T)1 / (T)(g->KH * g->KW);
+    CR_PAR_FOR(planes * P * g->KH * g->KW > cr_parallel_threshold, "omp parallel for schedule(static)",
+    for (int64_t q = 0; q < planes; q++) {
+        const T *src = x + q * plane;
+        for (int64_t oh = 0; oh < g->OH; oh++)
+            for (int64_t ow = 0; ow < g->OW; ow++) {
+                int64_t h0 = oh * g->SH - g->PH, w0 = ow * g->SW - g->PW;
+                T s = 0;
+                for (int64_t ki = 0; ki < g->KH; ki++) {
+                    int64_t ih = h0 + ki * g->DH;
+                    if (ih < 0 || ih >= g->H) continue;
+                    for (int64_t kj = 0; kj < g->KW; kj++) {
+                        int64_t iw = w0 + kj * g->DW;
+                        if (iw >= 0 && iw < g->W) s += src[ih * g->W + iw];
+                    }
+                }
+                out[q * P + oh * g->OW + ow] = s * inv;
+            }
+    });
+}
+
+/* gx[window] += gy / (KH KW), plane by plane. */
+static void FN(avg_pool_backward)(const cr_window *g, int64_t planes, T *gx, const T *gy)
+{
+    const int64_t plane = g->H * g->W, P = g->OH * g->OW;
+    const T inv = (T)1 / (T)(g->KH * g->KW);
+    CR_PAR_FOR(planes * P * g->KH * g->KW > cr_parallel_threshold, "omp parallel for schedule(static)",
+    for (int64_t q = 0; q < planes; q++) {
+        T *dst = gx + q * plane;
+        for (int64_t oh = 0; oh < g->OH; oh++)
+            for (int64_t ow = 0; ow < g->OW; ow++) {
+                int64_t h0 = oh * g->SH - g->PH, w0 = ow * g->SW - g->PW;
+                T d = gy[q * P + oh * g->OW + ow] * inv;
+                for (int64_t ki = 0; ki < g->KH; ki++) {
+                    int64_t ih = h0 + ki * g->DH;
+                    if (ih < 0 || ih >= g->H) continue;
+                    for (int64_t kj = 0; kj < g->KW; kj++) {
+                        int64_t iw = w0 + kj * g->DW;
+                        if (iw >= 0 && iw < g->W) dst[ih * g->W + iw] += d;
+                    }
+                }
+            }
+    });
+}
+
+#undef FN
+#undef CAT2
+#undef CAT_
