@@ -227,11 +227,15 @@ typedef struct cr_conv2d_opts {
 cr_tensor *cr_conv1d(cr_tensor *x, cr_tensor *w, cr_tensor *b, cr_conv1d_opts o);
 /* the same over (h, w) */
 cr_tensor *cr_conv2d(cr_tensor *x, cr_tensor *w, cr_tensor *b, cr_conv2d_opts o);
-/* Samples are lowered in blocks whose columns take at most this many bytes
- * (at least one sample); a 1x1 convolution whose one sample fills a block
- * multiplies the input directly. Results do not depend on it beyond rounding
- * (tests vary it; bench/conv measured the default). */
+/* Samples are lowered in blocks whose columns (im2col) take at most
+ * cr_conv_block_bytes (at least one sample; blocks run in parallel, one
+ * thread each); a 1x1 convolution whose one sample fills a block multiplies
+ * the input directly. The forward keeps a whole batch's columns for the
+ * weight gradient when they take at most cr_conv_keep_bytes (else backward
+ * builds them again). Results do not depend on either beyond rounding, nor on
+ * the thread count at all (tests vary them; bench/conv measured the defaults). */
 extern int64_t cr_conv_block_bytes;
+extern int64_t cr_conv_keep_bytes;
 
 /* Pooling over the last dim (1-D: x [N, C, L] or [C, L]) or the last two
  * (2-D: [N, C, H, W] or [C, H, W]); stride 0 means the kernel (PyTorch's

@@ -4,6 +4,10 @@
  * whose samples are large is a plain product on the input itself. */
 #include <string.h>
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 #include "ops_internal.h"
 
 typedef struct {
@@ -13,10 +17,14 @@ typedef struct {
 
 /* The columns of one block of samples stay below this many bytes (at least
  * one sample per block): big enough that the products are not tiny, small
- * enough to stay in cache between im2col and the product. The block depends
- * only on the shapes, never on the thread count, so sums over blocks (the
- * weight gradient) come out the same on any number of threads. */
-int64_t cr_conv_block_bytes = (int64_t)1 << 20;
+ * enough to stay in cache between im2col and the product, and enough blocks
+ * to share among threads. The blocks depend only on the shapes, never on the
+ * thread count, and the weight gradient sums the blocks' products in block
+ * order, so results are the same on any number of threads. */
+int64_t cr_conv_block_bytes = (int64_t)1 << 18;
+/* The forward keeps the columns of the whole batch for the weight gradient
+ * (instead of backward building them again) when they take at most this. */
+int64_t cr_conv_keep_bytes = (int64_t)1 << 25;
 
 /* A 2-D header over data (elements of dt), for cr_k_gemm. */
 static cr_tensor mat(cr_dtype dt, void *data, int64_t rows, int64_t cols, int64_t rs, int64_t cs)
@@ -76,7 +84,10 @@ typedef struct {
     cr_dtype dt;
     size_t es;
     int64_t N, C, O, G, Cg, Og, K, P; /* K = Cg KH KW: one group's rows of the columns */
-    int64_t nb;                       /* samples per block; 0: direct 1x1 products */
+    int64_t rows;                     /* G K: rows of the columns */
+    int64_t nb, blocks;               /* samples per block, number of blocks */
+    bool direct;                      /* 1x1, one sample per block: the input plane is the columns */
+    int threads;                      /* scratch sets (the blocks run in parallel when > 1) */
 } conv_dims;
 
 static conv_dims dims_of(const cr_node *n)
@@ -88,120 +99,227 @@ static conv_dims dims_of(const cr_node *n)
     d.Cg = d.C / d.G;
     d.Og = d.O / d.G;
     d.K = d.Cg * g->KH * g->KW;
+    d.rows = d.G * d.K;
     d.P = g->OH * g->OW;
-    int64_t sample = d.C * g->KH * g->KW * d.P * (int64_t)d.es; /* bytes of one sample's columns */
+    int64_t sample = d.rows * d.P * (int64_t)d.es; /* bytes of one sample's columns */
     d.nb = sample >= cr_conv_block_bytes ? 1 : cr_conv_block_bytes / (sample > 0 ? sample : 1);
     if (d.nb > d.N) d.nb = d.N > 0 ? d.N : 1;
+    d.blocks = (d.N + d.nb - 1) / d.nb;
     bool pointwise = g->KH == 1 && g->KW == 1 && g->SH == 1 && g->SW == 1 && g->PH == 0 && g->PW == 0;
-    if (pointwise && d.nb == 1) d.nb = 0; /* a sample's input already is its columns */
+    d.direct = pointwise && d.nb == 1;
+    /* Several blocks and threads: one block per thread at a time, each
+     * product on one thread (BLIS, called inside a parallel region, runs on
+     * the calling thread), which beats splitting small products between
+     * threads. One block: a serial loop, and BLIS may use the threads. */
+    int t = cr_get_num_threads();
+    d.threads = d.blocks > 1 && t > 1 ? (int)(t < d.blocks ? t : d.blocks) : 1;
     return d;
+}
+
+static int thread_id(void)
+{
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
+/* Scratch of `per` elements for each of d->threads threads (arena memory:
+ * allocated before any parallel region, which has no current arena). */
+static cr_tensor *scratch(const conv_dims *d, int64_t per)
+{
+    return cr_tensor_new(d->dt, CR_SHAPE(per * d->threads));
+}
+
+/* ---- forward ------------------------------------------------------------------------- */
+
+typedef struct {
+    conv_dims d;
+    const cr_window *g;
+    const cr_tensor *x, *w, *b;
+    cr_tensor *y;
+    cr_tensor *cols;   /* kept: one slice per block; else one per thread */
+    bool kept;
+    cr_tensor *yb;     /* [O, nb*P] per thread, when nb > 1 */
+} fwd_ctx;
+
+static void fwd_block(const fwd_ctx *c, int64_t blk)
+{
+    const conv_dims *d = &c->d;
+    int tid = thread_id();
+    int64_t n0 = blk * d->nb, m = d->N - n0 < d->nb ? d->N - n0 : d->nb, width = m * d->P;
+    int64_t slice = d->rows * d->nb * d->P;
+    /* the block's columns [G*K, m*P]: for a direct 1x1, the sample's input [C, P] */
+    char *cp = at(c->x, n0 * d->C * d->P);
+    if (!d->direct) {
+        cr_tensor cv = flat(c->cols, d->rows * width);
+        cv.data = at(c->cols, (c->kept ? blk : tid) * slice);
+        cr_k_im2col(c->g, c->x, n0, m, &cv);
+        cp = cv.data;
+    }
+    /* the block's outputs [O, m*P]: the sample itself when the block is one */
+    char *out = c->yb ? at(c->yb, tid * d->O * d->nb * d->P) : at(c->y, n0 * d->O * d->P);
+    if (c->b) fill_rows(d->dt, out, d->O, width, c->b->data);
+    for (int64_t k = 0; k < d->G; k++) { /* Y[g] (+)= W[g] cols[g] */
+        cr_tensor wk = mat(d->dt, at(c->w, k * d->Og * d->K), d->Og, d->K, d->K, 1);
+        cr_tensor ck = mat(d->dt, cp + k * d->K * width * (int64_t)d->es, d->K, width, width, 1);
+        cr_tensor yk = mat(d->dt, out + k * d->Og * width * (int64_t)d->es, d->Og, width, width, 1);
+        cr_k_gemm(1.0, &wk, &ck, c->b ? 1.0 : 0.0, &yk);
+    }
+    if (c->yb) reorder(true, d->es, at(c->y, n0 * d->O * d->P), out, m, d->O, d->P);
 }
 
 static void conv_fwd(cr_node *n)
 {
-    const cr_window *g = &CR_NODE_ATTR(n, conv_attr)->g;
-    const cr_tensor *x = n->in[0], *w = n->in[1], *b = n->n_in > 2 ? n->in[2] : NULL;
-    cr_tensor *y = n->out;
-    conv_dims d = dims_of(n);
-    double beta = b ? 1.0 : 0.0;
-    if (d.nb == 0) { /* 1x1: Y_s[g] = W[g] X_s[g], the input plane [Cg, P] is the columns */
-        for (int64_t s = 0; s < d.N; s++) {
-            if (b) fill_rows(d.dt, at(y, s * d.O * d.P), d.O, d.P, b->data);
-            for (int64_t k = 0; k < d.G; k++) {
-                cr_tensor wk = mat(d.dt, at(w, k * d.Og * d.K), d.Og, d.K, d.K, 1);
-                cr_tensor xk = mat(d.dt, at(x, (s * d.C + k * d.Cg) * d.P), d.Cg, d.P, d.P, 1);
-                cr_tensor yk = mat(d.dt, at(y, (s * d.O + k * d.Og) * d.P), d.Og, d.P, d.P, 1);
-                cr_k_gemm(1.0, &wk, &xk, beta, &yk);
-            }
-        }
-        return;
+    fwd_ctx c = {.d = dims_of(n), .g = &CR_NODE_ATTR(n, conv_attr)->g, .x = n->in[0], .w = n->in[1],
+                 .b = n->n_in > 2 ? n->in[2] : NULL, .y = n->out};
+    const conv_dims *d = &c.d;
+    int64_t slice = d->rows * d->nb * d->P, all;
+    /* keep the columns for dW when it will be wanted and they are not too big */
+    c.kept = !d->direct && cr_grad_enabled() && c.w->requires_grad && cr_mul_ok(slice, d->blocks, &all) &&
+             all <= cr_conv_keep_bytes / (int64_t)d->es;
+    if (!d->direct) c.cols = c.kept ? cr_tensor_new(d->dt, CR_SHAPE(all)) : scratch(d, slice);
+    if (c.kept) n->saved = c.cols;
+    if (d->nb > 1) c.yb = scratch(d, d->O * d->nb * d->P);
+    CR_PAR_FOR(d->threads > 1, "omp parallel for schedule(static) num_threads(d->threads)",
+               for (int64_t b = 0; b < d->blocks; b++) fwd_block(&c, b););
+}
+
+/* db[o] += the sum over samples and positions of dy[s, o, p], in double, in
+ * one fixed order (eight interleaved partial sums per row so the loop
+ * vectorises); the channels are independent, so threads do not change it. */
+#define BIAS_GRAD(T)                                                                          \
+    do {                                                                                      \
+        const T *dy = gy->data;                                                               \
+        T *db = gb->data;                                                                     \
+        CR_PAR_FOR(d->N * d->O * d->P > cr_parallel_threshold, "omp parallel for schedule(static)", \
+        for (int64_t o = 0; o < d->O; o++) {                                                  \
+            double s8[8] = {0, 0, 0, 0, 0, 0, 0, 0}, s = 0;                                   \
+            for (int64_t i = 0; i < d->N; i++) {                                              \
+                const T *r = dy + (i * d->O + o) * d->P;                                      \
+                int64_t p = 0;                                                                \
+                for (; p + 8 <= d->P; p += 8)                                                 \
+                    for (int q = 0; q < 8; q++) s8[q] += (double)r[p + q];                    \
+                for (; p < d->P; p++) s += (double)r[p];                                      \
+            }                                                                                 \
+            db[o] += (T)(s + ((s8[0] + s8[1]) + (s8[2] + s8[3])) + ((s8[4] + s8[5]) + (s8[6] + s8[7]))); \
+        });                                                                                   \
+    } while (0)
+
+static void bias_grad(const conv_dims *d, const cr_tensor *gy, cr_tensor *gb)
+{
+    if (d->dt == CR_F32)
+        BIAS_GRAD(float);
+    else
+        BIAS_GRAD(double);
+}
+
+/* ---- backward ------------------------------------------------------------------------ */
+
+/* dyt [m*P, O] = the block's output gradient [m, O, P] with each sample's
+ * [O, P] transposed (positions as rows, for the weight gradient's product). */
+static void transpose_block(size_t es, const char *dy, char *dyt, int64_t m, int64_t O, int64_t P)
+{
+    for (int64_t j = 0; j < m; j++) {
+        const char *src = dy + (size_t)(j * O * P) * es;
+        char *dst = dyt + (size_t)(j * P * O) * es;
+        if (es == 4)
+            for (int64_t p = 0; p < P; p++)
+                for (int64_t o = 0; o < O; o++) ((float *)dst)[p * O + o] = ((const float *)src)[o * P + p];
+        else
+            for (int64_t p = 0; p < P; p++)
+                for (int64_t o = 0; o < O; o++) ((double *)dst)[p * O + o] = ((const double *)src)[o * P + p];
     }
-    cr_tensor *cols = cr_tensor_new(d.dt, CR_SHAPE(d.G * d.K * d.nb * d.P));
-    cr_tensor *yb = d.nb > 1 ? cr_tensor_new(d.dt, CR_SHAPE(d.O * d.nb * d.P)) : NULL;
-    for (int64_t n0 = 0; n0 < d.N; n0 += d.nb) {
-        int64_t m = d.N - n0 < d.nb ? d.N - n0 : d.nb, width = m * d.P;
-        cr_tensor cv = flat(cols, d.G * d.K * width);
-        cr_k_im2col(g, x, n0, m, &cv);
-        /* the block's outputs [O, m*P]: the sample itself when the block is one */
-        char *out = yb ? yb->data : at(y, n0 * d.O * d.P);
-        if (b) fill_rows(d.dt, out, d.O, width, b->data);
-        for (int64_t k = 0; k < d.G; k++) { /* Y[g] (+)= W[g] cols[g] */
-            cr_tensor wk = mat(d.dt, at(w, k * d.Og * d.K), d.Og, d.K, d.K, 1);
-            cr_tensor ck = mat(d.dt, at(cols, k * d.K * width), d.K, width, width, 1);
-            cr_tensor yk = mat(d.dt, out + k * d.Og * width * (int64_t)d.es, d.Og, width, width, 1);
-            cr_k_gemm(1.0, &wk, &ck, beta, &yk);
+}
+
+typedef struct {
+    conv_dims d;
+    const cr_window *g;
+    const cr_tensor *x, *w, *gy;
+    cr_tensor *gx, *gw;
+    const cr_tensor *kept; /* the forward's columns, one slice per block, or NULL */
+    cr_tensor *gwt;        /* per block: dW^T [G][K, Og] of the block */
+    cr_tensor *cols;       /* per thread: columns, then column gradients */
+    cr_tensor *dyt;        /* per thread: dY^T [m*P, O] */
+    cr_tensor *dyb;        /* per thread: dY [O, m*P], when nb > 1 */
+} bwd_ctx;
+
+static void bwd_block(const bwd_ctx *c, int64_t blk)
+{
+    const conv_dims *d = &c->d;
+    int tid = thread_id();
+    int64_t n0 = blk * d->nb, m = d->N - n0 < d->nb ? d->N - n0 : d->nb, width = m * d->P;
+    int64_t slice = d->rows * d->nb * d->P;
+    const char *dy = at(c->gy, n0 * d->O * d->P); /* [m, O, P] */
+    if (c->gw) { /* dW[g]^T = cols[g] dY[g]^T: BLIS sums fastest over the rows of dY^T [m*P, O] */
+        char *dyt = at(c->dyt, tid * d->nb * d->P * d->O);
+        transpose_block(d->es, dy, dyt, m, d->O, d->P);
+        char *cp = at(c->x, n0 * d->C * d->P); /* a direct 1x1's columns: the input itself */
+        if (c->kept) {
+            cp = at(c->kept, blk * slice);
+        } else if (!d->direct) {
+            cr_tensor cv = flat(c->cols, d->rows * width);
+            cv.data = at(c->cols, tid * slice);
+            cr_k_im2col(c->g, c->x, n0, m, &cv);
+            cp = cv.data;
         }
-        if (yb) reorder(true, d.es, at(y, n0 * d.O * d.P), out, m, d.O, d.P);
+        for (int64_t k = 0; k < d->G; k++) {
+            cr_tensor ck = mat(d->dt, cp + k * d->K * width * (int64_t)d->es, d->K, width, width, 1);
+            cr_tensor dk = mat(d->dt, dyt + k * d->Og * (int64_t)d->es, width, d->Og, d->O, 1);
+            cr_tensor tk = mat(d->dt, at(c->gwt, (blk * d->G + k) * d->K * d->Og), d->K, d->Og, d->Og, 1);
+            cr_k_gemm(1.0, &ck, &dk, 0.0, &tk);
+        }
+    }
+    if (!c->gx) return;
+    /* dcols[g] = W[g]^T dY[g] with dY as [O, m*P], then dX += col2im(dcols);
+     * a direct 1x1 adds W[g]^T dY[g] into the sample's gradient itself */
+    const char *dyp = dy;
+    if (c->dyb) {
+        char *buf = at(c->dyb, tid * d->O * d->nb * d->P);
+        reorder(false, d->es, (char *)dy, buf, m, d->O, d->P);
+        dyp = buf;
+    }
+    char *dc = d->direct ? at(c->gx, n0 * d->C * d->P) : at(c->cols, tid * slice);
+    for (int64_t k = 0; k < d->G; k++) {
+        cr_tensor wt = mat(d->dt, at(c->w, k * d->Og * d->K), d->K, d->Og, 1, d->K);
+        cr_tensor dyk = mat(d->dt, (char *)dyp + k * d->Og * width * (int64_t)d->es, d->Og, width, width, 1);
+        cr_tensor dck = mat(d->dt, dc + k * d->K * width * (int64_t)d->es, d->K, width, width, 1);
+        cr_k_gemm(1.0, &wt, &dyk, d->direct ? 1.0 : 0.0, &dck);
+    }
+    if (!d->direct) {
+        cr_tensor dv = flat(c->cols, d->rows * width);
+        dv.data = dc;
+        cr_k_col2im(c->g, &dv, n0, m, c->gx);
     }
 }
 
 static void conv_bwd(cr_node *n)
 {
-    const cr_window *g = &CR_NODE_ATTR(n, conv_attr)->g;
-    const cr_tensor *x = n->in[0], *w = n->in[1], *gy = as_contiguous(n->out->grad);
-    cr_tensor *gx = input_grad(n, 0), *gw = input_grad(n, 1), *gb = n->n_in > 2 ? input_grad(n, 2) : NULL;
-    conv_dims d = dims_of(n);
-    if (gb) { /* db[o] += sum over samples and positions of dy[s, o, p] */
-        cr_tensor acc = *gb, dy = *gy;
-        acc.ndim = 3;
-        acc.shape[0] = 1, acc.shape[1] = d.O, acc.shape[2] = 1;
-        acc.stride[0] = d.O, acc.stride[1] = 1, acc.stride[2] = 1;
-        dy.ndim = 3;
-        dy.shape[0] = d.N, dy.shape[1] = d.O, dy.shape[2] = d.P;
-        dy.stride[0] = d.O * d.P, dy.stride[1] = d.P, dy.stride[2] = 1;
-        cr_k_accumulate(&acc, &dy, NULL);
+    bwd_ctx c = {.d = dims_of(n), .g = &CR_NODE_ATTR(n, conv_attr)->g, .x = n->in[0], .w = n->in[1],
+                 .gy = as_contiguous(n->out->grad), .gx = input_grad(n, 0), .gw = input_grad(n, 1),
+                 .kept = n->saved};
+    const conv_dims *d = &c.d;
+    cr_tensor *gb = n->n_in > 2 ? input_grad(n, 2) : NULL;
+    if (gb) bias_grad(d, c.gy, gb); /* db += sum of dy over samples and positions */
+    if (!c.gx && !c.gw) return;
+    if (!c.gw) c.kept = NULL;
+    int64_t slice = d->rows * d->nb * d->P;
+    if (!d->direct && (c.gx || !c.kept)) c.cols = scratch(d, slice);
+    if (c.gw) {
+        c.gwt = cr_tensor_new(d->dt, CR_SHAPE(d->blocks * d->G * d->K * d->Og));
+        c.dyt = scratch(d, d->nb * d->P * d->O);
     }
-    if (!gx && !gw) return;
-    if (d.nb == 0) { /* 1x1, per sample and group */
-        for (int64_t s = 0; s < d.N; s++)
-            for (int64_t k = 0; k < d.G; k++) {
-                cr_tensor dyk = mat(d.dt, at(gy, (s * d.O + k * d.Og) * d.P), d.Og, d.P, d.P, 1);
-                if (gw) { /* dW[g] += dY_s[g] X_s[g]^T */
-                    cr_tensor xt = mat(d.dt, at(x, (s * d.C + k * d.Cg) * d.P), d.P, d.Cg, 1, d.P);
-                    cr_tensor gwk = mat(d.dt, at(gw, k * d.Og * d.K), d.Og, d.K, d.K, 1);
-                    cr_k_gemm(1.0, &dyk, &xt, 1.0, &gwk);
-                }
-                if (gx) { /* dX_s[g] += W[g]^T dY_s[g] */
-                    cr_tensor wt = mat(d.dt, at(w, k * d.Og * d.K), d.K, d.Og, 1, d.K);
-                    cr_tensor gxk = mat(d.dt, at(gx, (s * d.C + k * d.Cg) * d.P), d.Cg, d.P, d.P, 1);
-                    cr_k_gemm(1.0, &wt, &dyk, 1.0, &gxk);
-                }
+    if (c.gx && d->nb > 1) c.dyb = scratch(d, d->O * d->nb * d->P);
+    CR_PAR_FOR(d->threads > 1, "omp parallel for schedule(static) num_threads(d->threads)",
+               for (int64_t b = 0; b < d->blocks; b++) bwd_block(&c, b););
+    if (c.gw) /* dW[g] += the blocks' (dW[g]^T)^T, in block order */
+        for (int64_t b = 0; b < d->blocks; b++)
+            for (int64_t k = 0; k < d->G; k++) {
+                cr_tensor gwk = mat(d->dt, at(c.gw, k * d->Og * d->K), d->Og, d->K, d->K, 1);
+                cr_tensor tk = mat(d->dt, at(c.gwt, (b * d->G + k) * d->K * d->Og), d->Og, d->K, 1, d->Og);
+                cr_k_accumulate(&gwk, &tk, NULL);
             }
-        return;
-    }
-    int64_t rows = d.G * d.K;
-    cr_tensor *cols = gw ? cr_tensor_new(d.dt, CR_SHAPE(rows * d.nb * d.P)) : NULL;
-    cr_tensor *dcols = gx ? cr_tensor_new(d.dt, CR_SHAPE(rows * d.nb * d.P)) : NULL;
-    cr_tensor *dyb = d.nb > 1 ? cr_tensor_new(d.dt, CR_SHAPE(d.O * d.nb * d.P)) : NULL;
-    for (int64_t n0 = 0; n0 < d.N; n0 += d.nb) {
-        int64_t m = d.N - n0 < d.nb ? d.N - n0 : d.nb, width = m * d.P;
-        /* the block's output gradient as [O, m*P] */
-        char *dyp = at(gy, n0 * d.O * d.P);
-        if (dyb) {
-            reorder(false, d.es, dyp, dyb->data, m, d.O, d.P);
-            dyp = dyb->data;
-        }
-        if (gw) { /* dW[g] += dY[g] cols[g]^T, the blocks in order */
-            cr_tensor cv = flat(cols, rows * width);
-            cr_k_im2col(g, x, n0, m, &cv);
-            for (int64_t k = 0; k < d.G; k++) {
-                cr_tensor dyk = mat(d.dt, dyp + k * d.Og * width * (int64_t)d.es, d.Og, width, width, 1);
-                cr_tensor ct = mat(d.dt, at(cols, k * d.K * width), width, d.K, 1, width);
-                cr_tensor gwk = mat(d.dt, at(gw, k * d.Og * d.K), d.Og, d.K, d.K, 1);
-                cr_k_gemm(1.0, &dyk, &ct, 1.0, &gwk);
-            }
-        }
-        if (gx) { /* dcols[g] = W[g]^T dY[g]; dX += col2im(dcols) */
-            for (int64_t k = 0; k < d.G; k++) {
-                cr_tensor wt = mat(d.dt, at(w, k * d.Og * d.K), d.K, d.Og, 1, d.K);
-                cr_tensor dyk = mat(d.dt, dyp + k * d.Og * width * (int64_t)d.es, d.Og, width, width, 1);
-                cr_tensor dck = mat(d.dt, at(dcols, k * d.K * width), d.K, width, width, 1);
-                cr_k_gemm(1.0, &wt, &dyk, 0.0, &dck);
-            }
-            cr_tensor dv = flat(dcols, rows * width);
-            cr_k_col2im(g, &dv, n0, m, gx);
-        }
-    }
 }
 
 /* x is read for dW only, w for dX only. */

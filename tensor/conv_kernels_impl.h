@@ -29,11 +29,43 @@ static void FN(im2col)(const cr_window *g, const T *x, int64_t n0, int64_t nb, T
                 }
                 const T *row = src + ih * g->W;
                 for (int64_t ow = 0; ow < lo; ow++) dst[ow] = 0;
-                if (g->SW == 1 && hi > lo)
-                    memcpy(dst + lo, row + lo + off_w, (size_t)(hi - lo) * sizeof(T));
+                if (g->SW == 1) /* a plain loop: the rows are short, memcpy's call costs more */
+                    for (int64_t ow = lo; ow < hi; ow++) dst[ow] = row[ow + off_w];
                 else
                     for (int64_t ow = lo; ow < hi; ow++) dst[ow] = row[ow * g->SW + off_w];
                 for (int64_t ow = hi; ow < g->OW; ow++) dst[ow] = 0;
+            }
+        }
+    });
+}
+
+/* The transposed layout: row (n - n0, oh, ow) of `rows` [nb*OH*OW, C*KH*KW]
+ * holds that position's window, so a product that sums over positions (the
+ * weight gradient) reads its rows contiguously. One iteration fills the OW
+ * rows of one (sample, output row), reading input rows contiguously. */
+static void FN(im2row)(const cr_window *g, const T *x, int64_t n0, int64_t nb, T *rows)
+{
+    const int64_t KK = g->KH * g->KW, width = g->C * KK, plane = g->H * g->W;
+    const int64_t lines = nb * g->OH;
+    CR_PAR_FOR(lines * g->OW * width > cr_parallel_threshold, "omp parallel for schedule(static)",
+    for (int64_t q = 0; q < lines; q++) {
+        int64_t n = q / g->OH, oh = q % g->OH;
+        T *dst = rows + q * g->OW * width;
+        for (int64_t c = 0; c < g->C; c++) {
+            const T *src = x + ((n0 + n) * g->C + c) * plane;
+            for (int64_t ki = 0; ki < g->KH; ki++) {
+                int64_t ih = oh * g->SH - g->PH + ki * g->DH;
+                bool in = ih >= 0 && ih < g->H;
+                const T *row = src + (in ? ih : 0) * g->W;
+                for (int64_t kj = 0; kj < g->KW; kj++) {
+                    int64_t col = (c * g->KH + ki) * g->KW + kj, off_w = kj * g->DW - g->PW, lo, hi;
+                    window_span(g->W, g->OW, g->SW, off_w, &lo, &hi);
+                    if (!in) lo = hi = g->OW;
+                    T *d = dst + col;
+                    for (int64_t ow = 0; ow < lo; ow++) d[ow * width] = 0;
+                    for (int64_t ow = lo; ow < hi; ow++) d[ow * width] = row[ow * g->SW + off_w];
+                    for (int64_t ow = hi; ow < g->OW; ow++) d[ow * width] = 0;
+                }
             }
         }
     });
@@ -70,34 +102,65 @@ static void FN(col2im)(const cr_window *g, const T *cols, int64_t n0, int64_t nb
 }
 
 /* Max over each window, padding being -inf; the index of the first maximum
- * in scan order, a NaN taking over (PyTorch's `val > max || isnan(val)`). */
+ * in scan order, a NaN taking over (PyTorch's `val > max || isnan(val)`).
+ * Starting from the window's first element gives the same result (PyTorch
+ * starts from -inf with the first index). The update is written without
+ * branches: which element wins is data-dependent and mispredicts. */
 static void FN(max_pool)(const cr_window *g, int64_t planes, const T *x, T *out, int32_t *arg)
 {
     const int64_t plane = g->H * g->W, P = g->OH * g->OW;
+    const bool two = g->KH == 2 && g->KW == 2 && g->SH == 2 && g->SW == 2 && g->PH == 0 && g->PW == 0 &&
+                     g->DH == 1 && g->DW == 1;
     CR_PAR_FOR(planes * P * g->KH * g->KW > cr_parallel_threshold, "omp parallel for schedule(static)",
     for (int64_t q = 0; q < planes; q++) {
         const T *src = x + q * plane;
-        for (int64_t oh = 0; oh < g->OH; oh++)
-            for (int64_t ow = 0; ow < g->OW; ow++) {
-                int64_t h0 = oh * g->SH - g->PH, w0 = ow * g->SW - g->PW, best_i = -1;
-                T best = -(T)INFINITY;
-                for (int64_t ki = 0; ki < g->KH; ki++) {
-                    int64_t ih = h0 + ki * g->DH;
-                    if (ih < 0 || ih >= g->H) continue;
-                    for (int64_t kj = 0; kj < g->KW; kj++) {
-                        int64_t iw = w0 + kj * g->DW;
-                        if (iw < 0 || iw >= g->W) continue;
-                        T v = src[ih * g->W + iw];
-                        if (best_i < 0) best_i = ih * g->W + iw; /* all -inf: the first element */
-                        if (v > best || isnan(v)) {
-                            best = v;
-                            best_i = ih * g->W + iw;
-                        }
-                    }
+        T *o = out + q * P;
+        int32_t *a = arg + q * P;
+        if (two) { /* 2x2, stride 2: the common case */
+            for (int64_t oh = 0; oh < g->OH; oh++) {
+                const T *r0 = src + 2 * oh * g->W, *r1 = r0 + g->W;
+                int32_t base = (int32_t)(2 * oh * g->W), W = (int32_t)g->W;
+                for (int64_t ow = 0; ow < g->OW; ow++) {
+                    int32_t i0 = base + 2 * (int32_t)ow;
+                    T best = r0[2 * ow], v;
+                    int32_t bi = i0;
+                    bool t;
+                    v = r0[2 * ow + 1], t = v > best || v != v, best = t ? v : best, bi = t ? i0 + 1 : bi;
+                    v = r1[2 * ow], t = v > best || v != v, best = t ? v : best, bi = t ? i0 + W : bi;
+                    v = r1[2 * ow + 1], t = v > best || v != v, best = t ? v : best, bi = t ? i0 + W + 1 : bi;
+                    o[oh * g->OW + ow] = best;
+                    a[oh * g->OW + ow] = bi;
                 }
-                out[q * P + oh * g->OW + ow] = best;
-                arg[q * P + oh * g->OW + ow] = (int32_t)best_i;
             }
+            continue;
+        }
+        for (int64_t oh = 0; oh < g->OH; oh++) {
+            int64_t h0 = oh * g->SH - g->PH, klo = 0, khi = g->KH;
+            while (klo < khi && h0 + klo * g->DH < 0) klo++;
+            while (khi > klo && h0 + (khi - 1) * g->DH >= g->H) khi--;
+            for (int64_t ow = 0; ow < g->OW; ow++) {
+                int64_t w0 = ow * g->SW - g->PW, jlo = 0, jhi = g->KW;
+                while (jlo < jhi && w0 + jlo * g->DW < 0) jlo++;
+                while (jhi > jlo && w0 + (jhi - 1) * g->DW >= g->W) jhi--;
+                if (klo == khi || jlo == jhi) { /* a window of padding only (the ops never make one) */
+                    o[oh * g->OW + ow] = -(T)INFINITY;
+                    a[oh * g->OW + ow] = -1;
+                    continue;
+                }
+                int64_t bi = (h0 + klo * g->DH) * g->W + w0 + jlo * g->DW;
+                T best = src[bi];
+                for (int64_t ki = klo; ki < khi; ki++)
+                    for (int64_t kj = jlo; kj < jhi; kj++) {
+                        int64_t i = (h0 + ki * g->DH) * g->W + w0 + kj * g->DW;
+                        T v = src[i];
+                        bool t = v > best || v != v;
+                        best = t ? v : best;
+                        bi = t ? i : bi;
+                    }
+                o[oh * g->OW + ow] = best;
+                a[oh * g->OW + ow] = (int32_t)bi;
+            }
+        }
     });
 }
 
@@ -107,7 +170,8 @@ static void FN(max_pool_backward)(const cr_window *g, int64_t planes, T *gx, con
     const int64_t plane = g->H * g->W, P = g->OH * g->OW;
     CR_PAR_FOR(planes * P > cr_parallel_threshold, "omp parallel for schedule(static)",
     for (int64_t q = 0; q < planes; q++)
-        for (int64_t k = 0; k < P; k++) gx[q * plane + arg[q * P + k]] += gy[q * P + k];);
+        for (int64_t k = 0; k < P; k++)
+            if (arg[q * P + k] >= 0) gx[q * plane + arg[q * P + k]] += gy[q * P + k];);
 }
 
 /* Mean over each window with the padding counted as zeros: the divisor is

@@ -325,12 +325,17 @@ int64_t cr_window_out(int64_t in, int64_t k, int64_t s, int64_t p, int64_t d);
  * [N, C, H, W] (contiguous): row (c, ki, kj), column (n - n0, oh, ow) holds
  * x[n, c, oh*SH - PH + ki*DH, ow*SW - PW + kj*DW], zero outside the input. */
 void cr_k_im2col(const cr_window *g, const cr_tensor *x, int64_t n0, int64_t nb, cr_tensor *cols);
-/* The adjoint: gx[n0 .. n0+nb) += each column entry at the element it came
+/* The transposed layout, rows [nb*OH*OW, C*KH*KW]: row (n - n0, oh, ow) is
+ * that position's window (a product summing over positions reads it
+ * contiguously: the weight gradient). */
+void cr_k_im2row(const cr_window *g, const cr_tensor *x, int64_t n0, int64_t nb, cr_tensor *rows);
+/* The adjoint of im2col: gx[n0 .. n0+nb) += each column entry at the element it came
  * from (per plane in a fixed order, so any thread count gives the same sums). */
 void cr_k_col2im(const cr_window *g, const cr_tensor *cols, int64_t n0, int64_t nb, cr_tensor *gx);
 /* Pooling over every H x W plane of x (contiguous) into out [..., OH, OW].
  * Max: padding is -inf; arg (i32, out's element count) gets the index
- * ih*W + iw of the first maximum in scan order (a NaN wins), as PyTorch. */
+ * ih*W + iw of the first maximum in scan order (a NaN wins), as PyTorch;
+ * a window of padding only (which the ops never make) gives -inf and -1. */
 void cr_k_max_pool(const cr_window *g, const cr_tensor *x, cr_tensor *out, cr_tensor *arg);
 void cr_k_max_pool_backward(const cr_window *g, cr_tensor *gx, const cr_tensor *gy, const cr_tensor *arg);
 /* Average: the divisor is KH*KW, padding counting as zeros (PyTorch's
