@@ -282,7 +282,7 @@ Test(conv, conv1d_feeds_an_lstm_and_gradchecks)
     conv_lstm m;
     m.conv = cr_conv1d_layer_init(ps, "feat", (cr_conv1d_config){.in_channels = 3, .out_channels = 4,
                                   .kernel = 3, .padding = 1, .dtype = CR_F64}, &rng);
-    m.lstm = cr_rnn_init(ps, "lstm", (cr_rnn_config){.mode = CR_LSTM, .input_size = 4, .hidden_size = 3,
+    m.lstm = cr_rnn_init(ps, "lstm", (cr_rnn_config){.cell = &cr_cell_lstm, .input_size = 4, .hidden_size = 3,
                          .num_layers = 1, .dtype = CR_F64}, &rng);
     cr_tensor *x = cr_tensor_init(CR_F64, CR_SHAPE(2, 3, 6));
     cr_fill_uniform(x, &rng, -1, 1);

@@ -8,7 +8,7 @@
 #include <math.h>
 #include <zlib.h>
 
-#include "data.h"
+#include "carousel/data.h"
 #include "tmpdir.h"
 
 static void setup(void) { tmpdir_make("idx"); }
