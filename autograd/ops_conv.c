@@ -26,6 +26,10 @@ int64_t cr_conv_block_bytes = (int64_t)1 << 18;
  * (instead of backward building them again) when they take at most this. */
 int64_t cr_conv_keep_bytes = (int64_t)1 << 25;
 
+/* Below this many multiply-adds an op runs its blocks on one thread: a
+ * parallel region costs microseconds, more on a busy machine. */
+#define CONV_PARALLEL_MACS (1 << 21)
+
 /* A 2-D header over data (elements of dt), for cr_k_gemm. */
 static cr_tensor mat(cr_dtype dt, void *data, int64_t rows, int64_t cols, int64_t rs, int64_t cs)
 {
@@ -107,12 +111,14 @@ static conv_dims dims_of(const cr_node *n)
     d.blocks = (d.N + d.nb - 1) / d.nb;
     bool pointwise = g->KH == 1 && g->KW == 1 && g->SH == 1 && g->SW == 1 && g->PH == 0 && g->PW == 0;
     d.direct = pointwise && d.nb == 1;
-    /* Several blocks and threads: one block per thread at a time, each
-     * product on one thread (BLIS, called inside a parallel region, runs on
-     * the calling thread), which beats splitting small products between
-     * threads. One block: a serial loop, and BLIS may use the threads. */
+    /* Several blocks and threads, and enough work to pay for a parallel
+     * region: one block per thread at a time, each product on one thread
+     * (BLIS, called inside a parallel region, runs on the calling thread),
+     * which beats splitting small products between threads. Otherwise a
+     * serial loop, where BLIS may use the threads. */
     int t = cr_get_num_threads();
-    d.threads = d.blocks > 1 && t > 1 ? (int)(t < d.blocks ? t : d.blocks) : 1;
+    double macs = (double)d.O * (double)d.K * (double)d.P * (double)d.N;
+    d.threads = d.blocks > 1 && t > 1 && macs >= CONV_PARALLEL_MACS ? (int)(t < d.blocks ? t : d.blocks) : 1;
     return d;
 }
 

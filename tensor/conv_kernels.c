@@ -96,20 +96,6 @@ void cr_k_im2col(const cr_window *g, const cr_tensor *x, int64_t n0, int64_t nb,
         im2col_f64(g, x->data, n0, nb, cols->data);
 }
 
-void cr_k_im2row(const cr_window *g, const cr_tensor *x, int64_t n0, int64_t nb, cr_tensor *rows)
-{
-    check_window("cr_k_im2row", g);
-    if (x->dtype == CR_I32) cr_error("cr_k_im2row: needs f32 or f64, got i32");
-    check_contig("cr_k_im2row", "input", x, x->dtype);
-    check_contig("cr_k_im2row", "rows", rows, x->dtype);
-    check_block("cr_k_im2row", g, x, n0, nb);
-    check_numel("cr_k_im2row", "rows", rows, g->C * g->KH * g->KW * nb * g->OH * g->OW);
-    if (x->dtype == CR_F32)
-        im2row_f32(g, x->data, n0, nb, rows->data);
-    else
-        im2row_f64(g, x->data, n0, nb, rows->data);
-}
-
 void cr_k_col2im(const cr_window *g, const cr_tensor *cols, int64_t n0, int64_t nb, cr_tensor *gx)
 {
     check_window("cr_k_col2im", g);

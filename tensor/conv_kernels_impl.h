@@ -39,38 +39,6 @@ static void FN(im2col)(const cr_window *g, const T *x, int64_t n0, int64_t nb, T
     });
 }
 
-/* The transposed layout: row (n - n0, oh, ow) of `rows` [nb*OH*OW, C*KH*KW]
- * holds that position's window, so a product that sums over positions (the
- * weight gradient) reads its rows contiguously. One iteration fills the OW
- * rows of one (sample, output row), reading input rows contiguously. */
-static void FN(im2row)(const cr_window *g, const T *x, int64_t n0, int64_t nb, T *rows)
-{
-    const int64_t KK = g->KH * g->KW, width = g->C * KK, plane = g->H * g->W;
-    const int64_t lines = nb * g->OH;
-    CR_PAR_FOR(lines * g->OW * width > cr_parallel_threshold, "omp parallel for schedule(static)",
-    for (int64_t q = 0; q < lines; q++) {
-        int64_t n = q / g->OH, oh = q % g->OH;
-        T *dst = rows + q * g->OW * width;
-        for (int64_t c = 0; c < g->C; c++) {
-            const T *src = x + ((n0 + n) * g->C + c) * plane;
-            for (int64_t ki = 0; ki < g->KH; ki++) {
-                int64_t ih = oh * g->SH - g->PH + ki * g->DH;
-                bool in = ih >= 0 && ih < g->H;
-                const T *row = src + (in ? ih : 0) * g->W;
-                for (int64_t kj = 0; kj < g->KW; kj++) {
-                    int64_t col = (c * g->KH + ki) * g->KW + kj, off_w = kj * g->DW - g->PW, lo, hi;
-                    window_span(g->W, g->OW, g->SW, off_w, &lo, &hi);
-                    if (!in) lo = hi = g->OW;
-                    T *d = dst + col;
-                    for (int64_t ow = 0; ow < lo; ow++) d[ow * width] = 0;
-                    for (int64_t ow = lo; ow < hi; ow++) d[ow * width] = row[ow * g->SW + off_w];
-                    for (int64_t ow = hi; ow < g->OW; ow++) d[ow * width] = 0;
-                }
-            }
-        }
-    });
-}
-
 /* The adjoint of im2col: every column entry is added back to the input
  * element it was read from. One iteration owns one (sample, channel) plane
  * and adds into it in a fixed order (ki, kj, oh, ow). */

@@ -325,10 +325,6 @@ int64_t cr_window_out(int64_t in, int64_t k, int64_t s, int64_t p, int64_t d);
  * [N, C, H, W] (contiguous): row (c, ki, kj), column (n - n0, oh, ow) holds
  * x[n, c, oh*SH - PH + ki*DH, ow*SW - PW + kj*DW], zero outside the input. */
 void cr_k_im2col(const cr_window *g, const cr_tensor *x, int64_t n0, int64_t nb, cr_tensor *cols);
-/* The transposed layout, rows [nb*OH*OW, C*KH*KW]: row (n - n0, oh, ow) is
- * that position's window (a product summing over positions reads it
- * contiguously: the weight gradient). */
-void cr_k_im2row(const cr_window *g, const cr_tensor *x, int64_t n0, int64_t nb, cr_tensor *rows);
 /* The adjoint of im2col: gx[n0 .. n0+nb) += each column entry at the element it came
  * from (per plane in a fixed order, so any thread count gives the same sums). */
 void cr_k_col2im(const cr_window *g, const cr_tensor *cols, int64_t n0, int64_t nb, cr_tensor *gx);

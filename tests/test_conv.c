@@ -10,11 +10,18 @@
 #include "fixture.h"
 
 static cr_graph *g;
-static void setup(void) { cr_graph_use(g = cr_graph_init()); }
+static int64_t default_block, default_keep;
+static void setup(void)
+{
+    cr_graph_use(g = cr_graph_init());
+    default_block = cr_conv_block_bytes;
+    default_keep = cr_conv_keep_bytes;
+}
 static void teardown(void)
 {
     cr_graph_free(g);
-    cr_conv_block_bytes = (int64_t)1 << 20;
+    cr_conv_block_bytes = default_block;
+    cr_conv_keep_bytes = default_keep;
 }
 TestSuite(conv, .init = setup, .fini = teardown);
 
@@ -114,12 +121,15 @@ static void parity_file(const char *file, double tol)
     cr_st_file *f = fixture_open(file);
     const char *cases = cr_st_meta_get(f, "cases");
     cr_assert_not_null(cases);
-    /* one sample per block (1x1 cases multiply the input directly), and the default */
-    int64_t blocks[2] = {1, (int64_t)1 << 20};
+    /* one sample per block (1x1 cases multiply the input directly); the
+     * default blocks with the columns built again in backward; the defaults */
+    int64_t blocks[3] = {1, cr_conv_block_bytes, cr_conv_block_bytes};
+    int64_t keep[3] = {cr_conv_keep_bytes, 0, cr_conv_keep_bytes};
     int n_cases = 0;
     double worst = 0;
-    for (int k = 0; k < 2; k++) {
+    for (int k = 0; k < 3; k++) {
         cr_conv_block_bytes = blocks[k];
+        cr_conv_keep_bytes = keep[k];
         n_cases = 0;
         for (const char *s = cases; *s;) {
             const char *e = strchr(s, ',');
@@ -351,8 +361,10 @@ Test(conv, results_do_not_depend_on_threads_or_blocks)
     cr_rng rng = cr_rng_seed(4);
     for (int dt = 0; dt < 2; dt++) {
         cr_dtype t = dt ? CR_F64 : CR_F32;
-        cr_tensor *x = leaf(cr_tensor_init(t, CR_SHAPE(7, 4, 30, 31))), *w = leaf(cr_tensor_init(t, CR_SHAPE(8, 2, 5, 5)));
-        cr_tensor *b = leaf(cr_tensor_init(t, CR_SHAPE(8))), *gp = cr_tensor_init(t, CR_SHAPE(7, 8, 15, 8));
+        /* 9 samples of [4, 48, 49] into 8 channels of [48, 24]: 4.1M multiply-adds, above the
+         * size where the blocks run in parallel */
+        cr_tensor *x = leaf(cr_tensor_init(t, CR_SHAPE(9, 4, 48, 49))), *w = leaf(cr_tensor_init(t, CR_SHAPE(8, 2, 5, 5)));
+        cr_tensor *b = leaf(cr_tensor_init(t, CR_SHAPE(8))), *gp = cr_tensor_init(t, CR_SHAPE(9, 8, 24, 12));
         cr_fill_uniform(x, &rng, -1, 1);
         cr_fill_uniform(w, &rng, -1, 1);
         cr_fill_uniform(b, &rng, -1, 1);
@@ -366,14 +378,16 @@ Test(conv, results_do_not_depend_on_threads_or_blocks)
         cr_set_num_threads(2);
         run_out two = conv_run(x, w, b, gp);
         compare_runs(one, two, 0); /* bit for bit */
-        /* blocks of 1, 3 (a partial last block) and all 7 samples: the weight
+        /* blocks of 1, 4 (a partial last block) and all 9 samples: the weight
          * gradient sums the blocks in another grouping, nothing else changes */
-        int64_t sample = 4 * 25 * 30 * 16 * (int64_t)cr_dtype_size(t);
-        int64_t blocks[] = {1, 3 * sample, 1 << 30};
-        for (int k = 0; k < 3; k++) {
-            cr_conv_block_bytes = blocks[k];
-            compare_runs(one, conv_run(x, w, b, gp), t == CR_F32 ? 1e-4 : 1e-12);
-        }
+        int64_t sample = 4 * 25 * 48 * 24 * (int64_t)cr_dtype_size(t);
+        int64_t blocks[] = {1, 4 * sample, 1 << 30};
+        for (int k = 0; k < 3; k++)
+            for (int keep = 0; keep < 2; keep++) { /* columns kept from forward, or built again */
+                cr_conv_block_bytes = blocks[k];
+                cr_conv_keep_bytes = keep ? (int64_t)1 << 30 : 0;
+                compare_runs(one, conv_run(x, w, b, gp), t == CR_F32 ? 1e-4 : 1e-12);
+            }
         cr_set_num_threads(1);
         cr_parallel_threshold = par;
         cr_gemm_small_threshold = small;

@@ -626,7 +626,8 @@ static void check_cross_entropy(void)
 /* Each convolution case runs with three block sizes (cr_conv_block_bytes):
  * one sample per block (a 1x1 convolution then multiplies the input
  * directly), two samples per block (the last block is partial when N is
- * odd), and every sample in one block. */
+ * odd; and backward builds the columns again: cr_conv_keep_bytes 0), and
+ * every sample in one block. */
 typedef struct {
     int nd;                /* 1 or 2 */
     int64_t x[4], w[4];    /* shapes (nd + 2 dims) */
@@ -655,18 +656,27 @@ static void check_conv_case(const char *name, const conv_case *c)
         xs[nd - 1] = c->x[nd - 2];
         xs[nd - 2] = c->x[nd - 1];
     }
-    int64_t per_sample = 8 * c->x[1] * c->w[2] * (c->nd == 2 ? c->w[3] : 1) * 64; /* >= a sample's columns */
-    int64_t blocks[3] = {1, 2 * per_sample, (int64_t)1 << 30};
+    /* bytes of one sample's columns: C * kernel size * output positions * 8 */
+    int64_t per_sample = 8 * c->x[1];
+    for (int d = 0; d < c->nd; d++) {
+        int64_t s = c->nd == 1 ? c->o1.stride : c->o2.stride[d], p = c->nd == 1 ? c->o1.padding : c->o2.padding[d];
+        int64_t dil = c->nd == 1 ? c->o1.dilation : c->o2.dilation[d];
+        per_sample *= c->w[2 + d] * cr_window_out(c->x[2 + d], c->w[2 + d], s ? s : 1, p, dil ? dil : 1);
+    }
+    /* one sample per block; two (columns built again in backward); all */
+    int64_t blocks[3] = {1, 2 * per_sample, (int64_t)1 << 30}, keep = cr_conv_keep_bytes, block = cr_conv_block_bytes;
     eps = 1e-3; /* linear in each input: no truncation error, less rounding */
     for (int k = 0; k < 3; k++) {
         cr_conv_block_bytes = blocks[k];
+        cr_conv_keep_bytes = k == 1 ? 0 : keep;
         cr_tensor *x = input(nd, xs, -1, 1), *w = input(nd, c->w, -1, 1);
         cr_tensor *b = input(CR_SHAPE(c->w[0]), -1, 1);
         snprintf(what, sizeof what, "%s, block %d", name, k);
         run_check(what, f_conv, (void *)c, c->bias ? 3 : 2, (cr_tensor *[]){x, w, b});
         teardown();
     }
-    cr_conv_block_bytes = (int64_t)1 << 20;
+    cr_conv_block_bytes = block;
+    cr_conv_keep_bytes = keep;
 }
 
 static void check_conv2d(void)
