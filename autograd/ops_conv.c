@@ -30,6 +30,14 @@ int64_t cr_conv_keep_bytes = (int64_t)1 << 25;
  * parallel region costs microseconds, more on a busy machine. */
 #define CONV_PARALLEL_MACS (1 << 21)
 
+/* The weight gradient is summed in segments of consecutive blocks, each
+ * into its own partial sum (one weight's worth), and the partial sums are
+ * added in segment order. The segments are fixed by the shapes: at most 64,
+ * and at most 8 MiB of partial sums (a large weight gets few, and its large
+ * products use BLIS's threads instead). */
+#define CONV_SEGMENTS 64
+#define CONV_SEGMENT_BYTES ((int64_t)8 << 20)
+
 /* A 2-D header over data (elements of dt), for cr_k_gemm. */
 static cr_tensor mat(cr_dtype dt, void *data, int64_t rows, int64_t cols, int64_t rs, int64_t cs)
 {
@@ -90,8 +98,10 @@ typedef struct {
     int64_t N, C, O, G, Cg, Og, K, P; /* K = Cg KH KW: one group's rows of the columns */
     int64_t rows;                     /* G K: rows of the columns */
     int64_t nb, blocks;               /* samples per block, number of blocks */
+    int64_t segs;                     /* segments of blocks for the weight gradient */
     bool direct;                      /* 1x1, one sample per block: the input plane is the columns */
-    int threads;                      /* scratch sets (the blocks run in parallel when > 1) */
+    int threads;                      /* scratch sets; blocks (and segments) run in parallel when > 1 */
+    bool par;                         /* enough work for parallel blocks */
 } conv_dims;
 
 static conv_dims dims_of(const cr_node *n)
@@ -118,7 +128,11 @@ static conv_dims dims_of(const cr_node *n)
      * serial loop, where BLIS may use the threads. */
     int t = cr_get_num_threads();
     double macs = (double)d.O * (double)d.K * (double)d.P * (double)d.N;
-    d.threads = d.blocks > 1 && t > 1 && macs >= CONV_PARALLEL_MACS ? (int)(t < d.blocks ? t : d.blocks) : 1;
+    d.par = d.blocks > 1 && t > 1 && macs >= CONV_PARALLEL_MACS;
+    d.threads = d.par ? (int)(t < d.blocks ? t : d.blocks) : 1;
+    int64_t weight = d.O * d.K * (int64_t)d.es, segs = CONV_SEGMENT_BYTES / (weight > 0 ? weight : 1);
+    d.segs = segs < 1 ? 1 : segs > CONV_SEGMENTS ? CONV_SEGMENTS : segs;
+    if (d.segs > d.blocks) d.segs = d.blocks > 0 ? d.blocks : 1;
     return d;
 }
 
@@ -188,7 +202,7 @@ static void conv_fwd(cr_node *n)
     if (!d->direct) c.cols = c.kept ? cr_tensor_new(d->dt, CR_SHAPE(all)) : scratch(d, slice);
     if (c.kept) n->saved = c.cols;
     if (d->nb > 1) c.yb = scratch(d, d->O * d->nb * d->P);
-    CR_PAR_FOR(d->threads > 1, "omp parallel for schedule(static) num_threads(d->threads)",
+    CR_PAR_FOR(d->par, "omp parallel for schedule(static) num_threads(d->threads)",
                for (int64_t b = 0; b < d->blocks; b++) fwd_block(&c, b););
 }
 
@@ -245,22 +259,26 @@ typedef struct {
     const cr_tensor *x, *w, *gy;
     cr_tensor *gx, *gw;
     const cr_tensor *kept; /* the forward's columns, one slice per block, or NULL */
-    cr_tensor *gwt;        /* per block: dW^T [G][K, Og] of the block */
-    cr_tensor *cols;       /* per thread: columns, then column gradients */
+    cr_tensor *part;       /* per segment: dW^T [G][K, Og] of its blocks */
+    cr_tensor *cols;       /* per thread: columns (rebuilt), or column gradients */
     cr_tensor *dyt;        /* per thread: dY^T [m*P, O] */
     cr_tensor *dyb;        /* per thread: dY [O, m*P], when nb > 1 */
 } bwd_ctx;
 
-static void bwd_block(const bwd_ctx *c, int64_t blk)
+static int64_t block_size(const conv_dims *d, int64_t blk) { return d->N - blk * d->nb < d->nb ? d->N - blk * d->nb : d->nb; }
+
+/* dW[g]^T = sum over the segment's blocks of cols[g] dY[g]^T: BLIS sums
+ * fastest over the rows of dY^T [m*P, O] (a row-major operand), not over a
+ * transposed view of dY. */
+static void dw_segment(const bwd_ctx *c, int64_t seg)
 {
     const conv_dims *d = &c->d;
     int tid = thread_id();
-    int64_t n0 = blk * d->nb, m = d->N - n0 < d->nb ? d->N - n0 : d->nb, width = m * d->P;
     int64_t slice = d->rows * d->nb * d->P;
-    const char *dy = at(c->gy, n0 * d->O * d->P); /* [m, O, P] */
-    if (c->gw) { /* dW[g]^T = cols[g] dY[g]^T: BLIS sums fastest over the rows of dY^T [m*P, O] */
-        char *dyt = at(c->dyt, tid * d->nb * d->P * d->O);
-        transpose_block(d->es, dy, dyt, m, d->O, d->P);
+    char *dyt = at(c->dyt, tid * d->nb * d->P * d->O);
+    for (int64_t blk = seg * d->blocks / d->segs, end = (seg + 1) * d->blocks / d->segs; blk < end; blk++) {
+        int64_t n0 = blk * d->nb, m = block_size(d, blk), width = m * d->P;
+        transpose_block(d->es, at(c->gy, n0 * d->O * d->P), dyt, m, d->O, d->P);
         char *cp = at(c->x, n0 * d->C * d->P); /* a direct 1x1's columns: the input itself */
         if (c->kept) {
             cp = at(c->kept, blk * slice);
@@ -270,26 +288,34 @@ static void bwd_block(const bwd_ctx *c, int64_t blk)
             cr_k_im2col(c->g, c->x, n0, m, &cv);
             cp = cv.data;
         }
+        double beta = blk == seg * d->blocks / d->segs ? 0.0 : 1.0;
         for (int64_t k = 0; k < d->G; k++) {
             cr_tensor ck = mat(d->dt, cp + k * d->K * width * (int64_t)d->es, d->K, width, width, 1);
             cr_tensor dk = mat(d->dt, dyt + k * d->Og * (int64_t)d->es, width, d->Og, d->O, 1);
-            cr_tensor tk = mat(d->dt, at(c->gwt, (blk * d->G + k) * d->K * d->Og), d->K, d->Og, d->Og, 1);
-            cr_k_gemm(1.0, &ck, &dk, 0.0, &tk);
+            cr_tensor tk = mat(d->dt, at(c->part, (seg * d->G + k) * d->K * d->Og), d->K, d->Og, d->Og, 1);
+            cr_k_gemm(1.0, &ck, &dk, beta, &tk);
         }
     }
-    if (!c->gx) return;
-    /* dcols[g] = W[g]^T dY[g] with dY as [O, m*P], then dX += col2im(dcols);
-     * a direct 1x1 adds W[g]^T dY[g] into the sample's gradient itself */
-    const char *dyp = dy;
+}
+
+/* dcols[g] = W[g]^T dY[g] with dY as [O, m*P], then dX += col2im(dcols); a
+ * direct 1x1 adds W[g]^T dY[g] into the sample's gradient itself. Blocks
+ * write disjoint samples. */
+static void dx_block(const bwd_ctx *c, int64_t blk)
+{
+    const conv_dims *d = &c->d;
+    int tid = thread_id();
+    int64_t n0 = blk * d->nb, m = block_size(d, blk), width = m * d->P;
+    char *dyp = at(c->gy, n0 * d->O * d->P);
     if (c->dyb) {
         char *buf = at(c->dyb, tid * d->O * d->nb * d->P);
-        reorder(false, d->es, (char *)dy, buf, m, d->O, d->P);
+        reorder(false, d->es, dyp, buf, m, d->O, d->P);
         dyp = buf;
     }
-    char *dc = d->direct ? at(c->gx, n0 * d->C * d->P) : at(c->cols, tid * slice);
+    char *dc = d->direct ? at(c->gx, n0 * d->C * d->P) : at(c->cols, tid * d->rows * d->nb * d->P);
     for (int64_t k = 0; k < d->G; k++) {
         cr_tensor wt = mat(d->dt, at(c->w, k * d->Og * d->K), d->K, d->Og, 1, d->K);
-        cr_tensor dyk = mat(d->dt, (char *)dyp + k * d->Og * width * (int64_t)d->es, d->Og, width, width, 1);
+        cr_tensor dyk = mat(d->dt, dyp + k * d->Og * width * (int64_t)d->es, d->Og, width, width, 1);
         cr_tensor dck = mat(d->dt, dc + k * d->K * width * (int64_t)d->es, d->K, width, width, 1);
         cr_k_gemm(1.0, &wt, &dyk, d->direct ? 1.0 : 0.0, &dck);
     }
@@ -309,23 +335,25 @@ static void conv_bwd(cr_node *n)
     cr_tensor *gb = n->n_in > 2 ? input_grad(n, 2) : NULL;
     if (gb) bias_grad(d, c.gy, gb); /* db += sum of dy over samples and positions */
     if (!c.gx && !c.gw) return;
-    if (!c.gw) c.kept = NULL;
-    int64_t slice = d->rows * d->nb * d->P;
-    if (!d->direct && (c.gx || !c.kept)) c.cols = scratch(d, slice);
+    if (!d->direct && (c.gx || !c.kept)) c.cols = scratch(d, d->rows * d->nb * d->P);
     if (c.gw) {
-        c.gwt = cr_tensor_new(d->dt, CR_SHAPE(d->blocks * d->G * d->K * d->Og));
+        c.part = cr_tensor_new(d->dt, CR_SHAPE(d->segs * d->O * d->K));
         c.dyt = scratch(d, d->nb * d->P * d->O);
-    }
-    if (c.gx && d->nb > 1) c.dyb = scratch(d, d->O * d->nb * d->P);
-    CR_PAR_FOR(d->threads > 1, "omp parallel for schedule(static) num_threads(d->threads)",
-               for (int64_t b = 0; b < d->blocks; b++) bwd_block(&c, b););
-    if (c.gw) /* dW[g] += the blocks' (dW[g]^T)^T, in block order */
-        for (int64_t b = 0; b < d->blocks; b++)
+        int segs_threads = d->threads < d->segs ? d->threads : (int)d->segs;
+        CR_PAR_FOR(d->par && d->segs > 1, "omp parallel for schedule(static) num_threads(segs_threads)",
+                   for (int64_t s = 0; s < d->segs; s++) dw_segment(&c, s););
+        for (int64_t s = 0; s < d->segs; s++) /* dW[g] += (dW[g]^T)^T, the segments in order */
             for (int64_t k = 0; k < d->G; k++) {
                 cr_tensor gwk = mat(d->dt, at(c.gw, k * d->Og * d->K), d->Og, d->K, d->K, 1);
-                cr_tensor tk = mat(d->dt, at(c.gwt, (b * d->G + k) * d->K * d->Og), d->Og, d->K, 1, d->Og);
+                cr_tensor tk = mat(d->dt, at(c.part, (s * d->G + k) * d->K * d->Og), d->Og, d->K, 1, d->Og);
                 cr_k_accumulate(&gwk, &tk, NULL);
             }
+    }
+    if (c.gx) {
+        if (d->nb > 1) c.dyb = scratch(d, d->O * d->nb * d->P);
+        CR_PAR_FOR(d->par, "omp parallel for schedule(static) num_threads(d->threads)",
+                   for (int64_t b = 0; b < d->blocks; b++) dx_block(&c, b););
+    }
 }
 
 /* x is read for dW only, w for dX only. */

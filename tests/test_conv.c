@@ -336,6 +336,20 @@ static run_out conv_run(cr_tensor *x, cr_tensor *w, cr_tensor *b, cr_tensor *gy_
     return r;
 }
 
+/* persistent copies of a run's tensors */
+static cr_tensor *persist(const cr_tensor *t)
+{
+    cr_tensor *p = cr_tensor_init(t->dtype, t->ndim, t->shape);
+    cr_copy_(p, t);
+    return p;
+}
+static run_out keep_run(run_out r) { return (run_out){persist(r.y), persist(r.gx), persist(r.gw), persist(r.gb), persist(r.p)}; }
+static void free_run(run_out r)
+{
+    cr_tensor *t[] = {r.y, r.gx, r.gw, r.gb, r.p};
+    for (int i = 0; i < 5; i++) cr_tensor_free(t[i]);
+}
+
 static double max_diff(const cr_tensor *a, const cr_tensor *b)
 {
     double m = 0;
@@ -358,43 +372,54 @@ static void compare_runs(run_out a, run_out b, double tol)
 
 Test(conv, results_do_not_depend_on_threads_or_blocks)
 {
+    /* (a) 9 samples of [4, 48, 49] into 8 channels of [48, 24]; (b) 70 samples of
+     * [4, 16, 16] into [16, 7], so one sample per block makes 70 blocks in 64
+     * weight-gradient segments. Both above the 2M multiply-adds where blocks run
+     * in parallel. */
+    const int64_t shapes[2][4] = {{9, 4, 48, 49}, {70, 4, 16, 16}}, pooled[2][4] = {{9, 8, 24, 12}, {70, 8, 8, 4}};
+    const int64_t positions[2] = {48 * 24, 16 * 7};
     cr_rng rng = cr_rng_seed(4);
-    for (int dt = 0; dt < 2; dt++) {
-        cr_dtype t = dt ? CR_F64 : CR_F32;
-        /* 9 samples of [4, 48, 49] into 8 channels of [48, 24]: 4.1M multiply-adds, above the
-         * size where the blocks run in parallel */
-        cr_tensor *x = leaf(cr_tensor_init(t, CR_SHAPE(9, 4, 48, 49))), *w = leaf(cr_tensor_init(t, CR_SHAPE(8, 2, 5, 5)));
-        cr_tensor *b = leaf(cr_tensor_init(t, CR_SHAPE(8))), *gp = cr_tensor_init(t, CR_SHAPE(9, 8, 24, 12));
-        cr_fill_uniform(x, &rng, -1, 1);
-        cr_fill_uniform(w, &rng, -1, 1);
-        cr_fill_uniform(b, &rng, -1, 1);
-        cr_fill_uniform(gp, &rng, -1, 1);
-        /* every loop parallel, every product through BLIS */
-        int64_t par = cr_parallel_threshold, small = cr_gemm_small_threshold;
-        cr_parallel_threshold = 0;
-        cr_gemm_small_threshold = 0;
-        cr_set_num_threads(1);
-        run_out one = conv_run(x, w, b, gp);
-        cr_set_num_threads(2);
-        run_out two = conv_run(x, w, b, gp);
-        compare_runs(one, two, 0); /* bit for bit */
-        /* blocks of 1, 4 (a partial last block) and all 9 samples: the weight
-         * gradient sums the blocks in another grouping, nothing else changes */
-        int64_t sample = 4 * 25 * 48 * 24 * (int64_t)cr_dtype_size(t);
-        int64_t blocks[] = {1, 4 * sample, 1 << 30};
-        for (int k = 0; k < 3; k++)
-            for (int keep = 0; keep < 2; keep++) { /* columns kept from forward, or built again */
-                cr_conv_block_bytes = blocks[k];
-                cr_conv_keep_bytes = keep ? (int64_t)1 << 30 : 0;
-                compare_runs(one, conv_run(x, w, b, gp), t == CR_F32 ? 1e-4 : 1e-12);
-            }
-        cr_set_num_threads(1);
-        cr_parallel_threshold = par;
-        cr_gemm_small_threshold = small;
-        cr_tensor *all[] = {x, w, b, gp};
-        for (int i = 0; i < 4; i++) cr_tensor_free(all[i]);
-        cr_graph_clear(g);
-    }
+    for (int sh = 0; sh < 2; sh++)
+        for (int dt = 0; dt < 2; dt++) {
+            cr_dtype t = dt ? CR_F64 : CR_F32;
+            cr_tensor *x = leaf(cr_tensor_init(t, 4, shapes[sh])), *w = leaf(cr_tensor_init(t, CR_SHAPE(8, 2, 5, 5)));
+            cr_tensor *b = leaf(cr_tensor_init(t, CR_SHAPE(8))), *gp = cr_tensor_init(t, 4, pooled[sh]);
+            cr_fill_uniform(x, &rng, -1, 1);
+            cr_fill_uniform(w, &rng, -1, 1);
+            cr_fill_uniform(b, &rng, -1, 1);
+            cr_fill_uniform(gp, &rng, -1, 1);
+            /* every loop parallel, every product through BLIS */
+            int64_t par = cr_parallel_threshold, small = cr_gemm_small_threshold;
+            cr_parallel_threshold = 0;
+            cr_gemm_small_threshold = 0;
+            cr_set_num_threads(1);
+            run_out ref = keep_run(conv_run(x, w, b, gp)); /* persistent: outlives the clears */
+            /* blocks of 1, 4 (a partial last block) and all samples, the columns
+             * kept from forward or built again: the same bits on 1 and 2 threads,
+             * and only the grouping of the weight gradient's sums changes */
+            int64_t sample = 4 * 25 * positions[sh] * (int64_t)cr_dtype_size(t);
+            int64_t blocks[] = {1, 4 * sample, 1 << 30};
+            for (int k = 0; k < 3; k++)
+                for (int keep = 0; keep < 2; keep++) {
+                    cr_conv_block_bytes = blocks[k];
+                    cr_conv_keep_bytes = keep ? (int64_t)1 << 30 : 0;
+                    cr_set_num_threads(1);
+                    run_out one = conv_run(x, w, b, gp);
+                    cr_set_num_threads(2);
+                    compare_runs(one, conv_run(x, w, b, gp), 0); /* bit for bit */
+                    compare_runs(ref, one, t == CR_F32 ? 1e-4 : 1e-12);
+                    cr_graph_clear(g);
+                }
+            free_run(ref);
+            cr_set_num_threads(1);
+            cr_parallel_threshold = par;
+            cr_gemm_small_threshold = small;
+            cr_conv_block_bytes = default_block;
+            cr_conv_keep_bytes = default_keep;
+            cr_tensor *all[] = {x, w, b, gp};
+            for (int i = 0; i < 4; i++) cr_tensor_free(all[i]);
+            cr_graph_clear(g);
+        }
 }
 
 /* ---- what backward reads is version-checked ---------------------------------------------------- */
