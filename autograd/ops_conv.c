@@ -238,20 +238,26 @@ static void bias_grad(const conv_dims *d, const cr_tensor *gy, cr_tensor *gb)
 /* ---- backward ------------------------------------------------------------------------ */
 
 /* dyt [m*P, O] = the block's output gradient [m, O, P] with each sample's
- * [O, P] transposed (positions as rows, for the weight gradient's product). */
+ * [O, P] transposed (positions as rows, for the weight gradient's product),
+ * in tiles of 32 x 32 so that reads and writes both stay in cache. */
+#define TRANSPOSE_TILES(T)                                                                                  \
+    for (int64_t p0 = 0; p0 < P; p0 += 32)                                                                  \
+        for (int64_t o0 = 0; o0 < O; o0 += 32)                                                              \
+            for (int64_t p = p0; p < p0 + 32 && p < P; p++)                                                 \
+                for (int64_t o = o0; o < o0 + 32 && o < O; o++) ((T *)dst)[p * O + o] = ((const T *)src)[o * P + p]
+
 static void transpose_block(size_t es, const char *dy, char *dyt, int64_t m, int64_t O, int64_t P)
 {
     for (int64_t j = 0; j < m; j++) {
         const char *src = dy + (size_t)(j * O * P) * es;
         char *dst = dyt + (size_t)(j * P * O) * es;
         if (es == 4)
-            for (int64_t p = 0; p < P; p++)
-                for (int64_t o = 0; o < O; o++) ((float *)dst)[p * O + o] = ((const float *)src)[o * P + p];
+            TRANSPOSE_TILES(float);
         else
-            for (int64_t p = 0; p < P; p++)
-                for (int64_t o = 0; o < O; o++) ((double *)dst)[p * O + o] = ((const double *)src)[o * P + p];
+            TRANSPOSE_TILES(double);
     }
 }
+#undef TRANSPOSE_TILES
 
 typedef struct {
     conv_dims d;
