@@ -63,7 +63,10 @@ static cr_tensor flat(const cr_tensor *buf, int64_t n)
     return v;
 }
 
-static inline char *at(const cr_tensor *t, int64_t i) { return (char *)t->data + i * (int64_t)cr_dtype_size(t->dtype); }
+static inline char *at(const cr_tensor *t, int64_t i)
+{
+    return (char *)t->data + i * (int64_t)cr_dtype_size(t->dtype);
+}
 
 /* rows [O, width]: row o = b[o] (the bias, before a product added with beta 1) */
 static void fill_rows(cr_dtype dt, void *rows, int64_t O, int64_t width, const void *b)
@@ -108,8 +111,12 @@ static conv_dims dims_of(const cr_node *n)
 {
     const conv_attr *a = CR_NODE_ATTR(n, conv_attr);
     const cr_window *g = &a->g;
-    conv_dims d = {.dt = n->in[0]->dtype, .es = cr_dtype_size(n->in[0]->dtype), .N = n->in[0]->shape[0],
-                   .C = g->C, .O = n->in[1]->shape[0], .G = a->groups};
+    conv_dims d = {.dt = n->in[0]->dtype,
+                   .es = cr_dtype_size(n->in[0]->dtype),
+                   .N = n->in[0]->shape[0],
+                   .C = g->C,
+                   .O = n->in[1]->shape[0],
+                   .G = a->groups};
     d.Cg = d.C / d.G;
     d.Og = d.O / d.G;
     d.K = d.Cg * g->KH * g->KW;
@@ -159,9 +166,9 @@ typedef struct {
     const cr_window *g;
     const cr_tensor *x, *w, *b;
     cr_tensor *y;
-    cr_tensor *cols;   /* kept: one slice per block; else one per thread */
+    cr_tensor *cols; /* kept: one slice per block; else one per thread */
     bool kept;
-    cr_tensor *yb;     /* [O, nb*P] per thread, when nb > 1 */
+    cr_tensor *yb; /* [O, nb*P] per thread, when nb > 1 */
 } fwd_ctx;
 
 static void fwd_block(const fwd_ctx *c, int64_t blk)
@@ -192,8 +199,12 @@ static void fwd_block(const fwd_ctx *c, int64_t blk)
 
 static void conv_fwd(cr_node *n)
 {
-    fwd_ctx c = {.d = dims_of(n), .g = &CR_NODE_ATTR(n, conv_attr)->g, .x = n->in[0], .w = n->in[1],
-                 .b = n->n_in > 2 ? n->in[2] : NULL, .y = n->out};
+    fwd_ctx c = {.d = dims_of(n),
+                 .g = &CR_NODE_ATTR(n, conv_attr)->g,
+                 .x = n->in[0],
+                 .w = n->in[1],
+                 .b = n->n_in > 2 ? n->in[2] : NULL,
+                 .y = n->out};
     const conv_dims *d = &c.d;
     int64_t slice = d->rows * d->nb * d->P, all;
     /* keep the columns for dW when it will be wanted and they are not too big */
@@ -209,22 +220,23 @@ static void conv_fwd(cr_node *n)
 /* db[o] += the sum over samples and positions of dy[s, o, p], in double, in
  * one fixed order (eight interleaved partial sums per row so the loop
  * vectorises); the channels are independent, so threads do not change it. */
-#define BIAS_GRAD(T)                                                                          \
-    do {                                                                                      \
-        const T *dy = gy->data;                                                               \
-        T *db = gb->data;                                                                     \
-        CR_PAR_FOR(d->N * d->O * d->P > cr_parallel_threshold, "omp parallel for schedule(static)", \
-        for (int64_t o = 0; o < d->O; o++) {                                                  \
-            double s8[8] = {0, 0, 0, 0, 0, 0, 0, 0}, s = 0;                                   \
-            for (int64_t i = 0; i < d->N; i++) {                                              \
-                const T *r = dy + (i * d->O + o) * d->P;                                      \
-                int64_t p = 0;                                                                \
-                for (; p + 8 <= d->P; p += 8)                                                 \
-                    for (int q = 0; q < 8; q++) s8[q] += (double)r[p + q];                    \
-                for (; p < d->P; p++) s += (double)r[p];                                      \
-            }                                                                                 \
-            db[o] += (T)(s + ((s8[0] + s8[1]) + (s8[2] + s8[3])) + ((s8[4] + s8[5]) + (s8[6] + s8[7]))); \
-        });                                                                                   \
+#define BIAS_GRAD(T)                                                                                         \
+    do {                                                                                                     \
+        const T *dy = gy->data;                                                                              \
+        T *db = gb->data;                                                                                    \
+        CR_PAR_FOR(                                                                                          \
+            d->N * d->O * d->P > cr_parallel_threshold, "omp parallel for schedule(static)",                 \
+            for (int64_t o = 0; o < d->O; o++) {                                                             \
+                double s8[8] = {0, 0, 0, 0, 0, 0, 0, 0}, s = 0;                                              \
+                for (int64_t i = 0; i < d->N; i++) {                                                         \
+                    const T *r = dy + (i * d->O + o) * d->P;                                                 \
+                    int64_t p = 0;                                                                           \
+                    for (; p + 8 <= d->P; p += 8)                                                            \
+                        for (int q = 0; q < 8; q++) s8[q] += (double)r[p + q];                               \
+                    for (; p < d->P; p++) s += (double)r[p];                                                 \
+                }                                                                                            \
+                db[o] += (T)(s + ((s8[0] + s8[1]) + (s8[2] + s8[3])) + ((s8[4] + s8[5]) + (s8[6] + s8[7]))); \
+            });                                                                                              \
     } while (0)
 
 static void bias_grad(const conv_dims *d, const cr_tensor *gy, cr_tensor *gb)
@@ -240,11 +252,12 @@ static void bias_grad(const conv_dims *d, const cr_tensor *gy, cr_tensor *gb)
 /* dyt [m*P, O] = the block's output gradient [m, O, P] with each sample's
  * [O, P] transposed (positions as rows, for the weight gradient's product),
  * in tiles of 32 x 32 so that reads and writes both stay in cache. */
-#define TRANSPOSE_TILES(T)                                                                                  \
-    for (int64_t p0 = 0; p0 < P; p0 += 32)                                                                  \
-        for (int64_t o0 = 0; o0 < O; o0 += 32)                                                              \
-            for (int64_t p = p0; p < p0 + 32 && p < P; p++)                                                 \
-                for (int64_t o = o0; o < o0 + 32 && o < O; o++) ((T *)dst)[p * O + o] = ((const T *)src)[o * P + p]
+#define TRANSPOSE_TILES(T)                                                                                   \
+    for (int64_t p0 = 0; p0 < P; p0 += 32)                                                                   \
+        for (int64_t o0 = 0; o0 < O; o0 += 32)                                                               \
+            for (int64_t p = p0; p < p0 + 32 && p < P; p++)                                                  \
+                for (int64_t o = o0; o < o0 + 32 && o < O; o++)                                              \
+    ((T *)dst)[p * O + o] = ((const T *)src)[o * P + p]
 
 static void transpose_block(size_t es, const char *dy, char *dyt, int64_t m, int64_t O, int64_t P)
 {
@@ -271,7 +284,10 @@ typedef struct {
     cr_tensor *dyb;        /* per thread: dY [O, m*P], when nb > 1 */
 } bwd_ctx;
 
-static int64_t block_size(const conv_dims *d, int64_t blk) { return d->N - blk * d->nb < d->nb ? d->N - blk * d->nb : d->nb; }
+static int64_t block_size(const conv_dims *d, int64_t blk)
+{
+    return d->N - blk * d->nb < d->nb ? d->N - blk * d->nb : d->nb;
+}
 
 /* dW[g]^T = sum over the segment's blocks of cols[g] dY[g]^T: BLIS sums
  * fastest over the rows of dY^T [m*P, O] (a row-major operand), not over a
@@ -334,8 +350,13 @@ static void dx_block(const bwd_ctx *c, int64_t blk)
 
 static void conv_bwd(cr_node *n)
 {
-    bwd_ctx c = {.d = dims_of(n), .g = &CR_NODE_ATTR(n, conv_attr)->g, .x = n->in[0], .w = n->in[1],
-                 .gy = as_contiguous(n->out->grad), .gx = input_grad(n, 0), .gw = input_grad(n, 1),
+    bwd_ctx c = {.d = dims_of(n),
+                 .g = &CR_NODE_ATTR(n, conv_attr)->g,
+                 .x = n->in[0],
+                 .w = n->in[1],
+                 .gy = as_contiguous(n->out->grad),
+                 .gx = input_grad(n, 0),
+                 .gw = input_grad(n, 1),
                  .kept = n->saved};
     const conv_dims *d = &c.d;
     cr_tensor *gb = n->n_in > 2 ? input_grad(n, 2) : NULL;
@@ -369,12 +390,16 @@ const cr_op cr_op_conv2d = {"cr_conv2d", conv_fwd, conv_bwd, CR_SAVES_IN(0) | CR
                             sizeof(conv_attr)};
 
 /* "[a]" or "[a,b]" for nd values */
-static const char *pair_str(char *buf, size_t len, int nd, const int64_t *v) { return cr_shape_str(buf, len, nd, v); }
+static const char *pair_str(char *buf, size_t len, int nd, const int64_t *v)
+{
+    return cr_shape_str(buf, len, nd, v);
+}
 
 /* Checks and the node, shared by both: nd spatial dims (1 or 2); stride,
  * padding and dilation have nd entries with the defaults already applied. */
-static cr_tensor *conv_new(const cr_op *op, int nd, cr_tensor *x, cr_tensor *w, cr_tensor *b, const int64_t *stride,
-                           const int64_t *padding, const int64_t *dilation, int64_t groups)
+static cr_tensor *conv_new(const cr_op *op, int nd, cr_tensor *x, cr_tensor *w, cr_tensor *b,
+                           const int64_t *stride, const int64_t *padding, const int64_t *dilation,
+                           int64_t groups)
 {
     const char *fn = op->name;
     char s1[128], s2[128], s3[64], s4[64], s5[64];
@@ -385,14 +410,16 @@ static cr_tensor *conv_new(const cr_op *op, int nd, cr_tensor *x, cr_tensor *w, 
     if (x->ndim != nd + 2)
         cr_error("%s: input %s must be %s", fn, s1, nd == 1 ? "[N, C, L]" : "[N, C, H, W]");
     if (w->ndim != nd + 2)
-        cr_error("%s: weight %s must be %s", fn, s2, nd == 1 ? "[out, in/groups, K]" : "[out, in/groups, KH, KW]");
+        cr_error("%s: weight %s must be %s", fn, s2,
+                 nd == 1 ? "[out, in/groups, K]" : "[out, in/groups, KH, KW]");
     bool ok = groups >= 1;
     for (int i = 0; i < nd; i++) ok = ok && stride[i] >= 1 && dilation[i] >= 1 && padding[i] >= 0;
     if (!ok)
-        cr_error("%s: stride %s, padding %s, dilation %s, groups %lld: stride, dilation and groups must be >= 1 "
-                 "(0 means 1), padding >= 0",
-                 fn, pair_str(s3, sizeof s3, nd, stride), pair_str(s4, sizeof s4, nd, padding),
-                 pair_str(s5, sizeof s5, nd, dilation), (long long)groups);
+        cr_error(
+            "%s: stride %s, padding %s, dilation %s, groups %lld: stride, dilation and groups must be >= 1 "
+            "(0 means 1), padding >= 0",
+            fn, pair_str(s3, sizeof s3, nd, stride), pair_str(s4, sizeof s4, nd, padding),
+            pair_str(s5, sizeof s5, nd, dilation), (long long)groups);
     int64_t N = x->shape[0], C = x->shape[1], O = w->shape[0];
     if (C % groups || O % groups)
         cr_error("%s: groups %lld must divide the input channels (%lld) and output channels (%lld)", fn,
@@ -412,9 +439,10 @@ static cr_tensor *conv_new(const cr_op *op, int nd, cr_tensor *x, cr_tensor *w, 
     g.DW = dilation[nd - 1];
     g.OW = cr_window_out(g.W, g.KW, g.SW, g.PW, g.DW);
     if (g.OH < 1 || g.OW < 1)
-        cr_error("%s: input %s with padding %s is smaller than the kernel %s dilated by %s (or the sizes overflow)",
-                 fn, s1, pair_str(s3, sizeof s3, nd, padding), pair_str(s4, sizeof s4, nd, w->shape + 2),
-                 pair_str(s5, sizeof s5, nd, dilation));
+        cr_error(
+            "%s: input %s with padding %s is smaller than the kernel %s dilated by %s (or the sizes overflow)",
+            fn, s1, pair_str(s3, sizeof s3, nd, padding), pair_str(s4, sizeof s4, nd, w->shape + 2),
+            pair_str(s5, sizeof s5, nd, dilation));
     cr_tensor *in[3] = {cr_contiguous(x), cr_contiguous(w), b ? cr_contiguous(b) : NULL};
     cr_node *n = cr_node_new(op, b ? 3 : 2, in);
     *CR_NODE_ATTR(n, conv_attr) = (conv_attr){g, groups};

@@ -35,15 +35,16 @@ const cr_op cr_op_avg_pool2d = {"cr_avg_pool2d", avg_pool_fwd, avg_pool_bwd, 0, 
 
 /* nd spatial dims (1 or 2) at the end of x, which has one or two more
  * (channels, and optionally the batch); stride 0 means the kernel. */
-static cr_tensor *pool_new(const cr_op *op, int nd, cr_tensor *x, const int64_t *kernel, const int64_t *stride_in,
-                           const int64_t *padding)
+static cr_tensor *pool_new(const cr_op *op, int nd, cr_tensor *x, const int64_t *kernel,
+                           const int64_t *stride_in, const int64_t *padding)
 {
     const char *fn = op->name;
     char s1[128], s2[64], s3[64], s4[64];
     cr_check_float(fn, x);
     cr_shape_str(s1, sizeof s1, x->ndim, x->shape);
     if (x->ndim != nd + 1 && x->ndim != nd + 2)
-        cr_error("%s: input %s must be %s", fn, s1, nd == 1 ? "[N, C, L] or [C, L]" : "[N, C, H, W] or [C, H, W]");
+        cr_error("%s: input %s must be %s", fn, s1,
+                 nd == 1 ? "[N, C, L] or [C, L]" : "[N, C, H, W] or [C, H, W]");
     int64_t stride[2];
     bool ok = true, half = true;
     for (int i = 0; i < nd; i++) {
@@ -82,9 +83,15 @@ cr_tensor *cr_max_pool1d(cr_tensor *x, cr_pool1d_opts o)
 {
     return pool_new(&cr_op_max_pool1d, 1, x, &o.kernel, &o.stride, &o.padding);
 }
-cr_tensor *cr_max_pool2d(cr_tensor *x, cr_pool2d_opts o) { return pool_new(&cr_op_max_pool2d, 2, x, o.kernel, o.stride, o.padding); }
+cr_tensor *cr_max_pool2d(cr_tensor *x, cr_pool2d_opts o)
+{
+    return pool_new(&cr_op_max_pool2d, 2, x, o.kernel, o.stride, o.padding);
+}
 cr_tensor *cr_avg_pool1d(cr_tensor *x, cr_pool1d_opts o)
 {
     return pool_new(&cr_op_avg_pool1d, 1, x, &o.kernel, &o.stride, &o.padding);
 }
-cr_tensor *cr_avg_pool2d(cr_tensor *x, cr_pool2d_opts o) { return pool_new(&cr_op_avg_pool2d, 2, x, o.kernel, o.stride, o.padding); }
+cr_tensor *cr_avg_pool2d(cr_tensor *x, cr_pool2d_opts o)
+{
+    return pool_new(&cr_op_avg_pool2d, 2, x, o.kernel, o.stride, o.padding);
+}

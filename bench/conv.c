@@ -44,10 +44,8 @@ typedef struct bench_case {
 } bench_case;
 
 static const bench_case cases[] = {
-    {"lenet_step", true, 64, 0, 0, 0, 0, 0, false},
-    {"lenet_conv1", false, 64, 1, 6, 28, 5, 2, false},
-    {"lenet_conv2", false, 64, 6, 16, 14, 5, 0, true},
-    {"conv3x3_64", false, 16, 64, 64, 32, 3, 1, true},
+    {"lenet_step", true, 64, 0, 0, 0, 0, 0, false},    {"lenet_conv1", false, 64, 1, 6, 28, 5, 2, false},
+    {"lenet_conv2", false, 64, 6, 16, 14, 5, 0, true}, {"conv3x3_64", false, 16, 64, 64, 32, 3, 1, true},
     {"conv1x1_64", false, 16, 64, 64, 32, 1, 0, true},
 };
 #define N_CASES (sizeof cases / sizeof cases[0])
@@ -64,7 +62,8 @@ static void usage(const char *prog)
 {
     fprintf(stderr,
             "usage: %s [--threads T[,T..]] [--reps N] [--rounds R] [--case NAME[,NAME..]] [--no-torch]\n"
-            "  defaults: --threads 1,2 --reps 5 --rounds 6, every case:", prog);
+            "  defaults: --threads 1,2 --reps 5 --rounds 6, every case:",
+            prog);
     for (size_t k = 0; k < N_CASES; k++) fprintf(stderr, " %s", cases[k].name);
     fprintf(stderr, "\n");
     exit(2);
@@ -97,9 +96,12 @@ static opts parse(int argc, char **argv)
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) usage(argv[0]);
         const char *v = i + 1 < argc ? argv[++i] : NULL;
         if (!v) usage(argv[0]);
-        if (!strcmp(a, "--threads")) parse_list(argv[0], v, o.threads, &o.n_threads);
-        else if (!strcmp(a, "--reps")) o.reps = atoi(v);
-        else if (!strcmp(a, "--rounds")) o.rounds = atoi(v);
+        if (!strcmp(a, "--threads"))
+            parse_list(argv[0], v, o.threads, &o.n_threads);
+        else if (!strcmp(a, "--reps"))
+            o.reps = atoi(v);
+        else if (!strcmp(a, "--rounds"))
+            o.rounds = atoi(v);
         else if (!strcmp(a, "--case")) {
             for (size_t k = 0; k < N_CASES; k++) o.use[k] = false;
             char buf[256];
@@ -148,10 +150,15 @@ static model model_make(const bench_case *c)
     model m = {.c = c, .g = cr_graph_init(), .ps = cr_params_init()};
     cr_rng rng = cr_rng_seed(1234);
     if (c->lenet) {
-        m.conv1 = cr_conv2d_layer_init(m.ps, "conv1", (cr_conv2d_config){.in_channels = 1, .out_channels = 6,
-                                       .kernel = {5, 5}, .padding = {2, 2}, .dtype = CR_F32}, &rng);
-        m.conv2 = cr_conv2d_layer_init(m.ps, "conv2", (cr_conv2d_config){.in_channels = 6, .out_channels = 16,
-                                       .kernel = {5, 5}, .dtype = CR_F32}, &rng);
+        m.conv1 = cr_conv2d_layer_init(
+            m.ps, "conv1",
+            (cr_conv2d_config){
+                .in_channels = 1, .out_channels = 6, .kernel = {5, 5}, .padding = {2, 2}, .dtype = CR_F32},
+            &rng);
+        m.conv2 = cr_conv2d_layer_init(
+            m.ps, "conv2",
+            (cr_conv2d_config){.in_channels = 6, .out_channels = 16, .kernel = {5, 5}, .dtype = CR_F32},
+            &rng);
         m.fc1 = cr_linear_init(m.ps, "fc1", 400, 120, true, CR_F32, &rng);
         m.fc2 = cr_linear_init(m.ps, "fc2", 120, 84, true, CR_F32, &rng);
         m.fc3 = cr_linear_init(m.ps, "fc3", 84, 10, true, CR_F32, &rng);
@@ -161,7 +168,8 @@ static model model_make(const bench_case *c)
         m.x = cr_tensor_init(CR_F32, CR_SHAPE(c->N, 1, 28, 28));
         cr_fill_uniform(m.x, &rng, -1, 1);
         m.tgt = cr_tensor_init(CR_I32, CR_SHAPE(c->N));
-        for (int64_t k = 0; k < c->N; k++) ((int32_t *)m.tgt->data)[k] = (int32_t)(cr_rng_uniform01(&rng) * 10) % 10;
+        for (int64_t k = 0; k < c->N; k++)
+            ((int32_t *)m.tgt->data)[k] = (int32_t)(cr_rng_uniform01(&rng) * 10) % 10;
     } else {
         m.x = cr_tensor_init(CR_F32, CR_SHAPE(c->N, c->C, c->S, c->S));
         m.w = cr_params_add(m.ps, "conv", "weight", CR_F32, CR_SHAPE(c->O, c->C, c->K, c->K));
@@ -268,9 +276,11 @@ static peer peer_start(const bench_case *c, int threads, const char *path)
     snprintf(a[5], 32, "%lld", (long long)c->P);
     snprintf(a[6], 32, "%d", c->input_grad);
     snprintf(a[7], 32, "%d", threads);
-    char *argv[] = {(char *)py, (char *)script, "--file", (char *)path, "--case", c->lenet ? "lenet" : "conv",
-                    "--batch", a[0], "--cin", a[1], "--cout", a[2], "--size", a[3], "--kernel", a[4],
-                    "--padding", a[5], "--input-grad", a[6], "--threads", a[7], NULL};
+    char *argv[] = {
+        (char *)py,     (char *)script, "--file",    (char *)path, "--case",    c->lenet ? "lenet" : "conv",
+        "--batch",      a[0],           "--cin",     a[1],         "--cout",    a[2],
+        "--size",       a[3],           "--kernel",  a[4],         "--padding", a[5],
+        "--input-grad", a[6],           "--threads", a[7],         NULL};
     /* torch.set_num_threads does not reach the BLAS it links (Debian's
      * libblas.so.3 is BLIS with its own thread count): give that T too. */
     size_t n_env = 0;
@@ -365,7 +375,8 @@ static void peer_stop(peer *p)
     if (p->pid > 0) {
         int st;
         waitpid(p->pid, &st, 0);
-        if (!WIFEXITED(st) || (WEXITSTATUS(st) != 0 && p->ok)) printf("torch: peer exited with status %d\n", st);
+        if (!WIFEXITED(st) || (WEXITSTATUS(st) != 0 && p->ok))
+            printf("torch: peer exited with status %d\n", st);
     }
 }
 
@@ -380,7 +391,8 @@ typedef struct result {
 
 static result measure(const opts *o, const bench_case *c, int threads)
 {
-    result r = {.c = c, .threads = threads, .t_min = NAN, .t_med = NAN, .t_max = NAN, .t_v0 = NAN, .t_v1 = NAN};
+    result r = {
+        .c = c, .threads = threads, .t_min = NAN, .t_med = NAN, .t_max = NAN, .t_v0 = NAN, .t_v1 = NAN};
     cr_set_num_threads(threads);
     model m = model_make(c);
     peer p = {.pid = -1};
@@ -435,13 +447,14 @@ int main(int argc, char **argv)
     setvbuf(stdout, NULL, _IOLBF, 0);
     signal(SIGPIPE, SIG_IGN);
     const opts o = parse(argc, argv);
-    printf("f32, ms per call, min / median / max of %d rounds x %d calls per side, the sides taking turns.\n"
-           "lenet_step: LeNet-5 training step, batch 64 (conv 6@5x5 pad 2, relu, max pool, conv 16@5x5, relu,\n"
-           "max pool, fc 120, 84, 10, cross-entropy, backward, SGD momentum 0.9). conv cases: conv2d forward +\n"
-           "backward of sum(y), [N,C,S,S] * [O,C,K,K] (input gradient too unless it is the first layer).\n\n",
-           o.rounds, o.reps);
-    printf("%-12s %7s %28s %28s %7s  %s\n", "case", "threads", "carousel_ms min/med/max", "torch_ms min/med/max",
-           "ratio", "first two values (carousel; torch)");
+    printf(
+        "f32, ms per call, min / median / max of %d rounds x %d calls per side, the sides taking turns.\n"
+        "lenet_step: LeNet-5 training step, batch 64 (conv 6@5x5 pad 2, relu, max pool, conv 16@5x5, relu,\n"
+        "max pool, fc 120, 84, 10, cross-entropy, backward, SGD momentum 0.9). conv cases: conv2d forward +\n"
+        "backward of sum(y), [N,C,S,S] * [O,C,K,K] (input gradient too unless it is the first layer).\n\n",
+        o.rounds, o.reps);
+    printf("%-12s %7s %28s %28s %7s  %s\n", "case", "threads", "carousel_ms min/med/max",
+           "torch_ms min/med/max", "ratio", "first two values (carousel; torch)");
     result res[N_CASES * MAX_LIST];
     int n = 0;
     for (size_t k = 0; k < N_CASES; k++) {

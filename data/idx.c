@@ -49,7 +49,8 @@ static cr_status stream_failure(gzFile f, const char *path, const char *what)
 {
     int zerr = Z_OK;
     const char *zmsg = gzerror(f, &zerr);
-    if (zerr == Z_ERRNO) return cr_failure(CR_EIO, "%s: read error in the %s: %s", path, what, strerror(errno));
+    if (zerr == Z_ERRNO)
+        return cr_failure(CR_EIO, "%s: read error in the %s: %s", path, what, strerror(errno));
     if (zerr == Z_MEM_ERROR) return cr_failure(CR_ENOMEM, "%s: out of memory while decompressing", path);
     if (zerr != Z_OK) { /* Z_DATA_ERROR (corrupt), Z_BUF_ERROR (gzip stream cut short) */
         /* zlib's message repeats the path ("path: incorrect data check"); and
@@ -111,25 +112,31 @@ static cr_status read_idx(gzFile f, const char *path, cr_idx *idx)
     if (got < 4) {
         cr_status st = stream_failure(f, path, "header");
         if (st != CR_OK) return st;
-        return cr_failure(CR_EFORMAT, "%s: %s: an IDX header has 4 bytes of magic number, the file has %zu bytes",
-                          path, got ? "truncated" : "empty", got);
+        return cr_failure(CR_EFORMAT,
+                          "%s: %s: an IDX header has 4 bytes of magic number, the file has %zu bytes", path,
+                          got ? "truncated" : "empty", got);
     }
     if (head[0] || head[1])
-        return cr_failure(CR_EFORMAT, "%s: not an IDX file: magic number %02x %02x %02x %02x does not start with 00 00",
+        return cr_failure(CR_EFORMAT,
+                          "%s: not an IDX file: magic number %02x %02x %02x %02x does not start with 00 00",
                           path, head[0], head[1], head[2], head[3]);
     idx->type = (cr_idx_type)head[2];
     size_t es = cr_idx_type_size(idx->type);
     if (!es)
-        return cr_failure(CR_EFORMAT, "%s: unknown IDX element type 0x%02x (known: 08 u8, 09 i8, 0B i16, 0C i32, "
-                          "0D f32, 0E f64)", path, head[2]);
+        return cr_failure(CR_EFORMAT,
+                          "%s: unknown IDX element type 0x%02x (known: 08 u8, 09 i8, 0B i16, 0C i32, "
+                          "0D f32, 0E f64)",
+                          path, head[2]);
     idx->ndim = head[3];
     if (idx->ndim < 1 || idx->ndim > CR_MAX_DIMS)
-        return cr_failure(CR_EFORMAT, "%s: %d dims in the IDX header (1 to %d supported)", path, idx->ndim, CR_MAX_DIMS);
+        return cr_failure(CR_EFORMAT, "%s: %d dims in the IDX header (1 to %d supported)", path, idx->ndim,
+                          CR_MAX_DIMS);
     if (!read_full(f, head + 4, 4 * (size_t)idx->ndim, &got)) return read_failure(f, path, "header");
     if (got < 4 * (size_t)idx->ndim) {
         cr_status st = stream_failure(f, path, "header");
         if (st != CR_OK) return st;
-        return cr_failure(CR_EFORMAT, "%s: truncated header: %d dims need %d bytes of sizes, the file has %zu", path,
+        return cr_failure(CR_EFORMAT,
+                          "%s: truncated header: %d dims need %d bytes of sizes, the file has %zu", path,
                           idx->ndim, 4 * idx->ndim, got);
     }
     int64_t numel = 1, bytes;
@@ -169,8 +176,9 @@ static cr_status read_idx(gzFile f, const char *path, cr_idx *idx)
         free(buf);
         cr_status st = stream_failure(f, path, "data");
         if (st != CR_OK) return st;
-        return cr_failure(CR_EFORMAT, "%s: truncated: shape %s of %s needs %lld bytes of data, the file has %zu", path,
-                          s, cr_idx_type_name(idx->type), (long long)bytes, have);
+        return cr_failure(CR_EFORMAT,
+                          "%s: truncated: shape %s of %s needs %lld bytes of data, the file has %zu", path, s,
+                          cr_idx_type_name(idx->type), (long long)bytes, have);
     }
     /* nothing may follow the data, and a gzip stream must end cleanly */
     unsigned char extra;
@@ -178,7 +186,8 @@ static cr_status read_idx(gzFile f, const char *path, cr_idx *idx)
     if (!ok || got) {
         free(buf);
         if (!ok) return read_failure(f, path, "data");
-        return cr_failure(CR_EFORMAT, "%s: bytes after the %lld bytes of data of shape %s", path, (long long)bytes, s);
+        return cr_failure(CR_EFORMAT, "%s: bytes after the %lld bytes of data of shape %s", path,
+                          (long long)bytes, s);
     }
     cr_status st = stream_failure(f, path, "data");
     if (st != CR_OK) {
@@ -234,9 +243,12 @@ cr_tensor *cr_idx_tensor(const cr_idx *idx, cr_dtype dt)
         case CR_IDX_F32: v = ((const float *)idx->data)[i]; break;
         default: v = ((const double *)idx->data)[i]; break;
         }
-        if (dt == CR_F32) ((float *)t->data)[i] = (float)v;
-        else if (dt == CR_F64) ((double *)t->data)[i] = v;
-        else ((int32_t *)t->data)[i] = (int32_t)v;
+        if (dt == CR_F32)
+            ((float *)t->data)[i] = (float)v;
+        else if (dt == CR_F64)
+            ((double *)t->data)[i] = v;
+        else
+            ((int32_t *)t->data)[i] = (int32_t)v;
     }
     return t;
 }

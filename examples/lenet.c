@@ -33,26 +33,27 @@ typedef struct opts {
 
 static void print_flags(FILE *f, const char *prog)
 {
-    fprintf(f,
-            "usage: %s [--data DIR] [--epochs N] [--batch B] [--lr LR] [--seed S] [--threads N]\n"
-            "          [--train-limit N] [--test-limit N] [--tanh] [--quick] [--min-accuracy A] [--help]\n"
-            "  --data DIR          Fashion-MNIST's four .gz files (default /usr/share/datasets/fashion-mnist)\n"
-            "  --epochs N          passes over the training images (default 8)\n"
-            "  --batch B           images per step (default 64)\n"
-            "  --lr LR             Adam's learning rate, cosine-annealed to LR/20 (default 0.002)\n"
-            "  --seed S            initial weights and shuffling (default 1)\n"
-            "  --threads N         OpenMP and BLIS threads (default 1: LeNet's products are small, and on\n"
-            "                      the shared 2-core machine it was measured on a second thread made a\n"
-            "                      step slower; see bench/README.md)\n"
-            "  --train-limit N     train on the first N images only (default all 60000)\n"
-            "  --test-limit N      evaluate on the first N test images only (default all 10000)\n"
-            "  --tanh              tanh and average pooling instead of relu and max pooling\n"
-            "  --quick             the test mode: 12000 training images, 1 epoch, 2000 test images, and\n"
-            "                      exit 1 below --min-accuracy (exit 77, skipped, when the data is missing)\n"
-            "  --min-accuracy A    the threshold of --quick (default 0.7; chance is 0.1)\n"
-            "Output: progress (a bar on a terminal, lines otherwise), a line per epoch, and last:\n"
-            "  example=lenet epochs=... test_accuracy=... train_images=... seconds=...\n",
-            prog);
+    fprintf(
+        f,
+        "usage: %s [--data DIR] [--epochs N] [--batch B] [--lr LR] [--seed S] [--threads N]\n"
+        "          [--train-limit N] [--test-limit N] [--tanh] [--quick] [--min-accuracy A] [--help]\n"
+        "  --data DIR          Fashion-MNIST's four .gz files (default /usr/share/datasets/fashion-mnist)\n"
+        "  --epochs N          passes over the training images (default 8)\n"
+        "  --batch B           images per step (default 64)\n"
+        "  --lr LR             Adam's learning rate, cosine-annealed to LR/20 (default 0.002)\n"
+        "  --seed S            initial weights and shuffling (default 1)\n"
+        "  --threads N         OpenMP and BLIS threads (default 1: LeNet's products are small, and on\n"
+        "                      the shared 2-core machine it was measured on a second thread made a\n"
+        "                      step slower; see bench/README.md)\n"
+        "  --train-limit N     train on the first N images only (default all 60000)\n"
+        "  --test-limit N      evaluate on the first N test images only (default all 10000)\n"
+        "  --tanh              tanh and average pooling instead of relu and max pooling\n"
+        "  --quick             the test mode: 12000 training images, 1 epoch, 2000 test images, and\n"
+        "                      exit 1 below --min-accuracy (exit 77, skipped, when the data is missing)\n"
+        "  --min-accuracy A    the threshold of --quick (default 0.7; chance is 0.1)\n"
+        "Output: progress (a bar on a terminal, lines otherwise), a line per epoch, and last:\n"
+        "  example=lenet epochs=... test_accuracy=... train_images=... seconds=...\n",
+        prog);
 }
 
 static void usage(const char *prog)
@@ -63,8 +64,13 @@ static void usage(const char *prog)
 
 static opts parse(int argc, char **argv)
 {
-    opts o = {.data = "/usr/share/datasets/fashion-mnist", .epochs = 8, .batch = 64, .lr = 0.002, .seed = 1,
-              .threads = 1, .min_accuracy = 0.7};
+    opts o = {.data = "/usr/share/datasets/fashion-mnist",
+              .epochs = 8,
+              .batch = 64,
+              .lr = 0.002,
+              .seed = 1,
+              .threads = 1,
+              .min_accuracy = 0.7};
     bool set_epochs = false, set_train = false, set_test = false;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -82,16 +88,26 @@ static opts parse(int argc, char **argv)
         }
         const char *v = i + 1 < argc ? argv[++i] : NULL;
         if (!v) usage(argv[0]);
-        if (!strcmp(a, "--data")) o.data = v;
-        else if (!strcmp(a, "--epochs")) o.epochs = parse_int(argv[0], v), set_epochs = true;
-        else if (!strcmp(a, "--batch")) o.batch = parse_int(argv[0], v);
-        else if (!strcmp(a, "--lr")) o.lr = parse_real(argv[0], v);
-        else if (!strcmp(a, "--seed")) o.seed = (uint64_t)parse_int(argv[0], v);
-        else if (!strcmp(a, "--threads")) o.threads = (int)parse_int(argv[0], v);
-        else if (!strcmp(a, "--train-limit")) o.train_limit = parse_int(argv[0], v), set_train = true;
-        else if (!strcmp(a, "--test-limit")) o.test_limit = parse_int(argv[0], v), set_test = true;
-        else if (!strcmp(a, "--min-accuracy")) o.min_accuracy = parse_real(argv[0], v);
-        else usage(argv[0]);
+        if (!strcmp(a, "--data"))
+            o.data = v;
+        else if (!strcmp(a, "--epochs"))
+            o.epochs = parse_int(argv[0], v), set_epochs = true;
+        else if (!strcmp(a, "--batch"))
+            o.batch = parse_int(argv[0], v);
+        else if (!strcmp(a, "--lr"))
+            o.lr = parse_real(argv[0], v);
+        else if (!strcmp(a, "--seed"))
+            o.seed = (uint64_t)parse_int(argv[0], v);
+        else if (!strcmp(a, "--threads"))
+            o.threads = (int)parse_int(argv[0], v);
+        else if (!strcmp(a, "--train-limit"))
+            o.train_limit = parse_int(argv[0], v), set_train = true;
+        else if (!strcmp(a, "--test-limit"))
+            o.test_limit = parse_int(argv[0], v), set_test = true;
+        else if (!strcmp(a, "--min-accuracy"))
+            o.min_accuracy = parse_real(argv[0], v);
+        else
+            usage(argv[0]);
     }
     if (o.quick) {
         if (!set_epochs) o.epochs = 1;
@@ -119,7 +135,8 @@ static cr_status load_idx(const char *dir, const char *name, int ndim, cr_idx **
     cr_status st = cr_idx_read(path, out);
     if (st != CR_OK) return st;
     const cr_idx *x = *out;
-    bool ok = x->type == CR_IDX_U8 && x->ndim == ndim && (ndim == 1 || (x->shape[1] == 28 && x->shape[2] == 28));
+    bool ok =
+        x->type == CR_IDX_U8 && x->ndim == ndim && (ndim == 1 || (x->shape[1] == 28 && x->shape[2] == 28));
     if (!ok) {
         char s[128];
         cr_shape_str(s, sizeof s, x->ndim, x->shape);
@@ -133,7 +150,8 @@ static cr_status load_idx(const char *dir, const char *name, int ndim, cr_idx **
 
 /* images and labels of one split, the first `limit` of them (0: all), pixels
  * scaled to [0, 1] and then (v - mean) / std with the training set's mean and std */
-static cr_status load_split(const char *dir, const char *images, const char *labels, int64_t limit, dataset *d)
+static cr_status load_split(const char *dir, const char *images, const char *labels, int64_t limit,
+                            dataset *d)
 {
     cr_idx *xi = NULL, *yi = NULL;
     cr_status st = load_idx(dir, images, 3, &xi);
@@ -185,10 +203,14 @@ typedef struct lenet {
 static lenet lenet_init(bool tanh_avg, cr_rng *rng)
 {
     lenet m = {.ps = cr_params_init(), .tanh_avg = tanh_avg};
-    m.conv1 = cr_conv2d_layer_init(m.ps, "conv1", (cr_conv2d_config){.in_channels = 1, .out_channels = 6,
-                                   .kernel = {5, 5}, .padding = {2, 2}, .dtype = CR_F32}, rng);
-    m.conv2 = cr_conv2d_layer_init(m.ps, "conv2", (cr_conv2d_config){.in_channels = 6, .out_channels = 16,
-                                   .kernel = {5, 5}, .dtype = CR_F32}, rng);
+    m.conv1 = cr_conv2d_layer_init(
+        m.ps, "conv1",
+        (cr_conv2d_config){
+            .in_channels = 1, .out_channels = 6, .kernel = {5, 5}, .padding = {2, 2}, .dtype = CR_F32},
+        rng);
+    m.conv2 = cr_conv2d_layer_init(
+        m.ps, "conv2",
+        (cr_conv2d_config){.in_channels = 6, .out_channels = 16, .kernel = {5, 5}, .dtype = CR_F32}, rng);
     m.fc1 = cr_linear_init(m.ps, "fc1", 400, 120, true, CR_F32, rng);
     m.fc2 = cr_linear_init(m.ps, "fc2", 120, 84, true, CR_F32, rng);
     m.fc3 = cr_linear_init(m.ps, "fc3", 84, 10, true, CR_F32, rng);
@@ -242,8 +264,10 @@ static double accuracy(const lenet *m, const dataset *d, cr_graph *g)
 
 static void fmt_time(char *buf, size_t len, double s)
 {
-    if (s < 60) snprintf(buf, len, "%.0fs", s);
-    else snprintf(buf, len, "%dm%02ds", (int)(s / 60), (int)fmod(s, 60));
+    if (s < 60)
+        snprintf(buf, len, "%.0fs", s);
+    else
+        snprintf(buf, len, "%dm%02ds", (int)(s / 60), (int)fmod(s, 60));
 }
 
 /* A bar redrawn in place on a terminal; otherwise a plain line at each tenth
@@ -258,8 +282,8 @@ static void progress(bool tty, int64_t epoch, int64_t epochs, int64_t step, int6
         char bar[64];
         for (int i = 0; i < width; i++) bar[i] = i < fill ? '#' : '.';
         bar[width] = '\0';
-        printf("\repoch %lld/%lld [%s] %3d%% loss %.4f %6.0f img/s, %s left ", (long long)epoch, (long long)epochs,
-               bar, (int)(100 * step / steps), loss, img_s, left);
+        printf("\repoch %lld/%lld [%s] %3d%% loss %.4f %6.0f img/s, %s left ", (long long)epoch,
+               (long long)epochs, bar, (int)(100 * step / steps), loss, img_s, left);
         fflush(stdout);
     } else {
         printf("epoch %lld/%lld step %lld/%lld loss %.4f img/s %.0f left %s\n", (long long)epoch,
@@ -276,15 +300,18 @@ int main(int argc, char **argv)
     double t_start = now_s();
 
     dataset train = {0}, test = {0};
-    cr_status st = load_split(o.data, "train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", o.train_limit,
-                              &train);
+    cr_status st =
+        load_split(o.data, "train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", o.train_limit, &train);
     if (st == CR_OK)
-        st = load_split(o.data, "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz", o.test_limit, &test);
+        st =
+            load_split(o.data, "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz", o.test_limit, &test);
     if (st != CR_OK) {
         fprintf(stderr, "lenet: %s\n", cr_last_error());
         if (st == CR_EIO)
-            fprintf(stderr, "lenet: Fashion-MNIST is read from %s (Debian: apt-get install dataset-fashion-mnist; "
-                            "elsewhere: --data DIR with its four .gz files)\n", o.data);
+            fprintf(stderr,
+                    "lenet: Fashion-MNIST is read from %s (Debian: apt-get install dataset-fashion-mnist; "
+                    "elsewhere: --data DIR with its four .gz files)\n",
+                    o.data);
         dataset_free(&train);
         return st == CR_EIO && o.quick ? SKIP_EXIT : 1;
     }
@@ -300,7 +327,8 @@ int main(int argc, char **argv)
     lenet m = lenet_init(o.tanh_avg, &rng);
     int64_t B = o.batch, steps = train.n / B; /* the last partial batch of an epoch is dropped */
     if (steps < 1) {
-        fprintf(stderr, "lenet: %lld training images do not make a batch of %lld\n", (long long)train.n, (long long)B);
+        fprintf(stderr, "lenet: %lld training images do not make a batch of %lld\n", (long long)train.n,
+                (long long)B);
         return 1;
     }
     printf("data=%s train=%lld test=%lld params=%zu batch=%lld epochs=%lld threads=%d model=%s\n", o.data,
@@ -341,8 +369,8 @@ int main(int argc, char **argv)
         printf("epoch %lld/%lld train_loss=%.4f test_accuracy=%.4f seconds=%.1f\n", (long long)epoch,
                (long long)o.epochs, loss_sum / (double)steps, acc, now_s() - t_epoch);
     }
-    printf("example=lenet epochs=%lld test_accuracy=%.4f train_images=%lld seconds=%.1f\n", (long long)o.epochs, acc,
-           (long long)train.n, now_s() - t_start);
+    printf("example=lenet epochs=%lld test_accuracy=%.4f train_images=%lld seconds=%.1f\n",
+           (long long)o.epochs, acc, (long long)train.n, now_s() - t_start);
     int status = 0;
     if (o.quick && !(acc >= o.min_accuracy)) {
         fprintf(stderr, "lenet: test accuracy %.4f is below %.2f: it did not learn\n", acc, o.min_accuracy);

@@ -18,8 +18,8 @@ static void init_conv(cr_tensor *w, cr_tensor *b, int64_t fan_in, cr_rng *rng)
 static void check_channels(const char *fn, int64_t in, int64_t out, int64_t groups)
 {
     if (in < 1 || out < 1 || groups < 1 || in % groups || out % groups)
-        cr_error("%s: in_channels %lld and out_channels %lld must be positive and divisible by groups %lld", fn,
-                 (long long)in, (long long)out, (long long)groups);
+        cr_error("%s: in_channels %lld and out_channels %lld must be positive and divisible by groups %lld",
+                 fn, (long long)in, (long long)out, (long long)groups);
 }
 
 cr_conv1d_layer cr_conv1d_layer_init(cr_params *ps, const char *prefix, cr_conv1d_config cfg, cr_rng *rng)
@@ -28,7 +28,8 @@ cr_conv1d_layer cr_conv1d_layer_init(cr_params *ps, const char *prefix, cr_conv1
     check_channels("cr_conv1d_layer_init", cfg.in_channels, cfg.out_channels, groups);
     if (cfg.kernel < 1) cr_error("cr_conv1d_layer_init: kernel %lld must be positive", (long long)cfg.kernel);
     cr_conv1d_layer l = {.opts = {cfg.stride, cfg.padding, cfg.dilation, groups}};
-    l.weight = cr_params_add(ps, prefix, "weight", cfg.dtype, CR_SHAPE(cfg.out_channels, cfg.in_channels / groups, cfg.kernel));
+    l.weight = cr_params_add(ps, prefix, "weight", cfg.dtype,
+                             CR_SHAPE(cfg.out_channels, cfg.in_channels / groups, cfg.kernel));
     if (!cfg.no_bias) l.bias = cr_params_add(ps, prefix, "bias", cfg.dtype, CR_SHAPE(cfg.out_channels));
     init_conv(l.weight, l.bias, cfg.in_channels / groups * cfg.kernel, rng);
     return l;
@@ -50,8 +51,9 @@ cr_conv2d_layer cr_conv2d_layer_init(cr_params *ps, const char *prefix, cr_conv2
                                   .padding = {cfg.padding[0], cfg.padding[1]},
                                   .dilation = {cfg.dilation[0], cfg.dilation[1]},
                                   .groups = groups}};
-    l.weight = cr_params_add(ps, prefix, "weight", cfg.dtype,
-                             CR_SHAPE(cfg.out_channels, cfg.in_channels / groups, cfg.kernel[0], cfg.kernel[1]));
+    l.weight =
+        cr_params_add(ps, prefix, "weight", cfg.dtype,
+                      CR_SHAPE(cfg.out_channels, cfg.in_channels / groups, cfg.kernel[0], cfg.kernel[1]));
     if (!cfg.no_bias) l.bias = cr_params_add(ps, prefix, "bias", cfg.dtype, CR_SHAPE(cfg.out_channels));
     init_conv(l.weight, l.bias, cfg.in_channels / groups * cfg.kernel[0] * cfg.kernel[1], rng);
     return l;

@@ -66,11 +66,12 @@ static void check_window(const char *fn, const cr_window *g)
               g->OH == cr_window_out(g->H, g->KH, g->SH, g->PH, g->DH) &&
               g->OW == cr_window_out(g->W, g->KW, g->SW, g->PW, g->DW);
     if (!ok)
-        cr_error("%s: window C=%lld H=%lld W=%lld kernel %lldx%lld stride %lldx%lld padding %lldx%lld dilation "
-                 "%lldx%lld output %lldx%lld is not consistent",
-                 fn, (long long)g->C, (long long)g->H, (long long)g->W, (long long)g->KH, (long long)g->KW,
-                 (long long)g->SH, (long long)g->SW, (long long)g->PH, (long long)g->PW, (long long)g->DH,
-                 (long long)g->DW, (long long)g->OH, (long long)g->OW);
+        cr_error(
+            "%s: window C=%lld H=%lld W=%lld kernel %lldx%lld stride %lldx%lld padding %lldx%lld dilation "
+            "%lldx%lld output %lldx%lld is not consistent",
+            fn, (long long)g->C, (long long)g->H, (long long)g->W, (long long)g->KH, (long long)g->KW,
+            (long long)g->SH, (long long)g->SW, (long long)g->PH, (long long)g->PW, (long long)g->DH,
+            (long long)g->DW, (long long)g->OH, (long long)g->OW);
 }
 
 /* x holds at least samples [n0, n0+nb) of C planes of H x W each. */
@@ -124,7 +125,8 @@ static int64_t pool_planes(const char *fn, const cr_window *g, const cr_tensor *
     if (arg) {
         check_contig(fn, "indices", arg, CR_I32);
         check_numel(fn, "indices", arg, planes * g->OH * g->OW);
-        if (plane > INT32_MAX) cr_error("%s: planes of %lld elements do not fit i32 indices", fn, (long long)plane);
+        if (plane > INT32_MAX)
+            cr_error("%s: planes of %lld elements do not fit i32 indices", fn, (long long)plane);
     }
     return planes;
 }

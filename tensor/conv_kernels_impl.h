@@ -13,30 +13,31 @@ static void FN(im2col)(const cr_window *g, const T *x, int64_t n0, int64_t nb, T
 {
     const int64_t KK = g->KH * g->KW, rows = g->C * KK, P = g->OH * g->OW, width = nb * P;
     const int64_t plane = g->H * g->W;
-    CR_PAR_FOR(rows * width > cr_parallel_threshold, "omp parallel for schedule(static)",
-    for (int64_t r = 0; r < rows; r++) {
-        int64_t c = r / KK, ki = r % KK / g->KW, kj = r % g->KW;
-        int64_t off_w = kj * g->DW - g->PW, lo, hi;
-        window_span(g->W, g->OW, g->SW, off_w, &lo, &hi);
-        T *dst = cols + r * width;
-        for (int64_t n = 0; n < nb; n++) {
-            const T *src = x + ((n0 + n) * g->C + c) * plane;
-            for (int64_t oh = 0; oh < g->OH; oh++, dst += g->OW) {
-                int64_t ih = oh * g->SH - g->PH + ki * g->DH;
-                if (ih < 0 || ih >= g->H) {
-                    for (int64_t ow = 0; ow < g->OW; ow++) dst[ow] = 0;
-                    continue;
+    CR_PAR_FOR(
+        rows * width > cr_parallel_threshold, "omp parallel for schedule(static)",
+        for (int64_t r = 0; r < rows; r++) {
+            int64_t c = r / KK, ki = r % KK / g->KW, kj = r % g->KW;
+            int64_t off_w = kj * g->DW - g->PW, lo, hi;
+            window_span(g->W, g->OW, g->SW, off_w, &lo, &hi);
+            T *dst = cols + r * width;
+            for (int64_t n = 0; n < nb; n++) {
+                const T *src = x + ((n0 + n) * g->C + c) * plane;
+                for (int64_t oh = 0; oh < g->OH; oh++, dst += g->OW) {
+                    int64_t ih = oh * g->SH - g->PH + ki * g->DH;
+                    if (ih < 0 || ih >= g->H) {
+                        for (int64_t ow = 0; ow < g->OW; ow++) dst[ow] = 0;
+                        continue;
+                    }
+                    const T *row = src + ih * g->W;
+                    for (int64_t ow = 0; ow < lo; ow++) dst[ow] = 0;
+                    if (g->SW == 1) /* a plain loop: the rows are short, memcpy's call costs more */
+                        for (int64_t ow = lo; ow < hi; ow++) dst[ow] = row[ow + off_w];
+                    else
+                        for (int64_t ow = lo; ow < hi; ow++) dst[ow] = row[ow * g->SW + off_w];
+                    for (int64_t ow = hi; ow < g->OW; ow++) dst[ow] = 0;
                 }
-                const T *row = src + ih * g->W;
-                for (int64_t ow = 0; ow < lo; ow++) dst[ow] = 0;
-                if (g->SW == 1) /* a plain loop: the rows are short, memcpy's call costs more */
-                    for (int64_t ow = lo; ow < hi; ow++) dst[ow] = row[ow + off_w];
-                else
-                    for (int64_t ow = lo; ow < hi; ow++) dst[ow] = row[ow * g->SW + off_w];
-                for (int64_t ow = hi; ow < g->OW; ow++) dst[ow] = 0;
             }
-        }
-    });
+        });
 }
 
 /* The adjoint of im2col: every column entry is added back to the input
@@ -46,27 +47,28 @@ static void FN(col2im)(const cr_window *g, const T *cols, int64_t n0, int64_t nb
 {
     const int64_t KK = g->KH * g->KW, P = g->OH * g->OW, width = nb * P, plane = g->H * g->W;
     const int64_t planes = nb * g->C;
-    CR_PAR_FOR(planes * KK * P > cr_parallel_threshold, "omp parallel for schedule(static)",
-    for (int64_t q = 0; q < planes; q++) {
-        int64_t n = q / g->C, c = q % g->C;
-        T *dst = gx + ((n0 + n) * g->C + c) * plane;
-        for (int64_t ki = 0; ki < g->KH; ki++)
-            for (int64_t kj = 0; kj < g->KW; kj++) {
-                int64_t off_w = kj * g->DW - g->PW, lo, hi;
-                window_span(g->W, g->OW, g->SW, off_w, &lo, &hi);
-                const T *src = cols + ((c * g->KH + ki) * g->KW + kj) * width + n * P;
-                for (int64_t oh = 0; oh < g->OH; oh++) {
-                    int64_t ih = oh * g->SH - g->PH + ki * g->DH;
-                    if (ih < 0 || ih >= g->H) continue;
-                    T *row = dst + ih * g->W;
-                    const T *s = src + oh * g->OW;
-                    if (g->SW == 1)
-                        for (int64_t ow = lo; ow < hi; ow++) row[ow + off_w] += s[ow];
-                    else
-                        for (int64_t ow = lo; ow < hi; ow++) row[ow * g->SW + off_w] += s[ow];
+    CR_PAR_FOR(
+        planes * KK * P > cr_parallel_threshold, "omp parallel for schedule(static)",
+        for (int64_t q = 0; q < planes; q++) {
+            int64_t n = q / g->C, c = q % g->C;
+            T *dst = gx + ((n0 + n) * g->C + c) * plane;
+            for (int64_t ki = 0; ki < g->KH; ki++)
+                for (int64_t kj = 0; kj < g->KW; kj++) {
+                    int64_t off_w = kj * g->DW - g->PW, lo, hi;
+                    window_span(g->W, g->OW, g->SW, off_w, &lo, &hi);
+                    const T *src = cols + ((c * g->KH + ki) * g->KW + kj) * width + n * P;
+                    for (int64_t oh = 0; oh < g->OH; oh++) {
+                        int64_t ih = oh * g->SH - g->PH + ki * g->DH;
+                        if (ih < 0 || ih >= g->H) continue;
+                        T *row = dst + ih * g->W;
+                        const T *s = src + oh * g->OW;
+                        if (g->SW == 1)
+                            for (int64_t ow = lo; ow < hi; ow++) row[ow + off_w] += s[ow];
+                        else
+                            for (int64_t ow = lo; ow < hi; ow++) row[ow * g->SW + off_w] += s[ow];
+                    }
                 }
-            }
-    });
+        });
 }
 
 /* Max over each window, padding being -inf; the index of the first maximum
@@ -79,57 +81,59 @@ static void FN(max_pool)(const cr_window *g, int64_t planes, const T *x, T *out,
     const int64_t plane = g->H * g->W, P = g->OH * g->OW;
     const bool two = g->KH == 2 && g->KW == 2 && g->SH == 2 && g->SW == 2 && g->PH == 0 && g->PW == 0 &&
                      g->DH == 1 && g->DW == 1;
-    CR_PAR_FOR(planes * P * g->KH * g->KW > cr_parallel_threshold, "omp parallel for schedule(static)",
-    for (int64_t q = 0; q < planes; q++) {
-        const T *src = x + q * plane;
-        T *o = out + q * P;
-        int32_t *a = arg + q * P;
-        if (two) { /* 2x2, stride 2: the common case */
-            for (int64_t oh = 0; oh < g->OH; oh++) {
-                const T *r0 = src + 2 * oh * g->W, *r1 = r0 + g->W;
-                int32_t base = (int32_t)(2 * oh * g->W), W = (int32_t)g->W;
-                for (int64_t ow = 0; ow < g->OW; ow++) {
-                    int32_t i0 = base + 2 * (int32_t)ow;
-                    T best = r0[2 * ow], v;
-                    int32_t bi = i0;
-                    bool t;
-                    v = r0[2 * ow + 1], t = v > best || v != v, best = t ? v : best, bi = t ? i0 + 1 : bi;
-                    v = r1[2 * ow], t = v > best || v != v, best = t ? v : best, bi = t ? i0 + W : bi;
-                    v = r1[2 * ow + 1], t = v > best || v != v, best = t ? v : best, bi = t ? i0 + W + 1 : bi;
-                    o[oh * g->OW + ow] = best;
-                    a[oh * g->OW + ow] = bi;
-                }
-            }
-            continue;
-        }
-        for (int64_t oh = 0; oh < g->OH; oh++) {
-            int64_t h0 = oh * g->SH - g->PH, klo = 0, khi = g->KH;
-            while (klo < khi && h0 + klo * g->DH < 0) klo++;
-            while (khi > klo && h0 + (khi - 1) * g->DH >= g->H) khi--;
-            for (int64_t ow = 0; ow < g->OW; ow++) {
-                int64_t w0 = ow * g->SW - g->PW, jlo = 0, jhi = g->KW;
-                while (jlo < jhi && w0 + jlo * g->DW < 0) jlo++;
-                while (jhi > jlo && w0 + (jhi - 1) * g->DW >= g->W) jhi--;
-                if (klo == khi || jlo == jhi) { /* a window of padding only (the ops never make one) */
-                    o[oh * g->OW + ow] = -(T)INFINITY;
-                    a[oh * g->OW + ow] = -1;
-                    continue;
-                }
-                int64_t bi = (h0 + klo * g->DH) * g->W + w0 + jlo * g->DW;
-                T best = src[bi];
-                for (int64_t ki = klo; ki < khi; ki++)
-                    for (int64_t kj = jlo; kj < jhi; kj++) {
-                        int64_t i = (h0 + ki * g->DH) * g->W + w0 + kj * g->DW;
-                        T v = src[i];
-                        bool t = v > best || v != v;
-                        best = t ? v : best;
-                        bi = t ? i : bi;
+    CR_PAR_FOR(
+        planes * P * g->KH * g->KW > cr_parallel_threshold, "omp parallel for schedule(static)",
+        for (int64_t q = 0; q < planes; q++) {
+            const T *src = x + q * plane;
+            T *o = out + q * P;
+            int32_t *a = arg + q * P;
+            if (two) { /* 2x2, stride 2: the common case */
+                for (int64_t oh = 0; oh < g->OH; oh++) {
+                    const T *r0 = src + 2 * oh * g->W, *r1 = r0 + g->W;
+                    int32_t base = (int32_t)(2 * oh * g->W), W = (int32_t)g->W;
+                    for (int64_t ow = 0; ow < g->OW; ow++) {
+                        int32_t i0 = base + 2 * (int32_t)ow;
+                        T best = r0[2 * ow], v;
+                        int32_t bi = i0;
+                        bool t;
+                        v = r0[2 * ow + 1], t = v > best || v != v, best = t ? v : best, bi = t ? i0 + 1 : bi;
+                        v = r1[2 * ow], t = v > best || v != v, best = t ? v : best, bi = t ? i0 + W : bi;
+                        v = r1[2 * ow + 1], t = v > best || v != v, best = t ? v : best,
+                        bi = t ? i0 + W + 1 : bi;
+                        o[oh * g->OW + ow] = best;
+                        a[oh * g->OW + ow] = bi;
                     }
-                o[oh * g->OW + ow] = best;
-                a[oh * g->OW + ow] = (int32_t)bi;
+                }
+                continue;
             }
-        }
-    });
+            for (int64_t oh = 0; oh < g->OH; oh++) {
+                int64_t h0 = oh * g->SH - g->PH, klo = 0, khi = g->KH;
+                while (klo < khi && h0 + klo * g->DH < 0) klo++;
+                while (khi > klo && h0 + (khi - 1) * g->DH >= g->H) khi--;
+                for (int64_t ow = 0; ow < g->OW; ow++) {
+                    int64_t w0 = ow * g->SW - g->PW, jlo = 0, jhi = g->KW;
+                    while (jlo < jhi && w0 + jlo * g->DW < 0) jlo++;
+                    while (jhi > jlo && w0 + (jhi - 1) * g->DW >= g->W) jhi--;
+                    if (klo == khi || jlo == jhi) { /* a window of padding only (the ops never make one) */
+                        o[oh * g->OW + ow] = -(T)INFINITY;
+                        a[oh * g->OW + ow] = -1;
+                        continue;
+                    }
+                    int64_t bi = (h0 + klo * g->DH) * g->W + w0 + jlo * g->DW;
+                    T best = src[bi];
+                    for (int64_t ki = klo; ki < khi; ki++)
+                        for (int64_t kj = jlo; kj < jhi; kj++) {
+                            int64_t i = (h0 + ki * g->DH) * g->W + w0 + kj * g->DW;
+                            T v = src[i];
+                            bool t = v > best || v != v;
+                            best = t ? v : best;
+                            bi = t ? i : bi;
+                        }
+                    o[oh * g->OW + ow] = best;
+                    a[oh * g->OW + ow] = (int32_t)bi;
+                }
+            }
+        });
 }
 
 /* gx[argmax] += gy, plane by plane (one iteration owns one plane). */
@@ -137,9 +141,8 @@ static void FN(max_pool_backward)(const cr_window *g, int64_t planes, T *gx, con
 {
     const int64_t plane = g->H * g->W, P = g->OH * g->OW;
     CR_PAR_FOR(planes * P > cr_parallel_threshold, "omp parallel for schedule(static)",
-    for (int64_t q = 0; q < planes; q++)
-        for (int64_t k = 0; k < P; k++)
-            if (arg[q * P + k] >= 0) gx[q * plane + arg[q * P + k]] += gy[q * P + k];);
+               for (int64_t q = 0; q < planes; q++) for (int64_t k = 0; k < P; k++) if (arg[q * P + k] >= 0)
+                   gx[q * plane + arg[q * P + k]] += gy[q * P + k];);
 }
 
 /* Mean over each window with the padding counted as zeros: the divisor is
@@ -149,24 +152,25 @@ static void FN(avg_pool)(const cr_window *g, int64_t planes, const T *x, T *out)
 {
     const int64_t plane = g->H * g->W, P = g->OH * g->OW;
     const T inv = (T)1 / (T)(g->KH * g->KW);
-    CR_PAR_FOR(planes * P * g->KH * g->KW > cr_parallel_threshold, "omp parallel for schedule(static)",
-    for (int64_t q = 0; q < planes; q++) {
-        const T *src = x + q * plane;
-        for (int64_t oh = 0; oh < g->OH; oh++)
-            for (int64_t ow = 0; ow < g->OW; ow++) {
-                int64_t h0 = oh * g->SH - g->PH, w0 = ow * g->SW - g->PW;
-                T s = 0;
-                for (int64_t ki = 0; ki < g->KH; ki++) {
-                    int64_t ih = h0 + ki * g->DH;
-                    if (ih < 0 || ih >= g->H) continue;
-                    for (int64_t kj = 0; kj < g->KW; kj++) {
-                        int64_t iw = w0 + kj * g->DW;
-                        if (iw >= 0 && iw < g->W) s += src[ih * g->W + iw];
+    CR_PAR_FOR(
+        planes * P * g->KH * g->KW > cr_parallel_threshold, "omp parallel for schedule(static)",
+        for (int64_t q = 0; q < planes; q++) {
+            const T *src = x + q * plane;
+            for (int64_t oh = 0; oh < g->OH; oh++)
+                for (int64_t ow = 0; ow < g->OW; ow++) {
+                    int64_t h0 = oh * g->SH - g->PH, w0 = ow * g->SW - g->PW;
+                    T s = 0;
+                    for (int64_t ki = 0; ki < g->KH; ki++) {
+                        int64_t ih = h0 + ki * g->DH;
+                        if (ih < 0 || ih >= g->H) continue;
+                        for (int64_t kj = 0; kj < g->KW; kj++) {
+                            int64_t iw = w0 + kj * g->DW;
+                            if (iw >= 0 && iw < g->W) s += src[ih * g->W + iw];
+                        }
                     }
+                    out[q * P + oh * g->OW + ow] = s * inv;
                 }
-                out[q * P + oh * g->OW + ow] = s * inv;
-            }
-    });
+        });
 }
 
 /* gx[window] += gy / (KH KW), plane by plane. */
@@ -174,23 +178,24 @@ static void FN(avg_pool_backward)(const cr_window *g, int64_t planes, T *gx, con
 {
     const int64_t plane = g->H * g->W, P = g->OH * g->OW;
     const T inv = (T)1 / (T)(g->KH * g->KW);
-    CR_PAR_FOR(planes * P * g->KH * g->KW > cr_parallel_threshold, "omp parallel for schedule(static)",
-    for (int64_t q = 0; q < planes; q++) {
-        T *dst = gx + q * plane;
-        for (int64_t oh = 0; oh < g->OH; oh++)
-            for (int64_t ow = 0; ow < g->OW; ow++) {
-                int64_t h0 = oh * g->SH - g->PH, w0 = ow * g->SW - g->PW;
-                T d = gy[q * P + oh * g->OW + ow] * inv;
-                for (int64_t ki = 0; ki < g->KH; ki++) {
-                    int64_t ih = h0 + ki * g->DH;
-                    if (ih < 0 || ih >= g->H) continue;
-                    for (int64_t kj = 0; kj < g->KW; kj++) {
-                        int64_t iw = w0 + kj * g->DW;
-                        if (iw >= 0 && iw < g->W) dst[ih * g->W + iw] += d;
+    CR_PAR_FOR(
+        planes * P * g->KH * g->KW > cr_parallel_threshold, "omp parallel for schedule(static)",
+        for (int64_t q = 0; q < planes; q++) {
+            T *dst = gx + q * plane;
+            for (int64_t oh = 0; oh < g->OH; oh++)
+                for (int64_t ow = 0; ow < g->OW; ow++) {
+                    int64_t h0 = oh * g->SH - g->PH, w0 = ow * g->SW - g->PW;
+                    T d = gy[q * P + oh * g->OW + ow] * inv;
+                    for (int64_t ki = 0; ki < g->KH; ki++) {
+                        int64_t ih = h0 + ki * g->DH;
+                        if (ih < 0 || ih >= g->H) continue;
+                        for (int64_t kj = 0; kj < g->KW; kj++) {
+                            int64_t iw = w0 + kj * g->DW;
+                            if (iw >= 0 && iw < g->W) dst[ih * g->W + iw] += d;
+                        }
                     }
                 }
-            }
-    });
+        });
 }
 
 #undef FN

@@ -161,10 +161,14 @@ typedef struct lenet {
 static lenet lenet_init(cr_params *ps, int64_t h1, int64_t h2, cr_dtype dt, cr_rng *rng)
 {
     lenet m;
-    m.conv1 = cr_conv2d_layer_init(ps, "conv1", (cr_conv2d_config){.in_channels = 1, .out_channels = 6,
-                                   .kernel = {5, 5}, .padding = {2, 2}, .dtype = dt}, rng);
-    m.conv2 = cr_conv2d_layer_init(ps, "conv2", (cr_conv2d_config){.in_channels = 6, .out_channels = 16,
-                                   .kernel = {5, 5}, .dtype = dt}, rng);
+    m.conv1 = cr_conv2d_layer_init(
+        ps, "conv1",
+        (cr_conv2d_config){
+            .in_channels = 1, .out_channels = 6, .kernel = {5, 5}, .padding = {2, 2}, .dtype = dt},
+        rng);
+    m.conv2 = cr_conv2d_layer_init(
+        ps, "conv2", (cr_conv2d_config){.in_channels = 6, .out_channels = 16, .kernel = {5, 5}, .dtype = dt},
+        rng);
     m.fc1 = cr_linear_init(ps, "fc1", 400, h1, true, dt, rng);
     m.fc2 = cr_linear_init(ps, "fc2", h1, h2, true, dt, rng);
     m.fc3 = cr_linear_init(ps, "fc3", h2, 10, true, dt, rng);
@@ -175,7 +179,7 @@ static cr_tensor *lenet_forward(const lenet *m, cr_tensor *x)
 {
     cr_pool2d_opts pool = {.kernel = {2, 2}};
     cr_tensor *h = cr_max_pool2d(cr_relu(cr_conv2d_layer_forward(&m->conv1, x)), pool); /* [N,6,14,14] */
-    h = cr_max_pool2d(cr_relu(cr_conv2d_layer_forward(&m->conv2, h)), pool);          /* [N,16,5,5] */
+    h = cr_max_pool2d(cr_relu(cr_conv2d_layer_forward(&m->conv2, h)), pool);            /* [N,16,5,5] */
     h = cr_reshape(h, CR_SHAPE(h->shape[0], 400));
     h = cr_relu(cr_linear_forward(&m->fc1, h));
     h = cr_relu(cr_linear_forward(&m->fc2, h));
@@ -229,10 +233,16 @@ Test(conv, layers_have_pytorch_names_shapes_and_init)
 {
     cr_params *ps = cr_params_init();
     cr_rng rng = cr_rng_seed(9);
-    cr_conv2d_layer c2 = cr_conv2d_layer_init(ps, "enc.conv", (cr_conv2d_config){.in_channels = 8,
-                                              .out_channels = 32, .kernel = {3, 5}, .groups = 2, .dtype = CR_F32}, &rng);
-    cr_conv1d_layer c1 = cr_conv1d_layer_init(ps, "feat", (cr_conv1d_config){.in_channels = 3, .out_channels = 64,
-                                              .kernel = 7, .no_bias = true, .dtype = CR_F64}, &rng);
+    cr_conv2d_layer c2 = cr_conv2d_layer_init(
+        ps, "enc.conv",
+        (cr_conv2d_config){
+            .in_channels = 8, .out_channels = 32, .kernel = {3, 5}, .groups = 2, .dtype = CR_F32},
+        &rng);
+    cr_conv1d_layer c1 = cr_conv1d_layer_init(
+        ps, "feat",
+        (cr_conv1d_config){
+            .in_channels = 3, .out_channels = 64, .kernel = 7, .no_bias = true, .dtype = CR_F64},
+        &rng);
     cr_assert_eq(ps->n, 3);
     cr_assert_eq(cr_params_get(ps, "enc.conv.weight"), c2.weight);
     cr_assert_eq(cr_params_get(ps, "enc.conv.bias"), c2.bias);
@@ -250,22 +260,34 @@ Test(conv, layers_have_pytorch_names_shapes_and_init)
     /* U(+-1/sqrt(fan_in)): fan_in = 8/2 * 3 * 5 = 60 and 3 * 7 = 21; the
      * largest of 1920 (or 1344) draws comes within 1% of the bound */
     double b2 = 1 / sqrt(60.0), b1 = 1 / sqrt(21.0);
-    cr_assert(max_abs(c2.weight) <= b2 && max_abs(c2.weight) > 0.99 * b2, "weight bound %g vs %g", max_abs(c2.weight), b2);
+    cr_assert(max_abs(c2.weight) <= b2 && max_abs(c2.weight) > 0.99 * b2, "weight bound %g vs %g",
+              max_abs(c2.weight), b2);
     cr_assert(max_abs(c2.bias) <= b2 && max_abs(c2.bias) > 0.5 * b2);
     cr_assert(max_abs(c1.weight) <= b1 && max_abs(c1.weight) > 0.99 * b1);
     /* options reach the op: stride 2, padding 1 on a [2, 8, 9, 9] input */
-    cr_conv2d_layer s = cr_conv2d_layer_init(ps, "s", (cr_conv2d_config){.in_channels = 8, .out_channels = 4,
-                                             .kernel = {3, 3}, .stride = {2, 2}, .padding = {1, 1}, .dtype = CR_F32}, &rng);
+    cr_conv2d_layer s = cr_conv2d_layer_init(ps, "s",
+                                             (cr_conv2d_config){.in_channels = 8,
+                                                                .out_channels = 4,
+                                                                .kernel = {3, 3},
+                                                                .stride = {2, 2},
+                                                                .padding = {1, 1},
+                                                                .dtype = CR_F32},
+                                             &rng);
     cr_tensor *y = cr_conv2d_layer_forward(&s, cr_zeros(CR_F32, CR_SHAPE(2, 8, 9, 9)));
     cr_assert(y->shape[0] == 2 && y->shape[1] == 4 && y->shape[2] == 5 && y->shape[3] == 5);
     cr_tensor *y1 = cr_conv1d_layer_forward(&c1, cr_ones(CR_F64, CR_SHAPE(2, 3, 10)));
     cr_assert(y1->shape[0] == 2 && y1->shape[1] == 64 && y1->shape[2] == 4);
-    EXPECT_ERROR(cr_conv2d_layer_init(ps, "bad", (cr_conv2d_config){.in_channels = 6, .out_channels = 4,
-                                      .kernel = {3, 3}, .groups = 4, .dtype = CR_F32}, &rng),
-                 "cr_conv2d_layer_init: in_channels 6 and out_channels 4 must be positive and divisible by groups 4");
-    EXPECT_ERROR(cr_conv1d_layer_init(ps, "bad", (cr_conv1d_config){.in_channels = 2, .out_channels = 4,
-                                      .dtype = CR_F32}, &rng),
-                 "cr_conv1d_layer_init: kernel 0 must be positive");
+    EXPECT_ERROR(
+        cr_conv2d_layer_init(
+            ps, "bad",
+            (cr_conv2d_config){
+                .in_channels = 6, .out_channels = 4, .kernel = {3, 3}, .groups = 4, .dtype = CR_F32},
+            &rng),
+        "cr_conv2d_layer_init: in_channels 6 and out_channels 4 must be positive and divisible by groups 4");
+    EXPECT_ERROR(
+        cr_conv1d_layer_init(ps, "bad",
+                             (cr_conv1d_config){.in_channels = 2, .out_channels = 4, .dtype = CR_F32}, &rng),
+        "cr_conv1d_layer_init: kernel 0 must be positive");
     cr_params_free(ps);
 }
 
@@ -276,7 +298,8 @@ typedef struct {
     cr_rnn *lstm;
 } conv_lstm;
 
-/* x [B, C, T] -> conv1d (padding 1) -> tanh (smooth, for finite differences) -> [B, T, O] -> LSTM: every h_t and the final c */
+/* x [B, C, T] -> conv1d (padding 1) -> tanh (smooth, for finite differences) -> [B, T, O] -> LSTM: every h_t
+ * and the final c */
 static cr_tensor *f_conv_lstm(cr_tensor *const *in, void *ctx)
 {
     const conv_lstm *m = ctx;
@@ -290,10 +313,15 @@ Test(conv, conv1d_feeds_an_lstm_and_gradchecks)
     cr_params *ps = cr_params_init();
     cr_rng rng = cr_rng_seed(21);
     conv_lstm m;
-    m.conv = cr_conv1d_layer_init(ps, "feat", (cr_conv1d_config){.in_channels = 3, .out_channels = 4,
-                                  .kernel = 3, .padding = 1, .dtype = CR_F64}, &rng);
-    m.lstm = cr_rnn_init(ps, "lstm", (cr_rnn_config){.cell = &cr_cell_lstm, .input_size = 4, .hidden_size = 3,
-                         .num_layers = 1, .dtype = CR_F64}, &rng);
+    m.conv = cr_conv1d_layer_init(
+        ps, "feat",
+        (cr_conv1d_config){.in_channels = 3, .out_channels = 4, .kernel = 3, .padding = 1, .dtype = CR_F64},
+        &rng);
+    m.lstm = cr_rnn_init(
+        ps, "lstm",
+        (cr_rnn_config){
+            .cell = &cr_cell_lstm, .input_size = 4, .hidden_size = 3, .num_layers = 1, .dtype = CR_F64},
+        &rng);
     cr_tensor *x = cr_tensor_init(CR_F64, CR_SHAPE(2, 3, 6));
     cr_fill_uniform(x, &rng, -1, 1);
     cr_requires_grad(x, true);
@@ -301,10 +329,12 @@ Test(conv, conv1d_feeds_an_lstm_and_gradchecks)
     int n = 1;
     for (size_t i = 0; i < ps->n; i++) in[n++] = ps->items[i].value;
     /* runs: the output has the LSTM's shape */
-    cr_rnn_output o = cr_rnn_forward(m.lstm, cr_transpose(cr_conv1d_layer_forward(&m.conv, x), 1, 2), NULL, NULL, NULL);
+    cr_rnn_output o =
+        cr_rnn_forward(m.lstm, cr_transpose(cr_conv1d_layer_forward(&m.conv, x), 1, 2), NULL, NULL, NULL);
     cr_assert(o.y->ndim == 3 && o.y->shape[0] == 2 && o.y->shape[1] == 6 && o.y->shape[2] == 3);
     cr_gradcheck_report rep;
-    double err = cr_gradcheck(f_conv_lstm, &m, n, in, 1e-5, &rep); /* rounding over 36 outputs / eps vs eps^2 */
+    double err =
+        cr_gradcheck(f_conv_lstm, &m, n, in, 1e-5, &rep); /* rounding over 36 outputs / eps vs eps^2 */
     fprintf(stderr, "conv1d -> LSTM gradcheck: %lld elements, worst relative error %.3g, absolute %.3g\n",
             (long long)rep.n_checked, err, rep.max_abs_err);
     cr_assert_lt(err, 1e-6, "input %d element %lld: analytic %.10g numeric %.10g", rep.worst_input,
@@ -343,7 +373,10 @@ static cr_tensor *persist(const cr_tensor *t)
     cr_copy_(p, t);
     return p;
 }
-static run_out keep_run(run_out r) { return (run_out){persist(r.y), persist(r.gx), persist(r.gw), persist(r.gb), persist(r.p)}; }
+static run_out keep_run(run_out r)
+{
+    return (run_out){persist(r.y), persist(r.gx), persist(r.gw), persist(r.gb), persist(r.p)};
+}
 static void free_run(run_out r)
 {
     cr_tensor *t[] = {r.y, r.gx, r.gw, r.gb, r.p};
@@ -365,8 +398,9 @@ static void compare_runs(run_out a, run_out b, double tol)
         double d = max_diff(ta[i], tb[i]);
         cr_assert(d <= tol, "%s differs by %.3g", names[i], d);
         if (tol == 0)
-            cr_assert(!memcmp(ta[i]->data, tb[i]->data, (size_t)cr_numel(ta[i]) * cr_dtype_size(ta[i]->dtype)),
-                      "%s differs in its bits", names[i]);
+            cr_assert(
+                !memcmp(ta[i]->data, tb[i]->data, (size_t)cr_numel(ta[i]) * cr_dtype_size(ta[i]->dtype)),
+                "%s differs in its bits", names[i]);
     }
 }
 
@@ -376,13 +410,15 @@ Test(conv, results_do_not_depend_on_threads_or_blocks)
      * [4, 16, 16] into [16, 7], so one sample per block makes 70 blocks in 64
      * weight-gradient segments. Both above the 2M multiply-adds where blocks run
      * in parallel. */
-    const int64_t shapes[2][4] = {{9, 4, 48, 49}, {70, 4, 16, 16}}, pooled[2][4] = {{9, 8, 24, 12}, {70, 8, 8, 4}};
+    const int64_t shapes[2][4] = {{9, 4, 48, 49}, {70, 4, 16, 16}},
+                  pooled[2][4] = {{9, 8, 24, 12}, {70, 8, 8, 4}};
     const int64_t positions[2] = {48 * 24, 16 * 7};
     cr_rng rng = cr_rng_seed(4);
     for (int sh = 0; sh < 2; sh++)
         for (int dt = 0; dt < 2; dt++) {
             cr_dtype t = dt ? CR_F64 : CR_F32;
-            cr_tensor *x = leaf(cr_tensor_init(t, 4, shapes[sh])), *w = leaf(cr_tensor_init(t, CR_SHAPE(8, 2, 5, 5)));
+            cr_tensor *x = leaf(cr_tensor_init(t, 4, shapes[sh])),
+                      *w = leaf(cr_tensor_init(t, CR_SHAPE(8, 2, 5, 5)));
             cr_tensor *b = leaf(cr_tensor_init(t, CR_SHAPE(8))), *gp = cr_tensor_init(t, 4, pooled[sh]);
             cr_fill_uniform(x, &rng, -1, 1);
             cr_fill_uniform(w, &rng, -1, 1);
@@ -426,7 +462,8 @@ Test(conv, results_do_not_depend_on_threads_or_blocks)
 
 Test(conv, writing_the_input_before_backward_is_refused)
 {
-    cr_tensor *x = cr_tensor_init(CR_F64, CR_SHAPE(1, 2, 5, 5)), *w = leaf(cr_tensor_init(CR_F64, CR_SHAPE(3, 2, 3, 3)));
+    cr_tensor *x = cr_tensor_init(CR_F64, CR_SHAPE(1, 2, 5, 5)),
+              *w = leaf(cr_tensor_init(CR_F64, CR_SHAPE(3, 2, 3, 3)));
     cr_fill(x, 0.5);
     cr_tensor *loss = cr_sum(cr_conv2d(x, w, NULL, (cr_conv2d_opts){0}));
     cr_fill(x, 2.0); /* dW reads x */
@@ -438,7 +475,7 @@ Test(conv, writing_the_input_before_backward_is_refused)
     cr_fill(w2, 1.0);
     loss = cr_sum(cr_conv2d(x2, w2, NULL, (cr_conv2d_opts){0}));
     cr_fill(x2, 3.0);
-    cr_backward(loss); /* fine: x2 is not read */
+    cr_backward(loss);                                /* fine: x2 is not read */
     cr_assert_eq(cr_get_flat(x2->grad, 12), 3 * 9.0); /* the centre pixel is in all 9 windows of 3 filters */
     cr_fill(w2, 2.0);
     loss = cr_sum(cr_conv2d(x2, w2, NULL, (cr_conv2d_opts){0}));
@@ -458,25 +495,32 @@ Test(conv, misuse_names_the_op_and_the_shapes)
     cr_tensor *x1 = cr_zeros(CR_F32, CR_SHAPE(2, 3, 8)), *w1 = cr_zeros(CR_F32, CR_SHAPE(4, 3, 3));
     cr_conv2d_opts none = {0};
     EXPECT_ERROR(cr_conv2d(x1, w, NULL, none), "cr_conv2d: input [2,3,8] must be [N, C, H, W]");
-    EXPECT_ERROR(cr_conv1d(x1, w, NULL, (cr_conv1d_opts){0}), "cr_conv1d: weight [4,3,3,3] must be [out, in/groups, K]");
-    EXPECT_ERROR(cr_conv2d(x, cr_zeros(CR_F32, CR_SHAPE(4, 2, 3, 3)), NULL, none),
-                 "cr_conv2d: input [2,3,8,8] has 3 channels, weight [4,2,3,3] expects 2 per group x 1 groups");
+    EXPECT_ERROR(cr_conv1d(x1, w, NULL, (cr_conv1d_opts){0}),
+                 "cr_conv1d: weight [4,3,3,3] must be [out, in/groups, K]");
+    EXPECT_ERROR(
+        cr_conv2d(x, cr_zeros(CR_F32, CR_SHAPE(4, 2, 3, 3)), NULL, none),
+        "cr_conv2d: input [2,3,8,8] has 3 channels, weight [4,2,3,3] expects 2 per group x 1 groups");
     EXPECT_ERROR(cr_conv2d(x, w, NULL, (cr_conv2d_opts){.groups = 2}),
                  "cr_conv2d: groups 2 must divide the input channels (3) and output channels (4)");
     EXPECT_ERROR(cr_conv2d(x, w, cr_zeros(CR_F32, CR_SHAPE(5)), none),
                  "cr_conv2d: bias [5] does not match the weight's 4 output channels");
-    EXPECT_ERROR(cr_conv2d(x, cr_zeros(CR_F64, CR_SHAPE(4, 3, 3, 3)), NULL, none), "cr_conv2d: f32 [2,3,8,8] and f64");
+    EXPECT_ERROR(cr_conv2d(x, cr_zeros(CR_F64, CR_SHAPE(4, 3, 3, 3)), NULL, none),
+                 "cr_conv2d: f32 [2,3,8,8] and f64");
     EXPECT_ERROR(cr_conv2d(x, w, NULL, (cr_conv2d_opts){.stride = {-1, 1}}),
                  "cr_conv2d: stride [-1,1], padding [0,0], dilation [1,1], groups 1");
-    EXPECT_ERROR(cr_conv2d(x, cr_zeros(CR_F32, CR_SHAPE(4, 3, 9, 3)), NULL, none),
-                 "cr_conv2d: input [2,3,8,8] with padding [0,0] is smaller than the kernel [9,3] dilated by [1,1]");
+    EXPECT_ERROR(
+        cr_conv2d(x, cr_zeros(CR_F32, CR_SHAPE(4, 3, 9, 3)), NULL, none),
+        "cr_conv2d: input [2,3,8,8] with padding [0,0] is smaller than the kernel [9,3] dilated by [1,1]");
     EXPECT_ERROR(cr_conv1d(x1, w1, NULL, (cr_conv1d_opts){.dilation = 4}),
                  "cr_conv1d: input [2,3,8] with padding [0] is smaller than the kernel [3] dilated by [4]");
-    EXPECT_ERROR(cr_conv2d(x, w, NULL, (cr_conv2d_opts){.padding = {INT64_MAX / 2, 0}}), "or the sizes overflow");
+    EXPECT_ERROR(cr_conv2d(x, w, NULL, (cr_conv2d_opts){.padding = {INT64_MAX / 2, 0}}),
+                 "or the sizes overflow");
     EXPECT_ERROR(cr_max_pool2d(x, (cr_pool2d_opts){.kernel = {3, 3}, .padding = {2, 1}}),
                  "cr_max_pool2d: padding [2,1] must be at most half the kernel [3,3]");
-    EXPECT_ERROR(cr_avg_pool1d(x1, (cr_pool1d_opts){.kernel = 0}), "cr_avg_pool1d: kernel [0], stride [0], padding [0]");
-    EXPECT_ERROR(cr_max_pool1d(x, (cr_pool1d_opts){.kernel = 2}), "cr_max_pool1d: input [2,3,8,8] must be [N, C, L] or [C, L]");
+    EXPECT_ERROR(cr_avg_pool1d(x1, (cr_pool1d_opts){.kernel = 0}),
+                 "cr_avg_pool1d: kernel [0], stride [0], padding [0]");
+    EXPECT_ERROR(cr_max_pool1d(x, (cr_pool1d_opts){.kernel = 2}),
+                 "cr_max_pool1d: input [2,3,8,8] must be [N, C, L] or [C, L]");
     EXPECT_ERROR(cr_avg_pool2d(x, (cr_pool2d_opts){.kernel = {9, 2}}),
                  "cr_avg_pool2d: input [2,3,8,8] with padding [0,0] is smaller than the kernel [9,2]");
     EXPECT_ERROR(cr_max_pool2d(cr_zeros(CR_I32, CR_SHAPE(1, 2, 2)), (cr_pool2d_opts){.kernel = {2, 2}}),
@@ -486,8 +530,8 @@ Test(conv, misuse_names_the_op_and_the_shapes)
 Test(conv, empty_batch_and_zero_defaults)
 {
     /* N = 0 gives an empty output of the right shape */
-    cr_tensor *y = cr_conv2d(cr_zeros(CR_F32, CR_SHAPE(0, 3, 8, 8)), cr_ones(CR_F32, CR_SHAPE(4, 3, 3, 3)), NULL,
-                             (cr_conv2d_opts){0});
+    cr_tensor *y = cr_conv2d(cr_zeros(CR_F32, CR_SHAPE(0, 3, 8, 8)), cr_ones(CR_F32, CR_SHAPE(4, 3, 3, 3)),
+                             NULL, (cr_conv2d_opts){0});
     cr_assert(y->shape[0] == 0 && y->shape[1] == 4 && y->shape[2] == 6 && y->shape[3] == 6);
     /* zeros in the options are the defaults: the same numbers as spelled out */
     cr_tensor *x = cr_arange(CR_F64, 0, 2 * 3 * 7 * 6, 1);

@@ -130,7 +130,8 @@ Test(idx, converts_every_type_from_big_endian)
         for (int k = 3; k >= 0; k--) b[n++] = (unsigned char)((uint32_t)iv[i] >> (8 * k));
     write_gz(tpath("i32"), b, n);
     idx = read_ok(tpath("i32"));
-    cr_assert(idx->ndim == 2 && ((int32_t *)idx->data)[0] == -70000 && ((int32_t *)idx->data)[1] == 0x01020304);
+    cr_assert(idx->ndim == 2 && ((int32_t *)idx->data)[0] == -70000 &&
+              ((int32_t *)idx->data)[1] == 0x01020304);
     cr_idx_free(idx);
     /* f32 [2]: 1.5, -0.25; f64 [1]: pi */
     n = header(b, 0x0D, 1, (uint32_t[]){2});
@@ -208,11 +209,13 @@ Test(idx, hostile_headers)
     read_fails(tpath("ninedims"), CR_EFORMAT, "9 dims");
     n = header(b, 0x08, 3, (uint32_t[]){60000, 28, 28});
     write_gz(tpath("cutdims"), b, n - 5);
-    read_fails(tpath("cutdims"), CR_EFORMAT, "truncated header: 3 dims need 12 bytes of sizes, the file has 7");
+    read_fails(tpath("cutdims"), CR_EFORMAT,
+               "truncated header: 3 dims need 12 bytes of sizes, the file has 7");
     /* sizes whose product overflows: 2^32-1 to the 4th (u8), 2^31 x 2^31 x 8 (f64) */
     n = header(b, 0x08, 4, (uint32_t[]){0xFFFFFFFFu, 0xFFFFFFFFu, 0xFFFFFFFFu, 0xFFFFFFFFu});
     write_gz(tpath("overflow"), b, n);
-    read_fails(tpath("overflow"), CR_EFORMAT, "sizes [4294967295,4294967295,4294967295,4294967295] of u8 hold more");
+    read_fails(tpath("overflow"), CR_EFORMAT,
+               "sizes [4294967295,4294967295,4294967295,4294967295] of u8 hold more");
     n = header(b, 0x0E, 2, (uint32_t[]){0x80000000u, 0x80000000u});
     write_plain(tpath("overflow2"), b, n);
     read_fails(tpath("overflow2"), CR_EFORMAT, "hold more bytes than memory can address");
@@ -224,7 +227,8 @@ Test(idx, lying_truncated_and_trailing_data)
     size_t n = small_u8(b);
     /* one byte short, plain and gzipped */
     write_plain(tpath("short"), b, n - 1);
-    read_fails(tpath("short"), CR_EFORMAT, "truncated: shape [3,2,2] of u8 needs 12 bytes of data, the file has 11");
+    read_fails(tpath("short"), CR_EFORMAT,
+               "truncated: shape [3,2,2] of u8 needs 12 bytes of data, the file has 11");
     write_gz(tpath("short.gz"), b, n - 1);
     read_fails(tpath("short.gz"), CR_EFORMAT, "the file has 11");
     /* one byte too many */
@@ -302,7 +306,8 @@ Test(idx, random_damage_never_crashes)
         } else if (kind == 1) { /* cut */
             len = (size_t)(cr_rng_uniform01(&rng) * (double)len);
         } else { /* insert a run of random bytes */
-            size_t at = (size_t)(cr_rng_uniform01(&rng) * (double)len), k = 1 + (size_t)(cr_rng_uniform01(&rng) * 64);
+            size_t at = (size_t)(cr_rng_uniform01(&rng) * (double)len),
+                   k = 1 + (size_t)(cr_rng_uniform01(&rng) * 64);
             memmove(m + at + k, m + at, len - at);
             for (size_t j = 0; j < k; j++) m[at + j] = (unsigned char)(cr_rng_uniform01(&rng) * 256);
             len += k;
@@ -324,6 +329,8 @@ Test(idx, random_damage_never_crashes)
             failed++;
         }
     }
-    cr_assert_gt(failed, 1000); /* most damage is caught (a flipped data byte of a plain file is not damage we can see) */
+    cr_assert_gt(
+        failed,
+        1000); /* most damage is caught (a flipped data byte of a plain file is not damage we can see) */
     cr_assert_gt(ok, 0);
 }
