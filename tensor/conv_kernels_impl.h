@@ -7,35 +7,43 @@
 #define CAT2(a, b) CAT_(a, b)
 #define FN(name) CAT2(name, SFX)
 
+/* d[0..n) += s[0..n); restrict lets the compiler vectorise without
+ * checking for overlap. */
+static inline void FN(add_run)(T *restrict d, const T *restrict s, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++) d[i] += s[i];
+}
+
 /* Row (c, ki, kj) of the columns holds, for every sample of the block and
- * every output position (oh, ow), x[n, c, oh SH - PH + ki DH, ow SW - PW + kj DW]. */
+ * every output position (oh, ow), x[n, c, oh SH - PH + ki DH, ow SW - PW + kj DW].
+ * The output rows and columns that read padding are known per (ki, kj)
+ * (window_span), so the inner loops are plain copies. */
 static void FN(im2col)(const cr_window *g, const T *x, int64_t n0, int64_t nb, T *cols)
 {
-    const int64_t KK = g->KH * g->KW, rows = g->C * KK, P = g->OH * g->OW, width = nb * P;
-    const int64_t plane = g->H * g->W;
+    const int64_t KK = g->KH * g->KW, rows = g->C * KK, OH = g->OH, OW = g->OW, P = OH * OW, width = nb * P;
+    const int64_t plane = g->H * g->W, W = g->W, SH = g->SH, SW = g->SW;
     CR_PAR_FOR(
         rows * width > cr_parallel_threshold, "omp parallel for schedule(static)",
         for (int64_t r = 0; r < rows; r++) {
             int64_t c = r / KK, ki = r % KK / g->KW, kj = r % g->KW;
-            int64_t off_w = kj * g->DW - g->PW, lo, hi;
-            window_span(g->W, g->OW, g->SW, off_w, &lo, &hi);
-            T *dst = cols + r * width;
+            int64_t off_h = ki * g->DH - g->PH, off_w = kj * g->DW - g->PW, hlo, hhi, lo, hi;
+            window_span(g->H, OH, SH, off_h, &hlo, &hhi);
+            window_span(W, OW, SW, off_w, &lo, &hi);
             for (int64_t n = 0; n < nb; n++) {
                 const T *src = x + ((n0 + n) * g->C + c) * plane;
-                for (int64_t oh = 0; oh < g->OH; oh++, dst += g->OW) {
-                    int64_t ih = oh * g->SH - g->PH + ki * g->DH;
-                    if (ih < 0 || ih >= g->H) {
-                        for (int64_t ow = 0; ow < g->OW; ow++) dst[ow] = 0;
-                        continue;
-                    }
-                    const T *row = src + ih * g->W;
-                    for (int64_t ow = 0; ow < lo; ow++) dst[ow] = 0;
-                    if (g->SW == 1) /* a plain loop: the rows are short, memcpy's call costs more */
-                        for (int64_t ow = lo; ow < hi; ow++) dst[ow] = row[ow + off_w];
+                T *d = cols + r * width + n * P;
+                for (int64_t i = 0; i < hlo * OW; i++) d[i] = 0;
+                for (int64_t oh = hlo; oh < hhi; oh++) {
+                    const T *row = src + (oh * SH + off_h) * W;
+                    T *dd = d + oh * OW;
+                    for (int64_t ow = 0; ow < lo; ow++) dd[ow] = 0;
+                    if (SW == 1) /* (not a restrict copy: GCC would call memcpy for these short runs) */
+                        for (int64_t ow = lo; ow < hi; ow++) dd[ow] = row[ow + off_w];
                     else
-                        for (int64_t ow = lo; ow < hi; ow++) dst[ow] = row[ow * g->SW + off_w];
-                    for (int64_t ow = hi; ow < g->OW; ow++) dst[ow] = 0;
+                        for (int64_t ow = lo; ow < hi; ow++) dd[ow] = row[ow * SW + off_w];
+                    for (int64_t ow = hi; ow < OW; ow++) dd[ow] = 0;
                 }
+                for (int64_t i = hhi * OW; i < P; i++) d[i] = 0;
             }
         });
 }
@@ -45,29 +53,30 @@ static void FN(im2col)(const cr_window *g, const T *x, int64_t n0, int64_t nb, T
  * and adds into it in a fixed order (ki, kj, oh, ow). */
 static void FN(col2im)(const cr_window *g, const T *cols, int64_t n0, int64_t nb, T *gx)
 {
-    const int64_t KK = g->KH * g->KW, P = g->OH * g->OW, width = nb * P, plane = g->H * g->W;
-    const int64_t planes = nb * g->C;
+    const int64_t OH = g->OH, OW = g->OW, P = OH * OW, width = nb * P, plane = g->H * g->W;
+    const int64_t W = g->W, SH = g->SH, SW = g->SW, planes = nb * g->C;
     CR_PAR_FOR(
-        planes * KK * P > cr_parallel_threshold, "omp parallel for schedule(static)",
+        planes * g->KH * g->KW * P > cr_parallel_threshold, "omp parallel for schedule(static)",
         for (int64_t q = 0; q < planes; q++) {
             int64_t n = q / g->C, c = q % g->C;
             T *dst = gx + ((n0 + n) * g->C + c) * plane;
-            for (int64_t ki = 0; ki < g->KH; ki++)
+            for (int64_t ki = 0; ki < g->KH; ki++) {
+                int64_t off_h = ki * g->DH - g->PH, hlo, hhi;
+                window_span(g->H, OH, SH, off_h, &hlo, &hhi);
                 for (int64_t kj = 0; kj < g->KW; kj++) {
                     int64_t off_w = kj * g->DW - g->PW, lo, hi;
-                    window_span(g->W, g->OW, g->SW, off_w, &lo, &hi);
+                    window_span(W, OW, SW, off_w, &lo, &hi);
                     const T *src = cols + ((c * g->KH + ki) * g->KW + kj) * width + n * P;
-                    for (int64_t oh = 0; oh < g->OH; oh++) {
-                        int64_t ih = oh * g->SH - g->PH + ki * g->DH;
-                        if (ih < 0 || ih >= g->H) continue;
-                        T *row = dst + ih * g->W;
-                        const T *s = src + oh * g->OW;
-                        if (g->SW == 1)
-                            for (int64_t ow = lo; ow < hi; ow++) row[ow + off_w] += s[ow];
+                    for (int64_t oh = hlo; oh < hhi; oh++) {
+                        T *row = dst + (oh * SH + off_h) * W;
+                        const T *s = src + oh * OW;
+                        if (SW == 1)
+                            FN(add_run)(row + lo + off_w, s + lo, hi - lo);
                         else
-                            for (int64_t ow = lo; ow < hi; ow++) row[ow * g->SW + off_w] += s[ow];
+                            for (int64_t ow = lo; ow < hi; ow++) row[ow * SW + off_w] += s[ow];
                     }
                 }
+            }
         });
 }
 
