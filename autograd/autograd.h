@@ -208,6 +208,51 @@ cr_tensor *cr_mask(cr_tensor *x, const cr_tensor *mask);
 /* Inverted dropout with probability p; identity when !train or p == 0. */
 cr_tensor *cr_dropout(cr_tensor *x, double p, bool train, cr_rng *rng);
 
+/* ---- ops: convolutions and pooling ---------------------------------------------- */
+
+/* PyTorch's layout and arithmetic: x [N, C, L] (1-D) or [N, C, H, W] (2-D),
+ * weight [O, C/groups, K] or [O, C/groups, KH, KW], bias [O] or NULL; output
+ * [N, O, L'] or [N, O, H', W'] with H' = (H + 2 pad - dil (KH-1) - 1)/stride + 1.
+ * A zero in the options means the default: stride 1, dilation 1, groups 1,
+ * padding 0, so (cr_conv2d_opts){.padding = {2, 2}} reads as in PyTorch.
+ * Lowered to products (im2col + gemm); see ARCHITECTURE.md. */
+typedef struct cr_conv1d_opts {
+    int64_t stride, padding, dilation, groups;
+} cr_conv1d_opts;
+typedef struct cr_conv2d_opts {
+    int64_t stride[2], padding[2], dilation[2]; /* {H, W} */
+    int64_t groups;
+} cr_conv2d_opts;
+/* y[n,o,l] = b[o] + sum_{c in group(o), k} w[o,c,k] x[n,c, l*stride - pad + k*dil] (zero outside) */
+cr_tensor *cr_conv1d(cr_tensor *x, cr_tensor *w, cr_tensor *b, cr_conv1d_opts o);
+/* the same over (h, w) */
+cr_tensor *cr_conv2d(cr_tensor *x, cr_tensor *w, cr_tensor *b, cr_conv2d_opts o);
+/* Samples are lowered in blocks whose columns (im2col) take at most
+ * cr_conv_block_bytes (at least one sample; blocks run in parallel, one
+ * thread each); a 1x1 convolution whose one sample fills a block multiplies
+ * the input directly. The forward keeps a whole batch's columns for the
+ * weight gradient when they take at most cr_conv_keep_bytes (else backward
+ * builds them again). Results do not depend on either beyond rounding, nor on
+ * the thread count at all (tests vary them; bench/conv measured the defaults). */
+extern int64_t cr_conv_block_bytes;
+extern int64_t cr_conv_keep_bytes;
+
+/* Pooling over the last dim (1-D: x [N, C, L] or [C, L]) or the last two
+ * (2-D: [N, C, H, W] or [C, H, W]); stride 0 means the kernel (PyTorch's
+ * default), padding at most half the kernel, no ceil mode. */
+typedef struct cr_pool1d_opts {
+    int64_t kernel, stride, padding;
+} cr_pool1d_opts;
+typedef struct cr_pool2d_opts {
+    int64_t kernel[2], stride[2], padding[2]; /* {H, W} */
+} cr_pool2d_opts;
+/* max over each window (padding -inf); the gradient goes to the first maximum */
+cr_tensor *cr_max_pool1d(cr_tensor *x, cr_pool1d_opts o);
+cr_tensor *cr_max_pool2d(cr_tensor *x, cr_pool2d_opts o);
+/* sum over each window / (kernel size), padding counted as zeros (count_include_pad) */
+cr_tensor *cr_avg_pool1d(cr_tensor *x, cr_pool1d_opts o);
+cr_tensor *cr_avg_pool2d(cr_tensor *x, cr_pool2d_opts o);
+
 /* ---- ops: losses ---------------------------------------------------------------- */
 
 typedef enum cr_reduction { CR_MEAN, CR_SUM } cr_reduction;

@@ -12,7 +12,8 @@
     X(matmul) X(cross_entropy)                                                             \
     X(reshape) X(transpose) X(permute) X(narrow) X(select) X(expand) X(unsqueeze)          \
     X(contiguous) X(concat) X(stack)                                                       \
-    X(gather_rows) X(where) X(mask) X(dropout)
+    X(gather_rows) X(where) X(mask) X(dropout)                                             \
+    X(conv1d) X(conv2d) X(max_pool1d) X(max_pool2d) X(avg_pool1d) X(avg_pool2d)
 
 #define CR_DECLARE_OP(name) extern const cr_op cr_op_##name;
 #define CR_DECLARE_UNARY_OP(name, KIND, np, params, reads, fwd, deriv, valid) CR_DECLARE_OP(name)

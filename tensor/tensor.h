@@ -307,6 +307,37 @@ void cr_k_index_add_dim(cr_tensor *gx, int dim, const cr_tensor *idx, const cr_t
 void cr_k_gemm(double alpha, const cr_tensor *a, const cr_tensor *b, double beta, cr_tensor *c);
 /* Products with m*n*k at or below this use the C kernel (measured, bench/matmul). */
 extern int64_t cr_gemm_small_threshold;
+
+/* ---- sliding windows: convolution lowering and pooling (conv_kernels.c) ---- */
+
+/* A 2-D window over planes of H x W (a 1-D one has H = KH = SH = DH = 1 and
+ * PH = 0): kernel KH x KW, stride, padding on each side, dilation, and the
+ * output size OH x OW (cr_window_out). C is the channels per sample. */
+typedef struct cr_window {
+    int64_t C, H, W;
+    int64_t KH, KW, SH, SW, PH, PW, DH, DW;
+    int64_t OH, OW;
+} cr_window;
+/* Output length (in + 2p - d(k-1) - 1)/s + 1, or -1 when the dilated kernel
+ * does not fit the padded input, a size is out of range or overflows. */
+int64_t cr_window_out(int64_t in, int64_t k, int64_t s, int64_t p, int64_t d);
+/* cols [C*KH*KW, nb*OH*OW] (contiguous) = im2col of samples [n0, n0+nb) of x
+ * [N, C, H, W] (contiguous): row (c, ki, kj), column (n - n0, oh, ow) holds
+ * x[n, c, oh*SH - PH + ki*DH, ow*SW - PW + kj*DW], zero outside the input. */
+void cr_k_im2col(const cr_window *g, const cr_tensor *x, int64_t n0, int64_t nb, cr_tensor *cols);
+/* The adjoint of im2col: gx[n0 .. n0+nb) += each column entry at the element it came
+ * from (per plane in a fixed order, so any thread count gives the same sums). */
+void cr_k_col2im(const cr_window *g, const cr_tensor *cols, int64_t n0, int64_t nb, cr_tensor *gx);
+/* Pooling over every H x W plane of x (contiguous) into out [..., OH, OW].
+ * Max: padding is -inf; arg (i32, out's element count) gets the index
+ * ih*W + iw of the first maximum in scan order (a NaN wins), as PyTorch;
+ * a window of padding only (which the ops never make) gives -inf and -1. */
+void cr_k_max_pool(const cr_window *g, const cr_tensor *x, cr_tensor *out, cr_tensor *arg);
+void cr_k_max_pool_backward(const cr_window *g, cr_tensor *gx, const cr_tensor *gy, const cr_tensor *arg);
+/* Average: the divisor is KH*KW, padding counting as zeros (PyTorch's
+ * count_include_pad=True). Backward adds gy / (KH*KW) over each window. */
+void cr_k_avg_pool(const cr_window *g, const cr_tensor *x, cr_tensor *out);
+void cr_k_avg_pool_backward(const cr_window *g, cr_tensor *gx, const cr_tensor *gy);
 /* Elementwise kernels run serially below this many elements (measured). */
 extern int64_t cr_parallel_threshold;
 
