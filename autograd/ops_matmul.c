@@ -68,9 +68,10 @@ static void gemm_batched(const cr_tensor *a, bool ta, const cr_tensor *b, bool t
 static void matmul_fwd(cr_node *n) { gemm_batched(n->in[0], false, n->in[1], false, 0.0, n->out); }
 static void matmul_bwd(cr_node *n)
 {
-    cr_tensor *gy = n->out->grad, *ga = input_grad(n, 0), *gb = input_grad(n, 1);
-    if (ga) gemm_batched(gy, false, n->in[1], true, 1.0, ga); /* dA += dY B^T */
-    if (gb) gemm_batched(n->in[0], true, gy, false, 1.0, gb); /* dB += A^T dY */
+    bool first_a, first_b;
+    cr_tensor *gy = n->out->grad, *ga = input_grad_first(n, 0, &first_a), *gb = input_grad_first(n, 1, &first_b);
+    if (ga) gemm_batched(gy, false, n->in[1], true, first_a ? 0.0 : 1.0, ga); /* dA (+)= dY B^T */
+    if (gb) gemm_batched(n->in[0], true, gy, false, first_b ? 0.0 : 1.0, gb); /* dB (+)= A^T dY */
 }
 const cr_op cr_op_matmul = {"cr_matmul", matmul_fwd, matmul_bwd, CR_SAVES_IN(0) | CR_SAVES_IN(1) | CR_SAVES_CROSS, 0};
 

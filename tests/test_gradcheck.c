@@ -592,6 +592,38 @@ static void check_dropout(void)
     CHECK1("dropout", f_dropout, &c, input(CR_SHAPE(6, 5), -1, 1));
 }
 
+/* Two recomputed segments in a chain: a parameter read through ctx, dropout
+ * drawing from a generator given to cr_recompute, two outputs each. */
+typedef struct {
+    cr_rng rng;
+    cr_tensor *w;
+} segment_ctx;
+static void seg_tanh_dropout(cr_tensor *const *in, cr_tensor **out, void *ctx)
+{
+    segment_ctx *c = ctx;
+    cr_tensor *h = cr_dropout(cr_tanh(cr_matmul(in[0], c->w)), 0.3, true, &c->rng); /* [3,4] */
+    out[0] = cr_mul(h, in[1]);
+    out[1] = cr_sum(cr_square(h));
+}
+static cr_tensor *f_recompute(cr_tensor *const *in, void *ctx)
+{
+    segment_ctx *c = ctx;
+    c->rng = cr_rng_seed(7); /* the same masks at every evaluation */
+    c->w = in[1];
+    cr_tensor *a[2], *b[2];
+    cr_recompute(seg_tanh_dropout, c, 2, (cr_tensor *[]){cr_mul_scalar(in[0], 0.7), in[2]}, 2, a, 1,
+                 (cr_rng *[]){&c->rng});
+    cr_recompute(seg_tanh_dropout, c, 2, (cr_tensor *[]){a[0], in[2]}, 2, b, 1, (cr_rng *[]){&c->rng});
+    return cr_add(cr_add(cr_sum(b[0]), a[1]), cr_mul_scalar(b[1], 0.5));
+}
+static void check_recompute(void)
+{
+    segment_ctx c;
+    run_check("recompute", f_recompute, &c, 3,
+              (cr_tensor *[]){input(CR_SHAPE(3, 4), -1, 1), input(CR_SHAPE(4, 4), -0.8, 0.8),
+                              input(CR_SHAPE(3, 4), -1, 1)});
+}
+
 typedef struct {
     cr_tensor *target;
     int64_t ignore;
@@ -647,6 +679,13 @@ Test(gradcheck, composed_rnn)
 
 /* One expression using every op; constants are made in the inputs' dtype, so
  * the same function runs in f32 and f64. x [4,6], w [6,5], table [7,6]. */
+/* tanh(x), recomputed in backward */
+static void seg_tanh(cr_tensor *const *in, cr_tensor **out, void *ctx)
+{
+    (void)ctx;
+    out[0] = cr_tanh(in[0]);
+}
+
 static cr_tensor *f_everything(cr_tensor *const *in, void *ctx)
 {
     (void)ctx;
@@ -665,7 +704,8 @@ static cr_tensor *f_everything(cr_tensor *const *in, void *ctx)
         cr_tensor *u = cr_add_scalar(cr_mul_scalar(cr_sigmoid(a), c->hi - c->lo), c->lo);
         b = cr_add(b, cr_mul_scalar(c->apply(u), 0.05));
     }
-    cr_tensor *h = cr_tanh(cr_matmul(b, w));                                        /* [4,5] */
+    cr_tensor *h;                                                                   /* [4,5] */
+    cr_recompute(seg_tanh, NULL, 1, (cr_tensor *[]){cr_matmul(b, w)}, 1, &h, 0, NULL);
     cr_tensor *hs[2] = {h, cr_mask(h, cr_full(dt, CR_SHAPE(5), 2.0))};
     cr_tensor *st = cr_stack(2, hs, 0);                                             /* [2,4,5] */
     st = cr_select(cr_unsqueeze(st, 1), 1, 0);                                      /* [2,1,4,5] -> [2,4,5] */
@@ -727,7 +767,7 @@ Test(gradcheck, every_op_in_one_expression_f32_matches_f64)
     X(add) X(sub) X(mul) X(div) X(maximum) X(minimum)                                                      \
     X(sum) X(mean) X(sum_dim) X(mean_dim) X(max_dim) X(softmax) X(log_softmax) X(matmul)                   \
     X(reshape) X(transpose) X(permute) X(narrow) X(select) X(expand) X(unsqueeze) X(contiguous) X(concat)  \
-    X(stack) X(gather_rows) X(where) X(mask) X(dropout) X(cross_entropy)
+    X(stack) X(gather_rows) X(where) X(mask) X(dropout) X(cross_entropy) X(recompute)
 
 #define CHECK_TEST(name)                                                                                   \
     Test(gradcheck, name) { check_##name(); }

@@ -617,6 +617,48 @@ Test(ops, cross_entropy)
                  "cr_cross_entropy: targets must be i32, got f64");
 }
 
+/* ---- recompute: a segment's outputs are those of the plain function ----------------------------- */
+
+static void seg_affine(cr_tensor *const *in, cr_tensor **out, void *ctx)
+{
+    const double *k = ctx;
+    cr_tensor *h = cr_tanh(cr_add_scalar(cr_mul_scalar(in[0], *k), 0.5)); /* an intermediate, released */
+    out[0] = cr_mul(h, in[1]);
+    out[1] = cr_sum(h);
+    out[2] = in[1]; /* an input passed through */
+}
+
+Test(ops, recompute)
+{
+    double k = 2.0;
+    cr_tensor *x = f64(CR_SHAPE(2, 2), (double[]){0.1, -0.2, 0.3, 0.4}), *m = f64(CR_SHAPE(2, 2), (double[]){1, 2, 3, 4});
+    cr_requires_grad(x, true);
+    cr_tensor *out[3];
+    cr_recompute(seg_affine, &k, 2, (cr_tensor *[]){x, m}, 3, out, 0, NULL);
+    double t[4];
+    for (int i = 0; i < 4; i++) t[i] = tanh(2 * cr_get_flat(x, i) + 0.5);
+    expect_values(out[0], (double[]){t[0] * 1, t[1] * 2, t[2] * 3, t[3] * 4}, 4, 1e-15);
+    expect_values(out[1], (double[]){t[0] + t[1] + t[2] + t[3]}, 1, 1e-15);
+    expect_values(out[2], (double[]){1, 2, 3, 4}, 4, 0);
+    /* outputs that depend on a tensor needing a gradient record one node each */
+    cr_assert_str_eq(out[0]->node->op->name, "cr_recompute");
+    cr_assert_str_eq(out[1]->node->op->name, "cr_recompute");
+    cr_assert(out[0]->requires_grad && out[1]->requires_grad);
+    cr_assert_not(out[2]->requires_grad); /* m needs none */
+    cr_assert_eq(cr_graph_node_count(graph), 2);
+    /* with grad mode off, a plain call in a scope */
+    cr_set_grad_enabled(false);
+    cr_tensor *o2[3];
+    cr_recompute(seg_affine, &k, 2, (cr_tensor *[]){x, m}, 3, o2, 0, NULL);
+    cr_set_grad_enabled(true);
+    expect_values(o2[0], (double[]){t[0] * 1, t[1] * 2, t[2] * 3, t[3] * 4}, 4, 1e-15);
+    cr_assert_null(o2[0]->node);
+    EXPECT_ERROR(cr_recompute(seg_affine, &k, 2, (cr_tensor *[]){x, NULL}, 3, out, 0, NULL),
+                 "cr_recompute: input 1 is NULL");
+    EXPECT_ERROR(cr_recompute(seg_affine, &k, 2, (cr_tensor *[]){x, m}, 0, out, 0, NULL),
+                 "cr_recompute: 0 outputs");
+}
+
 /* ---- every op above is in the table --------------------------------------------------------------- */
 
 Test(ops, op_table_is_complete_and_findable)
@@ -625,7 +667,7 @@ Test(ops, op_table_is_complete_and_findable)
     const char *tested[] = {"add", "sub", "mul", "div", "maximum", "minimum", "sum", "mean", "sum_dim", "mean_dim",
                             "max_dim", "softmax", "log_softmax", "matmul", "reshape", "transpose", "permute",
                             "narrow", "select", "expand", "unsqueeze", "contiguous", "concat", "stack",
-                            "gather_rows", "where", "mask", "dropout", "cross_entropy"};
+                            "gather_rows", "where", "mask", "dropout", "cross_entropy", "recompute"};
     size_t n_tested = sizeof tested / sizeof tested[0], count;
     const cr_op *unary_ops[N_UNARY_CASES];
     cr_tensor *x = cr_tensor_init(CR_F64, CR_SHAPE(2));
