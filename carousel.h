@@ -1,12 +1,13 @@
 /* carousel: automatic differentiation for recurrent neural networks in C.
  * One include for every module: optim -> nn -> autograd -> tensor; data ->
- * tensor; checkpoint -> optim, data (and what they use). */
+ * tensor; checkpoint -> optim, data (and what they use). Each module's header
+ * can also be included alone: <carousel/nn.h>. */
 #ifndef CAROUSEL_H
 #define CAROUSEL_H
-#include "tensor.h"
-#include "autograd.h"
-#include "nn.h"
-#include "optim.h"
-#include "data.h"
-#include "checkpoint.h"
+#include "carousel/tensor.h"
+#include "carousel/autograd.h"
+#include "carousel/nn.h"
+#include "carousel/optim.h"
+#include "carousel/data.h"
+#include "carousel/checkpoint.h"
 #endif

@@ -136,7 +136,7 @@ static layer layer_make(int64_t B, int64_t T, int64_t H)
     layer L = {.B = B, .T = T, .I = H, .H = H};
     cr_rng rng = cr_rng_seed(42);
     L.ps = cr_params_init();
-    cr_rnn_config cfg = {.mode = CR_LSTM, .input_size = L.I, .hidden_size = H, .num_layers = 1,
+    cr_rnn_config cfg = {.cell = &cr_cell_lstm, .input_size = L.I, .hidden_size = H, .num_layers = 1,
                          .dtype = CR_F32};
     L.m = cr_rnn_init(L.ps, "lstm", cfg, &rng);
     L.p = cr_bptt_weights_of(&L.m->cells[0]);
@@ -149,7 +149,7 @@ static layer layer_make(int64_t B, int64_t T, int64_t H)
     cr_fill_uniform(L.dy, &rng, -1, 1);
     cr_requires_grad(L.x, true);
     L.g = cr_graph_init();
-    L.w = cr_bptt_init(CR_CELL_LSTM, CR_F32, B, T, L.I, H);
+    L.w = cr_bptt_init(&cr_cell_lstm, CR_F32, B, T, L.I, H);
     return L;
 }
 

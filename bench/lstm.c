@@ -134,7 +134,7 @@ static model model_make(const opts *o, int64_t H)
     model m = {.B = o->B, .T = o->T, .I = H, .H = H, .V = o->V, .layers = o->layers};
     cr_rng rng = cr_rng_seed(1234);
     m.ps = cr_params_init();
-    cr_rnn_config cfg = {.mode = CR_LSTM, .input_size = m.I, .hidden_size = H,
+    cr_rnn_config cfg = {.cell = &cr_cell_lstm, .input_size = m.I, .hidden_size = H,
                          .num_layers = o->layers, .dtype = CR_F32};
     m.rnn = cr_rnn_init(m.ps, "lstm", cfg, &rng);
     m.head = cr_linear_init(m.ps, "head", H, m.V, true, CR_F32, &rng);
@@ -186,11 +186,11 @@ static int write_tensors(const model *m, FILE *f)
     ts[n++] = m->x;
     ts[n++] = m->tgt;
     for (int l = 0; l < m->layers && l < 64; l++) {
-        const cr_rnn_cell *c = &m->rnn->cells[l];
-        ts[n++] = c->w_ih;
-        ts[n++] = c->w_hh;
-        ts[n++] = c->b_ih;
-        ts[n++] = c->b_hh;
+        const cr_cell *c = &m->rnn->cells[l];
+        ts[n++] = cr_cell_get(c, "w_ih");
+        ts[n++] = cr_cell_get(c, "w_hh");
+        ts[n++] = cr_cell_get(c, "b_ih");
+        ts[n++] = cr_cell_get(c, "b_hh");
     }
     ts[n++] = m->head.weight;
     ts[n++] = m->head.bias;

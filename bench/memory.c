@@ -100,7 +100,7 @@ static lm lm_make(int64_t T)
     m.ps = cr_params_init();
     m.emb = cr_embedding_init(m.ps, "embed", V_, E_, -1, CR_F32, &rng);
     m.lstm = cr_rnn_init(m.ps, "lstm",
-                         (cr_rnn_config){.mode = CR_LSTM, .input_size = E_, .hidden_size = H_, .num_layers = 1,
+                         (cr_rnn_config){.cell = &cr_cell_lstm, .input_size = E_, .hidden_size = H_, .num_layers = 1,
                                          .dtype = CR_F32},
                          &rng);
     m.head = cr_linear_init(m.ps, "head", H_, V_, true, CR_F32, &rng);

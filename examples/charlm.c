@@ -193,7 +193,7 @@ int main(int argc, char **argv)
     model m = {.ps = cr_params_init()};
     m.emb = cr_embedding_init(m.ps, "charlm.embed", V, o.embed, -1, CR_F32, &rng);
     m.lstm = cr_rnn_init(m.ps, "charlm.lstm",
-                         (cr_rnn_config){.mode = CR_LSTM, .input_size = o.embed, .hidden_size = o.hidden,
+                         (cr_rnn_config){.cell = &cr_cell_lstm, .input_size = o.embed, .hidden_size = o.hidden,
                                          .num_layers = (int)o.layers, .forget_bias = 1.0, .dtype = CR_F32},
                          &rng);
     m.head = cr_linear_init(m.ps, "charlm.head", o.hidden, V, true, CR_F32, &rng);

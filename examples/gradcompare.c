@@ -70,28 +70,12 @@ static double now_ms(void)
 
 /* ---- one layer, two ways ------------------------------------------------------ */
 
-static bool is_lstm(cr_cell_kind k)
-{
-    return k == CR_CELL_LSTM || k == CR_CELL_LSTM_PEEPHOLE;
-}
-
-static cr_rnn_mode mode_of(cr_cell_kind k)
-{
-    switch (k) {
-    case CR_CELL_RNN_TANH: return CR_RNN_TANH;
-    case CR_CELL_RNN_RELU: return CR_RNN_RELU;
-    case CR_CELL_GRU: return CR_GRU;
-    case CR_CELL_GRU_ORIGINAL: return CR_GRU_ORIGINAL;
-    default: return CR_LSTM;
-    }
-}
-
 #define MAX_TENSORS 10 /* up to 7 parameters, then x, h0, c0 */
 
 /* A one-layer sequence layer, its weights seen by the hand BPTT, inputs that
  * require gradients and the loss L = sum(y R1) + sum(h_n R2) [+ sum(c_n R3)]. */
 typedef struct rig {
-    cr_cell_kind kind;
+    const cr_cell_type *type;
     cr_dtype dt;
     int64_t B, T, I, H;
     cr_params *ps;
@@ -122,14 +106,14 @@ static cr_tensor *input(cr_dtype dt, cr_rng *rng, double bound, int ndim, const 
     return t;
 }
 
-static rig rig_make(cr_cell_kind kind, cr_dtype dt, int64_t B, int64_t T, int64_t I, int64_t H,
-                    uint64_t seed)
+static rig rig_make(const cr_cell_type *type, cr_dtype dt, int64_t B, int64_t T, int64_t I,
+                    int64_t H, uint64_t seed)
 {
-    rig R = {.kind = kind, .dt = dt, .B = B, .T = T, .I = I, .H = H};
+    rig R = {.type = type, .dt = dt, .B = B, .T = T, .I = I, .H = H};
     cr_rng rng = cr_rng_seed(seed);
     R.ps = cr_params_init();
-    cr_rnn_config cfg = {.mode = mode_of(kind), .input_size = I, .hidden_size = H,
-                         .num_layers = 1, .peephole = kind == CR_CELL_LSTM_PEEPHOLE, .dtype = dt};
+    cr_rnn_config cfg = {.cell = type, .input_size = I, .hidden_size = H, .num_layers = 1,
+                         .dtype = dt};
     R.m = cr_rnn_init(R.ps, "rnn", cfg, &rng);
     R.p = cr_bptt_weights_of(&R.m->cells[0]);
     for (size_t k = 0; k < R.ps->n; k++)
@@ -138,7 +122,7 @@ static rig rig_make(cr_cell_kind kind, cr_dtype dt, int64_t B, int64_t T, int64_
     R.h0 = input(dt, &rng, 0.5, CR_SHAPE(B, H));
     R.r1 = input(dt, &rng, 1, CR_SHAPE(B, T, H));
     R.r2 = input(dt, &rng, 1, CR_SHAPE(B, H));
-    if (is_lstm(kind)) {
+    if (type->n_states == 2) {
         R.c0 = input(dt, &rng, 0.5, CR_SHAPE(B, H));
         R.r3 = input(dt, &rng, 1, CR_SHAPE(B, H));
     }
@@ -155,7 +139,7 @@ static rig rig_make(cr_cell_kind kind, cr_dtype dt, int64_t B, int64_t T, int64_
         R.leaves[R.n++] = rest[k];
     }
     R.g = cr_graph_init();
-    R.w = cr_bptt_init(kind, dt, B, T, I, H);
+    R.w = cr_bptt_init(type, dt, B, T, I, H);
     return R;
 }
 
@@ -309,11 +293,11 @@ static double best_ms(void (*fn)(timed *), timed *c)
 
 /* ---- the table ------------------------------------------------------------------- */
 
-static void compare_cell(const opts *o, cr_cell_kind kind, cr_dtype dt)
+static void compare_cell(const opts *o, const cr_cell_type *type, size_t index, cr_dtype dt)
 {
-    const uint64_t seed = o->seed * 1000 + (uint64_t)kind;
+    const uint64_t seed = o->seed * 1000 + (uint64_t)index;
     /* Autograd against hand, at the requested size. */
-    rig R = rig_make(kind, dt, o->B, o->T, o->I, o->H, seed);
+    rig R = rig_make(type, dt, o->B, o->T, o->I, o->H, seed);
     cr_tensor *ga[MAX_TENSORS], *gh[MAX_TENSORS];
     cr_bptt_weights g;
     autograd_grads(&R, ga);
@@ -327,8 +311,8 @@ static void compare_cell(const opts *o, cr_cell_kind kind, cr_dtype dt)
     /* Autograd against finite differences on a small case. Differences are
      * taken in f64 (in f32 they would carry ~1e-3 error): the f32 rows compare
      * the f32 gradient with the f64 differences of the same numbers. */
-    rig S = rig_make(kind, dt, 2, 6, 3, 4, seed);
-    rig S64 = rig_make(kind, CR_F64, 2, 6, 3, 4, seed);
+    rig S = rig_make(type, dt, 2, 6, 3, 4, seed);
+    rig S64 = rig_make(type, CR_F64, 2, 6, 3, 4, seed);
     for (size_t k = 0; k < S.n; k++)
         cr_copy_(S64.leaves[k], S.leaves[k]);
     cr_copy_(S64.r1, S.r1);
@@ -347,7 +331,7 @@ static void compare_cell(const opts *o, cr_cell_kind kind, cr_dtype dt)
     for (size_t k = 0; k < R.n; k++) {
         if (k == 0)
             printf("%-4s %-14s %-5s %12.2e %12.2e %11.3f %9.3f %9.1f\n", cr_dtype_name(dt),
-                   cr_cell_kind_name(kind), R.names[k], dh[k].max_rel, dn[k].max_rel, ms_auto,
+                   type->name, R.names[k], dh[k].max_rel, dn[k].max_rel, ms_auto,
                    ms_hand, ms_fd);
         else
             printf("%-4s %-14s %-5s %12.2e %12.2e\n", "", "", R.names[k], dh[k].max_rel,
@@ -366,9 +350,8 @@ int main(int argc, char **argv)
 {
     const opts o = parse(argc, argv);
     cr_set_num_threads(o.threads);
-    static const cr_cell_kind kinds[] = {CR_CELL_RNN_TANH, CR_CELL_RNN_RELU,
-                                         CR_CELL_GRU,      CR_CELL_GRU_ORIGINAL,
-                                         CR_CELL_LSTM,     CR_CELL_LSTM_PEEPHOLE};
+    size_t n_types;
+    const cr_cell_type *const *types = cr_cell_builtins(&n_types);
     printf("one layer, B=%lld T=%lld I=%lld H=%lld, %d thread%s; "
            "loss = sum(y R1) + sum(h_n R2) [+ sum(c_n R3)]\n",
            (long long)o.B, (long long)o.T, (long long)o.I, (long long)o.H, o.threads,
@@ -380,7 +363,8 @@ int main(int argc, char **argv)
            "ag-vs-fd", "autograd_ms", "hand_ms", "fd_ms");
     const cr_dtype dts[] = {CR_F64, CR_F32};
     for (int d = 0; d < 2; d++)
-        for (size_t k = 0; k < sizeof kinds / sizeof kinds[0]; k++)
-            compare_cell(&o, kinds[k], dts[d]);
+        for (size_t k = 0; k < n_types; k++)
+            if (types[k]->bptt) /* every built-in cell carries its hand BPTT */
+                compare_cell(&o, types[k], k, dts[d]);
     return 0;
 }

@@ -36,7 +36,7 @@ typedef struct model {
     cr_params *ps;
     cr_embedding emb;  /* (V, E), shared by source and target tokens; row PAD is 0 */
     cr_rnn *enc;       /* LSTM over the source, [B, T, E] -> final (h, c) [1, B, H] */
-    cr_rnn_cell dec;   /* LSTM cell, one output token per step */
+    cr_cell dec;       /* LSTM cell, one output token per step */
     cr_linear head;    /* (V, H): logits of the next token */
 } model;
 
@@ -339,11 +339,11 @@ int main(int argc, char **argv)
     model m = {.ps = cr_params_init()};
     m.emb = cr_embedding_init(m.ps, "s2s.embed", VOCAB, o.embed, PAD, CR_F32, &rng);
     m.enc = cr_rnn_init(m.ps, "s2s.enc",
-                        (cr_rnn_config){.mode = CR_LSTM, .input_size = o.embed, .hidden_size = o.hidden,
+                        (cr_rnn_config){.cell = &cr_cell_lstm, .input_size = o.embed, .hidden_size = o.hidden,
                                         .num_layers = 1, .forget_bias = 1.0, .dtype = CR_F32},
                         &rng);
     m.dec = cr_cell_init(m.ps, "s2s.dec",
-                         (cr_cell_config){.mode = CR_LSTM, .input_size = o.embed, .hidden_size = o.hidden,
+                         (cr_cell_config){.cell = &cr_cell_lstm, .input_size = o.embed, .hidden_size = o.hidden,
                                           .forget_bias = 1.0, .dtype = CR_F32},
                          &rng);
     m.head = cr_linear_init(m.ps, "s2s.head", o.hidden, VOCAB, true, CR_F32, &rng);

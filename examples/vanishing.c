@@ -29,11 +29,11 @@ static double run(double gain, int64_t T, int64_t H, uint64_t seed, bool print)
     cr_graph *prev = cr_graph_use(g);
     cr_params *ps = cr_params_init();
     cr_rng rng = cr_rng_seed(seed);
-    cr_rnn_cell cell = cr_cell_init(ps, "rnn", (cr_cell_config){.mode = CR_RNN_TANH, .input_size = H,
-                                                                .hidden_size = H, .no_bias = true, .dtype = CR_F64},
-                                    &rng);
-    cr_init_orthogonal(cell.w_hh, &rng, gain, 0); /* all eigenvalues on the circle of radius gain */
-    cr_init_uniform(cell.w_ih, &rng, 0.1);
+    cr_cell cell = cr_cell_init(ps, "rnn", (cr_cell_config){.cell = &cr_cell_rnn_tanh, .input_size = H,
+                                                            .hidden_size = H, .no_bias = true, .dtype = CR_F64},
+                                &rng);
+    cr_init_orthogonal(cr_cell_get(&cell, "w_hh"), &rng, gain, 0); /* all eigenvalues on the circle of radius gain */
+    cr_init_uniform(cr_cell_get(&cell, "w_ih"), &rng, 0.1);
     cr_tensor *x = cr_tensor_new(CR_F64, CR_SHAPE(1, H));
     cr_fill_normal(x, &rng, 0, 0.1);
     cr_tensor *h = cr_zeros(CR_F64, CR_SHAPE(1, H));

@@ -1,24 +1,44 @@
 /*
- * Hand-derived backpropagation through time for the classic cells (vanilla
+ * Hand-derived backpropagation through time for the built-in cells (vanilla
  * RNN, GRU in two formulations, LSTM with and without peepholes): the
  * reference that autograd is checked against and timed beside. No graph.
+ * Each built-in cell type points at its hand BPTT (type->bptt): the cell's
+ * forward and backward step, what it caches, and its own weight gradients;
+ * this file holds the workspace and the drivers every cell shares.
  *
  * One layer, unidirectional, batch-first. Every cache is a batch-first
  * (B, T, *) buffer, so row (b, t) of each lines up with row (b, t) of x: the
  * input projection, dx, dW_ih and dW_hh are each one product over all B*T
  * rows, and only the recurrent products h_{t-1} W_hh^T (forward) and
  * dA_t W_hh (backward) run inside the time loop, on step slices whose rows are
- * T*width apart. The arithmetic is in bptt_impl.h, included once per dtype.
+ * T*width apart. The arithmetic is in bptt_impl.h, included once per dtype;
+ * products go through the tensor module's cr_k_gemm.
  */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "blis.h"
-#include "nn.h"
+#include "nn_internal.h"
+
+struct cr_bptt;
+
+/* What one cell's hand BPTT adds to the shared drivers. */
+struct cr_cell_bptt {
+    bool cell_state;     /* LSTM: caches c_{t-1}, c_t, tanh(c_t) and carries dc */
+    bool gru_hn;         /* PyTorch's GRU: caches W_hn h + b_hn, and dgh differs from dgx */
+    bool gru_rh;         /* the original GRU: caches r h_{t-1} and d(r h) */
+    int recurrent_gates; /* gate blocks of W_hh that multiply h_{t-1} itself */
+    /* [0] f32, [1] f64: step t of the forward and of the backward (see
+     * bptt_impl.h for what each reads and writes), and the cell's own weight
+     * gradients after the shared ones (NULL: none). */
+    void (*forward_step[2])(struct cr_bptt *w, const cr_bptt_weights *p, int64_t t);
+    void (*backward_step[2])(struct cr_bptt *w, const cr_bptt_weights *p, int64_t t);
+    void (*grads[2])(struct cr_bptt *w, const cr_bptt_weights *p, cr_bptt_weights *g);
+};
 
 struct cr_bptt {
-    cr_cell_kind kind;
+    const cr_cell_type *type;
+    const struct cr_cell_bptt *hand; /* type->bptt */
     cr_dtype dt;
     int64_t B, T, I, H, G;
     bool ran; /* a forward has filled the caches */
@@ -44,96 +64,94 @@ struct cr_bptt {
     void *zero_g; /* (G) zeros: the bias of a layer without biases */
 };
 
+/* The per-row loops run on OpenMP threads only above the size where a
+ * parallel region pays (tensor.h's CR_PAR_FOR, never an if() clause). */
+#define PAR_FOR(COND, ...) CR_PAR_FOR(COND, "omp parallel for schedule(static)", __VA_ARGS__)
+
 #define REAL float
 #define FN(name) name##_f32
-#define GEMM bli_sgemm
+#define DT CR_F32
+#define DTI 0
 #define EXP expf
 #define TANH tanhf
 #include "bptt_impl.h"
 #undef REAL
 #undef FN
-#undef GEMM
+#undef DT
+#undef DTI
 #undef EXP
 #undef TANH
 
 #define REAL double
 #define FN(name) name##_f64
-#define GEMM bli_dgemm
+#define DT CR_F64
+#define DTI 1
 #define EXP exp
 #define TANH tanh
 #include "bptt_impl.h"
 #undef REAL
 #undef FN
-#undef GEMM
+#undef DT
+#undef DTI
 #undef EXP
 #undef TANH
 
-static bool is_lstm(cr_cell_kind k)
-{
-    return k == CR_CELL_LSTM || k == CR_CELL_LSTM_PEEPHOLE;
-}
+/* ---- the hand BPTT of each built-in cell -------------------------------------- */
 
-const char *cr_cell_kind_name(cr_cell_kind kind)
-{
-    switch (kind) {
-    case CR_CELL_RNN_TANH: return "rnn_tanh";
-    case CR_CELL_RNN_RELU: return "rnn_relu";
-    case CR_CELL_GRU: return "gru";
-    case CR_CELL_GRU_ORIGINAL: return "gru_original";
-    case CR_CELL_LSTM: return "lstm";
-    case CR_CELL_LSTM_PEEPHOLE: return "lstm_peephole";
-    }
-    return "?";
-}
-
-int64_t cr_cell_gates(cr_cell_kind kind)
-{
-    switch (kind) {
-    case CR_CELL_RNN_TANH:
-    case CR_CELL_RNN_RELU: return 1;
-    case CR_CELL_GRU:
-    case CR_CELL_GRU_ORIGINAL: return 3;
-    case CR_CELL_LSTM:
-    case CR_CELL_LSTM_PEEPHOLE: return 4;
-    }
-    cr_error("cr_cell_gates: unknown cell kind %d", (int)kind);
-}
+#define STEPS(fwd, bwd) .forward_step = {fwd##_f32, fwd##_f64}, .backward_step = {bwd##_f32, bwd##_f64}
+const struct cr_cell_bptt cr_bptt_rnn_tanh = {.recurrent_gates = 1,
+                                              STEPS(rnn_tanh_forward, rnn_tanh_backward)};
+const struct cr_cell_bptt cr_bptt_rnn_relu = {.recurrent_gates = 1,
+                                              STEPS(rnn_relu_forward, rnn_relu_backward)};
+const struct cr_cell_bptt cr_bptt_gru = {.gru_hn = true, .recurrent_gates = 3,
+                                         STEPS(gru_forward, gru_backward)};
+const struct cr_cell_bptt cr_bptt_gru_original = {.gru_rh = true, .recurrent_gates = 2,
+                                                  STEPS(gru_original_forward, gru_original_backward),
+                                                  .grads = {gru_original_grads_f32, gru_original_grads_f64}};
+const struct cr_cell_bptt cr_bptt_lstm = {.cell_state = true, .recurrent_gates = 4,
+                                          STEPS(lstm_forward, lstm_backward)};
+const struct cr_cell_bptt cr_bptt_lstm_peephole = {.cell_state = true, .recurrent_gates = 4,
+                                                   STEPS(lstm_forward, lstm_backward),
+                                                   .grads = {peephole_grads_f32, peephole_grads_f64}};
 
 /* ---- workspace ------------------------------------------------------------- */
 
-cr_bptt *cr_bptt_init(cr_cell_kind kind, cr_dtype dt, int64_t B, int64_t T, int64_t I,
+cr_bptt *cr_bptt_init(const cr_cell_type *type, cr_dtype dt, int64_t B, int64_t T, int64_t I,
                       int64_t H)
 {
-    if ((unsigned)kind > (unsigned)CR_CELL_LSTM_PEEPHOLE)
-        cr_error("cr_bptt_init: unknown cell kind %d", (int)kind);
+    if (!type)
+        cr_error("cr_bptt_init: cell type is NULL");
+    if (!type->bptt)
+        cr_error("cr_bptt_init: cell %s has no hand-derived BPTT", type->name);
     if (dt != CR_F32 && dt != CR_F64)
         cr_error("cr_bptt_init: dtype %s, expected f32 or f64", cr_dtype_name(dt));
     if (B < 1 || T < 1 || I < 1 || H < 1)
         cr_error("cr_bptt_init: sizes B=%lld T=%lld I=%lld H=%lld must be positive",
                  (long long)B, (long long)T, (long long)I, (long long)H);
+    const struct cr_cell_bptt *hand = type->bptt;
     cr_bptt *w = cr_xcalloc(1, sizeof *w);
-    const int64_t G = cr_cell_gates(kind) * H;
+    const int64_t G = cr_cell_proj_width(type, H, I);
     const size_t es = cr_dtype_size(dt);
     const size_t bth = (size_t)(B * T * H) * es, btg = (size_t)(B * T * G) * es;
-    *w = (cr_bptt){.kind = kind, .dt = dt, .B = B, .T = T, .I = I, .H = H, .G = G};
+    *w = (cr_bptt){.type = type, .hand = hand, .dt = dt, .B = B, .T = T, .I = I, .H = H, .G = G};
     w->x = cr_xmalloc((size_t)(B * T * I) * es);
     w->gates = cr_xmalloc(btg);
     w->hprev = cr_xmalloc(bth);
     w->hs = cr_xmalloc(bth);
     w->hp = cr_xmalloc((size_t)(B * G) * es);
     w->dgx = cr_xmalloc(btg);
-    w->dgh = kind == CR_CELL_GRU ? cr_xmalloc(btg) : w->dgx;
+    w->dgh = hand->gru_hn ? cr_xmalloc(btg) : w->dgx;
     w->dh = cr_xmalloc((size_t)(B * H) * es);
     w->zero_g = cr_xcalloc((size_t)G, es);
-    if (is_lstm(kind)) {
+    if (hand->cell_state) {
         w->cprev = cr_xmalloc(bth);
         w->cs = cr_xmalloc(bth);
         w->tanh_c = cr_xmalloc(bth);
         w->dc = cr_xmalloc((size_t)(B * H) * es);
     }
-    if (kind == CR_CELL_GRU)
+    if (hand->gru_hn)
         w->hn = cr_xmalloc(bth);
-    if (kind == CR_CELL_GRU_ORIGINAL) {
+    if (hand->gru_rh) {
         w->rh = cr_xmalloc(bth);
         w->drh = cr_xmalloc((size_t)(B * H) * es);
     }
@@ -164,9 +182,8 @@ static void check_arg(const char *op, const cr_bptt *w, const char *what, const 
     if (!t) {
         if (optional)
             return;
-        cr_error("%s: %s is NULL (%s, B=%lld T=%lld I=%lld H=%lld)", op, what,
-                 cr_cell_kind_name(w->kind), (long long)w->B, (long long)w->T,
-                 (long long)w->I, (long long)w->H);
+        cr_error("%s: %s is NULL (%s, B=%lld T=%lld I=%lld H=%lld)", op, what, w->type->name,
+                 (long long)w->B, (long long)w->T, (long long)w->I, (long long)w->H);
     }
     bool ok = t->dtype == w->dt && t->ndim == ndim;
     for (int d = 0; ok && d < ndim; d++)
@@ -175,11 +192,29 @@ static void check_arg(const char *op, const cr_bptt *w, const char *what, const 
         cr_error("%s: %s is %s %s, expected %s %s (%s, B=%lld T=%lld I=%lld H=%lld)", op, what,
                  cr_shape_str(got, sizeof got, t->ndim, t->shape), cr_dtype_name(t->dtype),
                  cr_shape_str(want, sizeof want, ndim, shape), cr_dtype_name(w->dt),
-                 cr_cell_kind_name(w->kind), (long long)w->B, (long long)w->T,
-                 (long long)w->I, (long long)w->H);
+                 w->type->name, (long long)w->B, (long long)w->T, (long long)w->I, (long long)w->H);
     if (!cr_is_contiguous(t))
         cr_error("%s: %s %s is not contiguous", op, what,
                  cr_shape_str(got, sizeof got, t->ndim, t->shape));
+}
+
+/* The fields of cr_bptt_weights, by the names of the built-in tables. */
+#define N_SLOTS 7
+static const char *const slot_names[N_SLOTS] = {"w_ih", "w_hh", "b_ih", "b_hh",
+                                                "w_ci", "w_cf", "w_co"};
+static cr_tensor *const *slot_c(const cr_bptt_weights *p, int s)
+{
+    cr_tensor *const *f[N_SLOTS] = {&p->w_ih, &p->w_hh, &p->b_ih, &p->b_hh,
+                                    &p->w_ci, &p->w_cf, &p->w_co};
+    return f[s];
+}
+
+static bool has_param(const cr_cell_type *type, const char *name)
+{
+    for (int j = 0; j < type->n_params; j++)
+        if (strcmp(type->params[j].name, name) == 0)
+            return true;
+    return false;
 }
 
 /* The weights (or gradients, when `optional`) of the cell. */
@@ -188,30 +223,19 @@ static void check_weights(const char *op, const cr_bptt *w, const char *set,
 {
     char name[64];
     const int64_t G = w->G, I = w->I, H = w->H;
-    const bool peep = w->kind == CR_CELL_LSTM_PEEPHOLE;
-    struct {
-        const char *name;
-        const cr_tensor *t;
-        int ndim;
-        int64_t shape[2];
-        bool used;
-    } args[] = {
-        {"w_ih", p->w_ih, 2, {G, I}, true},   {"w_hh", p->w_hh, 2, {G, H}, true},
-        {"b_ih", p->b_ih, 1, {G, 0}, true},   {"b_hh", p->b_hh, 1, {G, 0}, true},
-        {"w_ci", p->w_ci, 1, {H, 0}, peep},   {"w_cf", p->w_cf, 1, {H, 0}, peep},
-        {"w_co", p->w_co, 1, {H, 0}, peep},
-    };
-    for (size_t k = 0; k < sizeof args / sizeof args[0]; k++) {
-        snprintf(name, sizeof name, "%s%s", set, args[k].name);
-        if (!args[k].used) {
-            if (args[k].t)
-                cr_error("%s: %s given, but a %s cell has no peepholes", op, name,
-                         cr_cell_kind_name(w->kind));
+    const int64_t shapes[N_SLOTS][2] = {{G, I}, {G, H}, {G, 0}, {G, 0}, {H, 0}, {H, 0}, {H, 0}};
+    for (int s = 0; s < N_SLOTS; s++) {
+        const cr_tensor *t = *slot_c(p, s);
+        snprintf(name, sizeof name, "%s%s", set, slot_names[s]);
+        if (!has_param(w->type, slot_names[s])) {
+            if (t)
+                cr_error("%s: %s given, but a %s cell has no such parameter", op, name,
+                         w->type->name);
             continue;
         }
         /* Biases may be absent (a layer without biases): they count as zeros. */
-        const bool bias = args[k].name[0] == 'b';
-        check_arg(op, w, name, args[k].t, optional || bias, args[k].ndim, args[k].shape);
+        const bool bias = slot_names[s][0] == 'b';
+        check_arg(op, w, name, t, optional || bias, shapes[s][1] ? 2 : 1, shapes[s]);
     }
 }
 
@@ -230,12 +254,11 @@ void cr_bptt_forward(cr_bptt *w, const cr_bptt_weights *p, const cr_tensor *x,
     check_arg(op, w, "h0", h0, true, 2, (int64_t[]){B, H});
     check_arg(op, w, "y", y, true, 3, (int64_t[]){B, T, H});
     check_arg(op, w, "h_n", h_n, true, 2, (int64_t[]){B, H});
-    if (is_lstm(w->kind)) {
+    if (w->hand->cell_state) {
         check_arg(op, w, "c0", c0, true, 2, (int64_t[]){B, H});
         check_arg(op, w, "c_n", c_n, true, 2, (int64_t[]){B, H});
     } else if (c0 || c_n) {
-        cr_error("%s: c0/c_n given, but a %s cell has no cell state", op,
-                 cr_cell_kind_name(w->kind));
+        cr_error("%s: c0/c_n given, but a %s cell has no cell state", op, w->type->name);
     }
     if (w->dt == CR_F32)
         forward_f32(w, p, x, h0, c0, y, h_n, c_n);
@@ -261,12 +284,11 @@ void cr_bptt_backward(cr_bptt *w, const cr_bptt_weights *p, const cr_tensor *dy,
     check_arg(op, w, "dh_n", dh_n, true, 2, (int64_t[]){B, H});
     check_arg(op, w, "dx", dx, true, 3, (int64_t[]){B, T, I});
     check_arg(op, w, "dh0", dh0, true, 2, (int64_t[]){B, H});
-    if (is_lstm(w->kind)) {
+    if (w->hand->cell_state) {
         check_arg(op, w, "dc_n", dc_n, true, 2, (int64_t[]){B, H});
         check_arg(op, w, "dc0", dc0, true, 2, (int64_t[]){B, H});
     } else if (dc_n || dc0) {
-        cr_error("%s: dc_n/dc0 given, but a %s cell has no cell state", op,
-                 cr_cell_kind_name(w->kind));
+        cr_error("%s: dc_n/dc0 given, but a %s cell has no cell state", op, w->type->name);
     }
     if (w->dt == CR_F32)
         backward_f32(w, p, dy, dh_n, dc_n, g, dx, dh0, dc0);
@@ -276,36 +298,45 @@ void cr_bptt_backward(cr_bptt *w, const cr_bptt_weights *p, const cr_tensor *dy,
 
 /* ---- parameters by name ---------------------------------------------------------- */
 
-static cr_tensor *lookup(const cr_params *ps, const char *prefix, const char *name,
-                         bool optional)
+static cr_tensor **slot(cr_bptt_weights *p, int s)
 {
-    char full[256];
-    if (prefix && prefix[0])
-        snprintf(full, sizeof full, "%s.%s", prefix, name);
-    else
-        snprintf(full, sizeof full, "%s", name);
-    cr_tensor *t = cr_params_get(ps, full);
-    if (!t && !optional)
-        cr_error("cr_bptt_weights_from: no parameter \"%s\"", full);
-    return t;
+    cr_tensor **f[N_SLOTS] = {&p->w_ih, &p->w_hh, &p->b_ih, &p->b_hh,
+                              &p->w_ci, &p->w_cf, &p->w_co};
+    return f[s];
 }
 
 cr_bptt_weights cr_bptt_weights_from(const cr_params *ps, const char *prefix,
-                                     cr_cell_kind kind)
+                                     const cr_cell_type *type)
 {
-    if (!ps)
-        cr_error("cr_bptt_weights_from: parameter set is NULL");
-    cr_bptt_weights p = {
-        .w_ih = lookup(ps, prefix, "w_ih", false),
-        .w_hh = lookup(ps, prefix, "w_hh", false),
-        .b_ih = lookup(ps, prefix, "b_ih", true), /* absent without biases */
-        .b_hh = lookup(ps, prefix, "b_hh", true),
-    };
-    if (kind == CR_CELL_LSTM_PEEPHOLE) {
-        p.w_ci = lookup(ps, prefix, "w_ci", false);
-        p.w_cf = lookup(ps, prefix, "w_cf", false);
-        p.w_co = lookup(ps, prefix, "w_co", false);
+    if (!ps || !type)
+        cr_error("cr_bptt_weights_from: parameter set or cell type is NULL");
+    if (!type->bptt)
+        cr_error("cr_bptt_weights_from: cell %s has no hand-derived BPTT", type->name);
+    cr_bptt_weights p = {0};
+    for (int s = 0; s < N_SLOTS; s++) {
+        if (!has_param(type, slot_names[s]))
+            continue;
+        char full[256];
+        if (prefix && prefix[0])
+            snprintf(full, sizeof full, "%s.%s", prefix, slot_names[s]);
+        else
+            snprintf(full, sizeof full, "%s", slot_names[s]);
+        cr_tensor *t = cr_params_get(ps, full);
+        if (!t && slot_names[s][0] != 'b') /* biases are absent without biases */
+            cr_error("cr_bptt_weights_from: no parameter \"%s\" (cell %s)", full, type->name);
+        *slot(&p, s) = t;
     }
+    return p;
+}
+
+cr_bptt_weights cr_bptt_weights_of(const cr_cell *cell)
+{
+    if (!cell->type->bptt)
+        cr_error("cr_bptt_weights_of: cell %s has no hand-derived BPTT", cell->type->name);
+    cr_bptt_weights p = {0};
+    for (int s = 0; s < N_SLOTS; s++)
+        if (has_param(cell->type, slot_names[s]))
+            *slot(&p, s) = cr_cell_get(cell, slot_names[s]);
     return p;
 }
 
@@ -314,32 +345,9 @@ cr_bptt_weights cr_bptt_grads_of(const cr_bptt_weights *p)
     cr_bptt_weights g = {0};
     if (!p)
         return g;
-    g.w_ih = p->w_ih ? cr_grad_of(p->w_ih) : NULL;
-    g.w_hh = p->w_hh ? cr_grad_of(p->w_hh) : NULL;
-    g.b_ih = p->b_ih ? cr_grad_of(p->b_ih) : NULL;
-    g.b_hh = p->b_hh ? cr_grad_of(p->b_hh) : NULL;
-    g.w_ci = p->w_ci ? cr_grad_of(p->w_ci) : NULL;
-    g.w_cf = p->w_cf ? cr_grad_of(p->w_cf) : NULL;
-    g.w_co = p->w_co ? cr_grad_of(p->w_co) : NULL;
-    return g;
-}
-
-/* ---- bridges from the autograd cells --------------------------------------------- */
-
-cr_cell_kind cr_cell_kind_of(const cr_rnn_cell *cell)
-{
-    switch (cell->mode) {
-    case CR_RNN_TANH: return CR_CELL_RNN_TANH;
-    case CR_RNN_RELU: return CR_CELL_RNN_RELU;
-    case CR_GRU: return CR_CELL_GRU;
-    case CR_GRU_ORIGINAL: return CR_CELL_GRU_ORIGINAL;
-    case CR_LSTM: return cell->w_ci ? CR_CELL_LSTM_PEEPHOLE : CR_CELL_LSTM;
+    for (int s = 0; s < N_SLOTS; s++) {
+        cr_tensor *t = *slot_c(p, s);
+        *slot(&g, s) = t ? cr_grad_of(t) : NULL;
     }
-    cr_error("cr_cell_kind_of: unknown cell mode %d", (int)cell->mode);
-}
-
-cr_bptt_weights cr_bptt_weights_of(const cr_rnn_cell *cell)
-{
-    return (cr_bptt_weights){cell->w_ih, cell->w_hh, cell->b_ih, cell->b_hh,
-                             cell->w_ci, cell->w_cf, cell->w_co};
+    return g;
 }

@@ -1,5 +1,5 @@
 /* Feed-forward layers and losses, each a composition of autograd ops:
- * Linear, Embedding, Dropout, LayerNorm, MSE and binary cross-entropy. */
+ * Linear, Embedding, LayerNorm, MSE and binary cross-entropy. */
 #include <math.h>
 #include <string.h>
 
@@ -53,8 +53,6 @@ cr_tensor *cr_embedding_forward(const cr_embedding *e, const cr_tensor *idx)
 {
     return cr_gather_rows(e->weight, idx, e->padding_idx);
 }
-
-cr_tensor *cr_dropout_forward(cr_dropout_layer *d, cr_tensor *x) { return cr_dropout(x, d->p, d->train, &d->rng); }
 
 cr_layernorm cr_layernorm_init(cr_params *ps, const char *prefix, int64_t dim, double eps, cr_dtype dt)
 {

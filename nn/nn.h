@@ -1,7 +1,8 @@
 /*
  * carousel nn module: named parameter sets, initialisers, layers (Linear,
- * Embedding, Dropout, LayerNorm), RNN/GRU/LSTM cells and sequence layers built
- * from autograd ops, losses, and hand-derived reference BPTT.
+ * Embedding, LayerNorm), cell types (the built-in RNN/GRU/LSTM and user
+ * cells, each a step built from autograd ops) and the sequence layer that
+ * runs any of them, losses, and hand-derived reference BPTT.
  *
  * Parameter names follow PyTorch's layout with dots: "charlm.lstm.l0.w_ih"
  * is torch's weight_ih_l0, "...l0_reverse.b_hh" is bias_hh_l0_reverse.
@@ -37,6 +38,13 @@ cr_tensor *cr_params_get(const cr_params *ps, const char *name); /* NULL if abse
 size_t cr_params_numel(const cr_params *ps);  /* scalars in all parameters */
 size_t cr_params_bytes(const cr_params *ps);  /* bytes of all parameter values */
 void cr_params_zero_grad(cr_params *ps);
+/* Convert every parameter to dtype dt (f32 or f64) in place: the same tensor
+ * headers (so layers holding them keep working) with new storage, values
+ * rounded or widened, gradients dropped. Layers read their dtype from their
+ * weights, so e.g. a trained f32 model runs in f64 for a gradient check.
+ * Call it between steps (no graph may hold views of the old storage) and
+ * before creating an optimizer, whose moments keep the old dtype. */
+void cr_params_convert(cr_params *ps, cr_dtype dt);
 /* Print "name dtype shape numel" for every parameter and the totals. */
 void cr_params_print(const cr_params *ps, FILE *f);
 
@@ -54,7 +62,7 @@ void cr_init_kaiming_uniform(cr_tensor *t, cr_rng *r);             /* U(+-sqrt(6
  * its own, so every gate's recurrent matrix has spectral radius gain. */
 void cr_init_orthogonal(cr_tensor *t, cr_rng *r, double gain, int64_t block_rows);
 
-/* ---- Linear, Embedding, Dropout, LayerNorm -------------------------------- */
+/* ---- Linear, Embedding, LayerNorm (dropout is the op cr_dropout) ------------ */
 
 typedef struct cr_linear {
     cr_tensor *weight; /* (O, I) */
@@ -74,13 +82,6 @@ cr_embedding cr_embedding_init(cr_params *ps, const char *prefix, int64_t vocab,
                                int64_t padding_idx, cr_dtype dt, cr_rng *rng);
 cr_tensor *cr_embedding_forward(const cr_embedding *e, const cr_tensor *idx); /* W[idx] */
 
-typedef struct cr_dropout_layer {
-    double p;
-    bool train;
-    cr_rng rng;
-} cr_dropout_layer;
-cr_tensor *cr_dropout_forward(cr_dropout_layer *d, cr_tensor *x); /* train: x * mask/(1-p) */
-
 typedef struct cr_layernorm {
     cr_tensor *weight, *bias; /* (D) each, init 1 and 0 */
     double eps;
@@ -89,85 +90,211 @@ cr_layernorm cr_layernorm_init(cr_params *ps, const char *prefix, int64_t dim, d
 /* (x - mean) / sqrt(var + eps) * w + b over the last dim (biased variance) */
 cr_tensor *cr_layernorm_forward(const cr_layernorm *ln, cr_tensor *x);
 
-/* ---- recurrent cells ---------------------------------------------------------- */
+/* ---- cell types ------------------------------------------------------------------ */
+/*
+ * A recurrent cell is a type (cr_cell_type): a name, its state tensors, the
+ * width G of its input projection, a table of the parameters it owns, and
+ * its step written as a composition of autograd ops. Built-in and user cells
+ * are the same kind of thing: a sequence layer (cr_rnn) runs any type over
+ * many layers, both directions and variable lengths, and a user cell is its
+ * table plus its step (examples/custom_cell.c):
+ *
+ *     // MGU: f = s(W_f x + U_f h + b_f)  n = tanh(W x + U (f*h) + b)  h' = (1-f)*h + f*n
+ *     enum { W, UF, U, BIAS };
+ *     static const cr_cell_param mgu_params[] = {
+ *         {.name = "w_ih", .role = CR_PARAM_INPUT},                               // [W_f; W] (2H, I)
+ *         {.name = "u_f", .role = CR_PARAM_WEIGHT_T, .shape = {CR_H(1), CR_H(1)}}, // (H, H)
+ *         {.name = "u", .role = CR_PARAM_WEIGHT_T, .shape = {CR_H(1), CR_H(1)}},   // (H, H)
+ *         {.name = "b", .role = CR_PARAM_INPUT_BIAS},                             // [b_f; b] (2H)
+ *     };
+ *     static void mgu_step(const cr_cell *c, cr_tensor *const *w, cr_tensor *gx,
+ *                          cr_tensor *const *s, cr_tensor **next)
+ *     {
+ *         int64_t H = c->hidden_size;
+ *         cr_tensor *h = s[0];
+ *         cr_tensor *f = cr_sigmoid(cr_add(cr_narrow(gx, 1, 0, H), cr_matmul(h, w[UF])));
+ *         cr_tensor *n = cr_tanh(cr_add(cr_narrow(gx, 1, H, H), cr_matmul(cr_mul(f, h), w[U])));
+ *         next[0] = cr_add(cr_mul(cr_rsub_scalar(f, 1), h), cr_mul(f, n));
+ *     }
+ *     const cr_cell_type mgu = {.name = "mgu", .n_states = 1, .proj = CR_H(2),
+ *                               .params = mgu_params, .n_params = 4, .step = mgu_step};
+ *
+ * Sizes in the table are written in multiples of H (hidden size) and I (the
+ * layer's input size): CR_H(3) is 3H, CR_I(1) is I, CR_N(5) is 5.
+ */
 
-typedef enum cr_rnn_mode {
-    CR_RNN_TANH,     /* h' = tanh(W_ih x + b_ih + W_hh h + b_hh) */
-    CR_RNN_RELU,     /* h' = relu(...) */
-    CR_GRU,          /* PyTorch: n = tanh(W_in x + b_in + r * (W_hn h + b_hn)) */
-    CR_GRU_ORIGINAL, /* Cho et al.: n = tanh(W_in x + b_in + W_hn (r * h) + b_hn) */
-    CR_LSTM          /* gates i, f, g, o; optional peepholes */
-} cr_rnn_mode;
+#define CR_CELL_MAX_STATES 4
+#define CR_CELL_MAX_PARAMS 16
 
-/* Gates per mode: 1 (RNN), 3 (GRU), 4 (LSTM); G = gates * H. */
-int cr_rnn_gates(cr_rnn_mode mode);
-const char *cr_rnn_mode_name(cr_rnn_mode mode);
+typedef struct cr_dim {
+    int64_t h, i, n; /* the size h*H + i*I + n */
+} cr_dim;
+#define CR_H(k) {.h = (k)}
+#define CR_I(k) {.i = (k)}
+#define CR_N(k) {.n = (k)}
 
-typedef struct cr_rnn_cell {
-    cr_rnn_mode mode;
+/* How the sequence layer treats a parameter, and what the step sees of it. */
+typedef enum cr_param_role {
+    CR_PARAM_INPUT,      /* (G, I): the input projection x W^T of all steps at once, one
+                          * product over B*T rows; the step sees its slice gx, not W */
+    CR_PARAM_INPUT_BIAS, /* (G): added into that projection (b_ih, and a recurrent bias
+                          * that is not gated: b_hh of RNN and LSTM); dropped by no_bias */
+    CR_PARAM_WEIGHT,     /* any shape: the step sees it as it is */
+    CR_PARAM_WEIGHT_T,   /* 2-D (out, in): the step sees W^T (in, out), made once per
+                          * sequence, so s W^T copies nothing and its gradient is
+                          * summed back once, not once per step */
+    CR_PARAM_BIAS        /* any shape: as WEIGHT, but dropped by no_bias (the step sees NULL) */
+} cr_param_role;
+
+typedef enum cr_init_rule {
+    CR_RULE_RECURRENT = 0, /* U(+-1/sqrt(H)): PyTorch's init of every RNN/GRU/LSTM tensor */
+    CR_RULE_CONSTANT,      /* every element a */
+    CR_RULE_UNIFORM,       /* U(a, b) */
+    CR_RULE_ORTHOGONAL     /* 2-D: every block of H rows orthogonal, times gain a */
+} cr_init_rule;
+
+typedef struct cr_init {
+    cr_init_rule rule;
+    double a, b;
+} cr_init;
+/* The rules as initialisers of a table row's .init (the default is
+ * CR_RULE_RECURRENT). */
+#define CR_INIT_CONSTANT(v) {.rule = CR_RULE_CONSTANT, .a = (v)}
+#define CR_INIT_UNIFORM(lo, hi) {.rule = CR_RULE_UNIFORM, .a = (lo), .b = (hi)}
+#define CR_INIT_ORTHOGONAL(gain) {.rule = CR_RULE_ORTHOGONAL, .a = (gain)}
+
+/* One row of a cell's parameter table. The sequence layer creates it as
+ * prefix.l{k}[_reverse].<name> for every layer k and direction. Write rows
+ * with designated initialisers (the fields left out are zero, which
+ * -Wmissing-field-initializers accepts only in that form):
+ *     {.name = "w_hh", .role = CR_PARAM_WEIGHT_T, .shape = {CR_H(4), CR_H(1)}}
+ *     {.name = "ln_g", .role = CR_PARAM_WEIGHT, .shape = {CR_H(1)}, .init = CR_INIT_CONSTANT(1)} */
+typedef struct cr_cell_param {
+    const char *name;
+    cr_param_role role;
+    cr_dim shape[2]; /* up to 2 dims, a zero dim ends the shape ({0} is a scalar);
+                      * ignored for CR_PARAM_INPUT (G, I) and CR_PARAM_INPUT_BIAS (G) */
+    cr_init init;    /* drawn in table order from the layer's RNG */
+} cr_cell_param;
+
+typedef struct cr_cell_type cr_cell_type;
+
+/* One cell of a layer: its type, sizes and parameter tensors. */
+typedef struct cr_cell {
+    const cr_cell_type *type;
+    int64_t input_size, hidden_size; /* I, H */
+    cr_tensor *p[CR_CELL_MAX_PARAMS]; /* table order; NULL for a bias under no_bias */
+} cr_cell;
+
+/* One time step. gx: the step's slice of the input projection (B, G), any
+ * strides; s[k]: state k before the step (B, H); w[j]: parameter j of the
+ * table (W^T for CR_PARAM_WEIGHT_T, NULL for CR_PARAM_INPUT and for a dropped
+ * bias). Writes state k after the step to next[k], every k < n_states, each
+ * (B, H) of the weights' dtype; next[0] is the step's output. The step must
+ * not write into s or gx: it builds new tensors from ops. */
+typedef void (*cr_cell_step_fn)(const cr_cell *cell, cr_tensor *const *w, cr_tensor *gx,
+                                cr_tensor *const *s, cr_tensor **next);
+
+typedef struct cr_cell_config cr_cell_config;
+struct cr_cell_bptt; /* a hand-derived BPTT (nn/bptt.c), built-in cells only */
+
+struct cr_cell_type {
+    const char *name;            /* "lstm": in errors and reports */
+    int n_states;                /* 1..CR_CELL_MAX_STATES, each (B, H); state 0 is the output */
+    cr_dim proj;                 /* G, the width of the input projection: CR_H(4) for LSTM */
+    const cr_cell_param *params; /* the table, in creation order */
+    int n_params;                /* <= CR_CELL_MAX_PARAMS; exactly one CR_PARAM_INPUT */
+    cr_cell_step_fn step;        /* the step as a composition of ops, its formula above it */
+    /* Optional, NULL when absent: */
+    cr_cell_step_fn fused_step;  /* the same step through fused ops with their own backward,
+                                  * same contract; the layer prefers it (cr_rnn.fused) */
+    void (*init)(cr_cell *cell, const cr_cell_config *cfg); /* after the table's initialisers:
+                                  * options of the type (the LSTM's forget_bias). A type
+                                  * without it rejects a nonzero forget_bias. */
+    const struct cr_cell_bptt *bptt; /* hand-derived BPTT for cr_bptt_* (built-ins) */
+};
+
+/* The built-in cells, with PyTorch's names, layouts and gate orders:
+ *   rnn_tanh, rnn_relu  h' = act(W_ih x + b_ih + W_hh h + b_hh)
+ *   gru                 PyTorch: n = tanh(W_in x + b_in + r * (W_hn h + b_hn))
+ *   gru_original        Cho et al. 2014: n = tanh(W_in x + b_in + W_hn (r * h) + b_hn)
+ *   lstm                gates i, f, g, o; states h, c
+ *   lstm_peephole       i, f also see w_ci*c, w_cf*c; o sees w_co*c' (diagonal)
+ * Parameters w_ih (G, I), w_hh (G, H), b_ih (G), b_hh (G) (+ w_ci, w_cf, w_co (H)). */
+extern const cr_cell_type cr_cell_rnn_tanh, cr_cell_rnn_relu, cr_cell_gru, cr_cell_gru_original,
+    cr_cell_lstm, cr_cell_lstm_peephole;
+/* The built-in type called name ("lstm", "gru_original", ...), or NULL. */
+const cr_cell_type *cr_cell_builtin(const char *name);
+/* All built-in types, in the order above; *n gets their count. */
+const cr_cell_type *const *cr_cell_builtins(size_t *n);
+/* G of a type for hidden size H and input size I. */
+int64_t cr_cell_proj_width(const cr_cell_type *type, int64_t H, int64_t I);
+
+/* One cell's options. forget_bias (LSTM) sets the f block of b_ih and zeroes
+ * that of b_hh, so the forget gate starts at sigmoid(forget_bias). */
+struct cr_cell_config {
+    const cr_cell_type *cell;
     int64_t input_size, hidden_size;
-    cr_tensor *w_ih;             /* (G, I) */
-    cr_tensor *w_hh;             /* (G, H) */
-    cr_tensor *b_ih, *b_hh;      /* (G) each, or NULL without bias */
-    cr_tensor *w_ci, *w_cf, *w_co; /* (H) LSTM peepholes, or NULL */
-} cr_rnn_cell;
-
-/* Parameters prefix.w_ih, .w_hh, .b_ih, .b_hh (and .w_ci, .w_cf, .w_co), all
- * U(+-1/sqrt(H)) as PyTorch; forget_bias (LSTM) sets the f block of b_ih and
- * zeroes that of b_hh, so the forget gate starts at sigmoid(forget_bias). */
-typedef struct cr_cell_config {
-    cr_rnn_mode mode;
-    int64_t input_size, hidden_size;
-    bool no_bias;      /* biases are on unless this is set */
-    bool peephole;     /* LSTM only */
-    double forget_bias; /* LSTM only; 0 keeps PyTorch's init */
+    bool no_bias;       /* biases are on unless this is set */
+    double forget_bias; /* types with an init hook (LSTM); 0 keeps PyTorch's init */
     cr_dtype dtype;
-} cr_cell_config;
-cr_rnn_cell cr_cell_init(cr_params *ps, const char *prefix, cr_cell_config cfg, cr_rng *rng);
-/* One step: x [B, I], h [B, H], c [B, H] (LSTM, else NULL) -> *h_out (and
- * *c_out for LSTM). */
-void cr_cell_forward(const cr_rnn_cell *cell, cr_tensor *x, cr_tensor *h, cr_tensor *c, cr_tensor **h_out,
+};
+/* Parameters prefix.<name> for every row of the type's table. */
+cr_cell cr_cell_init(cr_params *ps, const char *prefix, cr_cell_config cfg, cr_rng *rng);
+/* The parameter called name (NULL: a bias dropped by no_bias); a name the
+ * type's table lacks is an error. */
+cr_tensor *cr_cell_get(const cr_cell *cell, const char *name);
+/* One step on x (B, I): s[k] (B, H) -> next[k] for every state of the type
+ * (through the fused step when the type has one). next may be s. */
+void cr_cell_forward_states(const cr_cell *cell, cr_tensor *x, cr_tensor *const *s, cr_tensor **next);
+/* The same for cells of one or two states: h, c -> *h_out, *c_out (c NULL
+ * for one state, and *c_out, if given, gets NULL). */
+void cr_cell_forward(const cr_cell *cell, cr_tensor *x, cr_tensor *h, cr_tensor *c, cr_tensor **h_out,
                      cr_tensor **c_out);
-/* The same step given the input projection gx = x W_ih^T + b_ih (+ b_hh for
- * RNN and LSTM, whose recurrent bias folds into it), [B, G], any strides. */
-void cr_cell_step(const cr_rnn_cell *cell, cr_tensor *gx, cr_tensor *w_hh_t, cr_tensor *h, cr_tensor *c,
-                  cr_tensor **h_out, cr_tensor **c_out);
 
 /* ---- sequence layers ------------------------------------------------------------- */
 
 typedef struct cr_rnn_config {
-    cr_rnn_mode mode;
+    const cr_cell_type *cell; /* any cell type: &cr_cell_lstm, a user's type */
     int64_t input_size, hidden_size;
     int num_layers;     /* >= 1 */
     bool bidirectional;
     double dropout;     /* between layers, in training mode */
     bool no_bias;
-    bool peephole;      /* LSTM */
     double forget_bias; /* LSTM */
-    cr_dtype dtype;
+    cr_dtype dtype;     /* of the parameters created; forward follows the weights' dtype */
 } cr_rnn_config;
 
 typedef struct cr_rnn {
     cr_rnn_config cfg;
-    int dirs;            /* 1 or 2 */
-    cr_rnn_cell *cells;  /* [num_layers * dirs]: layer l direction d at l*dirs+d */
-    bool train;          /* dropout on when true (default) */
+    int dirs;           /* 1 or 2 */
+    cr_cell *cells;     /* [num_layers * dirs]: layer l direction d at l*dirs+d */
+    bool train;         /* dropout on when true (default) */
+    bool fused;         /* use the type's fused_step when it has one (default) */
     cr_rng dropout_rng;
 } cr_rnn;
 
-/* Parameters prefix.l{k}.* and prefix.l{k}_reverse.* (torch's *_l{k}[_reverse]). */
+/* Parameters prefix.l{k}.<name> and prefix.l{k}_reverse.<name> for every row
+ * of the cell's table (torch's <name>_l{k}[_reverse] for the built-ins). */
 cr_rnn *cr_rnn_init(cr_params *ps, const char *prefix, cr_rnn_config cfg, cr_rng *rng);
 void cr_rnn_free(cr_rnn *m); /* the parameters stay in their set */
 
 typedef struct cr_rnn_output {
     cr_tensor *y;   /* [B, T, dirs*H]: every step's top-layer output (0 at padding) */
-    cr_tensor *h_n; /* [layers*dirs, B, H]: final states (at each sequence's end) */
-    cr_tensor *c_n; /* [layers*dirs, B, H] for LSTM, else NULL */
+    cr_tensor *h_n; /* [layers*dirs, B, H]: final states (at each sequence's end) = states[0] */
+    cr_tensor *c_n; /* states[1] (the LSTM's cell state), NULL for a one-state cell */
+    cr_tensor *states[CR_CELL_MAX_STATES]; /* final state k, [layers*dirs, B, H]; NULL past n_states */
 } cr_rnn_output;
 
-/* x [B, T, I] batch-first. lengths: i32 [B] true lengths (<= T, >= 1), or
- * NULL when every sequence is T long; padded steps never change outputs,
- * final states or gradients. h0, c0: [layers*dirs, B, H] or NULL (zeros). */
+/* x [B, T, I] batch-first, of the weights' dtype. lengths: i32 [B] true
+ * lengths (<= T, >= 1), or NULL when every sequence is T long; padded steps
+ * never change outputs, final states or gradients (the layer masks every
+ * state, not the cell). s0: n_s0 initial states, 0 (all zeros) or the type's
+ * n_states, each [layers*dirs, B, H] or NULL (zeros). */
+cr_rnn_output cr_rnn_forward_states(cr_rnn *m, cr_tensor *x, const cr_tensor *lengths, int n_s0,
+                                    cr_tensor *const *s0);
+/* The same with h0 = state 0 and c0 = state 1 (c0 NULL for one-state cells);
+ * NULL is zeros. */
 cr_rnn_output cr_rnn_forward(cr_rnn *m, cr_tensor *x, const cr_tensor *lengths, cr_tensor *h0,
                              cr_tensor *c0);
 
@@ -180,48 +307,39 @@ cr_tensor *cr_bce_with_logits(cr_tensor *logits, cr_tensor *target, cr_reduction
 
 /* ---- hand-derived reference BPTT (nn/bptt.c) -------------------------------- */
 /*
- * Forward and backward through time for one layer of a classic cell, written
+ * Forward and backward through time for one layer of a built-in cell, written
  * out by hand (no graph): the reference that autograd's cells are checked
- * against and timed beside. Single layer, unidirectional, batch-first, f32/f64.
- * Weight layout is PyTorch's: w_ih (G, I), w_hh (G, H), b_ih (G), b_hh (G) with
- * G = H (RNN), 3H (GRU: blocks r, z, n), 4H (LSTM: blocks i, f, g, o).
+ * against and timed beside. A cell type carries its hand BPTT (type->bptt);
+ * the built-ins have one, user cells need none. Single layer, unidirectional,
+ * batch-first, f32/f64. Weight layout is PyTorch's: w_ih (G, I), w_hh (G, H),
+ * b_ih (G), b_hh (G) with G = H (RNN), 3H (GRU: blocks r, z, n), 4H (LSTM:
+ * blocks i, f, g, o).
  */
-typedef enum cr_cell_kind {
-    CR_CELL_RNN_TANH,      /* h' = tanh(W_ih x + b_ih + W_hh h + b_hh) */
-    CR_CELL_RNN_RELU,      /* h' = relu(W_ih x + b_ih + W_hh h + b_hh) */
-    CR_CELL_GRU,           /* PyTorch: n = tanh(W_in x + b_in + r*(W_hn h + b_hn)) */
-    CR_CELL_GRU_ORIGINAL,  /* Cho et al. 2014: n = tanh(W_in x + b_in + W_hn (r*h) + b_hn) */
-    CR_CELL_LSTM,          /* c' = f*c + i*g, h' = o*tanh(c') */
-    CR_CELL_LSTM_PEEPHOLE  /* i, f also see w_ci*c, w_cf*c; o sees w_co*c' */
-} cr_cell_kind;
-
-const char *cr_cell_kind_name(cr_cell_kind kind); /* "lstm", "gru_original", ... */
-int64_t cr_cell_gates(cr_cell_kind kind);          /* G/H: 1, 3 or 4 */
 
 /* A cell's weights (or, for backward, their gradient accumulators). The
- * peephole vectors (H) are used only by CR_CELL_LSTM_PEEPHOLE, else NULL. */
+ * peephole vectors (H) are used only by cr_cell_lstm_peephole, else NULL. */
 typedef struct cr_bptt_weights {
     cr_tensor *w_ih, *w_hh, *b_ih, *b_hh; /* (G, I), (G, H), (G), (G); biases may be NULL (zero) */
     cr_tensor *w_ci, *w_cf, *w_co;        /* (H) each */
 } cr_bptt_weights;
 
-/* Looks up prefix.w_ih, prefix.w_hh, ... (and the peepholes for
- * CR_CELL_LSTM_PEEPHOLE) in ps; a missing one is an error, except the
- * biases, which a layer without biases lacks. */
+/* Looks up prefix.w_ih, prefix.w_hh, ... (and the peepholes when the type
+ * has them) in ps; a missing one is an error, except the biases, which a
+ * layer without biases lacks. */
 cr_bptt_weights cr_bptt_weights_from(const cr_params *ps, const char *prefix,
-                                     cr_cell_kind kind);
-/* The same for an autograd cell (cr_cell_init): its kind and its weights. */
-cr_cell_kind cr_cell_kind_of(const cr_rnn_cell *cell);
-cr_bptt_weights cr_bptt_weights_of(const cr_rnn_cell *cell);
+                                     const cr_cell_type *type);
+/* The same for a cell of a layer (cr_cell_init, cr_rnn's cells). */
+cr_bptt_weights cr_bptt_weights_of(const cr_cell *cell);
 /* The gradient tensors (cr_grad_of, created zero-filled if absent) of p's
  * weights, ready to pass as `g` to cr_bptt_backward. */
 cr_bptt_weights cr_bptt_grads_of(const cr_bptt_weights *p);
 
-/* Workspace for one (kind, dtype, B, T, I, H): the forward caches (gate
+/* Workspace for one (type, dtype, B, T, I, H): the forward caches (gate
  * activations, hidden and cell states) and backward scratch, allocated once
- * and reused by every call, so steady-state use makes no malloc call. */
+ * and reused by every call, so steady-state use makes no malloc call. The
+ * type must have a hand BPTT (type->bptt). */
 typedef struct cr_bptt cr_bptt;
-cr_bptt *cr_bptt_init(cr_cell_kind kind, cr_dtype dt, int64_t B, int64_t T, int64_t I,
+cr_bptt *cr_bptt_init(const cr_cell_type *type, cr_dtype dt, int64_t B, int64_t T, int64_t I,
                       int64_t H);
 void cr_bptt_free(cr_bptt *w); /* NULL is a no-op */
 

@@ -72,6 +72,33 @@ void cr_params_zero_grad(cr_params *ps)
     for (size_t i = 0; i < ps->n; i++) cr_zero_grad(ps->items[i].value);
 }
 
+void cr_params_convert(cr_params *ps, cr_dtype dt)
+{
+    if (dt != CR_F32 && dt != CR_F64)
+        cr_error("cr_params_convert: dtype %s, expected f32 or f64", cr_dtype_name(dt));
+    for (size_t i = 0; i < ps->n; i++) {
+        cr_tensor *t = ps->items[i].value;
+        if (t->dtype == CR_I32)
+            cr_error("cr_params_convert: parameter %s is i32, not a float", ps->items[i].name);
+        /* The old gradient goes whatever the dtype: a converted model starts clean. */
+        cr_tensor_free(t->grad);
+        t->grad = NULL;
+        if (t->dtype == dt) continue;
+        /* New storage, copied with conversion, swapped into the same header:
+         * layers and optimizers hold the header, not the storage. */
+        cr_tensor *n = cr_tensor_init(dt, t->ndim, t->shape);
+        cr_copy_(n, t);
+        free(t->owned);
+        t->owned = n->owned;
+        t->data = n->data;
+        t->dtype = dt;
+        memcpy(t->stride, n->stride, sizeof t->stride);
+        n->owned = NULL;
+        cr_tensor_free(n);
+        cr_tensor_bump_version(t);
+    }
+}
+
 void cr_params_print(const cr_params *ps, FILE *f)
 {
     char s[128];

@@ -1,185 +1,28 @@
-/* Recurrent cells (RNN, GRU in both formulations, LSTM with optional
- * peepholes) and multi-layer, bidirectional, variable-length sequence layers.
- * Everything is a composition of autograd ops: no backward code lives here.
- * The input projection is one product over all B*T steps; only the recurrent
- * product stays inside the time loop. */
-#include <math.h>
+/* The sequence layer: any cell type over multi-layer, bidirectional,
+ * variable-length batches. Everything is a composition of autograd ops: no
+ * backward code lives here. The input projection is one product over all
+ * B*T steps; only the cell's step (its recurrent products) stays inside the
+ * time loop. Padding is the layer's business: it masks every state. */
 #include <stdio.h>
 #include <stdlib.h>
 
-#include "nn.h"
-
-int cr_rnn_gates(cr_rnn_mode mode)
-{
-    switch (mode) {
-    case CR_RNN_TANH:
-    case CR_RNN_RELU: return 1;
-    case CR_GRU:
-    case CR_GRU_ORIGINAL: return 3;
-    case CR_LSTM: return 4;
-    }
-    cr_error("cr_rnn_gates: unknown mode %d", (int)mode);
-}
-
-const char *cr_rnn_mode_name(cr_rnn_mode mode)
-{
-    switch (mode) {
-    case CR_RNN_TANH: return "rnn_tanh";
-    case CR_RNN_RELU: return "rnn_relu";
-    case CR_GRU: return "gru";
-    case CR_GRU_ORIGINAL: return "gru_original";
-    case CR_LSTM: return "lstm";
-    }
-    return "?";
-}
-
-cr_rnn_cell cr_cell_init(cr_params *ps, const char *prefix, cr_cell_config cfg, cr_rng *rng)
-{
-    int64_t I = cfg.input_size, H = cfg.hidden_size, G = cr_rnn_gates(cfg.mode) * H;
-    if (I <= 0 || H <= 0)
-        cr_error("cr_cell_init: input_size %lld and hidden_size %lld must be positive", (long long)I, (long long)H);
-    if (cfg.peephole && cfg.mode != CR_LSTM) cr_error("cr_cell_init: peepholes need an LSTM, not %s", cr_rnn_mode_name(cfg.mode));
-    double bound = 1.0 / sqrt((double)H); /* PyTorch's init for recurrent layers */
-    cr_rnn_cell c = {.mode = cfg.mode, .input_size = I, .hidden_size = H};
-    c.w_ih = cr_params_add(ps, prefix, "w_ih", cfg.dtype, CR_SHAPE(G, I));
-    c.w_hh = cr_params_add(ps, prefix, "w_hh", cfg.dtype, CR_SHAPE(G, H));
-    cr_init_uniform(c.w_ih, rng, bound);
-    cr_init_uniform(c.w_hh, rng, bound);
-    if (!cfg.no_bias) {
-        c.b_ih = cr_params_add(ps, prefix, "b_ih", cfg.dtype, CR_SHAPE(G));
-        c.b_hh = cr_params_add(ps, prefix, "b_hh", cfg.dtype, CR_SHAPE(G));
-        cr_init_uniform(c.b_ih, rng, bound);
-        cr_init_uniform(c.b_hh, rng, bound);
-        if (cfg.mode == CR_LSTM && cfg.forget_bias != 0)
-            for (int64_t j = H; j < 2 * H; j++) { /* gate block f */
-                cr_set_flat(c.b_ih, j, cfg.forget_bias);
-                cr_set_flat(c.b_hh, j, 0.0);
-            }
-    }
-    if (cfg.peephole) {
-        c.w_ci = cr_params_add(ps, prefix, "w_ci", cfg.dtype, CR_SHAPE(H));
-        c.w_cf = cr_params_add(ps, prefix, "w_cf", cfg.dtype, CR_SHAPE(H));
-        c.w_co = cr_params_add(ps, prefix, "w_co", cfg.dtype, CR_SHAPE(H));
-        cr_init_uniform(c.w_ci, rng, bound);
-        cr_init_uniform(c.w_cf, rng, bound);
-        cr_init_uniform(c.w_co, rng, bound);
-    }
-    return c;
-}
-
-/* Gate block k of a [B, gates*H] tensor. */
-static cr_tensor *gate(cr_tensor *t, int k, int64_t H) { return cr_narrow(t, 1, k * H, H); }
-
-void cr_cell_step(const cr_rnn_cell *cell, cr_tensor *gx, cr_tensor *w_hh_t, cr_tensor *h, cr_tensor *c,
-                  cr_tensor **h_out, cr_tensor **c_out)
-{
-    int64_t H = cell->hidden_size;
-    switch (cell->mode) {
-    case CR_RNN_TANH:
-    case CR_RNN_RELU: {
-        /* h' = act(gx + h W_hh^T), b_hh already in gx */
-        cr_tensor *pre = cr_add(gx, cr_matmul(h, w_hh_t));
-        *h_out = cell->mode == CR_RNN_TANH ? cr_tanh(pre) : cr_relu(pre);
-        return;
-    }
-    case CR_LSTM: {
-        /* [i f g o] = gx + h W_hh^T; peepholes add w_ci*c, w_cf*c to i, f */
-        cr_tensor *z = cr_add(gx, cr_matmul(h, w_hh_t));
-        cr_tensor *zi = gate(z, 0, H), *zf = gate(z, 1, H), *zg = gate(z, 2, H), *zo = gate(z, 3, H);
-        if (cell->w_ci) {
-            zi = cr_add(zi, cr_mul(c, cell->w_ci));
-            zf = cr_add(zf, cr_mul(c, cell->w_cf));
-        }
-        cr_tensor *i = cr_sigmoid(zi), *f = cr_sigmoid(zf), *g = cr_tanh(zg);
-        /* c' = f*c + i*g */
-        cr_tensor *cn = cr_add(cr_mul(f, c), cr_mul(i, g));
-        /* o = sigmoid(z_o + w_co*c'); h' = o * tanh(c') */
-        if (cell->w_co) zo = cr_add(zo, cr_mul(cn, cell->w_co));
-        *h_out = cr_mul(cr_sigmoid(zo), cr_tanh(cn));
-        *c_out = cn;
-        return;
-    }
-    case CR_GRU: {
-        /* r = s(gx_r + gh_r), z = s(gx_z + gh_z), n = tanh(gx_n + r*gh_n), gh = h W_hh^T + b_hh */
-        cr_tensor *gh = cr_matmul(h, w_hh_t);
-        if (cell->b_hh) gh = cr_add(gh, cell->b_hh);
-        cr_tensor *r = cr_sigmoid(cr_add(gate(gx, 0, H), gate(gh, 0, H)));
-        cr_tensor *z = cr_sigmoid(cr_add(gate(gx, 1, H), gate(gh, 1, H)));
-        cr_tensor *n = cr_tanh(cr_add(gate(gx, 2, H), cr_mul(r, gate(gh, 2, H))));
-        /* h' = (1-z)*n + z*h = n + z*(h-n) */
-        *h_out = cr_add(n, cr_mul(z, cr_sub(h, n)));
-        return;
-    }
-    case CR_GRU_ORIGINAL: {
-        /* r, z as above; n = tanh(gx_n + (r*h) W_hn^T + b_hn) */
-        cr_tensor *ghrz = cr_matmul(h, cr_narrow(w_hh_t, 1, 0, 2 * H));
-        if (cell->b_hh) ghrz = cr_add(ghrz, cr_narrow(cell->b_hh, 0, 0, 2 * H));
-        cr_tensor *r = cr_sigmoid(cr_add(gate(gx, 0, H), gate(ghrz, 0, H)));
-        cr_tensor *z = cr_sigmoid(cr_add(gate(gx, 1, H), gate(ghrz, 1, H)));
-        cr_tensor *ghn = cr_matmul(cr_mul(r, h), cr_narrow(w_hh_t, 1, 2 * H, H));
-        if (cell->b_hh) ghn = cr_add(ghn, cr_narrow(cell->b_hh, 0, 2 * H, H));
-        cr_tensor *n = cr_tanh(cr_add(gate(gx, 2, H), ghn));
-        *h_out = cr_add(n, cr_mul(z, cr_sub(h, n)));
-        return;
-    }
-    }
-}
-
-/* The bias added to the hoisted input projection: b_ih, plus b_hh where the
- * recurrent bias is not gated (RNN, LSTM). NULL without biases. */
-static cr_tensor *input_bias(const cr_rnn_cell *cell)
-{
-    if (!cell->b_ih) return NULL;
-    if (cell->mode == CR_GRU || cell->mode == CR_GRU_ORIGINAL) return cell->b_ih;
-    return cr_add(cell->b_ih, cell->b_hh);
-}
-
-static void check_state(const char *op, const char *what, const cr_tensor *s, int64_t n, int64_t B, int64_t H,
-                        cr_dtype dt)
-{
-    bool ok = s->dtype == dt && (n ? (s->ndim == 3 && s->shape[0] == n && s->shape[1] == B && s->shape[2] == H)
-                                   : (s->ndim == 2 && s->shape[0] == B && s->shape[1] == H));
-    if (!ok) {
-        char a[128];
-        if (n)
-            cr_error("%s: %s is %s %s, expected %s [%lld,%lld,%lld]", op, what, cr_dtype_name(s->dtype),
-                     cr_shape_str(a, sizeof a, s->ndim, s->shape), cr_dtype_name(dt), (long long)n, (long long)B,
-                     (long long)H);
-        cr_error("%s: %s is %s %s, expected %s [%lld,%lld]", op, what, cr_dtype_name(s->dtype),
-                 cr_shape_str(a, sizeof a, s->ndim, s->shape), cr_dtype_name(dt), (long long)B, (long long)H);
-    }
-}
-
-void cr_cell_forward(const cr_rnn_cell *cell, cr_tensor *x, cr_tensor *h, cr_tensor *c, cr_tensor **h_out,
-                     cr_tensor **c_out)
-{
-    char a[128];
-    cr_dtype dt = cell->w_ih->dtype;
-    if (x->ndim != 2 || x->shape[1] != cell->input_size || x->dtype != dt)
-        cr_error("cr_cell_forward: input is %s %s, expected %s [B,%lld]", cr_dtype_name(x->dtype),
-                 cr_shape_str(a, sizeof a, x->ndim, x->shape), cr_dtype_name(dt), (long long)cell->input_size);
-    int64_t B = x->shape[0];
-    check_state("cr_cell_forward", "h", h, 0, B, cell->hidden_size, dt);
-    if (cell->mode == CR_LSTM) {
-        if (!c) cr_error("cr_cell_forward: an LSTM step needs the cell state c");
-        check_state("cr_cell_forward", "c", c, 0, B, cell->hidden_size, dt);
-    }
-    cr_tensor *gx = cr_matmul(x, cr_transpose(cell->w_ih, 0, 1));
-    cr_tensor *b = input_bias(cell);
-    if (b) gx = cr_add(gx, b);
-    cr_cell_step(cell, gx, cr_transpose(cell->w_hh, 0, 1), h, c, h_out, c_out);
-}
-
-/* ---- sequence layers ---------------------------------------------------------------- */
+#include "nn_internal.h"
 
 cr_rnn *cr_rnn_init(cr_params *ps, const char *prefix, cr_rnn_config cfg, cr_rng *rng)
 {
     if (cfg.num_layers < 1) cr_error("cr_rnn_init: num_layers %d must be at least 1", cfg.num_layers);
     if (!(cfg.dropout >= 0 && cfg.dropout < 1)) cr_error("cr_rnn_init: dropout %g is not in [0, 1)", cfg.dropout);
+    /* every layer's configuration is checked before anything is allocated */
+    cr_cell_config cc = {.cell = cfg.cell, .input_size = cfg.input_size, .hidden_size = cfg.hidden_size,
+                         .no_bias = cfg.no_bias, .forget_bias = cfg.forget_bias, .dtype = cfg.dtype};
+    cr_cell_config_check("cr_rnn_init", &cc);
+    cc.input_size = cfg.hidden_size * (cfg.bidirectional ? 2 : 1);
+    if (cfg.num_layers > 1) cr_cell_config_check("cr_rnn_init", &cc);
     cr_rnn *m = cr_xcalloc(1, sizeof *m);
     m->cfg = cfg;
     m->dirs = cfg.bidirectional ? 2 : 1;
     m->train = true;
+    m->fused = true;
     m->dropout_rng = cr_rng_seed(rng->seed ^ UINT64_C(0xd50c0de));
     m->cells = cr_xcalloc((size_t)(cfg.num_layers * m->dirs), sizeof *m->cells);
     for (int l = 0; l < cfg.num_layers; l++)
@@ -187,14 +30,8 @@ cr_rnn *cr_rnn_init(cr_params *ps, const char *prefix, cr_rnn_config cfg, cr_rng
             char name[512];
             snprintf(name, sizeof name, "%s%sl%d%s", prefix ? prefix : "", prefix && *prefix ? "." : "", l,
                      d ? "_reverse" : "");
-            cr_cell_config cc = {.mode = cfg.mode,
-                                 .input_size = l == 0 ? cfg.input_size : cfg.hidden_size * m->dirs,
-                                 .hidden_size = cfg.hidden_size,
-                                 .no_bias = cfg.no_bias,
-                                 .peephole = cfg.peephole,
-                                 .forget_bias = cfg.forget_bias,
-                                 .dtype = cfg.dtype};
-            m->cells[l * m->dirs + d] = cr_cell_init(ps, name, cc, rng);
+            cc.input_size = l == 0 ? cfg.input_size : cfg.hidden_size * m->dirs;
+            m->cells[l * m->dirs + d] = cr_cell_make("cr_rnn_init", ps, name, &cc, rng);
         }
     return m;
 }
@@ -221,82 +58,119 @@ static cr_tensor *step_mask(const cr_tensor *lengths, int64_t t, cr_dtype dt)
     return m;
 }
 
-/* Run one direction of one layer over the whole sequence. */
-static cr_tensor *run_direction(const cr_rnn_cell *cell, cr_tensor *in, const cr_tensor *lengths, bool reverse,
-                                cr_tensor *h, cr_tensor *c, cr_tensor **h_fin, cr_tensor **c_fin)
+/* Run one direction of one layer over the whole sequence from the states s
+ * (updated to the final states); returns the outputs [B, T, H]. */
+static cr_tensor *run_direction(const char *op, const cr_rnn *m, const cr_cell *cell, cr_tensor *in,
+                                const cr_tensor *lengths, bool reverse, cr_tensor **s)
 {
-    int64_t T = in->shape[1];
-    /* one product over all B*T steps: [B,T,In] x [In,G] -> [B,T,G] */
-    cr_tensor *gx = cr_matmul(in, cr_transpose(cell->w_ih, 0, 1));
-    cr_tensor *b = input_bias(cell);
-    if (b) gx = cr_add(gx, b);
-    cr_tensor *w_hh_t = cr_transpose(cell->w_hh, 0, 1);
-    cr_tensor **ys = cr_arena_alloc(cr_arena_current(), (size_t)(T > 0 ? T : 1) * sizeof *ys);
-    for (int64_t s = 0; s < T; s++) {
-        int64_t t = reverse ? T - 1 - s : s;
-        cr_tensor *hn, *cn = NULL;
-        cr_cell_step(cell, cr_select(gx, 1, t), w_hh_t, h, c, &hn, &cn);
-        cr_tensor *m = step_mask(lengths, t, in->dtype);
-        if (m) { /* finished sequences keep their state and output 0 */
-            h = cr_where(m, hn, h);
-            if (c) c = cr_where(m, cn, c);
-            ys[t] = cr_mask(hn, m);
+    const cr_cell_type *type = cell->type;
+    const int n = type->n_states;
+    const int64_t B = in->shape[0], T = in->shape[1];
+    const cr_dtype dt = in->dtype;
+    cr_cell_step_fn step = cr_cell_step_of(type, m->fused);
+    cr_tensor *gx = cr_cell_project(cell, in); /* [B,T,I] x [I,G]: one product over B*T */
+    cr_tensor *w[CR_CELL_MAX_PARAMS];
+    cr_cell_step_weights(cell, w); /* W^T views made once, so their gradients sum once */
+    cr_tensor **ys = cr_arena_alloc(cr_arena_current(), (size_t)T * sizeof *ys);
+    for (int64_t i = 0; i < T; i++) {
+        int64_t t = reverse ? T - 1 - i : i;
+        cr_tensor *next[CR_CELL_MAX_STATES] = {0};
+        step(cell, w, cr_select(gx, 1, t), s, next);
+        cr_cell_check_next(op, cell, next, B, dt);
+        cr_tensor *mask = step_mask(lengths, t, dt);
+        if (mask) { /* finished sequences keep every state and output 0 */
+            for (int k = 0; k < n; k++) s[k] = cr_where(mask, next[k], s[k]);
+            ys[t] = cr_mask(next[0], mask);
         } else {
-            h = hn;
-            c = cn;
-            ys[t] = hn;
+            for (int k = 0; k < n; k++) s[k] = next[k];
+            ys[t] = next[0];
         }
     }
-    *h_fin = h;
-    *c_fin = c;
     return cr_stack((int)T, ys, 1);
 }
 
-cr_rnn_output cr_rnn_forward(cr_rnn *m, cr_tensor *x, const cr_tensor *lengths, cr_tensor *h0, cr_tensor *c0)
+static void check_state(const char *op, const char *what, const cr_tensor *s, int64_t n, int64_t B, int64_t H,
+                        cr_dtype dt)
+{
+    if (s->dtype == dt && s->ndim == 3 && s->shape[0] == n && s->shape[1] == B && s->shape[2] == H) return;
+    char a[128];
+    cr_error("%s: %s is %s %s, expected %s [%lld,%lld,%lld]", op, what, cr_dtype_name(s->dtype),
+             cr_shape_str(a, sizeof a, s->ndim, s->shape), cr_dtype_name(dt), (long long)n, (long long)B,
+             (long long)H);
+}
+
+/* The forward of both public spellings; names[k] is what errors call s0[k]. */
+static cr_rnn_output forward(const char *op, cr_rnn *m, cr_tensor *x, const cr_tensor *lengths,
+                             cr_tensor *const *s0, const char *const *names)
 {
     char a[128];
     const cr_rnn_config *cfg = &m->cfg;
-    bool lstm = cfg->mode == CR_LSTM;
-    if (x->ndim != 3 || x->shape[2] != cfg->input_size || x->dtype != cfg->dtype)
-        cr_error("cr_rnn_forward: input is %s %s, expected %s [B,T,%lld]", cr_dtype_name(x->dtype),
-                 cr_shape_str(a, sizeof a, x->ndim, x->shape), cr_dtype_name(cfg->dtype), (long long)cfg->input_size);
+    const cr_cell *first = &m->cells[0];
+    const int n = first->type->n_states;
+    const cr_dtype dt = first->p[cr_cell_input_index(first->type)]->dtype; /* the weights', not cfg's */
+    if (x->ndim != 3 || x->shape[2] != cfg->input_size || x->dtype != dt)
+        cr_error("%s: input is %s %s, expected %s [B,T,%lld]", op, cr_dtype_name(x->dtype),
+                 cr_shape_str(a, sizeof a, x->ndim, x->shape), cr_dtype_name(dt), (long long)cfg->input_size);
     int64_t B = x->shape[0], T = x->shape[1], H = cfg->hidden_size;
-    int n_states = cfg->num_layers * m->dirs;
-    if (T < 1) cr_error("cr_rnn_forward: input %s has no time steps", cr_shape_str(a, sizeof a, x->ndim, x->shape));
+    int n_cells = cfg->num_layers * m->dirs;
+    if (T < 1) cr_error("%s: input %s has no time steps", op, cr_shape_str(a, sizeof a, x->ndim, x->shape));
     if (lengths) {
         if (lengths->dtype != CR_I32 || lengths->ndim != 1 || lengths->shape[0] != B || !cr_is_contiguous(lengths))
-            cr_error("cr_rnn_forward: lengths must be contiguous i32 [%lld], got %s %s", (long long)B,
+            cr_error("%s: lengths must be contiguous i32 [%lld], got %s %s", op, (long long)B,
                      cr_dtype_name(lengths->dtype), cr_shape_str(a, sizeof a, lengths->ndim, lengths->shape));
         for (int64_t b = 0; b < B; b++) {
             int32_t len = ((const int32_t *)lengths->data)[b];
             if (len < 1 || len > T)
-                cr_error("cr_rnn_forward: length %d of sequence %lld is not in [1, %lld]", len, (long long)b, (long long)T);
+                cr_error("%s: length %d of sequence %lld is not in [1, %lld]", op, len, (long long)b, (long long)T);
         }
     }
-    if (h0) check_state("cr_rnn_forward", "h0", h0, n_states, B, H, cfg->dtype);
-    if (c0) {
-        if (!lstm) cr_error("cr_rnn_forward: c0 given to a %s layer", cr_rnn_mode_name(cfg->mode));
-        check_state("cr_rnn_forward", "c0", c0, n_states, B, H, cfg->dtype);
-    }
-    cr_tensor **h_fin = cr_arena_alloc(cr_arena_current(), (size_t)n_states * sizeof *h_fin);
-    cr_tensor **c_fin = cr_arena_alloc(cr_arena_current(), (size_t)n_states * sizeof *c_fin);
+    for (int k = 0; k < n; k++)
+        if (s0 && s0[k]) check_state(op, names[k], s0[k], n_cells, B, H, dt);
+
+    /* fin[k][c]: final state k of cell c */
+    cr_tensor **fin = cr_arena_alloc(cr_arena_current(), (size_t)(n * n_cells) * sizeof *fin);
     cr_tensor *zeros = NULL;
     cr_tensor *in = x;
     for (int l = 0; l < cfg->num_layers; l++) {
         cr_tensor *outs[2];
         for (int d = 0; d < m->dirs; d++) {
-            int k = l * m->dirs + d;
-            if ((!h0 || (lstm && !c0)) && !zeros) zeros = cr_zeros(cfg->dtype, CR_SHAPE(B, H));
-            cr_tensor *h = h0 ? cr_select(h0, 0, k) : zeros;
-            cr_tensor *c = lstm ? (c0 ? cr_select(c0, 0, k) : zeros) : NULL;
-            outs[d] = run_direction(&m->cells[k], in, lengths, d == 1, h, c, &h_fin[k], &c_fin[k]);
+            int c = l * m->dirs + d;
+            cr_tensor *s[CR_CELL_MAX_STATES];
+            for (int k = 0; k < n; k++) {
+                if ((!s0 || !s0[k]) && !zeros) zeros = cr_zeros(dt, CR_SHAPE(B, H));
+                s[k] = s0 && s0[k] ? cr_select(s0[k], 0, c) : zeros;
+            }
+            outs[d] = run_direction(op, m, &m->cells[c], in, lengths, d == 1, s);
+            for (int k = 0; k < n; k++) fin[k * n_cells + c] = s[k];
         }
         cr_tensor *out = m->dirs == 2 ? cr_concat(2, outs, 2) : outs[0];
         if (l + 1 < cfg->num_layers) out = cr_dropout(out, cfg->dropout, m->train, &m->dropout_rng);
         in = out;
     }
     cr_rnn_output o = {.y = in};
-    o.h_n = cr_stack(n_states, h_fin, 0);
-    o.c_n = lstm ? cr_stack(n_states, c_fin, 0) : NULL;
+    for (int k = 0; k < n; k++) o.states[k] = cr_stack(n_cells, fin + k * n_cells, 0);
+    o.h_n = o.states[0];
+    o.c_n = n > 1 ? o.states[1] : NULL;
     return o;
+}
+
+cr_rnn_output cr_rnn_forward_states(cr_rnn *m, cr_tensor *x, const cr_tensor *lengths, int n_s0,
+                                    cr_tensor *const *s0)
+{
+    const cr_cell_type *t = m->cells[0].type;
+    if (n_s0 != 0 && n_s0 != t->n_states)
+        cr_error("cr_rnn_forward_states: %d initial states given, cell %s has %d", n_s0, t->name, t->n_states);
+    if (n_s0 && !s0) cr_error("cr_rnn_forward_states: n_s0 is %d but s0 is NULL", n_s0);
+    static const char *const names[CR_CELL_MAX_STATES] = {"s0[0]", "s0[1]", "s0[2]", "s0[3]"};
+    return forward("cr_rnn_forward_states", m, x, lengths, n_s0 ? s0 : NULL, names);
+}
+
+cr_rnn_output cr_rnn_forward(cr_rnn *m, cr_tensor *x, const cr_tensor *lengths, cr_tensor *h0, cr_tensor *c0)
+{
+    const cr_cell_type *t = m->cells[0].type;
+    if (c0 && t->n_states < 2)
+        cr_error("cr_rnn_forward: c0 given to a %s layer, whose cell has one state", t->name);
+    static const char *const names[CR_CELL_MAX_STATES] = {"h0", "c0", "s0[2]", "s0[3]"};
+    cr_tensor *s0[CR_CELL_MAX_STATES] = {h0, c0};
+    return forward("cr_rnn_forward", m, x, lengths, s0, names);
 }

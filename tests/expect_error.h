@@ -9,7 +9,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "tensor.h"
+#include "carousel/tensor.h"
 
 static jmp_buf err_jmp;
 static char err_msg[1024];

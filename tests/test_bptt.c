@@ -1,5 +1,5 @@
 /*
- * Tests for the hand-derived BPTT (nn/bptt.c): every cell kind's gradients
+ * Tests for the hand-derived BPTT (nn/bptt.c): every built-in cell's gradients
  * against central finite differences of its own forward in float64, closed
  * forms with zero weights, f32 against f64, accumulation, and misuse.
  */
@@ -8,23 +8,32 @@
 #include <signal.h>
 #include <string.h>
 
-#include "nn.h"
+#include "carousel/nn.h"
 
-static const cr_cell_kind all_kinds[] = {CR_CELL_RNN_TANH, CR_CELL_RNN_RELU,
-                                         CR_CELL_GRU,      CR_CELL_GRU_ORIGINAL,
-                                         CR_CELL_LSTM,     CR_CELL_LSTM_PEEPHOLE};
+static const cr_cell_type *const all_kinds[] = {&cr_cell_rnn_tanh, &cr_cell_rnn_relu,
+                                                &cr_cell_gru,      &cr_cell_gru_original,
+                                                &cr_cell_lstm,     &cr_cell_lstm_peephole};
 #define N_KINDS (sizeof all_kinds / sizeof all_kinds[0])
 
-static bool is_lstm(cr_cell_kind k)
+static bool is_lstm(const cr_cell_type *k)
 {
-    return k == CR_CELL_LSTM || k == CR_CELL_LSTM_PEEPHOLE;
+    return k->n_states == 2;
+}
+
+/* A type's position in all_kinds: the seeds of the old enum order. */
+static uint64_t index_of(const cr_cell_type *k)
+{
+    for (size_t i = 0; i < N_KINDS; i++)
+        if (all_kinds[i] == k)
+            return i;
+    return 0;
 }
 
 /* A layer under test: its parameters (in a cr_params set, as the sequence
  * layers hold them), gradient accumulators, inputs, outputs and the fixed
  * random weights R1, R2, R3 of the loss. */
 typedef struct layer {
-    cr_cell_kind kind;
+    const cr_cell_type *kind;
     cr_dtype dt;
     int64_t B, T, I, H;
     cr_params *ps;
@@ -57,11 +66,11 @@ static cr_tensor **slot(cr_bptt_weights *p, int s)
 static const char *const slot_names[N_SLOTS] = {"w_ih", "w_hh", "b_ih", "b_hh",
                                                 "w_ci", "w_cf", "w_co"};
 
-static layer layer_make_bias(cr_cell_kind kind, cr_dtype dt, int64_t B, int64_t T, int64_t I,
+static layer layer_make_bias(const cr_cell_type *kind, cr_dtype dt, int64_t B, int64_t T, int64_t I,
                              int64_t H, uint64_t seed, bool bias)
 {
     layer L = {.kind = kind, .dt = dt, .B = B, .T = T, .I = I, .H = H};
-    const int64_t G = cr_cell_gates(kind) * H;
+    const int64_t G = cr_cell_proj_width(kind, H, I);
     cr_rng rng = cr_rng_seed(seed);
     L.ps = cr_params_init();
     cr_fill_uniform(cr_params_add(L.ps, "rnn.l0", "w_ih", dt, CR_SHAPE(G, I)), &rng, -0.5, 0.5);
@@ -70,7 +79,7 @@ static layer layer_make_bias(cr_cell_kind kind, cr_dtype dt, int64_t B, int64_t 
         cr_fill_uniform(cr_params_add(L.ps, "rnn.l0", "b_ih", dt, CR_SHAPE(G)), &rng, -0.5, 0.5);
         cr_fill_uniform(cr_params_add(L.ps, "rnn.l0", "b_hh", dt, CR_SHAPE(G)), &rng, -0.5, 0.5);
     }
-    if (kind == CR_CELL_LSTM_PEEPHOLE) {
+    if (kind == &cr_cell_lstm_peephole) { /* its own three vectors */
         cr_fill_uniform(cr_params_add(L.ps, "rnn.l0", "w_ci", dt, CR_SHAPE(H)), &rng, -0.5, 0.5);
         cr_fill_uniform(cr_params_add(L.ps, "rnn.l0", "w_cf", dt, CR_SHAPE(H)), &rng, -0.5, 0.5);
         cr_fill_uniform(cr_params_add(L.ps, "rnn.l0", "w_co", dt, CR_SHAPE(H)), &rng, -0.5, 0.5);
@@ -103,7 +112,7 @@ static layer layer_make_bias(cr_cell_kind kind, cr_dtype dt, int64_t B, int64_t 
     return L;
 }
 
-static layer layer_make(cr_cell_kind kind, cr_dtype dt, int64_t B, int64_t T, int64_t I,
+static layer layer_make(const cr_cell_type *kind, cr_dtype dt, int64_t B, int64_t T, int64_t I,
                         int64_t H, uint64_t seed)
 {
     return layer_make_bias(kind, dt, B, T, I, H, seed, true);
@@ -174,15 +183,15 @@ static double fd_error(layer *L, cr_tensor *t, const cr_tensor *grad, const char
         if (err > worst)
             worst = err;
     }
-    cr_assert(worst < 1e-7, "%s, %s: relative error %g", cr_cell_kind_name(L->kind), what,
+    cr_assert(worst < 1e-7, "%s, %s: relative error %g", L->kind->name, what,
               worst);
     return worst;
 }
 
-static void gradcheck_bias(cr_cell_kind kind, int64_t B, int64_t T, int64_t I, int64_t H,
+static void gradcheck_bias(const cr_cell_type *kind, int64_t B, int64_t T, int64_t I, int64_t H,
                            bool bias)
 {
-    layer L = layer_make_bias(kind, CR_F64, B, T, I, H, 1234 + (uint64_t)kind, bias);
+    layer L = layer_make_bias(kind, CR_F64, B, T, I, H, 1234 + index_of(kind), bias);
     grads(&L);
     for (int s = 0; s < N_SLOTS; s++) {
         cr_tensor *p = *slot(&L.p, s), *g = *slot(&L.g, s);
@@ -197,19 +206,19 @@ static void gradcheck_bias(cr_cell_kind kind, int64_t B, int64_t T, int64_t I, i
     layer_free(&L);
 }
 
-static void gradcheck(cr_cell_kind kind, int64_t B, int64_t T, int64_t I, int64_t H)
+static void gradcheck(const cr_cell_type *kind, int64_t B, int64_t T, int64_t I, int64_t H)
 {
     gradcheck_bias(kind, B, T, I, H, true);
 }
 
 /* ---- gradients against finite differences, f64 ------------------------------ */
 
-Test(bptt, gradcheck_rnn_tanh) { gradcheck(CR_CELL_RNN_TANH, 3, 6, 4, 5); }
-Test(bptt, gradcheck_rnn_relu) { gradcheck(CR_CELL_RNN_RELU, 3, 6, 4, 5); }
-Test(bptt, gradcheck_gru) { gradcheck(CR_CELL_GRU, 3, 6, 4, 5); }
-Test(bptt, gradcheck_gru_original) { gradcheck(CR_CELL_GRU_ORIGINAL, 3, 6, 4, 5); }
-Test(bptt, gradcheck_lstm) { gradcheck(CR_CELL_LSTM, 3, 6, 4, 5); }
-Test(bptt, gradcheck_lstm_peephole) { gradcheck(CR_CELL_LSTM_PEEPHOLE, 3, 6, 4, 5); }
+Test(bptt, gradcheck_rnn_tanh) { gradcheck(&cr_cell_rnn_tanh, 3, 6, 4, 5); }
+Test(bptt, gradcheck_rnn_relu) { gradcheck(&cr_cell_rnn_relu, 3, 6, 4, 5); }
+Test(bptt, gradcheck_gru) { gradcheck(&cr_cell_gru, 3, 6, 4, 5); }
+Test(bptt, gradcheck_gru_original) { gradcheck(&cr_cell_gru_original, 3, 6, 4, 5); }
+Test(bptt, gradcheck_lstm) { gradcheck(&cr_cell_lstm, 3, 6, 4, 5); }
+Test(bptt, gradcheck_lstm_peephole) { gradcheck(&cr_cell_lstm_peephole, 3, 6, 4, 5); }
 
 /* Degenerate sizes: single rows, steps and units (strides of 1-wide views). */
 Test(bptt, gradcheck_tiny_sizes)
@@ -232,12 +241,12 @@ Test(bptt, gradcheck_without_biases)
 
 /* Zero W_ih, W_hh, so every gate is a constant of the biases and the
  * recurrence becomes scalar per unit. */
-static layer zero_weight_layer(cr_cell_kind kind)
+static layer zero_weight_layer(const cr_cell_type *kind)
 {
     layer L = layer_make(kind, CR_F64, 2, 5, 3, 4, 99);
     cr_fill(L.p.w_ih, 0);
     cr_fill(L.p.w_hh, 0);
-    const int64_t G = cr_cell_gates(kind) * L.H;
+    const int64_t G = cr_cell_proj_width(kind, L.H, L.I);
     for (int64_t j = 0; j < G; j++) {
         put(L.p.b_ih, j, 0.1 * (double)(j % 7) - 0.3);
         put(L.p.b_hh, j, 0.05 * (double)(j % 5) - 0.1);
@@ -258,7 +267,7 @@ static void check_close(double got, double want, const char *what)
 Test(bptt, known_rnn)
 {
     for (int relu = 0; relu < 2; relu++) {
-        layer L = zero_weight_layer(relu ? CR_CELL_RNN_RELU : CR_CELL_RNN_TANH);
+        layer L = zero_weight_layer(relu ? &cr_cell_rnn_relu : &cr_cell_rnn_tanh);
         const int64_t B = L.B, T = L.T, H = L.H;
         grads(&L);
         /* h_t = act(b_ih + b_hh) at every step; dL/db = act'(.) (sum of every
@@ -290,7 +299,7 @@ Test(bptt, known_rnn)
 Test(bptt, known_gru)
 {
     for (int orig = 0; orig < 2; orig++) {
-        layer L = zero_weight_layer(orig ? CR_CELL_GRU_ORIGINAL : CR_CELL_GRU);
+        layer L = zero_weight_layer(orig ? &cr_cell_gru_original : &cr_cell_gru);
         const int64_t B = L.B, T = L.T, H = L.H;
         loss(&L);
         /* r, z constant; n = tanh(b_in + r b_hn) (PyTorch) or tanh(b_in + b_hn)
@@ -316,7 +325,7 @@ Test(bptt, known_gru)
 
 Test(bptt, known_lstm)
 {
-    layer L = zero_weight_layer(CR_CELL_LSTM);
+    layer L = zero_weight_layer(&cr_cell_lstm);
     const int64_t B = L.B, T = L.T, H = L.H;
     loss(&L);
     /* Constant gates; c_t = f c_{t-1} + i g, so
@@ -343,7 +352,7 @@ Test(bptt, known_lstm)
 
 Test(bptt, known_lstm_peephole)
 {
-    layer L = zero_weight_layer(CR_CELL_LSTM_PEEPHOLE);
+    layer L = zero_weight_layer(&cr_cell_lstm_peephole);
     const int64_t B = L.B, T = L.T, H = L.H;
     loss(&L);
     /* With zero matrices each unit is a scalar recurrence in c alone:
@@ -372,19 +381,19 @@ Test(bptt, known_lstm_peephole)
 /* ---- f32 against f64 ---------------------------------------------------------- */
 
 static void check_f32(const cr_tensor *t32, const cr_tensor *t64, const char *what,
-                      cr_cell_kind kind)
+                      const cr_cell_type *kind)
 {
     for (int64_t i = 0; i < cr_numel(t64); i++) {
         const double a = at(t32, i), b = at(t64, i);
         cr_assert(fabs(a - b) <= 1e-5 * fmax(1, fabs(b)), "%s %s[%lld]: f32 %.9g, f64 %.17g",
-                  cr_cell_kind_name(kind), what, (long long)i, a, b);
+                  kind->name, what, (long long)i, a, b);
     }
 }
 
 Test(bptt, f32_matches_f64)
 {
     for (size_t k = 0; k < N_KINDS; k++) {
-        const cr_cell_kind kind = all_kinds[k];
+        const cr_cell_type *kind = all_kinds[k];
         layer L64 = layer_make(kind, CR_F64, 3, 6, 4, 5, 7);
         layer L32 = layer_make(kind, CR_F32, 3, 6, 4, 5, 8);
         /* The same numbers in both: copy the f64 values (exact in f32 after rounding). */
@@ -450,7 +459,7 @@ Test(bptt, backward_adds_into_gradients)
 Test(bptt, null_arguments_mean_zero)
 {
     for (size_t k = 0; k < N_KINDS; k++) {
-        const cr_cell_kind kind = all_kinds[k];
+        const cr_cell_type *kind = all_kinds[k];
         layer L = layer_make(kind, CR_F64, 2, 4, 3, 3, 11);
         /* NULL h0, c0 are zeros. */
         cr_fill(L.h0, 0);
@@ -501,7 +510,7 @@ Test(bptt, grads_of_parameters)
 {
     /* cr_bptt_grads_of hands backward the parameters' own gradient buffers,
      * which then hold what the explicit accumulators received. */
-    layer L = layer_make(CR_CELL_LSTM_PEEPHOLE, CR_F64, 2, 3, 4, 5, 13);
+    layer L = layer_make(&cr_cell_lstm_peephole, CR_F64, 2, 3, 4, 5, 13);
     grads(&L);
     cr_bptt_weights pg = cr_bptt_grads_of(&L.p);
     cr_bptt_backward(L.w, &L.p, L.r1, L.r2, L.r3, &pg, NULL, NULL, NULL);
@@ -513,40 +522,36 @@ Test(bptt, grads_of_parameters)
     layer_free(&L);
 }
 
-/* The bridge from the autograd cells: same kind, same tensors. */
+/* The bridge from the autograd cells: the same tensors by name. */
 Test(bptt, weights_of_cell)
 {
-    const struct {
-        cr_rnn_mode mode;
-        bool peephole;
-        cr_cell_kind kind;
-    } cases[] = {
-        {CR_RNN_TANH, false, CR_CELL_RNN_TANH}, {CR_RNN_RELU, false, CR_CELL_RNN_RELU},
-        {CR_GRU, false, CR_CELL_GRU},           {CR_GRU_ORIGINAL, false, CR_CELL_GRU_ORIGINAL},
-        {CR_LSTM, false, CR_CELL_LSTM},         {CR_LSTM, true, CR_CELL_LSTM_PEEPHOLE},
-    };
-    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+    for (size_t k = 0; k < N_KINDS; k++) {
         cr_params *ps = cr_params_init();
         cr_rng rng = cr_rng_seed(5);
-        cr_cell_config cfg = {.mode = cases[k].mode, .input_size = 3, .hidden_size = 2,
-                              .peephole = cases[k].peephole, .dtype = CR_F64};
-        cr_rnn_cell cell = cr_cell_init(ps, "enc.l0", cfg, &rng);
-        cr_assert_eq(cr_cell_kind_of(&cell), cases[k].kind);
+        cr_cell_config cfg = {.cell = all_kinds[k], .input_size = 3, .hidden_size = 2,
+                              .dtype = CR_F64};
+        cr_cell cell = cr_cell_init(ps, "enc.l0", cfg, &rng);
+        cr_assert_eq(cell.type, all_kinds[k]);
         cr_bptt_weights a = cr_bptt_weights_of(&cell);
-        cr_bptt_weights b = cr_bptt_weights_from(ps, "enc.l0", cases[k].kind);
-        for (int s = 0; s < N_SLOTS; s++)
+        cr_bptt_weights b = cr_bptt_weights_from(ps, "enc.l0", all_kinds[k]);
+        for (int s = 0; s < N_SLOTS; s++) {
             cr_assert_eq(*slot(&a, s), *slot(&b, s), "%s", slot_names[s]);
+            /* Peepholes exist exactly in the peephole type. */
+            cr_assert_eq(*slot(&a, s) != NULL, s < 4 || all_kinds[k] == &cr_cell_lstm_peephole);
+        }
         cr_params_free(ps);
     }
 }
 
 Test(bptt, names_and_gates)
 {
-    cr_assert_str_eq(cr_cell_kind_name(CR_CELL_GRU_ORIGINAL), "gru_original");
-    cr_assert_str_eq(cr_cell_kind_name(CR_CELL_LSTM_PEEPHOLE), "lstm_peephole");
-    cr_assert_eq(cr_cell_gates(CR_CELL_RNN_RELU), 1);
-    cr_assert_eq(cr_cell_gates(CR_CELL_GRU), 3);
-    cr_assert_eq(cr_cell_gates(CR_CELL_LSTM), 4);
+    cr_assert_str_eq(cr_cell_gru_original.name, "gru_original");
+    cr_assert_str_eq(cr_cell_lstm_peephole.name, "lstm_peephole");
+    cr_assert_eq(cr_cell_proj_width(&cr_cell_rnn_relu, 5, 3), 5);
+    cr_assert_eq(cr_cell_proj_width(&cr_cell_gru, 5, 3), 15);
+    cr_assert_eq(cr_cell_proj_width(&cr_cell_lstm, 5, 3), 20);
+    for (size_t k = 0; k < N_KINDS; k++)
+        cr_assert_not_null(all_kinds[k]->bptt, "%s", all_kinds[k]->name);
     cr_bptt_free(NULL);
 }
 
@@ -554,37 +559,37 @@ Test(bptt, names_and_gates)
 
 Test(bptt, wrong_weight_shape_aborts, .signal = SIGABRT)
 {
-    layer L = layer_make(CR_CELL_LSTM, CR_F64, 2, 3, 4, 5, 1);
+    layer L = layer_make(&cr_cell_lstm, CR_F64, 2, 3, 4, 5, 1);
     L.p.w_hh = L.p.w_ih; /* (20, 4), expected (20, 5) */
     loss(&L);
 }
 
 Test(bptt, wrong_dtype_aborts, .signal = SIGABRT)
 {
-    layer L = layer_make(CR_CELL_GRU, CR_F64, 2, 3, 4, 5, 1);
+    layer L = layer_make(&cr_cell_gru, CR_F64, 2, 3, 4, 5, 1);
     cr_tensor *x32 = cr_tensor_init(CR_F32, CR_SHAPE(2, 3, 4));
     cr_bptt_forward(L.w, &L.p, x32, NULL, NULL, NULL, NULL, NULL);
 }
 
 Test(bptt, cell_state_for_gru_aborts, .signal = SIGABRT)
 {
-    layer L = layer_make(CR_CELL_GRU, CR_F64, 2, 3, 4, 5, 1);
+    layer L = layer_make(&cr_cell_gru, CR_F64, 2, 3, 4, 5, 1);
     cr_bptt_forward(L.w, &L.p, L.x, L.h0, L.h0, NULL, NULL, NULL);
 }
 
 Test(bptt, backward_before_forward_aborts, .signal = SIGABRT)
 {
-    layer L = layer_make(CR_CELL_RNN_TANH, CR_F64, 2, 3, 4, 5, 1);
+    layer L = layer_make(&cr_cell_rnn_tanh, CR_F64, 2, 3, 4, 5, 1);
     cr_bptt_backward(L.w, &L.p, L.r1, NULL, NULL, NULL, NULL, NULL, NULL);
 }
 
 Test(bptt, missing_parameter_aborts, .signal = SIGABRT)
 {
-    layer L = layer_make(CR_CELL_LSTM, CR_F64, 2, 3, 4, 5, 1);
-    cr_bptt_weights_from(L.ps, "rnn.l0", CR_CELL_LSTM_PEEPHOLE); /* no rnn.l0.w_ci */
+    layer L = layer_make(&cr_cell_lstm, CR_F64, 2, 3, 4, 5, 1);
+    cr_bptt_weights_from(L.ps, "rnn.l0", &cr_cell_lstm_peephole); /* no rnn.l0.w_ci */
 }
 
 Test(bptt, bad_sizes_abort, .signal = SIGABRT)
 {
-    cr_bptt_init(CR_CELL_LSTM, CR_F64, 2, 0, 4, 5);
+    cr_bptt_init(&cr_cell_lstm, CR_F64, 2, 0, 4, 5);
 }

@@ -9,7 +9,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "autograd.h"
+#include "carousel/autograd.h"
 #include "expect_error.h"
 #include "unary_cases.h"
 

@@ -14,7 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "autograd.h"
+#include "carousel/autograd.h"
 #include "expect_error.h"
 
 /* ---- malloc counting: this test links with -Wl,--wrap=malloc,--wrap=calloc,--wrap=realloc,

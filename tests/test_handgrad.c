@@ -1,6 +1,6 @@
 /*
  * Autograd against hand-derived BPTT (nn/bptt.c) and both against central
- * finite differences, in float64, for every cell kind, compared with
+ * finite differences, in float64, for every built-in cell, compared with
  * cr_grad_compare; plus the comparison function's own contract.
  */
 #include <criterion/criterion.h>
@@ -10,14 +10,14 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "nn.h"
+#include "carousel/nn.h"
 
 /* A one-layer unidirectional sequence layer (autograd) with the same
  * parameters viewed as hand-BPTT weights, inputs that require gradients, and
  * the fixed random weights R1, R2, R3 of the loss
  *   L = sum(y R1) + sum(h_n R2) [+ sum(c_n R3)]. */
 typedef struct rig {
-    cr_cell_kind kind;
+    const cr_cell_type *type;
     int64_t B, T, I, H;
     cr_params *ps;
     cr_rnn *m;
@@ -30,20 +30,20 @@ typedef struct rig {
 /* Up to 7 parameters, then x, h0, c0. */
 #define MAX_TENSORS 10
 
-static bool is_lstm(cr_cell_kind k)
-{
-    return k == CR_CELL_LSTM || k == CR_CELL_LSTM_PEEPHOLE;
-}
+/* Every built-in cell, each with its hand BPTT. */
+static const cr_cell_type *const all_types[] = {&cr_cell_rnn_tanh, &cr_cell_rnn_relu,
+                                                &cr_cell_gru,      &cr_cell_gru_original,
+                                                &cr_cell_lstm,     &cr_cell_lstm_peephole};
+#define N_TYPES (sizeof all_types / sizeof all_types[0])
 
-static cr_rnn_mode mode_of(cr_cell_kind k)
+/* A type's position in all_types: the seeds of the old enum order. */
+static uint64_t seed_of(const cr_cell_type *type)
 {
-    switch (k) {
-    case CR_CELL_RNN_TANH: return CR_RNN_TANH;
-    case CR_CELL_RNN_RELU: return CR_RNN_RELU;
-    case CR_CELL_GRU: return CR_GRU;
-    case CR_CELL_GRU_ORIGINAL: return CR_GRU_ORIGINAL;
-    default: return CR_LSTM;
-    }
+    for (size_t k = 0; k < N_TYPES; k++)
+        if (all_types[k] == type)
+            return k;
+    cr_assert_fail("%s is not a built-in cell", type->name);
+    return 0;
 }
 
 static cr_tensor *random_leaf(cr_rng *rng, double bound, int ndim, const int64_t *shape)
@@ -53,17 +53,16 @@ static cr_tensor *random_leaf(cr_rng *rng, double bound, int ndim, const int64_t
     return t;
 }
 
-static rig rig_make(cr_cell_kind kind, int64_t B, int64_t T, int64_t I, int64_t H, bool bias,
-                    uint64_t seed)
+static rig rig_make(const cr_cell_type *type, int64_t B, int64_t T, int64_t I, int64_t H,
+                    bool bias, uint64_t seed)
 {
-    rig R = {.kind = kind, .B = B, .T = T, .I = I, .H = H};
+    rig R = {.type = type, .B = B, .T = T, .I = I, .H = H};
     cr_rng rng = cr_rng_seed(seed);
     R.ps = cr_params_init();
-    cr_rnn_config cfg = {.mode = mode_of(kind), .input_size = I, .hidden_size = H,
-                         .num_layers = 1, .no_bias = !bias,
-                         .peephole = kind == CR_CELL_LSTM_PEEPHOLE, .dtype = CR_F64};
+    cr_rnn_config cfg = {.cell = type, .input_size = I, .hidden_size = H, .num_layers = 1,
+                         .no_bias = !bias, .dtype = CR_F64};
     R.m = cr_rnn_init(R.ps, "rnn", cfg, &rng);
-    cr_assert_eq(cr_cell_kind_of(&R.m->cells[0]), kind);
+    cr_assert_eq(R.m->cells[0].type, type);
     R.p = cr_bptt_weights_of(&R.m->cells[0]);
     /* Wider than PyTorch's U(+-1/sqrt(H)), so the gates leave their linear range. */
     for (size_t k = 0; k < R.ps->n; k++)
@@ -74,7 +73,7 @@ static rig rig_make(cr_cell_kind kind, int64_t B, int64_t T, int64_t I, int64_t 
     R.r2 = random_leaf(&rng, 1, CR_SHAPE(B, H));
     cr_requires_grad(R.x, true);
     cr_requires_grad(R.h0, true);
-    if (is_lstm(kind)) {
+    if (type->n_states == 2) {
         R.c0 = random_leaf(&rng, 0.5, CR_SHAPE(B, H));
         R.r3 = random_leaf(&rng, 1, CR_SHAPE(B, H));
         cr_requires_grad(R.c0, true);
@@ -184,7 +183,7 @@ static grads hand_grads(rig *R, cr_tensor **outs)
 {
     grads G;
     names_of(R, &G);
-    cr_bptt *w = cr_bptt_init(R->kind, CR_F64, R->B, R->T, R->I, R->H);
+    cr_bptt *w = cr_bptt_init(R->type, CR_F64, R->B, R->T, R->I, R->H);
     cr_bptt_weights g = {0};
     cr_tensor **gf[] = {&g.w_ih, &g.w_hh, &g.b_ih, &g.b_hh, &g.w_ci, &g.w_cf, &g.w_co};
     cr_tensor *const pf[] = {R->p.w_ih, R->p.w_hh, R->p.b_ih, R->p.b_hh,
@@ -264,19 +263,19 @@ static void grads_free(grads *G)
 /* Compare set A (column heading la) with set B (lb); on failure print the
  * whole table before the failed expectations. */
 static void expect_close(const grads *A, const char *la, const grads *B, const char *lb,
-                         double tiny, double tol, cr_cell_kind kind)
+                         double tiny, double tol, const cr_cell_type *type)
 {
     cr_grad_diff d[MAX_TENSORS];
     const double worst = cr_grad_compare(A->names, (const cr_tensor *const *)A->t,
                                          (const cr_tensor *const *)B->t, A->n, tiny, d);
     if (!(worst <= tol)) {
-        fprintf(stderr, "%s, %s vs %s:\n", cr_cell_kind_name(kind), la, lb);
+        fprintf(stderr, "%s, %s vs %s:\n", type->name, la, lb);
         cr_grad_diff_print(stderr, d, A->n, la, lb);
     }
     for (size_t k = 0; k < A->n; k++)
         cr_expect(d[k].max_rel <= tol,
                   "%s, %s vs %s, %s: max rel error %.3g at %lld (%.17g, %.17g)",
-                  cr_cell_kind_name(kind), la, lb, d[k].name, d[k].max_rel,
+                  type->name, la, lb, d[k].name, d[k].max_rel,
                   (long long)d[k].worst_index, d[k].a, d[k].b);
 }
 
@@ -290,9 +289,9 @@ static void expect_close(const grads *A, const char *la, const grads *B, const c
  * was 2.8e-13. */
 #define TINY 1e-2
 
-static void agree(cr_cell_kind kind, bool bias, int64_t T)
+static void agree(const cr_cell_type *type, bool bias, int64_t T)
 {
-    rig R = rig_make(kind, 3, T, 4, 6, bias, 100 + (uint64_t)kind);
+    rig R = rig_make(type, 3, T, 4, 6, bias, 100 + seed_of(type));
     cr_tensor *oa[3], *oh[3];
     grads A = autograd_grads(&R, oa);
     grads H = hand_grads(&R, oh);
@@ -301,9 +300,9 @@ static void agree(cr_cell_kind kind, bool bias, int64_t T)
     grads P = O;
     memcpy(O.t, oa, sizeof oa);
     memcpy(P.t, oh, sizeof oh);
-    expect_close(&O, "autograd", &P, "hand", TINY, 1e-12, kind);
+    expect_close(&O, "autograd", &P, "hand", TINY, 1e-12, type);
     /* Then every parameter and dx, dh0, dc0. */
-    expect_close(&A, "autograd", &H, "hand", TINY, 1e-12, kind);
+    expect_close(&A, "autograd", &H, "hand", TINY, 1e-12, type);
     grads_free(&O);
     grads_free(&P);
     grads_free(&A);
@@ -311,38 +310,33 @@ static void agree(cr_cell_kind kind, bool bias, int64_t T)
     rig_free(&R);
 }
 
-Test(handgrad, rnn_tanh_50_steps) { agree(CR_CELL_RNN_TANH, true, 50); }
-Test(handgrad, rnn_relu_50_steps) { agree(CR_CELL_RNN_RELU, true, 50); }
-Test(handgrad, gru_50_steps) { agree(CR_CELL_GRU, true, 50); }
-Test(handgrad, gru_original_50_steps) { agree(CR_CELL_GRU_ORIGINAL, true, 50); }
-Test(handgrad, lstm_50_steps) { agree(CR_CELL_LSTM, true, 50); }
-Test(handgrad, lstm_peephole_50_steps) { agree(CR_CELL_LSTM_PEEPHOLE, true, 50); }
-
-static const cr_cell_kind all_kinds[] = {CR_CELL_RNN_TANH, CR_CELL_RNN_RELU,
-                                         CR_CELL_GRU,      CR_CELL_GRU_ORIGINAL,
-                                         CR_CELL_LSTM,     CR_CELL_LSTM_PEEPHOLE};
-#define N_KINDS (sizeof all_kinds / sizeof all_kinds[0])
+Test(handgrad, rnn_tanh_50_steps) { agree(&cr_cell_rnn_tanh, true, 50); }
+Test(handgrad, rnn_relu_50_steps) { agree(&cr_cell_rnn_relu, true, 50); }
+Test(handgrad, gru_50_steps) { agree(&cr_cell_gru, true, 50); }
+Test(handgrad, gru_original_50_steps) { agree(&cr_cell_gru_original, true, 50); }
+Test(handgrad, lstm_50_steps) { agree(&cr_cell_lstm, true, 50); }
+Test(handgrad, lstm_peephole_50_steps) { agree(&cr_cell_lstm_peephole, true, 50); }
 
 Test(handgrad, without_biases)
 {
-    for (size_t k = 0; k < N_KINDS; k++)
-        agree(all_kinds[k], false, 12);
+    for (size_t k = 0; k < N_TYPES; k++)
+        agree(all_types[k], false, 12);
 }
 
 /* ---- both against finite differences, small case --------------------------------- */
 
 Test(handgrad, finite_differences)
 {
-    for (size_t k = 0; k < N_KINDS; k++) {
-        rig R = rig_make(all_kinds[k], 2, 5, 3, 4, true, 7 + k);
+    for (size_t k = 0; k < N_TYPES; k++) {
+        rig R = rig_make(all_types[k], 2, 5, 3, 4, true, 7 + k);
         grads A = autograd_grads(&R, NULL);
         grads H = hand_grads(&R, NULL);
         grads N = numeric_grads(&R);
         /* Central differences with eps 1e-5 are good to ~1e-10 absolute
          * (truncation eps^2 L'''/6, rounding of the loss / 2 eps; worst seen
          * 5e-9 relative above the floor), so 1e-7 leaves a wide margin. */
-        expect_close(&A, "autograd", &N, "finite-diff", TINY, 1e-7, all_kinds[k]);
-        expect_close(&H, "hand", &N, "finite-diff", TINY, 1e-7, all_kinds[k]);
+        expect_close(&A, "autograd", &N, "finite-diff", TINY, 1e-7, all_types[k]);
+        expect_close(&H, "hand", &N, "finite-diff", TINY, 1e-7, all_types[k]);
         grads_free(&A);
         grads_free(&H);
         grads_free(&N);
@@ -353,7 +347,7 @@ Test(handgrad, finite_differences)
 /* The parameter-set form reads the gradients autograd left in ps. */
 Test(handgrad, compare_params_reads_autograd_grads)
 {
-    rig R = rig_make(CR_CELL_LSTM_PEEPHOLE, 2, 6, 3, 4, true, 3);
+    rig R = rig_make(&cr_cell_lstm_peephole, 2, 6, 3, 4, true, 3);
     grads H = hand_grads(&R, NULL);
     cr_rnn_output o;
     cr_backward(autograd_loss(&R, &o));

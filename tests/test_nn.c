@@ -20,10 +20,10 @@ static cr_tensor *weighted(cr_tensor *a, cr_tensor *w) { return cr_sum(cr_mul(a,
 
 /* ---- PyTorch parity: sequence layers -------------------------------------------------- */
 
-static void seq_parity(const char *file, cr_rnn_mode mode, cr_dtype dt, double tol)
+static void seq_parity(const char *file, const cr_cell_type *type, cr_dtype dt, double tol)
 {
     cr_st_file *f = fixture_open(file);
-    cr_rnn_config cfg = {.mode = mode,
+    cr_rnn_config cfg = {.cell = type,
                          .input_size = fixture_meta_int(f, "input_size"),
                          .hidden_size = fixture_meta_int(f, "hidden_size"),
                          .num_layers = (int)fixture_meta_int(f, "num_layers"),
@@ -33,7 +33,7 @@ static void seq_parity(const char *file, cr_rnn_mode mode, cr_dtype dt, double t
     cr_rng rng = cr_rng_seed(1);
     cr_rnn *m = cr_rnn_init(ps, NULL, cfg, &rng);
     for (size_t i = 0; i < ps->n; i++) fixture_copy(f, ps->items[i].name, ps->items[i].value);
-    bool lstm = mode == CR_LSTM;
+    bool lstm = type == &cr_cell_lstm;
     cr_tensor *x = leaf(fixture_tensor(f, "x")), *h0 = leaf(fixture_tensor(f, "h0"));
     cr_tensor *c0 = lstm ? leaf(fixture_tensor(f, "c0")) : NULL;
     cr_tensor *lengths = fixture_tensor(f, "lengths");
@@ -67,29 +67,29 @@ static void seq_parity(const char *file, cr_rnn_mode mode, cr_dtype dt, double t
 #define F32_TOL 1e-5
 #define F64_TOL 1e-10
 
-Test(nn, torch_rnn_tanh_f64) { seq_parity("rnn_tanh_f64.safetensors", CR_RNN_TANH, CR_F64, F64_TOL); }
-Test(nn, torch_rnn_tanh_f32) { seq_parity("rnn_tanh_f32.safetensors", CR_RNN_TANH, CR_F32, F32_TOL); }
-Test(nn, torch_rnn_relu_f64) { seq_parity("rnn_relu_f64.safetensors", CR_RNN_RELU, CR_F64, F64_TOL); }
-Test(nn, torch_rnn_relu_f32) { seq_parity("rnn_relu_f32.safetensors", CR_RNN_RELU, CR_F32, F32_TOL); }
-Test(nn, torch_gru_f64) { seq_parity("gru_f64.safetensors", CR_GRU, CR_F64, F64_TOL); }
-Test(nn, torch_gru_f32) { seq_parity("gru_f32.safetensors", CR_GRU, CR_F32, F32_TOL); }
-Test(nn, torch_lstm_f64) { seq_parity("lstm_f64.safetensors", CR_LSTM, CR_F64, F64_TOL); }
-Test(nn, torch_lstm_f32) { seq_parity("lstm_f32.safetensors", CR_LSTM, CR_F32, F32_TOL); }
+Test(nn, torch_rnn_tanh_f64) { seq_parity("rnn_tanh_f64.safetensors", &cr_cell_rnn_tanh, CR_F64, F64_TOL); }
+Test(nn, torch_rnn_tanh_f32) { seq_parity("rnn_tanh_f32.safetensors", &cr_cell_rnn_tanh, CR_F32, F32_TOL); }
+Test(nn, torch_rnn_relu_f64) { seq_parity("rnn_relu_f64.safetensors", &cr_cell_rnn_relu, CR_F64, F64_TOL); }
+Test(nn, torch_rnn_relu_f32) { seq_parity("rnn_relu_f32.safetensors", &cr_cell_rnn_relu, CR_F32, F32_TOL); }
+Test(nn, torch_gru_f64) { seq_parity("gru_f64.safetensors", &cr_cell_gru, CR_F64, F64_TOL); }
+Test(nn, torch_gru_f32) { seq_parity("gru_f32.safetensors", &cr_cell_gru, CR_F32, F32_TOL); }
+Test(nn, torch_lstm_f64) { seq_parity("lstm_f64.safetensors", &cr_cell_lstm, CR_F64, F64_TOL); }
+Test(nn, torch_lstm_f32) { seq_parity("lstm_f32.safetensors", &cr_cell_lstm, CR_F32, F32_TOL); }
 
 /* ---- PyTorch parity: cells ---------------------------------------------------------------- */
 
-static void cell_parity(const char *file, cr_rnn_mode mode, cr_dtype dt, double tol)
+static void cell_parity(const char *file, const cr_cell_type *type, cr_dtype dt, double tol)
 {
     cr_st_file *f = fixture_open(file);
-    cr_cell_config cc = {.mode = mode,
+    cr_cell_config cc = {.cell = type,
                          .input_size = fixture_meta_int(f, "input_size"),
                          .hidden_size = fixture_meta_int(f, "hidden_size"),
                          .dtype = dt};
     cr_params *ps = cr_params_init();
     cr_rng rng = cr_rng_seed(2);
-    cr_rnn_cell cell = cr_cell_init(ps, NULL, cc, &rng);
+    cr_cell cell = cr_cell_init(ps, NULL, cc, &rng);
     for (size_t i = 0; i < ps->n; i++) fixture_copy(f, ps->items[i].name, ps->items[i].value);
-    bool lstm = mode == CR_LSTM;
+    bool lstm = type == &cr_cell_lstm;
     cr_tensor *x = leaf(fixture_tensor(f, "x")), *h = leaf(fixture_tensor(f, "h"));
     cr_tensor *c = lstm ? leaf(fixture_tensor(f, "c")) : NULL;
     cr_tensor *gh = fixture_tensor(f, "gh"), *gc = lstm ? fixture_tensor(f, "gc") : NULL;
@@ -114,12 +114,12 @@ static void cell_parity(const char *file, cr_rnn_mode mode, cr_dtype dt, double 
     cr_st_file_free(f);
 }
 
-Test(nn, torch_rnncell_f64) { cell_parity("rnncell_f64.safetensors", CR_RNN_TANH, CR_F64, F64_TOL); }
-Test(nn, torch_rnncell_f32) { cell_parity("rnncell_f32.safetensors", CR_RNN_TANH, CR_F32, F32_TOL); }
-Test(nn, torch_grucell_f64) { cell_parity("grucell_f64.safetensors", CR_GRU, CR_F64, F64_TOL); }
-Test(nn, torch_grucell_f32) { cell_parity("grucell_f32.safetensors", CR_GRU, CR_F32, F32_TOL); }
-Test(nn, torch_lstmcell_f64) { cell_parity("lstmcell_f64.safetensors", CR_LSTM, CR_F64, F64_TOL); }
-Test(nn, torch_lstmcell_f32) { cell_parity("lstmcell_f32.safetensors", CR_LSTM, CR_F32, F32_TOL); }
+Test(nn, torch_rnncell_f64) { cell_parity("rnncell_f64.safetensors", &cr_cell_rnn_tanh, CR_F64, F64_TOL); }
+Test(nn, torch_rnncell_f32) { cell_parity("rnncell_f32.safetensors", &cr_cell_rnn_tanh, CR_F32, F32_TOL); }
+Test(nn, torch_grucell_f64) { cell_parity("grucell_f64.safetensors", &cr_cell_gru, CR_F64, F64_TOL); }
+Test(nn, torch_grucell_f32) { cell_parity("grucell_f32.safetensors", &cr_cell_gru, CR_F32, F32_TOL); }
+Test(nn, torch_lstmcell_f64) { cell_parity("lstmcell_f64.safetensors", &cr_cell_lstm, CR_F64, F64_TOL); }
+Test(nn, torch_lstmcell_f32) { cell_parity("lstmcell_f32.safetensors", &cr_cell_lstm, CR_F32, F32_TOL); }
 
 /* ---- PyTorch parity: Linear, Embedding, LayerNorm -------------------------------------------- */
 
@@ -201,7 +201,7 @@ static cr_tensor *flat(cr_tensor *t) { return cr_reshape(t, CR_SHAPE(-1)); }
 static cr_tensor *seq_fn(cr_tensor *const *in, void *ctx)
 {
     seq_case *c = ctx;
-    bool lstm = c->m->cfg.mode == CR_LSTM;
+    bool lstm = c->m->cfg.cell->n_states == 2;
     int k = c->n_in - (lstm ? 3 : 2);
     cr_rnn_output o = cr_rnn_forward(c->m, in[k], c->lengths, in[k + 1], lstm ? in[k + 2] : NULL);
     cr_tensor *parts[3] = {flat(o.y), flat(o.h_n), lstm ? flat(o.c_n) : NULL};
@@ -217,7 +217,7 @@ static void seq_gradcheck(cr_rnn_config cfg, bool var_len)
     cr_params *ps = cr_params_init();
     cr_rng rng = cr_rng_seed(11);
     cr_rnn *m = cr_rnn_init(ps, "rnn", cfg, &rng);
-    bool lstm = cfg.mode == CR_LSTM;
+    bool lstm = cfg.cell->n_states == 2;
     int dirs = cfg.bidirectional ? 2 : 1;
     cr_tensor *in[64];
     int n = 0;
@@ -239,8 +239,8 @@ static void seq_gradcheck(cr_rnn_config cfg, bool var_len)
     seq_case c = {.m = m, .lengths = var_len ? lengths : NULL, .n_in = n};
     cr_gradcheck_report rep;
     double err = cr_gradcheck(seq_fn, &c, n, in, 1e-5, &rep);
-    cr_expect(err < 1e-6, "%s layers=%d bidir=%d peephole=%d var_len=%d: rel err %.3g at input %d index %lld (%.10g vs %.10g)",
-              cr_rnn_mode_name(cfg.mode), cfg.num_layers, cfg.bidirectional, cfg.peephole, var_len, err,
+    cr_expect(err < 1e-6, "%s layers=%d bidir=%d var_len=%d: rel err %.3g at input %d index %lld (%.10g vs %.10g)",
+              cfg.cell->name, cfg.num_layers, cfg.bidirectional, var_len, err,
               rep.worst_input, (long long)rep.worst_index, rep.analytic, rep.numeric);
     cr_expect_gt(rep.n_checked, 20);
     cr_tensor_free(x);
@@ -251,48 +251,50 @@ static void seq_gradcheck(cr_rnn_config cfg, bool var_len)
     cr_params_free(ps);
 }
 
-static const cr_rnn_mode all_modes[] = {CR_RNN_TANH, CR_RNN_RELU, CR_GRU, CR_GRU_ORIGINAL, CR_LSTM};
+static const cr_cell_type *const all_types[] = {&cr_cell_rnn_tanh, &cr_cell_rnn_relu, &cr_cell_gru, &cr_cell_gru_original, &cr_cell_lstm,
+                                               &cr_cell_lstm_peephole};
+#define N_TYPES (sizeof all_types / sizeof all_types[0])
 
 Test(nn, gradcheck_one_layer)
 {
-    for (size_t i = 0; i < 5; i++) seq_gradcheck((cr_rnn_config){.mode = all_modes[i], .num_layers = 1}, false);
+    for (size_t i = 0; i < N_TYPES; i++) seq_gradcheck((cr_rnn_config){.cell = all_types[i], .num_layers = 1}, false);
 }
 
 Test(nn, gradcheck_two_layers_bidirectional)
 {
-    for (size_t i = 0; i < 5; i++)
-        seq_gradcheck((cr_rnn_config){.mode = all_modes[i], .num_layers = 2, .bidirectional = true}, false);
+    for (size_t i = 0; i < N_TYPES; i++)
+        seq_gradcheck((cr_rnn_config){.cell = all_types[i], .num_layers = 2, .bidirectional = true}, false);
 }
 
 Test(nn, gradcheck_variable_lengths)
 {
-    for (size_t i = 0; i < 5; i++)
-        seq_gradcheck((cr_rnn_config){.mode = all_modes[i], .num_layers = 2, .bidirectional = true}, true);
+    for (size_t i = 0; i < N_TYPES; i++)
+        seq_gradcheck((cr_rnn_config){.cell = all_types[i], .num_layers = 2, .bidirectional = true}, true);
 }
 
 Test(nn, gradcheck_lstm_peephole_and_forget_bias)
 {
-    seq_gradcheck((cr_rnn_config){.mode = CR_LSTM, .num_layers = 1, .peephole = true, .forget_bias = 1.0}, false);
-    seq_gradcheck((cr_rnn_config){.mode = CR_LSTM, .num_layers = 2, .bidirectional = true, .peephole = true}, true);
+    seq_gradcheck((cr_rnn_config){.cell = &cr_cell_lstm_peephole, .num_layers = 1, .forget_bias = 1.0}, false);
+    seq_gradcheck((cr_rnn_config){.cell = &cr_cell_lstm_peephole, .num_layers = 2, .bidirectional = true}, true);
 }
 
 Test(nn, gradcheck_without_bias)
 {
-    seq_gradcheck((cr_rnn_config){.mode = CR_GRU, .num_layers = 1, .no_bias = true}, false);
-    seq_gradcheck((cr_rnn_config){.mode = CR_LSTM, .num_layers = 1, .no_bias = true}, false);
+    seq_gradcheck((cr_rnn_config){.cell = &cr_cell_gru, .num_layers = 1, .no_bias = true}, false);
+    seq_gradcheck((cr_rnn_config){.cell = &cr_cell_lstm, .num_layers = 1, .no_bias = true}, false);
 }
 
 /* ---- variable lengths: a padded batch equals each sequence run alone ---------------------------- */
 
 Test(nn, padding_changes_nothing)
 {
-    for (size_t mi = 0; mi < 5; mi++) {
-        cr_rnn_mode mode = all_modes[mi];
-        bool lstm = mode == CR_LSTM;
+    for (size_t mi = 0; mi < N_TYPES; mi++) {
+        const cr_cell_type *type = all_types[mi];
+        bool lstm = type->n_states == 2;
         int64_t B = 3, T = 5, I = 2, H = 3;
         cr_params *ps = cr_params_init();
         cr_rng rng = cr_rng_seed(21);
-        cr_rnn_config cfg = {.mode = mode, .input_size = I, .hidden_size = H, .num_layers = 2,
+        cr_rnn_config cfg = {.cell = type, .input_size = I, .hidden_size = H, .num_layers = 2,
                              .bidirectional = true, .dtype = CR_F64};
         cr_rnn *m = cr_rnn_init(ps, "m", cfg, &rng);
         cr_tensor *x = cr_tensor_init(CR_F64, CR_SHAPE(B, T, I));
@@ -330,17 +332,17 @@ Test(nn, padding_changes_nothing)
                 for (int64_t j = 0; j < 2 * H; j++) {
                     double want = t < lens[b] ? cr_get(ob.y, (int64_t[]){0, t, j}) : 0.0;
                     cr_expect(fabs(cr_get(y_batched, (int64_t[]){b, t, j}) - want) < 1e-13, "%s y[%lld,%lld,%lld]",
-                              cr_rnn_mode_name(mode), (long long)b, (long long)t, (long long)j);
+                              type->name, (long long)b, (long long)t, (long long)j);
                 }
             for (int64_t k = 0; k < 4; k++)
                 for (int64_t j = 0; j < H; j++)
                     cr_expect(fabs(cr_get(h_batched, (int64_t[]){k, b, j}) - cr_get(ob.h_n, (int64_t[]){k, 0, j})) < 1e-13,
-                              "%s h_n", cr_rnn_mode_name(mode));
+                              "%s h_n", type->name);
         }
         for (size_t i = 0; i < np; i++)
             for (int64_t e = 0; e < cr_numel(batched[i]); e++)
                 cr_expect(fabs(cr_get_flat(batched[i], e) - cr_get_flat(ps->items[i].value->grad, e)) < 1e-12,
-                          "%s grad %s[%lld]", cr_rnn_mode_name(mode), ps->items[i].name, (long long)e);
+                          "%s grad %s[%lld]", type->name, ps->items[i].name, (long long)e);
         for (size_t i = 0; i < np; i++) cr_tensor_free(batched[i]);
         free(batched);
         cr_tensor_free(x);
@@ -372,13 +374,14 @@ Test(nn, init_bounds_and_forget_bias)
 {
     cr_params *ps = cr_params_init();
     cr_rng rng = cr_rng_seed(6);
-    cr_rnn_cell c = cr_cell_init(ps, "lstm", (cr_cell_config){.mode = CR_LSTM, .input_size = 5, .hidden_size = 16,
-                                                              .forget_bias = 1.0, .dtype = CR_F32}, &rng);
+    cr_cell c = cr_cell_init(ps, "lstm", (cr_cell_config){.cell = &cr_cell_lstm, .input_size = 5, .hidden_size = 16,
+                                                          .forget_bias = 1.0, .dtype = CR_F32}, &rng);
     double bound = 0.25;
-    for (int64_t i = 0; i < cr_numel(c.w_hh); i++) cr_expect(fabs(cr_get_flat(c.w_hh, i)) <= bound);
+    cr_tensor *w_hh = cr_cell_get(&c, "w_hh"), *b_ih = cr_cell_get(&c, "b_ih"), *b_hh = cr_cell_get(&c, "b_hh");
+    for (int64_t i = 0; i < cr_numel(w_hh); i++) cr_expect(fabs(cr_get_flat(w_hh, i)) <= bound);
     for (int64_t j = 16; j < 32; j++) {
-        cr_expect_eq(cr_get_flat(c.b_ih, j), 1.0);
-        cr_expect_eq(cr_get_flat(c.b_hh, j), 0.0);
+        cr_expect_eq(cr_get_flat(b_ih, j), 1.0);
+        cr_expect_eq(cr_get_flat(b_hh, j), 0.0);
     }
     cr_expect_not_null(cr_params_get(ps, "lstm.w_ih"));
     cr_expect_eq(cr_params_numel(ps), (size_t)(64 * 5 + 64 * 16 + 64 * 2));
@@ -401,7 +404,7 @@ Test(nn, misuse_names_the_op_and_shapes)
 {
     cr_params *ps = cr_params_init();
     cr_rng rng = cr_rng_seed(7);
-    cr_rnn *m = cr_rnn_init(ps, "lstm", (cr_rnn_config){.mode = CR_LSTM, .input_size = 4, .hidden_size = 8,
+    cr_rnn *m = cr_rnn_init(ps, "lstm", (cr_rnn_config){.cell = &cr_cell_lstm, .input_size = 4, .hidden_size = 8,
                                                          .num_layers = 1, .dtype = CR_F32}, &rng);
     cr_tensor *x = cr_zeros(CR_F32, CR_SHAPE(2, 3, 5));
     EXPECT_ERROR(cr_rnn_forward(m, x, NULL, NULL, NULL),
@@ -419,7 +422,7 @@ Test(nn, dropout_between_layers_only_in_training)
 {
     cr_params *ps = cr_params_init();
     cr_rng rng = cr_rng_seed(8);
-    cr_rnn_config cfg = {.mode = CR_GRU, .input_size = 3, .hidden_size = 5, .num_layers = 2, .dropout = 0.5,
+    cr_rnn_config cfg = {.cell = &cr_cell_gru, .input_size = 3, .hidden_size = 5, .num_layers = 2, .dropout = 0.5,
                          .dtype = CR_F64};
     cr_rnn *m = cr_rnn_init(ps, "gru", cfg, &rng);
     cr_tensor *x = cr_tensor_new(CR_F64, CR_SHAPE(2, 4, 3));

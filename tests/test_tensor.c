@@ -12,7 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "tensor.h"
+#include "carousel/tensor.h"
 #include "expect_error.h"
 
 /* ---- fixture: every test runs with a private current arena ---------------- */

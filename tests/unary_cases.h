@@ -17,7 +17,7 @@
 
 #include <math.h>
 
-#include "autograd.h"
+#include "carousel/autograd.h"
 
 /* clang-format off */
 #define UNARY_CASES(U)                                                                                   \
