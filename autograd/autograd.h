@@ -36,8 +36,9 @@ typedef struct cr_node cr_node;
  * listed and may be overwritten, as in PyTorch. */
 #define CR_SAVES_IN(i) (1u << (i)) /* input i's values (i < 8) */
 #define CR_SAVES_OUT (1u << 8)     /* the output's values */
-/* Two-input products (mul, matmul): input i is read only for the gradient of
- * the other, so it is checked only when the other requires a gradient. */
+/* Products (mul, matmul, matmul_bias): input 0 is read only for the gradient
+ * of input 1 and the other way round, so each is checked (and kept) only when
+ * the other requires a gradient. */
 #define CR_SAVES_CROSS (1u << 9)
 /* Not a read: the output is a view of input 0 (shape and strides only), and
  * the same view of input 0's gradient is the output's gradient. forward must
@@ -254,6 +255,10 @@ cr_tensor *cr_log_softmax(cr_tensor *x, int dim);
 
 /* [M,K]x[K,N] -> [M,N]; [B,M,K]x[B,K,N] -> [B,M,N]; [B,M,K]x[K,N] -> [B,M,N]. */
 cr_tensor *cr_matmul(cr_tensor *a, cr_tensor *b);
+/* a b + bias, bias broadcast to the product's shape (a bias row [N]): the
+ * values of cr_add(cr_matmul(a, b), bias), bit for bit, in one buffer instead
+ * of two (a linear layer, a hoisted input projection). */
+cr_tensor *cr_matmul_bias(cr_tensor *a, cr_tensor *b, cr_tensor *bias);
 
 /* ---- ops: views and shape ------------------------------------------------------ */
 

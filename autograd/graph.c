@@ -67,6 +67,7 @@ void cr_graph_clear(cr_graph *g)
     g->n = 0;
     g->n_log = 0;
     g->depth = 0;
+    g->segments = 0;
     g->capture_seq = 0;
     g->gen = cr_arena_generation(g->arena);
 }
@@ -244,7 +245,9 @@ void cr_release_since(cr_graph *g, size_t log_pos, uint64_t seq0, int n_keep, cr
             if (all) b->saved = false; /* only the discarded tape read it */
             g->log[w++] = b;
         } else if (b->saved && !all) {
-            /* a backward reads it: it stays until the clear, out of every scope's reach */
+            /* a backward reads it: it stays until the clear, out of every
+             * scope's reach, unless a segment around discards its tape */
+            if (g->segments) g->log[w++] = b;
         } else {
             release_value(g, b);
         }
@@ -419,7 +422,7 @@ static cr_tensor *finish(cr_node *n, cr_tensor *out, bool needs)
         g->tape[g->n++] = n;
         unsigned saves = n->op->saves & ~CR_OP_VIEW;
         if (saves & ~CR_SAVES_CROSS) { /* note the versions backward will expect */
-            if ((saves & CR_SAVES_CROSS) && n->n_in == 2) {
+            if ((saves & CR_SAVES_CROSS) && n->n_in >= 2) { /* inputs 0 and 1 */
                 if (!n->in[1]->requires_grad) saves &= ~CR_SAVES_IN(0);
                 if (!n->in[0]->requires_grad) saves &= ~CR_SAVES_IN(1);
             }

@@ -17,6 +17,7 @@ struct cr_graph {
     cr_block **log;
     size_t n_log, cap_log;
     int depth;            /* open scopes (segments count as scopes) */
+    int segments;         /* open segments: a scope's end leaves values backward reads in the log for them */
     uint64_t capture_seq; /* while a segment's first run records: storages older than this read by an op are kept */
     uint64_t pass;        /* backward passes so far */
     size_t bw_start;      /* the running backward started at this tape index */

@@ -79,6 +79,7 @@ static void recompute_bwd(cr_node *n)
         s->rng[j]->offset = s->rng_start[j];
     }
     g->depth++;
+    g->segments++;
     bool mode = cr_set_grad_enabled(true); /* off inside backward */
     s->fn(s->in, out, s->ctx);
     cr_set_grad_enabled(mode);
@@ -104,7 +105,9 @@ static void recompute_bwd(cr_node *n)
     /* seed the rebuilt outputs with the gradients the kept ones received */
     for (int k = 0; k < s->n_out; k++) {
         cr_tensor *o = s->out[k], *t = out[k];
-        if (!o->grad || !o->node || o->node->tape_index > start || !t->requires_grad) continue;
+        int j = 0;
+        while (j < k && s->out[j] != o) j++;
+        if (j < k || !o->grad || !o->node || o->node->tape_index > start || !t->requires_grad) continue;
         if (!cr_grad_adopt(t, o)) {
             bool first;
             cr_tensor *gt = cr_grad_buffer(t, &first);
@@ -123,6 +126,7 @@ static void recompute_bwd(cr_node *n)
         if (g->tape[j]->out->grad) cr_grad_drop(g, g->tape[j]->out);
     g->n = m0;
     cr_release_since(g, log0, seq0, 0, NULL, true);
+    g->segments--;
     g->depth--;
 }
 
@@ -180,6 +184,7 @@ void cr_recompute(cr_segment_fn fn, void *ctx, int n_in, cr_tensor *const *in, i
     size_t m0 = g->n, log0 = g->n_log;
     uint64_t capture = g->capture_seq;
     g->depth++;
+    g->segments++;
     g->capture_seq = seq0;
     fn(s->in, res, ctx);
     g->capture_seq = capture;
@@ -190,10 +195,18 @@ void cr_recompute(cr_segment_fn fn, void *ctx, int n_in, cr_tensor *const *in, i
     for (int k = 0; k < n_out; k++) needs[k] = res[k] && res[k]->requires_grad;
     g->n = m0;
     cr_release_since(g, log0, seq0, n_out, res, true);
+    g->segments--;
     g->depth--;
     if (missing >= 0) cr_error("cr_recompute: the segment function left output %d NULL", missing);
     for (int j = 0; j < n_rng; j++) s->rng_end[j] = rngs[j]->offset;
     for (int k = 0; k < n_out; k++) {
+        int j = 0;
+        while (j < k && res[j] != res[k]) j++;
+        if (j < k) { /* a tensor returned twice is one output: one node, one gradient */
+            s->out[k] = out[k] = s->out[j];
+            s->out_version[k] = s->out_version[j];
+            continue;
+        }
         cr_tensor *o = cr_tensor_alias(res[k]);
         if (needs[k]) {
             cr_node *nd = cr_node_new(&cr_op_recompute, n_in, s->in);

@@ -349,6 +349,30 @@ static void check_matmul(void)
            input(CR_SHAPE(84, 12), -1, 1)); /* 33 * 84 * 12 per batch */
 }
 
+static cr_tensor *f_matmul_bias(cr_tensor *const *in, void *ctx)
+{
+    (void)ctx;
+    return cr_matmul_bias(in[0], in[1], in[2]);
+}
+/* the weight as a transposed view, the bias a column broadcast along rows */
+static cr_tensor *f_matmul_bias_t(cr_tensor *const *in, void *ctx)
+{
+    (void)ctx;
+    return cr_matmul_bias(in[0], cr_transpose(in[1], 0, 1), in[2]);
+}
+static void check_matmul_bias(void)
+{
+    eps = 1e-3; /* linear in each element, as for matmul */
+    run_check("matmul_bias 2-D, row bias", f_matmul_bias, NULL, 3,
+              (cr_tensor *[]){input(CR_SHAPE(3, 4), -1, 1), input(CR_SHAPE(4, 2), -1, 1), input(CR_SHAPE(2), -1, 1)});
+    run_check("matmul_bias 3-D x 2-D^T, column bias", f_matmul_bias_t, NULL, 3,
+              (cr_tensor *[]){input(CR_SHAPE(2, 3, 4), -1, 1), input(CR_SHAPE(5, 4), -1, 1),
+                              input(CR_SHAPE(3, 1), -1, 1)});
+    run_check("matmul_bias through BLIS", f_matmul_bias, NULL, 3,
+              (cr_tensor *[]){input(CR_SHAPE(40, 30), -1, 1), input(CR_SHAPE(30, 30), -1, 1),
+                              input(CR_SHAPE(30), -1, 1)});
+}
+
 /* ---- views and shape ops ---------------------------------------------------------------- */
 
 /* Each view op on its own and composed (views of views), then multiplied by a
@@ -706,6 +730,7 @@ static cr_tensor *f_everything(cr_tensor *const *in, void *ctx)
     }
     cr_tensor *h;                                                                   /* [4,5] */
     cr_recompute(seg_tanh, NULL, 1, (cr_tensor *[]){cr_matmul(b, w)}, 1, &h, 0, NULL);
+    h = cr_matmul_bias(h, cr_transpose(cr_narrow(w, 0, 0, 5), 0, 1), cr_narrow(cr_select(x, 0, 0), 0, 0, 5)); /* + x[0,:5] */
     cr_tensor *hs[2] = {h, cr_mask(h, cr_full(dt, CR_SHAPE(5), 2.0))};
     cr_tensor *st = cr_stack(2, hs, 0);                                             /* [2,4,5] */
     st = cr_select(cr_unsqueeze(st, 1), 1, 0);                                      /* [2,1,4,5] -> [2,4,5] */
@@ -765,7 +790,7 @@ Test(gradcheck, every_op_in_one_expression_f32_matches_f64)
 /* Every op but the unary ones (checked per case above). */
 #define CHECKS(X)                                                                                          \
     X(add) X(sub) X(mul) X(div) X(maximum) X(minimum)                                                      \
-    X(sum) X(mean) X(sum_dim) X(mean_dim) X(max_dim) X(softmax) X(log_softmax) X(matmul)                   \
+    X(sum) X(mean) X(sum_dim) X(mean_dim) X(max_dim) X(softmax) X(log_softmax) X(matmul) X(matmul_bias)                   \
     X(reshape) X(transpose) X(permute) X(narrow) X(select) X(expand) X(unsqueeze) X(contiguous) X(concat)  \
     X(stack) X(gather_rows) X(where) X(mask) X(dropout) X(cross_entropy) X(recompute)
 

@@ -343,6 +343,29 @@ Test(ops, matmul_batched)
     for (int64_t i = 0; i < 4; i++) expect_close(cr_select(pw, 0, i), naive_matmul(cr_select(pa, 0, i), w2), 1e-14);
 }
 
+Test(ops, matmul_bias)
+{
+    /* the values of matmul then add, bit for bit, for a row bias and a column bias */
+    cr_rng r = cr_rng_seed(4);
+    cr_tensor *a = cr_tensor_new(CR_F32, CR_SHAPE(2, 37, 50)), *b = cr_tensor_new(CR_F32, CR_SHAPE(50, 41));
+    cr_tensor *row = cr_tensor_new(CR_F32, CR_SHAPE(41)), *col = cr_tensor_new(CR_F32, CR_SHAPE(37, 1));
+    cr_tensor *all[4] = {a, b, row, col};
+    for (int i = 0; i < 4; i++) cr_fill_uniform(all[i], &r, -1, 1);
+    cr_tensor *bias[2] = {row, col};
+    for (int i = 0; i < 2; i++) {
+        cr_tensor *y = cr_matmul_bias(a, b, bias[i]), *want = cr_add(cr_matmul(a, b), bias[i]);
+        expect_shape(y, CR_SHAPE(2, 37, 41));
+        cr_assert_eq(memcmp(y->data, want->data, (size_t)cr_numel(y) * sizeof(float)), 0, "bias %d", i);
+    }
+    cr_tensor *x2 = f64(CR_SHAPE(1, 2), (double[]){1, 2}), *w2 = f64(CR_SHAPE(2, 2), (double[]){1, 2, 3, 4});
+    expect_values(cr_matmul_bias(x2, w2, f64(CR_SHAPE(2), (double[]){0.5, -1})), (double[]){7.5, 9}, 2, 0);
+    EXPECT_ERROR(cr_matmul_bias(x2, w2, f64(CR_SHAPE(3), (double[]){1, 2, 3})),
+                 "cr_matmul_bias: bias [3] does not broadcast to the product's shape [1,2]");
+    EXPECT_ERROR(cr_matmul_bias(x2, w2, f64(CR_SHAPE(2, 1, 2), (double[]){1, 2, 3, 4})),
+                 "cr_matmul_bias: bias [2,1,2] does not broadcast");
+    EXPECT_ERROR(cr_matmul_bias(x2, f64(CR_SHAPE(3, 2), (double[6]){0}), row), "cr_matmul_bias: [1,2] x [3,2]: inner dims 2 and 3 differ");
+}
+
 Test(ops, matmul_misuse)
 {
     cr_tensor *a = cr_zeros(CR_F32, CR_SHAPE(32, 64)), *b = cr_zeros(CR_F32, CR_SHAPE(65, 128));
@@ -665,7 +688,7 @@ Test(ops, op_table_is_complete_and_findable)
 {
     /* the unary ops are tested through the cases of tests/unary_cases.h */
     const char *tested[] = {"add", "sub", "mul", "div", "maximum", "minimum", "sum", "mean", "sum_dim", "mean_dim",
-                            "max_dim", "softmax", "log_softmax", "matmul", "reshape", "transpose", "permute",
+                            "max_dim", "softmax", "log_softmax", "matmul", "matmul_bias", "reshape", "transpose", "permute",
                             "narrow", "select", "expand", "unsqueeze", "contiguous", "concat", "stack",
                             "gather_rows", "where", "mask", "dropout", "cross_entropy", "recompute"};
     size_t n_tested = sizeof tested / sizeof tested[0], count;
