@@ -46,6 +46,7 @@ void cr_graph_free(cr_graph *g)
     cr_pool_free(g->pool);
     free(g->tape);
     free(g->log);
+    free(g->scratch);
     free(g);
 }
 
@@ -83,6 +84,17 @@ size_t cr_graph_bytes_peak(const cr_graph *g)
 {
     size_t now = cr_graph_bytes_used(g);
     return now > g->peak ? now : g->peak;
+}
+
+void *cr_graph_scratch(cr_graph *g, size_t bytes)
+{
+    if (bytes > g->scratch_cap) {
+        free(g->scratch);
+        g->scratch_cap = bytes > 2 * g->scratch_cap ? bytes : 2 * g->scratch_cap;
+        g->scratch = cr_xmalloc(g->scratch_cap);
+    }
+    memset(g->scratch, 0, bytes);
+    return g->scratch;
 }
 
 /* A pool block, noting the most bytes the graph has held. */
@@ -198,15 +210,15 @@ cr_tensor *cr_detach(cr_tensor *t)
 
 /* The header that owns t's storage holds the version counter every view of
  * it points at. */
-static const cr_tensor *storage_owner(const cr_tensor *t)
+cr_tensor *cr_storage_owner(const cr_tensor *t)
 {
-    return (const cr_tensor *)((const char *)t->version - offsetof(cr_tensor, version_store));
+    return t->version ? (cr_tensor *)((char *)t->version - offsetof(cr_tensor, version_store)) : NULL;
 }
 
 cr_block *cr_value_block(const cr_tensor *t)
 {
     if (!t->version) return NULL;
-    const cr_tensor *o = storage_owner(t);
+    const cr_tensor *o = cr_storage_owner(t);
     if (o->persistent || !o->owned) return NULL;
     cr_block *b = o->owned;
     return b->kind == CR_BLOCK_VALUE && b->owner == o && !b->free ? b : NULL;
@@ -462,16 +474,20 @@ cr_tensor *cr_record_computed(cr_node *n, cr_tensor *out, bool needs)
 
 /* Op outputs keep their header in the arena (so a released one is still
  * recognised) and their storage in the pool. */
-cr_tensor *cr_node_finish(cr_node *n, cr_dtype dt, int ndim, const int64_t *shape)
+cr_tensor *cr_value_new(cr_graph *g, const char *fn, cr_dtype dt, int ndim, const int64_t *shape)
 {
-    cr_graph *g = current_graph;
-    cr_tensor *t = cr_tensor_header_new_as(n->op->name, dt, ndim, shape);
+    cr_tensor *t = cr_tensor_header_new_as(fn, dt, ndim, shape);
     cr_block *b = pool_get(g, (size_t)cr_numel(t) * cr_dtype_size(dt), CR_BLOCK_VALUE);
     b->owner = t;
     t->data = cr_block_payload(b);
     t->owned = b;
     if (g->depth > 0) log_push(g, b);
-    return record(n, t);
+    return t;
+}
+
+cr_tensor *cr_node_finish(cr_node *n, cr_dtype dt, int ndim, const int64_t *shape)
+{
+    return record(n, cr_value_new(current_graph, n->op->name, dt, ndim, shape));
 }
 
 cr_tensor *cr_node_finish_view(cr_node *n)

@@ -22,11 +22,24 @@ struct cr_graph {
     uint64_t pass;        /* backward passes so far */
     size_t bw_start;      /* the running backward started at this tape index */
     size_t peak;          /* most bytes in use (arena + pool) since init */
+    void *scratch;        /* cr_graph_scratch's buffer (heap, kept across steps) */
+    size_t scratch_cap;
 };
+
+/* A heap buffer of at least `bytes`, zeroed, valid until the next call: for
+ * arrays that must outlive an arena rewind but not the call that needs them.
+ * It grows while warming up and is kept, so steady state allocates nothing. */
+void *cr_graph_scratch(cr_graph *g, size_t bytes);
 
 /* The storage block of a value tensor (an op output, or a view of one), or
  * NULL for arena, persistent and gradient storage. */
 cr_block *cr_value_block(const cr_tensor *t);
+/* The header whose version counter t uses: its storage's owner (NULL when t
+ * has no counter). */
+cr_tensor *cr_storage_owner(const cr_tensor *t);
+/* A contiguous tensor with its header in the arena and its storage in the
+ * pool (logged in the open scope), as op outputs are; errors name fn. */
+cr_tensor *cr_value_new(cr_graph *g, const char *fn, cr_dtype dt, int ndim, const int64_t *shape);
 /* Give back the value storages logged from log_pos on (blocks numbered from
  * seq0 on): those of keep[] stay (and stay logged), every other one is
  * released; with `all` even those a recorded backward reads (a segment's

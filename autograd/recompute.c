@@ -132,6 +132,111 @@ static void recompute_bwd(cr_node *n)
 
 const cr_op cr_op_recompute = {"cr_recompute", recompute_fwd, recompute_bwd, 0, sizeof(recompute_attr)};
 
+/* What a segment's first run leaves, saved before its arena memory is given
+ * back: each output's header and storage owner by value, which outputs
+ * repeat an earlier one, which need a gradient. In the graph's scratch
+ * buffer: it must outlive the rewind, not the call. */
+typedef struct first_run {
+    cr_tensor *hdr, *owner;      /* [n_out] copies */
+    const cr_tensor **old_owner; /* the owner's address when it lay in the given-back part, else NULL */
+    cr_tensor **copy;            /* an output whose data lay in the given-back part: its data, copied */
+    cr_tensor **keep, **new_owner;
+    cr_block **copy_block;
+    int *dup;                    /* the first k' <= k with the same tensor */
+    bool *needs;
+} first_run;
+
+static first_run first_run_new(cr_graph *g, int n_out)
+{
+    size_t n = (size_t)n_out, a = 2 * sizeof(cr_tensor) + 5 * sizeof(void *) + sizeof(int) + sizeof(bool);
+    char *p = cr_graph_scratch(g, n * a + 16 * 16);
+    first_run f;
+#define TAKE(field, size)                                                                             \
+    f.field = (void *)p;                                                                              \
+    p += ((n * (size)) + 15) & ~(size_t)15
+    TAKE(hdr, sizeof(cr_tensor));
+    TAKE(owner, sizeof(cr_tensor));
+    TAKE(old_owner, sizeof(void *));
+    TAKE(copy, sizeof(void *));
+    TAKE(keep, sizeof(void *));
+    TAKE(new_owner, sizeof(void *));
+    TAKE(copy_block, sizeof(void *));
+    TAKE(dup, sizeof(int));
+    TAKE(needs, sizeof(bool));
+#undef TAKE
+    return f;
+}
+
+/* The first run's headers, nodes and temporaries lie in the arena after mk:
+ * keep what the outputs need, give the rest back (values to the pool, the
+ * tape after m0, the arena after mk), and make res[k] headers of their own,
+ * with no history, over the same storage. */
+static void keep_outputs(cr_graph *g, first_run *f, cr_arena_mark mk, size_t m0, size_t log0, uint64_t seq0,
+                         int n_out, cr_tensor **res)
+{
+    *f = first_run_new(g, n_out);
+    for (int k = 0; k < n_out; k++) {
+        int j = 0;
+        while (res[j] != res[k]) j++;
+        f->dup[k] = j;
+        if (j < k) continue;
+        cr_tensor *t = res[k];
+        f->hdr[k] = *t;
+        f->needs[k] = t->requires_grad;
+        cr_tensor *o = cr_storage_owner(t);
+        if (o && cr_arena_since(g->arena, mk, o)) {
+            f->owner[k] = *o;
+            f->old_owner[k] = o;
+        }
+        if (!cr_value_block(t) && !t->persistent && t->data && cr_arena_since(g->arena, mk, t->data)) {
+            f->copy[k] = cr_value_new(g, "cr_recompute", t->dtype, t->ndim, t->shape); /* a step tensor made inside */
+            cr_copy_(f->copy[k], t);
+        }
+    }
+    cr_tensor **keep = f->keep, **new_owner = f->new_owner;
+    cr_block **copy_block = f->copy_block;
+    for (int k = 0; k < n_out; k++) keep[k] = f->copy[k] ? f->copy[k] : res[k];
+    g->n = m0;
+    cr_release_since(g, log0, seq0, n_out, keep, true);
+    /* the copies' blocks stay logged; their headers lie in the part given back */
+    for (int k = 0; k < n_out; k++) copy_block[k] = f->copy[k] ? cr_value_block(f->copy[k]) : NULL;
+    cr_arena_rewind(g->arena, mk);
+    for (int k = 0; k < n_out; k++) {
+        if (f->dup[k] < k) {
+            res[k] = res[f->dup[k]];
+            continue;
+        }
+        cr_tensor *h = cr_arena_alloc_aligned(g->arena, sizeof *h, 16), *no = NULL;
+        *h = f->hdr[k];
+        if (copy_block[k]) { /* the copy's storage, under a header of its own */
+            cr_tensor_set_contiguous(h, f->hdr[k].dtype, f->hdr[k].ndim, f->hdr[k].shape);
+            h->data = cr_block_payload(copy_block[k]);
+            h->owned = copy_block[k];
+            copy_block[k]->owner = h;
+            no = h;
+        } else if (f->old_owner[k]) { /* the storage stays; its owner's header moves */
+            for (int j = 0; j < k && !no; j++)
+                if (f->old_owner[j] == f->old_owner[k]) no = new_owner[j];
+            if (!no) {
+                no = cr_arena_alloc_aligned(g->arena, sizeof *no, 16);
+                *no = f->owner[k];
+                no->version = &no->version_store;
+                cr_block *b = no->owned && !no->persistent ? no->owned : NULL;
+                if (b && b->kind == CR_BLOCK_VALUE && b->owner == f->old_owner[k]) b->owner = no;
+            }
+            h->version = &no->version_store;
+        }
+        new_owner[k] = no;
+        if (h != no) h->owned = NULL; /* a view of its storage */
+        h->persistent = h->requires_grad = h->retain_grad = false;
+        h->grad = NULL;
+        h->node = NULL;
+        h->name = NULL;
+        h->gen = g->gen;
+        res[k] = h;
+    }
+}
+
 void cr_recompute(cr_segment_fn fn, void *ctx, int n_in, cr_tensor *const *in, int n_out, cr_tensor **out,
                   int n_rng, cr_rng *const *rngs)
 {
@@ -147,16 +252,7 @@ void cr_recompute(cr_segment_fn fn, void *ctx, int n_in, cr_tensor *const *in, i
     }
     for (int j = 0; j < n_rng; j++)
         if (!rngs[j]) cr_error("cr_recompute: generator %d is NULL", j);
-    cr_tensor **res = arena_array((size_t)n_out, sizeof *res);
-    if (!cr_grad_enabled()) { /* nothing to rebuild: the segment is a scope */
-        cr_scope sc = cr_scope_begin();
-        fn(in, res, ctx);
-        for (int k = 0; k < n_out; k++)
-            if (!res[k]) cr_error("cr_recompute: the segment function left output %d NULL", k);
-        cr_scope_end(sc, n_out, res);
-        memcpy(out, res, (size_t)n_out * sizeof *out);
-        return;
-    }
+    bool grad = cr_grad_enabled();
     segment *s = arena_array(1, sizeof *s);
     *s = (segment){.fn = fn, .ctx = ctx, .n_in = n_in, .n_out = n_out, .n_rng = n_rng};
     s->in = arena_array((size_t)n_in, sizeof *s->in);
@@ -166,12 +262,14 @@ void cr_recompute(cr_segment_fn fn, void *ctx, int n_in, cr_tensor *const *in, i
     s->rng = arena_array((size_t)n_rng, sizeof *s->rng);
     s->rng_start = arena_array((size_t)n_rng, sizeof *s->rng_start);
     s->rng_end = arena_array((size_t)n_rng, sizeof *s->rng_end);
+    cr_tensor **res = arena_array((size_t)n_out, sizeof *res);
+    first_run f;
     uint64_t seq0 = cr_pool_seq(g->pool);
     for (int i = 0; i < n_in; i++) {
         s->in[i] = in[i];
         s->in_version[i] = version_of(in[i]);
         cr_block *b = cr_value_block(in[i]);
-        if (b) b->saved = true; /* read again in backward */
+        if (b && grad) b->saved = true; /* read again in backward */
     }
     for (int j = 0; j < n_rng; j++) {
         s->rng[j] = rngs[j];
@@ -180,35 +278,32 @@ void cr_recompute(cr_segment_fn fn, void *ctx, int n_in, cr_tensor *const *in, i
     /* The first run records as usual (so each output knows whether it needs a
      * gradient, from the inputs or from parameters the function reads); then
      * its tape and every value it made but the outputs are given back. What
-     * it reads from before it is kept for the rebuild (capture_seq). */
+     * it reads from before it is kept for the rebuild (capture_seq). With
+     * grad mode off it is all there is. */
     size_t m0 = g->n, log0 = g->n_log;
+    cr_arena_mark mk = cr_arena_mark_get(g->arena);
     uint64_t capture = g->capture_seq;
     g->depth++;
     g->segments++;
-    g->capture_seq = seq0;
+    if (grad) g->capture_seq = seq0;
     fn(s->in, res, ctx);
     g->capture_seq = capture;
     int missing = -1;
     for (int k = 0; k < n_out; k++)
         if (!res[k] && missing < 0) missing = k;
-    bool *needs = arena_array((size_t)n_out, sizeof *needs);
-    for (int k = 0; k < n_out; k++) needs[k] = res[k] && res[k]->requires_grad;
-    g->n = m0;
-    cr_release_since(g, log0, seq0, n_out, res, true);
+    if (missing < 0) keep_outputs(g, &f, mk, m0, log0, seq0, n_out, res);
     g->segments--;
     g->depth--;
     if (missing >= 0) cr_error("cr_recompute: the segment function left output %d NULL", missing);
     for (int j = 0; j < n_rng; j++) s->rng_end[j] = rngs[j]->offset;
     for (int k = 0; k < n_out; k++) {
-        int j = 0;
-        while (j < k && res[j] != res[k]) j++;
-        if (j < k) { /* a tensor returned twice is one output: one node, one gradient */
-            s->out[k] = out[k] = s->out[j];
-            s->out_version[k] = s->out_version[j];
+        if (f.dup[k] < k) { /* a tensor returned twice is one output: one node, one gradient */
+            s->out[k] = out[k] = s->out[f.dup[k]];
+            s->out_version[k] = s->out_version[f.dup[k]];
             continue;
         }
-        cr_tensor *o = cr_tensor_alias(res[k]);
-        if (needs[k]) {
+        cr_tensor *o = res[k];
+        if (grad && f.needs[k]) {
             cr_node *nd = cr_node_new(&cr_op_recompute, n_in, s->in);
             *CR_NODE_ATTR(nd, recompute_attr) = (recompute_attr){s, k};
             cr_record_computed(nd, o, true);

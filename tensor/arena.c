@@ -145,6 +145,18 @@ void cr_arena_rewind(cr_arena *a, cr_arena_mark m)
 
 uint64_t cr_arena_generation(const cr_arena *a) { return a->gen; }
 
+bool cr_arena_since(const cr_arena *a, cr_arena_mark m, const void *p)
+{
+    const unsigned char *q = p;
+    const chunk *c = m.chunk;
+    for (; c; c = c->next) {
+        size_t from = c == m.chunk ? m.used : 0;
+        if (q >= c->base + from && q < c->base + c->used) return true;
+        if (c == a->cur) break;
+    }
+    return false;
+}
+
 bool cr_arena_owns(const cr_arena *a, const void *p)
 {
     const unsigned char *q = p;

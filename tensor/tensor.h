@@ -139,6 +139,7 @@ typedef struct cr_arena_mark {
 } cr_arena_mark;
 cr_arena_mark cr_arena_mark_get(const cr_arena *a);
 void cr_arena_rewind(cr_arena *a, cr_arena_mark m);
+bool cr_arena_since(const cr_arena *a, cr_arena_mark m, const void *p); /* p was handed out after m */
 size_t cr_arena_used(const cr_arena *a); /* bytes handed out since the last reset, O(1) */
 size_t cr_arena_capacity(const cr_arena *a);
 size_t cr_arena_chunk_count(const cr_arena *a);
