@@ -308,7 +308,8 @@ cr_node *cr_node_new(const cr_op *op, int n_in, cr_tensor *const *in)
     if (n_in < 0) cr_error("%s: %d inputs", op->name, n_in);
     for (int i = 0; i < n_in; i++) { /* before allocating, which may reuse a stale input's memory */
         if (!in[i]) cr_error("%s: input %d is NULL", op->name, i);
-        cr_check_input(op->name, i, in[i]);
+        check_current(op->name, "input", i, g, in[i]);
+        if (cr_tensor_released(in[i])) check_usable(op->name, "input", i, in[i]); /* reports it */
         if (g->capture_seq) { /* a segment's first run: what it reads from before it stays for its recompute */
             cr_block *b = cr_value_block(in[i]);
             if (b && b->seq < g->capture_seq) b->saved = true;

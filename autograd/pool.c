@@ -1,9 +1,10 @@
-/* The storage pool of a graph: 64-byte blocks heads before 64-byte aligned
+/* The storage pool of a graph: 64-byte block heads before 64-byte aligned
  * payloads, carved from an arena of their own, recycled through one free list
- * per exact payload size (an open-addressing table from size to list head),
- * rewound all at once by a clear. Steady-state steps allocate the same sizes
- * in the same order, so once warm they take every block from a free list or
- * from chunks the arena kept: no malloc. */
+ * per exact payload size (an array indexed by size for payloads up to
+ * SMALL_CLASSES * 64 bytes, an open-addressing table from size to list head
+ * above), rewound all at once by a clear. Steady-state steps allocate the
+ * same sizes in the same order, so once warm they take every block from a
+ * free list or from chunks the arena kept: no malloc. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -23,9 +24,14 @@ typedef struct slot {
     cr_block *head;
 } slot;
 
+/* Payload sizes of 64 * k bytes, k < SMALL_CLASSES (256 KiB: a [32, 2048]
+ * f32 gate block), index their free list directly. */
+#define SMALL_CLASSES 4096
+
 struct cr_pool {
     cr_arena *arena;
-    slot *table; /* power-of-two capacity, at most half full */
+    cr_block *small[SMALL_CLASSES];
+    slot *table; /* larger sizes; power-of-two capacity, at most half full */
     size_t cap, used;
     uint64_t seq;
     size_t live;
@@ -79,22 +85,24 @@ static slot *slot_of(cr_pool *p, size_t bytes)
     }
 }
 
+/* The head of the free list of payload size `bytes` (a multiple of 64). */
+static cr_block **head_of(cr_pool *p, size_t bytes)
+{
+    return bytes / 64 < SMALL_CLASSES ? &p->small[bytes / 64] : &slot_of(p, bytes)->head;
+}
+
 cr_block *cr_pool_get(cr_pool *p, size_t bytes, int kind)
 {
     if (bytes > SIZE_MAX / 4) cr_error("cr_pool_get: %zu bytes is more than any memory holds", bytes);
     bytes = (bytes + 63) & ~(size_t)63;
-    slot *s = slot_of(p, bytes);
-    cr_block *b = s->head;
+    cr_block **head = head_of(p, bytes), *b = *head;
     if (b) {
-        s->head = b->next;
+        *head = b->next;
         UNPOISON(cr_block_payload(b), bytes);
     } else {
         b = cr_arena_alloc(p->arena, sizeof *b + bytes);
     }
-    memset(b, 0, sizeof *b);
-    b->bytes = bytes;
-    b->kind = (uint8_t)kind;
-    b->seq = p->seq++;
+    *b = (cr_block){.bytes = bytes, .kind = (uint8_t)kind, .seq = p->seq++};
     p->live += sizeof *b + bytes;
 #ifndef NDEBUG
     if (kind != CR_BLOCK_HEADER) memset(cr_block_payload(b), 0xff, bytes); /* NaN in f32 and f64 */
@@ -105,16 +113,17 @@ cr_block *cr_pool_get(cr_pool *p, size_t bytes, int kind)
 void cr_pool_put(cr_pool *p, cr_block *b)
 {
     if (b->free) cr_error("cr_pool_put: block of %zu bytes given back twice", b->bytes);
-    slot *s = slot_of(p, b->bytes);
+    cr_block **head = head_of(p, b->bytes);
     b->free = true;
-    b->next = s->head;
-    s->head = b;
+    b->next = *head;
+    *head = b;
     p->live -= sizeof *b + b->bytes;
     POISON(cr_block_payload(b), b->bytes);
 }
 
 void cr_pool_reset(cr_pool *p)
 {
+    memset(p->small, 0, sizeof p->small);
     for (size_t k = 0; k < p->cap; k++) p->table[k].head = NULL;
     cr_arena_reset(p->arena);
     p->seq = 1;
