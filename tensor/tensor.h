@@ -261,17 +261,18 @@ void cr_fill_dropout_mask(cr_tensor *t, cr_rng *r, double p);
 /* Kernels write into an existing `out`. Float dtypes only unless stated.
  * Elementwise kernels use OpenMP above cr_parallel_threshold elements. */
 
-/* Run a for statement with OpenMP when COND holds and as a plain loop
- * otherwise:
+/* Run a for statement with OpenMP when COND holds and more than one thread
+ * is allowed, and as a plain loop otherwise:
  *     CR_PAR_FOR(n > cr_parallel_threshold, "omp parallel for schedule(static)",
  *                for (int64_t i = 0; i < n; i++) y[i] = f(x[i]););
  * An if() clause on the pragma is not the same: a false clause still enters
  * the OpenMP runtime on every call (libgomp builds and frees a team of one,
- * ~0.3 us) and the outlined loop runs up to 3-7x slower than a plain one
- * (bench/elementwise). Every module's parallel loops use this. */
+ * ~0.3 us and a malloc/free pair) and the outlined loop runs up to 3-7x
+ * slower than a plain one (bench/elementwise). Every module's parallel loops
+ * use this. */
 #define CR_PAR_FOR(COND, PRAGMA, ...)                                                       \
     do {                                                                                    \
-        if (COND) {                                                                         \
+        if ((COND) && cr_get_num_threads() > 1) {                                           \
             _Pragma(PRAGMA) __VA_ARGS__                                                     \
         } else {                                                                            \
             __VA_ARGS__                                                                     \
