@@ -365,12 +365,3 @@ void cr_set_num_threads(int n)
 #endif
     cr_gemm_set_threads(n);
 }
-
-int cr_get_num_threads(void)
-{
-#ifdef _OPENMP
-    return omp_get_max_threads();
-#else
-    return 1;
-#endif
-}
