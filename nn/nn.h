@@ -263,6 +263,14 @@ typedef struct cr_rnn_config {
     bool no_bias;
     double forget_bias; /* LSTM */
     cr_dtype dtype;     /* of the parameters created; forward follows the weights' dtype */
+    /* > 0: in training, run the time loop in segments of this many steps
+     * through cr_recompute: a step's values are not kept but rebuilt in
+     * backward, one segment at a time; the hoisted input projection, the
+     * outputs and the states between segments stay. Gradients are the plain
+     * run's, bit for bit. For memory that grows like sqrt(T) over a whole
+     * model, wrap chunks of it (embedding, layer, head, loss) in cr_recompute
+     * instead (bench/memory). 0: keep what backward reads (the default). */
+    int recompute_steps;
 } cr_rnn_config;
 
 typedef struct cr_rnn {

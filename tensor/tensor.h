@@ -130,7 +130,17 @@ void *cr_arena_alloc(cr_arena *a, size_t bytes); /* 64-byte aligned */
 /* align: a power of two from 16 to 64 (headers and nodes need only 16) */
 void *cr_arena_alloc_aligned(cr_arena *a, size_t bytes, size_t align);
 void cr_arena_reset(cr_arena *a);
-size_t cr_arena_used(const cr_arena *a);
+/* A position in the arena; rewinding to it hands everything allocated since
+ * back (pointers into it become invalid; under ASan they are poisoned). The
+ * generation does not change: a rewind is for temporaries no one keeps. */
+typedef struct cr_arena_mark {
+    void *chunk;
+    size_t used, before_cur;
+} cr_arena_mark;
+cr_arena_mark cr_arena_mark_get(const cr_arena *a);
+void cr_arena_rewind(cr_arena *a, cr_arena_mark m);
+bool cr_arena_since(const cr_arena *a, cr_arena_mark m, const void *p); /* p was handed out after m */
+size_t cr_arena_used(const cr_arena *a); /* bytes handed out since the last reset, O(1) */
 size_t cr_arena_capacity(const cr_arena *a);
 size_t cr_arena_chunk_count(const cr_arena *a);
 uint64_t cr_arena_generation(const cr_arena *a); /* never 0 */
@@ -174,6 +184,13 @@ cr_tensor *cr_arange(cr_dtype dt, double start, double stop, double step); /* [s
 cr_tensor *cr_from_array(cr_dtype dt, int ndim, const int64_t *shape, const void *data);
 /* Header-only copy sharing storage (arena). */
 cr_tensor *cr_tensor_alias(const cr_tensor *t);
+/* A contiguous header in the current arena whose data (NULL here) the caller
+ * places: autograd puts op outputs in its graph's pool. Shapes are checked as
+ * by cr_tensor_new_as; errors name fn. */
+cr_tensor *cr_tensor_header_new_as(const char *fn, cr_dtype dt, int ndim, const int64_t *shape);
+/* Fill the header t (any memory) as a contiguous tensor of that shape with
+ * its own version counter and no data; every other field is zeroed. */
+void cr_tensor_set_contiguous(cr_tensor *t, cr_dtype dt, int ndim, const int64_t *shape);
 
 /* Convenience for shapes: CR_SHAPE(2, 3) expands to `2, (int64_t[]){2, 3}`. */
 #define CR_SHAPE(...)                                                                      \
@@ -199,6 +216,10 @@ double cr_item(const cr_tensor *t); /* the only element of a 1-element tensor */
  * op may have saved. */
 void cr_tensor_bump_version(cr_tensor *t);
 uint64_t cr_tensor_version(const cr_tensor *t); /* 0 for a fresh storage */
+/* The version of a storage its graph gave back (cr_scope_end, cr_recompute):
+ * ops, element access, fills and copies refuse such a tensor and its views. */
+#define CR_VERSION_RELEASED UINT64_MAX
+bool cr_tensor_released(const cr_tensor *t);
 
 /* ---- in-place fills and copies ------------------------------------------ */
 
@@ -240,17 +261,18 @@ void cr_fill_dropout_mask(cr_tensor *t, cr_rng *r, double p);
 /* Kernels write into an existing `out`. Float dtypes only unless stated.
  * Elementwise kernels use OpenMP above cr_parallel_threshold elements. */
 
-/* Run a for statement with OpenMP when COND holds and as a plain loop
- * otherwise:
+/* Run a for statement with OpenMP when COND holds and more than one thread
+ * is allowed, and as a plain loop otherwise:
  *     CR_PAR_FOR(n > cr_parallel_threshold, "omp parallel for schedule(static)",
  *                for (int64_t i = 0; i < n; i++) y[i] = f(x[i]););
  * An if() clause on the pragma is not the same: a false clause still enters
  * the OpenMP runtime on every call (libgomp builds and frees a team of one,
- * ~0.3 us) and the outlined loop runs up to 3-7x slower than a plain one
- * (bench/elementwise). Every module's parallel loops use this. */
+ * ~0.3 us and a malloc/free pair) and the outlined loop runs up to 3-7x
+ * slower than a plain one (bench/elementwise). Every module's parallel loops
+ * use this. */
 #define CR_PAR_FOR(COND, PRAGMA, ...)                                                       \
     do {                                                                                    \
-        if (COND) {                                                                         \
+        if ((COND) && cr_get_num_threads() > 1) {                                           \
             _Pragma(PRAGMA) __VA_ARGS__                                                     \
         } else {                                                                            \
             __VA_ARGS__                                                                     \
@@ -276,11 +298,19 @@ void cr_k_binary(cr_binary_kind k, cr_tensor *out, const cr_tensor *x, const cr_
 /* acc += x * y (or acc += x when y is NULL), where x, y have the same shape as
  * acc or broadcast to a larger shape that is summed back to acc's shape. */
 void cr_k_accumulate(cr_tensor *acc, const cr_tensor *x, const cr_tensor *y);
+/* The same without reading acc: acc = x (* y), summed back to acc's shape
+ * where x, y are larger (acc is zeroed first then). For a gradient's first
+ * write, so a fresh buffer need not be zero-filled. */
+void cr_k_assign(cr_tensor *acc, const cr_tensor *x, const cr_tensor *y);
 /* gx += gy * f'(x) for the unary kind that produced out = f(x); all four of
- * one shape (x may be strided), a and b as in cr_k_unary. Only what the kind's
- * derivative reads (unary_ops.h) is touched: x or out may be NULL otherwise. */
+ * one shape, any strides (rows of a gate's slice run as flat loops), a and b
+ * as in cr_k_unary. Only what the kind's derivative reads (unary_ops.h) is
+ * touched: x or out may be NULL otherwise. */
 void cr_k_unary_backward(cr_unary_kind k, cr_tensor *gx, const cr_tensor *gy, const cr_tensor *x,
                          const cr_tensor *out, double a, double b);
+/* gx = gy * f'(x): the same without reading gx (a gradient's first write). */
+void cr_k_unary_backward_assign(cr_unary_kind k, cr_tensor *gx, const cr_tensor *gy, const cr_tensor *x,
+                                const cr_tensor *out, double a, double b);
 /* out = scale * x (same shapes; out's dtype may differ from x's). */
 void cr_k_scale(cr_tensor *out, const cr_tensor *x, double scale);
 /* out = where(cond != 0, x, y); cond broadcast to out. */

@@ -349,6 +349,30 @@ static void check_matmul(void)
            input(CR_SHAPE(84, 12), -1, 1)); /* 33 * 84 * 12 per batch */
 }
 
+static cr_tensor *f_matmul_bias(cr_tensor *const *in, void *ctx)
+{
+    (void)ctx;
+    return cr_matmul_bias(in[0], in[1], in[2]);
+}
+/* the weight as a transposed view, the bias a column broadcast along rows */
+static cr_tensor *f_matmul_bias_t(cr_tensor *const *in, void *ctx)
+{
+    (void)ctx;
+    return cr_matmul_bias(in[0], cr_transpose(in[1], 0, 1), in[2]);
+}
+static void check_matmul_bias(void)
+{
+    eps = 1e-3; /* linear in each element, as for matmul */
+    run_check("matmul_bias 2-D, row bias", f_matmul_bias, NULL, 3,
+              (cr_tensor *[]){input(CR_SHAPE(3, 4), -1, 1), input(CR_SHAPE(4, 2), -1, 1), input(CR_SHAPE(2), -1, 1)});
+    run_check("matmul_bias 3-D x 2-D^T, column bias", f_matmul_bias_t, NULL, 3,
+              (cr_tensor *[]){input(CR_SHAPE(2, 3, 4), -1, 1), input(CR_SHAPE(5, 4), -1, 1),
+                              input(CR_SHAPE(3, 1), -1, 1)});
+    run_check("matmul_bias through BLIS", f_matmul_bias, NULL, 3,
+              (cr_tensor *[]){input(CR_SHAPE(40, 30), -1, 1), input(CR_SHAPE(30, 30), -1, 1),
+                              input(CR_SHAPE(30), -1, 1)});
+}
+
 /* ---- views and shape ops ---------------------------------------------------------------- */
 
 /* Each view op on its own and composed (views of views), then multiplied by a
@@ -592,6 +616,38 @@ static void check_dropout(void)
     CHECK1("dropout", f_dropout, &c, input(CR_SHAPE(6, 5), -1, 1));
 }
 
+/* Two recomputed segments in a chain: a parameter read through ctx, dropout
+ * drawing from a generator given to cr_recompute, two outputs each. */
+typedef struct {
+    cr_rng rng;
+    cr_tensor *w;
+} segment_ctx;
+static void seg_tanh_dropout(cr_tensor *const *in, cr_tensor **out, void *ctx)
+{
+    segment_ctx *c = ctx;
+    cr_tensor *h = cr_dropout(cr_tanh(cr_matmul(in[0], c->w)), 0.3, true, &c->rng); /* [3,4] */
+    out[0] = cr_mul(h, in[1]);
+    out[1] = cr_sum(cr_square(h));
+}
+static cr_tensor *f_recompute(cr_tensor *const *in, void *ctx)
+{
+    segment_ctx *c = ctx;
+    c->rng = cr_rng_seed(7); /* the same masks at every evaluation */
+    c->w = in[1];
+    cr_tensor *a[2], *b[2];
+    cr_recompute(seg_tanh_dropout, c, 2, (cr_tensor *[]){cr_mul_scalar(in[0], 0.7), in[2]}, 2, a, 1,
+                 (cr_rng *[]){&c->rng});
+    cr_recompute(seg_tanh_dropout, c, 2, (cr_tensor *[]){a[0], in[2]}, 2, b, 1, (cr_rng *[]){&c->rng});
+    return cr_add(cr_add(cr_sum(b[0]), a[1]), cr_mul_scalar(b[1], 0.5));
+}
+static void check_recompute(void)
+{
+    segment_ctx c;
+    run_check("recompute", f_recompute, &c, 3,
+              (cr_tensor *[]){input(CR_SHAPE(3, 4), -1, 1), input(CR_SHAPE(4, 4), -0.8, 0.8),
+                              input(CR_SHAPE(3, 4), -1, 1)});
+}
+
 typedef struct {
     cr_tensor *target;
     int64_t ignore;
@@ -796,6 +852,13 @@ Test(gradcheck, composed_rnn)
 
 /* One expression using every op; constants are made in the inputs' dtype, so
  * the same function runs in f32 and f64. x [4,6], w [6,5], table [7,6]. */
+/* tanh(x), recomputed in backward */
+static void seg_tanh(cr_tensor *const *in, cr_tensor **out, void *ctx)
+{
+    (void)ctx;
+    out[0] = cr_tanh(in[0]);
+}
+
 static cr_tensor *f_everything(cr_tensor *const *in, void *ctx)
 {
     (void)ctx;
@@ -814,7 +877,9 @@ static cr_tensor *f_everything(cr_tensor *const *in, void *ctx)
         cr_tensor *u = cr_add_scalar(cr_mul_scalar(cr_sigmoid(a), c->hi - c->lo), c->lo);
         b = cr_add(b, cr_mul_scalar(c->apply(u), 0.05));
     }
-    cr_tensor *h = cr_tanh(cr_matmul(b, w));                                        /* [4,5] */
+    cr_tensor *h;                                                                   /* [4,5] */
+    cr_recompute(seg_tanh, NULL, 1, (cr_tensor *[]){cr_matmul(b, w)}, 1, &h, 0, NULL);
+    h = cr_matmul_bias(h, cr_transpose(cr_narrow(w, 0, 0, 5), 0, 1), cr_narrow(cr_select(x, 0, 0), 0, 0, 5)); /* + x[0,:5] */
     cr_tensor *hs[2] = {h, cr_mask(h, cr_full(dt, CR_SHAPE(5), 2.0))};
     cr_tensor *st = cr_stack(2, hs, 0);                                             /* [2,4,5] */
     st = cr_select(cr_unsqueeze(st, 1), 1, 0);                                      /* [2,1,4,5] -> [2,4,5] */
@@ -886,9 +951,9 @@ Test(gradcheck, every_op_in_one_expression_f32_matches_f64)
 /* Every op but the unary ones (checked per case above). */
 #define CHECKS(X)                                                                                          \
     X(add) X(sub) X(mul) X(div) X(maximum) X(minimum)                                                      \
-    X(sum) X(mean) X(sum_dim) X(mean_dim) X(max_dim) X(softmax) X(log_softmax) X(matmul)                   \
+    X(sum) X(mean) X(sum_dim) X(mean_dim) X(max_dim) X(softmax) X(log_softmax) X(matmul) X(matmul_bias)                   \
     X(reshape) X(transpose) X(permute) X(narrow) X(select) X(expand) X(unsqueeze) X(contiguous) X(concat)  \
-    X(stack) X(gather_rows) X(where) X(mask) X(dropout) X(cross_entropy)                                   \
+    X(stack) X(gather_rows) X(where) X(mask) X(dropout) X(cross_entropy) X(recompute)                                \
     X(conv1d) X(conv2d) X(max_pool1d) X(max_pool2d) X(avg_pool1d) X(avg_pool2d)
 
 #define CHECK_TEST(name)                                                                                   \

@@ -343,6 +343,29 @@ Test(ops, matmul_batched)
     for (int64_t i = 0; i < 4; i++) expect_close(cr_select(pw, 0, i), naive_matmul(cr_select(pa, 0, i), w2), 1e-14);
 }
 
+Test(ops, matmul_bias)
+{
+    /* the values of matmul then add, bit for bit, for a row bias and a column bias */
+    cr_rng r = cr_rng_seed(4);
+    cr_tensor *a = cr_tensor_new(CR_F32, CR_SHAPE(2, 37, 50)), *b = cr_tensor_new(CR_F32, CR_SHAPE(50, 41));
+    cr_tensor *row = cr_tensor_new(CR_F32, CR_SHAPE(41)), *col = cr_tensor_new(CR_F32, CR_SHAPE(37, 1));
+    cr_tensor *all[4] = {a, b, row, col};
+    for (int i = 0; i < 4; i++) cr_fill_uniform(all[i], &r, -1, 1);
+    cr_tensor *bias[2] = {row, col};
+    for (int i = 0; i < 2; i++) {
+        cr_tensor *y = cr_matmul_bias(a, b, bias[i]), *want = cr_add(cr_matmul(a, b), bias[i]);
+        expect_shape(y, CR_SHAPE(2, 37, 41));
+        cr_assert_eq(memcmp(y->data, want->data, (size_t)cr_numel(y) * sizeof(float)), 0, "bias %d", i);
+    }
+    cr_tensor *x2 = f64(CR_SHAPE(1, 2), (double[]){1, 2}), *w2 = f64(CR_SHAPE(2, 2), (double[]){1, 2, 3, 4});
+    expect_values(cr_matmul_bias(x2, w2, f64(CR_SHAPE(2), (double[]){0.5, -1})), (double[]){7.5, 9}, 2, 0);
+    EXPECT_ERROR(cr_matmul_bias(x2, w2, f64(CR_SHAPE(3), (double[]){1, 2, 3})),
+                 "cr_matmul_bias: bias [3] does not broadcast to the product's shape [1,2]");
+    EXPECT_ERROR(cr_matmul_bias(x2, w2, f64(CR_SHAPE(2, 1, 2), (double[]){1, 2, 3, 4})),
+                 "cr_matmul_bias: bias [2,1,2] does not broadcast");
+    EXPECT_ERROR(cr_matmul_bias(x2, f64(CR_SHAPE(3, 2), (double[6]){0}), row), "cr_matmul_bias: [1,2] x [3,2]: inner dims 2 and 3 differ");
+}
+
 Test(ops, matmul_misuse)
 {
     cr_tensor *a = cr_zeros(CR_F32, CR_SHAPE(32, 64)), *b = cr_zeros(CR_F32, CR_SHAPE(65, 128));
@@ -687,16 +710,59 @@ Test(ops, max_pool_ties_go_to_the_first)
     cr_assert(isnan(cr_get_flat(y, 0)));
 }
 
+/* ---- recompute: a segment's outputs are those of the plain function ----------------------------- */
+
+static void seg_affine(cr_tensor *const *in, cr_tensor **out, void *ctx)
+{
+    const double *k = ctx;
+    cr_tensor *h = cr_tanh(cr_add_scalar(cr_mul_scalar(in[0], *k), 0.5)); /* an intermediate, released */
+    out[0] = cr_mul(h, in[1]);
+    out[1] = cr_sum(h);
+    out[2] = in[1]; /* an input passed through */
+}
+
+Test(ops, recompute)
+{
+    double k = 2.0;
+    cr_tensor *x = f64(CR_SHAPE(2, 2), (double[]){0.1, -0.2, 0.3, 0.4}), *m = f64(CR_SHAPE(2, 2), (double[]){1, 2, 3, 4});
+    cr_requires_grad(x, true);
+    cr_tensor *out[3];
+    cr_recompute(seg_affine, &k, 2, (cr_tensor *[]){x, m}, 3, out, 0, NULL);
+    double t[4];
+    for (int i = 0; i < 4; i++) t[i] = tanh(2 * cr_get_flat(x, i) + 0.5);
+    expect_values(out[0], (double[]){t[0] * 1, t[1] * 2, t[2] * 3, t[3] * 4}, 4, 1e-15);
+    expect_values(out[1], (double[]){t[0] + t[1] + t[2] + t[3]}, 1, 1e-15);
+    expect_values(out[2], (double[]){1, 2, 3, 4}, 4, 0);
+    /* outputs that depend on a tensor needing a gradient record one node each */
+    cr_assert_str_eq(out[0]->node->op->name, "cr_recompute");
+    cr_assert_str_eq(out[1]->node->op->name, "cr_recompute");
+    cr_assert(out[0]->requires_grad && out[1]->requires_grad);
+    cr_assert_not(out[2]->requires_grad); /* m needs none */
+    cr_assert_eq(cr_graph_node_count(graph), 2);
+    /* with grad mode off, a plain call in a scope */
+    cr_set_grad_enabled(false);
+    cr_tensor *o2[3];
+    cr_recompute(seg_affine, &k, 2, (cr_tensor *[]){x, m}, 3, o2, 0, NULL);
+    cr_set_grad_enabled(true);
+    expect_values(o2[0], (double[]){t[0] * 1, t[1] * 2, t[2] * 3, t[3] * 4}, 4, 1e-15);
+    cr_assert_null(o2[0]->node);
+    EXPECT_ERROR(cr_recompute(seg_affine, &k, 2, (cr_tensor *[]){x, NULL}, 3, out, 0, NULL),
+                 "cr_recompute: input 1 is NULL");
+    EXPECT_ERROR(cr_recompute(seg_affine, &k, 2, (cr_tensor *[]){x, m}, 0, out, 0, NULL),
+                 "cr_recompute: 0 outputs");
+}
+
 /* ---- every op above is in the table --------------------------------------------------------------- */
 
 Test(ops, op_table_is_complete_and_findable)
 {
     /* the unary ops are tested through the cases of tests/unary_cases.h */
     const char *tested[] = {"add", "sub", "mul", "div", "maximum", "minimum", "sum", "mean", "sum_dim", "mean_dim",
-                            "max_dim", "softmax", "log_softmax", "matmul", "reshape", "transpose", "permute",
+                            "max_dim", "softmax", "log_softmax", "matmul", "matmul_bias", "reshape", "transpose", "permute",
                             "narrow", "select", "expand", "unsqueeze", "contiguous", "concat", "stack",
                             "gather_rows", "where", "mask", "dropout", "cross_entropy", "conv1d", "conv2d",
-                            "max_pool1d", "max_pool2d", "avg_pool1d", "avg_pool2d"};
+                            "max_pool1d", "max_pool2d", "avg_pool1d", "avg_pool2d",
+                            "recompute"};
     size_t n_tested = sizeof tested / sizeof tested[0], count;
     const cr_op *unary_ops[N_UNARY_CASES];
     cr_tensor *x = cr_tensor_init(CR_F64, CR_SHAPE(2));
