@@ -20,8 +20,11 @@
 #define REDUCE_BLOCK 4096
 
 /* Auto mode: intra-op threads once the largest weight matrix has at least
- * this many elements (measured by bench/parallel; see ARCHITECTURE.md). */
-int64_t cr_trainer_intra_op_elems = 1 << 20;
+ * this many elements. bench/parallel on the shared 2-core machine: replicas
+ * beat intra-op on 2 threads at hidden 128 (7x) and 512 (5x; W_hh is 1M
+ * elements there), a step of hundreds of fork/joins losing to busy cores, so
+ * the switch sits above hidden 2048 (4H x H = 16.8M). See ARCHITECTURE.md. */
+int64_t cr_trainer_intra_op_elems = (int64_t)1 << 25;
 
 typedef struct leaf_index {
     const cr_tensor *p;

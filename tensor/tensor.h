@@ -276,9 +276,9 @@ cr_rng *cr_rng_use_dropout_stream(cr_rng *r);
  * the OpenMP runtime on every call (libgomp builds and frees a team of one,
  * ~0.3 us and a malloc/free pair) and the outlined loop runs up to 3-7x
  * slower than a plain one (bench/elementwise). Every module's parallel loops
- * use this. The loop forks only when cr_parallel_ok() also holds (threads.c):
- * never inside a parallel region or a data-parallel replica, never for a team
- * of one. */
+ * use this. The loop forks only when cr_parallel_ok() holds (threads.c):
+ * more than one thread allowed, never inside a parallel region or a
+ * data-parallel replica. */
 #define CR_PAR_FOR(COND, PRAGMA, ...)                                                       \
     do {                                                                                    \
         if ((COND) && cr_parallel_ok()) {                                                   \

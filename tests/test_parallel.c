@@ -392,3 +392,68 @@ Test(parallel, misuse_names_the_function_and_the_reason)
     cr_tensor_free(stray);
     cr_params_free(ps);
 }
+
+/* ---- other layers inside replicas -------------------------------------------------------- */
+
+typedef struct conv_model {
+    cr_params *ps;
+    cr_tensor *w, *b, *x, *y; /* y [N, O, L'] targets */
+} conv_model;
+
+static cr_tensor *conv_loss(void *ctx, const cr_shard *s)
+{
+    conv_model *m = ctx;
+    int64_t rows = s->end - s->begin;
+    cr_tensor *out = cr_conv1d(cr_narrow(m->x, 0, s->begin, rows), m->w, m->b, (cr_conv1d_opts){.padding = 1});
+    cr_tensor *d = cr_sub(cr_tanh(out), cr_narrow(m->y, 0, s->begin, rows));
+    return cr_mul_scalar(cr_sum(cr_mul(d, d)), 1.0 / (double)cr_numel(m->y));
+}
+
+static conv_model conv_make(void)
+{
+    conv_model m = {.ps = cr_params_init()};
+    cr_rng r = cr_rng_seed(11);
+    m.w = cr_params_add(m.ps, NULL, "w", CR_F32, CR_SHAPE(8, 4, 3));
+    m.b = cr_params_add(m.ps, NULL, "b", CR_F32, CR_SHAPE(8));
+    cr_fill_uniform(m.w, &r, -0.3, 0.3);
+    cr_fill_uniform(m.b, &r, -0.1, 0.1);
+    m.x = cr_tensor_init(CR_F32, CR_SHAPE(16, 4, 30));
+    m.y = cr_tensor_init(CR_F32, CR_SHAPE(16, 8, 30));
+    cr_fill_uniform(m.x, &r, -1, 1);
+    cr_fill_uniform(m.y, &r, -0.5, 0.5);
+    return m;
+}
+
+Test(parallel, convolutions_in_replicas_give_the_same_weights)
+{
+    /* two im2col blocks per shard (two samples each), too little work for
+     * the conv's own threads: the blocks run serially on a replica thread,
+     * which must use the conv's one scratch set whatever its team number */
+    int64_t old_block = cr_conv_block_bytes;
+    cr_conv_block_bytes = 2 * 12 * 30 * 4; /* two samples of columns (C*K = 12 rows, 30 positions) */
+    conv_model a = conv_make(), b = conv_make();
+    cr_task ta = {.rows = 16, .loss = conv_loss, .ctx = &a}, tb = {.rows = 16, .loss = conv_loss, .ctx = &b};
+    cr_optim *oa = cr_adam_init(a.ps, cr_adam_defaults(1e-2)), *ob = cr_adam_init(b.ps, cr_adam_defaults(1e-2));
+    cr_trainer *t1 = cr_trainer_init(a.ps, (cr_trainer_config){.shards = 4, .threads = 1,
+                                                               .mode = CR_PARALLEL_REPLICAS});
+    cr_trainer *t3 = cr_trainer_init(b.ps, (cr_trainer_config){.shards = 4, .threads = 3,
+                                                               .mode = CR_PARALLEL_REPLICAS});
+    for (int k = 0; k < 3; k++) {
+        double la, lb;
+        cr_trainer_step(t1, &ta, oa, 0, &la, NULL);
+        cr_trainer_step(t3, &tb, ob, 0, &lb, NULL);
+        cr_assert_eq(la, lb, "step %d: loss %.17g on 1 thread, %.17g on 3", k, la, lb);
+    }
+    cr_assert(pm_same_weights(a.ps, b.ps));
+    cr_conv_block_bytes = old_block;
+    cr_trainer_free(t1);
+    cr_trainer_free(t3);
+    cr_optim_free(oa);
+    cr_optim_free(ob);
+    conv_model *ms[] = {&a, &b};
+    for (int i = 0; i < 2; i++) {
+        cr_tensor_free(ms[i]->x);
+        cr_tensor_free(ms[i]->y);
+        cr_params_free(ms[i]->ps);
+    }
+}
