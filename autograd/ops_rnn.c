@@ -28,7 +28,11 @@ static target grad_target(cr_node *n, int i, const target *other)
     t.grad = input_grad_first(n, i, &t.grad_first);
     t.k = t.grad;
     t.k_first = t.grad_first;
-    if (!t.grad) return t;
+    if (!t.grad) { /* the kernel writes every target: a scratch row set, dropped */
+        t.k = cr_tensor_new(n->in[i]->dtype, 2, n->in[i]->shape);
+        t.k_first = true;
+        return t;
+    }
     bool unit = t.grad->stride[1] == 1 || t.grad->shape[1] <= 1;
     if (!unit || (other && other->grad && other->grad->data == t.grad->data)) {
         t.k = cr_tensor_new(t.grad->dtype, 2, t.grad->shape);

@@ -27,9 +27,9 @@
 #undef TANH
 #undef SIGMOID
 
-/* Row stride of a 2-D operand (unit inner stride checked by the caller), or 0 for NULL. */
-static int64_t rs(const cr_tensor *t) { return t ? t->stride[0] : 0; }
-static void *dp(cr_tensor *t) { return t ? t->data : NULL; }
+/* Row stride of a 2-D operand (unit inner stride checked by the caller). */
+static int64_t rs(const cr_tensor *t) { return t->stride[0]; }
+static void *dp(cr_tensor *t) { return t->data; }
 
 void cr_k_lstm_gates(cr_tensor *out, cr_tensor *act, const cr_tensor *gx, const cr_tensor *gh, const cr_tensor *c)
 {

@@ -332,9 +332,9 @@ void cr_k_softmax_backward(cr_tensor *gx, const cr_tensor *gy, const cr_tensor *
 void cr_k_index_add_dim(cr_tensor *gx, int dim, const cr_tensor *idx, const cr_tensor *gy);
 
 /* Fused RNN gates (tensor/rnn_kernels.c), f32 or f64. 2-D operands have unit
- * inner stride and any row stride; out, act and dy are contiguous. A gradient
- * target (any may be NULL) is written when its *_first flag is set, else
- * added to.
+ * inner stride and any row stride; out, act and dy are contiguous. Every
+ * gradient target is given (a scratch buffer for one not needed) and is
+ * written when its *_first flag is set, else added to.
  * LSTM: z = gx + gh ([B,4H], gates i f g o), c [B,H]; out [2,B,H] = (h', c'),
  * act [5,B,H] = (i, f, g, o, tanh c'). */
 void cr_k_lstm_gates(cr_tensor *out, cr_tensor *act, const cr_tensor *gx, const cr_tensor *gh, const cr_tensor *c);
