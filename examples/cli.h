@@ -235,12 +235,10 @@ static inline void progress_update(progress *p, int64_t step, int64_t items, con
  * one-element tensor. */
 typedef cr_tensor *(*shard_loss_fn)(void *ctx, int shard, int n_shards);
 
-/* One optimizer step on a batch: backward of every shard's loss (the
- * gradients add up in the parameters' grad), clipping by global norm when
- * clip > 0 (a non-finite norm skips the update), the update. Returns the
+/* The gradient of a batch: zero every gradient, then backward of every
+ * shard's loss (the gradients add up in the parameters' grad). Returns the
  * batch's loss. */
-static inline double train_step(cr_optim *opt, cr_graph *g, shard_loss_fn loss_of, void *ctx, int n_shards,
-                                double clip)
+static inline double batch_gradient(cr_optim *opt, cr_graph *g, shard_loss_fn loss_of, void *ctx, int n_shards)
 {
     cr_optim_zero_grad(opt);
     double total = 0;
@@ -250,8 +248,18 @@ static inline double train_step(cr_optim *opt, cr_graph *g, shard_loss_fn loss_o
         total += cr_item(loss);
         cr_graph_clear(g);
     }
-    if (clip <= 0 || cr_clip_grad_norm(cr_optim_params(opt), clip, NULL) == CR_OK) cr_optim_step(opt);
     return total;
+}
+
+/* One optimizer step on a batch: its gradient, clipping by global norm when
+ * clip > 0 (a non-finite norm skips the update), the update. Returns the
+ * batch's loss. */
+static inline double train_step(cr_optim *opt, cr_graph *g, shard_loss_fn loss_of, void *ctx, int n_shards,
+                                double clip)
+{
+    double loss = batch_gradient(opt, g, loss_of, ctx, n_shards);
+    if (clip <= 0 || cr_clip_grad_norm(cr_optim_params(opt), clip, NULL) == CR_OK) cr_optim_step(opt);
+    return loss;
 }
 
 /* Rows [*lo, *hi) of a batch of B that shard s of n takes. */
