@@ -1,17 +1,22 @@
-/* The main demo: a character-level LSTM language model trained with truncated
- * BPTT (Adam, gradient clipping by global norm), then sampled from.
+/* The main demo: a character-level language model (LSTM or GRU) trained with
+ * truncated BPTT (Adam, gradient clipping by global norm), then sampled from.
  *
- *   ./build/examples/charlm [--data FILE] [--steps N] [--hidden H] [--layers L]
- *                           [--batch B] [--seq T] [--lr LR] [--clip C] [--seed S]
- *                           [--threads N] [--sample N] [--temperature X] [--save FILE]
- *                           [--val-chunks N]
+ *   ./build/examples/charlm [--data FILE] [--cell lstm|gru] [--steps N] [--hidden H] ...
+ *                           [--save FILE] [--resume FILE] [--stop-at N] [--quick]
  *
- * The default corpus is the GNU GPL text every Debian system ships. The text
- * is encoded in place to one byte per character, so a file costs about its
- * own size in memory; validation reads the first --val-chunks chunks of the
- * held-out tenth (64 by default, 0 = all of it). The last line is a key=value
- * summary: demo=charlm steps=... train_loss=... val_loss=... A failed save
- * exits with status 1.
+ * (--help lists every flag with its default.) The default corpus is the GNU
+ * GPL text every Debian system ships. The text is encoded in place to one
+ * byte per character, so a file costs about 1.1 times its own size in memory
+ * (the held-out tenth is copied once); validation reads the first
+ * --val-chunks chunks of the held-out text (64 by default, 0 = all of it).
+ *
+ * --save writes a checkpoint from which --resume continues bit for bit with
+ * the same flags (weights, Adam's state, schedule step, RNG, the state carried
+ * from chunk to chunk, data position): --stop-at K --save f, then --resume f,
+ * gives the checkpoint a single run would have. A --resume file that is
+ * missing, malformed or made by another model exits 1 with a one-line reason.
+ * The last line is a key=value summary: demo=charlm steps=... train_loss=...
+ * val_loss=... bits_per_char=... A failed save exits with status 1.
  */
 #include <math.h>
 #include <stdio.h>
@@ -23,7 +28,7 @@
 #include "cli.h"
 
 typedef struct opts {
-    const char *data, *save, *resume, *cell;
+    const char *data, *save, *resume, *cell, *prime;
     int64_t steps, stop_at, hidden, layers, batch, seq, sample, embed, val_chunks, seed, threads;
     double lr, clip, temperature, threshold;
     bool quick;
@@ -36,13 +41,15 @@ typedef struct model {
     cr_linear head;
 } model;
 
+#define DEFAULT_PRIME "The "
+
 static opts parse(int argc, char **argv)
 {
     bool quick = cli_has(argc, argv, "--quick");
-    opts o = {.data = "/usr/share/common-licenses/GPL-3", .cell = "lstm", .steps = quick ? 150 : 400, .hidden = 128,
+    opts o = {.data = "/usr/share/common-licenses/GPL-3", .cell = "lstm", .prime = DEFAULT_PRIME, .steps = quick ? 150 : 1200, .hidden = 128,
               .layers = 1, .batch = 32, .seq = 64, .sample = quick ? 100 : 400, .embed = 32, .lr = 3e-3,
               .clip = 5.0, .temperature = 0.8, .seed = 42, .threads = quick ? 1 : 0, .val_chunks = 64,
-              .threshold = 3.6, .quick = quick};
+              .threshold = 3.5, .quick = quick};
     cli_flag flags[] = {
         {"--data", CLI_STR, &o.data, "the text to learn (any bytes; one character = one byte)"},
         {"--cell", CLI_STR, &o.cell, "lstm or gru"},
@@ -58,6 +65,7 @@ static opts parse(int argc, char **argv)
         {"--seed", CLI_INT, &o.seed, "seed of the weights and of sampling"},
         {"--threads", CLI_INT, &o.threads, "threads (0: OMP_NUM_THREADS, else every core)"},
         {"--sample", CLI_INT, &o.sample, "characters to sample after training"},
+        {"--prime", CLI_STR, &o.prime, "the sample starts with this text"},
         {"--temperature", CLI_REAL, &o.temperature, "sampling temperature (lower: safer choices)"},
         {"--save", CLI_STR, &o.save, "write a checkpoint here after training"},
         {"--resume", CLI_STR, &o.resume, "continue bit for bit from a checkpoint --save wrote (same flags)"},
@@ -78,6 +86,33 @@ static opts parse(int argc, char **argv)
         cli_fail(argv[0], "a size or rate out of range");
     if (o.stop_at == 0) o.stop_at = o.steps;
     return o;
+}
+
+/* Hold out every tenth block of 500 characters (the sixth of each ten), so
+ * that validation text comes from all over the file, unseen but of the same
+ * kind: the last tenth of the GPL, say, is its all-capitals disclaimer and an
+ * appendix, like nothing before it. The held-out blocks move to the end in
+ * order: ids[0, n_train) is the training stream and ids[n_train, n) the
+ * held-out one. Returns n_train (n when the text is too short to split). */
+static int64_t hold_out(uint8_t *ids, int64_t n)
+{
+    int64_t block = n / 10 < 500 ? n / 10 : 500, n_val = 0, n_train = 0;
+    if (block < 1) return n;
+    for (int64_t k = 5, lo; (lo = k * block) < n; k += 10) n_val += lo + block <= n ? block : n - lo;
+    uint8_t *val = cr_xmalloc((size_t)n_val);
+    for (int64_t k = 0, lo = 0, v = 0; lo < n; k++, lo += block) {
+        int64_t len = lo + block <= n ? block : n - lo;
+        if (k % 10 == 5) {
+            memcpy(val + v, ids + lo, (size_t)len);
+            v += len;
+        } else { /* to an address at or below lo: memmove */
+            memmove(ids + n_train, ids + lo, (size_t)len);
+            n_train += len;
+        }
+    }
+    memcpy(ids + n_train, val, (size_t)n_val);
+    free(val);
+    return n_train;
 }
 
 /* logits [B*T, V] for x [B, T], starting from the carried state (h, c); the
@@ -134,30 +169,38 @@ static double evaluate(model *m, const uint8_t *ids, int64_t n, int64_t B, int64
     return total / (double)chunks;
 }
 
-static void sample(model *m, const cr_vocab *v, int32_t first, int64_t n, double temperature, cr_rng *rng, cr_graph *g)
+/* Feed the prime (printed as it goes in), then sample n characters, each fed
+ * back as the next input. */
+static void sample(model *m, const cr_vocab *v, const int32_t *prime, int64_t n_prime, int64_t n, double temperature,
+                   cr_rng *rng, cr_graph *g)
 {
     int64_t L = m->lstm->cfg.num_layers, H = m->lstm->cfg.hidden_size, V = cr_vocab_size(v);
     cr_tensor *h = cr_tensor_init(CR_F32, CR_SHAPE(L, 1, H)), *c = cell_state_init(m, 1);
     cr_tensor *x = cr_tensor_init(CR_I32, CR_SHAPE(1, 1));
     bool old = cr_set_grad_enabled(false);
-    int32_t cur = first;
-    for (int64_t i = 0; i < n; i++) {
+    int32_t cur = prime[0];
+    for (int64_t i = 0;; i++) {
+        size_t len;
+        const char *tok = cr_vocab_token(v, cur, &len);
+        fwrite(tok, 1, len, stdout);
+        if (i + 1 == n_prime + n) break;
         ((int32_t *)x->data)[0] = cur;
         cr_rnn_output out;
         cr_tensor *p = cr_softmax(cr_mul_scalar(forward(m, x, h, c, &out), 1.0 / temperature), -1);
         carry(h, c, &out);
-        double u = cr_rng_uniform01(rng), acc = 0;
-        cur = (int32_t)(V - 1);
-        for (int64_t k = 0; k < V; k++) {
-            acc += cr_get_flat(p, k);
-            if (u < acc) {
-                cur = (int32_t)k;
-                break;
+        if (i + 1 < n_prime) {
+            cur = prime[i + 1];
+        } else {
+            double u = cr_rng_uniform01(rng), acc = 0;
+            cur = (int32_t)(V - 1);
+            for (int64_t k = 0; k < V; k++) {
+                acc += cr_get_flat(p, k);
+                if (u < acc) {
+                    cur = (int32_t)k;
+                    break;
+                }
             }
         }
-        size_t len;
-        const char *tok = cr_vocab_token(v, cur, &len);
-        fwrite(tok, 1, len, stdout);
         cr_graph_clear(g);
     }
     putchar('\n');
@@ -327,7 +370,7 @@ int main(int argc, char **argv)
         free(text);
         return 1;
     }
-    int64_t n_train = n * 9 / 10, n_val = n - n_train;
+    int64_t n_train = hold_out(ids, n), n_val = n - n_train;
     printf("data=%s chars=%lld vocab=%lld train=%lld val=%lld\n", o.data, (long long)n, (long long)V,
            (long long)n_train, (long long)n_val);
     if (cr_stream_chunks(n_train, o.batch, o.seq) < 1) {
@@ -336,6 +379,22 @@ int main(int argc, char **argv)
         cr_vocab_free(vocab);
         free(text);
         return 1;
+    }
+
+    /* The prime's ids. A text without the default prime's letters starts
+     * from its own first character instead. */
+    int64_t n_prime = (int64_t)strlen(o.prime);
+    int32_t *prime = cr_xcalloc((size_t)n_prime + 1, sizeof *prime);
+    for (int64_t i = 0; i < n_prime; i++) {
+        prime[i] = cr_vocab_id(vocab, o.prime + i, 1);
+        if (prime[i] >= 0) continue;
+        if (strcmp(o.prime, DEFAULT_PRIME))
+            cli_fail(argv[0], "--prime: the byte 0x%02x does not occur in %s", (uint8_t)o.prime[i], o.data);
+        n_prime = 0;
+    }
+    if (n_prime == 0) {
+        prime[0] = ids[0];
+        n_prime = 1;
     }
 
     cr_rng rng = cr_rng_seed((uint64_t)o.seed);
@@ -419,7 +478,7 @@ int main(int argc, char **argv)
         }
     }
     printf("--- sample (temperature %.2f) ---\n", o.temperature);
-    sample(&m, vocab, ids[0], o.sample, o.temperature, &rng, g);
+    if (o.sample > 0) sample(&m, vocab, prime, n_prime, o.sample, o.temperature, &rng, g);
     int64_t ran = o.stop_at - first;
     printf("demo=charlm steps=%lld train_loss=%.4f val_loss=%.4f bits_per_char=%.3f skipped_steps=%lld "
            "ms_per_step=%.1f cell=%s\n",
@@ -442,6 +501,7 @@ done:
     cr_rnn_free(m.lstm);
     cr_params_free(m.ps);
     cr_vocab_free(vocab);
+    free(prime);
     free(text);
     return rc;
 }
