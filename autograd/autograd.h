@@ -36,9 +36,15 @@ typedef struct cr_node cr_node;
  * listed and may be overwritten, as in PyTorch. */
 #define CR_SAVES_IN(i) (1u << (i)) /* input i's values (i < 8) */
 #define CR_SAVES_OUT (1u << 8)     /* the output's values */
-/* Two-input products (mul, matmul): input i is read only for the gradient of
- * the other, so it is checked only when the other requires a gradient. */
+/* Products (mul, matmul, matmul_bias): input 0 is read only for the gradient
+ * of input 1 and the other way round, so each is checked (and kept) only when
+ * the other requires a gradient. */
 #define CR_SAVES_CROSS (1u << 9)
+/* Not a read: the output is a view of input 0 (shape and strides only), and
+ * the same view of input 0's gradient is the output's gradient. forward must
+ * fill n->out from n->in[0] and the attributes alone (it is run on the
+ * gradient too), and backward has nothing to do when cr_grad_via_base(out). */
+#define CR_OP_VIEW (1u << 10)
 
 /* An op: the public function's name, its forward and backward, defined side
  * by side (autograd/ops_*.c). forward computes n->out from n->in and the
@@ -48,7 +54,7 @@ typedef struct cr_op {
     const char *name;                /* "cr_add" */
     void (*forward)(cr_node *n);
     void (*backward)(cr_node *n);
-    unsigned saves;                  /* CR_SAVES_* */
+    unsigned saves;                  /* CR_SAVES_*, and CR_OP_VIEW for a view op */
     size_t attr_size;                /* bytes of the op's attribute struct, 0 for none */
 } cr_op;
 
@@ -86,11 +92,61 @@ cr_graph *cr_graph_current(void);
 void cr_graph_clear(cr_graph *g);
 size_t cr_graph_node_count(const cr_graph *g);
 const cr_node *cr_graph_node(const cr_graph *g, size_t i);
+/* Bytes the graph holds now: headers and nodes in its arena, plus the op
+ * outputs' storage and the gradients alive in its pool. */
 size_t cr_graph_bytes_used(const cr_graph *g);
 size_t cr_graph_bytes_reserved(const cr_graph *g);
+/* The most cr_graph_bytes_used has been since the graph was made (noted
+ * whenever the pool hands out a block). */
+size_t cr_graph_bytes_peak(const cr_graph *g);
 /* Write the recorded tape as Graphviz DOT (op names, shapes). Returns 0, or -1
  * with errno set when the stream fails. */
 int cr_graph_export_dot(const cr_graph *g, FILE *f);
+
+/* ---- scopes: values no backward reads die with their scope ---------------- */
+
+/* Op outputs keep their header in the graph's arena to the clear, but their
+ * storage lives in the graph's pool. A scope ends the life of the storage
+ * made inside it that no recorded backward reads (CR_SAVES_*), except what
+ * the caller keeps: it returns to the pool, serves later tensors of the same
+ * size, and the tensor (with its views) is marked released, so an op, an
+ * element access, a fill or a copy that uses it is an error. Layers use
+ * scopes so a step's intermediate values do not stay resident:
+ *
+ *     cr_scope s = cr_scope_begin();
+ *     cr_tensor *h = step(x, h_prev);          // many intermediates
+ *     cr_scope_end(s, 1, &h);                  // only h (and what backward reads) stays
+ *
+ * Keeping a tensor keeps its storage (all its views). Scopes nest and end
+ * innermost first; cr_graph_clear closes any still open. Outside every scope
+ * nothing is released before the clear. */
+typedef struct cr_scope {
+    size_t log_pos;
+    uint64_t seq, gen;
+    int depth;
+} cr_scope;
+cr_scope cr_scope_begin(void);
+/* keep: n_keep tensors (NULL entries are skipped) */
+void cr_scope_end(cr_scope s, int n_keep, cr_tensor *const *keep);
+
+/* ---- recompute: segments whose values are rebuilt in backward ------------- */
+
+/* A segment of the graph: out[0..n_out) from in[0..n_in). It may read
+ * persistent tensors (parameters) and step tensors made before it; it draws
+ * random numbers only from generators given to cr_recompute. */
+typedef void (*cr_segment_fn)(cr_tensor *const *in, cr_tensor **out, void *ctx);
+/* Runs fn(in, out, ctx) and keeps only its outputs: every value it made
+ * inside is released at once. Backward runs it again (the generators in
+ * rngs rewound to where they stood the first time, so dropout draws the same
+ * masks), backpropagates through the rebuilt values and releases them, so
+ * the gradients are those of the plain run, bit for bit, and memory holds one
+ * segment's values at a time. ctx and what fn reads must stay valid and
+ * unchanged until backward: a rebuilt output that differs from the first run
+ * is an error, and so is an input written in place since. With grad mode off
+ * this is fn inside a scope. Chaining segments of about sqrt(T) steps makes
+ * the memory of a T-step sequence grow like sqrt(T) (bench/memory). */
+void cr_recompute(cr_segment_fn fn, void *ctx, int n_in, cr_tensor *const *in, int n_out, cr_tensor **out,
+                  int n_rng, cr_rng *const *rngs);
 
 /* ---- gradient mode ------------------------------------------------------- */
 
@@ -137,9 +193,32 @@ cr_node *cr_node_new(const cr_op *op, int n_in, cr_tensor *const *in);
 cr_tensor *cr_node_finish(cr_node *n, cr_dtype dt, int ndim, const int64_t *shape);
 /* For views: the output is a header only, which op->forward fills to alias an input. */
 cr_tensor *cr_node_finish_view(cr_node *n);
-/* The gradient buffer of t, created zero-filled on first use (arena for step
- * tensors, heap for persistent leaves). */
+/* The gradient buffer of t, created zero-filled on first use (the graph's
+ * pool for step tensors, the heap for persistent leaves). A step tensor's
+ * gradient lives until its node's backward has run (to the clear when
+ * retained or a leaf); a view's is the same view of its base's gradient. */
 cr_tensor *cr_grad_of(cr_tensor *t);
+/* For backward code (ops): t's gradient buffer; with `fresh` non-NULL, a new
+ * buffer is not zero-filled and *fresh says so: the caller then writes every
+ * element (cr_k_assign, cr_k_unary_backward_assign, a product with beta 0)
+ * instead of adding. With fresh NULL this is cr_grad_of. */
+cr_tensor *cr_grad_buffer(cr_tensor *t, bool *fresh);
+/* t's gradient is a view of its base's (a view op's output): the op's backward
+ * has nothing to add. */
+bool cr_grad_via_base(const cr_tensor *t);
+/* Hand n's output gradient to input i without copying, when input i needs a
+ * gradient and has none, is a step tensor of the output's shape and dtype,
+ * and no other tensor uses the output's gradient (add's backward: dx = dy).
+ * cr_grad_movable says whether it would; call cr_grad_move after every other
+ * read of the output gradient. */
+bool cr_grad_movable(const cr_node *n, int i);
+bool cr_grad_move(cr_node *n, int i);
+/* Make `view`, a header over part of of->grad, t's gradient without copying
+ * (stack's backward: input i's gradient is slice i of the output's), under
+ * the same conditions; false when it cannot. */
+bool cr_grad_share(cr_tensor *t, const cr_tensor *of, const cr_tensor *view);
+/* Errors for an input: NULL, stale (another step or graph) or released. */
+void cr_check_input(const char *fn, int i, const cr_tensor *t);
 
 /* ---- ops: arithmetic (NumPy broadcasting) ---------------------------------- */
 
@@ -176,6 +255,10 @@ cr_tensor *cr_log_softmax(cr_tensor *x, int dim);
 
 /* [M,K]x[K,N] -> [M,N]; [B,M,K]x[B,K,N] -> [B,M,N]; [B,M,K]x[K,N] -> [B,M,N]. */
 cr_tensor *cr_matmul(cr_tensor *a, cr_tensor *b);
+/* a b + bias, bias broadcast to the product's shape (a bias row [N]): the
+ * values of cr_add(cr_matmul(a, b), bias), bit for bit, in one buffer instead
+ * of two (a linear layer, a hoisted input projection). */
+cr_tensor *cr_matmul_bias(cr_tensor *a, cr_tensor *b, cr_tensor *bias);
 
 /* ---- ops: views and shape ------------------------------------------------------ */
 
@@ -207,6 +290,51 @@ cr_tensor *cr_where(const cr_tensor *cond, cr_tensor *x, cr_tensor *y);
 cr_tensor *cr_mask(cr_tensor *x, const cr_tensor *mask);
 /* Inverted dropout with probability p; identity when !train or p == 0. */
 cr_tensor *cr_dropout(cr_tensor *x, double p, bool train, cr_rng *rng);
+
+/* ---- ops: convolutions and pooling ---------------------------------------------- */
+
+/* PyTorch's layout and arithmetic: x [N, C, L] (1-D) or [N, C, H, W] (2-D),
+ * weight [O, C/groups, K] or [O, C/groups, KH, KW], bias [O] or NULL; output
+ * [N, O, L'] or [N, O, H', W'] with H' = (H + 2 pad - dil (KH-1) - 1)/stride + 1.
+ * A zero in the options means the default: stride 1, dilation 1, groups 1,
+ * padding 0, so (cr_conv2d_opts){.padding = {2, 2}} reads as in PyTorch.
+ * Lowered to products (im2col + gemm); see ARCHITECTURE.md. */
+typedef struct cr_conv1d_opts {
+    int64_t stride, padding, dilation, groups;
+} cr_conv1d_opts;
+typedef struct cr_conv2d_opts {
+    int64_t stride[2], padding[2], dilation[2]; /* {H, W} */
+    int64_t groups;
+} cr_conv2d_opts;
+/* y[n,o,l] = b[o] + sum_{c in group(o), k} w[o,c,k] x[n,c, l*stride - pad + k*dil] (zero outside) */
+cr_tensor *cr_conv1d(cr_tensor *x, cr_tensor *w, cr_tensor *b, cr_conv1d_opts o);
+/* the same over (h, w) */
+cr_tensor *cr_conv2d(cr_tensor *x, cr_tensor *w, cr_tensor *b, cr_conv2d_opts o);
+/* Samples are lowered in blocks whose columns (im2col) take at most
+ * cr_conv_block_bytes (at least one sample; blocks run in parallel, one
+ * thread each); a 1x1 convolution whose one sample fills a block multiplies
+ * the input directly. The forward keeps a whole batch's columns for the
+ * weight gradient when they take at most cr_conv_keep_bytes (else backward
+ * builds them again). Results do not depend on either beyond rounding, nor on
+ * the thread count at all (tests vary them; bench/conv measured the defaults). */
+extern int64_t cr_conv_block_bytes;
+extern int64_t cr_conv_keep_bytes;
+
+/* Pooling over the last dim (1-D: x [N, C, L] or [C, L]) or the last two
+ * (2-D: [N, C, H, W] or [C, H, W]); stride 0 means the kernel (PyTorch's
+ * default), padding at most half the kernel, no ceil mode. */
+typedef struct cr_pool1d_opts {
+    int64_t kernel, stride, padding;
+} cr_pool1d_opts;
+typedef struct cr_pool2d_opts {
+    int64_t kernel[2], stride[2], padding[2]; /* {H, W} */
+} cr_pool2d_opts;
+/* max over each window (padding -inf); the gradient goes to the first maximum */
+cr_tensor *cr_max_pool1d(cr_tensor *x, cr_pool1d_opts o);
+cr_tensor *cr_max_pool2d(cr_tensor *x, cr_pool2d_opts o);
+/* sum over each window / (kernel size), padding counted as zeros (count_include_pad) */
+cr_tensor *cr_avg_pool1d(cr_tensor *x, cr_pool1d_opts o);
+cr_tensor *cr_avg_pool2d(cr_tensor *x, cr_pool2d_opts o);
 
 /* ---- ops: losses ---------------------------------------------------------------- */
 

@@ -1,20 +1,18 @@
-/* The graph: a tape of nodes in creation order plus the arena that holds every
- * tensor made during a step. Backward is one reverse walk of the tape. The
- * checks that keep a gradient from being silently wrong live here too: stale
- * step tensors, in-place writes to what backward reads (versions), and
+/* The graph: a tape of nodes in creation order, the arena that holds every
+ * header made during a step, and the pool that holds the storage of op
+ * outputs and gradients, whose lifetimes the tape gives: a gradient dies once
+ * its node's backward has run, a value no backward reads dies at the end of
+ * its scope. Backward is one reverse walk of the tape. The checks that keep a
+ * gradient from being silently wrong live here too: stale step tensors,
+ * released values, in-place writes to what backward reads (versions), and
  * anomaly detection (NaN or inf in an op's output or gradients). */
 #include <math.h>
+#include <stdarg.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "ops_internal.h"
-
-struct cr_graph {
-    cr_arena *arena;
-    cr_node **tape;
-    size_t n, cap;
-    uint64_t gen; /* the arena's generation: changes on every clear, so stale tensors are recognised */
-};
+#include "graph_internal.h"
 
 static _Thread_local cr_graph *current_graph;
 static _Thread_local bool grad_disabled; /* zero-initialised: grad mode on */
@@ -28,8 +26,11 @@ cr_graph *cr_graph_init(void)
 {
     cr_graph *g = cr_xcalloc(1, sizeof *g);
     g->arena = cr_arena_init((size_t)1 << 20);
+    g->pool = cr_pool_init((size_t)1 << 20);
     g->cap = 1024;
     g->tape = cr_xmalloc(g->cap * sizeof *g->tape);
+    g->cap_log = 256;
+    g->log = cr_xmalloc(g->cap_log * sizeof *g->log);
     g->gen = cr_arena_generation(g->arena);
     return g;
 }
@@ -42,7 +43,10 @@ void cr_graph_free(cr_graph *g)
         cr_arena_use(NULL);
     }
     cr_arena_free(g->arena);
+    cr_pool_free(g->pool);
     free(g->tape);
+    free(g->log);
+    free(g->scratch);
     free(g);
 }
 
@@ -56,17 +60,51 @@ cr_graph *cr_graph_use(cr_graph *g)
 
 cr_graph *cr_graph_current(void) { return current_graph; }
 
+/* Everything goes at once: scopes still open are closed with it. */
 void cr_graph_clear(cr_graph *g)
 {
     cr_arena_reset(g->arena);
+    cr_pool_reset(g->pool);
     g->n = 0;
+    g->n_log = 0;
+    g->depth = 0;
+    g->segments = 0;
+    g->capture_seq = 0;
     g->gen = cr_arena_generation(g->arena);
 }
 
 size_t cr_graph_node_count(const cr_graph *g) { return g->n; }
 const cr_node *cr_graph_node(const cr_graph *g, size_t i) { return i < g->n ? g->tape[i] : NULL; }
-size_t cr_graph_bytes_used(const cr_graph *g) { return cr_arena_used(g->arena); }
-size_t cr_graph_bytes_reserved(const cr_graph *g) { return cr_arena_capacity(g->arena); }
+size_t cr_graph_bytes_used(const cr_graph *g) { return cr_arena_used(g->arena) + cr_pool_live(g->pool); }
+size_t cr_graph_bytes_reserved(const cr_graph *g)
+{
+    return cr_arena_capacity(g->arena) + cr_pool_capacity(g->pool);
+}
+size_t cr_graph_bytes_peak(const cr_graph *g)
+{
+    size_t now = cr_graph_bytes_used(g);
+    return now > g->peak ? now : g->peak;
+}
+
+void *cr_graph_scratch(cr_graph *g, size_t bytes)
+{
+    if (bytes > g->scratch_cap) {
+        free(g->scratch);
+        g->scratch_cap = bytes > 2 * g->scratch_cap ? bytes : 2 * g->scratch_cap;
+        g->scratch = cr_xmalloc(g->scratch_cap);
+    }
+    memset(g->scratch, 0, bytes);
+    return g->scratch;
+}
+
+/* A pool block, noting the most bytes the graph has held. */
+static cr_block *pool_get(cr_graph *g, size_t bytes, int kind)
+{
+    cr_block *b = cr_pool_get(g->pool, bytes, kind);
+    size_t used = cr_arena_used(g->arena) + cr_pool_live(g->pool);
+    if (used > g->peak) g->peak = used;
+    return b;
+}
 
 /* ---- grad mode ------------------------------------------------------------- */
 
@@ -147,11 +185,106 @@ static void check_current(const char *fn, const char *what, int i, const cr_grap
              made_by(m, sizeof m, g, t));
 }
 
+static void check_usable(const char *fn, const char *what, int i, const cr_tensor *t)
+{
+    cr_graph *g = need_graph(fn);
+    check_current(fn, what, i, g, t);
+    if (cr_tensor_released(t)) {
+        char s[128], m[128];
+        cr_error("%s: %s %d, %s %s%s, was released: no backward reads it and its scope ended (cr_scope_end) "
+                 "or it was made inside a recomputed segment; keep it in cr_scope_end's list to use it after",
+                 fn, what, i, cr_dtype_name(t->dtype), cr_shape_str(s, sizeof s, t->ndim, t->shape),
+                 made_by(m, sizeof m, g, t));
+    }
+}
+
+void cr_check_input(const char *fn, int i, const cr_tensor *t) { check_usable(fn, "input", i, t); }
+
 cr_tensor *cr_detach(cr_tensor *t)
 {
-    cr_graph *g = need_graph("cr_detach");
-    check_current("cr_detach", "tensor", 0, g, t);
+    check_usable("cr_detach", "tensor", 0, t);
     return cr_tensor_alias(t);
+}
+
+/* ---- value storage: the pool, scopes ------------------------------------------ */
+
+/* The header that owns t's storage holds the version counter every view of
+ * it points at. */
+cr_tensor *cr_storage_owner(const cr_tensor *t)
+{
+    return t->version ? (cr_tensor *)((char *)t->version - offsetof(cr_tensor, version_store)) : NULL;
+}
+
+cr_block *cr_value_block(const cr_tensor *t)
+{
+    if (!t->version) return NULL;
+    const cr_tensor *o = cr_storage_owner(t);
+    if (o->persistent || !o->owned) return NULL;
+    cr_block *b = o->owned;
+    return b->kind == CR_BLOCK_VALUE && b->owner == o && !b->free ? b : NULL;
+}
+
+static void log_push(cr_graph *g, cr_block *b)
+{
+    if (g->n_log == g->cap_log) {
+        g->cap_log *= 2;
+        g->log = cr_xrealloc(g->log, g->cap_log * sizeof *g->log);
+    }
+    g->log[g->n_log++] = b;
+}
+
+/* The storage goes back to the pool; its header (and through the shared
+ * version counter, every view of it) is marked released. */
+static void release_value(cr_graph *g, cr_block *b)
+{
+    cr_tensor *o = b->owner;
+    o->version_store = CR_VERSION_RELEASED;
+    o->data = NULL;
+    cr_pool_put(g->pool, b);
+}
+
+void cr_release_since(cr_graph *g, size_t log_pos, uint64_t seq0, int n_keep, cr_tensor *const *keep, bool all)
+{
+    for (int k = 0; k < n_keep; k++) {
+        cr_block *b = keep[k] ? cr_value_block(keep[k]) : NULL;
+        if (b && b->seq >= seq0) b->kept = true;
+    }
+    size_t w = log_pos;
+    for (size_t r = log_pos; r < g->n_log; r++) {
+        cr_block *b = g->log[r];
+        if (b->kept) { /* stays, and an enclosing scope may release it */
+            b->kept = false;
+            if (all) b->saved = false; /* only the discarded tape read it */
+            g->log[w++] = b;
+        } else if (b->saved && !all) {
+            /* a backward reads it: it stays until the clear, out of every
+             * scope's reach, unless a segment around discards its tape */
+            if (g->segments) g->log[w++] = b;
+        } else {
+            release_value(g, b);
+        }
+    }
+    g->n_log = w;
+}
+
+cr_scope cr_scope_begin(void)
+{
+    cr_graph *g = need_graph("cr_scope_begin");
+    g->depth++;
+    return (cr_scope){.log_pos = g->n_log, .seq = cr_pool_seq(g->pool), .gen = g->gen, .depth = g->depth};
+}
+
+void cr_scope_end(cr_scope s, int n_keep, cr_tensor *const *keep)
+{
+    cr_graph *g = need_graph("cr_scope_end");
+    if (s.gen != g->gen || s.depth < 1)
+        cr_error("cr_scope_end: the scope was not opened in this graph's current step (cr_graph_clear closes every scope)");
+    if (s.depth != g->depth)
+        cr_error("cr_scope_end: scopes end innermost first: this one was opened at depth %d, the innermost open one "
+                 "at depth %d", s.depth, g->depth);
+    if (n_keep < 0 || (n_keep > 0 && !keep)) cr_error("cr_scope_end: %d tensors to keep, list %p", n_keep, (void *)keep);
+    cr_release_since(g, s.log_pos, s.seq, n_keep, keep, false);
+    g->depth--;
 }
 
 /* ---- nodes ------------------------------------------------------------------ */
@@ -176,6 +309,11 @@ cr_node *cr_node_new(const cr_op *op, int n_in, cr_tensor *const *in)
     for (int i = 0; i < n_in; i++) { /* before allocating, which may reuse a stale input's memory */
         if (!in[i]) cr_error("%s: input %d is NULL", op->name, i);
         check_current(op->name, "input", i, g, in[i]);
+        if (cr_tensor_released(in[i])) check_usable(op->name, "input", i, in[i]); /* reports it */
+        if (g->capture_seq) { /* a segment's first run: what it reads from before it stays for its recompute */
+            cr_block *b = cr_value_block(in[i]);
+            if (b && b->seq < g->capture_seq) b->saved = true;
+        }
     }
     /* the node, its input list, its version slots and its attributes in one block */
     size_t head = sizeof(cr_node) + (size_t)n_in * sizeof(cr_tensor *) +
@@ -274,15 +412,18 @@ static _Noreturn void anomaly(const cr_graph *g, const cr_node *n, bool recorded
 
 /* ---- recording --------------------------------------------------------------------- */
 
-static cr_tensor *record(cr_node *n, cr_tensor *out)
+static void mark_saved(const cr_tensor *t)
+{
+    cr_block *b = cr_value_block(t);
+    if (b) b->saved = true;
+}
+
+/* Put n on the tape when it needs a gradient: note the versions of what its
+ * backward reads and keep their storage to the clear. */
+static cr_tensor *finish(cr_node *n, cr_tensor *out, bool needs)
 {
     cr_graph *g = current_graph;
-    n->out = out;
-    n->op->forward(n);
     out->gen = g->gen; /* after forward: a view's forward overwrites the header */
-    bool needs = false;
-    if (!grad_disabled)
-        for (int i = 0; i < n->n_in; i++) needs |= n->in[i]->requires_grad;
     if (needs) {
         out->requires_grad = true;
         out->node = n;
@@ -292,9 +433,9 @@ static cr_tensor *record(cr_node *n, cr_tensor *out)
         }
         n->tape_index = g->n;
         g->tape[g->n++] = n;
-        unsigned saves = n->op->saves;
+        unsigned saves = n->op->saves & ~CR_OP_VIEW;
         if (saves & ~CR_SAVES_CROSS) { /* note the versions backward will expect */
-            if ((saves & CR_SAVES_CROSS) && n->n_in == 2) {
+            if ((saves & CR_SAVES_CROSS) && n->n_in >= 2) { /* inputs 0 and 1 */
                 if (!n->in[1]->requires_grad) saves &= ~CR_SAVES_IN(0);
                 if (!n->in[0]->requires_grad) saves &= ~CR_SAVES_IN(1);
             }
@@ -304,6 +445,9 @@ static cr_tensor *record(cr_node *n, cr_tensor *out)
             for (int i = 0; i < n->n_in && i < 8; i++)
                 if (n->op->saves & CR_SAVES_IN(i)) ver[k++] = version_of(n->in[i]);
             if (n->op->saves & CR_SAVES_OUT) ver[k] = version_of(out);
+            for (int i = 0; i < n->n_in && i < 8; i++)
+                if (saves & CR_SAVES_IN(i)) mark_saved(n->in[i]);
+            if (saves & CR_SAVES_OUT) mark_saved(out);
         }
     }
     if (detect_anomaly) {
@@ -313,9 +457,38 @@ static cr_tensor *record(cr_node *n, cr_tensor *out)
     return out;
 }
 
+static cr_tensor *record(cr_node *n, cr_tensor *out)
+{
+    n->out = out;
+    n->op->forward(n);
+    bool needs = false;
+    if (!grad_disabled)
+        for (int i = 0; i < n->n_in; i++) needs |= n->in[i]->requires_grad;
+    return finish(n, out, needs);
+}
+
+cr_tensor *cr_record_computed(cr_node *n, cr_tensor *out, bool needs)
+{
+    n->out = out;
+    return finish(n, out, needs && !grad_disabled);
+}
+
+/* Op outputs keep their header in the arena (so a released one is still
+ * recognised) and their storage in the pool. */
+cr_tensor *cr_value_new(cr_graph *g, const char *fn, cr_dtype dt, int ndim, const int64_t *shape)
+{
+    cr_tensor *t = cr_tensor_header_new_as(fn, dt, ndim, shape);
+    cr_block *b = pool_get(g, (size_t)cr_numel(t) * cr_dtype_size(dt), CR_BLOCK_VALUE);
+    b->owner = t;
+    t->data = cr_block_payload(b);
+    t->owned = b;
+    if (g->depth > 0) log_push(g, b);
+    return t;
+}
+
 cr_tensor *cr_node_finish(cr_node *n, cr_dtype dt, int ndim, const int64_t *shape)
 {
-    return record(n, cr_tensor_new_as(n->op->name, dt, ndim, shape));
+    return record(n, cr_value_new(current_graph, n->op->name, dt, ndim, shape));
 }
 
 cr_tensor *cr_node_finish_view(cr_node *n)
@@ -325,11 +498,158 @@ cr_tensor *cr_node_finish_view(cr_node *n)
     return record(n, out);
 }
 
-cr_tensor *cr_grad_of(cr_tensor *t)
+/* ---- gradients ------------------------------------------------------------------ */
+/*
+ * A step tensor's gradient is a header in a pool block (so backward's rewinds
+ * leave it) over a storage block that counts the headers using it. Storage
+ * starts `fresh` (unwritten): the first backward to write it may overwrite
+ * instead of adding, so nothing is zero-filled that the first write covers.
+ * A view op's output sees its gradient through its base's (the same view of
+ * the base's gradient), so the view's backward has nothing to do. An output's
+ * gradient can be handed to an input (cr_grad_move, cr_grad_share) instead of
+ * copied. Once a node's backward has run, its output's header is dropped, and
+ * the storage with the last header.
+ */
+
+static bool is_view_output(const cr_tensor *t) { return t->node && (t->node->op->saves & CR_OP_VIEW); }
+
+static cr_tensor *grad_header(cr_graph *g)
 {
-    if (!t->grad) t->grad = t->persistent ? cr_tensor_init(t->dtype, t->ndim, t->shape)
-                                          : cr_zeros(t->dtype, t->ndim, t->shape);
-    return t->grad;
+    return cr_block_payload(pool_get(g, sizeof(cr_tensor), CR_BLOCK_HEADER));
+}
+
+/* A gradient header over `data` in storage d (NULL: a persistent tensor's
+ * heap gradient), with its own version counter. */
+static void grad_header_own(cr_graph *g, cr_tensor *hdr, cr_block *d)
+{
+    hdr->requires_grad = hdr->retain_grad = hdr->persistent = false;
+    hdr->grad = NULL;
+    hdr->node = NULL;
+    hdr->name = NULL;
+    hdr->version = &hdr->version_store;
+    hdr->version_store = 0;
+    hdr->owned = d;
+    if (d) d->refs++;
+    hdr->gen = g->gen;
+}
+
+static cr_tensor *grad_new(cr_graph *g, const cr_tensor *t)
+{
+    cr_tensor *gr = grad_header(g);
+    cr_tensor_set_contiguous(gr, t->dtype, t->ndim, t->shape);
+    cr_block *d = pool_get(g, (size_t)cr_numel(gr) * cr_dtype_size(t->dtype), CR_BLOCK_GRAD);
+    d->fresh = true;
+    gr->data = cr_block_payload(d);
+    grad_header_own(g, gr, d);
+    return gr;
+}
+
+/* t's gradient as the same view of its base's gradient, or NULL when the
+ * base's gradient is not laid out like the base. */
+static cr_tensor *grad_via_base(cr_graph *g, cr_tensor *t)
+{
+    cr_node *n = t->node;
+    cr_tensor *base = n->in[0];
+    if (!base->requires_grad) return NULL;
+    cr_tensor *bg = cr_grad_buffer(base, NULL);
+    for (int d = 0; d < base->ndim; d++)
+        if (bg->stride[d] != base->stride[d] && base->shape[d] != 1) return NULL;
+    cr_tensor *hdr = grad_header(g);
+    memset(hdr, 0, sizeof *hdr);
+    cr_node view = *n;
+    view.in = &bg;
+    view.out = hdr;
+    n->op->forward(&view);
+    grad_header_own(g, hdr, bg->persistent ? NULL : bg->owned);
+    cr_block_of(hdr)->via_base = true;
+    return hdr;
+}
+
+cr_tensor *cr_grad_buffer(cr_tensor *t, bool *fresh)
+{
+    if (!t->grad) {
+        if (t->persistent) {
+            t->grad = cr_tensor_init(t->dtype, t->ndim, t->shape);
+        } else {
+            cr_graph *g = need_graph("cr_grad_of");
+            if (is_view_output(t)) t->grad = grad_via_base(g, t);
+            if (!t->grad) t->grad = grad_new(g, t);
+        }
+    }
+    cr_tensor *gr = t->grad;
+    cr_block *d = gr->persistent ? NULL : gr->owned;
+    bool is_fresh = d && d->fresh;
+    if (is_fresh) d->fresh = false; /* written next: by the caller, or zeroed here */
+    if (fresh)
+        *fresh = is_fresh;
+    else if (is_fresh)
+        memset(gr->data, 0, (size_t)cr_numel(gr) * cr_dtype_size(gr->dtype));
+    return gr;
+}
+
+cr_tensor *cr_grad_of(cr_tensor *t) { return cr_grad_buffer(t, NULL); }
+
+bool cr_grad_via_base(const cr_tensor *t)
+{
+    return t->grad && !t->grad->persistent && cr_block_of(t->grad)->via_base;
+}
+
+/* t can take a gradient by reference: it needs one, has none, and is neither
+ * persistent (heap gradient) nor a view op's output (which uses its base's). */
+static bool can_take(const cr_tensor *t)
+{
+    return t->requires_grad && !t->grad && !t->persistent && !is_view_output(t);
+}
+
+/* t's gradient becomes `view`, a region of src (a step gradient, written). */
+static bool share(cr_tensor *t, const cr_tensor *src, const cr_tensor *view)
+{
+    if (!can_take(t) || src->persistent || !cr_same_shape(t, view) || t->dtype != view->dtype) return false;
+    cr_block *d = src->owned;
+    if (!d || d->fresh) return false;
+    cr_graph *g = current_graph;
+    cr_tensor *hdr = grad_header(g);
+    *hdr = *view;
+    grad_header_own(g, hdr, d);
+    t->grad = hdr;
+    return true;
+}
+
+bool cr_grad_share(cr_tensor *t, const cr_tensor *of, const cr_tensor *view)
+{
+    return !of->retain_grad && of->grad && share(t, of->grad, view);
+}
+
+bool cr_grad_adopt(cr_tensor *t, const cr_tensor *src)
+{
+    return !src->retain_grad && src->grad && share(t, src->grad, src->grad);
+}
+
+bool cr_grad_movable(const cr_node *n, int i)
+{
+    const cr_tensor *t = n->in[i], *o = n->out, *gr = o->grad;
+    if (!can_take(t) || o->retain_grad || !gr || gr->persistent || cr_block_of(gr)->via_base) return false;
+    const cr_block *d = gr->owned;
+    return d && d->refs == 1 && !d->fresh && gr->data == cr_block_payload((cr_block *)d) && cr_is_contiguous(gr) &&
+           cr_same_shape(t, gr) && t->dtype == gr->dtype;
+}
+
+bool cr_grad_move(cr_node *n, int i)
+{
+    if (!cr_grad_movable(n, i)) return false;
+    n->in[i]->grad = n->out->grad;
+    n->out->grad = NULL;
+    return true;
+}
+
+void cr_grad_drop(cr_graph *g, cr_tensor *t)
+{
+    cr_tensor *gr = t->grad;
+    t->grad = NULL;
+    if (!gr || gr->persistent) return;
+    cr_block *d = gr->owned;
+    if (d && --d->refs == 0) cr_pool_put(g->pool, d);
+    cr_pool_put(g->pool, cr_block_of(gr));
 }
 
 void cr_zero_grad(cr_tensor *t)
@@ -339,16 +659,27 @@ void cr_zero_grad(cr_tensor *t)
 
 /* ---- backward ------------------------------------------------------------------ */
 
+void cr_backward_error(const char *fmt, ...)
+{
+    char msg[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    grad_disabled = grad_disabled_outside;
+    cr_error("%s", msg);
+}
+
 /* Refuse n's backward when it would read a tensor written in place since n
  * was recorded. */
 static _Noreturn void version_error(const cr_node *n, const char *which, const cr_tensor *t, uint64_t then)
 {
     char s[128];
-    grad_disabled = grad_disabled_outside;
-    cr_error("cr_backward: %s (tape #%zu) needs its %s, %s %s, but it was written in place after the op "
-             "was recorded (version %llu then, %llu now); write after backward, or into a copy",
-             n->op->name, n->tape_index, which, cr_dtype_name(t->dtype), cr_shape_str(s, sizeof s, t->ndim, t->shape),
-             (unsigned long long)then, (unsigned long long)version_of(t));
+    cr_backward_error("cr_backward: %s (tape #%zu) needs its %s, %s %s, but it was written in place after the op "
+                      "was recorded (version %llu then, %llu now); write after backward, or into a copy",
+                      n->op->name, n->tape_index, which, cr_dtype_name(t->dtype),
+                      cr_shape_str(s, sizeof s, t->ndim, t->shape), (unsigned long long)then,
+                      (unsigned long long)version_of(t));
 }
 
 static void check_versions(const cr_node *n)
@@ -389,6 +720,21 @@ static void backward_checked(const cr_graph *g, cr_node *n)
     }
 }
 
+/* Temporaries n's backward makes in the arena die with it (a rewind); its
+ * output's gradient dies after it unless retained. */
+void cr_run_backward_node(cr_graph *g, cr_node *n)
+{
+    if (!n->out->grad) return;
+    if (n->saves) check_versions(n);
+    cr_arena_mark m = cr_arena_mark_get(g->arena);
+    if (detect_anomaly)
+        backward_checked(g, n);
+    else
+        n->op->backward(n);
+    cr_arena_rewind(g->arena, m);
+    if (!n->out->retain_grad) cr_grad_drop(g, n->out);
+}
+
 void cr_backward_with(cr_tensor *out, const cr_tensor *grad)
 {
     char s1[128], s2[128];
@@ -424,24 +770,24 @@ void cr_backward_with(cr_tensor *out, const cr_tensor *grad)
             t->grad = NULL;
         }
     }
-    cr_k_accumulate(cr_grad_of(out), grad, NULL);
+    g->pass++;
+    g->bw_start = start;
+    bool first;
+    cr_tensor *seed = cr_grad_buffer(out, &first);
+    if (first)
+        cr_k_assign(seed, grad, NULL);
+    else
+        cr_k_accumulate(seed, grad, NULL);
     bool old = cr_set_grad_enabled(false); /* backward computes with kernels; record nothing */
     grad_disabled_outside = !old;
-    bool anomalies = detect_anomaly;
-    for (size_t i = start + 1; i-- > 0;) {
-        cr_node *n = g->tape[i];
-        if (!n->out->grad) continue;
-        if (n->saves) check_versions(n);
-        if (anomalies)
-            backward_checked(g, n);
-        else
-            n->op->backward(n);
-        if (!n->out->retain_grad) n->out->grad = NULL;
-    }
+    for (size_t i = start + 1; i-- > 0;) cr_run_backward_node(g, g->tape[i]);
     cr_set_grad_enabled(old);
     for (size_t k = 0; k < 2 * n_kept; k += 2) {
         cr_tensor *t = kept[k], *earlier = kept[k + 1];
-        if (t->grad) cr_k_accumulate(earlier, t->grad, NULL);
+        if (t->grad) {
+            cr_k_accumulate(earlier, t->grad, NULL);
+            cr_grad_drop(g, t);
+        }
         t->grad = earlier;
     }
 }

@@ -30,9 +30,13 @@ static cr_tensor *tmp_binary(cr_binary_kind k, const cr_tensor *shape_of, const 
 static void add_fwd(cr_node *n) { cr_k_binary(CR_B_ADD, n->out, n->in[0], n->in[1]); }
 static void add_bwd(cr_node *n)
 {
-    cr_tensor *gy = n->out->grad, *ga = input_grad(n, 0), *gb = input_grad(n, 1);
-    if (ga) cr_k_accumulate(ga, gy, NULL); /* da += dy */
-    if (gb) cr_k_accumulate(gb, gy, NULL); /* db += dy */
+    /* da += dy, db += dy; an input with no gradient yet may take dy itself
+     * (after the other has read it) */
+    cr_tensor *gy = n->out->grad;
+    int mv = cr_grad_movable(n, 1) ? 1 : cr_grad_movable(n, 0) ? 0 : -1;
+    for (int i = 0; i < 2; i++)
+        if (i != mv) input_grad_add(n, i, gy, NULL);
+    if (mv >= 0 && !cr_grad_move(n, mv)) input_grad_add(n, mv, gy, NULL);
 }
 const cr_op cr_op_add = {"cr_add", add_fwd, add_bwd, 0, 0};
 cr_tensor *cr_add(cr_tensor *a, cr_tensor *b) { return binary_new(&cr_op_add, a, b); }
@@ -40,9 +44,10 @@ cr_tensor *cr_add(cr_tensor *a, cr_tensor *b) { return binary_new(&cr_op_add, a,
 static void sub_fwd(cr_node *n) { cr_k_binary(CR_B_SUB, n->out, n->in[0], n->in[1]); }
 static void sub_bwd(cr_node *n)
 {
-    cr_tensor *gy = n->out->grad, *ga = input_grad(n, 0), *gb = input_grad(n, 1);
-    if (ga) cr_k_accumulate(ga, gy, NULL);                                  /* da += dy */
-    if (gb) cr_k_accumulate(gb, gy, cr_scalar(gy->dtype, -1.0));            /* db -= dy */
+    cr_tensor *gy = n->out->grad;
+    bool mv = cr_grad_movable(n, 0);
+    if (n->in[1]->requires_grad) input_grad_add(n, 1, gy, cr_scalar(gy->dtype, -1.0)); /* db -= dy */
+    if (!mv || !cr_grad_move(n, 0)) input_grad_add(n, 0, gy, NULL);                   /* da += dy */
 }
 const cr_op cr_op_sub = {"cr_sub", sub_fwd, sub_bwd, 0, 0};
 cr_tensor *cr_sub(cr_tensor *a, cr_tensor *b) { return binary_new(&cr_op_sub, a, b); }
@@ -50,9 +55,9 @@ cr_tensor *cr_sub(cr_tensor *a, cr_tensor *b) { return binary_new(&cr_op_sub, a,
 static void mul_fwd(cr_node *n) { cr_k_binary(CR_B_MUL, n->out, n->in[0], n->in[1]); }
 static void mul_bwd(cr_node *n)
 {
-    cr_tensor *gy = n->out->grad, *ga = input_grad(n, 0), *gb = input_grad(n, 1);
-    if (ga) cr_k_accumulate(ga, gy, n->in[1]); /* da += dy * b */
-    if (gb) cr_k_accumulate(gb, gy, n->in[0]); /* db += dy * a */
+    cr_tensor *gy = n->out->grad;
+    input_grad_add(n, 0, gy, n->in[1]); /* da += dy * b */
+    input_grad_add(n, 1, gy, n->in[0]); /* db += dy * a */
 }
 const cr_op cr_op_mul = {"cr_mul", mul_fwd, mul_bwd, CR_SAVES_IN(0) | CR_SAVES_IN(1) | CR_SAVES_CROSS, 0};
 cr_tensor *cr_mul(cr_tensor *a, cr_tensor *b) { return binary_new(&cr_op_mul, a, b); }
@@ -60,12 +65,11 @@ cr_tensor *cr_mul(cr_tensor *a, cr_tensor *b) { return binary_new(&cr_op_mul, a,
 static void div_fwd(cr_node *n) { cr_k_binary(CR_B_DIV, n->out, n->in[0], n->in[1]); }
 static void div_bwd(cr_node *n)
 {
-    cr_tensor *gy = n->out->grad, *ga = input_grad(n, 0), *gb = input_grad(n, 1);
-    cr_tensor *y = n->out, *b = n->in[1];
-    if (ga) cr_k_accumulate(ga, tmp_binary(CR_B_DIV, y, gy, b), NULL); /* da += dy / b */
-    if (gb) { /* db -= dy * y / b */
+    cr_tensor *gy = n->out->grad, *y = n->out, *b = n->in[1];
+    if (n->in[0]->requires_grad) input_grad_add(n, 0, tmp_binary(CR_B_DIV, y, gy, b), NULL); /* da += dy / b */
+    if (n->in[1]->requires_grad) { /* db -= dy * y / b */
         cr_tensor *t = tmp_binary(CR_B_DIV, y, y, b);
-        cr_k_accumulate(gb, tmp_binary(CR_B_MUL, y, gy, t), cr_scalar(y->dtype, -1.0));
+        input_grad_add(n, 1, tmp_binary(CR_B_MUL, y, gy, t), cr_scalar(y->dtype, -1.0));
     }
 }
 const cr_op cr_op_div = {"cr_div", div_fwd, div_bwd, CR_SAVES_IN(1) | CR_SAVES_OUT, 0};
@@ -74,10 +78,9 @@ cr_tensor *cr_div(cr_tensor *a, cr_tensor *b) { return binary_new(&cr_op_div, a,
 /* max/min: the gradient goes to the chosen input; ties go to a */
 static void extremum_bwd(cr_node *n, cr_binary_kind to_a, cr_binary_kind to_b)
 {
-    cr_tensor *gy = n->out->grad, *ga = input_grad(n, 0), *gb = input_grad(n, 1);
-    cr_tensor *a = n->in[0], *b = n->in[1];
-    if (ga) cr_k_accumulate(ga, gy, tmp_binary(to_a, gy, a, b));
-    if (gb) cr_k_accumulate(gb, gy, tmp_binary(to_b, gy, a, b));
+    cr_tensor *gy = n->out->grad, *a = n->in[0], *b = n->in[1];
+    if (a->requires_grad) input_grad_add(n, 0, gy, tmp_binary(to_a, gy, a, b));
+    if (b->requires_grad) input_grad_add(n, 1, gy, tmp_binary(to_b, gy, a, b));
 }
 static void maximum_fwd(cr_node *n) { cr_k_binary(CR_B_MAX, n->out, n->in[0], n->in[1]); }
 static void maximum_bwd(cr_node *n) { extremum_bwd(n, CR_B_GE, CR_B_LT); }

@@ -38,8 +38,9 @@ static void gather_rows_fwd(cr_node *n)
 
 static void gather_rows_bwd(cr_node *n)
 {
-    cr_tensor *gt = input_grad(n, 0);
-    if (!gt) return;
+    cr_tensor *gt_ = input_grad(n, 0);
+    if (!gt_) return;
+    cr_tensor *gt = contiguous_grad(gt_); /* the rows are written raw */
     const cr_tensor *idx = n->in[1];
     int64_t rows = n->in[0]->shape[0], width = cr_numel(n->in[0]) / (rows ? rows : 1);
     int64_t m = cr_numel(idx), skip = CR_NODE_ATTR(n, gather_attr)->skip_index;
@@ -49,6 +50,7 @@ static void gather_rows_bwd(cr_node *n)
         SCATTER_ADD(float);
     else
         SCATTER_ADD(double);
+    contiguous_grad_done(gt_, gt);
 }
 const cr_op cr_op_gather_rows = {"cr_gather_rows", gather_rows_fwd, gather_rows_bwd, CR_SAVES_IN(1),
                                   sizeof(gather_attr)};
@@ -77,15 +79,15 @@ cr_tensor *cr_gather_rows(cr_tensor *table, const cr_tensor *idx, int64_t skip_i
 static void where_fwd(cr_node *n) { cr_k_where(n->out, n->in[0], n->in[1], n->in[2]); }
 static void where_bwd(cr_node *n)
 {
-    cr_tensor *gy = n->out->grad, *gx = input_grad(n, 1), *gz = input_grad(n, 2);
+    cr_tensor *gy = n->out->grad;
     cr_tensor *zero = cr_scalar(gy->dtype, 0.0), *t = cr_tensor_new(gy->dtype, gy->ndim, gy->shape);
-    if (gx) { /* dx += dy where cond */
+    if (n->in[1]->requires_grad) { /* dx += dy where cond */
         cr_k_where(t, n->in[0], gy, zero);
-        cr_k_accumulate(gx, t, NULL);
+        input_grad_add(n, 1, t, NULL);
     }
-    if (gz) { /* dy_ += dy where !cond */
+    if (n->in[2]->requires_grad) { /* dy_ += dy where !cond */
         cr_k_where(t, n->in[0], zero, gy);
-        cr_k_accumulate(gz, t, NULL);
+        input_grad_add(n, 2, t, NULL);
     }
 }
 const cr_op cr_op_where = {"cr_where", where_fwd, where_bwd, CR_SAVES_IN(0), 0};
@@ -115,11 +117,7 @@ cr_tensor *cr_where(const cr_tensor *cond, cr_tensor *x, cr_tensor *y)
  * when it requires a gradient: it never gets one. */
 
 static void mask_fwd(cr_node *n) { cr_k_binary(CR_B_MUL, n->out, n->in[0], n->in[1]); }
-static void mask_bwd(cr_node *n)
-{
-    cr_tensor *gx = input_grad(n, 0);
-    if (gx) cr_k_accumulate(gx, n->out->grad, n->in[1]); /* dx += dy * m */
-}
+static void mask_bwd(cr_node *n) { input_grad_add(n, 0, n->out->grad, n->in[1]); /* dx += dy * m */ }
 const cr_op cr_op_mask = {"cr_mask", mask_fwd, mask_bwd, CR_SAVES_IN(1), 0};
 
 static cr_tensor *mask_new(const cr_op *op, cr_tensor *x, cr_tensor *mask)

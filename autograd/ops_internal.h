@@ -9,10 +9,12 @@
 #define CR_OP_LIST(X)                                                                      \
     X(add) X(sub) X(mul) X(div) X(maximum) X(minimum)                                      \
     X(sum) X(mean) X(sum_dim) X(mean_dim) X(max_dim) X(softmax) X(log_softmax)             \
-    X(matmul) X(cross_entropy)                                                             \
+    X(matmul) X(matmul_bias) X(cross_entropy)                                                             \
     X(reshape) X(transpose) X(permute) X(narrow) X(select) X(expand) X(unsqueeze)          \
     X(contiguous) X(concat) X(stack)                                                       \
-    X(gather_rows) X(where) X(mask) X(dropout)
+    X(gather_rows) X(where) X(mask) X(dropout)                                             \
+    X(conv1d) X(conv2d) X(max_pool1d) X(max_pool2d) X(avg_pool1d) X(avg_pool2d) \
+    X(recompute)
 
 #define CR_DECLARE_OP(name) extern const cr_op cr_op_##name;
 #define CR_DECLARE_UNARY_OP(name, KIND, np, params, reads, fwd, deriv, valid) CR_DECLARE_OP(name)
@@ -25,7 +27,44 @@ CR_UNARY_OPS(CR_DECLARE_UNARY_OP)
 static inline cr_tensor *input_grad(cr_node *n, int i)
 {
     cr_tensor *t = n->in[i];
-    return t->requires_grad ? cr_grad_of(t) : NULL;
+    return t->requires_grad ? cr_grad_buffer(t, NULL) : NULL;
+}
+
+/* The same for a backward that writes every element: *first tells whether
+ * the buffer is new (unwritten), so the op writes (=) instead of adding. */
+static inline cr_tensor *input_grad_first(cr_node *n, int i, bool *first)
+{
+    cr_tensor *t = n->in[i];
+    return t->requires_grad ? cr_grad_buffer(t, first) : NULL;
+}
+
+/* gx (+)= x (* y) summed to gx's shape: = on a new buffer, += otherwise. */
+static inline void grad_add(cr_tensor *gx, bool first, const cr_tensor *x, const cr_tensor *y)
+{
+    if (first)
+        cr_k_assign(gx, x, y);
+    else
+        cr_k_accumulate(gx, x, y);
+}
+
+/* Input i's gradient (+)= x (* y), when input i needs one. */
+static inline void input_grad_add(cr_node *n, int i, const cr_tensor *x, const cr_tensor *y)
+{
+    bool first;
+    cr_tensor *gx = input_grad_first(n, i, &first);
+    if (gx) grad_add(gx, first, x, y);
+}
+
+/* Backward code that writes raw rows needs a contiguous gradient; a view's
+ * may be strided. This gives gx itself or a zeroed contiguous temporary (gone
+ * after the backward), which contiguous_grad_done adds into gx. */
+static inline cr_tensor *contiguous_grad(cr_tensor *gx)
+{
+    return cr_is_contiguous(gx) ? gx : cr_zeros(gx->dtype, gx->ndim, gx->shape);
+}
+static inline void contiguous_grad_done(cr_tensor *gx, cr_tensor *t)
+{
+    if (t != gx) cr_k_accumulate(gx, t, NULL);
 }
 
 /* x itself when contiguous, else a contiguous copy in the arena. */

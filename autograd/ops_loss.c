@@ -60,8 +60,9 @@ static void cross_entropy_fwd(cr_node *n)
 
 static void cross_entropy_bwd(cr_node *n)
 {
-    cr_tensor *gx = input_grad(n, 0);
-    if (!gx) return;
+    cr_tensor *gx_ = input_grad(n, 0);
+    if (!gx_) return;
+    cr_tensor *gx = contiguous_grad(gx_); /* the rows are written raw */
     cr_tensor *logits = n->in[0];
     int64_t C = logits->shape[logits->ndim - 1], rows = cr_numel(logits) / (C ? C : 1);
     const ce_attr *at = CR_NODE_ATTR(n, ce_attr);
@@ -73,6 +74,7 @@ static void cross_entropy_bwd(cr_node *n)
         CE_BACKWARD(float);
     else
         CE_BACKWARD(double);
+    contiguous_grad_done(gx_, gx);
 }
 const cr_op cr_op_cross_entropy = {"cr_cross_entropy", cross_entropy_fwd, cross_entropy_bwd, CR_SAVES_IN(1),
                                    sizeof(ce_attr)};

@@ -1,6 +1,9 @@
 /* Matrix products: 2-D, batched 3-D, and 3-D by a shared 2-D weight, through
  * the strided gemm kernel (transposed views cost no copy); a batch that folds
- * into rows becomes one product. */
+ * into rows becomes one product. matmul_bias adds a broadcast bias into the
+ * product's own buffer (one output instead of a product and a sum). */
+#include <string.h>
+
 #include "ops_internal.h"
 
 /* 2-D view of batch i of t (t itself when 2-D), transposed when asked. */
@@ -68,29 +71,71 @@ static void gemm_batched(const cr_tensor *a, bool ta, const cr_tensor *b, bool t
 static void matmul_fwd(cr_node *n) { gemm_batched(n->in[0], false, n->in[1], false, 0.0, n->out); }
 static void matmul_bwd(cr_node *n)
 {
-    cr_tensor *gy = n->out->grad, *ga = input_grad(n, 0), *gb = input_grad(n, 1);
-    if (ga) gemm_batched(gy, false, n->in[1], true, 1.0, ga); /* dA += dY B^T */
-    if (gb) gemm_batched(n->in[0], true, gy, false, 1.0, gb); /* dB += A^T dY */
+    bool first_a, first_b;
+    cr_tensor *gy = n->out->grad, *ga = input_grad_first(n, 0, &first_a), *gb = input_grad_first(n, 1, &first_b);
+    if (ga) gemm_batched(gy, false, n->in[1], true, first_a ? 0.0 : 1.0, ga); /* dA (+)= dY B^T */
+    if (gb) gemm_batched(n->in[0], true, gy, false, first_b ? 0.0 : 1.0, gb); /* dB (+)= A^T dY */
 }
 const cr_op cr_op_matmul = {"cr_matmul", matmul_fwd, matmul_bwd, CR_SAVES_IN(0) | CR_SAVES_IN(1) | CR_SAVES_CROSS, 0};
 
-cr_tensor *cr_matmul(cr_tensor *a, cr_tensor *b)
+/* The product's shape into shape (2 or 3 dims), after the checks; errors name fn. */
+static int product_shape(const char *fn, const cr_tensor *a, const cr_tensor *b, int64_t *shape)
 {
     char s1[128], s2[128];
-    cr_check_float_pair("cr_matmul", a, b);
+    cr_check_float_pair(fn, a, b);
     cr_shape_str(s1, sizeof s1, a->ndim, a->shape);
     cr_shape_str(s2, sizeof s2, b->ndim, b->shape);
     if (a->ndim < 2 || a->ndim > 3 || b->ndim < 2 || b->ndim > 3)
-        cr_error("cr_matmul: %s x %s: operands must be 2-D or 3-D", s1, s2);
+        cr_error("%s: %s x %s: operands must be 2-D or 3-D", fn, s1, s2);
     int64_t m = a->shape[a->ndim - 2], k = a->shape[a->ndim - 1];
     int64_t k2 = b->shape[b->ndim - 2], nn = b->shape[b->ndim - 1];
-    if (k != k2) cr_error("cr_matmul: %s x %s: inner dims %lld and %lld differ", s1, s2, (long long)k, (long long)k2);
+    if (k != k2) cr_error("%s: %s x %s: inner dims %lld and %lld differ", fn, s1, s2, (long long)k, (long long)k2);
     if (a->ndim == 3 && b->ndim == 3 && a->shape[0] != b->shape[0])
-        cr_error("cr_matmul: %s x %s: batch sizes %lld and %lld differ", s1, s2, (long long)a->shape[0],
+        cr_error("%s: %s x %s: batch sizes %lld and %lld differ", fn, s1, s2, (long long)a->shape[0],
                  (long long)b->shape[0]);
+    if (a->ndim == 2 && b->ndim == 2) {
+        shape[0] = m;
+        shape[1] = nn;
+        return 2;
+    }
+    shape[0] = a->ndim == 3 ? a->shape[0] : b->shape[0];
+    shape[1] = m;
+    shape[2] = nn;
+    return 3;
+}
+
+cr_tensor *cr_matmul(cr_tensor *a, cr_tensor *b)
+{
+    int64_t shape[3];
+    int nd = product_shape("cr_matmul", a, b, shape);
     cr_tensor *in[2] = {a, b};
-    cr_node *n = cr_node_new(&cr_op_matmul, 2, in);
-    if (a->ndim == 2 && b->ndim == 2) return cr_node_finish(n, a->dtype, 2, (int64_t[]){m, nn});
-    int64_t batch = a->ndim == 3 ? a->shape[0] : b->shape[0];
-    return cr_node_finish(n, a->dtype, 3, (int64_t[]){batch, m, nn});
+    return cr_node_finish(cr_node_new(&cr_op_matmul, 2, in), a->dtype, nd, shape);
+}
+
+/* y = a b, then y += bias in place: the same rounding as cr_add(cr_matmul(a, b), bias). */
+static void matmul_bias_fwd(cr_node *n)
+{
+    gemm_batched(n->in[0], false, n->in[1], false, 0.0, n->out);
+    cr_k_accumulate(n->out, n->in[2], NULL);
+}
+static void matmul_bias_bwd(cr_node *n)
+{
+    matmul_bwd(n);                         /* dA, dB as for the product */
+    input_grad_add(n, 2, n->out->grad, NULL); /* dbias += dY summed over the broadcast dims */
+}
+const cr_op cr_op_matmul_bias = {"cr_matmul_bias", matmul_bias_fwd, matmul_bias_bwd,
+                                 CR_SAVES_IN(0) | CR_SAVES_IN(1) | CR_SAVES_CROSS, 0};
+
+cr_tensor *cr_matmul_bias(cr_tensor *a, cr_tensor *b, cr_tensor *bias)
+{
+    char s1[128], s2[128];
+    int64_t shape[3], bs[CR_MAX_DIMS];
+    int nd = product_shape("cr_matmul_bias", a, b, shape), nb;
+    cr_check_float_pair("cr_matmul_bias", a, bias);
+    if (!cr_broadcast_shape(nd, shape, bias->ndim, bias->shape, &nb, bs) || nb != nd ||
+        memcmp(bs, shape, (size_t)nd * sizeof *bs))
+        cr_error("cr_matmul_bias: bias %s does not broadcast to the product's shape %s",
+                 cr_shape_str(s1, sizeof s1, bias->ndim, bias->shape), cr_shape_str(s2, sizeof s2, nd, shape));
+    cr_tensor *in[3] = {a, b, bias};
+    return cr_node_finish(cr_node_new(&cr_op_matmul_bias, 3, in), a->dtype, nd, shape);
 }

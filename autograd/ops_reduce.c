@@ -32,11 +32,7 @@ static cr_tensor keepdim_view(const cr_tensor *gy, const cr_tensor *x, int dim)
 /* ---- sum and mean -------------------------------------------------------------- */
 
 static void sum_fwd(cr_node *n) { cr_k_reduce(CR_R_SUM, n->out, NULL, as_contiguous(n->in[0]), CR_ALL_DIMS); }
-static void sum_bwd(cr_node *n)
-{
-    cr_tensor *gx = input_grad(n, 0);
-    if (gx) cr_k_accumulate(gx, n->out->grad, NULL); /* dx += dy (broadcast) */
-}
+static void sum_bwd(cr_node *n) { input_grad_add(n, 0, n->out->grad, NULL); /* dx += dy (broadcast) */ }
 const cr_op cr_op_sum = {"cr_sum", sum_fwd, sum_bwd, 0, 0};
 cr_tensor *cr_sum(cr_tensor *x)
 {
@@ -47,9 +43,8 @@ cr_tensor *cr_sum(cr_tensor *x)
 static void mean_fwd(cr_node *n) { cr_k_reduce(CR_R_MEAN, n->out, NULL, as_contiguous(n->in[0]), CR_ALL_DIMS); }
 static void mean_bwd(cr_node *n)
 {
-    cr_tensor *gx = input_grad(n, 0);
-    if (gx) /* dx += dy / numel */
-        cr_k_accumulate(gx, n->out->grad, cr_scalar(gx->dtype, 1.0 / (double)cr_numel(n->in[0])));
+    if (n->in[0]->requires_grad) /* dx += dy / numel */
+        input_grad_add(n, 0, n->out->grad, cr_scalar(n->in[0]->dtype, 1.0 / (double)cr_numel(n->in[0])));
 }
 const cr_op cr_op_mean = {"cr_mean", mean_fwd, mean_bwd, 0, 0};
 cr_tensor *cr_mean(cr_tensor *x)
@@ -81,10 +76,9 @@ static int dim_of(const cr_node *n) { return CR_NODE_ATTR(n, reduce_attr)->dim; 
 static void sum_dim_fwd(cr_node *n) { cr_k_reduce(CR_R_SUM, n->out, NULL, as_contiguous(n->in[0]), dim_of(n)); }
 static void sum_dim_bwd(cr_node *n)
 {
-    cr_tensor *gx = input_grad(n, 0);
-    if (!gx) return;
+    if (!n->in[0]->requires_grad) return;
     cr_tensor gy = keepdim_view(n->out->grad, n->in[0], dim_of(n));
-    cr_k_accumulate(gx, &gy, NULL); /* dx += dy, repeated along dim */
+    input_grad_add(n, 0, &gy, NULL); /* dx += dy, repeated along dim */
 }
 const cr_op cr_op_sum_dim = {"cr_sum_dim", sum_dim_fwd, sum_dim_bwd, 0, sizeof(reduce_attr)};
 cr_tensor *cr_sum_dim(cr_tensor *x, int dim, bool keepdim) { return reduce_dim_new(&cr_op_sum_dim, x, dim, keepdim); }
@@ -92,11 +86,10 @@ cr_tensor *cr_sum_dim(cr_tensor *x, int dim, bool keepdim) { return reduce_dim_n
 static void mean_dim_fwd(cr_node *n) { cr_k_reduce(CR_R_MEAN, n->out, NULL, as_contiguous(n->in[0]), dim_of(n)); }
 static void mean_dim_bwd(cr_node *n)
 {
-    cr_tensor *gx = input_grad(n, 0);
-    if (!gx) return;
+    if (!n->in[0]->requires_grad) return;
     int dim = dim_of(n);
     cr_tensor gy = keepdim_view(n->out->grad, n->in[0], dim);
-    cr_k_accumulate(gx, &gy, cr_scalar(gx->dtype, 1.0 / (double)n->in[0]->shape[dim])); /* dx += dy / n */
+    input_grad_add(n, 0, &gy, cr_scalar(n->in[0]->dtype, 1.0 / (double)n->in[0]->shape[dim])); /* dx += dy / n */
 }
 const cr_op cr_op_mean_dim = {"cr_mean_dim", mean_dim_fwd, mean_dim_bwd, 0, sizeof(reduce_attr)};
 cr_tensor *cr_mean_dim(cr_tensor *x, int dim, bool keepdim) { return reduce_dim_new(&cr_op_mean_dim, x, dim, keepdim); }
@@ -110,7 +103,10 @@ static void max_dim_fwd(cr_node *n)
 static void max_dim_bwd(cr_node *n)
 {
     cr_tensor *gx = input_grad(n, 0);
-    if (gx) cr_k_index_add_dim(gx, dim_of(n), n->saved, n->out->grad); /* dx[argmax] += dy */
+    if (!gx) return;
+    cr_tensor *t = contiguous_grad(gx);
+    cr_k_index_add_dim(t, dim_of(n), n->saved, n->out->grad); /* dx[argmax] += dy */
+    contiguous_grad_done(gx, t);
 }
 const cr_op cr_op_max_dim = {"cr_max_dim", max_dim_fwd, max_dim_bwd, 0, sizeof(reduce_attr)};
 cr_tensor *cr_max_dim(cr_tensor *x, int dim, bool keepdim)
@@ -154,7 +150,10 @@ static void softmax_fwd(cr_node *n) { cr_k_softmax(n->out, as_contiguous(n->in[0
 static void softmax_bwd(cr_node *n)
 {
     cr_tensor *gx = input_grad(n, 0);
-    if (gx) cr_k_softmax_backward(gx, n->out->grad, n->out, softmax_dim(n), false); /* dx += y*(dy - sum(dy*y)) */
+    if (!gx) return;
+    cr_tensor *t = contiguous_grad(gx);
+    cr_k_softmax_backward(t, n->out->grad, n->out, softmax_dim(n), false); /* dx += y*(dy - sum(dy*y)) */
+    contiguous_grad_done(gx, t);
 }
 const cr_op cr_op_softmax = {"cr_softmax", softmax_fwd, softmax_bwd, CR_SAVES_OUT, sizeof(softmax_attr)};
 cr_tensor *cr_softmax(cr_tensor *x, int dim) { return softmax_new(&cr_op_softmax, x, dim); }
@@ -163,7 +162,10 @@ static void log_softmax_fwd(cr_node *n) { cr_k_softmax(n->out, as_contiguous(n->
 static void log_softmax_bwd(cr_node *n)
 {
     cr_tensor *gx = input_grad(n, 0);
-    if (gx) cr_k_softmax_backward(gx, n->out->grad, n->out, softmax_dim(n), true); /* dx += dy - e^y sum(dy) */
+    if (!gx) return;
+    cr_tensor *t = contiguous_grad(gx);
+    cr_k_softmax_backward(t, n->out->grad, n->out, softmax_dim(n), true); /* dx += dy - e^y sum(dy) */
+    contiguous_grad_done(gx, t);
 }
 const cr_op cr_op_log_softmax = {"cr_log_softmax", log_softmax_fwd, log_softmax_bwd, CR_SAVES_OUT,
                                  sizeof(softmax_attr)};

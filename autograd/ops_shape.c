@@ -1,11 +1,16 @@
 /* Shape ops: views (reshape, transpose, permute, narrow, select, expand,
  * unsqueeze) that share their input's storage, plus contiguous, concat, stack,
  * split, chunk.
- * The backward of a slice adds into the slice of the input's gradient only. */
+ * A view's gradient is the same view of its input's gradient (cr_op.view), so
+ * its backward has nothing to do; the code below runs only when the input's
+ * gradient is laid out differently from the input. The gradient of each piece
+ * of concat and stack is the piece's slice of the output's gradient, shared
+ * rather than copied when the piece has none yet. */
 #include <string.h>
 
 #include "ops_internal.h"
 
+/* dx += dy seen through a view of dx's (or dy's) gradient */
 static void accumulate_view(cr_tensor *gx_view, const cr_tensor *gy) { cr_k_accumulate(gx_view, gy, NULL); }
 
 /* ---- reshape ----------------------------------------------------------------------- */
@@ -23,12 +28,13 @@ static void reshape_fwd(cr_node *n)
 }
 static void reshape_bwd(cr_node *n)
 {
+    if (cr_grad_via_base(n->out)) return;
     cr_tensor *gx = input_grad(n, 0), v;
     if (!gx) return;
     cr_view_reshape(&v, n->out->grad, n->in[0]->ndim, n->in[0]->shape); /* dx += reshape(dy) */
     accumulate_view(gx, &v);
 }
-const cr_op cr_op_reshape = {"cr_reshape", reshape_fwd, reshape_bwd, 0, sizeof(shape_attr)};
+const cr_op cr_op_reshape = {"cr_reshape", reshape_fwd, reshape_bwd, CR_OP_VIEW, sizeof(shape_attr)};
 
 cr_tensor *cr_reshape(cr_tensor *x, int ndim, const int64_t *shape)
 {
@@ -56,13 +62,14 @@ static void transpose_fwd(cr_node *n)
 }
 static void transpose_bwd(cr_node *n)
 {
+    if (cr_grad_via_base(n->out)) return;
     cr_tensor *gx = input_grad(n, 0), v;
     if (!gx) return;
     const transpose_attr *at = CR_NODE_ATTR(n, transpose_attr);
     cr_view_transpose(&v, n->out->grad, at->d0, at->d1); /* dx += dy^T */
     accumulate_view(gx, &v);
 }
-const cr_op cr_op_transpose = {"cr_transpose", transpose_fwd, transpose_bwd, 0, sizeof(transpose_attr)};
+const cr_op cr_op_transpose = {"cr_transpose", transpose_fwd, transpose_bwd, CR_OP_VIEW, sizeof(transpose_attr)};
 
 cr_tensor *cr_transpose(cr_tensor *x, int d0, int d1)
 {
@@ -79,6 +86,7 @@ typedef struct {
 static void permute_fwd(cr_node *n) { cr_view_permute(n->out, n->in[0], CR_NODE_ATTR(n, permute_attr)->perm); }
 static void permute_bwd(cr_node *n)
 {
+    if (cr_grad_via_base(n->out)) return;
     cr_tensor *gx = input_grad(n, 0), v;
     if (!gx) return;
     const int *perm = CR_NODE_ATTR(n, permute_attr)->perm;
@@ -87,7 +95,7 @@ static void permute_bwd(cr_node *n)
     cr_view_permute(&v, n->out->grad, inv); /* dx += dy permuted back */
     accumulate_view(gx, &v);
 }
-const cr_op cr_op_permute = {"cr_permute", permute_fwd, permute_bwd, 0, sizeof(permute_attr)};
+const cr_op cr_op_permute = {"cr_permute", permute_fwd, permute_bwd, CR_OP_VIEW, sizeof(permute_attr)};
 
 cr_tensor *cr_permute(cr_tensor *x, const int *perm)
 {
@@ -112,13 +120,14 @@ static void narrow_fwd(cr_node *n)
 }
 static void narrow_bwd(cr_node *n)
 {
+    if (cr_grad_via_base(n->out)) return;
     cr_tensor *gx = input_grad(n, 0), v;
     if (!gx) return;
     const narrow_attr *at = CR_NODE_ATTR(n, narrow_attr);
     cr_view_narrow(&v, gx, at->dim, at->start, at->len); /* dx[slice] += dy */
     accumulate_view(&v, n->out->grad);
 }
-const cr_op cr_op_narrow = {"cr_narrow", narrow_fwd, narrow_bwd, 0, sizeof(narrow_attr)};
+const cr_op cr_op_narrow = {"cr_narrow", narrow_fwd, narrow_bwd, CR_OP_VIEW, sizeof(narrow_attr)};
 
 cr_tensor *cr_narrow(cr_tensor *x, int dim, int64_t start, int64_t len)
 {
@@ -142,13 +151,14 @@ static void select_fwd(cr_node *n)
 }
 static void select_bwd(cr_node *n)
 {
+    if (cr_grad_via_base(n->out)) return;
     cr_tensor *gx = input_grad(n, 0), v;
     if (!gx) return;
     const select_attr *at = CR_NODE_ATTR(n, select_attr);
     cr_view_select(&v, gx, at->dim, at->index); /* dx[index] += dy */
     accumulate_view(&v, n->out->grad);
 }
-const cr_op cr_op_select = {"cr_select", select_fwd, select_bwd, 0, sizeof(select_attr)};
+const cr_op cr_op_select = {"cr_select", select_fwd, select_bwd, CR_OP_VIEW, sizeof(select_attr)};
 
 cr_tensor *cr_select(cr_tensor *x, int dim, int64_t index)
 {
@@ -167,11 +177,7 @@ static void expand_fwd(cr_node *n)
     const shape_attr *at = CR_NODE_ATTR(n, shape_attr);
     cr_view_expand(n->out, n->in[0], at->ndim, at->shape);
 }
-static void expand_bwd(cr_node *n)
-{
-    cr_tensor *gx = input_grad(n, 0);
-    if (gx) cr_k_accumulate(gx, n->out->grad, NULL); /* dx += dy summed over expanded dims */
-}
+static void expand_bwd(cr_node *n) { input_grad_add(n, 0, n->out->grad, NULL); /* dx += dy summed over expanded dims */ }
 const cr_op cr_op_expand = {"cr_expand", expand_fwd, expand_bwd, 0, sizeof(shape_attr)};
 
 cr_tensor *cr_expand(cr_tensor *x, int ndim, const int64_t *shape)
@@ -194,12 +200,13 @@ typedef struct {
 static void unsqueeze_fwd(cr_node *n) { cr_view_unsqueeze(n->out, n->in[0], CR_NODE_ATTR(n, unsqueeze_attr)->dim); }
 static void unsqueeze_bwd(cr_node *n)
 {
+    if (cr_grad_via_base(n->out)) return;
     cr_tensor *gx = input_grad(n, 0), v;
     if (!gx) return;
     cr_view_select(&v, n->out->grad, CR_NODE_ATTR(n, unsqueeze_attr)->dim, 0); /* dx += dy without the dim */
     accumulate_view(gx, &v);
 }
-const cr_op cr_op_unsqueeze = {"cr_unsqueeze", unsqueeze_fwd, unsqueeze_bwd, 0, sizeof(unsqueeze_attr)};
+const cr_op cr_op_unsqueeze = {"cr_unsqueeze", unsqueeze_fwd, unsqueeze_bwd, CR_OP_VIEW, sizeof(unsqueeze_attr)};
 
 cr_tensor *cr_unsqueeze(cr_tensor *x, int dim)
 {
@@ -211,11 +218,7 @@ cr_tensor *cr_unsqueeze(cr_tensor *x, int dim)
 }
 
 static void contiguous_fwd(cr_node *n) { cr_copy_(n->out, n->in[0]); }
-static void contiguous_bwd(cr_node *n)
-{
-    cr_tensor *gx = input_grad(n, 0);
-    if (gx) cr_k_accumulate(gx, n->out->grad, NULL); /* dx += dy */
-}
+static void contiguous_bwd(cr_node *n) { input_grad_add(n, 0, n->out->grad, NULL); /* dx += dy */ }
 const cr_op cr_op_contiguous = {"cr_contiguous", contiguous_fwd, contiguous_bwd, 0, 0};
 
 cr_tensor *cr_contiguous(cr_tensor *x)
@@ -246,12 +249,11 @@ static void concat_bwd(cr_node *n)
     int dim = CR_NODE_ATTR(n, cat_attr)->dim;
     int64_t off = 0;
     for (int i = 0; i < n->n_in; i++) {
-        cr_tensor *gx = input_grad(n, i);
         int64_t len = n->in[i]->shape[dim];
-        if (gx) { /* dx_i += dy[piece i] */
+        if (n->in[i]->requires_grad) { /* dx_i += dy[piece i], by reference when dx_i is new */
             cr_tensor v;
             cr_view_narrow(&v, n->out->grad, dim, off, len);
-            cr_k_accumulate(gx, &v, NULL);
+            if (!cr_grad_share(n->in[i], n->out, &v)) input_grad_add(n, i, &v, NULL);
         }
         off += len;
     }
@@ -301,11 +303,10 @@ static void stack_fwd(cr_node *n)
 static void stack_bwd(cr_node *n)
 {
     for (int i = 0; i < n->n_in; i++) {
-        cr_tensor *gx = input_grad(n, i);
-        if (!gx) continue;
-        cr_tensor v; /* dx_i += dy[i] */
+        if (!n->in[i]->requires_grad) continue;
+        cr_tensor v; /* dx_i += dy[i], by reference when dx_i is new */
         cr_view_select(&v, n->out->grad, CR_NODE_ATTR(n, cat_attr)->dim, i);
-        cr_k_accumulate(gx, &v, NULL);
+        if (!cr_grad_share(n->in[i], n->out, &v)) input_grad_add(n, i, &v, NULL);
     }
 }
 const cr_op cr_op_stack = {"cr_stack", stack_fwd, stack_bwd, 0, sizeof(cat_attr)};

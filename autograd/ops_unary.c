@@ -30,10 +30,14 @@ static void unary_fwd(cr_node *n, cr_unary_kind k, int np)
 
 static void unary_bwd(cr_node *n, cr_unary_kind k, int np)
 {
-    cr_tensor *gx = input_grad(n, 0);
+    bool first;
+    cr_tensor *gx = input_grad_first(n, 0, &first);
     if (!gx) return;
     unary_attr p = params_of(n, np);
-    cr_k_unary_backward(k, gx, n->out->grad, n->in[0], n->out, p.a, p.b); /* dx += dy * f'(x) */
+    if (first) /* dx = dy * f'(x) */
+        cr_k_unary_backward_assign(k, gx, n->out->grad, n->in[0], n->out, p.a, p.b);
+    else /* dx += dy * f'(x) */
+        cr_k_unary_backward(k, gx, n->out->grad, n->in[0], n->out, p.a, p.b);
 }
 
 /* What backward reads (the reads column) as CR_SAVES_* bits. */

@@ -2,8 +2,9 @@
  * carousel data module: character and word vocabularies, reading text files,
  * shuffling with the counter-based RNG, padded batches of variable-length
  * sequences, and windows or parallel streams over one long stream of ids for
- * language models. Depends on tensor/ only; vocabularies are saved and loaded
- * by the checkpoint module (checkpoint.h).
+ * language models, and IDX files (MNIST, Fashion-MNIST). Depends on tensor/
+ * only (and zlib); vocabularies are saved and loaded by the checkpoint module
+ * (checkpoint.h).
  */
 #ifndef CAROUSEL_DATA_H
 #define CAROUSEL_DATA_H
@@ -102,6 +103,41 @@ int64_t cr_stream_chunks(int64_t n, int64_t B, int64_t T); /* floor(R / T) */
 void cr_stream_chunk(cr_tensor *x, cr_tensor *y, const int32_t *stream, int64_t n, int64_t c);
 /* The same over a stream of byte ids (cr_vocab_encode_bytes). */
 void cr_stream_chunk_u8(cr_tensor *x, cr_tensor *y, const uint8_t *stream, int64_t n, int64_t c);
+
+/* ---- IDX files (data/idx.c) ------------------------------------------------------ */
+
+/*
+ * LeCun's IDX format, gzip-compressed (read through zlib) or plain: bytes
+ * 00 00, an element type, the number of dims d, d big-endian u32 sizes, then
+ * the elements, big-endian, row-major. Fashion-MNIST's files are
+ * train-images-idx3-ubyte.gz (u8 [60000, 28, 28]), train-labels-idx1-ubyte.gz
+ * (u8 [60000]) and the same for t10k (10000), in Debian's
+ * dataset-fashion-mnist under /usr/share/datasets/fashion-mnist/.
+ */
+typedef enum cr_idx_type {
+    CR_IDX_U8 = 0x08, CR_IDX_I8 = 0x09, CR_IDX_I16 = 0x0B, CR_IDX_I32 = 0x0C, CR_IDX_F32 = 0x0D, CR_IDX_F64 = 0x0E
+} cr_idx_type;
+typedef struct cr_idx {
+    cr_idx_type type;
+    int ndim; /* 1 .. CR_MAX_DIMS */
+    int64_t shape[CR_MAX_DIMS];
+    int64_t numel;
+    void *data; /* numel elements in host byte order: uint8_t, int8_t, int16_t, int32_t, float or double */
+} cr_idx;
+/* Read and validate a whole file. On success *out owns the data (free with
+ * cr_idx_free). On failure *out is NULL and the status is CR_EIO (cannot open
+ * or read), CR_EFORMAT (bad magic number, unknown type, 0 or more than
+ * CR_MAX_DIMS dims, sizes that overflow, data shorter or longer than the
+ * header says, corrupt or truncated gzip stream) or CR_ENOMEM. Memory grows
+ * with the bytes actually read, so a header that claims more data than the
+ * file holds costs no more than the file. */
+cr_status cr_idx_read(const char *path, cr_idx **out);
+void cr_idx_free(cr_idx *idx); /* NULL is a no-op */
+size_t cr_idx_type_size(cr_idx_type t);      /* bytes per element, 0 for an unknown type */
+const char *cr_idx_type_name(cr_idx_type t); /* "u8", "i16", ..., "?" */
+/* The elements as a persistent tensor of the same shape in dtype dt (i32 only
+ * from the integer types); free with cr_tensor_free. */
+cr_tensor *cr_idx_tensor(const cr_idx *idx, cr_dtype dt);
 
 #ifdef __cplusplus
 }

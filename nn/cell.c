@@ -167,12 +167,13 @@ void cr_cell_step_weights(const cr_cell *cell, cr_tensor **w)
 cr_tensor *cr_cell_project(const cr_cell *cell, cr_tensor *x)
 {
     const cr_cell_type *t = cell->type;
-    cr_tensor *gx = cr_matmul(x, cr_transpose(cell->p[cr_cell_input_index(t)], 0, 1));
-    /* The input biases are summed first ([G] + [G]), then broadcast once. */
+    cr_tensor *w_t = cr_transpose(cell->p[cr_cell_input_index(t)], 0, 1);
+    /* The input biases are summed first ([G] + [G]), then broadcast once, into
+     * the product's own buffer. */
     cr_tensor *b = NULL;
     for (int j = 0; j < t->n_params; j++)
         if (t->params[j].role == CR_PARAM_INPUT_BIAS && cell->p[j]) b = b ? cr_add(b, cell->p[j]) : cell->p[j];
-    return b ? cr_add(gx, b) : gx;
+    return b ? cr_matmul_bias(x, w_t, b) : cr_matmul(x, w_t);
 }
 
 cr_cell_step_fn cr_cell_step_of(const cr_cell_type *type, bool fused)

@@ -31,9 +31,8 @@ cr_tensor *cr_linear_forward(const cr_linear *l, cr_tensor *x)
     int64_t shape[CR_MAX_DIMS];
     memcpy(shape, x->shape, sizeof shape);
     shape[x->ndim - 1] = out;
-    cr_tensor *x2 = x->ndim == 2 ? x : cr_reshape(x, CR_SHAPE(-1, in));
-    cr_tensor *y = cr_matmul(x2, cr_transpose(l->weight, 0, 1)); /* [N, I] x [I, O] */
-    if (l->bias) y = cr_add(y, l->bias);
+    cr_tensor *x2 = x->ndim == 2 ? x : cr_reshape(x, CR_SHAPE(-1, in)), *w_t = cr_transpose(l->weight, 0, 1);
+    cr_tensor *y = l->bias ? cr_matmul_bias(x2, w_t, l->bias) : cr_matmul(x2, w_t); /* [N, I] x [I, O] + b */
     return x->ndim == 2 ? y : cr_reshape(y, x->ndim, shape);
 }
 

@@ -263,6 +263,14 @@ typedef struct cr_rnn_config {
     bool no_bias;
     double forget_bias; /* LSTM */
     cr_dtype dtype;     /* of the parameters created; forward follows the weights' dtype */
+    /* > 0: in training, run the time loop in segments of this many steps
+     * through cr_recompute: a step's values are not kept but rebuilt in
+     * backward, one segment at a time; the hoisted input projection, the
+     * outputs and the states between segments stay. Gradients are the plain
+     * run's, bit for bit. For memory that grows like sqrt(T) over a whole
+     * model, wrap chunks of it (embedding, layer, head, loss) in cr_recompute
+     * instead (bench/memory). 0: keep what backward reads (the default). */
+    int recompute_steps;
 } cr_rnn_config;
 
 typedef struct cr_rnn {
@@ -416,6 +424,44 @@ void cr_grad_diff_print(FILE *f, const cr_grad_diff *d, size_t n, const char *la
 /* dst = h by value (any strides/dtypes, same shape); dst must be persistent
  * and must not require a gradient. Bumps dst's version. */
 void cr_state_carry(cr_tensor *dst, const cr_tensor *h); /* dst <- value(h), no history */
+
+/* ---- convolution layers (nn/conv.c) ---------------------------------------- */
+/*
+ * Parameters prefix.weight [O, C/groups, K] (1-D) or [O, C/groups, KH, KW]
+ * (2-D) and prefix.bias [O], PyTorch's names and layout, with PyTorch's
+ * default init (kaiming_uniform with a = sqrt(5)): weight and bias
+ * U(+-1/sqrt(fan_in)), fan_in = C/groups * kernel size. Zeros in the config
+ * mean the defaults of cr_conv1d_opts / cr_conv2d_opts (stride 1, padding 0,
+ * dilation 1, groups 1). To feed a recurrent layer, transpose the output
+ * [B, O, T] to [B, T, O] (cr_transpose(y, 1, 2)).
+ */
+typedef struct cr_conv1d_config {
+    int64_t in_channels, out_channels, kernel;
+    int64_t stride, padding, dilation, groups;
+    bool no_bias; /* a bias unless this is set */
+    cr_dtype dtype;
+} cr_conv1d_config;
+typedef struct cr_conv1d_layer {
+    cr_tensor *weight; /* (O, C/groups, K) */
+    cr_tensor *bias;   /* (O), or NULL */
+    cr_conv1d_opts opts;
+} cr_conv1d_layer;
+cr_conv1d_layer cr_conv1d_layer_init(cr_params *ps, const char *prefix, cr_conv1d_config cfg, cr_rng *rng);
+cr_tensor *cr_conv1d_layer_forward(const cr_conv1d_layer *l, cr_tensor *x); /* [B, C, T] -> [B, O, T'] */
+
+typedef struct cr_conv2d_config {
+    int64_t in_channels, out_channels, kernel[2];
+    int64_t stride[2], padding[2], dilation[2], groups;
+    bool no_bias;
+    cr_dtype dtype;
+} cr_conv2d_config;
+typedef struct cr_conv2d_layer {
+    cr_tensor *weight; /* (O, C/groups, KH, KW) */
+    cr_tensor *bias;   /* (O), or NULL */
+    cr_conv2d_opts opts;
+} cr_conv2d_layer;
+cr_conv2d_layer cr_conv2d_layer_init(cr_params *ps, const char *prefix, cr_conv2d_config cfg, cr_rng *rng);
+cr_tensor *cr_conv2d_layer_forward(const cr_conv2d_layer *l, cr_tensor *x); /* [B, C, H, W] -> [B, O, H', W'] */
 
 /* ---- end of declarations ---- */
 

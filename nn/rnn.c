@@ -12,6 +12,7 @@ cr_rnn *cr_rnn_init(cr_params *ps, const char *prefix, cr_rnn_config cfg, cr_rng
 {
     if (cfg.num_layers < 1) cr_error("cr_rnn_init: num_layers %d must be at least 1", cfg.num_layers);
     if (!(cfg.dropout >= 0 && cfg.dropout < 1)) cr_error("cr_rnn_init: dropout %g is not in [0, 1)", cfg.dropout);
+    if (cfg.recompute_steps < 0) cr_error("cr_rnn_init: recompute_steps %d must be 0 (off) or positive", cfg.recompute_steps);
     /* every layer's configuration is checked before anything is allocated */
     cr_cell_config cc = {.cell = cfg.cell, .input_size = cfg.input_size, .hidden_size = cfg.hidden_size,
                          .no_bias = cfg.no_bias, .forget_bias = cfg.forget_bias, .dtype = cfg.dtype};
@@ -58,35 +59,108 @@ static cr_tensor *step_mask(const cr_tensor *lengths, int64_t t, cr_dtype dt)
     return m;
 }
 
-/* Run one direction of one layer over the whole sequence from the states s
- * (updated to the final states); returns the outputs [B, T, H]. */
-static cr_tensor *run_direction(const char *op, const cr_rnn *m, const cr_cell *cell, cr_tensor *in,
-                                const cr_tensor *lengths, bool reverse, cr_tensor **s)
+/* What the steps of one direction of one layer need besides gx and the
+ * states: kept in the arena, so a recomputed segment can run them again. */
+typedef struct steps {
+    const char *op;
+    const cr_cell *cell;
+    cr_cell_step_fn step;
+    cr_tensor *w[CR_CELL_MAX_PARAMS]; /* the step's weights (W^T views made once) */
+    const cr_tensor *lengths;
+    bool reverse;
+    int64_t T, i0, i1; /* steps i0..i1-1 in processing order (t = T-1-i when reverse) */
+} steps;
+
+/* Steps i0..i1-1 from the states s (updated), each in a scope of its own: of
+ * a step's values only the states, its output (ys[i - i0]) and what backward
+ * reads stay resident. */
+static void run_steps(const steps *st, cr_tensor *gx, cr_tensor **s, cr_tensor **ys)
 {
-    const cr_cell_type *type = cell->type;
-    const int n = type->n_states;
-    const int64_t B = in->shape[0], T = in->shape[1];
-    const cr_dtype dt = in->dtype;
-    cr_cell_step_fn step = cr_cell_step_of(type, m->fused);
-    cr_tensor *gx = cr_cell_project(cell, in); /* [B,T,I] x [I,G]: one product over B*T */
-    cr_tensor *w[CR_CELL_MAX_PARAMS];
-    cr_cell_step_weights(cell, w); /* W^T views made once, so their gradients sum once */
-    cr_tensor **ys = cr_arena_alloc(cr_arena_current(), (size_t)T * sizeof *ys);
-    for (int64_t i = 0; i < T; i++) {
-        int64_t t = reverse ? T - 1 - i : i;
-        cr_tensor *next[CR_CELL_MAX_STATES] = {0};
-        step(cell, w, cr_select(gx, 1, t), s, next);
-        cr_cell_check_next(op, cell, next, B, dt);
-        cr_tensor *mask = step_mask(lengths, t, dt);
+    const cr_cell *cell = st->cell;
+    const int n = cell->type->n_states;
+    const int64_t B = gx->shape[0];
+    const cr_dtype dt = gx->dtype;
+    for (int64_t i = st->i0; i < st->i1; i++) {
+        int64_t t = st->reverse ? st->T - 1 - i : i;
+        cr_scope sc = cr_scope_begin();
+        cr_tensor *next[CR_CELL_MAX_STATES] = {0}, *y;
+        st->step(cell, st->w, cr_select(gx, 1, t), s, next);
+        cr_cell_check_next(st->op, cell, next, B, dt);
+        cr_tensor *mask = step_mask(st->lengths, t, dt);
         if (mask) { /* finished sequences keep every state and output 0 */
             for (int k = 0; k < n; k++) s[k] = cr_where(mask, next[k], s[k]);
-            ys[t] = cr_mask(next[0], mask);
+            y = cr_mask(next[0], mask);
         } else {
             for (int k = 0; k < n; k++) s[k] = next[k];
-            ys[t] = next[0];
+            y = next[0];
         }
+        ys[i - st->i0] = y;
+        cr_tensor *keep[CR_CELL_MAX_STATES + 1] = {y};
+        for (int k = 0; k < n; k++) keep[1 + k] = s[k];
+        cr_scope_end(sc, 1 + n, keep);
     }
-    return cr_stack((int)T, ys, 1);
+}
+
+/* A recomputed segment of steps: in = {gx, states}, out = {the steps'
+ * outputs in processing order, the states after them}. A state that is also
+ * the last output is the same tensor (one output of cr_recompute), so its
+ * gradient sums in the plain run's order. */
+static void steps_segment(cr_tensor *const *in, cr_tensor **out, void *ctx)
+{
+    const steps *st = ctx;
+    const int n = st->cell->type->n_states;
+    cr_tensor *s[CR_CELL_MAX_STATES];
+    for (int k = 0; k < n; k++) s[k] = in[1 + k];
+    run_steps(st, in[0], s, out);
+    for (int k = 0; k < n; k++) out[st->i1 - st->i0 + k] = s[k];
+}
+
+/* Run one direction of one layer over the whole sequence from the states s
+ * (updated to the final states); returns the outputs [B, T, H]. With
+ * recompute_steps, the time loop runs in segments of that many steps
+ * through cr_recompute: the hoisted projection, the segments' boundary states
+ * and the outputs stay; every other value of a step is rebuilt in backward. */
+static cr_tensor *run_direction(const char *op, cr_rnn *m, const cr_cell *cell, cr_tensor *in,
+                                const cr_tensor *lengths, bool reverse, cr_tensor **s)
+{
+    const int n = cell->type->n_states;
+    const int64_t T = in->shape[1];
+    cr_scope sc = cr_scope_begin();
+    cr_tensor *gx = cr_cell_project(cell, in); /* [B,T,I] x [I,G]: one product over B*T */
+    steps *st = cr_arena_alloc(cr_arena_current(), sizeof *st);
+    *st = (steps){.op = op, .cell = cell, .step = cr_cell_step_of(cell->type, m->fused), .lengths = lengths,
+                  .reverse = reverse, .T = T, .i0 = 0, .i1 = T};
+    cr_cell_step_weights(cell, st->w); /* W^T views made once, so their gradients sum once */
+    cr_tensor **ys = cr_arena_alloc(cr_arena_current(), (size_t)T * sizeof *ys); /* processing order */
+    int64_t seg = m->cfg.recompute_steps;
+    if (seg > 0 && cr_grad_enabled()) {
+        for (int64_t i0 = 0; i0 < T; i0 += seg) {
+            steps *part = cr_arena_alloc(cr_arena_current(), sizeof *part);
+            *part = *st;
+            part->i0 = i0;
+            part->i1 = i0 + seg < T ? i0 + seg : T;
+            int64_t len = part->i1 - i0;
+            cr_tensor *io[1 + CR_CELL_MAX_STATES] = {gx};
+            for (int k = 0; k < n; k++) io[1 + k] = s[k];
+            cr_tensor **out = cr_arena_alloc(cr_arena_current(), (size_t)(len + n) * sizeof *out);
+            cr_recompute(steps_segment, part, 1 + n, io, (int)(len + n), out, 1, (cr_rng *[]){&m->dropout_rng});
+            for (int64_t i = 0; i < len; i++) ys[i0 + i] = out[i];
+            for (int k = 0; k < n; k++) s[k] = out[len + k];
+        }
+    } else {
+        run_steps(st, gx, s, ys);
+    }
+    if (reverse) /* to time order */
+        for (int64_t i = 0, j = T - 1; i < j; i++, j--) {
+            cr_tensor *tmp = ys[i];
+            ys[i] = ys[j];
+            ys[j] = tmp;
+        }
+    cr_tensor *y = cr_stack((int)T, ys, 1);
+    cr_tensor *keep[1 + CR_CELL_MAX_STATES] = {y};
+    for (int k = 0; k < n; k++) keep[1 + k] = s[k];
+    cr_scope_end(sc, 1 + n, keep);
+    return y;
 }
 
 static void check_state(const char *op, const char *what, const cr_tensor *s, int64_t n, int64_t B, int64_t H,
@@ -132,6 +206,7 @@ static cr_rnn_output forward(const char *op, cr_rnn *m, cr_tensor *x, const cr_t
     cr_tensor *zeros = NULL;
     cr_tensor *in = x;
     for (int l = 0; l < cfg->num_layers; l++) {
+        cr_scope sc = cr_scope_begin(); /* the directions' outputs die once concatenated */
         cr_tensor *outs[2];
         for (int d = 0; d < m->dirs; d++) {
             int c = l * m->dirs + d;
@@ -146,6 +221,11 @@ static cr_rnn_output forward(const char *op, cr_rnn *m, cr_tensor *x, const cr_t
         cr_tensor *out = m->dirs == 2 ? cr_concat(2, outs, 2) : outs[0];
         if (l + 1 < cfg->num_layers) out = cr_dropout(out, cfg->dropout, m->train, &m->dropout_rng);
         in = out;
+        cr_tensor *keep[1 + 2 * CR_CELL_MAX_STATES] = {out};
+        int n_keep = 1;
+        for (int d = 0; d < m->dirs; d++)
+            for (int k = 0; k < n; k++) keep[n_keep++] = fin[k * n_cells + l * m->dirs + d];
+        cr_scope_end(sc, n_keep, keep);
     }
     cr_rnn_output o = {.y = in};
     for (int k = 0; k < n; k++) o.states[k] = cr_stack(n_cells, fin + k * n_cells, 0);

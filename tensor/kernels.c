@@ -21,6 +21,16 @@ static void check_same_dtype(const char *op, const cr_tensor *a, const cr_tensor
         cr_error("%s: dtypes %s and %s differ", op, cr_dtype_name(a->dtype), cr_dtype_name(b->dtype));
 }
 
+/* t = 0 for a float tensor of any strides (a gradient about to be summed into). */
+static void zero_fill(cr_tensor *t)
+{
+    if (cr_is_contiguous(t)) {
+        memset(t->data, 0, (size_t)cr_numel(t) * cr_dtype_size(t->dtype));
+        return;
+    }
+    for (int64_t i = 0, n = cr_numel(t); i < n; i++) cr_set_flat(t, i, 0.0);
+}
+
 static inline double softplus_d(double x) { return x > 0 ? x + log1p(exp(-x)) : log1p(exp(x)); }
 
 /* View a contiguous x as [outer, n, inner] around dim. */
@@ -167,46 +177,86 @@ void cr_k_binary(cr_binary_kind k, cr_tensor *out, const cr_tensor *x, const cr_
         binary_f64(k, out, x, y);
 }
 
-void cr_k_accumulate(cr_tensor *acc, const cr_tensor *x, const cr_tensor *y)
+static void accumulate(const char *fn, cr_tensor *acc, const cr_tensor *x, const cr_tensor *y, bool set)
 {
-    check_float("cr_k_accumulate", acc);
-    check_same_dtype("cr_k_accumulate", acc, x);
-    if (y) check_same_dtype("cr_k_accumulate", acc, y);
+    check_float(fn, acc);
+    check_same_dtype(fn, acc, x);
+    if (y) check_same_dtype(fn, acc, y);
     int n;
     int64_t sh[CR_MAX_DIMS];
     char s1[128], s2[128], s3[128];
     bool ok = cr_broadcast_shape(acc->ndim, acc->shape, x->ndim, x->shape, &n, sh);
     if (ok && y) ok = cr_broadcast_shape(n, sh, y->ndim, y->shape, &n, sh);
     if (!ok)
-        cr_error("cr_k_accumulate: gradient %s%s%s does not fit %s", cr_shape_str(s1, sizeof s1, x->ndim, x->shape),
+        cr_error("%s: gradient %s%s%s does not fit %s", fn, cr_shape_str(s1, sizeof s1, x->ndim, x->shape),
                  y ? " * " : "", y ? cr_shape_str(s2, sizeof s2, y->ndim, y->shape) : "",
                  cr_shape_str(s3, sizeof s3, acc->ndim, acc->shape));
+    if (set && cr_shape_numel(n, sh) > cr_numel(acc)) { /* summed into: start from zero */
+        zero_fill(acc);
+        set = false;
+    }
     if (acc->dtype == CR_F32)
-        accumulate_f32(acc, x, y, n, sh);
+        accumulate_f32(acc, x, y, n, sh, set);
     else
-        accumulate_f64(acc, x, y, n, sh);
+        accumulate_f64(acc, x, y, n, sh, set);
 }
 
+void cr_k_accumulate(cr_tensor *acc, const cr_tensor *x, const cr_tensor *y)
+{
+    accumulate("cr_k_accumulate", acc, x, y, false);
+}
+
+void cr_k_assign(cr_tensor *acc, const cr_tensor *x, const cr_tensor *y) { accumulate("cr_k_assign", acc, x, y, true); }
+
+static void unary_backward(const char *fn, cr_unary_kind k, cr_tensor *gx, const cr_tensor *gy, const cr_tensor *x,
+                           const cr_tensor *out, double a, double b, bool set)
+{
+    if ((unsigned)k >= CR_U_COUNT_) cr_error("%s: unknown kind %d", fn, (int)k);
+    bool rx = unary_reads[k] & CR_RD_X, ry = unary_reads[k] & CR_RD_Y;
+    check_float(fn, gx);
+    check_same_dtype(fn, gx, gy);
+    if ((rx && !x) || (ry && !out)) cr_error("%s: the derivative needs %s", fn, rx && !x ? "x" : "out");
+    if (rx) check_same_dtype(fn, gx, x);
+    if (ry) check_same_dtype(fn, gx, out);
+    if (!cr_same_shape(gx, gy) || (rx && !cr_same_shape(gx, x)) || (ry && !cr_same_shape(gx, out)))
+        cr_error("%s: operands must share one shape", fn);
+    if (!rx) x = NULL;
+    if (!ry) out = NULL;
+    bool contig = cr_is_contiguous(gx) && cr_is_contiguous(gy) && (!x || cr_is_contiguous(x)) &&
+                  (!out || cr_is_contiguous(out));
+    if (contig) {
+        const void *xd = x ? x->data : NULL, *yd = out ? out->data : NULL;
+        int64_t n = cr_numel(gx);
+        if (gx->dtype == CR_F32)
+            unary_backward_f32(k, gx->data, gy->data, xd, yd, n, (float)a, (float)b, set);
+        else
+            unary_backward_f64(k, gx->data, gy->data, xd, yd, n, a, b, set);
+        return;
+    }
+    /* strided: row by row when every operand's rows are contiguous (a gate's
+     * slice of a shared [B, 4H] gradient), else through contiguous copies */
+    bool done = gx->dtype == CR_F32 ? unary_backward_rows_f32(k, gx, gy, x, out, (float)a, (float)b, set)
+                                    : unary_backward_rows_f64(k, gx, gy, x, out, a, b, set);
+    if (done) return;
+    if (x && !cr_is_contiguous(x)) x = cr_contiguous_copy(x);
+    if (out && !cr_is_contiguous(out)) out = cr_contiguous_copy(out);
+    if (!cr_is_contiguous(gy)) gy = cr_contiguous_copy(gy);
+    cr_tensor *t = cr_is_contiguous(gx) ? gx : cr_tensor_new(gx->dtype, gx->ndim, gx->shape);
+    unary_backward(fn, k, t, gy, x, out, a, b, set || t != gx);
+    if (t != gx) accumulate(fn, gx, t, NULL, set);
+}
+
+/* gx += gy * f'(x): the one public spelling of the loop above. */
 void cr_k_unary_backward(cr_unary_kind k, cr_tensor *gx, const cr_tensor *gy, const cr_tensor *x,
                          const cr_tensor *out, double a, double b)
 {
-    if ((unsigned)k >= CR_U_COUNT_) cr_error("cr_k_unary_backward: unknown kind %d", (int)k);
-    bool rx = unary_reads[k] & CR_RD_X, ry = unary_reads[k] & CR_RD_Y;
-    check_float("cr_k_unary_backward", gx);
-    check_same_dtype("cr_k_unary_backward", gx, gy);
-    if ((rx && !x) || (ry && !out)) cr_error("cr_k_unary_backward: the derivative needs %s", rx && !x ? "x" : "out");
-    if (rx) check_same_dtype("cr_k_unary_backward", gx, x);
-    if (ry) check_same_dtype("cr_k_unary_backward", gx, out);
-    if (!cr_same_shape(gx, gy) || (rx && !cr_same_shape(gx, x)) || (ry && !cr_same_shape(gx, out)) ||
-        !cr_is_contiguous(gx) || !cr_is_contiguous(gy) || (ry && !cr_is_contiguous(out)))
-        cr_error("cr_k_unary_backward: operands must share one shape (gx, gy, out contiguous)");
-    if (rx && !cr_is_contiguous(x)) x = cr_contiguous_copy(x);
-    const void *xd = rx ? x->data : NULL, *yd = ry ? out->data : NULL;
-    int64_t n = cr_numel(gx);
-    if (gx->dtype == CR_F32)
-        unary_backward_f32(k, gx->data, gy->data, xd, yd, n, (float)a, (float)b);
-    else
-        unary_backward_f64(k, gx->data, gy->data, xd, yd, n, a, b);
+    unary_backward("cr_k_unary_backward", k, gx, gy, x, out, a, b, false);
+}
+
+void cr_k_unary_backward_assign(cr_unary_kind k, cr_tensor *gx, const cr_tensor *gy, const cr_tensor *x,
+                                const cr_tensor *out, double a, double b)
+{
+    unary_backward("cr_k_unary_backward_assign", k, gx, gy, x, out, a, b, true);
 }
 
 void cr_k_softmax_backward(cr_tensor *gx, const cr_tensor *gy, const cr_tensor *out, int dim, bool log)
@@ -314,13 +364,4 @@ void cr_set_num_threads(int n)
     (void)n;
 #endif
     cr_gemm_set_threads(n);
-}
-
-int cr_get_num_threads(void)
-{
-#ifdef _OPENMP
-    return omp_get_max_threads();
-#else
-    return 1;
-#endif
 }

@@ -135,9 +135,12 @@ static void FN(binary)(cr_binary_kind k, cr_tensor *out, const cr_tensor *x, con
 #undef BINARY_LOOP
 
 /* acc += x (* y) over `shape`, the broadcast of all three: acc dims of size 1
- * sum what lies along them, x or y dims of size 1 are repeated. */
+ * sum what lies along them, x or y dims of size 1 are repeated. With `set`
+ * (a gradient's first write) acc's old contents are not read: acc = x (* y);
+ * the caller zeroes acc first when it is summed into (fewer elements than
+ * `shape`). */
 static void FN(accumulate)(cr_tensor *acc, const cr_tensor *x, const cr_tensor *y, int ndim,
-                           const int64_t *shape)
+                           const int64_t *shape, bool set)
 {
     int64_t n = 1;
     for (int d = 0; d < ndim; d++) n *= shape[d];
@@ -148,11 +151,19 @@ static void FN(accumulate)(cr_tensor *acc, const cr_tensor *x, const cr_tensor *
         const T *x_ = x->data;
         if (y) {
             const T *y_ = y->data;
-            CR_PAR_FOR(n > cr_parallel_threshold, "omp parallel for simd schedule(static)",
-            for (int64_t i = 0; i < n; i++) a_[i] += x_[i] * y_[i];);
+            if (set)
+                CR_PAR_FOR(n > cr_parallel_threshold, "omp parallel for simd schedule(static)",
+                for (int64_t i = 0; i < n; i++) a_[i] = x_[i] * y_[i];);
+            else
+                CR_PAR_FOR(n > cr_parallel_threshold, "omp parallel for simd schedule(static)",
+                for (int64_t i = 0; i < n; i++) a_[i] += x_[i] * y_[i];);
         } else {
-            CR_PAR_FOR(n > cr_parallel_threshold, "omp parallel for simd schedule(static)",
-            for (int64_t i = 0; i < n; i++) a_[i] += x_[i];);
+            if (set)
+                CR_PAR_FOR(n > cr_parallel_threshold, "omp parallel for simd schedule(static)",
+                for (int64_t i = 0; i < n; i++) a_[i] = x_[i];);
+            else
+                CR_PAR_FOR(n > cr_parallel_threshold, "omp parallel for simd schedule(static)",
+                for (int64_t i = 0; i < n; i++) a_[i] += x_[i];);
         }
         return;
     }
@@ -180,9 +191,15 @@ static void FN(accumulate)(cr_tensor *acc, const cr_tensor *x, const cr_tensor *
             a_[0] += (T)s;
         } else if (y0) {
             const T *y_ = y0 + o[2];
-            for (int64_t i = 0; i < it.inner; i++) a_[i * sa] += x_[i * sx] * y_[i * sy];
+            if (set && !reduces)
+                for (int64_t i = 0; i < it.inner; i++) a_[i * sa] = x_[i * sx] * y_[i * sy];
+            else
+                for (int64_t i = 0; i < it.inner; i++) a_[i * sa] += x_[i * sx] * y_[i * sy];
         } else {
-            for (int64_t i = 0; i < it.inner; i++) a_[i * sa] += x_[i * sx];
+            if (set && !reduces)
+                for (int64_t i = 0; i < it.inner; i++) a_[i * sa] = x_[i * sx];
+            else
+                for (int64_t i = 0; i < it.inner; i++) a_[i * sa] += x_[i * sx];
         }
     });
 }
@@ -302,30 +319,60 @@ static void FN(softmax)(T *out, const T *x, int64_t outer, int64_t n, int64_t in
     });
 }
 
-/* gx += gy * dy/dx, one case per line of tensor/unary_ops.h, with x (input)
- * and y (output) in scope; only what the line's reads column names is loaded
- * (the other pointer may be NULL). All operands contiguous (the caller copies
- * a strided x). */
+/* gx += gy * dy/dx (or gx = ... with `set`, a gradient's first write), one
+ * case per line of tensor/unary_ops.h, with x (input) and y (output) in
+ * scope; only what the line's reads column names is loaded (the other
+ * pointer may be NULL). n contiguous elements per operand. */
+#define UNARY_BACKWARD_LOOP(OP, deriv, reads)                                                      \
+    CR_PAR_FOR(n > cr_parallel_threshold, "omp parallel for simd schedule(static)",                  \
+    for (int64_t i = 0; i < n; i++) {                                                               \
+        T x = ((reads) & CR_RD_X) ? xs[i] : 0, y = ((reads) & CR_RD_Y) ? ys[i] : 0;                 \
+        (void)x;                                                                                    \
+        (void)y;                                                                                    \
+        gx[i] OP gy[i] * (T)(deriv);                                                                \
+    })
 static void FN(unary_backward)(cr_unary_kind k, T *restrict gx, const T *gy, const T *xs, const T *ys,
-                               int64_t n, T a, T b)
+                               int64_t n, T a, T b, bool set)
 {
     (void)a;
     (void)b;
     switch (k) {
 #define BACKWARD_(name, KIND, np, params, reads, fwd, deriv, valid)                                  \
     case CR_U_##KIND:                                                                               \
-        CR_PAR_FOR(n > cr_parallel_threshold, "omp parallel for simd schedule(static)",              \
-        for (int64_t i = 0; i < n; i++) {                                                           \
-            T x = ((reads) & CR_RD_X) ? xs[i] : 0, y = ((reads) & CR_RD_Y) ? ys[i] : 0;             \
-            (void)x;                                                                                \
-            (void)y;                                                                                \
-            gx[i] += gy[i] * (T)(deriv);                                                            \
-        });                                                                                         \
+        if (set)                                                                                    \
+            UNARY_BACKWARD_LOOP(=, deriv, reads);                                                   \
+        else                                                                                        \
+            UNARY_BACKWARD_LOOP(+=, deriv, reads);                                                  \
         break;
     CR_UNARY_OPS(BACKWARD_)
 #undef BACKWARD_
     case CR_U_COUNT_: break;
     }
+}
+#undef UNARY_BACKWARD_LOOP
+
+/* The same over strided operands whose rows are contiguous (a gate's slice of
+ * a [B, 4H] gradient): one flat call per row of the merged iteration. Returns
+ * false, doing nothing, when some row is not contiguous. */
+static bool FN(unary_backward_rows)(cr_unary_kind k, cr_tensor *gx, const cr_tensor *gy, const cr_tensor *x,
+                                    const cr_tensor *y, T a, T b, bool set)
+{
+    const cr_tensor *ops[4] = {gx, gy, x ? x : gy, y ? y : gy};
+    cr_iter it;
+    cr_iter_init(&it, gx->ndim, gx->shape, 4, ops);
+    for (int k2 = 0; k2 < 4; k2++)
+        if (it.stride[k2][it.ndim - 1] != 1 && it.inner > 1) return false;
+    T *g0 = gx->data;
+    const T *gy0 = gy->data, *x0 = x ? x->data : NULL, *y0 = y ? y->data : NULL;
+    int64_t n = cr_numel(gx);
+    CR_PAR_FOR(n > cr_parallel_threshold, "omp parallel for schedule(static)",
+    for (int64_t r = 0; r < it.outer; r++) {
+        int64_t o[4];
+        cr_iter_row(&it, r, o);
+        FN(unary_backward)(k, g0 + o[0], gy0 + o[1], x0 ? x0 + o[2] : NULL, y0 ? y0 + o[3] : NULL, it.inner, a, b,
+                           set);
+    });
+    return true;
 }
 
 static void FN(softmax_backward)(T *gx, const T *gy, const T *y, int64_t outer, int64_t n, int64_t inner,

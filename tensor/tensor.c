@@ -142,7 +142,20 @@ static void set_contiguous(cr_tensor *t, cr_dtype dt, int ndim, const int64_t *s
 
 void cr_tensor_bump_version(cr_tensor *t)
 {
-    if (t->version) ++*t->version;
+    if (t->version && *t->version != CR_VERSION_RELEASED) ++*t->version;
+}
+
+bool cr_tensor_released(const cr_tensor *t) { return t->version && *t->version == CR_VERSION_RELEASED; }
+
+/* Element access and fills refuse a storage given back to its graph's pool:
+ * its memory may already hold another tensor. */
+static void check_live(const char *fn, const cr_tensor *t)
+{
+    if (!cr_tensor_released(t)) return;
+    char s[128];
+    cr_error("%s: tensor %s %s was released (its graph gave its memory back at a cr_scope_end or after a "
+             "recomputed segment); keep it (cr_scope_end's keep list) to read it",
+             fn, cr_dtype_name(t->dtype), cr_shape_str(s, sizeof s, t->ndim, t->shape));
 }
 
 uint64_t cr_tensor_version(const cr_tensor *t) { return t->version ? *t->version : 0; }
@@ -181,6 +194,22 @@ cr_tensor *cr_tensor_new_as(const char *fn, cr_dtype dt, int ndim, const int64_t
     t->data = cr_arena_alloc(a, (size_t)n * cr_dtype_size(dt));
     t->gen = cr_arena_generation(a);
     return t;
+}
+
+cr_tensor *cr_tensor_header_new_as(const char *fn, cr_dtype dt, int ndim, const int64_t *shape)
+{
+    check_shape(fn, dt, ndim, shape);
+    cr_arena *a = cr_arena_current();
+    if (!a) cr_error("%s: no current graph; call cr_graph_use(cr_graph_init()) first", fn);
+    cr_tensor *t = cr_arena_alloc_aligned(a, sizeof *t, 16);
+    set_contiguous(t, dt, ndim, shape);
+    t->gen = cr_arena_generation(a);
+    return t;
+}
+
+void cr_tensor_set_contiguous(cr_tensor *t, cr_dtype dt, int ndim, const int64_t *shape)
+{
+    set_contiguous(t, dt, ndim, shape);
 }
 
 cr_tensor *cr_tensor_new(cr_dtype dt, int ndim, const int64_t *shape)
@@ -302,15 +331,21 @@ static void store(cr_tensor *t, int64_t off, double v)
     }
 }
 
-double cr_get(const cr_tensor *t, const int64_t *index) { return load(t, offset_of(t, index)); }
+double cr_get(const cr_tensor *t, const int64_t *index)
+{
+    check_live("cr_get", t);
+    return load(t, offset_of(t, index));
+}
 void cr_set(cr_tensor *t, const int64_t *index, double v)
 {
+    check_live("cr_set", t);
     store(t, offset_of(t, index), v);
     cr_tensor_bump_version(t);
 }
 
 double cr_get_flat(const cr_tensor *t, int64_t i)
 {
+    check_live("cr_get_flat", t);
     if (i < 0 || i >= cr_numel(t))
         cr_error("cr_get_flat: index %lld out of range for %lld elements", (long long)i,
                  (long long)cr_numel(t));
@@ -319,6 +354,7 @@ double cr_get_flat(const cr_tensor *t, int64_t i)
 
 void cr_set_flat(cr_tensor *t, int64_t i, double v)
 {
+    check_live("cr_set_flat", t);
     if (i < 0 || i >= cr_numel(t))
         cr_error("cr_set_flat: index %lld out of range for %lld elements", (long long)i,
                  (long long)cr_numel(t));
@@ -328,6 +364,7 @@ void cr_set_flat(cr_tensor *t, int64_t i, double v)
 
 double cr_item(const cr_tensor *t)
 {
+    check_live("cr_item", t);
     if (cr_numel(t) != 1) {
         char s[128];
         cr_error("cr_item: tensor of shape %s has %lld elements, not 1",
@@ -338,6 +375,7 @@ double cr_item(const cr_tensor *t)
 
 void cr_fill(cr_tensor *t, double value)
 {
+    check_live("cr_fill", t);
     int64_t n = cr_numel(t);
     cr_tensor_bump_version(t);
     if (cr_is_contiguous(t)) {
@@ -372,6 +410,8 @@ void cr_fill(cr_tensor *t, double value)
 
 void cr_copy_(cr_tensor *dst, const cr_tensor *src)
 {
+    check_live("cr_copy_", dst);
+    check_live("cr_copy_", src);
     if (!cr_same_shape(dst, src)) {
         char a[128], b[128];
         cr_error("cr_copy_: destination %s and source %s differ in shape",

@@ -130,7 +130,17 @@ void *cr_arena_alloc(cr_arena *a, size_t bytes); /* 64-byte aligned */
 /* align: a power of two from 16 to 64 (headers and nodes need only 16) */
 void *cr_arena_alloc_aligned(cr_arena *a, size_t bytes, size_t align);
 void cr_arena_reset(cr_arena *a);
-size_t cr_arena_used(const cr_arena *a);
+/* A position in the arena; rewinding to it hands everything allocated since
+ * back (pointers into it become invalid; under ASan they are poisoned). The
+ * generation does not change: a rewind is for temporaries no one keeps. */
+typedef struct cr_arena_mark {
+    void *chunk;
+    size_t used, before_cur;
+} cr_arena_mark;
+cr_arena_mark cr_arena_mark_get(const cr_arena *a);
+void cr_arena_rewind(cr_arena *a, cr_arena_mark m);
+bool cr_arena_since(const cr_arena *a, cr_arena_mark m, const void *p); /* p was handed out after m */
+size_t cr_arena_used(const cr_arena *a); /* bytes handed out since the last reset, O(1) */
 size_t cr_arena_capacity(const cr_arena *a);
 size_t cr_arena_chunk_count(const cr_arena *a);
 uint64_t cr_arena_generation(const cr_arena *a); /* never 0 */
@@ -174,6 +184,13 @@ cr_tensor *cr_arange(cr_dtype dt, double start, double stop, double step); /* [s
 cr_tensor *cr_from_array(cr_dtype dt, int ndim, const int64_t *shape, const void *data);
 /* Header-only copy sharing storage (arena). */
 cr_tensor *cr_tensor_alias(const cr_tensor *t);
+/* A contiguous header in the current arena whose data (NULL here) the caller
+ * places: autograd puts op outputs in its graph's pool. Shapes are checked as
+ * by cr_tensor_new_as; errors name fn. */
+cr_tensor *cr_tensor_header_new_as(const char *fn, cr_dtype dt, int ndim, const int64_t *shape);
+/* Fill the header t (any memory) as a contiguous tensor of that shape with
+ * its own version counter and no data; every other field is zeroed. */
+void cr_tensor_set_contiguous(cr_tensor *t, cr_dtype dt, int ndim, const int64_t *shape);
 
 /* Convenience for shapes: CR_SHAPE(2, 3) expands to `2, (int64_t[]){2, 3}`. */
 #define CR_SHAPE(...)                                                                      \
@@ -199,6 +216,10 @@ double cr_item(const cr_tensor *t); /* the only element of a 1-element tensor */
  * op may have saved. */
 void cr_tensor_bump_version(cr_tensor *t);
 uint64_t cr_tensor_version(const cr_tensor *t); /* 0 for a fresh storage */
+/* The version of a storage its graph gave back (cr_scope_end, cr_recompute):
+ * ops, element access, fills and copies refuse such a tensor and its views. */
+#define CR_VERSION_RELEASED UINT64_MAX
+bool cr_tensor_released(const cr_tensor *t);
 
 /* ---- in-place fills and copies ------------------------------------------ */
 
@@ -240,17 +261,18 @@ void cr_fill_dropout_mask(cr_tensor *t, cr_rng *r, double p);
 /* Kernels write into an existing `out`. Float dtypes only unless stated.
  * Elementwise kernels use OpenMP above cr_parallel_threshold elements. */
 
-/* Run a for statement with OpenMP when COND holds and as a plain loop
- * otherwise:
+/* Run a for statement with OpenMP when COND holds and more than one thread
+ * is allowed, and as a plain loop otherwise:
  *     CR_PAR_FOR(n > cr_parallel_threshold, "omp parallel for schedule(static)",
  *                for (int64_t i = 0; i < n; i++) y[i] = f(x[i]););
  * An if() clause on the pragma is not the same: a false clause still enters
  * the OpenMP runtime on every call (libgomp builds and frees a team of one,
- * ~0.3 us) and the outlined loop runs up to 3-7x slower than a plain one
- * (bench/elementwise). Every module's parallel loops use this. */
+ * ~0.3 us and a malloc/free pair) and the outlined loop runs up to 3-7x
+ * slower than a plain one (bench/elementwise). Every module's parallel loops
+ * use this. */
 #define CR_PAR_FOR(COND, PRAGMA, ...)                                                       \
     do {                                                                                    \
-        if (COND) {                                                                         \
+        if ((COND) && cr_get_num_threads() > 1) {                                           \
             _Pragma(PRAGMA) __VA_ARGS__                                                     \
         } else {                                                                            \
             __VA_ARGS__                                                                     \
@@ -276,11 +298,19 @@ void cr_k_binary(cr_binary_kind k, cr_tensor *out, const cr_tensor *x, const cr_
 /* acc += x * y (or acc += x when y is NULL), where x, y have the same shape as
  * acc or broadcast to a larger shape that is summed back to acc's shape. */
 void cr_k_accumulate(cr_tensor *acc, const cr_tensor *x, const cr_tensor *y);
+/* The same without reading acc: acc = x (* y), summed back to acc's shape
+ * where x, y are larger (acc is zeroed first then). For a gradient's first
+ * write, so a fresh buffer need not be zero-filled. */
+void cr_k_assign(cr_tensor *acc, const cr_tensor *x, const cr_tensor *y);
 /* gx += gy * f'(x) for the unary kind that produced out = f(x); all four of
- * one shape (x may be strided), a and b as in cr_k_unary. Only what the kind's
- * derivative reads (unary_ops.h) is touched: x or out may be NULL otherwise. */
+ * one shape, any strides (rows of a gate's slice run as flat loops), a and b
+ * as in cr_k_unary. Only what the kind's derivative reads (unary_ops.h) is
+ * touched: x or out may be NULL otherwise. */
 void cr_k_unary_backward(cr_unary_kind k, cr_tensor *gx, const cr_tensor *gy, const cr_tensor *x,
                          const cr_tensor *out, double a, double b);
+/* gx = gy * f'(x): the same without reading gx (a gradient's first write). */
+void cr_k_unary_backward_assign(cr_unary_kind k, cr_tensor *gx, const cr_tensor *gy, const cr_tensor *x,
+                                const cr_tensor *out, double a, double b);
 /* out = scale * x (same shapes; out's dtype may differ from x's). */
 void cr_k_scale(cr_tensor *out, const cr_tensor *x, double scale);
 /* out = where(cond != 0, x, y); cond broadcast to out. */
@@ -307,6 +337,37 @@ void cr_k_index_add_dim(cr_tensor *gx, int dim, const cr_tensor *idx, const cr_t
 void cr_k_gemm(double alpha, const cr_tensor *a, const cr_tensor *b, double beta, cr_tensor *c);
 /* Products with m*n*k at or below this use the C kernel (measured, bench/matmul). */
 extern int64_t cr_gemm_small_threshold;
+
+/* ---- sliding windows: convolution lowering and pooling (conv_kernels.c) ---- */
+
+/* A 2-D window over planes of H x W (a 1-D one has H = KH = SH = DH = 1 and
+ * PH = 0): kernel KH x KW, stride, padding on each side, dilation, and the
+ * output size OH x OW (cr_window_out). C is the channels per sample. */
+typedef struct cr_window {
+    int64_t C, H, W;
+    int64_t KH, KW, SH, SW, PH, PW, DH, DW;
+    int64_t OH, OW;
+} cr_window;
+/* Output length (in + 2p - d(k-1) - 1)/s + 1, or -1 when the dilated kernel
+ * does not fit the padded input, a size is out of range or overflows. */
+int64_t cr_window_out(int64_t in, int64_t k, int64_t s, int64_t p, int64_t d);
+/* cols [C*KH*KW, nb*OH*OW] (contiguous) = im2col of samples [n0, n0+nb) of x
+ * [N, C, H, W] (contiguous): row (c, ki, kj), column (n - n0, oh, ow) holds
+ * x[n, c, oh*SH - PH + ki*DH, ow*SW - PW + kj*DW], zero outside the input. */
+void cr_k_im2col(const cr_window *g, const cr_tensor *x, int64_t n0, int64_t nb, cr_tensor *cols);
+/* The adjoint of im2col: gx[n0 .. n0+nb) += each column entry at the element it came
+ * from (per plane in a fixed order, so any thread count gives the same sums). */
+void cr_k_col2im(const cr_window *g, const cr_tensor *cols, int64_t n0, int64_t nb, cr_tensor *gx);
+/* Pooling over every H x W plane of x (contiguous) into out [..., OH, OW].
+ * Max: padding is -inf; arg (i32, out's element count) gets the index
+ * ih*W + iw of the first maximum in scan order (a NaN wins), as PyTorch;
+ * a window of padding only (which the ops never make) gives -inf and -1. */
+void cr_k_max_pool(const cr_window *g, const cr_tensor *x, cr_tensor *out, cr_tensor *arg);
+void cr_k_max_pool_backward(const cr_window *g, cr_tensor *gx, const cr_tensor *gy, const cr_tensor *arg);
+/* Average: the divisor is KH*KW, padding counting as zeros (PyTorch's
+ * count_include_pad=True). Backward adds gy / (KH*KW) over each window. */
+void cr_k_avg_pool(const cr_window *g, const cr_tensor *x, cr_tensor *out);
+void cr_k_avg_pool_backward(const cr_window *g, cr_tensor *gx, const cr_tensor *gy);
 /* Elementwise kernels run serially below this many elements (measured). */
 extern int64_t cr_parallel_threshold;
 

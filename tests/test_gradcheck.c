@@ -349,6 +349,30 @@ static void check_matmul(void)
            input(CR_SHAPE(84, 12), -1, 1)); /* 33 * 84 * 12 per batch */
 }
 
+static cr_tensor *f_matmul_bias(cr_tensor *const *in, void *ctx)
+{
+    (void)ctx;
+    return cr_matmul_bias(in[0], in[1], in[2]);
+}
+/* the weight as a transposed view, the bias a column broadcast along rows */
+static cr_tensor *f_matmul_bias_t(cr_tensor *const *in, void *ctx)
+{
+    (void)ctx;
+    return cr_matmul_bias(in[0], cr_transpose(in[1], 0, 1), in[2]);
+}
+static void check_matmul_bias(void)
+{
+    eps = 1e-3; /* linear in each element, as for matmul */
+    run_check("matmul_bias 2-D, row bias", f_matmul_bias, NULL, 3,
+              (cr_tensor *[]){input(CR_SHAPE(3, 4), -1, 1), input(CR_SHAPE(4, 2), -1, 1), input(CR_SHAPE(2), -1, 1)});
+    run_check("matmul_bias 3-D x 2-D^T, column bias", f_matmul_bias_t, NULL, 3,
+              (cr_tensor *[]){input(CR_SHAPE(2, 3, 4), -1, 1), input(CR_SHAPE(5, 4), -1, 1),
+                              input(CR_SHAPE(3, 1), -1, 1)});
+    run_check("matmul_bias through BLIS", f_matmul_bias, NULL, 3,
+              (cr_tensor *[]){input(CR_SHAPE(40, 30), -1, 1), input(CR_SHAPE(30, 30), -1, 1),
+                              input(CR_SHAPE(30), -1, 1)});
+}
+
 /* ---- views and shape ops ---------------------------------------------------------------- */
 
 /* Each view op on its own and composed (views of views), then multiplied by a
@@ -592,6 +616,38 @@ static void check_dropout(void)
     CHECK1("dropout", f_dropout, &c, input(CR_SHAPE(6, 5), -1, 1));
 }
 
+/* Two recomputed segments in a chain: a parameter read through ctx, dropout
+ * drawing from a generator given to cr_recompute, two outputs each. */
+typedef struct {
+    cr_rng rng;
+    cr_tensor *w;
+} segment_ctx;
+static void seg_tanh_dropout(cr_tensor *const *in, cr_tensor **out, void *ctx)
+{
+    segment_ctx *c = ctx;
+    cr_tensor *h = cr_dropout(cr_tanh(cr_matmul(in[0], c->w)), 0.3, true, &c->rng); /* [3,4] */
+    out[0] = cr_mul(h, in[1]);
+    out[1] = cr_sum(cr_square(h));
+}
+static cr_tensor *f_recompute(cr_tensor *const *in, void *ctx)
+{
+    segment_ctx *c = ctx;
+    c->rng = cr_rng_seed(7); /* the same masks at every evaluation */
+    c->w = in[1];
+    cr_tensor *a[2], *b[2];
+    cr_recompute(seg_tanh_dropout, c, 2, (cr_tensor *[]){cr_mul_scalar(in[0], 0.7), in[2]}, 2, a, 1,
+                 (cr_rng *[]){&c->rng});
+    cr_recompute(seg_tanh_dropout, c, 2, (cr_tensor *[]){a[0], in[2]}, 2, b, 1, (cr_rng *[]){&c->rng});
+    return cr_add(cr_add(cr_sum(b[0]), a[1]), cr_mul_scalar(b[1], 0.5));
+}
+static void check_recompute(void)
+{
+    segment_ctx c;
+    run_check("recompute", f_recompute, &c, 3,
+              (cr_tensor *[]){input(CR_SHAPE(3, 4), -1, 1), input(CR_SHAPE(4, 4), -0.8, 0.8),
+                              input(CR_SHAPE(3, 4), -1, 1)});
+}
+
 typedef struct {
     cr_tensor *target;
     int64_t ignore;
@@ -621,6 +677,155 @@ static void check_cross_entropy(void)
     CHECK1("cross_entropy ignoring class 0", f_ce, &ign, input(CR_SHAPE(4, 5), -2, 2));
 }
 
+/* ---- convolutions and pooling ------------------------------------------------------------------ */
+
+/* Each convolution case runs with three block sizes (cr_conv_block_bytes):
+ * one sample per block (a 1x1 convolution then multiplies the input
+ * directly), two samples per block (the last block is partial when N is
+ * odd; and backward builds the columns again: cr_conv_keep_bytes 0), and
+ * every sample in one block. */
+typedef struct {
+    int nd;                /* 1 or 2 */
+    int64_t x[4], w[4];    /* shapes (nd + 2 dims) */
+    cr_conv1d_opts o1;
+    cr_conv2d_opts o2;
+    bool bias;
+    bool view;             /* x stored with its last two dims swapped, passed transposed */
+} conv_case;
+
+static cr_tensor *f_conv(cr_tensor *const *in, void *ctx)
+{
+    const conv_case *c = ctx;
+    int last = c->nd + 1;
+    cr_tensor *x = c->view ? cr_transpose(in[0], last - 1, last) : in[0];
+    cr_tensor *b = c->bias ? in[2] : NULL;
+    return c->nd == 1 ? cr_conv1d(x, in[1], b, c->o1) : cr_conv2d(x, in[1], b, c->o2);
+}
+
+static void check_conv_case(const char *name, const conv_case *c)
+{
+    char what[96];
+    int nd = c->nd + 2;
+    int64_t xs[4];
+    memcpy(xs, c->x, sizeof xs);
+    if (c->view) { /* stored with the last two dims swapped */
+        xs[nd - 1] = c->x[nd - 2];
+        xs[nd - 2] = c->x[nd - 1];
+    }
+    /* bytes of one sample's columns: C * kernel size * output positions * 8 */
+    int64_t per_sample = 8 * c->x[1];
+    for (int d = 0; d < c->nd; d++) {
+        int64_t s = c->nd == 1 ? c->o1.stride : c->o2.stride[d], p = c->nd == 1 ? c->o1.padding : c->o2.padding[d];
+        int64_t dil = c->nd == 1 ? c->o1.dilation : c->o2.dilation[d];
+        per_sample *= c->w[2 + d] * cr_window_out(c->x[2 + d], c->w[2 + d], s ? s : 1, p, dil ? dil : 1);
+    }
+    /* one sample per block; two (columns built again in backward); all */
+    int64_t blocks[3] = {1, 2 * per_sample, (int64_t)1 << 30}, keep = cr_conv_keep_bytes, block = cr_conv_block_bytes;
+    eps = 1e-3; /* linear in each input: no truncation error, less rounding */
+    for (int k = 0; k < 3; k++) {
+        cr_conv_block_bytes = blocks[k];
+        cr_conv_keep_bytes = k == 1 ? 0 : keep;
+        cr_tensor *x = input(nd, xs, -1, 1), *w = input(nd, c->w, -1, 1);
+        cr_tensor *b = input(CR_SHAPE(c->w[0]), -1, 1);
+        snprintf(what, sizeof what, "%s, block %d", name, k);
+        run_check(what, f_conv, (void *)c, c->bias ? 3 : 2, (cr_tensor *[]){x, w, b});
+        teardown();
+    }
+    cr_conv_block_bytes = block;
+    cr_conv_keep_bytes = keep;
+}
+
+static void check_conv2d(void)
+{
+    const struct {
+        const char *name;
+        conv_case c;
+    } cases[] = {
+        {"conv2d plain", {2, {2, 3, 5, 6}, {4, 3, 3, 3}, .bias = true}},
+        {"conv2d stride, padding, dilation", {2, {3, 2, 7, 8}, {3, 2, 3, 2},
+            .o2 = {.stride = {2, 1}, .padding = {1, 2}, .dilation = {1, 2}}, .bias = true}},
+        {"conv2d groups 2", {2, {2, 4, 5, 5}, {6, 2, 3, 3}, .o2 = {.padding = {1, 1}, .groups = 2}, .bias = true}},
+        {"conv2d depthwise, dilated", {2, {2, 3, 6, 6}, {3, 1, 3, 3},
+            .o2 = {.padding = {2, 2}, .dilation = {2, 2}, .groups = 3}, .bias = true}},
+        {"conv2d 1x1", {2, {3, 4, 3, 5}, {2, 4, 1, 1}, .bias = false}},
+        {"conv2d 1x1 groups 2", {2, {2, 6, 4, 4}, {4, 3, 1, 1}, .o2 = {.groups = 2}, .bias = true}},
+        {"conv2d 1x1 stride 2", {2, {2, 3, 5, 5}, {2, 3, 1, 1}, .o2 = {.stride = {2, 2}}, .bias = true}},
+        {"conv2d odd sizes", {2, {3, 1, 7, 5}, {2, 1, 4, 3}, .o2 = {.stride = {3, 2}, .padding = {1, 0}}}},
+        {"conv2d of a transposed view", {2, {2, 3, 5, 6}, {4, 3, 3, 3},
+            .o2 = {.stride = {1, 2}, .padding = {1, 0}}, .bias = true, .view = true}},
+        {"conv2d through BLIS", {2, {2, 8, 10, 10}, {16, 8, 3, 3}, .o2 = {.padding = {1, 1}}, .bias = true}},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) check_conv_case(cases[i].name, &cases[i].c);
+}
+
+static void check_conv1d(void)
+{
+    const struct {
+        const char *name;
+        conv_case c;
+    } cases[] = {
+        {"conv1d plain", {1, {2, 3, 9}, {4, 3, 3}, .bias = true}},
+        {"conv1d stride, padding, dilation", {1, {3, 2, 10}, {3, 2, 3},
+            .o1 = {.stride = 2, .padding = 2, .dilation = 2}, .bias = true}},
+        {"conv1d groups 2", {1, {2, 6, 7}, {4, 3, 2}, .o1 = {.groups = 2}}},
+        {"conv1d 1x1", {1, {3, 5, 4}, {2, 5, 1}, .bias = true}},
+        {"conv1d of [B,T,C] transposed", {1, {2, 3, 9}, {4, 3, 5}, .o1 = {.padding = 2}, .bias = true, .view = true}},
+        {"conv1d odd sizes", {1, {1, 1, 11}, {3, 1, 4}, .o1 = {.stride = 3, .padding = 1}}},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) check_conv_case(cases[i].name, &cases[i].c);
+}
+
+/* Pooling: inputs whose values are all distinct and 4/n apart (a
+ * permutation of a grid), so no window is near a tie. */
+typedef struct {
+    int nd;
+    cr_pool1d_opts o1;
+    cr_pool2d_opts o2;
+    bool max, view;
+} pool_case;
+
+static cr_tensor *f_pool(cr_tensor *const *in, void *ctx)
+{
+    const pool_case *c = ctx;
+    cr_tensor *x = c->view ? cr_transpose(in[0], -2, -1) : in[0];
+    if (c->nd == 1) return c->max ? cr_max_pool1d(x, c->o1) : cr_avg_pool1d(x, c->o1);
+    return c->max ? cr_max_pool2d(x, c->o2) : cr_avg_pool2d(x, c->o2);
+}
+
+static cr_tensor *distinct_input(int ndim, const int64_t *shape)
+{
+    cr_tensor *t = input(ndim, shape, -1, 1);
+    int64_t n = cr_numel(t);
+    cr_assert(n % 37 != 0);
+    for (int64_t j = 0; j < n; j++) cr_set_flat(t, j, (double)((j * 37) % n) * 4.0 / (double)n - 2.0);
+    return t;
+}
+
+static void check_pools(bool max, int nd)
+{
+    char what[96];
+    const char *kind = max ? "max" : "avg";
+    pool_case c2[] = {{2, .o2 = {.kernel = {2, 2}}},
+                      {2, .o2 = {.kernel = {3, 2}, .stride = {2, 1}, .padding = {1, 1}}},
+                      {2, .o2 = {.kernel = {3, 3}, .stride = {2, 2}, .padding = {1, 1}}, .view = true}};
+    int64_t s2[][4] = {{2, 3, 6, 7}, {2, 2, 5, 7}, {3, 5, 6}};
+    int n2[] = {4, 4, 3};
+    pool_case c1[] = {{1, .o1 = {.kernel = 3, .stride = 2, .padding = 1}}, {1, .o1 = {.kernel = 2}},
+                      {1, .o1 = {.kernel = 4, .stride = 3, .padding = 2}, .view = true}};
+    int64_t s1[][3] = {{2, 3, 9}, {2, 3, 8}, {7, 3}};
+    int n1[] = {3, 3, 2};
+    for (int i = 0; i < 3; i++) {
+        c2[i].max = c1[i].max = max;
+        snprintf(what, sizeof what, "%s_pool%dd case %d", kind, nd, i);
+        if (nd == 2) CHECK1(what, f_pool, &c2[i], distinct_input(n2[i], s2[i]));
+        else CHECK1(what, f_pool, &c1[i], distinct_input(n1[i], s1[i]));
+    }
+}
+static void check_max_pool1d(void) { check_pools(true, 1); }
+static void check_max_pool2d(void) { check_pools(true, 2); }
+static void check_avg_pool1d(void) { check_pools(false, 1); }
+static void check_avg_pool2d(void) { check_pools(false, 2); }
+
 /* ---- composed: a small tanh RNN over three steps (all ops through views) ------------------------ */
 
 static cr_tensor *f_rnn(cr_tensor *const *in, void *ctx)
@@ -647,6 +852,13 @@ Test(gradcheck, composed_rnn)
 
 /* One expression using every op; constants are made in the inputs' dtype, so
  * the same function runs in f32 and f64. x [4,6], w [6,5], table [7,6]. */
+/* tanh(x), recomputed in backward */
+static void seg_tanh(cr_tensor *const *in, cr_tensor **out, void *ctx)
+{
+    (void)ctx;
+    out[0] = cr_tanh(in[0]);
+}
+
 static cr_tensor *f_everything(cr_tensor *const *in, void *ctx)
 {
     (void)ctx;
@@ -665,7 +877,9 @@ static cr_tensor *f_everything(cr_tensor *const *in, void *ctx)
         cr_tensor *u = cr_add_scalar(cr_mul_scalar(cr_sigmoid(a), c->hi - c->lo), c->lo);
         b = cr_add(b, cr_mul_scalar(c->apply(u), 0.05));
     }
-    cr_tensor *h = cr_tanh(cr_matmul(b, w));                                        /* [4,5] */
+    cr_tensor *h;                                                                   /* [4,5] */
+    cr_recompute(seg_tanh, NULL, 1, (cr_tensor *[]){cr_matmul(b, w)}, 1, &h, 0, NULL);
+    h = cr_matmul_bias(h, cr_transpose(cr_narrow(w, 0, 0, 5), 0, 1), cr_narrow(cr_select(x, 0, 0), 0, 0, 5)); /* + x[0,:5] */
     cr_tensor *hs[2] = {h, cr_mask(h, cr_full(dt, CR_SHAPE(5), 2.0))};
     cr_tensor *st = cr_stack(2, hs, 0);                                             /* [2,4,5] */
     st = cr_select(cr_unsqueeze(st, 1), 1, 0);                                      /* [2,1,4,5] -> [2,4,5] */
@@ -680,7 +894,19 @@ static cr_tensor *f_everything(cr_tensor *const *in, void *ctx)
     cr_tensor *loss = cr_cross_entropy(logits, tgt, -1, CR_MEAN);
     loss = cr_add(loss, cr_mean(cr_softmax(flat, 1)));
     loss = cr_add(loss, cr_sum(cr_mean_dim(cr_sum_dim(flat, 0, true), 1, false)));
-    return cr_add(loss, cr_mul_scalar(cr_sum(cr_square(cr_narrow(cat, 0, 3, 2))), 0.1));
+    loss = cr_add(loss, cr_mul_scalar(cr_sum(cr_square(cr_narrow(cat, 0, 3, 2))), 0.1));
+    /* convolutions and pooling: x as one 4x6 image and as 4 channels of 6 steps, weights from table */
+    cr_tensor *k2 = cr_reshape(cr_narrow(table, 0, 0, 3), CR_SHAPE(2, 1, 3, 3));            /* [2,1,3,3] */
+    cr_tensor *c2 = cr_conv2d(cr_reshape(x, CR_SHAPE(1, 1, 4, 6)), k2, cr_narrow(cr_select(table, 0, 3), 0, 1, 2),
+                              (cr_conv2d_opts){.padding = {1, 1}});                         /* [1,2,4,6] */
+    cr_pool2d_opts p22 = {.kernel = {2, 2}};
+    cr_tensor *q2 = cr_add(cr_max_pool2d(c2, p22), cr_avg_pool2d(c2, p22));                /* [1,2,2,3] */
+    cr_tensor *k1 = cr_reshape(cr_narrow(table, 0, 4, 2), CR_SHAPE(2, 2, 3));               /* [2,2,3] */
+    cr_tensor *c1 = cr_conv1d(cr_reshape(x, CR_SHAPE(1, 4, 6)), k1, NULL,
+                              (cr_conv1d_opts){.padding = 1, .groups = 2});                 /* [1,2,6] */
+    cr_pool1d_opts p12 = {.kernel = 2};
+    cr_tensor *q1 = cr_add(cr_max_pool1d(c1, p12), cr_avg_pool1d(c1, p12));                /* [1,2,3] */
+    return cr_add(loss, cr_mul_scalar(cr_add(cr_sum(cr_tanh(q2)), cr_sum(cr_tanh(q1))), 0.1));
 }
 
 Test(gradcheck, every_op_in_one_expression_f32_matches_f64)
@@ -725,9 +951,10 @@ Test(gradcheck, every_op_in_one_expression_f32_matches_f64)
 /* Every op but the unary ones (checked per case above). */
 #define CHECKS(X)                                                                                          \
     X(add) X(sub) X(mul) X(div) X(maximum) X(minimum)                                                      \
-    X(sum) X(mean) X(sum_dim) X(mean_dim) X(max_dim) X(softmax) X(log_softmax) X(matmul)                   \
+    X(sum) X(mean) X(sum_dim) X(mean_dim) X(max_dim) X(softmax) X(log_softmax) X(matmul) X(matmul_bias)                   \
     X(reshape) X(transpose) X(permute) X(narrow) X(select) X(expand) X(unsqueeze) X(contiguous) X(concat)  \
-    X(stack) X(gather_rows) X(where) X(mask) X(dropout) X(cross_entropy)
+    X(stack) X(gather_rows) X(where) X(mask) X(dropout) X(cross_entropy) X(recompute)                                \
+    X(conv1d) X(conv2d) X(max_pool1d) X(max_pool2d) X(avg_pool1d) X(avg_pool2d)
 
 #define CHECK_TEST(name)                                                                                   \
     Test(gradcheck, name) { check_##name(); }

@@ -343,6 +343,29 @@ Test(ops, matmul_batched)
     for (int64_t i = 0; i < 4; i++) expect_close(cr_select(pw, 0, i), naive_matmul(cr_select(pa, 0, i), w2), 1e-14);
 }
 
+Test(ops, matmul_bias)
+{
+    /* the values of matmul then add, bit for bit, for a row bias and a column bias */
+    cr_rng r = cr_rng_seed(4);
+    cr_tensor *a = cr_tensor_new(CR_F32, CR_SHAPE(2, 37, 50)), *b = cr_tensor_new(CR_F32, CR_SHAPE(50, 41));
+    cr_tensor *row = cr_tensor_new(CR_F32, CR_SHAPE(41)), *col = cr_tensor_new(CR_F32, CR_SHAPE(37, 1));
+    cr_tensor *all[4] = {a, b, row, col};
+    for (int i = 0; i < 4; i++) cr_fill_uniform(all[i], &r, -1, 1);
+    cr_tensor *bias[2] = {row, col};
+    for (int i = 0; i < 2; i++) {
+        cr_tensor *y = cr_matmul_bias(a, b, bias[i]), *want = cr_add(cr_matmul(a, b), bias[i]);
+        expect_shape(y, CR_SHAPE(2, 37, 41));
+        cr_assert_eq(memcmp(y->data, want->data, (size_t)cr_numel(y) * sizeof(float)), 0, "bias %d", i);
+    }
+    cr_tensor *x2 = f64(CR_SHAPE(1, 2), (double[]){1, 2}), *w2 = f64(CR_SHAPE(2, 2), (double[]){1, 2, 3, 4});
+    expect_values(cr_matmul_bias(x2, w2, f64(CR_SHAPE(2), (double[]){0.5, -1})), (double[]){7.5, 9}, 2, 0);
+    EXPECT_ERROR(cr_matmul_bias(x2, w2, f64(CR_SHAPE(3), (double[]){1, 2, 3})),
+                 "cr_matmul_bias: bias [3] does not broadcast to the product's shape [1,2]");
+    EXPECT_ERROR(cr_matmul_bias(x2, w2, f64(CR_SHAPE(2, 1, 2), (double[]){1, 2, 3, 4})),
+                 "cr_matmul_bias: bias [2,1,2] does not broadcast");
+    EXPECT_ERROR(cr_matmul_bias(x2, f64(CR_SHAPE(3, 2), (double[6]){0}), row), "cr_matmul_bias: [1,2] x [3,2]: inner dims 2 and 3 differ");
+}
+
 Test(ops, matmul_misuse)
 {
     cr_tensor *a = cr_zeros(CR_F32, CR_SHAPE(32, 64)), *b = cr_zeros(CR_F32, CR_SHAPE(65, 128));
@@ -617,15 +640,129 @@ Test(ops, cross_entropy)
                  "cr_cross_entropy: targets must be i32, got f64");
 }
 
+/* ---- convolutions and pooling --------------------------------------------------------------------- */
+
+Test(ops, conv2d)
+{
+    cr_tensor *x = f64(CR_SHAPE(1, 1, 3, 3), (double[]){1, 2, 3, 4, 5, 6, 7, 8, 9});
+    cr_tensor *w = f64(CR_SHAPE(1, 1, 2, 2), (double[]){1, 2, 3, 4});
+    cr_tensor *b = f64(CR_SHAPE(1), (double[]){0.5});
+    cr_tensor *y = cr_conv2d(x, w, b, (cr_conv2d_opts){0});
+    expect_shape(y, CR_SHAPE(1, 1, 2, 2));
+    expect_values(y, (double[]){37.5, 47.5, 67.5, 77.5}, 4, 1e-15); /* 1+4+12+20, ... */
+    /* padding 1, stride 2: the corners see 1, 2 and 4 elements of the input */
+    y = cr_conv2d(x, w, NULL, (cr_conv2d_opts){.stride = {2, 2}, .padding = {1, 1}});
+    expect_shape(y, CR_SHAPE(1, 1, 2, 2));
+    expect_values(y, (double[]){4, 2 * 3 + 3 * 4, 4 * 2 + 7 * 4, 5 + 12 + 24 + 36}, 4, 1e-15);
+    /* two output channels, each its own filter; f32 as f64 */
+    cr_tensor *w2 = cr_from_array(CR_F32, CR_SHAPE(2, 1, 1, 1), (float[]){2, -1});
+    y = cr_conv2d(cr_from_array(CR_F32, CR_SHAPE(1, 1, 1, 2), (float[]){3, 5}), w2, NULL, (cr_conv2d_opts){0});
+    cr_assert_eq(y->dtype, CR_F32);
+    expect_values(y, (double[]){6, 10, -3, -5}, 4, 0);
+}
+
+Test(ops, conv1d)
+{
+    /* groups 2, dilation 2: channel 0 is x0[l] - x0[l+2], channel 1 2 x1[l] + x1[l+2] */
+    cr_tensor *x = f64(CR_SHAPE(1, 2, 5), (double[]){1, 2, 3, 4, 5, 10, 20, 30, 40, 50});
+    cr_tensor *w = f64(CR_SHAPE(2, 1, 2), (double[]){1, -1, 2, 1});
+    cr_tensor *y = cr_conv1d(x, w, NULL, (cr_conv1d_opts){.dilation = 2, .groups = 2});
+    expect_shape(y, CR_SHAPE(1, 2, 3));
+    expect_values(y, (double[]){-2, -2, -2, 50, 80, 110}, 6, 1e-15);
+    /* stride 2, padding 1, bias */
+    cr_tensor *w1 = f64(CR_SHAPE(1, 2, 3), (double[]){1, 0, 0, 0, 0, 1});
+    y = cr_conv1d(x, w1, f64(CR_SHAPE(1), (double[]){-1}), (cr_conv1d_opts){.stride = 2, .padding = 1});
+    expect_shape(y, CR_SHAPE(1, 1, 3)); /* x0[2l-1] + x1[2l+1] - 1 */
+    expect_values(y, (double[]){0 + 20 - 1, 2 + 40 - 1, 4 + 0 - 1}, 3, 1e-15);
+}
+
+Test(ops, max_and_avg_pool)
+{
+    cr_tensor *x = f64(CR_SHAPE(1, 1, 3, 3), (double[]){1, 2, 3, 4, 5, 6, 7, 8, 9});
+    cr_tensor *y = cr_max_pool2d(x, (cr_pool2d_opts){.kernel = {2, 2}, .stride = {1, 1}});
+    expect_shape(y, CR_SHAPE(1, 1, 2, 2));
+    expect_values(y, (double[]){5, 6, 8, 9}, 4, 0);
+    y = cr_avg_pool2d(x, (cr_pool2d_opts){.kernel = {2, 2}, .stride = {2, 2}, .padding = {1, 1}});
+    expect_values(y, (double[]){1 / 4.0, 5 / 4.0, 11 / 4.0, 28 / 4.0}, 4, 1e-15); /* padding counts */
+    /* stride defaults to the kernel; a [C, H, W] input */
+    y = cr_max_pool2d(f64(CR_SHAPE(1, 2, 4), (double[]){1, 9, 2, 3, 4, 0, 8, 7}), (cr_pool2d_opts){.kernel = {2, 2}});
+    expect_shape(y, CR_SHAPE(1, 1, 2));
+    expect_values(y, (double[]){9, 8}, 2, 0);
+    cr_tensor *s = f64(CR_SHAPE(1, 1, 5), (double[]){1, 3, 2, 5, 4});
+    y = cr_max_pool1d(s, (cr_pool1d_opts){.kernel = 2, .stride = 1});
+    expect_values(y, (double[]){3, 3, 5, 5}, 4, 0);
+    y = cr_max_pool1d(s, (cr_pool1d_opts){.kernel = 3, .stride = 2, .padding = 1});
+    expect_values(y, (double[]){3, 5, 5}, 3, 0);
+    y = cr_avg_pool1d(s, (cr_pool1d_opts){.kernel = 3, .stride = 2, .padding = 1});
+    expect_values(y, (double[]){4 / 3.0, 10 / 3.0, 3}, 3, 1e-15);
+}
+
+Test(ops, max_pool_ties_go_to_the_first)
+{
+    cr_tensor *x = cr_tensor_init(CR_F64, CR_SHAPE(1, 1, 2, 2));
+    cr_fill(x, 1.0);
+    cr_requires_grad(x, true);
+    cr_backward(cr_sum(cr_max_pool2d(x, (cr_pool2d_opts){.kernel = {2, 2}})));
+    expect_values(x->grad, (double[]){1, 0, 0, 0}, 4, 0);
+    cr_tensor_free(x);
+    /* a NaN wins, as in PyTorch */
+    cr_tensor *y = cr_max_pool1d(f64(CR_SHAPE(1, 1, 3), (double[]){1, NAN, 2}), (cr_pool1d_opts){.kernel = 3});
+    cr_assert(isnan(cr_get_flat(y, 0)));
+}
+
+/* ---- recompute: a segment's outputs are those of the plain function ----------------------------- */
+
+static void seg_affine(cr_tensor *const *in, cr_tensor **out, void *ctx)
+{
+    const double *k = ctx;
+    cr_tensor *h = cr_tanh(cr_add_scalar(cr_mul_scalar(in[0], *k), 0.5)); /* an intermediate, released */
+    out[0] = cr_mul(h, in[1]);
+    out[1] = cr_sum(h);
+    out[2] = in[1]; /* an input passed through */
+}
+
+Test(ops, recompute)
+{
+    double k = 2.0;
+    cr_tensor *x = f64(CR_SHAPE(2, 2), (double[]){0.1, -0.2, 0.3, 0.4}), *m = f64(CR_SHAPE(2, 2), (double[]){1, 2, 3, 4});
+    cr_requires_grad(x, true);
+    cr_tensor *out[3];
+    cr_recompute(seg_affine, &k, 2, (cr_tensor *[]){x, m}, 3, out, 0, NULL);
+    double t[4];
+    for (int i = 0; i < 4; i++) t[i] = tanh(2 * cr_get_flat(x, i) + 0.5);
+    expect_values(out[0], (double[]){t[0] * 1, t[1] * 2, t[2] * 3, t[3] * 4}, 4, 1e-15);
+    expect_values(out[1], (double[]){t[0] + t[1] + t[2] + t[3]}, 1, 1e-15);
+    expect_values(out[2], (double[]){1, 2, 3, 4}, 4, 0);
+    /* outputs that depend on a tensor needing a gradient record one node each */
+    cr_assert_str_eq(out[0]->node->op->name, "cr_recompute");
+    cr_assert_str_eq(out[1]->node->op->name, "cr_recompute");
+    cr_assert(out[0]->requires_grad && out[1]->requires_grad);
+    cr_assert_not(out[2]->requires_grad); /* m needs none */
+    cr_assert_eq(cr_graph_node_count(graph), 2);
+    /* with grad mode off, a plain call in a scope */
+    cr_set_grad_enabled(false);
+    cr_tensor *o2[3];
+    cr_recompute(seg_affine, &k, 2, (cr_tensor *[]){x, m}, 3, o2, 0, NULL);
+    cr_set_grad_enabled(true);
+    expect_values(o2[0], (double[]){t[0] * 1, t[1] * 2, t[2] * 3, t[3] * 4}, 4, 1e-15);
+    cr_assert_null(o2[0]->node);
+    EXPECT_ERROR(cr_recompute(seg_affine, &k, 2, (cr_tensor *[]){x, NULL}, 3, out, 0, NULL),
+                 "cr_recompute: input 1 is NULL");
+    EXPECT_ERROR(cr_recompute(seg_affine, &k, 2, (cr_tensor *[]){x, m}, 0, out, 0, NULL),
+                 "cr_recompute: 0 outputs");
+}
+
 /* ---- every op above is in the table --------------------------------------------------------------- */
 
 Test(ops, op_table_is_complete_and_findable)
 {
     /* the unary ops are tested through the cases of tests/unary_cases.h */
     const char *tested[] = {"add", "sub", "mul", "div", "maximum", "minimum", "sum", "mean", "sum_dim", "mean_dim",
-                            "max_dim", "softmax", "log_softmax", "matmul", "reshape", "transpose", "permute",
+                            "max_dim", "softmax", "log_softmax", "matmul", "matmul_bias", "reshape", "transpose", "permute",
                             "narrow", "select", "expand", "unsqueeze", "contiguous", "concat", "stack",
-                            "gather_rows", "where", "mask", "dropout", "cross_entropy"};
+                            "gather_rows", "where", "mask", "dropout", "cross_entropy", "conv1d", "conv2d",
+                            "max_pool1d", "max_pool2d", "avg_pool1d", "avg_pool2d",
+                            "recompute"};
     size_t n_tested = sizeof tested / sizeof tested[0], count;
     const cr_op *unary_ops[N_UNARY_CASES];
     cr_tensor *x = cr_tensor_init(CR_F64, CR_SHAPE(2));

@@ -1,0 +1,168 @@
+/* Sliding-window kernels for convolutions and pooling, f32 and f64: im2col
+ * and its adjoint col2im (which lower a convolution to gemm), max and average
+ * pooling with their backward. The loops are in conv_kernels_impl.h,
+ * instantiated per float type. A 1-D window is a 2-D one with H = KH = 1. */
+#include <math.h>
+#include <string.h>
+
+#include "tensor.h"
+
+int64_t cr_window_out(int64_t in, int64_t k, int64_t s, int64_t p, int64_t d)
+{
+    /* out = (in + 2p - d(k-1) - 1) / s + 1, when the dilated kernel fits the padded input */
+    int64_t span, padded;
+    if (in < 0 || k < 1 || s < 1 || p < 0 || d < 1) return -1;
+    if (!cr_mul_ok(d, k - 1, &span) || !cr_add_ok(span, 1, &span)) return -1;
+    if (!cr_mul_ok(p, 2, &padded) || !cr_add_ok(padded, in, &padded)) return -1;
+    if (padded < span) return -1;
+    return (padded - span) / s + 1;
+}
+
+/* The output columns ow in [*lo, *hi) whose input column ow S + off lies in
+ * [0, W): the rest of a row reads padding. */
+static inline void window_span(int64_t W, int64_t OW, int64_t S, int64_t off, int64_t *lo, int64_t *hi)
+{
+    *lo = off >= 0 ? 0 : (-off + S - 1) / S;
+    *hi = W - 1 - off < 0 ? 0 : (W - 1 - off) / S + 1;
+    if (*hi > OW) *hi = OW;
+    if (*lo > OW) *lo = OW;
+    if (*hi < *lo) *hi = *lo;
+}
+
+#define T float
+#define SFX f32
+#include "conv_kernels_impl.h"
+#undef T
+#undef SFX
+#define T double
+#define SFX f64
+#include "conv_kernels_impl.h"
+#undef T
+#undef SFX
+
+/* ---- checks: the kernels take raw buffers, so their shapes are checked here ---- */
+
+static void check_contig(const char *fn, const char *what, const cr_tensor *t, cr_dtype dt)
+{
+    char s[128];
+    if (t->dtype != dt)
+        cr_error("%s: %s is %s, expected %s", fn, what, cr_dtype_name(t->dtype), cr_dtype_name(dt));
+    if (!cr_is_contiguous(t))
+        cr_error("%s: %s %s must be contiguous", fn, what, cr_shape_str(s, sizeof s, t->ndim, t->shape));
+}
+
+static void check_numel(const char *fn, const char *what, const cr_tensor *t, int64_t want)
+{
+    char s[128];
+    if (cr_numel(t) != want)
+        cr_error("%s: %s %s has %lld elements, the window needs %lld", fn, what,
+                 cr_shape_str(s, sizeof s, t->ndim, t->shape), (long long)cr_numel(t), (long long)want);
+}
+
+static void check_window(const char *fn, const cr_window *g)
+{
+    bool ok = g->C >= 0 && g->H >= 0 && g->W >= 0 && g->KH >= 1 && g->KW >= 1 && g->SH >= 1 && g->SW >= 1 &&
+              g->PH >= 0 && g->PW >= 0 && g->DH >= 1 && g->DW >= 1 &&
+              g->OH == cr_window_out(g->H, g->KH, g->SH, g->PH, g->DH) &&
+              g->OW == cr_window_out(g->W, g->KW, g->SW, g->PW, g->DW);
+    if (!ok)
+        cr_error(
+            "%s: window C=%lld H=%lld W=%lld kernel %lldx%lld stride %lldx%lld padding %lldx%lld dilation "
+            "%lldx%lld output %lldx%lld is not consistent",
+            fn, (long long)g->C, (long long)g->H, (long long)g->W, (long long)g->KH, (long long)g->KW,
+            (long long)g->SH, (long long)g->SW, (long long)g->PH, (long long)g->PW, (long long)g->DH,
+            (long long)g->DW, (long long)g->OH, (long long)g->OW);
+}
+
+/* x holds at least samples [n0, n0+nb) of C planes of H x W each. */
+static void check_block(const char *fn, const cr_window *g, const cr_tensor *x, int64_t n0, int64_t nb)
+{
+    int64_t per = g->C * g->H * g->W;
+    if (n0 < 0 || nb < 0 || (per > 0 && (n0 + nb) > cr_numel(x) / per))
+        cr_error("%s: samples %lld..%lld are outside the input (%lld elements, %lld per sample)", fn,
+                 (long long)n0, (long long)(n0 + nb), (long long)cr_numel(x), (long long)per);
+}
+
+void cr_k_im2col(const cr_window *g, const cr_tensor *x, int64_t n0, int64_t nb, cr_tensor *cols)
+{
+    check_window("cr_k_im2col", g);
+    if (x->dtype == CR_I32) cr_error("cr_k_im2col: needs f32 or f64, got i32");
+    check_contig("cr_k_im2col", "input", x, x->dtype);
+    check_contig("cr_k_im2col", "columns", cols, x->dtype);
+    check_block("cr_k_im2col", g, x, n0, nb);
+    check_numel("cr_k_im2col", "columns", cols, g->C * g->KH * g->KW * nb * g->OH * g->OW);
+    if (x->dtype == CR_F32)
+        im2col_f32(g, x->data, n0, nb, cols->data);
+    else
+        im2col_f64(g, x->data, n0, nb, cols->data);
+}
+
+void cr_k_col2im(const cr_window *g, const cr_tensor *cols, int64_t n0, int64_t nb, cr_tensor *gx)
+{
+    check_window("cr_k_col2im", g);
+    if (gx->dtype == CR_I32) cr_error("cr_k_col2im: needs f32 or f64, got i32");
+    check_contig("cr_k_col2im", "gradient", gx, gx->dtype);
+    check_contig("cr_k_col2im", "columns", cols, gx->dtype);
+    check_block("cr_k_col2im", g, gx, n0, nb);
+    check_numel("cr_k_col2im", "columns", cols, g->C * g->KH * g->KW * nb * g->OH * g->OW);
+    if (gx->dtype == CR_F32)
+        col2im_f32(g, cols->data, n0, nb, gx->data);
+    else
+        col2im_f64(g, cols->data, n0, nb, gx->data);
+}
+
+/* Planes of x (its elements / (H W)), with out (and arg) holding OH x OW per plane. */
+static int64_t pool_planes(const char *fn, const cr_window *g, const cr_tensor *x, const cr_tensor *out,
+                           const cr_tensor *arg)
+{
+    check_window(fn, g);
+    if (x->dtype == CR_I32) cr_error("%s: needs f32 or f64, got i32", fn);
+    check_contig(fn, "input", x, x->dtype);
+    check_contig(fn, "output", out, x->dtype);
+    int64_t plane = g->H * g->W, planes = plane > 0 ? cr_numel(x) / plane : 0;
+    check_numel(fn, "input", x, planes * plane);
+    check_numel(fn, "output", out, planes * g->OH * g->OW);
+    if (arg) {
+        check_contig(fn, "indices", arg, CR_I32);
+        check_numel(fn, "indices", arg, planes * g->OH * g->OW);
+        if (plane > INT32_MAX)
+            cr_error("%s: planes of %lld elements do not fit i32 indices", fn, (long long)plane);
+    }
+    return planes;
+}
+
+void cr_k_max_pool(const cr_window *g, const cr_tensor *x, cr_tensor *out, cr_tensor *arg)
+{
+    int64_t planes = pool_planes("cr_k_max_pool", g, x, out, arg);
+    if (x->dtype == CR_F32)
+        max_pool_f32(g, planes, x->data, out->data, arg->data);
+    else
+        max_pool_f64(g, planes, x->data, out->data, arg->data);
+}
+
+void cr_k_max_pool_backward(const cr_window *g, cr_tensor *gx, const cr_tensor *gy, const cr_tensor *arg)
+{
+    int64_t planes = pool_planes("cr_k_max_pool_backward", g, gx, gy, arg);
+    if (gx->dtype == CR_F32)
+        max_pool_backward_f32(g, planes, gx->data, gy->data, arg->data);
+    else
+        max_pool_backward_f64(g, planes, gx->data, gy->data, arg->data);
+}
+
+void cr_k_avg_pool(const cr_window *g, const cr_tensor *x, cr_tensor *out)
+{
+    int64_t planes = pool_planes("cr_k_avg_pool", g, x, out, NULL);
+    if (x->dtype == CR_F32)
+        avg_pool_f32(g, planes, x->data, out->data);
+    else
+        avg_pool_f64(g, planes, x->data, out->data);
+}
+
+void cr_k_avg_pool_backward(const cr_window *g, cr_tensor *gx, const cr_tensor *gy)
+{
+    int64_t planes = pool_planes("cr_k_avg_pool_backward", g, gx, gy, NULL);
+    if (gx->dtype == CR_F32)
+        avg_pool_backward_f32(g, planes, gx->data, gy->data);
+    else
+        avg_pool_backward_f64(g, planes, gx->data, gy->data);
+}
