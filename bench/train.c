@@ -614,7 +614,8 @@ static int suite(const opts *o, config *out)
                 int64_t H = o->hidden[h], B = o->n_batch ? o->batch[b] : 32;
                 int th = o->n_threads ? (int)o->threads[t] : t + 1;
                 bool known = false;
-                for (int k = 0; k < 4; k++) known |= hb[k][0] == H && hb[k][1] == B;
+                for (int k = 0; k < 4; k++) /* a listed hidden size runs its listed batch unless --batch */
+                    known |= hb[k][0] == H && (hb[k][1] == B || o->n_batch == 0);
                 if (!known) out[n++] = (config){W_CHARLM, cell, H, B, th, false};
             }
 #endif
