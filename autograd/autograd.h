@@ -268,6 +268,15 @@ cr_tensor *cr_matmul(cr_tensor *a, cr_tensor *b);
  * values of cr_add(cr_matmul(a, b), bias), bit for bit, in one buffer instead
  * of two (a linear layer, a hoisted input projection). */
 cr_tensor *cr_matmul_bias(cr_tensor *a, cr_tensor *b, cr_tensor *bias);
+/* Fused recurrent gates (a cell's pointwise step after its recurrent product,
+ * one op with its own backward). LSTM, gates i f g o as nn.LSTM:
+ * z = gx + gh ([B,4H] each, e.g. the step's input projection and h W_hh^T),
+ * c [B,H]; i,f,o = sigmoid(z_i,f,o), g = tanh(z_g), c' = f c + i g,
+ * h' = o tanh(c'). Returns [2,B,H]: select(y, 0, 0) is h', select(y, 0, 1) c'. */
+cr_tensor *cr_lstm_gates(cr_tensor *gx, cr_tensor *gh, cr_tensor *c);
+/* GRU, gates r z n as nn.GRU: gx, gh [B,3H] (gh = h W_hh^T + b_hh), h [B,H];
+ * r,z = sigmoid(gx_r,z + gh_r,z), n = tanh(gx_n + r gh_n), h' = n + z (h - n). */
+cr_tensor *cr_gru_gates(cr_tensor *gx, cr_tensor *gh, cr_tensor *h);
 
 /* ---- ops: views and shape ------------------------------------------------------ */
 

@@ -14,6 +14,7 @@
     X(contiguous) X(concat) X(stack)                                                       \
     X(gather_rows) X(where) X(mask) X(dropout)                                             \
     X(conv1d) X(conv2d) X(max_pool1d) X(max_pool2d) X(avg_pool1d) X(avg_pool2d) \
+    X(lstm_gates) X(gru_gates)                                                             \
     X(recompute)
 
 #define CR_DECLARE_OP(name) extern const cr_op cr_op_##name;

@@ -77,23 +77,27 @@ static bool parse_f64(const char *s, double *out)
 /* Fixed metadata pairs besides the hyper-parameters and the vocabulary's. */
 #define N_FIXED_META 6
 
-cr_status cr_checkpoint_save(const char *path, const cr_params *ps, const cr_optim *o, int64_t schedule_step,
-                             const cr_rng *rng, const cr_vocab *vocab, const char *const *meta_kv, size_t n_meta)
+/* fn: the public function the caller used, for messages. */
+static cr_status save(const char *fn, const char *path, const cr_params *ps, const cr_optim *o, int64_t schedule_step,
+                      const cr_rng *rng, const cr_vocab *vocab, const cr_st_entry *user, size_t n_user,
+                      const char *const *meta_kv, size_t n_meta)
 {
-    if (!path || !ps) cr_error("cr_checkpoint_save: %s is NULL", path ? "params" : "path");
-    if (n_meta && !meta_kv) cr_error("cr_checkpoint_save: meta_kv is NULL with n_meta %zu", n_meta);
-    if (schedule_step < 0) cr_error("cr_checkpoint_save: schedule_step = %lld is negative", (long long)schedule_step);
+    if (!path || !ps) cr_error("%s: %s is NULL", fn, path ? "params" : "path");
+    if (n_meta && !meta_kv) cr_error("%s: meta_kv is NULL with n_meta %zu", fn, n_meta);
+    if (n_user && !user) cr_error("%s: extra is NULL with n_extra %zu", fn, n_user);
+    if (schedule_step < 0) cr_error("%s: schedule_step = %lld is negative", fn, (long long)schedule_step);
     for (size_t i = 0; i < n_meta; i++)
         if (!meta_kv[2 * i] || !meta_kv[2 * i + 1] || strncmp(meta_kv[2 * i], RESERVED_KEY, strlen(RESERVED_KEY)) == 0)
-            cr_error("cr_checkpoint_save: metadata key %zu ('%s') is NULL, has a NULL value or starts with the "
+            cr_error("%s: metadata key %zu ('%s') is NULL, has a NULL value or starts with the "
                      "reserved '" RESERVED_KEY "'",
-                     i, meta_kv[2 * i] ? meta_kv[2 * i] : "(null)");
-    if (o) cr_optim_check(o, ps, "cr_checkpoint_save");
+                     fn, i, meta_kv[2 * i] ? meta_kv[2 * i] : "(null)");
+    if (o) cr_optim_check(o, ps, fn);
 
     const cr_optim_rule *rule = o ? cr_optim_rule_of(o) : NULL;
     size_t n_hp = rule ? (size_t)rule->n_hparams : 0, n_slots = rule ? (size_t)rule->n_slots : 0;
     size_t max_own = N_FIXED_META + n_hp + CR_VOCAB_N_META;
-    size_t max_extra = (o ? ps->n * (n_slots + 1) : 0) + 2;
+    if (n_user > SIZE_MAX / sizeof(cr_st_entry) / 2) return cr_failure(CR_ENOMEM, "%s: too many tensors", path);
+    size_t max_extra = (o ? ps->n * (n_slots + 1) : 0) + 2 + n_user;
     cr_status st = CR_OK;
     char(*vals)[40] = calloc(max_own, sizeof *vals);
     char **hp_keys = calloc(n_hp ? n_hp : 1, sizeof *hp_keys);
@@ -157,6 +161,8 @@ cr_status cr_checkpoint_save(const char *path, const cr_params *ps, const cr_opt
         memcpy(kv + 2 * n_own, vb.kv, sizeof vb.kv);
         n_own += CR_VOCAB_N_META;
     }
+    if (n_user) memcpy(extra + n_extra, user, n_user * sizeof *user);
+    n_extra += n_user;
     if (n_meta) memcpy(kv + 2 * n_own, meta_kv, 2 * n_meta * sizeof *kv);
     st = cr_params_save_extra(ps, extra, n_extra, path, kv, n_own + n_meta);
     goto done;
@@ -173,6 +179,20 @@ done:
     free(extra);
     free(steps);
     return st;
+}
+
+cr_status cr_checkpoint_save(const char *path, const cr_params *ps, const cr_optim *o, int64_t schedule_step,
+                             const cr_rng *rng, const cr_vocab *vocab, const char *const *meta_kv, size_t n_meta)
+{
+    return save("cr_checkpoint_save", path, ps, o, schedule_step, rng, vocab, NULL, 0, meta_kv, n_meta);
+}
+
+cr_status cr_checkpoint_save_extra(const char *path, const cr_params *ps, const cr_optim *o, int64_t schedule_step,
+                                   const cr_rng *rng, const cr_vocab *vocab, const cr_st_entry *extra,
+                                   size_t n_extra, const char *const *meta_kv, size_t n_meta)
+{
+    return save("cr_checkpoint_save_extra", path, ps, o, schedule_step, rng, vocab, extra, n_extra, meta_kv,
+                n_meta);
 }
 
 /* ---- load ------------------------------------------------------------------------- */

@@ -146,8 +146,8 @@ cr_status cr_vocab_load(const char *path, cr_vocab **out);
  *     and an optional vocabulary (see cr_vocab_save);
  *   - the caller's metadata pairs (keys must not start with "carousel.").
  * o, rng and vocab may be NULL to leave them out; o must be over ps. A hidden
- * state carried across TBPTT chunks is not stored: checkpoint where it is
- * reset (e.g. at an epoch boundary).
+ * state carried across TBPTT chunks is the caller's: store it with
+ * cr_checkpoint_save_extra, or checkpoint where it is reset.
  *
  *     if (cr_checkpoint_save("run.ckpt", ps, opt, step, &rng, vocab, NULL, 0) != CR_OK)
  *         fprintf(stderr, "checkpoint: %s\n", cr_last_error()); // the previous file is intact
@@ -159,6 +159,16 @@ cr_status cr_vocab_load(const char *path, cr_vocab **out);
  */
 cr_status cr_checkpoint_save(const char *path, const cr_params *ps, const cr_optim *o, int64_t schedule_step,
                              const cr_rng *rng, const cr_vocab *vocab, const char *const *meta_kv, size_t n_meta);
+/* The same plus the caller's own tensors: state of the run that is neither a
+ * parameter nor the optimizer's, such as the hidden state carried across
+ * truncated-BPTT chunks, so that a run can stop and resume anywhere. Their
+ * names must start with CR_ST_OPTIM_PREFIX followed by a namespace of the
+ * caller's ("__optim__.charlm.h"; CR_EINVAL otherwise, and for a name the
+ * file already holds). cr_checkpoint_load and cr_params_load skip them; read
+ * them back with cr_st_read and cr_st_find. */
+cr_status cr_checkpoint_save_extra(const char *path, const cr_params *ps, const cr_optim *o, int64_t schedule_step,
+                                   const cr_rng *rng, const cr_vocab *vocab, const cr_st_entry *extra,
+                                   size_t n_extra, const char *const *meta_kv, size_t n_meta);
 /* Restore a checkpoint into existing objects. Every non-NULL destination must
  * be in the file (CR_EMISMATCH otherwise); o must follow the rule saved, and
  * gets the saved hyper-parameters, learning rate, step counts and state (as

@@ -1,40 +1,273 @@
-/* Shared by the example programs: a monotonic clock and strict parsing of
- * numeric flag values. Each example defines usage(), which prints its flags
- * and exits with status 2; a malformed number calls it. */
+/* Shared by the example programs: flags read from a table (with --help that
+ * lists them and their defaults), a monotonic clock, the progress line (a
+ * bar redrawn in place on a terminal, plain periodic lines otherwise) and a
+ * training step written as "the loss of one shard of the batch". */
 #ifndef CAROUSEL_EXAMPLES_CLI_H
 #define CAROUSEL_EXAMPLES_CLI_H
 
 #include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdbool.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
+#include <unistd.h>
 
-static void usage(const char *prog);
+#if defined(__GNUC__)
+#define CLI_PRINTF(f, a) __attribute__((format(printf, f, a)))
+#else
+#define CLI_PRINTF(f, a)
+#endif
 
-static double now_s(void)
+static inline double now_s(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-/* The whole string must be a number: "5x" and "" are rejected. */
-static int64_t parse_int(const char *prog, const char *s)
+/* ---- flags ------------------------------------------------------------------------------------ */
+
+/* A flag and where its value goes: CLI_INT an int64_t, CLI_REAL a double,
+ * CLI_STR a const char *, CLI_BOOL a bool (a switch, takes no value). The
+ * value the variable holds when cli_parse starts is the default --help shows:
+ *
+ *     opts o = {.steps = 1000, .lr = 1e-2};
+ *     cli_flag flags[] = {{"--steps", CLI_INT, &o.steps, "training steps"},
+ *                         {"--lr", CLI_REAL, &o.lr, "Adam's learning rate"}};
+ *     cli_parse(argc, argv, "what the program shows", "--quick: ...", flags, CLI_COUNT(flags));
+ */
+typedef enum cli_kind { CLI_INT, CLI_REAL, CLI_STR, CLI_BOOL } cli_kind;
+typedef struct cli_flag {
+    const char *name; /* "--steps" */
+    cli_kind kind;
+    void *value;
+    const char *help;
+} cli_flag;
+#define CLI_COUNT(a) ((int)(sizeof(a) / sizeof((a)[0])))
+
+static inline void cli_help(FILE *f, const char *prog, const char *about, const char *notes,
+                            const cli_flag *fl, int n)
+{
+    static const char *const meta[] = {" N", " X", " S", ""};
+    fprintf(f, "usage: %s [flags]\n%s\n\nflags [default]:\n", prog, about);
+    for (int i = 0; i < n; i++) {
+        char arg[96];
+        snprintf(arg, sizeof arg, "%s%s", fl[i].name, meta[fl[i].kind]);
+        fprintf(f, "  %-20s %s", arg, fl[i].help);
+        switch (fl[i].kind) {
+        case CLI_INT: fprintf(f, " [%lld]\n", (long long)*(int64_t *)fl[i].value); break;
+        case CLI_REAL: fprintf(f, " [%g]\n", *(double *)fl[i].value); break;
+        case CLI_STR: {
+            const char *s = *(const char **)fl[i].value;
+            fprintf(f, " [%s]\n", s ? s : "none");
+            break;
+        }
+        case CLI_BOOL: fprintf(f, "\n"); break;
+        }
+    }
+    fprintf(f, "  %-20s this text\n", "--help");
+    if (notes && *notes) fprintf(f, "\n%s\n", notes);
+}
+
+/* A malformed command line: the reason on stderr, exit 2. */
+static inline void cli_fail(const char *prog, const char *fmt, ...) CLI_PRINTF(2, 3);
+static inline void cli_fail(const char *prog, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "%s: ", prog);
+    vfprintf(stderr, fmt, ap);
+    fprintf(stderr, " (--help lists the flags)\n");
+    va_end(ap);
+    exit(2);
+}
+
+/* Fill the table's variables from argv. --help prints the flags and exits 0;
+ * an unknown flag, a missing or malformed value ("5x", "") exits 2. */
+static inline void cli_parse(int argc, char **argv, const char *about, const char *notes, const cli_flag *fl,
+                             int n)
+{
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+            cli_help(stdout, argv[0], about, notes, fl, n);
+            exit(0);
+        }
+    }
+    for (int i = 1; i < argc; i++) {
+        const cli_flag *f = NULL;
+        for (int k = 0; k < n && !f; k++)
+            if (!strcmp(argv[i], fl[k].name)) f = &fl[k];
+        if (!f) cli_fail(argv[0], "unknown flag '%s'", argv[i]);
+        if (f->kind == CLI_BOOL) {
+            *(bool *)f->value = true;
+            continue;
+        }
+        if (i + 1 >= argc) cli_fail(argv[0], "%s needs a value", f->name);
+        const char *v = argv[++i];
+        char *end;
+        errno = 0;
+        if (f->kind == CLI_INT) {
+            long long x = strtoll(v, &end, 10);
+            if (errno || end == v || *end) cli_fail(argv[0], "%s: '%s' is not an integer", f->name, v);
+            *(int64_t *)f->value = (int64_t)x;
+        } else if (f->kind == CLI_REAL) {
+            double x = strtod(v, &end);
+            if (errno || end == v || *end || !isfinite(x))
+                cli_fail(argv[0], "%s: '%s' is not a number", f->name, v);
+            *(double *)f->value = x;
+        } else {
+            *(const char **)f->value = v;
+        }
+    }
+}
+
+/* Is the switch `name` on the command line? (To pick a mode's defaults
+ * before cli_parse, so that explicit flags still override them.) */
+static inline bool cli_has(int argc, char **argv, const char *name)
+{
+    for (int i = 1; i < argc; i++)
+        if (!strcmp(argv[i], name)) return true;
+    return false;
+}
+
+/* The older helpers, for programs that print their own usage(): a malformed
+ * number calls usage(prog), which the program declares before using them. */
+static inline int64_t cli_int_or(const char *prog, const char *s, void (*fail)(const char *))
 {
     char *end;
     errno = 0;
     long long v = strtoll(s, &end, 10);
-    if (errno || end == s || *end) usage(prog);
+    if (errno || end == s || *end) fail(prog);
     return (int64_t)v;
 }
-
-static double parse_real(const char *prog, const char *s)
+static inline double cli_real_or(const char *prog, const char *s, void (*fail)(const char *))
 {
     char *end;
     errno = 0;
     double v = strtod(s, &end);
-    if (errno || end == s || *end) usage(prog);
+    if (errno || end == s || *end) fail(prog);
     return v;
 }
+#define parse_int(prog, s) cli_int_or((prog), (s), usage)
+#define parse_real(prog, s) cli_real_or((prog), (s), usage)
+
+/* ---- progress ---------------------------------------------------------------------------------- */
+
+/* The line a training loop updates after every step. On a terminal (stdout
+ * is a tty) it is a bar redrawn in place, at most ten times a second:
+ *     [###########---------]  55% 550/1000  loss=0.0123  8.1k seq/s  0:04 left
+ * Otherwise (a pipe, a file, meson test) a plain line at every tenth of the
+ * run, which logs and scripts can read:
+ *     step=550/1000 loss=0.0123 seq_per_s=8100 elapsed_s=5.0 left_s=4.1 */
+typedef struct progress {
+    int64_t total;    /* steps */
+    const char *unit; /* what the throughput counts: "seq", "tok" */
+    double t0, drawn; /* start, last redraw */
+    bool tty;
+} progress;
+
+static inline progress progress_start(int64_t total, const char *unit)
+{
+    progress p = {.total = total, .unit = unit, .t0 = now_s(), .drawn = -1, .tty = isatty(STDOUT_FILENO)};
+    return p;
+}
+
+static inline double progress_elapsed(const progress *p) { return now_s() - p->t0; }
+
+static inline void progress_clock(char *buf, size_t len, double s)
+{
+    long t = (long)(s + 0.5);
+    if (t >= 3600)
+        snprintf(buf, len, "%ld:%02ld:%02ld", t / 3600, t / 60 % 60, t % 60);
+    else
+        snprintf(buf, len, "%ld:%02ld", t / 60, t % 60);
+}
+
+/* After step `step` (1..total), with `items` units processed so far; the
+ * rest of the line (loss, accuracy) in printf form. */
+static inline void progress_update(progress *p, int64_t step, int64_t items, const char *fmt, ...)
+    CLI_PRINTF(4, 5);
+static inline void progress_update(progress *p, int64_t step, int64_t items, const char *fmt, ...)
+{
+    double t = now_s(), el = t - p->t0;
+    bool last = step >= p->total;
+    int64_t every = p->total >= 10 ? p->total / 10 : 1;
+    if (p->tty ? (!last && t - p->drawn < 0.1) : (step % every && !last)) return;
+    p->drawn = t;
+    char msg[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    double rate = el > 0 ? (double)items / el : 0;
+    double left = step > 0 ? el * (double)(p->total - step) / (double)step : 0;
+    if (!p->tty) {
+        printf("step=%lld/%lld %s %s_per_s=%.0f elapsed_s=%.1f left_s=%.1f\n", (long long)step,
+               (long long)p->total, msg, p->unit, rate, el, left);
+        fflush(stdout);
+        return;
+    }
+    enum { W = 20 };
+    int64_t total = p->total > 0 ? p->total : 1;
+    char bar[W + 1], clock[32];
+    for (int i = 0; i < W; i++) bar[i] = i < (int)(W * step / total) ? '#' : '-';
+    bar[W] = 0;
+    progress_clock(clock, sizeof clock, last ? el : left);
+    const char *k = rate >= 1e6 ? "M" : rate >= 1e3 ? "k" : "";
+    double r = rate >= 1e6 ? rate / 1e6 : rate >= 1e3 ? rate / 1e3 : rate;
+    printf("\r[%s] %3d%% %lld/%lld  %s  %.1f%s %s/s  %s %s\033[K", bar, (int)(100 * step / total),
+           (long long)step, (long long)p->total, msg, r, k, p->unit, clock, last ? "total" : "left");
+    if (last) putchar('\n');
+    fflush(stdout);
+}
+
+/* ---- one training step, shard by shard -------------------------------------------------------- */
+
+#ifdef CAROUSEL_H
+/* The loss of shard `shard` (of n_shards) of the current batch, scaled so
+ * that the shards' losses add up to the batch's loss (a mean over the batch
+ * is the sum over the shard's items divided by the batch size). It builds
+ * its graph from the shared, read-only weights and the batch, and returns a
+ * one-element tensor. */
+typedef cr_tensor *(*shard_loss_fn)(void *ctx, int shard, int n_shards);
+
+/* The gradient of a batch: zero every gradient, then backward of every
+ * shard's loss (the gradients add up in the parameters' grad). Returns the
+ * batch's loss. */
+static inline double batch_gradient(cr_optim *opt, cr_graph *g, shard_loss_fn loss_of, void *ctx, int n_shards)
+{
+    cr_optim_zero_grad(opt);
+    double total = 0;
+    for (int s = 0; s < n_shards; s++) {
+        cr_tensor *loss = loss_of(ctx, s, n_shards);
+        cr_backward(loss);
+        total += cr_item(loss);
+        cr_graph_clear(g);
+    }
+    return total;
+}
+
+/* One optimizer step on a batch: its gradient, clipping by global norm when
+ * clip > 0 (a non-finite norm skips the update), the update. Returns the
+ * batch's loss. */
+static inline double train_step(cr_optim *opt, cr_graph *g, shard_loss_fn loss_of, void *ctx, int n_shards,
+                                double clip)
+{
+    double loss = batch_gradient(opt, g, loss_of, ctx, n_shards);
+    if (clip <= 0 || cr_clip_grad_norm(cr_optim_params(opt), clip, NULL) == CR_OK) cr_optim_step(opt);
+    return loss;
+}
+
+/* Rows [*lo, *hi) of a batch of B that shard s of n takes. */
+static inline void shard_rows(int64_t B, int s, int n, int64_t *lo, int64_t *hi)
+{
+    *lo = B * s / n;
+    *hi = B * (s + 1) / n;
+}
+#endif
 
 #endif

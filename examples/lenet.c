@@ -272,8 +272,8 @@ static void fmt_time(char *buf, size_t len, double s)
 
 /* A bar redrawn in place on a terminal; otherwise a plain line at each tenth
  * of an epoch. */
-static void progress(bool tty, int64_t epoch, int64_t epochs, int64_t step, int64_t steps, double loss,
-                     double img_s, double left_s)
+static void epoch_progress(bool tty, int64_t epoch, int64_t epochs, int64_t step, int64_t steps, double loss,
+                           double img_s, double left_s)
 {
     char left[32];
     fmt_time(left, sizeof left, left_s);
@@ -360,7 +360,7 @@ int main(int argc, char **argv)
             if (show || s + 1 == steps) {
                 double img_s = (double)((k + 1) * B) / (now - t_train);
                 double left = (double)(o.epochs * steps - k - 1) * B / img_s;
-                progress(tty, epoch, o.epochs, s + 1, steps, loss_avg, img_s, left);
+                epoch_progress(tty, epoch, o.epochs, s + 1, steps, loss_avg, img_s, left);
                 last_shown = now;
             }
         }

@@ -5,6 +5,9 @@
  *
  *   ./build/examples/vanishing [--steps T] [--hidden H] [--seed S]
  *
+ * (examples/gradflow extends this to five cells, three radii, the impulse
+ * response and clipping, and draws the curves.)
+ *
  * One line per gain: gain=... then the norm at a few distances from the end;
  * last line: example=vanishing steps=... ratio_gain_0.5=... (||dL/dh_0|| / ||dL/dh_T-1||)
  */
@@ -14,6 +17,7 @@
 #include <string.h>
 
 #include "carousel.h"
+#include "cli.h"
 
 static double norm(const cr_tensor *t)
 {
@@ -60,24 +64,20 @@ static double run(double gain, int64_t T, int64_t H, uint64_t seed, bool print)
 
 int main(int argc, char **argv)
 {
-    int64_t T = 50, H = 32;
-    uint64_t seed = 1;
-    for (int i = 1; i + 1 < argc; i += 2) {
-        if (!strcmp(argv[i], "--steps")) T = atoll(argv[i + 1]);
-        else if (!strcmp(argv[i], "--hidden")) H = atoll(argv[i + 1]);
-        else if (!strcmp(argv[i], "--seed")) seed = strtoull(argv[i + 1], NULL, 10);
-        else {
-            fprintf(stderr, "usage: %s [--steps T] [--hidden H] [--seed S]\n", argv[0]);
-            return 2;
-        }
-    }
-    if (argc % 2 == 0 || T < 2 || H < 1) {
-        fprintf(stderr, "usage: %s [--steps T] [--hidden H] [--seed S]\n", argv[0]);
-        return 2;
-    }
+    int64_t T = 50, H = 32, seed = 1;
+    cli_flag flags[] = {
+        {"--steps", CLI_INT, &T, "time steps T"},
+        {"--hidden", CLI_INT, &H, "hidden units H"},
+        {"--seed", CLI_INT, &seed, "seed of the weights and inputs"},
+    };
+    cli_parse(argc, argv,
+              "The gradient norm back through time in a tanh RNN whose recurrent matrix is orthogonal times\n"
+              "a gain of 0.5 to 3 (examples/gradflow has the full analysis, with pictures).",
+              NULL, flags, CLI_COUNT(flags));
+    if (T < 2 || H < 1) cli_fail(argv[0], "--steps must be at least 2 and --hidden at least 1");
     const double gains[] = {0.5, 0.9, 1.0, 1.5, 3.0};
     double ratio[5];
-    for (int k = 0; k < 5; k++) ratio[k] = run(gains[k], T, H, seed, true);
+    for (int k = 0; k < 5; k++) ratio[k] = run(gains[k], T, H, (uint64_t)seed, true);
     /* Below radius 1 the norm decays geometrically (about gain^distance); above
      * it the norm grows until tanh saturates and its derivative holds it back. */
     printf("example=vanishing steps=%lld hidden=%lld ratio_gain_0.5=%.3e ratio_gain_1.0=%.3e ratio_gain_1.5=%.3e "

@@ -106,6 +106,15 @@ size_t cr_mpi_trainer_bytes_sent(const cr_mpi_trainer *mt);
  * wait for a slower rank. */
 double cr_mpi_trainer_exchange_s(const cr_mpi_trainer *mt);
 
+/* Collective: the rows of a tensor indexed by the batch's rows along `dim`
+ * (truncated BPTT's carried state [L, B, H], dim 1), each taken from the rank
+ * whose shards ran them, copied to every rank (every rank then holds what one
+ * process would). t is a contiguous float tensor. */
+cr_status cr_mpi_trainer_share_rows(cr_mpi_trainer *mt, cr_tensor *t, int dim);
+/* Collective: rank 0's status, and its message, returned on every rank (for
+ * work only rank 0 does, such as writing a file). */
+cr_status cr_mpi_share_status(cr_mpi_trainer *mt, cr_status st);
+
 /* Collective: rank 0 writes the checkpoint (cr_checkpoint_save, atomic), and
  * every rank returns its status; on failure every rank's cr_last_error() holds
  * rank 0's message. */

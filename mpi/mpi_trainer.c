@@ -411,12 +411,70 @@ cr_status cr_mpi_trainer_step(cr_mpi_trainer *mt, const cr_task *task, cr_optim 
     return st;
 }
 
-/* ---- checkpoints ------------------------------------------------------------------------- */
+/* ---- state held by rows, statuses, checkpoints ----------------------------------------------- */
+
+/* First row of shard g when `rows` rows go to S shards (as cr_trainer_backward
+ * splits a batch: rows/S each, one more for the first rows%S). */
+static int64_t shard_row(int64_t g, int64_t rows, int64_t S)
+{
+    int64_t q = rows / S, rem = rows % S;
+    return g * q + (g < rem ? g : rem);
+}
+
+cr_status cr_mpi_trainer_share_rows(cr_mpi_trainer *mt, cr_tensor *t, int dim)
+{
+    static const char fn[] = "cr_mpi_trainer_share_rows";
+    char s[128];
+    if (!mt || !t) cr_error("%s: %s is NULL", fn, mt ? "tensor" : "trainer");
+    if (t->dtype == CR_I32 || !cr_is_contiguous(t) || dim < 0 || dim >= t->ndim)
+        cr_error("%s: %s %s, dim %d: needs a contiguous float tensor and a dim it has", fn, cr_dtype_name(t->dtype),
+                 cr_shape_str(s, sizeof s, t->ndim, t->shape), dim);
+    int64_t rows = t->shape[dim], outer = 1, inner = 1, S = cr_trainer_shards(mt->t);
+    for (int d = 0; d < dim; d++) outer *= t->shape[d];
+    for (int d = dim + 1; d < t->ndim; d++) inner *= t->shape[d];
+    if (outer > INT_MAX || rows * inner > INT_MAX)
+        cr_error("%s: %s is too large for one MPI datatype", fn, cr_shape_str(s, sizeof s, t->ndim, t->shape));
+    MPI_Datatype elem = t->dtype == CR_F64 ? MPI_DOUBLE : MPI_FLOAT;
+    size_t esz = cr_dtype_size(t->dtype);
+    for (int r = 0; r < mt->ranks; r++) {
+        int first, local;
+        cr_mpi_split((int)S, mt->ranks, r, &first, &local);
+        int64_t lo = shard_row(first, rows, S), hi = shard_row(first + local, rows, S);
+        if (lo == hi || outer == 0 || inner == 0) continue;
+        /* rank r's rows in every outer slice: a strided block, sent by r to all */
+        MPI_Datatype block;
+        int rc = MPI_Type_vector((int)outer, (int)((hi - lo) * inner), (int)(rows * inner), elem, &block);
+        if (rc == MPI_SUCCESS) rc = MPI_Type_commit(&block);
+        if (rc == MPI_SUCCESS) {
+            rc = MPI_Bcast((char *)t->data + (size_t)(lo * inner) * esz, 1, block, r, mt->comm);
+            MPI_Type_free(&block);
+        }
+        if (rc != MPI_SUCCESS) {
+            char what[64];
+            snprintf(what, sizeof what, "MPI_Bcast of rank %d's rows", r);
+            return mpi_fail(rc, fn, what);
+        }
+    }
+    cr_tensor_bump_version(t);
+    return CR_OK;
+}
 
 typedef struct verdict {
     int64_t status;
     char msg[512];
 } verdict;
+
+cr_status cr_mpi_share_status(cr_mpi_trainer *mt, cr_status st)
+{
+    static const char fn[] = "cr_mpi_share_status";
+    if (!mt) cr_error("%s: trainer is NULL", fn);
+    verdict v = {.status = st};
+    if (mt->rank == 0 && st != CR_OK) snprintf(v.msg, sizeof v.msg, "%s", cr_last_error());
+    int rc = MPI_Bcast(&v, (int)sizeof v, MPI_BYTE, 0, mt->comm);
+    if (rc != MPI_SUCCESS) return mpi_fail(rc, fn, "MPI_Bcast of rank 0's status");
+    if (v.status != CR_OK && mt->rank != 0) return cr_failure((cr_status)v.status, "rank 0: %s", v.msg);
+    return (cr_status)v.status;
+}
 
 cr_status cr_mpi_checkpoint_save(cr_mpi_trainer *mt, const char *path, const cr_params *ps, const cr_optim *o,
                                  int64_t schedule_step, const cr_rng *rng, const cr_vocab *vocab,
@@ -424,15 +482,9 @@ cr_status cr_mpi_checkpoint_save(cr_mpi_trainer *mt, const char *path, const cr_
 {
     static const char fn[] = "cr_mpi_checkpoint_save";
     if (!mt) cr_error("%s: trainer is NULL", fn);
-    verdict v = {0};
-    if (mt->rank == 0) { /* one writer; cr_checkpoint_save renames a complete file into place */
-        v.status = cr_checkpoint_save(path, ps, o, schedule_step, rng, vocab, meta_kv, n_meta);
-        if (v.status != CR_OK) snprintf(v.msg, sizeof v.msg, "%s", cr_last_error());
-    }
-    int rc = MPI_Bcast(&v, (int)sizeof v, MPI_BYTE, 0, mt->comm);
-    if (rc != MPI_SUCCESS) return mpi_fail(rc, fn, "MPI_Bcast of rank 0's save status");
-    if (v.status != CR_OK && mt->rank != 0) return cr_failure((cr_status)v.status, "rank 0: %s", v.msg);
-    return (cr_status)v.status;
+    /* one writer; cr_checkpoint_save renames a complete file into place */
+    cr_status st = mt->rank == 0 ? cr_checkpoint_save(path, ps, o, schedule_step, rng, vocab, meta_kv, n_meta) : CR_OK;
+    return cr_mpi_share_status(mt, st);
 }
 
 cr_status cr_mpi_checkpoint_load(cr_mpi_trainer *mt, const char *path, cr_params *ps, cr_optim *o,

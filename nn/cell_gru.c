@@ -28,6 +28,17 @@ static void gru_step(const cr_cell *c, cr_tensor *const *w, cr_tensor *gx, cr_te
     next[0] = cr_add(n, cr_mul(z, cr_sub(h, n)));
 }
 
+/* The same step through the fused gate op (autograd/ops_rnn.c): the
+ * recurrent product with b_hh in its own buffer, then one node for the rest. */
+static void gru_fused_step(const cr_cell *c, cr_tensor *const *w, cr_tensor *gx, cr_tensor *const *s,
+                           cr_tensor **next)
+{
+    (void)c;
+    cr_tensor *h = s[0];
+    cr_tensor *gh = w[B_HH] ? cr_matmul_bias(h, w[W_HH], w[B_HH]) : cr_matmul(h, w[W_HH]);
+    next[0] = cr_gru_gates(gx, gh, h);
+}
+
 /* r, z as above from the r, z rows of W_hh; n = tanh(gx_n + (r*h) W_hn^T + b_hn) */
 static void gru_original_step(const cr_cell *c, cr_tensor *const *w, cr_tensor *gx, cr_tensor *const *s,
                               cr_tensor **next)
@@ -45,7 +56,8 @@ static void gru_original_step(const cr_cell *c, cr_tensor *const *w, cr_tensor *
 }
 
 const cr_cell_type cr_cell_gru = {.name = "gru", .n_states = 1, .proj = CR_H(3), .params = gru_params,
-                                  .n_params = 4, .step = gru_step, .bptt = &cr_bptt_gru};
+                                  .n_params = 4, .step = gru_step,
+                                  .fused_step = gru_fused_step, .bptt = &cr_bptt_gru};
 const cr_cell_type cr_cell_gru_original = {.name = "gru_original", .n_states = 1, .proj = CR_H(3),
                                            .params = gru_params, .n_params = 4, .step = gru_original_step,
                                            .bptt = &cr_bptt_gru_original};

@@ -49,6 +49,17 @@ static void peephole_step(const cr_cell *c, cr_tensor *const *w, cr_tensor *gx, 
     lstm(c->hidden_size, w, gx, s, next, w[W_CI], w[W_CF], w[W_CO]);
 }
 
+/* The same step through the fused gate op (autograd/ops_rnn.c): one node and
+ * one pass over the gates each way; y = [h'; c'] as [2,B,H]. */
+static void lstm_fused_step(const cr_cell *c, cr_tensor *const *w, cr_tensor *gx, cr_tensor *const *s,
+                            cr_tensor **next)
+{
+    (void)c;
+    cr_tensor *y = cr_lstm_gates(gx, cr_matmul(s[0], w[W_HH]), s[1]);
+    next[0] = cr_select(y, 0, 0);
+    next[1] = cr_select(y, 0, 1);
+}
+
 /* forget_bias b: the f block of b_ih is b and that of b_hh 0, so the folded
  * bias of the forget gate is b and the gate starts at sigmoid(b). */
 static void lstm_init(cr_cell *c, const cr_cell_config *cfg)
@@ -62,7 +73,8 @@ static void lstm_init(cr_cell *c, const cr_cell_config *cfg)
 }
 
 const cr_cell_type cr_cell_lstm = {.name = "lstm", .n_states = 2, .proj = CR_H(4), .params = lstm_params,
-                                   .n_params = 4, .step = lstm_step, .init = lstm_init, .bptt = &cr_bptt_lstm};
+                                   .n_params = 4, .step = lstm_step,
+                                   .fused_step = lstm_fused_step, .init = lstm_init, .bptt = &cr_bptt_lstm};
 const cr_cell_type cr_cell_lstm_peephole = {.name = "lstm_peephole", .n_states = 2, .proj = CR_H(4),
                                             .params = lstm_params, .n_params = 7, .step = peephole_step,
                                             .init = lstm_init, .bptt = &cr_bptt_lstm_peephole};

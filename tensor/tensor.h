@@ -340,6 +340,21 @@ void cr_k_softmax_backward(cr_tensor *gx, const cr_tensor *gy, const cr_tensor *
  * element count, the reduced shape): the backward of max over a dim. */
 void cr_k_index_add_dim(cr_tensor *gx, int dim, const cr_tensor *idx, const cr_tensor *gy);
 
+/* Fused RNN gates (tensor/rnn_kernels.c), f32 or f64. 2-D operands have unit
+ * inner stride and any row stride; out, act and dy are contiguous. Every
+ * gradient target is given (a scratch buffer for one not needed) and is
+ * written when its *_first flag is set, else added to.
+ * LSTM: z = gx + gh ([B,4H], gates i f g o), c [B,H]; out [2,B,H] = (h', c'),
+ * act [5,B,H] = (i, f, g, o, tanh c'). */
+void cr_k_lstm_gates(cr_tensor *out, cr_tensor *act, const cr_tensor *gx, const cr_tensor *gh, const cr_tensor *c);
+void cr_k_lstm_gates_backward(cr_tensor *dgx, bool gx_first, cr_tensor *dgh, bool gh_first, cr_tensor *dc,
+                              bool c_first, const cr_tensor *dy, const cr_tensor *act, const cr_tensor *c);
+/* GRU (PyTorch's): gx, gh [B,3H] (gates r z n, gh with b_hh), h [B,H]; out
+ * [B,H] = h', act [4,B,H] = (r, z, n, gh_n). */
+void cr_k_gru_gates(cr_tensor *out, cr_tensor *act, const cr_tensor *gx, const cr_tensor *gh, const cr_tensor *h);
+void cr_k_gru_gates_backward(cr_tensor *dgx, bool gx_first, cr_tensor *dgh, bool gh_first, cr_tensor *dh,
+                             bool h_first, const cr_tensor *dy, const cr_tensor *act, const cr_tensor *h);
+
 /* C = alpha * op(A) op(B) + beta * C for 2-D views of one float dtype, any
  * strides (a transposed view costs no copy). Small products use a plain C
  * kernel, larger ones BLIS. */

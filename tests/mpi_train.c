@@ -183,6 +183,34 @@ static void disagreeing_ranks(void)
     pm_free(&m);
 }
 
+/* Carried state by rows: each rank writes its shards' rows, then every rank
+ * holds every row, each from the rank that ran it. */
+static void shared_rows(void)
+{
+    pm_model m = pm_make((pm_config){.B = 13, .T = 3, .V = 5, .E = 2, .H = 3, .layers = 1, .seed = 1}, 2 * ranks);
+    cr_mpi_trainer *mt;
+    cr_mpi_trainer_init(MPI_COMM_WORLD, m.ps, (cr_trainer_config){.shards = 2 * ranks}, &mt);
+    const int64_t L = 2, B = 13, H = 3, S = 2 * ranks;
+    cr_tensor *t = cr_tensor_init(CR_F32, CR_SHAPE(L, B, H));
+    int64_t q = B / S, rem = B % S;
+    int64_t lo = 2 * rank * q + (2 * rank < rem ? 2 * rank : rem), hi = (2 * rank + 2) * q + (2 * rank + 2 < rem ? 2 * rank + 2 : rem);
+    float *d = t->data;
+    for (int64_t l = 0; l < L; l++)
+        for (int64_t b = lo; b < hi; b++)
+            for (int64_t k = 0; k < H; k++) d[(l * B + b) * H + k] = (float)(100 * rank + 10 * l + k);
+    bool ok = cr_mpi_trainer_share_rows(mt, t, 1) == CR_OK;
+    for (int64_t l = 0; l < L; l++)
+        for (int64_t b = 0; b < B; b++) {
+            int64_t g = 0; /* the shard of row b, and its rank */
+            while (g + 1 < S && (g + 1) * q + (g + 1 < rem ? g + 1 : rem) <= b) g++;
+            for (int64_t k = 0; k < H; k++) ok &= d[(l * B + b) * H + k] == (float)(100 * (g / 2) + 10 * l + k);
+        }
+    check(ok, "cr_mpi_trainer_share_rows: every rank holds every row [2, 13, 3], each from the rank that ran it");
+    cr_tensor_free(t);
+    cr_mpi_trainer_free(mt);
+    pm_free(&m);
+}
+
 static void checkpoints(const char *dir)
 {
     pm_config cfg = {.B = 8, .T = 4, .V = 7, .E = 3, .H = 5, .layers = 2, .dropout = 0.2, .carry = true, .seed = 21};
@@ -286,6 +314,7 @@ int main(int argc, char **argv)
     same_as_one_process(few, 8, 3, 1.0, "3 rows, 8 shards (shards without rows)");
     parameters_reached_on_one_rank();
     disagreeing_ranks();
+    shared_rows();
     checkpoints(argv[1]);
     if (rank == 0) printf("mpi_train: %d ranks, %d failed\n", ranks, failures);
     MPI_Finalize();

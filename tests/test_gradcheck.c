@@ -71,6 +71,7 @@ static void run_check(const char *what, cr_gradcheck_fn f, void *ctx, int n, cr_
 
 #define CHECK1(what, f, ctx, a) run_check(what, f, ctx, 1, (cr_tensor *[]){a})
 #define CHECK2(what, f, ctx, a, b) run_check(what, f, ctx, 2, (cr_tensor *[]){a, b})
+#define CHECK3_(what, f, ctx, a, b, c) run_check(what, f, ctx, 3, (cr_tensor *[]){a, b, c})
 
 /* ---- arithmetic (broadcasting) ------------------------------------------------- */
 
@@ -906,7 +907,11 @@ static cr_tensor *f_everything(cr_tensor *const *in, void *ctx)
                               (cr_conv1d_opts){.padding = 1, .groups = 2});                 /* [1,2,6] */
     cr_pool1d_opts p12 = {.kernel = 2};
     cr_tensor *q1 = cr_add(cr_max_pool1d(c1, p12), cr_avg_pool1d(c1, p12));                /* [1,2,3] */
-    return cr_add(loss, cr_mul_scalar(cr_add(cr_sum(cr_tanh(q2)), cr_sum(cr_tanh(q1))), 0.1));
+    loss = cr_add(loss, cr_mul_scalar(cr_add(cr_sum(cr_tanh(q2)), cr_sum(cr_tanh(q1))), 0.1));
+    /* fused gates: an LSTM of H = 1 and a GRU of H = 2 on columns of x */
+    cr_tensor *lg = cr_lstm_gates(cr_narrow(x, 1, 0, 4), cr_narrow(x, 1, 2, 4), cr_narrow(x, 1, 5, 1));
+    cr_tensor *gg = cr_gru_gates(x, cr_mul_scalar(x, 0.5), cr_narrow(x, 1, 3, 2));
+    return cr_add(loss, cr_mul_scalar(cr_add(cr_sum(lg), cr_sum(gg)), 0.1));
 }
 
 Test(gradcheck, every_op_in_one_expression_f32_matches_f64)
@@ -946,6 +951,66 @@ Test(gradcheck, every_op_in_one_expression_f32_matches_f64)
     cr_graph_free(g);
 }
 
+/* ---- fused recurrent gates -------------------------------------------------------------------- */
+
+typedef cr_tensor *(*gates_op)(cr_tensor *, cr_tensor *, cr_tensor *);
+static cr_tensor *f_gates(cr_tensor *const *in, void *ctx) { return ((gates_op *)ctx)[0](in[0], in[1], in[2]); }
+/* gx a time step of a [B,T,G] projection (strided rows), gh a transposed
+ * view (its gradient is not unit-stride: the op's temporary), the state a
+ * narrowed view */
+static cr_tensor *f_gates_views(cr_tensor *const *in, void *ctx)
+{
+    int64_t H = in[2]->shape[1] / 2;
+    return ((gates_op *)ctx)[0](cr_select(in[0], 1, 1), cr_transpose(in[1], 0, 1), cr_narrow(in[2], 1, 1, H));
+}
+/* the same tensor as gx and gh */
+static cr_tensor *f_gates_twice(cr_tensor *const *in, void *ctx)
+{
+    return ((gates_op *)ctx)[0](in[0], in[0], in[1]);
+}
+/* two LSTM steps: the second reads the first's h' (through a product) and c' */
+static cr_tensor *f_lstm_two_steps(cr_tensor *const *in, void *ctx)
+{
+    (void)ctx;
+    cr_tensor *y = cr_lstm_gates(cr_select(in[0], 0, 0), cr_select(in[0], 0, 1), in[2]);
+    cr_tensor *h = cr_select(y, 0, 0), *c = cr_select(y, 0, 1);
+    cr_tensor *y2 = cr_lstm_gates(cr_select(in[0], 0, 2), cr_matmul(h, in[1]), c);
+    return cr_add(cr_select(y2, 0, 0), cr_mul_scalar(cr_select(y2, 0, 1), 0.5));
+}
+/* two GRU steps: h feeds the product and the gates */
+static cr_tensor *f_gru_two_steps(cr_tensor *const *in, void *ctx)
+{
+    (void)ctx;
+    cr_tensor *h = cr_gru_gates(cr_select(in[0], 0, 0), cr_select(in[0], 0, 1), in[2]);
+    return cr_gru_gates(cr_select(in[0], 0, 2), cr_matmul(h, in[1]), h);
+}
+
+static void check_lstm_gates(void)
+{
+    static gates_op op = cr_lstm_gates;
+    CHECK3_("lstm_gates", f_gates, &op, input(CR_SHAPE(3, 8), -2, 2), input(CR_SHAPE(3, 8), -2, 2),
+            input(CR_SHAPE(3, 2), -2, 2));
+    CHECK3_("lstm_gates of views", f_gates_views, &op, input(CR_SHAPE(3, 4, 12), -2, 2),
+            input(CR_SHAPE(12, 3), -2, 2), input(CR_SHAPE(3, 6), -2, 2));
+    run_check("lstm_gates, gx = gh", f_gates_twice, &op, 2,
+              (cr_tensor *[]){input(CR_SHAPE(2, 12), -2, 2), input(CR_SHAPE(2, 3), -2, 2)});
+    CHECK3_("lstm_gates, two steps", f_lstm_two_steps, NULL, input(CR_SHAPE(3, 2, 12), -2, 2),
+            input(CR_SHAPE(3, 12), -1, 1), input(CR_SHAPE(2, 3), -2, 2));
+}
+
+static void check_gru_gates(void)
+{
+    static gates_op op = cr_gru_gates;
+    CHECK3_("gru_gates", f_gates, &op, input(CR_SHAPE(3, 6), -2, 2), input(CR_SHAPE(3, 6), -2, 2),
+            input(CR_SHAPE(3, 2), -2, 2));
+    CHECK3_("gru_gates of views", f_gates_views, &op, input(CR_SHAPE(3, 4, 9), -2, 2), input(CR_SHAPE(9, 3), -2, 2),
+            input(CR_SHAPE(3, 6), -2, 2));
+    run_check("gru_gates, gx = gh", f_gates_twice, &op, 2,
+              (cr_tensor *[]){input(CR_SHAPE(2, 9), -2, 2), input(CR_SHAPE(2, 3), -2, 2)});
+    CHECK3_("gru_gates, two steps", f_gru_two_steps, NULL, input(CR_SHAPE(3, 2, 9), -2, 2),
+            input(CR_SHAPE(3, 9), -1, 1), input(CR_SHAPE(2, 3), -2, 2));
+}
+
 /* ---- the table: op name -> check ------------------------------------------------------------------ */
 
 /* Every op but the unary ones (checked per case above). */
@@ -954,7 +1019,7 @@ Test(gradcheck, every_op_in_one_expression_f32_matches_f64)
     X(sum) X(mean) X(sum_dim) X(mean_dim) X(max_dim) X(softmax) X(log_softmax) X(matmul) X(matmul_bias)                   \
     X(reshape) X(transpose) X(permute) X(narrow) X(select) X(expand) X(unsqueeze) X(contiguous) X(concat)  \
     X(stack) X(gather_rows) X(where) X(mask) X(dropout) X(cross_entropy) X(recompute)                                \
-    X(conv1d) X(conv2d) X(max_pool1d) X(max_pool2d) X(avg_pool1d) X(avg_pool2d)
+    X(conv1d) X(conv2d) X(max_pool1d) X(max_pool2d) X(avg_pool1d) X(avg_pool2d) X(lstm_gates) X(gru_gates)
 
 #define CHECK_TEST(name)                                                                                   \
     Test(gradcheck, name) { check_##name(); }

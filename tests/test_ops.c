@@ -752,6 +752,80 @@ Test(ops, recompute)
                  "cr_recompute: 0 outputs");
 }
 
+/* ---- fused recurrent gates ------------------------------------------------------------------------ */
+
+/* The composed LSTM and GRU formulas the fused ops replace. */
+static void lstm_composed(cr_tensor *gx, cr_tensor *gh, cr_tensor *c, cr_tensor **h2, cr_tensor **c2)
+{
+    int64_t H = c->shape[1];
+    cr_tensor *z = cr_add(gx, gh);
+    cr_tensor *i = cr_sigmoid(cr_narrow(z, 1, 0, H)), *f = cr_sigmoid(cr_narrow(z, 1, H, H));
+    cr_tensor *g = cr_tanh(cr_narrow(z, 1, 2 * H, H)), *o = cr_sigmoid(cr_narrow(z, 1, 3 * H, H));
+    *c2 = cr_add(cr_mul(f, c), cr_mul(i, g));
+    *h2 = cr_mul(o, cr_tanh(*c2));
+}
+static cr_tensor *gru_composed(cr_tensor *gx, cr_tensor *gh, cr_tensor *h)
+{
+    int64_t H = h->shape[1];
+    cr_tensor *r = cr_sigmoid(cr_add(cr_narrow(gx, 1, 0, H), cr_narrow(gh, 1, 0, H)));
+    cr_tensor *z = cr_sigmoid(cr_add(cr_narrow(gx, 1, H, H), cr_narrow(gh, 1, H, H)));
+    cr_tensor *n = cr_tanh(cr_add(cr_narrow(gx, 1, 2 * H, H), cr_mul(r, cr_narrow(gh, 1, 2 * H, H))));
+    return cr_add(n, cr_mul(z, cr_sub(h, n)));
+}
+
+Test(ops, lstm_gates)
+{
+    /* z = 0, c = 1: i = f = o = 1/2, g = 0, c' = 1/2, h' = tanh(1/2)/2 */
+    cr_tensor *y = cr_lstm_gates(cr_zeros(CR_F64, CR_SHAPE(1, 4)), cr_zeros(CR_F64, CR_SHAPE(1, 4)),
+                                 cr_full(CR_F64, CR_SHAPE(1, 1), 1.0));
+    expect_shape(y, CR_SHAPE(2, 1, 1));
+    expect_values(y, (double[]){0.5 * tanh(0.5), 0.5}, 2, 1e-16);
+    /* the composed formula, f64 and f32, small and above the parallel threshold;
+     * gx a strided time step of a projection */
+    const int64_t sizes[][2] = {{3, 5}, {8, 700}};
+    for (int k = 0; k < 2; k++)
+        for (int d = 0; d < 2; d++) {
+            cr_dtype dt = d ? CR_F32 : CR_F64;
+            int64_t B = sizes[k][0], H = sizes[k][1];
+            cr_tensor *proj = random_tensor(dt, CR_SHAPE(B, 3, 4 * H), 1);
+            cr_tensor *gx = cr_select(proj, 1, 2), *gh = random_tensor(dt, CR_SHAPE(B, 4 * H), 2);
+            cr_tensor *c = cr_mul_scalar(random_tensor(dt, CR_SHAPE(B, H), 3), 3.0), *h2, *c2;
+            cr_tensor *y2 = cr_lstm_gates(gx, gh, c);
+            lstm_composed(gx, gh, c, &h2, &c2);
+            double tol = d ? 1e-6 : 1e-15;
+            expect_close(cr_select(y2, 0, 0), h2, tol);
+            expect_close(cr_select(y2, 0, 1), c2, tol);
+        }
+    EXPECT_ERROR(cr_lstm_gates(cr_zeros(CR_F64, CR_SHAPE(2, 8)), cr_zeros(CR_F64, CR_SHAPE(2, 8)),
+                               cr_zeros(CR_F64, CR_SHAPE(2, 3))),
+                 "cr_lstm_gates: gx [2,8], gh [2,8], state [2,3]: expected gx and gh [B,4H] for a state [B,H]");
+    EXPECT_ERROR(cr_lstm_gates(cr_zeros(CR_F64, CR_SHAPE(2, 8)), cr_zeros(CR_F32, CR_SHAPE(2, 8)),
+                               cr_zeros(CR_F64, CR_SHAPE(2, 2))),
+                 "cr_lstm_gates: f64 [2,8] and f32 [2,8]");
+}
+
+Test(ops, gru_gates)
+{
+    /* gx = gh = 0, h = 1: r = z = 1/2, n = 0, h' = 1/2 */
+    cr_tensor *y = cr_gru_gates(cr_zeros(CR_F64, CR_SHAPE(1, 3)), cr_zeros(CR_F64, CR_SHAPE(1, 3)),
+                                cr_full(CR_F64, CR_SHAPE(1, 1), 1.0));
+    expect_shape(y, CR_SHAPE(1, 1));
+    expect_values(y, (double[]){0.5}, 1, 1e-16);
+    const int64_t sizes[][2] = {{3, 5}, {8, 700}};
+    for (int k = 0; k < 2; k++)
+        for (int d = 0; d < 2; d++) {
+            cr_dtype dt = d ? CR_F32 : CR_F64;
+            int64_t B = sizes[k][0], H = sizes[k][1];
+            cr_tensor *proj = random_tensor(dt, CR_SHAPE(B, 3, 3 * H), 4);
+            cr_tensor *gx = cr_select(proj, 1, 0), *gh = random_tensor(dt, CR_SHAPE(B, 3 * H), 5);
+            cr_tensor *h = random_tensor(dt, CR_SHAPE(B, H), 6);
+            expect_close(cr_gru_gates(gx, gh, h), gru_composed(gx, gh, h), d ? 1e-6 : 1e-15);
+        }
+    EXPECT_ERROR(cr_gru_gates(cr_zeros(CR_F64, CR_SHAPE(2, 6)), cr_zeros(CR_F64, CR_SHAPE(3, 6)),
+                              cr_zeros(CR_F64, CR_SHAPE(2, 2))),
+                 "cr_gru_gates: gx [2,6], gh [3,6], state [2,2]: expected gx and gh [B,3H] for a state [B,H]");
+}
+
 /* ---- every op above is in the table --------------------------------------------------------------- */
 
 Test(ops, op_table_is_complete_and_findable)
@@ -762,7 +836,7 @@ Test(ops, op_table_is_complete_and_findable)
                             "narrow", "select", "expand", "unsqueeze", "contiguous", "concat", "stack",
                             "gather_rows", "where", "mask", "dropout", "cross_entropy", "conv1d", "conv2d",
                             "max_pool1d", "max_pool2d", "avg_pool1d", "avg_pool2d",
-                            "recompute"};
+                            "recompute", "lstm_gates", "gru_gates"};
     size_t n_tested = sizeof tested / sizeof tested[0], count;
     const cr_op *unary_ops[N_UNARY_CASES];
     cr_tensor *x = cr_tensor_init(CR_F64, CR_SHAPE(2));

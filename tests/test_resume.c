@@ -325,6 +325,41 @@ Test(resume, checkpoint_contents)
     session_free(s);
 }
 
+/* The caller's own tensors (a carried hidden state) go into the same file,
+ * are skipped by the loaders and read back by name; a name outside the
+ * reserved prefix, or one the file already has, fails with nothing written. */
+Test(resume, caller_tensors_in_a_checkpoint)
+{
+    session *s = session_new(1, NULL, OPT_ADAM);
+    session_train(s, 2);
+    float h[2][3] = {{1, -2, 3.5f}, {0.25f, 0, -1e-3f}};
+    cr_st_entry e = {.name = "__optim__.lm.h", .dtype = CR_F32, .ndim = 2, .shape = {2, 3}, .data = h,
+                     .nbytes = sizeof h};
+    const char *path = tpath("extra.safetensors");
+    cr_assert_eq(cr_checkpoint_save_extra(path, s->ps, s->opt, s->step, &s->rng, s->vocab, &e, 1, NULL, 0), CR_OK,
+                 "%s", cr_last_error());
+    cr_st_file *f = NULL;
+    cr_assert_eq(cr_st_read(path, &f), CR_OK, "%s", cr_last_error());
+    const cr_st_entry *got = cr_st_find(f, "__optim__.lm.h");
+    cr_assert(got && got->dtype == CR_F32 && got->ndim == 2 && got->shape[0] == 2 && got->shape[1] == 3);
+    cr_assert(memcmp(got->data, h, sizeof h) == 0);
+    cr_assert(cr_st_find(f, "__optim__.adam.exp_avg.lm.embed") != NULL, "the optimizer's state is there too");
+    cr_st_file_free(f);
+    int64_t step = -1;
+    cr_assert_eq(cr_checkpoint_load(path, s->ps, s->opt, &step, NULL, NULL), CR_OK, "%s", cr_last_error());
+    cr_assert_eq(step, 2);
+    cr_assert_eq(cr_params_load(s->ps, path), CR_OK, "%s", cr_last_error());
+
+    const char *bad = tpath("bad.safetensors");
+    e.name = "lm.h";
+    cr_assert_eq(cr_checkpoint_save_extra(bad, s->ps, s->opt, 0, NULL, NULL, &e, 1, NULL, 0), CR_EINVAL);
+    cr_assert(strstr(cr_last_error(), "lm.h") != NULL, "%s", cr_last_error());
+    e.name = "__optim__.adam.exp_avg.lm.embed"; /* the optimizer's own */
+    cr_assert_eq(cr_checkpoint_save_extra(bad, s->ps, s->opt, 0, NULL, NULL, &e, 1, NULL, 0), CR_EINVAL);
+    cr_assert_eq(access(bad, F_OK), -1, "a failed save leaves no file");
+    session_free(s);
+}
+
 /* The saved hyper-parameters replace the optimizer's, as in load_state_dict,
  * and slots the saved config needs are created. */
 Test(resume, hyperparameters_are_restored)
