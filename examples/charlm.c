@@ -4,7 +4,15 @@
  *   ./build/examples/charlm [--data FILE] [--cell lstm|gru] [--steps N] [--hidden H] ...
  *                           [--save FILE] [--resume FILE] [--stop-at N] [--quick]
  *
- * (--help lists every flag with its default.) The default corpus is the GNU
+ * (--help lists every flag with its default.) Training is data-parallel
+ * (optim.h's cr_trainer): each batch is split into --shards shards (8 by
+ * default), which --threads threads (default: every available core, or
+ * OMP_NUM_THREADS) take in turn. The shard count is part of the run and the
+ * thread count is not: the same flags give the same weights, and a
+ * byte-identical --save checkpoint, on any number of threads. --dropout
+ * applies between layers (--layers 2 and up); its masks come from each
+ * shard's stream, keyed by the seed, the step and the shard.
+ * The default corpus is the GNU
  * GPL text every Debian system ships. The text is encoded in place to one
  * byte per character, so a file costs about 1.1 times its own size in memory
  * (the held-out tenth is copied once); validation reads the first
@@ -28,10 +36,11 @@
 #include "cli.h"
 
 typedef struct opts {
-    const char *data, *save, *resume, *cell, *prime;
-    int64_t steps, stop_at, hidden, layers, batch, seq, sample, embed, val_chunks, seed, threads;
-    double lr, clip, temperature, threshold;
+    const char *data, *save, *resume, *cell, *prime, *mode_name;
+    int64_t steps, stop_at, hidden, layers, batch, seq, sample, embed, val_chunks, seed, threads, shards;
+    double lr, clip, temperature, threshold, dropout;
     bool quick;
+    cr_parallel_mode mode;
 } opts;
 
 typedef struct model {
@@ -48,7 +57,7 @@ static opts parse(int argc, char **argv)
     bool quick = cli_has(argc, argv, "--quick");
     opts o = {.data = "/usr/share/common-licenses/GPL-3", .cell = "lstm", .prime = DEFAULT_PRIME, .steps = quick ? 150 : 1200, .hidden = 128,
               .layers = 1, .batch = 32, .seq = 64, .sample = quick ? 100 : 400, .embed = 32, .lr = 3e-3,
-              .clip = 5.0, .temperature = 0.8, .seed = 42, .threads = quick ? 1 : 0, .val_chunks = 64,
+              .clip = 5.0, .temperature = 0.8, .seed = 42, .threads = quick ? 1 : 0, .shards = 8, .mode_name = "auto", .val_chunks = 64,
               .threshold = 3.5, .quick = quick};
     cli_flag flags[] = {
         {"--data", CLI_STR, &o.data, "the text to learn (any bytes; one character = one byte)"},
@@ -62,8 +71,11 @@ static opts parse(int argc, char **argv)
         {"--seq", CLI_INT, &o.seq, "characters per truncated-BPTT chunk (T)"},
         {"--lr", CLI_REAL, &o.lr, "Adam's peak learning rate (warmup, then cosine to lr/10)"},
         {"--clip", CLI_REAL, &o.clip, "clip the gradient's global norm to this"},
-        {"--seed", CLI_INT, &o.seed, "seed of the weights and of sampling"},
+        {"--seed", CLI_INT, &o.seed, "seed of the weights, dropout and sampling"},
+        {"--dropout", CLI_REAL, &o.dropout, "dropout between layers (--layers 2 and up)"},
         {"--threads", CLI_INT, &o.threads, "threads (0: OMP_NUM_THREADS, else every core)"},
+        {"--shards", CLI_INT, &o.shards, "shards per batch: part of the run, not of the thread count"},
+        {"--mode", CLI_STR, &o.mode_name, "auto, replicas (threads take shards) or intra-op (threaded kernels)"},
         {"--sample", CLI_INT, &o.sample, "characters to sample after training"},
         {"--prime", CLI_STR, &o.prime, "the sample starts with this text"},
         {"--temperature", CLI_REAL, &o.temperature, "sampling temperature (lower: safer choices)"},
@@ -80,8 +92,13 @@ static opts parse(int argc, char **argv)
               "another model, exits 1 with the reason.",
               flags, CLI_COUNT(flags));
     if (strcmp(o.cell, "lstm") && strcmp(o.cell, "gru")) cli_fail(argv[0], "--cell: '%s' is neither lstm nor gru", o.cell);
+    if (!strcmp(o.mode_name, "auto")) o.mode = CR_PARALLEL_AUTO;
+    else if (!strcmp(o.mode_name, "replicas")) o.mode = CR_PARALLEL_REPLICAS;
+    else if (!strcmp(o.mode_name, "intra-op")) o.mode = CR_PARALLEL_INTRA_OP;
+    else cli_fail(argv[0], "--mode: '%s' is none of auto, replicas, intra-op", o.mode_name);
     if (o.steps < 1 || o.stop_at < 0 || o.stop_at > o.steps || o.hidden < 1 || o.layers < 1 || o.embed < 1 ||
         o.batch < 1 || o.seq < 1 || o.sample < 0 || o.val_chunks < 0 || o.threads < 0 || o.threads > 1024 ||
+        o.shards < 1 || o.shards > 4096 || !(o.dropout >= 0 && o.dropout < 1) ||
         !(o.lr > 0) || !(o.clip > 0) || !(o.temperature > 0))
         cli_fail(argv[0], "a size or rate out of range");
     if (o.stop_at == 0) o.stop_at = o.steps;
@@ -138,6 +155,34 @@ static cr_tensor *cell_state_init(const model *m, int64_t B)
 {
     const cr_rnn_config *cfg = &m->lstm->cfg;
     return cfg->cell->n_states > 1 ? cr_tensor_init(CR_F32, CR_SHAPE(cfg->num_layers, B, cfg->hidden_size)) : NULL;
+}
+
+/* One training step's shards: shard s reads rows [begin, end) of the batch
+ * (x, y) and of the carried state (h, c), all persistent, and keeps its final
+ * state for after_backward, which carries it once every shard's backward has
+ * read the old one. */
+typedef struct batch {
+    model *m;
+    cr_tensor *x, *y, *h, *c; /* [B, T] ids and targets; [L, B, H] carried state (c: NULL for a GRU) */
+    cr_rnn_output *out;       /* [shards] each shard's output */
+} batch;
+
+static cr_tensor *shard_loss(void *ctx, const cr_shard *s)
+{
+    batch *b = ctx;
+    int64_t rows = s->end - s->begin;
+    cr_tensor *h = cr_narrow(b->h, 1, s->begin, rows), *c = b->c ? cr_narrow(b->c, 1, s->begin, rows) : NULL;
+    cr_tensor *x = cr_narrow(b->x, 0, s->begin, rows), *y = cr_reshape(cr_narrow(b->y, 0, s->begin, rows), CR_SHAPE(-1));
+    cr_tensor *loss = cr_cross_entropy(forward(b->m, x, h, c, &b->out[s->index]), y, -1, CR_MEAN);
+    return cr_mul_scalar(loss, s->weight); /* its share of the batch mean */
+}
+
+static void shard_carry(void *ctx, const cr_shard *s)
+{
+    batch *b = ctx;
+    int64_t rows = s->end - s->begin;
+    cr_copy_(cr_narrow(b->h, 1, s->begin, rows), b->out[s->index].h_n);
+    if (b->c) cr_copy_(cr_narrow(b->c, 1, s->begin, rows), b->out[s->index].c_n);
 }
 
 /* Mean cross-entropy (nats per char) over the first max_chunks chunks of the
@@ -353,7 +398,8 @@ done:
 int main(int argc, char **argv)
 {
     opts o = parse(argc, argv);
-    if (o.threads > 0) cr_set_num_threads((int)o.threads);
+    if (o.threads == 0) o.threads = cr_get_num_threads(); /* OMP_NUM_THREADS, else every core */
+    cr_set_num_threads((int)o.threads);
     char *text;
     size_t len;
     if (cr_read_file(o.data, &text, &len) != CR_OK) {
@@ -405,12 +451,15 @@ int main(int argc, char **argv)
     snprintf(prefix, sizeof prefix, "charlm.%s", o.cell);
     m.lstm = cr_rnn_init(m.ps, prefix,
                          (cr_rnn_config){.cell = cell, .input_size = o.embed, .hidden_size = o.hidden,
-                                         .num_layers = (int)o.layers, .forget_bias = cell == &cr_cell_lstm,
+                                         .num_layers = (int)o.layers, .dropout = o.dropout,
+                                         .forget_bias = cell == &cr_cell_lstm,
                                          .dtype = CR_F32},
                          &rng);
     m.head = cr_linear_init(m.ps, "charlm.head", o.hidden, V, true, CR_F32, &rng);
-    printf("cell=%s params=%zu bytes=%zu threads=%d\n", o.cell, cr_params_numel(m.ps), cr_params_bytes(m.ps),
-           cr_get_num_threads());
+    cr_trainer *tr = cr_trainer_init(m.ps, (cr_trainer_config){.shards = (int)o.shards, .threads = (int)o.threads,
+                                                               .mode = o.mode, .seed = (uint64_t)o.seed});
+    printf("cell=%s params=%zu bytes=%zu threads=%d shards=%d mode=%s\n", o.cell, cr_params_numel(m.ps),
+           cr_params_bytes(m.ps), (int)o.threads, (int)o.shards, cr_parallel_mode_name(cr_trainer_mode(tr)));
 
     cr_optim *opt = cr_adam_init(m.ps, cr_adam_defaults(o.lr));
     cr_schedule sched = cr_schedule_warmup_cosine(o.lr, o.steps / 20, o.steps, o.lr / 10);
@@ -423,6 +472,8 @@ int main(int argc, char **argv)
     run r = {.h = h, .c = c, .stats = {NAN, 0}, .chars = n};
     int64_t first = 0; /* steps already taken */
     int rc = 0;
+    batch bt = {.m = &m, .x = x, .y = y, .h = h, .c = c, .out = cr_xcalloc((size_t)o.shards, sizeof *bt.out)};
+    cr_task task = {.rows = B, .loss = shard_loss, .after_backward = shard_carry, .ctx = &bt};
     if (o.resume) {
         if (!resume_run(&o, &m, opt, &rng, vocab, &r, &first)) {
             rc = 1;
@@ -435,6 +486,7 @@ int main(int argc, char **argv)
             goto done;
         }
         printf("resumed=%s step=%lld\n", o.resume, (long long)first);
+        cr_trainer_set_steps(tr, first); /* the dropout streams are keyed by the step */
     }
     double loss_avg = r.stats[0];
     int64_t skipped = (int64_t)r.stats[1];
@@ -447,19 +499,11 @@ int main(int argc, char **argv)
         }
         cr_stream_chunk_u8(x, y, ids, n_train, k);
         cr_schedule_apply(&sched, opt, step);
-        cr_rnn_output out;
-        cr_tensor *loss = cr_cross_entropy(forward(&m, x, h, c, &out), cr_reshape(y, CR_SHAPE(-1)), -1, CR_MEAN);
-        cr_optim_zero_grad(opt);
-        cr_backward(loss);
-        double norm;
-        if (cr_clip_grad_norm(m.ps, o.clip, &norm) == CR_OK)
-            cr_optim_step(opt);
-        else
-            skipped++;
-        carry(h, c, &out); /* after backward, before the clear */
-        double l = cr_item(loss);
+        double l, norm;
+        /* forward and backward of every shard, the tree sum, clipping, Adam;
+         * the carry runs after every shard's backward */
+        if (cr_trainer_step(tr, &task, opt, o.clip, &l, &norm) != CR_OK) skipped++;
         loss_avg = isnan(loss_avg) ? l : 0.95 * loss_avg + 0.05 * l;
-        cr_graph_clear(g);
         progress_update(&bar, step + 1 - first, (step + 1 - first) * B * T, "loss=%.4f lr=%.2e", loss_avg,
                         cr_optim_get_lr(opt));
     }
@@ -496,6 +540,8 @@ done:
     cr_tensor_free(x);
     cr_tensor_free(y);
     cr_graph_use(NULL);
+    free(bt.out);
+    cr_trainer_free(tr);
     cr_graph_free(g);
     cr_optim_free(opt);
     cr_rnn_free(m.lstm);
