@@ -1,27 +1,24 @@
 /* The main demo: a character-level language model (LSTM or GRU) trained with
- * truncated BPTT (Adam, gradient clipping by global norm) on every core, then
- * sampled from.
+ * truncated BPTT (Adam, gradient clipping by global norm), then sampled from.
  *
  *   ./build/examples/charlm [--data FILE] [--cell lstm|gru] [--steps N] [--hidden H] ...
- *                           [--threads N] [--shards S] [--mode auto|replicas|intra-op]
- *                           [--save FILE] [--resume FILE] [--stop-at N] [--quick]
+ *                           [--save FILE] [--resume FILE] [--stop-at N] [--quick] [--mpi]
  *   mpirun -np 2 ./build/examples/charlm --mpi [same flags]
  *
- * Training is data-parallel (optim.h's cr_trainer): each batch is split into
- * --shards shards (8 by default), which --threads threads (default: every
- * available core, or OMP_NUM_THREADS) take in turn. The shard count is part
- * of the run and the thread count is not: the same flags give the same
- * weights, and a byte-identical --save checkpoint, on any number of threads.
- * --dropout applies between layers (--layers 2 and up); its masks come from
- * each shard's stream, keyed by the seed, the step and the shard. --mpi
- * trains over the ranks of an mpirun job (the mpi module, cr_mpi.h): the
- * shards are split over the ranks, the gradient is summed across them in the
- * trainer's fixed tree, rank 0 prints and writes the checkpoint, and the
- * result is one process's: `mpirun -np 2 charlm --mpi --save a` and
- * `charlm --save b` write byte-identical files, and a checkpoint resumes on
- * any number of ranks.
- *
- * (--help lists every flag with its default.) The default corpus is the GNU
+ * (--help lists every flag with its default.) Training is data-parallel
+ * (optim.h's cr_trainer): each batch is split into --shards shards (8 by
+ * default), which --threads threads (default: every available core, or
+ * OMP_NUM_THREADS) take in turn. The shard count is part of the run and the
+ * thread count is not: the same flags give the same weights, and a
+ * byte-identical --save checkpoint, on any number of threads. --dropout
+ * applies between layers (--layers 2 and up); its masks come from each
+ * shard's stream, keyed by the seed, the step and the shard. --mpi trains
+ * over the ranks of an mpirun job (the mpi module, cr_mpi.h): the shards are
+ * split over the ranks, the gradient is summed across them in the trainer's
+ * fixed tree, rank 0 prints and writes the checkpoint, and the result is one
+ * process's: `mpirun -np 2 charlm --mpi --save a` and `charlm --save b` write
+ * byte-identical files, and a checkpoint resumes on any number of ranks.
+ * The default corpus is the GNU
  * GPL text every Debian system ships. The text is encoded in place to one
  * byte per character, so a file costs about 1.1 times its own size in memory
  * (the held-out tenth is copied once); validation reads the first
@@ -69,8 +66,8 @@ static opts parse(int argc, char **argv)
     bool quick = cli_has(argc, argv, "--quick");
     opts o = {.data = "/usr/share/common-licenses/GPL-3", .cell = "lstm", .prime = DEFAULT_PRIME, .steps = quick ? 150 : 1200, .hidden = 128,
               .layers = 1, .batch = 32, .seq = 64, .sample = quick ? 100 : 400, .embed = 32, .lr = 3e-3,
-              .clip = 5.0, .temperature = 0.8, .seed = 42, .threads = quick ? 1 : 0, .val_chunks = 64,
-              .threshold = 3.5, .quick = quick, .shards = 8, .mode_name = "auto"};
+              .clip = 5.0, .temperature = 0.8, .seed = 42, .threads = quick ? 1 : 0, .shards = 8, .mode_name = "auto", .val_chunks = 64,
+              .threshold = 3.5, .quick = quick};
     cli_flag flags[] = {
         {"--data", CLI_STR, &o.data, "the text to learn (any bytes; one character = one byte)"},
         {"--cell", CLI_STR, &o.cell, "lstm or gru"},
@@ -83,12 +80,12 @@ static opts parse(int argc, char **argv)
         {"--seq", CLI_INT, &o.seq, "characters per truncated-BPTT chunk (T)"},
         {"--lr", CLI_REAL, &o.lr, "Adam's peak learning rate (warmup, then cosine to lr/10)"},
         {"--clip", CLI_REAL, &o.clip, "clip the gradient's global norm to this"},
-        {"--seed", CLI_INT, &o.seed, "seed of the weights and of sampling"},
-        {"--threads", CLI_INT, &o.threads, "threads (0: OMP_NUM_THREADS, else every core; over MPI shared by a machine's ranks)"},
-        {"--shards", CLI_INT, &o.shards, "shards per batch: the result depends on it, not on threads or ranks"},
-        {"--mode", CLI_STR, &o.mode_name, "auto, replicas (threads take shards) or intra-op (threads inside products)"},
-        {"--dropout", CLI_REAL, &o.dropout, "dropout between layers"},
-        {"--mpi", CLI_BOOL, &o.mpi, "train over the ranks of an mpirun job (rank 0 prints and saves)"},
+        {"--seed", CLI_INT, &o.seed, "seed of the weights, dropout and sampling"},
+        {"--dropout", CLI_REAL, &o.dropout, "dropout between layers (--layers 2 and up)"},
+        {"--threads", CLI_INT, &o.threads, "threads (0: OMP_NUM_THREADS, else every core)"},
+        {"--shards", CLI_INT, &o.shards, "shards per batch: part of the run, not of the thread count"},
+        {"--mode", CLI_STR, &o.mode_name, "auto, replicas (threads take shards) or intra-op (threaded kernels)"},
+        {"--mpi", CLI_BOOL, &o.mpi, "train over the ranks of an mpirun job (rank 0 prints and saves; threads 0: a machine's cores shared by its ranks)"},
         {"--sample", CLI_INT, &o.sample, "characters to sample after training"},
         {"--prime", CLI_STR, &o.prime, "the sample starts with this text"},
         {"--temperature", CLI_REAL, &o.temperature, "sampling temperature (lower: safer choices)"},
@@ -108,11 +105,10 @@ static opts parse(int argc, char **argv)
     if (!strcmp(o.mode_name, "auto")) o.mode = CR_PARALLEL_AUTO;
     else if (!strcmp(o.mode_name, "replicas")) o.mode = CR_PARALLEL_REPLICAS;
     else if (!strcmp(o.mode_name, "intra-op")) o.mode = CR_PARALLEL_INTRA_OP;
-    else cli_fail(argv[0], "--mode: '%s' is not auto, replicas or intra-op", o.mode_name);
-    if (o.shards < 1 || o.shards > 4096 || !(o.dropout >= 0 && o.dropout < 1))
-        cli_fail(argv[0], "--shards or --dropout out of range");
+    else cli_fail(argv[0], "--mode: '%s' is none of auto, replicas, intra-op", o.mode_name);
     if (o.steps < 1 || o.stop_at < 0 || o.stop_at > o.steps || o.hidden < 1 || o.layers < 1 || o.embed < 1 ||
         o.batch < 1 || o.seq < 1 || o.sample < 0 || o.val_chunks < 0 || o.threads < 0 || o.threads > 1024 ||
+        o.shards < 1 || o.shards > 4096 || !(o.dropout >= 0 && o.dropout < 1) ||
         !(o.lr > 0) || !(o.clip > 0) || !(o.temperature > 0))
         cli_fail(argv[0], "a size or rate out of range");
     if (o.stop_at == 0) o.stop_at = o.steps;
@@ -164,13 +160,20 @@ static void carry(cr_tensor *h, cr_tensor *c, const cr_rnn_output *o)
     if (c) cr_state_carry(c, o->c_n);
 }
 
+/* The cell state tensor: [L, B, H] for an LSTM, NULL for a one-state cell. */
+static cr_tensor *cell_state_init(const model *m, int64_t B)
+{
+    const cr_rnn_config *cfg = &m->lstm->cfg;
+    return cfg->cell->n_states > 1 ? cr_tensor_init(CR_F32, CR_SHAPE(cfg->num_layers, B, cfg->hidden_size)) : NULL;
+}
+
 /* One training step's shards: shard s reads rows [begin, end) of the batch
  * (x, y) and of the carried state (h, c), all persistent, and keeps its final
  * state for after_backward, which carries it once every shard's backward has
  * read the old one. */
 typedef struct batch {
     model *m;
-    cr_tensor *x, *y, *h, *c; /* [B, T] ids and targets; [L, B, H] carried state (c: LSTM only) */
+    cr_tensor *x, *y, *h, *c; /* [B, T] ids and targets; [L, B, H] carried state (c: NULL for a GRU) */
     cr_rnn_output *out;       /* [shards] each shard's output */
 } batch;
 
@@ -190,13 +193,6 @@ static void shard_carry(void *ctx, const cr_shard *s)
     int64_t rows = s->end - s->begin;
     cr_copy_(cr_narrow(b->h, 1, s->begin, rows), b->out[s->index].h_n);
     if (b->c) cr_copy_(cr_narrow(b->c, 1, s->begin, rows), b->out[s->index].c_n);
-}
-
-/* The cell state tensor: [L, B, H] for an LSTM, NULL for a one-state cell. */
-static cr_tensor *cell_state_init(const model *m, int64_t B)
-{
-    const cr_rnn_config *cfg = &m->lstm->cfg;
-    return cfg->cell->n_states > 1 ? cr_tensor_init(CR_F32, CR_SHAPE(cfg->num_layers, B, cfg->hidden_size)) : NULL;
 }
 
 /* Mean cross-entropy (nats per char) over the first max_chunks chunks of the
