@@ -296,7 +296,7 @@ double cr_schedule_apply(const cr_schedule *s, cr_optim *o, int64_t step);
  * Over processes (MPI): give each rank its own shard range (first_shard,
  * local_shards) and split the step: cr_trainer_backward leaves the sum of the
  * local shards in one flat buffer, cr_trainer_grad(t); an allreduce goes
- * there; cr_trainer_publish copies it into every parameter's ->grad; then
+ * there (and an OR into cr_trainer_reached(t)); cr_trainer_publish copies it into every parameter's ->grad; then
  * clip and step as usual. With local_shards a power of two and first_shard a
  * multiple of it, the local sum is a subtree of the whole batch's tree, and
  * summing the ranks' buffers pairwise in rank order completes it bit for bit.
@@ -351,6 +351,10 @@ void cr_trainer_free(cr_trainer *t); /* NULL is a no-op */
 double cr_trainer_backward(cr_trainer *t, const cr_task *task);
 /* The flat gradient [numel of all parameters], parameters in set order. */
 cr_tensor *cr_trainer_grad(cr_trainer *t);
+/* [parameters] 1 where a local shard's backward reached parameter i in the
+ * last cr_trainer_backward, else 0; publish gives the others no gradient.
+ * Over ranks, OR every rank's flags into it before publish. */
+unsigned char *cr_trainer_reached(cr_trainer *t);
 /* Copy the flat gradient into every parameter's ->grad (allocated if
  * missing), as zero_grad + backward would leave it: a parameter no shard
  * reached keeps a zeroed (or no) gradient. */

@@ -44,6 +44,7 @@ struct cr_trainer {
     cr_tensor **flat;      /* [n_local] one gradient buffer per shard, [numel] */
     cr_tensor **view;      /* [n_local * n] parameter i of shard s, a view of flat[s] */
     unsigned char *touched; /* [n_local * n] shard s reached parameter i */
+    unsigned char *reached; /* [n] some local shard reached parameter i (ORed over ranks by MPI) */
     cr_graph **graph;      /* [n_local] each shard's graph */
     cr_shard *shard;       /* [n_local] this step's shards */
     cr_rng *rng;           /* [n_local] their dropout streams */
@@ -134,6 +135,7 @@ cr_trainer *cr_trainer_init(cr_params *ps, cr_trainer_config cfg)
     t->flat = cr_xcalloc((size_t)S, sizeof *t->flat);
     t->view = cr_xcalloc((size_t)S * t->n, sizeof *t->view);
     t->touched = cr_xcalloc((size_t)S * t->n, 1);
+    t->reached = cr_xcalloc(t->n, 1);
     t->graph = cr_xcalloc((size_t)S, sizeof *t->graph);
     t->shard = cr_xcalloc((size_t)S, sizeof *t->shard);
     t->rng = cr_xcalloc((size_t)S, sizeof *t->rng);
@@ -165,6 +167,7 @@ void cr_trainer_free(cr_trainer *t)
     free(t->flat);
     free(t->view);
     free(t->touched);
+    free(t->reached);
     free(t->graph);
     free(t->shard);
     free(t->rng);
@@ -401,21 +404,24 @@ double cr_trainer_backward(cr_trainer *t, const cr_task *task)
         }
     }
     for (int s = 0; s < n; s++) cr_graph_clear(t->graph[s]);
+    for (size_t i = 0; i < t->n; i++) {
+        t->reached[i] = 0;
+        for (int s = 0; s < n; s++) t->reached[i] |= t->touched[(size_t)s * t->n + i];
+    }
     t->step++;
     return tree_sum_doubles(t->loss, n);
 }
 
 cr_tensor *cr_trainer_grad(cr_trainer *t) { return t->flat[0]; }
+unsigned char *cr_trainer_reached(cr_trainer *t) { return t->reached; }
 
 void cr_trainer_publish(cr_trainer *t)
 {
     check_params(t, "cr_trainer_publish");
     size_t esz = cr_dtype_size(t->dtype);
     for (size_t i = 0; i < t->n; i++) {
-        bool reached = false;
-        for (int s = 0; s < t->n_local && !reached; s++) reached = t->touched[(size_t)s * t->n + i];
         cr_tensor *p = t->value[i];
-        if (!reached) { /* as zero_grad + a backward that never reached it */
+        if (!t->reached[i]) { /* as zero_grad + a backward that never reached it */
             if (p->grad) cr_fill(p->grad, 0);
             continue;
         }
