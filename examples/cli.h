@@ -243,17 +243,15 @@ typedef cr_tensor *(*shard_loss_fn)(void *ctx, const cr_shard *s);
 /* --threads: 0 is every core (or OMP_NUM_THREADS). Resolve it before the
  * program sets its own kernel thread count (cr_set_num_threads(1)), which
  * changes what cr_get_num_threads reports. */
-static inline int64_t cli_threads(int64_t threads)
-{
-    return threads > 0 ? threads : cr_get_num_threads();
-}
+static inline int64_t cli_threads(int64_t threads) { return threads > 0 ? threads : cr_get_num_threads(); }
 
 /* The trainer of an example: `shards` shards per batch (part of the run: the
  * results depend on it), taken by `threads` threads (not part of the run),
  * `seed` keying the shards' random streams. Prints its threads, shards and mode. */
 static inline cr_trainer *cli_trainer_init(cr_params *ps, int64_t shards, int64_t threads, int64_t seed)
 {
-    cr_trainer_config cfg = {.shards = (int)shards, .threads = (int)cli_threads(threads), .seed = (uint64_t)seed};
+    cr_trainer_config cfg = {
+        .shards = (int)shards, .threads = (int)cli_threads(threads), .seed = (uint64_t)seed};
     cr_trainer *tr = cr_trainer_init(ps, cfg);
     printf("threads=%d shards=%d mode=%s\n", cr_trainer_threads(tr), cr_trainer_shards(tr),
            cr_parallel_mode_name(cr_trainer_mode(tr)));

@@ -282,8 +282,8 @@ static clip_report clip_experiment(const opts *o, double *curve)
         cr_optim *opt = cr_sgd_init(c.n.ps, cr_sgd_defaults(o->lr));
         /* 4 shards on the threads; the gradient lands in the parameters' grad
          * (publish), where clipping is inspected before the step */
-        cr_trainer *tr = cr_trainer_init(c.n.ps, (cr_trainer_config){.shards = 4, .threads = (int)o->threads,
-                                                                     .seed = (uint64_t)o->seed});
+        cr_trainer *tr = cr_trainer_init(
+            c.n.ps, (cr_trainer_config){.shards = 4, .threads = (int)o->threads, .seed = (uint64_t)o->seed});
         cr_task task = {.rows = c.B, .loss = clip_shard_loss, .ctx = &c};
         cr_graph *g = cr_graph_init();
         cr_graph *prev = cr_graph_use(g);
@@ -499,7 +499,8 @@ int main(int argc, char **argv)
         "cell) and ReLU RNNs, GRU and LSTM at spectral radius 0.9, 1.0 and 1.1; CSV, and PNG with gnuplot.",
         NULL, flags, CLI_COUNT(flags));
     if (o.len < 2 || o.hidden < 1 || o.input < 1 || o.batch < 4 || o.clip_len < 1 || o.clip_steps < 10 ||
-        !(o.input_scale >= 0) || !(o.clip_norm > 0) || !(o.clip_value > 0) || !(o.lr > 0) || o.threads < 0 || o.threads > 1024)
+        !(o.input_scale >= 0) || !(o.clip_norm > 0) || !(o.clip_value > 0) || !(o.lr > 0) || o.threads < 0 ||
+        o.threads > 1024)
         cli_fail(argv[0], "a size or rate out of range");
     if (strpbrk(o.out, "'\n"))
         cli_fail(argv[0], "--out: a directory name without quotes or newlines, please");

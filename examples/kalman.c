@@ -92,7 +92,8 @@ static opts parse(int argc, char **argv)
     cli_parse(argc, argv, "A linear RNN learns the Kalman filter of a noisy constant-velocity target.", NULL,
               flags, CLI_COUNT(flags));
     if (o.steps < 1 || o.batch < 1 || o.len < 1 || o.hidden < 1 || o.test < 1 || o.shards < 1 ||
-        o.shards > o.batch || o.threads < 0 || o.threads > 1024 || !(o.lr > 0) || !(o.sigma_a >= 0) || !(o.sigma_z > 0))
+        o.shards > o.batch || o.threads < 0 || o.threads > 1024 || !(o.lr > 0) || !(o.sigma_a >= 0) ||
+        !(o.sigma_z > 0))
         cli_fail(argv[0], "an option out of range");
     return o;
 }

@@ -319,7 +319,8 @@ int main(int argc, char **argv)
               "a unidirectional and a bidirectional model are compared on held-out reviews.",
               NULL, flags, CLI_COUNT(flags));
     if (o.train < 1 || o.test < 1 || o.epochs < 1 || o.batch < 1 || o.batch > o.train || o.embed < 1 ||
-        o.hidden < 1 || o.shards < 1 || o.shards > o.batch || o.threads < 0 || o.threads > 1024 || !(o.lr > 0) || o.clip < 0)
+        o.hidden < 1 || o.shards < 1 || o.shards > o.batch || o.threads < 0 || o.threads > 1024 ||
+        !(o.lr > 0) || o.clip < 0)
         cli_fail(argv[0], "a size or rate out of range");
 
     /* Kernels on tensors this small lose more to threading than they gain: the

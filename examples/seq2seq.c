@@ -89,7 +89,8 @@ static opts parse(int argc, char **argv)
               NULL, flags, CLI_COUNT(flags));
     if ((strcmp(o.task, "reverse") && strcmp(o.task, "sort")) || o.steps < 1 || o.batch < 1 || o.hidden < 1 ||
         o.embed < 1 || o.min_len < 1 || o.max_len < o.min_len || o.max_len > 63 || o.beam < 1 ||
-        o.beam > 64 || o.test < 1 || o.shards < 1 || o.shards > o.batch || o.threads < 0 || o.threads > 1024 || !(o.lr > 0) || !(o.clip > 0))
+        o.beam > 64 || o.test < 1 || o.shards < 1 || o.shards > o.batch || o.threads < 0 ||
+        o.threads > 1024 || !(o.lr > 0) || !(o.clip > 0))
         cli_fail(argv[0], "an option out of range");
     return o;
 }
