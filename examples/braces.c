@@ -27,7 +27,7 @@ enum { MAX_LEN = 256, MAX_KINDS = 4 };
 static const char brackets[] = "()[]{}<>"; /* token 2k opens kind k, 2k+1 closes it */
 
 typedef struct opts {
-    int64_t kinds, max_len, depth, steps, hidden, batch, test, shards, seed;
+    int64_t kinds, max_len, depth, steps, hidden, batch, test, shards, threads, seed;
     double lr, clip, threshold;
     bool quick;
 } opts;
@@ -171,11 +171,10 @@ typedef struct step_ctx {
 } step_ctx;
 
 /* Cross-entropy summed over a shard's strings, divided by the batch size. */
-static cr_tensor *shard_loss(void *ctx, int s, int n)
+static cr_tensor *shard_loss(void *ctx, const cr_shard *s)
 {
     step_ctx *c = ctx;
-    int64_t lo, hi;
-    shard_rows(c->b->B, s, n, &lo, &hi);
+    int64_t lo = s->begin, hi = s->end;
     cr_tensor *ce = cr_cross_entropy(logits_of(c->m, c->b, lo, hi - lo),
                                      cr_narrow(c->b->label, 0, lo, hi - lo), -1, CR_SUM);
     return cr_mul_scalar(ce, 1.0 / (double)c->b->B);
@@ -206,6 +205,7 @@ int main(int argc, char **argv)
               .batch = 64,
               .test = 2000,
               .shards = 4,
+              .threads = quick ? 1 : 0,
               .seed = 1,
               .lr = 1e-2,
               .clip = 1.0,
@@ -221,6 +221,7 @@ int main(int argc, char **argv)
         {"--batch", CLI_INT, &o.batch, "strings per batch"},
         {"--test", CLI_INT, &o.test, "test strings"},
         {"--shards", CLI_INT, &o.shards, "shards per batch (the unit of parallel work)"},
+        {"--threads", CLI_INT, &o.threads, "threads taking the shards (0: OMP_NUM_THREADS, else every core)"},
         {"--lr", CLI_REAL, &o.lr, "Adam's learning rate"},
         {"--clip", CLI_REAL, &o.clip, "clip the gradient's global norm to this (0: off)"},
         {"--threshold", CLI_REAL, &o.threshold, "--quick fails below this accuracy on the trained depths"},
@@ -232,7 +233,7 @@ int main(int argc, char **argv)
               flags, CLI_COUNT(flags));
     if (o.kinds < 1 || o.kinds > MAX_KINDS || o.depth < 1 || o.max_len < 2 * (o.depth + 2) ||
         o.max_len > MAX_LEN || o.steps < 1 || o.hidden < 1 || o.batch < 1 || o.test < 1 || o.shards < 1 ||
-        o.shards > o.batch || !(o.lr > 0) || o.clip < 0)
+        o.shards > o.batch || o.threads < 0 || o.threads > 1024 || !(o.lr > 0) || o.clip < 0)
         cli_fail(argv[0], "a size or rate out of range (--max-len must reach 2 (depth + 2))");
 
     cr_rng rng = cr_rng_seed((uint64_t)o.seed), data = cr_rng_seed((uint64_t)o.seed ^ 0xda7a);
@@ -247,8 +248,11 @@ int main(int argc, char **argv)
                          &rng);
     m.head = cr_linear_init(m.ps, "braces.head", o.hidden, 2, true, CR_F32, &rng);
     cr_optim *opt = cr_adam_init(m.ps, cr_adam_defaults(o.lr));
+    cr_trainer *tr = cli_trainer_init(m.ps, o.shards, o.threads, o.seed);
     cr_schedule sched = cr_schedule_warmup_cosine(o.lr, o.steps / 20, o.steps, o.lr / 20);
-    /* Kernels on tensors this small lose more to threading than they gain. */
+    /* Kernels on tensors this small lose more to threading than they gain: the
+     * trainer's threads take whole shards instead (it was made above, while
+     * cr_get_num_threads still counted every core). */
     cr_set_num_threads(1);
     cr_graph *g = cr_graph_init();
     cr_graph_use(g);
@@ -263,7 +267,7 @@ int main(int argc, char **argv)
     for (int64_t step = 1; step <= o.steps; step++) {
         batch_fill(&train, o.depth, &data);
         cr_schedule_apply(&sched, opt, step - 1);
-        double loss = train_step(opt, g, shard_loss, &ctx, (int)o.shards, o.clip);
+        double loss = train_step(tr, opt, shard_loss, &ctx, o.batch, o.clip);
         loss_avg = isnan(loss_avg) ? loss : 0.95 * loss_avg + 0.05 * loss;
         progress_update(&bar, step, step * o.batch, "loss=%.4f", loss_avg);
     }
@@ -296,6 +300,7 @@ int main(int argc, char **argv)
     batch_free(&train);
     cr_graph_use(NULL);
     cr_graph_free(g);
+    cr_trainer_free(tr);
     cr_optim_free(opt);
     cr_rnn_free(m.lstm);
     cr_params_free(m.ps);

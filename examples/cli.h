@@ -1,7 +1,8 @@
 /* Shared by the example programs: flags read from a table (with --help that
  * lists them and their defaults), a monotonic clock, the progress line (a
  * bar redrawn in place on a terminal, plain periodic lines otherwise) and a
- * training step written as "the loss of one shard of the batch". */
+ * training step written as "the loss of one shard of the batch", run on
+ * every core by optim.h's data-parallel trainer. */
 #ifndef CAROUSEL_EXAMPLES_CLI_H
 #define CAROUSEL_EXAMPLES_CLI_H
 
@@ -225,48 +226,49 @@ static inline void progress_update(progress *p, int64_t step, int64_t items, con
     fflush(stdout);
 }
 
-/* ---- one training step, shard by shard -------------------------------------------------------- */
+/* ---- one training step on every core ----------------------------------------------------------- */
 
 #ifdef CAROUSEL_H
-/* The loss of shard `shard` (of n_shards) of the current batch, scaled so
- * that the shards' losses add up to the batch's loss (a mean over the batch
- * is the sum over the shard's items divided by the batch size). It builds
- * its graph from the shared, read-only weights and the batch, and returns a
- * one-element tensor. */
-typedef cr_tensor *(*shard_loss_fn)(void *ctx, int shard, int n_shards);
+/* The loss of one shard of the current batch, rows [s->begin, s->end),
+ * scaled so that the shards' losses add up to the batch's loss (a mean over
+ * the batch is the sum over the shard's items divided by the batch size, or
+ * the shard's mean times s->weight). It builds its graph from the shared,
+ * read-only weights and the batch, and returns a one-element tensor. It runs
+ * on one of the trainer's threads, so it writes nothing shared (a per-shard
+ * output goes into an array indexed by s->index) and draws random numbers
+ * only from s->rng (dropout does so by itself): then the run is the same on
+ * any thread count. */
+typedef cr_tensor *(*shard_loss_fn)(void *ctx, const cr_shard *s);
 
-/* The gradient of a batch: zero every gradient, then backward of every
- * shard's loss (the gradients add up in the parameters' grad). Returns the
- * batch's loss. */
-static inline double batch_gradient(cr_optim *opt, cr_graph *g, shard_loss_fn loss_of, void *ctx, int n_shards)
+/* --threads: 0 is every core (or OMP_NUM_THREADS). Resolve it before the
+ * program sets its own kernel thread count (cr_set_num_threads(1)), which
+ * changes what cr_get_num_threads reports. */
+static inline int64_t cli_threads(int64_t threads) { return threads > 0 ? threads : cr_get_num_threads(); }
+
+/* The trainer of an example: `shards` shards per batch (part of the run: the
+ * results depend on it), taken by `threads` threads (not part of the run),
+ * `seed` keying the shards' random streams. Prints its threads, shards and mode. */
+static inline cr_trainer *cli_trainer_init(cr_params *ps, int64_t shards, int64_t threads, int64_t seed)
 {
-    cr_optim_zero_grad(opt);
-    double total = 0;
-    for (int s = 0; s < n_shards; s++) {
-        cr_tensor *loss = loss_of(ctx, s, n_shards);
-        cr_backward(loss);
-        total += cr_item(loss);
-        cr_graph_clear(g);
-    }
-    return total;
+    cr_trainer_config cfg = {
+        .shards = (int)shards, .threads = (int)cli_threads(threads), .seed = (uint64_t)seed};
+    cr_trainer *tr = cr_trainer_init(ps, cfg);
+    printf("threads=%d shards=%d mode=%s\n", cr_trainer_threads(tr), cr_trainer_shards(tr),
+           cr_parallel_mode_name(cr_trainer_mode(tr)));
+    return tr;
 }
 
-/* One optimizer step on a batch: its gradient, clipping by global norm when
- * clip > 0 (a non-finite norm skips the update), the update. Returns the
- * batch's loss. */
-static inline double train_step(cr_optim *opt, cr_graph *g, shard_loss_fn loss_of, void *ctx, int n_shards,
+/* One optimizer step on a batch of `rows` rows: every shard's forward and
+ * backward on the trainer's threads, the gradients summed in a fixed order,
+ * clipping by global norm when clip > 0 (a non-finite norm skips the
+ * update), the update. Returns the batch's loss. */
+static inline double train_step(cr_trainer *tr, cr_optim *opt, shard_loss_fn loss_of, void *ctx, int64_t rows,
                                 double clip)
 {
-    double loss = batch_gradient(opt, g, loss_of, ctx, n_shards);
-    if (clip <= 0 || cr_clip_grad_norm(cr_optim_params(opt), clip, NULL) == CR_OK) cr_optim_step(opt);
+    cr_task task = {.rows = rows, .loss = loss_of, .ctx = ctx};
+    double loss;
+    cr_trainer_step(tr, &task, opt, clip, &loss, NULL);
     return loss;
-}
-
-/* Rows [*lo, *hi) of a batch of B that shard s of n takes. */
-static inline void shard_rows(int64_t B, int s, int n, int64_t *lo, int64_t *hi)
-{
-    *lo = B * s / n;
-    *hi = B * (s + 1) / n;
 }
 #endif
 

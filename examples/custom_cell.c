@@ -77,7 +77,7 @@ static const cr_cell_type lngru = {.name = "lngru", .n_states = 1, .proj = CR_H(
 
 typedef struct opts {
     const char *cell;
-    int64_t steps, hidden, batch, min_len, max_len, delay, symbols, eval, shards, seed;
+    int64_t steps, hidden, batch, min_len, max_len, delay, symbols, eval, shards, threads, seed;
     double lr, threshold;
     bool quick;
 } opts;
@@ -94,6 +94,7 @@ static opts parse(int argc, char **argv)
               .symbols = 4,
               .eval = 256,
               .shards = 4,
+              .threads = cli_has(argc, argv, "--quick") ? 1 : 0,
               .seed = 1,
               .lr = 1e-2,
               .threshold = 0.9,
@@ -110,6 +111,7 @@ static opts parse(int argc, char **argv)
         {"--symbols", CLI_INT, &o.symbols, "K: distinct symbols"},
         {"--eval", CLI_INT, &o.eval, "held-out sequences"},
         {"--shards", CLI_INT, &o.shards, "shards per batch (the unit of parallel work)"},
+        {"--threads", CLI_INT, &o.threads, "threads taking the shards (0: OMP_NUM_THREADS, else every core)"},
         {"--lr", CLI_REAL, &o.lr, "Adam's learning rate"},
         {"--threshold", CLI_REAL, &o.threshold, "--quick fails below this accuracy"},
         {"--seed", CLI_INT, &o.seed, "seed of weights and data"},
@@ -124,7 +126,7 @@ static opts parse(int argc, char **argv)
         cli_fail(argv[0], "--cell: mgu, lngru or all, not '%s'", o.cell);
     if (o.steps < 1 || o.hidden < 1 || o.batch < 1 || o.min_len < 1 || o.max_len < o.min_len ||
         o.max_len > 4096 || o.delay < 1 || o.symbols < 2 || o.eval < 1 || o.shards < 1 ||
-        o.shards > o.batch || !(o.lr > 0))
+        o.shards > o.batch || o.threads < 0 || o.threads > 1024 || !(o.lr > 0))
         cli_fail(argv[0], "an option out of range");
     return o;
 }
@@ -187,11 +189,10 @@ typedef struct step_ctx {
 } step_ctx;
 
 /* Cross-entropy summed over a shard's real steps, divided by the batch's. */
-static cr_tensor *shard_loss(void *ctx, int s, int n)
+static cr_tensor *shard_loss(void *ctx, const cr_shard *s)
 {
     step_ctx *c = ctx;
-    int64_t lo, hi;
-    shard_rows(c->B, s, n, &lo, &hi);
+    int64_t lo = s->begin, hi = s->end;
     batch part = {.x = cr_narrow(c->b->x, 0, lo, hi - lo),
                   .lengths = cr_narrow(c->b->lengths, 0, lo, hi - lo),
                   .target = cr_narrow(c->b->target, 0, lo * c->T, (hi - lo) * c->T)};
@@ -280,13 +281,14 @@ static bool run(const opts *o, const cr_cell_type *type)
     cr_graph_use(g);
     batch test = batch_make(o, o->eval, &held);
     cr_optim *opt = cr_adam_init(m.ps, cr_adam_defaults(o->lr));
+    cr_trainer *tr = cli_trainer_init(m.ps, o->shards, o->threads, o->seed);
     progress bar = progress_start(o->steps, "seq");
     double loss_avg = NAN, acc = NAN;
     for (int64_t step = 1; step <= o->steps; step++) {
         batch b = batch_make(o, o->batch, &data);
         step_ctx ctx = {.m = &m, .b = &b, .B = o->batch, .T = o->max_len, .steps = 0};
         for (int64_t i = 0; i < o->batch; i++) ctx.steps += ((const int32_t *)b.lengths->data)[i];
-        double l = train_step(opt, g, shard_loss, &ctx, (int)o->shards, 1.0);
+        double l = train_step(tr, opt, shard_loss, &ctx, o->batch, 1.0);
         loss_avg = isnan(loss_avg) ? l : 0.9 * loss_avg + 0.1 * l;
         batch_free(&b);
         if (step % 100 == 0 || step == o->steps) {
@@ -298,7 +300,8 @@ static bool run(const opts *o, const cr_cell_type *type)
     }
     acc = accuracy(&m, &test);
     cr_graph_clear(g);
-    cr_optim_free(opt); /* its moments are f32; the check converts the parameters */
+    cr_trainer_free(tr); /* before the check converts the parameters */
+    cr_optim_free(opt);  /* its moments are f32; the check converts the parameters */
     double err = gradcheck_layer(&m, o, &rng);
     bool ok = acc >= o->threshold && err < 1e-5;
     if (o->quick && !ok)
@@ -315,8 +318,12 @@ static bool run(const opts *o, const cr_cell_type *type)
 
 int main(int argc, char **argv)
 {
-    const opts o = parse(argc, argv);
-    cr_set_num_threads(1); /* kernels on tensors this small lose more to threading than they gain */
+    opts o = parse(argc, argv);
+    /* Kernels on tensors this small lose more to threading than they gain: the
+     * trainer's threads take whole shards instead (0 resolved first, while
+     * cr_get_num_threads still counts every core). */
+    o.threads = cli_threads(o.threads);
+    cr_set_num_threads(1);
     bool ok = true;
     if (!strcmp(o.cell, "mgu") || !strcmp(o.cell, "all")) ok &= run(&o, &mgu);
     if (!strcmp(o.cell, "lngru") || !strcmp(o.cell, "all")) ok &= run(&o, &lngru);

@@ -33,7 +33,7 @@
 #include "cli.h"
 
 typedef struct opts {
-    int64_t steps, batch, len, hidden, test, shards, seed;
+    int64_t steps, batch, len, hidden, test, shards, threads, seed;
     double lr, sigma_a, sigma_z, threshold;
     bool quick;
 } opts;
@@ -66,6 +66,7 @@ static opts parse(int argc, char **argv)
               .hidden = 8,
               .test = 1000,
               .shards = 4,
+              .threads = cli_has(argc, argv, "--quick") ? 1 : 0,
               .seed = 1,
               .lr = 5e-2,
               .sigma_a = 0.2,
@@ -80,6 +81,7 @@ static opts parse(int argc, char **argv)
         {"--hidden", CLI_INT, &o.hidden, "state size of the linear RNN"},
         {"--test", CLI_INT, &o.test, "held-out sequences"},
         {"--shards", CLI_INT, &o.shards, "shards per batch (the unit of parallel work)"},
+        {"--threads", CLI_INT, &o.threads, "threads taking the shards (0: OMP_NUM_THREADS, else every core)"},
         {"--lr", CLI_REAL, &o.lr, "Adam's learning rate"},
         {"--sigma-a", CLI_REAL, &o.sigma_a, "std of the random accelerations"},
         {"--sigma-z", CLI_REAL, &o.sigma_z, "std of the measurement noise"},
@@ -90,7 +92,8 @@ static opts parse(int argc, char **argv)
     cli_parse(argc, argv, "A linear RNN learns the Kalman filter of a noisy constant-velocity target.", NULL,
               flags, CLI_COUNT(flags));
     if (o.steps < 1 || o.batch < 1 || o.len < 1 || o.hidden < 1 || o.test < 1 || o.shards < 1 ||
-        o.shards > o.batch || !(o.lr > 0) || !(o.sigma_a >= 0) || !(o.sigma_z > 0))
+        o.shards > o.batch || o.threads < 0 || o.threads > 1024 || !(o.lr > 0) || !(o.sigma_a >= 0) ||
+        !(o.sigma_z > 0))
         cli_fail(argv[0], "an option out of range");
     return o;
 }
@@ -210,11 +213,10 @@ typedef struct step_ctx {
 
 /* Squared error summed over a shard's sequences and steps, divided by B*T:
  * the shards add up to the batch's mean_{n,t} (y - p)^2. */
-static cr_tensor *shard_loss(void *ctx, int s, int n)
+static cr_tensor *shard_loss(void *ctx, const cr_shard *s)
 {
     step_ctx *c = ctx;
-    int64_t lo, hi;
-    shard_rows(c->B, s, n, &lo, &hi);
+    int64_t lo = s->begin, hi = s->end;
     cr_tensor *z = cr_from_array(CR_F32, CR_SHAPE(hi - lo, c->T), c->z + lo * c->T);
     cr_tensor *p = cr_from_array(CR_F32, CR_SHAPE(hi - lo, c->T), c->p + lo * c->T);
     return cr_mul_scalar(cr_mse_loss(lrnn_forward(c->m, z), p, CR_SUM), 1.0 / (double)(c->B * c->T));
@@ -258,7 +260,11 @@ static void lrnn_impulse(const lrnn *m, int n, double *out)
 int main(int argc, char **argv)
 {
     opts o = parse(argc, argv);
-    cr_set_num_threads(1); /* kernels on tensors this small lose more to threading than they gain */
+    /* Kernels on tensors this small lose more to threading than they gain: the
+     * trainer's threads take whole shards instead (0 resolved first, while
+     * cr_get_num_threads still counts every core). */
+    o.threads = cli_threads(o.threads);
+    cr_set_num_threads(1);
     world w = {.sigma_a = o.sigma_a, .sigma_z = o.sigma_z};
     int64_t B = o.batch, T = o.len, H = o.hidden, NT = o.test;
 
@@ -286,6 +292,7 @@ int main(int argc, char **argv)
     cr_init_uniform(m.C, &rng, 1.0 / sqrt((double)H));
 
     cr_optim *opt = cr_adam_init(ps, cr_adam_defaults(o.lr));
+    cr_trainer *tr = cli_trainer_init(ps, o.shards, o.threads, o.seed);
     cr_schedule sched = cr_schedule_cosine(o.lr, o.steps, o.lr / 100);
     cr_graph *g = cr_graph_init();
     cr_graph_use(g);
@@ -304,7 +311,7 @@ int main(int argc, char **argv)
         simulate(&w, &data_rng, B, T, z, p);
         cr_schedule_apply(&sched, opt, step);
         /* the clip is only a guard: a bad start can overshoot */
-        double l = train_step(opt, g, shard_loss, &ctx, (int)o.shards, 100.0);
+        double l = train_step(tr, opt, shard_loss, &ctx, B, 100.0);
         loss_avg = isnan(loss_avg) ? l : 0.9 * loss_avg + 0.1 * l;
         progress_update(&bar, step + 1, (step + 1) * B, "train_mse=%.4f lr=%.2e", loss_avg,
                         cr_optim_get_lr(opt));
@@ -370,6 +377,7 @@ int main(int argc, char **argv)
     free(kss);
     free(rn);
     cr_graph_free(g);
+    cr_trainer_free(tr);
     cr_optim_free(opt);
     cr_params_free(ps);
     return o.quick && !ok ? 1 : 0;

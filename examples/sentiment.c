@@ -143,7 +143,7 @@ static void print_review(const review *v)
 /* ---- the model ---------------------------------------------------------------------------------------- */
 
 typedef struct opts {
-    int64_t train, test, epochs, batch, embed, hidden, shards, seed;
+    int64_t train, test, epochs, batch, embed, hidden, shards, threads, seed;
     double lr, clip, threshold;
     bool quick;
 } opts;
@@ -201,11 +201,10 @@ typedef struct step_ctx {
 } step_ctx;
 
 /* Cross-entropy summed over a shard's reviews, divided by the batch size. */
-static cr_tensor *shard_loss(void *ctx, int s, int n)
+static cr_tensor *shard_loss(void *ctx, const cr_shard *s)
 {
     step_ctx *c = ctx;
-    int64_t lo, hi;
-    shard_rows(c->B, s, n, &lo, &hi);
+    int64_t lo = s->begin, hi = s->end;
     int32_t *y = cr_arena_alloc(cr_arena_current(), (size_t)(hi - lo) * sizeof *y);
     for (int64_t i = lo; i < hi; i++) y[i - lo] = c->batch[i]->label;
     cr_tensor *target = cr_from_array(CR_I32, CR_SHAPE(hi - lo), y);
@@ -248,6 +247,7 @@ static double run(const opts *o, bool bidirectional, const review *train, const 
     model m = model_init(o, bidirectional);
     int64_t steps_per_epoch = o->train / o->batch, steps = o->epochs * steps_per_epoch;
     cr_optim *opt = cr_adam_init(m.ps, cr_adam_defaults(o->lr));
+    cr_trainer *tr = cli_trainer_init(m.ps, o->shards, o->threads, o->seed);
     cr_schedule sched = cr_schedule_warmup_cosine(o->lr, steps / 20, steps, o->lr / 20);
     cr_graph *g = cr_graph_init();
     cr_graph *prev = cr_graph_use(g);
@@ -264,7 +264,7 @@ static double run(const opts *o, bool bidirectional, const review *train, const 
         if (k == 0) cr_permutation(order, o->train, &order_rng); /* a new epoch, a new order */
         for (int64_t i = 0; i < o->batch; i++) batch[i] = &train[order[k * o->batch + i]];
         cr_schedule_apply(&sched, opt, step);
-        double loss = train_step(opt, g, shard_loss, &ctx, (int)o->shards, o->clip);
+        double loss = train_step(tr, opt, shard_loss, &ctx, o->batch, o->clip);
         loss_avg = isnan(loss_avg) ? loss : 0.95 * loss_avg + 0.05 * loss;
         progress_update(&bar, step + 1, (step + 1) * o->batch, "loss=%.4f", loss_avg);
     }
@@ -273,6 +273,7 @@ static double run(const opts *o, bool bidirectional, const review *train, const 
            bidirectional ? "bidirectional" : "unidirectional", loss_avg, acc, progress_elapsed(&bar));
     free(order);
     free(batch);
+    cr_trainer_free(tr);
     cr_optim_free(opt);
     cr_graph_use(prev);
     cr_graph_free(g);
@@ -290,6 +291,7 @@ int main(int argc, char **argv)
               .embed = 16,
               .hidden = 32,
               .shards = 4,
+              .threads = quick ? 1 : 0,
               .seed = 1,
               .lr = 1e-2,
               .clip = 1.0,
@@ -304,6 +306,7 @@ int main(int argc, char **argv)
         {"--embed", CLI_INT, &o.embed, "word embedding size"},
         {"--hidden", CLI_INT, &o.hidden, "LSTM hidden units per direction"},
         {"--shards", CLI_INT, &o.shards, "shards per batch (the unit of parallel work)"},
+        {"--threads", CLI_INT, &o.threads, "threads taking the shards (0: OMP_NUM_THREADS, else every core)"},
         {"--lr", CLI_REAL, &o.lr, "Adam's learning rate"},
         {"--clip", CLI_REAL, &o.clip, "clip the gradient's global norm to this (0: off)"},
         {"--threshold", CLI_REAL, &o.threshold, "--quick fails below this test accuracy"},
@@ -316,10 +319,15 @@ int main(int argc, char **argv)
               "a unidirectional and a bidirectional model are compared on held-out reviews.",
               NULL, flags, CLI_COUNT(flags));
     if (o.train < 1 || o.test < 1 || o.epochs < 1 || o.batch < 1 || o.batch > o.train || o.embed < 1 ||
-        o.hidden < 1 || o.shards < 1 || o.shards > o.batch || !(o.lr > 0) || o.clip < 0)
+        o.hidden < 1 || o.shards < 1 || o.shards > o.batch || o.threads < 0 || o.threads > 1024 ||
+        !(o.lr > 0) || o.clip < 0)
         cli_fail(argv[0], "a size or rate out of range");
 
-    cr_set_num_threads(1); /* kernels on tensors this small lose more to threading than they gain */
+    /* Kernels on tensors this small lose more to threading than they gain: the
+     * trainer's threads take whole shards instead (0 resolved first, while
+     * cr_get_num_threads still counts every core). */
+    o.threads = cli_threads(o.threads);
+    cr_set_num_threads(1);
     cr_rng data = cr_rng_seed((uint64_t)o.seed ^ 0xda7a);
     review *train = cr_xmalloc((size_t)o.train * sizeof *train),
            *test = cr_xmalloc((size_t)o.test * sizeof *test);

@@ -26,7 +26,7 @@ enum { PAD = 0, BOS = 1, EOS = 2, DIGIT0 = 3, VOCAB = 13 };
 
 typedef struct opts {
     const char *task;
-    int64_t steps, batch, hidden, embed, min_len, max_len, beam, test, shards, seed;
+    int64_t steps, batch, hidden, embed, min_len, max_len, beam, test, shards, threads, seed;
     double lr, clip, threshold;
     bool quick;
 } opts;
@@ -57,6 +57,7 @@ static opts parse(int argc, char **argv)
               .beam = 4,
               .test = 500,
               .shards = 4,
+              .threads = cli_has(argc, argv, "--quick") ? 1 : 0,
               .seed = 1,
               .lr = 5e-3,
               .clip = 1.0,
@@ -74,6 +75,7 @@ static opts parse(int argc, char **argv)
         {"--beam", CLI_INT, &o.beam, "beam width"},
         {"--test", CLI_INT, &o.test, "held-out sources decoded"},
         {"--shards", CLI_INT, &o.shards, "shards per batch (the unit of parallel work)"},
+        {"--threads", CLI_INT, &o.threads, "threads taking the shards (0: OMP_NUM_THREADS, else every core)"},
         {"--lr", CLI_REAL, &o.lr, "Adam's learning rate"},
         {"--clip", CLI_REAL, &o.clip, "clip the gradient's global norm to this"},
         {"--threshold", CLI_REAL, &o.threshold, "--quick fails below this greedy accuracy"},
@@ -87,7 +89,8 @@ static opts parse(int argc, char **argv)
               NULL, flags, CLI_COUNT(flags));
     if ((strcmp(o.task, "reverse") && strcmp(o.task, "sort")) || o.steps < 1 || o.batch < 1 || o.hidden < 1 ||
         o.embed < 1 || o.min_len < 1 || o.max_len < o.min_len || o.max_len > 63 || o.beam < 1 ||
-        o.beam > 64 || o.test < 1 || o.shards < 1 || o.shards > o.batch || !(o.lr > 0) || !(o.clip > 0))
+        o.beam > 64 || o.test < 1 || o.shards < 1 || o.shards > o.batch || o.threads < 0 ||
+        o.threads > 1024 || !(o.lr > 0) || !(o.clip > 0))
         cli_fail(argv[0], "an option out of range");
     return o;
 }
@@ -179,11 +182,10 @@ typedef struct step_ctx {
     int64_t B, targets; /* examples and targets (each output and its EOS) in the batch */
 } step_ctx;
 
-static cr_tensor *shard_loss(void *ctx, int s, int n)
+static cr_tensor *shard_loss(void *ctx, const cr_shard *s)
 {
     step_ctx *c = ctx;
-    int64_t lo, hi;
-    shard_rows(c->B, s, n, &lo, &hi);
+    int64_t lo = s->begin, hi = s->end;
     return loss_batch(c->m, hi - lo, c->batch + lo, c->targets);
 }
 
@@ -354,7 +356,11 @@ static void print_tokens(const char *label, const int32_t *t, int64_t n)
 int main(int argc, char **argv)
 {
     opts o = parse(argc, argv);
-    cr_set_num_threads(1); /* kernels on tensors this small lose more to threading than they gain */
+    /* Kernels on tensors this small lose more to threading than they gain: the
+     * trainer's threads take whole shards instead (0 resolved first, while
+     * cr_get_num_threads still counts every core). */
+    o.threads = cli_threads(o.threads);
+    cr_set_num_threads(1);
     cr_rng rng = cr_rng_seed((uint64_t)o.seed);
     cr_rng data_rng = cr_rng_seed((uint64_t)o.seed ^ UINT64_C(0xda7a)),
            test_rng = cr_rng_seed((uint64_t)o.seed ^ UINT64_C(0x7e57));
@@ -370,10 +376,11 @@ int main(int argc, char **argv)
                                           .forget_bias = 1.0, .dtype = CR_F32},
                          &rng);
     m.head = cr_linear_init(m.ps, "s2s.head", o.hidden, VOCAB, true, CR_F32, &rng);
-    printf("task=%s lengths=%lld..%lld params=%zu threads=%d\n", o.task, (long long)o.min_len,
-           (long long)o.max_len, cr_params_numel(m.ps), cr_get_num_threads());
+    printf("task=%s lengths=%lld..%lld params=%zu\n", o.task, (long long)o.min_len, (long long)o.max_len,
+           cr_params_numel(m.ps));
 
     cr_optim *opt = cr_adam_init(m.ps, cr_adam_defaults(o.lr));
+    cr_trainer *tr = cli_trainer_init(m.ps, o.shards, o.threads, o.seed);
     cr_schedule sched = cr_schedule_warmup_cosine(o.lr, o.steps / 20, o.steps, o.lr / 20);
     cr_graph *g = cr_graph_init();
     cr_graph_use(g);
@@ -389,7 +396,7 @@ int main(int argc, char **argv)
             ctx.targets += batch[b].len + 1;
         }
         cr_schedule_apply(&sched, opt, step);
-        double l = train_step(opt, g, shard_loss, &ctx, (int)o.shards, o.clip);
+        double l = train_step(tr, opt, shard_loss, &ctx, o.batch, o.clip);
         loss_avg = isnan(loss_avg) ? l : 0.95 * loss_avg + 0.05 * l;
         progress_update(&bar, step + 1, (step + 1) * o.batch, "loss=%.4f lr=%.2e", loss_avg,
                         cr_optim_get_lr(opt));
@@ -440,6 +447,7 @@ int main(int argc, char **argv)
     free(greedy_len);
     free(greedy_ok);
     cr_graph_free(g);
+    cr_trainer_free(tr);
     cr_optim_free(opt);
     cr_rnn_free(m.enc);
     cr_params_free(m.ps);

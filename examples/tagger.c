@@ -103,7 +103,7 @@ static sentence make_sentence(cr_rng *r)
 /* ---- the model ---------------------------------------------------------------------------------------- */
 
 typedef struct opts {
-    int64_t steps, batch, embed, hidden, test, shards, seed;
+    int64_t steps, batch, embed, hidden, test, shards, threads, seed;
     double lr, clip, threshold;
     bool quick;
 } opts;
@@ -156,11 +156,10 @@ typedef struct step_ctx {
 } step_ctx;
 
 /* Cross-entropy summed over a shard's words, divided by the batch's words. */
-static cr_tensor *shard_loss(void *ctx, int s, int n)
+static cr_tensor *shard_loss(void *ctx, const cr_shard *s)
 {
     step_ctx *c = ctx;
-    int64_t lo, hi;
-    shard_rows(c->B, s, n, &lo, &hi);
+    int64_t lo = s->begin, hi = s->end;
     cr_tensor *target, *logits = logits_of(c->m, c->batch + lo, hi - lo, &target);
     return cr_mul_scalar(cr_cross_entropy(logits, target, -1, CR_SUM), 1.0 / (double)c->words);
 }
@@ -203,6 +202,7 @@ static score run(const opts *o, bool bidirectional, const sentence *test)
 {
     model m = model_init(o, bidirectional);
     cr_optim *opt = cr_adam_init(m.ps, cr_adam_defaults(o->lr));
+    cr_trainer *tr = cli_trainer_init(m.ps, o->shards, o->threads, o->seed);
     cr_schedule sched = cr_schedule_warmup_cosine(o->lr, o->steps / 20, o->steps, o->lr / 20);
     cr_graph *g = cr_graph_init();
     cr_graph *prev = cr_graph_use(g);
@@ -224,7 +224,7 @@ static score run(const opts *o, bool bidirectional, const sentence *test)
         }
         tokens += ctx.words;
         cr_schedule_apply(&sched, opt, step);
-        double loss = train_step(opt, g, shard_loss, &ctx, (int)o->shards, o->clip);
+        double loss = train_step(tr, opt, shard_loss, &ctx, o->batch, o->clip);
         loss_avg = isnan(loss_avg) ? loss : 0.95 * loss_avg + 0.05 * loss;
         progress_update(&bar, step + 1, tokens, "loss=%.4f", loss_avg);
     }
@@ -235,6 +235,7 @@ static score run(const opts *o, bool bidirectional, const sentence *test)
            (double)sc.sentences_right / (double)sc.sentences, progress_elapsed(&bar));
     free(batch);
     free(rows);
+    cr_trainer_free(tr);
     cr_optim_free(opt);
     cr_graph_use(prev);
     cr_graph_free(g);
@@ -252,6 +253,7 @@ int main(int argc, char **argv)
               .hidden = 32,
               .test = 2000,
               .shards = 4,
+              .threads = quick ? 1 : 0,
               .seed = 1,
               .lr = 1e-2,
               .clip = 1.0,
@@ -265,6 +267,7 @@ int main(int argc, char **argv)
         {"--hidden", CLI_INT, &o.hidden, "LSTM hidden units per direction"},
         {"--test", CLI_INT, &o.test, "held-out test sentences"},
         {"--shards", CLI_INT, &o.shards, "shards per batch (the unit of parallel work)"},
+        {"--threads", CLI_INT, &o.threads, "threads taking the shards (0: OMP_NUM_THREADS, else every core)"},
         {"--lr", CLI_REAL, &o.lr, "Adam's learning rate"},
         {"--clip", CLI_REAL, &o.clip, "clip the gradient's global norm to this (0: off)"},
         {"--threshold", CLI_REAL, &o.threshold,
@@ -277,10 +280,14 @@ int main(int argc, char **argv)
               "a unidirectional tagger trained on the same sentences is the baseline.",
               NULL, flags, CLI_COUNT(flags));
     if (o.steps < 1 || o.batch < 1 || o.embed < 1 || o.hidden < 1 || o.test < 1 || o.shards < 1 ||
-        o.shards > o.batch || !(o.lr > 0) || o.clip < 0)
+        o.shards > o.batch || o.threads < 0 || o.threads > 1024 || !(o.lr > 0) || o.clip < 0)
         cli_fail(argv[0], "a size or rate out of range");
 
-    cr_set_num_threads(1); /* kernels on tensors this small lose more to threading than they gain */
+    /* Kernels on tensors this small lose more to threading than they gain: the
+     * trainer's threads take whole shards instead (0 resolved first, while
+     * cr_get_num_threads still counts every core). */
+    o.threads = cli_threads(o.threads);
+    cr_set_num_threads(1);
     cr_rng held = cr_rng_seed((uint64_t)o.seed ^ 0x7e57);
     sentence *test = cr_xmalloc((size_t)o.test * sizeof *test);
     for (int64_t i = 0; i < o.test; i++) test[i] = make_sentence(&held);
