@@ -9,27 +9,15 @@
  * The peer bench/lstm_torch.py runs in one python process per configuration,
  * driven over a pipe, so the two sides take turns round by round.
  */
-#include <errno.h>
 #include <math.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/types.h>
-#include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "carousel.h"
-
-#ifndef CR_BENCH_SRCDIR
-#define CR_BENCH_SRCDIR "bench"
-#endif
-#ifndef CR_BENCH_PYTHON
-#define CR_BENCH_PYTHON "/usr/bin/python3"
-#endif
-
-extern char **environ; /* POSIX */
+#include "peer.h"
 
 #define MAX_LIST 16
 #define MAX_SAMPLES 4096
@@ -100,19 +88,6 @@ static opts parse(int argc, char **argv)
         usage(argv[0]);
     o.lr = o.adam ? 1e-3 : 0.1;
     return o;
-}
-
-static double now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec * 1e-6;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-    const double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
 }
 
 /* ---- the carousel side ------------------------------------------------------ */
@@ -204,35 +179,10 @@ static int write_tensors(const model *m, FILE *f)
 
 /* ---- the PyTorch peer, one process per configuration ------------------------ */
 
-typedef struct peer {
-    pid_t pid;
-    FILE *to, *from;
-    bool ok;
-    double loss0, loss1, gnorm0; /* its first two losses and first gradient norm */
-    char version[64];
-} peer;
-
-/* Value of key= in line, or nan. */
-static double field(const char *line, const char *key)
-{
-    char pat[64];
-    snprintf(pat, sizeof pat, " %s=", key);
-    const char *p = strstr(line, pat);
-    return p ? strtod(p + strlen(pat), NULL) : NAN;
-}
-
 /* Start the peer on the data file and wait for its "ready" line (after its
- * two warm-up steps). Returns with ok false when python or torch is missing. */
-static peer peer_start(const opts *o, const model *m, int threads, const char *path)
+ * two warm-up steps; bench/peer.h). */
+static bench_peer peer_start(const opts *o, const model *m, int threads, const char *path)
 {
-    peer p = {.pid = -1, .loss0 = NAN, .loss1 = NAN, .gnorm0 = NAN};
-    const char *py = getenv("CR_BENCH_PYTHON");
-    if (!py || !*py) py = CR_BENCH_PYTHON;
-    const char *script = CR_BENCH_SRCDIR "/lstm_torch.py";
-    if (access(py, X_OK) != 0 || access(script, R_OK) != 0) {
-        printf("torch: skipped (%s or %s not found)\n", py, script);
-        return p;
-    }
     char a[9][32];
     snprintf(a[0], 32, "%lld", (long long)m->B);
     snprintf(a[1], 32, "%lld", (long long)m->T);
@@ -243,111 +193,13 @@ static peer peer_start(const opts *o, const model *m, int threads, const char *p
     snprintf(a[6], 32, "%d", threads);
     snprintf(a[7], 32, "%s", o->adam ? "adam" : "sgd");
     snprintf(a[8], 32, "%.17g", o->lr);
-    char *argv[] = {(char *)py, (char *)script, "--file", (char *)path, "--batch", a[0], "--steps", a[1],
-                    "--input", a[2], "--hidden", a[3], "--vocab", a[4], "--layers", a[5],
-                    "--threads", a[6], "--optim", a[7], "--lr", a[8], NULL};
-    /* torch.set_num_threads does not reach the BLAS it links (Debian's
-     * libblas.so.3 is BLIS with its own thread count): give that T too. */
-    size_t n_env = 0;
-    while (environ[n_env]) n_env++;
-    char **envp = cr_xmalloc((n_env + 2) * sizeof *envp), blis_env[64];
-    size_t k_env = 0;
-    for (size_t k = 0; k < n_env; k++)
-        if (strncmp(environ[k], "BLIS_NUM_THREADS=", 17)) envp[k_env++] = environ[k];
-    snprintf(blis_env, sizeof blis_env, "BLIS_NUM_THREADS=%d", threads);
-    envp[k_env++] = blis_env;
-    envp[k_env] = NULL;
-    int down[2], up[2];
-    if (pipe(down) != 0) {
-        free(envp);
-        return p;
-    }
-    if (pipe(up) != 0) {
-        close(down[0]);
-        close(down[1]);
-        free(envp);
-        return p;
-    }
-    fflush(stdout);
-    p.pid = fork();
-    if (p.pid == 0) {
-        dup2(down[0], 0);
-        dup2(up[1], 1);
-        close(down[0]);
-        close(down[1]);
-        close(up[0]);
-        close(up[1]);
-        execve(py, argv, envp);
-        _exit(127);
-    }
-    free(envp);
-    close(down[0]);
-    close(up[1]);
-    if (p.pid < 0) {
-        close(down[1]);
-        close(up[0]);
-        printf("torch: skipped (fork: %s)\n", strerror(errno));
-        return p;
-    }
-    p.to = fdopen(down[1], "w");
-    p.from = fdopen(up[0], "r");
-    char line[1024];
-    while (fgets(line, sizeof line, p.from)) {
-        if (!strncmp(line, "ready ", 6)) {
-            p.ok = field(line, "ok") == 1;
-            p.loss0 = field(line, "loss0");
-            p.loss1 = field(line, "loss1");
-            p.gnorm0 = field(line, "gnorm0");
-            const char *v = strstr(line, " torch_version=");
-            if (v) sscanf(v + 15, "%63s", p.version);
-            static bool shown;
-            if (!p.ok || !shown) printf("torch: %s", line); /* its versions and thread counts */
-            shown = true;
-            break;
-        }
-        printf("torch: %s", line); /* anything else the peer says */
-    }
-    return p;
+    const char *args[] = {"--file",    path,       "--batch", a[0],      "--steps", a[1],       "--input",
+                          a[2],        "--hidden", a[3],      "--vocab", a[4],      "--layers", a[5],
+                          "--threads", a[6],       "--optim", a[7],      "--lr",    a[8],       NULL};
+    return bench_peer_start((bench_peer_config){.script = "lstm_torch.py", .args = args, .threads = threads});
 }
 
-/* Ask the peer for n steps; appends their ms to t. Returns false on failure. */
-static bool peer_run(peer *p, int n, double *t, int *nt)
-{
-    if (!p->ok) return false;
-    fprintf(p->to, "run %d\n", n);
-    fflush(p->to);
-    char line[16384];
-    if (!fgets(line, sizeof line, p->from) || strncmp(line, "ms", 2)) {
-        p->ok = false;
-        return false;
-    }
-    char *s = line + 2, *end;
-    for (int k = 0; k < n; k++) {
-        double v = strtod(s, &end);
-        if (end == s) {
-            p->ok = false;
-            return false;
-        }
-        t[(*nt)++] = v;
-        s = end;
-    }
-    return true;
-}
-
-static void peer_stop(peer *p)
-{
-    if (p->to) {
-        fprintf(p->to, "quit\n");
-        fclose(p->to);
-    }
-    if (p->from) fclose(p->from);
-    if (p->pid > 0) {
-        int st;
-        waitpid(p->pid, &st, 0);
-        if (!WIFEXITED(st) || (WEXITSTATUS(st) != 0 && p->ok))
-            printf("torch: peer exited with status %d\n", st);
-    }
-}
+static void step_call(void *m) { train_step(m, NULL); }
 
 /* ---- one configuration ---------------------------------------------------------- */
 
@@ -364,7 +216,7 @@ static result measure(const opts *o, int64_t H, int threads)
                 .t_loss1 = NAN, .t_gnorm0 = NAN};
     cr_set_num_threads(threads);
     model m = model_make(o, H);
-    peer p = {.pid = -1};
+    bench_peer p = BENCH_PEER_NONE;
     bool started = false;
     if (o->torch) {
         char path[] = "/tmp/cr_bench_lstm_XXXXXX";
@@ -384,34 +236,18 @@ static result measure(const opts *o, int64_t H, int threads)
     r.c_loss0 = train_step(&m, &r.c_gnorm0);
     r.c_loss1 = train_step(&m, NULL);
     if (p.ok) {
-        r.t_loss0 = p.loss0;
-        r.t_loss1 = p.loss1;
-        r.t_gnorm0 = p.gnorm0;
+        r.t_loss0 = bench_field(p.ready, "loss0");
+        r.t_loss1 = bench_field(p.ready, "loss1");
+        r.t_gnorm0 = bench_field(p.ready, "gnorm0");
     }
     static double tc[MAX_SAMPLES], tt[MAX_SAMPLES];
-    int nc = 0, nt = 0;
-    for (int round = 0; round < o->rounds; round++)
-        for (int side = 0; side < 2; side++) {
-            if ((side ^ (round & 1)) == 0) { /* the sides take turns going first */
-                for (int k = 0; k < o->reps; k++) {
-                    double t0 = now_ms();
-                    train_step(&m, NULL);
-                    tc[nc++] = now_ms() - t0;
-                }
-            } else if (p.ok) {
-                peer_run(&p, o->reps, tt, &nt);
-            }
-        }
+    bench_samples sc = BENCH_SAMPLES(tc), st = BENCH_SAMPLES(tt);
+    bench_turns(o->rounds, o->reps, step_call, &m, &sc, &p, &st);
     if (started && !p.ok) printf("torch: peer failed, no timings for hidden=%lld threads=%d\n", (long long)H, threads);
-    peer_stop(&p);
-    qsort(tc, (size_t)nc, sizeof *tc, cmp_double);
-    r.c_best = tc[0];
-    r.c_med = tc[nc / 2];
-    if (nt > 0) {
-        qsort(tt, (size_t)nt, sizeof *tt, cmp_double);
-        r.t_best = tt[0];
-        r.t_med = tt[nt / 2];
-    }
+    bench_peer_stop(&p);
+    bench_stats cs = bench_spread(sc.v, sc.n), ts = bench_spread(st.v, st.n);
+    r.c_best = cs.min, r.c_med = cs.med;
+    r.t_best = ts.min, r.t_med = ts.med;
     model_free(&m);
     return r;
 }

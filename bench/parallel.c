@@ -14,28 +14,16 @@
  * --forkjoin measures instead what one OpenMP fork/join costs here under the
  * wait policy in the environment (OMP_WAIT_POLICY, GOMP_SPINCOUNT).
  */
-#include <errno.h>
 #include <math.h>
 #include <omp.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/types.h>
-#include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "carousel.h"
-
-#ifndef CR_BENCH_SRCDIR
-#define CR_BENCH_SRCDIR "bench"
-#endif
-#ifndef CR_BENCH_PYTHON
-#define CR_BENCH_PYTHON "/usr/bin/python3"
-#endif
-
-extern char **environ; /* POSIX */
+#include "peer.h"
 
 #define MAX_LIST 8
 #define MAX_SAMPLES 4096
@@ -126,19 +114,6 @@ static opts parse(int argc, char **argv)
     return o;
 }
 
-static double now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec * 1e-6;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-    const double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
 /* ---- fork/join ----------------------------------------------------------------- */
 
 /* Microseconds per empty 2-thread region, and per region separated by `gap`
@@ -155,22 +130,22 @@ static void forkjoin(void)
         double per[5];
         int n = gaps[g] >= 1000 ? 200 : 2000;
         for (int b = 0; b < 5; b++) {
-            double busy = 0, t0 = now_ms();
+            double busy = 0, t0 = bench_now_ms();
             for (int i = 0; i < n; i++) {
 #pragma omp parallel num_threads(2)
                 {
                     sink += 0; /* nothing: the cost is the fork and the join */
                 }
-                double s = now_ms();
-                while ((now_ms() - s) * 1e3 < gaps[g]) {
-                }
-                busy += now_ms() - s;
+                double s = bench_now_ms();
+                while ((bench_now_ms() - s) * 1e3 < gaps[g]) {}
+                busy += bench_now_ms() - s;
             }
-            per[b] = (now_ms() - t0 - busy) * 1e3 / n;
+            per[b] = (bench_now_ms() - t0 - busy) * 1e3 / n;
         }
-        qsort(per, 5, sizeof *per, cmp_double);
-        printf("  gap %6.0f us: %8.2f us per fork/join (min %.2f, max %.2f)\n", gaps[g], per[2], per[0], per[4]);
-        printf("bench=forkjoin gap_us=%.0f us_per_region=%.3f\n", gaps[g], per[2]);
+        bench_stats st = bench_spread(per, 5);
+        printf("  gap %6.0f us: %8.2f us per fork/join (min %.2f, max %.2f)\n", gaps[g], st.med, st.min,
+               st.max);
+        printf("bench=forkjoin gap_us=%.0f us_per_region=%.3f\n", gaps[g], st.med);
     }
 }
 
@@ -256,151 +231,36 @@ static int write_tensors(const model *m, FILE *f)
 
 /* ---- the PyTorch peer ------------------------------------------------------------- */
 
-typedef struct peer {
-    pid_t pid;
-    FILE *to, *from;
-    bool ok;
-    double loss0, gnorm0;
-} peer;
-
-static double field(const char *line, const char *key)
-{
-    char pat[64];
-    snprintf(pat, sizeof pat, " %s=", key);
-    const char *p = strstr(line, pat);
-    return p ? strtod(p + strlen(pat), NULL) : NAN;
-}
-
 /* Start the peer on the data file and wait for its "ready" line. The peer
  * gets OMP_NUM_THREADS and BLIS_NUM_THREADS = threads (torch.set_num_threads
  * does not reach the BLIS that Debian's torch calls), and BLIS_ARCH_TYPE as
  * carousel set it in this process (tensor/gemm.c, on Zen 5). */
-static peer peer_start(const model *m, int threads, const char *path)
+static bench_peer peer_start(const model *m, int threads, const char *path)
 {
-    peer p = {.pid = -1, .loss0 = NAN, .gnorm0 = NAN};
-    const char *py = getenv("CR_BENCH_PYTHON");
-    if (!py || !*py) py = CR_BENCH_PYTHON;
-    const char *script = CR_BENCH_SRCDIR "/parallel_torch.py";
-    if (access(py, X_OK) != 0 || access(script, R_OK) != 0) {
-        printf("torch: skipped (%s or %s not found)\n", py, script);
-        return p;
-    }
     char a[5][32];
     snprintf(a[0], 32, "%lld", (long long)m->B);
     snprintf(a[1], 32, "%lld", (long long)m->T);
     snprintf(a[2], 32, "%lld", (long long)m->H);
     snprintf(a[3], 32, "%d", threads);
     snprintf(a[4], 32, "%d", VOCAB);
-    char *argv[] = {(char *)py, (char *)script, "--file", (char *)path, "--batch", a[0], "--steps", a[1],
-                    "--hidden", a[2], "--threads", a[3], "--vocab", a[4], NULL};
-    size_t n_env = 0;
-    while (environ[n_env]) n_env++;
-    char **envp = cr_xmalloc((n_env + 3) * sizeof *envp), blis_env[64], omp_env[64];
-    size_t k_env = 0;
-    for (size_t k = 0; k < n_env; k++)
-        if (strncmp(environ[k], "BLIS_NUM_THREADS=", 17) && strncmp(environ[k], "OMP_NUM_THREADS=", 16))
-            envp[k_env++] = environ[k];
-    snprintf(blis_env, sizeof blis_env, "BLIS_NUM_THREADS=%d", threads);
-    snprintf(omp_env, sizeof omp_env, "OMP_NUM_THREADS=%d", threads);
-    envp[k_env++] = blis_env;
-    envp[k_env++] = omp_env;
-    envp[k_env] = NULL;
-    int down[2], up[2];
-    if (pipe(down) != 0) {
-        free(envp);
-        return p;
-    }
-    if (pipe(up) != 0) {
-        close(down[0]);
-        close(down[1]);
-        free(envp);
-        return p;
-    }
-    fflush(stdout);
-    p.pid = fork();
-    if (p.pid == 0) {
-        dup2(down[0], 0);
-        dup2(up[1], 1);
-        close(down[0]);
-        close(down[1]);
-        close(up[0]);
-        close(up[1]);
-        execve(py, argv, envp);
-        _exit(127);
-    }
-    free(envp);
-    close(down[0]);
-    close(up[1]);
-    if (p.pid < 0) {
-        close(down[1]);
-        close(up[0]);
-        printf("torch: skipped (fork: %s)\n", strerror(errno));
-        return p;
-    }
-    p.to = fdopen(down[1], "w");
-    p.from = fdopen(up[0], "r");
-    char line[1024];
-    while (fgets(line, sizeof line, p.from)) {
-        printf("torch: %s", line);
-        if (!strncmp(line, "ready ", 6)) {
-            p.ok = field(line, "ok") == 1;
-            p.loss0 = field(line, "loss0");
-            p.gnorm0 = field(line, "gnorm0");
-            break;
-        }
-    }
-    return p;
+    const char *args[] = {"--file", path,        "--batch", a[0],      "--steps", a[1], "--hidden",
+                          a[2],     "--threads", a[3],      "--vocab", a[4],      NULL};
+    return bench_peer_start((bench_peer_config){.script = "parallel_torch.py",
+                                                .args = args,
+                                                .threads = threads,
+                                                .omp = true,
+                                                .echo_every_ready = true});
 }
 
-static bool peer_run(peer *p, int n, double *t, int *nt)
-{
-    if (!p->ok) return false;
-    fprintf(p->to, "run %d\n", n);
-    fflush(p->to);
-    char line[16384];
-    if (!fgets(line, sizeof line, p->from) || strncmp(line, "ms", 2)) {
-        p->ok = false;
-        return false;
-    }
-    char *s = line + 2, *end;
-    for (int k = 0; k < n; k++) {
-        double v = strtod(s, &end);
-        if (end == s) {
-            p->ok = false;
-            return false;
-        }
-        t[(*nt)++] = v;
-        s = end;
-    }
-    return true;
-}
-
-static void peer_stop(peer *p)
-{
-    if (p->to) {
-        fprintf(p->to, "quit\n");
-        fclose(p->to);
-    }
-    if (p->from) fclose(p->from);
-    if (p->pid > 0) {
-        int st;
-        waitpid(p->pid, &st, 0);
-        if (!WIFEXITED(st) || (WEXITSTATUS(st) != 0 && p->ok)) printf("torch: peer exited with status %d\n", st);
-    }
-}
+static void step_call(void *m) { train_step(m, NULL); }
 
 /* ---- measurements ------------------------------------------------------------------- */
 
-typedef struct stats {
-    double min, med, max; /* tokens/s */
-} stats;
-
 /* Step times (ms) to tokens/s: the fastest step is the highest rate. */
-static stats rate(double *ms, int n, double tokens)
+static bench_stats rate(const bench_samples *ms, double tokens)
 {
-    if (n == 0) return (stats){NAN, NAN, NAN};
-    qsort(ms, (size_t)n, sizeof *ms, cmp_double);
-    return (stats){tokens * 1e3 / ms[n - 1], tokens * 1e3 / ms[n / 2], tokens * 1e3 / ms[0]};
+    bench_stats s = bench_spread(ms->v, ms->n);
+    return (bench_stats){tokens * 1e3 / s.max, tokens * 1e3 / s.med, tokens * 1e3 / s.min};
 }
 
 typedef struct result {
@@ -409,7 +269,7 @@ typedef struct result {
     cr_parallel_mode mode; /* as asked */
     const char *resolved;
     int shards;
-    stats c, t;
+    bench_stats c, t; /* tokens/s */
     double c_loss0, t_loss0;
 } result;
 
@@ -434,8 +294,8 @@ int main(int argc, char **argv)
         for (int ti = 0; ti < o.n_threads; ti++) {
             int threads = (int)o.threads[ti];
             cr_set_num_threads(threads);
-            peer p = {.pid = -1};
-            int nt = 0;
+            bench_peer p = BENCH_PEER_NONE;
+            bench_samples st = BENCH_SAMPLES(tt);
             for (int mi = 0; mi < o.n_modes; mi++) {
                 model m = model_make(&o, o.hidden[h], o.modes[mi], threads);
                 if (mi == 0 && o.torch) {
@@ -450,34 +310,23 @@ int main(int argc, char **argv)
                 }
                 result r = {.H = o.hidden[h], .threads = threads, .mode = o.modes[mi],
                             .resolved = cr_parallel_mode_name(cr_trainer_mode(m.tr)),
-                            .shards = cr_trainer_shards(m.tr), .t_loss0 = p.loss0};
+                            .shards = cr_trainer_shards(m.tr), .t_loss0 = bench_field(p.ready, "loss0")};
                 r.c_loss0 = train_step(&m, NULL); /* warm-up: arenas, packing buffers, optimizer state */
                 train_step(&m, NULL);
-                int nc = 0;
-                for (int round = 0; round < o.rounds; round++)
-                    for (int side = 0; side < 2; side++) {
-                        if ((side ^ (round & 1)) == 0) {
-                            for (int k = 0; k < o.reps; k++) {
-                                double t0 = now_ms();
-                                train_step(&m, NULL);
-                                tc[nc++] = now_ms() - t0;
-                            }
-                        } else if (p.ok) {
-                            peer_run(&p, o.reps, tt, &nt);
-                        }
-                    }
-                r.c = rate(tc, nc, tokens);
+                bench_samples sc = BENCH_SAMPLES(tc);
+                bench_turns(o.rounds, o.reps, step_call, &m, &sc, &p, &st);
+                r.c = rate(&sc, tokens);
                 res[nres++] = r;
                 model_free(&m);
                 printf("hidden=%lld threads=%d mode=%s (%s, %d shards): %.0f / %.0f / %.0f tokens/s\n",
                        (long long)r.H, threads, cr_parallel_mode_name(r.mode), r.resolved, r.shards, r.c.min,
                        r.c.med, r.c.max);
             }
-            stats ts = rate(tt, nt, tokens);
+            bench_stats ts = rate(&st, tokens);
             for (int k = nres - o.n_modes; k < nres; k++) res[k].t = ts;
             printf("hidden=%lld threads=%d torch: %.0f / %.0f / %.0f tokens/s\n", (long long)o.hidden[h], threads,
                    ts.min, ts.med, ts.max);
-            peer_stop(&p);
+            bench_peer_stop(&p);
         }
 
     printf("\n%6s %7s %-9s %-9s %6s %29s %29s %8s %9s\n", "hidden", "threads", "mode", "runs as", "shards",

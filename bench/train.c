@@ -16,32 +16,21 @@
  * Options: --hidden H[,..] --batch B[,..] --threads T[,..] --reps N --rounds R
  * --quick --no-torch --no-fused (the cells' composed steps) --only NAME.
  * The suite is chosen at build time (CR_TRAIN_SUITE). See bench/README.md. */
-#include <errno.h>
 #include <math.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/types.h>
-#include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <blis.h>
 
 #include "carousel.h"
+#include "peer.h"
 
-#ifndef CR_BENCH_SRCDIR
-#define CR_BENCH_SRCDIR "bench"
-#endif
-#ifndef CR_BENCH_PYTHON
-#define CR_BENCH_PYTHON "/usr/bin/python3"
-#endif
 #ifndef CR_TRAIN_SUITE
 #define CR_TRAIN_SUITE 1 /* 1 lstm_train, 2 gru_train, 3 dynet */
 #endif
-
-extern char **environ; /* POSIX */
 
 #define MAX_LIST 16
 #define MAX_SAMPLES 1024
@@ -65,19 +54,6 @@ typedef struct opts {
     int64_t hidden[MAX_LIST], batch[MAX_LIST], threads[MAX_LIST];
     int n_hidden, n_batch, n_threads;
 } opts;
-
-static double now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec * 1e-6;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-    const double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
 
 /* ---- sizes of the workloads ---------------------------------------------------- */
 
@@ -248,6 +224,8 @@ static void unit_step(model *m)
     for (int k = 0; k < m->n_batches; k++) batch_step(m, k, NULL);
 }
 
+static void unit_call(void *m) { unit_step(m); }
+
 /* Every parameter by its name, then the data as data.in.K, data.tgt.K and
  * data.chars.K.J, in one safetensors file the peer reads. */
 static bool write_file(const model *m, const char *path)
@@ -282,129 +260,22 @@ static bool write_file(const model *m, const char *path)
 
 /* ---- the PyTorch peer, one process per configuration --------------------------------- */
 
-typedef struct peer {
-    pid_t pid;
-    FILE *to, *from;
-    bool ok;
-    double loss0, loss1, gnorm0;
-} peer;
-
-/* Value of key= in line, or nan. */
-static double field(const char *line, const char *key)
-{
-    char pat[64];
-    snprintf(pat, sizeof pat, " %s=", key);
-    const char *p = strstr(line, pat);
-    return p ? strtod(p + strlen(pat), NULL) : NAN;
-}
-
 static const char *workload_name(workload w) { return w == W_CHARLM ? "charlm" : w == W_LM ? "lm" : "tagger"; }
 
-/* Start the peer on the file and wait for its "ready" line (after its warm-up). */
-static peer peer_start(const config *cf, const char *path)
+/* Start the peer on the file and wait for its "ready" line (after its warm-up; bench/peer.h). */
+static bench_peer peer_start(const config *cf, const char *path)
 {
-    peer p = {.pid = -1, .loss0 = NAN, .loss1 = NAN, .gnorm0 = NAN};
-    const char *py = getenv("CR_BENCH_PYTHON");
-    if (!py || !*py) py = CR_BENCH_PYTHON;
-    const char *script = CR_BENCH_SRCDIR "/train_torch.py";
-    if (access(py, X_OK) != 0 || access(script, R_OK) != 0) {
-        printf("torch: skipped (%s or %s not found)\n", py, script);
-        return p;
-    }
     char a[4][32];
     snprintf(a[0], 32, "%lld", (long long)cf->H);
     snprintf(a[1], 32, "%lld", (long long)cf->B);
     snprintf(a[2], 32, "%d", cf->threads);
     snprintf(a[3], 32, "%d", cf->chars);
-    char *argv[] = {(char *)py, (char *)script, "--file", (char *)path, "--workload", (char *)workload_name(cf->kind),
-                    "--cell", (char *)cf->cell->name, "--hidden", a[0], "--batch", a[1], "--threads", a[2],
-                    "--chars", a[3], NULL};
-    /* torch.set_num_threads does not reach the BLAS it links (Debian's
-     * libblas.so.3 is BLIS with its own thread count): give that T too. */
-    size_t n_env = 0;
-    while (environ[n_env]) n_env++;
-    char **envp = cr_xmalloc((n_env + 2) * sizeof *envp), blis_env[64];
-    size_t k_env = 0;
-    for (size_t k = 0; k < n_env; k++)
-        if (strncmp(environ[k], "BLIS_NUM_THREADS=", 17)) envp[k_env++] = environ[k];
-    snprintf(blis_env, sizeof blis_env, "BLIS_NUM_THREADS=%d", cf->threads);
-    envp[k_env++] = blis_env;
-    envp[k_env] = NULL;
-    int down[2], up[2];
-    if (pipe(down) != 0 || pipe(up) != 0) {
-        free(envp);
-        return p;
-    }
-    fflush(stdout);
-    p.pid = fork();
-    if (p.pid == 0) {
-        dup2(down[0], 0);
-        dup2(up[1], 1);
-        close(down[0]);
-        close(down[1]);
-        close(up[0]);
-        close(up[1]);
-        execve(py, argv, envp);
-        _exit(127);
-    }
-    free(envp);
-    close(down[0]);
-    close(up[1]);
-    if (p.pid < 0) {
-        close(down[1]);
-        close(up[0]);
-        printf("torch: skipped (fork: %s)\n", strerror(errno));
-        return p;
-    }
-    p.to = fdopen(down[1], "w");
-    p.from = fdopen(up[0], "r");
-    char line[1024];
-    while (fgets(line, sizeof line, p.from)) {
-        if (!strncmp(line, "ready ", 6)) {
-            p.ok = field(line, "ok") == 1;
-            p.loss0 = field(line, "loss0");
-            p.loss1 = field(line, "loss1");
-            p.gnorm0 = field(line, "gnorm0");
-            static bool shown;
-            if (!p.ok || !shown) printf("torch: %s", line);
-            shown = true;
-            break;
-        }
-        printf("torch: %s", line);
-    }
-    return p;
-}
-
-/* Ask the peer for n units; appends their ms to t. */
-static bool peer_run(peer *p, int n, double *t, int *nt)
-{
-    if (!p->ok) return false;
-    fprintf(p->to, "run %d\n", n);
-    fflush(p->to);
-    char line[16384];
-    if (!fgets(line, sizeof line, p->from) || strncmp(line, "ms", 2)) return p->ok = false;
-    char *s = line + 2, *end;
-    for (int k = 0; k < n; k++) {
-        double v = strtod(s, &end);
-        if (end == s) return p->ok = false;
-        t[(*nt)++] = v;
-        s = end;
-    }
-    return true;
-}
-
-static void peer_stop(peer *p)
-{
-    if (p->to) {
-        fprintf(p->to, "quit\n");
-        fclose(p->to);
-    }
-    if (p->from) fclose(p->from);
-    if (p->pid > 0) {
-        int st;
-        waitpid(p->pid, &st, 0);
-        if (!WIFEXITED(st) || (WEXITSTATUS(st) != 0 && p->ok)) printf("torch: peer exited with status %d\n", st);
-    }
+    const char *args[] = {"--file",  path,           "--workload", workload_name(cf->kind),
+                          "--cell",  cf->cell->name, "--hidden",   a[0],
+                          "--batch", a[1],           "--threads",  a[2],
+                          "--chars", a[3],           NULL};
+    return bench_peer_start(
+        (bench_peer_config){.script = "train_torch.py", .args = args, .threads = cf->threads});
 }
 
 /* ---- BLIS's sgemm peak, measured in the same run ---------------------------------- */
@@ -423,9 +294,9 @@ static double blis_peak(int reps)
     float one = 1, zero = 0;
     double best = INFINITY;
     for (int r = 0; r < reps + 1; r++) {
-        double t0 = now_ms();
+        double t0 = bench_now_ms();
         bli_sgemm(BLIS_NO_TRANSPOSE, BLIS_NO_TRANSPOSE, n, n, n, &one, a, n, 1, b, n, 1, &zero, c, n, 1);
-        double t = now_ms() - t0;
+        double t = bench_now_ms() - t0;
         if (r > 0 && t < best) best = t; /* the first call packs cold buffers */
     }
     free(a);
@@ -443,16 +314,14 @@ typedef struct result {
     double c_loss0, c_loss1, c_gnorm0, t_loss0, t_loss1, t_gnorm0;
 } result;
 
-static void spread(double *v, int n, double *out)
+/* min, median (the mean of the middle two for an even count), max of the samples */
+static void spread(const bench_samples *v, double *out)
 {
-    if (n == 0) {
-        out[0] = out[1] = out[2] = NAN;
-        return;
-    }
-    qsort(v, (size_t)n, sizeof *v, cmp_double);
-    out[0] = v[0];
-    out[1] = n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-    out[2] = v[n - 1];
+    bench_stats s = bench_spread(v->v, v->n); /* sorts */
+    int n = v->n;
+    out[0] = s.min;
+    out[1] = n % 2 || n == 0 ? s.med : 0.5 * (v->v[n / 2 - 1] + v->v[n / 2]);
+    out[2] = s.max;
 }
 
 /* The char LM step's flops: gates 2*B*T*(E+H)*G and head 2*B*T*H*V, times 3
@@ -470,7 +339,7 @@ static result measure(const opts *o, const config *cf)
     cr_set_num_threads(cf->threads);
     model m = model_make(cf, o->fused);
     r.tokens = m.tokens;
-    peer p = {.pid = -1};
+    bench_peer p = BENCH_PEER_NONE;
     bool started = false;
     if (o->torch) {
         char path[] = "/tmp/cr_bench_train_XXXXXX";
@@ -490,33 +359,22 @@ static result measure(const opts *o, const config *cf)
     r.c_loss1 = batch_step(&m, 1 % m.n_batches, NULL);
     unit_step(&m);
     if (p.ok) {
-        r.t_loss0 = p.loss0;
-        r.t_loss1 = p.loss1;
-        r.t_gnorm0 = p.gnorm0;
+        r.t_loss0 = bench_field(p.ready, "loss0");
+        r.t_loss1 = bench_field(p.ready, "loss1");
+        r.t_gnorm0 = bench_field(p.ready, "gnorm0");
     }
     if (cf->kind == W_CHARLM) {
         r.gflop = charlm_gflop(cf);
         r.blis = blis_peak(3);
     }
     static double tc[MAX_SAMPLES], tt[MAX_SAMPLES];
-    int nc = 0, nt = 0;
-    for (int round = 0; round < o->rounds; round++)
-        for (int side = 0; side < 2; side++) {
-            if ((side ^ (round & 1)) == 0) { /* the sides take turns going first */
-                for (int k = 0; k < o->reps && nc < MAX_SAMPLES; k++) {
-                    double t0 = now_ms();
-                    unit_step(&m);
-                    tc[nc++] = now_ms() - t0;
-                }
-            } else if (p.ok) {
-                peer_run(&p, o->reps, tt, &nt);
-            }
-        }
+    bench_samples sc = BENCH_SAMPLES(tc), st = BENCH_SAMPLES(tt);
+    bench_turns(o->rounds, o->reps, unit_call, &m, &sc, &p, &st);
     if (cf->kind == W_CHARLM) r.blis = fmax(r.blis, blis_peak(2)); /* before and after: the better */
     if (started && !p.ok) printf("torch: peer failed, no timings\n");
-    peer_stop(&p);
-    spread(tc, nc, r.c);
-    spread(tt, nt, r.t);
+    bench_peer_stop(&p);
+    spread(&sc, r.c);
+    spread(&st, r.t);
     model_free(&m);
     return r;
 }
