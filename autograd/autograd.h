@@ -220,6 +220,15 @@ bool cr_grad_share(cr_tensor *t, const cr_tensor *of, const cr_tensor *view);
 /* Errors for an input: NULL, stale (another step or graph) or released. */
 void cr_check_input(const char *fn, int i, const cr_tensor *t);
 
+/* Per-thread gradient buffers of persistent leaves, for data-parallel
+ * replicas (optim/parallel.c): while a hook is set on a thread, the gradient
+ * of a persistent leaf t that backward adds into is fn(ctx, t), not t->grad,
+ * so threads sharing the weights accumulate into buffers of their own. fn
+ * never returns NULL (it reports a leaf it does not know as misuse). A
+ * NULL fn ends it. Thread-local. */
+typedef cr_tensor *(*cr_grad_hook)(void *ctx, const cr_tensor *leaf);
+void cr_set_grad_hook(cr_grad_hook fn, void *ctx);
+
 /* ---- ops: arithmetic (NumPy broadcasting) ---------------------------------- */
 
 cr_tensor *cr_add(cr_tensor *a, cr_tensor *b); /* a + b */

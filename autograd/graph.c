@@ -21,6 +21,9 @@ static _Thread_local bool detect_anomaly;
  * backward restore it first, so a handler that longjmps out (tests do) does
  * not leave recording off. */
 static _Thread_local bool grad_disabled_outside;
+/* Where a persistent leaf's gradient goes on this thread (cr_set_grad_hook). */
+static _Thread_local cr_grad_hook grad_hook;
+static _Thread_local void *grad_hook_ctx;
 
 cr_graph *cr_graph_init(void)
 {
@@ -501,6 +504,12 @@ cr_tensor *cr_node_finish_view(cr_node *n)
     return record(n, out);
 }
 
+void cr_set_grad_hook(cr_grad_hook fn, void *ctx)
+{
+    grad_hook = fn;
+    grad_hook_ctx = fn ? ctx : NULL;
+}
+
 /* ---- gradients ------------------------------------------------------------------ */
 /*
  * A step tensor's gradient is a header in a pool block (so backward's rewinds
@@ -570,6 +579,10 @@ static cr_tensor *grad_via_base(cr_graph *g, cr_tensor *t)
 
 cr_tensor *cr_grad_buffer(cr_tensor *t, bool *fresh)
 {
+    if (grad_hook && t->persistent) { /* a replica's own buffer, zeroed by its trainer: add into it */
+        if (fresh) *fresh = false;
+        return grad_hook(grad_hook_ctx, t);
+    }
     if (!t->grad) {
         if (t->persistent) {
             t->grad = cr_tensor_init(t->dtype, t->ndim, t->shape);
@@ -709,18 +722,25 @@ static void check_versions(const cr_node *n)
     if ((n->saves & CR_SAVES_OUT) && version_of(n->out) != ver[k]) version_error(n, "output", n->out, ver[k]);
 }
 
+/* The gradient backward has added into t so far (NULL if none), wherever a
+ * grad hook sends it. */
+static const cr_tensor *grad_now(cr_tensor *t)
+{
+    return grad_hook && t->persistent && t->requires_grad ? grad_hook(grad_hook_ctx, t) : t->grad;
+}
+
 /* n's backward under anomaly detection: a gradient that was finite before and
  * is not after is this op's doing (one that already held a NaN is not). */
 static void backward_checked(const cr_graph *g, cr_node *n)
 {
     uint64_t finite_before = ~(uint64_t)0; /* one bit per input, up to 64 */
     for (int i = 0; i < n->n_in && i < 64; i++) {
-        const cr_tensor *gr = n->in[i]->grad;
+        const cr_tensor *gr = grad_now(n->in[i]);
         if (n->in[i]->requires_grad && gr && first_nonfinite(gr) >= 0) finite_before &= ~((uint64_t)1 << i);
     }
     n->op->backward(n);
     for (int i = 0; i < n->n_in; i++) {
-        const cr_tensor *gr = n->in[i]->grad;
+        const cr_tensor *gr = grad_now(n->in[i]);
         if (!n->in[i]->requires_grad || !gr || (i < 64 && !(finite_before >> i & 1))) continue;
         int64_t at = first_nonfinite(gr);
         if (at >= 0) {

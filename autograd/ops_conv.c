@@ -133,7 +133,7 @@ static conv_dims dims_of(const cr_node *n)
      * (BLIS, called inside a parallel region, runs on the calling thread),
      * which beats splitting small products between threads. Otherwise a
      * serial loop, where BLIS may use the threads. */
-    int t = cr_get_num_threads();
+    int t = cr_parallel_ok() ? cr_get_num_threads() : 1; /* 1 inside a replica or a region */
     double macs = (double)d.O * (double)d.K * (double)d.P * (double)d.N;
     d.par = d.blocks > 1 && t > 1 && macs >= CONV_PARALLEL_MACS;
     d.threads = d.par ? (int)(t < d.blocks ? t : d.blocks) : 1;
@@ -143,11 +143,15 @@ static conv_dims dims_of(const cr_node *n)
     return d;
 }
 
-static int thread_id(void)
+/* This thread's scratch set: its number in the conv's own team, 0 when the
+ * loop runs serially (which may be on thread k of someone else's team, a
+ * data-parallel replica's, with one scratch set). */
+static int thread_id(const conv_dims *d)
 {
 #ifdef _OPENMP
-    return omp_get_thread_num();
+    return d->par ? omp_get_thread_num() : 0;
 #else
+    (void)d;
     return 0;
 #endif
 }
@@ -174,7 +178,7 @@ typedef struct {
 static void fwd_block(const fwd_ctx *c, int64_t blk)
 {
     const conv_dims *d = &c->d;
-    int tid = thread_id();
+    int tid = thread_id(d);
     int64_t n0 = blk * d->nb, m = d->N - n0 < d->nb ? d->N - n0 : d->nb, width = m * d->P;
     int64_t slice = d->rows * d->nb * d->P;
     /* the block's columns [G*K, m*P]: for a direct 1x1, the sample's input [C, P] */
@@ -295,7 +299,7 @@ static int64_t block_size(const conv_dims *d, int64_t blk)
 static void dw_segment(const bwd_ctx *c, int64_t seg)
 {
     const conv_dims *d = &c->d;
-    int tid = thread_id();
+    int tid = thread_id(d);
     int64_t slice = d->rows * d->nb * d->P;
     char *dyt = at(c->dyt, tid * d->nb * d->P * d->O);
     for (int64_t blk = seg * d->blocks / d->segs, end = (seg + 1) * d->blocks / d->segs; blk < end; blk++) {
@@ -326,7 +330,7 @@ static void dw_segment(const bwd_ctx *c, int64_t seg)
 static void dx_block(const bwd_ctx *c, int64_t blk)
 {
     const conv_dims *d = &c->d;
-    int tid = thread_id();
+    int tid = thread_id(d);
     int64_t n0 = blk * d->nb, m = block_size(d, blk), width = m * d->P;
     char *dyp = at(c->gy, n0 * d->O * d->P);
     if (c->dyb) {

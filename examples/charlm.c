@@ -2,9 +2,23 @@
  * truncated BPTT (Adam, gradient clipping by global norm), then sampled from.
  *
  *   ./build/examples/charlm [--data FILE] [--cell lstm|gru] [--steps N] [--hidden H] ...
- *                           [--save FILE] [--resume FILE] [--stop-at N] [--quick]
+ *                           [--save FILE] [--resume FILE] [--stop-at N] [--quick] [--mpi]
+ *   mpirun -np 2 ./build/examples/charlm --mpi [same flags]
  *
- * (--help lists every flag with its default.) The default corpus is the GNU
+ * (--help lists every flag with its default.) Training is data-parallel
+ * (optim.h's cr_trainer): each batch is split into --shards shards (8 by
+ * default), which --threads threads (default: every available core, or
+ * OMP_NUM_THREADS) take in turn. The shard count is part of the run and the
+ * thread count is not: the same flags give the same weights, and a
+ * byte-identical --save checkpoint, on any number of threads. --dropout
+ * applies between layers (--layers 2 and up); its masks come from each
+ * shard's stream, keyed by the seed, the step and the shard. --mpi trains
+ * over the ranks of an mpirun job (the mpi module, cr_mpi.h): the shards are
+ * split over the ranks, the gradient is summed across them in the trainer's
+ * fixed tree, rank 0 prints and writes the checkpoint, and the result is one
+ * process's: `mpirun -np 2 charlm --mpi --save a` and `charlm --save b` write
+ * byte-identical files, and a checkpoint resumes on any number of ranks.
+ * The default corpus is the GNU
  * GPL text every Debian system ships. The text is encoded in place to one
  * byte per character, so a file costs about 1.1 times its own size in memory
  * (the held-out tenth is copied once); validation reads the first
@@ -26,12 +40,16 @@
 
 #include "carousel.h"
 #include "cli.h"
+#ifdef CR_HAVE_MPI
+#include "carousel/cr_mpi.h"
+#endif
 
 typedef struct opts {
-    const char *data, *save, *resume, *cell, *prime;
-    int64_t steps, stop_at, hidden, layers, batch, seq, sample, embed, val_chunks, seed, threads;
-    double lr, clip, temperature, threshold;
-    bool quick;
+    const char *data, *save, *resume, *cell, *prime, *mode_name;
+    int64_t steps, stop_at, hidden, layers, batch, seq, sample, embed, val_chunks, seed, threads, shards;
+    double lr, clip, temperature, threshold, dropout;
+    bool quick, mpi;
+    cr_parallel_mode mode;
 } opts;
 
 typedef struct model {
@@ -48,7 +66,7 @@ static opts parse(int argc, char **argv)
     bool quick = cli_has(argc, argv, "--quick");
     opts o = {.data = "/usr/share/common-licenses/GPL-3", .cell = "lstm", .prime = DEFAULT_PRIME, .steps = quick ? 150 : 1200, .hidden = 128,
               .layers = 1, .batch = 32, .seq = 64, .sample = quick ? 100 : 400, .embed = 32, .lr = 3e-3,
-              .clip = 5.0, .temperature = 0.8, .seed = 42, .threads = quick ? 1 : 0, .val_chunks = 64,
+              .clip = 5.0, .temperature = 0.8, .seed = 42, .threads = quick ? 1 : 0, .shards = 8, .mode_name = "auto", .val_chunks = 64,
               .threshold = 3.5, .quick = quick};
     cli_flag flags[] = {
         {"--data", CLI_STR, &o.data, "the text to learn (any bytes; one character = one byte)"},
@@ -62,8 +80,12 @@ static opts parse(int argc, char **argv)
         {"--seq", CLI_INT, &o.seq, "characters per truncated-BPTT chunk (T)"},
         {"--lr", CLI_REAL, &o.lr, "Adam's peak learning rate (warmup, then cosine to lr/10)"},
         {"--clip", CLI_REAL, &o.clip, "clip the gradient's global norm to this"},
-        {"--seed", CLI_INT, &o.seed, "seed of the weights and of sampling"},
+        {"--seed", CLI_INT, &o.seed, "seed of the weights, dropout and sampling"},
+        {"--dropout", CLI_REAL, &o.dropout, "dropout between layers (--layers 2 and up)"},
         {"--threads", CLI_INT, &o.threads, "threads (0: OMP_NUM_THREADS, else every core)"},
+        {"--shards", CLI_INT, &o.shards, "shards per batch: part of the run, not of the thread count"},
+        {"--mode", CLI_STR, &o.mode_name, "auto, replicas (threads take shards) or intra-op (threaded kernels)"},
+        {"--mpi", CLI_BOOL, &o.mpi, "train over the ranks of an mpirun job (rank 0 prints and saves; threads 0: a machine's cores shared by its ranks)"},
         {"--sample", CLI_INT, &o.sample, "characters to sample after training"},
         {"--prime", CLI_STR, &o.prime, "the sample starts with this text"},
         {"--temperature", CLI_REAL, &o.temperature, "sampling temperature (lower: safer choices)"},
@@ -80,8 +102,13 @@ static opts parse(int argc, char **argv)
               "another model, exits 1 with the reason.",
               flags, CLI_COUNT(flags));
     if (strcmp(o.cell, "lstm") && strcmp(o.cell, "gru")) cli_fail(argv[0], "--cell: '%s' is neither lstm nor gru", o.cell);
+    if (!strcmp(o.mode_name, "auto")) o.mode = CR_PARALLEL_AUTO;
+    else if (!strcmp(o.mode_name, "replicas")) o.mode = CR_PARALLEL_REPLICAS;
+    else if (!strcmp(o.mode_name, "intra-op")) o.mode = CR_PARALLEL_INTRA_OP;
+    else cli_fail(argv[0], "--mode: '%s' is none of auto, replicas, intra-op", o.mode_name);
     if (o.steps < 1 || o.stop_at < 0 || o.stop_at > o.steps || o.hidden < 1 || o.layers < 1 || o.embed < 1 ||
         o.batch < 1 || o.seq < 1 || o.sample < 0 || o.val_chunks < 0 || o.threads < 0 || o.threads > 1024 ||
+        o.shards < 1 || o.shards > 4096 || !(o.dropout >= 0 && o.dropout < 1) ||
         !(o.lr > 0) || !(o.clip > 0) || !(o.temperature > 0))
         cli_fail(argv[0], "a size or rate out of range");
     if (o.stop_at == 0) o.stop_at = o.steps;
@@ -138,6 +165,34 @@ static cr_tensor *cell_state_init(const model *m, int64_t B)
 {
     const cr_rnn_config *cfg = &m->lstm->cfg;
     return cfg->cell->n_states > 1 ? cr_tensor_init(CR_F32, CR_SHAPE(cfg->num_layers, B, cfg->hidden_size)) : NULL;
+}
+
+/* One training step's shards: shard s reads rows [begin, end) of the batch
+ * (x, y) and of the carried state (h, c), all persistent, and keeps its final
+ * state for after_backward, which carries it once every shard's backward has
+ * read the old one. */
+typedef struct batch {
+    model *m;
+    cr_tensor *x, *y, *h, *c; /* [B, T] ids and targets; [L, B, H] carried state (c: NULL for a GRU) */
+    cr_rnn_output *out;       /* [shards] each shard's output */
+} batch;
+
+static cr_tensor *shard_loss(void *ctx, const cr_shard *s)
+{
+    batch *b = ctx;
+    int64_t rows = s->end - s->begin;
+    cr_tensor *h = cr_narrow(b->h, 1, s->begin, rows), *c = b->c ? cr_narrow(b->c, 1, s->begin, rows) : NULL;
+    cr_tensor *x = cr_narrow(b->x, 0, s->begin, rows), *y = cr_reshape(cr_narrow(b->y, 0, s->begin, rows), CR_SHAPE(-1));
+    cr_tensor *loss = cr_cross_entropy(forward(b->m, x, h, c, &b->out[s->index]), y, -1, CR_MEAN);
+    return cr_mul_scalar(loss, s->weight); /* its share of the batch mean */
+}
+
+static void shard_carry(void *ctx, const cr_shard *s)
+{
+    batch *b = ctx;
+    int64_t rows = s->end - s->begin;
+    cr_copy_(cr_narrow(b->h, 1, s->begin, rows), b->out[s->index].h_n);
+    if (b->c) cr_copy_(cr_narrow(b->c, 1, s->begin, rows), b->out[s->index].c_n);
 }
 
 /* Mean cross-entropy (nats per char) over the first max_chunks chunks of the
@@ -350,15 +405,39 @@ done:
     return ok;
 }
 
+/* A failure after MPI_Init: the other ranks may be waiting in a step, so the
+ * whole job goes (MPI_Abort prints which rank ended it). */
+static int fail(const opts *o, int rc)
+{
+#ifdef CR_HAVE_MPI
+    if (o->mpi) MPI_Abort(MPI_COMM_WORLD, rc);
+#endif
+    (void)o;
+    return rc;
+}
+
 int main(int argc, char **argv)
 {
     opts o = parse(argc, argv);
-    if (o.threads > 0) cr_set_num_threads((int)o.threads);
+    int rank = 0, ranks = 1;
+#ifdef CR_HAVE_MPI
+    if (o.mpi) {
+        MPI_Init(&argc, &argv);
+        MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+        MPI_Comm_size(MPI_COMM_WORLD, &ranks);
+        /* rank 0 speaks for the job; every rank still reports its errors */
+        if (rank != 0 && !freopen("/dev/null", "w", stdout)) return fail(&o, 1);
+    }
+#else
+    if (o.mpi) cli_fail(argv[0], "--mpi: this build has no MPI (meson option mpi; Debian: libopenmpi-dev)");
+#endif
+    if (!o.mpi && o.threads == 0) o.threads = cr_get_num_threads(); /* OMP_NUM_THREADS, else every core */
+    if (o.threads > 0) cr_set_num_threads((int)o.threads); /* over MPI, 0: a machine's cores shared by its ranks */
     char *text;
     size_t len;
     if (cr_read_file(o.data, &text, &len) != CR_OK) {
         fprintf(stderr, "charlm: %s\n", cr_last_error());
-        return 1;
+        return fail(&o, 1);
     }
     cr_vocab *vocab = cr_vocab_init_chars(text, len);
     int64_t n = (int64_t)len, V = cr_vocab_size(vocab);
@@ -368,7 +447,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "charlm: %s\n", cr_last_error());
         cr_vocab_free(vocab);
         free(text);
-        return 1;
+        return fail(&o, 1);
     }
     int64_t n_train = hold_out(ids, n), n_val = n - n_train;
     printf("data=%s chars=%lld vocab=%lld train=%lld val=%lld\n", o.data, (long long)n, (long long)V,
@@ -378,7 +457,7 @@ int main(int argc, char **argv)
                 (long long)o.seq);
         cr_vocab_free(vocab);
         free(text);
-        return 1;
+        return fail(&o, 1);
     }
 
     /* The prime's ids. A text without the default prime's letters starts
@@ -405,12 +484,27 @@ int main(int argc, char **argv)
     snprintf(prefix, sizeof prefix, "charlm.%s", o.cell);
     m.lstm = cr_rnn_init(m.ps, prefix,
                          (cr_rnn_config){.cell = cell, .input_size = o.embed, .hidden_size = o.hidden,
-                                         .num_layers = (int)o.layers, .forget_bias = cell == &cr_cell_lstm,
-                                         .dtype = CR_F32},
+                                         .num_layers = (int)o.layers, .dropout = o.dropout,
+                                         .forget_bias = cell == &cr_cell_lstm, .dtype = CR_F32},
                          &rng);
     m.head = cr_linear_init(m.ps, "charlm.head", o.hidden, V, true, CR_F32, &rng);
-    printf("cell=%s params=%zu bytes=%zu threads=%d\n", o.cell, cr_params_numel(m.ps), cr_params_bytes(m.ps),
-           cr_get_num_threads());
+    cr_trainer_config tcfg = {.shards = (int)o.shards, .threads = (int)o.threads, .mode = o.mode,
+                              .seed = (uint64_t)o.seed};
+    cr_trainer *tr;
+#ifdef CR_HAVE_MPI
+    cr_mpi_trainer *mt = NULL;
+    if (o.mpi) { /* the shards split over the ranks; the same result as one process */
+        if (cr_mpi_trainer_init(MPI_COMM_WORLD, m.ps, tcfg, &mt) != CR_OK) {
+            fprintf(stderr, "charlm: %s\n", cr_last_error());
+            return fail(&o, 1);
+        }
+        tr = cr_mpi_trainer_local(mt);
+    } else
+#endif
+        tr = cr_trainer_init(m.ps, tcfg);
+    printf("cell=%s params=%zu bytes=%zu threads=%d shards=%lld mode=%s ranks=%d\n", o.cell, cr_params_numel(m.ps),
+           cr_params_bytes(m.ps), cr_trainer_threads(tr), (long long)o.shards,
+           cr_parallel_mode_name(cr_trainer_mode(tr)), ranks);
 
     cr_optim *opt = cr_adam_init(m.ps, cr_adam_defaults(o.lr));
     cr_schedule sched = cr_schedule_warmup_cosine(o.lr, o.steps / 20, o.steps, o.lr / 10);
@@ -420,20 +514,31 @@ int main(int argc, char **argv)
     cr_tensor *h = cr_tensor_init(CR_F32, CR_SHAPE(L, B, H)), *c = cell_state_init(&m, B);
     cr_tensor *x = cr_tensor_init(CR_I32, CR_SHAPE(B, T)), *y = cr_tensor_init(CR_I32, CR_SHAPE(B, T));
     int64_t chunks = cr_stream_chunks(n_train, B, T);
+    batch bt = {.m = &m, .x = x, .y = y, .h = h, .c = c, .out = cr_xcalloc((size_t)o.shards, sizeof *bt.out)};
+    cr_task task = {.rows = B, .loss = shard_loss, .after_backward = shard_carry, .ctx = &bt};
     run r = {.h = h, .c = c, .stats = {NAN, 0}, .chars = n};
     int64_t first = 0; /* steps already taken */
     int rc = 0;
     if (o.resume) {
-        if (!resume_run(&o, &m, opt, &rng, vocab, &r, &first)) {
-            rc = 1;
-            goto done;
-        }
-        if (first > o.stop_at) {
+        /* every rank reads the file (it must be readable on every machine) */
+        bool ok = resume_run(&o, &m, opt, &rng, vocab, &r, &first);
+        if (ok && first > o.stop_at) {
             fprintf(stderr, "charlm: --resume %s: saved at step %lld, beyond --stop-at %lld\n", o.resume,
                     (long long)first, (long long)o.stop_at);
+            ok = false;
+        }
+#ifdef CR_HAVE_MPI
+        if (mt) { /* all ranks resumed, or all stop */
+            int mine = ok, all = 0;
+            MPI_Allreduce(&mine, &all, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
+            ok = all;
+        }
+#endif
+        if (!ok) {
             rc = 1;
             goto done;
         }
+        cr_trainer_set_steps(tr, first); /* keys the shards' dropout streams */
         printf("resumed=%s step=%lld\n", o.resume, (long long)first);
     }
     double loss_avg = r.stats[0];
@@ -447,30 +552,47 @@ int main(int argc, char **argv)
         }
         cr_stream_chunk_u8(x, y, ids, n_train, k);
         cr_schedule_apply(&sched, opt, step);
-        cr_rnn_output out;
-        cr_tensor *loss = cr_cross_entropy(forward(&m, x, h, c, &out), cr_reshape(y, CR_SHAPE(-1)), -1, CR_MEAN);
-        cr_optim_zero_grad(opt);
-        cr_backward(loss);
-        double norm;
-        if (cr_clip_grad_norm(m.ps, o.clip, &norm) == CR_OK)
-            cr_optim_step(opt);
+        double l, norm;
+        /* forward and backward of every shard, the tree sum (over ranks too),
+         * clipping, Adam; each shard's state is carried after every backward */
+        cr_status st;
+#ifdef CR_HAVE_MPI
+        if (mt)
+            st = cr_mpi_trainer_step(mt, &task, opt, o.clip, &l, &norm);
         else
+#endif
+            st = cr_trainer_step(tr, &task, opt, o.clip, &l, &norm);
+        if (st == CR_NONFINITE) {
             skipped++;
-        carry(h, c, &out); /* after backward, before the clear */
-        double l = cr_item(loss);
+        } else if (st != CR_OK) { /* ranks out of step, or MPI failed */
+            fprintf(stderr, "charlm: rank %d: %s\n", rank, cr_last_error());
+            return fail(&o, 1);
+        }
         loss_avg = isnan(loss_avg) ? l : 0.95 * loss_avg + 0.05 * l;
-        cr_graph_clear(g);
         progress_update(&bar, step + 1 - first, (step + 1 - first) * B * T, "loss=%.4f lr=%.2e", loss_avg,
                         cr_optim_get_lr(opt));
     }
     double train_s = progress_elapsed(&bar);
     r.stats[0] = loss_avg;
     r.stats[1] = (double)skipped;
-    double val = evaluate(&m, ids + n_train, n_val, 4, T, o.val_chunks, g);
+    double val = rank == 0 ? evaluate(&m, ids + n_train, n_val, 4, T, o.val_chunks, g) : NAN;
     printf("val_loss=%.4f bits_per_char=%.3f\n", val, val / log(2.0));
 
     if (o.save) {
-        if (save_run(&o, &m, opt, o.stop_at, &rng, vocab, &r) != CR_OK) {
+        cr_status st;
+#ifdef CR_HAVE_MPI
+        if (mt) { /* the carried state's rows from the ranks that ran them; then rank 0 writes */
+            st = cr_mpi_trainer_share_rows(mt, h, 1);
+            if (st == CR_OK && c) st = cr_mpi_trainer_share_rows(mt, c, 1);
+            if (st != CR_OK) {
+                fprintf(stderr, "charlm: rank %d: %s\n", rank, cr_last_error());
+                return fail(&o, 1);
+            }
+            st = cr_mpi_share_status(mt, rank == 0 ? save_run(&o, &m, opt, o.stop_at, &rng, vocab, &r) : CR_OK);
+        } else
+#endif
+            st = save_run(&o, &m, opt, o.stop_at, &rng, vocab, &r);
+        if (st != CR_OK) {
             fprintf(stderr, "charlm: %s\n", cr_last_error());
             rc = 1;
         } else {
@@ -478,13 +600,13 @@ int main(int argc, char **argv)
         }
     }
     printf("--- sample (temperature %.2f) ---\n", o.temperature);
-    if (o.sample > 0) sample(&m, vocab, prime, n_prime, o.sample, o.temperature, &rng, g);
+    if (o.sample > 0 && rank == 0) sample(&m, vocab, prime, n_prime, o.sample, o.temperature, &rng, g);
     int64_t ran = o.stop_at - first;
     printf("demo=charlm steps=%lld train_loss=%.4f val_loss=%.4f bits_per_char=%.3f skipped_steps=%lld "
            "ms_per_step=%.1f cell=%s\n",
            (long long)o.stop_at, loss_avg, val, val / log(2.0), (long long)skipped,
            ran ? 1e3 * train_s / (double)ran : 0.0, o.cell);
-    if (o.quick && !(val / log(2.0) <= o.threshold)) {
+    if (o.quick && rank == 0 && !(val / log(2.0) <= o.threshold)) {
         fprintf(stderr, "charlm: %.3f bits per char on validation, above the threshold %.2f\n", val / log(2.0),
                 o.threshold);
         rc = 1;
@@ -495,6 +617,14 @@ done:
     cr_tensor_free(c);
     cr_tensor_free(x);
     cr_tensor_free(y);
+    free(bt.out);
+#ifdef CR_HAVE_MPI
+    if (mt) {
+        cr_mpi_trainer_free(mt); /* and its trainer */
+        tr = NULL;
+    }
+#endif
+    cr_trainer_free(tr);
     cr_graph_use(NULL);
     cr_graph_free(g);
     cr_optim_free(opt);
@@ -503,5 +633,8 @@ done:
     cr_vocab_free(vocab);
     free(prime);
     free(text);
+#ifdef CR_HAVE_MPI
+    if (o.mpi) MPI_Finalize();
+#endif
     return rc;
 }

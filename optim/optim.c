@@ -10,7 +10,8 @@
 
 struct cr_optim {
     const cr_optim_rule *rule;
-    void *cfg; /* rule->config_size bytes */
+    void *cfg;     /* rule->config_size bytes */
+    void *scratch; /* as many, in the same block: a config being checked (no malloc per set_lr) */
     cr_params *ps;
     size_t n;          /* parameters at init */
     cr_tensor **value; /* [n] the parameter tensors at init (detects a changed set) */
@@ -96,7 +97,9 @@ cr_optim *cr_optim_make(const char *op, cr_params *ps, const cr_optim_rule *rule
     if (!cr_optim_config_ok(rule, cfg, msg, sizeof msg)) cr_error("%s: %s", op, msg);
     cr_optim *o = cr_xcalloc(1, sizeof *o);
     o->rule = rule;
-    o->cfg = cr_xmalloc(rule->config_size);
+    size_t cfg_bytes = (rule->config_size + 15) / 16 * 16;
+    o->cfg = cr_xmalloc(2 * cfg_bytes);
+    o->scratch = (char *)o->cfg + cfg_bytes;
     memcpy(o->cfg, cfg, rule->config_size);
     o->ps = ps;
     o->n = ps->n;
@@ -196,18 +199,14 @@ static void set_hparam(const char *op, cr_optim *o, const char *name, double val
     const cr_optim_hparam *h = hparam_find(o->rule, name);
     if (!h) cr_error("%s: %s has no hyper-parameter '%s'", op, o->rule->name, name);
     if (h->is_bool && value != 0 && value != 1) cr_error("%s: %s = %g: a flag is 0 or 1", op, name, value);
-    char *cfg = cr_xmalloc(o->rule->config_size), msg[160];
+    char *cfg = o->scratch, msg[160];
     memcpy(cfg, o->cfg, o->rule->config_size);
     if (h->is_bool)
         *(bool *)(cfg + h->offset) = value != 0;
     else
         *(double *)(cfg + h->offset) = value;
-    if (!cr_optim_config_ok(o->rule, cfg, msg, sizeof msg)) {
-        free(cfg);
-        cr_error("%s: %s", op, msg);
-    }
+    if (!cr_optim_config_ok(o->rule, cfg, msg, sizeof msg)) cr_error("%s: %s", op, msg);
     memcpy(o->cfg, cfg, o->rule->config_size);
-    free(cfg);
     alloc_slots(o); /* e.g. amsgrad switched on */
 }
 

@@ -248,6 +248,130 @@ double cr_schedule_lr(const cr_schedule *s, int64_t step); /* lr after `step` st
 /* cr_optim_set_lr(o, cr_schedule_lr(s, step)); returns that lr. */
 double cr_schedule_apply(const cr_schedule *s, cr_optim *o, int64_t step);
 
+
+/* ---- data-parallel training (optim/parallel.c) ------------------------------- */
+/*
+ * A trainer turns "the loss of this shard" into a training step on all the
+ * cores. Each step's batch of `rows` rows is split into a fixed number of
+ * shards (shard k gets rows [begin, end): rows/shards each, one more for the
+ * first rows%shards). Each shard runs forward and backward on one thread,
+ * recording its own graph (the current graph is per thread) and adding into
+ * its own gradient buffer, with the weights shared read-only; the shard
+ * gradients are then summed in a fixed pairwise tree, ((g0+g1)+(g2+g3))+...,
+ * and clipping and one optimizer step follow. Shards are a property of the
+ * run; threads only take them. So with the same seed and shard count a run
+ * gives bit-identical weights on 1, 2, 3, 4 or 8 threads (README.md says
+ * exactly what is guaranteed).
+ *
+ *     // rows [s->begin, s->end) of this step's batch -> the shard's share of the batch loss
+ *     static cr_tensor *shard_loss(void *ctx, const cr_shard *s) {
+ *         batch *b = ctx;  // b->x, b->y persistent (cr_tensor_init): shards read them
+ *         cr_tensor *x = cr_narrow(b->x, 0, s->begin, s->end - s->begin);
+ *         cr_tensor *y = cr_contiguous(cr_narrow(b->y, 0, s->begin, s->end - s->begin));
+ *         cr_tensor *l = cr_cross_entropy(model_forward(b->m, x), y, -1, CR_MEAN);
+ *         return cr_mul_scalar(l, s->weight);   // shard mean * rows share = batch mean
+ *     }
+ *     cr_trainer *tr = cr_trainer_init(ps, cr_trainer_defaults());   // 8 shards, all cores
+ *     cr_task task = {.rows = B, .loss = shard_loss, .ctx = &b};
+ *     for (...) cr_trainer_step(tr, &task, opt, 5.0, &loss, &norm);  // clip at 5, then opt
+ *     cr_trainer_free(tr);
+ *
+ * The loss function runs on worker threads: it reads only persistent tensors
+ * and what it creates itself (a step tensor of the caller's graph is refused
+ * as another graph's), and writes nothing shared. Every dropout mask it draws
+ * (the sequence layer's, cr_dropout's) comes from the shard's stream, keyed
+ * by the seed, the step and the shard's position, never by the thread.
+ * Carried state (truncated BPTT) is written by task->after_backward, which
+ * runs on the calling thread after every shard's backward, shard by shard in
+ * order, with the shard's graph current (its outputs still alive).
+ *
+ * Modes. Replicas: threads take shards and every kernel and product inside a
+ * shard runs on its thread (BLIS single-threaded, no nested OpenMP); one
+ * parallel region per step. Intra-op: shards one after the other on the
+ * calling thread, threads inside the products and kernels (large hidden
+ * sizes). Auto: intra-op when more than one thread is used and the largest
+ * weight matrix holds at least cr_trainer_intra_op_elems elements, replicas
+ * otherwise. The mode changes the speed, not the result.
+ *
+ * Over processes (MPI): give each rank its own shard range (first_shard,
+ * local_shards) and split the step: cr_trainer_backward leaves the sum of the
+ * local shards in one flat buffer, cr_trainer_grad(t); an allreduce goes
+ * there (and an OR into cr_trainer_reached(t)); cr_trainer_publish copies it into every parameter's ->grad; then
+ * clip and step as usual. With local_shards a power of two and first_shard a
+ * multiple of it, the local sum is a subtree of the whole batch's tree, and
+ * summing the ranks' buffers pairwise in rank order completes it bit for bit.
+ */
+typedef struct cr_trainer cr_trainer;
+
+typedef enum cr_parallel_mode {
+    CR_PARALLEL_AUTO,     /* by model size (see above) */
+    CR_PARALLEL_REPLICAS, /* threads take shards; one thread per shard */
+    CR_PARALLEL_INTRA_OP  /* shards in turn; threads inside products and kernels */
+} cr_parallel_mode;
+
+typedef struct cr_trainer_config {
+    int shards;            /* per batch, >= 1: results depend on it, not on threads (0: 8) */
+    int threads;           /* 0: cr_get_num_threads() (OMP_NUM_THREADS, else every core) */
+    cr_parallel_mode mode; /* CR_PARALLEL_AUTO by default */
+    uint64_t seed;         /* of the shards' dropout streams */
+    int first_shard;       /* this process runs shards [first_shard, first_shard + local_shards) */
+    int local_shards;      /* 0 with first_shard 0: all of them */
+} cr_trainer_config;
+
+typedef struct cr_shard {
+    int index;          /* position in the batch, 0 .. shards-1 (global over MPI ranks) */
+    int shards;         /* in the run */
+    int64_t begin, end; /* its rows of the batch, [begin, end) */
+    int64_t rows;       /* rows of the batch */
+    double weight;      /* (end - begin) / rows: turns a shard mean into its share of the batch mean */
+    int64_t step;       /* trainer steps before this one */
+    cr_rng *rng;        /* the shard's stream (also every dropout mask's, see above) */
+} cr_shard;
+
+typedef struct cr_task {
+    int64_t rows; /* rows in this step's batch, >= 1 (a shard with no rows is skipped) */
+    /* The shard's share of the batch loss, a one-element float tensor: the
+     * shard losses (and their gradients) are summed, so a batch mean is each
+     * shard's mean times s->weight, or its sum over the batch's count. */
+    cr_tensor *(*loss)(void *ctx, const cr_shard *s);
+    /* Optional: after every shard's backward (carry state here). */
+    void (*after_backward)(void *ctx, const cr_shard *s);
+    void *ctx;
+} cr_task;
+
+cr_trainer_config cr_trainer_defaults(void); /* 8 shards, all threads, auto mode, seed 0 */
+/* A trainer over every parameter of ps (contiguous, one float dtype; ps must
+ * not change afterwards). Allocates one gradient buffer and one graph per
+ * local shard: a steady-state step allocates nothing. */
+cr_trainer *cr_trainer_init(cr_params *ps, cr_trainer_config cfg);
+void cr_trainer_free(cr_trainer *t); /* NULL is a no-op */
+/* Forward and backward of every local shard, gradients summed by the tree
+ * into cr_trainer_grad(t); returns the shard losses summed by the same tree.
+ * Parameters' ->grad are not touched (cr_trainer_publish). */
+double cr_trainer_backward(cr_trainer *t, const cr_task *task);
+/* The flat gradient [numel of all parameters], parameters in set order. */
+cr_tensor *cr_trainer_grad(cr_trainer *t);
+/* [parameters] 1 where a local shard's backward reached parameter i in the
+ * last cr_trainer_backward, else 0; publish gives the others no gradient.
+ * Over ranks, OR every rank's flags into it before publish. */
+unsigned char *cr_trainer_reached(cr_trainer *t);
+/* Copy the flat gradient into every parameter's ->grad (allocated if
+ * missing), as zero_grad + backward would leave it: a parameter no shard
+ * reached keeps a zeroed (or no) gradient. */
+void cr_trainer_publish(cr_trainer *t);
+/* backward + publish + cr_clip_grad_norm(max_norm; 0: no clipping) +
+ * cr_optim_step, skipped (CR_NONFINITE returned) when the norm is NaN/inf. */
+cr_status cr_trainer_step(cr_trainer *t, const cr_task *task, cr_optim *opt, double max_norm, double *loss,
+                          double *norm);
+cr_parallel_mode cr_trainer_mode(const cr_trainer *t); /* as resolved (never AUTO) */
+int cr_trainer_threads(const cr_trainer *t);
+int cr_trainer_shards(const cr_trainer *t);
+int64_t cr_trainer_steps(const cr_trainer *t);             /* backward passes so far */
+void cr_trainer_set_steps(cr_trainer *t, int64_t steps);   /* on resume: keys the dropout streams */
+const char *cr_parallel_mode_name(cr_parallel_mode m);     /* "auto", "replicas", "intra-op" */
+/* Auto mode's threshold (elements of the largest 2-D parameter). */
+extern int64_t cr_trainer_intra_op_elems;
+
 #ifdef __cplusplus
 }
 #endif

@@ -1,10 +1,19 @@
-/* Matrix products on strided 2-D views: BLIS's typed API for anything of
- * size, a plain C kernel for tiny products where BLIS's packing and dispatch
- * cost more than the arithmetic (threshold measured with bench/matmul). */
+/* Matrix products on strided 2-D views: a plain C kernel for tiny products
+ * where packing and dispatch cost more than the arithmetic (threshold
+ * measured with bench/matmul); BLIS's micro-kernel under carousel's own
+ * blocking loops when the product runs on one thread; BLIS's threaded typed
+ * API when it may fork. */
+#include <pthread.h>
+#include <stdlib.h>
+
 #include <blis.h>
 
 #include "iter.h"
 #include "tensor.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 /* m*n*k at or below this goes to the C kernel; see ARCHITECTURE.md for the
  * measurement behind the default. */
@@ -94,6 +103,300 @@ static void fix_strides(int64_t r, int64_t c, int64_t *rs, int64_t *cs)
 SMALL_GEMM(float, small_sgemm)
 SMALL_GEMM(double, small_dgemm)
 
+/* ---- one thread: BLIS's micro-kernel under carousel's loops ------------------
+ *
+ * BLIS 0.9 built for OpenMP enters a parallel region on every product, even
+ * with one thread, and libgomp allocates and frees a team for a region of one
+ * thread (and for every nested region): 209 allocations per charlm step on one
+ * thread. So a product that runs on one thread (one thread allowed, or inside
+ * a parallel region or a replica) goes through the loops below instead: the
+ * five loops of BLIS's native gemm (jc over NC columns, pc over KC of the
+ * inner dimension, pack B, ic over MC rows, pack A, then the micro-tiles),
+ * with the blocksizes and the micro-kernel of BLIS's context for this CPU.
+ * The arithmetic of each element is therefore BLIS's single-threaded one: the
+ * same KC blocks, each a chain of FMAs in k order inside the micro-kernel,
+ * alpha and beta applied by it (tests/test_parallel.c checks the bits against
+ * bli_sgemm_ex on 1 to 4 threads). Packing buffers are per thread, grown on
+ * demand and kept, so a steady-state product allocates nothing. */
+
+typedef struct pack_bufs {
+    void *a, *b;
+    size_t a_bytes, b_bytes;
+} pack_bufs;
+
+static _Thread_local pack_bufs bufs;
+static pthread_key_t bufs_key;
+static pthread_once_t bufs_once = PTHREAD_ONCE_INIT;
+
+static void bufs_release(void *p)
+{
+    pack_bufs *pb = p;
+    free(pb->a);
+    free(pb->b);
+    *pb = (pack_bufs){0};
+}
+
+static void bufs_key_make(void)
+{
+    if (pthread_key_create(&bufs_key, bufs_release)) cr_error("cr_k_gemm: pthread_key_create failed");
+}
+
+/* A 64-byte aligned buffer of at least `need` bytes (plus slack for the
+ * micro-kernel's prefetches), kept for the thread's next products. */
+static void *grow(void **p, size_t *have, size_t need)
+{
+    need += 256;
+    if (need <= *have) return *p;
+    pthread_once(&bufs_once, bufs_key_make);
+    pthread_setspecific(bufs_key, &bufs); /* frees both buffers at thread exit */
+    free(*p);
+    *p = NULL;
+    *have = 0;
+    if (posix_memalign(p, 64, need)) cr_error("cr_k_gemm: out of memory for %zu bytes of packing buffer", need);
+    *have = need;
+    return *p;
+}
+
+/* BLIS's forward blocksize rule (bli_determine_blocksize_f_sub): the default
+ * block, or all that is left when it fits in the maximum block. */
+static inline int64_t block(int64_t left, int64_t def, int64_t max) { return left <= max ? left : def; }
+
+typedef struct ukr_info {
+    cntx_t *cntx;
+    void_fp ukr;
+    bool rows; /* the micro-kernel prefers row-stored C */
+    int64_t mr, nr, pmr, pnr, kc, kc_max, mc, mc_max, nc, nc_max;
+} ukr_info;
+
+static ukr_info ukr_query(num_t dt)
+{
+    cntx_t *cx = bli_gks_query_cntx();
+    return (ukr_info){
+        .cntx = cx,
+        .ukr = bli_cntx_get_l3_nat_ukr_dt(dt, BLIS_GEMM_UKR, cx),
+        .rows = bli_cntx_l3_nat_ukr_prefers_rows_dt(dt, BLIS_GEMM_UKR, cx),
+        .mr = bli_cntx_get_blksz_def_dt(dt, BLIS_MR, cx),
+        .nr = bli_cntx_get_blksz_def_dt(dt, BLIS_NR, cx),
+        .pmr = bli_cntx_get_blksz_max_dt(dt, BLIS_MR, cx), /* BLIS keeps PACKMR as MR's maximum */
+        .pnr = bli_cntx_get_blksz_max_dt(dt, BLIS_NR, cx),
+        .kc = bli_cntx_get_blksz_def_dt(dt, BLIS_KC, cx),
+        .kc_max = bli_cntx_get_blksz_max_dt(dt, BLIS_KC, cx),
+        .mc = bli_cntx_get_blksz_def_dt(dt, BLIS_MC, cx),
+        .mc_max = bli_cntx_get_blksz_max_dt(dt, BLIS_MC, cx),
+        .nc = bli_cntx_get_blksz_def_dt(dt, BLIS_NC, cx),
+        .nc_max = bli_cntx_get_blksz_max_dt(dt, BLIS_NC, cx),
+    };
+}
+
+/* Transposing copies, dst[q*ld + r] = src[r*rs + q] for r < R, q < Q (rows
+ * of src contiguous): how a weight W (4H, H) becomes the column panels the
+ * micro-kernel reads, in every forward product h W^T. In 8x8 (f32) and 4x4
+ * (f64) tiles with AVX shuffles where the CPU has AVX; a scalar copy
+ * elsewhere and for the edges. */
+#if defined(__GNUC__) && defined(__x86_64__)
+#include <immintrin.h>
+#define HAVE_AVX_TILES 1
+
+__attribute__((target("avx"))) static void transpose_f32_avx(float *dst, int64_t ld, const float *src, int64_t rs,
+                                                             int64_t R, int64_t Q)
+{
+    int64_t r0 = 0;
+    for (; r0 + 8 <= R; r0 += 8) {
+        int64_t q0 = 0;
+        for (; q0 + 8 <= Q; q0 += 8) {
+            const float *s = src + r0 * rs + q0;
+            __m256 a0 = _mm256_loadu_ps(s), a1 = _mm256_loadu_ps(s + rs), a2 = _mm256_loadu_ps(s + 2 * rs),
+                   a3 = _mm256_loadu_ps(s + 3 * rs), a4 = _mm256_loadu_ps(s + 4 * rs),
+                   a5 = _mm256_loadu_ps(s + 5 * rs), a6 = _mm256_loadu_ps(s + 6 * rs),
+                   a7 = _mm256_loadu_ps(s + 7 * rs);
+            __m256 t0 = _mm256_unpacklo_ps(a0, a1), t1 = _mm256_unpackhi_ps(a0, a1);
+            __m256 t2 = _mm256_unpacklo_ps(a2, a3), t3 = _mm256_unpackhi_ps(a2, a3);
+            __m256 t4 = _mm256_unpacklo_ps(a4, a5), t5 = _mm256_unpackhi_ps(a4, a5);
+            __m256 t6 = _mm256_unpacklo_ps(a6, a7), t7 = _mm256_unpackhi_ps(a6, a7);
+            __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+            __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+            __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+            __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+            float *d = dst + q0 * ld + r0;
+            _mm256_storeu_ps(d, _mm256_permute2f128_ps(u0, u4, 0x20));
+            _mm256_storeu_ps(d + ld, _mm256_permute2f128_ps(u1, u5, 0x20));
+            _mm256_storeu_ps(d + 2 * ld, _mm256_permute2f128_ps(u2, u6, 0x20));
+            _mm256_storeu_ps(d + 3 * ld, _mm256_permute2f128_ps(u3, u7, 0x20));
+            _mm256_storeu_ps(d + 4 * ld, _mm256_permute2f128_ps(u0, u4, 0x31));
+            _mm256_storeu_ps(d + 5 * ld, _mm256_permute2f128_ps(u1, u5, 0x31));
+            _mm256_storeu_ps(d + 6 * ld, _mm256_permute2f128_ps(u2, u6, 0x31));
+            _mm256_storeu_ps(d + 7 * ld, _mm256_permute2f128_ps(u3, u7, 0x31));
+        }
+        for (int64_t r = r0; r < r0 + 8; r++)
+            for (int64_t q = q0; q < Q; q++) dst[q * ld + r] = src[r * rs + q];
+    }
+    for (int64_t r = r0; r < R; r++)
+        for (int64_t q = 0; q < Q; q++) dst[q * ld + r] = src[r * rs + q];
+}
+
+__attribute__((target("avx"))) static void transpose_f64_avx(double *dst, int64_t ld, const double *src,
+                                                             int64_t rs, int64_t R, int64_t Q)
+{
+    int64_t r0 = 0;
+    for (; r0 + 4 <= R; r0 += 4) {
+        int64_t q0 = 0;
+        for (; q0 + 4 <= Q; q0 += 4) {
+            const double *s = src + r0 * rs + q0;
+            __m256d a0 = _mm256_loadu_pd(s), a1 = _mm256_loadu_pd(s + rs), a2 = _mm256_loadu_pd(s + 2 * rs),
+                    a3 = _mm256_loadu_pd(s + 3 * rs);
+            __m256d t0 = _mm256_unpacklo_pd(a0, a1), t1 = _mm256_unpackhi_pd(a0, a1);
+            __m256d t2 = _mm256_unpacklo_pd(a2, a3), t3 = _mm256_unpackhi_pd(a2, a3);
+            double *d = dst + q0 * ld + r0;
+            _mm256_storeu_pd(d, _mm256_permute2f128_pd(t0, t2, 0x20));
+            _mm256_storeu_pd(d + ld, _mm256_permute2f128_pd(t1, t3, 0x20));
+            _mm256_storeu_pd(d + 2 * ld, _mm256_permute2f128_pd(t0, t2, 0x31));
+            _mm256_storeu_pd(d + 3 * ld, _mm256_permute2f128_pd(t1, t3, 0x31));
+        }
+        for (int64_t r = r0; r < r0 + 4; r++)
+            for (int64_t q = q0; q < Q; q++) dst[q * ld + r] = src[r * rs + q];
+    }
+    for (int64_t r = r0; r < R; r++)
+        for (int64_t q = 0; q < Q; q++) dst[q * ld + r] = src[r * rs + q];
+}
+#endif
+
+static void transpose_f32(float *dst, int64_t ld, const float *src, int64_t rs, int64_t R, int64_t Q)
+{
+#ifdef HAVE_AVX_TILES
+    if (__builtin_cpu_supports("avx")) {
+        transpose_f32_avx(dst, ld, src, rs, R, Q);
+        return;
+    }
+#endif
+    for (int64_t r = 0; r < R; r++)
+        for (int64_t q = 0; q < Q; q++) dst[q * ld + r] = src[r * rs + q];
+}
+
+static void transpose_f64(double *dst, int64_t ld, const double *src, int64_t rs, int64_t R, int64_t Q)
+{
+#ifdef HAVE_AVX_TILES
+    if (__builtin_cpu_supports("avx")) {
+        transpose_f64_avx(dst, ld, src, rs, R, Q);
+        return;
+    }
+#endif
+    for (int64_t r = 0; r < R; r++)
+        for (int64_t q = 0; q < Q; q++) dst[q * ld + r] = src[r * rs + q];
+}
+
+/* One micro-panel: dst[p*ld + i] = src[i*si + p*sp] for i < m, p < kc, and
+ * zeros for i in [m, ld). A (mc x kc) becomes panels of mr rows (si = rs,
+ * sp = cs); B (kc x nc) panels of nr columns (si = cs, sp = rs). */
+#define PANEL(T, SFX)                                                                                   \
+    static void panel_##SFX(T *restrict dst, int64_t ld, const T *src, int64_t m, int64_t kc, int64_t si, \
+                            int64_t sp)                                                                 \
+    {                                                                                                   \
+        if (sp == 1 && si != 1 && m > 1) { /* rows of the panel contiguous in src: transpose */         \
+            transpose_##SFX(dst, ld, src, si, m, kc);                                                   \
+        } else if (si == 1) { /* columns contiguous: copies */                                           \
+            for (int64_t p = 0; p < kc; p++)                                                            \
+                for (int64_t i = 0; i < m; i++) dst[p * ld + i] = src[p * sp + i];                       \
+        } else {                                                                                        \
+            for (int64_t p = 0; p < kc; p++)                                                            \
+                for (int64_t i = 0; i < m; i++) dst[p * ld + i] = src[i * si + p * sp];                  \
+        }                                                                                               \
+        if (m < ld)                                                                                     \
+            for (int64_t p = 0; p < kc; p++)                                                            \
+                for (int64_t i = m; i < ld; i++) dst[p * ld + i] = 0;                                   \
+    }                                                                                                   \
+    static void pack_a_##SFX(T *dst, const T *src, int64_t mc, int64_t kc, int64_t rs, int64_t cs, int64_t mr, \
+                             int64_t pmr)                                                               \
+    {                                                                                                   \
+        for (int64_t i0 = 0; i0 < mc; i0 += mr, dst += pmr * kc)                                         \
+            panel_##SFX(dst, pmr, src + i0 * rs, mc - i0 < mr ? mc - i0 : mr, kc, rs, cs);               \
+    }                                                                                                   \
+    static void pack_b_##SFX(T *dst, const T *src, int64_t kc, int64_t nc, int64_t rs, int64_t cs, int64_t nr, \
+                             int64_t pnr)                                                               \
+    {                                                                                                   \
+        for (int64_t j0 = 0; j0 < nc; j0 += nr, dst += pnr * kc)                                         \
+            panel_##SFX(dst, pnr, src + j0 * cs, nc - j0 < nr ? nc - j0 : nr, kc, cs, rs);               \
+    }
+
+PANEL(float, f32)
+PANEL(double, f64)
+
+#define SERIAL_GEMM(T, SFX, DT, UKR_T)                                                                   \
+    static void serial_gemm_##SFX(int64_t m, int64_t n, int64_t k, T alpha, const T *a, int64_t rsa,     \
+                                  int64_t csa, const T *b, int64_t rsb, int64_t csb, T beta, T *c,       \
+                                  int64_t rsc, int64_t csc)                                              \
+    {                                                                                                    \
+        if (k == 0 || alpha == 0) { /* C = beta C, as BLIS: never 0 * NaN */                             \
+            for (int64_t i = 0; i < m; i++)                                                              \
+                for (int64_t j = 0; j < n; j++) c[i * rsc + j * csc] = beta == 0 ? 0 : beta * c[i * rsc + j * csc]; \
+            return;                                                                                      \
+        }                                                                                                \
+        ukr_info u = ukr_query(DT);                                                                      \
+        /* BLIS computes C^T = B^T A^T when C's storage is not the one the kernel prefers. */            \
+        bool row_stored = csc == 1, col_stored = rsc == 1;                                               \
+        if ((row_stored && !u.rows) || (col_stored && u.rows)) {                                          \
+            const T *t = a;                                                                              \
+            a = b;                                                                                       \
+            b = t;                                                                                       \
+            int64_t r = rsa, q = csa, mm = m;                                                            \
+            rsa = csb;                                                                                   \
+            csa = rsb;                                                                                   \
+            rsb = q;                                                                                     \
+            csb = r;                                                                                     \
+            m = n;                                                                                       \
+            n = mm;                                                                                      \
+            r = rsc;                                                                                     \
+            rsc = csc;                                                                                   \
+            csc = r;                                                                                     \
+        }                                                                                                \
+        int64_t mc_top = m < u.mc_max ? m : u.mc_max, nc_top = n < u.nc_max ? n : u.nc_max;              \
+        int64_t kc_top = k < u.kc_max ? k : u.kc_max;                                                    \
+        T *ap = grow(&bufs.a, &bufs.a_bytes,                                                             \
+                     (size_t)((mc_top + u.mr - 1) / u.mr * u.pmr * kc_top) * sizeof(T));                 \
+        T *bp = grow(&bufs.b, &bufs.b_bytes,                                                             \
+                     (size_t)((nc_top + u.nr - 1) / u.nr * u.pnr * kc_top) * sizeof(T));                 \
+        UKR_T ukr = (UKR_T)u.ukr;                                                                        \
+        auxinfo_t aux;                                                                                   \
+        bli_auxinfo_set_schema_a(BLIS_PACKED_ROW_PANELS, &aux);                                          \
+        bli_auxinfo_set_schema_b(BLIS_PACKED_COL_PANELS, &aux);                                          \
+        bli_auxinfo_set_is_a(1, &aux);                                                                   \
+        bli_auxinfo_set_is_b(1, &aux);                                                                   \
+        bli_auxinfo_set_ukr(u.ukr, &aux);                                                                \
+        bli_auxinfo_set_params(NULL, &aux);                                                              \
+        T one = 1;                                                                                       \
+        for (int64_t jc = 0, nc; jc < n; jc += nc) {                                                     \
+            nc = block(n - jc, u.nc, u.nc_max);                                                          \
+            for (int64_t pc = 0, kc; pc < k; pc += kc) {                                                 \
+                kc = block(k - pc, u.kc, u.kc_max);                                                      \
+                pack_b_##SFX(bp, b + pc * rsb + jc * csb, kc, nc, rsb, csb, u.nr, u.pnr);                \
+                T *beta_use = pc == 0 ? &beta : &one;                                                    \
+                for (int64_t ic = 0, mc; ic < m; ic += mc) {                                             \
+                    mc = block(m - ic, u.mc, u.mc_max);                                                  \
+                    pack_a_##SFX(ap, a + ic * rsa + pc * csa, mc, kc, rsa, csa, u.mr, u.pmr);            \
+                    int64_t ps_a = u.pmr * kc, ps_b = u.pnr * kc;                                        \
+                    bli_auxinfo_set_ps_a(ps_a, &aux);                                                    \
+                    bli_auxinfo_set_ps_b(ps_b, &aux);                                                    \
+                    for (int64_t jr = 0; jr < nc; jr += u.nr) {                                          \
+                        T *b1 = bp + jr / u.nr * ps_b;                                                   \
+                        for (int64_t ir = 0; ir < mc; ir += u.mr) {                                      \
+                            T *a1 = ap + ir / u.mr * ps_a;                                               \
+                            bool last_i = ir + u.mr >= mc;                                               \
+                            T *a2 = last_i ? ap : a1 + ps_a;                                             \
+                            T *b2 = last_i ? (jr + u.nr >= nc ? bp : b1 + ps_b) : b1;                    \
+                            bli_auxinfo_set_next_a(a2, &aux);                                            \
+                            bli_auxinfo_set_next_b(b2, &aux);                                            \
+                            ukr(mc - ir < u.mr ? mc - ir : u.mr, nc - jr < u.nr ? nc - jr : u.nr, kc,    \
+                                &alpha, a1, b1, beta_use, c + (ic + ir) * rsc + (jc + jr) * csc, rsc,   \
+                                csc, &aux, u.cntx);                                                      \
+                        }                                                                                \
+                    }                                                                                    \
+                }                                                                                        \
+            }                                                                                            \
+        }                                                                                                \
+    }
+
+SERIAL_GEMM(float, f32, BLIS_FLOAT, sgemm_ukr_ft)
+SERIAL_GEMM(double, f64, BLIS_DOUBLE, dgemm_ukr_ft)
+
 void cr_k_gemm(double alpha, const cr_tensor *a, const cr_tensor *b, double beta, cr_tensor *c)
 {
     char s1[128], s2[128], s3[128];
@@ -118,12 +421,25 @@ void cr_k_gemm(double alpha, const cr_tensor *a, const cr_tensor *b, double beta
     fix_strides(m, k, &rsa, &csa);
     fix_strides(k, n, &rsb, &csb);
     fix_strides(m, n, &rsc, &csc);
+    if (!cr_parallel_ok()) {
+        if (a->dtype == CR_F32)
+            serial_gemm_f32(m, n, k, (float)alpha, a->data, rsa, csa, b->data, rsb, csb, (float)beta, c->data, rsc,
+                            csc);
+        else
+            serial_gemm_f64(m, n, k, alpha, a->data, rsa, csa, b->data, rsb, csb, beta, c->data, rsc, csc);
+        return;
+    }
+    /* Threads: BLIS splits the rows and columns of C, never the inner
+     * dimension, so each element's arithmetic is the one above. A local
+     * runtime object carries the thread count (BLIS's own is global). */
+    rntm_t rntm = BLIS_RNTM_INITIALIZER;
+    bli_rntm_set_num_threads(cr_get_num_threads(), &rntm);
     if (a->dtype == CR_F32) {
         float al = (float)alpha, be = (float)beta;
-        bli_sgemm(BLIS_NO_TRANSPOSE, BLIS_NO_TRANSPOSE, m, n, k, &al, a->data, rsa, csa, b->data, rsb, csb,
-                  &be, c->data, rsc, csc);
+        bli_sgemm_ex(BLIS_NO_TRANSPOSE, BLIS_NO_TRANSPOSE, m, n, k, &al, a->data, rsa, csa, b->data, rsb, csb,
+                     &be, c->data, rsc, csc, NULL, &rntm);
     } else {
-        bli_dgemm(BLIS_NO_TRANSPOSE, BLIS_NO_TRANSPOSE, m, n, k, &alpha, a->data, rsa, csa, b->data, rsb,
-                  csb, &beta, c->data, rsc, csc);
+        bli_dgemm_ex(BLIS_NO_TRANSPOSE, BLIS_NO_TRANSPOSE, m, n, k, &alpha, a->data, rsa, csa, b->data, rsb,
+                     csb, &beta, c->data, rsc, csc, NULL, &rntm);
     }
 }

@@ -108,8 +108,18 @@ void cr_fill_normal(cr_tensor *t, cr_rng *r, double mean, double std)
     fill(t, r, FILL_NORMAL, mean, std, "cr_fill_normal");
 }
 
+/* A replica's shard stream, which replaces the generator callers pass (cr_rng_use_dropout_stream). */
+static _Thread_local cr_rng *dropout_stream;
+
+cr_rng *cr_rng_use_dropout_stream(cr_rng *r)
+{
+    cr_rng *old = dropout_stream;
+    dropout_stream = r;
+    return old;
+}
+
 void cr_fill_dropout_mask(cr_tensor *t, cr_rng *r, double p)
 {
     if (!(p >= 0 && p < 1)) cr_error("cr_fill_dropout_mask: p = %g is not in [0, 1)", p);
-    fill(t, r, FILL_DROPOUT, p, 1.0 / (1.0 - p), "cr_fill_dropout_mask");
+    fill(t, dropout_stream ? dropout_stream : r, FILL_DROPOUT, p, 1.0 / (1.0 - p), "cr_fill_dropout_mask");
 }

@@ -254,8 +254,15 @@ double cr_rng_uniform01(cr_rng *r); /* in [0, 1) */
 double cr_rng_normal(cr_rng *r);
 void cr_fill_uniform(cr_tensor *t, cr_rng *r, double lo, double hi);
 void cr_fill_normal(cr_tensor *t, cr_rng *r, double mean, double std);
-/* Bernoulli keep-mask scaled for inverted dropout: 1/(1-p) with prob 1-p, else 0. */
+/* Bernoulli keep-mask scaled for inverted dropout: 1/(1-p) with prob 1-p, else 0.
+ * Draws from this thread's dropout stream instead of r while one is set. */
 void cr_fill_dropout_mask(cr_tensor *t, cr_rng *r, double p);
+/* Make r (NULL: none) this thread's dropout stream; returns the previous one.
+ * A data-parallel replica sets its shard's stream (keyed by the step and the
+ * shard's position in the batch), so every dropout mask of the shard (the
+ * sequence layer's, cr_dropout's) is the same on any thread count, and no
+ * two threads advance a generator they share. */
+cr_rng *cr_rng_use_dropout_stream(cr_rng *r);
 
 /* ---- kernels ------------------------------------------------------------ */
 /* Kernels write into an existing `out`. Float dtypes only unless stated.
@@ -269,10 +276,12 @@ void cr_fill_dropout_mask(cr_tensor *t, cr_rng *r, double p);
  * the OpenMP runtime on every call (libgomp builds and frees a team of one,
  * ~0.3 us and a malloc/free pair) and the outlined loop runs up to 3-7x
  * slower than a plain one (bench/elementwise). Every module's parallel loops
- * use this. */
+ * use this. The loop forks only when cr_parallel_ok() holds (threads.c):
+ * more than one thread allowed, never inside a parallel region or a
+ * data-parallel replica. */
 #define CR_PAR_FOR(COND, PRAGMA, ...)                                                       \
     do {                                                                                    \
-        if ((COND) && cr_get_num_threads() > 1) {                                           \
+        if ((COND) && cr_parallel_ok()) {                                                   \
             _Pragma(PRAGMA) __VA_ARGS__                                                     \
         } else {                                                                            \
             __VA_ARGS__                                                                     \
@@ -389,6 +398,17 @@ extern int64_t cr_parallel_threshold;
 /* Threads for OpenMP kernels and BLIS. */
 void cr_set_num_threads(int n);
 int cr_get_num_threads(void);
+
+/* May a kernel fork threads here? Only outside any OpenMP parallel region and
+ * any cr_serial_begin/end section, and when more than one thread is allowed.
+ * Kernels never nest teams: a team of one costs libgomp an allocation and a
+ * free per region. */
+bool cr_parallel_ok(void);
+/* Between these (they nest) this thread's kernels and products run serially:
+ * a data-parallel replica (optim/parallel.c) computes one shard per thread. */
+void cr_serial_begin(void);
+void cr_serial_end(void);
+bool cr_serial(void); /* inside cr_serial_begin/end on this thread */
 
 /* ---- printing ----------------------------------------------------------- */
 

@@ -9,7 +9,15 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
 meson setup "$work/build" "$src" --prefix "$work/prefix" -Dtests=disabled >/dev/null
-ninja -C "$work/build" libcarousel.so libcarousel.a tools/carousel-ckpt >/dev/null
+targets="libcarousel.so libcarousel.a tools/carousel-ckpt"
+# With Open MPI found, the optional mpi library is installed too.
+have_mpi=0
+if ninja -C "$work/build" -t targets all | grep -q '^libcarousel-mpi\.so:'; then
+    have_mpi=1
+    targets="$targets libcarousel-mpi.so libcarousel-mpi.a"
+fi
+# shellcheck disable=SC2086
+ninja -C "$work/build" $targets >/dev/null
 meson install -C "$work/build" --no-rebuild >/dev/null
 
 pc_dir=$(dirname "$(find "$work/prefix" -name carousel.pc | head -n 1)")
@@ -40,4 +48,23 @@ C
 cc -std=c11 -Wall -Wextra -Werror -o "$work/app" "$work/app.c" \
     $(PKG_CONFIG_PATH="$pc_dir" pkg-config --cflags --libs carousel)
 env -u LD_LIBRARY_PATH "$work/app"
+if [ "$have_mpi" = 1 ]; then
+    cat > "$work/mpi_app.c" <<'C'
+/* Outside the tree: the mpi module through pkg-config carousel-mpi. */
+#include <carousel/cr_mpi.h>
+#include <stdio.h>
+
+int main(void)
+{
+    int first = -1, local = -1;
+    bool ok = cr_mpi_split(8, 2, 1, &first, &local) && first == 4 && local == 4 && !cr_mpi_split(8, 3, 0, &first, &local);
+    printf("install-check mpi split=%d,%d\n", first, local);
+    return ok ? 0 : 1;
+}
+C
+    # shellcheck disable=SC2046
+    cc -std=c11 -Wall -Wextra -Werror -o "$work/mpi_app" "$work/mpi_app.c" \
+        $(PKG_CONFIG_PATH="$pc_dir" pkg-config --cflags --libs carousel-mpi)
+    env -u LD_LIBRARY_PATH "$work/mpi_app"
+fi
 echo "install-check: ok (prefix install, pkg-config, rpath)"

@@ -27,15 +27,21 @@ ALLOWED = {
     "optim": {"nn", "autograd", "tensor"},
     "data": {"tensor"},
     "checkpoint": {"optim", "nn", "autograd", "tensor", "data"},
+    "mpi": {"checkpoint", "optim", "nn", "autograd", "tensor", "data"},
 }
-PUBLIC = {"tensor": {"tensor.h", "unary_ops.h"}}
+PUBLIC = {"tensor": {"tensor.h", "unary_ops.h"}, "mpi": {"cr_mpi.h"}}
+# Modules built only when their dependency is found (meson option mpi).
+OPTIONAL = {"mpi"}
+LIBRARY = {"mpi": "libcarousel-mpi-module.a"}
 
 
 def object_files(build):
     """(module, file stem, object path) for every object of the module libraries."""
     for mod in ALLOWED:
-        d = os.path.join(build, mod, f"libcarousel-{mod}.a.p")
+        d = os.path.join(build, mod, LIBRARY.get(mod, f"libcarousel-{mod}.a") + ".p")
         if not os.path.isdir(d):
+            if mod in OPTIONAL:
+                continue
             sys.exit(f"layout_check: {d} is missing (build the library first)")
         for name in sorted(os.listdir(d)):
             if name.endswith(".o"):

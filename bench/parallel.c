@@ -1,0 +1,509 @@
+/* bench/parallel: tokens/s of the char-LM training step (embedding 64, one
+ * LSTM layer, a linear head on every step, batch 64, 64 steps, clipping by
+ * global norm, Adam) through cr_trainer, in each mode on 1 and 2 threads,
+ * against PyTorch with 1 and 2 threads in the same run.
+ *
+ *   ./build/bench/parallel [--hidden H[,H..]] [--threads T[,T..]] [--modes M[,M..]]
+ *                          [--shards S] [--reps N] [--rounds R] [--batch B] [--steps T]
+ *                          [--no-torch] [--forkjoin]
+ *
+ * Modes: replicas (threads take shards; --shards, 8 by default), intra-op
+ * (one shard, threads inside products and kernels) and auto (the rule of
+ * cr_trainer_init). One PyTorch process per (hidden, threads), driven over a
+ * pipe (bench/parallel_torch.py), takes turns with carousel round by round.
+ * --forkjoin measures instead what one OpenMP fork/join costs here under the
+ * wait policy in the environment (OMP_WAIT_POLICY, GOMP_SPINCOUNT).
+ */
+#include <errno.h>
+#include <math.h>
+#include <omp.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "carousel.h"
+
+#ifndef CR_BENCH_SRCDIR
+#define CR_BENCH_SRCDIR "bench"
+#endif
+#ifndef CR_BENCH_PYTHON
+#define CR_BENCH_PYTHON "/usr/bin/python3"
+#endif
+
+extern char **environ; /* POSIX */
+
+#define MAX_LIST 8
+#define MAX_SAMPLES 4096
+#define VOCAB 65
+#define EMBED 64
+
+typedef struct opts {
+    int64_t hidden[MAX_LIST];
+    int n_hidden;
+    int64_t threads[MAX_LIST];
+    int n_threads;
+    cr_parallel_mode modes[MAX_LIST];
+    int n_modes;
+    int shards, reps, rounds;
+    int64_t B, T;
+    bool torch, forkjoin;
+} opts;
+
+static void usage(const char *prog)
+{
+    fprintf(stderr,
+            "usage: %s [--hidden H[,H..]] [--threads T[,T..]] [--modes M[,M..]] [--shards S]\n"
+            "          [--reps N] [--rounds R] [--batch B] [--steps T] [--no-torch] [--forkjoin]\n"
+            "  defaults: --hidden 128,512 --threads 1,2 --modes replicas,intra-op,auto --shards 8\n"
+            "  --reps 3 --rounds 5 --batch 64 --steps 64 (modes: replicas, intra-op, auto)\n",
+            prog);
+    exit(2);
+}
+
+static void parse_list(const char *prog, const char *s, int64_t *list, int *n)
+{
+    *n = 0;
+    for (;;) {
+        char *end;
+        long long v = strtoll(s, &end, 10);
+        if (end == s || v < 1 || *n == MAX_LIST) usage(prog);
+        list[(*n)++] = v;
+        if (*end == '\0') return;
+        if (*end != ',') usage(prog);
+        s = end + 1;
+    }
+}
+
+static void parse_modes(const char *prog, const char *s, opts *o)
+{
+    o->n_modes = 0;
+    while (*s) {
+        size_t len = strcspn(s, ",");
+        if (o->n_modes == MAX_LIST) usage(prog);
+        if (len == 8 && !strncmp(s, "replicas", len)) o->modes[o->n_modes++] = CR_PARALLEL_REPLICAS;
+        else if (len == 8 && !strncmp(s, "intra-op", len)) o->modes[o->n_modes++] = CR_PARALLEL_INTRA_OP;
+        else if (len == 4 && !strncmp(s, "auto", len)) o->modes[o->n_modes++] = CR_PARALLEL_AUTO;
+        else usage(prog);
+        s += len + (s[len] == ',');
+    }
+    if (o->n_modes == 0) usage(prog);
+}
+
+static opts parse(int argc, char **argv)
+{
+    opts o = {.hidden = {128, 512}, .n_hidden = 2, .threads = {1, 2}, .n_threads = 2,
+              .modes = {CR_PARALLEL_REPLICAS, CR_PARALLEL_INTRA_OP, CR_PARALLEL_AUTO}, .n_modes = 3,
+              .shards = 8, .reps = 3, .rounds = 5, .B = 64, .T = 64, .torch = true};
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--no-torch")) {
+            o.torch = false;
+            continue;
+        }
+        if (!strcmp(a, "--forkjoin")) {
+            o.forkjoin = true;
+            continue;
+        }
+        const char *v = i + 1 < argc ? argv[++i] : NULL;
+        if (!v) usage(argv[0]);
+        if (!strcmp(a, "--hidden")) parse_list(argv[0], v, o.hidden, &o.n_hidden);
+        else if (!strcmp(a, "--threads")) parse_list(argv[0], v, o.threads, &o.n_threads);
+        else if (!strcmp(a, "--modes")) parse_modes(argv[0], v, &o);
+        else if (!strcmp(a, "--shards")) o.shards = atoi(v);
+        else if (!strcmp(a, "--reps")) o.reps = atoi(v);
+        else if (!strcmp(a, "--rounds")) o.rounds = atoi(v);
+        else if (!strcmp(a, "--batch")) o.B = atoll(v);
+        else if (!strcmp(a, "--steps")) o.T = atoll(v);
+        else usage(argv[0]);
+    }
+    if (o.shards < 1 || o.reps < 1 || o.rounds < 1 || o.B < 1 || o.T < 1 || o.reps * o.rounds > MAX_SAMPLES / 4)
+        usage(argv[0]);
+    return o;
+}
+
+static double now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec * 1e-6;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    const double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* ---- fork/join ----------------------------------------------------------------- */
+
+/* Microseconds per empty 2-thread region, and per region separated by `gap`
+ * microseconds of serial work (what the pool threads wait through between
+ * two regions of a step); the median of 5 batches. */
+static void forkjoin(void)
+{
+    const char *wp = getenv("OMP_WAIT_POLICY"), *sc = getenv("GOMP_SPINCOUNT");
+    printf("fork/join of a 2-thread OpenMP region, OMP_WAIT_POLICY=%s GOMP_SPINCOUNT=%s\n", wp ? wp : "(unset)",
+           sc ? sc : "(unset)");
+    static const double gaps[] = {0, 10, 100, 1000};
+    volatile double sink = 0;
+    for (size_t g = 0; g < sizeof gaps / sizeof *gaps; g++) {
+        double per[5];
+        int n = gaps[g] >= 1000 ? 200 : 2000;
+        for (int b = 0; b < 5; b++) {
+            double busy = 0, t0 = now_ms();
+            for (int i = 0; i < n; i++) {
+#pragma omp parallel num_threads(2)
+                {
+                    sink += 0; /* nothing: the cost is the fork and the join */
+                }
+                double s = now_ms();
+                while ((now_ms() - s) * 1e3 < gaps[g]) {
+                }
+                busy += now_ms() - s;
+            }
+            per[b] = (now_ms() - t0 - busy) * 1e3 / n;
+        }
+        qsort(per, 5, sizeof *per, cmp_double);
+        printf("  gap %6.0f us: %8.2f us per fork/join (min %.2f, max %.2f)\n", gaps[g], per[2], per[0], per[4]);
+        printf("bench=forkjoin gap_us=%.0f us_per_region=%.3f\n", gaps[g], per[2]);
+    }
+}
+
+/* ---- the carousel side ------------------------------------------------------------ */
+
+typedef struct model {
+    int64_t B, T, H;
+    cr_params *ps;
+    cr_embedding emb;
+    cr_rnn *lstm;
+    cr_linear head;
+    cr_optim *opt;
+    cr_trainer *tr;
+    cr_tensor *x, *y; /* [B, T] i32 ids and targets */
+} model;
+
+static cr_tensor *shard_loss(void *ctx, const cr_shard *s)
+{
+    model *m = ctx;
+    int64_t rows = s->end - s->begin;
+    cr_tensor *x = cr_narrow(m->x, 0, s->begin, rows), *y = cr_reshape(cr_narrow(m->y, 0, s->begin, rows), CR_SHAPE(-1));
+    cr_rnn_output o = cr_rnn_forward(m->lstm, cr_embedding_forward(&m->emb, x), NULL, NULL, NULL);
+    cr_tensor *logits = cr_linear_forward(&m->head, cr_reshape(o.y, CR_SHAPE(-1, m->H)));
+    return cr_mul_scalar(cr_cross_entropy(logits, y, -1, CR_MEAN), s->weight);
+}
+
+static model model_make(const opts *o, int64_t H, cr_parallel_mode mode, int threads)
+{
+    model m = {.B = o->B, .T = o->T, .H = H};
+    cr_rng rng = cr_rng_seed(1234);
+    m.ps = cr_params_init();
+    m.emb = cr_embedding_init(m.ps, "embed", VOCAB, EMBED, -1, CR_F32, &rng);
+    m.lstm = cr_rnn_init(m.ps, "lstm",
+                         (cr_rnn_config){.cell = &cr_cell_lstm, .input_size = EMBED, .hidden_size = H,
+                                         .num_layers = 1, .dtype = CR_F32},
+                         &rng);
+    m.head = cr_linear_init(m.ps, "head", H, VOCAB, true, CR_F32, &rng);
+    m.opt = cr_adam_init(m.ps, cr_adam_defaults(1e-3));
+    int shards = mode == CR_PARALLEL_INTRA_OP ? 1 : mode == CR_PARALLEL_AUTO ? 0 : o->shards;
+    m.tr = cr_trainer_init(m.ps, (cr_trainer_config){.shards = shards, .threads = threads, .mode = mode});
+    m.x = cr_tensor_init(CR_I32, CR_SHAPE(m.B, m.T));
+    m.y = cr_tensor_init(CR_I32, CR_SHAPE(m.B, m.T));
+    int32_t *x = m.x->data, *y = m.y->data;
+    for (int64_t k = 0; k < m.B * m.T; k++) {
+        x[k] = (int32_t)(cr_rng_uniform01(&rng) * VOCAB) % VOCAB;
+        y[k] = (int32_t)(cr_rng_uniform01(&rng) * VOCAB) % VOCAB;
+    }
+    return m;
+}
+
+static void model_free(model *m)
+{
+    cr_trainer_free(m->tr);
+    cr_optim_free(m->opt);
+    cr_tensor_free(m->x);
+    cr_tensor_free(m->y);
+    cr_rnn_free(m->lstm);
+    cr_params_free(m->ps);
+}
+
+static double train_step(model *m, double *norm)
+{
+    cr_task task = {.rows = m->B, .loss = shard_loss, .ctx = m};
+    double loss, n;
+    cr_trainer_step(m->tr, &task, m->opt, 5.0, &loss, &n);
+    if (norm) *norm = n;
+    return loss;
+}
+
+/* The data, then the weights in torch's order, raw little-endian. */
+static int write_tensors(const model *m, FILE *f)
+{
+    const cr_cell *c = &m->lstm->cells[0];
+    const cr_tensor *ts[] = {m->x, m->y, m->emb.weight, cr_cell_get(c, "w_ih"), cr_cell_get(c, "w_hh"),
+                             cr_cell_get(c, "b_ih"), cr_cell_get(c, "b_hh"), m->head.weight, m->head.bias};
+    for (size_t k = 0; k < sizeof ts / sizeof *ts; k++) {
+        size_t count = (size_t)cr_numel(ts[k]);
+        if (!cr_is_contiguous(ts[k]) || fwrite(ts[k]->data, cr_dtype_size(ts[k]->dtype), count, f) != count)
+            return -1;
+    }
+    return 0;
+}
+
+/* ---- the PyTorch peer ------------------------------------------------------------- */
+
+typedef struct peer {
+    pid_t pid;
+    FILE *to, *from;
+    bool ok;
+    double loss0, gnorm0;
+} peer;
+
+static double field(const char *line, const char *key)
+{
+    char pat[64];
+    snprintf(pat, sizeof pat, " %s=", key);
+    const char *p = strstr(line, pat);
+    return p ? strtod(p + strlen(pat), NULL) : NAN;
+}
+
+/* Start the peer on the data file and wait for its "ready" line. The peer
+ * gets OMP_NUM_THREADS and BLIS_NUM_THREADS = threads (torch.set_num_threads
+ * does not reach the BLIS that Debian's torch calls), and BLIS_ARCH_TYPE as
+ * carousel set it in this process (tensor/gemm.c, on Zen 5). */
+static peer peer_start(const model *m, int threads, const char *path)
+{
+    peer p = {.pid = -1, .loss0 = NAN, .gnorm0 = NAN};
+    const char *py = getenv("CR_BENCH_PYTHON");
+    if (!py || !*py) py = CR_BENCH_PYTHON;
+    const char *script = CR_BENCH_SRCDIR "/parallel_torch.py";
+    if (access(py, X_OK) != 0 || access(script, R_OK) != 0) {
+        printf("torch: skipped (%s or %s not found)\n", py, script);
+        return p;
+    }
+    char a[5][32];
+    snprintf(a[0], 32, "%lld", (long long)m->B);
+    snprintf(a[1], 32, "%lld", (long long)m->T);
+    snprintf(a[2], 32, "%lld", (long long)m->H);
+    snprintf(a[3], 32, "%d", threads);
+    snprintf(a[4], 32, "%d", VOCAB);
+    char *argv[] = {(char *)py, (char *)script, "--file", (char *)path, "--batch", a[0], "--steps", a[1],
+                    "--hidden", a[2], "--threads", a[3], "--vocab", a[4], NULL};
+    size_t n_env = 0;
+    while (environ[n_env]) n_env++;
+    char **envp = cr_xmalloc((n_env + 3) * sizeof *envp), blis_env[64], omp_env[64];
+    size_t k_env = 0;
+    for (size_t k = 0; k < n_env; k++)
+        if (strncmp(environ[k], "BLIS_NUM_THREADS=", 17) && strncmp(environ[k], "OMP_NUM_THREADS=", 16))
+            envp[k_env++] = environ[k];
+    snprintf(blis_env, sizeof blis_env, "BLIS_NUM_THREADS=%d", threads);
+    snprintf(omp_env, sizeof omp_env, "OMP_NUM_THREADS=%d", threads);
+    envp[k_env++] = blis_env;
+    envp[k_env++] = omp_env;
+    envp[k_env] = NULL;
+    int down[2], up[2];
+    if (pipe(down) != 0) {
+        free(envp);
+        return p;
+    }
+    if (pipe(up) != 0) {
+        close(down[0]);
+        close(down[1]);
+        free(envp);
+        return p;
+    }
+    fflush(stdout);
+    p.pid = fork();
+    if (p.pid == 0) {
+        dup2(down[0], 0);
+        dup2(up[1], 1);
+        close(down[0]);
+        close(down[1]);
+        close(up[0]);
+        close(up[1]);
+        execve(py, argv, envp);
+        _exit(127);
+    }
+    free(envp);
+    close(down[0]);
+    close(up[1]);
+    if (p.pid < 0) {
+        close(down[1]);
+        close(up[0]);
+        printf("torch: skipped (fork: %s)\n", strerror(errno));
+        return p;
+    }
+    p.to = fdopen(down[1], "w");
+    p.from = fdopen(up[0], "r");
+    char line[1024];
+    while (fgets(line, sizeof line, p.from)) {
+        printf("torch: %s", line);
+        if (!strncmp(line, "ready ", 6)) {
+            p.ok = field(line, "ok") == 1;
+            p.loss0 = field(line, "loss0");
+            p.gnorm0 = field(line, "gnorm0");
+            break;
+        }
+    }
+    return p;
+}
+
+static bool peer_run(peer *p, int n, double *t, int *nt)
+{
+    if (!p->ok) return false;
+    fprintf(p->to, "run %d\n", n);
+    fflush(p->to);
+    char line[16384];
+    if (!fgets(line, sizeof line, p->from) || strncmp(line, "ms", 2)) {
+        p->ok = false;
+        return false;
+    }
+    char *s = line + 2, *end;
+    for (int k = 0; k < n; k++) {
+        double v = strtod(s, &end);
+        if (end == s) {
+            p->ok = false;
+            return false;
+        }
+        t[(*nt)++] = v;
+        s = end;
+    }
+    return true;
+}
+
+static void peer_stop(peer *p)
+{
+    if (p->to) {
+        fprintf(p->to, "quit\n");
+        fclose(p->to);
+    }
+    if (p->from) fclose(p->from);
+    if (p->pid > 0) {
+        int st;
+        waitpid(p->pid, &st, 0);
+        if (!WIFEXITED(st) || (WEXITSTATUS(st) != 0 && p->ok)) printf("torch: peer exited with status %d\n", st);
+    }
+}
+
+/* ---- measurements ------------------------------------------------------------------- */
+
+typedef struct stats {
+    double min, med, max; /* tokens/s */
+} stats;
+
+/* Step times (ms) to tokens/s: the fastest step is the highest rate. */
+static stats rate(double *ms, int n, double tokens)
+{
+    if (n == 0) return (stats){NAN, NAN, NAN};
+    qsort(ms, (size_t)n, sizeof *ms, cmp_double);
+    return (stats){tokens * 1e3 / ms[n - 1], tokens * 1e3 / ms[n / 2], tokens * 1e3 / ms[0]};
+}
+
+typedef struct result {
+    int64_t H;
+    int threads;
+    cr_parallel_mode mode; /* as asked */
+    const char *resolved;
+    int shards;
+    stats c, t;
+    double c_loss0, t_loss0;
+} result;
+
+int main(int argc, char **argv)
+{
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    signal(SIGPIPE, SIG_IGN);
+    const opts o = parse(argc, argv);
+    if (o.forkjoin) {
+        forkjoin();
+        return 0;
+    }
+    double tokens = (double)(o.B * o.T);
+    printf("char-LM training step: embedding %d, LSTM, head to %d classes on every step, batch %lld, %lld steps,\n"
+           "clip 5, Adam. tokens/s: min / median / max over %d rounds x %d steps per side, carousel and\n"
+           "PyTorch taking turns. speedup: against the same mode on 1 thread.\n\n",
+           EMBED, VOCAB, (long long)o.B, (long long)o.T, o.rounds, o.reps);
+    result res[MAX_LIST * MAX_LIST * MAX_LIST];
+    int nres = 0;
+    static double tc[MAX_SAMPLES], tt[MAX_SAMPLES];
+    for (int h = 0; h < o.n_hidden; h++)
+        for (int ti = 0; ti < o.n_threads; ti++) {
+            int threads = (int)o.threads[ti];
+            cr_set_num_threads(threads);
+            peer p = {.pid = -1};
+            int nt = 0;
+            for (int mi = 0; mi < o.n_modes; mi++) {
+                model m = model_make(&o, o.hidden[h], o.modes[mi], threads);
+                if (mi == 0 && o.torch) {
+                    char path[] = "/tmp/cr_bench_parallel_XXXXXX";
+                    int fd = mkstemp(path);
+                    FILE *f = fd >= 0 ? fdopen(fd, "wb") : NULL;
+                    if (!f || write_tensors(&m, f) != 0 || fclose(f) != 0)
+                        printf("torch: skipped (cannot write %s)\n", path);
+                    else
+                        p = peer_start(&m, threads, path);
+                    if (fd >= 0) unlink(path);
+                }
+                result r = {.H = o.hidden[h], .threads = threads, .mode = o.modes[mi],
+                            .resolved = cr_parallel_mode_name(cr_trainer_mode(m.tr)),
+                            .shards = cr_trainer_shards(m.tr), .t_loss0 = p.loss0};
+                r.c_loss0 = train_step(&m, NULL); /* warm-up: arenas, packing buffers, optimizer state */
+                train_step(&m, NULL);
+                int nc = 0;
+                for (int round = 0; round < o.rounds; round++)
+                    for (int side = 0; side < 2; side++) {
+                        if ((side ^ (round & 1)) == 0) {
+                            for (int k = 0; k < o.reps; k++) {
+                                double t0 = now_ms();
+                                train_step(&m, NULL);
+                                tc[nc++] = now_ms() - t0;
+                            }
+                        } else if (p.ok) {
+                            peer_run(&p, o.reps, tt, &nt);
+                        }
+                    }
+                r.c = rate(tc, nc, tokens);
+                res[nres++] = r;
+                model_free(&m);
+                printf("hidden=%lld threads=%d mode=%s (%s, %d shards): %.0f / %.0f / %.0f tokens/s\n",
+                       (long long)r.H, threads, cr_parallel_mode_name(r.mode), r.resolved, r.shards, r.c.min,
+                       r.c.med, r.c.max);
+            }
+            stats ts = rate(tt, nt, tokens);
+            for (int k = nres - o.n_modes; k < nres; k++) res[k].t = ts;
+            printf("hidden=%lld threads=%d torch: %.0f / %.0f / %.0f tokens/s\n", (long long)o.hidden[h], threads,
+                   ts.min, ts.med, ts.max);
+            peer_stop(&p);
+        }
+
+    printf("\n%6s %7s %-9s %-9s %6s %29s %29s %8s %9s\n", "hidden", "threads", "mode", "runs as", "shards",
+           "carousel tok/s min/med/max", "torch tok/s min/med/max", "speedup", "vs torch");
+    for (int k = 0; k < nres; k++) {
+        const result *r = &res[k];
+        double one = NAN;
+        for (int j = 0; j < nres; j++)
+            if (res[j].H == r->H && res[j].mode == r->mode && res[j].threads == 1) one = res[j].c.med;
+        printf("%6lld %7d %-9s %-9s %6d %9.0f %9.0f %9.0f %9.0f %9.0f %9.0f %8.2f %9.2f\n", (long long)r->H,
+               r->threads, cr_parallel_mode_name(r->mode), r->resolved, r->shards, r->c.min, r->c.med, r->c.max,
+               r->t.min, r->t.med, r->t.max, r->c.med / one, r->c.med / r->t.med);
+    }
+    double worst = 0;
+    for (int k = 0; k < nres; k++)
+        if (!isnan(res[k].t_loss0))
+            worst = fmax(worst, fabs(res[k].c_loss0 - res[k].t_loss0) / fabs(res[k].t_loss0));
+    printf("\nagreement: largest relative difference of the first loss (same weights and data): %.2e\n\n", worst);
+    for (int k = 0; k < nres; k++) {
+        const result *r = &res[k];
+        double one = NAN;
+        for (int j = 0; j < nres; j++)
+            if (res[j].H == r->H && res[j].mode == r->mode && res[j].threads == 1) one = res[j].c.med;
+        printf("bench=parallel mode=%s hidden=%lld threads=%d tokens_per_s=%.0f torch_tokens_per_s=%.0f "
+               "speedup=%.3f\n",
+               cr_parallel_mode_name(r->mode), (long long)r->H, r->threads, r->c.med, r->t.med, r->c.med / one);
+    }
+    return 0;
+}

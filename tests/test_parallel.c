@@ -1,0 +1,459 @@
+/*
+ * Data-parallel training (optim/parallel.c) and what it stands on: the serial
+ * product path against BLIS on 1 to 4 threads, the per-thread gradient hook,
+ * shard streams for dropout, bit-identical weights on any thread count and in
+ * either mode, the fixed tree over shard ranges (MPI), one parallel region
+ * per replica step, and misuse.
+ */
+#include <blis.h>
+#include <criterion/criterion.h>
+#include <math.h>
+#include <omp.h>
+#include <stdatomic.h>
+#include <string.h>
+
+#include "carousel.h"
+#include "expect_error.h"
+#include "parallel_model.h"
+
+/* This suite links with -Wl,--wrap=GOMP_parallel: every OpenMP region that
+ * carousel (a static library here) or this file enters passes through it. */
+void __real_GOMP_parallel(void (*fn)(void *), void *data, unsigned n, unsigned flags);
+static atomic_long n_regions;
+void __wrap_GOMP_parallel(void (*fn)(void *), void *data, unsigned n, unsigned flags)
+{
+    atomic_fetch_add(&n_regions, 1);
+    __real_GOMP_parallel(fn, data, n, flags);
+}
+
+static const pm_config small = {.B = 12, .T = 7, .V = 11, .E = 6, .H = 9, .layers = 2, .dropout = 0.3,
+                                .lengths = true, .carry = true, .seed = 5};
+
+/* ---- products: the serial path is BLIS's arithmetic ------------------------------------ */
+
+/* C = A B (+ C) through cr_k_gemm on one thread against bli_?gemm_ex on nt
+ * threads, for operands given as row-major or transposed views. */
+static void gemm_case(cr_dtype dt, int64_t m, int64_t n, int64_t k, bool ta, bool tb, double beta)
+{
+    cr_rng r = cr_rng_seed((uint64_t)(m * 131 + n * 7 + k));
+    cr_tensor *A = ta ? cr_tensor_init(dt, CR_SHAPE(k, m)) : cr_tensor_init(dt, CR_SHAPE(m, k));
+    cr_tensor *B = tb ? cr_tensor_init(dt, CR_SHAPE(n, k)) : cr_tensor_init(dt, CR_SHAPE(k, n));
+    cr_tensor *C0 = cr_tensor_init(dt, CR_SHAPE(m, n)), *C1 = cr_tensor_init(dt, CR_SHAPE(m, n));
+    cr_fill_uniform(A, &r, -1, 1);
+    cr_fill_uniform(B, &r, -1, 1);
+    cr_fill_uniform(C0, &r, -1, 1);
+    size_t bytes = (size_t)(m * n) * cr_dtype_size(dt);
+    void *c_in = malloc(bytes);
+    memcpy(c_in, C0->data, bytes);
+    cr_tensor a, b;
+    if (ta) cr_view_transpose(&a, A, 0, 1); else a = *A;
+    if (tb) cr_view_transpose(&b, B, 0, 1); else b = *B;
+    cr_serial_begin();
+    cr_k_gemm(1.0, &a, &b, beta, C0);
+    cr_serial_end();
+    for (int nt = 1; nt <= 4; nt++) {
+        memcpy(C1->data, c_in, bytes);
+        rntm_t rn = BLIS_RNTM_INITIALIZER;
+        bli_rntm_set_num_threads(nt, &rn);
+        if (dt == CR_F32) {
+            float one = 1, be = (float)beta;
+            bli_sgemm_ex(BLIS_NO_TRANSPOSE, BLIS_NO_TRANSPOSE, m, n, k, &one, a.data, a.stride[0], a.stride[1],
+                         b.data, b.stride[0], b.stride[1], &be, C1->data, n, 1, NULL, &rn);
+        } else {
+            double one = 1;
+            bli_dgemm_ex(BLIS_NO_TRANSPOSE, BLIS_NO_TRANSPOSE, m, n, k, &one, a.data, a.stride[0], a.stride[1],
+                         b.data, b.stride[0], b.stride[1], &beta, C1->data, n, 1, NULL, &rn);
+        }
+        cr_assert(memcmp(C0->data, C1->data, bytes) == 0,
+                  "%s [%lld,%lld]x[%lld,%lld] ta=%d tb=%d beta=%g: serial path differs from BLIS on %d threads",
+                  cr_dtype_name(dt), (long long)m, (long long)k, (long long)k, (long long)n, ta, tb, beta, nt);
+    }
+    free(c_in);
+    cr_tensor_free(A);
+    cr_tensor_free(B);
+    cr_tensor_free(C0);
+    cr_tensor_free(C1);
+}
+
+Test(parallel, serial_products_are_blis_bits_on_1_to_4_threads, .timeout = 300)
+{
+    /* LSTM-shaped products of a shard (rows 8, 16, 64) at H = 64 and 160:
+     * recurrent, input projection, head, their backward products (the
+     * transposed layouts), and the weight gradients (inner dim = rows). Edges
+     * of the micro-tiles and of KC blocks (k = 400 > 384) included. */
+    const int64_t shapes[][3] = {{8, 256, 64},  {16, 640, 160}, {64, 256, 64},  {8, 64, 256},  {16, 65, 160},
+                                 {64, 160, 65}, {64, 256, 16},  {160, 640, 16}, {33, 47, 400}, {1, 300, 120}};
+    for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++)
+        for (int ta = 0; ta < 2; ta++)
+            for (int tb = 0; tb < 2; tb++)
+                gemm_case(CR_F32, shapes[s][0], shapes[s][1], shapes[s][2], ta, tb, s % 2 ? 1.0 : 0.0);
+    gemm_case(CR_F64, 24, 90, 70, false, true, 0.0);
+    gemm_case(CR_F64, 70, 24, 300, true, false, 1.0);
+}
+
+Test(parallel, serial_sections_keep_kernels_from_forking)
+{
+    omp_set_num_threads(2);
+    cr_assert(cr_parallel_ok());
+    cr_serial_begin();
+    cr_assert_not(cr_parallel_ok());
+    cr_serial_begin();
+    cr_serial_end();
+    cr_assert(cr_serial());
+    cr_serial_end();
+    cr_assert(cr_parallel_ok());
+    bool inside = true;
+#pragma omp parallel num_threads(2)
+    {
+#pragma omp master
+        inside = cr_parallel_ok();
+    }
+    cr_assert_not(inside, "no kernel forks inside a parallel region");
+    omp_set_num_threads(1);
+    cr_assert_not(cr_parallel_ok(), "a team of one is never forked");
+    EXPECT_ERROR(cr_serial_end(), "cr_serial_end: no cr_serial_begin");
+}
+
+/* ---- one shard on one thread is plain training ------------------------------------------ */
+
+Test(parallel, one_shard_is_serial_training_bit_for_bit)
+{
+    pm_config cfg = small;
+    cfg.dropout = 0; /* the serial side would draw from the layer's generator */
+    pm_model a = pm_make(cfg, 1), b = pm_make(cfg, 1);
+    pm_train(&a, 3, 1, 1, CR_PARALLEL_REPLICAS, 0.05);
+    cr_graph *g = cr_graph_init();
+    cr_graph *old = cr_graph_use(g);
+    cr_shard whole = {.index = 0, .shards = 1, .begin = 0, .end = cfg.B, .rows = cfg.B, .weight = 1};
+    for (int k = 0; k < 3; k++) {
+        pm_next_batch(&b);
+        cr_optim_zero_grad(b.opt);
+        cr_backward(pm_loss(&b, &whole));
+        cr_assert_eq(cr_clip_grad_norm(b.ps, 0.05, NULL), CR_OK);
+        cr_optim_step(b.opt);
+        pm_carry(&b, &whole);
+        cr_graph_clear(g);
+    }
+    cr_graph_use(old);
+    cr_graph_free(g);
+    cr_assert(pm_same_weights(a.ps, b.ps));
+    pm_free(&a);
+    pm_free(&b);
+}
+
+Test(parallel, sharded_gradient_is_the_batch_gradient)
+{
+    pm_config cfg = small;
+    cfg.dropout = 0;
+    cfg.carry = false;
+    pm_model m = pm_make(cfg, 5);
+    pm_next_batch(&m);
+    cr_trainer *t = cr_trainer_init(m.ps, (cr_trainer_config){.shards = 5, .threads = 2});
+    cr_task task = pm_task(&m);
+    double loss = cr_trainer_backward(t, &task);
+    cr_trainer_publish(t);
+    /* the whole batch at once, serially */
+    size_t n = m.ps->n;
+    cr_tensor **want = calloc(n, sizeof *want);
+    for (size_t i = 0; i < n; i++) {
+        cr_tensor *p = m.ps->items[i].value;
+        want[i] = cr_tensor_init(p->dtype, p->ndim, p->shape);
+        cr_copy_(want[i], p->grad);
+    }
+    cr_graph *g = cr_graph_init();
+    cr_graph *old = cr_graph_use(g);
+    cr_shard whole = {.index = 0, .shards = 1, .begin = 0, .end = cfg.B, .rows = cfg.B, .weight = 1};
+    cr_optim_zero_grad(m.opt);
+    cr_tensor *l = pm_loss(&m, &whole);
+    cr_assert_float_eq(cr_item(l), loss, 1e-6 * fabs(loss));
+    cr_backward(l);
+    for (size_t i = 0; i < n; i++) {
+        const cr_tensor *gs = want[i], *gb = m.ps->items[i].value->grad;
+        for (int64_t k = 0; k < cr_numel(gs); k++)
+            cr_assert_float_eq(cr_get_flat(gs, k), cr_get_flat(gb, k), 1e-6 + 1e-5 * fabs(cr_get_flat(gb, k)),
+                               "%s[%lld]", m.ps->items[i].name, (long long)k);
+        cr_tensor_free(want[i]);
+    }
+    free(want);
+    cr_graph_use(old);
+    cr_graph_free(g);
+    cr_trainer_free(t);
+    pm_free(&m);
+}
+
+/* ---- the moonshot: the same weights on any thread count -------------------------------- */
+
+Test(parallel, identical_weights_on_1_2_3_4_threads_and_in_both_modes, .timeout = 300)
+{
+    /* dropout between layers, variable lengths, carried state, clipping that
+     * bites (0.05), Adam; 5 shards, so threads get unequal shares */
+    pm_model ref = pm_make(small, 5);
+    double l_ref = pm_train(&ref, 4, 5, 1, CR_PARALLEL_REPLICAS, 0.05);
+    cr_assert(isfinite(l_ref));
+    for (int threads = 2; threads <= 4; threads++) {
+        pm_model m = pm_make(small, 5);
+        double l = pm_train(&m, 4, 5, threads, CR_PARALLEL_REPLICAS, 0.05);
+        cr_assert_eq(l, l_ref, "loss on %d threads: %.17g vs %.17g", threads, l, l_ref);
+        cr_assert(pm_same_weights(m.ps, ref.ps), "weights on %d threads differ from 1 thread", threads);
+        cr_assert(memcmp(m.h->data, ref.h->data, (size_t)cr_numel(m.h) * 4) == 0, "carried state differs");
+        pm_free(&m);
+    }
+    pm_model io = pm_make(small, 5);
+    omp_set_num_threads(2);
+    pm_train(&io, 4, 5, 2, CR_PARALLEL_INTRA_OP, 0.05);
+    cr_assert(pm_same_weights(io.ps, ref.ps), "intra-op mode gives other weights");
+    pm_free(&io);
+    pm_free(&ref);
+}
+
+Test(parallel, dropout_streams_belong_to_shards_not_threads)
+{
+    /* every row the same: without dropout all shards' losses agree; with it
+     * each shard (and each step) draws its own masks */
+    pm_config cfg = small;
+    cfg.lengths = false;
+    cfg.carry = false;
+    cfg.dropout = 0.5;
+    pm_model m = pm_make(cfg, 4);
+    pm_next_batch(&m);
+    for (int64_t b = 1; b < cfg.B; b++) {
+        memcpy((int32_t *)m.x->data + b * cfg.T, m.x->data, (size_t)cfg.T * 4);
+        memcpy((int32_t *)m.y->data + b * cfg.T, m.y->data, (size_t)cfg.T * 4);
+    }
+    cr_tensor_bump_version(m.x);
+    cr_tensor_bump_version(m.y);
+    cr_graph *g = cr_graph_init();
+    cr_graph *old = cr_graph_use(g);
+    double first[4];
+    for (int s = 0; s < 4; s++) {
+        cr_rng stream = cr_rng_seed(100 + (uint64_t)s);
+        cr_shard sh = {.index = s, .shards = 4, .begin = 3 * s, .end = 3 * s + 3, .rows = cfg.B, .weight = 0.25};
+        cr_rng *prev = cr_rng_use_dropout_stream(&stream);
+        first[s] = cr_item(pm_loss(&m, &sh));
+        cr_rng_use_dropout_stream(prev);
+        cr_assert_eq(stream.offset > 0, true, "the layer's dropout drew from the shard's stream");
+        cr_graph_clear(g);
+    }
+    cr_assert_neq(first[0], first[1]);
+    cr_assert_neq(first[2], first[3]);
+    cr_graph_use(old);
+    cr_graph_free(g);
+    /* through the trainer: two steps on 1 and 3 threads give the same losses */
+    pm_model a = pm_make(cfg, 4), b = pm_make(cfg, 4);
+    for (int k = 0; k < 2; k++) {
+        double la = pm_train(&a, 1, 4, 1, CR_PARALLEL_REPLICAS, 0), lb = pm_train(&b, 1, 4, 3, CR_PARALLEL_REPLICAS, 0);
+        cr_assert_eq(la, lb);
+    }
+    cr_assert(pm_same_weights(a.ps, b.ps));
+    pm_free(&a);
+    pm_free(&b);
+    pm_free(&m);
+}
+
+/* ---- the tree over shard ranges: what an MPI rank runs ---------------------------------- */
+
+Test(parallel, local_shard_ranges_complete_the_tree_bit_for_bit)
+{
+    pm_config cfg = small;
+    cfg.carry = false;
+    pm_model m = pm_make(cfg, 8);
+    pm_next_batch(&m);
+    cr_task task = pm_task(&m);
+    cr_trainer *all = cr_trainer_init(m.ps, (cr_trainer_config){.shards = 8, .threads = 2, .seed = 3});
+    cr_trainer *lo = cr_trainer_init(m.ps, (cr_trainer_config){.shards = 8, .threads = 2, .seed = 3,
+                                                               .first_shard = 0, .local_shards = 4});
+    cr_trainer *hi = cr_trainer_init(m.ps, (cr_trainer_config){.shards = 8, .threads = 1, .seed = 3,
+                                                               .first_shard = 4, .local_shards = 4});
+    double l_all = cr_trainer_backward(all, &task);
+    double l_lo = cr_trainer_backward(lo, &task), l_hi = cr_trainer_backward(hi, &task);
+    cr_assert_eq(l_lo + l_hi, l_all);
+    cr_tensor *g = cr_trainer_grad(all), *a = cr_trainer_grad(lo), *b = cr_trainer_grad(hi);
+    cr_assert_eq(cr_numel(g), (int64_t)cr_params_numel(m.ps));
+    for (int64_t k = 0; k < cr_numel(g); k++) {
+        float s = ((float *)a->data)[k] + ((float *)b->data)[k];
+        cr_assert(s == ((float *)g->data)[k], "element %lld: %g + %g != %g", (long long)k, ((float *)a->data)[k],
+                  ((float *)b->data)[k], ((float *)g->data)[k]);
+    }
+    cr_trainer_free(all);
+    cr_trainer_free(lo);
+    cr_trainer_free(hi);
+    pm_free(&m);
+}
+
+/* ---- regions, publishing, shards without rows, callbacks ------------------------------------ */
+
+Test(parallel, a_replica_step_enters_one_parallel_region)
+{
+    pm_config cfg = small;
+    cfg.B = 64;
+    cfg.T = 12;
+    cfg.H = 96; /* products above the small-product threshold; elementwise ops above the OpenMP one at B=64 */
+    cfg.V = 300;
+    pm_model m = pm_make(cfg, 4);
+    omp_set_num_threads(2);
+    cr_trainer *t = cr_trainer_init(m.ps, (cr_trainer_config){.shards = 4, .threads = 2,
+                                                              .mode = CR_PARALLEL_REPLICAS});
+    cr_task task = pm_task(&m);
+    pm_next_batch(&m);
+    cr_trainer_step(t, &task, m.opt, 1.0, NULL, NULL);
+    long before = atomic_load(&n_regions);
+    pm_next_batch(&m);
+    cr_trainer_step(t, &task, m.opt, 1.0, NULL, NULL);
+    cr_assert_eq(atomic_load(&n_regions) - before, 1, "a replica step entered %ld regions",
+                 atomic_load(&n_regions) - before);
+    cr_trainer_free(t);
+    /* the same step with the shards in turn forks in the kernels */
+    t = cr_trainer_init(m.ps, (cr_trainer_config){.shards = 1, .threads = 2, .mode = CR_PARALLEL_INTRA_OP});
+    before = atomic_load(&n_regions);
+    pm_next_batch(&m);
+    cr_trainer_step(t, &task, m.opt, 1.0, NULL, NULL);
+    cr_assert_gt(atomic_load(&n_regions) - before, 1);
+    cr_trainer_free(t);
+    pm_free(&m);
+}
+
+static int order[16], n_order;
+static cr_tensor *only_w(void *ctx, const cr_shard *s)
+{
+    cr_tensor *w = ctx;
+    return cr_mul_scalar(cr_sum(w), (double)(s->end - s->begin));
+}
+static void note(void *ctx, const cr_shard *s)
+{
+    (void)ctx;
+    cr_assert_not_null(cr_graph_current());
+    order[n_order++] = s->index;
+}
+
+Test(parallel, publish_callbacks_and_shards_without_rows)
+{
+    cr_params *ps = cr_params_init();
+    cr_tensor *w = cr_params_add(ps, NULL, "w", CR_F32, CR_SHAPE(3));
+    cr_tensor *unused = cr_params_add(ps, NULL, "unused", CR_F32, CR_SHAPE(2));
+    cr_fill(w, 2);
+    cr_grad_of(unused);
+    cr_fill(unused->grad, 7); /* left from an earlier step: publish zeroes it, as zero_grad would */
+    cr_trainer *t = cr_trainer_init(ps, (cr_trainer_config){.shards = 8, .threads = 3});
+    cr_task task = {.rows = 3, .loss = only_w, .after_backward = note, .ctx = w};
+    n_order = 0;
+    double loss = cr_trainer_backward(t, &task); /* 3 rows, 8 shards: five shards have none */
+    cr_assert_float_eq(loss, 3 * 6.0, 1e-6);
+    cr_assert_eq(n_order, 3);
+    for (int k = 1; k < n_order; k++) cr_assert_lt(order[k - 1], order[k], "after_backward runs in shard order");
+    cr_assert_null(w->grad, "backward leaves the parameters' gradients alone");
+    cr_trainer_publish(t);
+    for (int k = 0; k < 3; k++) cr_assert_float_eq(cr_get_flat(w->grad, k), 3.0, 1e-6);
+    for (int k = 0; k < 2; k++) cr_assert_eq(cr_get_flat(unused->grad, k), 0.0);
+    cr_assert_eq(cr_trainer_steps(t), 1);
+    cr_trainer_free(t);
+    cr_params_free(ps);
+}
+
+/* ---- misuse ------------------------------------------------------------------------------------ */
+
+static cr_tensor *stray;
+static cr_tensor *uses_stray(void *ctx, const cr_shard *s)
+{
+    (void)ctx;
+    (void)s;
+    return cr_sum(stray);
+}
+static cr_tensor *not_scalar(void *ctx, const cr_shard *s)
+{
+    (void)s;
+    return cr_mul_scalar((cr_tensor *)ctx, 2);
+}
+
+Test(parallel, misuse_names_the_function_and_the_reason)
+{
+    cr_params *ps = cr_params_init();
+    cr_tensor *w = cr_params_add(ps, NULL, "w", CR_F32, CR_SHAPE(4));
+    EXPECT_ERROR(cr_trainer_init(ps, (cr_trainer_config){.shards = -1}), "cr_trainer_init: shards = -1");
+    EXPECT_ERROR(cr_trainer_init(ps, (cr_trainer_config){.shards = 4, .first_shard = 3, .local_shards = 2}),
+                 "do not lie in the run's 4 shards");
+    cr_params *mixed = cr_params_init();
+    cr_params_add(mixed, NULL, "a", CR_F32, CR_SHAPE(2));
+    cr_params_add(mixed, NULL, "b", CR_F64, CR_SHAPE(2));
+    EXPECT_ERROR(cr_trainer_init(mixed, cr_trainer_defaults()), "one float dtype");
+    cr_params_free(mixed);
+    cr_trainer *t = cr_trainer_init(ps, (cr_trainer_config){.shards = 2, .threads = 1});
+    cr_task bad = {.rows = 0, .loss = not_scalar, .ctx = w};
+    EXPECT_ERROR(cr_trainer_backward(t, &bad), "task->rows = 0");
+    bad.rows = 2;
+    EXPECT_ERROR(cr_trainer_backward(t, &bad), "it must be a one-element float tensor");
+    cr_trainer_free(t);
+    /* a persistent tensor outside the set that requires a gradient */
+    stray = cr_tensor_init(CR_F32, CR_SHAPE(2));
+    cr_requires_grad(stray, true);
+    t = cr_trainer_init(ps, (cr_trainer_config){.shards = 1, .threads = 1});
+    cr_task task = {.rows = 1, .loss = uses_stray};
+    EXPECT_ERROR(cr_trainer_backward(t, &task), "is not in the trainer's parameter set");
+    cr_trainer_free(t);
+    cr_tensor_free(stray);
+    cr_params_free(ps);
+}
+
+/* ---- other layers inside replicas -------------------------------------------------------- */
+
+typedef struct conv_model {
+    cr_params *ps;
+    cr_tensor *w, *b, *x, *y; /* y [N, O, L'] targets */
+} conv_model;
+
+static cr_tensor *conv_loss(void *ctx, const cr_shard *s)
+{
+    conv_model *m = ctx;
+    int64_t rows = s->end - s->begin;
+    cr_tensor *out = cr_conv1d(cr_narrow(m->x, 0, s->begin, rows), m->w, m->b, (cr_conv1d_opts){.padding = 1});
+    cr_tensor *d = cr_sub(cr_tanh(out), cr_narrow(m->y, 0, s->begin, rows));
+    return cr_mul_scalar(cr_sum(cr_mul(d, d)), 1.0 / (double)cr_numel(m->y));
+}
+
+static conv_model conv_make(void)
+{
+    conv_model m = {.ps = cr_params_init()};
+    cr_rng r = cr_rng_seed(11);
+    m.w = cr_params_add(m.ps, NULL, "w", CR_F32, CR_SHAPE(8, 4, 3));
+    m.b = cr_params_add(m.ps, NULL, "b", CR_F32, CR_SHAPE(8));
+    cr_fill_uniform(m.w, &r, -0.3, 0.3);
+    cr_fill_uniform(m.b, &r, -0.1, 0.1);
+    m.x = cr_tensor_init(CR_F32, CR_SHAPE(16, 4, 30));
+    m.y = cr_tensor_init(CR_F32, CR_SHAPE(16, 8, 30));
+    cr_fill_uniform(m.x, &r, -1, 1);
+    cr_fill_uniform(m.y, &r, -0.5, 0.5);
+    return m;
+}
+
+Test(parallel, convolutions_in_replicas_give_the_same_weights)
+{
+    /* two im2col blocks per shard (two samples each), too little work for
+     * the conv's own threads: the blocks run serially on a replica thread,
+     * which must use the conv's one scratch set whatever its team number */
+    int64_t old_block = cr_conv_block_bytes;
+    cr_conv_block_bytes = 2 * 12 * 30 * 4; /* two samples of columns (C*K = 12 rows, 30 positions) */
+    conv_model a = conv_make(), b = conv_make();
+    cr_task ta = {.rows = 16, .loss = conv_loss, .ctx = &a}, tb = {.rows = 16, .loss = conv_loss, .ctx = &b};
+    cr_optim *oa = cr_adam_init(a.ps, cr_adam_defaults(1e-2)), *ob = cr_adam_init(b.ps, cr_adam_defaults(1e-2));
+    cr_trainer *t1 = cr_trainer_init(a.ps, (cr_trainer_config){.shards = 4, .threads = 1,
+                                                               .mode = CR_PARALLEL_REPLICAS});
+    cr_trainer *t3 = cr_trainer_init(b.ps, (cr_trainer_config){.shards = 4, .threads = 3,
+                                                               .mode = CR_PARALLEL_REPLICAS});
+    for (int k = 0; k < 3; k++) {
+        double la, lb;
+        cr_trainer_step(t1, &ta, oa, 0, &la, NULL);
+        cr_trainer_step(t3, &tb, ob, 0, &lb, NULL);
+        cr_assert_eq(la, lb, "step %d: loss %.17g on 1 thread, %.17g on 3", k, la, lb);
+    }
+    cr_assert(pm_same_weights(a.ps, b.ps));
+    cr_conv_block_bytes = old_block;
+    cr_trainer_free(t1);
+    cr_trainer_free(t3);
+    cr_optim_free(oa);
+    cr_optim_free(ob);
+    conv_model *ms[] = {&a, &b};
+    for (int i = 0; i < 2; i++) {
+        cr_tensor_free(ms[i]->x);
+        cr_tensor_free(ms[i]->y);
+        cr_params_free(ms[i]->ps);
+    }
+}
