@@ -109,6 +109,9 @@ static cr_block *pool_get(cr_graph *g, size_t bytes, int kind)
     return b;
 }
 
+cr_block *cr_graph_block_get(cr_graph *g, size_t bytes) { return pool_get(g, bytes, CR_BLOCK_GRAD); }
+void cr_graph_block_put(cr_graph *g, cr_block *b) { cr_pool_put(g->pool, b); }
+
 /* ---- grad mode ------------------------------------------------------------- */
 
 bool cr_grad_enabled(void) { return !grad_disabled; }
@@ -601,6 +604,14 @@ cr_tensor *cr_grad_buffer(cr_tensor *t, bool *fresh)
 }
 
 cr_tensor *cr_grad_of(cr_tensor *t) { return cr_grad_buffer(t, NULL); }
+
+void cr_grad_reserve(cr_tensor *t)
+{
+    if (t->grad || t->persistent) return;
+    cr_graph *g = need_graph("cr_grad_reserve");
+    if (is_view_output(t)) t->grad = grad_via_base(g, t);
+    if (!t->grad) t->grad = grad_new(g, t);
+}
 
 bool cr_grad_via_base(const cr_tensor *t)
 {

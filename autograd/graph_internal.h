@@ -30,6 +30,13 @@ struct cr_graph {
  * arrays that must outlive an arena rewind but not the call that needs them.
  * It grows while warming up and is kept, so steady state allocates nothing. */
 void *cr_graph_scratch(cr_graph *g, size_t bytes);
+/* A gradient-side pool block an op keeps between backward calls (weight_t's
+ * stack of rows), counted in the peak; given back with cr_graph_block_put. */
+cr_block *cr_graph_block_get(cr_graph *g, size_t bytes);
+void cr_graph_block_put(cr_graph *g, cr_block *b);
+/* Make t's gradient buffer when it has none, left unwritten (fresh): its
+ * node's backward will run, and the first real write still overwrites. */
+void cr_grad_reserve(cr_tensor *t);
 
 /* The storage block of a value tensor (an op output, or a view of one), or
  * NULL for arena, persistent and gradient storage. */

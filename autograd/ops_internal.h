@@ -9,7 +9,7 @@
 #define CR_OP_LIST(X)                                                                      \
     X(add) X(sub) X(mul) X(div) X(maximum) X(minimum)                                      \
     X(sum) X(mean) X(sum_dim) X(mean_dim) X(max_dim) X(softmax) X(log_softmax)             \
-    X(matmul) X(matmul_bias) X(cross_entropy)                                                             \
+    X(matmul) X(matmul_bias) X(weight_t) X(cross_entropy)                                                 \
     X(reshape) X(transpose) X(permute) X(narrow) X(select) X(expand) X(unsqueeze)          \
     X(contiguous) X(concat) X(stack)                                                       \
     X(gather_rows) X(where) X(mask) X(dropout)                                             \

@@ -1,10 +1,12 @@
 /* Matrix products: 2-D, batched 3-D, and 3-D by a shared 2-D weight, through
  * the strided gemm kernel (transposed views cost no copy); a batch that folds
  * into rows becomes one product. matmul_bias adds a broadcast bias into the
- * product's own buffer (one output instead of a product and a sum). */
+ * product's own buffer (one output instead of a product and a sum).
+ * weight_t is W^T made contiguous for a weight multiplied at every time step,
+ * whose products stack their weight-gradient rows into one product. */
 #include <string.h>
 
-#include "ops_internal.h"
+#include "graph_internal.h"
 
 /* 2-D view of batch i of t (t itself when 2-D), transposed when asked. */
 static cr_tensor mat(const cr_tensor *t, int64_t i, bool trans)
@@ -68,12 +70,126 @@ static void gemm_batched(const cr_tensor *a, bool ta, const cr_tensor *b, bool t
     }
 }
 
+/* ---- weight_t: a weight shared by the products of every time step -------------------------- */
+
+/* The stack of the products' rows, in a gradient-side pool block taken by the
+ * first product's backward and given back by weight_t's: h [cap,K], then dy
+ * [cap,N]. */
+typedef struct {
+    int64_t cap, used; /* rows the stack holds (0: no stack), rows in it */
+    cr_block *blk;
+} weight_t_attr;
+
+/* Header of rows [0, m) of a [cap, cols] matrix at p. */
+static cr_tensor rows_of(cr_dtype dt, void *p, int64_t m, int64_t cols)
+{
+    cr_tensor v;
+    memset(&v, 0, sizeof v);
+    cr_tensor_set_contiguous(&v, dt, 2, (int64_t[]){m, cols});
+    v.data = p;
+    return v;
+}
+
+/* dW (+)= dy^T h over the stacked rows: one [N, rows] x [rows, K] product. */
+static void weight_t_flush(cr_node *wn)
+{
+    weight_t_attr *a = CR_NODE_ATTR(wn, weight_t_attr);
+    if (!a->used) return;
+    const cr_tensor *w = wn->in[0];
+    cr_dtype dt = w->dtype;
+    int64_t N = w->shape[0], K = w->shape[1];
+    char *p = cr_block_payload(a->blk);
+    cr_tensor h = rows_of(dt, p, a->used, K);
+    cr_tensor dy = rows_of(dt, p + (size_t)(a->cap * K) * cr_dtype_size(dt), a->used, N);
+    bool first;
+    cr_tensor *gw = input_grad_first(wn, 0, &first);
+    cr_tensor dyt = mat(&dy, 0, true);
+    cr_k_gemm(1.0, &dyt, &h, first ? 0.0 : 1.0, gw);
+    a->used = 0;
+}
+
+/* A product h W' (h [M,K], W' = weight_t(W)) hands its rows to the stack
+ * instead of computing dW' itself; false when it cannot (no stack, M above
+ * its size). */
+static bool weight_t_defer(cr_node *wn, const cr_tensor *h, const cr_tensor *gy)
+{
+    weight_t_attr *a = CR_NODE_ATTR(wn, weight_t_attr);
+    int64_t m = h->shape[0], N = wn->in[0]->shape[0], K = wn->in[0]->shape[1];
+    if (h->ndim != 2 || m > a->cap) return false;
+    if (a->used + m > a->cap) weight_t_flush(wn);
+    cr_dtype dt = h->dtype;
+    if (!a->blk) {
+        cr_graph *g = cr_graph_current();
+        a->blk = cr_graph_block_get(g, (size_t)(a->cap * (K + N)) * cr_dtype_size(dt));
+        cr_grad_reserve(wn->out); /* so that weight_t's backward runs */
+    }
+    char *p = cr_block_payload(a->blk);
+    cr_tensor hs = rows_of(dt, p + (size_t)(a->used * K) * cr_dtype_size(dt), m, K);
+    cr_tensor ds = rows_of(dt, p + (size_t)(a->cap * K + a->used * N) * cr_dtype_size(dt), m, N);
+    cr_k_assign(&hs, h, NULL);
+    cr_k_assign(&ds, gy, NULL);
+    a->used += m;
+    return true;
+}
+
+/* W' = W^T as a contiguous copy: every step's product reads a row-major
+ * matrix (BLIS's fast layout for both operands). */
+static void weight_t_fwd(cr_node *n)
+{
+    cr_tensor wt = mat(n->in[0], 0, true);
+    cr_copy_(n->out, &wt);
+}
+static void weight_t_bwd(cr_node *n)
+{
+    weight_t_attr *a = CR_NODE_ATTR(n, weight_t_attr);
+    weight_t_flush(n); /* dW (+)= dy^T h, the stacked rows */
+    if (a->blk) cr_graph_block_put(cr_graph_current(), a->blk);
+    a->blk = NULL;
+    bool unwritten;
+    cr_tensor *gy = cr_grad_buffer(n->out, &unwritten);
+    if (unwritten) return; /* every product stacked its rows */
+    bool first;
+    cr_tensor *gw = input_grad_first(n, 0, &first);
+    if (!gw) return;
+    cr_tensor gwt = mat(gw, 0, true);
+    grad_add(&gwt, first, gy, NULL); /* dW (+)= dW'^T: other uses of W' (a narrowed block) */
+}
+const cr_op cr_op_weight_t = {"cr_weight_t", weight_t_fwd, weight_t_bwd, 0, sizeof(weight_t_attr)};
+
+cr_tensor *cr_weight_t(cr_tensor *w, int64_t rows)
+{
+    char s[128];
+    cr_check_float("cr_weight_t", w);
+    if (w->ndim != 2)
+        cr_error("cr_weight_t: weight %s must be 2-D", cr_shape_str(s, sizeof s, w->ndim, w->shape));
+    if (rows < 0) cr_error("cr_weight_t: rows %lld must be 0 (no stack) or positive", (long long)rows);
+    cr_node *n = cr_node_new(&cr_op_weight_t, 1, &w);
+    CR_NODE_ATTR(n, weight_t_attr)->cap = rows;
+    return cr_node_finish(n, w->dtype, 2, (int64_t[]){w->shape[1], w->shape[0]});
+}
+
+/* ---- matmul ------------------------------------------------------------------------------------ */
+
+/* The weight_t node of a product's right operand, or NULL. */
+static cr_node *shared_weight(const cr_node *n)
+{
+    const cr_tensor *b = n->in[1];
+    return b->node && b->node->op == &cr_op_weight_t ? b->node : NULL;
+}
+
 static void matmul_fwd(cr_node *n) { gemm_batched(n->in[0], false, n->in[1], false, 0.0, n->out); }
 static void matmul_bwd(cr_node *n)
 {
     bool first_a, first_b;
-    cr_tensor *gy = n->out->grad, *ga = input_grad_first(n, 0, &first_a), *gb = input_grad_first(n, 1, &first_b);
-    if (ga) gemm_batched(gy, false, n->in[1], true, first_a ? 0.0 : 1.0, ga); /* dA (+)= dY B^T */
+    cr_tensor *gy = n->out->grad, *ga = input_grad_first(n, 0, &first_a);
+    /* B = W^T of a shared weight: B^T is W itself, row-major, so dY B^T is dY W */
+    cr_node *wn = shared_weight(n);
+    if (ga && wn)
+        gemm_batched(gy, false, wn->in[0], false, first_a ? 0.0 : 1.0, ga);
+    else if (ga)
+        gemm_batched(gy, false, n->in[1], true, first_a ? 0.0 : 1.0, ga); /* dA (+)= dY B^T */
+    if (wn && n->in[1]->requires_grad && weight_t_defer(wn, n->in[0], gy)) return;
+    cr_tensor *gb = input_grad_first(n, 1, &first_b);
     if (gb) gemm_batched(n->in[0], true, gy, false, first_b ? 0.0 : 1.0, gb); /* dB (+)= A^T dY */
 }
 const cr_op cr_op_matmul = {"cr_matmul", matmul_fwd, matmul_bwd, CR_SAVES_IN(0) | CR_SAVES_IN(1) | CR_SAVES_CROSS, 0};

@@ -14,15 +14,26 @@ static const cr_tensor *rows(const cr_tensor *t)
 }
 
 /* Gradient target of input i for the kernel: the input's gradient when its
- * rows have unit stride and it is not `other`'s (input 0's, which the kernel
- * writes in the same loop: the same tensor passed twice), else a new arena
- * temporary that finish_target adds in. */
+ * rows have unit stride and its memory overlaps no earlier target's (views of
+ * one tensor: the same tensor passed twice, overlapping slices; the kernel's
+ * vector loop assumes its outputs do not alias), else a new arena temporary
+ * that finish_target adds in. */
 typedef struct {
     cr_tensor *grad, *k;   /* the gradient, and what the kernel writes */
     bool grad_first, k_first; /* new (unwritten): written, not added to */
 } target;
 
-static target grad_target(cr_node *n, int i, const target *other)
+/* Whether the memory spans of a and b (2-D, non-negative strides) meet. */
+static bool overlap(const cr_tensor *a, const cr_tensor *b)
+{
+    size_t es = cr_dtype_size(a->dtype);
+    const char *a0 = a->data, *b0 = b->data;
+    const char *a1 = a0 + (size_t)((a->shape[0] - 1) * a->stride[0] + (a->shape[1] - 1) * a->stride[1] + 1) * es;
+    const char *b1 = b0 + (size_t)((b->shape[0] - 1) * b->stride[0] + (b->shape[1] - 1) * b->stride[1] + 1) * es;
+    return a0 < b1 && b0 < a1;
+}
+
+static target grad_target(cr_node *n, int i, int n_earlier, const target *earlier)
 {
     target t = {0};
     t.grad = input_grad_first(n, i, &t.grad_first);
@@ -33,8 +44,9 @@ static target grad_target(cr_node *n, int i, const target *other)
         t.k_first = true;
         return t;
     }
-    bool unit = t.grad->stride[1] == 1 || t.grad->shape[1] <= 1;
-    if (!unit || (other && other->grad && other->grad->data == t.grad->data)) {
+    bool own = t.grad->stride[1] == 1 || t.grad->shape[1] <= 1;
+    for (int e = 0; e < n_earlier && own; e++) own = !overlap(t.grad, earlier[e].k);
+    if (!own) {
         t.k = cr_tensor_new(t.grad->dtype, 2, t.grad->shape);
         t.k_first = true;
     }
@@ -80,7 +92,9 @@ static void lstm_gates_bwd(cr_node *n)
 {
     /* dz = dL/d(gx + gh) from dh', dc' (kernel comment); dgx += dz, dgh += dz, dc += dc_total f */
     const cr_tensor *dy = as_contiguous(n->out->grad);
-    target tx = grad_target(n, 0, NULL), th = grad_target(n, 1, &tx), tc = grad_target(n, 2, NULL);
+    target t[3];
+    for (int i = 0; i < 3; i++) t[i] = grad_target(n, i, i, t);
+    target tx = t[0], th = t[1], tc = t[2];
     cr_k_lstm_gates_backward(tx.k, tx.k_first, th.k, th.k_first, tc.k, tc.k_first, dy, n->saved, rows(n->in[2]));
     finish_target(&tx);
     finish_target(&th);
@@ -109,7 +123,9 @@ static void gru_gates_bwd(cr_node *n)
 {
     /* dgx = [dz_r, dz_z, da_n], dgh = [dz_r, dz_z, r da_n], dh += dh' z (kernel comment) */
     const cr_tensor *dy = as_contiguous(n->out->grad);
-    target tx = grad_target(n, 0, NULL), th = grad_target(n, 1, &tx), tq = grad_target(n, 2, NULL);
+    target t[3];
+    for (int i = 0; i < 3; i++) t[i] = grad_target(n, i, i, t);
+    target tx = t[0], th = t[1], tq = t[2];
     cr_k_gru_gates_backward(tx.k, tx.k_first, th.k, th.k_first, tq.k, tq.k_first, dy, n->saved, rows(n->in[2]));
     finish_target(&tx);
     finish_target(&th);

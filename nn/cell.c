@@ -154,13 +154,23 @@ cr_tensor *cr_cell_get(const cr_cell *cell, const char *name)
     cr_error("cr_cell_get: cell %s has no parameter %s", t->name, name);
 }
 
-void cr_cell_step_weights(const cr_cell *cell, cr_tensor **w)
+/* Rows of h stacked per weight-gradient product of a recurrent weight: about
+ * CR_STACK_ROWS (a product that deep runs near BLIS's peak; a step's own, K =
+ * B, does not at small B), whole steps, no more than the sequence has. */
+#define CR_STACK_ROWS 512
+
+void cr_cell_step_weights(const cr_cell *cell, cr_tensor **w, int64_t T, int64_t B)
 {
     const cr_cell_type *t = cell->type;
+    int64_t steps = B >= CR_STACK_ROWS ? 1 : CR_STACK_ROWS / B;
+    int64_t rows = B * (steps < T ? steps : T);
     for (int j = 0; j < t->n_params; j++) {
         cr_param_role r = t->params[j].role;
         cr_tensor *p = cell->p[j];
-        w[j] = r == CR_PARAM_INPUT ? NULL : r == CR_PARAM_WEIGHT_T ? cr_transpose(p, 0, 1) : p;
+        if (r == CR_PARAM_WEIGHT_T)
+            w[j] = T > 1 ? cr_weight_t(p, rows) : cr_transpose(p, 0, 1);
+        else
+            w[j] = r == CR_PARAM_INPUT ? NULL : p;
     }
 }
 
@@ -226,7 +236,7 @@ static void cell_step(const char *op, const cr_cell *cell, cr_tensor *x, cr_tens
         check_state(op, names ? names[k] : what, s[k], B, cell->hidden_size, dt);
         in[k] = s[k]; /* a copy, so next may be s itself */
     }
-    cr_cell_step_weights(cell, w);
+    cr_cell_step_weights(cell, w, 1, B);
     cr_cell_step_of(t, true)(cell, w, cr_cell_project(cell, x), in, out);
     cr_cell_check_next(op, cell, out, B, dt);
     for (int k = 0; k < t->n_states; k++) next[k] = out[k];

@@ -19,8 +19,10 @@ void cr_cell_config_check(const char *op, const cr_cell_config *cfg);
 /* Create one cell's parameters prefix.<name> (op names the public caller). */
 cr_cell cr_cell_make(const char *op, cr_params *ps, const char *prefix, const cr_cell_config *cfg,
                      cr_rng *rng);
-/* The weights a step sees (w[j] of cr_cell_step_fn), made once per sequence. */
-void cr_cell_step_weights(const cr_cell *cell, cr_tensor **w);
+/* The weights a step sees (w[j] of cr_cell_step_fn), made once per sequence
+ * of T steps of batch B: W^T as a view for one step, else as cr_weight_t (a
+ * contiguous copy whose products stack their weight-gradient rows). */
+void cr_cell_step_weights(const cr_cell *cell, cr_tensor **w, int64_t T, int64_t B);
 /* x W_ih^T + the input biases, x [..., I] -> [..., G]. */
 cr_tensor *cr_cell_project(const cr_cell *cell, cr_tensor *x);
 /* The step to run: the fused one when the type has it and `fused`. */

@@ -65,7 +65,7 @@ typedef struct steps {
     const char *op;
     const cr_cell *cell;
     cr_cell_step_fn step;
-    cr_tensor *w[CR_CELL_MAX_PARAMS]; /* the step's weights (W^T views made once) */
+    cr_tensor *w[CR_CELL_MAX_PARAMS]; /* the step's weights (W^T made once) */
     const cr_tensor *lengths;
     bool reverse;
     int64_t T, i0, i1; /* steps i0..i1-1 in processing order (t = T-1-i when reverse) */
@@ -130,7 +130,8 @@ static cr_tensor *run_direction(const char *op, cr_rnn *m, const cr_cell *cell, 
     steps *st = cr_arena_alloc(cr_arena_current(), sizeof *st);
     *st = (steps){.op = op, .cell = cell, .step = cr_cell_step_of(cell->type, m->fused), .lengths = lengths,
                   .reverse = reverse, .T = T, .i0 = 0, .i1 = T};
-    cr_cell_step_weights(cell, st->w); /* W^T views made once, so their gradients sum once */
+    /* W^T made once (a contiguous copy), so their gradients sum once */
+    cr_cell_step_weights(cell, st->w, T, in->shape[0]);
     cr_tensor **ys = cr_arena_alloc(cr_arena_current(), (size_t)T * sizeof *ys); /* processing order */
     int64_t seg = m->cfg.recompute_steps;
     if (seg > 0 && cr_grad_enabled()) {

@@ -374,6 +374,26 @@ static void check_matmul_bias(void)
                               input(CR_SHAPE(30), -1, 1)});
 }
 
+/* Three steps h' = tanh(h W'), W' = weight_t(W, rows), plus a product with a
+ * narrowed block of W' (a use whose gradient is not stacked). rows 6 with 3
+ * rows a step: a product of two steps' rows, then the rest in backward. */
+static cr_tensor *f_weight_t(cr_tensor *const *in, void *ctx)
+{
+    cr_tensor *h = in[0], *wt = cr_weight_t(in[1], *(const int64_t *)ctx), *loss = NULL;
+    for (int t = 0; t < 3; t++) {
+        h = cr_tanh(cr_matmul(h, wt));
+        loss = loss ? cr_add(loss, cr_sum(h)) : cr_sum(h);
+    }
+    return cr_add(loss, cr_sum(cr_square(cr_matmul(h, cr_narrow(wt, 1, 1, 2)))));
+}
+
+static void check_weight_t(void)
+{
+    static const int64_t rows[] = {0, 3, 6, 100};
+    for (int i = 0; i < 4; i++)
+        CHECK2("weight_t", f_weight_t, (void *)&rows[i], input(CR_SHAPE(3, 4), -1, 1), input(CR_SHAPE(4, 4), -1, 1));
+}
+
 /* ---- views and shape ops ---------------------------------------------------------------- */
 
 /* Each view op on its own and composed (views of views), then multiplied by a
@@ -880,7 +900,7 @@ static cr_tensor *f_everything(cr_tensor *const *in, void *ctx)
     }
     cr_tensor *h;                                                                   /* [4,5] */
     cr_recompute(seg_tanh, NULL, 1, (cr_tensor *[]){cr_matmul(b, w)}, 1, &h, 0, NULL);
-    h = cr_matmul_bias(h, cr_transpose(cr_narrow(w, 0, 0, 5), 0, 1), cr_narrow(cr_select(x, 0, 0), 0, 0, 5)); /* + x[0,:5] */
+    h = cr_matmul_bias(h, cr_weight_t(cr_narrow(w, 0, 0, 5), 4), cr_narrow(cr_select(x, 0, 0), 0, 0, 5)); /* + x[0,:5] */
     cr_tensor *hs[2] = {h, cr_mask(h, cr_full(dt, CR_SHAPE(5), 2.0))};
     cr_tensor *st = cr_stack(2, hs, 0);                                             /* [2,4,5] */
     st = cr_select(cr_unsqueeze(st, 1), 1, 0);                                      /* [2,1,4,5] -> [2,4,5] */
@@ -1016,7 +1036,7 @@ static void check_gru_gates(void)
 /* Every op but the unary ones (checked per case above). */
 #define CHECKS(X)                                                                                          \
     X(add) X(sub) X(mul) X(div) X(maximum) X(minimum)                                                      \
-    X(sum) X(mean) X(sum_dim) X(mean_dim) X(max_dim) X(softmax) X(log_softmax) X(matmul) X(matmul_bias)                   \
+    X(sum) X(mean) X(sum_dim) X(mean_dim) X(max_dim) X(softmax) X(log_softmax) X(matmul) X(matmul_bias) X(weight_t)        \
     X(reshape) X(transpose) X(permute) X(narrow) X(select) X(expand) X(unsqueeze) X(contiguous) X(concat)  \
     X(stack) X(gather_rows) X(where) X(mask) X(dropout) X(cross_entropy) X(recompute)                                \
     X(conv1d) X(conv2d) X(max_pool1d) X(max_pool2d) X(avg_pool1d) X(avg_pool2d) X(lstm_gates) X(gru_gates)

@@ -366,6 +366,64 @@ Test(ops, matmul_bias)
     EXPECT_ERROR(cr_matmul_bias(x2, f64(CR_SHAPE(3, 2), (double[6]){0}), row), "cr_matmul_bias: [1,2] x [3,2]: inner dims 2 and 3 differ");
 }
 
+/* Five steps h' = tanh(h W^T + x_t) through W^T as a view (rows 0) or as
+ * weight_t with `rows`; returns the loss, W's gradient in gw. */
+static double recurrent_grads(const cr_tensor *w0, int mode, int64_t rows, cr_tensor *gw)
+{
+    cr_graph *g = cr_graph_init(), *outer = cr_graph_use(g);
+    cr_tensor *w = cr_tensor_init(CR_F64, 2, w0->shape);
+    cr_copy_(w, w0);
+    cr_requires_grad(w, true);
+    cr_tensor *wt = mode ? cr_weight_t(w, rows) : cr_transpose(w, 0, 1), *h = cr_zeros(CR_F64, CR_SHAPE(3, 6));
+    cr_rng r = cr_rng_seed(11);
+    cr_tensor *loss = NULL;
+    for (int t = 0; t < 5; t++) {
+        cr_tensor *x = cr_tensor_new(CR_F64, CR_SHAPE(3, 6));
+        cr_fill_uniform(x, &r, -1, 1);
+        h = cr_tanh(cr_add(cr_matmul(h, wt), x));
+        cr_tensor *term = cr_sum(cr_mul(h, x));
+        loss = loss ? cr_add(loss, term) : term;
+    }
+    double l = cr_item(loss);
+    cr_backward(loss);
+    cr_copy_(gw, w->grad);
+    cr_graph_use(outer);
+    cr_graph_free(g);
+    cr_tensor_free(w);
+    return l;
+}
+
+Test(ops, weight_t)
+{
+    cr_tensor *w = f64(CR_SHAPE(2, 3), (double[]){1, 2, 3, 4, 5, 6});
+    cr_tensor *wt = cr_weight_t(w, 0);
+    expect_shape(wt, CR_SHAPE(3, 2));
+    cr_assert(cr_is_contiguous(wt));
+    expect_values(wt, (double[]){1, 4, 2, 5, 3, 6}, 6, 0);
+    /* the loss and W's gradient of a recurrence as through the W^T view, for
+     * no stack, stacks of one step, of two (a product, then the rest in
+     * backward) and of all five */
+    cr_rng r = cr_rng_seed(3);
+    cr_tensor *w0 = cr_tensor_init(CR_F64, CR_SHAPE(6, 6)), *want = cr_tensor_init(CR_F64, CR_SHAPE(6, 6));
+    cr_tensor *got = cr_tensor_init(CR_F64, CR_SHAPE(6, 6));
+    cr_fill_uniform(w0, &r, -0.5, 0.5);
+    double l0 = recurrent_grads(w0, 0, 0, want);
+    static const int64_t rows[] = {0, 3, 6, 15, 64};
+    for (int i = 0; i < 5; i++) {
+        double l = recurrent_grads(w0, 1, rows[i], got);
+        cr_assert_eq(l, l0, "rows %lld: the loss differs", (long long)rows[i]);
+        for (int64_t j = 0; j < 36; j++)
+            cr_assert(fabs(cr_get_flat(got, j) - cr_get_flat(want, j)) <= 1e-13, "rows %lld: dW[%lld] %.17g, want %.17g",
+                      (long long)rows[i], (long long)j, cr_get_flat(got, j), cr_get_flat(want, j));
+    }
+    cr_tensor_free(w0);
+    cr_tensor_free(want);
+    cr_tensor_free(got);
+    EXPECT_ERROR(cr_weight_t(f64(CR_SHAPE(3), (double[]){1, 2, 3}), 0), "cr_weight_t: weight [3] must be 2-D");
+    EXPECT_ERROR(cr_weight_t(w, -1), "cr_weight_t: rows -1 must be 0 (no stack) or positive");
+    EXPECT_ERROR(cr_weight_t(cr_zeros(CR_I32, CR_SHAPE(2, 2)), 0), "cr_weight_t: needs f32 or f64, got i32 [2,2]");
+}
+
 Test(ops, matmul_misuse)
 {
     cr_tensor *a = cr_zeros(CR_F32, CR_SHAPE(32, 64)), *b = cr_zeros(CR_F32, CR_SHAPE(65, 128));
@@ -832,7 +890,7 @@ Test(ops, op_table_is_complete_and_findable)
 {
     /* the unary ops are tested through the cases of tests/unary_cases.h */
     const char *tested[] = {"add", "sub", "mul", "div", "maximum", "minimum", "sum", "mean", "sum_dim", "mean_dim",
-                            "max_dim", "softmax", "log_softmax", "matmul", "matmul_bias", "reshape", "transpose", "permute",
+                            "max_dim", "softmax", "log_softmax", "matmul", "matmul_bias", "weight_t", "reshape", "transpose", "permute",
                             "narrow", "select", "expand", "unsqueeze", "contiguous", "concat", "stack",
                             "gather_rows", "where", "mask", "dropout", "cross_entropy", "conv1d", "conv2d",
                             "max_pool1d", "max_pool2d", "avg_pool1d", "avg_pool2d",
