@@ -51,11 +51,11 @@ typedef struct cr_node cr_node;
  * node's attributes; backward adds into the grads of the inputs that require
  * them. Messages name the op by `name`, so give the function users call. */
 typedef struct cr_op {
-    const char *name;                /* "cr_add" */
+    const char *name; /* "cr_add" */
     void (*forward)(cr_node *n);
     void (*backward)(cr_node *n);
-    unsigned saves;                  /* CR_SAVES_*, and CR_OP_VIEW for a view op */
-    size_t attr_size;                /* bytes of the op's attribute struct, 0 for none */
+    unsigned saves;   /* CR_SAVES_*, and CR_OP_VIEW for a view op */
+    size_t attr_size; /* bytes of the op's attribute struct, 0 for none */
 } cr_op;
 
 /* A recorded op application. Its input list, the versions of what backward
@@ -68,7 +68,7 @@ struct cr_node {
     cr_tensor *saved;  /* a tensor the forward made for backward (argmax, log-probabilities), or NULL */
     size_t tape_index; /* position on the tape (recorded nodes only) */
     int n_in;
-    unsigned saves;    /* op->saves as it applies to this node (CR_SAVES_CROSS resolved) */
+    unsigned saves; /* op->saves as it applies to this node (CR_SAVES_CROSS resolved) */
 };
 
 /* The attribute struct of n's op, typed: an op declares
@@ -85,8 +85,8 @@ static inline void *cr_node_attr_checked(const cr_node *n, size_t size)
 }
 
 cr_graph *cr_graph_init(void);
-void cr_graph_free(cr_graph *g);           /* NULL is a no-op */
-cr_graph *cr_graph_use(cr_graph *g);       /* make current (thread-local); returns previous */
+void cr_graph_free(cr_graph *g);     /* NULL is a no-op */
+cr_graph *cr_graph_use(cr_graph *g); /* make current (thread-local); returns previous */
 cr_graph *cr_graph_current(void);
 /* Release every tensor the graph made, keeping the memory for the next step. */
 void cr_graph_clear(cr_graph *g);
@@ -231,10 +231,10 @@ void cr_set_grad_hook(cr_grad_hook fn, void *ctx);
 
 /* ---- ops: arithmetic (NumPy broadcasting) ---------------------------------- */
 
-cr_tensor *cr_add(cr_tensor *a, cr_tensor *b); /* a + b */
-cr_tensor *cr_sub(cr_tensor *a, cr_tensor *b); /* a - b */
-cr_tensor *cr_mul(cr_tensor *a, cr_tensor *b); /* a * b */
-cr_tensor *cr_div(cr_tensor *a, cr_tensor *b); /* a / b */
+cr_tensor *cr_add(cr_tensor *a, cr_tensor *b);     /* a + b */
+cr_tensor *cr_sub(cr_tensor *a, cr_tensor *b);     /* a - b */
+cr_tensor *cr_mul(cr_tensor *a, cr_tensor *b);     /* a * b */
+cr_tensor *cr_div(cr_tensor *a, cr_tensor *b);     /* a / b */
 cr_tensor *cr_maximum(cr_tensor *a, cr_tensor *b); /* max(a, b), ties send grad to a */
 cr_tensor *cr_minimum(cr_tensor *a, cr_tensor *b); /* min(a, b), ties send grad to a */
 
@@ -244,19 +244,19 @@ cr_tensor *cr_minimum(cr_tensor *a, cr_tensor *b); /* min(a, b), ties send grad 
  * parameters and math: cr_<name>(cr_tensor *x, <params as double>), e.g.
  * cr_tanh(x), cr_leaky_relu(x, slope), cr_rsub_scalar(x, c) = c - x,
  * cr_clamp(x, lo, hi). The natural log is cr_ln (cr_log is Criterion's). */
-#define CR_UNARY_PROTO_(name, KIND, np, params, reads, fwd, deriv, valid) \
+#define CR_UNARY_PROTO_(name, KIND, np, params, reads, fwd, deriv, valid)                                    \
     cr_tensor *cr_##name(cr_tensor *x CR_UNARY_PARAMS_##np params);
 CR_UNARY_OPS(CR_UNARY_PROTO_)
 #undef CR_UNARY_PROTO_
 
 /* ---- ops: reductions and normalisers ---------------------------------------- */
 
-cr_tensor *cr_sum(cr_tensor *x);                               /* all elements -> [] */
-cr_tensor *cr_mean(cr_tensor *x);                              /* all elements -> [] */
+cr_tensor *cr_sum(cr_tensor *x);  /* all elements -> [] */
+cr_tensor *cr_mean(cr_tensor *x); /* all elements -> [] */
 cr_tensor *cr_sum_dim(cr_tensor *x, int dim, bool keepdim);
 cr_tensor *cr_mean_dim(cr_tensor *x, int dim, bool keepdim);
-cr_tensor *cr_max_dim(cr_tensor *x, int dim, bool keepdim);    /* grad to the argmax */
-cr_tensor *cr_argmax(cr_tensor *x, int dim, bool keepdim);     /* i32, no grad */
+cr_tensor *cr_max_dim(cr_tensor *x, int dim, bool keepdim); /* grad to the argmax */
+cr_tensor *cr_argmax(cr_tensor *x, int dim, bool keepdim);  /* i32, no grad */
 cr_tensor *cr_softmax(cr_tensor *x, int dim);
 cr_tensor *cr_log_softmax(cr_tensor *x, int dim);
 
@@ -295,7 +295,7 @@ cr_tensor *cr_narrow(cr_tensor *x, int dim, int64_t start, int64_t len);
 cr_tensor *cr_select(cr_tensor *x, int dim, int64_t index); /* drops dim */
 cr_tensor *cr_expand(cr_tensor *x, int ndim, const int64_t *shape);
 cr_tensor *cr_unsqueeze(cr_tensor *x, int dim); /* a size-1 dim inserted at dim */
-cr_tensor *cr_contiguous(cr_tensor *x); /* x itself when already contiguous */
+cr_tensor *cr_contiguous(cr_tensor *x);         /* x itself when already contiguous */
 cr_tensor *cr_concat(int n, cr_tensor *const *xs, int dim);
 cr_tensor *cr_stack(int n, cr_tensor *const *xs, int dim);
 /* Split dim into pieces of `size` (last may be smaller); writes up to max_out

@@ -21,8 +21,9 @@ double cr_gradcheck(cr_gradcheck_fn f, void *ctx, int n_in, cr_tensor *const *in
         const cr_tensor *x = inputs[i];
         char s[128];
         if (x->dtype != CR_F64)
-            cr_error("cr_gradcheck: input %d is %s %s; finite differences need f64 (in f32 they measure rounding)", i,
-                     cr_dtype_name(x->dtype), cr_shape_str(s, sizeof s, x->ndim, x->shape));
+            cr_error(
+                "cr_gradcheck: input %d is %s %s; finite differences need f64 (in f32 they measure rounding)",
+                i, cr_dtype_name(x->dtype), cr_shape_str(s, sizeof s, x->ndim, x->shape));
         if (!x->persistent || !x->requires_grad)
             cr_error("cr_gradcheck: input %d, %s, must be a persistent tensor that requires a gradient", i,
                      cr_shape_str(s, sizeof s, x->ndim, x->shape));

@@ -249,7 +249,8 @@ static void release_value(cr_graph *g, cr_block *b)
     cr_pool_put(g->pool, b);
 }
 
-void cr_release_since(cr_graph *g, size_t log_pos, uint64_t seq0, int n_keep, cr_tensor *const *keep, bool all)
+void cr_release_since(cr_graph *g, size_t log_pos, uint64_t seq0, int n_keep, cr_tensor *const *keep,
+                      bool all)
 {
     for (int k = 0; k < n_keep; k++) {
         cr_block *b = keep[k] ? cr_value_block(keep[k]) : NULL;
@@ -284,11 +285,15 @@ void cr_scope_end(cr_scope s, int n_keep, cr_tensor *const *keep)
 {
     cr_graph *g = need_graph("cr_scope_end");
     if (s.gen != g->gen || s.depth < 1)
-        cr_error("cr_scope_end: the scope was not opened in this graph's current step (cr_graph_clear closes every scope)");
+        cr_error(
+            "cr_scope_end: the scope was not opened in this graph's current step (cr_graph_clear closes every scope)");
     if (s.depth != g->depth)
-        cr_error("cr_scope_end: scopes end innermost first: this one was opened at depth %d, the innermost open one "
-                 "at depth %d", s.depth, g->depth);
-    if (n_keep < 0 || (n_keep > 0 && !keep)) cr_error("cr_scope_end: %d tensors to keep, list %p", n_keep, (void *)keep);
+        cr_error(
+            "cr_scope_end: scopes end innermost first: this one was opened at depth %d, the innermost open one "
+            "at depth %d",
+            s.depth, g->depth);
+    if (n_keep < 0 || (n_keep > 0 && !keep))
+        cr_error("cr_scope_end: %d tensors to keep, list %p", n_keep, (void *)keep);
     cr_release_since(g, s.log_pos, s.seq, n_keep, keep, false);
     g->depth--;
 }
@@ -316,7 +321,8 @@ cr_node *cr_node_new(const cr_op *op, int n_in, cr_tensor *const *in)
         if (!in[i]) cr_error("%s: input %d is NULL", op->name, i);
         check_current(op->name, "input", i, g, in[i]);
         if (cr_tensor_released(in[i])) check_usable(op->name, "input", i, in[i]); /* reports it */
-        if (g->capture_seq) { /* a segment's first run: what it reads from before it stays for its recompute */
+        if (g->capture_seq) { /* a segment's first run: what it reads from before it stays for its recompute
+                               */
             cr_block *b = cr_value_block(in[i]);
             if (b && b->seq < g->capture_seq) b->saved = true;
         }
@@ -393,18 +399,26 @@ static _Noreturn void anomaly(const cr_graph *g, const cr_node *n, bool recorded
 {
     char msg[900], s[128], m[128];
     size_t used = 0;
-#define PUT(...) (used += (size_t)snprintf(msg + used, used < sizeof msg ? sizeof msg - used : 0, __VA_ARGS__))
+#define PUT(...)                                                                                             \
+    (used += (size_t)snprintf(msg + used, used < sizeof msg ? sizeof msg - used : 0, __VA_ARGS__))
     char pos[48];
-    if (recorded) snprintf(pos, sizeof pos, "tape #%zu", n->tape_index);
-    else snprintf(pos, sizeof pos, "not on the tape");
+    if (recorded)
+        snprintf(pos, sizeof pos, "tape #%zu", n->tape_index);
+    else
+        snprintf(pos, sizeof pos, "not on the tape");
     double v = cr_get_flat(bad, at);
-    PUT("%s%s (%s) %s: anomaly: %s, %s %s, holds %s at element %lld; output %s", in_backward ? "cr_backward: " : "",
-        n->op->name, pos, in_backward ? "backward" : "forward", what,
-        cr_dtype_name(bad->dtype), cr_shape_str(s, sizeof s, bad->ndim, bad->shape), isnan(v) ? "NaN" : v < 0 ? "-inf" : "inf",
+    PUT("%s%s (%s) %s: anomaly: %s, %s %s, holds %s at element %lld; output %s",
+        in_backward ? "cr_backward: " : "", n->op->name, pos, in_backward ? "backward" : "forward", what,
+        cr_dtype_name(bad->dtype), cr_shape_str(s, sizeof s, bad->ndim, bad->shape),
+        isnan(v) ? "NaN"
+        : v < 0  ? "-inf"
+                 : "inf",
         (long long)at, cr_shape_str(s, sizeof s, n->out->ndim, n->out->shape));
     for (int i = 0; i < n->n_in && i < 4; i++)
         PUT("; input %d %s%s", i, cr_shape_str(s, sizeof s, n->in[i]->ndim, n->in[i]->shape),
-            n->in[i]->node ? made_by(m, sizeof m, g, n->in[i]) : n->in[i]->requires_grad ? " (a leaf)" : "");
+            n->in[i]->node            ? made_by(m, sizeof m, g, n->in[i])
+            : n->in[i]->requires_grad ? " (a leaf)"
+                                      : "");
     size_t end = recorded ? n->tape_index : g->n;
     if (end > 0) PUT("; last ops before it:");
     for (size_t k = end > 3 ? end - 3 : 0; k < end; k++) {
@@ -440,7 +454,7 @@ static cr_tensor *finish(cr_node *n, cr_tensor *out, bool needs)
         n->tape_index = g->n;
         g->tape[g->n++] = n;
         unsigned saves = n->op->saves & ~CR_OP_VIEW;
-        if (saves & ~CR_SAVES_CROSS) { /* note the versions backward will expect */
+        if (saves & ~CR_SAVES_CROSS) {                      /* note the versions backward will expect */
             if ((saves & CR_SAVES_CROSS) && n->n_in >= 2) { /* inputs 0 and 1 */
                 if (!n->in[1]->requires_grad) saves &= ~CR_SAVES_IN(0);
                 if (!n->in[0]->requires_grad) saves &= ~CR_SAVES_IN(1);
@@ -654,8 +668,8 @@ bool cr_grad_movable(const cr_node *n, int i)
     const cr_tensor *t = n->in[i], *o = n->out, *gr = o->grad;
     if (!can_take(t) || o->retain_grad || !gr || gr->persistent || cr_block_of(gr)->via_base) return false;
     const cr_block *d = gr->owned;
-    return d && d->refs == 1 && !d->fresh && gr->data == cr_block_payload((cr_block *)d) && cr_is_contiguous(gr) &&
-           cr_same_shape(t, gr) && t->dtype == gr->dtype;
+    return d && d->refs == 1 && !d->fresh && gr->data == cr_block_payload((cr_block *)d) &&
+           cr_is_contiguous(gr) && cr_same_shape(t, gr) && t->dtype == gr->dtype;
 }
 
 bool cr_grad_move(cr_node *n, int i)
@@ -699,11 +713,12 @@ void cr_backward_error(const char *fmt, ...)
 static _Noreturn void version_error(const cr_node *n, const char *which, const cr_tensor *t, uint64_t then)
 {
     char s[128];
-    cr_backward_error("cr_backward: %s (tape #%zu) needs its %s, %s %s, but it was written in place after the op "
-                      "was recorded (version %llu then, %llu now); write after backward, or into a copy",
-                      n->op->name, n->tape_index, which, cr_dtype_name(t->dtype),
-                      cr_shape_str(s, sizeof s, t->ndim, t->shape), (unsigned long long)then,
-                      (unsigned long long)version_of(t));
+    cr_backward_error(
+        "cr_backward: %s (tape #%zu) needs its %s, %s %s, but it was written in place after the op "
+        "was recorded (version %llu then, %llu now); write after backward, or into a copy",
+        n->op->name, n->tape_index, which, cr_dtype_name(t->dtype),
+        cr_shape_str(s, sizeof s, t->ndim, t->shape), (unsigned long long)then,
+        (unsigned long long)version_of(t));
 }
 
 static void check_versions(const cr_node *n)
@@ -771,9 +786,11 @@ void cr_backward_with(cr_tensor *out, const cr_tensor *grad)
     char s1[128], s2[128];
     cr_graph *g = need_graph("cr_backward");
     if (!out->requires_grad)
-        cr_error("cr_backward: tensor %s does not require a gradient (no input needed one, or grad mode was off)",
-                 cr_shape_str(s1, sizeof s1, out->ndim, out->shape));
-    if (out->node && (out->gen != g->gen || out->node->tape_index >= g->n || g->tape[out->node->tape_index] != out->node))
+        cr_error(
+            "cr_backward: tensor %s does not require a gradient (no input needed one, or grad mode was off)",
+            cr_shape_str(s1, sizeof s1, out->ndim, out->shape));
+    if (out->node &&
+        (out->gen != g->gen || out->node->tape_index >= g->n || g->tape[out->node->tape_index] != out->node))
         cr_error("cr_backward: tensor %s%s belongs to a graph that was cleared (or is not current)",
                  cr_shape_str(s1, sizeof s1, out->ndim, out->shape), made_by(s2, sizeof s2, g, out));
     check_current("cr_backward", "gradient", 0, g, grad);

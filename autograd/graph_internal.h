@@ -18,7 +18,8 @@ struct cr_graph {
     size_t n_log, cap_log;
     int depth;            /* open scopes (segments count as scopes) */
     int segments;         /* open segments: a scope's end leaves values backward reads in the log for them */
-    uint64_t capture_seq; /* while a segment's first run records: storages older than this read by an op are kept */
+    uint64_t capture_seq; /* while a segment's first run records: storages older than this read by an op are
+                             kept */
     uint64_t pass;        /* backward passes so far */
     size_t bw_start;      /* the running backward started at this tape index */
     size_t peak;          /* most bytes in use (arena + pool) since init */
@@ -51,7 +52,8 @@ cr_tensor *cr_value_new(cr_graph *g, const char *fn, cr_dtype dt, int ndim, cons
  * seq0 on): those of keep[] stay (and stay logged), every other one is
  * released; with `all` even those a recorded backward reads (a segment's
  * discarded tape). */
-void cr_release_since(cr_graph *g, size_t log_pos, uint64_t seq0, int n_keep, cr_tensor *const *keep, bool all);
+void cr_release_since(cr_graph *g, size_t log_pos, uint64_t seq0, int n_keep, cr_tensor *const *keep,
+                      bool all);
 /* Record n with output out (a header whose storage is already filled) and
  * whether it needs a gradient, skipping the op's forward. */
 cr_tensor *cr_record_computed(cr_node *n, cr_tensor *out, bool needs);

@@ -13,14 +13,16 @@ static cr_tensor *binary_new(const cr_op *op, cr_tensor *a, cr_tensor *b)
     int nd;
     int64_t shape[CR_MAX_DIMS];
     if (!cr_broadcast_shape(a->ndim, a->shape, b->ndim, b->shape, &nd, shape))
-        cr_error("%s: shapes %s and %s do not broadcast", op->name, cr_shape_str(s1, sizeof s1, a->ndim, a->shape),
+        cr_error("%s: shapes %s and %s do not broadcast", op->name,
+                 cr_shape_str(s1, sizeof s1, a->ndim, a->shape),
                  cr_shape_str(s2, sizeof s2, b->ndim, b->shape));
     cr_tensor *in[2] = {a, b};
     return cr_node_finish(cr_node_new(op, 2, in), a->dtype, nd, shape);
 }
 
 /* out-shaped temporary: op(x, y) */
-static cr_tensor *tmp_binary(cr_binary_kind k, const cr_tensor *shape_of, const cr_tensor *x, const cr_tensor *y)
+static cr_tensor *tmp_binary(cr_binary_kind k, const cr_tensor *shape_of, const cr_tensor *x,
+                             const cr_tensor *y)
 {
     cr_tensor *t = cr_tensor_new(shape_of->dtype, shape_of->ndim, shape_of->shape);
     cr_k_binary(k, t, x, y);
@@ -47,7 +49,7 @@ static void sub_bwd(cr_node *n)
     cr_tensor *gy = n->out->grad;
     bool mv = cr_grad_movable(n, 0);
     if (n->in[1]->requires_grad) input_grad_add(n, 1, gy, cr_scalar(gy->dtype, -1.0)); /* db -= dy */
-    if (!mv || !cr_grad_move(n, 0)) input_grad_add(n, 0, gy, NULL);                   /* da += dy */
+    if (!mv || !cr_grad_move(n, 0)) input_grad_add(n, 0, gy, NULL);                    /* da += dy */
 }
 const cr_op cr_op_sub = {"cr_sub", sub_fwd, sub_bwd, 0, 0};
 cr_tensor *cr_sub(cr_tensor *a, cr_tensor *b) { return binary_new(&cr_op_sub, a, b); }
@@ -66,8 +68,9 @@ static void div_fwd(cr_node *n) { cr_k_binary(CR_B_DIV, n->out, n->in[0], n->in[
 static void div_bwd(cr_node *n)
 {
     cr_tensor *gy = n->out->grad, *y = n->out, *b = n->in[1];
-    if (n->in[0]->requires_grad) input_grad_add(n, 0, tmp_binary(CR_B_DIV, y, gy, b), NULL); /* da += dy / b */
-    if (n->in[1]->requires_grad) { /* db -= dy * y / b */
+    if (n->in[0]->requires_grad)
+        input_grad_add(n, 0, tmp_binary(CR_B_DIV, y, gy, b), NULL); /* da += dy / b */
+    if (n->in[1]->requires_grad) {                                  /* db -= dy * y / b */
         cr_tensor *t = tmp_binary(CR_B_DIV, y, y, b);
         input_grad_add(n, 1, tmp_binary(CR_B_MUL, y, gy, t), cr_scalar(y->dtype, -1.0));
     }

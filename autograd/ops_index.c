@@ -20,20 +20,21 @@ static void gather_rows_fwd(cr_node *n)
         if (ix[i] < 0 || ix[i] >= rows)
             cr_error("cr_gather_rows: index %d at position %lld is out of range for %lld rows", ix[i],
                      (long long)i, (long long)rows);
-        memcpy((char *)n->out->data + (size_t)i * bytes, (const char *)table->data + (size_t)ix[i] * bytes, bytes);
+        memcpy((char *)n->out->data + (size_t)i * bytes, (const char *)table->data + (size_t)ix[i] * bytes,
+               bytes);
     }
 }
 
-#define SCATTER_ADD(T)                                                                   \
-    do {                                                                                 \
-        T *g = gt->data;                                                                 \
-        const T *gy = n->out->grad->data;                                                \
-        for (int64_t i = 0; i < m; i++) {                                                \
-            if (ix[i] == skip) continue;                                                 \
-            T *row = g + (int64_t)ix[i] * width;                                         \
-            const T *src = gy + i * width;                                               \
-            for (int64_t j = 0; j < width; j++) row[j] += src[j];                        \
-        }                                                                                \
+#define SCATTER_ADD(T)                                                                                       \
+    do {                                                                                                     \
+        T *g = gt->data;                                                                                     \
+        const T *gy = n->out->grad->data;                                                                    \
+        for (int64_t i = 0; i < m; i++) {                                                                    \
+            if (ix[i] == skip) continue;                                                                     \
+            T *row = g + (int64_t)ix[i] * width;                                                             \
+            const T *src = gy + i * width;                                                                   \
+            for (int64_t j = 0; j < width; j++) row[j] += src[j];                                            \
+        }                                                                                                    \
     } while (0)
 
 static void gather_rows_bwd(cr_node *n)
@@ -53,18 +54,20 @@ static void gather_rows_bwd(cr_node *n)
     contiguous_grad_done(gt_, gt);
 }
 const cr_op cr_op_gather_rows = {"cr_gather_rows", gather_rows_fwd, gather_rows_bwd, CR_SAVES_IN(1),
-                                  sizeof(gather_attr)};
+                                 sizeof(gather_attr)};
 
 cr_tensor *cr_gather_rows(cr_tensor *table, const cr_tensor *idx, int64_t skip_index)
 {
     char s1[128], s2[128];
     cr_check_float("cr_gather_rows", table);
-    if (idx->dtype != CR_I32) cr_error("cr_gather_rows: indices must be i32, got %s", cr_dtype_name(idx->dtype));
+    if (idx->dtype != CR_I32)
+        cr_error("cr_gather_rows: indices must be i32, got %s", cr_dtype_name(idx->dtype));
     if (table->ndim < 1 || idx->ndim + table->ndim - 1 > CR_MAX_DIMS)
         cr_error("cr_gather_rows: table %s and indices %s do not fit",
                  cr_shape_str(s1, sizeof s1, table->ndim, table->shape),
                  cr_shape_str(s2, sizeof s2, idx->ndim, idx->shape));
-    cr_tensor *in[2] = {cr_contiguous(table), (cr_tensor *)(cr_is_contiguous(idx) ? idx : cr_contiguous_copy(idx))};
+    cr_tensor *in[2] = {cr_contiguous(table),
+                        (cr_tensor *)(cr_is_contiguous(idx) ? idx : cr_contiguous_copy(idx))};
     int64_t shape[CR_MAX_DIMS];
     int nd = 0;
     for (int d = 0; d < idx->ndim; d++) shape[nd++] = idx->shape[d];
@@ -105,7 +108,8 @@ cr_tensor *cr_where(const cr_tensor *cond, cr_tensor *x, cr_tensor *y)
     for (int d = 0; ok && d < nd; d++) ok = shape2[d] == shape[d];
     if (!ok)
         cr_error("cr_where: cond %s, x %s, y %s do not broadcast to the shape of x and y",
-                 cr_shape_str(s1, sizeof s1, cond->ndim, cond->shape), cr_shape_str(s2, sizeof s2, x->ndim, x->shape),
+                 cr_shape_str(s1, sizeof s1, cond->ndim, cond->shape),
+                 cr_shape_str(s2, sizeof s2, x->ndim, x->shape),
                  cr_shape_str(s3, sizeof s3, y->ndim, y->shape));
     if (cond->requires_grad) cond = cr_detach((cr_tensor *)cond);
     cr_tensor *in[3] = {(cr_tensor *)cond, x, y};
@@ -128,17 +132,22 @@ static cr_tensor *mask_new(const cr_op *op, cr_tensor *x, cr_tensor *mask)
     int64_t shape[CR_MAX_DIMS];
     if (!cr_broadcast_shape(x->ndim, x->shape, mask->ndim, mask->shape, &nd, shape) || nd != x->ndim)
         cr_error("%s: mask %s does not broadcast to x %s", op->name,
-                 cr_shape_str(s1, sizeof s1, mask->ndim, mask->shape), cr_shape_str(s2, sizeof s2, x->ndim, x->shape));
+                 cr_shape_str(s1, sizeof s1, mask->ndim, mask->shape),
+                 cr_shape_str(s2, sizeof s2, x->ndim, x->shape));
     for (int d = 0; d < nd; d++)
         if (shape[d] != x->shape[d])
             cr_error("%s: mask %s does not broadcast to x %s", op->name,
-                     cr_shape_str(s1, sizeof s1, mask->ndim, mask->shape), cr_shape_str(s2, sizeof s2, x->ndim, x->shape));
+                     cr_shape_str(s1, sizeof s1, mask->ndim, mask->shape),
+                     cr_shape_str(s2, sizeof s2, x->ndim, x->shape));
     if (mask->requires_grad) mask = cr_detach(mask);
     cr_tensor *in[2] = {x, mask};
     return cr_node_finish(cr_node_new(op, 2, in), x->dtype, x->ndim, x->shape);
 }
 
-cr_tensor *cr_mask(cr_tensor *x, const cr_tensor *mask) { return mask_new(&cr_op_mask, x, (cr_tensor *)mask); }
+cr_tensor *cr_mask(cr_tensor *x, const cr_tensor *mask)
+{
+    return mask_new(&cr_op_mask, x, (cr_tensor *)mask);
+}
 
 const cr_op cr_op_dropout = {"cr_dropout", mask_fwd, mask_bwd, CR_SAVES_IN(1), 0};
 

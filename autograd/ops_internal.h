@@ -5,17 +5,19 @@
 
 #include "autograd.h"
 
-/* Every op but the unary ones, which come from tensor/unary_ops.h. */
-#define CR_OP_LIST(X)                                                                      \
-    X(add) X(sub) X(mul) X(div) X(maximum) X(minimum)                                      \
-    X(sum) X(mean) X(sum_dim) X(mean_dim) X(max_dim) X(softmax) X(log_softmax)             \
-    X(matmul) X(matmul_bias) X(weight_t) X(cross_entropy)                                                 \
-    X(reshape) X(transpose) X(permute) X(narrow) X(select) X(expand) X(unsqueeze)          \
-    X(contiguous) X(concat) X(stack)                                                       \
-    X(gather_rows) X(where) X(mask) X(dropout)                                             \
-    X(conv1d) X(conv2d) X(max_pool1d) X(max_pool2d) X(avg_pool1d) X(avg_pool2d) \
-    X(lstm_gates) X(gru_gates)                                                             \
+/* Every op but the unary ones, which come from tensor/unary_ops.h; one line per family. */
+/* clang-format off */
+#define CR_OP_LIST(X)                                                                                        \
+    X(add) X(sub) X(mul) X(div) X(maximum) X(minimum)                                                        \
+    X(sum) X(mean) X(sum_dim) X(mean_dim) X(max_dim) X(softmax) X(log_softmax)                               \
+    X(matmul) X(matmul_bias) X(weight_t) X(cross_entropy)                                                    \
+    X(reshape) X(transpose) X(permute) X(narrow) X(select) X(expand) X(unsqueeze)                            \
+    X(contiguous) X(concat) X(stack)                                                                         \
+    X(gather_rows) X(where) X(mask) X(dropout)                                                               \
+    X(conv1d) X(conv2d) X(max_pool1d) X(max_pool2d) X(avg_pool1d) X(avg_pool2d)                              \
+    X(lstm_gates) X(gru_gates)                                                                               \
     X(recompute)
+/* clang-format on */
 
 #define CR_DECLARE_OP(name) extern const cr_op cr_op_##name;
 #define CR_DECLARE_UNARY_OP(name, KIND, np, params, reads, fwd, deriv, valid) CR_DECLARE_OP(name)

@@ -14,16 +14,16 @@ typedef struct {
     int64_t count; /* targets that counted, set by forward */
 } ce_attr;
 
-#define CE_BACKWARD(T)                                                                   \
-    do {                                                                                 \
-        T *g = gx->data;                                                                 \
-        const T *lp = n->saved->data;                                                    \
-        for (int64_t r = 0; r < rows; r++) {                                             \
-            int32_t t = tgt[r];                                                          \
-            if (t == ignore) continue;                                                   \
-            for (int64_t c = 0; c < C; c++)                                              \
-                g[r * C + c] += (T)(scale * (exp((double)lp[r * C + c]) - (c == t)));    \
-        }                                                                                \
+#define CE_BACKWARD(T)                                                                                       \
+    do {                                                                                                     \
+        T *g = gx->data;                                                                                     \
+        const T *lp = n->saved->data;                                                                        \
+        for (int64_t r = 0; r < rows; r++) {                                                                 \
+            int32_t t = tgt[r];                                                                              \
+            if (t == ignore) continue;                                                                       \
+            for (int64_t c = 0; c < C; c++)                                                                  \
+                g[r * C + c] += (T)(scale * (exp((double)lp[r * C + c]) - (c == t)));                        \
+        }                                                                                                    \
     } while (0)
 
 static void cross_entropy_fwd(cr_node *n)
@@ -48,8 +48,8 @@ static void cross_entropy_fwd(cr_node *n)
         int32_t t = tgt[r];
         if (t == ignore) continue;
         if (t < 0 || t >= C)
-            cr_error("cr_cross_entropy: target %d at row %lld is out of range for %lld classes", t, (long long)r,
-                     (long long)C);
+            cr_error("cr_cross_entropy: target %d at row %lld is out of range for %lld classes", t,
+                     (long long)r, (long long)C);
         total -= cr_get_flat(n->saved, r * C + t);
         count++;
     }
@@ -79,16 +79,19 @@ static void cross_entropy_bwd(cr_node *n)
 const cr_op cr_op_cross_entropy = {"cr_cross_entropy", cross_entropy_fwd, cross_entropy_bwd, CR_SAVES_IN(1),
                                    sizeof(ce_attr)};
 
-cr_tensor *cr_cross_entropy(cr_tensor *logits, const cr_tensor *target, int64_t ignore_index, cr_reduction red)
+cr_tensor *cr_cross_entropy(cr_tensor *logits, const cr_tensor *target, int64_t ignore_index,
+                            cr_reduction red)
 {
     char s1[128], s2[128];
     cr_check_float("cr_cross_entropy", logits);
     cr_shape_str(s1, sizeof s1, logits->ndim, logits->shape);
     cr_shape_str(s2, sizeof s2, target->ndim, target->shape);
-    if (target->dtype != CR_I32) cr_error("cr_cross_entropy: targets must be i32, got %s", cr_dtype_name(target->dtype));
+    if (target->dtype != CR_I32)
+        cr_error("cr_cross_entropy: targets must be i32, got %s", cr_dtype_name(target->dtype));
     bool ok = (logits->ndim == 2 && target->ndim == 1 && target->shape[0] == logits->shape[0]) ||
               (logits->ndim == 1 && target->ndim == 0);
-    if (!ok) cr_error("cr_cross_entropy: logits %s and targets %s: need [N,C] with [N], or [C] with []", s1, s2);
+    if (!ok)
+        cr_error("cr_cross_entropy: logits %s and targets %s: need [N,C] with [N], or [C] with []", s1, s2);
     cr_tensor *in[2] = {logits, (cr_tensor *)target};
     cr_node *n = cr_node_new(&cr_op_cross_entropy, 2, in);
     *CR_NODE_ATTR(n, ce_attr) = (ce_attr){ignore_index, red, 0};

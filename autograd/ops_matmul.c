@@ -192,7 +192,8 @@ static void matmul_bwd(cr_node *n)
     cr_tensor *gb = input_grad_first(n, 1, &first_b);
     if (gb) gemm_batched(n->in[0], true, gy, false, first_b ? 0.0 : 1.0, gb); /* dB (+)= A^T dY */
 }
-const cr_op cr_op_matmul = {"cr_matmul", matmul_fwd, matmul_bwd, CR_SAVES_IN(0) | CR_SAVES_IN(1) | CR_SAVES_CROSS, 0};
+const cr_op cr_op_matmul = {"cr_matmul", matmul_fwd, matmul_bwd,
+                            CR_SAVES_IN(0) | CR_SAVES_IN(1) | CR_SAVES_CROSS, 0};
 
 /* The product's shape into shape (2 or 3 dims), after the checks; errors name fn. */
 static int product_shape(const char *fn, const cr_tensor *a, const cr_tensor *b, int64_t *shape)
@@ -205,7 +206,8 @@ static int product_shape(const char *fn, const cr_tensor *a, const cr_tensor *b,
         cr_error("%s: %s x %s: operands must be 2-D or 3-D", fn, s1, s2);
     int64_t m = a->shape[a->ndim - 2], k = a->shape[a->ndim - 1];
     int64_t k2 = b->shape[b->ndim - 2], nn = b->shape[b->ndim - 1];
-    if (k != k2) cr_error("%s: %s x %s: inner dims %lld and %lld differ", fn, s1, s2, (long long)k, (long long)k2);
+    if (k != k2)
+        cr_error("%s: %s x %s: inner dims %lld and %lld differ", fn, s1, s2, (long long)k, (long long)k2);
     if (a->ndim == 3 && b->ndim == 3 && a->shape[0] != b->shape[0])
         cr_error("%s: %s x %s: batch sizes %lld and %lld differ", fn, s1, s2, (long long)a->shape[0],
                  (long long)b->shape[0]);
@@ -236,7 +238,7 @@ static void matmul_bias_fwd(cr_node *n)
 }
 static void matmul_bias_bwd(cr_node *n)
 {
-    matmul_bwd(n);                         /* dA, dB as for the product */
+    matmul_bwd(n);                            /* dA, dB as for the product */
     input_grad_add(n, 2, n->out->grad, NULL); /* dbias += dY summed over the broadcast dims */
 }
 const cr_op cr_op_matmul_bias = {"cr_matmul_bias", matmul_bias_fwd, matmul_bias_bwd,
@@ -251,7 +253,8 @@ cr_tensor *cr_matmul_bias(cr_tensor *a, cr_tensor *b, cr_tensor *bias)
     if (!cr_broadcast_shape(nd, shape, bias->ndim, bias->shape, &nb, bs) || nb != nd ||
         memcmp(bs, shape, (size_t)nd * sizeof *bs))
         cr_error("cr_matmul_bias: bias %s does not broadcast to the product's shape %s",
-                 cr_shape_str(s1, sizeof s1, bias->ndim, bias->shape), cr_shape_str(s2, sizeof s2, nd, shape));
+                 cr_shape_str(s1, sizeof s1, bias->ndim, bias->shape),
+                 cr_shape_str(s2, sizeof s2, nd, shape));
     cr_tensor *in[3] = {a, b, bias};
     return cr_node_finish(cr_node_new(&cr_op_matmul_bias, 3, in), a->dtype, nd, shape);
 }

@@ -40,7 +40,10 @@ cr_tensor *cr_sum(cr_tensor *x)
     return cr_node_finish(cr_node_new(&cr_op_sum, 1, &x), x->dtype, 0, NULL);
 }
 
-static void mean_fwd(cr_node *n) { cr_k_reduce(CR_R_MEAN, n->out, NULL, as_contiguous(n->in[0]), CR_ALL_DIMS); }
+static void mean_fwd(cr_node *n)
+{
+    cr_k_reduce(CR_R_MEAN, n->out, NULL, as_contiguous(n->in[0]), CR_ALL_DIMS);
+}
 static void mean_bwd(cr_node *n)
 {
     if (n->in[0]->requires_grad) /* dx += dy / numel */
@@ -73,7 +76,10 @@ static cr_tensor *reduce_dim_new(const cr_op *op, cr_tensor *x, int dim, bool ke
 
 static int dim_of(const cr_node *n) { return CR_NODE_ATTR(n, reduce_attr)->dim; }
 
-static void sum_dim_fwd(cr_node *n) { cr_k_reduce(CR_R_SUM, n->out, NULL, as_contiguous(n->in[0]), dim_of(n)); }
+static void sum_dim_fwd(cr_node *n)
+{
+    cr_k_reduce(CR_R_SUM, n->out, NULL, as_contiguous(n->in[0]), dim_of(n));
+}
 static void sum_dim_bwd(cr_node *n)
 {
     if (!n->in[0]->requires_grad) return;
@@ -81,18 +87,28 @@ static void sum_dim_bwd(cr_node *n)
     input_grad_add(n, 0, &gy, NULL); /* dx += dy, repeated along dim */
 }
 const cr_op cr_op_sum_dim = {"cr_sum_dim", sum_dim_fwd, sum_dim_bwd, 0, sizeof(reduce_attr)};
-cr_tensor *cr_sum_dim(cr_tensor *x, int dim, bool keepdim) { return reduce_dim_new(&cr_op_sum_dim, x, dim, keepdim); }
+cr_tensor *cr_sum_dim(cr_tensor *x, int dim, bool keepdim)
+{
+    return reduce_dim_new(&cr_op_sum_dim, x, dim, keepdim);
+}
 
-static void mean_dim_fwd(cr_node *n) { cr_k_reduce(CR_R_MEAN, n->out, NULL, as_contiguous(n->in[0]), dim_of(n)); }
+static void mean_dim_fwd(cr_node *n)
+{
+    cr_k_reduce(CR_R_MEAN, n->out, NULL, as_contiguous(n->in[0]), dim_of(n));
+}
 static void mean_dim_bwd(cr_node *n)
 {
     if (!n->in[0]->requires_grad) return;
     int dim = dim_of(n);
     cr_tensor gy = keepdim_view(n->out->grad, n->in[0], dim);
-    input_grad_add(n, 0, &gy, cr_scalar(n->in[0]->dtype, 1.0 / (double)n->in[0]->shape[dim])); /* dx += dy / n */
+    input_grad_add(n, 0, &gy,
+                   cr_scalar(n->in[0]->dtype, 1.0 / (double)n->in[0]->shape[dim])); /* dx += dy / n */
 }
 const cr_op cr_op_mean_dim = {"cr_mean_dim", mean_dim_fwd, mean_dim_bwd, 0, sizeof(reduce_attr)};
-cr_tensor *cr_mean_dim(cr_tensor *x, int dim, bool keepdim) { return reduce_dim_new(&cr_op_mean_dim, x, dim, keepdim); }
+cr_tensor *cr_mean_dim(cr_tensor *x, int dim, bool keepdim)
+{
+    return reduce_dim_new(&cr_op_mean_dim, x, dim, keepdim);
+}
 
 /* n->saved holds the argmax indices (i32, the output's shape). */
 static void max_dim_fwd(cr_node *n)
@@ -158,7 +174,10 @@ static void softmax_bwd(cr_node *n)
 const cr_op cr_op_softmax = {"cr_softmax", softmax_fwd, softmax_bwd, CR_SAVES_OUT, sizeof(softmax_attr)};
 cr_tensor *cr_softmax(cr_tensor *x, int dim) { return softmax_new(&cr_op_softmax, x, dim); }
 
-static void log_softmax_fwd(cr_node *n) { cr_k_softmax(n->out, as_contiguous(n->in[0]), softmax_dim(n), true); }
+static void log_softmax_fwd(cr_node *n)
+{
+    cr_k_softmax(n->out, as_contiguous(n->in[0]), softmax_dim(n), true);
+}
 static void log_softmax_bwd(cr_node *n)
 {
     cr_tensor *gx = input_grad(n, 0);

@@ -19,7 +19,7 @@ static const cr_tensor *rows(const cr_tensor *t)
  * vector loop assumes its outputs do not alias), else a new arena temporary
  * that finish_target adds in. */
 typedef struct {
-    cr_tensor *grad, *k;   /* the gradient, and what the kernel writes */
+    cr_tensor *grad, *k;      /* the gradient, and what the kernel writes */
     bool grad_first, k_first; /* new (unwritten): written, not added to */
 } target;
 
@@ -28,8 +28,10 @@ static bool overlap(const cr_tensor *a, const cr_tensor *b)
 {
     size_t es = cr_dtype_size(a->dtype);
     const char *a0 = a->data, *b0 = b->data;
-    const char *a1 = a0 + (size_t)((a->shape[0] - 1) * a->stride[0] + (a->shape[1] - 1) * a->stride[1] + 1) * es;
-    const char *b1 = b0 + (size_t)((b->shape[0] - 1) * b->stride[0] + (b->shape[1] - 1) * b->stride[1] + 1) * es;
+    const char *a1 =
+        a0 + (size_t)((a->shape[0] - 1) * a->stride[0] + (a->shape[1] - 1) * a->stride[1] + 1) * es;
+    const char *b1 =
+        b0 + (size_t)((b->shape[0] - 1) * b->stride[0] + (b->shape[1] - 1) * b->stride[1] + 1) * es;
     return a0 < b1 && b0 < a1;
 }
 
@@ -63,7 +65,8 @@ static void finish_target(const target *t)
 }
 
 /* Check gx and gh ([B, gates*H]) against the state s ([B,H]). */
-static void check_gates(const char *op, int gates, const cr_tensor *gx, const cr_tensor *gh, const cr_tensor *s)
+static void check_gates(const char *op, int gates, const cr_tensor *gx, const cr_tensor *gh,
+                        const cr_tensor *s)
 {
     char a[128], b[128], c[128];
     cr_check_float_pair(op, gx, gh);
@@ -75,8 +78,9 @@ static void check_gates(const char *op, int gates, const cr_tensor *gx, const cr
     }
     if (!ok)
         cr_error("%s: gx %s, gh %s, state %s: expected gx and gh [B,%dH] for a state [B,H]", op,
-                 cr_shape_str(a, sizeof a, gx->ndim, gx->shape), cr_shape_str(b, sizeof b, gh->ndim, gh->shape),
-                 cr_shape_str(c, sizeof c, s->ndim, s->shape), gates);
+                 cr_shape_str(a, sizeof a, gx->ndim, gx->shape),
+                 cr_shape_str(b, sizeof b, gh->ndim, gh->shape), cr_shape_str(c, sizeof c, s->ndim, s->shape),
+                 gates);
 }
 
 /* ---- LSTM ------------------------------------------------------------------------ */
@@ -95,7 +99,8 @@ static void lstm_gates_bwd(cr_node *n)
     target t[3];
     for (int i = 0; i < 3; i++) t[i] = grad_target(n, i, i, t);
     target tx = t[0], th = t[1], tc = t[2];
-    cr_k_lstm_gates_backward(tx.k, tx.k_first, th.k, th.k_first, tc.k, tc.k_first, dy, n->saved, rows(n->in[2]));
+    cr_k_lstm_gates_backward(tx.k, tx.k_first, th.k, th.k_first, tc.k, tc.k_first, dy, n->saved,
+                             rows(n->in[2]));
     finish_target(&tx);
     finish_target(&th);
     finish_target(&tc);
@@ -126,7 +131,8 @@ static void gru_gates_bwd(cr_node *n)
     target t[3];
     for (int i = 0; i < 3; i++) t[i] = grad_target(n, i, i, t);
     target tx = t[0], th = t[1], tq = t[2];
-    cr_k_gru_gates_backward(tx.k, tx.k_first, th.k, th.k_first, tq.k, tq.k_first, dy, n->saved, rows(n->in[2]));
+    cr_k_gru_gates_backward(tx.k, tx.k_first, th.k, th.k_first, tq.k, tq.k_first, dy, n->saved,
+                            rows(n->in[2]));
     finish_target(&tx);
     finish_target(&th);
     finish_target(&tq);

@@ -69,7 +69,8 @@ static void transpose_bwd(cr_node *n)
     cr_view_transpose(&v, n->out->grad, at->d0, at->d1); /* dx += dy^T */
     accumulate_view(gx, &v);
 }
-const cr_op cr_op_transpose = {"cr_transpose", transpose_fwd, transpose_bwd, CR_OP_VIEW, sizeof(transpose_attr)};
+const cr_op cr_op_transpose = {"cr_transpose", transpose_fwd, transpose_bwd, CR_OP_VIEW,
+                               sizeof(transpose_attr)};
 
 cr_tensor *cr_transpose(cr_tensor *x, int d0, int d1)
 {
@@ -83,7 +84,10 @@ typedef struct {
     int perm[CR_MAX_DIMS]; /* output dim d is input dim perm[d] */
 } permute_attr;
 
-static void permute_fwd(cr_node *n) { cr_view_permute(n->out, n->in[0], CR_NODE_ATTR(n, permute_attr)->perm); }
+static void permute_fwd(cr_node *n)
+{
+    cr_view_permute(n->out, n->in[0], CR_NODE_ATTR(n, permute_attr)->perm);
+}
 static void permute_bwd(cr_node *n)
 {
     if (cr_grad_via_base(n->out)) return;
@@ -177,7 +181,10 @@ static void expand_fwd(cr_node *n)
     const shape_attr *at = CR_NODE_ATTR(n, shape_attr);
     cr_view_expand(n->out, n->in[0], at->ndim, at->shape);
 }
-static void expand_bwd(cr_node *n) { input_grad_add(n, 0, n->out->grad, NULL); /* dx += dy summed over expanded dims */ }
+static void expand_bwd(cr_node *n)
+{
+    input_grad_add(n, 0, n->out->grad, NULL); /* dx += dy summed over expanded dims */
+}
 const cr_op cr_op_expand = {"cr_expand", expand_fwd, expand_bwd, 0, sizeof(shape_attr)};
 
 cr_tensor *cr_expand(cr_tensor *x, int ndim, const int64_t *shape)
@@ -197,7 +204,10 @@ typedef struct {
     int dim; /* normalised, in the output's dims */
 } unsqueeze_attr;
 
-static void unsqueeze_fwd(cr_node *n) { cr_view_unsqueeze(n->out, n->in[0], CR_NODE_ATTR(n, unsqueeze_attr)->dim); }
+static void unsqueeze_fwd(cr_node *n)
+{
+    cr_view_unsqueeze(n->out, n->in[0], CR_NODE_ATTR(n, unsqueeze_attr)->dim);
+}
 static void unsqueeze_bwd(cr_node *n)
 {
     if (cr_grad_via_base(n->out)) return;
@@ -206,7 +216,8 @@ static void unsqueeze_bwd(cr_node *n)
     cr_view_select(&v, n->out->grad, CR_NODE_ATTR(n, unsqueeze_attr)->dim, 0); /* dx += dy without the dim */
     accumulate_view(gx, &v);
 }
-const cr_op cr_op_unsqueeze = {"cr_unsqueeze", unsqueeze_fwd, unsqueeze_bwd, CR_OP_VIEW, sizeof(unsqueeze_attr)};
+const cr_op cr_op_unsqueeze = {"cr_unsqueeze", unsqueeze_fwd, unsqueeze_bwd, CR_OP_VIEW,
+                               sizeof(unsqueeze_attr)};
 
 cr_tensor *cr_unsqueeze(cr_tensor *x, int dim)
 {

@@ -51,15 +51,16 @@ static void unary_bwd(cr_node *n, cr_unary_kind k, int np)
 #define UNARY_VALS_1(p) , p
 #define UNARY_VALS_2(p, q) , p, q
 
-#define UNARY_OP(name, KIND, np, params, reads, fwd, deriv, valid)                                     \
-    static void name##_fwd(cr_node *n) { unary_fwd(n, CR_U_##KIND, np); }                              \
-    static void name##_bwd(cr_node *n) { unary_bwd(n, CR_U_##KIND, np); }                              \
-    const cr_op cr_op_##name = {"cr_" #name, name##_fwd, name##_bwd, UNARY_SAVES(reads),                \
-                                np ? sizeof(unary_attr) : 0};                                          \
-    cr_tensor *cr_##name(cr_tensor *x CR_UNARY_PARAMS_##np params)                                     \
-    {                                                                                                  \
-        if (!(valid)) cr_error("cr_" #name ": needs " #valid ", got " UNARY_FMT_##np params UNARY_VALS_##np params); \
-        return unary_new(&cr_op_##name, np, x, CR_UNARY_ARGS_##np params);                              \
+#define UNARY_OP(name, KIND, np, params, reads, fwd, deriv, valid)                                           \
+    static void name##_fwd(cr_node *n) { unary_fwd(n, CR_U_##KIND, np); }                                    \
+    static void name##_bwd(cr_node *n) { unary_bwd(n, CR_U_##KIND, np); }                                    \
+    const cr_op cr_op_##name = {"cr_" #name, name##_fwd, name##_bwd, UNARY_SAVES(reads),                     \
+                                np ? sizeof(unary_attr) : 0};                                                \
+    cr_tensor *cr_##name(cr_tensor *x CR_UNARY_PARAMS_##np params)                                           \
+    {                                                                                                        \
+        if (!(valid))                                                                                        \
+            cr_error("cr_" #name ": needs " #valid ", got " UNARY_FMT_##np params UNARY_VALS_##np params);   \
+        return unary_new(&cr_op_##name, np, x, CR_UNARY_ARGS_##np params);                                   \
     }
 CR_UNARY_OPS(UNARY_OP)
 #undef UNARY_OP

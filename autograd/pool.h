@@ -15,16 +15,16 @@ enum { CR_BLOCK_VALUE = 1, CR_BLOCK_GRAD, CR_BLOCK_HEADER };
  * autograd keeps per storage. */
 typedef struct cr_block {
     _Alignas(64) size_t bytes; /* payload bytes: the size class */
-    struct cr_block *next; /* next free block of this size */
-    cr_tensor *owner;      /* value: the header that owns the storage */
-    uint64_t seq;          /* allocation number since the pool's reset */
-    uint32_t refs;         /* gradient: headers that use this storage */
-    uint8_t kind;          /* CR_BLOCK_* */
+    struct cr_block *next;     /* next free block of this size */
+    cr_tensor *owner;          /* value: the header that owns the storage */
+    uint64_t seq;              /* allocation number since the pool's reset */
+    uint32_t refs;             /* gradient: headers that use this storage */
+    uint8_t kind;              /* CR_BLOCK_* */
     bool free;
-    bool saved;            /* value: a recorded backward (or a segment's recompute) reads it */
-    bool kept;             /* value: in a cr_scope_end's keep list (transient) */
-    bool fresh;            /* gradient: never written, holds garbage (logically zero) */
-    bool via_base;         /* header: a view op's gradient seen through its base's */
+    bool saved;    /* value: a recorded backward (or a segment's recompute) reads it */
+    bool kept;     /* value: in a cr_scope_end's keep list (transient) */
+    bool fresh;    /* gradient: never written, holds garbage (logically zero) */
+    bool via_base; /* header: a view op's gradient seen through its base's */
 } cr_block;
 
 _Static_assert(sizeof(cr_block) == 64, "payloads stay 64-byte aligned");
@@ -43,8 +43,8 @@ void cr_pool_free(cr_pool *p);
 cr_block *cr_pool_get(cr_pool *p, size_t bytes, int kind);
 /* Back to its free list (poisoned under ASan until handed out again). */
 void cr_pool_put(cr_pool *p, cr_block *b);
-void cr_pool_reset(cr_pool *p); /* every block free, memory kept */
-uint64_t cr_pool_seq(const cr_pool *p); /* the seq the next block will get */
+void cr_pool_reset(cr_pool *p);            /* every block free, memory kept */
+uint64_t cr_pool_seq(const cr_pool *p);    /* the seq the next block will get */
 size_t cr_pool_live(const cr_pool *p);     /* bytes of blocks in use (with their 64-byte heads) */
 size_t cr_pool_capacity(const cr_pool *p); /* bytes reserved */
 

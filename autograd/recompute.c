@@ -43,7 +43,8 @@ static bool same_values(const cr_tensor *a, const cr_tensor *b)
 {
     if (a->dtype != b->dtype || !cr_same_shape(a, b)) return false;
     int64_t n = cr_numel(a);
-    if (cr_is_contiguous(a) && cr_is_contiguous(b)) return memcmp(a->data, b->data, (size_t)n * cr_dtype_size(a->dtype)) == 0;
+    if (cr_is_contiguous(a) && cr_is_contiguous(b))
+        return memcmp(a->data, b->data, (size_t)n * cr_dtype_size(a->dtype)) == 0;
     for (int64_t i = 0; i < n; i++) {
         double x = cr_get_flat(a, i), y = cr_get_flat(b, i);
         if (memcmp(&x, &y, sizeof x)) return false;
@@ -63,12 +64,13 @@ static void recompute_bwd(cr_node *n)
     s->done_pass = g->pass;
     for (int i = 0; i < s->n_in; i++)
         if (version_of(s->in[i]) != s->in_version[i])
-            cr_backward_error("cr_backward: cr_recompute (tape #%zu) runs its segment again on input %d, %s %s, but it "
-                              "was written in place after the segment ran (version %llu then, %llu now); write after "
-                              "backward, or into a copy",
-                              n->tape_index, i, cr_dtype_name(s->in[i]->dtype),
-                              cr_shape_str(s1, sizeof s1, s->in[i]->ndim, s->in[i]->shape),
-                              (unsigned long long)s->in_version[i], (unsigned long long)version_of(s->in[i]));
+            cr_backward_error(
+                "cr_backward: cr_recompute (tape #%zu) runs its segment again on input %d, %s %s, but it "
+                "was written in place after the segment ran (version %llu then, %llu now); write after "
+                "backward, or into a copy",
+                n->tape_index, i, cr_dtype_name(s->in[i]->dtype),
+                cr_shape_str(s1, sizeof s1, s->in[i]->ndim, s->in[i]->shape),
+                (unsigned long long)s->in_version[i], (unsigned long long)version_of(s->in[i]));
     /* rebuild: recorded on the tape after everything else, logged as a scope */
     size_t m0 = g->n, log0 = g->n_log, start = g->bw_start;
     uint64_t seq0 = cr_pool_seq(g->pool);
@@ -87,20 +89,23 @@ static void recompute_bwd(cr_node *n)
         uint64_t end = s->rng[j]->offset;
         s->rng[j]->offset = now[j];
         if (end != s->rng_end[j])
-            cr_backward_error("cr_backward: cr_recompute (tape #%zu): the segment drew %llu numbers from generator %d "
-                              "the first time and %llu when run again; it must draw the same",
-                              n->tape_index, (unsigned long long)(s->rng_end[j] - s->rng_start[j]), j,
-                              (unsigned long long)(end - s->rng_start[j]));
+            cr_backward_error(
+                "cr_backward: cr_recompute (tape #%zu): the segment drew %llu numbers from generator %d "
+                "the first time and %llu when run again; it must draw the same",
+                n->tape_index, (unsigned long long)(s->rng_end[j] - s->rng_start[j]), j,
+                (unsigned long long)(end - s->rng_start[j]));
     }
     for (int k = 0; k < s->n_out; k++) {
         const cr_tensor *a = s->out[k], *b = out[k];
-        if (!b || (version_of(a) == s->out_version[k] ? !same_values(a, b) : a->dtype != b->dtype || !cr_same_shape(a, b)))
-            cr_backward_error("cr_backward: cr_recompute (tape #%zu): output %d of the segment, %s %s, is %s %s when "
-                              "run again: the function must compute the same values from the same inputs (draw "
-                              "random numbers only from the generators given to cr_recompute, read nothing that "
-                              "changed since)",
-                              n->tape_index, k, cr_dtype_name(a->dtype), cr_shape_str(s1, sizeof s1, a->ndim, a->shape),
-                              b ? "different:" : "missing", b ? cr_shape_str(s2, sizeof s2, b->ndim, b->shape) : "");
+        if (!b || (version_of(a) == s->out_version[k] ? !same_values(a, b)
+                                                      : a->dtype != b->dtype || !cr_same_shape(a, b)))
+            cr_backward_error(
+                "cr_backward: cr_recompute (tape #%zu): output %d of the segment, %s %s, is %s %s when "
+                "run again: the function must compute the same values from the same inputs (draw "
+                "random numbers only from the generators given to cr_recompute, read nothing that "
+                "changed since)",
+                n->tape_index, k, cr_dtype_name(a->dtype), cr_shape_str(s1, sizeof s1, a->ndim, a->shape),
+                b ? "different:" : "missing", b ? cr_shape_str(s2, sizeof s2, b->ndim, b->shape) : "");
     }
     /* seed the rebuilt outputs with the gradients the kept ones received */
     for (int k = 0; k < s->n_out; k++) {
@@ -142,7 +147,7 @@ typedef struct first_run {
     cr_tensor **copy;            /* an output whose data lay in the given-back part: its data, copied */
     cr_tensor **keep, **new_owner;
     cr_block **copy_block;
-    int *dup;                    /* the first k' <= k with the same tensor */
+    int *dup; /* the first k' <= k with the same tensor */
     bool *needs;
 } first_run;
 
@@ -151,8 +156,8 @@ static first_run first_run_new(cr_graph *g, int n_out)
     size_t n = (size_t)n_out, a = 2 * sizeof(cr_tensor) + 5 * sizeof(void *) + sizeof(int) + sizeof(bool);
     char *p = cr_graph_scratch(g, n * a + 16 * 16);
     first_run f;
-#define TAKE(field, size)                                                                             \
-    f.field = (void *)p;                                                                              \
+#define TAKE(field, size)                                                                                    \
+    f.field = (void *)p;                                                                                     \
     p += ((n * (size)) + 15) & ~(size_t)15
     TAKE(hdr, sizeof(cr_tensor));
     TAKE(owner, sizeof(cr_tensor));
@@ -189,7 +194,8 @@ static void keep_outputs(cr_graph *g, first_run *f, cr_arena_mark mk, size_t m0,
             f->old_owner[k] = o;
         }
         if (!cr_value_block(t) && !t->persistent && t->data && cr_arena_since(g->arena, mk, t->data)) {
-            f->copy[k] = cr_value_new(g, "cr_recompute", t->dtype, t->ndim, t->shape); /* a step tensor made inside */
+            f->copy[k] =
+                cr_value_new(g, "cr_recompute", t->dtype, t->ndim, t->shape); /* a step tensor made inside */
             cr_copy_(f->copy[k], t);
         }
     }
@@ -244,8 +250,10 @@ void cr_recompute(cr_segment_fn fn, void *ctx, int n_in, cr_tensor *const *in, i
     if (!g) cr_error("cr_recompute: no current graph; call cr_graph_use(cr_graph_init()) first");
     if (!fn) cr_error("cr_recompute: the segment function is NULL");
     if (n_in < 0 || (n_in > 0 && !in)) cr_error("cr_recompute: %d inputs, list %p", n_in, (const void *)in);
-    if (n_out < 1 || !out) cr_error("cr_recompute: %d outputs, list %p (a segment has at least one)", n_out, (void *)out);
-    if (n_rng < 0 || (n_rng > 0 && !rngs)) cr_error("cr_recompute: %d generators, list %p", n_rng, (const void *)rngs);
+    if (n_out < 1 || !out)
+        cr_error("cr_recompute: %d outputs, list %p (a segment has at least one)", n_out, (void *)out);
+    if (n_rng < 0 || (n_rng > 0 && !rngs))
+        cr_error("cr_recompute: %d generators, list %p", n_rng, (const void *)rngs);
     for (int i = 0; i < n_in; i++) {
         if (!in[i]) cr_error("cr_recompute: input %d is NULL", i);
         cr_check_input("cr_recompute", i, in[i]);

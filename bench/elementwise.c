@@ -73,8 +73,10 @@ int main(int argc, char **argv)
     setvbuf(stdout, NULL, _IOLBF, 0); /* progress shows through pipes and run targets */
     int threads = 2, rounds = 20;
     for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--threads") && i + 1 < argc) threads = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--rounds") && i + 1 < argc) rounds = atoi(argv[++i]);
+        if (!strcmp(argv[i], "--threads") && i + 1 < argc)
+            threads = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--rounds") && i + 1 < argc)
+            rounds = atoi(argv[++i]);
         else {
             fprintf(stderr, "usage: %s [--threads N] [--rounds N]\n", argv[0]);
             return 2;
@@ -93,8 +95,9 @@ int main(int argc, char **argv)
         t = bench_best_ns(region_team, NULL, 50e3, 2e6);
         if (t < r_team) r_team = t;
     }
-    printf("openmp: empty parallel region with %d threads %.2f us; with a false if() clause (serial) %.3f us\n",
-           threads, r_team / 1e3, r_if / 1e3);
+    printf(
+        "openmp: empty parallel region with %d threads %.2f us; with a false if() clause (serial) %.3f us\n",
+        threads, r_team / 1e3, r_if / 1e3);
 
     enum { NSIZE = 13 }; /* 1K .. 4M, doubling */
     int64_t sizes[NSIZE];
@@ -142,8 +145,8 @@ int main(int argc, char **argv)
     for (int k = 0; k < NKIND; k++)
         for (int s = 0; s < NSIZE; s++) {
             speedup[k][s] = fmin(ser[k][s], plain[k][s]) / par[k][s];
-            printf("%-9s %9lld %11.2f %11.2f %11.2f %8.2f\n", kind_name[k], (long long)sizes[s], ser[k][s] / 1e3,
-                   plain[k][s] / 1e3, par[k][s] / 1e3, speedup[k][s]);
+            printf("%-9s %9lld %11.2f %11.2f %11.2f %8.2f\n", kind_name[k], (long long)sizes[s],
+                   ser[k][s] / 1e3, plain[k][s] / 1e3, par[k][s] / 1e3, speedup[k][s]);
         }
 
     /* Crossover of an op: the smallest size from which the threads beat the
@@ -160,8 +163,10 @@ int main(int argc, char **argv)
             if (wins) c = sizes[s];
         }
         printf(" %s=%lld", kind_name[k], (long long)c);
-        if (c < 0 || worst < 0) worst = -1;
-        else if (c > worst) worst = c;
+        if (c < 0 || worst < 0)
+            worst = -1;
+        else if (c > worst)
+            worst = c;
     }
     printf(" (current cr_parallel_threshold %lld)\n", (long long)saved);
 

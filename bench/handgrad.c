@@ -45,13 +45,10 @@ static void parse_list(const char *prog, const char *s, int64_t *list, int *n)
     char *end;
     for (;;) {
         long long v = strtoll(s, &end, 10);
-        if (end == s || v < 1 || *n == MAX_LIST)
-            usage(prog);
+        if (end == s || v < 1 || *n == MAX_LIST) usage(prog);
         list[(*n)++] = v;
-        if (*end == '\0')
-            return;
-        if (*end != ',')
-            usage(prog);
+        if (*end == '\0') return;
+        if (*end != ',') usage(prog);
         s = end + 1;
     }
 }
@@ -62,8 +59,7 @@ static opts parse(int argc, char **argv)
     int64_t th[MAX_LIST];
     for (int i = 1; i < argc; i += 2) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (!v || !strcmp(a, "--help") || !strcmp(a, "-h"))
-            usage(argv[0]);
+        if (!v || !strcmp(a, "--help") || !strcmp(a, "-h")) usage(argv[0]);
         if (!strcmp(a, "--hidden"))
             parse_list(argv[0], v, o.hidden, &o.n_hidden);
         else if (!strcmp(a, "--threads"))
@@ -77,19 +73,16 @@ static opts parse(int argc, char **argv)
         else if (!strcmp(a, "--only") && (!strcmp(v, "autograd") || !strcmp(v, "hand"))) {
             o.run_auto = v[0] == 'a';
             o.run_hand = v[0] == 'h';
-        }
-        else
+        } else
             usage(argv[0]);
     }
-    if (o.reps < 1 || o.B < 1 || o.T < 1)
-        usage(argv[0]);
+    if (o.reps < 1 || o.B < 1 || o.T < 1) usage(argv[0]);
     if (!o.n_hidden) {
         const int64_t def[] = {128, 512, 1024};
         memcpy(o.hidden, def, sizeof def);
         o.n_hidden = 3;
     }
-    for (int k = 0; k < o.n_threads; k++)
-        o.threads[k] = (int)th[k];
+    for (int k = 0; k < o.n_threads; k++) o.threads[k] = (int)th[k];
     if (!o.n_threads) {
         o.threads[0] = 1;
         o.threads[1] = 2;
@@ -116,7 +109,7 @@ static int cmp_double(const void *a, const void *b)
 typedef struct layer {
     int64_t B, T, I, H;
     cr_params *ps;
-    cr_rnn *m;          /* autograd */
+    cr_rnn *m; /* autograd */
     cr_graph *g;
     cr_bptt *w;         /* hand: workspace */
     cr_bptt_weights p;  /* the same tensors as m's cell */
@@ -126,22 +119,19 @@ typedef struct layer {
     cr_tensor *dx;      /* (B, T, I): the hand dx */
 } layer;
 
-static cr_tensor *like(const cr_tensor *t)
-{
-    return t ? cr_tensor_init(t->dtype, t->ndim, t->shape) : NULL;
-}
+static cr_tensor *like(const cr_tensor *t) { return t ? cr_tensor_init(t->dtype, t->ndim, t->shape) : NULL; }
 
 static layer layer_make(int64_t B, int64_t T, int64_t H)
 {
     layer L = {.B = B, .T = T, .I = H, .H = H};
     cr_rng rng = cr_rng_seed(42);
     L.ps = cr_params_init();
-    cr_rnn_config cfg = {.cell = &cr_cell_lstm, .input_size = L.I, .hidden_size = H, .num_layers = 1,
-                         .dtype = CR_F32};
+    cr_rnn_config cfg = {
+        .cell = &cr_cell_lstm, .input_size = L.I, .hidden_size = H, .num_layers = 1, .dtype = CR_F32};
     L.m = cr_rnn_init(L.ps, "lstm", cfg, &rng);
     L.p = cr_bptt_weights_of(&L.m->cells[0]);
-    L.gp = (cr_bptt_weights){.w_ih = like(L.p.w_ih), .w_hh = like(L.p.w_hh),
-                             .b_ih = like(L.p.b_ih), .b_hh = like(L.p.b_hh)};
+    L.gp = (cr_bptt_weights){
+        .w_ih = like(L.p.w_ih), .w_hh = like(L.p.w_hh), .b_ih = like(L.p.b_ih), .b_hh = like(L.p.b_hh)};
     L.x = cr_tensor_init(CR_F32, CR_SHAPE(B, T, L.I));
     L.dy = cr_tensor_init(CR_F32, CR_SHAPE(B, T, H));
     L.dx = like(L.x);
@@ -158,8 +148,7 @@ static void layer_free(layer *L)
     cr_graph_free(L->g);
     cr_bptt_free(L->w);
     cr_tensor *ts[] = {L->gp.w_ih, L->gp.w_hh, L->gp.b_ih, L->gp.b_hh, L->x, L->dy, L->dx};
-    for (size_t k = 0; k < sizeof ts / sizeof ts[0]; k++)
-        cr_tensor_free(ts[k]);
+    for (size_t k = 0; k < sizeof ts / sizeof ts[0]; k++) cr_tensor_free(ts[k]);
     cr_rnn_free(L->m);
     cr_params_free(L->ps);
 }
@@ -202,26 +191,27 @@ static result measure(const opts *o, int64_t H, int threads)
     layer L = layer_make(o->B, o->T, H);
     /* Warm up both (arena chunks, BLIS packing buffers, page faults), then
      * alternate them, so a busy moment of a shared machine hits both alike. */
-    if (o->run_auto)
-        autograd_step(&L);
-    if (o->run_hand)
-        hand_step(&L);
+    if (o->run_auto) autograd_step(&L);
+    if (o->run_hand) hand_step(&L);
     double *ta = malloc(sizeof(double) * (size_t)o->reps * 2), *th = ta + o->reps;
     for (int r = 0; r < o->reps; r++) {
         double t0 = now_ms();
-        if (o->run_auto)
-            autograd_step(&L);
+        if (o->run_auto) autograd_step(&L);
         double t1 = now_ms();
-        if (o->run_hand)
-            hand_step(&L);
+        if (o->run_hand) hand_step(&L);
         double t2 = now_ms();
         ta[r] = o->run_auto ? t1 - t0 : NAN;
         th[r] = o->run_hand ? t2 - t1 : NAN;
     }
     qsort(ta, (size_t)o->reps, sizeof *ta, cmp_double);
     qsort(th, (size_t)o->reps, sizeof *th, cmp_double);
-    result res = {.H = H, .threads = threads, .auto_best = ta[0], .auto_med = ta[o->reps / 2],
-                  .hand_best = th[0], .hand_med = th[o->reps / 2], .gflop = flops(&L) * 1e-9};
+    result res = {.H = H,
+                  .threads = threads,
+                  .auto_best = ta[0],
+                  .auto_med = ta[o->reps / 2],
+                  .hand_best = th[0],
+                  .hand_med = th[o->reps / 2],
+                  .gflop = flops(&L) * 1e-9};
     free(ta);
     layer_free(&L);
     return res;
@@ -235,16 +225,15 @@ int main(int argc, char **argv)
     printf("f32 LSTM, one layer, batch %lld, %lld steps, input = hidden; forward + backward of\n"
            "dL/dy into every weight and x. Best (median) of %d alternating runs.\n\n",
            (long long)o.B, (long long)o.T, o.reps);
-    printf("%6s %7s %8s %19s %19s %7s %9s %9s\n", "hidden", "threads", "GFLOP", "autograd_ms",
-           "hand_ms", "ratio", "ag_GF/s", "hand_GF/s");
+    printf("%6s %7s %8s %19s %19s %7s %9s %9s\n", "hidden", "threads", "GFLOP", "autograd_ms", "hand_ms",
+           "ratio", "ag_GF/s", "hand_GF/s");
     for (int h = 0; h < o.n_hidden; h++)
         for (int t = 0; t < o.n_threads; t++) {
             result r = measure(&o, o.hidden[h], o.threads[t]);
             res[n++] = r;
-            printf("%6lld %7d %8.2f %9.2f (%7.2f) %9.2f (%7.2f) %7.3f %9.1f %9.1f\n",
-                   (long long)r.H, r.threads, r.gflop, r.auto_best, r.auto_med, r.hand_best,
-                   r.hand_med, r.auto_best / r.hand_best, r.gflop / r.auto_best * 1e3,
-                   r.gflop / r.hand_best * 1e3);
+            printf("%6lld %7d %8.2f %9.2f (%7.2f) %9.2f (%7.2f) %7.3f %9.1f %9.1f\n", (long long)r.H,
+                   r.threads, r.gflop, r.auto_best, r.auto_med, r.hand_best, r.hand_med,
+                   r.auto_best / r.hand_best, r.gflop / r.auto_best * 1e3, r.gflop / r.hand_best * 1e3);
             fflush(stdout);
         }
     printf("\n");

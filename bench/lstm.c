@@ -62,8 +62,17 @@ static void parse_list(const char *prog, const char *s, int64_t *list, int *n)
 
 static opts parse(int argc, char **argv)
 {
-    opts o = {.hidden = {256, 512}, .n_hidden = 2, .threads = {1, 2}, .n_threads = 2, .layers = 1,
-              .reps = 3, .rounds = 4, .B = 32, .T = 64, .V = 64, .torch = true};
+    opts o = {.hidden = {256, 512},
+              .n_hidden = 2,
+              .threads = {1, 2},
+              .n_threads = 2,
+              .layers = 1,
+              .reps = 3,
+              .rounds = 4,
+              .B = 32,
+              .T = 64,
+              .V = 64,
+              .torch = true};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "--no-torch")) {
@@ -72,16 +81,26 @@ static opts parse(int argc, char **argv)
         }
         const char *v = i + 1 < argc ? argv[++i] : NULL;
         if (!v) usage(argv[0]);
-        if (!strcmp(a, "--hidden")) parse_list(argv[0], v, o.hidden, &o.n_hidden);
-        else if (!strcmp(a, "--threads")) parse_list(argv[0], v, o.threads, &o.n_threads);
-        else if (!strcmp(a, "--layers")) o.layers = atoi(v);
-        else if (!strcmp(a, "--reps")) o.reps = atoi(v);
-        else if (!strcmp(a, "--rounds")) o.rounds = atoi(v);
-        else if (!strcmp(a, "--batch")) o.B = atoll(v);
-        else if (!strcmp(a, "--steps")) o.T = atoll(v);
-        else if (!strcmp(a, "--vocab")) o.V = atoll(v);
-        else if (!strcmp(a, "--optim") && (!strcmp(v, "sgd") || !strcmp(v, "adam"))) o.adam = v[0] == 'a';
-        else usage(argv[0]);
+        if (!strcmp(a, "--hidden"))
+            parse_list(argv[0], v, o.hidden, &o.n_hidden);
+        else if (!strcmp(a, "--threads"))
+            parse_list(argv[0], v, o.threads, &o.n_threads);
+        else if (!strcmp(a, "--layers"))
+            o.layers = atoi(v);
+        else if (!strcmp(a, "--reps"))
+            o.reps = atoi(v);
+        else if (!strcmp(a, "--rounds"))
+            o.rounds = atoi(v);
+        else if (!strcmp(a, "--batch"))
+            o.B = atoll(v);
+        else if (!strcmp(a, "--steps"))
+            o.T = atoll(v);
+        else if (!strcmp(a, "--vocab"))
+            o.V = atoll(v);
+        else if (!strcmp(a, "--optim") && (!strcmp(v, "sgd") || !strcmp(v, "adam")))
+            o.adam = v[0] == 'a';
+        else
+            usage(argv[0]);
     }
     if (o.layers < 1 || o.reps < 1 || o.rounds < 1 || o.B < 1 || o.T < 1 || o.V < 2 ||
         o.reps * o.rounds > MAX_SAMPLES)
@@ -109,8 +128,8 @@ static model model_make(const opts *o, int64_t H)
     model m = {.B = o->B, .T = o->T, .I = H, .H = H, .V = o->V, .layers = o->layers};
     cr_rng rng = cr_rng_seed(1234);
     m.ps = cr_params_init();
-    cr_rnn_config cfg = {.cell = &cr_cell_lstm, .input_size = m.I, .hidden_size = H,
-                         .num_layers = o->layers, .dtype = CR_F32};
+    cr_rnn_config cfg = {
+        .cell = &cr_cell_lstm, .input_size = m.I, .hidden_size = H, .num_layers = o->layers, .dtype = CR_F32};
     m.rnn = cr_rnn_init(m.ps, "lstm", cfg, &rng);
     m.head = cr_linear_init(m.ps, "head", H, m.V, true, CR_F32, &rng);
     m.opt = o->adam ? cr_adam_init(m.ps, cr_adam_defaults(o->lr)) : cr_sgd_init(m.ps, cr_sgd_defaults(o->lr));
@@ -212,8 +231,13 @@ typedef struct result {
 
 static result measure(const opts *o, int64_t H, int threads)
 {
-    result r = {.H = H, .threads = threads, .t_best = NAN, .t_med = NAN, .t_loss0 = NAN,
-                .t_loss1 = NAN, .t_gnorm0 = NAN};
+    result r = {.H = H,
+                .threads = threads,
+                .t_best = NAN,
+                .t_med = NAN,
+                .t_loss0 = NAN,
+                .t_loss1 = NAN,
+                .t_gnorm0 = NAN};
     cr_set_num_threads(threads);
     model m = model_make(o, H);
     bench_peer p = BENCH_PEER_NONE;
@@ -243,7 +267,8 @@ static result measure(const opts *o, int64_t H, int threads)
     static double tc[MAX_SAMPLES], tt[MAX_SAMPLES];
     bench_samples sc = BENCH_SAMPLES(tc), st = BENCH_SAMPLES(tt);
     bench_turns(o->rounds, o->reps, step_call, &m, &sc, &p, &st);
-    if (started && !p.ok) printf("torch: peer failed, no timings for hidden=%lld threads=%d\n", (long long)H, threads);
+    if (started && !p.ok)
+        printf("torch: peer failed, no timings for hidden=%lld threads=%d\n", (long long)H, threads);
     bench_peer_stop(&p);
     bench_stats cs = bench_spread(sc.v, sc.n), ts = bench_spread(st.v, st.n);
     r.c_best = cs.min, r.c_med = cs.med;
@@ -270,9 +295,10 @@ int main(int argc, char **argv)
         for (int t = 0; t < o.n_threads; t++) {
             result r = measure(&o, o.hidden[h], (int)o.threads[t]);
             res[n++] = r;
-            printf("%6lld %7d %9.2f (%7.2f) %9.2f (%7.2f) %7.3f  %10.6f %10.6f  %10.6f %10.6f  %10.6f %10.6f\n",
-                   (long long)r.H, r.threads, r.c_best, r.c_med, r.t_best, r.t_med, r.t_best / r.c_best,
-                   r.c_loss0, r.t_loss0, r.c_loss1, r.t_loss1, r.c_gnorm0, r.t_gnorm0);
+            printf(
+                "%6lld %7d %9.2f (%7.2f) %9.2f (%7.2f) %7.3f  %10.6f %10.6f  %10.6f %10.6f  %10.6f %10.6f\n",
+                (long long)r.H, r.threads, r.c_best, r.c_med, r.t_best, r.t_med, r.t_best / r.c_best,
+                r.c_loss0, r.t_loss0, r.c_loss1, r.t_loss1, r.c_gnorm0, r.t_gnorm0);
         }
     double worst = 0; /* the two sides' losses and gradient norms, on the same weights */
     for (int k = 0; k < n; k++) {

@@ -34,8 +34,8 @@ static void run_blis(void *p_)
 {
     prod *p = p_;
     float one = 1, zero = 0;
-    bli_sgemm(BLIS_NO_TRANSPOSE, BLIS_NO_TRANSPOSE, p->m, p->n, p->k, &one, p->a->data, p->k, 1, p->b->data, p->n,
-              1, &zero, p->c->data, p->n, 1);
+    bli_sgemm(BLIS_NO_TRANSPOSE, BLIS_NO_TRANSPOSE, p->m, p->n, p->k, &one, p->a->data, p->k, 1, p->b->data,
+              p->n, 1, &zero, p->c->data, p->n, 1);
 }
 
 /* ---- the small sweep ------------------------------------------------------- */
@@ -79,9 +79,12 @@ int main(int argc, char **argv)
     setvbuf(stdout, NULL, _IOLBF, 0); /* progress shows through pipes and run targets */
     int threads = 1, rounds = 5, sweep = 1;
     for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--threads") && i + 1 < argc) threads = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--rounds") && i + 1 < argc) rounds = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--no-sweep")) sweep = 0;
+        if (!strcmp(argv[i], "--threads") && i + 1 < argc)
+            threads = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--rounds") && i + 1 < argc)
+            rounds = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--no-sweep"))
+            sweep = 0;
         else {
             fprintf(stderr, "usage: %s [--threads N] [--rounds N] [--no-sweep]\n", argv[0]);
             return 2;
@@ -136,8 +139,8 @@ int main(int argc, char **argv)
     for (int i = 0; i < NP; i++) {
         prod *p = &ps[i];
         char shape[64];
-        snprintf(shape, sizeof shape, "[%lld,%lld]x[%lld,%lld]", (long long)p->m, (long long)p->k, (long long)p->k,
-                 (long long)p->n);
+        snprintf(shape, sizeof shape, "[%lld,%lld]x[%lld,%lld]", (long long)p->m, (long long)p->k,
+                 (long long)p->k, (long long)p->n);
         double pct = 100.0 * bl[i] / fw[i];
         if (pct < min_pct) min_pct = pct;
         printf("%-11s %22s %11.1f %11.1f %13.1f %6.1f%%\n", p->what, shape, fw[i] / 1e3, flops[i] / fw[i],
@@ -148,8 +151,9 @@ int main(int argc, char **argv)
     }
     double fw_gflops = flops_total / fw_total, blis_gflops = flops_total / blis_total;
     double pct = 100.0 * blis_total / fw_total;
-    printf("aggregate (total flops / total time): framework %.1f GFLOP/s, BLIS %.1f GFLOP/s, %.1f%% (worst single %.1f%%)\n",
-           fw_gflops, blis_gflops, pct, min_pct);
+    printf(
+        "aggregate (total flops / total time): framework %.1f GFLOP/s, BLIS %.1f GFLOP/s, %.1f%% (worst single %.1f%%)\n",
+        fw_gflops, blis_gflops, pct, min_pct);
 
     if (sweep) {
         /* C kernel (threshold huge) against BLIS (threshold 0) through cr_k_gemm,
@@ -179,18 +183,21 @@ int main(int argc, char **argv)
                     bool c_kernel = (side ^ (r & 1)) == 0;
                     cr_gemm_small_threshold = c_kernel ? INT64_MAX : 0;
                     double t = bench_best_ns(run_small, &sm[i], 20e3, 1e6);
-                    if (c_kernel) pts[i].c_ns = fmin(pts[i].c_ns, t);
-                    else pts[i].blis_ns = fmin(pts[i].blis_ns, t);
+                    if (c_kernel)
+                        pts[i].c_ns = fmin(pts[i].c_ns, t);
+                    else
+                        pts[i].blis_ns = fmin(pts[i].blis_ns, t);
                 }
         cr_gemm_small_threshold = saved;
         printf("\nsmall products through cr_k_gemm: C kernel vs BLIS (us per call, %d thread(s); N = K;\n"
                "NN = forward, NT = A x B^T as in dA = dY W^T, TN = A^T x B as in dW = X^T dY)\n",
                threads);
-        printf("%-6s %4s %5s %9s %10s %10s %8s\n", "layout", "M", "N=K", "M*N*K", "C_us", "BLIS_us", "C/BLIS");
+        printf("%-6s %4s %5s %9s %10s %10s %8s\n", "layout", "M", "N=K", "M*N*K", "C_us", "BLIS_us",
+               "C/BLIS");
         for (int i = 0; i < npt; i++) {
-            printf("%-6s %4lld %5lld %9lld %10.3f %10.3f %8.2f\n", layout_name[pts[i].lay], (long long)pts[i].m,
-                   (long long)pts[i].nk, (long long)pts[i].mnk, pts[i].c_ns / 1e3, pts[i].blis_ns / 1e3,
-                   pts[i].c_ns / pts[i].blis_ns);
+            printf("%-6s %4lld %5lld %9lld %10.3f %10.3f %8.2f\n", layout_name[pts[i].lay],
+                   (long long)pts[i].m, (long long)pts[i].nk, (long long)pts[i].mnk, pts[i].c_ns / 1e3,
+                   pts[i].blis_ns / 1e3, pts[i].c_ns / pts[i].blis_ns);
             cr_tensor_free(store[i][0]);
             cr_tensor_free(store[i][1]);
             cr_tensor_free(sm[i].c);
@@ -218,10 +225,11 @@ int main(int argc, char **argv)
         int64_t next = INT64_MAX; /* the best range is [best_t, next) */
         for (int i = 0; i < npt; i++)
             if (pts[i].mnk > best_t && pts[i].mnk < next) next = pts[i].mnk;
-        printf("threshold (M*N*K): current %lld costs %.3f x the faster path on average; best %lld (any value in "
-               "[%lld, %lld)) costs %.3f x\n",
-               (long long)saved, cur_cost / npt, (long long)best_t, (long long)best_t, (long long)next,
-               best_cost / npt);
+        printf(
+            "threshold (M*N*K): current %lld costs %.3f x the faster path on average; best %lld (any value in "
+            "[%lld, %lld)) costs %.3f x\n",
+            (long long)saved, cur_cost / npt, (long long)best_t, (long long)best_t, (long long)next,
+            best_cost / npt);
         printf("sweep: current_threshold=%lld best_threshold=%lld\n", (long long)saved, (long long)best_t);
     }
 
@@ -231,6 +239,7 @@ int main(int argc, char **argv)
         cr_tensor_free(ps[i].c);
     }
     cr_graph_free(g);
-    printf("bench=matmul framework_gflops=%.1f blis_gflops=%.1f pct_of_blis=%.1f\n", fw_gflops, blis_gflops, pct);
+    printf("bench=matmul framework_gflops=%.1f blis_gflops=%.1f pct_of_blis=%.1f\n", fw_gflops, blis_gflops,
+           pct);
     return 0;
 }

@@ -49,8 +49,10 @@ typedef struct opts {
 
 static void usage(const char *prog)
 {
-    fprintf(stderr, "usage: %s [--T T[,T..]] [--reps N] [--segment S] [--no-torch]\n"
-                    "  defaults: --T 64,256,1024 --reps 3 (segments of round(sqrt(T)) steps)\n", prog);
+    fprintf(stderr,
+            "usage: %s [--T T[,T..]] [--reps N] [--segment S] [--no-torch]\n"
+            "  defaults: --T 64,256,1024 --reps 3 (segments of round(sqrt(T)) steps)\n",
+            prog);
     exit(2);
 }
 
@@ -99,10 +101,11 @@ static lm lm_make(int64_t T)
     cr_rng rng = cr_rng_seed(1);
     m.ps = cr_params_init();
     m.emb = cr_embedding_init(m.ps, "embed", V_, E_, -1, CR_F32, &rng);
-    m.lstm = cr_rnn_init(m.ps, "lstm",
-                         (cr_rnn_config){.cell = &cr_cell_lstm, .input_size = E_, .hidden_size = H_, .num_layers = 1,
-                                         .dtype = CR_F32},
-                         &rng);
+    m.lstm = cr_rnn_init(
+        m.ps, "lstm",
+        (cr_rnn_config){
+            .cell = &cr_cell_lstm, .input_size = E_, .hidden_size = H_, .num_layers = 1, .dtype = CR_F32},
+        &rng);
     m.head = cr_linear_init(m.ps, "head", H_, V_, true, CR_F32, &rng);
     m.opt = cr_adam_init(m.ps, cr_adam_defaults(1e-3));
     m.g = cr_graph_init();
@@ -128,8 +131,8 @@ static void lm_free(lm *m)
 
 /* Embedding, LSTM from (h, c), head and the summed cross-entropy of steps
  * [t0, t0 + len): what one segment computes. h, c are [1, B, H] or NULL. */
-static cr_tensor *lm_forward(const lm *m, int64_t t0, int64_t len, cr_tensor *h, cr_tensor *c, cr_reduction red,
-                             cr_rnn_output *out)
+static cr_tensor *lm_forward(const lm *m, int64_t t0, int64_t len, cr_tensor *h, cr_tensor *c,
+                             cr_reduction red, cr_rnn_output *out)
 {
     cr_tensor *x = cr_narrow(m->x, 1, t0, len), *y = cr_reshape(cr_narrow(m->y, 1, t0, len), CR_SHAPE(-1));
     *out = cr_rnn_forward(m->lstm, cr_embedding_forward(&m->emb, x), NULL, h, c);
@@ -197,10 +200,11 @@ static int child(int64_t T, int ckpt, int64_t seg, int reps)
     }
     size_t peak = cr_graph_bytes_peak(m.g); /* the largest step's, since the graph was made */
     qsort(t, (size_t)reps, sizeof *t, cmp_double);
-    printf("result side=carousel T=%lld checkpoint=%d ok=1 mb=%.1f ms_min=%.2f ms_med=%.2f ms_max=%.2f loss=%.6f "
-           "graph_peak_mb=%.1f graph_reserved_mb=%.1f base_mb=%.1f\n",
-           (long long)T, ckpt, (double)(maxrss_kb() - base) / 1024.0, t[0], t[reps / 2], t[reps - 1], loss,
-           (double)peak / 1048576.0, (double)cr_graph_bytes_reserved(m.g) / 1048576.0, (double)base / 1024.0);
+    printf(
+        "result side=carousel T=%lld checkpoint=%d ok=1 mb=%.1f ms_min=%.2f ms_med=%.2f ms_max=%.2f loss=%.6f "
+        "graph_peak_mb=%.1f graph_reserved_mb=%.1f base_mb=%.1f\n",
+        (long long)T, ckpt, (double)(maxrss_kb() - base) / 1024.0, t[0], t[reps / 2], t[reps - 1], loss,
+        (double)peak / 1048576.0, (double)cr_graph_bytes_reserved(m.g) / 1048576.0, (double)base / 1024.0);
     lm_free(&m);
     return 0;
 }
@@ -223,7 +227,13 @@ static double field(const char *line, const char *key)
 /* Run argv in a child with BLIS_NUM_THREADS=1 and read its "result" line. */
 static run spawn(char *const *argv)
 {
-    run r = {.ok = false, .mb = NAN, .ms_min = NAN, .ms_med = NAN, .ms_max = NAN, .loss = NAN, .graph_peak_mb = NAN};
+    run r = {.ok = false,
+             .mb = NAN,
+             .ms_min = NAN,
+             .ms_med = NAN,
+             .ms_max = NAN,
+             .loss = NAN,
+             .graph_peak_mb = NAN};
     int up[2];
     if (pipe(up) != 0) return r;
     fflush(stdout);
@@ -293,8 +303,8 @@ static run run_torch(int64_t T, int ckpt, int64_t seg, int reps)
     snprintf(a[1], 32, "%d", ckpt);
     snprintf(a[2], 32, "%lld", (long long)seg);
     snprintf(a[3], 32, "%d", reps);
-    char *argv[] = {(char *)py, (char *)script, "--steps", a[0], "--checkpoint", a[1], "--segment", a[2],
-                    "--reps", a[3], NULL};
+    char *argv[] = {(char *)py, (char *)script, "--steps", a[0], "--checkpoint", a[1], "--segment",
+                    a[2],       "--reps",       a[3],      NULL};
     return spawn(argv);
 }
 
@@ -329,10 +339,14 @@ int main(int argc, char **argv)
         }
         const char *v = i + 1 < argc ? argv[++i] : NULL;
         if (!v) usage(argv[0]);
-        if (!strcmp(a, "--T")) parse_list(argv[0], v, o.T, &o.n_T);
-        else if (!strcmp(a, "--reps")) o.reps = atoi(v);
-        else if (!strcmp(a, "--segment")) o.segment = atoll(v);
-        else usage(argv[0]);
+        if (!strcmp(a, "--T"))
+            parse_list(argv[0], v, o.T, &o.n_T);
+        else if (!strcmp(a, "--reps"))
+            o.reps = atoi(v);
+        else if (!strcmp(a, "--segment"))
+            o.segment = atoll(v);
+        else
+            usage(argv[0]);
     }
     if (o.reps < 1 || o.reps > 64) usage(argv[0]);
     char self[4096];
@@ -342,12 +356,13 @@ int main(int argc, char **argv)
         return 1;
     }
     self[len] = '\0';
-    printf("char-LM training step: embedding %d, LSTM hidden %d, batch %d, linear head to %d classes,\n"
-           "cross-entropy, clip at 5, Adam; one thread. Each configuration in a fresh process per side:\n"
-           "peak RSS minus the process's baseline, and ms per token (min/median/max of %d steps after a warm-up).\n\n",
-           E_, H_, B_, V_, o.reps);
-    printf("%5s %4s %4s %12s %10s %7s %26s %26s %7s %10s\n", "T", "ckpt", "seg", "carousel_mb", "torch_mb", "ratio",
-           "carousel us/token", "torch us/token", "t_ratio", "graph_pk");
+    printf(
+        "char-LM training step: embedding %d, LSTM hidden %d, batch %d, linear head to %d classes,\n"
+        "cross-entropy, clip at 5, Adam; one thread. Each configuration in a fresh process per side:\n"
+        "peak RSS minus the process's baseline, and ms per token (min/median/max of %d steps after a warm-up).\n\n",
+        E_, H_, B_, V_, o.reps);
+    printf("%5s %4s %4s %12s %10s %7s %26s %26s %7s %10s\n", "T", "ckpt", "seg", "carousel_mb", "torch_mb",
+           "ratio", "carousel us/token", "torch us/token", "t_ratio", "graph_pk");
     run res[MAX_T][2][2];
     for (int k = 0; k < o.n_T; k++)
         for (int ckpt = 0; ckpt < 2; ckpt++) {
@@ -360,9 +375,9 @@ int main(int argc, char **argv)
             if (o.torch && !torch_first) *t = run_torch(T, ckpt, seg, o.reps);
             double tok = (double)(B_ * T) / 1e3; /* ms per step -> us per token */
             printf("%5lld %4d %4lld %12.1f %10.1f %7.3f %8.2f/%7.2f/%7.2f %8.2f/%7.2f/%7.2f %7.3f %10.1f\n",
-                   (long long)T, ckpt, ckpt ? (long long)seg : 0LL, c->mb, t->mb, c->mb / t->mb, c->ms_min / tok,
-                   c->ms_med / tok, c->ms_max / tok, t->ms_min / tok, t->ms_med / tok, t->ms_max / tok,
-                   c->ms_med / t->ms_med, c->graph_peak_mb);
+                   (long long)T, ckpt, ckpt ? (long long)seg : 0LL, c->mb, t->mb, c->mb / t->mb,
+                   c->ms_min / tok, c->ms_med / tok, c->ms_max / tok, t->ms_min / tok, t->ms_med / tok,
+                   t->ms_max / tok, c->ms_med / t->ms_med, c->graph_peak_mb);
         }
     printf("\n");
     for (int k = 0; k < o.n_T; k++) {

@@ -56,17 +56,25 @@ static opts parse(int argc, char **argv)
         }
         const char *v = i + 1 < argc ? argv[++i] : NULL;
         if (!v) usage(argv[0]);
-        if (!strcmp(a, "--hidden")) o.H = atoll(v);
-        else if (!strcmp(a, "--shards")) o.shards = atoi(v);
-        else if (!strcmp(a, "--steps")) o.steps = atoi(v);
-        else if (!strcmp(a, "--rounds")) o.rounds = atoi(v);
-        else if (!strcmp(a, "--batch")) o.B = atoll(v);
-        else if (!strcmp(a, "--seq")) o.T = atoll(v);
-        else if (!strcmp(a, "--threads")) o.threads = atoi(v);
-        else usage(argv[0]);
+        if (!strcmp(a, "--hidden"))
+            o.H = atoll(v);
+        else if (!strcmp(a, "--shards"))
+            o.shards = atoi(v);
+        else if (!strcmp(a, "--steps"))
+            o.steps = atoi(v);
+        else if (!strcmp(a, "--rounds"))
+            o.rounds = atoi(v);
+        else if (!strcmp(a, "--batch"))
+            o.B = atoll(v);
+        else if (!strcmp(a, "--seq"))
+            o.T = atoll(v);
+        else if (!strcmp(a, "--threads"))
+            o.threads = atoi(v);
+        else
+            usage(argv[0]);
     }
-    if (o.H < 1 || o.B < 1 || o.T < 1 || o.shards < 1 || o.steps < 1 || o.rounds < 1 || o.rounds > MAX_ROUNDS ||
-        o.threads < 1)
+    if (o.H < 1 || o.B < 1 || o.T < 1 || o.shards < 1 || o.steps < 1 || o.rounds < 1 ||
+        o.rounds > MAX_ROUNDS || o.threads < 1)
         usage(argv[0]);
     return o;
 }
@@ -91,7 +99,8 @@ static cr_tensor *shard_loss(void *ctx, const cr_shard *s)
 {
     model *m = ctx;
     int64_t rows = s->end - s->begin;
-    cr_tensor *x = cr_narrow(m->x, 0, s->begin, rows), *y = cr_reshape(cr_narrow(m->y, 0, s->begin, rows), CR_SHAPE(-1));
+    cr_tensor *x = cr_narrow(m->x, 0, s->begin, rows),
+              *y = cr_reshape(cr_narrow(m->y, 0, s->begin, rows), CR_SHAPE(-1));
     cr_rnn_output o = cr_rnn_forward(m->lstm, cr_embedding_forward(&m->emb, x), NULL, NULL, NULL);
     cr_tensor *logits = cr_linear_forward(&m->head, cr_reshape(o.y, CR_SHAPE(-1, m->H)));
     return cr_mul_scalar(cr_cross_entropy(logits, y, -1, CR_MEAN), s->weight);
@@ -116,14 +125,19 @@ static int child(opts o)
     model m = {.H = o.H};
     m.emb = cr_embedding_init(ps, "emb", VOCAB, EMBED, -1, CR_F32, &rng);
     m.lstm = cr_rnn_init(ps, "lstm",
-                         (cr_rnn_config){.cell = &cr_cell_lstm, .input_size = EMBED, .hidden_size = o.H,
-                                         .num_layers = 1, .forget_bias = 1.0, .dtype = CR_F32},
+                         (cr_rnn_config){.cell = &cr_cell_lstm,
+                                         .input_size = EMBED,
+                                         .hidden_size = o.H,
+                                         .num_layers = 1,
+                                         .forget_bias = 1.0,
+                                         .dtype = CR_F32},
                          &rng);
     m.head = cr_linear_init(ps, "head", o.H, VOCAB, true, CR_F32, &rng);
     m.x = cr_tensor_init(CR_I32, CR_SHAPE(o.B, o.T));
     m.y = cr_tensor_init(CR_I32, CR_SHAPE(o.B, o.T));
     cr_optim *opt = cr_adam_init(ps, cr_adam_defaults(1e-3));
-    cr_trainer_config cfg = {.shards = o.shards, .threads = o.threads, .mode = CR_PARALLEL_REPLICAS, .seed = 1};
+    cr_trainer_config cfg = {
+        .shards = o.shards, .threads = o.threads, .mode = CR_PARALLEL_REPLICAS, .seed = 1};
     cr_mpi_trainer *mt = NULL;
     cr_trainer *tr = NULL;
     if (o.use_mpi) {
@@ -178,10 +192,11 @@ static int child(opts o)
     if (rank == 0) {
         qsort(slowest, (size_t)o.steps, sizeof *slowest, cmp_double);
         double med = slowest[o.steps / 2];
-        printf("child ranks=%d threads=%d step_ms=%.3f exchange_ms=%.3f bare_exchange_ms=%.3f tokens_per_s=%.0f "
-               "message_bytes=%zu bytes_sent_per_step=%llu params=%zu loss=%.17g\n",
-               ranks, o.threads, 1e3 * med, 1e3 * exch_max / o.steps, bare_max, (double)(o.B * o.T) / med,
-               mt ? cr_mpi_trainer_message_bytes(mt) : 0, sent_all, cr_params_numel(ps), loss);
+        printf(
+            "child ranks=%d threads=%d step_ms=%.3f exchange_ms=%.3f bare_exchange_ms=%.3f tokens_per_s=%.0f "
+            "message_bytes=%zu bytes_sent_per_step=%llu params=%zu loss=%.17g\n",
+            ranks, o.threads, 1e3 * med, 1e3 * exch_max / o.steps, bare_max, (double)(o.B * o.T) / med,
+            mt ? cr_mpi_trainer_message_bytes(mt) : 0, sent_all, cr_params_numel(ps), loss);
     }
     free(step_s);
     free(slowest);
@@ -217,8 +232,8 @@ static bool run_child(const char *self, const opts *o, const config *c, result *
     snprintf(cmd, sizeof cmd,
              "mpirun -np %d %s--oversubscribe %s %s --child %s --threads %d --hidden %lld --shards %d "
              "--steps %d --batch %lld --seq %lld 2>&1",
-             c->np, geteuid() == 0 ? "--allow-run-as-root " : "", c->bind, self, c->mpi ? "--mpi" : "", c->threads,
-             (long long)o->H, o->shards, o->steps, (long long)o->B, (long long)o->T);
+             c->np, geteuid() == 0 ? "--allow-run-as-root " : "", c->bind, self, c->mpi ? "--mpi" : "",
+             c->threads, (long long)o->H, o->shards, o->steps, (long long)o->B, (long long)o->T);
     FILE *p = popen(cmd, "r");
     if (!p) return false;
     char line[1024];
@@ -228,10 +243,11 @@ static bool run_child(const char *self, const opts *o, const config *c, result *
         size_t msg, params;
         unsigned long long sent;
         int ranks, threads;
-        if (sscanf(line,
-                   "child ranks=%d threads=%d step_ms=%lf exchange_ms=%lf bare_exchange_ms=%lf tokens_per_s=%lf "
-                   "message_bytes=%zu bytes_sent_per_step=%llu params=%zu loss=%lf",
-                   &ranks, &threads, &step_ms, &exch_ms, &bare_ms, &tps, &msg, &sent, &params, &loss) == 10) {
+        if (sscanf(
+                line,
+                "child ranks=%d threads=%d step_ms=%lf exchange_ms=%lf bare_exchange_ms=%lf tokens_per_s=%lf "
+                "message_bytes=%zu bytes_sent_per_step=%llu params=%zu loss=%lf",
+                &ranks, &threads, &step_ms, &exch_ms, &bare_ms, &tps, &msg, &sent, &params, &loss) == 10) {
             r->bare_ms[r->n] = bare_ms;
             r->tps[r->n] = tps;
             r->step_ms[r->n] = step_ms;
@@ -276,9 +292,10 @@ int main(int argc, char **argv)
     };
     enum { NCFG = sizeof cfgs / sizeof *cfgs };
     result res[NCFG] = {0};
-    printf("char-LM step: embedding %d, LSTM hidden %lld, head %d, batch %lld x %lld, %d shards, Adam, clip 5;\n"
-           "median step of %d per job (the slowest rank's), %d rounds, configurations interleaved\n",
-           EMBED, (long long)o.H, VOCAB, (long long)o.B, (long long)o.T, o.shards, o.steps, o.rounds);
+    printf(
+        "char-LM step: embedding %d, LSTM hidden %lld, head %d, batch %lld x %lld, %d shards, Adam, clip 5;\n"
+        "median step of %d per job (the slowest rank's), %d rounds, configurations interleaved\n",
+        EMBED, (long long)o.H, VOCAB, (long long)o.B, (long long)o.T, o.shards, o.steps, o.rounds);
     for (int round = 0; round < o.rounds; round++)
         for (int c = 0; c < NCFG; c++)
             if (!run_child(self, &o, &cfgs[c], &res[c])) {
@@ -295,14 +312,16 @@ int main(int argc, char **argv)
         stats(res[c].step_ms, res[c].n, &s_lo, &s_med, &s_hi);
         stats(res[c].exch_ms, res[c].n, &e_lo, &e_med, &e_hi);
         stats(res[c].bare_ms, res[c].n, &b_lo, &b_med, &b_hi);
-        printf("%-36s %9.0f / %9.0f / %9.0f %7.2fx %9.2f %12.3f %7.3f/%7.3f/%7.3f %11zu\n", cfgs[c].name, lo, med, hi,
-               med / base_med, s_med, e_med, b_lo, b_med, b_hi, res[c].sent);
-        printf("bench=mpi config=%d ranks=%d threads=%d hidden=%lld tokens_per_s=%.0f min=%.0f max=%.0f "
-               "step_ms=%.3f exchange_ms=%.3f bare_exchange_ms=%.3f message_bytes=%zu bytes_sent_per_step=%zu\n",
-               c, cfgs[c].np, cfgs[c].threads, (long long)o.H, med, lo, hi, s_med, e_med, b_med, res[c].message,
-               res[c].sent);
+        printf("%-36s %9.0f / %9.0f / %9.0f %7.2fx %9.2f %12.3f %7.3f/%7.3f/%7.3f %11zu\n", cfgs[c].name, lo,
+               med, hi, med / base_med, s_med, e_med, b_lo, b_med, b_hi, res[c].sent);
+        printf(
+            "bench=mpi config=%d ranks=%d threads=%d hidden=%lld tokens_per_s=%.0f min=%.0f max=%.0f "
+            "step_ms=%.3f exchange_ms=%.3f bare_exchange_ms=%.3f message_bytes=%zu bytes_sent_per_step=%zu\n",
+            c, cfgs[c].np, cfgs[c].threads, (long long)o.H, med, lo, hi, s_med, e_med, b_med, res[c].message,
+            res[c].sent);
     }
     bool same = res[0].loss == res[1].loss && res[1].loss == res[2].loss;
-    printf("\nsame loss after %d steps in all three: %s (%.9g)\n", o.steps + 2, same ? "yes" : "NO", res[0].loss);
+    printf("\nsame loss after %d steps in all three: %s (%.9g)\n", o.steps + 2, same ? "yes" : "NO",
+           res[0].loss);
     return same ? 0 : 1;
 }

@@ -122,12 +122,18 @@ int main(int argc, char **argv)
     int reps = 5, size = 1;
     int torch = 1, anomaly = 0;
     for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--ops") && i + 1 < argc) ops = atol(argv[++i]);
-        else if (!strcmp(argv[i], "--reps") && i + 1 < argc) reps = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--size") && i + 1 < argc) size = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--no-torch")) torch = 0;
-        else if (!strcmp(argv[i], "--anomaly")) anomaly = 1;
-        else usage(argv[0]);
+        if (!strcmp(argv[i], "--ops") && i + 1 < argc)
+            ops = atol(argv[++i]);
+        else if (!strcmp(argv[i], "--reps") && i + 1 < argc)
+            reps = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--size") && i + 1 < argc)
+            size = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--no-torch"))
+            torch = 0;
+        else if (!strcmp(argv[i], "--anomaly"))
+            anomaly = 1;
+        else
+            usage(argv[0]);
     }
     if (ops < 1 || reps < 1 || size < 1) usage(argv[0]);
 
@@ -152,14 +158,18 @@ int main(int argc, char **argv)
     double best_ns = tot[best] / (double)ops;
     qsort(tot, (size_t)reps, sizeof *tot, cmp_double);
     double median_ns = tot[reps / 2] / (double)ops;
-    printf("carousel: ops=%ld size=%d reps=%d%s best %.1f CPU ns/op (fwd %.1f, bwd %.1f, clear %.2f; wall %.1f), "
-           "median %.1f ns/op, arena %.1f MB, grad_x0=%.6g\n",
-           ops, size, reps, anomaly ? " anomaly-detection" : "", best_ns, t[best].fwd / (double)ops, t[best].bwd / (double)ops,
-           t[best].clear / (double)ops, t[best].wall / (double)ops, median_ns, (double)cr_graph_bytes_reserved(g) / 1e6, grad0);
+    printf(
+        "carousel: ops=%ld size=%d reps=%d%s best %.1f CPU ns/op (fwd %.1f, bwd %.1f, clear %.2f; wall %.1f), "
+        "median %.1f ns/op, arena %.1f MB, grad_x0=%.6g\n",
+        ops, size, reps, anomaly ? " anomaly-detection" : "", best_ns, t[best].fwd / (double)ops,
+        t[best].bwd / (double)ops, t[best].clear / (double)ops, t[best].wall / (double)ops, median_ns,
+        (double)cr_graph_bytes_reserved(g) / 1e6, grad0);
 
     double torch_ns = NAN;
-    if (torch) run_torch(ops, reps, size, &torch_ns);
-    else printf("torch: skipped (--no-torch)\n");
+    if (torch)
+        run_torch(ops, reps, size, &torch_ns);
+    else
+        printf("torch: skipped (--no-torch)\n");
 
     cr_tensor_free(x);
     cr_graph_free(g);

@@ -73,10 +73,14 @@ static void parse_modes(const char *prog, const char *s, opts *o)
     while (*s) {
         size_t len = strcspn(s, ",");
         if (o->n_modes == MAX_LIST) usage(prog);
-        if (len == 8 && !strncmp(s, "replicas", len)) o->modes[o->n_modes++] = CR_PARALLEL_REPLICAS;
-        else if (len == 8 && !strncmp(s, "intra-op", len)) o->modes[o->n_modes++] = CR_PARALLEL_INTRA_OP;
-        else if (len == 4 && !strncmp(s, "auto", len)) o->modes[o->n_modes++] = CR_PARALLEL_AUTO;
-        else usage(prog);
+        if (len == 8 && !strncmp(s, "replicas", len))
+            o->modes[o->n_modes++] = CR_PARALLEL_REPLICAS;
+        else if (len == 8 && !strncmp(s, "intra-op", len))
+            o->modes[o->n_modes++] = CR_PARALLEL_INTRA_OP;
+        else if (len == 4 && !strncmp(s, "auto", len))
+            o->modes[o->n_modes++] = CR_PARALLEL_AUTO;
+        else
+            usage(prog);
         s += len + (s[len] == ',');
     }
     if (o->n_modes == 0) usage(prog);
@@ -84,9 +88,18 @@ static void parse_modes(const char *prog, const char *s, opts *o)
 
 static opts parse(int argc, char **argv)
 {
-    opts o = {.hidden = {128, 512}, .n_hidden = 2, .threads = {1, 2}, .n_threads = 2,
-              .modes = {CR_PARALLEL_REPLICAS, CR_PARALLEL_INTRA_OP, CR_PARALLEL_AUTO}, .n_modes = 3,
-              .shards = 8, .reps = 3, .rounds = 5, .B = 64, .T = 64, .torch = true};
+    opts o = {.hidden = {128, 512},
+              .n_hidden = 2,
+              .threads = {1, 2},
+              .n_threads = 2,
+              .modes = {CR_PARALLEL_REPLICAS, CR_PARALLEL_INTRA_OP, CR_PARALLEL_AUTO},
+              .n_modes = 3,
+              .shards = 8,
+              .reps = 3,
+              .rounds = 5,
+              .B = 64,
+              .T = 64,
+              .torch = true};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "--no-torch")) {
@@ -99,17 +112,27 @@ static opts parse(int argc, char **argv)
         }
         const char *v = i + 1 < argc ? argv[++i] : NULL;
         if (!v) usage(argv[0]);
-        if (!strcmp(a, "--hidden")) parse_list(argv[0], v, o.hidden, &o.n_hidden);
-        else if (!strcmp(a, "--threads")) parse_list(argv[0], v, o.threads, &o.n_threads);
-        else if (!strcmp(a, "--modes")) parse_modes(argv[0], v, &o);
-        else if (!strcmp(a, "--shards")) o.shards = atoi(v);
-        else if (!strcmp(a, "--reps")) o.reps = atoi(v);
-        else if (!strcmp(a, "--rounds")) o.rounds = atoi(v);
-        else if (!strcmp(a, "--batch")) o.B = atoll(v);
-        else if (!strcmp(a, "--steps")) o.T = atoll(v);
-        else usage(argv[0]);
+        if (!strcmp(a, "--hidden"))
+            parse_list(argv[0], v, o.hidden, &o.n_hidden);
+        else if (!strcmp(a, "--threads"))
+            parse_list(argv[0], v, o.threads, &o.n_threads);
+        else if (!strcmp(a, "--modes"))
+            parse_modes(argv[0], v, &o);
+        else if (!strcmp(a, "--shards"))
+            o.shards = atoi(v);
+        else if (!strcmp(a, "--reps"))
+            o.reps = atoi(v);
+        else if (!strcmp(a, "--rounds"))
+            o.rounds = atoi(v);
+        else if (!strcmp(a, "--batch"))
+            o.B = atoll(v);
+        else if (!strcmp(a, "--steps"))
+            o.T = atoll(v);
+        else
+            usage(argv[0]);
     }
-    if (o.shards < 1 || o.reps < 1 || o.rounds < 1 || o.B < 1 || o.T < 1 || o.reps * o.rounds > MAX_SAMPLES / 4)
+    if (o.shards < 1 || o.reps < 1 || o.rounds < 1 || o.B < 1 || o.T < 1 ||
+        o.reps * o.rounds > MAX_SAMPLES / 4)
         usage(argv[0]);
     return o;
 }
@@ -122,8 +145,8 @@ static opts parse(int argc, char **argv)
 static void forkjoin(void)
 {
     const char *wp = getenv("OMP_WAIT_POLICY"), *sc = getenv("GOMP_SPINCOUNT");
-    printf("fork/join of a 2-thread OpenMP region, OMP_WAIT_POLICY=%s GOMP_SPINCOUNT=%s\n", wp ? wp : "(unset)",
-           sc ? sc : "(unset)");
+    printf("fork/join of a 2-thread OpenMP region, OMP_WAIT_POLICY=%s GOMP_SPINCOUNT=%s\n",
+           wp ? wp : "(unset)", sc ? sc : "(unset)");
     static const double gaps[] = {0, 10, 100, 1000};
     volatile double sink = 0;
     for (size_t g = 0; g < sizeof gaps / sizeof *gaps; g++) {
@@ -166,7 +189,8 @@ static cr_tensor *shard_loss(void *ctx, const cr_shard *s)
 {
     model *m = ctx;
     int64_t rows = s->end - s->begin;
-    cr_tensor *x = cr_narrow(m->x, 0, s->begin, rows), *y = cr_reshape(cr_narrow(m->y, 0, s->begin, rows), CR_SHAPE(-1));
+    cr_tensor *x = cr_narrow(m->x, 0, s->begin, rows),
+              *y = cr_reshape(cr_narrow(m->y, 0, s->begin, rows), CR_SHAPE(-1));
     cr_rnn_output o = cr_rnn_forward(m->lstm, cr_embedding_forward(&m->emb, x), NULL, NULL, NULL);
     cr_tensor *logits = cr_linear_forward(&m->head, cr_reshape(o.y, CR_SHAPE(-1, m->H)));
     return cr_mul_scalar(cr_cross_entropy(logits, y, -1, CR_MEAN), s->weight);
@@ -178,10 +202,11 @@ static model model_make(const opts *o, int64_t H, cr_parallel_mode mode, int thr
     cr_rng rng = cr_rng_seed(1234);
     m.ps = cr_params_init();
     m.emb = cr_embedding_init(m.ps, "embed", VOCAB, EMBED, -1, CR_F32, &rng);
-    m.lstm = cr_rnn_init(m.ps, "lstm",
-                         (cr_rnn_config){.cell = &cr_cell_lstm, .input_size = EMBED, .hidden_size = H,
-                                         .num_layers = 1, .dtype = CR_F32},
-                         &rng);
+    m.lstm = cr_rnn_init(
+        m.ps, "lstm",
+        (cr_rnn_config){
+            .cell = &cr_cell_lstm, .input_size = EMBED, .hidden_size = H, .num_layers = 1, .dtype = CR_F32},
+        &rng);
     m.head = cr_linear_init(m.ps, "head", H, VOCAB, true, CR_F32, &rng);
     m.opt = cr_adam_init(m.ps, cr_adam_defaults(1e-3));
     int shards = mode == CR_PARALLEL_INTRA_OP ? 1 : mode == CR_PARALLEL_AUTO ? 0 : o->shards;
@@ -219,8 +244,15 @@ static double train_step(model *m, double *norm)
 static int write_tensors(const model *m, FILE *f)
 {
     const cr_cell *c = &m->lstm->cells[0];
-    const cr_tensor *ts[] = {m->x, m->y, m->emb.weight, cr_cell_get(c, "w_ih"), cr_cell_get(c, "w_hh"),
-                             cr_cell_get(c, "b_ih"), cr_cell_get(c, "b_hh"), m->head.weight, m->head.bias};
+    const cr_tensor *ts[] = {m->x,
+                             m->y,
+                             m->emb.weight,
+                             cr_cell_get(c, "w_ih"),
+                             cr_cell_get(c, "w_hh"),
+                             cr_cell_get(c, "b_ih"),
+                             cr_cell_get(c, "b_hh"),
+                             m->head.weight,
+                             m->head.bias};
     for (size_t k = 0; k < sizeof ts / sizeof *ts; k++) {
         size_t count = (size_t)cr_numel(ts[k]);
         if (!cr_is_contiguous(ts[k]) || fwrite(ts[k]->data, cr_dtype_size(ts[k]->dtype), count, f) != count)
@@ -283,10 +315,11 @@ int main(int argc, char **argv)
         return 0;
     }
     double tokens = (double)(o.B * o.T);
-    printf("char-LM training step: embedding %d, LSTM, head to %d classes on every step, batch %lld, %lld steps,\n"
-           "clip 5, Adam. tokens/s: min / median / max over %d rounds x %d steps per side, carousel and\n"
-           "PyTorch taking turns. speedup: against the same mode on 1 thread.\n\n",
-           EMBED, VOCAB, (long long)o.B, (long long)o.T, o.rounds, o.reps);
+    printf(
+        "char-LM training step: embedding %d, LSTM, head to %d classes on every step, batch %lld, %lld steps,\n"
+        "clip 5, Adam. tokens/s: min / median / max over %d rounds x %d steps per side, carousel and\n"
+        "PyTorch taking turns. speedup: against the same mode on 1 thread.\n\n",
+        EMBED, VOCAB, (long long)o.B, (long long)o.T, o.rounds, o.reps);
     result res[MAX_LIST * MAX_LIST * MAX_LIST];
     int nres = 0;
     static double tc[MAX_SAMPLES], tt[MAX_SAMPLES];
@@ -308,9 +341,12 @@ int main(int argc, char **argv)
                         p = peer_start(&m, threads, path);
                     if (fd >= 0) unlink(path);
                 }
-                result r = {.H = o.hidden[h], .threads = threads, .mode = o.modes[mi],
+                result r = {.H = o.hidden[h],
+                            .threads = threads,
+                            .mode = o.modes[mi],
                             .resolved = cr_parallel_mode_name(cr_trainer_mode(m.tr)),
-                            .shards = cr_trainer_shards(m.tr), .t_loss0 = bench_field(p.ready, "loss0")};
+                            .shards = cr_trainer_shards(m.tr),
+                            .t_loss0 = bench_field(p.ready, "loss0")};
                 r.c_loss0 = train_step(&m, NULL); /* warm-up: arenas, packing buffers, optimizer state */
                 train_step(&m, NULL);
                 bench_samples sc = BENCH_SAMPLES(tc);
@@ -324,8 +360,8 @@ int main(int argc, char **argv)
             }
             bench_stats ts = rate(&st, tokens);
             for (int k = nres - o.n_modes; k < nres; k++) res[k].t = ts;
-            printf("hidden=%lld threads=%d torch: %.0f / %.0f / %.0f tokens/s\n", (long long)o.hidden[h], threads,
-                   ts.min, ts.med, ts.max);
+            printf("hidden=%lld threads=%d torch: %.0f / %.0f / %.0f tokens/s\n", (long long)o.hidden[h],
+                   threads, ts.min, ts.med, ts.max);
             bench_peer_stop(&p);
         }
 
@@ -337,14 +373,15 @@ int main(int argc, char **argv)
         for (int j = 0; j < nres; j++)
             if (res[j].H == r->H && res[j].mode == r->mode && res[j].threads == 1) one = res[j].c.med;
         printf("%6lld %7d %-9s %-9s %6d %9.0f %9.0f %9.0f %9.0f %9.0f %9.0f %8.2f %9.2f\n", (long long)r->H,
-               r->threads, cr_parallel_mode_name(r->mode), r->resolved, r->shards, r->c.min, r->c.med, r->c.max,
-               r->t.min, r->t.med, r->t.max, r->c.med / one, r->c.med / r->t.med);
+               r->threads, cr_parallel_mode_name(r->mode), r->resolved, r->shards, r->c.min, r->c.med,
+               r->c.max, r->t.min, r->t.med, r->t.max, r->c.med / one, r->c.med / r->t.med);
     }
     double worst = 0;
     for (int k = 0; k < nres; k++)
         if (!isnan(res[k].t_loss0))
             worst = fmax(worst, fabs(res[k].c_loss0 - res[k].t_loss0) / fabs(res[k].t_loss0));
-    printf("\nagreement: largest relative difference of the first loss (same weights and data): %.2e\n\n", worst);
+    printf("\nagreement: largest relative difference of the first loss (same weights and data): %.2e\n\n",
+           worst);
     for (int k = 0; k < nres; k++) {
         const result *r = &res[k];
         double one = NAN;
@@ -352,7 +389,8 @@ int main(int argc, char **argv)
             if (res[j].H == r->H && res[j].mode == r->mode && res[j].threads == 1) one = res[j].c.med;
         printf("bench=parallel mode=%s hidden=%lld threads=%d tokens_per_s=%.0f torch_tokens_per_s=%.0f "
                "speedup=%.3f\n",
-               cr_parallel_mode_name(r->mode), (long long)r->H, r->threads, r->c.med, r->t.med, r->c.med / one);
+               cr_parallel_mode_name(r->mode), (long long)r->H, r->threads, r->c.med, r->t.med,
+               r->c.med / one);
     }
     return 0;
 }

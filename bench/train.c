@@ -58,11 +58,22 @@ typedef struct opts {
 /* ---- sizes of the workloads ---------------------------------------------------- */
 
 enum {
-    CHARLM_E = 64, CHARLM_V = 65, CHARLM_T = 64,              /* issue 12's step */
-    LM_E = 128, LM_H = 256, LM_V = 10000, LM_K = 4,           /* DyNet rnnlm-batch */
-    TAG_E = 128, TAG_H = 50, TAG_MLP = 32, TAG_TAGS = 45,     /* DyNet bilstm-tagger */
-    TAG_VW = 20000, TAG_CE = 20, TAG_CV = 80, TAG_CH = 64,    /* chars: embedding, alphabet, hidden */
-    TAG_K = 8,                                                /* sentences per timed unit */
+    CHARLM_E = 64,
+    CHARLM_V = 65,
+    CHARLM_T = 64, /* issue 12's step */
+    LM_E = 128,
+    LM_H = 256,
+    LM_V = 10000,
+    LM_K = 4, /* DyNet rnnlm-batch */
+    TAG_E = 128,
+    TAG_H = 50,
+    TAG_MLP = 32,
+    TAG_TAGS = 45, /* DyNet bilstm-tagger */
+    TAG_VW = 20000,
+    TAG_CE = 20,
+    TAG_CV = 80,
+    TAG_CH = 64, /* chars: embedding, alphabet, hidden */
+    TAG_K = 8,   /* sentences per timed unit */
 };
 /* Sentence lengths of a unit's batches (LM) or sentences (tagger): PTB/WSJ
  * sentences average about 24 words. */
@@ -79,18 +90,19 @@ typedef struct model {
     cr_linear head, mlp;
     cr_optim *opt;
     cr_graph *g;
-    int n_batches;                /* optimizer updates per timed unit */
-    int64_t len[MAX_BATCHES];     /* time steps of each */
-    cr_tensor *in[MAX_BATCHES];   /* tokens [B, T] i32 */
-    cr_tensor *tgt[MAX_BATCHES];  /* targets [B*T] i32 */
+    int n_batches;                  /* optimizer updates per timed unit */
+    int64_t len[MAX_BATCHES];       /* time steps of each */
+    cr_tensor *in[MAX_BATCHES];     /* tokens [B, T] i32 */
+    cr_tensor *tgt[MAX_BATCHES];    /* targets [B*T] i32 */
     cr_tensor **chars[MAX_BATCHES]; /* tagger with chars: per word, its characters [1, n] (rare) or NULL */
-    double tokens;                /* tokens per unit */
+    double tokens;                  /* tokens per unit */
 } model;
 
 static void fill_ids(cr_tensor *t, cr_rng *rng, int64_t n)
 {
     int32_t *p = t->data;
-    for (int64_t k = 0; k < cr_numel(t); k++) p[k] = (int32_t)(cr_rng_uniform01(rng) * (double)n) % (int32_t)n;
+    for (int64_t k = 0; k < cr_numel(t); k++)
+        p[k] = (int32_t)(cr_rng_uniform01(rng) * (double)n) % (int32_t)n;
 }
 
 static model model_make(const config *cf, bool fused)
@@ -102,7 +114,8 @@ static model model_make(const config *cf, bool fused)
     if (cf->kind == W_CHARLM || cf->kind == W_LM) {
         int64_t E = cf->kind == W_LM ? LM_E : CHARLM_E, V = cf->kind == W_LM ? LM_V : CHARLM_V;
         m.emb = cr_embedding_init(m.ps, "emb", V, E, -1, f, &rng);
-        cr_rnn_config rc = {.cell = cf->cell, .input_size = E, .hidden_size = cf->H, .num_layers = 1, .dtype = f};
+        cr_rnn_config rc = {
+            .cell = cf->cell, .input_size = E, .hidden_size = cf->H, .num_layers = 1, .dtype = f};
         m.rnn = cr_rnn_init(m.ps, "rnn", rc, &rng);
         m.head = cr_linear_init(m.ps, "head", cf->H, V, true, f, &rng);
         m.n_batches = cf->kind == W_LM ? LM_K : 1;
@@ -116,15 +129,23 @@ static model model_make(const config *cf, bool fused)
         }
     } else {
         m.emb = cr_embedding_init(m.ps, "emb", TAG_VW, TAG_E, -1, f, &rng);
-        cr_rnn_config rc = {.cell = cf->cell, .input_size = TAG_E, .hidden_size = TAG_H, .num_layers = 1,
-                            .bidirectional = true, .dtype = f};
+        cr_rnn_config rc = {.cell = cf->cell,
+                            .input_size = TAG_E,
+                            .hidden_size = TAG_H,
+                            .num_layers = 1,
+                            .bidirectional = true,
+                            .dtype = f};
         m.rnn = cr_rnn_init(m.ps, "rnn", rc, &rng);
         m.mlp = cr_linear_init(m.ps, "mlp", 2 * TAG_H, TAG_MLP, true, f, &rng);
         m.head = cr_linear_init(m.ps, "head", TAG_MLP, TAG_TAGS, true, f, &rng);
         if (cf->chars) {
             m.cemb = cr_embedding_init(m.ps, "cemb", TAG_CV, TAG_CE, -1, f, &rng);
-            cr_rnn_config cc = {.cell = cf->cell, .input_size = TAG_CE, .hidden_size = TAG_CH, .num_layers = 1,
-                                .bidirectional = true, .dtype = f};
+            cr_rnn_config cc = {.cell = cf->cell,
+                                .input_size = TAG_CE,
+                                .hidden_size = TAG_CH,
+                                .num_layers = 1,
+                                .bidirectional = true,
+                                .dtype = f};
             m.crnn = cr_rnn_init(m.ps, "crnn", cc, &rng);
         }
         m.n_batches = TAG_K;
@@ -150,7 +171,8 @@ static model model_make(const config *cf, bool fused)
     /* Adam for the char LM (issue 12); plain SGD for the DyNet suite, whose
      * dense update of a 10000- or 20000-row embedding would otherwise be most
      * of a small step on both sides. */
-    m.opt = cf->kind == W_CHARLM ? cr_adam_init(m.ps, cr_adam_defaults(1e-3)) : cr_sgd_init(m.ps, cr_sgd_defaults(0.1));
+    m.opt = cf->kind == W_CHARLM ? cr_adam_init(m.ps, cr_adam_defaults(1e-3))
+                                 : cr_sgd_init(m.ps, cr_sgd_defaults(0.1));
     m.g = cr_graph_init();
     return m;
 }
@@ -181,8 +203,8 @@ static cr_tensor *tagger_words(model *m, int k)
     cr_tensor **v = cr_arena_alloc(cr_arena_current(), (size_t)L * sizeof *v);
     for (int64_t j = 0; j < L; j++) {
         if (m->chars[k][j]) {
-            cr_rnn_output o = cr_rnn_forward(m->crnn, cr_embedding_forward(&m->cemb, m->chars[k][j]), NULL, NULL,
-                                             NULL);
+            cr_rnn_output o =
+                cr_rnn_forward(m->crnn, cr_embedding_forward(&m->cemb, m->chars[k][j]), NULL, NULL, NULL);
             v[j] = cr_reshape(o.h_n, CR_SHAPE(1, 2 * TAG_CH));
         } else {
             v[j] = cr_embedding_forward(&m->emb, cr_narrow(m->in[k], 1, j, 1)); /* [1, 1, E] */
@@ -205,13 +227,16 @@ static double batch_step(model *m, int k, double *grad_norm)
     } else {
         cr_rnn_output o = cr_rnn_forward(m->rnn, cr_embedding_forward(&m->emb, m->in[k]), NULL, NULL, NULL);
         cr_tensor *logits = cr_linear_forward(&m->head, o.y); /* [B, T, V] */
-        loss = cr_cross_entropy(cr_reshape(logits, CR_SHAPE(-1, m->head.weight->shape[0])), m->tgt[k], -1, CR_MEAN);
+        loss = cr_cross_entropy(cr_reshape(logits, CR_SHAPE(-1, m->head.weight->shape[0])), m->tgt[k], -1,
+                                CR_MEAN);
     }
     double value = cr_item(loss);
     cr_backward(loss);
     double norm = NAN;
-    if (m->cf.kind == W_CHARLM) cr_clip_grad_norm(m->ps, 5.0, &norm);
-    else if (grad_norm) norm = cr_grad_norm(m->ps);
+    if (m->cf.kind == W_CHARLM)
+        cr_clip_grad_norm(m->ps, 5.0, &norm);
+    else if (grad_norm)
+        norm = cr_grad_norm(m->ps);
     if (grad_norm) *grad_norm = norm;
     cr_optim_step(m->opt);
     cr_graph_clear(m->g);
@@ -232,10 +257,13 @@ static bool write_file(const model *m, const char *path)
 {
     size_t n_max = m->ps->n + 2 * MAX_BATCHES + (size_t)MAX_BATCHES * 64, n = 0;
     cr_st_entry *e = cr_xcalloc(n_max, sizeof *e);
-    char (*names)[48] = cr_xcalloc(n_max, sizeof *names);
+    char(*names)[48] = cr_xcalloc(n_max, sizeof *names);
     for (size_t k = 0; k < m->ps->n; k++) {
         const cr_tensor *t = m->ps->items[k].value;
-        e[n] = (cr_st_entry){.name = m->ps->items[k].name, .dtype = t->dtype, .ndim = t->ndim, .data = t->data,
+        e[n] = (cr_st_entry){.name = m->ps->items[k].name,
+                             .dtype = t->dtype,
+                             .ndim = t->ndim,
+                             .data = t->data,
                              .nbytes = (size_t)cr_numel(t) * cr_dtype_size(t->dtype)};
         memcpy(e[n].shape, t->shape, sizeof t->shape);
         n++;
@@ -244,9 +272,14 @@ static bool write_file(const model *m, const char *path)
         for (int64_t j = -2; j < (m->chars[k] ? m->len[k] : 0); j++) {
             const cr_tensor *t = j == -2 ? m->in[k] : j == -1 ? m->tgt[k] : m->chars[k][j];
             if (!t) continue;
-            if (j < 0) snprintf(names[n], sizeof names[n], "data.%s.%d", j == -2 ? "in" : "tgt", k);
-            else snprintf(names[n], sizeof names[n], "data.chars.%d.%lld", k, (long long)j);
-            e[n] = (cr_st_entry){.name = names[n], .dtype = t->dtype, .ndim = t->ndim, .data = t->data,
+            if (j < 0)
+                snprintf(names[n], sizeof names[n], "data.%s.%d", j == -2 ? "in" : "tgt", k);
+            else
+                snprintf(names[n], sizeof names[n], "data.chars.%d.%lld", k, (long long)j);
+            e[n] = (cr_st_entry){.name = names[n],
+                                 .dtype = t->dtype,
+                                 .ndim = t->ndim,
+                                 .data = t->data,
                                  .nbytes = (size_t)cr_numel(t) * cr_dtype_size(t->dtype)};
             memcpy(e[n].shape, t->shape, sizeof t->shape);
             n++;
@@ -260,7 +293,10 @@ static bool write_file(const model *m, const char *path)
 
 /* ---- the PyTorch peer, one process per configuration --------------------------------- */
 
-static const char *workload_name(workload w) { return w == W_CHARLM ? "charlm" : w == W_LM ? "lm" : "tagger"; }
+static const char *workload_name(workload w)
+{
+    return w == W_CHARLM ? "charlm" : w == W_LM ? "lm" : "tagger";
+}
 
 /* Start the peer on the file and wait for its "ready" line (after its warm-up; bench/peer.h). */
 static bench_peer peer_start(const config *cf, const char *path)
@@ -409,19 +445,29 @@ static opts parse(int argc, char **argv)
     opts o = {.reps = 3, .rounds = 4, .torch = true, .fused = true};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
-        if (!strcmp(a, "--no-torch")) o.torch = false;
-        else if (!strcmp(a, "--quick")) o.quick = true;
-        else if (!strcmp(a, "--no-fused")) o.fused = false;
+        if (!strcmp(a, "--no-torch"))
+            o.torch = false;
+        else if (!strcmp(a, "--quick"))
+            o.quick = true;
+        else if (!strcmp(a, "--no-fused"))
+            o.fused = false;
         else {
             const char *v = i + 1 < argc ? argv[++i] : NULL;
             if (!v) usage(argv[0]);
-            if (!strcmp(a, "--hidden")) parse_list(argv[0], v, o.hidden, &o.n_hidden);
-            else if (!strcmp(a, "--batch")) parse_list(argv[0], v, o.batch, &o.n_batch);
-            else if (!strcmp(a, "--threads")) parse_list(argv[0], v, o.threads, &o.n_threads);
-            else if (!strcmp(a, "--reps")) o.reps = atoi(v);
-            else if (!strcmp(a, "--rounds")) o.rounds = atoi(v);
-            else if (!strcmp(a, "--only")) o.only = v;
-            else usage(argv[0]);
+            if (!strcmp(a, "--hidden"))
+                parse_list(argv[0], v, o.hidden, &o.n_hidden);
+            else if (!strcmp(a, "--batch"))
+                parse_list(argv[0], v, o.batch, &o.n_batch);
+            else if (!strcmp(a, "--threads"))
+                parse_list(argv[0], v, o.threads, &o.n_threads);
+            else if (!strcmp(a, "--reps"))
+                o.reps = atoi(v);
+            else if (!strcmp(a, "--rounds"))
+                o.rounds = atoi(v);
+            else if (!strcmp(a, "--only"))
+                o.only = v;
+            else
+                usage(argv[0]);
         }
     }
     if (getenv("CR_BENCH_QUICK") && *getenv("CR_BENCH_QUICK") && strcmp(getenv("CR_BENCH_QUICK"), "0"))
@@ -454,7 +500,8 @@ static int suite(const opts *o, config *out)
             if (listed(o->batch, o->n_batch, mbs[k]) && (!o->only || !strcmp(o->only, "lm")))
                 out[n++] = (config){W_LM, &cr_cell_lstm, LM_H, mbs[k], th, false};
         for (int c = 0; c < 2; c++)
-            if (!o->only || !strcmp(o->only, "tagger")) out[n++] = (config){W_TAGGER, &cr_cell_lstm, TAG_H, 1, th, c};
+            if (!o->only || !strcmp(o->only, "tagger"))
+                out[n++] = (config){W_TAGGER, &cr_cell_lstm, TAG_H, 1, th, c};
     }
 #else
     const cr_cell_type *cell = CR_TRAIN_SUITE == 2 ? &cr_cell_gru : &cr_cell_lstm;
@@ -494,39 +541,47 @@ int main(int argc, char **argv)
     config cfs[64];
     int n = suite(&o, cfs);
     cr_set_num_threads(1); /* initialises BLIS (after carousel chose its kernels) */
-    printf("%s: %d configuration(s), %d rounds x %d unit(s) per side, the sides taking turns%s; BLIS %s '%s'\n",
-           CR_TRAIN_SUITE == 3 ? "dynet" : CR_TRAIN_SUITE == 2 ? "gru_train" : "lstm_train", n, o.rounds, o.reps,
-           o.fused ? "" : ", composed cell steps (--no-fused)", bli_info_get_version_str(),
-           bli_arch_string(bli_arch_query_id()));
+    printf(
+        "%s: %d configuration(s), %d rounds x %d unit(s) per side, the sides taking turns%s; BLIS %s '%s'\n",
+        CR_TRAIN_SUITE == 3   ? "dynet"
+        : CR_TRAIN_SUITE == 2 ? "gru_train"
+                              : "lstm_train",
+        n, o.rounds, o.reps, o.fused ? "" : ", composed cell steps (--no-fused)", bli_info_get_version_str(),
+        bli_arch_string(bli_arch_query_id()));
     printf("%-20s %6s %5s %3s %27s %27s %7s %9s %6s  %s\n", "bench", "hidden", "batch", "thr",
-           "carousel ms min/med/max", "torch ms min/med/max", "ratio", "GFLOP/s", "peak", "loss0 c/torch, |g|0 c/torch");
+           "carousel ms min/med/max", "torch ms min/med/max", "ratio", "GFLOP/s", "peak",
+           "loss0 c/torch, |g|0 c/torch");
     static result res[64];
     double worst = 0;
     for (int k = 0; k < n; k++) {
         result r = res[k] = measure(&o, &cfs[k]);
         double gf = r.gflop / (r.c[1] * 1e-3);
-        printf("%-20s %6lld %5lld %3d %8.2f %8.2f %9.2f %8.2f %8.2f %9.2f %7.3f %9.1f %5.1f%%  %.6f %.6f %.5f %.5f\n",
-               bench_name(&r.cf), (long long)r.cf.H, (long long)r.cf.B, r.cf.threads, r.c[0], r.c[1], r.c[2], r.t[0],
-               r.t[1], r.t[2], r.t[1] / r.c[1], r.gflop > 0 ? gf : NAN, r.gflop > 0 ? 100 * gf / r.blis : NAN,
-               r.c_loss0, r.t_loss0, r.c_gnorm0, r.t_gnorm0);
+        printf(
+            "%-20s %6lld %5lld %3d %8.2f %8.2f %9.2f %8.2f %8.2f %9.2f %7.3f %9.1f %5.1f%%  %.6f %.6f %.5f %.5f\n",
+            bench_name(&r.cf), (long long)r.cf.H, (long long)r.cf.B, r.cf.threads, r.c[0], r.c[1], r.c[2],
+            r.t[0], r.t[1], r.t[2], r.t[1] / r.c[1], r.gflop > 0 ? gf : NAN,
+            r.gflop > 0 ? 100 * gf / r.blis : NAN, r.c_loss0, r.t_loss0, r.c_gnorm0, r.t_gnorm0);
         const double c[] = {r.c_loss0, r.c_loss1, r.c_gnorm0}, t[] = {r.t_loss0, r.t_loss1, r.t_gnorm0};
         for (int j = 0; j < 3; j++)
             if (!isnan(t[j])) worst = fmax(worst, fabs(c[j] - t[j]) / fmax(fabs(t[j]), 1e-30));
     }
-    printf("\nagreement: largest relative difference of loss0, loss1, |grad|0 (carousel vs torch): %.2e\n\n", worst);
+    printf("\nagreement: largest relative difference of loss0, loss1, |grad|0 (carousel vs torch): %.2e\n\n",
+           worst);
     for (int k = 0; k < n; k++) {
         const result *r = &res[k];
         double tok = r->tokens / (r->c[1] * 1e-3), ttok = r->tokens / (r->t[1] * 1e-3);
         if (r->cf.kind == W_CHARLM) {
             double gf = r->gflop / (r->c[1] * 1e-3);
-            printf("bench=%s hidden=%lld batch=%lld threads=%d tokens_per_s=%.0f torch_tokens_per_s=%.0f ratio=%.3f "
-                   "gflops=%.1f blis_peak_share=%.3f\n",
-                   bench_name(&r->cf), (long long)r->cf.H, (long long)r->cf.B, r->cf.threads, tok, ttok, tok / ttok,
-                   gf, gf / r->blis);
+            printf(
+                "bench=%s hidden=%lld batch=%lld threads=%d tokens_per_s=%.0f torch_tokens_per_s=%.0f ratio=%.3f "
+                "gflops=%.1f blis_peak_share=%.3f\n",
+                bench_name(&r->cf), (long long)r->cf.H, (long long)r->cf.B, r->cf.threads, tok, ttok,
+                tok / ttok, gf, gf / r->blis);
         } else {
             printf("bench=%s hidden=%lld batch=%lld threads=%d tokens_per_s=%.0f torch_tokens_per_s=%.0f "
                    "ratio=%.3f\n",
-                   bench_name(&r->cf), (long long)r->cf.H, (long long)r->cf.B, r->cf.threads, tok, ttok, tok / ttok);
+                   bench_name(&r->cf), (long long)r->cf.H, (long long)r->cf.B, r->cf.threads, tok, ttok,
+                   tok / ttok);
         }
     }
     return 0;

@@ -78,16 +78,17 @@ static bool parse_f64(const char *s, double *out)
 #define N_FIXED_META 6
 
 /* fn: the public function the caller used, for messages. */
-static cr_status save(const char *fn, const char *path, const cr_params *ps, const cr_optim *o, int64_t schedule_step,
-                      const cr_rng *rng, const cr_vocab *vocab, const cr_st_entry *user, size_t n_user,
-                      const char *const *meta_kv, size_t n_meta)
+static cr_status save(const char *fn, const char *path, const cr_params *ps, const cr_optim *o,
+                      int64_t schedule_step, const cr_rng *rng, const cr_vocab *vocab,
+                      const cr_st_entry *user, size_t n_user, const char *const *meta_kv, size_t n_meta)
 {
     if (!path || !ps) cr_error("%s: %s is NULL", fn, path ? "params" : "path");
     if (n_meta && !meta_kv) cr_error("%s: meta_kv is NULL with n_meta %zu", fn, n_meta);
     if (n_user && !user) cr_error("%s: extra is NULL with n_extra %zu", fn, n_user);
     if (schedule_step < 0) cr_error("%s: schedule_step = %lld is negative", fn, (long long)schedule_step);
     for (size_t i = 0; i < n_meta; i++)
-        if (!meta_kv[2 * i] || !meta_kv[2 * i + 1] || strncmp(meta_kv[2 * i], RESERVED_KEY, strlen(RESERVED_KEY)) == 0)
+        if (!meta_kv[2 * i] || !meta_kv[2 * i + 1] ||
+            strncmp(meta_kv[2 * i], RESERVED_KEY, strlen(RESERVED_KEY)) == 0)
             cr_error("%s: metadata key %zu ('%s') is NULL, has a NULL value or starts with the "
                      "reserved '" RESERVED_KEY "'",
                      fn, i, meta_kv[2 * i] ? meta_kv[2 * i] : "(null)");
@@ -96,7 +97,8 @@ static cr_status save(const char *fn, const char *path, const cr_params *ps, con
     const cr_optim_rule *rule = o ? cr_optim_rule_of(o) : NULL;
     size_t n_hp = rule ? (size_t)rule->n_hparams : 0, n_slots = rule ? (size_t)rule->n_slots : 0;
     size_t max_own = N_FIXED_META + n_hp + CR_VOCAB_N_META;
-    if (n_user > SIZE_MAX / sizeof(cr_st_entry) / 2) return cr_failure(CR_ENOMEM, "%s: too many tensors", path);
+    if (n_user > SIZE_MAX / sizeof(cr_st_entry) / 2)
+        return cr_failure(CR_ENOMEM, "%s: too many tensors", path);
     size_t max_extra = (o ? ps->n * (n_slots + 1) : 0) + 2 + n_user;
     cr_status st = CR_OK;
     char(*vals)[40] = calloc(max_own, sizeof *vals);
@@ -134,16 +136,22 @@ static cr_status save(const char *fn, const char *path, const cr_params *ps, con
         for (size_t i = 0; i < ps->n; i++) {
             const char *pname = ps->items[i].name;
             steps[i] = (double)cr_optim_param_steps_at(o, i);
-            extra[n_extra] = (cr_st_entry){.name = state_name(o, "step", pname), .dtype = CR_F64, .ndim = 0,
-                                           .data = &steps[i], .nbytes = sizeof(double)};
+            extra[n_extra] = (cr_st_entry){.name = state_name(o, "step", pname),
+                                           .dtype = CR_F64,
+                                           .ndim = 0,
+                                           .data = &steps[i],
+                                           .nbytes = sizeof(double)};
             if (!extra[n_extra].name) goto oom;
             n_extra++, n_names++;
             for (size_t s = 0; s < n_slots; s++) {
                 const cr_tensor *t = cr_optim_slot(o, i, (int)s);
                 if (!t) continue;
                 cr_st_entry *e = &extra[n_extra];
-                *e = (cr_st_entry){.name = state_name(o, rule->slots[s], pname), .dtype = t->dtype, .ndim = t->ndim,
-                                   .data = t->data, .nbytes = (size_t)cr_numel(t) * cr_dtype_size(t->dtype)};
+                *e = (cr_st_entry){.name = state_name(o, rule->slots[s], pname),
+                                   .dtype = t->dtype,
+                                   .ndim = t->ndim,
+                                   .data = t->data,
+                                   .nbytes = (size_t)cr_numel(t) * cr_dtype_size(t->dtype)};
                 memcpy(e->shape, t->shape, sizeof e->shape);
                 if (!e->name) goto oom;
                 n_extra++, n_names++;
@@ -182,14 +190,16 @@ done:
 }
 
 cr_status cr_checkpoint_save(const char *path, const cr_params *ps, const cr_optim *o, int64_t schedule_step,
-                             const cr_rng *rng, const cr_vocab *vocab, const char *const *meta_kv, size_t n_meta)
+                             const cr_rng *rng, const cr_vocab *vocab, const char *const *meta_kv,
+                             size_t n_meta)
 {
     return save("cr_checkpoint_save", path, ps, o, schedule_step, rng, vocab, NULL, 0, meta_kv, n_meta);
 }
 
-cr_status cr_checkpoint_save_extra(const char *path, const cr_params *ps, const cr_optim *o, int64_t schedule_step,
-                                   const cr_rng *rng, const cr_vocab *vocab, const cr_st_entry *extra,
-                                   size_t n_extra, const char *const *meta_kv, size_t n_meta)
+cr_status cr_checkpoint_save_extra(const char *path, const cr_params *ps, const cr_optim *o,
+                                   int64_t schedule_step, const cr_rng *rng, const cr_vocab *vocab,
+                                   const cr_st_entry *extra, size_t n_extra, const char *const *meta_kv,
+                                   size_t n_meta)
 {
     return save("cr_checkpoint_save_extra", path, ps, o, schedule_step, rng, vocab, extra, n_extra, meta_kv,
                 n_meta);
@@ -214,8 +224,8 @@ static cr_status find_like(const cr_st_file *f, const char *name, const cr_tenso
         char s1[CR_MAX_DIMS * 21 + 3], s2[CR_MAX_DIMS * 21 + 3] = "[]";
         if (t) cr_shape_str(s2, sizeof s2, t->ndim, t->shape);
         return cr_failure(CR_EMISMATCH, "%s: tensor '%s' is %s %s, expected %s %s", path, cr_escape(name).s,
-                       cr_st_dtype_name(e->dtype), cr_shape_str(s1, sizeof s1, e->ndim, e->shape),
-                       cr_st_dtype_name(t ? t->dtype : CR_F64), s2);
+                          cr_st_dtype_name(e->dtype), cr_shape_str(s1, sizeof s1, e->ndim, e->shape),
+                          cr_st_dtype_name(t ? t->dtype : CR_F64), s2);
     }
     *out = e;
     return CR_OK;
@@ -230,8 +240,8 @@ static cr_status check_optim(const cr_st_file *f, const cr_params *ps, const cr_
     const char *kind = cr_st_meta_get(f, KEY_OPTIM);
     if (!kind) return cr_failure(CR_EMISMATCH, "%s: the file holds no optimizer state", path);
     if (strcmp(kind, rule->name) != 0)
-        return cr_failure(CR_EMISMATCH, "%s: the file holds '%s' state, the optimizer is %s", path, cr_escape(kind).s,
-                       rule->name);
+        return cr_failure(CR_EMISMATCH, "%s: the file holds '%s' state, the optimizer is %s", path,
+                          cr_escape(kind).s, rule->name);
     if (!parse_i64(cr_st_meta_get(f, KEY_OPTIM_STEPS), n_steps))
         return cr_failure(CR_EFORMAT, "%s: metadata " KEY_OPTIM_STEPS " is missing or bad", path);
     memcpy(cfg, cr_optim_config(o), rule->config_size);
@@ -266,14 +276,16 @@ static cr_status check_optim(const cr_st_file *f, const cr_params *ps, const cr_
         if (st == CR_OK) {
             memcpy(&k, e->data, sizeof k);
             if (!(k >= 0 && k <= 9007199254740992.0 && k == floor(k)))
-                st = cr_failure(CR_EFORMAT, "%s: step count '%s' = %g is not a count", path, cr_escape(name).s, k);
+                st = cr_failure(CR_EFORMAT, "%s: step count '%s' = %g is not a count", path,
+                                cr_escape(name).s, k);
         }
         free(name);
         if (st != CR_OK) return st;
         steps[i] = (int64_t)k;
         for (int s = 0; s < rule->n_slots; s++) {
             if (rule->uses_slot && !rule->uses_slot(cfg, s)) continue;
-            if (!(name = state_name(o, rule->slots[s], pname))) return cr_failure(CR_ENOMEM, "%s: out of memory", path);
+            if (!(name = state_name(o, rule->slots[s], pname)))
+                return cr_failure(CR_ENOMEM, "%s: out of memory", path);
             st = find_like(f, name, ps->items[i].value, &slot_e[i * CR_OPTIM_MAX_SLOTS + s], path);
             free(name);
             if (st != CR_OK) return st;
@@ -282,8 +294,8 @@ static cr_status check_optim(const cr_st_file *f, const cr_params *ps, const cr_
     return CR_OK;
 }
 
-cr_status cr_checkpoint_load(const char *path, cr_params *ps, cr_optim *o, int64_t *schedule_step, cr_rng *rng,
-                             cr_vocab **vocab)
+cr_status cr_checkpoint_load(const char *path, cr_params *ps, cr_optim *o, int64_t *schedule_step,
+                             cr_rng *rng, cr_vocab **vocab)
 {
     if (!path || !ps) cr_error("cr_checkpoint_load: %s is NULL", path ? "params" : "path");
     if (o) cr_optim_check(o, ps, "cr_checkpoint_load");
@@ -306,8 +318,8 @@ cr_status cr_checkpoint_load(const char *path, cr_params *ps, cr_optim *o, int64
     }
     const char *fmt = cr_st_meta_get(f, KEY_FORMAT);
     if (fmt && strcmp(fmt, FORMAT) != 0) {
-        st = cr_failure(CR_EFORMAT, "%s: unsupported checkpoint format '%s' (this is %s)", path, cr_escape(fmt).s,
-                     FORMAT);
+        st = cr_failure(CR_EFORMAT, "%s: unsupported checkpoint format '%s' (this is %s)", path,
+                        cr_escape(fmt).s, FORMAT);
         goto done;
     }
 
@@ -319,20 +331,21 @@ cr_status cr_checkpoint_load(const char *path, cr_params *ps, cr_optim *o, int64
     for (size_t j = 0; j < nf; j++) {
         const char *nm = cr_st_entry_at(f, j)->name;
         if (!used[j] && strncmp(nm, CR_ST_OPTIM_PREFIX, strlen(CR_ST_OPTIM_PREFIX)) != 0) {
-            st = cr_failure(CR_EMISMATCH, "%s: tensor '%s' is not a parameter of the model", path, cr_escape(nm).s);
+            st = cr_failure(CR_EMISMATCH, "%s: tensor '%s' is not a parameter of the model", path,
+                            cr_escape(nm).s);
             goto done;
         }
     }
     if (o && (st = check_optim(f, ps, o, path, cfg, &n_steps, steps, slot_e)) != CR_OK) goto done;
     if (schedule_step && !parse_i64(cr_st_meta_get(f, KEY_SCHED), &sched)) {
         st = cr_failure(cr_st_meta_get(f, KEY_SCHED) ? CR_EFORMAT : CR_EMISMATCH,
-                     "%s: metadata " KEY_SCHED " is missing or bad", path);
+                        "%s: metadata " KEY_SCHED " is missing or bad", path);
         goto done;
     }
     if (rng && (!parse_u64(cr_st_meta_get(f, KEY_RNG_SEED), &r.seed) ||
                 !parse_u64(cr_st_meta_get(f, KEY_RNG_OFFSET), &r.offset))) {
         st = cr_failure(cr_st_meta_get(f, KEY_RNG_SEED) ? CR_EFORMAT : CR_EMISMATCH,
-                     "%s: metadata " KEY_RNG_SEED " / " KEY_RNG_OFFSET " is missing or bad", path);
+                        "%s: metadata " KEY_RNG_SEED " / " KEY_RNG_OFFSET " is missing or bad", path);
         goto done;
     }
     if (vocab && (st = cr_vocab_from_file(f, &new_vocab)) != CR_OK) {

@@ -53,10 +53,10 @@ extern "C" {
 typedef struct cr_st_entry {
     const char *name;
     cr_dtype dtype;
-    int ndim;                    /* 0..CR_MAX_DIMS (0 is a scalar) */
+    int ndim; /* 0..CR_MAX_DIMS (0 is a scalar) */
     int64_t shape[CR_MAX_DIMS];
     const void *data;
-    size_t nbytes;               /* numel * element size */
+    size_t nbytes; /* numel * element size */
 } cr_st_entry;
 
 /* A parsed, fully validated file; it owns its names, metadata and data. */
@@ -89,9 +89,9 @@ void cr_st_file_free(cr_st_file *f); /* NULL is a no-op */
 
 /* Entries are ordered by their position in the data section. */
 size_t cr_st_count(const cr_st_file *f);
-const cr_st_entry *cr_st_entry_at(const cr_st_file *f, size_t i); /* NULL if i >= count */
+const cr_st_entry *cr_st_entry_at(const cr_st_file *f, size_t i);     /* NULL if i >= count */
 const cr_st_entry *cr_st_find(const cr_st_file *f, const char *name); /* NULL if absent */
-size_t cr_st_data_bytes(const cr_st_file *f); /* size of the data section */
+size_t cr_st_data_bytes(const cr_st_file *f);                         /* size of the data section */
 /* Metadata, in file order. */
 size_t cr_st_meta_count(const cr_st_file *f);
 const char *cr_st_meta_get(const cr_st_file *f, const char *key); /* NULL if absent */
@@ -113,8 +113,8 @@ const char *cr_st_dtype_name(cr_dtype dt);
 cr_status cr_params_save(const cr_params *ps, const char *path, const char *const *meta_kv, size_t n_meta);
 /* Same, plus extra tensors (optimizer state) whose names must start with
  * CR_ST_OPTIM_PREFIX. */
-cr_status cr_params_save_extra(const cr_params *ps, const cr_st_entry *extra, size_t n_extra, const char *path,
-                               const char *const *meta_kv, size_t n_meta);
+cr_status cr_params_save_extra(const cr_params *ps, const cr_st_entry *extra, size_t n_extra,
+                               const char *path, const char *const *meta_kv, size_t n_meta);
 /* Load a file into ps. Every parameter must be in the file with the same
  * dtype and shape (CR_EMISMATCH otherwise); tensors that are not parameters
  * are an error unless they carry CR_ST_OPTIM_PREFIX. Nothing is copied until
@@ -158,7 +158,8 @@ cr_status cr_vocab_load(const char *path, cr_vocab **out);
  *     cr_checkpoint_load("run.ckpt", ps, opt, &step, &rng, NULL);
  */
 cr_status cr_checkpoint_save(const char *path, const cr_params *ps, const cr_optim *o, int64_t schedule_step,
-                             const cr_rng *rng, const cr_vocab *vocab, const char *const *meta_kv, size_t n_meta);
+                             const cr_rng *rng, const cr_vocab *vocab, const char *const *meta_kv,
+                             size_t n_meta);
 /* The same plus the caller's own tensors: state of the run that is neither a
  * parameter nor the optimizer's, such as the hidden state carried across
  * truncated-BPTT chunks, so that a run can stop and resume anywhere. Their
@@ -166,9 +167,10 @@ cr_status cr_checkpoint_save(const char *path, const cr_params *ps, const cr_opt
  * caller's ("__optim__.charlm.h"; CR_EINVAL otherwise, and for a name the
  * file already holds). cr_checkpoint_load and cr_params_load skip them; read
  * them back with cr_st_read and cr_st_find. */
-cr_status cr_checkpoint_save_extra(const char *path, const cr_params *ps, const cr_optim *o, int64_t schedule_step,
-                                   const cr_rng *rng, const cr_vocab *vocab, const cr_st_entry *extra,
-                                   size_t n_extra, const char *const *meta_kv, size_t n_meta);
+cr_status cr_checkpoint_save_extra(const char *path, const cr_params *ps, const cr_optim *o,
+                                   int64_t schedule_step, const cr_rng *rng, const cr_vocab *vocab,
+                                   const cr_st_entry *extra, size_t n_extra, const char *const *meta_kv,
+                                   size_t n_meta);
 /* Restore a checkpoint into existing objects. Every non-NULL destination must
  * be in the file (CR_EMISMATCH otherwise); o must follow the rule saved, and
  * gets the saved hyper-parameters, learning rate, step counts and state (as
@@ -176,8 +178,8 @@ cr_status cr_checkpoint_save_extra(const char *path, const cr_params *ps, const 
  * is validated before anything is written, so on failure every destination
  * keeps its value; every tensor written gets its version bumped. Read the
  * caller's metadata with cr_st_read / cr_st_meta_get. */
-cr_status cr_checkpoint_load(const char *path, cr_params *ps, cr_optim *o, int64_t *schedule_step, cr_rng *rng,
-                             cr_vocab **vocab);
+cr_status cr_checkpoint_load(const char *path, cr_params *ps, cr_optim *o, int64_t *schedule_step,
+                             cr_rng *rng, cr_vocab **vocab);
 
 #ifdef __cplusplus
 }

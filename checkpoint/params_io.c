@@ -14,11 +14,13 @@ static cr_status param_entry(const cr_param *p, cr_st_entry *e)
     const cr_tensor *t = p->value;
     if (!p->name || !t) return cr_failure(CR_EINVAL, "a parameter has no %s", t ? "name" : "value");
     if (t->dtype != CR_F32 && t->dtype != CR_F64 && t->dtype != CR_I32)
-        return cr_failure(CR_EINVAL, "parameter '%s' has an unknown dtype %d", cr_escape(p->name).s, (int)t->dtype);
+        return cr_failure(CR_EINVAL, "parameter '%s' has an unknown dtype %d", cr_escape(p->name).s,
+                          (int)t->dtype);
     int64_t numel = cr_numel(t);
     if (numel > 0 && !cr_is_contiguous(t))
         return cr_failure(CR_EINVAL, "parameter '%s' is not contiguous", cr_escape(p->name).s);
-    if (numel > 0 && !t->data) return cr_failure(CR_EINVAL, "parameter '%s' has no data", cr_escape(p->name).s);
+    if (numel > 0 && !t->data)
+        return cr_failure(CR_EINVAL, "parameter '%s' has no data", cr_escape(p->name).s);
     memset(e, 0, sizeof *e);
     e->name = p->name;
     e->dtype = t->dtype;
@@ -29,12 +31,13 @@ static cr_status param_entry(const cr_param *p, cr_st_entry *e)
     return CR_OK;
 }
 
-cr_status cr_params_save_extra(const cr_params *ps, const cr_st_entry *extra, size_t n_extra, const char *path,
-                               const char *const *meta_kv, size_t n_meta)
+cr_status cr_params_save_extra(const cr_params *ps, const cr_st_entry *extra, size_t n_extra,
+                               const char *path, const char *const *meta_kv, size_t n_meta)
 {
     if (!ps || !path) cr_error("cr_params_save: %s is NULL", ps ? "path" : "params");
     if (n_extra > 0 && !extra) cr_error("cr_params_save_extra: extra is NULL but n_extra is %zu", n_extra);
-    if (n_extra > SIZE_MAX / sizeof(cr_st_entry) - ps->n - 1) return cr_failure(CR_ENOMEM, "%s: too many tensors", path);
+    if (n_extra > SIZE_MAX / sizeof(cr_st_entry) - ps->n - 1)
+        return cr_failure(CR_ENOMEM, "%s: too many tensors", path);
     size_t n = ps->n + n_extra;
     cr_st_entry *es = malloc((n ? n : 1) * sizeof *es);
     if (!es) return cr_failure(CR_ENOMEM, "%s: out of memory", path);
@@ -43,7 +46,8 @@ cr_status cr_params_save_extra(const cr_params *ps, const cr_st_entry *extra, si
     for (size_t i = 0; i < n_extra && st == CR_OK; i++) {
         const char *nm = extra[i].name;
         if (!nm || strncmp(nm, CR_ST_OPTIM_PREFIX, strlen(CR_ST_OPTIM_PREFIX)) != 0)
-            st = cr_failure(CR_EINVAL, "extra tensor '%s' does not start with '%s'", cr_escape(nm).s, CR_ST_OPTIM_PREFIX);
+            st = cr_failure(CR_EINVAL, "extra tensor '%s' does not start with '%s'", cr_escape(nm).s,
+                            CR_ST_OPTIM_PREFIX);
         es[ps->n + i] = extra[i];
     }
     if (st != CR_OK)
@@ -81,7 +85,8 @@ cr_status cr_params_load(cr_params *ps, const char *path)
         }
         const cr_st_entry *w = &want[i], *e = cr_st_find(f, w->name);
         if (!e) {
-            st = cr_failure(CR_EMISMATCH, "%s: parameter '%s' is missing from the file", path, cr_escape(w->name).s);
+            st = cr_failure(CR_EMISMATCH, "%s: parameter '%s' is missing from the file", path,
+                            cr_escape(w->name).s);
             goto done;
         }
         bool same = e->dtype == w->dtype && e->ndim == w->ndim;
@@ -89,8 +94,9 @@ cr_status cr_params_load(cr_params *ps, const char *path)
         if (!same) {
             char s1[CR_MAX_DIMS * 21 + 3], s2[CR_MAX_DIMS * 21 + 3];
             st = cr_failure(CR_EMISMATCH, "%s: parameter '%s': file has %s %s, model has %s %s", path,
-                         cr_escape(w->name).s, cr_st_dtype_name(e->dtype), cr_shape_str(s1, sizeof s1, e->ndim, e->shape),
-                         cr_st_dtype_name(w->dtype), cr_shape_str(s2, sizeof s2, w->ndim, w->shape));
+                            cr_escape(w->name).s, cr_st_dtype_name(e->dtype),
+                            cr_shape_str(s1, sizeof s1, e->ndim, e->shape), cr_st_dtype_name(w->dtype),
+                            cr_shape_str(s2, sizeof s2, w->ndim, w->shape));
             goto done;
         }
         used[e - cr_st_entry_at(f, 0)] = true;
@@ -99,7 +105,8 @@ cr_status cr_params_load(cr_params *ps, const char *path)
     for (size_t j = 0; j < nf; j++) {
         const char *nm = cr_st_entry_at(f, j)->name;
         if (!used[j] && strncmp(nm, CR_ST_OPTIM_PREFIX, strlen(CR_ST_OPTIM_PREFIX)) != 0) {
-            st = cr_failure(CR_EMISMATCH, "%s: tensor '%s' is not a parameter of the model", path, cr_escape(nm).s);
+            st = cr_failure(CR_EMISMATCH, "%s: tensor '%s' is not a parameter of the model", path,
+                            cr_escape(nm).s);
             goto done;
         }
     }

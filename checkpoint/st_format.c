@@ -79,7 +79,6 @@ bool cr_st_nbytes(cr_dtype dt, int ndim, const int64_t *shape, uint64_t *bytes)
     return true;
 }
 
-
 /* Length of the valid UTF-8 sequence at s[0..len) (no overlongs, surrogates
  * or code points above U+10FFFF), or 0 if it is not one. */
 size_t cr_st_utf8_seq(const unsigned char *s, size_t len)

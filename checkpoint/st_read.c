@@ -36,7 +36,6 @@ struct cr_st_file {
     size_t data_bytes;
 };
 
-
 /*
  * The header has a fixed shape: one object whose values are tensor entries
  * (objects with exactly "dtype": string, "shape": [integers], "data_offsets":
@@ -99,15 +98,15 @@ static bool st_more(st_parser *P)
 /* Bytes available at s, reading until there are k (fewer at the header's end). */
 static size_t st_have(st_parser *P, const char *s, size_t k)
 {
-    while ((size_t)(P->end - s) < k && st_more(P)) {
-    }
+    while ((size_t)(P->end - s) < k && st_more(P)) {}
     return (size_t)(P->end - s);
 }
 
 static cr_status st_bad_json(const st_parser *P)
 {
     size_t at = (size_t)(P->p - P->start);
-    if (P->p < P->end && *P->p == '\0') return cr_failure(CR_EFORMAT, "header has a NUL byte at offset %zu", at);
+    if (P->p < P->end && *P->p == '\0')
+        return cr_failure(CR_EFORMAT, "header has a NUL byte at offset %zu", at);
     return cr_failure(CR_EFORMAT, "header is not valid JSON (near byte %zu of %zu)", at,
                       (size_t)(P->limit - P->start));
 }
@@ -155,7 +154,10 @@ static int st_hex4(const char *s)
     int v = 0;
     for (int i = 0; i < 4; i++) {
         char c = s[i];
-        int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+        int d = c >= '0' && c <= '9'   ? c - '0'
+                : c >= 'a' && c <= 'f' ? c - 'a' + 10
+                : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                       : -1;
         if (d < 0) return -1;
         v = v * 16 + d;
     }
@@ -178,7 +180,8 @@ static cr_status st_string(st_parser *P, size_t *off)
         }
         if (c >= 0x80) {
             size_t k = cr_st_utf8_seq((const unsigned char *)s, st_have(P, s, 4));
-            if (!k) return cr_failure(CR_EFORMAT, "header is not valid UTF-8 (byte %zu)", (size_t)(s - P->start));
+            if (!k)
+                return cr_failure(CR_EFORMAT, "header is not valid UTF-8 (byte %zu)", (size_t)(s - P->start));
             memmove(o, s, k); /* o < s, and they may overlap */
             o += k;
             s += k;
@@ -217,15 +220,15 @@ static cr_status st_string(st_parser *P, size_t *off)
             long lo = st_have(P, s, 6) >= 6 && s[0] == '\\' && s[1] == 'u' ? st_hex4(s + 2) : -1;
             if (lo < 0xDC00 || lo > 0xDFFF)
                 return cr_failure(CR_EFORMAT, "header is not valid UTF-8 (byte %zu: lone surrogate \\u%04lx)",
-                               (size_t)(s - 6 - P->start), cp);
+                                  (size_t)(s - 6 - P->start), cp);
             s += 6;
             cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
         } else if (cp >= 0xDC00 && cp <= 0xDFFF) {
             return cr_failure(CR_EFORMAT, "header is not valid UTF-8 (byte %zu: lone surrogate \\u%04lx)",
-                           (size_t)(s - 6 - P->start), cp);
+                              (size_t)(s - 6 - P->start), cp);
         } else if (cp == 0) {
             return cr_failure(CR_EFORMAT, "header string at byte %zu holds a NUL character (\\u0000)",
-                           (size_t)(s - 6 - P->start));
+                              (size_t)(s - 6 - P->start));
         }
         /* UTF-8 of cp: never longer than the 6 or 12 bytes of its escape. */
         if (cp < 0x80) {
@@ -296,7 +299,8 @@ static cr_status st_parse_tensor(st_parser *P, size_t name_off)
     /* The name, escaped for a message (it stays in the pool while we parse). */
 #define NM (cr_escape(P->pool + name_off).s)
     if (!st_take(P, '{'))
-        return st_value_start(P) ? cr_failure(CR_EFORMAT, "tensor '%s': entry is not an object", NM) : st_bad_json(P);
+        return st_value_start(P) ? cr_failure(CR_EFORMAT, "tensor '%s': entry is not an object", NM)
+                                 : st_bad_json(P);
     cr_st_entry e = {0};
     uint64_t begin = 0, end = 0;
     bool have[3] = {false, false, false};
@@ -310,18 +314,21 @@ static cr_status st_parse_tensor(st_parser *P, size_t name_off)
             int f = 0;
             while (f < 3 && strcmp(k, fields[f]) != 0) f++;
             if (f == 3) return cr_failure(CR_EFORMAT, "tensor '%s': unknown field '%s'", NM, cr_escape(k).s);
-            if (have[f]) return cr_failure(CR_EFORMAT, "tensor '%s': field '%s' appears twice", NM, fields[f]);
+            if (have[f])
+                return cr_failure(CR_EFORMAT, "tensor '%s': field '%s' appears twice", NM, fields[f]);
             have[f] = true;
             if (!st_take(P, ':')) return st_bad_json(P);
             if (f == 0) {
                 if (!st_peek(P, '"'))
-                    return st_value_start(P) ? cr_failure(CR_EFORMAT, "tensor '%s': dtype is not a string", NM)
-                                             : st_bad_json(P);
+                    return st_value_start(P)
+                               ? cr_failure(CR_EFORMAT, "tensor '%s': dtype is not a string", NM)
+                               : st_bad_json(P);
                 const char *dt;
                 if ((st = st_scratch_string(P, &dt)) != CR_OK) return st;
                 if (!cr_st_dtype_parse(dt, &e.dtype))
-                    return cr_failure(CR_EFORMAT, "tensor '%s': unsupported dtype '%s' (carousel reads F32, F64, I32)",
-                                   NM, cr_escape(dt).s);
+                    return cr_failure(CR_EFORMAT,
+                                      "tensor '%s': unsupported dtype '%s' (carousel reads F32, F64, I32)",
+                                      NM, cr_escape(dt).s);
             } else if (f == 1) {
                 if (!st_take(P, '['))
                     return st_value_start(P) || st_peek(P, '{')
@@ -330,11 +337,13 @@ static cr_status st_parse_tensor(st_parser *P, size_t name_off)
                 if (!st_take(P, ']')) {
                     for (;;) {
                         if (e.ndim == CR_MAX_DIMS)
-                            return cr_failure(CR_EFORMAT, "tensor '%s': shape has more than %d dims", NM, CR_MAX_DIMS);
+                            return cr_failure(CR_EFORMAT, "tensor '%s': shape has more than %d dims", NM,
+                                              CR_MAX_DIMS);
                         uint64_t d;
                         if (!st_uint(P, &d))
-                            return cr_failure(CR_EFORMAT, "tensor '%s': shape[%d] is not a non-negative integer", NM,
-                                           e.ndim);
+                            return cr_failure(CR_EFORMAT,
+                                              "tensor '%s': shape[%d] is not a non-negative integer", NM,
+                                              e.ndim);
                         e.shape[e.ndim++] = (int64_t)d;
                         if (st_take(P, ']')) break;
                         if (!st_take(P, ',')) return st_bad_json(P);
@@ -343,8 +352,9 @@ static cr_status st_parse_tensor(st_parser *P, size_t name_off)
             } else {
                 if (!(st_take(P, '[') && st_uint(P, &begin) && st_take(P, ',') && st_uint(P, &end) &&
                       st_take(P, ']')))
-                    return cr_failure(CR_EFORMAT,
-                                   "tensor '%s': data_offsets is not an array of two non-negative integers", NM);
+                    return cr_failure(
+                        CR_EFORMAT, "tensor '%s': data_offsets is not an array of two non-negative integers",
+                        NM);
             }
             if (st_take(P, '}')) break;
             if (!st_take(P, ',')) return st_bad_json(P);
@@ -357,15 +367,19 @@ static cr_status st_parse_tensor(st_parser *P, size_t name_off)
     cr_shape_str(sh, sizeof sh, e.ndim, e.shape);
     uint64_t need;
     if (!cr_st_nbytes(e.dtype, e.ndim, e.shape, &need))
-        return cr_failure(CR_EFORMAT, "tensor '%s': dtype %s shape %s overflows", NM, cr_st_dtype_name(e.dtype), sh);
+        return cr_failure(CR_EFORMAT, "tensor '%s': dtype %s shape %s overflows", NM,
+                          cr_st_dtype_name(e.dtype), sh);
     unsigned long long b = begin, en = end;
-    if (b > en) return cr_failure(CR_EFORMAT, "tensor '%s': data_offsets [%llu,%llu] begin after end", NM, b, en);
+    if (b > en)
+        return cr_failure(CR_EFORMAT, "tensor '%s': data_offsets [%llu,%llu] begin after end", NM, b, en);
     if (en > P->data_len)
-        return cr_failure(CR_EFORMAT, "tensor '%s': data_offsets [%llu,%llu] end beyond the %llu-byte data section", NM,
-                       b, en, (unsigned long long)P->data_len);
+        return cr_failure(CR_EFORMAT,
+                          "tensor '%s': data_offsets [%llu,%llu] end beyond the %llu-byte data section", NM,
+                          b, en, (unsigned long long)P->data_len);
     if (en - b != need)
-        return cr_failure(CR_EFORMAT, "tensor '%s': data_offsets [%llu,%llu] but dtype %s shape %s needs %llu bytes", NM,
-                       b, en, cr_st_dtype_name(e.dtype), sh, (unsigned long long)need);
+        return cr_failure(CR_EFORMAT,
+                          "tensor '%s': data_offsets [%llu,%llu] but dtype %s shape %s needs %llu bytes", NM,
+                          b, en, cr_st_dtype_name(e.dtype), sh, (unsigned long long)need);
     e.nbytes = (size_t)need;
     e.name = (const char *)(uintptr_t)name_off;
     e.data = (const void *)(uintptr_t)begin;
@@ -384,7 +398,8 @@ static cr_status st_parse_tensor(st_parser *P, size_t name_off)
 static cr_status st_parse_meta(st_parser *P)
 {
     if (!st_take(P, '{'))
-        return st_value_start(P) ? cr_failure(CR_EFORMAT, CR_ST_META_KEY " is not an object") : st_bad_json(P);
+        return st_value_start(P) ? cr_failure(CR_EFORMAT, CR_ST_META_KEY " is not an object")
+                                 : st_bad_json(P);
     if (st_take(P, '}')) return CR_OK;
     for (;;) {
         size_t k, v;
@@ -394,7 +409,8 @@ static cr_status st_parse_meta(st_parser *P)
         if (!st_take(P, ':')) return st_bad_json(P);
         if (!st_peek(P, '"'))
             return st_value_start(P) || st_peek(P, '{')
-                       ? cr_failure(CR_EFORMAT, CR_ST_META_KEY " value of '%s' is not a string", cr_escape(P->pool + k).s)
+                       ? cr_failure(CR_EFORMAT, CR_ST_META_KEY " value of '%s' is not a string",
+                                    cr_escape(P->pool + k).s)
                        : st_bad_json(P);
         if ((st = st_string(P, &v)) != CR_OK) return st;
         if (P->n_meta == P->meta_cap) {
@@ -441,7 +457,8 @@ static cr_status st_parse_object(st_parser *P)
     if (P->p < P->end && *P->p == '\0')
         return cr_failure(CR_EFORMAT, "header has a NUL byte at offset %zu", (size_t)(P->p - P->start));
     if (P->p != P->limit)
-        return cr_failure(CR_EFORMAT, "header has bytes after the JSON object (byte %zu)", (size_t)(P->p - P->start));
+        return cr_failure(CR_EFORMAT, "header has bytes after the JSON object (byte %zu)",
+                          (size_t)(P->p - P->start));
     return CR_OK;
 }
 
@@ -472,15 +489,16 @@ static int st_cmp_key_entry(const void *key, const void *pe)
  * the rest is read from fd chunk by chunk as the parser gets there. On
  * success *out holds every entry (data not attached yet: entries' data are
  * offsets into the data section). */
-static cr_status st_parse_header(char *h, size_t hlen, size_t filled, int fd, uint64_t data_len, cr_st_file **out)
+static cr_status st_parse_header(char *h, size_t hlen, size_t filled, int fd, uint64_t data_len,
+                                 cr_st_file **out)
 {
-    st_parser P = {.start = h, .p = h, .end = h + filled, .limit = h + hlen, .fd = fd, .pool = h,
-                   .data_len = data_len};
+    st_parser P = {
+        .start = h, .p = h, .end = h + filled, .limit = h + hlen, .fd = fd, .pool = h, .data_len = data_len};
     cr_st_file *f = calloc(1, sizeof *f);
     cr_status st = f ? st_parse_object(&P) : cr_failure(CR_ENOMEM, "out of memory");
     if (st != CR_OK && P.io_failed)
-        st = cr_failure(CR_EIO, "%s after %zu of the header's %zu bytes", P.io_err ? strerror(P.io_err) : "file shrank",
-                        (size_t)(P.end - P.start), hlen);
+        st = cr_failure(CR_EIO, "%s after %zu of the header's %zu bytes",
+                        P.io_err ? strerror(P.io_err) : "file shrank", (size_t)(P.end - P.start), hlen);
     if (st != CR_OK) goto fail;
 
     /* Offsets into the pool become pointers once it has its final size. */
@@ -543,19 +561,19 @@ static cr_status st_parse_header(char *h, size_t hlen, size_t filled, int fd, ui
             unsigned long long qb = (uintptr_t)q->data;
             cr_escaped n1 = cr_escape(q->name);
             st = cr_failure(CR_EFORMAT, "tensors '%s' [%llu,%llu] and '%s' [%llu,%llu] overlap", n1.s, qb,
-                         qb + q->nbytes, cr_escape(e->name).s, b0, e0);
+                            qb + q->nbytes, cr_escape(e->name).s, b0, e0);
             goto fail;
         }
         if (b0 > expect) {
             st = cr_failure(CR_EFORMAT, "data section has %llu unused bytes before tensor '%s' [%llu,%llu]",
-                         (unsigned long long)(b0 - expect), cr_escape(e->name).s, b0, e0);
+                            (unsigned long long)(b0 - expect), cr_escape(e->name).s, b0, e0);
             goto fail;
         }
         expect = e0;
     }
     if (expect != data_len) {
         st = cr_failure(CR_EFORMAT, "data section has %llu bytes after the last tensor",
-                     (unsigned long long)(data_len - expect));
+                        (unsigned long long)(data_len - expect));
         goto fail;
     }
     *out = f;
@@ -580,16 +598,17 @@ static void st_attach(cr_st_file *f, unsigned char *data, size_t data_len)
 /* The header length field of a file of `len` bytes, checked against it. */
 static cr_status st_header_len(const unsigned char *b, uint64_t len, uint64_t *hlen)
 {
-    if (len < 8) return cr_failure(CR_EFORMAT, "file is %llu bytes, shorter than the 8-byte header length",
-                                (unsigned long long)len);
+    if (len < 8)
+        return cr_failure(CR_EFORMAT, "file is %llu bytes, shorter than the 8-byte header length",
+                          (unsigned long long)len);
     uint64_t h = 0;
     for (int i = 7; i >= 0; i--) h = (h << 8) | b[i];
     if (h > CR_ST_MAX_HEADER)
         return cr_failure(CR_EFORMAT, "header length %llu exceeds the %llu-byte limit", (unsigned long long)h,
-                       (unsigned long long)CR_ST_MAX_HEADER);
+                          (unsigned long long)CR_ST_MAX_HEADER);
     if (h > len - 8)
-        return cr_failure(CR_EFORMAT, "header length %llu exceeds the %llu bytes after it", (unsigned long long)h,
-                       (unsigned long long)(len - 8));
+        return cr_failure(CR_EFORMAT, "header length %llu exceeds the %llu bytes after it",
+                          (unsigned long long)h, (unsigned long long)(len - 8));
     if (h == 0) return cr_failure(CR_EFORMAT, "header is empty");
     *hlen = h;
     return CR_OK;
@@ -606,7 +625,8 @@ cr_status cr_st_parse(const void *bytes, size_t len, cr_st_file **out)
     cr_status st = st_header_len(b, len, &hlen);
     if (st != CR_OK) return st;
     char *h = malloc((size_t)hlen); /* the parser decodes strings in place */
-    if (!h) return cr_failure(CR_ENOMEM, "out of memory copying a %llu-byte header", (unsigned long long)hlen);
+    if (!h)
+        return cr_failure(CR_ENOMEM, "out of memory copying a %llu-byte header", (unsigned long long)hlen);
     memcpy(h, b + 8, (size_t)hlen);
     if ((st = st_parse_header(h, (size_t)hlen, (size_t)hlen, -1, len - 8 - hlen, &f)) != CR_OK) return st;
     size_t data_len = len - 8 - (size_t)hlen;
@@ -673,12 +693,13 @@ cr_status cr_st_read(const char *path, cr_st_file **out)
     }
     hdr = malloc((size_t)hlen);
     if (!hdr) {
-        st = cr_failure(CR_ENOMEM, "%s: out of memory reading a %llu-byte header", path, (unsigned long long)hlen);
+        st = cr_failure(CR_ENOMEM, "%s: out of memory reading a %llu-byte header", path,
+                        (unsigned long long)hlen);
         goto done;
     }
     size_t data_len = (size_t)(size - 8 - hlen);
     st = st_parse_header(hdr, (size_t)hlen, 0, fd, data_len, &f); /* reads the header as it parses */
-    hdr = NULL; /* the parser took it */
+    hdr = NULL;                                                   /* the parser took it */
     if (st != CR_OK) goto prefix;
     data = malloc(data_len ? data_len : 1);
     if (!data) {
@@ -720,7 +741,10 @@ void cr_st_file_free(cr_st_file *f)
 
 size_t cr_st_count(const cr_st_file *f) { return f ? f->n : 0; }
 
-const cr_st_entry *cr_st_entry_at(const cr_st_file *f, size_t i) { return f && i < f->n ? &f->entries[i] : NULL; }
+const cr_st_entry *cr_st_entry_at(const cr_st_file *f, size_t i)
+{
+    return f && i < f->n ? &f->entries[i] : NULL;
+}
 
 const cr_st_entry *cr_st_find(const cr_st_file *f, const char *name)
 {
@@ -748,4 +772,3 @@ bool cr_st_meta_at(const cr_st_file *f, size_t i, const char **key, const char *
     if (value) *value = f->meta[i].value;
     return true;
 }
-

@@ -91,16 +91,13 @@ static void sb_json_str(st_buf *b, const char *s)
         case '\n': sb_puts(b, "\\n"); break;
         case '\t': sb_puts(b, "\\t"); break;
         case '\r': sb_puts(b, "\\r"); break;
-        default:
-            snprintf(esc, sizeof esc, "\\u%04x", c);
-            sb_puts(b, esc);
+        default: snprintf(esc, sizeof esc, "\\u%04x", c); sb_puts(b, esc);
         }
         run = s + 1;
     }
     sb_put(b, run, (size_t)(s - run));
     sb_put(b, "\"", 1);
 }
-
 
 /* Check the caller's entries and metadata, and build the padded header. */
 static cr_status st_build_header(const cr_st_entry *entries, size_t n, const char *const *meta_kv,
@@ -126,18 +123,19 @@ static cr_status st_build_header(const cr_st_entry *entries, size_t n, const cha
         uint64_t need;
         if (!cr_st_nbytes(e->dtype, e->ndim, e->shape, &need))
             return cr_failure(CR_EINVAL, "tensor '%s': shape %s is negative or too large", nm,
-                           cr_shape_str(sh, sizeof sh, e->ndim, e->shape));
+                              cr_shape_str(sh, sizeof sh, e->ndim, e->shape));
         if (need != e->nbytes)
             return cr_failure(CR_EINVAL, "tensor '%s': nbytes %zu but dtype %s shape %s needs %llu", nm,
-                           e->nbytes, cr_st_dtype_name(e->dtype), cr_shape_str(sh, sizeof sh, e->ndim, e->shape),
-                           (unsigned long long)need);
+                              e->nbytes, cr_st_dtype_name(e->dtype),
+                              cr_shape_str(sh, sizeof sh, e->ndim, e->shape), (unsigned long long)need);
         if (e->nbytes > 0 && !e->data) return cr_failure(CR_EINVAL, "tensor '%s': data is NULL", nm);
     }
     for (size_t i = 0; i < 2 * n_meta; i++) {
-        if (!meta_kv[i]) return cr_failure(CR_EINVAL, "metadata %s %zu is NULL", i % 2 ? "value" : "key", i / 2);
+        if (!meta_kv[i])
+            return cr_failure(CR_EINVAL, "metadata %s %zu is NULL", i % 2 ? "value" : "key", i / 2);
         if (!st_utf8_ok(meta_kv[i]))
             return cr_failure(CR_EINVAL, "metadata %s '%s' is not valid UTF-8", i % 2 ? "value" : "key",
-                           cr_escape(meta_kv[i]).s);
+                              cr_escape(meta_kv[i]).s);
     }
 
     /* Duplicates: one sorted array of names for tensors, one for keys. */
@@ -195,7 +193,7 @@ static cr_status st_build_header(const cr_st_entry *entries, size_t n, const cha
     if (hdr->oom) return cr_failure(CR_ENOMEM, "out of memory building the header");
     if ((uint64_t)hdr->len > CR_ST_MAX_HEADER)
         return cr_failure(CR_EINVAL, "header of %zu bytes exceeds the %llu-byte limit", hdr->len,
-                       (unsigned long long)CR_ST_MAX_HEADER);
+                          (unsigned long long)CR_ST_MAX_HEADER);
     return CR_OK;
 }
 
@@ -252,7 +250,7 @@ static void st_remove_stale_temps(const char *dir, const char *base)
         int digits = 0;
         for (; *p >= '0' && *p <= '9' && digits < 10; p++, digits++) pid = pid * 10 + (*p - '0');
         if (digits == 0 || *p != '.' || strlen(p + 1) != 6 || pid <= 0 || pid > INT32_MAX) continue;
-        if (pid == (long long)getpid()) continue; /* another thread of ours may be saving */
+        if (pid == (long long)getpid()) continue;                 /* another thread of ours may be saving */
         if (kill((pid_t)pid, 0) == 0 || errno != ESRCH) continue; /* alive, or not ours to judge */
         unlinkat(dirfd(d), nm, 0);
     }
@@ -285,8 +283,8 @@ static bool st_write_all(int fd, const void *p, size_t n)
 }
 
 /* Write length, header and every tensor's data to fd, then fsync. */
-static bool st_write_body(int fd, const unsigned char lenbytes[8], const st_buf *hdr, const cr_st_entry *entries,
-                          size_t n, const char **step)
+static bool st_write_body(int fd, const unsigned char lenbytes[8], const st_buf *hdr,
+                          const cr_st_entry *entries, size_t n, const char **step)
 {
     *step = "write";
     bool ok = st_write_all(fd, lenbytes, 8) && st_write_all(fd, hdr->p, hdr->len);
@@ -316,18 +314,18 @@ static cr_status st_write_temp(const char *path, const char *dir, char *tmp, boo
             *fallback = errno != EACCES && errno != EROFS && errno != ENOSPC && errno != EDQUOT;
             if (!*fallback)
                 return cr_failure(CR_EIO, "%s: cannot create a temporary file beside it: %s", path,
-                               strerror(errno));
+                                  strerror(errno));
             return CR_EIO;
         }
     } else {
         fd = mkstemp(tmp);
         if (fd < 0)
-            return cr_failure(CR_EIO, "%s: cannot create a temporary file beside it: %s", path, strerror(errno));
+            return cr_failure(CR_EIO, "%s: cannot create a temporary file beside it: %s", path,
+                              strerror(errno));
     }
     /* A file system without permissions (FAT, some network mounts) refuses
      * fchmod; the file then keeps mode 0600, which is no reason to fail. */
-    if (fchmod(fd, mode) != 0) {
-    }
+    if (fchmod(fd, mode) != 0) {}
     const char *step;
     bool ok = st_write_body(fd, lenbytes, hdr, entries, n, &step);
     int e = errno;
@@ -412,7 +410,8 @@ cr_status cr_st_write(const char *path, const cr_st_entry *entries, size_t n, co
      * systems cannot fsync a directory (EINVAL); nothing more to do there. */
     int dfd = open(dir, O_RDONLY | O_DIRECTORY);
     if (dfd < 0 || (fsync(dfd) != 0 && errno != EINVAL))
-        st = cr_failure(CR_EIO, "%s: written, but syncing directory %s failed: %s", path, dir, strerror(errno));
+        st = cr_failure(CR_EIO, "%s: written, but syncing directory %s failed: %s", path, dir,
+                        strerror(errno));
     if (dfd >= 0) close(dfd);
     free(dir);
     return st;

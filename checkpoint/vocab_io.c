@@ -35,10 +35,18 @@ cr_status cr_vocab_blob_make(const cr_vocab *v, cr_vocab_blob *b)
         for (size_t k = 0; k < len; k++) bytes[off[i] + (int64_t)k] = (unsigned char)tok[k];
         off[i + 1] = off[i] + (int32_t)len;
     }
-    b->e[0] = (cr_st_entry){.name = VOCAB_BYTES, .dtype = CR_I32, .ndim = 1, .shape = {total},
-                            .data = bytes, .nbytes = (size_t)total * 4};
-    b->e[1] = (cr_st_entry){.name = VOCAB_OFFSETS, .dtype = CR_I32, .ndim = 1, .shape = {n + 1},
-                            .data = off, .nbytes = (size_t)(n + 1) * 4};
+    b->e[0] = (cr_st_entry){.name = VOCAB_BYTES,
+                            .dtype = CR_I32,
+                            .ndim = 1,
+                            .shape = {total},
+                            .data = bytes,
+                            .nbytes = (size_t)total * 4};
+    b->e[1] = (cr_st_entry){.name = VOCAB_OFFSETS,
+                            .dtype = CR_I32,
+                            .ndim = 1,
+                            .shape = {n + 1},
+                            .data = off,
+                            .nbytes = (size_t)(n + 1) * 4};
     snprintf(b->val[0], sizeof b->val[0], "%s", cr_vocab_kind_of(v) == CR_VOCAB_CHAR ? "char" : "word");
     snprintf(b->val[1], sizeof b->val[1], "%d", (int)n);
     snprintf(b->val[2], sizeof b->val[2], "%d", (int)cr_vocab_unk(v));
@@ -79,14 +87,17 @@ cr_status cr_vocab_from_file(const cr_st_file *f, cr_vocab **out)
     else if (strcmp(kind_s, "word") == 0)
         kind = CR_VOCAB_WORD;
     else
-        return cr_failure(CR_EFORMAT, "vocabulary kind '%s' is neither 'char' nor 'word'", cr_escape(kind_s).s);
+        return cr_failure(CR_EFORMAT, "vocabulary kind '%s' is neither 'char' nor 'word'",
+                          cr_escape(kind_s).s);
     long long size, unk, eos;
     if (!parse_int(cr_st_meta_get(f, vocab_keys[1]), 0, INT32_MAX - 1, &size) ||
         !parse_int(cr_st_meta_get(f, vocab_keys[2]), -1, INT32_MAX, &unk) ||
         !parse_int(cr_st_meta_get(f, vocab_keys[3]), -1, INT32_MAX, &eos))
         return cr_failure(CR_EFORMAT, "vocabulary metadata size/unk/eos missing or not integers");
-    if (eb->dtype != CR_I32 || eb->ndim != 1 || eo->dtype != CR_I32 || eo->ndim != 1 || eo->shape[0] != size + 1)
-        return cr_failure(CR_EFORMAT, "vocabulary tensors must be I32 [bytes] and I32 [size+1] (size %lld)", size);
+    if (eb->dtype != CR_I32 || eb->ndim != 1 || eo->dtype != CR_I32 || eo->ndim != 1 ||
+        eo->shape[0] != size + 1)
+        return cr_failure(CR_EFORMAT, "vocabulary tensors must be I32 [bytes] and I32 [size+1] (size %lld)",
+                          size);
     int64_t total = eb->shape[0];
     char *bytes = malloc((size_t)(total ? total : 1));
     int64_t *off = malloc((size_t)(size + 1) * sizeof *off);
@@ -112,7 +123,7 @@ cr_status cr_vocab_from_file(const cr_st_file *f, cr_vocab **out)
         if (ok && i == size) ok = x == total;
         if (!ok) {
             st = cr_failure(CR_EFORMAT, "vocabulary offsets must rise from 0 to %lld (offset %lld is %d)",
-                         (long long)total, (long long)i, (int)x);
+                            (long long)total, (long long)i, (int)x);
             goto done;
         }
     }

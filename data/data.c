@@ -83,15 +83,13 @@ static cr_status vocab_make(cr_vocab_kind kind, char *bytes, int64_t *off, int32
             int64_t tl = off[i + 1] - off[i];
             if (tl != 1) {
                 cr_vocab_free(v);
-                return cr_failure(CR_EINVAL,
-                                     "char vocabulary: token %d is %lld bytes long, not 1", (int)i,
-                                     (long long)tl);
+                return cr_failure(CR_EINVAL, "char vocabulary: token %d is %lld bytes long, not 1", (int)i,
+                                  (long long)tl);
             }
             unsigned char c = (unsigned char)bytes[off[i]];
             if (v->byte_id[c] >= 0) {
                 cr_vocab_free(v);
-                return cr_failure(CR_EINVAL, "char vocabulary: byte 0x%02x appears twice",
-                                     c);
+                return cr_failure(CR_EINVAL, "char vocabulary: byte 0x%02x appears twice", c);
             }
             v->byte_id[c] = i;
         }
@@ -117,17 +115,16 @@ static cr_status vocab_make(cr_vocab_kind kind, char *bytes, int64_t *off, int32
                 if (tok_eq(v, v->table[h], s, len)) {
                     int32_t first = v->table[h];
                     cr_vocab_free(v);
-                    return cr_failure(CR_EINVAL,
-                                         "word vocabulary: tokens %d and %d are equal", (int)first, (int)i);
+                    return cr_failure(CR_EINVAL, "word vocabulary: tokens %d and %d are equal", (int)first,
+                                      (int)i);
                 }
             v->table[h] = i;
         }
     }
     if (unk < -1 || unk >= n || eos < -1 || eos >= n || (kind == CR_VOCAB_WORD && (unk < 0 || eos < 0))) {
         cr_vocab_free(v);
-        return cr_failure(CR_EINVAL,
-                             "vocabulary of %d tokens: bad <unk> id %d or <eos> id %d", (int)n, (int)unk,
-                             (int)eos);
+        return cr_failure(CR_EINVAL, "vocabulary of %d tokens: bad <unk> id %d or <eos> id %d", (int)n,
+                          (int)unk, (int)eos);
     }
     *out = v;
     return CR_OK;
@@ -269,16 +266,16 @@ cr_status cr_vocab_init_tokens(cr_vocab **out, cr_vocab_kind kind, const char *b
                                int32_t n, int32_t unk, int32_t eos)
 {
     if (!out || n < 0 || (n > 0 && !offsets) || (kind != CR_VOCAB_CHAR && kind != CR_VOCAB_WORD))
-        cr_error("cr_vocab_init_tokens: out %p, kind %d, %d tokens, offsets %p", (void *)out, (int)kind, (int)n,
-                 (const void *)offsets);
+        cr_error("cr_vocab_init_tokens: out %p, kind %d, %d tokens, offsets %p", (void *)out, (int)kind,
+                 (int)n, (const void *)offsets);
     *out = NULL;
     int64_t total = n > 0 ? offsets[n] : 0;
-    if (n > 0 && offsets[0] != 0) return cr_failure(CR_EINVAL, "vocabulary offsets must start at 0, not %lld",
-                                                 (long long)offsets[0]);
+    if (n > 0 && offsets[0] != 0)
+        return cr_failure(CR_EINVAL, "vocabulary offsets must start at 0, not %lld", (long long)offsets[0]);
     for (int32_t i = 0; i < n; i++)
         if (offsets[i + 1] < offsets[i])
-            return cr_failure(CR_EINVAL, "vocabulary offsets must not fall (offset %d is %lld, then %lld)", (int)i,
-                           (long long)offsets[i], (long long)offsets[i + 1]);
+            return cr_failure(CR_EINVAL, "vocabulary offsets must not fall (offset %d is %lld, then %lld)",
+                              (int)i, (long long)offsets[i], (long long)offsets[i + 1]);
     if (total > 0 && !bytes) cr_error("cr_vocab_init_tokens: bytes is NULL for %lld bytes", (long long)total);
     char *b = malloc((size_t)(total ? total : 1));
     int64_t *off = malloc(((size_t)n + 1) * sizeof *off);
@@ -319,7 +316,7 @@ cr_status cr_vocab_encode(const cr_vocab *v, const char *text, size_t len, int32
             int32_t id = v->byte_id[(unsigned char)text[i]];
             if (id < 0)
                 return cr_failure(CR_EINVAL, "byte 0x%02x at offset %zu is not in the vocabulary",
-                               (unsigned char)text[i], i);
+                                  (unsigned char)text[i], i);
             if (n < cap) out[n] = id;
             n++;
         }
@@ -353,14 +350,12 @@ cr_status cr_vocab_encode_bytes(const cr_vocab *v, const char *text, size_t len,
     for (size_t i = 0; i < len; i++) {
         int32_t id = v->byte_id[(unsigned char)text[i]];
         if (id < 0)
-            return cr_failure(CR_EINVAL, "byte 0x%02x at offset %zu is not in the vocabulary", (unsigned char)text[i],
-                           i);
+            return cr_failure(CR_EINVAL, "byte 0x%02x at offset %zu is not in the vocabulary",
+                              (unsigned char)text[i], i);
         out[i] = (uint8_t)id;
     }
     return CR_OK;
 }
-
-
 
 size_t cr_vocab_decode(const cr_vocab *v, const int32_t *ids, int64_t n, char *out, size_t cap)
 {

@@ -75,7 +75,7 @@ cr_status cr_read_file(const char *path, char **text, size_t *len);
  * counter per draw, rarely more: draws are unbiased by rejection), so the
  * order depends only on (seed, offset) and r->offset advances past the
  * counters used. */
-void cr_shuffle(int64_t *items, int64_t n, cr_rng *r); /* swap(i, U{0..i}), i = n-1..1 */
+void cr_shuffle(int64_t *items, int64_t n, cr_rng *r);   /* swap(i, U{0..i}), i = n-1..1 */
 void cr_permutation(int64_t *out, int64_t n, cr_rng *r); /* shuffled 0..n-1 */
 
 /* Pad B variable-length sequences (seqs[b] holds lens[b] ids) into per-step
@@ -89,8 +89,7 @@ void cr_batch_pad_new(int64_t B, const int32_t *const *seqs, const int64_t *lens
  * window b of length T starts at starts[b]; x[b,t] = stream[starts[b]+t] and
  * the next-token target y[b,t] = stream[starts[b]+t+1]. x, y are existing
  * i32 [B,T] contiguous tensors; starts[b] + T < n is required. */
-void cr_windows_fill(cr_tensor *x, cr_tensor *y, const int32_t *stream, int64_t n,
-                     const int64_t *starts);
+void cr_windows_fill(cr_tensor *x, cr_tensor *y, const int32_t *stream, int64_t n, const int64_t *starts);
 /* Windows of T ids (+1 for the target) starting at 0, stride, 2 stride, ...; 0 if n < T+1. */
 int64_t cr_windows_count(int64_t n, int64_t T, int64_t stride); /* (n-T-1)/stride + 1 */
 
@@ -115,7 +114,12 @@ void cr_stream_chunk_u8(cr_tensor *x, cr_tensor *y, const uint8_t *stream, int64
  * dataset-fashion-mnist under /usr/share/datasets/fashion-mnist/.
  */
 typedef enum cr_idx_type {
-    CR_IDX_U8 = 0x08, CR_IDX_I8 = 0x09, CR_IDX_I16 = 0x0B, CR_IDX_I32 = 0x0C, CR_IDX_F32 = 0x0D, CR_IDX_F64 = 0x0E
+    CR_IDX_U8 = 0x08,
+    CR_IDX_I8 = 0x09,
+    CR_IDX_I16 = 0x0B,
+    CR_IDX_I32 = 0x0C,
+    CR_IDX_F32 = 0x0D,
+    CR_IDX_F64 = 0x0E
 } cr_idx_type;
 typedef struct cr_idx {
     cr_idx_type type;
@@ -132,7 +136,7 @@ typedef struct cr_idx {
  * with the bytes actually read, so a header that claims more data than the
  * file holds costs no more than the file. */
 cr_status cr_idx_read(const char *path, cr_idx **out);
-void cr_idx_free(cr_idx *idx); /* NULL is a no-op */
+void cr_idx_free(cr_idx *idx);               /* NULL is a no-op */
 size_t cr_idx_type_size(cr_idx_type t);      /* bytes per element, 0 for an unknown type */
 const char *cr_idx_type_name(cr_idx_type t); /* "u8", "i16", ..., "?" */
 /* The elements as a persistent tensor of the same shape in dtype dt (i32 only

@@ -64,15 +64,32 @@ typedef struct model {
 static opts parse(int argc, char **argv)
 {
     bool quick = cli_has(argc, argv, "--quick");
-    opts o = {.data = "/usr/share/common-licenses/GPL-3", .cell = "lstm", .prime = DEFAULT_PRIME, .steps = quick ? 150 : 1200, .hidden = 128,
-              .layers = 1, .batch = 32, .seq = 64, .sample = quick ? 100 : 400, .embed = 32, .lr = 3e-3,
-              .clip = 5.0, .temperature = 0.8, .seed = 42, .threads = quick ? 1 : 0, .shards = 8, .mode_name = "auto", .val_chunks = 64,
-              .threshold = 3.5, .quick = quick};
+    opts o = {.data = "/usr/share/common-licenses/GPL-3",
+              .cell = "lstm",
+              .prime = DEFAULT_PRIME,
+              .steps = quick ? 150 : 1200,
+              .hidden = 128,
+              .layers = 1,
+              .batch = 32,
+              .seq = 64,
+              .sample = quick ? 100 : 400,
+              .embed = 32,
+              .lr = 3e-3,
+              .clip = 5.0,
+              .temperature = 0.8,
+              .seed = 42,
+              .threads = quick ? 1 : 0,
+              .shards = 8,
+              .mode_name = "auto",
+              .val_chunks = 64,
+              .threshold = 3.5,
+              .quick = quick};
     cli_flag flags[] = {
         {"--data", CLI_STR, &o.data, "the text to learn (any bytes; one character = one byte)"},
         {"--cell", CLI_STR, &o.cell, "lstm or gru"},
         {"--steps", CLI_INT, &o.steps, "training steps: the learning-rate schedule's length"},
-        {"--stop-at", CLI_INT, &o.stop_at, "stop after this step (0: at --steps); --save, then --resume goes on"},
+        {"--stop-at", CLI_INT, &o.stop_at,
+         "stop after this step (0: at --steps); --save, then --resume goes on"},
         {"--hidden", CLI_INT, &o.hidden, "hidden units per layer"},
         {"--layers", CLI_INT, &o.layers, "stacked recurrent layers"},
         {"--embed", CLI_INT, &o.embed, "character embedding size"},
@@ -84,8 +101,10 @@ static opts parse(int argc, char **argv)
         {"--dropout", CLI_REAL, &o.dropout, "dropout between layers (--layers 2 and up)"},
         {"--threads", CLI_INT, &o.threads, "threads (0: OMP_NUM_THREADS, else every core)"},
         {"--shards", CLI_INT, &o.shards, "shards per batch: part of the run, not of the thread count"},
-        {"--mode", CLI_STR, &o.mode_name, "auto, replicas (threads take shards) or intra-op (threaded kernels)"},
-        {"--mpi", CLI_BOOL, &o.mpi, "train over the ranks of an mpirun job (rank 0 prints and saves; threads 0: a machine's cores shared by its ranks)"},
+        {"--mode", CLI_STR, &o.mode_name,
+         "auto, replicas (threads take shards) or intra-op (threaded kernels)"},
+        {"--mpi", CLI_BOOL, &o.mpi,
+         "train over the ranks of an mpirun job (rank 0 prints and saves; threads 0: a machine's cores shared by its ranks)"},
         {"--sample", CLI_INT, &o.sample, "characters to sample after training"},
         {"--prime", CLI_STR, &o.prime, "the sample starts with this text"},
         {"--temperature", CLI_REAL, &o.temperature, "sampling temperature (lower: safer choices)"},
@@ -95,21 +114,27 @@ static opts parse(int argc, char **argv)
         {"--threshold", CLI_REAL, &o.threshold, "--quick fails above this many validation bits per char"},
         {"--quick", CLI_BOOL, &o.quick, "a short run (150 steps, one thread) that exits 1 unless it learned"},
     };
-    cli_parse(argc, argv, "A character-level language model (LSTM or GRU) trained with truncated BPTT, then sampled.",
+    cli_parse(argc, argv,
+              "A character-level language model (LSTM or GRU) trained with truncated BPTT, then sampled.",
               "The last line is a summary:\n"
               "  demo=charlm steps=... train_loss=... val_loss=... bits_per_char=...\n"
               "A failed --save, or a --resume file that is missing, malformed or made by\n"
               "another model, exits 1 with the reason.",
               flags, CLI_COUNT(flags));
-    if (strcmp(o.cell, "lstm") && strcmp(o.cell, "gru")) cli_fail(argv[0], "--cell: '%s' is neither lstm nor gru", o.cell);
-    if (!strcmp(o.mode_name, "auto")) o.mode = CR_PARALLEL_AUTO;
-    else if (!strcmp(o.mode_name, "replicas")) o.mode = CR_PARALLEL_REPLICAS;
-    else if (!strcmp(o.mode_name, "intra-op")) o.mode = CR_PARALLEL_INTRA_OP;
-    else cli_fail(argv[0], "--mode: '%s' is none of auto, replicas, intra-op", o.mode_name);
+    if (strcmp(o.cell, "lstm") && strcmp(o.cell, "gru"))
+        cli_fail(argv[0], "--cell: '%s' is neither lstm nor gru", o.cell);
+    if (!strcmp(o.mode_name, "auto"))
+        o.mode = CR_PARALLEL_AUTO;
+    else if (!strcmp(o.mode_name, "replicas"))
+        o.mode = CR_PARALLEL_REPLICAS;
+    else if (!strcmp(o.mode_name, "intra-op"))
+        o.mode = CR_PARALLEL_INTRA_OP;
+    else
+        cli_fail(argv[0], "--mode: '%s' is none of auto, replicas, intra-op", o.mode_name);
     if (o.steps < 1 || o.stop_at < 0 || o.stop_at > o.steps || o.hidden < 1 || o.layers < 1 || o.embed < 1 ||
         o.batch < 1 || o.seq < 1 || o.sample < 0 || o.val_chunks < 0 || o.threads < 0 || o.threads > 1024 ||
-        o.shards < 1 || o.shards > 4096 || !(o.dropout >= 0 && o.dropout < 1) ||
-        !(o.lr > 0) || !(o.clip > 0) || !(o.temperature > 0))
+        o.shards < 1 || o.shards > 4096 || !(o.dropout >= 0 && o.dropout < 1) || !(o.lr > 0) ||
+        !(o.clip > 0) || !(o.temperature > 0))
         cli_fail(argv[0], "a size or rate out of range");
     if (o.stop_at == 0) o.stop_at = o.steps;
     return o;
@@ -164,7 +189,8 @@ static void carry(cr_tensor *h, cr_tensor *c, const cr_rnn_output *o)
 static cr_tensor *cell_state_init(const model *m, int64_t B)
 {
     const cr_rnn_config *cfg = &m->lstm->cfg;
-    return cfg->cell->n_states > 1 ? cr_tensor_init(CR_F32, CR_SHAPE(cfg->num_layers, B, cfg->hidden_size)) : NULL;
+    return cfg->cell->n_states > 1 ? cr_tensor_init(CR_F32, CR_SHAPE(cfg->num_layers, B, cfg->hidden_size))
+                                   : NULL;
 }
 
 /* One training step's shards: shard s reads rows [begin, end) of the batch
@@ -182,7 +208,8 @@ static cr_tensor *shard_loss(void *ctx, const cr_shard *s)
     batch *b = ctx;
     int64_t rows = s->end - s->begin;
     cr_tensor *h = cr_narrow(b->h, 1, s->begin, rows), *c = b->c ? cr_narrow(b->c, 1, s->begin, rows) : NULL;
-    cr_tensor *x = cr_narrow(b->x, 0, s->begin, rows), *y = cr_reshape(cr_narrow(b->y, 0, s->begin, rows), CR_SHAPE(-1));
+    cr_tensor *x = cr_narrow(b->x, 0, s->begin, rows),
+              *y = cr_reshape(cr_narrow(b->y, 0, s->begin, rows), CR_SHAPE(-1));
     cr_tensor *loss = cr_cross_entropy(forward(b->m, x, h, c, &b->out[s->index]), y, -1, CR_MEAN);
     return cr_mul_scalar(loss, s->weight); /* its share of the batch mean */
 }
@@ -226,8 +253,8 @@ static double evaluate(model *m, const uint8_t *ids, int64_t n, int64_t B, int64
 
 /* Feed the prime (printed as it goes in), then sample n characters, each fed
  * back as the next input. */
-static void sample(model *m, const cr_vocab *v, const int32_t *prime, int64_t n_prime, int64_t n, double temperature,
-                   cr_rng *rng, cr_graph *g)
+static void sample(model *m, const cr_vocab *v, const int32_t *prime, int64_t n_prime, int64_t n,
+                   double temperature, cr_rng *rng, cr_graph *g)
 {
     int64_t L = m->lstm->cfg.num_layers, H = m->lstm->cfg.hidden_size, V = cr_vocab_size(v);
     cr_tensor *h = cr_tensor_init(CR_F32, CR_SHAPE(L, 1, H)), *c = cell_state_init(m, 1);
@@ -284,7 +311,10 @@ typedef struct run {
 
 static cr_st_entry state_entry(const char *name, const cr_tensor *t)
 {
-    cr_st_entry e = {.name = name, .dtype = t->dtype, .ndim = t->ndim, .data = t->data,
+    cr_st_entry e = {.name = name,
+                     .dtype = t->dtype,
+                     .ndim = t->ndim,
+                     .data = t->data,
                      .nbytes = (size_t)cr_numel(t) * sizeof(float)};
     for (int d = 0; d < t->ndim; d++) e.shape[d] = t->shape[d];
     return e;
@@ -298,7 +328,11 @@ static cr_status save_run(const opts *o, const model *m, const cr_optim *opt, in
     snprintf(chars, sizeof chars, "%lld", (long long)r->chars);
     const char *meta[] = {"charlm.cell", o->cell, "charlm.seq", seq, "charlm.chars", chars};
     cr_st_entry extra[3] = {state_entry(RUN_H, r->h),
-                            {.name = RUN_STATS, .dtype = CR_F64, .ndim = 1, .shape = {2}, .data = r->stats,
+                            {.name = RUN_STATS,
+                             .dtype = CR_F64,
+                             .ndim = 1,
+                             .shape = {2},
+                             .data = r->stats,
                              .nbytes = sizeof r->stats}};
     size_t n_extra = 2;
     if (r->c) extra[n_extra++] = state_entry(RUN_C, r->c);
@@ -310,15 +344,17 @@ static bool load_state(const cr_st_file *f, const char *name, cr_tensor *t, cons
 {
     const cr_st_entry *e = cr_st_find(f, name);
     if (!e) {
-        fprintf(stderr, "charlm: --resume %s: no tensor %s (not a checkpoint charlm's --save wrote)\n", path, name);
+        fprintf(stderr, "charlm: --resume %s: no tensor %s (not a checkpoint charlm's --save wrote)\n", path,
+                name);
         return false;
     }
     bool same = e->dtype == t->dtype && e->ndim == t->ndim;
     for (int d = 0; same && d < t->ndim; d++) same = e->shape[d] == t->shape[d];
     if (!same) {
-        fprintf(stderr,
-                "charlm: --resume %s: %s is not F32 [%lld, %lld, %lld] (--layers, --batch, --hidden of this run)\n",
-                path, name, (long long)t->shape[0], (long long)t->shape[1], (long long)t->shape[2]);
+        fprintf(
+            stderr,
+            "charlm: --resume %s: %s is not F32 [%lld, %lld, %lld] (--layers, --batch, --hidden of this run)\n",
+            path, name, (long long)t->shape[0], (long long)t->shape[1], (long long)t->shape[2]);
         return false;
     }
     memcpy(t->data, e->data, e->nbytes);
@@ -354,8 +390,10 @@ static bool resume_run(const opts *o, model *m, cr_optim *opt, cr_rng *rng, cons
     const char *cell = cr_st_meta_get(f, "charlm.cell"), *seq = cr_st_meta_get(f, "charlm.seq"),
                *chars = cr_st_meta_get(f, "charlm.chars");
     if (!cell || !seq || !chars) {
-        fprintf(stderr, "charlm: --resume %s: no charlm.cell, charlm.seq or charlm.chars metadata (not a checkpoint "
-                        "charlm's --save wrote)\n", path);
+        fprintf(stderr,
+                "charlm: --resume %s: no charlm.cell, charlm.seq or charlm.chars metadata (not a checkpoint "
+                "charlm's --save wrote)\n",
+                path);
         goto done;
     }
     if (strcmp(cell, o->cell)) { /* a name from the file is printed only if it is one we know */
@@ -372,7 +410,8 @@ static bool resume_run(const opts *o, model *m, cr_optim *opt, cr_rng *rng, cons
         goto done;
     }
     if (strcmp(chars, chars_now)) {
-        fprintf(stderr, "charlm: --resume %s: trained on a text of another length than --data %s (%s chars)\n", path,
+        fprintf(stderr,
+                "charlm: --resume %s: trained on a text of another length than --data %s (%s chars)\n", path,
                 o->data, chars_now);
         goto done;
     }
@@ -432,7 +471,8 @@ int main(int argc, char **argv)
     if (o.mpi) cli_fail(argv[0], "--mpi: this build has no MPI (meson option mpi; Debian: libopenmpi-dev)");
 #endif
     if (!o.mpi && o.threads == 0) o.threads = cr_get_num_threads(); /* OMP_NUM_THREADS, else every core */
-    if (o.threads > 0) cr_set_num_threads((int)o.threads); /* over MPI, 0: a machine's cores shared by its ranks */
+    if (o.threads > 0)
+        cr_set_num_threads((int)o.threads); /* over MPI, 0: a machine's cores shared by its ranks */
     char *text;
     size_t len;
     if (cr_read_file(o.data, &text, &len) != CR_OK) {
@@ -483,13 +523,17 @@ int main(int argc, char **argv)
     char prefix[32]; /* charlm.lstm.l0.w_ih, charlm.gru.l0.w_ih: another cell's file has other names */
     snprintf(prefix, sizeof prefix, "charlm.%s", o.cell);
     m.lstm = cr_rnn_init(m.ps, prefix,
-                         (cr_rnn_config){.cell = cell, .input_size = o.embed, .hidden_size = o.hidden,
-                                         .num_layers = (int)o.layers, .dropout = o.dropout,
-                                         .forget_bias = cell == &cr_cell_lstm, .dtype = CR_F32},
+                         (cr_rnn_config){.cell = cell,
+                                         .input_size = o.embed,
+                                         .hidden_size = o.hidden,
+                                         .num_layers = (int)o.layers,
+                                         .dropout = o.dropout,
+                                         .forget_bias = cell == &cr_cell_lstm,
+                                         .dtype = CR_F32},
                          &rng);
     m.head = cr_linear_init(m.ps, "charlm.head", o.hidden, V, true, CR_F32, &rng);
-    cr_trainer_config tcfg = {.shards = (int)o.shards, .threads = (int)o.threads, .mode = o.mode,
-                              .seed = (uint64_t)o.seed};
+    cr_trainer_config tcfg = {
+        .shards = (int)o.shards, .threads = (int)o.threads, .mode = o.mode, .seed = (uint64_t)o.seed};
     cr_trainer *tr;
 #ifdef CR_HAVE_MPI
     cr_mpi_trainer *mt = NULL;
@@ -502,8 +546,8 @@ int main(int argc, char **argv)
     } else
 #endif
         tr = cr_trainer_init(m.ps, tcfg);
-    printf("cell=%s params=%zu bytes=%zu threads=%d shards=%lld mode=%s ranks=%d\n", o.cell, cr_params_numel(m.ps),
-           cr_params_bytes(m.ps), cr_trainer_threads(tr), (long long)o.shards,
+    printf("cell=%s params=%zu bytes=%zu threads=%d shards=%lld mode=%s ranks=%d\n", o.cell,
+           cr_params_numel(m.ps), cr_params_bytes(m.ps), cr_trainer_threads(tr), (long long)o.shards,
            cr_parallel_mode_name(cr_trainer_mode(tr)), ranks);
 
     cr_optim *opt = cr_adam_init(m.ps, cr_adam_defaults(o.lr));
@@ -588,7 +632,8 @@ int main(int argc, char **argv)
                 fprintf(stderr, "charlm: rank %d: %s\n", rank, cr_last_error());
                 return fail(&o, 1);
             }
-            st = cr_mpi_share_status(mt, rank == 0 ? save_run(&o, &m, opt, o.stop_at, &rng, vocab, &r) : CR_OK);
+            st = cr_mpi_share_status(mt,
+                                     rank == 0 ? save_run(&o, &m, opt, o.stop_at, &rng, vocab, &r) : CR_OK);
         } else
 #endif
             st = save_run(&o, &m, opt, o.stop_at, &rng, vocab, &r);
@@ -607,8 +652,8 @@ int main(int argc, char **argv)
            (long long)o.stop_at, loss_avg, val, val / log(2.0), (long long)skipped,
            ran ? 1e3 * train_s / (double)ran : 0.0, o.cell);
     if (o.quick && rank == 0 && !(val / log(2.0) <= o.threshold)) {
-        fprintf(stderr, "charlm: %.3f bits per char on validation, above the threshold %.2f\n", val / log(2.0),
-                o.threshold);
+        fprintf(stderr, "charlm: %.3f bits per char on validation, above the threshold %.2f\n",
+                val / log(2.0), o.threshold);
         rc = 1;
     }
 

@@ -34,7 +34,8 @@ static const cr_cell_param mgu_params[] = {
     {.name = "u", .role = CR_PARAM_WEIGHT_T, .shape = {CR_H(1), CR_H(1)}},   /* (H, H) */
     {.name = "b", .role = CR_PARAM_INPUT_BIAS},                              /* [b_f; b] (2H) */
 };
-static void mgu_step(const cr_cell *c, cr_tensor *const *w, cr_tensor *gx, cr_tensor *const *s, cr_tensor **next)
+static void mgu_step(const cr_cell *c, cr_tensor *const *w, cr_tensor *gx, cr_tensor *const *s,
+                     cr_tensor **next)
 {
     int64_t H = c->hidden_size;
     cr_tensor *h = s[0];
@@ -42,8 +43,8 @@ static void mgu_step(const cr_cell *c, cr_tensor *const *w, cr_tensor *gx, cr_te
     cr_tensor *n = cr_tanh(cr_add(cr_narrow(gx, 1, H, H), cr_matmul(cr_mul(f, h), w[MGU_U])));
     next[0] = cr_add(cr_mul(cr_rsub_scalar(f, 1), h), cr_mul(f, n));
 }
-static const cr_cell_type mgu = {.name = "mgu", .n_states = 1, .proj = CR_H(2), .params = mgu_params,
-                                 .n_params = 4, .step = mgu_step};
+static const cr_cell_type mgu = {
+    .name = "mgu", .n_states = 1, .proj = CR_H(2), .params = mgu_params, .n_params = 4, .step = mgu_step};
 
 /* GRU with layer norm on the candidate (gate blocks r, z, n as PyTorch's):
  *   r = s(W_r x + b_r + U_r h + c_r)   z = s(W_z x + b_z + U_z h + c_z)
@@ -51,14 +52,15 @@ static const cr_cell_type mgu = {.name = "mgu", .n_states = 1, .proj = CR_H(2), 
  *   LN(v) = g * (v - mean(v)) / sqrt(var(v) + 1e-5) + beta, over the H units */
 enum { LG_W, LG_U, LG_B, LG_C, LG_G, LG_BETA };
 static const cr_cell_param lngru_params[] = {
-    {.name = "w_ih", .role = CR_PARAM_INPUT},                                      /* (3H, I) */
-    {.name = "w_hh", .role = CR_PARAM_WEIGHT_T, .shape = {CR_H(3), CR_H(1)}},      /* (3H, H) */
-    {.name = "b_ih", .role = CR_PARAM_INPUT_BIAS},                                 /* (3H) */
-    {.name = "b_hh", .role = CR_PARAM_BIAS, .shape = {CR_H(3)}},                   /* (3H), gated by r */
+    {.name = "w_ih", .role = CR_PARAM_INPUT},                                 /* (3H, I) */
+    {.name = "w_hh", .role = CR_PARAM_WEIGHT_T, .shape = {CR_H(3), CR_H(1)}}, /* (3H, H) */
+    {.name = "b_ih", .role = CR_PARAM_INPUT_BIAS},                            /* (3H) */
+    {.name = "b_hh", .role = CR_PARAM_BIAS, .shape = {CR_H(3)}},              /* (3H), gated by r */
     {.name = "ln_g", .role = CR_PARAM_WEIGHT, .shape = {CR_H(1)}, .init = CR_INIT_CONSTANT(1)},
     {.name = "ln_b", .role = CR_PARAM_WEIGHT, .shape = {CR_H(1)}, .init = CR_INIT_CONSTANT(0)},
 };
-static void lngru_step(const cr_cell *c, cr_tensor *const *w, cr_tensor *gx, cr_tensor *const *s, cr_tensor **next)
+static void lngru_step(const cr_cell *c, cr_tensor *const *w, cr_tensor *gx, cr_tensor *const *s,
+                       cr_tensor **next)
 {
     int64_t H = c->hidden_size;
     cr_tensor *h = s[0], *gh = cr_matmul(h, w[LG_U]);
@@ -66,12 +68,16 @@ static void lngru_step(const cr_cell *c, cr_tensor *const *w, cr_tensor *gx, cr_
     cr_tensor *r = cr_sigmoid(cr_add(cr_narrow(gx, 1, 0, H), cr_narrow(gh, 1, 0, H)));
     cr_tensor *z = cr_sigmoid(cr_add(cr_narrow(gx, 1, H, H), cr_narrow(gh, 1, H, H)));
     cr_layernorm ln = {.weight = w[LG_G], .bias = w[LG_BETA], .eps = 1e-5};
-    cr_tensor *n = cr_tanh(cr_layernorm_forward(&ln, cr_add(cr_narrow(gx, 1, 2 * H, H),
-                                                           cr_mul(r, cr_narrow(gh, 1, 2 * H, H)))));
+    cr_tensor *n = cr_tanh(
+        cr_layernorm_forward(&ln, cr_add(cr_narrow(gx, 1, 2 * H, H), cr_mul(r, cr_narrow(gh, 1, 2 * H, H)))));
     next[0] = cr_add(n, cr_mul(z, cr_sub(h, n))); /* (1-z)*n + z*h */
 }
-static const cr_cell_type lngru = {.name = "lngru", .n_states = 1, .proj = CR_H(3), .params = lngru_params,
-                                   .n_params = 6, .step = lngru_step};
+static const cr_cell_type lngru = {.name = "lngru",
+                                   .n_states = 1,
+                                   .proj = CR_H(3),
+                                   .params = lngru_params,
+                                   .n_params = 6,
+                                   .step = lngru_step};
 
 /* ---- options ------------------------------------------------------------------------------- */
 
@@ -143,12 +149,14 @@ typedef struct batch {
 static batch batch_make(const opts *o, int64_t B, cr_rng *rng)
 {
     const int64_t T = o->max_len, K = o->symbols, D = o->delay;
-    batch b = {.x = cr_tensor_init(CR_F32, CR_SHAPE(B, T, K)), .lengths = cr_tensor_init(CR_I32, CR_SHAPE(B)),
+    batch b = {.x = cr_tensor_init(CR_F32, CR_SHAPE(B, T, K)),
+               .lengths = cr_tensor_init(CR_I32, CR_SHAPE(B)),
                .target = cr_tensor_init(CR_I32, CR_SHAPE(B * T))};
     int32_t *len = b.lengths->data, *y = b.target->data, sym[4096];
     float *x = b.x->data;
     for (int64_t i = 0; i < B; i++) {
-        len[i] = (int32_t)(o->min_len + (int64_t)(cr_rng_uniform01(rng) * (double)(o->max_len - o->min_len + 1)));
+        len[i] =
+            (int32_t)(o->min_len + (int64_t)(cr_rng_uniform01(rng) * (double)(o->max_len - o->min_len + 1)));
         for (int64_t t = 0; t < len[i]; t++) {
             sym[t] = 1 + (int32_t)(cr_rng_uniform01(rng) * (double)K);
             x[(i * T + t) * K + sym[t] - 1] = 1;
@@ -251,8 +259,8 @@ static double gradcheck_layer(model *m, const opts *o, cr_rng *rng)
     cr_gradcheck_report rep;
     double err = cr_gradcheck(layer_fn, &c, n + 1, in, 1e-5, &rep);
     printf("cell=%s gradcheck inputs=%d elements=%lld max_rel=%.3e (input %d, element %lld: %.9g vs %.9g)\n",
-           m->rnn->cfg.cell->name, n + 1, (long long)rep.n_checked, err, rep.worst_input, (long long)rep.worst_index,
-           rep.analytic, rep.numeric);
+           m->rnn->cfg.cell->name, n + 1, (long long)rep.n_checked, err, rep.worst_input,
+           (long long)rep.worst_index, rep.analytic, rep.numeric);
     cr_tensor_free(x);
     cr_tensor_free(lengths);
     cr_params_convert(m->ps, CR_F32);
@@ -269,13 +277,18 @@ static bool run(const opts *o, const cr_cell_type *type)
     const int64_t K = o->symbols, C = (K + 1) * (K + 1), H = o->hidden;
     model m = {.ps = cr_params_init(), .classes = C};
     m.rnn = cr_rnn_init(m.ps, "tagger.rnn",
-                        (cr_rnn_config){.cell = type, .input_size = K, .hidden_size = H, .num_layers = 2,
-                                        .bidirectional = true, .dtype = CR_F32},
+                        (cr_rnn_config){.cell = type,
+                                        .input_size = K,
+                                        .hidden_size = H,
+                                        .num_layers = 2,
+                                        .bidirectional = true,
+                                        .dtype = CR_F32},
                         &rng);
     m.head = cr_linear_init(m.ps, "tagger.head", 2 * H, C, true, CR_F32, &rng);
-    printf("cell=%s params=%zu layers=2 bidirectional=1 hidden=%lld lengths=%lld..%lld delay=%lld classes=%lld\n",
-           type->name, cr_params_numel(m.ps), (long long)H, (long long)o->min_len, (long long)o->max_len,
-           (long long)o->delay, (long long)C);
+    printf(
+        "cell=%s params=%zu layers=2 bidirectional=1 hidden=%lld lengths=%lld..%lld delay=%lld classes=%lld\n",
+        type->name, cr_params_numel(m.ps), (long long)H, (long long)o->min_len, (long long)o->max_len,
+        (long long)o->delay, (long long)C);
 
     cr_graph *g = cr_graph_init();
     cr_graph_use(g);
@@ -305,8 +318,8 @@ static bool run(const opts *o, const cr_cell_type *type)
     double err = gradcheck_layer(&m, o, &rng);
     bool ok = acc >= o->threshold && err < 1e-5;
     if (o->quick && !ok)
-        fprintf(stderr, "custom_cell: %s: accuracy %.4f (threshold %.2f), gradcheck %.3e (limit 1e-5)\n", type->name,
-                acc, o->threshold, err);
+        fprintf(stderr, "custom_cell: %s: accuracy %.4f (threshold %.2f), gradcheck %.3e (limit 1e-5)\n",
+                type->name, acc, o->threshold, err);
     printf("example=custom_cell cell=%s gradcheck_max_rel=%.3e accuracy=%.4f\n", type->name, err, acc);
     batch_free(&test);
     cr_graph_use(NULL);

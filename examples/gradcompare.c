@@ -102,18 +102,16 @@ static cr_tensor *input(cr_dtype dt, cr_rng *rng, double bound, int ndim, const 
     return t;
 }
 
-static rig rig_make(const cr_cell_type *type, cr_dtype dt, int64_t B, int64_t T, int64_t I,
-                    int64_t H, uint64_t seed)
+static rig rig_make(const cr_cell_type *type, cr_dtype dt, int64_t B, int64_t T, int64_t I, int64_t H,
+                    uint64_t seed)
 {
     rig R = {.type = type, .dt = dt, .B = B, .T = T, .I = I, .H = H};
     cr_rng rng = cr_rng_seed(seed);
     R.ps = cr_params_init();
-    cr_rnn_config cfg = {.cell = type, .input_size = I, .hidden_size = H, .num_layers = 1,
-                         .dtype = dt};
+    cr_rnn_config cfg = {.cell = type, .input_size = I, .hidden_size = H, .num_layers = 1, .dtype = dt};
     R.m = cr_rnn_init(R.ps, "rnn", cfg, &rng);
     R.p = cr_bptt_weights_of(&R.m->cells[0]);
-    for (size_t k = 0; k < R.ps->n; k++)
-        fill(R.ps->items[k].value, &rng, 1 / sqrt((double)H));
+    for (size_t k = 0; k < R.ps->n; k++) fill(R.ps->items[k].value, &rng, 1 / sqrt((double)H));
     R.x = input(dt, &rng, 1, CR_SHAPE(B, T, I));
     R.h0 = input(dt, &rng, 0.5, CR_SHAPE(B, H));
     R.r1 = input(dt, &rng, 1, CR_SHAPE(B, T, H));
@@ -146,8 +144,7 @@ static void rig_free(rig *R)
     cr_rnn_free(R->m);
     cr_params_free(R->ps);
     cr_tensor *ts[] = {R->x, R->h0, R->c0, R->r1, R->r2, R->r3};
-    for (size_t k = 0; k < sizeof ts / sizeof ts[0]; k++)
-        cr_tensor_free(ts[k]);
+    for (size_t k = 0; k < sizeof ts / sizeof ts[0]; k++) cr_tensor_free(ts[k]);
 }
 
 static cr_tensor *autograd_loss(rig *R)
@@ -175,17 +172,13 @@ static void hand_step(rig *R, cr_bptt_weights *g, cr_tensor *const *d)
     cr_bptt_backward(R->w, &R->p, R->r1, R->r2, R->r3, g, d[0], d[1], d[2]);
 }
 
-static cr_tensor *like(const cr_tensor *t, cr_dtype dt)
-{
-    return cr_tensor_init(dt, t->ndim, t->shape);
-}
+static cr_tensor *like(const cr_tensor *t, cr_dtype dt) { return cr_tensor_init(dt, t->ndim, t->shape); }
 
 /* Autograd's gradients, copied out of the leaves (zeroed first). */
 static void autograd_grads(rig *R, cr_tensor **out)
 {
     for (size_t k = 0; k < R->n; k++)
-        if (R->leaves[k]->grad)
-            cr_zero_grad(R->leaves[k]);
+        if (R->leaves[k]->grad) cr_zero_grad(R->leaves[k]);
     autograd_step(R);
     for (size_t k = 0; k < R->n; k++) {
         out[k] = like(R->leaves[k], R->dt);
@@ -199,8 +192,7 @@ static cr_tensor **slot_of(cr_bptt_weights *w, const cr_bptt_weights *p, const c
     cr_tensor **g[] = {&w->w_ih, &w->w_hh, &w->b_ih, &w->b_hh, &w->w_ci, &w->w_cf, &w->w_co};
     const cr_tensor *v[] = {p->w_ih, p->w_hh, p->b_ih, p->b_hh, p->w_ci, p->w_cf, p->w_co};
     for (int s = 0; s < 7; s++)
-        if (v[s] == t)
-            return g[s];
+        if (v[s] == t) return g[s];
     cr_error("gradcompare: a parameter the cell does not have");
 }
 
@@ -211,8 +203,7 @@ static void hand_grads(rig *R, cr_tensor **out, cr_bptt_weights *g)
     *g = (cr_bptt_weights){0};
     for (size_t k = 0; k < R->n; k++) {
         out[k] = like(R->leaves[k], R->dt);
-        if (k < R->ps->n)
-            *slot_of(g, &R->p, R->leaves[k]) = out[k];
+        if (k < R->ps->n) *slot_of(g, &R->p, R->leaves[k]) = out[k];
     }
     cr_tensor *d[3] = {out[R->ps->n], out[R->ps->n + 1], R->c0 ? out[R->ps->n + 2] : NULL};
     hand_step(R, g, d);
@@ -252,8 +243,7 @@ static void numeric_grads(rig *R, cr_tensor **out)
 
 static void free_all(cr_tensor **ts, size_t n)
 {
-    for (size_t k = 0; k < n; k++)
-        cr_tensor_free(ts[k]);
+    for (size_t k = 0; k < n; k++) cr_tensor_free(ts[k]);
 }
 
 /* ---- timing --------------------------------------------------------------------- */
@@ -264,15 +254,9 @@ typedef struct timed {
     cr_tensor *d[3];
 } timed;
 
-static void run_autograd(timed *c)
-{
-    autograd_step(c->R);
-}
+static void run_autograd(timed *c) { autograd_step(c->R); }
 
-static void run_hand(timed *c)
-{
-    hand_step(c->R, &c->g, c->d);
-}
+static void run_hand(timed *c) { hand_step(c->R, &c->g, c->d); }
 
 /* The fastest of at least 3 runs and about 60 ms, after one warm-up run. */
 static double best_ms(void (*fn)(timed *), timed *c)
@@ -301,8 +285,7 @@ static void compare_cell(const opts *o, const cr_cell_type *type, size_t index, 
     autograd_grads(&R, ga);
     hand_grads(&R, gh, &g);
     cr_grad_diff dh[MAX_TENSORS];
-    cr_grad_compare(R.names, (const cr_tensor *const *)ga, (const cr_tensor *const *)gh, R.n,
-                    o->floor, dh);
+    cr_grad_compare(R.names, (const cr_tensor *const *)ga, (const cr_tensor *const *)gh, R.n, o->floor, dh);
     timed c = {.R = &R, .g = g, .d = {gh[R.ps->n], gh[R.ps->n + 1], R.c0 ? gh[R.ps->n + 2] : NULL}};
     const double ms_auto = best_ms(run_autograd, &c), ms_hand = best_ms(run_hand, &c);
 
@@ -311,29 +294,24 @@ static void compare_cell(const opts *o, const cr_cell_type *type, size_t index, 
      * the f32 gradient with the f64 differences of the same numbers. */
     rig S = rig_make(type, dt, 2, 6, 3, 4, seed);
     rig S64 = rig_make(type, CR_F64, 2, 6, 3, 4, seed);
-    for (size_t k = 0; k < S.n; k++)
-        cr_copy_(S64.leaves[k], S.leaves[k]);
+    for (size_t k = 0; k < S.n; k++) cr_copy_(S64.leaves[k], S.leaves[k]);
     cr_copy_(S64.r1, S.r1);
     cr_copy_(S64.r2, S.r2);
-    if (S.r3)
-        cr_copy_(S64.r3, S.r3);
+    if (S.r3) cr_copy_(S64.r3, S.r3);
     cr_tensor *gs[MAX_TENSORS], *gn[MAX_TENSORS];
     autograd_grads(&S, gs);
     const double t0 = now_ms();
     numeric_grads(&S64, gn);
     const double ms_fd = now_ms() - t0;
     cr_grad_diff dn[MAX_TENSORS];
-    cr_grad_compare(S.names, (const cr_tensor *const *)gs, (const cr_tensor *const *)gn, S.n,
-                    o->floor, dn);
+    cr_grad_compare(S.names, (const cr_tensor *const *)gs, (const cr_tensor *const *)gn, S.n, o->floor, dn);
 
     for (size_t k = 0; k < R.n; k++) {
         if (k == 0)
-            printf("%-4s %-14s %-5s %12.2e %12.2e %11.3f %9.3f %9.1f\n", cr_dtype_name(dt),
-                   type->name, R.names[k], dh[k].max_rel, dn[k].max_rel, ms_auto,
-                   ms_hand, ms_fd);
+            printf("%-4s %-14s %-5s %12.2e %12.2e %11.3f %9.3f %9.1f\n", cr_dtype_name(dt), type->name,
+                   R.names[k], dh[k].max_rel, dn[k].max_rel, ms_auto, ms_hand, ms_fd);
         else
-            printf("%-4s %-14s %-5s %12.2e %12.2e\n", "", "", R.names[k], dh[k].max_rel,
-                   dn[k].max_rel);
+            printf("%-4s %-14s %-5s %12.2e %12.2e\n", "", "", R.names[k], dh[k].max_rel, dn[k].max_rel);
         worst[0] = fmax(worst[0], dh[k].max_rel);
         worst[1] = fmax(worst[1], dn[k].max_rel);
     }
@@ -359,8 +337,8 @@ int main(int argc, char **argv)
     printf("rel = max over elements of |a-b| / max(|a|, |b|, %g)\n", o.floor);
     printf("ag-vs-fd: finite differences in f64 (eps 1e-5) on a small case B=2 T=6 I=3 H=4;\n"
            "ms: best time of one forward + backward (fd: the whole gradient, small case)\n\n");
-    printf("%-4s %-14s %-5s %12s %12s %11s %9s %9s\n", "dt", "cell", "param", "ag-vs-hand",
-           "ag-vs-fd", "autograd_ms", "hand_ms", "fd_ms");
+    printf("%-4s %-14s %-5s %12s %12s %11s %9s %9s\n", "dt", "cell", "param", "ag-vs-hand", "ag-vs-fd",
+           "autograd_ms", "hand_ms", "fd_ms");
     const cr_dtype dts[] = {CR_F64, CR_F32};
     double worst[2][2] = {{0}}; /* [dtype][hand, fd] */
     for (int d = 0; d < 2; d++)

@@ -168,7 +168,8 @@ static void kalman_steady(const world *w, double K[2], double Abar[2][2])
 }
 
 /* The fixed-gain filter x^_t = Abar x^_{t-1} + K z_t from x^_0 = 0. */
-static void kalman_fixed(const double K[2], double Abar[2][2], const float *z, int64_t N, int64_t T, float *est)
+static void kalman_fixed(const double K[2], double Abar[2][2], const float *z, int64_t N, int64_t T,
+                         float *est)
 {
     for (int64_t n = 0; n < N; n++) {
         double x0 = 0, x1 = 0;
@@ -233,7 +234,8 @@ static double mse(const float *a, const float *b, int64_t n)
 static double mse_at(const float *a, const float *b, int64_t N, int64_t T, int64_t t)
 {
     double s = 0;
-    for (int64_t n = 0; n < N; n++) s += ((double)a[n * T + t] - b[n * T + t]) * ((double)a[n * T + t] - b[n * T + t]);
+    for (int64_t n = 0; n < N; n++)
+        s += ((double)a[n * T + t] - b[n * T + t]) * ((double)a[n * T + t] - b[n * T + t]);
     return s / (double)N;
 }
 
@@ -320,7 +322,8 @@ int main(int argc, char **argv)
     free(p);
 
     /* Held-out sequences from another stream. */
-    float *zs = cr_xmalloc((size_t)(NT * T) * sizeof *zs), *ps_true = cr_xmalloc((size_t)(NT * T) * sizeof *ps_true);
+    float *zs = cr_xmalloc((size_t)(NT * T) * sizeof *zs),
+          *ps_true = cr_xmalloc((size_t)(NT * T) * sizeof *ps_true);
     float *kf = cr_xmalloc((size_t)(NT * T) * sizeof *kf), *kss = cr_xmalloc((size_t)(NT * T) * sizeof *kss);
     float *rn = cr_xmalloc((size_t)(NT * T) * sizeof *rn);
     simulate(&w, &test_rng, NT, T, zs, ps_true);

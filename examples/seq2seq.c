@@ -33,10 +33,10 @@ typedef struct opts {
 
 typedef struct model {
     cr_params *ps;
-    cr_embedding emb;  /* (V, E), shared by source and target tokens; row PAD is 0 */
-    cr_rnn *enc;       /* LSTM over the source, [B, T, E] -> final (h, c) [1, B, H] */
-    cr_cell dec;       /* LSTM cell, one output token per step */
-    cr_linear head;    /* (V, H): logits of the next token */
+    cr_embedding emb; /* (V, E), shared by source and target tokens; row PAD is 0 */
+    cr_rnn *enc;      /* LSTM over the source, [B, T, E] -> final (h, c) [1, B, H] */
+    cr_cell dec;      /* LSTM cell, one output token per step */
+    cr_linear head;   /* (V, H): logits of the next token */
 } model;
 
 /* One example: source digits and the wanted output (without EOS). */
@@ -266,7 +266,8 @@ static int cmp_cand(const void *a, const void *b)
  * confidently, so the usual bias of sums toward short outputs does no harm.
  * The decoder runs once per step on the live hypotheses as a batch; their
  * states are reordered with cr_gather_rows after each selection. */
-static bool decode_beam(model *m, const example *ex, int64_t K, int64_t max_steps, int32_t *out, int64_t *out_len)
+static bool decode_beam(model *m, const example *ex, int64_t K, int64_t max_steps, int32_t *out,
+                        int64_t *out_len)
 {
     int64_t V = VOCAB, top = K < V ? K : V;
     hyp *beams = cr_xcalloc((size_t)K, sizeof *beams), *next = cr_xcalloc((size_t)K, sizeof *next);
@@ -368,12 +369,19 @@ int main(int argc, char **argv)
     model m = {.ps = cr_params_init()};
     m.emb = cr_embedding_init(m.ps, "s2s.embed", VOCAB, o.embed, PAD, CR_F32, &rng);
     m.enc = cr_rnn_init(m.ps, "s2s.enc",
-                        (cr_rnn_config){.cell = &cr_cell_lstm, .input_size = o.embed, .hidden_size = o.hidden,
-                                        .num_layers = 1, .forget_bias = 1.0, .dtype = CR_F32},
+                        (cr_rnn_config){.cell = &cr_cell_lstm,
+                                        .input_size = o.embed,
+                                        .hidden_size = o.hidden,
+                                        .num_layers = 1,
+                                        .forget_bias = 1.0,
+                                        .dtype = CR_F32},
                         &rng);
     m.dec = cr_cell_init(m.ps, "s2s.dec",
-                         (cr_cell_config){.cell = &cr_cell_lstm, .input_size = o.embed, .hidden_size = o.hidden,
-                                          .forget_bias = 1.0, .dtype = CR_F32},
+                         (cr_cell_config){.cell = &cr_cell_lstm,
+                                          .input_size = o.embed,
+                                          .hidden_size = o.hidden,
+                                          .forget_bias = 1.0,
+                                          .dtype = CR_F32},
                          &rng);
     m.head = cr_linear_init(m.ps, "s2s.head", o.hidden, VOCAB, true, CR_F32, &rng);
     printf("task=%s lengths=%lld..%lld params=%zu\n", o.task, (long long)o.min_len, (long long)o.max_len,

@@ -33,10 +33,13 @@ static double run(double gain, int64_t T, int64_t H, uint64_t seed, bool print)
     cr_graph *prev = cr_graph_use(g);
     cr_params *ps = cr_params_init();
     cr_rng rng = cr_rng_seed(seed);
-    cr_cell cell = cr_cell_init(ps, "rnn", (cr_cell_config){.cell = &cr_cell_rnn_tanh, .input_size = H,
-                                                            .hidden_size = H, .no_bias = true, .dtype = CR_F64},
-                                &rng);
-    cr_init_orthogonal(cr_cell_get(&cell, "w_hh"), &rng, gain, 0); /* all eigenvalues on the circle of radius gain */
+    cr_cell cell = cr_cell_init(
+        ps, "rnn",
+        (cr_cell_config){
+            .cell = &cr_cell_rnn_tanh, .input_size = H, .hidden_size = H, .no_bias = true, .dtype = CR_F64},
+        &rng);
+    cr_init_orthogonal(cr_cell_get(&cell, "w_hh"), &rng, gain,
+                       0); /* all eigenvalues on the circle of radius gain */
     cr_init_uniform(cr_cell_get(&cell, "w_ih"), &rng, 0.1);
     cr_tensor *x = cr_tensor_new(CR_F64, CR_SHAPE(1, H));
     cr_fill_normal(x, &rng, 0, 0.1);
@@ -51,7 +54,7 @@ static double run(double gain, int64_t T, int64_t H, uint64_t seed, bool print)
     double last = norm(hs[T - 1]->grad), first = norm(hs[0]->grad);
     if (print) {
         printf("gain=%.2f", gain);
-        for (int64_t d = 0; d < T; d += T / 8 > 0 ? T / 8 : 1)
+        for (int64_t d = 0; d<T; d += T / 8> 0 ? T / 8 : 1)
             printf(" grad_norm_t-%lld=%.3e", (long long)d, norm(hs[T - 1 - d]->grad));
         printf("\n");
     }
@@ -80,8 +83,9 @@ int main(int argc, char **argv)
     for (int k = 0; k < 5; k++) ratio[k] = run(gains[k], T, H, (uint64_t)seed, true);
     /* Below radius 1 the norm decays geometrically (about gain^distance); above
      * it the norm grows until tanh saturates and its derivative holds it back. */
-    printf("example=vanishing steps=%lld hidden=%lld ratio_gain_0.5=%.3e ratio_gain_1.0=%.3e ratio_gain_1.5=%.3e "
-           "ratio_gain_3.0=%.3e\n",
-           (long long)T, (long long)H, ratio[0], ratio[2], ratio[3], ratio[4]);
+    printf(
+        "example=vanishing steps=%lld hidden=%lld ratio_gain_0.5=%.3e ratio_gain_1.0=%.3e ratio_gain_1.5=%.3e "
+        "ratio_gain_3.0=%.3e\n",
+        (long long)T, (long long)H, ratio[0], ratio[2], ratio[3], ratio[4]);
     return 0;
 }

@@ -18,10 +18,9 @@
 #include <unistd.h>
 
 /* Aborting (not returning) makes libFuzzer save the input as a crash. */
-#define CHECK(cond)                                                                          \
-    do {                                                                                     \
-        if (!(cond))                                                                         \
-            abort();                                                                         \
+#define CHECK(cond)                                                                                          \
+    do {                                                                                                     \
+        if (!(cond)) abort();                                                                                \
     } while (0)
 
 static void check_file(const cr_st_file *f)
@@ -34,13 +33,11 @@ static void check_file(const cr_st_file *f)
         CHECK(e->ndim >= 0 && e->ndim <= CR_MAX_DIMS);
         CHECK(cr_st_find(f, e->name) == e);
         /* Entries tile the data section in order. */
-        if (prev_end)
-            CHECK((const unsigned char *)e->data == prev_end);
+        if (prev_end) CHECK((const unsigned char *)e->data == prev_end);
         prev_end = (const unsigned char *)e->data + e->nbytes;
         /* Touch every byte so ASan sees any bad range. */
         volatile unsigned char sink = 0;
-        for (size_t k = 0; k < e->nbytes; k++)
-            sink ^= ((const unsigned char *)e->data)[k];
+        for (size_t k = 0; k < e->nbytes; k++) sink ^= ((const unsigned char *)e->data)[k];
         (void)sink;
         total += e->nbytes;
     }
@@ -62,23 +59,19 @@ static void check_round_trip(const cr_st_file *f)
     cr_st_entry *es = malloc((n ? n : 1) * sizeof *es);
     const char **kv = malloc((nm ? 2 * nm : 1) * sizeof *kv);
     CHECK(es && kv);
-    for (size_t i = 0; i < n; i++)
-        es[i] = *cr_st_entry_at(f, i);
-    for (size_t i = 0; i < nm; i++)
-        cr_st_meta_at(f, i, &kv[2 * i], &kv[2 * i + 1]);
+    for (size_t i = 0; i < n; i++) es[i] = *cr_st_entry_at(f, i);
+    for (size_t i = 0; i < nm; i++) cr_st_meta_at(f, i, &kv[2 * i], &kv[2 * i + 1]);
 
     st_buf hdr = {0};
     CHECK(st_build_header(es, n, kv, nm, &hdr) == CR_OK);
     size_t len = 8 + hdr.len + cr_st_data_bytes(f);
     unsigned char *buf = malloc(len);
     CHECK(buf);
-    for (int i = 0; i < 8; i++)
-        buf[i] = (unsigned char)((uint64_t)hdr.len >> (8 * i));
+    for (int i = 0; i < 8; i++) buf[i] = (unsigned char)((uint64_t)hdr.len >> (8 * i));
     memcpy(buf + 8, hdr.p, hdr.len);
     size_t off = 8 + hdr.len;
     for (size_t i = 0; i < n; i++) {
-        if (es[i].nbytes)
-            memcpy(buf + off, es[i].data, es[i].nbytes);
+        if (es[i].nbytes) memcpy(buf + off, es[i].data, es[i].nbytes);
         off += es[i].nbytes;
     }
 

@@ -91,8 +91,8 @@ cr_status cr_mpi_trainer_backward(cr_mpi_trainer *mt, const cr_task *task, doubl
 /* backward + cr_trainer_publish + clipping at max_norm (0: none) + the
  * optimizer step (skipped, CR_NONFINITE, when the norm is NaN/inf: the same
  * on every rank, since every rank clips the same gradient). Collective. */
-cr_status cr_mpi_trainer_step(cr_mpi_trainer *mt, const cr_task *task, cr_optim *opt, double max_norm, double *loss,
-                              double *norm);
+cr_status cr_mpi_trainer_step(cr_mpi_trainer *mt, const cr_task *task, cr_optim *opt, double max_norm,
+                              double *loss, double *norm);
 
 cr_trainer *cr_mpi_trainer_local(cr_mpi_trainer *mt); /* the rank's own trainer */
 int cr_mpi_trainer_rank(const cr_mpi_trainer *mt);

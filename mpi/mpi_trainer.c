@@ -37,16 +37,16 @@ struct cr_mpi_trainer {
     int rank, ranks, first, local;
     cr_params *ps;
     cr_trainer *t;
-    size_t n;            /* parameters */
-    int count;           /* elements of the flat gradient, as MPI counts them */
-    MPI_Datatype elem;   /* MPI_FLOAT or MPI_DOUBLE */
-    size_t hdr_bytes;    /* header + reached flags */
-    step_header *mine;   /* this rank's header (+ flags) */
-    step_header *theirs; /* a received header (+ flags) */
-    void *their_grad;    /* [numel] a received gradient */
+    size_t n;                      /* parameters */
+    int count;                     /* elements of the flat gradient, as MPI counts them */
+    MPI_Datatype elem;             /* MPI_FLOAT or MPI_DOUBLE */
+    size_t hdr_bytes;              /* header + reached flags */
+    step_header *mine;             /* this rank's header (+ flags) */
+    step_header *theirs;           /* a received header (+ flags) */
+    void *their_grad;              /* [numel] a received gradient */
     MPI_Datatype mine_t, theirs_t; /* header + gradient as one message */
-    size_t sent;         /* bytes sent in the last exchange */
-    double exchange_s;   /* its wall time */
+    size_t sent;                   /* bytes sent in the last exchange */
+    double exchange_s;             /* its wall time */
 };
 
 /* ---- the split ------------------------------------------------------------------------- */
@@ -56,7 +56,7 @@ bool cr_mpi_split(int shards, int ranks, int rank, int *first, int *local)
     if (shards < 1 || ranks < 1 || rank < 0 || rank >= ranks) return false;
     int per = shards / ranks + (shards % ranks != 0); /* ceil(S / R) */
     int64_t L = 1;
-    while (L < per) L *= 2;                      /* a power of two: a block is a subtree */
+    while (L < per) L *= 2;                               /* a power of two: a block is a subtree */
     if ((int64_t)(ranks - 1) * L >= shards) return false; /* the last rank would get nothing */
     int64_t f = (int64_t)rank * L, end = f + L < shards ? f + L : shards;
     *first = (int)f;
@@ -87,8 +87,12 @@ static size_t tensor_bytes(const cr_tensor *t) { return (size_t)cr_numel(t) * cr
 
 static summary summarise(const cr_params *ps, const cr_optim *o, cr_trainer_config cfg, int64_t step)
 {
-    summary s = {.shards = cfg.shards, .seed = cfg.seed, .n_params = (int64_t)ps->n, .step = step,
-                 .layout_hash = FNV_START, .value_hash = FNV_START};
+    summary s = {.shards = cfg.shards,
+                 .seed = cfg.seed,
+                 .n_params = (int64_t)ps->n,
+                 .step = step,
+                 .layout_hash = FNV_START,
+                 .value_hash = FNV_START};
     s.dtype = ps->n ? (int64_t)ps->items[0].value->dtype : -1;
     for (size_t i = 0; i < ps->n; i++) {
         const cr_tensor *v = ps->items[i].value;
@@ -126,32 +130,34 @@ static cr_status compare_summaries(MPI_Comm comm, int ranks, summary mine, const
     for (int r = 1; r < ranks && st == CR_OK; r++) {
         const summary *b = &all[r];
         if (b->shards != a->shards)
-            st = cr_failure(CR_EINVAL, "%s: rank %d runs %lld shards, rank 0 %lld", fn, r, (long long)b->shards,
-                            (long long)a->shards);
+            st = cr_failure(CR_EINVAL, "%s: rank %d runs %lld shards, rank 0 %lld", fn, r,
+                            (long long)b->shards, (long long)a->shards);
         else if (b->seed != a->seed)
-            st = cr_failure(CR_EINVAL, "%s: rank %d has seed %llu, rank 0 %llu", fn, r, (unsigned long long)b->seed,
-                            (unsigned long long)a->seed);
+            st = cr_failure(CR_EINVAL, "%s: rank %d has seed %llu, rank 0 %llu", fn, r,
+                            (unsigned long long)b->seed, (unsigned long long)a->seed);
         else if (b->n_params != a->n_params || b->numel != a->numel || b->dtype != a->dtype ||
                  b->layout_hash != a->layout_hash)
-            st = cr_failure(CR_EINVAL,
-                            "%s: rank %d's parameters (%lld tensors, %lld elements) are not laid out as rank 0's "
-                            "(%lld tensors, %lld elements): names, shapes and dtype must agree",
-                            fn, r, (long long)b->n_params, (long long)b->numel, (long long)a->n_params,
-                            (long long)a->numel);
+            st = cr_failure(
+                CR_EINVAL,
+                "%s: rank %d's parameters (%lld tensors, %lld elements) are not laid out as rank 0's "
+                "(%lld tensors, %lld elements): names, shapes and dtype must agree",
+                fn, r, (long long)b->n_params, (long long)b->numel, (long long)a->n_params,
+                (long long)a->numel);
         else if (b->step != a->step || b->optim_steps != a->optim_steps)
-            st = cr_failure(CR_EINVAL, "%s: rank %d is at step %lld (optimizer %lld), rank 0 at %lld (%lld)", fn, r,
-                            (long long)b->step, (long long)b->optim_steps, (long long)a->step,
+            st = cr_failure(CR_EINVAL, "%s: rank %d is at step %lld (optimizer %lld), rank 0 at %lld (%lld)",
+                            fn, r, (long long)b->step, (long long)b->optim_steps, (long long)a->step,
                             (long long)a->optim_steps);
         else if (b->value_hash != a->value_hash)
-            st = cr_failure(CR_EINVAL, "%s: rank %d's parameter or optimizer values differ from rank 0's; %s", fn,
-                            r, advice);
+            st = cr_failure(CR_EINVAL, "%s: rank %d's parameter or optimizer values differ from rank 0's; %s",
+                            fn, r, advice);
     }
     free(all);
     return st;
 }
 
 /* Header + gradient as one MPI datatype at absolute addresses (MPI_BOTTOM). */
-static int message_type(MPI_Datatype *out, void *hdr, size_t hdr_bytes, void *grad, int count, MPI_Datatype elem)
+static int message_type(MPI_Datatype *out, void *hdr, size_t hdr_bytes, void *grad, int count,
+                        MPI_Datatype elem)
 {
     MPI_Aint disp[2];
     int rc = MPI_Get_address(hdr, &disp[0]);
@@ -175,7 +181,8 @@ cr_status cr_mpi_trainer_init(MPI_Comm comm, cr_params *ps, cr_trainer_config cf
                  cfg.first_shard, cfg.local_shards);
     if (cfg.shards == 0) cfg.shards = cr_trainer_defaults().shards;
     if (cfg.shards < 1) cr_error("%s: shards = %d must be at least 1", fn, cfg.shards);
-    if (cfg.threads < 0) cr_error("%s: threads = %d must be >= 0 (0: the cores shared among ranks)", fn, cfg.threads);
+    if (cfg.threads < 0)
+        cr_error("%s: threads = %d must be >= 0 (0: the cores shared among ranks)", fn, cfg.threads);
     if (ps->n == 0) cr_error("%s: the parameter set is empty", fn);
 
     int inited = 0;
@@ -198,17 +205,18 @@ cr_status cr_mpi_trainer_init(MPI_Comm comm, cr_params *ps, cr_trainer_config cf
         st = mpi_fail(rc, fn, "setting up the communicator");
         goto fail;
     }
-    if ((st = compare_summaries(mt->comm, mt->ranks, summarise(ps, NULL, cfg, 0), fn,
-                                "build the model from the same seed on every rank (or load the same checkpoint)")) !=
-        CR_OK)
+    if ((st = compare_summaries(
+             mt->comm, mt->ranks, summarise(ps, NULL, cfg, 0), fn,
+             "build the model from the same seed on every rank (or load the same checkpoint)")) != CR_OK)
         goto fail;
     if (!cr_mpi_split(cfg.shards, mt->ranks, mt->rank, &mt->first, &mt->local)) {
-        st = cr_failure(CR_EINVAL,
-                        "%s: %d shards cannot be split over %d ranks so that each rank's block is a subtree of the "
-                        "reduction tree (blocks of a power of two, none empty); use a shard count with "
-                        "(ranks-1)*L < shards, L the smallest power of two >= shards/ranks (e.g. %d shards), or "
-                        "another rank count",
-                        fn, cfg.shards, mt->ranks, mt->ranks * 2 > 1 ? mt->ranks * 2 : 1);
+        st = cr_failure(
+            CR_EINVAL,
+            "%s: %d shards cannot be split over %d ranks so that each rank's block is a subtree of the "
+            "reduction tree (blocks of a power of two, none empty); use a shard count with "
+            "(ranks-1)*L < shards, L the smallest power of two >= shards/ranks (e.g. %d shards), or "
+            "another rank count",
+            fn, cfg.shards, mt->ranks, mt->ranks * 2 > 1 ? mt->ranks * 2 : 1);
         goto fail;
     }
     int64_t numel = (int64_t)cr_params_numel(ps);
@@ -299,11 +307,12 @@ static void add_message(cr_mpi_trainer *mt)
     }
     if (b->magic != MAGIC || b->numel != a->numel || b->step != a->step || b->rows != a->rows) {
         a->status = CR_EINVAL;
-        snprintf(a->msg, sizeof a->msg,
-                 "a rank's step message (step %lld, %lld rows, %lld elements) does not match rank %d's (step %lld, "
-                 "%lld rows, %lld elements): every rank must run the same steps on the same batch size",
-                 (long long)b->step, (long long)b->rows, (long long)b->numel, mt->rank, (long long)a->step,
-                 (long long)a->rows, (long long)a->numel);
+        snprintf(
+            a->msg, sizeof a->msg,
+            "a rank's step message (step %lld, %lld rows, %lld elements) does not match rank %d's (step %lld, "
+            "%lld rows, %lld elements): every rank must run the same steps on the same batch size",
+            (long long)b->step, (long long)b->rows, (long long)b->numel, mt->rank, (long long)a->step,
+            (long long)a->rows, (long long)a->numel);
         return;
     }
     a->loss += b->loss;
@@ -328,8 +337,12 @@ cr_status cr_mpi_trainer_backward(cr_mpi_trainer *mt, const cr_task *task, doubl
     if (!mt) cr_error("%s: trainer is NULL", fn);
     double local = cr_trainer_backward(mt->t, task);
     step_header *h = mt->mine;
-    *h = (step_header){.magic = MAGIC, .step = cr_trainer_steps(mt->t) - 1, .rows = task->rows,
-                       .numel = mt->count, .status = CR_OK, .loss = local};
+    *h = (step_header){.magic = MAGIC,
+                       .step = cr_trainer_steps(mt->t) - 1,
+                       .rows = task->rows,
+                       .numel = mt->count,
+                       .status = CR_OK,
+                       .loss = local};
     memcpy(flags_of(h), cr_trainer_reached(mt->t), mt->n);
     size_t bytes = cr_mpi_trainer_message_bytes(mt);
     mt->sent = 0;
@@ -387,8 +400,8 @@ cr_status cr_mpi_trainer_backward(cr_mpi_trainer *mt, const cr_task *task, doubl
     return CR_OK;
 }
 
-cr_status cr_mpi_trainer_step(cr_mpi_trainer *mt, const cr_task *task, cr_optim *opt, double max_norm, double *loss,
-                              double *norm)
+cr_status cr_mpi_trainer_step(cr_mpi_trainer *mt, const cr_task *task, cr_optim *opt, double max_norm,
+                              double *loss, double *norm)
 {
     static const char fn[] = "cr_mpi_trainer_step";
     if (!mt || !opt) cr_error("%s: %s is NULL", fn, mt ? "optimizer" : "trainer");
@@ -427,13 +440,14 @@ cr_status cr_mpi_trainer_share_rows(cr_mpi_trainer *mt, cr_tensor *t, int dim)
     char s[128];
     if (!mt || !t) cr_error("%s: %s is NULL", fn, mt ? "tensor" : "trainer");
     if (t->dtype == CR_I32 || !cr_is_contiguous(t) || dim < 0 || dim >= t->ndim)
-        cr_error("%s: %s %s, dim %d: needs a contiguous float tensor and a dim it has", fn, cr_dtype_name(t->dtype),
-                 cr_shape_str(s, sizeof s, t->ndim, t->shape), dim);
+        cr_error("%s: %s %s, dim %d: needs a contiguous float tensor and a dim it has", fn,
+                 cr_dtype_name(t->dtype), cr_shape_str(s, sizeof s, t->ndim, t->shape), dim);
     int64_t rows = t->shape[dim], outer = 1, inner = 1, S = cr_trainer_shards(mt->t);
     for (int d = 0; d < dim; d++) outer *= t->shape[d];
     for (int d = dim + 1; d < t->ndim; d++) inner *= t->shape[d];
     if (outer > INT_MAX || rows * inner > INT_MAX)
-        cr_error("%s: %s is too large for one MPI datatype", fn, cr_shape_str(s, sizeof s, t->ndim, t->shape));
+        cr_error("%s: %s is too large for one MPI datatype", fn,
+                 cr_shape_str(s, sizeof s, t->ndim, t->shape));
     MPI_Datatype elem = t->dtype == CR_F64 ? MPI_DOUBLE : MPI_FLOAT;
     size_t esz = cr_dtype_size(t->dtype);
     for (int r = 0; r < mt->ranks; r++) {
@@ -483,7 +497,8 @@ cr_status cr_mpi_checkpoint_save(cr_mpi_trainer *mt, const char *path, const cr_
     static const char fn[] = "cr_mpi_checkpoint_save";
     if (!mt) cr_error("%s: trainer is NULL", fn);
     /* one writer; cr_checkpoint_save renames a complete file into place */
-    cr_status st = mt->rank == 0 ? cr_checkpoint_save(path, ps, o, schedule_step, rng, vocab, meta_kv, n_meta) : CR_OK;
+    cr_status st =
+        mt->rank == 0 ? cr_checkpoint_save(path, ps, o, schedule_step, rng, vocab, meta_kv, n_meta) : CR_OK;
     return cr_mpi_share_status(mt, st);
 }
 

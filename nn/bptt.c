@@ -53,14 +53,14 @@ struct cr_bptt {
     void *hn;     /* (B, T, H) W_hn h_{t-1} + b_hn, GRU (PyTorch) only */
     void *rh;     /* (B, T, H) r_t h_{t-1}, GRU (original) only */
     /* Scratch. */
-    void *hp;  /* (B, G) h_{t-1} W_hh^T of one step */
-    void *dgx; /* (B, T, G) dL/d(input-side pre-activations): feeds dx, dW_ih, db_ih */
-    void *dgh; /* (B, T, G) dL/d(hidden-side pre-activations): feeds dh, dW_hh, db_hh.
-                * The same buffer as dgx except for PyTorch's GRU, whose n block
-                * differs (the hidden side is multiplied by r). */
-    void *dh;  /* (B, H) dL/dh_t, carried from step t+1 to step t */
-    void *dc;  /* (B, H) dL/dc_t, carried, LSTM only */
-    void *drh; /* (B, H) dL/d(r h_{t-1}), GRU (original) only */
+    void *hp;     /* (B, G) h_{t-1} W_hh^T of one step */
+    void *dgx;    /* (B, T, G) dL/d(input-side pre-activations): feeds dx, dW_ih, db_ih */
+    void *dgh;    /* (B, T, G) dL/d(hidden-side pre-activations): feeds dh, dW_hh, db_hh.
+                   * The same buffer as dgx except for PyTorch's GRU, whose n block
+                   * differs (the hidden side is multiplied by r). */
+    void *dh;     /* (B, H) dL/dh_t, carried from step t+1 to step t */
+    void *dc;     /* (B, H) dL/dc_t, carried, LSTM only */
+    void *drh;    /* (B, H) dL/d(r h_{t-1}), GRU (original) only */
     void *zero_g; /* (G) zeros: the bias of a layer without biases */
 };
 
@@ -103,31 +103,30 @@ const struct cr_cell_bptt cr_bptt_rnn_tanh = {.recurrent_gates = 1,
                                               STEPS(rnn_tanh_forward, rnn_tanh_backward)};
 const struct cr_cell_bptt cr_bptt_rnn_relu = {.recurrent_gates = 1,
                                               STEPS(rnn_relu_forward, rnn_relu_backward)};
-const struct cr_cell_bptt cr_bptt_gru = {.gru_hn = true, .recurrent_gates = 3,
-                                         STEPS(gru_forward, gru_backward)};
-const struct cr_cell_bptt cr_bptt_gru_original = {.gru_rh = true, .recurrent_gates = 2,
+const struct cr_cell_bptt cr_bptt_gru = {
+    .gru_hn = true, .recurrent_gates = 3, STEPS(gru_forward, gru_backward)};
+const struct cr_cell_bptt cr_bptt_gru_original = {.gru_rh = true,
+                                                  .recurrent_gates = 2,
                                                   STEPS(gru_original_forward, gru_original_backward),
                                                   .grads = {gru_original_grads_f32, gru_original_grads_f64}};
-const struct cr_cell_bptt cr_bptt_lstm = {.cell_state = true, .recurrent_gates = 4,
-                                          STEPS(lstm_forward, lstm_backward)};
-const struct cr_cell_bptt cr_bptt_lstm_peephole = {.cell_state = true, .recurrent_gates = 4,
+const struct cr_cell_bptt cr_bptt_lstm = {
+    .cell_state = true, .recurrent_gates = 4, STEPS(lstm_forward, lstm_backward)};
+const struct cr_cell_bptt cr_bptt_lstm_peephole = {.cell_state = true,
+                                                   .recurrent_gates = 4,
                                                    STEPS(lstm_forward, lstm_backward),
                                                    .grads = {peephole_grads_f32, peephole_grads_f64}};
 
 /* ---- workspace ------------------------------------------------------------- */
 
-cr_bptt *cr_bptt_init(const cr_cell_type *type, cr_dtype dt, int64_t B, int64_t T, int64_t I,
-                      int64_t H)
+cr_bptt *cr_bptt_init(const cr_cell_type *type, cr_dtype dt, int64_t B, int64_t T, int64_t I, int64_t H)
 {
-    if (!type)
-        cr_error("cr_bptt_init: cell type is NULL");
-    if (!type->bptt)
-        cr_error("cr_bptt_init: cell %s has no hand-derived BPTT", type->name);
+    if (!type) cr_error("cr_bptt_init: cell type is NULL");
+    if (!type->bptt) cr_error("cr_bptt_init: cell %s has no hand-derived BPTT", type->name);
     if (dt != CR_F32 && dt != CR_F64)
         cr_error("cr_bptt_init: dtype %s, expected f32 or f64", cr_dtype_name(dt));
     if (B < 1 || T < 1 || I < 1 || H < 1)
-        cr_error("cr_bptt_init: sizes B=%lld T=%lld I=%lld H=%lld must be positive",
-                 (long long)B, (long long)T, (long long)I, (long long)H);
+        cr_error("cr_bptt_init: sizes B=%lld T=%lld I=%lld H=%lld must be positive", (long long)B,
+                 (long long)T, (long long)I, (long long)H);
     const struct cr_cell_bptt *hand = type->bptt;
     cr_bptt *w = cr_xcalloc(1, sizeof *w);
     const int64_t G = cr_cell_proj_width(type, H, I);
@@ -149,8 +148,7 @@ cr_bptt *cr_bptt_init(const cr_cell_type *type, cr_dtype dt, int64_t B, int64_t 
         w->tanh_c = cr_xmalloc(bth);
         w->dc = cr_xmalloc((size_t)(B * H) * es);
     }
-    if (hand->gru_hn)
-        w->hn = cr_xmalloc(bth);
+    if (hand->gru_hn) w->hn = cr_xmalloc(bth);
     if (hand->gru_rh) {
         w->rh = cr_xmalloc(bth);
         w->drh = cr_xmalloc((size_t)(B * H) * es);
@@ -160,14 +158,11 @@ cr_bptt *cr_bptt_init(const cr_cell_type *type, cr_dtype dt, int64_t B, int64_t 
 
 void cr_bptt_free(cr_bptt *w)
 {
-    if (!w)
-        return;
-    if (w->dgh != w->dgx)
-        free(w->dgh);
-    void *bufs[] = {w->x,  w->gates, w->hprev, w->hs,  w->cprev, w->cs, w->tanh_c,
-                    w->hn, w->rh,    w->hp,    w->dgx, w->dh,    w->dc, w->drh, w->zero_g};
-    for (size_t k = 0; k < sizeof bufs / sizeof bufs[0]; k++)
-        free(bufs[k]);
+    if (!w) return;
+    if (w->dgh != w->dgx) free(w->dgh);
+    void *bufs[] = {w->x,  w->gates, w->hprev, w->hs, w->cprev, w->cs,  w->tanh_c, w->hn,
+                    w->rh, w->hp,    w->dgx,   w->dh, w->dc,    w->drh, w->zero_g};
+    for (size_t k = 0; k < sizeof bufs / sizeof bufs[0]; k++) free(bufs[k]);
     free(w);
 }
 
@@ -175,51 +170,45 @@ void cr_bptt_free(cr_bptt *w)
 
 /* t must be a contiguous tensor of dtype dt and the given shape; NULL is
  * allowed when `optional`. Errors name the op, the argument and the layer. */
-static void check_arg(const char *op, const cr_bptt *w, const char *what, const cr_tensor *t,
-                      bool optional, int ndim, const int64_t *shape)
+static void check_arg(const char *op, const cr_bptt *w, const char *what, const cr_tensor *t, bool optional,
+                      int ndim, const int64_t *shape)
 {
     char got[128], want[128];
     if (!t) {
-        if (optional)
-            return;
-        cr_error("%s: %s is NULL (%s, B=%lld T=%lld I=%lld H=%lld)", op, what, w->type->name,
-                 (long long)w->B, (long long)w->T, (long long)w->I, (long long)w->H);
+        if (optional) return;
+        cr_error("%s: %s is NULL (%s, B=%lld T=%lld I=%lld H=%lld)", op, what, w->type->name, (long long)w->B,
+                 (long long)w->T, (long long)w->I, (long long)w->H);
     }
     bool ok = t->dtype == w->dt && t->ndim == ndim;
-    for (int d = 0; ok && d < ndim; d++)
-        ok = t->shape[d] == shape[d];
+    for (int d = 0; ok && d < ndim; d++) ok = t->shape[d] == shape[d];
     if (!ok)
         cr_error("%s: %s is %s %s, expected %s %s (%s, B=%lld T=%lld I=%lld H=%lld)", op, what,
                  cr_shape_str(got, sizeof got, t->ndim, t->shape), cr_dtype_name(t->dtype),
-                 cr_shape_str(want, sizeof want, ndim, shape), cr_dtype_name(w->dt),
-                 w->type->name, (long long)w->B, (long long)w->T, (long long)w->I, (long long)w->H);
+                 cr_shape_str(want, sizeof want, ndim, shape), cr_dtype_name(w->dt), w->type->name,
+                 (long long)w->B, (long long)w->T, (long long)w->I, (long long)w->H);
     if (!cr_is_contiguous(t))
-        cr_error("%s: %s %s is not contiguous", op, what,
-                 cr_shape_str(got, sizeof got, t->ndim, t->shape));
+        cr_error("%s: %s %s is not contiguous", op, what, cr_shape_str(got, sizeof got, t->ndim, t->shape));
 }
 
 /* The fields of cr_bptt_weights, by the names of the built-in tables. */
 #define N_SLOTS 7
-static const char *const slot_names[N_SLOTS] = {"w_ih", "w_hh", "b_ih", "b_hh",
-                                                "w_ci", "w_cf", "w_co"};
+static const char *const slot_names[N_SLOTS] = {"w_ih", "w_hh", "b_ih", "b_hh", "w_ci", "w_cf", "w_co"};
 static cr_tensor *const *slot_c(const cr_bptt_weights *p, int s)
 {
-    cr_tensor *const *f[N_SLOTS] = {&p->w_ih, &p->w_hh, &p->b_ih, &p->b_hh,
-                                    &p->w_ci, &p->w_cf, &p->w_co};
+    cr_tensor *const *f[N_SLOTS] = {&p->w_ih, &p->w_hh, &p->b_ih, &p->b_hh, &p->w_ci, &p->w_cf, &p->w_co};
     return f[s];
 }
 
 static bool has_param(const cr_cell_type *type, const char *name)
 {
     for (int j = 0; j < type->n_params; j++)
-        if (strcmp(type->params[j].name, name) == 0)
-            return true;
+        if (strcmp(type->params[j].name, name) == 0) return true;
     return false;
 }
 
 /* The weights (or gradients, when `optional`) of the cell. */
-static void check_weights(const char *op, const cr_bptt *w, const char *set,
-                          const cr_bptt_weights *p, bool optional)
+static void check_weights(const char *op, const cr_bptt *w, const char *set, const cr_bptt_weights *p,
+                          bool optional)
 {
     char name[64];
     const int64_t G = w->G, I = w->I, H = w->H;
@@ -228,9 +217,7 @@ static void check_weights(const char *op, const cr_bptt *w, const char *set,
         const cr_tensor *t = *slot_c(p, s);
         snprintf(name, sizeof name, "%s%s", set, slot_names[s]);
         if (!has_param(w->type, slot_names[s])) {
-            if (t)
-                cr_error("%s: %s given, but a %s cell has no such parameter", op, name,
-                         w->type->name);
+            if (t) cr_error("%s: %s given, but a %s cell has no such parameter", op, name, w->type->name);
             continue;
         }
         /* Biases may be absent (a layer without biases): they count as zeros. */
@@ -241,13 +228,11 @@ static void check_weights(const char *op, const cr_bptt *w, const char *set,
 
 /* ---- forward and backward ------------------------------------------------------ */
 
-void cr_bptt_forward(cr_bptt *w, const cr_bptt_weights *p, const cr_tensor *x,
-                     const cr_tensor *h0, const cr_tensor *c0, cr_tensor *y, cr_tensor *h_n,
-                     cr_tensor *c_n)
+void cr_bptt_forward(cr_bptt *w, const cr_bptt_weights *p, const cr_tensor *x, const cr_tensor *h0,
+                     const cr_tensor *c0, cr_tensor *y, cr_tensor *h_n, cr_tensor *c_n)
 {
     static const char op[] = "cr_bptt_forward";
-    if (!w || !p)
-        cr_error("%s: workspace or weights is NULL", op);
+    if (!w || !p) cr_error("%s: workspace or weights is NULL", op);
     const int64_t B = w->B, T = w->T, I = w->I, H = w->H;
     check_weights(op, w, "", p, false);
     check_arg(op, w, "x", x, false, 3, (int64_t[]){B, T, I});
@@ -267,19 +252,16 @@ void cr_bptt_forward(cr_bptt *w, const cr_bptt_weights *p, const cr_tensor *x,
     w->ran = true;
 }
 
-void cr_bptt_backward(cr_bptt *w, const cr_bptt_weights *p, const cr_tensor *dy,
-                      const cr_tensor *dh_n, const cr_tensor *dc_n, cr_bptt_weights *g,
-                      cr_tensor *dx, cr_tensor *dh0, cr_tensor *dc0)
+void cr_bptt_backward(cr_bptt *w, const cr_bptt_weights *p, const cr_tensor *dy, const cr_tensor *dh_n,
+                      const cr_tensor *dc_n, cr_bptt_weights *g, cr_tensor *dx, cr_tensor *dh0,
+                      cr_tensor *dc0)
 {
     static const char op[] = "cr_bptt_backward";
-    if (!w || !p)
-        cr_error("%s: workspace or weights is NULL", op);
-    if (!w->ran)
-        cr_error("%s: no forward has run on this workspace", op);
+    if (!w || !p) cr_error("%s: workspace or weights is NULL", op);
+    if (!w->ran) cr_error("%s: no forward has run on this workspace", op);
     const int64_t B = w->B, T = w->T, I = w->I, H = w->H;
     check_weights(op, w, "", p, false);
-    if (g)
-        check_weights(op, w, "gradient ", g, true);
+    if (g) check_weights(op, w, "gradient ", g, true);
     check_arg(op, w, "dy", dy, true, 3, (int64_t[]){B, T, H});
     check_arg(op, w, "dh_n", dh_n, true, 2, (int64_t[]){B, H});
     check_arg(op, w, "dx", dx, true, 3, (int64_t[]){B, T, I});
@@ -300,22 +282,17 @@ void cr_bptt_backward(cr_bptt *w, const cr_bptt_weights *p, const cr_tensor *dy,
 
 static cr_tensor **slot(cr_bptt_weights *p, int s)
 {
-    cr_tensor **f[N_SLOTS] = {&p->w_ih, &p->w_hh, &p->b_ih, &p->b_hh,
-                              &p->w_ci, &p->w_cf, &p->w_co};
+    cr_tensor **f[N_SLOTS] = {&p->w_ih, &p->w_hh, &p->b_ih, &p->b_hh, &p->w_ci, &p->w_cf, &p->w_co};
     return f[s];
 }
 
-cr_bptt_weights cr_bptt_weights_from(const cr_params *ps, const char *prefix,
-                                     const cr_cell_type *type)
+cr_bptt_weights cr_bptt_weights_from(const cr_params *ps, const char *prefix, const cr_cell_type *type)
 {
-    if (!ps || !type)
-        cr_error("cr_bptt_weights_from: parameter set or cell type is NULL");
-    if (!type->bptt)
-        cr_error("cr_bptt_weights_from: cell %s has no hand-derived BPTT", type->name);
+    if (!ps || !type) cr_error("cr_bptt_weights_from: parameter set or cell type is NULL");
+    if (!type->bptt) cr_error("cr_bptt_weights_from: cell %s has no hand-derived BPTT", type->name);
     cr_bptt_weights p = {0};
     for (int s = 0; s < N_SLOTS; s++) {
-        if (!has_param(type, slot_names[s]))
-            continue;
+        if (!has_param(type, slot_names[s])) continue;
         char full[256];
         if (prefix && prefix[0])
             snprintf(full, sizeof full, "%s.%s", prefix, slot_names[s]);
@@ -331,20 +308,17 @@ cr_bptt_weights cr_bptt_weights_from(const cr_params *ps, const char *prefix,
 
 cr_bptt_weights cr_bptt_weights_of(const cr_cell *cell)
 {
-    if (!cell->type->bptt)
-        cr_error("cr_bptt_weights_of: cell %s has no hand-derived BPTT", cell->type->name);
+    if (!cell->type->bptt) cr_error("cr_bptt_weights_of: cell %s has no hand-derived BPTT", cell->type->name);
     cr_bptt_weights p = {0};
     for (int s = 0; s < N_SLOTS; s++)
-        if (has_param(cell->type, slot_names[s]))
-            *slot(&p, s) = cr_cell_get(cell, slot_names[s]);
+        if (has_param(cell->type, slot_names[s])) *slot(&p, s) = cr_cell_get(cell, slot_names[s]);
     return p;
 }
 
 cr_bptt_weights cr_bptt_grads_of(const cr_bptt_weights *p)
 {
     cr_bptt_weights g = {0};
-    if (!p)
-        return g;
+    if (!p) return g;
     for (int s = 0; s < N_SLOTS; s++) {
         cr_tensor *t = *slot_c(p, s);
         *slot(&g, s) = t ? cr_grad_of(t) : NULL;

@@ -14,7 +14,8 @@ void cr_state_carry(cr_tensor *dst, const cr_tensor *h)
         cr_error("cr_state_carry: dst %s requires a gradient; a carried state must be a constant",
                  cr_shape_str(s1, sizeof s1, dst->ndim, dst->shape));
     if (!cr_same_shape(dst, h))
-        cr_error("cr_state_carry: dst %s and h %s differ in shape", cr_shape_str(s1, sizeof s1, dst->ndim, dst->shape),
+        cr_error("cr_state_carry: dst %s and h %s differ in shape",
+                 cr_shape_str(s1, sizeof s1, dst->ndim, dst->shape),
                  cr_shape_str(s2, sizeof s2, h->ndim, h->shape));
     if (dst->data != h->data)
         cr_copy_(dst, h); /* bumps dst's version */

@@ -33,7 +33,8 @@ int cr_cell_type_check(const char *op, const cr_cell_type *t)
         cr_error("%s: cell %s has %d states, expected 1 to %d", op, name, t->n_states, CR_CELL_MAX_STATES);
     if (!t->step) cr_error("%s: cell %s has no step function", op, name);
     if (!t->params || t->n_params < 1 || t->n_params > CR_CELL_MAX_PARAMS)
-        cr_error("%s: cell %s has %d parameters, expected 1 to %d", op, name, t->n_params, CR_CELL_MAX_PARAMS);
+        cr_error("%s: cell %s has %d parameters, expected 1 to %d", op, name, t->n_params,
+                 CR_CELL_MAX_PARAMS);
     if (t->proj.h < 0 || t->proj.i < 0 || t->proj.n < 0 || t->proj.h + t->proj.i + t->proj.n < 1)
         cr_error("%s: cell %s: input projection width %lld*H + %lld*I + %lld is not positive", op, name,
                  (long long)t->proj.h, (long long)t->proj.i, (long long)t->proj.n);
@@ -44,7 +45,8 @@ int cr_cell_type_check(const char *op, const cr_cell_type *t)
         if ((unsigned)p->role > (unsigned)CR_PARAM_BIAS)
             cr_error("%s: cell %s: parameter %s has unknown role %d", op, name, p->name, (int)p->role);
         if ((unsigned)p->init.rule > (unsigned)CR_RULE_ORTHOGONAL)
-            cr_error("%s: cell %s: parameter %s has unknown init rule %d", op, name, p->name, (int)p->init.rule);
+            cr_error("%s: cell %s: parameter %s has unknown init rule %d", op, name, p->name,
+                     (int)p->init.rule);
         for (int k = 0; k < j; k++)
             if (strcmp(t->params[k].name, p->name) == 0)
                 cr_error("%s: cell %s: two parameters are named %s", op, name, p->name);
@@ -83,8 +85,8 @@ static int param_shape(const char *op, const cr_cell_type *t, const cr_cell_para
                      (long long)shape[nd], (long long)H, (long long)I);
     }
     if (p->role == CR_PARAM_WEIGHT_T && nd != 2)
-        cr_error("%s: cell %s: parameter %s is transposed for the step (CR_PARAM_WEIGHT_T) but has %d dims", op,
-                 t->name, p->name, nd);
+        cr_error("%s: cell %s: parameter %s is transposed for the step (CR_PARAM_WEIGHT_T) but has %d dims",
+                 op, t->name, p->name, nd);
     return nd;
 }
 
@@ -97,8 +99,8 @@ static void param_init(const char *op, const cr_cell_type *t, const cr_cell_para
     case CR_RULE_UNIFORM: cr_fill_uniform(v, rng, p->init.a, p->init.b); return;
     case CR_RULE_ORTHOGONAL:
         if (v->ndim != 2 || v->shape[0] % H != 0)
-            cr_error("%s: cell %s: orthogonal init of %s needs a 2-D weight whose rows are blocks of H=%lld", op,
-                     t->name, p->name, (long long)H);
+            cr_error("%s: cell %s: orthogonal init of %s needs a 2-D weight whose rows are blocks of H=%lld",
+                     op, t->name, p->name, (long long)H);
         cr_init_orthogonal(v, rng, p->init.a, H);
         return;
     }
@@ -114,7 +116,8 @@ void cr_cell_config_check(const char *op, const cr_cell_config *cfg)
     if (cfg->dtype != CR_F32 && cfg->dtype != CR_F64)
         cr_error("%s: dtype %s, expected f32 or f64", op, cr_dtype_name(cfg->dtype));
     if (cfg->forget_bias != 0 && !t->init)
-        cr_error("%s: forget_bias %g given, but cell %s has no forget gate to set", op, cfg->forget_bias, t->name);
+        cr_error("%s: forget_bias %g given, but cell %s has no forget gate to set", op, cfg->forget_bias,
+                 t->name);
     if (cfg->forget_bias != 0 && cfg->no_bias)
         cr_error("%s: forget_bias %g needs biases, but no_bias is set", op, cfg->forget_bias);
     for (int j = 0; j < t->n_params; j++) {
@@ -123,7 +126,8 @@ void cr_cell_config_check(const char *op, const cr_cell_config *cfg)
     }
 }
 
-cr_cell cr_cell_make(const char *op, cr_params *ps, const char *prefix, const cr_cell_config *cfg, cr_rng *rng)
+cr_cell cr_cell_make(const char *op, cr_params *ps, const char *prefix, const cr_cell_config *cfg,
+                     cr_rng *rng)
 {
     cr_cell_config_check(op, cfg);
     const cr_cell_type *t = cfg->cell;
@@ -182,7 +186,8 @@ cr_tensor *cr_cell_project(const cr_cell *cell, cr_tensor *x)
      * the product's own buffer. */
     cr_tensor *b = NULL;
     for (int j = 0; j < t->n_params; j++)
-        if (t->params[j].role == CR_PARAM_INPUT_BIAS && cell->p[j]) b = b ? cr_add(b, cell->p[j]) : cell->p[j];
+        if (t->params[j].role == CR_PARAM_INPUT_BIAS && cell->p[j])
+            b = b ? cr_add(b, cell->p[j]) : cell->p[j];
     return b ? cr_matmul_bias(x, w_t, b) : cr_matmul(x, w_t);
 }
 
@@ -199,35 +204,39 @@ void cr_cell_check_next(const char *op, const cr_cell *cell, cr_tensor *const *n
     for (int k = 0; k < t->n_states; k++) {
         const cr_tensor *s = next[k];
         if (!s)
-            cr_error("%s: cell %s: the step left state %d unset (the type declares %d state%s)", op, t->name, k,
-                     t->n_states, t->n_states == 1 ? "" : "s");
+            cr_error("%s: cell %s: the step left state %d unset (the type declares %d state%s)", op, t->name,
+                     k, t->n_states, t->n_states == 1 ? "" : "s");
         if (s->ndim != 2 || s->shape[0] != B || s->shape[1] != H || s->dtype != dt)
-            cr_error("%s: cell %s: the step returned state %d as %s %s, expected %s [%lld,%lld]", op, t->name, k,
-                     cr_dtype_name(s->dtype), cr_shape_str(a, sizeof a, s->ndim, s->shape), cr_dtype_name(dt),
-                     (long long)B, (long long)H);
+            cr_error("%s: cell %s: the step returned state %d as %s %s, expected %s [%lld,%lld]", op, t->name,
+                     k, cr_dtype_name(s->dtype), cr_shape_str(a, sizeof a, s->ndim, s->shape),
+                     cr_dtype_name(dt), (long long)B, (long long)H);
     }
 }
 
 /* ---- one step of a cell ------------------------------------------------------------ */
 
-static void check_state(const char *op, const char *what, const cr_tensor *s, int64_t B, int64_t H, cr_dtype dt)
+static void check_state(const char *op, const char *what, const cr_tensor *s, int64_t B, int64_t H,
+                        cr_dtype dt)
 {
     char a[128];
-    if (!s) cr_error("%s: %s is NULL, expected %s [%lld,%lld]", op, what, cr_dtype_name(dt), (long long)B, (long long)H);
+    if (!s)
+        cr_error("%s: %s is NULL, expected %s [%lld,%lld]", op, what, cr_dtype_name(dt), (long long)B,
+                 (long long)H);
     if (s->dtype != dt || s->ndim != 2 || s->shape[0] != B || s->shape[1] != H)
         cr_error("%s: %s is %s %s, expected %s [%lld,%lld]", op, what, cr_dtype_name(s->dtype),
                  cr_shape_str(a, sizeof a, s->ndim, s->shape), cr_dtype_name(dt), (long long)B, (long long)H);
 }
 
-static void cell_step(const char *op, const cr_cell *cell, cr_tensor *x, cr_tensor *const *s, const char *const *names,
-                      cr_tensor **next)
+static void cell_step(const char *op, const cr_cell *cell, cr_tensor *x, cr_tensor *const *s,
+                      const char *const *names, cr_tensor **next)
 {
     char a[128];
     const cr_cell_type *t = cell->type;
     cr_dtype dt = cell->p[cr_cell_input_index(t)]->dtype; /* the weights', not a stored config's */
     if (x->ndim != 2 || x->shape[1] != cell->input_size || x->dtype != dt)
         cr_error("%s: input is %s %s, expected %s [B,%lld]", op, cr_dtype_name(x->dtype),
-                 cr_shape_str(a, sizeof a, x->ndim, x->shape), cr_dtype_name(dt), (long long)cell->input_size);
+                 cr_shape_str(a, sizeof a, x->ndim, x->shape), cr_dtype_name(dt),
+                 (long long)cell->input_size);
     int64_t B = x->shape[0];
     cr_tensor *in[CR_CELL_MAX_STATES], *out[CR_CELL_MAX_STATES] = {0}, *w[CR_CELL_MAX_PARAMS];
     for (int k = 0; k < t->n_states; k++) {
@@ -253,8 +262,7 @@ void cr_cell_forward(const cr_cell *cell, cr_tensor *x, cr_tensor *h, cr_tensor 
     const cr_cell_type *t = cell->type;
     if (t->n_states > 2)
         cr_error("cr_cell_forward: cell %s has %d states; use cr_cell_forward_states", t->name, t->n_states);
-    if (t->n_states == 1 && c)
-        cr_error("cr_cell_forward: c given to cell %s, which has one state", t->name);
+    if (t->n_states == 1 && c) cr_error("cr_cell_forward: c given to cell %s, which has one state", t->name);
     if (t->n_states == 2 && !c_out)
         cr_error("cr_cell_forward: cell %s has two states and c_out is NULL", t->name);
     static const char *const names[] = {"h", "c"};

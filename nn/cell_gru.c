@@ -6,9 +6,9 @@
 
 enum { W_IH, W_HH, B_IH, B_HH };
 static const cr_cell_param gru_params[] = {
-    {.name = "w_ih", .role = CR_PARAM_INPUT},                        /* (3H, I) */
+    {.name = "w_ih", .role = CR_PARAM_INPUT},                                 /* (3H, I) */
     {.name = "w_hh", .role = CR_PARAM_WEIGHT_T, .shape = {CR_H(3), CR_H(1)}}, /* (3H, H) */
-    {.name = "b_ih", .role = CR_PARAM_INPUT_BIAS},                   /* (3H) */
+    {.name = "b_ih", .role = CR_PARAM_INPUT_BIAS},                            /* (3H) */
     {.name = "b_hh", .role = CR_PARAM_BIAS, .shape = {CR_H(3)}},              /* (3H) */
 };
 
@@ -17,7 +17,8 @@ static cr_tensor *gate(cr_tensor *t, int k, int64_t H) { return cr_narrow(t, 1, 
 
 /* r = s(gx_r + gh_r), z = s(gx_z + gh_z), n = tanh(gx_n + r*gh_n), gh = h W_hh^T + b_hh
  * h' = (1-z)*n + z*h = n + z*(h-n) */
-static void gru_step(const cr_cell *c, cr_tensor *const *w, cr_tensor *gx, cr_tensor *const *s, cr_tensor **next)
+static void gru_step(const cr_cell *c, cr_tensor *const *w, cr_tensor *gx, cr_tensor *const *s,
+                     cr_tensor **next)
 {
     int64_t H = c->hidden_size;
     cr_tensor *h = s[0], *gh = cr_matmul(h, w[W_HH]);
@@ -55,9 +56,18 @@ static void gru_original_step(const cr_cell *c, cr_tensor *const *w, cr_tensor *
     next[0] = cr_add(n, cr_mul(z, cr_sub(h, n)));
 }
 
-const cr_cell_type cr_cell_gru = {.name = "gru", .n_states = 1, .proj = CR_H(3), .params = gru_params,
-                                  .n_params = 4, .step = gru_step,
-                                  .fused_step = gru_fused_step, .bptt = &cr_bptt_gru};
-const cr_cell_type cr_cell_gru_original = {.name = "gru_original", .n_states = 1, .proj = CR_H(3),
-                                           .params = gru_params, .n_params = 4, .step = gru_original_step,
+const cr_cell_type cr_cell_gru = {.name = "gru",
+                                  .n_states = 1,
+                                  .proj = CR_H(3),
+                                  .params = gru_params,
+                                  .n_params = 4,
+                                  .step = gru_step,
+                                  .fused_step = gru_fused_step,
+                                  .bptt = &cr_bptt_gru};
+const cr_cell_type cr_cell_gru_original = {.name = "gru_original",
+                                           .n_states = 1,
+                                           .proj = CR_H(3),
+                                           .params = gru_params,
+                                           .n_params = 4,
+                                           .step = gru_original_step,
                                            .bptt = &cr_bptt_gru_original};

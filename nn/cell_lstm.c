@@ -6,10 +6,10 @@
 
 enum { W_IH, W_HH, B_IH, B_HH, W_CI, W_CF, W_CO };
 static const cr_cell_param lstm_params[] = {
-    {.name = "w_ih", .role = CR_PARAM_INPUT},                        /* (4H, I) */
+    {.name = "w_ih", .role = CR_PARAM_INPUT},                                 /* (4H, I) */
     {.name = "w_hh", .role = CR_PARAM_WEIGHT_T, .shape = {CR_H(4), CR_H(1)}}, /* (4H, H) */
-    {.name = "b_ih", .role = CR_PARAM_INPUT_BIAS},                   /* (4H) */
-    {.name = "b_hh", .role = CR_PARAM_INPUT_BIAS},                   /* (4H) */
+    {.name = "b_ih", .role = CR_PARAM_INPUT_BIAS},                            /* (4H) */
+    {.name = "b_hh", .role = CR_PARAM_INPUT_BIAS},                            /* (4H) */
     {.name = "w_ci", .role = CR_PARAM_WEIGHT, .shape = {CR_H(1)}},            /* (H), peephole type only */
     {.name = "w_cf", .role = CR_PARAM_WEIGHT, .shape = {CR_H(1)}},            /* (H) */
     {.name = "w_co", .role = CR_PARAM_WEIGHT, .shape = {CR_H(1)}},            /* (H) */
@@ -38,7 +38,8 @@ static void lstm(int64_t H, cr_tensor *const *w, cr_tensor *gx, cr_tensor *const
     next[1] = cn;
 }
 
-static void lstm_step(const cr_cell *c, cr_tensor *const *w, cr_tensor *gx, cr_tensor *const *s, cr_tensor **next)
+static void lstm_step(const cr_cell *c, cr_tensor *const *w, cr_tensor *gx, cr_tensor *const *s,
+                      cr_tensor **next)
 {
     lstm(c->hidden_size, w, gx, s, next, NULL, NULL, NULL);
 }
@@ -72,9 +73,20 @@ static void lstm_init(cr_cell *c, const cr_cell_config *cfg)
     }
 }
 
-const cr_cell_type cr_cell_lstm = {.name = "lstm", .n_states = 2, .proj = CR_H(4), .params = lstm_params,
-                                   .n_params = 4, .step = lstm_step,
-                                   .fused_step = lstm_fused_step, .init = lstm_init, .bptt = &cr_bptt_lstm};
-const cr_cell_type cr_cell_lstm_peephole = {.name = "lstm_peephole", .n_states = 2, .proj = CR_H(4),
-                                            .params = lstm_params, .n_params = 7, .step = peephole_step,
-                                            .init = lstm_init, .bptt = &cr_bptt_lstm_peephole};
+const cr_cell_type cr_cell_lstm = {.name = "lstm",
+                                   .n_states = 2,
+                                   .proj = CR_H(4),
+                                   .params = lstm_params,
+                                   .n_params = 4,
+                                   .step = lstm_step,
+                                   .fused_step = lstm_fused_step,
+                                   .init = lstm_init,
+                                   .bptt = &cr_bptt_lstm};
+const cr_cell_type cr_cell_lstm_peephole = {.name = "lstm_peephole",
+                                            .n_states = 2,
+                                            .proj = CR_H(4),
+                                            .params = lstm_params,
+                                            .n_params = 7,
+                                            .step = peephole_step,
+                                            .init = lstm_init,
+                                            .bptt = &cr_bptt_lstm_peephole};

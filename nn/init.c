@@ -60,7 +60,8 @@ void cr_init_orthogonal(cr_tensor *t, cr_rng *r, double gain, int64_t block_rows
     int64_t rows = t->shape[0], cols = t->shape[1];
     int64_t br = block_rows > 0 ? block_rows : rows;
     if (rows % br != 0)
-        cr_error("cr_init_orthogonal: %lld rows do not split into blocks of %lld", (long long)rows, (long long)br);
+        cr_error("cr_init_orthogonal: %lld rows do not split into blocks of %lld", (long long)rows,
+                 (long long)br);
     /* orthogonalise whichever side is shorter: rows of the block, or its columns */
     bool by_rows = br <= cols;
     int64_t n = by_rows ? br : cols, len = by_rows ? cols : br;

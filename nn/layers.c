@@ -8,7 +8,8 @@
 cr_linear cr_linear_init(cr_params *ps, const char *prefix, int64_t in, int64_t out, bool bias, cr_dtype dt,
                          cr_rng *rng)
 {
-    if (in <= 0 || out <= 0) cr_error("cr_linear_init: sizes in=%lld out=%lld must be positive", (long long)in, (long long)out);
+    if (in <= 0 || out <= 0)
+        cr_error("cr_linear_init: sizes in=%lld out=%lld must be positive", (long long)in, (long long)out);
     cr_linear l = {0};
     double bound = 1.0 / sqrt((double)in);
     l.weight = cr_params_add(ps, prefix, "weight", dt, CR_SHAPE(out, in));
@@ -25,8 +26,8 @@ cr_tensor *cr_linear_forward(const cr_linear *l, cr_tensor *x)
     int64_t in = l->weight->shape[1], out = l->weight->shape[0];
     if (x->ndim < 1 || x->shape[x->ndim - 1] != in) {
         char s[128];
-        cr_error("cr_linear_forward: input %s does not end in %lld features", cr_shape_str(s, sizeof s, x->ndim, x->shape),
-                 (long long)in);
+        cr_error("cr_linear_forward: input %s does not end in %lld features",
+                 cr_shape_str(s, sizeof s, x->ndim, x->shape), (long long)in);
     }
     int64_t shape[CR_MAX_DIMS];
     memcpy(shape, x->shape, sizeof shape);
@@ -36,10 +37,12 @@ cr_tensor *cr_linear_forward(const cr_linear *l, cr_tensor *x)
     return x->ndim == 2 ? y : cr_reshape(y, x->ndim, shape);
 }
 
-cr_embedding cr_embedding_init(cr_params *ps, const char *prefix, int64_t vocab, int64_t dim, int64_t padding_idx,
-                               cr_dtype dt, cr_rng *rng)
+cr_embedding cr_embedding_init(cr_params *ps, const char *prefix, int64_t vocab, int64_t dim,
+                               int64_t padding_idx, cr_dtype dt, cr_rng *rng)
 {
-    if (padding_idx >= vocab) cr_error("cr_embedding_init: padding_idx %lld >= vocabulary %lld", (long long)padding_idx, (long long)vocab);
+    if (padding_idx >= vocab)
+        cr_error("cr_embedding_init: padding_idx %lld >= vocabulary %lld", (long long)padding_idx,
+                 (long long)vocab);
     cr_embedding e = {.padding_idx = padding_idx};
     e.weight = cr_params_add(ps, prefix, "weight", dt, CR_SHAPE(vocab, dim));
     cr_init_normal(e.weight, rng, 1.0);
@@ -71,8 +74,8 @@ cr_tensor *cr_layernorm_forward(const cr_layernorm *ln, cr_tensor *x)
     }
     cr_tensor *mu = cr_mean_dim(x, -1, true);
     cr_tensor *xc = cr_sub(x, mu);
-    cr_tensor *var = cr_mean_dim(cr_square(xc), -1, true);       /* biased, as PyTorch */
-    cr_tensor *inv = cr_pow(cr_add_scalar(var, ln->eps), -0.5);  /* 1/sqrt(var + eps) */
+    cr_tensor *var = cr_mean_dim(cr_square(xc), -1, true);      /* biased, as PyTorch */
+    cr_tensor *inv = cr_pow(cr_add_scalar(var, ln->eps), -0.5); /* 1/sqrt(var + eps) */
     return cr_add(cr_mul(cr_mul(xc, inv), ln->weight), ln->bias);
 }
 

@@ -19,8 +19,8 @@ extern "C" {
 /* ---- parameter sets -------------------------------------------------------- */
 
 typedef struct cr_param {
-    char *name;        /* hierarchical, e.g. "charlm.lstm.l0.w_ih" */
-    cr_tensor *value;  /* persistent, requires_grad; value->grad is its gradient */
+    char *name;       /* hierarchical, e.g. "charlm.lstm.l0.w_ih" */
+    cr_tensor *value; /* persistent, requires_grad; value->grad is its gradient */
 } cr_param;
 
 typedef struct cr_params {
@@ -32,11 +32,11 @@ cr_params *cr_params_init(void);
 void cr_params_free(cr_params *ps); /* frees every parameter tensor and its gradient */
 /* Create a zero-filled persistent parameter that requires a gradient. The name
  * is prefix + "." + name (prefix may be NULL or ""). Duplicate names are an error. */
-cr_tensor *cr_params_add(cr_params *ps, const char *prefix, const char *name, cr_dtype dt,
-                         int ndim, const int64_t *shape);
+cr_tensor *cr_params_add(cr_params *ps, const char *prefix, const char *name, cr_dtype dt, int ndim,
+                         const int64_t *shape);
 cr_tensor *cr_params_get(const cr_params *ps, const char *name); /* NULL if absent */
-size_t cr_params_numel(const cr_params *ps);  /* scalars in all parameters */
-size_t cr_params_bytes(const cr_params *ps);  /* bytes of all parameter values */
+size_t cr_params_numel(const cr_params *ps);                     /* scalars in all parameters */
+size_t cr_params_bytes(const cr_params *ps);                     /* bytes of all parameter values */
 void cr_params_zero_grad(cr_params *ps);
 /* Convert every parameter to dtype dt (f32 or f64) in place: the same tensor
  * headers (so layers holding them keep working) with new storage, values
@@ -51,8 +51,8 @@ void cr_params_print(const cr_params *ps, FILE *f);
 /* ---- initialisers (all seeded through the framework's RNG) ---------------- */
 
 void cr_init_constant(cr_tensor *t, double value);
-void cr_init_uniform(cr_tensor *t, cr_rng *r, double bound);       /* U(-bound, bound) */
-void cr_init_normal(cr_tensor *t, cr_rng *r, double std);          /* N(0, std^2) */
+void cr_init_uniform(cr_tensor *t, cr_rng *r, double bound); /* U(-bound, bound) */
+void cr_init_normal(cr_tensor *t, cr_rng *r, double std);    /* N(0, std^2) */
 /* Fans of a 2-D weight [out, in]: fan_in = in, fan_out = out. */
 void cr_init_xavier_uniform(cr_tensor *t, cr_rng *r, double gain); /* U(+-gain sqrt(6/(in+out))) */
 void cr_init_kaiming_uniform(cr_tensor *t, cr_rng *r);             /* U(+-sqrt(6/in)), for relu */
@@ -69,8 +69,8 @@ typedef struct cr_linear {
     cr_tensor *bias;   /* (O), or NULL */
 } cr_linear;
 /* PyTorch's default init: weight and bias U(+-1/sqrt(I)). */
-cr_linear cr_linear_init(cr_params *ps, const char *prefix, int64_t in, int64_t out, bool bias,
-                         cr_dtype dt, cr_rng *rng);
+cr_linear cr_linear_init(cr_params *ps, const char *prefix, int64_t in, int64_t out, bool bias, cr_dtype dt,
+                         cr_rng *rng);
 cr_tensor *cr_linear_forward(const cr_linear *l, cr_tensor *x); /* x W^T + b, x [..., I] */
 
 typedef struct cr_embedding {
@@ -129,9 +129,18 @@ cr_tensor *cr_layernorm_forward(const cr_layernorm *ln, cr_tensor *x);
 typedef struct cr_dim {
     int64_t h, i, n; /* the size h*H + i*I + n */
 } cr_dim;
-#define CR_H(k) {.h = (k)}
-#define CR_I(k) {.i = (k)}
-#define CR_N(k) {.n = (k)}
+#define CR_H(k)                                                                                              \
+    {                                                                                                        \
+        .h = (k)                                                                                             \
+    }
+#define CR_I(k)                                                                                              \
+    {                                                                                                        \
+        .i = (k)                                                                                             \
+    }
+#define CR_N(k)                                                                                              \
+    {                                                                                                        \
+        .n = (k)                                                                                             \
+    }
 
 /* How the sequence layer treats a parameter, and what the step sees of it. */
 typedef enum cr_param_role {
@@ -159,9 +168,18 @@ typedef struct cr_init {
 } cr_init;
 /* The rules as initialisers of a table row's .init (the default is
  * CR_RULE_RECURRENT). */
-#define CR_INIT_CONSTANT(v) {.rule = CR_RULE_CONSTANT, .a = (v)}
-#define CR_INIT_UNIFORM(lo, hi) {.rule = CR_RULE_UNIFORM, .a = (lo), .b = (hi)}
-#define CR_INIT_ORTHOGONAL(gain) {.rule = CR_RULE_ORTHOGONAL, .a = (gain)}
+#define CR_INIT_CONSTANT(v)                                                                                  \
+    {                                                                                                        \
+        .rule = CR_RULE_CONSTANT, .a = (v)                                                                   \
+    }
+#define CR_INIT_UNIFORM(lo, hi)                                                                              \
+    {                                                                                                        \
+        .rule = CR_RULE_UNIFORM, .a = (lo), .b = (hi)                                                        \
+    }
+#define CR_INIT_ORTHOGONAL(gain)                                                                             \
+    {                                                                                                        \
+        .rule = CR_RULE_ORTHOGONAL, .a = (gain)                                                              \
+    }
 
 /* One row of a cell's parameter table. The sequence layer creates it as
  * prefix.l{k}[_reverse].<name> for every layer k and direction. Write rows
@@ -182,7 +200,7 @@ typedef struct cr_cell_type cr_cell_type;
 /* One cell of a layer: its type, sizes and parameter tensors. */
 typedef struct cr_cell {
     const cr_cell_type *type;
-    int64_t input_size, hidden_size; /* I, H */
+    int64_t input_size, hidden_size;  /* I, H */
     cr_tensor *p[CR_CELL_MAX_PARAMS]; /* table order; NULL for a bias under no_bias */
 } cr_cell;
 
@@ -192,8 +210,8 @@ typedef struct cr_cell {
  * bias). Writes state k after the step to next[k], every k < n_states, each
  * (B, H) of the weights' dtype; next[0] is the step's output. The step must
  * not write into s or gx: it builds new tensors from ops. */
-typedef void (*cr_cell_step_fn)(const cr_cell *cell, cr_tensor *const *w, cr_tensor *gx,
-                                cr_tensor *const *s, cr_tensor **next);
+typedef void (*cr_cell_step_fn)(const cr_cell *cell, cr_tensor *const *w, cr_tensor *gx, cr_tensor *const *s,
+                                cr_tensor **next);
 
 typedef struct cr_cell_config cr_cell_config;
 struct cr_cell_bptt; /* a hand-derived BPTT (nn/bptt.c), built-in cells only */
@@ -206,12 +224,13 @@ struct cr_cell_type {
     int n_params;                /* <= CR_CELL_MAX_PARAMS; exactly one CR_PARAM_INPUT */
     cr_cell_step_fn step;        /* the step as a composition of ops, its formula above it */
     /* Optional, NULL when absent: */
-    cr_cell_step_fn fused_step;  /* the same step through fused ops with their own backward,
-                                  * same contract; the layer prefers it (cr_rnn.fused) */
-    void (*init)(cr_cell *cell, const cr_cell_config *cfg); /* after the table's initialisers:
-                                  * options of the type (the LSTM's forget_bias). A type
-                                  * without it rejects a nonzero forget_bias. */
-    const struct cr_cell_bptt *bptt; /* hand-derived BPTT for cr_bptt_* (built-ins) */
+    cr_cell_step_fn fused_step; /* the same step through fused ops with their own backward,
+                                 * same contract; the layer prefers it (cr_rnn.fused) */
+    void (*init)(cr_cell *cell,
+                 const cr_cell_config *cfg); /* after the table's initialisers:
+                                              * options of the type (the LSTM's forget_bias). A type
+                                              * without it rejects a nonzero forget_bias. */
+    const struct cr_cell_bptt *bptt;         /* hand-derived BPTT for cr_bptt_* (built-ins) */
 };
 
 /* The built-in cells, with PyTorch's names, layouts and gate orders:
@@ -221,8 +240,8 @@ struct cr_cell_type {
  *   lstm                gates i, f, g, o; states h, c
  *   lstm_peephole       i, f also see w_ci*c, w_cf*c; o sees w_co*c' (diagonal)
  * Parameters w_ih (G, I), w_hh (G, H), b_ih (G), b_hh (G) (+ w_ci, w_cf, w_co (H)). */
-extern const cr_cell_type cr_cell_rnn_tanh, cr_cell_rnn_relu, cr_cell_gru, cr_cell_gru_original,
-    cr_cell_lstm, cr_cell_lstm_peephole;
+extern const cr_cell_type cr_cell_rnn_tanh, cr_cell_rnn_relu, cr_cell_gru, cr_cell_gru_original, cr_cell_lstm,
+    cr_cell_lstm_peephole;
 /* The built-in type called name ("lstm", "gru_original", ...), or NULL. */
 const cr_cell_type *cr_cell_builtin(const char *name);
 /* All built-in types, in the order above; *n gets their count. */
@@ -257,9 +276,9 @@ void cr_cell_forward(const cr_cell *cell, cr_tensor *x, cr_tensor *h, cr_tensor 
 typedef struct cr_rnn_config {
     const cr_cell_type *cell; /* any cell type: &cr_cell_lstm, a user's type */
     int64_t input_size, hidden_size;
-    int num_layers;     /* >= 1 */
+    int num_layers; /* >= 1 */
     bool bidirectional;
-    double dropout;     /* between layers, in training mode */
+    double dropout; /* between layers, in training mode */
     bool no_bias;
     double forget_bias; /* LSTM */
     cr_dtype dtype;     /* of the parameters created; forward follows the weights' dtype */
@@ -275,10 +294,10 @@ typedef struct cr_rnn_config {
 
 typedef struct cr_rnn {
     cr_rnn_config cfg;
-    int dirs;           /* 1 or 2 */
-    cr_cell *cells;     /* [num_layers * dirs]: layer l direction d at l*dirs+d */
-    bool train;         /* dropout on when true (default) */
-    bool fused;         /* use the type's fused_step when it has one (default) */
+    int dirs;       /* 1 or 2 */
+    cr_cell *cells; /* [num_layers * dirs]: layer l direction d at l*dirs+d */
+    bool train;     /* dropout on when true (default) */
+    bool fused;     /* use the type's fused_step when it has one (default) */
     cr_rng dropout_rng;
 } cr_rnn;
 
@@ -303,8 +322,7 @@ cr_rnn_output cr_rnn_forward_states(cr_rnn *m, cr_tensor *x, const cr_tensor *le
                                     cr_tensor *const *s0);
 /* The same with h0 = state 0 and c0 = state 1 (c0 NULL for one-state cells);
  * NULL is zeros. */
-cr_rnn_output cr_rnn_forward(cr_rnn *m, cr_tensor *x, const cr_tensor *lengths, cr_tensor *h0,
-                             cr_tensor *c0);
+cr_rnn_output cr_rnn_forward(cr_rnn *m, cr_tensor *x, const cr_tensor *lengths, cr_tensor *h0, cr_tensor *c0);
 
 /* ---- losses ------------------------------------------------------------------------ */
 
@@ -334,8 +352,7 @@ typedef struct cr_bptt_weights {
 /* Looks up prefix.w_ih, prefix.w_hh, ... (and the peepholes when the type
  * has them) in ps; a missing one is an error, except the biases, which a
  * layer without biases lacks. */
-cr_bptt_weights cr_bptt_weights_from(const cr_params *ps, const char *prefix,
-                                     const cr_cell_type *type);
+cr_bptt_weights cr_bptt_weights_from(const cr_params *ps, const char *prefix, const cr_cell_type *type);
 /* The same for a cell of a layer (cr_cell_init, cr_rnn's cells). */
 cr_bptt_weights cr_bptt_weights_of(const cr_cell *cell);
 /* The gradient tensors (cr_grad_of, created zero-filled if absent) of p's
@@ -347,23 +364,21 @@ cr_bptt_weights cr_bptt_grads_of(const cr_bptt_weights *p);
  * and reused by every call, so steady-state use makes no malloc call. The
  * type must have a hand BPTT (type->bptt). */
 typedef struct cr_bptt cr_bptt;
-cr_bptt *cr_bptt_init(const cr_cell_type *type, cr_dtype dt, int64_t B, int64_t T, int64_t I,
-                      int64_t H);
+cr_bptt *cr_bptt_init(const cr_cell_type *type, cr_dtype dt, int64_t B, int64_t T, int64_t I, int64_t H);
 void cr_bptt_free(cr_bptt *w); /* NULL is a no-op */
 
 /* Run the layer over x (B, T, I) from h0, c0 (B, H) (NULL: zeros; c0 only for
  * LSTM). Writes y (B, T, H) = every h_t, h_n (B, H) = h_T and, for LSTM,
  * c_n (B, H) = c_T; y, h_n, c_n may be NULL. Caches what backward needs. */
-void cr_bptt_forward(cr_bptt *w, const cr_bptt_weights *p, const cr_tensor *x,
-                     const cr_tensor *h0, const cr_tensor *c0, cr_tensor *y, cr_tensor *h_n,
-                     cr_tensor *c_n);
+void cr_bptt_forward(cr_bptt *w, const cr_bptt_weights *p, const cr_tensor *x, const cr_tensor *h0,
+                     const cr_tensor *c0, cr_tensor *y, cr_tensor *h_n, cr_tensor *c_n);
 /* Backward of the last forward, given dL/dy (B, T, H), dL/dh_n and (LSTM)
  * dL/dc_n (B, H), each NULL for zero. ADDS the parameter gradients into g
  * (g or any field may be NULL to skip) and writes dx (B, T, I), dh0 and dc0
  * (B, H) when non-NULL. p must be the weights the forward used. */
-void cr_bptt_backward(cr_bptt *w, const cr_bptt_weights *p, const cr_tensor *dy,
-                      const cr_tensor *dh_n, const cr_tensor *dc_n, cr_bptt_weights *g,
-                      cr_tensor *dx, cr_tensor *dh0, cr_tensor *dc0);
+void cr_bptt_backward(cr_bptt *w, const cr_bptt_weights *p, const cr_tensor *dy, const cr_tensor *dh_n,
+                      const cr_tensor *dc_n, cr_bptt_weights *g, cr_tensor *dx, cr_tensor *dh0,
+                      cr_tensor *dc0);
 
 /* ---- comparing gradient sets (nn/gradcompare.c) ------------------------------ */
 /*
@@ -378,14 +393,14 @@ void cr_bptt_backward(cr_bptt *w, const cr_bptt_weights *p, const cr_tensor *dy,
 #define CR_GRAD_TINY 1e-300 /* the floor used when tiny <= 0: a pure relative error */
 
 typedef struct cr_grad_diff {
-    const char *name;     /* borrowed from the caller's names (or the parameter set) */
+    const char *name; /* borrowed from the caller's names (or the parameter set) */
     int ndim;
     int64_t shape[CR_MAX_DIMS];
     int64_t numel;
-    double max_abs;       /* max |a - b| */
-    double max_rel;       /* max |a - b| / max(|a|, |b|, tiny) */
-    int64_t worst_index;  /* row-major index of max_rel, -1 when numel is 0 */
-    double a, b;          /* the two values there */
+    double max_abs;      /* max |a - b| */
+    double max_rel;      /* max |a - b| / max(|a|, |b|, tiny) */
+    int64_t worst_index; /* row-major index of max_rel, -1 when numel is 0 */
+    double a, b;         /* the two values there */
 } cr_grad_diff;
 
 /* Compare a[k] with b[k] for k < n into out[k]: f32 or f64, any strides,
@@ -393,17 +408,15 @@ typedef struct cr_grad_diff {
  * must match, else an error naming names[k] (names may be NULL: "?"). A NULL
  * tensor counts as zeros of the other's shape. tiny <= 0 means CR_GRAD_TINY.
  * Returns the largest max_rel of all (NaN if any is NaN, 0 when n is 0). */
-double cr_grad_compare(const char *const *names, const cr_tensor *const *a,
-                       const cr_tensor *const *b, size_t n, double tiny, cr_grad_diff *out);
+double cr_grad_compare(const char *const *names, const cr_tensor *const *a, const cr_tensor *const *b,
+                       size_t n, double tiny, cr_grad_diff *out);
 /* The same for every parameter of ps, in order: a = ps->items[k].value->grad
  * (NULL: no gradient reached it, zeros), b = b[k]; out has ps->n entries. */
-double cr_grad_compare_params(const cr_params *ps, const cr_tensor *const *b, double tiny,
-                              cr_grad_diff *out);
+double cr_grad_compare_params(const cr_params *ps, const cr_tensor *const *b, double tiny, cr_grad_diff *out);
 /* A table, one row per tensor: name, numel, max_abs, max_rel, where max_rel
  * occurs (multi-index) and the two values there under the headings label_a,
  * label_b (NULL: "a", "b"). f NULL is stdout. */
-void cr_grad_diff_print(FILE *f, const cr_grad_diff *d, size_t n, const char *label_a,
-                        const char *label_b);
+void cr_grad_diff_print(FILE *f, const cr_grad_diff *d, size_t n, const char *label_a, const char *label_b);
 
 /* ---- truncated BPTT: the carried state (nn/carry.c) ------------------------- */
 /*
@@ -461,7 +474,8 @@ typedef struct cr_conv2d_layer {
     cr_conv2d_opts opts;
 } cr_conv2d_layer;
 cr_conv2d_layer cr_conv2d_layer_init(cr_params *ps, const char *prefix, cr_conv2d_config cfg, cr_rng *rng);
-cr_tensor *cr_conv2d_layer_forward(const cr_conv2d_layer *l, cr_tensor *x); /* [B, C, H, W] -> [B, O, H', W'] */
+cr_tensor *cr_conv2d_layer_forward(const cr_conv2d_layer *l,
+                                   cr_tensor *x); /* [B, C, H, W] -> [B, O, H', W'] */
 
 /* ---- end of declarations ---- */
 

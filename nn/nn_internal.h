@@ -6,8 +6,8 @@
 #include "nn.h"
 
 /* The hand-derived BPTT of each built-in cell (nn/bptt.c). */
-extern const struct cr_cell_bptt cr_bptt_rnn_tanh, cr_bptt_rnn_relu, cr_bptt_gru,
-    cr_bptt_gru_original, cr_bptt_lstm, cr_bptt_lstm_peephole;
+extern const struct cr_cell_bptt cr_bptt_rnn_tanh, cr_bptt_rnn_relu, cr_bptt_gru, cr_bptt_gru_original,
+    cr_bptt_lstm, cr_bptt_lstm_peephole;
 
 /* Validate a type's descriptor (errors name op and the type); returns the
  * index of its CR_PARAM_INPUT row. */
@@ -29,7 +29,6 @@ cr_tensor *cr_cell_project(const cr_cell *cell, cr_tensor *x);
 cr_cell_step_fn cr_cell_step_of(const cr_cell_type *type, bool fused);
 /* Every next[k] of a step is a (B, H) tensor of dtype dt, else an error
  * naming op and the type. */
-void cr_cell_check_next(const char *op, const cr_cell *cell, cr_tensor *const *next, int64_t B,
-                        cr_dtype dt);
+void cr_cell_check_next(const char *op, const cr_cell *cell, cr_tensor *const *next, int64_t B, cr_dtype dt);
 
 #endif

@@ -32,7 +32,8 @@ cr_tensor *cr_params_add(cr_params *ps, const char *prefix, const char *name, cr
     }
     if (cr_params_get(ps, full)) {
         free(full);
-        cr_error("cr_params_add: a parameter named '%s%s%s' already exists", lp ? prefix : "", lp ? "." : "", name);
+        cr_error("cr_params_add: a parameter named '%s%s%s' already exists", lp ? prefix : "", lp ? "." : "",
+                 name);
     }
     if (ps->n == ps->cap) {
         ps->cap = ps->cap ? ps->cap * 2 : 16;

@@ -11,11 +11,17 @@
 cr_rnn *cr_rnn_init(cr_params *ps, const char *prefix, cr_rnn_config cfg, cr_rng *rng)
 {
     if (cfg.num_layers < 1) cr_error("cr_rnn_init: num_layers %d must be at least 1", cfg.num_layers);
-    if (!(cfg.dropout >= 0 && cfg.dropout < 1)) cr_error("cr_rnn_init: dropout %g is not in [0, 1)", cfg.dropout);
-    if (cfg.recompute_steps < 0) cr_error("cr_rnn_init: recompute_steps %d must be 0 (off) or positive", cfg.recompute_steps);
+    if (!(cfg.dropout >= 0 && cfg.dropout < 1))
+        cr_error("cr_rnn_init: dropout %g is not in [0, 1)", cfg.dropout);
+    if (cfg.recompute_steps < 0)
+        cr_error("cr_rnn_init: recompute_steps %d must be 0 (off) or positive", cfg.recompute_steps);
     /* every layer's configuration is checked before anything is allocated */
-    cr_cell_config cc = {.cell = cfg.cell, .input_size = cfg.input_size, .hidden_size = cfg.hidden_size,
-                         .no_bias = cfg.no_bias, .forget_bias = cfg.forget_bias, .dtype = cfg.dtype};
+    cr_cell_config cc = {.cell = cfg.cell,
+                         .input_size = cfg.input_size,
+                         .hidden_size = cfg.hidden_size,
+                         .no_bias = cfg.no_bias,
+                         .forget_bias = cfg.forget_bias,
+                         .dtype = cfg.dtype};
     cr_cell_config_check("cr_rnn_init", &cc);
     cc.input_size = cfg.hidden_size * (cfg.bidirectional ? 2 : 1);
     if (cfg.num_layers > 1) cr_cell_config_check("cr_rnn_init", &cc);
@@ -128,8 +134,14 @@ static cr_tensor *run_direction(const char *op, cr_rnn *m, const cr_cell *cell, 
     cr_scope sc = cr_scope_begin();
     cr_tensor *gx = cr_cell_project(cell, in); /* [B,T,I] x [I,G]: one product over B*T */
     steps *st = cr_arena_alloc(cr_arena_current(), sizeof *st);
-    *st = (steps){.op = op, .cell = cell, .step = cr_cell_step_of(cell->type, m->fused), .lengths = lengths,
-                  .reverse = reverse, .T = T, .i0 = 0, .i1 = T};
+    *st = (steps){.op = op,
+                  .cell = cell,
+                  .step = cr_cell_step_of(cell->type, m->fused),
+                  .lengths = lengths,
+                  .reverse = reverse,
+                  .T = T,
+                  .i0 = 0,
+                  .i1 = T};
     /* W^T made once (a contiguous copy), so their gradients sum once */
     cr_cell_step_weights(cell, st->w, T, in->shape[0]);
     cr_tensor **ys = cr_arena_alloc(cr_arena_current(), (size_t)T * sizeof *ys); /* processing order */
@@ -144,7 +156,8 @@ static cr_tensor *run_direction(const char *op, cr_rnn *m, const cr_cell *cell, 
             cr_tensor *io[1 + CR_CELL_MAX_STATES] = {gx};
             for (int k = 0; k < n; k++) io[1 + k] = s[k];
             cr_tensor **out = cr_arena_alloc(cr_arena_current(), (size_t)(len + n) * sizeof *out);
-            cr_recompute(steps_segment, part, 1 + n, io, (int)(len + n), out, 1, (cr_rng *[]){&m->dropout_rng});
+            cr_recompute(steps_segment, part, 1 + n, io, (int)(len + n), out, 1,
+                         (cr_rng *[]){&m->dropout_rng});
             for (int64_t i = 0; i < len; i++) ys[i0 + i] = out[i];
             for (int k = 0; k < n; k++) s[k] = out[len + k];
         }
@@ -190,13 +203,15 @@ static cr_rnn_output forward(const char *op, cr_rnn *m, cr_tensor *x, const cr_t
     int n_cells = cfg->num_layers * m->dirs;
     if (T < 1) cr_error("%s: input %s has no time steps", op, cr_shape_str(a, sizeof a, x->ndim, x->shape));
     if (lengths) {
-        if (lengths->dtype != CR_I32 || lengths->ndim != 1 || lengths->shape[0] != B || !cr_is_contiguous(lengths))
+        if (lengths->dtype != CR_I32 || lengths->ndim != 1 || lengths->shape[0] != B ||
+            !cr_is_contiguous(lengths))
             cr_error("%s: lengths must be contiguous i32 [%lld], got %s %s", op, (long long)B,
                      cr_dtype_name(lengths->dtype), cr_shape_str(a, sizeof a, lengths->ndim, lengths->shape));
         for (int64_t b = 0; b < B; b++) {
             int32_t len = ((const int32_t *)lengths->data)[b];
             if (len < 1 || len > T)
-                cr_error("%s: length %d of sequence %lld is not in [1, %lld]", op, len, (long long)b, (long long)T);
+                cr_error("%s: length %d of sequence %lld is not in [1, %lld]", op, len, (long long)b,
+                         (long long)T);
         }
     }
     for (int k = 0; k < n; k++)
@@ -240,7 +255,8 @@ cr_rnn_output cr_rnn_forward_states(cr_rnn *m, cr_tensor *x, const cr_tensor *le
 {
     const cr_cell_type *t = m->cells[0].type;
     if (n_s0 != 0 && n_s0 != t->n_states)
-        cr_error("cr_rnn_forward_states: %d initial states given, cell %s has %d", n_s0, t->name, t->n_states);
+        cr_error("cr_rnn_forward_states: %d initial states given, cell %s has %d", n_s0, t->name,
+                 t->n_states);
     if (n_s0 && !s0) cr_error("cr_rnn_forward_states: n_s0 is %d but s0 is NULL", n_s0);
     static const char *const names[CR_CELL_MAX_STATES] = {"s0[0]", "s0[1]", "s0[2]", "s0[3]"};
     return forward("cr_rnn_forward_states", m, x, lengths, n_s0 ? s0 : NULL, names);

@@ -15,22 +15,23 @@
                          int64_t n, T decay, T wd, T b1, T one_m_b1, T b2, T one_m_b2, T step_size,          \
                          T bc2_sqrt, T eps)                                                                  \
     {                                                                                                        \
-        CR_PAR_FOR(n >= cr_parallel_threshold, "omp parallel for schedule(static)",                          \
-                   for (int64_t i = 0; i < n; i++) {                                                         \
-                       T pi = p[i], gi = g[i];                                                               \
-                       if (decay != 1) pi = pi * decay;                                                      \
-                       if (wd != 0) gi = gi + wd * pi;                                                       \
-                       T mi = m[i] * b1 + one_m_b1 * gi;                                                     \
-                       T vi = v[i] * b2 + one_m_b2 * gi * gi;                                                \
-                       m[i] = mi;                                                                            \
-                       v[i] = vi;                                                                            \
-                       if (vmax) {                                                                           \
-                           if (!(vmax[i] >= vi)) vmax[i] = vi; /* torch.maximum: NaN wins */                 \
-                           vi = vmax[i];                                                                     \
-                       }                                                                                     \
-                       T den = SQRT(vi) / bc2_sqrt + eps;                                                    \
-                       p[i] = pi + (-step_size) * mi / den;                                                  \
-                   });                                                                                       \
+        CR_PAR_FOR(                                                                                          \
+            n >= cr_parallel_threshold, "omp parallel for schedule(static)",                                 \
+            for (int64_t i = 0; i < n; i++) {                                                                \
+                T pi = p[i], gi = g[i];                                                                      \
+                if (decay != 1) pi = pi * decay;                                                             \
+                if (wd != 0) gi = gi + wd * pi;                                                              \
+                T mi = m[i] * b1 + one_m_b1 * gi;                                                            \
+                T vi = v[i] * b2 + one_m_b2 * gi * gi;                                                       \
+                m[i] = mi;                                                                                   \
+                v[i] = vi;                                                                                   \
+                if (vmax) {                                                                                  \
+                    if (!(vmax[i] >= vi)) vmax[i] = vi; /* torch.maximum: NaN wins */                        \
+                    vi = vmax[i];                                                                            \
+                }                                                                                            \
+                T den = SQRT(vi) / bc2_sqrt + eps;                                                           \
+                p[i] = pi + (-step_size) * mi / den;                                                         \
+            });                                                                                              \
     }
 DEF_ADAM(float, sqrtf)
 DEF_ADAM(double, sqrt)
@@ -39,9 +40,16 @@ enum { SLOT_EXP_AVG, SLOT_EXP_AVG_SQ, SLOT_MAX_EXP_AVG_SQ };
 static const char *const slots[] = {
     [SLOT_EXP_AVG] = "exp_avg", [SLOT_EXP_AVG_SQ] = "exp_avg_sq", [SLOT_MAX_EXP_AVG_SQ] = "max_exp_avg_sq"};
 
-#define HP(f, lo, hi) {#f, offsetof(cr_adam_config, f), false, lo, hi}
+#define HP(f, lo, hi)                                                                                        \
+    {                                                                                                        \
+#f, offsetof(cr_adam_config, f), false, lo, hi                                                       \
+    }
 static const cr_optim_hparam hparams[] = {
-    HP(lr, 0, INFINITY), HP(beta1, 0, 1), HP(beta2, 0, 1), HP(eps, 0, INFINITY), HP(weight_decay, 0, INFINITY),
+    HP(lr, 0, INFINITY),
+    HP(beta1, 0, 1),
+    HP(beta2, 0, 1),
+    HP(eps, 0, INFINITY),
+    HP(weight_decay, 0, INFINITY),
     {"amsgrad", offsetof(cr_adam_config, amsgrad), true, 0, 0},
 };
 
@@ -60,11 +68,12 @@ static void update_with(const cr_adam_config *c, bool decoupled, cr_tensor *p, c
     void *m = slot[SLOT_EXP_AVG]->data, *v = slot[SLOT_EXP_AVG_SQ]->data;
     void *vmax = slot[SLOT_MAX_EXP_AVG_SQ] ? slot[SLOT_MAX_EXP_AVG_SQ]->data : NULL;
     if (p->dtype == CR_F64)
-        adam_double(p->data, g->data, m, v, vmax, n, decay, wd, c->beta1, 1 - c->beta1, c->beta2, 1 - c->beta2,
-                    step_size, bc2_sqrt, c->eps);
+        adam_double(p->data, g->data, m, v, vmax, n, decay, wd, c->beta1, 1 - c->beta1, c->beta2,
+                    1 - c->beta2, step_size, bc2_sqrt, c->eps);
     else
-        adam_float(p->data, g->data, m, v, vmax, n, (float)decay, (float)wd, (float)c->beta1, (float)(1 - c->beta1),
-                   (float)c->beta2, (float)(1 - c->beta2), (float)step_size, (float)bc2_sqrt, (float)c->eps);
+        adam_float(p->data, g->data, m, v, vmax, n, (float)decay, (float)wd, (float)c->beta1,
+                   (float)(1 - c->beta1), (float)c->beta2, (float)(1 - c->beta2), (float)step_size,
+                   (float)bc2_sqrt, (float)c->eps);
 }
 
 static void update_adam(const void *cfg, cr_tensor *p, const cr_tensor *g, cr_tensor *const *slot, int64_t k)
@@ -99,7 +108,10 @@ const cr_optim_rule cr_adamw_rule = {
     .update = update_adamw,
 };
 
-cr_adam_config cr_adam_defaults(double lr) { return (cr_adam_config){.lr = lr, .beta1 = 0.9, .beta2 = 0.999, .eps = 1e-8}; }
+cr_adam_config cr_adam_defaults(double lr)
+{
+    return (cr_adam_config){.lr = lr, .beta1 = 0.9, .beta2 = 0.999, .eps = 1e-8};
+}
 
 cr_adam_config cr_adamw_defaults(double lr)
 {
@@ -108,7 +120,10 @@ cr_adam_config cr_adamw_defaults(double lr)
     return c;
 }
 
-cr_optim *cr_adam_init(cr_params *ps, cr_adam_config cfg) { return cr_optim_make("cr_adam_init", ps, &cr_adam_rule, &cfg); }
+cr_optim *cr_adam_init(cr_params *ps, cr_adam_config cfg)
+{
+    return cr_optim_make("cr_adam_init", ps, &cr_adam_rule, &cfg);
+}
 
 cr_optim *cr_adamw_init(cr_params *ps, cr_adam_config cfg)
 {

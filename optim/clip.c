@@ -36,22 +36,23 @@ static double sumsq(const cr_tensor *g, double scale)
     for (int64_t b0 = 0; b0 < nb; b0 += SQ_ROUND) {
         double part[SQ_ROUND];
         int64_t nr = nb - b0 < SQ_ROUND ? nb - b0 : SQ_ROUND;
-        CR_PAR_FOR(n >= cr_parallel_threshold, "omp parallel for schedule(static)",
-                   for (int64_t r = 0; r < nr; r++) {
-                       int64_t lo = (b0 + r) * SQ_BLOCK, hi = lo + SQ_BLOCK < n ? lo + SQ_BLOCK : n;
-                       double s = 0;
-                       if (f64)
-                           for (int64_t i = lo; i < hi; i++) {
-                               double x = xd[i] * inv;
-                               s += x * x;
-                           }
-                       else
-                           for (int64_t i = lo; i < hi; i++) {
-                               double x = (double)xf[i] * inv;
-                               s += x * x;
-                           }
-                       part[r] = s;
-                   });
+        CR_PAR_FOR(
+            n >= cr_parallel_threshold, "omp parallel for schedule(static)",
+            for (int64_t r = 0; r < nr; r++) {
+                int64_t lo = (b0 + r) * SQ_BLOCK, hi = lo + SQ_BLOCK < n ? lo + SQ_BLOCK : n;
+                double s = 0;
+                if (f64)
+                    for (int64_t i = lo; i < hi; i++) {
+                        double x = xd[i] * inv;
+                        s += x * x;
+                    }
+                else
+                    for (int64_t i = lo; i < hi; i++) {
+                        double x = (double)xf[i] * inv;
+                        s += x * x;
+                    }
+                part[r] = s;
+            });
         for (int64_t r = 0; r < nr; r++) total += part[r];
     }
     return total;
@@ -129,7 +130,8 @@ cr_status cr_clip_grad_norm(cr_params *ps, double max_norm, double *norm)
     double total = cr_grad_norm(ps);
     if (norm) *norm = total;
     if (!isfinite(total))
-        return cr_failure(CR_NONFINITE, "cr_clip_grad_norm: the gradient norm is %g; gradients left as they are", total);
+        return cr_failure(CR_NONFINITE,
+                          "cr_clip_grad_norm: the gradient norm is %g; gradients left as they are", total);
     /* PyTorch multiplies by min(coef, 1); a factor of exactly 1 changes nothing. */
     double coef = max_norm / (total + 1e-6);
     if (coef < 1)
@@ -150,22 +152,25 @@ cr_status cr_clip_grad_value(cr_params *ps, double clip)
         int64_t n = cr_numel(g);
         if (g->dtype == CR_F64) {
             double *x = g->data, c = clip;
-            CR_PAR_FOR(n >= cr_parallel_threshold, "omp parallel for schedule(static) reduction(| : bad)",
-                       for (int64_t i = 0; i < n; i++) {
-                           double v = x[i];
-                           if (!isfinite(v)) bad |= 1;
-                           x[i] = v > c ? c : v < -c ? -c : v; /* NaN stays NaN */
-                       });
+            CR_PAR_FOR(
+                n >= cr_parallel_threshold, "omp parallel for schedule(static) reduction(| : bad)",
+                for (int64_t i = 0; i < n; i++) {
+                    double v = x[i];
+                    if (!isfinite(v)) bad |= 1;
+                    x[i] = v > c ? c : v < -c ? -c : v; /* NaN stays NaN */
+                });
         } else {
             float *x = g->data, c = (float)clip;
-            CR_PAR_FOR(n >= cr_parallel_threshold, "omp parallel for schedule(static) reduction(| : bad)",
-                       for (int64_t i = 0; i < n; i++) {
-                           float v = x[i];
-                           if (!isfinite(v)) bad |= 1;
-                           x[i] = v > c ? c : v < -c ? -c : v;
-                       });
+            CR_PAR_FOR(
+                n >= cr_parallel_threshold, "omp parallel for schedule(static) reduction(| : bad)",
+                for (int64_t i = 0; i < n; i++) {
+                    float v = x[i];
+                    if (!isfinite(v)) bad |= 1;
+                    x[i] = v > c ? c : v < -c ? -c : v;
+                });
         }
         cr_tensor_bump_version(g);
     }
-    return bad ? cr_failure(CR_NONFINITE, "cr_clip_grad_value: a gradient holds NaN or infinite values") : CR_OK;
+    return bad ? cr_failure(CR_NONFINITE, "cr_clip_grad_value: a gradient holds NaN or infinite values")
+               : CR_OK;
 }

@@ -54,8 +54,8 @@ bool cr_optim_config_ok(const cr_optim_rule *rule, const void *cfg, char *msg, s
 /* A rule that cannot work is a programming error of whoever wrote it. */
 static void check_rule(const char *op, const cr_optim_rule *r)
 {
-    if (!r || !r->name || !r->update || r->config_size == 0 || r->n_hparams < 1 || !r->hparams || r->n_slots < 0 ||
-        r->n_slots > CR_OPTIM_MAX_SLOTS || (r->n_slots > 0 && !r->slots))
+    if (!r || !r->name || !r->update || r->config_size == 0 || r->n_hparams < 1 || !r->hparams ||
+        r->n_slots < 0 || r->n_slots > CR_OPTIM_MAX_SLOTS || (r->n_slots > 0 && !r->slots))
         cr_error("%s: the rule is incomplete (name, config_size, hparams, update, at most %d slots)", op,
                  CR_OPTIM_MAX_SLOTS);
     const cr_optim_hparam *lr = hparam_find(r, "lr");
@@ -111,7 +111,8 @@ cr_optim *cr_optim_make(const char *op, cr_params *ps, const cr_optim_rule *rule
         char s[128];
         if (v->dtype != CR_F32 && v->dtype != CR_F64)
             cr_error("%s: parameter '%s' %s is %s; only f32 and f64 parameters can be optimized", op,
-                     ps->items[i].name, cr_shape_str(s, sizeof s, v->ndim, v->shape), cr_dtype_name(v->dtype));
+                     ps->items[i].name, cr_shape_str(s, sizeof s, v->ndim, v->shape),
+                     cr_dtype_name(v->dtype));
         if (!cr_is_contiguous(v))
             cr_error("%s: parameter '%s' %s is not contiguous", op, ps->items[i].name,
                      cr_shape_str(s, sizeof s, v->ndim, v->shape));
@@ -144,8 +145,8 @@ void cr_optim_check(const cr_optim *o, const cr_params *ps, const char *op)
     if (!o) cr_error("%s: optimizer is NULL", op);
     if (ps && o->ps != ps) cr_error("%s: the optimizer was created over another parameter set", op);
     if (o->ps->n != o->n)
-        cr_error("%s: the parameter set changed after the optimizer was created (%zu parameters, now %zu)", op, o->n,
-                 o->ps->n);
+        cr_error("%s: the parameter set changed after the optimizer was created (%zu parameters, now %zu)",
+                 op, o->n, o->ps->n);
     for (size_t i = 0; i < o->n; i++)
         if (o->ps->items[i].value != o->value[i])
             cr_error("%s: parameter %zu ('%s') is not the tensor the optimizer was created with", op, i,

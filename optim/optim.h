@@ -94,8 +94,8 @@ typedef struct cr_optim_rule {
 cr_optim *cr_optim_init(cr_params *ps, const cr_optim_rule *rule, const void *cfg);
 void cr_optim_free(cr_optim *o); /* NULL is a no-op; frees the state, not the parameters */
 
-void cr_optim_step(cr_optim *o);      /* p <- update(p, p->grad) for every p with a gradient */
-void cr_optim_zero_grad(cr_optim *o); /* every existing gradient = 0 (kept allocated) */
+void cr_optim_step(cr_optim *o);              /* p <- update(p, p->grad) for every p with a gradient */
+void cr_optim_zero_grad(cr_optim *o);         /* every existing gradient = 0 (kept allocated) */
 void cr_optim_set_lr(cr_optim *o, double lr); /* lr >= 0, used by the next step */
 double cr_optim_get_lr(const cr_optim *o);
 const cr_optim_rule *cr_optim_rule_of(const cr_optim *o);
@@ -137,8 +137,8 @@ typedef struct cr_sgd_config {
     double weight_decay; /* L2 penalty, added to the gradient */
     bool nesterov;       /* needs momentum > 0 and dampening == 0 */
 } cr_sgd_config;
-extern const cr_optim_rule cr_sgd_rule;      /* slot: momentum_buffer (momentum != 0) */
-cr_sgd_config cr_sgd_defaults(double lr);    /* m 0, damp 0, wd 0, no Nesterov (PyTorch's) */
+extern const cr_optim_rule cr_sgd_rule;                  /* slot: momentum_buffer (momentum != 0) */
+cr_sgd_config cr_sgd_defaults(double lr);                /* m 0, damp 0, wd 0, no Nesterov (PyTorch's) */
 cr_optim *cr_sgd_init(cr_params *ps, cr_sgd_config cfg); /* p -= lr (g or momentum) */
 
 /* ---- Adam and AdamW (optim/adam.c) -------------------------------------------- */
@@ -149,8 +149,8 @@ typedef struct cr_adam_config {
     double weight_decay; /* Adam: L2 added to the gradient; AdamW: decoupled */
     bool amsgrad;        /* keep the running maximum of the second moment */
 } cr_adam_config;
-extern const cr_optim_rule cr_adam_rule;  /* slots: exp_avg, exp_avg_sq, max_exp_avg_sq (amsgrad) */
-extern const cr_optim_rule cr_adamw_rule; /* the same slots */
+extern const cr_optim_rule cr_adam_rule;     /* slots: exp_avg, exp_avg_sq, max_exp_avg_sq (amsgrad) */
+extern const cr_optim_rule cr_adamw_rule;    /* the same slots */
 cr_adam_config cr_adam_defaults(double lr);  /* betas 0.9, 0.999, eps 1e-8, wd 0 */
 cr_adam_config cr_adamw_defaults(double lr); /* the same with wd 0.01 */
 cr_optim *cr_adam_init(cr_params *ps, cr_adam_config cfg);  /* p -= lr m^/(sqrt(v^)+eps) */
@@ -165,7 +165,7 @@ typedef struct cr_rmsprop_config {
     double momentum;     /* 0: no momentum buffer */
     bool centered;       /* divide by the estimated variance, not the raw second moment */
 } cr_rmsprop_config;
-extern const cr_optim_rule cr_rmsprop_rule; /* slots: square_avg, momentum_buffer, grad_avg */
+extern const cr_optim_rule cr_rmsprop_rule;       /* slots: square_avg, momentum_buffer, grad_avg */
 cr_rmsprop_config cr_rmsprop_defaults(double lr); /* alpha 0.99, eps 1e-8, wd 0, m 0 */
 cr_optim *cr_rmsprop_init(cr_params *ps, cr_rmsprop_config cfg); /* p -= lr g/(sqrt(s)+eps) */
 
@@ -218,7 +218,11 @@ double cr_grad_norm(const cr_params *ps); /* sqrt(sum g^2) */
 
 #define CR_SCHEDULE_MAX_PHASES 8
 typedef enum cr_schedule_kind {
-    CR_SCHED_CONSTANT, CR_SCHED_STEP, CR_SCHED_EXPONENTIAL, CR_SCHED_COSINE, CR_SCHED_LINEAR
+    CR_SCHED_CONSTANT,
+    CR_SCHED_STEP,
+    CR_SCHED_EXPONENTIAL,
+    CR_SCHED_COSINE,
+    CR_SCHED_LINEAR
 } cr_schedule_kind;
 
 typedef struct cr_schedule_phase {
@@ -234,7 +238,7 @@ typedef struct cr_schedule {
     cr_schedule_phase phase[CR_SCHEDULE_MAX_PHASES];
 } cr_schedule;
 
-cr_schedule cr_schedule_constant(double lr);                                 /* lr */
+cr_schedule cr_schedule_constant(double lr);                                /* lr */
 cr_schedule cr_schedule_step(double lr, int64_t step_size, double gamma);   /* lr g^floor(k/s) */
 cr_schedule cr_schedule_exponential(double lr, double gamma);               /* lr g^k */
 cr_schedule cr_schedule_cosine(double lr, int64_t t_max, double eta_min);   /* cosine to eta_min */
@@ -247,7 +251,6 @@ cr_schedule cr_schedule_warmup_cosine(double lr, int64_t warmup, int64_t total, 
 double cr_schedule_lr(const cr_schedule *s, int64_t step); /* lr after `step` steps */
 /* cr_optim_set_lr(o, cr_schedule_lr(s, step)); returns that lr. */
 double cr_schedule_apply(const cr_schedule *s, cr_optim *o, int64_t step);
-
 
 /* ---- data-parallel training (optim/parallel.c) ------------------------------- */
 /*
@@ -296,10 +299,10 @@ double cr_schedule_apply(const cr_schedule *s, cr_optim *o, int64_t step);
  * Over processes (MPI): give each rank its own shard range (first_shard,
  * local_shards) and split the step: cr_trainer_backward leaves the sum of the
  * local shards in one flat buffer, cr_trainer_grad(t); an allreduce goes
- * there (and an OR into cr_trainer_reached(t)); cr_trainer_publish copies it into every parameter's ->grad; then
- * clip and step as usual. With local_shards a power of two and first_shard a
- * multiple of it, the local sum is a subtree of the whole batch's tree, and
- * summing the ranks' buffers pairwise in rank order completes it bit for bit.
+ * there (and an OR into cr_trainer_reached(t)); cr_trainer_publish copies it into every parameter's ->grad;
+ * then clip and step as usual. With local_shards a power of two and first_shard a multiple of it, the local
+ * sum is a subtree of the whole batch's tree, and summing the ranks' buffers pairwise in rank order completes
+ * it bit for bit.
  */
 typedef struct cr_trainer cr_trainer;
 
@@ -366,9 +369,9 @@ cr_status cr_trainer_step(cr_trainer *t, const cr_task *task, cr_optim *opt, dou
 cr_parallel_mode cr_trainer_mode(const cr_trainer *t); /* as resolved (never AUTO) */
 int cr_trainer_threads(const cr_trainer *t);
 int cr_trainer_shards(const cr_trainer *t);
-int64_t cr_trainer_steps(const cr_trainer *t);             /* backward passes so far */
-void cr_trainer_set_steps(cr_trainer *t, int64_t steps);   /* on resume: keys the dropout streams */
-const char *cr_parallel_mode_name(cr_parallel_mode m);     /* "auto", "replicas", "intra-op" */
+int64_t cr_trainer_steps(const cr_trainer *t);           /* backward passes so far */
+void cr_trainer_set_steps(cr_trainer *t, int64_t steps); /* on resume: keys the dropout streams */
+const char *cr_parallel_mode_name(cr_parallel_mode m);   /* "auto", "replicas", "intra-op" */
 /* Auto mode's threshold (elements of the largest 2-D parameter). */
 extern int64_t cr_trainer_intra_op_elems;
 

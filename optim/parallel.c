@@ -34,22 +34,22 @@ typedef struct leaf_index {
 struct cr_trainer {
     cr_trainer_config cfg; /* as resolved: shards, threads, mode, local range */
     cr_params *ps;
-    size_t n;              /* parameters */
-    cr_tensor **value;     /* [n] the parameter tensors at init */
-    int64_t *offset;       /* [n] first element of parameter i in a flat buffer */
-    int64_t numel;         /* elements of all parameters */
+    size_t n;          /* parameters */
+    cr_tensor **value; /* [n] the parameter tensors at init */
+    int64_t *offset;   /* [n] first element of parameter i in a flat buffer */
+    int64_t numel;     /* elements of all parameters */
     cr_dtype dtype;
-    leaf_index *sorted;    /* [n] by address, for the grad hook */
-    int n_local;           /* shards this trainer runs */
-    cr_tensor **flat;      /* [n_local] one gradient buffer per shard, [numel] */
-    cr_tensor **view;      /* [n_local * n] parameter i of shard s, a view of flat[s] */
+    leaf_index *sorted;     /* [n] by address, for the grad hook */
+    int n_local;            /* shards this trainer runs */
+    cr_tensor **flat;       /* [n_local] one gradient buffer per shard, [numel] */
+    cr_tensor **view;       /* [n_local * n] parameter i of shard s, a view of flat[s] */
     unsigned char *touched; /* [n_local * n] shard s reached parameter i */
     unsigned char *reached; /* [n] some local shard reached parameter i (ORed over ranks by MPI) */
-    cr_graph **graph;      /* [n_local] each shard's graph */
-    cr_shard *shard;       /* [n_local] this step's shards */
-    cr_rng *rng;           /* [n_local] their dropout streams */
-    double *loss;          /* [n_local] their losses */
-    int64_t step;          /* backward passes so far: keys the dropout streams */
+    cr_graph **graph;       /* [n_local] each shard's graph */
+    cr_shard *shard;        /* [n_local] this step's shards */
+    cr_rng *rng;            /* [n_local] their dropout streams */
+    double *loss;           /* [n_local] their losses */
+    int64_t step;           /* backward passes so far: keys the dropout streams */
     /* Happens-before edges around the OpenMP region and its barrier, in C11
      * atomics that ThreadSanitizer sees (libgomp's own synchronisation is
      * not instrumented). A release/acquire pair costs nothing here. */
@@ -88,7 +88,8 @@ static cr_parallel_mode resolve_mode(const cr_trainer *t)
     int64_t biggest = 0;
     for (size_t i = 0; i < t->n; i++)
         if (t->value[i]->ndim == 2 && cr_numel(t->value[i]) > biggest) biggest = cr_numel(t->value[i]);
-    return t->cfg.threads > 1 && biggest >= cr_trainer_intra_op_elems ? CR_PARALLEL_INTRA_OP : CR_PARALLEL_REPLICAS;
+    return t->cfg.threads > 1 && biggest >= cr_trainer_intra_op_elems ? CR_PARALLEL_INTRA_OP
+                                                                      : CR_PARALLEL_REPLICAS;
 }
 
 cr_trainer *cr_trainer_init(cr_params *ps, cr_trainer_config cfg)
@@ -96,13 +97,14 @@ cr_trainer *cr_trainer_init(cr_params *ps, cr_trainer_config cfg)
     if (!ps) cr_error("cr_trainer_init: params is NULL");
     if (cfg.shards == 0) cfg.shards = cr_trainer_defaults().shards;
     if (cfg.shards < 1) cr_error("cr_trainer_init: shards = %d must be at least 1", cfg.shards);
-    if (cfg.threads < 0) cr_error("cr_trainer_init: threads = %d must be >= 0 (0: all available)", cfg.threads);
+    if (cfg.threads < 0)
+        cr_error("cr_trainer_init: threads = %d must be >= 0 (0: all available)", cfg.threads);
     if ((unsigned)cfg.mode > (unsigned)CR_PARALLEL_INTRA_OP)
         cr_error("cr_trainer_init: mode %d is not a cr_parallel_mode", (int)cfg.mode);
     if (cfg.local_shards == 0 && cfg.first_shard == 0) cfg.local_shards = cfg.shards;
     if (cfg.first_shard < 0 || cfg.local_shards < 1 || cfg.first_shard > cfg.shards - cfg.local_shards)
-        cr_error("cr_trainer_init: local shards [%d, %d + %d) do not lie in the run's %d shards", cfg.first_shard,
-                 cfg.first_shard, cfg.local_shards, cfg.shards);
+        cr_error("cr_trainer_init: local shards [%d, %d + %d) do not lie in the run's %d shards",
+                 cfg.first_shard, cfg.first_shard, cfg.local_shards, cfg.shards);
     if (cfg.threads == 0) cfg.threads = cr_get_num_threads();
     if (ps->n == 0) cr_error("cr_trainer_init: the parameter set is empty");
 
@@ -119,9 +121,10 @@ cr_trainer *cr_trainer_init(cr_params *ps, cr_trainer_config cfg)
         char s[128];
         if (v->dtype != t->dtype || v->dtype == CR_I32 || !cr_is_contiguous(v)) {
             cr_trainer_free(t);
-            cr_error("cr_trainer_init: parameter '%s' is %s %s; all must be contiguous and of one float dtype (%s)",
-                     ps->items[i].name, cr_dtype_name(v->dtype), cr_shape_str(s, sizeof s, v->ndim, v->shape),
-                     cr_dtype_name(ps->items[0].value->dtype));
+            cr_error(
+                "cr_trainer_init: parameter '%s' is %s %s; all must be contiguous and of one float dtype (%s)",
+                ps->items[i].name, cr_dtype_name(v->dtype), cr_shape_str(s, sizeof s, v->ndim, v->shape),
+                cr_dtype_name(ps->items[0].value->dtype));
         }
         t->value[i] = v;
         t->offset[i] = t->numel;
@@ -246,8 +249,8 @@ static void run_shard(cr_trainer *t, const cr_task *task, int s, bool anomaly)
     cr_tensor *loss = task->loss(task->ctx, sh);
     char str[128];
     if (!loss || cr_numel(loss) != 1 || loss->dtype == CR_I32)
-        cr_error("cr_trainer_step: the loss of shard %d is %s; it must be a one-element float tensor", sh->index,
-                 loss ? cr_shape_str(str, sizeof str, loss->ndim, loss->shape) : "NULL");
+        cr_error("cr_trainer_step: the loss of shard %d is %s; it must be a one-element float tensor",
+                 sh->index, loss ? cr_shape_str(str, sizeof str, loss->ndim, loss->shape) : "NULL");
     t->loss[s] = cr_item(loss);
     if (loss->requires_grad) cr_backward(loss);
     cr_set_grad_hook(NULL, NULL);
@@ -334,7 +337,8 @@ static void region_body(void)
 
 static void check_params(const cr_trainer *t, const char *op)
 {
-    if (t->ps->n != t->n) cr_error("%s: the parameter set has %zu parameters, %zu at cr_trainer_init", op, t->ps->n, t->n);
+    if (t->ps->n != t->n)
+        cr_error("%s: the parameter set has %zu parameters, %zu at cr_trainer_init", op, t->ps->n, t->n);
     for (size_t i = 0; i < t->n; i++)
         if (t->ps->items[i].value != t->value[i] || t->value[i]->dtype != t->dtype)
             cr_error("%s: parameter '%s' changed since cr_trainer_init (replaced or converted)", op,
@@ -345,7 +349,8 @@ double cr_trainer_backward(cr_trainer *t, const cr_task *task)
 {
     if (!t || !task || !task->loss)
         cr_error("cr_trainer_backward: %s is NULL", !t ? "trainer" : !task ? "task" : "task->loss");
-    if (task->rows < 1) cr_error("cr_trainer_backward: task->rows = %lld must be at least 1", (long long)task->rows);
+    if (task->rows < 1)
+        cr_error("cr_trainer_backward: task->rows = %lld must be at least 1", (long long)task->rows);
     check_params(t, "cr_trainer_backward");
     const int S = t->cfg.shards, n = t->n_local;
     int active = 0;
@@ -354,8 +359,13 @@ double cr_trainer_backward(cr_trainer *t, const cr_task *task)
         /* rows / S each, and one more for the first rows % S shards */
         int64_t q = task->rows / S, rem = task->rows % S;
         int64_t begin = g * q + (g < rem ? g : rem), end = begin + q + (g < rem);
-        t->shard[s] = (cr_shard){.index = g, .shards = S, .begin = begin, .end = end, .rows = task->rows,
-                                 .weight = (double)(end - begin) / (double)task->rows, .step = t->step,
+        t->shard[s] = (cr_shard){.index = g,
+                                 .shards = S,
+                                 .begin = begin,
+                                 .end = end,
+                                 .rows = task->rows,
+                                 .weight = (double)(end - begin) / (double)task->rows,
+                                 .step = t->step,
                                  .rng = &t->rng[s]};
         t->rng[s] = cr_rng_seed(mix(t->cfg.seed ^ mix((uint64_t)t->step ^ mix((uint64_t)g))));
         active += begin < end;
@@ -427,8 +437,8 @@ void cr_trainer_publish(cr_trainer *t)
         }
         cr_tensor *g = cr_grad_of(p);
         if (!cr_is_contiguous(g) || g->dtype != t->dtype)
-            cr_error("cr_trainer_publish: the gradient of '%s' is not a contiguous %s tensor", t->ps->items[i].name,
-                     cr_dtype_name(t->dtype));
+            cr_error("cr_trainer_publish: the gradient of '%s' is not a contiguous %s tensor",
+                     t->ps->items[i].name, cr_dtype_name(t->dtype));
         memcpy(g->data, (char *)t->flat[0]->data + (size_t)t->offset[i] * esz, (size_t)cr_numel(p) * esz);
         cr_tensor_bump_version(g);
     }
@@ -440,7 +450,8 @@ cr_status cr_trainer_step(cr_trainer *t, const cr_task *task, cr_optim *opt, dou
     if (!opt) cr_error("cr_trainer_step: optimizer is NULL");
     if (!(max_norm >= 0) || !isfinite(max_norm))
         cr_error("cr_trainer_step: max_norm = %g must be finite and >= 0 (0: no clipping)", max_norm);
-    if (cr_optim_params(opt) != t->ps) cr_error("cr_trainer_step: the optimizer is over another parameter set");
+    if (cr_optim_params(opt) != t->ps)
+        cr_error("cr_trainer_step: the optimizer is over another parameter set");
     double l = cr_trainer_backward(t, task);
     if (loss) *loss = l;
     /* Replicas: the step's one parallel region is behind us; the serial rest

@@ -12,47 +12,54 @@
     static void rmsprop_##T(T *restrict p, const T *restrict g, T *restrict s, T *restrict ga,               \
                             T *restrict buf, int64_t n, T lr, T wd, T alpha, T one_m_alpha, T eps, T mom)    \
     {                                                                                                        \
-        CR_PAR_FOR(n >= cr_parallel_threshold, "omp parallel for schedule(static)",                          \
-                   for (int64_t i = 0; i < n; i++) {                                                         \
-                       T gi = g[i];                                                                          \
-                       if (wd != 0) gi = gi + wd * p[i];                                                     \
-                       T si = s[i] * alpha + one_m_alpha * gi * gi;                                          \
-                       s[i] = si;                                                                            \
-                       T avg;                                                                                \
-                       if (ga) {                                                                             \
-                           T gai = ga[i] * alpha + one_m_alpha * gi;                                         \
-                           ga[i] = gai;                                                                      \
-                           avg = SQRT(si + (T)(-1) * gai * gai);                                             \
-                       } else {                                                                              \
-                           avg = SQRT(si);                                                                   \
-                       }                                                                                     \
-                       avg = avg + eps;                                                                      \
-                       if (buf) {                                                                            \
-                           T b = buf[i] * mom + gi / avg;                                                    \
-                           buf[i] = b;                                                                       \
-                           p[i] = p[i] + (-lr) * b;                                                          \
-                       } else {                                                                              \
-                           p[i] = p[i] + (-lr) * gi / avg;                                                   \
-                       }                                                                                     \
-                   });                                                                                       \
+        CR_PAR_FOR(                                                                                          \
+            n >= cr_parallel_threshold, "omp parallel for schedule(static)",                                 \
+            for (int64_t i = 0; i < n; i++) {                                                                \
+                T gi = g[i];                                                                                 \
+                if (wd != 0) gi = gi + wd * p[i];                                                            \
+                T si = s[i] * alpha + one_m_alpha * gi * gi;                                                 \
+                s[i] = si;                                                                                   \
+                T avg;                                                                                       \
+                if (ga) {                                                                                    \
+                    T gai = ga[i] * alpha + one_m_alpha * gi;                                                \
+                    ga[i] = gai;                                                                             \
+                    avg = SQRT(si + (T)(-1) * gai * gai);                                                    \
+                } else {                                                                                     \
+                    avg = SQRT(si);                                                                          \
+                }                                                                                            \
+                avg = avg + eps;                                                                             \
+                if (buf) {                                                                                   \
+                    T b = buf[i] * mom + gi / avg;                                                           \
+                    buf[i] = b;                                                                              \
+                    p[i] = p[i] + (-lr) * b;                                                                 \
+                } else {                                                                                     \
+                    p[i] = p[i] + (-lr) * gi / avg;                                                          \
+                }                                                                                            \
+            });                                                                                              \
     }
 DEF_RMSPROP(float, sqrtf)
 DEF_RMSPROP(double, sqrt)
 
 enum { SLOT_SQUARE_AVG, SLOT_MOMENTUM_BUFFER, SLOT_GRAD_AVG };
-static const char *const slots[] = {
-    [SLOT_SQUARE_AVG] = "square_avg", [SLOT_MOMENTUM_BUFFER] = "momentum_buffer", [SLOT_GRAD_AVG] = "grad_avg"};
+static const char *const slots[] = {[SLOT_SQUARE_AVG] = "square_avg",
+                                    [SLOT_MOMENTUM_BUFFER] = "momentum_buffer",
+                                    [SLOT_GRAD_AVG] = "grad_avg"};
 
-#define HP(f, lo, hi) {#f, offsetof(cr_rmsprop_config, f), false, lo, hi}
+#define HP(f, lo, hi)                                                                                        \
+    {                                                                                                        \
+#f, offsetof(cr_rmsprop_config, f), false, lo, hi                                                    \
+    }
 static const cr_optim_hparam hparams[] = {
-    HP(lr, 0, INFINITY),           HP(alpha, 0, INFINITY),    HP(eps, 0, INFINITY),
-    HP(weight_decay, 0, INFINITY), HP(momentum, 0, INFINITY), {"centered", offsetof(cr_rmsprop_config, centered), true, 0, 0},
+    HP(lr, 0, INFINITY),       HP(alpha, 0, INFINITY),
+    HP(eps, 0, INFINITY),      HP(weight_decay, 0, INFINITY),
+    HP(momentum, 0, INFINITY), {"centered", offsetof(cr_rmsprop_config, centered), true, 0, 0},
 };
 
 static bool uses_slot(const void *cfg, int s)
 {
     const cr_rmsprop_config *c = cfg;
-    return s == SLOT_SQUARE_AVG || (s == SLOT_MOMENTUM_BUFFER && c->momentum > 0) || (s == SLOT_GRAD_AVG && c->centered);
+    return s == SLOT_SQUARE_AVG || (s == SLOT_MOMENTUM_BUFFER && c->momentum > 0) ||
+           (s == SLOT_GRAD_AVG && c->centered);
 }
 
 static void update(const void *cfg, cr_tensor *p, const cr_tensor *g, cr_tensor *const *slot, int64_t k)
@@ -63,8 +70,8 @@ static void update(const void *cfg, cr_tensor *p, const cr_tensor *g, cr_tensor 
     void *s = slot[SLOT_SQUARE_AVG]->data, *ga = slot[SLOT_GRAD_AVG] ? slot[SLOT_GRAD_AVG]->data : NULL;
     void *buf = slot[SLOT_MOMENTUM_BUFFER] ? slot[SLOT_MOMENTUM_BUFFER]->data : NULL;
     if (p->dtype == CR_F64)
-        rmsprop_double(p->data, g->data, s, ga, buf, n, c->lr, c->weight_decay, c->alpha, 1 - c->alpha, c->eps,
-                       c->momentum);
+        rmsprop_double(p->data, g->data, s, ga, buf, n, c->lr, c->weight_decay, c->alpha, 1 - c->alpha,
+                       c->eps, c->momentum);
     else
         rmsprop_float(p->data, g->data, s, ga, buf, n, (float)c->lr, (float)c->weight_decay, (float)c->alpha,
                       (float)(1 - c->alpha), (float)c->eps, (float)c->momentum);
@@ -81,7 +88,10 @@ const cr_optim_rule cr_rmsprop_rule = {
     .update = update,
 };
 
-cr_rmsprop_config cr_rmsprop_defaults(double lr) { return (cr_rmsprop_config){.lr = lr, .alpha = 0.99, .eps = 1e-8}; }
+cr_rmsprop_config cr_rmsprop_defaults(double lr)
+{
+    return (cr_rmsprop_config){.lr = lr, .alpha = 0.99, .eps = 1e-8};
+}
 
 cr_optim *cr_rmsprop_init(cr_params *ps, cr_rmsprop_config cfg)
 {

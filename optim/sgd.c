@@ -15,17 +15,18 @@
     static void sgd_##T(T *restrict p, const T *restrict g, T *restrict buf, int64_t n, T lr, T wd, T mom,   \
                         T one_m_damp, bool nesterov, bool first)                                             \
     {                                                                                                        \
-        CR_PAR_FOR(n >= cr_parallel_threshold, "omp parallel for schedule(static)",                          \
-                   for (int64_t i = 0; i < n; i++) {                                                         \
-                       T d = g[i];                                                                           \
-                       if (wd != 0) d = d + wd * p[i];                                                       \
-                       if (buf) {                                                                            \
-                           T b = first ? d : buf[i] * mom + one_m_damp * d;                                  \
-                           buf[i] = b;                                                                       \
-                           d = nesterov ? d + mom * b : b;                                                   \
-                       }                                                                                     \
-                       p[i] = p[i] + (-lr) * d;                                                              \
-                   });                                                                                       \
+        CR_PAR_FOR(                                                                                          \
+            n >= cr_parallel_threshold, "omp parallel for schedule(static)",                                 \
+            for (int64_t i = 0; i < n; i++) {                                                                \
+                T d = g[i];                                                                                  \
+                if (wd != 0) d = d + wd * p[i];                                                              \
+                if (buf) {                                                                                   \
+                    T b = first ? d : buf[i] * mom + one_m_damp * d;                                         \
+                    buf[i] = b;                                                                              \
+                    d = nesterov ? d + mom * b : b;                                                          \
+                }                                                                                            \
+                p[i] = p[i] + (-lr) * d;                                                                     \
+            });                                                                                              \
     }
 DEF_SGD(float)
 DEF_SGD(double)
@@ -33,10 +34,16 @@ DEF_SGD(double)
 enum { SLOT_MOMENTUM_BUFFER };
 static const char *const slots[] = {[SLOT_MOMENTUM_BUFFER] = "momentum_buffer"};
 
-#define HP(f, lo, hi) {#f, offsetof(cr_sgd_config, f), false, lo, hi}
+#define HP(f, lo, hi)                                                                                        \
+    {                                                                                                        \
+#f, offsetof(cr_sgd_config, f), false, lo, hi                                                        \
+    }
 static const cr_optim_hparam hparams[] = {
-    HP(lr, 0, INFINITY), HP(momentum, 0, INFINITY), HP(dampening, -INFINITY, INFINITY),
-    HP(weight_decay, 0, INFINITY), {"nesterov", offsetof(cr_sgd_config, nesterov), true, 0, 0},
+    HP(lr, 0, INFINITY),
+    HP(momentum, 0, INFINITY),
+    HP(dampening, -INFINITY, INFINITY),
+    HP(weight_decay, 0, INFINITY),
+    {"nesterov", offsetof(cr_sgd_config, nesterov), true, 0, 0},
 };
 
 static bool uses_slot(const void *cfg, int s)
@@ -61,8 +68,8 @@ static void update(const void *cfg, cr_tensor *p, const cr_tensor *g, cr_tensor 
     int64_t n = cr_numel(p);
     void *buf = slot[SLOT_MOMENTUM_BUFFER] ? slot[SLOT_MOMENTUM_BUFFER]->data : NULL;
     if (p->dtype == CR_F64)
-        sgd_double(p->data, g->data, buf, n, c->lr, c->weight_decay, c->momentum, 1 - c->dampening, c->nesterov,
-                   k == 1);
+        sgd_double(p->data, g->data, buf, n, c->lr, c->weight_decay, c->momentum, 1 - c->dampening,
+                   c->nesterov, k == 1);
     else
         sgd_float(p->data, g->data, buf, n, (float)c->lr, (float)c->weight_decay, (float)c->momentum,
                   (float)(1 - c->dampening), c->nesterov, k == 1);
@@ -82,4 +89,7 @@ const cr_optim_rule cr_sgd_rule = {
 
 cr_sgd_config cr_sgd_defaults(double lr) { return (cr_sgd_config){.lr = lr}; }
 
-cr_optim *cr_sgd_init(cr_params *ps, cr_sgd_config cfg) { return cr_optim_make("cr_sgd_init", ps, &cr_sgd_rule, &cfg); }
+cr_optim *cr_sgd_init(cr_params *ps, cr_sgd_config cfg)
+{
+    return cr_optim_make("cr_sgd_init", ps, &cr_sgd_rule, &cfg);
+}

@@ -46,7 +46,8 @@ static atomic_uint_fast64_t next_gen = 1;
 
 static chunk *chunk_new(size_t size)
 {
-    if (size > ARENA_MAX_REQUEST) cr_error("cr_arena_alloc: a chunk of %zu bytes is larger than any memory", size);
+    if (size > ARENA_MAX_REQUEST)
+        cr_error("cr_arena_alloc: a chunk of %zu bytes is larger than any memory", size);
     chunk *c = cr_xmalloc(sizeof *c + size + ARENA_ALIGN);
     uintptr_t p = (uintptr_t)(c + 1);
     p = (p + ARENA_ALIGN - 1) & ~(uintptr_t)(ARENA_ALIGN - 1);
@@ -82,7 +83,8 @@ void cr_arena_free(cr_arena *a)
 void *cr_arena_alloc_aligned(cr_arena *a, size_t bytes, size_t align)
 {
     if (align < 16 || align > ARENA_ALIGN || (align & (align - 1)))
-        cr_error("cr_arena_alloc_aligned: alignment %zu is not a power of two in [16, %d]", align, ARENA_ALIGN);
+        cr_error("cr_arena_alloc_aligned: alignment %zu is not a power of two in [16, %d]", align,
+                 ARENA_ALIGN);
     if (bytes > ARENA_MAX_REQUEST) cr_error("cr_arena_alloc: %zu bytes is more than any memory holds", bytes);
     bytes = (bytes + 15) & ~(size_t)15;
     for (;;) {
@@ -102,7 +104,8 @@ void *cr_arena_alloc_aligned(cr_arena *a, size_t bytes, size_t align)
         }
         /* Grow: at least the configured chunk size, doubling with the total so
          * a long sequence needs few chunks. */
-        size_t size = a->chunk_bytes <= ARENA_MAX_REQUEST / a->n_chunks ? a->chunk_bytes * a->n_chunks : bytes;
+        size_t size =
+            a->chunk_bytes <= ARENA_MAX_REQUEST / a->n_chunks ? a->chunk_bytes * a->n_chunks : bytes;
         if (size < bytes) size = bytes;
         c->next = chunk_new(size);
         a->n_chunks++;

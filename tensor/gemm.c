@@ -56,48 +56,47 @@ static void fix_strides(int64_t r, int64_t c, int64_t *rs, int64_t *cs)
     }
 }
 
-#define SMALL_GEMM(T, NAME)                                                                      \
-    static void NAME(int64_t m, int64_t n, int64_t k, T alpha, const T *a, int64_t rsa,          \
-                     int64_t csa, const T *b, int64_t rsb, int64_t csb, T beta, T *c,            \
-                     int64_t rsc, int64_t csc)                                                   \
-    {                                                                                            \
-        T acc[n > 0 ? n : 1];                                                                    \
-        if (rsb == 1 && csb != 1 && csa == 1) {                                                  \
-            /* B is a transposed row-major matrix (a weight W^T): dot products of       \
-             * contiguous rows, eight partial sums so the loop vectorises without       \
-             * reassociating a single sum. */                                          \
-            for (int64_t i = 0; i < m; i++) {                                                    \
-                const T *ai = a + i * rsa;                                                       \
-                for (int64_t j = 0; j < n; j++) {                                                \
-                    const T *bj = b + j * csb;                                                   \
-                    T s8[8] = {0, 0, 0, 0, 0, 0, 0, 0};                                          \
-                    int64_t p = 0;                                                               \
-                    for (; p + 8 <= k; p += 8)                                                   \
-                        for (int q = 0; q < 8; q++) s8[q] += ai[p + q] * bj[p + q];             \
-                    T s = ((s8[0] + s8[1]) + (s8[2] + s8[3])) + ((s8[4] + s8[5]) + (s8[6] + s8[7])); \
-                    for (; p < k; p++) s += ai[p] * bj[p];                                       \
-                    T *cij = c + i * rsc + j * csc;                                              \
-                    *cij = beta == 0 ? alpha * s : alpha * s + beta * *cij;                      \
-                }                                                                                \
-            }                                                                                    \
-            return;                                                                              \
-        }                                                                                        \
-        for (int64_t i = 0; i < m; i++) {                                                        \
-            for (int64_t j = 0; j < n; j++) acc[j] = 0;                                          \
-            for (int64_t p = 0; p < k; p++) {                                                    \
-                T aip = a[i * rsa + p * csa];                                                    \
-                const T *bp = b + p * rsb;                                                       \
-                if (csb == 1)                                                                    \
-                    for (int64_t j = 0; j < n; j++) acc[j] += aip * bp[j];                       \
-                else                                                                             \
-                    for (int64_t j = 0; j < n; j++) acc[j] += aip * bp[j * csb];                 \
-            }                                                                                    \
-            T *ci = c + i * rsc;                                                                 \
-            if (beta == 0)                                                                       \
-                for (int64_t j = 0; j < n; j++) ci[j * csc] = alpha * acc[j];                    \
-            else                                                                                 \
-                for (int64_t j = 0; j < n; j++) ci[j * csc] = alpha * acc[j] + beta * ci[j * csc]; \
-        }                                                                                        \
+#define SMALL_GEMM(T, NAME)                                                                                  \
+    static void NAME(int64_t m, int64_t n, int64_t k, T alpha, const T *a, int64_t rsa, int64_t csa,         \
+                     const T *b, int64_t rsb, int64_t csb, T beta, T *c, int64_t rsc, int64_t csc)           \
+    {                                                                                                        \
+        T acc[n > 0 ? n : 1];                                                                                \
+        if (rsb == 1 && csb != 1 && csa == 1) {                                                              \
+            /* B is a transposed row-major matrix (a weight W^T): dot products of                            \
+             * contiguous rows, eight partial sums so the loop vectorises without                            \
+             * reassociating a single sum. */                                                                \
+            for (int64_t i = 0; i < m; i++) {                                                                \
+                const T *ai = a + i * rsa;                                                                   \
+                for (int64_t j = 0; j < n; j++) {                                                            \
+                    const T *bj = b + j * csb;                                                               \
+                    T s8[8] = {0, 0, 0, 0, 0, 0, 0, 0};                                                      \
+                    int64_t p = 0;                                                                           \
+                    for (; p + 8 <= k; p += 8)                                                               \
+                        for (int q = 0; q < 8; q++) s8[q] += ai[p + q] * bj[p + q];                          \
+                    T s = ((s8[0] + s8[1]) + (s8[2] + s8[3])) + ((s8[4] + s8[5]) + (s8[6] + s8[7]));         \
+                    for (; p < k; p++) s += ai[p] * bj[p];                                                   \
+                    T *cij = c + i * rsc + j * csc;                                                          \
+                    *cij = beta == 0 ? alpha * s : alpha * s + beta * *cij;                                  \
+                }                                                                                            \
+            }                                                                                                \
+            return;                                                                                          \
+        }                                                                                                    \
+        for (int64_t i = 0; i < m; i++) {                                                                    \
+            for (int64_t j = 0; j < n; j++) acc[j] = 0;                                                      \
+            for (int64_t p = 0; p < k; p++) {                                                                \
+                T aip = a[i * rsa + p * csa];                                                                \
+                const T *bp = b + p * rsb;                                                                   \
+                if (csb == 1)                                                                                \
+                    for (int64_t j = 0; j < n; j++) acc[j] += aip * bp[j];                                   \
+                else                                                                                         \
+                    for (int64_t j = 0; j < n; j++) acc[j] += aip * bp[j * csb];                             \
+            }                                                                                                \
+            T *ci = c + i * rsc;                                                                             \
+            if (beta == 0)                                                                                   \
+                for (int64_t j = 0; j < n; j++) ci[j * csc] = alpha * acc[j];                                \
+            else                                                                                             \
+                for (int64_t j = 0; j < n; j++) ci[j * csc] = alpha * acc[j] + beta * ci[j * csc];           \
+        }                                                                                                    \
     }
 
 SMALL_GEMM(float, small_sgemm)
@@ -152,7 +151,8 @@ static void *grow(void **p, size_t *have, size_t need)
     free(*p);
     *p = NULL;
     *have = 0;
-    if (posix_memalign(p, 64, need)) cr_error("cr_k_gemm: out of memory for %zu bytes of packing buffer", need);
+    if (posix_memalign(p, 64, need))
+        cr_error("cr_k_gemm: out of memory for %zu bytes of packing buffer", need);
     *have = need;
     return *p;
 }
@@ -197,8 +197,8 @@ static ukr_info ukr_query(num_t dt)
 #include <immintrin.h>
 #define HAVE_AVX_TILES 1
 
-__attribute__((target("avx"))) static void transpose_f32_avx(float *dst, int64_t ld, const float *src, int64_t rs,
-                                                             int64_t R, int64_t Q)
+__attribute__((target("avx"))) static void transpose_f32_avx(float *dst, int64_t ld, const float *src,
+                                                             int64_t rs, int64_t R, int64_t Q)
 {
     int64_t r0 = 0;
     for (; r0 + 8 <= R; r0 += 8) {
@@ -287,111 +287,112 @@ static void transpose_f64(double *dst, int64_t ld, const double *src, int64_t rs
 /* One micro-panel: dst[p*ld + i] = src[i*si + p*sp] for i < m, p < kc, and
  * zeros for i in [m, ld). A (mc x kc) becomes panels of mr rows (si = rs,
  * sp = cs); B (kc x nc) panels of nr columns (si = cs, sp = rs). */
-#define PANEL(T, SFX)                                                                                   \
-    static void panel_##SFX(T *restrict dst, int64_t ld, const T *src, int64_t m, int64_t kc, int64_t si, \
-                            int64_t sp)                                                                 \
-    {                                                                                                   \
-        if (sp == 1 && si != 1 && m > 1) { /* rows of the panel contiguous in src: transpose */         \
-            transpose_##SFX(dst, ld, src, si, m, kc);                                                   \
-        } else if (si == 1) { /* columns contiguous: copies */                                           \
-            for (int64_t p = 0; p < kc; p++)                                                            \
-                for (int64_t i = 0; i < m; i++) dst[p * ld + i] = src[p * sp + i];                       \
-        } else {                                                                                        \
-            for (int64_t p = 0; p < kc; p++)                                                            \
-                for (int64_t i = 0; i < m; i++) dst[p * ld + i] = src[i * si + p * sp];                  \
-        }                                                                                               \
-        if (m < ld)                                                                                     \
-            for (int64_t p = 0; p < kc; p++)                                                            \
-                for (int64_t i = m; i < ld; i++) dst[p * ld + i] = 0;                                   \
-    }                                                                                                   \
-    static void pack_a_##SFX(T *dst, const T *src, int64_t mc, int64_t kc, int64_t rs, int64_t cs, int64_t mr, \
-                             int64_t pmr)                                                               \
-    {                                                                                                   \
-        for (int64_t i0 = 0; i0 < mc; i0 += mr, dst += pmr * kc)                                         \
-            panel_##SFX(dst, pmr, src + i0 * rs, mc - i0 < mr ? mc - i0 : mr, kc, rs, cs);               \
-    }                                                                                                   \
-    static void pack_b_##SFX(T *dst, const T *src, int64_t kc, int64_t nc, int64_t rs, int64_t cs, int64_t nr, \
-                             int64_t pnr)                                                               \
-    {                                                                                                   \
-        for (int64_t j0 = 0; j0 < nc; j0 += nr, dst += pnr * kc)                                         \
-            panel_##SFX(dst, pnr, src + j0 * cs, nc - j0 < nr ? nc - j0 : nr, kc, cs, rs);               \
+#define PANEL(T, SFX)                                                                                        \
+    static void panel_##SFX(T *restrict dst, int64_t ld, const T *src, int64_t m, int64_t kc, int64_t si,    \
+                            int64_t sp)                                                                      \
+    {                                                                                                        \
+        if (sp == 1 && si != 1 && m > 1) { /* rows of the panel contiguous in src: transpose */              \
+            transpose_##SFX(dst, ld, src, si, m, kc);                                                        \
+        } else if (si == 1) { /* columns contiguous: copies */                                               \
+            for (int64_t p = 0; p < kc; p++)                                                                 \
+                for (int64_t i = 0; i < m; i++) dst[p * ld + i] = src[p * sp + i];                           \
+        } else {                                                                                             \
+            for (int64_t p = 0; p < kc; p++)                                                                 \
+                for (int64_t i = 0; i < m; i++) dst[p * ld + i] = src[i * si + p * sp];                      \
+        }                                                                                                    \
+        if (m < ld)                                                                                          \
+            for (int64_t p = 0; p < kc; p++)                                                                 \
+                for (int64_t i = m; i < ld; i++) dst[p * ld + i] = 0;                                        \
+    }                                                                                                        \
+    static void pack_a_##SFX(T *dst, const T *src, int64_t mc, int64_t kc, int64_t rs, int64_t cs,           \
+                             int64_t mr, int64_t pmr)                                                        \
+    {                                                                                                        \
+        for (int64_t i0 = 0; i0 < mc; i0 += mr, dst += pmr * kc)                                             \
+            panel_##SFX(dst, pmr, src + i0 * rs, mc - i0 < mr ? mc - i0 : mr, kc, rs, cs);                   \
+    }                                                                                                        \
+    static void pack_b_##SFX(T *dst, const T *src, int64_t kc, int64_t nc, int64_t rs, int64_t cs,           \
+                             int64_t nr, int64_t pnr)                                                        \
+    {                                                                                                        \
+        for (int64_t j0 = 0; j0 < nc; j0 += nr, dst += pnr * kc)                                             \
+            panel_##SFX(dst, pnr, src + j0 * cs, nc - j0 < nr ? nc - j0 : nr, kc, cs, rs);                   \
     }
 
 PANEL(float, f32)
 PANEL(double, f64)
 
-#define SERIAL_GEMM(T, SFX, DT, UKR_T)                                                                   \
-    static void serial_gemm_##SFX(int64_t m, int64_t n, int64_t k, T alpha, const T *a, int64_t rsa,     \
-                                  int64_t csa, const T *b, int64_t rsb, int64_t csb, T beta, T *c,       \
-                                  int64_t rsc, int64_t csc)                                              \
-    {                                                                                                    \
-        if (k == 0 || alpha == 0) { /* C = beta C, as BLIS: never 0 * NaN */                             \
-            for (int64_t i = 0; i < m; i++)                                                              \
-                for (int64_t j = 0; j < n; j++) c[i * rsc + j * csc] = beta == 0 ? 0 : beta * c[i * rsc + j * csc]; \
-            return;                                                                                      \
-        }                                                                                                \
-        ukr_info u = ukr_query(DT);                                                                      \
-        /* BLIS computes C^T = B^T A^T when C's storage is not the one the kernel prefers. */            \
-        bool row_stored = csc == 1, col_stored = rsc == 1;                                               \
-        if ((row_stored && !u.rows) || (col_stored && u.rows)) {                                          \
-            const T *t = a;                                                                              \
-            a = b;                                                                                       \
-            b = t;                                                                                       \
-            int64_t r = rsa, q = csa, mm = m;                                                            \
-            rsa = csb;                                                                                   \
-            csa = rsb;                                                                                   \
-            rsb = q;                                                                                     \
-            csb = r;                                                                                     \
-            m = n;                                                                                       \
-            n = mm;                                                                                      \
-            r = rsc;                                                                                     \
-            rsc = csc;                                                                                   \
-            csc = r;                                                                                     \
-        }                                                                                                \
-        int64_t mc_top = m < u.mc_max ? m : u.mc_max, nc_top = n < u.nc_max ? n : u.nc_max;              \
-        int64_t kc_top = k < u.kc_max ? k : u.kc_max;                                                    \
-        T *ap = grow(&bufs.a, &bufs.a_bytes,                                                             \
-                     (size_t)((mc_top + u.mr - 1) / u.mr * u.pmr * kc_top) * sizeof(T));                 \
-        T *bp = grow(&bufs.b, &bufs.b_bytes,                                                             \
-                     (size_t)((nc_top + u.nr - 1) / u.nr * u.pnr * kc_top) * sizeof(T));                 \
-        UKR_T ukr = (UKR_T)u.ukr;                                                                        \
-        auxinfo_t aux;                                                                                   \
-        bli_auxinfo_set_schema_a(BLIS_PACKED_ROW_PANELS, &aux);                                          \
-        bli_auxinfo_set_schema_b(BLIS_PACKED_COL_PANELS, &aux);                                          \
-        bli_auxinfo_set_is_a(1, &aux);                                                                   \
-        bli_auxinfo_set_is_b(1, &aux);                                                                   \
-        bli_auxinfo_set_ukr(u.ukr, &aux);                                                                \
-        bli_auxinfo_set_params(NULL, &aux);                                                              \
-        T one = 1;                                                                                       \
-        for (int64_t jc = 0, nc; jc < n; jc += nc) {                                                     \
-            nc = block(n - jc, u.nc, u.nc_max);                                                          \
-            for (int64_t pc = 0, kc; pc < k; pc += kc) {                                                 \
-                kc = block(k - pc, u.kc, u.kc_max);                                                      \
-                pack_b_##SFX(bp, b + pc * rsb + jc * csb, kc, nc, rsb, csb, u.nr, u.pnr);                \
-                T *beta_use = pc == 0 ? &beta : &one;                                                    \
-                for (int64_t ic = 0, mc; ic < m; ic += mc) {                                             \
-                    mc = block(m - ic, u.mc, u.mc_max);                                                  \
-                    pack_a_##SFX(ap, a + ic * rsa + pc * csa, mc, kc, rsa, csa, u.mr, u.pmr);            \
-                    int64_t ps_a = u.pmr * kc, ps_b = u.pnr * kc;                                        \
-                    bli_auxinfo_set_ps_a(ps_a, &aux);                                                    \
-                    bli_auxinfo_set_ps_b(ps_b, &aux);                                                    \
-                    for (int64_t jr = 0; jr < nc; jr += u.nr) {                                          \
-                        T *b1 = bp + jr / u.nr * ps_b;                                                   \
-                        for (int64_t ir = 0; ir < mc; ir += u.mr) {                                      \
-                            T *a1 = ap + ir / u.mr * ps_a;                                               \
-                            bool last_i = ir + u.mr >= mc;                                               \
-                            T *a2 = last_i ? ap : a1 + ps_a;                                             \
-                            T *b2 = last_i ? (jr + u.nr >= nc ? bp : b1 + ps_b) : b1;                    \
-                            bli_auxinfo_set_next_a(a2, &aux);                                            \
-                            bli_auxinfo_set_next_b(b2, &aux);                                            \
-                            ukr(mc - ir < u.mr ? mc - ir : u.mr, nc - jr < u.nr ? nc - jr : u.nr, kc,    \
-                                &alpha, a1, b1, beta_use, c + (ic + ir) * rsc + (jc + jr) * csc, rsc,   \
-                                csc, &aux, u.cntx);                                                      \
-                        }                                                                                \
-                    }                                                                                    \
-                }                                                                                        \
-            }                                                                                            \
-        }                                                                                                \
+#define SERIAL_GEMM(T, SFX, DT, UKR_T)                                                                       \
+    static void serial_gemm_##SFX(int64_t m, int64_t n, int64_t k, T alpha, const T *a, int64_t rsa,         \
+                                  int64_t csa, const T *b, int64_t rsb, int64_t csb, T beta, T *c,           \
+                                  int64_t rsc, int64_t csc)                                                  \
+    {                                                                                                        \
+        if (k == 0 || alpha == 0) { /* C = beta C, as BLIS: never 0 * NaN */                                 \
+            for (int64_t i = 0; i < m; i++)                                                                  \
+                for (int64_t j = 0; j < n; j++)                                                              \
+                    c[i * rsc + j * csc] = beta == 0 ? 0 : beta * c[i * rsc + j * csc];                      \
+            return;                                                                                          \
+        }                                                                                                    \
+        ukr_info u = ukr_query(DT);                                                                          \
+        /* BLIS computes C^T = B^T A^T when C's storage is not the one the kernel prefers. */                \
+        bool row_stored = csc == 1, col_stored = rsc == 1;                                                   \
+        if ((row_stored && !u.rows) || (col_stored && u.rows)) {                                             \
+            const T *t = a;                                                                                  \
+            a = b;                                                                                           \
+            b = t;                                                                                           \
+            int64_t r = rsa, q = csa, mm = m;                                                                \
+            rsa = csb;                                                                                       \
+            csa = rsb;                                                                                       \
+            rsb = q;                                                                                         \
+            csb = r;                                                                                         \
+            m = n;                                                                                           \
+            n = mm;                                                                                          \
+            r = rsc;                                                                                         \
+            rsc = csc;                                                                                       \
+            csc = r;                                                                                         \
+        }                                                                                                    \
+        int64_t mc_top = m < u.mc_max ? m : u.mc_max, nc_top = n < u.nc_max ? n : u.nc_max;                  \
+        int64_t kc_top = k < u.kc_max ? k : u.kc_max;                                                        \
+        T *ap =                                                                                              \
+            grow(&bufs.a, &bufs.a_bytes, (size_t)((mc_top + u.mr - 1) / u.mr * u.pmr * kc_top) * sizeof(T)); \
+        T *bp =                                                                                              \
+            grow(&bufs.b, &bufs.b_bytes, (size_t)((nc_top + u.nr - 1) / u.nr * u.pnr * kc_top) * sizeof(T)); \
+        UKR_T ukr = (UKR_T)u.ukr;                                                                            \
+        auxinfo_t aux;                                                                                       \
+        bli_auxinfo_set_schema_a(BLIS_PACKED_ROW_PANELS, &aux);                                              \
+        bli_auxinfo_set_schema_b(BLIS_PACKED_COL_PANELS, &aux);                                              \
+        bli_auxinfo_set_is_a(1, &aux);                                                                       \
+        bli_auxinfo_set_is_b(1, &aux);                                                                       \
+        bli_auxinfo_set_ukr(u.ukr, &aux);                                                                    \
+        bli_auxinfo_set_params(NULL, &aux);                                                                  \
+        T one = 1;                                                                                           \
+        for (int64_t jc = 0, nc; jc < n; jc += nc) {                                                         \
+            nc = block(n - jc, u.nc, u.nc_max);                                                              \
+            for (int64_t pc = 0, kc; pc < k; pc += kc) {                                                     \
+                kc = block(k - pc, u.kc, u.kc_max);                                                          \
+                pack_b_##SFX(bp, b + pc * rsb + jc * csb, kc, nc, rsb, csb, u.nr, u.pnr);                    \
+                T *beta_use = pc == 0 ? &beta : &one;                                                        \
+                for (int64_t ic = 0, mc; ic < m; ic += mc) {                                                 \
+                    mc = block(m - ic, u.mc, u.mc_max);                                                      \
+                    pack_a_##SFX(ap, a + ic * rsa + pc * csa, mc, kc, rsa, csa, u.mr, u.pmr);                \
+                    int64_t ps_a = u.pmr * kc, ps_b = u.pnr * kc;                                            \
+                    bli_auxinfo_set_ps_a(ps_a, &aux);                                                        \
+                    bli_auxinfo_set_ps_b(ps_b, &aux);                                                        \
+                    for (int64_t jr = 0; jr < nc; jr += u.nr) {                                              \
+                        T *b1 = bp + jr / u.nr * ps_b;                                                       \
+                        for (int64_t ir = 0; ir < mc; ir += u.mr) {                                          \
+                            T *a1 = ap + ir / u.mr * ps_a;                                                   \
+                            bool last_i = ir + u.mr >= mc;                                                   \
+                            T *a2 = last_i ? ap : a1 + ps_a;                                                 \
+                            T *b2 = last_i ? (jr + u.nr >= nc ? bp : b1 + ps_b) : b1;                        \
+                            bli_auxinfo_set_next_a(a2, &aux);                                                \
+                            bli_auxinfo_set_next_b(b2, &aux);                                                \
+                            ukr(mc - ir < u.mr ? mc - ir : u.mr, nc - jr < u.nr ? nc - jr : u.nr, kc,        \
+                                &alpha, a1, b1, beta_use, c + (ic + ir) * rsc + (jc + jr) * csc, rsc, csc,   \
+                                &aux, u.cntx);                                                               \
+                        }                                                                                    \
+                    }                                                                                        \
+                }                                                                                            \
+            }                                                                                                \
+        }                                                                                                    \
     }
 
 SERIAL_GEMM(float, f32, BLIS_FLOAT, sgemm_ukr_ft)
@@ -403,7 +404,8 @@ void cr_k_gemm(double alpha, const cr_tensor *a, const cr_tensor *b, double beta
     if (a->ndim != 2 || b->ndim != 2 || c->ndim != 2 || a->shape[1] != b->shape[0] ||
         c->shape[0] != a->shape[0] || c->shape[1] != b->shape[1])
         cr_error("cr_k_gemm: %s x %s -> %s do not fit", cr_shape_str(s1, sizeof s1, a->ndim, a->shape),
-                 cr_shape_str(s2, sizeof s2, b->ndim, b->shape), cr_shape_str(s3, sizeof s3, c->ndim, c->shape));
+                 cr_shape_str(s2, sizeof s2, b->ndim, b->shape),
+                 cr_shape_str(s3, sizeof s3, c->ndim, c->shape));
     if (a->dtype != b->dtype || a->dtype != c->dtype || a->dtype == CR_I32)
         cr_error("cr_k_gemm: dtypes %s, %s, %s (need one float dtype)", cr_dtype_name(a->dtype),
                  cr_dtype_name(b->dtype), cr_dtype_name(c->dtype));
@@ -413,7 +415,8 @@ void cr_k_gemm(double alpha, const cr_tensor *a, const cr_tensor *b, double beta
     int64_t rsc = c->stride[0], csc = c->stride[1];
     if (m * n * k <= cr_gemm_small_threshold && n <= 4096) {
         if (a->dtype == CR_F32)
-            small_sgemm(m, n, k, (float)alpha, a->data, rsa, csa, b->data, rsb, csb, (float)beta, c->data, rsc, csc);
+            small_sgemm(m, n, k, (float)alpha, a->data, rsa, csa, b->data, rsb, csb, (float)beta, c->data,
+                        rsc, csc);
         else
             small_dgemm(m, n, k, alpha, a->data, rsa, csa, b->data, rsb, csb, beta, c->data, rsc, csc);
         return;
@@ -423,8 +426,8 @@ void cr_k_gemm(double alpha, const cr_tensor *a, const cr_tensor *b, double beta
     fix_strides(m, n, &rsc, &csc);
     if (!cr_parallel_ok()) {
         if (a->dtype == CR_F32)
-            serial_gemm_f32(m, n, k, (float)alpha, a->data, rsa, csa, b->data, rsb, csb, (float)beta, c->data, rsc,
-                            csc);
+            serial_gemm_f32(m, n, k, (float)alpha, a->data, rsa, csa, b->data, rsb, csb, (float)beta, c->data,
+                            rsc, csc);
         else
             serial_gemm_f64(m, n, k, alpha, a->data, rsa, csa, b->data, rsb, csb, beta, c->data, rsc, csc);
         return;

@@ -9,12 +9,12 @@
 #define ITER_MAX_OPS 4
 
 typedef struct cr_iter {
-    int ndim;                                /* after merging, >= 1 */
+    int ndim; /* after merging, >= 1 */
     int n_ops;
     int64_t shape[CR_MAX_DIMS];
     int64_t stride[ITER_MAX_OPS][CR_MAX_DIMS]; /* elements; 0 along broadcast dims */
-    int64_t inner;                           /* shape[ndim-1] */
-    int64_t outer;                           /* product of the other dims */
+    int64_t inner;                             /* shape[ndim-1] */
+    int64_t outer;                             /* product of the other dims */
 } cr_iter;
 
 /* Operand k (a tensor whose shape broadcasts to `shape`) gets its strides

@@ -93,7 +93,8 @@ void cr_k_unary(cr_unary_kind k, cr_tensor *out, const cr_tensor *x, double a, d
     if (!cr_same_shape(out, x)) {
         char s1[128], s2[128];
         cr_error("cr_k_unary: output %s and input %s differ in shape",
-                 cr_shape_str(s1, sizeof s1, out->ndim, out->shape), cr_shape_str(s2, sizeof s2, x->ndim, x->shape));
+                 cr_shape_str(s1, sizeof s1, out->ndim, out->shape),
+                 cr_shape_str(s2, sizeof s2, x->ndim, x->shape));
     }
     if (out->dtype == CR_F32)
         unary_f32(k, out, x, (float)a, (float)b);
@@ -113,7 +114,8 @@ static void check_broadcast_out(const char *op, const cr_tensor *out, const cr_t
     for (int d = 0; same && d < n; d++) same = sh[d] == out->shape[d];
     if (!same)
         cr_error("%s: output %s is not the broadcast of %s and %s", op,
-                 cr_shape_str(s3, sizeof s3, out->ndim, out->shape), cr_shape_str(s1, sizeof s1, x->ndim, x->shape),
+                 cr_shape_str(s3, sizeof s3, out->ndim, out->shape),
+                 cr_shape_str(s1, sizeof s1, x->ndim, x->shape),
                  cr_shape_str(s2, sizeof s2, y->ndim, y->shape));
 }
 
@@ -158,10 +160,13 @@ void cr_k_accumulate(cr_tensor *acc, const cr_tensor *x, const cr_tensor *y)
     accumulate("cr_k_accumulate", acc, x, y, false);
 }
 
-void cr_k_assign(cr_tensor *acc, const cr_tensor *x, const cr_tensor *y) { accumulate("cr_k_assign", acc, x, y, true); }
+void cr_k_assign(cr_tensor *acc, const cr_tensor *x, const cr_tensor *y)
+{
+    accumulate("cr_k_assign", acc, x, y, true);
+}
 
-static void unary_backward(const char *fn, cr_unary_kind k, cr_tensor *gx, const cr_tensor *gy, const cr_tensor *x,
-                           const cr_tensor *out, double a, double b, bool set)
+static void unary_backward(const char *fn, cr_unary_kind k, cr_tensor *gx, const cr_tensor *gy,
+                           const cr_tensor *x, const cr_tensor *out, double a, double b, bool set)
 {
     if ((unsigned)k >= CR_U_COUNT_) cr_error("%s: unknown kind %d", fn, (int)k);
     bool rx = unary_reads[k] & CR_RD_X, ry = unary_reads[k] & CR_RD_Y;

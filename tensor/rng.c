@@ -88,14 +88,14 @@ static void fill(cr_tensor *t, cr_rng *r, fill_kind kind, double a, double b, co
         return;
     }
     /* a Philox block costs ~100 cycles: worth threads from a few thousand up */
-    CR_PAR_FOR(n > 4096, "omp parallel for schedule(static)",
-    for (int64_t i = 0; i < n; i++) {
-        double v = fill_value(kind, seed, base + (uint64_t)i, a, b);
-        if (t->dtype == CR_F32)
-            ((float *)t->data)[i] = (float)v;
-        else
-            ((double *)t->data)[i] = v;
-    });
+    CR_PAR_FOR(
+        n > 4096, "omp parallel for schedule(static)", for (int64_t i = 0; i < n; i++) {
+            double v = fill_value(kind, seed, base + (uint64_t)i, a, b);
+            if (t->dtype == CR_F32)
+                ((float *)t->data)[i] = (float)v;
+            else
+                ((double *)t->data)[i] = v;
+        });
 }
 
 void cr_fill_uniform(cr_tensor *t, cr_rng *r, double lo, double hi)

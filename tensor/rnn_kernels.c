@@ -31,7 +31,8 @@
 static int64_t rs(const cr_tensor *t) { return t->stride[0]; }
 static void *dp(cr_tensor *t) { return t->data; }
 
-void cr_k_lstm_gates(cr_tensor *out, cr_tensor *act, const cr_tensor *gx, const cr_tensor *gh, const cr_tensor *c)
+void cr_k_lstm_gates(cr_tensor *out, cr_tensor *act, const cr_tensor *gx, const cr_tensor *gh,
+                     const cr_tensor *c)
 {
     int64_t B = c->shape[0], H = c->shape[1];
     if (out->dtype == CR_F32)
@@ -45,14 +46,15 @@ void cr_k_lstm_gates_backward(cr_tensor *dgx, bool gx_first, cr_tensor *dgh, boo
 {
     int64_t B = c->shape[0], H = c->shape[1];
     if (dy->dtype == CR_F32)
-        lstm_gates_backward_f32(B, H, dp(dgx), rs(dgx), gx_first, dp(dgh), rs(dgh), gh_first, dp(dc), rs(dc), c_first,
-                                dy->data, act->data, c->data, rs(c));
+        lstm_gates_backward_f32(B, H, dp(dgx), rs(dgx), gx_first, dp(dgh), rs(dgh), gh_first, dp(dc), rs(dc),
+                                c_first, dy->data, act->data, c->data, rs(c));
     else
-        lstm_gates_backward_f64(B, H, dp(dgx), rs(dgx), gx_first, dp(dgh), rs(dgh), gh_first, dp(dc), rs(dc), c_first,
-                                dy->data, act->data, c->data, rs(c));
+        lstm_gates_backward_f64(B, H, dp(dgx), rs(dgx), gx_first, dp(dgh), rs(dgh), gh_first, dp(dc), rs(dc),
+                                c_first, dy->data, act->data, c->data, rs(c));
 }
 
-void cr_k_gru_gates(cr_tensor *out, cr_tensor *act, const cr_tensor *gx, const cr_tensor *gh, const cr_tensor *h)
+void cr_k_gru_gates(cr_tensor *out, cr_tensor *act, const cr_tensor *gx, const cr_tensor *gh,
+                    const cr_tensor *h)
 {
     int64_t B = h->shape[0], H = h->shape[1];
     if (out->dtype == CR_F32)
@@ -66,9 +68,9 @@ void cr_k_gru_gates_backward(cr_tensor *dgx, bool gx_first, cr_tensor *dgh, bool
 {
     int64_t B = h->shape[0], H = h->shape[1];
     if (dy->dtype == CR_F32)
-        gru_gates_backward_f32(B, H, dp(dgx), rs(dgx), gx_first, dp(dgh), rs(dgh), gh_first, dp(dh), rs(dh), h_first,
-                               dy->data, act->data, h->data, rs(h));
+        gru_gates_backward_f32(B, H, dp(dgx), rs(dgx), gx_first, dp(dgh), rs(dgh), gh_first, dp(dh), rs(dh),
+                               h_first, dy->data, act->data, h->data, rs(h));
     else
-        gru_gates_backward_f64(B, H, dp(dgx), rs(dgx), gx_first, dp(dgh), rs(dgh), gh_first, dp(dh), rs(dh), h_first,
-                               dy->data, act->data, h->data, rs(h));
+        gru_gates_backward_f64(B, H, dp(dgx), rs(dgx), gx_first, dp(dgh), rs(dgh), gh_first, dp(dh), rs(dh),
+                               h_first, dy->data, act->data, h->data, rs(h));
 }

@@ -83,7 +83,8 @@ bool cr_mul_ok(int64_t a, int64_t b, int64_t *out)
     *out = r;
     return true;
 #else
-    if (a != 0 && b != 0 && (a > INT64_MAX / b || a < INT64_MIN / b)) return false; /* callers pass sizes >= 0 */
+    if (a != 0 && b != 0 && (a > INT64_MAX / b || a < INT64_MIN / b))
+        return false; /* callers pass sizes >= 0 */
     *out = a * b;
     return true;
 #endif
@@ -112,13 +113,17 @@ int64_t cr_shape_numel(int ndim, const int64_t *shape)
 static int64_t check_shape(const char *fn, cr_dtype dt, int ndim, const int64_t *shape)
 {
     char s[128];
-    if (ndim < 0 || ndim > CR_MAX_DIMS) cr_error("%s: %d dims, at most %d are supported", fn, ndim, CR_MAX_DIMS);
+    if (ndim < 0 || ndim > CR_MAX_DIMS)
+        cr_error("%s: %d dims, at most %d are supported", fn, ndim, CR_MAX_DIMS);
     int64_t nonzero = 1, bytes;
     bool empty = false, overflow = false;
     for (int d = 0; d < ndim; d++) {
-        if (shape[d] < 0) cr_error("%s: negative size in shape %s", fn, cr_shape_str(s, sizeof s, ndim, shape));
-        if (shape[d] == 0) empty = true;
-        else overflow |= !cr_mul_ok(nonzero, shape[d], &nonzero);
+        if (shape[d] < 0)
+            cr_error("%s: negative size in shape %s", fn, cr_shape_str(s, sizeof s, ndim, shape));
+        if (shape[d] == 0)
+            empty = true;
+        else
+            overflow |= !cr_mul_ok(nonzero, shape[d], &nonzero);
     }
     if (overflow || !cr_mul_ok(nonzero, (int64_t)cr_dtype_size(dt), &bytes) || (uint64_t)bytes > PTRDIFF_MAX)
         cr_error("%s: shape %s of %s holds more elements than memory can address", fn,
@@ -236,7 +241,10 @@ cr_tensor *cr_full(cr_dtype dt, int ndim, const int64_t *shape, double value)
     return full_as("cr_full", dt, ndim, shape, value);
 }
 
-cr_tensor *cr_ones(cr_dtype dt, int ndim, const int64_t *shape) { return full_as("cr_ones", dt, ndim, shape, 1.0); }
+cr_tensor *cr_ones(cr_dtype dt, int ndim, const int64_t *shape)
+{
+    return full_as("cr_ones", dt, ndim, shape, 1.0);
+}
 
 cr_tensor *cr_scalar(cr_dtype dt, double value) { return full_as("cr_scalar", dt, 0, NULL, value); }
 
@@ -248,8 +256,8 @@ cr_tensor *cr_arange(cr_dtype dt, double start, double stop, double step)
      * before it becomes an integer (a double beyond int64 does not convert) */
     double count = ceil((stop - start) / step);
     if (!(count <= 0x1p62))
-        cr_error("cr_arange: start %g, stop %g, step %g give %g elements, more than memory can address", start,
-                 stop, step, count);
+        cr_error("cr_arange: start %g, stop %g, step %g give %g elements, more than memory can address",
+                 start, stop, step, count);
     int64_t n = count > 0 ? (int64_t)count : 0;
     cr_tensor *t = cr_tensor_new_as("cr_arange", dt, 1, &n);
     for (int64_t i = 0; i < n; i++) cr_set_flat(t, i, start + (double)i * step);
@@ -293,8 +301,8 @@ static int64_t offset_of(const cr_tensor *t, const int64_t *index)
     for (int d = 0; d < t->ndim; d++) {
         if (index[d] < 0 || index[d] >= t->shape[d]) {
             char s[128];
-            cr_error("cr_get/cr_set: index %lld out of range for dim %d of shape %s",
-                     (long long)index[d], d, cr_shape_str(s, sizeof s, t->ndim, t->shape));
+            cr_error("cr_get/cr_set: index %lld out of range for dim %d of shape %s", (long long)index[d], d,
+                     cr_shape_str(s, sizeof s, t->ndim, t->shape));
         }
         off += index[d] * t->stride[d];
     }
@@ -380,9 +388,15 @@ void cr_fill(cr_tensor *t, double value)
     cr_tensor_bump_version(t);
     if (cr_is_contiguous(t)) {
         switch (t->dtype) {
-        case CR_F32: for (int64_t i = 0; i < n; i++) ((float *)t->data)[i] = (float)value; return;
-        case CR_F64: for (int64_t i = 0; i < n; i++) ((double *)t->data)[i] = value; return;
-        case CR_I32: for (int64_t i = 0; i < n; i++) ((int32_t *)t->data)[i] = (int32_t)value; return;
+        case CR_F32:
+            for (int64_t i = 0; i < n; i++) ((float *)t->data)[i] = (float)value;
+            return;
+        case CR_F64:
+            for (int64_t i = 0; i < n; i++) ((double *)t->data)[i] = value;
+            return;
+        case CR_I32:
+            for (int64_t i = 0; i < n; i++) ((int32_t *)t->data)[i] = (int32_t)value;
+            return;
         }
     }
     for (int64_t i = 0; i < n; i++) store(t, flat_offset(t, i), value);
@@ -390,22 +404,23 @@ void cr_fill(cr_tensor *t, double value)
 
 /* dst = src for two operands of one shape, any strides: rows of the merged
  * iteration, a flat inner loop where both rows are contiguous. */
-#define COPY_ROWS(TD, TS)                                                                              \
-    do {                                                                                               \
-        TD *d0 = dst->data;                                                                            \
-        const TS *s0 = src->data;                                                                      \
-        int64_t sd = it.stride[0][it.ndim - 1], ss = it.stride[1][it.ndim - 1];                        \
-        CR_PAR_FOR(n > cr_parallel_threshold, "omp parallel for schedule(static)",                     \
-        for (int64_t r = 0; r < it.outer; r++) {                                                       \
-            int64_t off[2];                                                                            \
-            cr_iter_row(&it, r, off);                                                                  \
-            TD *d = d0 + off[0];                                                                       \
-            const TS *q = s0 + off[1];                                                                 \
-            if (sd == 1 && ss == 1)                                                                    \
-                for (int64_t i = 0; i < it.inner; i++) d[i] = (TD)q[i];                                \
-            else                                                                                       \
-                for (int64_t i = 0; i < it.inner; i++) d[i * sd] = (TD)q[i * ss];                      \
-        });                                                                                            \
+#define COPY_ROWS(TD, TS)                                                                                    \
+    do {                                                                                                     \
+        TD *d0 = dst->data;                                                                                  \
+        const TS *s0 = src->data;                                                                            \
+        int64_t sd = it.stride[0][it.ndim - 1], ss = it.stride[1][it.ndim - 1];                              \
+        CR_PAR_FOR(                                                                                          \
+            n > cr_parallel_threshold, "omp parallel for schedule(static)",                                  \
+            for (int64_t r = 0; r < it.outer; r++) {                                                         \
+                int64_t off[2];                                                                              \
+                cr_iter_row(&it, r, off);                                                                    \
+                TD *d = d0 + off[0];                                                                         \
+                const TS *q = s0 + off[1];                                                                   \
+                if (sd == 1 && ss == 1)                                                                      \
+                    for (int64_t i = 0; i < it.inner; i++) d[i] = (TD)q[i];                                  \
+                else                                                                                         \
+                    for (int64_t i = 0; i < it.inner; i++) d[i * sd] = (TD)q[i * ss];                        \
+            });                                                                                              \
     } while (0)
 
 void cr_copy_(cr_tensor *dst, const cr_tensor *src)
@@ -429,14 +444,22 @@ void cr_copy_(cr_tensor *dst, const cr_tensor *src)
     cr_iter it;
     cr_iter_init(&it, dst->ndim, dst->shape, 2, ops);
     /* same dtype: copy bits; otherwise convert as C does (i32 <- float truncates) */
-    if (dst->dtype == src->dtype && cr_dtype_size(src->dtype) == 4) COPY_ROWS(uint32_t, uint32_t);
-    else if (dst->dtype == src->dtype) COPY_ROWS(uint64_t, uint64_t);
-    else if (dst->dtype == CR_F32 && src->dtype == CR_F64) COPY_ROWS(float, double);
-    else if (dst->dtype == CR_F32) COPY_ROWS(float, int32_t);
-    else if (dst->dtype == CR_F64 && src->dtype == CR_F32) COPY_ROWS(double, float);
-    else if (dst->dtype == CR_F64) COPY_ROWS(double, int32_t);
-    else if (src->dtype == CR_F32) COPY_ROWS(int32_t, float);
-    else COPY_ROWS(int32_t, double);
+    if (dst->dtype == src->dtype && cr_dtype_size(src->dtype) == 4)
+        COPY_ROWS(uint32_t, uint32_t);
+    else if (dst->dtype == src->dtype)
+        COPY_ROWS(uint64_t, uint64_t);
+    else if (dst->dtype == CR_F32 && src->dtype == CR_F64)
+        COPY_ROWS(float, double);
+    else if (dst->dtype == CR_F32)
+        COPY_ROWS(float, int32_t);
+    else if (dst->dtype == CR_F64 && src->dtype == CR_F32)
+        COPY_ROWS(double, float);
+    else if (dst->dtype == CR_F64)
+        COPY_ROWS(double, int32_t);
+    else if (src->dtype == CR_F32)
+        COPY_ROWS(int32_t, float);
+    else
+        COPY_ROWS(int32_t, double);
 }
 #undef COPY_ROWS
 
@@ -478,7 +501,8 @@ void cr_view_reshape(cr_tensor *dst, const cr_tensor *src, int ndim, const int64
     for (int d = 0; d < ndim; d++) {
         sh[d] = shape[d];
         if (shape[d] == -1) {
-            if (infer >= 0) cr_error("cr_reshape: more than one -1 in %s", cr_shape_str(a, sizeof a, ndim, shape));
+            if (infer >= 0)
+                cr_error("cr_reshape: more than one -1 in %s", cr_shape_str(a, sizeof a, ndim, shape));
             infer = d;
         } else if (shape[d] < 0) {
             cr_error("cr_reshape: negative size in %s", cr_shape_str(a, sizeof a, ndim, shape));

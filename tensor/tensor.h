@@ -48,7 +48,7 @@ typedef struct cr_tensor {
      * not seen: call cr_tensor_bump_version after them. */
     uint64_t *version;
     uint64_t version_store;
-    bool persistent;             /* created by cr_tensor_init */
+    bool persistent; /* created by cr_tensor_init */
     /* autograd fields, owned by autograd/ */
     bool requires_grad;
     bool retain_grad;
@@ -160,8 +160,7 @@ int64_t cr_numel(const cr_tensor *t);
 bool cr_is_contiguous(const cr_tensor *t);
 bool cr_same_shape(const cr_tensor *a, const cr_tensor *b);
 /* NumPy broadcasting of two shapes; returns false when they do not fit. */
-bool cr_broadcast_shape(int na, const int64_t *a, int nb, const int64_t *b, int *nout,
-                        int64_t *out);
+bool cr_broadcast_shape(int na, const int64_t *a, int nb, const int64_t *b, int *nout, int64_t *out);
 
 /* ---- creation ---------------------------------------------------------- */
 
@@ -178,7 +177,7 @@ cr_tensor *cr_tensor_new_as(const char *fn, cr_dtype dt, int ndim, const int64_t
 cr_tensor *cr_zeros(cr_dtype dt, int ndim, const int64_t *shape);
 cr_tensor *cr_ones(cr_dtype dt, int ndim, const int64_t *shape);
 cr_tensor *cr_full(cr_dtype dt, int ndim, const int64_t *shape, double value);
-cr_tensor *cr_scalar(cr_dtype dt, double value);                   /* 0-dim */
+cr_tensor *cr_scalar(cr_dtype dt, double value);                           /* 0-dim */
 cr_tensor *cr_arange(cr_dtype dt, double start, double stop, double step); /* [start,stop) */
 /* Copy `data` (numel elements of dtype dt) into a new arena tensor. */
 cr_tensor *cr_from_array(cr_dtype dt, int ndim, const int64_t *shape, const void *data);
@@ -193,7 +192,7 @@ cr_tensor *cr_tensor_header_new_as(const char *fn, cr_dtype dt, int ndim, const 
 void cr_tensor_set_contiguous(cr_tensor *t, cr_dtype dt, int ndim, const int64_t *shape);
 
 /* Convenience for shapes: CR_SHAPE(2, 3) expands to `2, (int64_t[]){2, 3}`. */
-#define CR_SHAPE(...)                                                                      \
+#define CR_SHAPE(...)                                                                                        \
     (int)(sizeof((int64_t[]){__VA_ARGS__}) / sizeof(int64_t)), (int64_t[]) { __VA_ARGS__ }
 
 /* ---- element access (slow, for tests and printing) ---------------------- */
@@ -279,13 +278,13 @@ cr_rng *cr_rng_use_dropout_stream(cr_rng *r);
  * use this. The loop forks only when cr_parallel_ok() holds (threads.c):
  * more than one thread allowed, never inside a parallel region or a
  * data-parallel replica. */
-#define CR_PAR_FOR(COND, PRAGMA, ...)                                                       \
-    do {                                                                                    \
-        if ((COND) && cr_parallel_ok()) {                                                   \
-            _Pragma(PRAGMA) __VA_ARGS__                                                     \
-        } else {                                                                            \
-            __VA_ARGS__                                                                     \
-        }                                                                                   \
+#define CR_PAR_FOR(COND, PRAGMA, ...)                                                                        \
+    do {                                                                                                     \
+        if ((COND) && cr_parallel_ok()) {                                                                    \
+            _Pragma(PRAGMA) __VA_ARGS__                                                                      \
+        } else {                                                                                             \
+            __VA_ARGS__                                                                                      \
+        }                                                                                                    \
     } while (0)
 
 /* One kind per line of tensor/unary_ops.h: CR_U_NEG, CR_U_EXP, ... */
@@ -294,8 +293,16 @@ typedef enum cr_unary_kind { CR_UNARY_OPS(CR_UNARY_KIND_) CR_U_COUNT_ } cr_unary
 #undef CR_UNARY_KIND_
 
 typedef enum cr_binary_kind {
-    CR_B_ADD, CR_B_SUB, CR_B_MUL, CR_B_DIV, CR_B_MAX, CR_B_MIN,
-    CR_B_GE, CR_B_GT, CR_B_LE, CR_B_LT /* 1 where the comparison holds, else 0 */
+    CR_B_ADD,
+    CR_B_SUB,
+    CR_B_MUL,
+    CR_B_DIV,
+    CR_B_MAX,
+    CR_B_MIN,
+    CR_B_GE,
+    CR_B_GT,
+    CR_B_LE,
+    CR_B_LT /* 1 where the comparison holds, else 0 */
 } cr_binary_kind;
 
 /* out = f(x; a, b) elementwise, same shape and dtype (x may be strided); a, b
@@ -346,12 +353,14 @@ void cr_k_index_add_dim(cr_tensor *gx, int dim, const cr_tensor *idx, const cr_t
  * written when its *_first flag is set, else added to.
  * LSTM: z = gx + gh ([B,4H], gates i f g o), c [B,H]; out [2,B,H] = (h', c'),
  * act [5,B,H] = (i, f, g, o, tanh c'). */
-void cr_k_lstm_gates(cr_tensor *out, cr_tensor *act, const cr_tensor *gx, const cr_tensor *gh, const cr_tensor *c);
+void cr_k_lstm_gates(cr_tensor *out, cr_tensor *act, const cr_tensor *gx, const cr_tensor *gh,
+                     const cr_tensor *c);
 void cr_k_lstm_gates_backward(cr_tensor *dgx, bool gx_first, cr_tensor *dgh, bool gh_first, cr_tensor *dc,
                               bool c_first, const cr_tensor *dy, const cr_tensor *act, const cr_tensor *c);
 /* GRU (PyTorch's): gx, gh [B,3H] (gates r z n, gh with b_hh), h [B,H]; out
  * [B,H] = h', act [4,B,H] = (r, z, n, gh_n). */
-void cr_k_gru_gates(cr_tensor *out, cr_tensor *act, const cr_tensor *gx, const cr_tensor *gh, const cr_tensor *h);
+void cr_k_gru_gates(cr_tensor *out, cr_tensor *act, const cr_tensor *gx, const cr_tensor *gh,
+                    const cr_tensor *h);
 void cr_k_gru_gates_backward(cr_tensor *dgx, bool gx_first, cr_tensor *dgh, bool gh_first, cr_tensor *dh,
                              bool h_first, const cr_tensor *dy, const cr_tensor *act, const cr_tensor *h);
 

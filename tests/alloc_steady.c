@@ -56,9 +56,11 @@ static cr_tensor *shard_loss(void *ctx, const cr_shard *s)
 {
     lm *m = ctx;
     int64_t rows = s->end - s->begin;
-    cr_tensor *x = cr_narrow(m->x, 0, s->begin, rows), *y = cr_reshape(cr_narrow(m->y, 0, s->begin, rows), CR_SHAPE(-1));
+    cr_tensor *x = cr_narrow(m->x, 0, s->begin, rows),
+              *y = cr_reshape(cr_narrow(m->y, 0, s->begin, rows), CR_SHAPE(-1));
     cr_rnn_output o = cr_rnn_forward(m->rnn, cr_embedding_forward(&m->emb, x), NULL, NULL, NULL);
-    cr_tensor *ce = cr_cross_entropy(cr_linear_forward(&m->head, cr_reshape(o.y, CR_SHAPE(-1, H))), y, -1, CR_SUM);
+    cr_tensor *ce =
+        cr_cross_entropy(cr_linear_forward(&m->head, cr_reshape(o.y, CR_SHAPE(-1, H))), y, -1, CR_SUM);
     return cr_mul_scalar(ce, 1.0 / (B * T));
 }
 
@@ -111,8 +113,12 @@ int main(void)
         cr_rng rng = cr_rng_seed(3);
         m.emb = cr_embedding_init(m.ps, "emb", V, E, -1, CR_F32, &rng);
         m.rnn = cr_rnn_init(m.ps, "rnn",
-                            (cr_rnn_config){.cell = &cr_cell_lstm, .input_size = E, .hidden_size = H,
-                                            .num_layers = 2, .dropout = 0.2, .dtype = CR_F32},
+                            (cr_rnn_config){.cell = &cr_cell_lstm,
+                                            .input_size = E,
+                                            .hidden_size = H,
+                                            .num_layers = 2,
+                                            .dropout = 0.2,
+                                            .dtype = CR_F32},
                             &rng);
         m.head = cr_linear_init(m.ps, "head", H, V, true, CR_F32, &rng);
         m.opt = cr_adam_init(m.ps, cr_adam_defaults(1e-3));
@@ -124,17 +130,19 @@ int main(void)
         }
         cr_graph *g = cr_graph_init();
         cr_graph_use(g);
-        cr_trainer *tr = cr_trainer_init(m.ps, (cr_trainer_config){.shards = 4, .threads = threads,
-                                                                   .mode = CR_PARALLEL_REPLICAS, .seed = 1});
+        cr_trainer *tr = cr_trainer_init(
+            m.ps,
+            (cr_trainer_config){.shards = 4, .threads = threads, .mode = CR_PARALLEL_REPLICAS, .seed = 1});
         static const char *names[] = {"plain", "recompute_steps", "cr_recompute", "trainer"};
         for (int mode = 0; mode < 4; mode++) {
             for (int w = 0; w < 2; w++) step(&m, g, tr, mode); /* warm-up: graph, pool, BLIS, Adam */
             long a0 = calls(), f0 = frees(), ga0 = gomp_calls(), gf0 = gomp_frees();
             for (int k = 0; k < 3; k++) step(&m, g, tr, mode);
             long a = calls() - a0, f = frees() - f0, ga = gomp_calls() - ga0, gf = gomp_frees() - gf0;
-            printf("threads=%d mode=%s: %ld allocation calls and %ld frees in 3 steady-state steps (%ld and %ld "
-                   "by libgomp)\n",
-                   threads, names[mode], a, f, ga, gf);
+            printf(
+                "threads=%d mode=%s: %ld allocation calls and %ld frees in 3 steady-state steps (%ld and %ld "
+                "by libgomp)\n",
+                threads, names[mode], a, f, ga, gf);
             bad |= a != 0 || f != 0;
         }
         cr_trainer_free(tr);

@@ -19,17 +19,17 @@ static void catch_error(const char *m)
     longjmp(err_jmp, 1);
 }
 
-#define EXPECT_ERROR(stmt, text)                                                                   \
-    do {                                                                                           \
-        cr_error_handler old_ = cr_set_error_handler(catch_error);                                 \
-        err_msg[0] = '\0';                                                                         \
-        if (setjmp(err_jmp) == 0) {                                                                \
-            stmt;                                                                                  \
-            cr_set_error_handler(old_);                                                            \
-            cr_assert_fail("no error from: %s", #stmt);                                            \
-        }                                                                                          \
-        cr_set_error_handler(old_);                                                                \
-        cr_assert(strstr(err_msg, text) != NULL, "message \"%s\" lacks \"%s\"", err_msg, text);    \
+#define EXPECT_ERROR(stmt, text)                                                                             \
+    do {                                                                                                     \
+        cr_error_handler old_ = cr_set_error_handler(catch_error);                                           \
+        err_msg[0] = '\0';                                                                                   \
+        if (setjmp(err_jmp) == 0) {                                                                          \
+            stmt;                                                                                            \
+            cr_set_error_handler(old_);                                                                      \
+            cr_assert_fail("no error from: %s", #stmt);                                                      \
+        }                                                                                                    \
+        cr_set_error_handler(old_);                                                                          \
+        cr_assert(strstr(err_msg, text) != NULL, "message \"%s\" lacks \"%s\"", err_msg, text);              \
     } while (0)
 
 #endif

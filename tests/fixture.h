@@ -33,7 +33,8 @@ static inline void fixture_copy(const cr_st_file *f, const char *name, cr_tensor
 {
     const cr_st_entry *e = fixture_entry(f, name);
     cr_assert_eq(e->dtype, dst->dtype, "fixture '%s' dtype differs", name);
-    cr_assert_eq((int64_t)(e->nbytes / cr_dtype_size(e->dtype)), cr_numel(dst), "fixture '%s' size differs", name);
+    cr_assert_eq((int64_t)(e->nbytes / cr_dtype_size(e->dtype)), cr_numel(dst), "fixture '%s' size differs",
+                 name);
     cr_assert(cr_is_contiguous(dst));
     memcpy(dst->data, e->data, e->nbytes);
 }
@@ -60,7 +61,8 @@ static inline double fixture_err(const cr_st_file *f, const char *name, const cr
 {
     const cr_st_entry *e = fixture_entry(f, name);
     int64_t n = (int64_t)(e->nbytes / cr_dtype_size(e->dtype));
-    cr_assert_eq(n, cr_numel(a), "'%s': %lld elements, fixture has %lld", name, (long long)cr_numel(a), (long long)n);
+    cr_assert_eq(n, cr_numel(a), "'%s': %lld elements, fixture has %lld", name, (long long)cr_numel(a),
+                 (long long)n);
     double worst = 0;
     for (int64_t i = 0; i < n; i++) {
         double b;
@@ -77,10 +79,10 @@ static inline double fixture_err(const cr_st_file *f, const char *name, const cr
     return worst;
 }
 
-#define EXPECT_MATCH(f, name, t, tol)                                                             \
-    do {                                                                                          \
-        double err_ = fixture_err((f), (name), (t));                                              \
-        cr_expect(err_ <= (tol), "%s: error %.3g exceeds %.1g", (name), err_, (double)(tol));      \
+#define EXPECT_MATCH(f, name, t, tol)                                                                        \
+    do {                                                                                                     \
+        double err_ = fixture_err((f), (name), (t));                                                         \
+        cr_expect(err_ <= (tol), "%s: error %.3g exceeds %.1g", (name), err_, (double)(tol));                \
     } while (0)
 
 #endif

@@ -39,14 +39,15 @@ static void same_as_one_process(pm_config cfg, int shards, int steps, double cli
     }
     pm_model a = pm_make(cfg, shards), b = pm_make(cfg, shards);
     cr_mpi_trainer *mt;
-    cr_status st = cr_mpi_trainer_init(MPI_COMM_WORLD, a.ps,
-                                       (cr_trainer_config){.shards = shards, .threads = 1, .seed = cfg.seed}, &mt);
+    cr_status st = cr_mpi_trainer_init(
+        MPI_COMM_WORLD, a.ps, (cr_trainer_config){.shards = shards, .threads = 1, .seed = cfg.seed}, &mt);
     if (st != CR_OK) {
         fprintf(stderr, "rank %d: %s\n", rank, cr_last_error());
         check(false, what);
         return;
     }
-    cr_trainer *ref = cr_trainer_init(b.ps, (cr_trainer_config){.shards = shards, .threads = 1, .seed = cfg.seed});
+    cr_trainer *ref =
+        cr_trainer_init(b.ps, (cr_trainer_config){.shards = shards, .threads = 1, .seed = cfg.seed});
     cr_task ta = pm_task(&a), tb = pm_task(&b);
     bool same_loss = true, ok = true;
     for (int k = 0; k < steps; k++) {
@@ -58,8 +59,8 @@ static void same_as_one_process(pm_config cfg, int shards, int steps, double cli
         same_loss &= memcmp(&la, &lb, sizeof la) == 0 && (clip == 0 || memcmp(&na, &nb, sizeof na) == 0);
     }
     char msg[256];
-    snprintf(msg, sizeof msg, "%s: %d shards over %d ranks (this rank: [%d, +%d)) = one process, bit for bit", what,
-             shards, ranks, cr_mpi_trainer_first_shard(mt), cr_mpi_trainer_local_shards(mt));
+    snprintf(msg, sizeof msg, "%s: %d shards over %d ranks (this rank: [%d, +%d)) = one process, bit for bit",
+             what, shards, ranks, cr_mpi_trainer_first_shard(mt), cr_mpi_trainer_local_shards(mt));
     check(ok && same_loss && pm_same_weights(a.ps, b.ps), msg);
     cr_trainer_free(ref);
     cr_mpi_trainer_free(mt);
@@ -103,15 +104,18 @@ static void parameters_reached_on_one_rank(void)
     partial_init(&b);
     cr_optim *oa = cr_adam_init(a.ps, cr_adam_defaults(0.1)), *ob = cr_adam_init(b.ps, cr_adam_defaults(0.1));
     cr_mpi_trainer *mt;
-    bool ok = cr_mpi_trainer_init(MPI_COMM_WORLD, a.ps, (cr_trainer_config){.shards = 2 * ranks, .threads = 1}, &mt) == CR_OK;
+    bool ok = cr_mpi_trainer_init(MPI_COMM_WORLD, a.ps,
+                                  (cr_trainer_config){.shards = 2 * ranks, .threads = 1}, &mt) == CR_OK;
     cr_trainer *ref = cr_trainer_init(b.ps, (cr_trainer_config){.shards = 2 * ranks, .threads = 1});
-    cr_task ta = {.rows = 8, .loss = partial_loss, .ctx = &a}, tb = {.rows = 8, .loss = partial_loss, .ctx = &b};
+    cr_task ta = {.rows = 8, .loss = partial_loss, .ctx = &a},
+            tb = {.rows = 8, .loss = partial_loss, .ctx = &b};
     for (int k = 0; ok && k < 3; k++) {
         ok &= cr_mpi_trainer_step(mt, &ta, oa, 0, NULL, NULL) == CR_OK;
         cr_trainer_step(ref, &tb, ob, 0, NULL, NULL);
     }
-    check(ok && pm_same_weights(a.ps, b.ps) && a.u->grad && cr_get_flat(a.u->grad, 0) != 0,
-          "a parameter only the last rank's shard reaches gets its gradient (and its Adam step) on every rank");
+    check(
+        ok && pm_same_weights(a.ps, b.ps) && a.u->grad && cr_get_flat(a.u->grad, 0) != 0,
+        "a parameter only the last rank's shard reaches gets its gradient (and its Adam step) on every rank");
     cr_trainer_free(ref);
     cr_mpi_trainer_free(mt);
     cr_optim_free(oa);
@@ -139,7 +143,8 @@ static void split_rules(void)
     for (int s = 1; s <= 4 * ranks && !bad; s++)
         if (!cr_mpi_split(s, ranks, 0, &f, &l)) bad = s;
     if (bad) {
-        pm_model m = pm_make((pm_config){.B = 4, .T = 3, .V = 5, .E = 2, .H = 3, .layers = 1, .seed = 1}, bad);
+        pm_model m =
+            pm_make((pm_config){.B = 4, .T = 3, .V = 5, .E = 2, .H = 3, .layers = 1, .seed = 1}, bad);
         cr_mpi_trainer *mt;
         cr_status st = cr_mpi_trainer_init(MPI_COMM_WORLD, m.ps, (cr_trainer_config){.shards = bad}, &mt);
         char what[128];
@@ -157,7 +162,8 @@ static void disagreeing_ranks(void)
     if (rank == ranks - 1) other.seed = 12;
     pm_model m = pm_make(other, 2 * ranks);
     cr_mpi_trainer *mt;
-    cr_status st = cr_mpi_trainer_init(MPI_COMM_WORLD, m.ps, (cr_trainer_config){.shards = 2 * ranks, .seed = 11}, &mt);
+    cr_status st =
+        cr_mpi_trainer_init(MPI_COMM_WORLD, m.ps, (cr_trainer_config){.shards = 2 * ranks, .seed = 11}, &mt);
     check(ranks == 1 || (st == CR_EINVAL && mentions("values differ from rank 0's")),
           "different initial weights: CR_EINVAL on every rank at init");
     if (st == CR_OK) cr_mpi_trainer_free(mt);
@@ -174,7 +180,8 @@ static void disagreeing_ranks(void)
           "a rank at another step: CR_EINVAL with the reason on every rank");
     /* and they go on together once back in step */
     cr_trainer_set_steps(cr_mpi_trainer_local(mt), 1);
-    check(cr_mpi_trainer_step(mt, &task, m.opt, 1.0, NULL, NULL) == CR_OK, "back in step, the next step works");
+    check(cr_mpi_trainer_step(mt, &task, m.opt, 1.0, NULL, NULL) == CR_OK,
+          "back in step, the next step works");
     if (ranks == 2) /* rank 1 sends its sum up, rank 0 sends the total down */
         check(cr_mpi_trainer_bytes_sent(mt) == cr_mpi_trainer_message_bytes(mt) &&
                   cr_mpi_trainer_message_bytes(mt) > cr_params_bytes(m.ps),
@@ -187,13 +194,15 @@ static void disagreeing_ranks(void)
  * holds every row, each from the rank that ran it. */
 static void shared_rows(void)
 {
-    pm_model m = pm_make((pm_config){.B = 13, .T = 3, .V = 5, .E = 2, .H = 3, .layers = 1, .seed = 1}, 2 * ranks);
+    pm_model m =
+        pm_make((pm_config){.B = 13, .T = 3, .V = 5, .E = 2, .H = 3, .layers = 1, .seed = 1}, 2 * ranks);
     cr_mpi_trainer *mt;
     cr_mpi_trainer_init(MPI_COMM_WORLD, m.ps, (cr_trainer_config){.shards = 2 * ranks}, &mt);
     const int64_t L = 2, B = 13, H = 3, S = 2 * ranks;
     cr_tensor *t = cr_tensor_init(CR_F32, CR_SHAPE(L, B, H));
     int64_t q = B / S, rem = B % S;
-    int64_t lo = 2 * rank * q + (2 * rank < rem ? 2 * rank : rem), hi = (2 * rank + 2) * q + (2 * rank + 2 < rem ? 2 * rank + 2 : rem);
+    int64_t lo = 2 * rank * q + (2 * rank < rem ? 2 * rank : rem),
+            hi = (2 * rank + 2) * q + (2 * rank + 2 < rem ? 2 * rank + 2 : rem);
     float *d = t->data;
     for (int64_t l = 0; l < L; l++)
         for (int64_t b = lo; b < hi; b++)
@@ -203,9 +212,11 @@ static void shared_rows(void)
         for (int64_t b = 0; b < B; b++) {
             int64_t g = 0; /* the shard of row b, and its rank */
             while (g + 1 < S && (g + 1) * q + (g + 1 < rem ? g + 1 : rem) <= b) g++;
-            for (int64_t k = 0; k < H; k++) ok &= d[(l * B + b) * H + k] == (float)(100 * (g / 2) + 10 * l + k);
+            for (int64_t k = 0; k < H; k++)
+                ok &= d[(l * B + b) * H + k] == (float)(100 * (g / 2) + 10 * l + k);
         }
-    check(ok, "cr_mpi_trainer_share_rows: every rank holds every row [2, 13, 3], each from the rank that ran it");
+    check(ok,
+          "cr_mpi_trainer_share_rows: every rank holds every row [2, 13, 3], each from the rank that ran it");
     cr_tensor_free(t);
     cr_mpi_trainer_free(mt);
     pm_free(&m);
@@ -213,7 +224,8 @@ static void shared_rows(void)
 
 static void checkpoints(const char *dir)
 {
-    pm_config cfg = {.B = 8, .T = 4, .V = 7, .E = 3, .H = 5, .layers = 2, .dropout = 0.2, .carry = true, .seed = 21};
+    pm_config cfg = {
+        .B = 8, .T = 4, .V = 7, .E = 3, .H = 5, .layers = 2, .dropout = 0.2, .carry = true, .seed = 21};
     pm_model a = pm_make(cfg, 2 * ranks), b = pm_make(cfg, 2 * ranks);
     cr_mpi_trainer *mt, *mb;
     cr_mpi_trainer_init(MPI_COMM_WORLD, a.ps, (cr_trainer_config){.shards = 2 * ranks, .seed = 21}, &mt);
@@ -231,15 +243,16 @@ static void checkpoints(const char *dir)
     cr_status st = cr_mpi_checkpoint_save(mt, path, a.ps, a.opt, 3, &rng, NULL, NULL, 0);
     check(st == CR_OK && access(path, R_OK) == 0, "rank 0 saves; every rank sees CR_OK");
     st = cr_mpi_checkpoint_save(mt, bad, a.ps, a.opt, 3, &rng, NULL, NULL, 0);
-    check(st == CR_EIO && (rank == 0 || mentions("rank 0: ")), "a failed save fails on every rank with rank 0's message");
+    check(st == CR_EIO && (rank == 0 || mentions("rank 0: ")),
+          "a failed save fails on every rank with rank 0's message");
 
     /* load into a fresh model on every rank: same values, trainer at step 3 */
     cr_mpi_trainer_init(MPI_COMM_WORLD, b.ps, (cr_trainer_config){.shards = 2 * ranks, .seed = 21}, &mb);
     int64_t step = -1;
     cr_rng r2;
     st = cr_mpi_checkpoint_load(mb, path, b.ps, b.opt, &step, &r2, NULL);
-    check(st == CR_OK && step == 3 && pm_same_weights(a.ps, b.ps) && cr_trainer_steps(cr_mpi_trainer_local(mb)) == 3 &&
-              cr_optim_steps(b.opt) == 3,
+    check(st == CR_OK && step == 3 && pm_same_weights(a.ps, b.ps) &&
+              cr_trainer_steps(cr_mpi_trainer_local(mb)) == 3 && cr_optim_steps(b.opt) == 3,
           "every rank loads rank 0's checkpoint: same weights, optimizer and step");
     /* then both go on identically */
     cr_task tb = pm_task(&b);
@@ -250,7 +263,8 @@ static void checkpoints(const char *dir)
     pm_next_batch(&b);
     cr_mpi_trainer_step(mt, &task, a.opt, 1.0, NULL, NULL);
     cr_mpi_trainer_step(mb, &tb, b.opt, 1.0, NULL, NULL);
-    check(pm_same_weights(a.ps, b.ps), "the resumed trainer continues bit for bit (dropout streams keyed by step)");
+    check(pm_same_weights(a.ps, b.ps),
+          "the resumed trainer continues bit for bit (dropout streams keyed by step)");
 
     char nofile[4096];
     snprintf(nofile, sizeof nofile, "%s/no-such-file.ckpt", dir);
@@ -266,9 +280,11 @@ static void checkpoints(const char *dir)
  * how = "exit" (_exit(3)), "exit0" (_exit(0)) or "kill" (SIGKILL). */
 static int die(int victim, const char *how)
 {
-    pm_model m = pm_make((pm_config){.B = 4, .T = 3, .V = 5, .E = 2, .H = 3, .layers = 1, .seed = 1}, 2 * ranks);
+    pm_model m =
+        pm_make((pm_config){.B = 4, .T = 3, .V = 5, .E = 2, .H = 3, .layers = 1, .seed = 1}, 2 * ranks);
     cr_mpi_trainer *mt;
-    if (cr_mpi_trainer_init(MPI_COMM_WORLD, m.ps, (cr_trainer_config){.shards = 2 * ranks}, &mt) != CR_OK) return 1;
+    if (cr_mpi_trainer_init(MPI_COMM_WORLD, m.ps, (cr_trainer_config){.shards = 2 * ranks}, &mt) != CR_OK)
+        return 1;
     cr_task task = pm_task(&m);
     for (int k = 0; k < 3; k++) {
         if (k == 2 && rank == victim) {
@@ -303,8 +319,16 @@ int main(int argc, char **argv)
         return 2;
     }
     split_rules();
-    pm_config base = {.B = 13, .T = 5, .V = 11, .E = 4, .H = 6, .layers = 2, .dropout = 0.3, .lengths = true,
-                      .carry = true, .seed = 7};
+    pm_config base = {.B = 13,
+                      .T = 5,
+                      .V = 11,
+                      .E = 4,
+                      .H = 6,
+                      .layers = 2,
+                      .dropout = 0.3,
+                      .lengths = true,
+                      .carry = true,
+                      .seed = 7};
     same_as_one_process(base, 8, 4, 1.0, "LSTM, dropout, lengths, carry, 13 rows");
     same_as_one_process(base, 6, 3, 1.0, "6 shards (blocks of 4 and 2)");
     same_as_one_process(base, 5, 3, 0.0, "5 shards, no clipping");

@@ -41,8 +41,12 @@ static inline pm_model pm_make(pm_config cfg, int max_shards)
     m.ps = cr_params_init();
     m.emb = cr_embedding_init(m.ps, "emb", cfg.V, cfg.E, -1, CR_F32, &rng);
     m.lstm = cr_rnn_init(m.ps, "lstm",
-                         (cr_rnn_config){.cell = &cr_cell_lstm, .input_size = cfg.E, .hidden_size = cfg.H,
-                                         .num_layers = cfg.layers, .dropout = cfg.dropout, .forget_bias = 1.0,
+                         (cr_rnn_config){.cell = &cr_cell_lstm,
+                                         .input_size = cfg.E,
+                                         .hidden_size = cfg.H,
+                                         .num_layers = cfg.layers,
+                                         .dropout = cfg.dropout,
+                                         .forget_bias = 1.0,
                                          .dtype = CR_F32},
                          &rng);
     m.head = cr_linear_init(m.ps, "head", cfg.H, cfg.V, true, CR_F32, &rng);
@@ -117,15 +121,17 @@ static inline void pm_carry(void *ctx, const cr_shard *s)
 
 static inline cr_task pm_task(pm_model *m)
 {
-    return (cr_task){.rows = m->cfg.B, .loss = pm_loss, .after_backward = m->cfg.carry ? pm_carry : NULL, .ctx = m};
+    return (cr_task){
+        .rows = m->cfg.B, .loss = pm_loss, .after_backward = m->cfg.carry ? pm_carry : NULL, .ctx = m};
 }
 
 /* Train `steps` steps through a trainer of `shards` shards on `threads`
  * threads in `mode`, clipping at `clip`; returns the last loss. */
-static inline double pm_train(pm_model *m, int steps, int shards, int threads, cr_parallel_mode mode, double clip)
+static inline double pm_train(pm_model *m, int steps, int shards, int threads, cr_parallel_mode mode,
+                              double clip)
 {
-    cr_trainer *t = cr_trainer_init(m->ps, (cr_trainer_config){.shards = shards, .threads = threads,
-                                                               .mode = mode, .seed = m->cfg.seed});
+    cr_trainer *t = cr_trainer_init(
+        m->ps, (cr_trainer_config){.shards = shards, .threads = threads, .mode = mode, .seed = m->cfg.seed});
     cr_task task = pm_task(m);
     double loss = 0, norm;
     for (int k = 0; k < steps; k++) {
@@ -142,7 +148,8 @@ static inline bool pm_same_weights(const cr_params *a, const cr_params *b)
     if (a->n != b->n) return false;
     for (size_t i = 0; i < a->n; i++) {
         const cr_tensor *x = a->items[i].value, *y = b->items[i].value;
-        if (cr_numel(x) != cr_numel(y) || memcmp(x->data, y->data, (size_t)cr_numel(x) * cr_dtype_size(x->dtype)))
+        if (cr_numel(x) != cr_numel(y) ||
+            memcmp(x->data, y->data, (size_t)cr_numel(x) * cr_dtype_size(x->dtype)))
             return false;
     }
     return true;

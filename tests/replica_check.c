@@ -12,8 +12,16 @@
 
 int main(void)
 {
-    const pm_config cfg = {.B = 12, .T = 7, .V = 11, .E = 6, .H = 9, .layers = 2, .dropout = 0.3,
-                           .lengths = true, .carry = true, .seed = 5};
+    const pm_config cfg = {.B = 12,
+                           .T = 7,
+                           .V = 11,
+                           .E = 6,
+                           .H = 9,
+                           .layers = 2,
+                           .dropout = 0.3,
+                           .lengths = true,
+                           .carry = true,
+                           .seed = 5};
     const int steps = 3, shards = 5;
     pm_model ref = pm_make(cfg, shards);
     double l_ref = pm_train(&ref, steps, shards, 1, CR_PARALLEL_REPLICAS, 0.05);

@@ -15,17 +15,13 @@ static const cr_cell_type *const all_kinds[] = {&cr_cell_rnn_tanh, &cr_cell_rnn_
                                                 &cr_cell_lstm,     &cr_cell_lstm_peephole};
 #define N_KINDS (sizeof all_kinds / sizeof all_kinds[0])
 
-static bool is_lstm(const cr_cell_type *k)
-{
-    return k->n_states == 2;
-}
+static bool is_lstm(const cr_cell_type *k) { return k->n_states == 2; }
 
 /* A type's position in all_kinds: the seeds of the old enum order. */
 static uint64_t index_of(const cr_cell_type *k)
 {
     for (size_t i = 0; i < N_KINDS; i++)
-        if (all_kinds[i] == k)
-            return i;
+        if (all_kinds[i] == k) return i;
     return 0;
 }
 
@@ -38,9 +34,9 @@ typedef struct layer {
     int64_t B, T, I, H;
     cr_params *ps;
     cr_bptt_weights p, g;
-    cr_tensor *x, *h0, *c0;   /* (B, T, I), (B, H), (B, H) or NULL */
-    cr_tensor *y, *hn, *cn;   /* outputs */
-    cr_tensor *r1, *r2, *r3;  /* loss weights, shapes of y, hn, cn */
+    cr_tensor *x, *h0, *c0;  /* (B, T, I), (B, H), (B, H) or NULL */
+    cr_tensor *y, *hn, *cn;  /* outputs */
+    cr_tensor *r1, *r2, *r3; /* loss weights, shapes of y, hn, cn */
     cr_tensor *dx, *dh0, *dc0;
     cr_bptt *w;
 } layer;
@@ -59,12 +55,10 @@ static cr_tensor *init_like(const cr_tensor *t)
 #define N_SLOTS 7
 static cr_tensor **slot(cr_bptt_weights *p, int s)
 {
-    cr_tensor **fields[N_SLOTS] = {&p->w_ih, &p->w_hh, &p->b_ih, &p->b_hh,
-                                   &p->w_ci, &p->w_cf, &p->w_co};
+    cr_tensor **fields[N_SLOTS] = {&p->w_ih, &p->w_hh, &p->b_ih, &p->b_hh, &p->w_ci, &p->w_cf, &p->w_co};
     return fields[s];
 }
-static const char *const slot_names[N_SLOTS] = {"w_ih", "w_hh", "b_ih", "b_hh",
-                                                "w_ci", "w_cf", "w_co"};
+static const char *const slot_names[N_SLOTS] = {"w_ih", "w_hh", "b_ih", "b_hh", "w_ci", "w_cf", "w_co"};
 
 static layer layer_make_bias(const cr_cell_type *kind, cr_dtype dt, int64_t B, int64_t T, int64_t I,
                              int64_t H, uint64_t seed, bool bias)
@@ -85,8 +79,7 @@ static layer layer_make_bias(const cr_cell_type *kind, cr_dtype dt, int64_t B, i
         cr_fill_uniform(cr_params_add(L.ps, "rnn.l0", "w_co", dt, CR_SHAPE(H)), &rng, -0.5, 0.5);
     }
     L.p = cr_bptt_weights_from(L.ps, "rnn.l0", kind);
-    for (int s = 0; s < N_SLOTS; s++)
-        *slot(&L.g, s) = init_like(*slot(&L.p, s));
+    for (int s = 0; s < N_SLOTS; s++) *slot(&L.g, s) = init_like(*slot(&L.p, s));
 
     L.x = init(dt, CR_SHAPE(B, T, I));
     L.h0 = init(dt, CR_SHAPE(B, H));
@@ -112,8 +105,8 @@ static layer layer_make_bias(const cr_cell_type *kind, cr_dtype dt, int64_t B, i
     return L;
 }
 
-static layer layer_make(const cr_cell_type *kind, cr_dtype dt, int64_t B, int64_t T, int64_t I,
-                        int64_t H, uint64_t seed)
+static layer layer_make(const cr_cell_type *kind, cr_dtype dt, int64_t B, int64_t T, int64_t I, int64_t H,
+                        uint64_t seed)
 {
     return layer_make_bias(kind, dt, B, T, I, H, seed, true);
 }
@@ -121,12 +114,9 @@ static layer layer_make(const cr_cell_type *kind, cr_dtype dt, int64_t B, int64_
 static void layer_free(layer *L)
 {
     cr_params_free(L->ps);
-    for (int s = 0; s < N_SLOTS; s++)
-        cr_tensor_free(*slot(&L->g, s));
-    cr_tensor *ts[] = {L->x,  L->h0, L->c0, L->y,  L->hn, L->cn,
-                       L->r1, L->r2, L->r3, L->dx, L->dh0, L->dc0};
-    for (size_t k = 0; k < sizeof ts / sizeof ts[0]; k++)
-        cr_tensor_free(ts[k]);
+    for (int s = 0; s < N_SLOTS; s++) cr_tensor_free(*slot(&L->g, s));
+    cr_tensor *ts[] = {L->x, L->h0, L->c0, L->y, L->hn, L->cn, L->r1, L->r2, L->r3, L->dx, L->dh0, L->dc0};
+    for (size_t k = 0; k < sizeof ts / sizeof ts[0]; k++) cr_tensor_free(ts[k]);
     cr_bptt_free(L->w);
 }
 
@@ -146,8 +136,7 @@ static void put(cr_tensor *t, int64_t i, double v)
 static double dot(const cr_tensor *a, const cr_tensor *b)
 {
     double s = 0;
-    for (int64_t i = 0; i < cr_numel(a); i++)
-        s += at(a, i) * at(b, i);
+    for (int64_t i = 0; i < cr_numel(a); i++) s += at(a, i) * at(b, i);
     return s;
 }
 
@@ -180,29 +169,24 @@ static double fd_error(layer *L, cr_tensor *t, const cr_tensor *grad, const char
         put(t, i, v);
         const double num = (lp - lm) / (2 * eps), ana = at(grad, i);
         const double err = fabs(ana - num) / fmax(1, fmax(fabs(ana), fabs(num)));
-        if (err > worst)
-            worst = err;
+        if (err > worst) worst = err;
     }
-    cr_assert(worst < 1e-7, "%s, %s: relative error %g", L->kind->name, what,
-              worst);
+    cr_assert(worst < 1e-7, "%s, %s: relative error %g", L->kind->name, what, worst);
     return worst;
 }
 
-static void gradcheck_bias(const cr_cell_type *kind, int64_t B, int64_t T, int64_t I, int64_t H,
-                           bool bias)
+static void gradcheck_bias(const cr_cell_type *kind, int64_t B, int64_t T, int64_t I, int64_t H, bool bias)
 {
     layer L = layer_make_bias(kind, CR_F64, B, T, I, H, 1234 + index_of(kind), bias);
     grads(&L);
     for (int s = 0; s < N_SLOTS; s++) {
         cr_tensor *p = *slot(&L.p, s), *g = *slot(&L.g, s);
         cr_assert_eq(p == NULL, g == NULL);
-        if (p)
-            fd_error(&L, p, g, slot_names[s]);
+        if (p) fd_error(&L, p, g, slot_names[s]);
     }
     fd_error(&L, L.x, L.dx, "x");
     fd_error(&L, L.h0, L.dh0, "h0");
-    if (L.c0)
-        fd_error(&L, L.c0, L.dc0, "c0");
+    if (L.c0) fd_error(&L, L.c0, L.dc0, "c0");
     layer_free(&L);
 }
 
@@ -233,8 +217,7 @@ Test(bptt, gradcheck_tiny_sizes)
 /* Layers without biases (cr_cell_config.no_bias): NULL biases count as zeros. */
 Test(bptt, gradcheck_without_biases)
 {
-    for (size_t k = 0; k < N_KINDS; k++)
-        gradcheck_bias(all_kinds[k], 2, 4, 3, 3, false);
+    for (size_t k = 0; k < N_KINDS; k++) gradcheck_bias(all_kinds[k], 2, 4, 3, 3, false);
 }
 
 /* ---- known values: zero weights, chosen biases ------------------------------- */
@@ -254,10 +237,7 @@ static layer zero_weight_layer(const cr_cell_type *kind)
     return L;
 }
 
-static double sig(double v)
-{
-    return 1 / (1 + exp(-v));
-}
+static double sig(double v) { return 1 / (1 + exp(-v)); }
 
 static void check_close(double got, double want, const char *what)
 {
@@ -288,10 +268,8 @@ Test(bptt, known_rnn)
             check_close(at(L.g.b_ih, j), d * sum_dh, "db_ih");
             check_close(at(L.g.b_hh, j), d * sum_dh, "db_hh");
         }
-        for (int64_t i = 0; i < cr_numel(L.dx); i++)
-            check_close(at(L.dx, i), 0, "dx");
-        for (int64_t i = 0; i < cr_numel(L.dh0); i++)
-            check_close(at(L.dh0, i), 0, "dh0");
+        for (int64_t i = 0; i < cr_numel(L.dx); i++) check_close(at(L.dx, i), 0, "dx");
+        for (int64_t i = 0; i < cr_numel(L.dh0); i++) check_close(at(L.dh0, i), 0, "dh0");
         layer_free(&L);
     }
 }
@@ -314,8 +292,7 @@ Test(bptt, known_gru)
             for (int64_t b = 0; b < B; b++) {
                 const double h0 = at(L.h0, b * H + j);
                 for (int64_t t = 0; t < T; t++)
-                    check_close(at(L.y, (b * T + t) * H + j), n + pow(z, (double)t + 1) * (h0 - n),
-                                "y");
+                    check_close(at(L.y, (b * T + t) * H + j), n + pow(z, (double)t + 1) * (h0 - n), "y");
                 check_close(at(L.hn, b * H + j), n + pow(z, (double)T) * (h0 - n), "h_n");
             }
         }
@@ -332,8 +309,7 @@ Test(bptt, known_lstm)
      * c_t = f^t c_0 + i g (1 - f^t) / (1 - f), h_t = o tanh(c_t). */
     for (int64_t j = 0; j < H; j++) {
         double gate[4];
-        for (int k = 0; k < 4; k++)
-            gate[k] = at(L.p.b_ih, k * H + j) + at(L.p.b_hh, k * H + j);
+        for (int k = 0; k < 4; k++) gate[k] = at(L.p.b_ih, k * H + j) + at(L.p.b_hh, k * H + j);
         const double i = sig(gate[0]), f = sig(gate[1]), g = tanh(gate[2]), o = sig(gate[3]);
         for (int64_t b = 0; b < B; b++) {
             const double c0 = at(L.c0, b * H + j);
@@ -360,8 +336,7 @@ Test(bptt, known_lstm_peephole)
      * o = σ(a_o + w_co c'), h' = o tanh(c'). */
     for (int64_t j = 0; j < H; j++) {
         double a[4];
-        for (int k = 0; k < 4; k++)
-            a[k] = at(L.p.b_ih, k * H + j) + at(L.p.b_hh, k * H + j);
+        for (int k = 0; k < 4; k++) a[k] = at(L.p.b_ih, k * H + j) + at(L.p.b_hh, k * H + j);
         const double wci = at(L.p.w_ci, j), wcf = at(L.p.w_cf, j), wco = at(L.p.w_co, j);
         for (int64_t b = 0; b < B; b++) {
             double c = at(L.c0, b * H + j), h = 0;
@@ -380,13 +355,12 @@ Test(bptt, known_lstm_peephole)
 
 /* ---- f32 against f64 ---------------------------------------------------------- */
 
-static void check_f32(const cr_tensor *t32, const cr_tensor *t64, const char *what,
-                      const cr_cell_type *kind)
+static void check_f32(const cr_tensor *t32, const cr_tensor *t64, const char *what, const cr_cell_type *kind)
 {
     for (int64_t i = 0; i < cr_numel(t64); i++) {
         const double a = at(t32, i), b = at(t64, i);
-        cr_assert(fabs(a - b) <= 1e-5 * fmax(1, fabs(b)), "%s %s[%lld]: f32 %.9g, f64 %.17g",
-                  kind->name, what, (long long)i, a, b);
+        cr_assert(fabs(a - b) <= 1e-5 * fmax(1, fabs(b)), "%s %s[%lld]: f32 %.9g, f64 %.17g", kind->name,
+                  what, (long long)i, a, b);
     }
 }
 
@@ -398,8 +372,7 @@ Test(bptt, f32_matches_f64)
         layer L32 = layer_make(kind, CR_F32, 3, 6, 4, 5, 8);
         /* The same numbers in both: copy the f64 values (exact in f32 after rounding). */
         for (int s = 0; s < N_SLOTS; s++)
-            if (*slot(&L64.p, s))
-                cr_copy_(*slot(&L32.p, s), *slot(&L64.p, s));
+            if (*slot(&L64.p, s)) cr_copy_(*slot(&L32.p, s), *slot(&L64.p, s));
         cr_tensor *src[] = {L64.x, L64.h0, L64.c0, L64.r1, L64.r2, L64.r3};
         cr_tensor *dst[] = {L32.x, L32.h0, L32.c0, L32.r1, L32.r2, L32.r3};
         for (int i = 0; i < 6; i++)
@@ -408,8 +381,7 @@ Test(bptt, f32_matches_f64)
                 cr_copy_(src[i], dst[i]); /* both sides hold the f32-rounded values */
             }
         for (int s = 0; s < N_SLOTS; s++)
-            if (*slot(&L64.p, s))
-                cr_copy_(*slot(&L64.p, s), *slot(&L32.p, s));
+            if (*slot(&L64.p, s)) cr_copy_(*slot(&L64.p, s), *slot(&L32.p, s));
         grads(&L64);
         grads(&L32);
         check_f32(L32.y, L64.y, "y", kind);
@@ -421,8 +393,7 @@ Test(bptt, f32_matches_f64)
             check_f32(L32.dc0, L64.dc0, "dc0", kind);
         }
         for (int s = 0; s < N_SLOTS; s++)
-            if (*slot(&L64.g, s))
-                check_f32(*slot(&L32.g, s), *slot(&L64.g, s), slot_names[s], kind);
+            if (*slot(&L64.g, s)) check_f32(*slot(&L32.g, s), *slot(&L64.g, s), slot_names[s], kind);
         layer_free(&L64);
         layer_free(&L32);
     }
@@ -446,8 +417,7 @@ Test(bptt, backward_adds_into_gradients)
         /* A second backward (no new forward) adds the same amount again. */
         cr_bptt_backward(L.w, &L.p, L.r1, L.r2, L.r3, &L.g, NULL, NULL, NULL);
         for (int s = 0; s < N_SLOTS; s++) {
-            if (!once[s])
-                continue;
+            if (!once[s]) continue;
             for (int64_t i = 0; i < cr_numel(once[s]); i++)
                 check_close(at(*slot(&L.g, s), i), 2 * at(once[s], i), slot_names[s]);
             cr_tensor_free(once[s]);
@@ -463,14 +433,12 @@ Test(bptt, null_arguments_mean_zero)
         layer L = layer_make(kind, CR_F64, 2, 4, 3, 3, 11);
         /* NULL h0, c0 are zeros. */
         cr_fill(L.h0, 0);
-        if (L.c0)
-            cr_fill(L.c0, 0);
+        if (L.c0) cr_fill(L.c0, 0);
         loss(&L);
         cr_tensor *y_ref = init_like(L.y);
         cr_copy_(y_ref, L.y);
         cr_bptt_forward(L.w, &L.p, L.x, NULL, NULL, L.y, NULL, NULL);
-        for (int64_t i = 0; i < cr_numel(L.y); i++)
-            check_close(at(L.y, i), at(y_ref, i), "y with NULL h0");
+        for (int64_t i = 0; i < cr_numel(L.y); i++) check_close(at(L.y, i), at(y_ref, i), "y with NULL h0");
         /* NULL dy with only dh_n equals dy = 0. */
         cr_tensor *dh0_ref = init_like(L.dh0);
         cr_tensor *zero = init_like(L.y);
@@ -528,8 +496,7 @@ Test(bptt, weights_of_cell)
     for (size_t k = 0; k < N_KINDS; k++) {
         cr_params *ps = cr_params_init();
         cr_rng rng = cr_rng_seed(5);
-        cr_cell_config cfg = {.cell = all_kinds[k], .input_size = 3, .hidden_size = 2,
-                              .dtype = CR_F64};
+        cr_cell_config cfg = {.cell = all_kinds[k], .input_size = 3, .hidden_size = 2, .dtype = CR_F64};
         cr_cell cell = cr_cell_init(ps, "enc.l0", cfg, &rng);
         cr_assert_eq(cell.type, all_kinds[k]);
         cr_bptt_weights a = cr_bptt_weights_of(&cell);
@@ -550,8 +517,7 @@ Test(bptt, names_and_gates)
     cr_assert_eq(cr_cell_proj_width(&cr_cell_rnn_relu, 5, 3), 5);
     cr_assert_eq(cr_cell_proj_width(&cr_cell_gru, 5, 3), 15);
     cr_assert_eq(cr_cell_proj_width(&cr_cell_lstm, 5, 3), 20);
-    for (size_t k = 0; k < N_KINDS; k++)
-        cr_assert_not_null(all_kinds[k]->bptt, "%s", all_kinds[k]->name);
+    for (size_t k = 0; k < N_KINDS; k++) cr_assert_not_null(all_kinds[k]->bptt, "%s", all_kinds[k]->name);
     cr_bptt_free(NULL);
 }
 
@@ -589,7 +555,4 @@ Test(bptt, missing_parameter_aborts, .signal = SIGABRT)
     cr_bptt_weights_from(L.ps, "rnn.l0", &cr_cell_lstm_peephole); /* no rnn.l0.w_ci */
 }
 
-Test(bptt, bad_sizes_abort, .signal = SIGABRT)
-{
-    cr_bptt_init(&cr_cell_lstm, CR_F64, 2, 0, 4, 5);
-}
+Test(bptt, bad_sizes_abort, .signal = SIGABRT) { cr_bptt_init(&cr_cell_lstm, CR_F64, 2, 0, 4, 5); }

@@ -26,7 +26,8 @@ static const cr_cell_param mgu_params[] = {
     {.name = "u", .role = CR_PARAM_WEIGHT_T, .shape = {CR_H(1), CR_H(1)}},
     {.name = "b", .role = CR_PARAM_INPUT_BIAS},
 };
-static void mgu_step(const cr_cell *c, cr_tensor *const *w, cr_tensor *gx, cr_tensor *const *s, cr_tensor **next)
+static void mgu_step(const cr_cell *c, cr_tensor *const *w, cr_tensor *gx, cr_tensor *const *s,
+                     cr_tensor **next)
 {
     int64_t H = c->hidden_size;
     cr_tensor *h = s[0];
@@ -34,8 +35,8 @@ static void mgu_step(const cr_cell *c, cr_tensor *const *w, cr_tensor *gx, cr_te
     cr_tensor *n = cr_tanh(cr_add(cr_narrow(gx, 1, H, H), cr_matmul(cr_mul(f, h), w[MGU_U])));
     next[0] = cr_add(cr_mul(cr_rsub_scalar(f, 1), h), cr_mul(f, n));
 }
-static const cr_cell_type mgu = {.name = "mgu", .n_states = 1, .proj = CR_H(2), .params = mgu_params,
-                                 .n_params = 4, .step = mgu_step};
+static const cr_cell_type mgu = {
+    .name = "mgu", .n_states = 1, .proj = CR_H(2), .params = mgu_params, .n_params = 4, .step = mgu_step};
 
 /* Three states a, b, c; projection blocks [g1, g2]:
  *   a' = tanh(g1 + a U^T + v*c)   b' = s(g2)*b + a'   c' = tanh(b')
@@ -47,15 +48,17 @@ static const cr_cell_param tri_params[] = {
     {.name = "v", .role = CR_PARAM_WEIGHT, .shape = {CR_H(1)}, .init = CR_INIT_UNIFORM(-0.5, 0.5)},
     {.name = "b", .role = CR_PARAM_INPUT_BIAS},
 };
-static void tri_step(const cr_cell *c, cr_tensor *const *w, cr_tensor *gx, cr_tensor *const *s, cr_tensor **next)
+static void tri_step(const cr_cell *c, cr_tensor *const *w, cr_tensor *gx, cr_tensor *const *s,
+                     cr_tensor **next)
 {
     int64_t H = c->hidden_size;
-    next[0] = cr_tanh(cr_add(cr_add(cr_narrow(gx, 1, 0, H), cr_matmul(s[0], w[TRI_U])), cr_mul(w[TRI_V], s[2])));
+    next[0] =
+        cr_tanh(cr_add(cr_add(cr_narrow(gx, 1, 0, H), cr_matmul(s[0], w[TRI_U])), cr_mul(w[TRI_V], s[2])));
     next[1] = cr_add(cr_mul(cr_sigmoid(cr_narrow(gx, 1, H, H)), s[1]), next[0]);
     next[2] = cr_tanh(next[1]);
 }
-static const cr_cell_type tri = {.name = "tri", .n_states = 3, .proj = CR_H(2), .params = tri_params,
-                                 .n_params = 4, .step = tri_step};
+static const cr_cell_type tri = {
+    .name = "tri", .n_states = 3, .proj = CR_H(2), .params = tri_params, .n_params = 4, .step = tri_step};
 
 static cr_tensor *leaf(cr_tensor *t)
 {
@@ -76,8 +79,13 @@ Test(cells, user_cell_parameters_get_layer_names)
 {
     cr_params *ps = cr_params_init();
     cr_rng rng = cr_rng_seed(1);
-    cr_rnn *m = cr_rnn_init(ps, "enc", (cr_rnn_config){.cell = &mgu, .input_size = 3, .hidden_size = 4,
-                                                       .num_layers = 2, .bidirectional = true, .dtype = CR_F32},
+    cr_rnn *m = cr_rnn_init(ps, "enc",
+                            (cr_rnn_config){.cell = &mgu,
+                                            .input_size = 3,
+                                            .hidden_size = 4,
+                                            .num_layers = 2,
+                                            .bidirectional = true,
+                                            .dtype = CR_F32},
                             &rng);
     cr_assert_eq(ps->n, 16);
     const struct {
@@ -85,8 +93,9 @@ Test(cells, user_cell_parameters_get_layer_names)
         int ndim;
         int64_t r, c;
     } want[] = {
-        {"enc.l0.w_ih", 2, 8, 3}, {"enc.l0.u_f", 2, 4, 4}, {"enc.l0.u", 2, 4, 4}, {"enc.l0.b", 1, 8, 0},
-        {"enc.l0_reverse.w_ih", 2, 8, 3}, {"enc.l1.w_ih", 2, 8, 8}, {"enc.l1_reverse.b", 1, 8, 0},
+        {"enc.l0.w_ih", 2, 8, 3},      {"enc.l0.u_f", 2, 4, 4},          {"enc.l0.u", 2, 4, 4},
+        {"enc.l0.b", 1, 8, 0},         {"enc.l0_reverse.w_ih", 2, 8, 3}, {"enc.l1.w_ih", 2, 8, 8},
+        {"enc.l1_reverse.b", 1, 8, 0},
     };
     for (size_t k = 0; k < sizeof want / sizeof want[0]; k++) {
         cr_tensor *t = cr_params_get(ps, want[k].name);
@@ -106,8 +115,10 @@ Test(cells, no_bias_drops_bias_rows_and_init_rules_apply)
 {
     cr_params *ps = cr_params_init();
     cr_rng rng = cr_rng_seed(2);
-    cr_cell c = cr_cell_init(ps, "t", (cr_cell_config){.cell = &tri, .input_size = 2, .hidden_size = 16,
-                                                      .no_bias = true, .dtype = CR_F64}, &rng);
+    cr_cell c = cr_cell_init(
+        ps, "t",
+        (cr_cell_config){.cell = &tri, .input_size = 2, .hidden_size = 16, .no_bias = true, .dtype = CR_F64},
+        &rng);
     cr_assert_null(cr_cell_get(&c, "b"));
     cr_assert_null(cr_params_get(ps, "t.b"));
     cr_assert_eq(ps->n, 3);
@@ -160,9 +171,13 @@ static void gradcheck_layer(const cr_cell_type *type)
     const int64_t B = 3, T = 5, I = 2, H = 3, L = 2, D = 2;
     cr_params *ps = cr_params_init();
     cr_rng rng = cr_rng_seed(11);
-    cr_rnn *m = cr_rnn_init(ps, "rnn", (cr_rnn_config){.cell = type, .input_size = I, .hidden_size = H,
-                                                       .num_layers = (int)L, .bidirectional = true,
-                                                       .dtype = CR_F64},
+    cr_rnn *m = cr_rnn_init(ps, "rnn",
+                            (cr_rnn_config){.cell = type,
+                                            .input_size = I,
+                                            .hidden_size = H,
+                                            .num_layers = (int)L,
+                                            .bidirectional = true,
+                                            .dtype = CR_F64},
                             &rng);
     cr_tensor *in[64];
     int n = 0;
@@ -202,8 +217,13 @@ static void padding_changes_nothing(const cr_cell_type *type)
     const int32_t lens[3] = {6, 2, 4};
     cr_params *ps = cr_params_init();
     cr_rng rng = cr_rng_seed(21);
-    cr_rnn *m = cr_rnn_init(ps, "m", (cr_rnn_config){.cell = type, .input_size = I, .hidden_size = H,
-                                                     .num_layers = 2, .bidirectional = true, .dtype = CR_F64},
+    cr_rnn *m = cr_rnn_init(ps, "m",
+                            (cr_rnn_config){.cell = type,
+                                            .input_size = I,
+                                            .hidden_size = H,
+                                            .num_layers = 2,
+                                            .bidirectional = true,
+                                            .dtype = CR_F64},
                             &rng);
     cr_tensor *x = leaf(cr_tensor_init(CR_F64, CR_SHAPE(B, T, I)));
     cr_fill_uniform(x, &rng, -1, 1);
@@ -277,9 +297,10 @@ Test(cells, one_step_matches_the_layer)
 {
     cr_params *ps = cr_params_init();
     cr_rng rng = cr_rng_seed(4);
-    cr_rnn *m = cr_rnn_init(ps, "m", (cr_rnn_config){.cell = &tri, .input_size = 2, .hidden_size = 3,
-                                                     .num_layers = 1, .dtype = CR_F64},
-                            &rng);
+    cr_rnn *m = cr_rnn_init(
+        ps, "m",
+        (cr_rnn_config){.cell = &tri, .input_size = 2, .hidden_size = 3, .num_layers = 1, .dtype = CR_F64},
+        &rng);
     cr_tensor *x = cr_tensor_new(CR_F64, CR_SHAPE(2, 1, 2));
     cr_fill_uniform(x, &rng, -1, 1);
     cr_rnn_output o = cr_rnn_forward_states(m, x, NULL, 0, NULL);
@@ -298,7 +319,8 @@ Test(cells, one_step_matches_the_layer)
 /* ---- the fused-step hook --------------------------------------------------------------------------- */
 
 static int fused_calls;
-static void mgu_fused(const cr_cell *c, cr_tensor *const *w, cr_tensor *gx, cr_tensor *const *s, cr_tensor **next)
+static void mgu_fused(const cr_cell *c, cr_tensor *const *w, cr_tensor *gx, cr_tensor *const *s,
+                      cr_tensor **next)
 {
     fused_calls++;
     mgu_step(c, w, gx, s, next);
@@ -311,8 +333,13 @@ Test(cells, layer_prefers_the_fused_step)
     fast.fused_step = mgu_fused;
     cr_params *ps = cr_params_init();
     cr_rng rng = cr_rng_seed(5);
-    cr_rnn *m = cr_rnn_init(ps, "m", (cr_rnn_config){.cell = &fast, .input_size = 2, .hidden_size = 3,
-                                                     .num_layers = 2, .bidirectional = true, .dtype = CR_F64},
+    cr_rnn *m = cr_rnn_init(ps, "m",
+                            (cr_rnn_config){.cell = &fast,
+                                            .input_size = 2,
+                                            .hidden_size = 3,
+                                            .num_layers = 2,
+                                            .bidirectional = true,
+                                            .dtype = CR_F64},
                             &rng);
     cr_tensor *x = cr_tensor_new(CR_F64, CR_SHAPE(2, 5, 2));
     cr_fill_uniform(x, &rng, -1, 1);
@@ -330,7 +357,8 @@ Test(cells, layer_prefers_the_fused_step)
 /* ---- misuse ---------------------------------------------------------------------------------------- */
 
 /* A step whose output is 2H wide. */
-static void wide_step(const cr_cell *c, cr_tensor *const *w, cr_tensor *gx, cr_tensor *const *s, cr_tensor **next)
+static void wide_step(const cr_cell *c, cr_tensor *const *w, cr_tensor *gx, cr_tensor *const *s,
+                      cr_tensor **next)
 {
     (void)c, (void)w, (void)s;
     next[0] = cr_tanh(gx);
@@ -345,8 +373,13 @@ static void forgetful_step(const cr_cell *c, cr_tensor *const *w, cr_tensor *gx,
 static cr_rnn *layer_of(cr_params *ps, const cr_cell_type *t, int64_t I, int64_t H)
 {
     cr_rng rng = cr_rng_seed(9);
-    return cr_rnn_init(ps, t->name, (cr_rnn_config){.cell = t, .input_size = I, .hidden_size = H, .num_layers = 2,
-                                                .bidirectional = true, .dtype = CR_F64},
+    return cr_rnn_init(ps, t->name,
+                       (cr_rnn_config){.cell = t,
+                                       .input_size = I,
+                                       .hidden_size = H,
+                                       .num_layers = 2,
+                                       .bidirectional = true,
+                                       .dtype = CR_F64},
                        &rng);
 }
 
@@ -378,13 +411,16 @@ Test(cells, misuse_names_the_function_and_shapes)
                  "cr_rnn_forward_states: 2 initial states given, cell tri has 3");
     EXPECT_ERROR(cr_rnn_forward_states(m, x, NULL, 3, (cr_tensor *[]){h0, bad, NULL}),
                  "cr_rnn_forward_states: s0[1] is f64 [2,3,4], expected f64 [4,3,4]");
-    EXPECT_ERROR(cr_rnn_forward(m, x, NULL, bad, NULL), "cr_rnn_forward: h0 is f64 [2,3,4], expected f64 [4,3,4]");
+    EXPECT_ERROR(cr_rnn_forward(m, x, NULL, bad, NULL),
+                 "cr_rnn_forward: h0 is f64 [2,3,4], expected f64 [4,3,4]");
     cr_rnn_free(m);
 
     m = layer_of(ps, &mgu, 2, 4);
-    EXPECT_ERROR(cr_rnn_forward(m, x, NULL, h0, h0), "cr_rnn_forward: c0 given to a mgu layer, whose cell has one state");
+    EXPECT_ERROR(cr_rnn_forward(m, x, NULL, h0, h0),
+                 "cr_rnn_forward: c0 given to a mgu layer, whose cell has one state");
     cr_tensor *x32 = cr_zeros(CR_F32, CR_SHAPE(3, 5, 2));
-    EXPECT_ERROR(cr_rnn_forward(m, x32, NULL, NULL, NULL), "cr_rnn_forward: input is f32 [3,5,2], expected f64 [B,T,2]");
+    EXPECT_ERROR(cr_rnn_forward(m, x32, NULL, NULL, NULL),
+                 "cr_rnn_forward: input is f32 [3,5,2], expected f64 [B,T,2]");
     cr_rnn_free(m);
     cr_params_free(ps);
 }
@@ -415,15 +451,18 @@ Test(cells, bad_descriptors_are_refused)
     static const cr_cell_param vec_t[] = {{.name = "w_ih", .role = CR_PARAM_INPUT},
                                           {.name = "u", .role = CR_PARAM_WEIGHT_T, .shape = {CR_H(1)}}};
     t.params = vec_t;
-    EXPECT_ERROR(cr_cell_init(ps, "c", (cr_cell_config){.cell = &t, .input_size = 2, .hidden_size = 4,
-                                                        .dtype = CR_F64}, &rng),
-                 "cr_cell_init: cell mgu: parameter u is transposed for the step (CR_PARAM_WEIGHT_T) but has 1 dims");
+    EXPECT_ERROR(
+        cr_cell_init(ps, "c",
+                     (cr_cell_config){.cell = &t, .input_size = 2, .hidden_size = 4, .dtype = CR_F64}, &rng),
+        "cr_cell_init: cell mgu: parameter u is transposed for the step (CR_PARAM_WEIGHT_T) but has 1 dims");
     cfg.cell = &mgu;
     cfg.forget_bias = 1;
-    EXPECT_ERROR(cr_rnn_init(ps, "m", cfg, &rng), "cr_rnn_init: forget_bias 1 given, but cell mgu has no forget gate");
+    EXPECT_ERROR(cr_rnn_init(ps, "m", cfg, &rng),
+                 "cr_rnn_init: forget_bias 1 given, but cell mgu has no forget gate");
     cfg.cell = &cr_cell_lstm;
     cfg.no_bias = true;
-    EXPECT_ERROR(cr_rnn_init(ps, "m", cfg, &rng), "cr_rnn_init: forget_bias 1 needs biases, but no_bias is set");
+    EXPECT_ERROR(cr_rnn_init(ps, "m", cfg, &rng),
+                 "cr_rnn_init: forget_bias 1 needs biases, but no_bias is set");
     /* a user cell has no hand-derived BPTT */
     EXPECT_ERROR(cr_bptt_init(&mgu, CR_F64, 2, 3, 4, 5), "cr_bptt_init: cell mgu has no hand-derived BPTT");
     cr_params_free(ps);
@@ -448,8 +487,13 @@ Test(cells, params_convert_runs_an_f32_model_in_f64)
 {
     cr_params *ps = cr_params_init();
     cr_rng rng = cr_rng_seed(31);
-    cr_rnn *m = cr_rnn_init(ps, "m", (cr_rnn_config){.cell = &mgu, .input_size = 2, .hidden_size = 3,
-                                                     .num_layers = 2, .bidirectional = true, .dtype = CR_F32},
+    cr_rnn *m = cr_rnn_init(ps, "m",
+                            (cr_rnn_config){.cell = &mgu,
+                                            .input_size = 2,
+                                            .hidden_size = 3,
+                                            .num_layers = 2,
+                                            .bidirectional = true,
+                                            .dtype = CR_F32},
                             &rng);
     cr_linear head = cr_linear_init(ps, "head", 6, 2, true, CR_F32, &rng);
     size_t n = ps->n;
@@ -477,7 +521,8 @@ Test(cells, params_convert_runs_an_f32_model_in_f64)
         cr_tensor *t = ps->items[i].value;
         cr_assert_eq(t->dtype, CR_F64, "%s", ps->items[i].name);
         cr_assert_null(t->grad, "%s", ps->items[i].name);
-        for (int64_t e = 0; e < cr_numel(t); e++) cr_assert_eq(((double *)t->data)[e], (double)((float *)keep[i]->data)[e]);
+        for (int64_t e = 0; e < cr_numel(t); e++)
+            cr_assert_eq(((double *)t->data)[e], (double)((float *)keep[i]->data)[e]);
     }
     /* the same layer objects now run in f64: the function of the f32 model
      * (on the same inputs, to f32 rounding), and check in f64 */
@@ -495,7 +540,8 @@ Test(cells, params_convert_runs_an_f32_model_in_f64)
     double err = cr_gradcheck(conv_fn, &c, (int)(n - 2), in, 1e-5, &rep);
     cr_expect(err < 1e-6, "gradcheck after conversion: %.3g", err);
     cr_expect_gt(rep.n_checked, 150);
-    EXPECT_ERROR(cr_rnn_forward(m, x32, NULL, NULL, NULL), "cr_rnn_forward: input is f32 [2,4,2], expected f64 [B,T,2]");
+    EXPECT_ERROR(cr_rnn_forward(m, x32, NULL, NULL, NULL),
+                 "cr_rnn_forward: input is f32 [2,4,2], expected f64 [B,T,2]");
 
     /* and back: f32 -> f64 -> f32 is exact */
     cr_params_convert(ps, CR_F32);
@@ -532,8 +578,8 @@ static void expect_uniform(const cr_tensor *t, double bound, const char *what)
     cr_expect(mx <= bound && mx > 0.999 * bound, "%s: max %g, bound %g", what, mx, bound);
     cr_expect(fabs(mean) < 5 * sqrt(want / (double)n), "%s: mean %g", what, mean);
     /* var of U^2 is bound^4 (1/5 - 1/9) */
-    cr_expect(fabs(var - want) < 5 * bound * bound * sqrt((1.0 / 5 - 1.0 / 9) / (double)n), "%s: var %g, want %g",
-              what, var, want);
+    cr_expect(fabs(var - want) < 5 * bound * bound * sqrt((1.0 / 5 - 1.0 / 9) / (double)n),
+              "%s: var %g, want %g", what, var, want);
 }
 
 Test(cells, xavier_and_kaiming_match_pytorch)
@@ -543,7 +589,8 @@ Test(cells, xavier_and_kaiming_match_pytorch)
     cr_tensor *w = cr_tensor_init(CR_F64, CR_SHAPE(200, 300));
     cr_init_xavier_uniform(w, &rng, 2.0);
     expect_uniform(w, 2.0 * sqrt(6.0 / 500.0), "xavier [200,300]");
-    /* kaiming_uniform_(w, a=0, mode='fan_in', nonlinearity='relu'): gain sqrt(2), U(+-gain sqrt(3 / fan_in)) */
+    /* kaiming_uniform_(w, a=0, mode='fan_in', nonlinearity='relu'): gain sqrt(2), U(+-gain sqrt(3 / fan_in))
+     */
     cr_init_kaiming_uniform(w, &rng);
     expect_uniform(w, sqrt(2.0) * sqrt(3.0 / 300.0), "kaiming [200,300]");
     /* a convolution's weight [out, in, k]: fan_in = in k, fan_out = out k */
@@ -553,7 +600,8 @@ Test(cells, xavier_and_kaiming_match_pytorch)
     cr_init_kaiming_uniform(k, &rng);
     expect_uniform(k, sqrt(6.0 / (32 * 5)), "kaiming [64,32,5]");
     cr_tensor *v = cr_tensor_init(CR_F64, CR_SHAPE(10));
-    EXPECT_ERROR(cr_init_xavier_uniform(v, &rng, 1.0), "cr_init_xavier_uniform: needs a weight of at least 2 dims, got 1");
+    EXPECT_ERROR(cr_init_xavier_uniform(v, &rng, 1.0),
+                 "cr_init_xavier_uniform: needs a weight of at least 2 dims, got 1");
     cr_tensor_free(w);
     cr_tensor_free(k);
     cr_tensor_free(v);

@@ -1,7 +1,7 @@
 /*
- * Tests of data/data.c (and vocabulary files, checkpoint/vocab_io.c): character and word vocabularies (build, encode,
- * decode, save, load, rejection of broken files), reading files, the seeded
- * shuffle, padded batches, windows and TBPTT stream chunks.
+ * Tests of data/data.c (and vocabulary files, checkpoint/vocab_io.c): character and word vocabularies (build,
+ * encode, decode, save, load, rejection of broken files), reading files, the seeded shuffle, padded batches,
+ * windows and TBPTT stream chunks.
  */
 #include "carousel.h"
 
@@ -79,7 +79,8 @@ Test(data, char_vocab_roundtrip)
     cr_assert_str_eq(out, "hell");
 
     cr_assert_eq(encode_count(v, "hez", 3, ids, 32), -1);
-    cr_assert(strstr(cr_last_error(), "0x7a") && strstr(cr_last_error(), "offset 2"), "message: %s", cr_last_error());
+    cr_assert(strstr(cr_last_error(), "0x7a") && strstr(cr_last_error(), "offset 2"), "message: %s",
+              cr_last_error());
     cr_vocab_free(v);
     cr_vocab_free(NULL);
 }
@@ -248,8 +249,7 @@ Test(data, vocab_load_rejects_lying_files)
     cr_assert_eq(load_crafted(ab, 4, ok_off, 4, "word", "7"), CR_EFORMAT, "size lies");
     cr_assert_eq(load_crafted(ab, 4, ok_off, 4, "word", "x"), CR_EFORMAT);
     cr_assert_eq(load_crafted(ab, 4, ok_off, 4, "bytes", "3"), CR_EFORMAT, "kind");
-    cr_assert_eq(load_crafted(ab, 4, ok_off, 4, "char", "3"), CR_EFORMAT,
-                 "char tokens are 1 byte");
+    cr_assert_eq(load_crafted(ab, 4, ok_off, 4, "char", "3"), CR_EFORMAT, "char tokens are 1 byte");
     int32_t one[] = {0, 1, 2, 3, 4};
     cr_assert_eq(load_crafted(ab, 4, one, 5, "char", "4"), CR_OK, "%s", cr_last_error());
 }
@@ -451,7 +451,8 @@ Test(data, vocab_from_tokens)
     int64_t down[] = {0, 5, 4, 13, 16};
     cr_assert_eq(cr_vocab_init_tokens(&v, CR_VOCAB_WORD, bytes, down, 4, 0, 1), CR_EINVAL);
     cr_assert_eq(cr_vocab_init_tokens(&v, CR_VOCAB_WORD, bytes, off, 4, 0, 9), CR_EINVAL, "eos out of range");
-    cr_assert_eq(cr_vocab_init_tokens(&v, CR_VOCAB_CHAR, bytes, off, 4, -1, -1), CR_EINVAL, "char tokens are 1 byte");
+    cr_assert_eq(cr_vocab_init_tokens(&v, CR_VOCAB_CHAR, bytes, off, 4, -1, -1), CR_EINVAL,
+                 "char tokens are 1 byte");
 }
 
 Test(data, decode_bad_id_is_misuse, .signal = SIGABRT)

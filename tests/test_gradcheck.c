@@ -65,8 +65,9 @@ static void run_check(const char *what, cr_gradcheck_fn f, void *ctx, int n, cr_
     for (int i = 0; i < n; i++) total += cr_numel(in[i]);
     cr_assert_eq(rep.n_checked, total, "%s: checked %lld of %lld elements", what, (long long)rep.n_checked,
                  (long long)total);
-    cr_assert(err < MAX_REL, "%s: relative error %.3g at input %d element %lld (analytic %.10g, numeric %.10g)", what,
-              err, rep.worst_input, (long long)rep.worst_index, rep.analytic, rep.numeric);
+    cr_assert(err < MAX_REL,
+              "%s: relative error %.3g at input %d element %lld (analytic %.10g, numeric %.10g)", what, err,
+              rep.worst_input, (long long)rep.worst_index, rep.analytic, rep.numeric);
 }
 
 #define CHECK1(what, f, ctx, a) run_check(what, f, ctx, 1, (cr_tensor *[]){a})
@@ -80,7 +81,7 @@ static cr_tensor *f_binary(cr_tensor *const *in, void *ctx) { return ((binary_op
 /* the same op on views: a transposed and narrowed, b selected from a permute */
 static cr_tensor *f_binary_views(cr_tensor *const *in, void *ctx)
 {
-    cr_tensor *a = cr_narrow(cr_transpose(in[0], 0, 1), 0, 1, 3);       /* [5,4] -> [4,5] -> [3,5] */
+    cr_tensor *a = cr_narrow(cr_transpose(in[0], 0, 1), 0, 1, 3);        /* [5,4] -> [4,5] -> [3,5] */
     cr_tensor *b = cr_select(cr_permute(in[1], (int[]){2, 0, 1}), 1, 1); /* [2,5,3] -> [3,2,5] -> [3,5] */
     return ((binary_op *)ctx)[0](a, b);
 }
@@ -215,18 +216,20 @@ Test(gradcheck, unary_reads_column_is_exact)
         gradient_after_writing(c, x, false, true, gyw);
         bool dx = !same_values(g, gx, 12), dy = !same_values(g, gyw, 12);
         /* the direction that matters: what the line leaves out is never read */
-        cr_assert(reads_x || !dx, "%s: backward reads x, but its line in unary_ops.h says it does not", c->id);
-        cr_assert(reads_y || !dy, "%s: backward reads y, but its line in unary_ops.h says it does not", c->id);
+        cr_assert(reads_x || !dx, "%s: backward reads x, but its line in unary_ops.h says it does not",
+                  c->id);
+        cr_assert(reads_y || !dy, "%s: backward reads y, but its line in unary_ops.h says it does not",
+                  c->id);
         moved_x[k] |= dx;
         moved_y[k] |= dy;
         teardown();
     }
     /* and what it names is read in some case (cr_pow(x, 0) alone reads nothing) */
     for (size_t k = 0; k < n_ops; k++) {
-        cr_assert(!(ops[k]->saves & CR_SAVES_IN(0)) || moved_x[k], "%s: its line says backward reads x; it does not",
-                  ops[k]->name);
-        cr_assert(!(ops[k]->saves & CR_SAVES_OUT) || moved_y[k], "%s: its line says backward reads y; it does not",
-                  ops[k]->name);
+        cr_assert(!(ops[k]->saves & CR_SAVES_IN(0)) || moved_x[k],
+                  "%s: its line says backward reads x; it does not", ops[k]->name);
+        cr_assert(!(ops[k]->saves & CR_SAVES_OUT) || moved_y[k],
+                  "%s: its line says backward reads y; it does not", ops[k]->name);
     }
 }
 
@@ -241,8 +244,9 @@ typedef struct {
 static cr_tensor *red_input(cr_tensor *x, const red_ctx *c)
 {
     if (c->view == 1) return cr_transpose(x, 0, -1);
-    if (c->view == 2) return cr_expand(cr_narrow(x, 0, 1, 1), CR_SHAPE(2, 3, x->shape[1])); /* [1,K] -> [2,3,K] */
-    if (c->view == 3) return cr_reshape(x, CR_SHAPE(2, 3, 2));                              /* [3,4] -> [2,3,2] */
+    if (c->view == 2)
+        return cr_expand(cr_narrow(x, 0, 1, 1), CR_SHAPE(2, 3, x->shape[1])); /* [1,K] -> [2,3,K] */
+    if (c->view == 3) return cr_reshape(x, CR_SHAPE(2, 3, 2));                /* [3,4] -> [2,3,2] */
     return x;
 }
 
@@ -277,8 +281,8 @@ static cr_tensor *f_log_softmax(cr_tensor *const *in, void *ctx)
 static void check_reduction(const char *name, cr_gradcheck_fn f, bool distinct)
 {
     char what[96];
-    red_ctx cases[] = {{0, false, 0}, {1, true, 0}, {-1, false, 1}, {0, true, 1}, {1, false, 2},
-                       {2, true, 2},  {1, false, 3}, {1, true, 3},  {0, false, 3}};
+    red_ctx cases[] = {{0, false, 0}, {1, true, 0},  {-1, false, 1}, {0, true, 1}, {1, false, 2},
+                       {2, true, 2},  {1, false, 3}, {1, true, 3},   {0, false, 3}};
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         cr_tensor *x = input(CR_SHAPE(3, 4), -2, 2);
         if (distinct) /* max: well separated values, so no near-tie decides the argmax */
@@ -336,18 +340,21 @@ static void check_matmul(void)
      * error and divides the rounding error of the BLIS-sized sums by more. */
     eps = 1e-3;
     CHECK2("matmul 2-D", f_matmul, NULL, input(CR_SHAPE(3, 4), -1, 1), input(CR_SHAPE(4, 2), -1, 1));
-    CHECK2("matmul 3-D x 3-D", f_matmul, NULL, input(CR_SHAPE(2, 3, 4), -1, 1), input(CR_SHAPE(2, 4, 5), -1, 1));
+    CHECK2("matmul 3-D x 3-D", f_matmul, NULL, input(CR_SHAPE(2, 3, 4), -1, 1),
+           input(CR_SHAPE(2, 4, 5), -1, 1));
     CHECK2("matmul 3-D x 2-D", f_matmul, NULL, input(CR_SHAPE(2, 3, 4), -1, 1), input(CR_SHAPE(4, 5), -1, 1));
     CHECK2("matmul 2-D x 3-D", f_matmul, NULL, input(CR_SHAPE(3, 4), -1, 1), input(CR_SHAPE(2, 4, 5), -1, 1));
-    CHECK2("matmul of transposes", f_matmul_tt, NULL, input(CR_SHAPE(4, 3), -1, 1), input(CR_SHAPE(2, 4), -1, 1));
+    CHECK2("matmul of transposes", f_matmul_tt, NULL, input(CR_SHAPE(4, 3), -1, 1),
+           input(CR_SHAPE(2, 4), -1, 1));
     CHECK2("matmul 3-D of transposes", f_matmul_tt, NULL, input(CR_SHAPE(2, 4, 3), -1, 1),
            input(CR_SHAPE(2, 5, 4), -1, 1));
     CHECK2("matmul of permuted 3-D x narrowed 2-D", f_matmul_perm, NULL, input(CR_SHAPE(3, 2, 4), -1, 1),
            input(CR_SHAPE(4, 4), -1, 1));
     /* above the small-product threshold: BLIS */
-    CHECK2("matmul through BLIS", f_matmul, NULL, input(CR_SHAPE(40, 30), -1, 1), input(CR_SHAPE(30, 30), -1, 1));
-    CHECK2("matmul 3-D x 2-D of transposes through BLIS", f_matmul_tt, NULL, input(CR_SHAPE(2, 12, 33), -1, 1),
-           input(CR_SHAPE(84, 12), -1, 1)); /* 33 * 84 * 12 per batch */
+    CHECK2("matmul through BLIS", f_matmul, NULL, input(CR_SHAPE(40, 30), -1, 1),
+           input(CR_SHAPE(30, 30), -1, 1));
+    CHECK2("matmul 3-D x 2-D of transposes through BLIS", f_matmul_tt, NULL,
+           input(CR_SHAPE(2, 12, 33), -1, 1), input(CR_SHAPE(84, 12), -1, 1)); /* 33 * 84 * 12 per batch */
 }
 
 static cr_tensor *f_matmul_bias(cr_tensor *const *in, void *ctx)
@@ -365,7 +372,8 @@ static void check_matmul_bias(void)
 {
     eps = 1e-3; /* linear in each element, as for matmul */
     run_check("matmul_bias 2-D, row bias", f_matmul_bias, NULL, 3,
-              (cr_tensor *[]){input(CR_SHAPE(3, 4), -1, 1), input(CR_SHAPE(4, 2), -1, 1), input(CR_SHAPE(2), -1, 1)});
+              (cr_tensor *[]){input(CR_SHAPE(3, 4), -1, 1), input(CR_SHAPE(4, 2), -1, 1),
+                              input(CR_SHAPE(2), -1, 1)});
     run_check("matmul_bias 3-D x 2-D^T, column bias", f_matmul_bias_t, NULL, 3,
               (cr_tensor *[]){input(CR_SHAPE(2, 3, 4), -1, 1), input(CR_SHAPE(5, 4), -1, 1),
                               input(CR_SHAPE(3, 1), -1, 1)});
@@ -391,7 +399,8 @@ static void check_weight_t(void)
 {
     static const int64_t rows[] = {0, 3, 6, 100};
     for (int i = 0; i < 4; i++)
-        CHECK2("weight_t", f_weight_t, (void *)&rows[i], input(CR_SHAPE(3, 4), -1, 1), input(CR_SHAPE(4, 4), -1, 1));
+        CHECK2("weight_t", f_weight_t, (void *)&rows[i], input(CR_SHAPE(3, 4), -1, 1),
+               input(CR_SHAPE(4, 4), -1, 1));
 }
 
 /* ---- views and shape ops ---------------------------------------------------------------- */
@@ -538,7 +547,8 @@ static void check_concat(void)
               (cr_tensor *[]){input(CR_SHAPE(2, 3), -1, 1), input(CR_SHAPE(3, 1), -1, 1),
                               input(CR_SHAPE(4, 3), -1, 1)});
     run_check("concat dim 1", f_concat, &c1, 2,
-              (cr_tensor *[]){input(CR_SHAPE(2, 3), -1, 1), input(CR_SHAPE(4, 2), -1, 1), input(CR_SHAPE(1), -1, 1)});
+              (cr_tensor *[]){input(CR_SHAPE(2, 3), -1, 1), input(CR_SHAPE(4, 2), -1, 1),
+                              input(CR_SHAPE(1), -1, 1)});
     run_check("concat dim -1", f_concat, &cm, 3,
               (cr_tensor *[]){input(CR_SHAPE(2, 3), -1, 1), input(CR_SHAPE(1, 2), -1, 1),
                               input(CR_SHAPE(2, 2), -1, 1)});
@@ -547,7 +557,8 @@ static void check_concat(void)
 static void check_stack(void)
 {
     cat_ctx s0 = {0, 3}, s1 = {1, 3}, s2 = {-1, 2};
-    cr_tensor *a = input(CR_SHAPE(2, 3), -1, 1), *b = input(CR_SHAPE(3, 2), -1, 1), *c = input(CR_SHAPE(2, 3), -1, 1);
+    cr_tensor *a = input(CR_SHAPE(2, 3), -1, 1), *b = input(CR_SHAPE(3, 2), -1, 1),
+              *c = input(CR_SHAPE(2, 3), -1, 1);
     run_check("stack dim 0", f_stack, &s0, 3, (cr_tensor *[]){a, b, c});
     run_check("stack dim 1", f_stack, &s1, 3, (cr_tensor *[]){a, b, c});
     run_check("stack dim -1", f_stack, &s2, 3, (cr_tensor *[]){a, b, c});
@@ -607,12 +618,16 @@ static void check_where(void)
     memcpy(cond->data, cv, sizeof cv);
     where_ctx c = {cond};
     CHECK2("where, broadcast", f_where, &c, input(CR_SHAPE(4, 1), -1, 1), input(CR_SHAPE(2, 4, 3), -1, 1));
-    CHECK2("where, same shapes", f_where, &c, input(CR_SHAPE(2, 4, 3), -1, 1), input(CR_SHAPE(2, 4, 3), -1, 1));
+    CHECK2("where, same shapes", f_where, &c, input(CR_SHAPE(2, 4, 3), -1, 1),
+           input(CR_SHAPE(2, 4, 3), -1, 1));
     CHECK2("where, scalar x", f_where, &c, input(0, NULL, -1, 1), input(CR_SHAPE(2, 4, 3), -1, 1));
 }
 
 static cr_tensor *f_mask(cr_tensor *const *in, void *ctx) { return cr_mask(in[0], ctx); }
-static cr_tensor *f_mask_view(cr_tensor *const *in, void *ctx) { return cr_mask(cr_transpose(in[0], 0, 1), ctx); }
+static cr_tensor *f_mask_view(cr_tensor *const *in, void *ctx)
+{
+    return cr_mask(cr_transpose(in[0], 0, 1), ctx);
+}
 static void check_mask(void)
 {
     cr_tensor *m = keep(cr_tensor_init(CR_F64, CR_SHAPE(4)));
@@ -706,12 +721,12 @@ static void check_cross_entropy(void)
  * odd; and backward builds the columns again: cr_conv_keep_bytes 0), and
  * every sample in one block. */
 typedef struct {
-    int nd;                /* 1 or 2 */
-    int64_t x[4], w[4];    /* shapes (nd + 2 dims) */
+    int nd;             /* 1 or 2 */
+    int64_t x[4], w[4]; /* shapes (nd + 2 dims) */
     cr_conv1d_opts o1;
     cr_conv2d_opts o2;
     bool bias;
-    bool view;             /* x stored with its last two dims swapped, passed transposed */
+    bool view; /* x stored with its last two dims swapped, passed transposed */
 } conv_case;
 
 static cr_tensor *f_conv(cr_tensor *const *in, void *ctx)
@@ -736,12 +751,14 @@ static void check_conv_case(const char *name, const conv_case *c)
     /* bytes of one sample's columns: C * kernel size * output positions * 8 */
     int64_t per_sample = 8 * c->x[1];
     for (int d = 0; d < c->nd; d++) {
-        int64_t s = c->nd == 1 ? c->o1.stride : c->o2.stride[d], p = c->nd == 1 ? c->o1.padding : c->o2.padding[d];
+        int64_t s = c->nd == 1 ? c->o1.stride : c->o2.stride[d],
+                p = c->nd == 1 ? c->o1.padding : c->o2.padding[d];
         int64_t dil = c->nd == 1 ? c->o1.dilation : c->o2.dilation[d];
         per_sample *= c->w[2 + d] * cr_window_out(c->x[2 + d], c->w[2 + d], s ? s : 1, p, dil ? dil : 1);
     }
     /* one sample per block; two (columns built again in backward); all */
-    int64_t blocks[3] = {1, 2 * per_sample, (int64_t)1 << 30}, keep = cr_conv_keep_bytes, block = cr_conv_block_bytes;
+    int64_t blocks[3] = {1, 2 * per_sample, (int64_t)1 << 30}, keep = cr_conv_keep_bytes,
+            block = cr_conv_block_bytes;
     eps = 1e-3; /* linear in each input: no truncation error, less rounding */
     for (int k = 0; k < 3; k++) {
         cr_conv_block_bytes = blocks[k];
@@ -763,17 +780,31 @@ static void check_conv2d(void)
         conv_case c;
     } cases[] = {
         {"conv2d plain", {2, {2, 3, 5, 6}, {4, 3, 3, 3}, .bias = true}},
-        {"conv2d stride, padding, dilation", {2, {3, 2, 7, 8}, {3, 2, 3, 2},
-            .o2 = {.stride = {2, 1}, .padding = {1, 2}, .dilation = {1, 2}}, .bias = true}},
-        {"conv2d groups 2", {2, {2, 4, 5, 5}, {6, 2, 3, 3}, .o2 = {.padding = {1, 1}, .groups = 2}, .bias = true}},
-        {"conv2d depthwise, dilated", {2, {2, 3, 6, 6}, {3, 1, 3, 3},
-            .o2 = {.padding = {2, 2}, .dilation = {2, 2}, .groups = 3}, .bias = true}},
+        {"conv2d stride, padding, dilation",
+         {2,
+          {3, 2, 7, 8},
+          {3, 2, 3, 2},
+          .o2 = {.stride = {2, 1}, .padding = {1, 2}, .dilation = {1, 2}},
+          .bias = true}},
+        {"conv2d groups 2",
+         {2, {2, 4, 5, 5}, {6, 2, 3, 3}, .o2 = {.padding = {1, 1}, .groups = 2}, .bias = true}},
+        {"conv2d depthwise, dilated",
+         {2,
+          {2, 3, 6, 6},
+          {3, 1, 3, 3},
+          .o2 = {.padding = {2, 2}, .dilation = {2, 2}, .groups = 3},
+          .bias = true}},
         {"conv2d 1x1", {2, {3, 4, 3, 5}, {2, 4, 1, 1}, .bias = false}},
         {"conv2d 1x1 groups 2", {2, {2, 6, 4, 4}, {4, 3, 1, 1}, .o2 = {.groups = 2}, .bias = true}},
         {"conv2d 1x1 stride 2", {2, {2, 3, 5, 5}, {2, 3, 1, 1}, .o2 = {.stride = {2, 2}}, .bias = true}},
         {"conv2d odd sizes", {2, {3, 1, 7, 5}, {2, 1, 4, 3}, .o2 = {.stride = {3, 2}, .padding = {1, 0}}}},
-        {"conv2d of a transposed view", {2, {2, 3, 5, 6}, {4, 3, 3, 3},
-            .o2 = {.stride = {1, 2}, .padding = {1, 0}}, .bias = true, .view = true}},
+        {"conv2d of a transposed view",
+         {2,
+          {2, 3, 5, 6},
+          {4, 3, 3, 3},
+          .o2 = {.stride = {1, 2}, .padding = {1, 0}},
+          .bias = true,
+          .view = true}},
         {"conv2d through BLIS", {2, {2, 8, 10, 10}, {16, 8, 3, 3}, .o2 = {.padding = {1, 1}}, .bias = true}},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) check_conv_case(cases[i].name, &cases[i].c);
@@ -786,11 +817,12 @@ static void check_conv1d(void)
         conv_case c;
     } cases[] = {
         {"conv1d plain", {1, {2, 3, 9}, {4, 3, 3}, .bias = true}},
-        {"conv1d stride, padding, dilation", {1, {3, 2, 10}, {3, 2, 3},
-            .o1 = {.stride = 2, .padding = 2, .dilation = 2}, .bias = true}},
+        {"conv1d stride, padding, dilation",
+         {1, {3, 2, 10}, {3, 2, 3}, .o1 = {.stride = 2, .padding = 2, .dilation = 2}, .bias = true}},
         {"conv1d groups 2", {1, {2, 6, 7}, {4, 3, 2}, .o1 = {.groups = 2}}},
         {"conv1d 1x1", {1, {3, 5, 4}, {2, 5, 1}, .bias = true}},
-        {"conv1d of [B,T,C] transposed", {1, {2, 3, 9}, {4, 3, 5}, .o1 = {.padding = 2}, .bias = true, .view = true}},
+        {"conv1d of [B,T,C] transposed",
+         {1, {2, 3, 9}, {4, 3, 5}, .o1 = {.padding = 2}, .bias = true, .view = true}},
         {"conv1d odd sizes", {1, {1, 1, 11}, {3, 1, 4}, .o1 = {.stride = 3, .padding = 1}}},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) check_conv_case(cases[i].name, &cases[i].c);
@@ -831,15 +863,18 @@ static void check_pools(bool max, int nd)
                       {2, .o2 = {.kernel = {3, 3}, .stride = {2, 2}, .padding = {1, 1}}, .view = true}};
     int64_t s2[][4] = {{2, 3, 6, 7}, {2, 2, 5, 7}, {3, 5, 6}};
     int n2[] = {4, 4, 3};
-    pool_case c1[] = {{1, .o1 = {.kernel = 3, .stride = 2, .padding = 1}}, {1, .o1 = {.kernel = 2}},
+    pool_case c1[] = {{1, .o1 = {.kernel = 3, .stride = 2, .padding = 1}},
+                      {1, .o1 = {.kernel = 2}},
                       {1, .o1 = {.kernel = 4, .stride = 3, .padding = 2}, .view = true}};
     int64_t s1[][3] = {{2, 3, 9}, {2, 3, 8}, {7, 3}};
     int n1[] = {3, 3, 2};
     for (int i = 0; i < 3; i++) {
         c2[i].max = c1[i].max = max;
         snprintf(what, sizeof what, "%s_pool%dd case %d", kind, nd, i);
-        if (nd == 2) CHECK1(what, f_pool, &c2[i], distinct_input(n2[i], s2[i]));
-        else CHECK1(what, f_pool, &c1[i], distinct_input(n1[i], s1[i]));
+        if (nd == 2)
+            CHECK1(what, f_pool, &c2[i], distinct_input(n2[i], s2[i]));
+        else
+            CHECK1(what, f_pool, &c1[i], distinct_input(n1[i], s1[i]));
     }
 }
 static void check_max_pool1d(void) { check_pools(true, 1); }
@@ -853,7 +888,7 @@ static cr_tensor *f_rnn(cr_tensor *const *in, void *ctx)
 {
     (void)ctx;
     cr_tensor *x = in[0], *w = in[1], *u = in[2], *b = in[3]; /* x [T=3,B=2,I=3], w [I,H=4], u [H,H], b [H] */
-    cr_tensor *xw = cr_matmul(x, w);                              /* hoisted input projection */
+    cr_tensor *xw = cr_matmul(x, w);                          /* hoisted input projection */
     cr_tensor *h = cr_zeros(CR_F64, CR_SHAPE(2, 4));
     cr_tensor *hs[3];
     for (int t = 0; t < 3; t++) {
@@ -887,7 +922,7 @@ static cr_tensor *f_everything(cr_tensor *const *in, void *ctx)
     cr_dtype dt = x->dtype;
     int32_t iv[4] = {1, 6, 1, 3}, tv[4] = {2, -1, 4, 0};
     cr_tensor *idx = cr_from_array(CR_I32, CR_SHAPE(4), iv), *tgt = cr_from_array(CR_I32, CR_SHAPE(4), tv);
-    cr_tensor *e = cr_gather_rows(table, idx, -1);                                  /* [4,6] */
+    cr_tensor *e = cr_gather_rows(table, idx, -1); /* [4,6] */
     cr_tensor *a = cr_add(cr_mul(x, e), cr_div(cr_sub(x, e), cr_add_scalar(cr_square(e), 1)));
     a = cr_maximum(cr_minimum(a, cr_full(dt, CR_SHAPE(6), 1.7)), cr_full(dt, 0, NULL, -1.9));
     /* every unary case, on a's values mapped into its domain [lo, hi) by
@@ -898,18 +933,20 @@ static cr_tensor *f_everything(cr_tensor *const *in, void *ctx)
         cr_tensor *u = cr_add_scalar(cr_mul_scalar(cr_sigmoid(a), c->hi - c->lo), c->lo);
         b = cr_add(b, cr_mul_scalar(c->apply(u), 0.05));
     }
-    cr_tensor *h;                                                                   /* [4,5] */
+    cr_tensor *h; /* [4,5] */
     cr_recompute(seg_tanh, NULL, 1, (cr_tensor *[]){cr_matmul(b, w)}, 1, &h, 0, NULL);
-    h = cr_matmul_bias(h, cr_weight_t(cr_narrow(w, 0, 0, 5), 4), cr_narrow(cr_select(x, 0, 0), 0, 0, 5)); /* + x[0,:5] */
+    h = cr_matmul_bias(h, cr_weight_t(cr_narrow(w, 0, 0, 5), 4),
+                       cr_narrow(cr_select(x, 0, 0), 0, 0, 5)); /* + x[0,:5] */
     cr_tensor *hs[2] = {h, cr_mask(h, cr_full(dt, CR_SHAPE(5), 2.0))};
-    cr_tensor *st = cr_stack(2, hs, 0);                                             /* [2,4,5] */
-    st = cr_select(cr_unsqueeze(st, 1), 1, 0);                                      /* [2,1,4,5] -> [2,4,5] */
-    cr_tensor *p = cr_permute(st, (int[]){1, 2, 0});                                /* [4,5,2] */
+    cr_tensor *st = cr_stack(2, hs, 0);              /* [2,4,5] */
+    st = cr_select(cr_unsqueeze(st, 1), 1, 0);       /* [2,1,4,5] -> [2,4,5] */
+    cr_tensor *p = cr_permute(st, (int[]){1, 2, 0}); /* [4,5,2] */
     cr_tensor *flat = cr_reshape(cr_contiguous(p), CR_SHAPE(4, 10));
-    cr_tensor *cat = cr_concat(2, (cr_tensor *[]){flat, cr_reshape(w, CR_SHAPE(3, 10))}, 0);    /* [7,10] */
-    cr_tensor *sel = cr_select(st, 0, 1);                                           /* [4,5] */
+    cr_tensor *cat = cr_concat(2, (cr_tensor *[]){flat, cr_reshape(w, CR_SHAPE(3, 10))}, 0); /* [7,10] */
+    cr_tensor *sel = cr_select(st, 0, 1);                                                    /* [4,5] */
     cr_rng r = cr_rng_seed(5);
-    cr_tensor *logits = cr_add(cr_dropout(sel, 0.25, true, &r), cr_expand(cr_max_dim(h, 1, true), CR_SHAPE(4, 5)));
+    cr_tensor *logits =
+        cr_add(cr_dropout(sel, 0.25, true, &r), cr_expand(cr_max_dim(h, 1, true), CR_SHAPE(4, 5)));
     cr_tensor *cond = cr_from_array(CR_I32, CR_SHAPE(5), (int32_t[]){1, 0, 1, 1, 0});
     logits = cr_where(cond, logits, cr_transpose(cr_log_softmax(cr_transpose(h, 0, 1), 1), 0, 1));
     cr_tensor *loss = cr_cross_entropy(logits, tgt, -1, CR_MEAN);
@@ -917,16 +954,17 @@ static cr_tensor *f_everything(cr_tensor *const *in, void *ctx)
     loss = cr_add(loss, cr_sum(cr_mean_dim(cr_sum_dim(flat, 0, true), 1, false)));
     loss = cr_add(loss, cr_mul_scalar(cr_sum(cr_square(cr_narrow(cat, 0, 3, 2))), 0.1));
     /* convolutions and pooling: x as one 4x6 image and as 4 channels of 6 steps, weights from table */
-    cr_tensor *k2 = cr_reshape(cr_narrow(table, 0, 0, 3), CR_SHAPE(2, 1, 3, 3));            /* [2,1,3,3] */
-    cr_tensor *c2 = cr_conv2d(cr_reshape(x, CR_SHAPE(1, 1, 4, 6)), k2, cr_narrow(cr_select(table, 0, 3), 0, 1, 2),
-                              (cr_conv2d_opts){.padding = {1, 1}});                         /* [1,2,4,6] */
+    cr_tensor *k2 = cr_reshape(cr_narrow(table, 0, 0, 3), CR_SHAPE(2, 1, 3, 3)); /* [2,1,3,3] */
+    cr_tensor *c2 =
+        cr_conv2d(cr_reshape(x, CR_SHAPE(1, 1, 4, 6)), k2, cr_narrow(cr_select(table, 0, 3), 0, 1, 2),
+                  (cr_conv2d_opts){.padding = {1, 1}}); /* [1,2,4,6] */
     cr_pool2d_opts p22 = {.kernel = {2, 2}};
-    cr_tensor *q2 = cr_add(cr_max_pool2d(c2, p22), cr_avg_pool2d(c2, p22));                /* [1,2,2,3] */
-    cr_tensor *k1 = cr_reshape(cr_narrow(table, 0, 4, 2), CR_SHAPE(2, 2, 3));               /* [2,2,3] */
+    cr_tensor *q2 = cr_add(cr_max_pool2d(c2, p22), cr_avg_pool2d(c2, p22));   /* [1,2,2,3] */
+    cr_tensor *k1 = cr_reshape(cr_narrow(table, 0, 4, 2), CR_SHAPE(2, 2, 3)); /* [2,2,3] */
     cr_tensor *c1 = cr_conv1d(cr_reshape(x, CR_SHAPE(1, 4, 6)), k1, NULL,
-                              (cr_conv1d_opts){.padding = 1, .groups = 2});                 /* [1,2,6] */
+                              (cr_conv1d_opts){.padding = 1, .groups = 2}); /* [1,2,6] */
     cr_pool1d_opts p12 = {.kernel = 2};
-    cr_tensor *q1 = cr_add(cr_max_pool1d(c1, p12), cr_avg_pool1d(c1, p12));                /* [1,2,3] */
+    cr_tensor *q1 = cr_add(cr_max_pool1d(c1, p12), cr_avg_pool1d(c1, p12)); /* [1,2,3] */
     loss = cr_add(loss, cr_mul_scalar(cr_add(cr_sum(cr_tanh(q2)), cr_sum(cr_tanh(q1))), 0.1));
     /* fused gates: an LSTM of H = 1 and a GRU of H = 2 on columns of x */
     cr_tensor *lg = cr_lstm_gates(cr_narrow(x, 1, 0, 4), cr_narrow(x, 1, 2, 4), cr_narrow(x, 1, 5, 1));
@@ -965,8 +1003,8 @@ Test(gradcheck, every_op_in_one_expression_f32_matches_f64)
     for (int i = 0; i < 3; i++)
         for (int64_t j = 0; j < cr_numel(in64[i]); j++) {
             double g64 = cr_get_flat(in64[i]->grad, j), g32 = cr_get_flat(in32[i]->grad, j);
-            cr_assert(fabs(g32 - g64) <= 1e-5 * fmax(1, fabs(g64)), "input %d element %lld: f32 %.8g, f64 %.8g", i,
-                      (long long)j, g32, g64);
+            cr_assert(fabs(g32 - g64) <= 1e-5 * fmax(1, fabs(g64)),
+                      "input %d element %lld: f32 %.8g, f64 %.8g", i, (long long)j, g32, g64);
         }
     cr_graph_free(g);
 }
@@ -974,7 +1012,10 @@ Test(gradcheck, every_op_in_one_expression_f32_matches_f64)
 /* ---- fused recurrent gates -------------------------------------------------------------------- */
 
 typedef cr_tensor *(*gates_op)(cr_tensor *, cr_tensor *, cr_tensor *);
-static cr_tensor *f_gates(cr_tensor *const *in, void *ctx) { return ((gates_op *)ctx)[0](in[0], in[1], in[2]); }
+static cr_tensor *f_gates(cr_tensor *const *in, void *ctx)
+{
+    return ((gates_op *)ctx)[0](in[0], in[1], in[2]);
+}
 /* gx a time step of a [B,T,G] projection (strided rows), gh a transposed
  * view (its gradient is not unit-stride: the op's temporary), the state a
  * narrowed view */
@@ -1023,8 +1064,8 @@ static void check_gru_gates(void)
     static gates_op op = cr_gru_gates;
     CHECK3_("gru_gates", f_gates, &op, input(CR_SHAPE(3, 6), -2, 2), input(CR_SHAPE(3, 6), -2, 2),
             input(CR_SHAPE(3, 2), -2, 2));
-    CHECK3_("gru_gates of views", f_gates_views, &op, input(CR_SHAPE(3, 4, 9), -2, 2), input(CR_SHAPE(9, 3), -2, 2),
-            input(CR_SHAPE(3, 6), -2, 2));
+    CHECK3_("gru_gates of views", f_gates_views, &op, input(CR_SHAPE(3, 4, 9), -2, 2),
+            input(CR_SHAPE(9, 3), -2, 2), input(CR_SHAPE(3, 6), -2, 2));
     run_check("gru_gates, gx = gh", f_gates_twice, &op, 2,
               (cr_tensor *[]){input(CR_SHAPE(2, 9), -2, 2), input(CR_SHAPE(2, 3), -2, 2)});
     CHECK3_("gru_gates, two steps", f_gru_two_steps, NULL, input(CR_SHAPE(3, 2, 9), -2, 2),
@@ -1033,15 +1074,18 @@ static void check_gru_gates(void)
 
 /* ---- the table: op name -> check ------------------------------------------------------------------ */
 
-/* Every op but the unary ones (checked per case above). */
-#define CHECKS(X)                                                                                          \
-    X(add) X(sub) X(mul) X(div) X(maximum) X(minimum)                                                      \
-    X(sum) X(mean) X(sum_dim) X(mean_dim) X(max_dim) X(softmax) X(log_softmax) X(matmul) X(matmul_bias) X(weight_t)        \
-    X(reshape) X(transpose) X(permute) X(narrow) X(select) X(expand) X(unsqueeze) X(contiguous) X(concat)  \
-    X(stack) X(gather_rows) X(where) X(mask) X(dropout) X(cross_entropy) X(recompute)                                \
+/* Every op but the unary ones (checked per case above), one line per family of ops. */
+/* clang-format off */
+#define CHECKS(X)                                                                                            \
+    X(add) X(sub) X(mul) X(div) X(maximum) X(minimum)                                                        \
+    X(sum) X(mean) X(sum_dim) X(mean_dim) X(max_dim) X(softmax) X(log_softmax)                               \
+    X(matmul) X(matmul_bias) X(weight_t)                                                                     \
+    X(reshape) X(transpose) X(permute) X(narrow) X(select) X(expand) X(unsqueeze) X(contiguous) X(concat)    \
+    X(stack) X(gather_rows) X(where) X(mask) X(dropout) X(cross_entropy) X(recompute)                        \
     X(conv1d) X(conv2d) X(max_pool1d) X(max_pool2d) X(avg_pool1d) X(avg_pool2d) X(lstm_gates) X(gru_gates)
+/* clang-format on */
 
-#define CHECK_TEST(name)                                                                                   \
+#define CHECK_TEST(name)                                                                                     \
     Test(gradcheck, name) { check_##name(); }
 CHECKS(CHECK_TEST)
 

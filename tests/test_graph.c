@@ -74,17 +74,19 @@ static cr_tensor *param(int ndim, const int64_t *shape, const double *v)
     return t;
 }
 
-static cr_tensor *f64(int ndim, const int64_t *shape, const double *v) { return cr_from_array(CR_F64, ndim, shape, v); }
+static cr_tensor *f64(int ndim, const int64_t *shape, const double *v)
+{
+    return cr_from_array(CR_F64, ndim, shape, v);
+}
 
 static void expect_values(const cr_tensor *t, const double *want, int64_t n, double tol)
 {
     cr_assert_not_null(t, "no tensor (no gradient?)");
     cr_assert_eq(cr_numel(t), n);
     for (int64_t i = 0; i < n; i++)
-        cr_assert(fabs(cr_get_flat(t, i) - want[i]) <= tol, "element %lld: got %.17g, expected %.17g", (long long)i,
-                  cr_get_flat(t, i), want[i]);
+        cr_assert(fabs(cr_get_flat(t, i) - want[i]) <= tol, "element %lld: got %.17g, expected %.17g",
+                  (long long)i, cr_get_flat(t, i), want[i]);
 }
-
 
 /* ---- accumulation --------------------------------------------------------------- */
 
@@ -115,7 +117,7 @@ Test(graph, backward_accumulates_until_zeroed)
 Test(graph, tensor_used_twice_gets_both_gradients)
 {
     cr_tensor *w = param(CR_SHAPE(2), (double[]){3, -1});
-    cr_tensor *y = cr_mul(w, w); /* dy/dw = 2w through two inputs of one node */
+    cr_tensor *y = cr_mul(w, w);                   /* dy/dw = 2w through two inputs of one node */
     cr_tensor *z = cr_add(y, cr_mul_scalar(w, 5)); /* and once more, elsewhere */
     cr_backward(cr_sum(z));
     expect_values(w->grad, (double[]){11, 3}, 2, 0);
@@ -261,7 +263,8 @@ Test(graph, retain_grad_keeps_every_hidden_state)
         prev_norm = norm;
     }
     cr_assert_lt(prev_norm, 0.02 * 2, "norm at step 0 is %g", prev_norm); /* vs |d loss / d h_T| = 2 */
-    EXPECT_ERROR(cr_retain_grad(f64(CR_SHAPE(1), (double[]){1})), "cr_retain_grad: tensor does not require a gradient");
+    EXPECT_ERROR(cr_retain_grad(f64(CR_SHAPE(1), (double[]){1})),
+                 "cr_retain_grad: tensor does not require a gradient");
 }
 
 Test(graph, retained_gradients_do_not_flow_twice)
@@ -320,8 +323,8 @@ static double train_step(const small_model *m, int big)
     int32_t tok[20], tgt[4] = {1, -1, 3, 0};
     for (int i = 0; i < 20; i++) tok[i] = (i * 7) % 6;
     cr_tensor *idx = cr_from_array(CR_I32, CR_SHAPE(T, B), tok);
-    cr_tensor *x = cr_gather_rows(m->emb, idx, 0);            /* [T,B,I] */
-    cr_tensor *xw = cr_matmul(x, m->w_ih);                    /* [T,B,H] */
+    cr_tensor *x = cr_gather_rows(m->emb, idx, 0); /* [T,B,I] */
+    cr_tensor *xw = cr_matmul(x, m->w_ih);         /* [T,B,H] */
     cr_tensor *h = cr_zeros(CR_F64, CR_SHAPE(B, m->w_hh->shape[0]));
     cr_tensor *hs[5];
     for (int64_t t = 0; t < T; t++) {
@@ -337,7 +340,8 @@ static double train_step(const small_model *m, int big)
     loss = cr_add(loss, cr_mul_scalar(cr_sum(cr_square(m->w_hh)), 1e-3));
     if (big) { /* a product big enough for BLIS */
         cr_tensor *a = cr_ones(CR_F64, CR_SHAPE(40, 40));
-        cr_tensor *bb = cr_matmul(a, cr_expand(cr_reshape(m->b, CR_SHAPE(m->b->shape[0], 1)), CR_SHAPE(40, 40)));
+        cr_tensor *bb =
+            cr_matmul(a, cr_expand(cr_reshape(m->b, CR_SHAPE(m->b->shape[0], 1)), CR_SHAPE(40, 40)));
         loss = cr_add(loss, cr_mul_scalar(cr_mean(bb), 1e-3));
     }
     cr_backward(loss);
@@ -391,10 +395,7 @@ Test(graph, steady_state_makes_no_malloc_call)
     check_no_malloc(8, 0);
 }
 
-Test(graph, steady_state_makes_no_malloc_call_with_blis)
-{
-    check_no_malloc(40, 1);
-}
+Test(graph, steady_state_makes_no_malloc_call_with_blis) { check_no_malloc(40, 1); }
 
 /* Scopes, recomputed segments (whose first run and rebuild give their memory
  * back mid-step) and gradients freed mid-backward recycle the same blocks
@@ -466,7 +467,8 @@ Test(graph, backward_through_a_cleared_graph_is_an_error)
     cr_tensor *w = param(CR_SHAPE(2), (double[]){1, 2});
     cr_tensor *loss = cr_sum(cr_tanh(w));
     cr_graph_clear(graph);
-    EXPECT_ERROR(cr_backward(loss), "cr_backward: tensor [] (made by cr_sum) belongs to a graph that was cleared");
+    EXPECT_ERROR(cr_backward(loss),
+                 "cr_backward: tensor [] (made by cr_sum) belongs to a graph that was cleared");
     cr_assert_null(w->grad);
     /* and through another graph that is current */
     loss = cr_sum(cr_tanh(w));
@@ -503,7 +505,8 @@ Test(graph, op_attributes_are_typed_and_checked)
     cr_tensor *x = f64(CR_SHAPE(2), (double[]){1, 2});
     expect_values(scale_op(&good_scale, x, 3), (double[]){3, 6}, 2, 0);
     /* a struct of another size than the descriptor declares is refused */
-    EXPECT_ERROR(scale_op(&bad_scale, x, 3), "bad_scale: attributes read as 8 bytes, but the op's descriptor declares 4");
+    EXPECT_ERROR(scale_op(&bad_scale, x, 3),
+                 "bad_scale: attributes read as 8 bytes, but the op's descriptor declares 4");
     /* an op without attributes has none */
     cr_assert_null(cr_graph_node(graph, 0) ? cr_graph_node(graph, 0)->attr : NULL);
     cr_tensor *w = param(CR_SHAPE(2), (double[]){1, 2});
@@ -526,8 +529,9 @@ Test(graph, write_into_a_saved_input_before_backward_is_refused)
     cr_tensor *y = cr_sum(cr_matmul(h, w));
     cr_tensor *h_next = cr_full(CR_F64, CR_SHAPE(2, 3), 5);
     cr_copy_(h, h_next);
-    EXPECT_ERROR(cr_backward(y), "cr_backward: cr_matmul (tape #0) needs its input 0, f64 [2,3], but it was written "
-                                 "in place after the op was recorded (version 1 then, 2 now)");
+    EXPECT_ERROR(cr_backward(y),
+                 "cr_backward: cr_matmul (tape #0) needs its input 0, f64 [2,3], but it was written "
+                 "in place after the op was recorded (version 1 then, 2 now)");
     cr_assert(w->grad == NULL || cr_get_flat(w->grad, 0) == 0); /* nothing flowed */
     /* written back after backward, as a training loop should: fine, dW[0] = 2 */
     cr_graph_clear(graph);
@@ -639,8 +643,9 @@ Test(graph, step_tensor_of_another_live_graph_is_refused)
     cr_tensor *mine = cr_tanh(w);
     cr_graph *other = cr_graph_init();
     cr_graph_use(other);
-    EXPECT_ERROR(cr_mul(mine, w), "cr_mul: input 0, f64 [2], is a step tensor from before a cr_graph_clear or from "
-                                  "another graph");
+    EXPECT_ERROR(cr_mul(mine, w),
+                 "cr_mul: input 0, f64 [2], is a step tensor from before a cr_graph_clear or from "
+                 "another graph");
     cr_tensor *theirs = cr_exp(w);
     cr_graph_use(graph);
     EXPECT_ERROR(cr_add(mine, theirs), "cr_add: input 1, f64 [2]");
@@ -662,9 +667,11 @@ Test(graph, anomaly_detection_names_the_op_of_a_nonfinite_gradient)
     cr_graph_clear(graph);
     cr_assert_not(cr_set_detect_anomaly(true));
     cr_tensor *y = cr_sum(cr_mul_scalar(cr_sqrt(cr_tanh(x)), 2));
-    EXPECT_ERROR(cr_backward(y), "cr_backward: cr_sqrt (tape #1) backward: anomaly: the gradient for input 0, f64 [3], holds inf "
-                                 "at element 0; output [3]; input 0 [3] (made by cr_tanh, tape #0); last ops "
-                                 "before it: #0 cr_tanh [3]");
+    EXPECT_ERROR(
+        cr_backward(y),
+        "cr_backward: cr_sqrt (tape #1) backward: anomaly: the gradient for input 0, f64 [3], holds inf "
+        "at element 0; output [3]; input 0 [3] (made by cr_tanh, tape #0); last ops "
+        "before it: #0 cr_tanh [3]");
     cr_assert(cr_set_detect_anomaly(false));
 }
 
@@ -673,10 +680,11 @@ Test(graph, anomaly_detection_names_the_op_of_a_nonfinite_output)
     cr_tensor *x = param(CR_SHAPE(2, 2), (double[]){1, 2, 0, 3});
     cr_set_detect_anomaly(true);
     cr_tensor *a = cr_exp(x), *b = cr_mul(a, x);
-    EXPECT_ERROR(cr_ln(cr_sub(b, cr_mul(a, x))), "cr_ln (tape #4) forward: anomaly: the output, f64 [2,2], holds "
-                                                  "-inf at element 0; output [2,2]; input 0 [2,2] (made by cr_sub, "
-                                                  "tape #3); last ops before it: #1 cr_mul [2,2] #2 cr_mul [2,2] "
-                                                  "#3 cr_sub [2,2]");
+    EXPECT_ERROR(cr_ln(cr_sub(b, cr_mul(a, x))),
+                 "cr_ln (tape #4) forward: anomaly: the output, f64 [2,2], holds "
+                 "-inf at element 0; output [2,2]; input 0 [2,2] (made by cr_sub, "
+                 "tape #3); last ops before it: #1 cr_mul [2,2] #2 cr_mul [2,2] "
+                 "#3 cr_sub [2,2]");
     /* ops that are not recorded are checked too */
     cr_tensor *c = cr_zeros(CR_F64, CR_SHAPE(2));
     EXPECT_ERROR(cr_div(c, c), "cr_div (not on the tape) forward: anomaly: the output, f64 [2], holds NaN");
@@ -717,7 +725,8 @@ Test(graph, misuse_messages_name_op_and_shapes)
     EXPECT_ERROR(cr_backward(y), "cr_backward: loss [2,3] has 6 elements");
     EXPECT_ERROR(cr_backward_with(y, cr_zeros(CR_F64, CR_SHAPE(3, 2))),
                  "cr_backward: gradient f64 [3,2] does not match output f64 [2,3]");
-    EXPECT_ERROR(cr_backward_with(y, cr_zeros(CR_F32, CR_SHAPE(2, 3))), "gradient f32 [2,3] does not match output f64");
+    EXPECT_ERROR(cr_backward_with(y, cr_zeros(CR_F32, CR_SHAPE(2, 3))),
+                 "gradient f32 [2,3] does not match output f64");
     EXPECT_ERROR(cr_requires_grad(y, true), "cr_requires_grad: tensor made by cr_tanh is not a leaf");
     EXPECT_ERROR(cr_requires_grad(cr_zeros(CR_I32, CR_SHAPE(2)), true), "i32 tensors have no gradient");
     EXPECT_ERROR(cr_add(w, cr_zeros(CR_F64, CR_SHAPE(2))), "cr_add: shapes [2,3] and [2] do not broadcast");
@@ -826,7 +835,7 @@ Test(graph, each_thread_records_its_own_graph)
         cr_graph_use(prev);
         cr_graph_free(g);
     }
-    cr_assert(saw_main[0]); /* thread 0 is the main thread */
+    cr_assert(saw_main[0]);                   /* thread 0 is the main thread */
     if (team > 1) cr_assert_not(saw_main[1]); /* a worker starts with no graph */
     cr_assert(ok[0]);
     cr_assert_eq(nodes[0], 3);

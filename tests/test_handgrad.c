@@ -40,8 +40,7 @@ static const cr_cell_type *const all_types[] = {&cr_cell_rnn_tanh, &cr_cell_rnn_
 static uint64_t seed_of(const cr_cell_type *type)
 {
     for (size_t k = 0; k < N_TYPES; k++)
-        if (all_types[k] == type)
-            return k;
+        if (all_types[k] == type) return k;
     cr_assert_fail("%s is not a built-in cell", type->name);
     return 0;
 }
@@ -53,20 +52,19 @@ static cr_tensor *random_leaf(cr_rng *rng, double bound, int ndim, const int64_t
     return t;
 }
 
-static rig rig_make(const cr_cell_type *type, int64_t B, int64_t T, int64_t I, int64_t H,
-                    bool bias, uint64_t seed)
+static rig rig_make(const cr_cell_type *type, int64_t B, int64_t T, int64_t I, int64_t H, bool bias,
+                    uint64_t seed)
 {
     rig R = {.type = type, .B = B, .T = T, .I = I, .H = H};
     cr_rng rng = cr_rng_seed(seed);
     R.ps = cr_params_init();
-    cr_rnn_config cfg = {.cell = type, .input_size = I, .hidden_size = H, .num_layers = 1,
-                         .no_bias = !bias, .dtype = CR_F64};
+    cr_rnn_config cfg = {
+        .cell = type, .input_size = I, .hidden_size = H, .num_layers = 1, .no_bias = !bias, .dtype = CR_F64};
     R.m = cr_rnn_init(R.ps, "rnn", cfg, &rng);
     cr_assert_eq(R.m->cells[0].type, type);
     R.p = cr_bptt_weights_of(&R.m->cells[0]);
     /* Wider than PyTorch's U(+-1/sqrt(H)), so the gates leave their linear range. */
-    for (size_t k = 0; k < R.ps->n; k++)
-        cr_fill_uniform(R.ps->items[k].value, &rng, -0.6, 0.6);
+    for (size_t k = 0; k < R.ps->n; k++) cr_fill_uniform(R.ps->items[k].value, &rng, -0.6, 0.6);
     R.x = random_leaf(&rng, 1, CR_SHAPE(B, T, I));
     R.h0 = random_leaf(&rng, 0.5, CR_SHAPE(B, H));
     R.r1 = random_leaf(&rng, 1, CR_SHAPE(B, T, H));
@@ -90,8 +88,7 @@ static void rig_free(rig *R)
     cr_rnn_free(R->m);
     cr_params_free(R->ps);
     cr_tensor *ts[] = {R->x, R->h0, R->c0, R->r1, R->r2, R->r3};
-    for (size_t k = 0; k < sizeof ts / sizeof ts[0]; k++)
-        cr_tensor_free(ts[k]);
+    for (size_t k = 0; k < sizeof ts / sizeof ts[0]; k++) cr_tensor_free(ts[k]);
 }
 
 /* The autograd forward and its loss (in the rig's graph). The states are
@@ -103,8 +100,7 @@ static cr_tensor *autograd_loss(rig *R, cr_rnn_output *o)
     cr_tensor *c0 = R->c0 ? cr_reshape(R->c0, CR_SHAPE(1, B, H)) : NULL;
     *o = cr_rnn_forward(R->m, R->x, NULL, h0, c0);
     cr_tensor *loss = cr_add(cr_sum(cr_mul(o->y, R->r1)), cr_sum(cr_mul(o->h_n, R->r2)));
-    if (o->c_n)
-        loss = cr_add(loss, cr_sum(cr_mul(o->c_n, R->r3)));
+    if (o->c_n) loss = cr_add(loss, cr_sum(cr_mul(o->c_n, R->r3)));
     return loss;
 }
 
@@ -115,33 +111,24 @@ typedef struct grads {
     cr_tensor *t[MAX_TENSORS];
 } grads;
 
-static size_t n_tensors(const rig *R)
-{
-    return R->ps->n + (R->c0 ? 3 : 2);
-}
+static size_t n_tensors(const rig *R) { return R->ps->n + (R->c0 ? 3 : 2); }
 
 static void names_of(const rig *R, grads *G)
 {
     G->n = n_tensors(R);
     cr_assert_leq(G->n, MAX_TENSORS);
-    for (size_t k = 0; k < R->ps->n; k++)
-        G->names[k] = R->ps->items[k].name;
+    for (size_t k = 0; k < R->ps->n; k++) G->names[k] = R->ps->items[k].name;
     G->names[R->ps->n] = "x";
     G->names[R->ps->n + 1] = "h0";
-    if (R->c0)
-        G->names[R->ps->n + 2] = "c0";
+    if (R->c0) G->names[R->ps->n + 2] = "c0";
 }
 
-static cr_tensor *like(const cr_tensor *t)
-{
-    return cr_tensor_init(t->dtype, t->ndim, t->shape);
-}
+static cr_tensor *like(const cr_tensor *t) { return cr_tensor_init(t->dtype, t->ndim, t->shape); }
 
 /* The leaves, in gradient order. */
 static cr_tensor *leaf(const rig *R, size_t k)
 {
-    if (k < R->ps->n)
-        return R->ps->items[k].value;
+    if (k < R->ps->n) return R->ps->items[k].value;
     cr_tensor *rest[] = {R->x, R->h0, R->c0};
     return rest[k - R->ps->n];
 }
@@ -153,8 +140,7 @@ static grads autograd_grads(rig *R, cr_tensor **outs)
     grads G;
     names_of(R, &G);
     for (size_t k = 0; k < G.n; k++)
-        if (leaf(R, k)->grad)
-            cr_zero_grad(leaf(R, k));
+        if (leaf(R, k)->grad) cr_zero_grad(leaf(R, k));
     cr_rnn_output o;
     cr_backward(autograd_loss(R, &o));
     for (size_t k = 0; k < G.n; k++) {
@@ -167,8 +153,7 @@ static grads autograd_grads(rig *R, cr_tensor **outs)
         const int64_t state[] = {R->B, R->H};
         for (int k = 0; k < 3; k++) {
             outs[k] = NULL;
-            if (!src[k])
-                continue;
+            if (!src[k]) continue;
             cr_tensor *s = k ? cr_reshape(src[k], 2, state) : src[k];
             outs[k] = like(s);
             cr_copy_(outs[k], s);
@@ -186,10 +171,8 @@ static grads hand_grads(rig *R, cr_tensor **outs)
     cr_bptt *w = cr_bptt_init(R->type, CR_F64, R->B, R->T, R->I, R->H);
     cr_bptt_weights g = {0};
     cr_tensor **gf[] = {&g.w_ih, &g.w_hh, &g.b_ih, &g.b_hh, &g.w_ci, &g.w_cf, &g.w_co};
-    cr_tensor *const pf[] = {R->p.w_ih, R->p.w_hh, R->p.b_ih, R->p.b_hh,
-                             R->p.w_ci, R->p.w_cf, R->p.w_co};
-    for (int s = 0; s < 7; s++)
-        *gf[s] = pf[s] ? like(pf[s]) : NULL;
+    cr_tensor *const pf[] = {R->p.w_ih, R->p.w_hh, R->p.b_ih, R->p.b_hh, R->p.w_ci, R->p.w_cf, R->p.w_co};
+    for (int s = 0; s < 7; s++) *gf[s] = pf[s] ? like(pf[s]) : NULL;
     cr_tensor *y = cr_tensor_init(CR_F64, CR_SHAPE(R->B, R->T, R->H));
     cr_tensor *hn = like(R->h0), *cn = R->c0 ? like(R->c0) : NULL;
     cr_tensor *dx = like(R->x), *dh0 = like(R->h0), *dc0 = R->c0 ? like(R->c0) : NULL;
@@ -199,14 +182,12 @@ static grads hand_grads(rig *R, cr_tensor **outs)
     for (size_t k = 0; k < R->ps->n; k++) {
         G.t[k] = NULL;
         for (int s = 0; s < 7; s++)
-            if (pf[s] == R->ps->items[k].value)
-                G.t[k] = *gf[s];
+            if (pf[s] == R->ps->items[k].value) G.t[k] = *gf[s];
         cr_assert_not_null(G.t[k], "%s is not a weight of the cell", G.names[k]);
     }
     G.t[R->ps->n] = dx;
     G.t[R->ps->n + 1] = dh0;
-    if (dc0)
-        G.t[R->ps->n + 2] = dc0;
+    if (dc0) G.t[R->ps->n + 2] = dc0;
     if (outs) {
         outs[0] = y;
         outs[1] = hn;
@@ -256,14 +237,13 @@ static grads numeric_grads(rig *R)
 
 static void grads_free(grads *G)
 {
-    for (size_t k = 0; k < G->n; k++)
-        cr_tensor_free(G->t[k]);
+    for (size_t k = 0; k < G->n; k++) cr_tensor_free(G->t[k]);
 }
 
 /* Compare set A (column heading la) with set B (lb); on failure print the
  * whole table before the failed expectations. */
-static void expect_close(const grads *A, const char *la, const grads *B, const char *lb,
-                         double tiny, double tol, const cr_cell_type *type)
+static void expect_close(const grads *A, const char *la, const grads *B, const char *lb, double tiny,
+                         double tol, const cr_cell_type *type)
 {
     cr_grad_diff d[MAX_TENSORS];
     const double worst = cr_grad_compare(A->names, (const cr_tensor *const *)A->t,
@@ -273,10 +253,8 @@ static void expect_close(const grads *A, const char *la, const grads *B, const c
         cr_grad_diff_print(stderr, d, A->n, la, lb);
     }
     for (size_t k = 0; k < A->n; k++)
-        cr_expect(d[k].max_rel <= tol,
-                  "%s, %s vs %s, %s: max rel error %.3g at %lld (%.17g, %.17g)",
-                  type->name, la, lb, d[k].name, d[k].max_rel,
-                  (long long)d[k].worst_index, d[k].a, d[k].b);
+        cr_expect(d[k].max_rel <= tol, "%s, %s vs %s, %s: max rel error %.3g at %lld (%.17g, %.17g)",
+                  type->name, la, lb, d[k].name, d[k].max_rel, (long long)d[k].worst_index, d[k].a, d[k].b);
 }
 
 /* ---- autograd against hand-derived BPTT, 50 steps ------------------------------ */
@@ -319,8 +297,7 @@ Test(handgrad, lstm_peephole_50_steps) { agree(&cr_cell_lstm_peephole, true, 50)
 
 Test(handgrad, without_biases)
 {
-    for (size_t k = 0; k < N_TYPES; k++)
-        agree(all_types[k], false, 12);
+    for (size_t k = 0; k < N_TYPES; k++) agree(all_types[k], false, 12);
 }
 
 /* ---- both against finite differences, small case --------------------------------- */
@@ -367,8 +344,7 @@ Test(handgrad, compare_params_reads_autograd_grads)
 static cr_tensor *from(cr_dtype dt, int64_t r, int64_t c, const double *v)
 {
     cr_tensor *t = cr_tensor_init(dt, CR_SHAPE(r, c));
-    for (int64_t i = 0; i < r * c; i++)
-        cr_set_flat(t, i, v[i]);
+    for (int64_t i = 0; i < r * c; i++) cr_set_flat(t, i, v[i]);
     return t;
 }
 
@@ -379,16 +355,15 @@ Test(gradcompare, known_errors)
     const char *names[] = {"w"};
     cr_grad_diff d;
     /* Pure relative: 1e-20 against 0 is a relative error of 1. */
-    double worst = cr_grad_compare(names, (const cr_tensor *const[]){a},
-                                   (const cr_tensor *const[]){b}, 1, 0, &d);
+    double worst =
+        cr_grad_compare(names, (const cr_tensor *const[]){a}, (const cr_tensor *const[]){b}, 1, 0, &d);
     cr_assert_float_eq(worst, 1.0, 1e-15);
     cr_assert_eq(d.worst_index, 5);
     cr_assert_float_eq(d.max_abs, 0.5, 1e-15);
     cr_assert_str_eq(d.name, "w");
     cr_assert_eq(d.numel, 6);
     /* Floor 1e-3: that element is now absolute (1e-17); the worst is |2 - 2.5| / 2.5. */
-    worst = cr_grad_compare(names, (const cr_tensor *const[]){a}, (const cr_tensor *const[]){b},
-                            1, 1e-3, &d);
+    worst = cr_grad_compare(names, (const cr_tensor *const[]){a}, (const cr_tensor *const[]){b}, 1, 1e-3, &d);
     cr_assert_float_eq(worst, 0.2, 1e-15);
     cr_assert_eq(d.worst_index, 1);
     cr_assert_float_eq(d.a, 2, 0);
@@ -458,8 +433,8 @@ Test(gradcompare, shape_mismatch_aborts, .signal = SIGABRT)
     cr_tensor *a = cr_tensor_init(CR_F64, CR_SHAPE(2, 3));
     cr_tensor *b = cr_tensor_init(CR_F64, CR_SHAPE(3, 2));
     cr_grad_diff d;
-    cr_grad_compare((const char *const[]){"w"}, (const cr_tensor *const[]){a},
-                    (const cr_tensor *const[]){b}, 1, 0, &d);
+    cr_grad_compare((const char *const[]){"w"}, (const cr_tensor *const[]){a}, (const cr_tensor *const[]){b},
+                    1, 0, &d);
 }
 
 Test(gradcompare, integer_tensor_aborts, .signal = SIGABRT)

@@ -46,7 +46,8 @@ static void expect_same_bits(const cr_tensor *a, const cr_tensor *b, const char 
     cr_assert_eq(cr_numel(a), cr_numel(b), "%s: sizes differ", what);
     for (int64_t i = 0, n = cr_numel(a); i < n; i++) {
         double x = cr_get_flat(a, i), y = cr_get_flat(b, i);
-        cr_assert(memcmp(&x, &y, sizeof x) == 0, "%s: element %lld is %.17g, then %.17g", what, (long long)i, x, y);
+        cr_assert(memcmp(&x, &y, sizeof x) == 0, "%s: element %lld is %.17g, then %.17g", what, (long long)i,
+                  x, y);
     }
 }
 
@@ -107,7 +108,8 @@ Test(memory, scopes_nest_and_end_innermost_first)
     /* a scope does not outlive a clear */
     cr_scope s = cr_scope_begin();
     cr_graph_clear(g);
-    EXPECT_ERROR(cr_scope_end(s, 0, NULL), "cr_scope_end: the scope was not opened in this graph's current step");
+    EXPECT_ERROR(cr_scope_end(s, 0, NULL),
+                 "cr_scope_end: the scope was not opened in this graph's current step");
     EXPECT_ERROR(cr_scope_end(s, -1, NULL), "cr_scope_end");
 }
 
@@ -138,8 +140,9 @@ Test(memory, gradients_die_once_their_node_has_run)
     size_t forward = cr_graph_bytes_used(g), bytes = (size_t)n * sizeof(double);
     cr_backward(loss);
     size_t peak = cr_graph_bytes_peak(g);
-    cr_assert_lt(peak - forward, 4 * bytes, "backward held %zu bytes above the forward's %zu (buffers of %zu)",
-                 peak - forward, forward, bytes);
+    cr_assert_lt(peak - forward, 4 * bytes,
+                 "backward held %zu bytes above the forward's %zu (buffers of %zu)", peak - forward, forward,
+                 bytes);
     cr_assert_leq(cr_graph_bytes_used(g), forward + 1024, "gradients left behind after backward");
     for (size_t i = 0; i < cr_graph_node_count(g); i++)
         cr_assert_null(cr_graph_node(g, i)->out->grad, "node %zu kept its gradient", i);
@@ -226,7 +229,8 @@ static void lstm_segment(cr_tensor *const *in, cr_tensor **out, void *ctx)
  * the gradients go to w_x, w_h, b and xs. The loss reads every step's output,
  * or (last_only) the final states alone, so that nothing but the segments'
  * boundaries need stay. */
-static double lstm_run_(cr_tensor *const *p, cr_dtype dt, int64_t B, int64_t T, int64_t H, int seg, bool last_only)
+static double lstm_run_(cr_tensor *const *p, cr_dtype dt, int64_t B, int64_t T, int64_t H, int seg,
+                        bool last_only)
 {
     lstm_ctx *ctx = cr_arena_alloc(cr_arena_current(), (size_t)(T + 1) * sizeof *ctx);
     cr_rng rng = cr_rng_seed(11);
@@ -240,8 +244,8 @@ static double lstm_run_(cr_tensor *const *p, cr_dtype dt, int64_t B, int64_t T, 
             lstm_ctx *c = &ctx[k];
             *c = (lstm_ctx){p[0], p[1], p[2], p[3], rng, H, t0, t0 + seg < T ? t0 + seg : T, last_only};
             cr_tensor **out = cr_arena_alloc(cr_arena_current(), (size_t)(2 + seg) * sizeof *out);
-            cr_recompute(lstm_segment, c, 2, (cr_tensor *[]){h, cs}, last_only ? 2 : (int)(2 + c->t1 - t0), out, 1,
-                         (cr_rng *[]){&c->rng});
+            cr_recompute(lstm_segment, c, 2, (cr_tensor *[]){h, cs}, last_only ? 2 : (int)(2 + c->t1 - t0),
+                         out, 1, (cr_rng *[]){&c->rng});
             rng = c->rng; /* the next segment draws on from here */
             h = out[0];
             cs = out[1];
@@ -251,7 +255,8 @@ static double lstm_run_(cr_tensor *const *p, cr_dtype dt, int64_t B, int64_t T, 
     }
     cr_tensor *y = last_only ? h : cr_stack((int)T, ys, 0); /* [T,B,H] */
     cr_tensor *r = cr_arange(dt, 0, (double)cr_numel(y), 1);
-    cr_tensor *loss = cr_add(cr_sum(cr_mul(y, cr_reshape(cr_mul_scalar(r, 0.001), y->ndim, y->shape))), cr_sum(cs));
+    cr_tensor *loss =
+        cr_add(cr_sum(cr_mul(y, cr_reshape(cr_mul_scalar(r, 0.001), y->ndim, y->shape))), cr_sum(cs));
     double v = cr_item(loss);
     cr_backward(loss);
     return v;
@@ -278,7 +283,8 @@ static void recompute_matches_plain(cr_dtype dt)
     for (size_t s = 0; s < sizeof segs / sizeof segs[0]; s++) {
         for (int k = 0; k < 4; k++) cr_zero_grad(p[k]);
         double loss = lstm_run(p, dt, B, T, H, segs[s]);
-        cr_assert(memcmp(&loss, &loss0, sizeof loss) == 0, "segments of %d: loss %.17g, plain %.17g", segs[s], loss, loss0);
+        cr_assert(memcmp(&loss, &loss0, sizeof loss) == 0, "segments of %d: loss %.17g, plain %.17g", segs[s],
+                  loss, loss0);
         const char *names[4] = {"w_x", "w_h", "b", "xs"};
         for (int k = 0; k < 4; k++) {
             char what[64];
@@ -305,8 +311,13 @@ static layer layer_make(const cr_cell_type *type, cr_dtype dt, int64_t B, int64_
 {
     layer l = {.ps = cr_params_init()};
     cr_rng rng = cr_rng_seed(5);
-    cr_rnn_config cfg = {.cell = type, .input_size = I, .hidden_size = H, .num_layers = 2, .bidirectional = true,
-                         .dropout = 0.3, .dtype = dt};
+    cr_rnn_config cfg = {.cell = type,
+                         .input_size = I,
+                         .hidden_size = H,
+                         .num_layers = 2,
+                         .bidirectional = true,
+                         .dropout = 0.3,
+                         .dtype = dt};
     l.m = cr_rnn_init(l.ps, "rnn", cfg, &rng);
     l.x = param(dt, CR_SHAPE(B, T, I), 31);
     l.h0 = param(dt, CR_SHAPE(4, B, H), 32);
@@ -334,7 +345,8 @@ static void layer_run(layer *l, int recompute, cr_tensor **values, bool var_len)
     for (int k = 0; k < 3; k++) {
         if (!outs[k]) continue;
         cr_tensor *r = cr_arange(outs[k]->dtype, 0, (double)cr_numel(outs[k]), 1);
-        cr_tensor *part = cr_sum(cr_mul(outs[k], cr_reshape(cr_mul_scalar(r, 0.01), outs[k]->ndim, outs[k]->shape)));
+        cr_tensor *part =
+            cr_sum(cr_mul(outs[k], cr_reshape(cr_mul_scalar(r, 0.01), outs[k]->ndim, outs[k]->shape)));
         loss = loss ? cr_add(loss, part) : part;
         values[k] = keep_t(cr_tensor_init(outs[k]->dtype, outs[k]->ndim, outs[k]->shape));
         cr_copy_(values[k], outs[k]);
@@ -374,7 +386,10 @@ static void layer_matches_plain(const cr_cell_type *type, cr_dtype dt, bool var_
             if (!t) continue;
             char what[128];
             snprintf(what, sizeof what, "%s, segments of %d: gradient of %s", type->name, segs[s],
-                     k < np ? l.ps->items[k].name : k == np ? "x" : k == np + 1 ? "h0" : "c0");
+                     k < np        ? l.ps->items[k].name
+                     : k == np     ? "x"
+                     : k == np + 1 ? "h0"
+                                   : "c0");
             expect_same_bits(t->grad, g0[k], what);
         }
         cr_graph_clear(g);
@@ -384,15 +399,27 @@ static void layer_matches_plain(const cr_cell_type *type, cr_dtype dt, bool var_
 }
 
 /* two bidirectional layers with dropout between them, variable lengths */
-Test(memory, layer_recompute_gives_the_plain_gradients_lstm_f64) { layer_matches_plain(&cr_cell_lstm, CR_F64, true); }
-Test(memory, layer_recompute_gives_the_plain_gradients_lstm_f32) { layer_matches_plain(&cr_cell_lstm, CR_F32, true); }
+Test(memory, layer_recompute_gives_the_plain_gradients_lstm_f64)
+{
+    layer_matches_plain(&cr_cell_lstm, CR_F64, true);
+}
+Test(memory, layer_recompute_gives_the_plain_gradients_lstm_f32)
+{
+    layer_matches_plain(&cr_cell_lstm, CR_F32, true);
+}
 Test(memory, layer_recompute_gives_the_plain_gradients_lstm_full_length)
 {
     layer_matches_plain(&cr_cell_lstm, CR_F32, false);
 }
 /* a state read by several ops of the next step (h in the GRU), and peepholes */
-Test(memory, layer_recompute_gives_the_plain_gradients_gru) { layer_matches_plain(&cr_cell_gru, CR_F32, false); }
-Test(memory, layer_recompute_gives_the_plain_gradients_gru_var_len) { layer_matches_plain(&cr_cell_gru, CR_F64, true); }
+Test(memory, layer_recompute_gives_the_plain_gradients_gru)
+{
+    layer_matches_plain(&cr_cell_gru, CR_F32, false);
+}
+Test(memory, layer_recompute_gives_the_plain_gradients_gru_var_len)
+{
+    layer_matches_plain(&cr_cell_gru, CR_F64, true);
+}
 Test(memory, layer_recompute_gives_the_plain_gradients_peephole)
 {
     layer_matches_plain(&cr_cell_lstm_peephole, CR_F32, true);
@@ -446,7 +473,8 @@ Test(memory, segments_of_sqrt_t_steps_grow_like_sqrt_t)
     cr_assert_gt(rp, 3.5, "plain: 4x the steps, %.2fx the memory", rp);
     /* sqrt(4) = 2, plus what stays O(T): the inputs xs and their gradient,
      * the segments' boundary states */
-    cr_assert_lt(rs, 2.6, "segments of sqrt(T): 4x the steps, %.2fx the memory (%zu, %zu bytes)", rs, seg[0], seg[1]);
+    cr_assert_lt(rs, 2.6, "segments of sqrt(T): 4x the steps, %.2fx the memory (%zu, %zu bytes)", rs, seg[0],
+                 seg[1]);
     cr_assert_lt(seg[1], plain[0], "T=256 in segments (%zu bytes) above T=64 plain (%zu)", seg[1], plain[0]);
 }
 
@@ -503,8 +531,9 @@ Test(memory, recompute_misuse)
     cr_tensor *a = cr_mul_scalar(w, 1);
     cr_recompute(seg_scale, &k, 1, &a, 1, &y, 0, NULL);
     cr_fill(a, 0.5);
-    EXPECT_ERROR(cr_backward(cr_sum(y)), "cr_backward: cr_recompute (tape #1) runs its segment again on input 0, f64 [64], "
-                                         "but it was written in place");
+    EXPECT_ERROR(cr_backward(cr_sum(y)),
+                 "cr_backward: cr_recompute (tape #1) runs its segment again on input 0, f64 [64], "
+                 "but it was written in place");
     cr_assert(cr_grad_enabled(), "grad mode restored after the error");
     cr_graph_clear(g);
     /* a function that is not a function of its inputs */
@@ -526,10 +555,13 @@ Test(memory, recompute_misuse)
     cr_assert_eq(r.offset, after, "the generator is back where it was");
     for (int i = 0; i < 64; i++) cr_assert(cr_get_flat(w->grad, i) == 0 || cr_get_flat(w->grad, i) == 2);
     cr_graph_clear(g);
-    EXPECT_ERROR(cr_recompute(seg_null, NULL, 1, &w, 1, &y, 0, NULL), "cr_recompute: the segment function left output 0 NULL");
+    EXPECT_ERROR(cr_recompute(seg_null, NULL, 1, &w, 1, &y, 0, NULL),
+                 "cr_recompute: the segment function left output 0 NULL");
     cr_graph_clear(g);
-    EXPECT_ERROR(cr_recompute(NULL, NULL, 1, &w, 1, &y, 0, NULL), "cr_recompute: the segment function is NULL");
-    EXPECT_ERROR(cr_recompute(seg_scale, &k, 1, &w, 1, &y, 1, (cr_rng *[]){NULL}), "cr_recompute: generator 0 is NULL");
+    EXPECT_ERROR(cr_recompute(NULL, NULL, 1, &w, 1, &y, 0, NULL),
+                 "cr_recompute: the segment function is NULL");
+    EXPECT_ERROR(cr_recompute(seg_scale, &k, 1, &w, 1, &y, 1, (cr_rng *[]){NULL}),
+                 "cr_recompute: generator 0 is NULL");
     free_owned();
 }
 

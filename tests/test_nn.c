@@ -37,7 +37,8 @@ static void seq_parity(const char *file, const cr_cell_type *type, cr_dtype dt, 
     cr_tensor *x = leaf(fixture_tensor(f, "x")), *h0 = leaf(fixture_tensor(f, "h0"));
     cr_tensor *c0 = lstm ? leaf(fixture_tensor(f, "c0")) : NULL;
     cr_tensor *lengths = fixture_tensor(f, "lengths");
-    cr_tensor *gy = fixture_tensor(f, "gy"), *gh = fixture_tensor(f, "gh"), *gc = lstm ? fixture_tensor(f, "gc") : NULL;
+    cr_tensor *gy = fixture_tensor(f, "gy"), *gh = fixture_tensor(f, "gh"),
+              *gc = lstm ? fixture_tensor(f, "gc") : NULL;
 
     cr_rnn_output o = cr_rnn_forward(m, x, lengths, h0, c0);
     cr_tensor *loss = cr_add(weighted(o.y, gy), weighted(o.h_n, gh));
@@ -128,8 +129,8 @@ Test(nn, torch_linear)
     cr_st_file *f = fixture_open("linear_f64.safetensors");
     cr_params *ps = cr_params_init();
     cr_rng rng = cr_rng_seed(3);
-    cr_linear l = cr_linear_init(ps, NULL, fixture_meta_int(f, "in_features"), fixture_meta_int(f, "out_features"),
-                                 true, CR_F64, &rng);
+    cr_linear l = cr_linear_init(ps, NULL, fixture_meta_int(f, "in_features"),
+                                 fixture_meta_int(f, "out_features"), true, CR_F64, &rng);
     fixture_copy(f, "weight", l.weight);
     fixture_copy(f, "bias", l.bias);
     cr_tensor *x = leaf(fixture_tensor(f, "x")), *gy = fixture_tensor(f, "gy");
@@ -151,8 +152,8 @@ Test(nn, torch_embedding)
     cr_params *ps = cr_params_init();
     cr_rng rng = cr_rng_seed(4);
     cr_embedding e = cr_embedding_init(ps, NULL, fixture_meta_int(f, "num_embeddings"),
-                                       fixture_meta_int(f, "embedding_dim"), fixture_meta_int(f, "padding_idx"),
-                                       CR_F64, &rng);
+                                       fixture_meta_int(f, "embedding_dim"),
+                                       fixture_meta_int(f, "padding_idx"), CR_F64, &rng);
     fixture_copy(f, "weight", e.weight);
     cr_tensor *idx = fixture_tensor(f, "indices"), *gy = fixture_tensor(f, "gy");
     cr_tensor *y = cr_embedding_forward(&e, idx);
@@ -239,9 +240,10 @@ static void seq_gradcheck(cr_rnn_config cfg, bool var_len)
     seq_case c = {.m = m, .lengths = var_len ? lengths : NULL, .n_in = n};
     cr_gradcheck_report rep;
     double err = cr_gradcheck(seq_fn, &c, n, in, 1e-5, &rep);
-    cr_expect(err < 1e-6, "%s layers=%d bidir=%d var_len=%d: rel err %.3g at input %d index %lld (%.10g vs %.10g)",
-              cfg.cell->name, cfg.num_layers, cfg.bidirectional, var_len, err,
-              rep.worst_input, (long long)rep.worst_index, rep.analytic, rep.numeric);
+    cr_expect(err < 1e-6,
+              "%s layers=%d bidir=%d var_len=%d: rel err %.3g at input %d index %lld (%.10g vs %.10g)",
+              cfg.cell->name, cfg.num_layers, cfg.bidirectional, var_len, err, rep.worst_input,
+              (long long)rep.worst_index, rep.analytic, rep.numeric);
     cr_expect_gt(rep.n_checked, 20);
     cr_tensor_free(x);
     cr_tensor_free(h0);
@@ -251,13 +253,15 @@ static void seq_gradcheck(cr_rnn_config cfg, bool var_len)
     cr_params_free(ps);
 }
 
-static const cr_cell_type *const all_types[] = {&cr_cell_rnn_tanh, &cr_cell_rnn_relu, &cr_cell_gru, &cr_cell_gru_original, &cr_cell_lstm,
-                                               &cr_cell_lstm_peephole};
+static const cr_cell_type *const all_types[] = {&cr_cell_rnn_tanh, &cr_cell_rnn_relu,
+                                                &cr_cell_gru,      &cr_cell_gru_original,
+                                                &cr_cell_lstm,     &cr_cell_lstm_peephole};
 #define N_TYPES (sizeof all_types / sizeof all_types[0])
 
 Test(nn, gradcheck_one_layer)
 {
-    for (size_t i = 0; i < N_TYPES; i++) seq_gradcheck((cr_rnn_config){.cell = all_types[i], .num_layers = 1}, false);
+    for (size_t i = 0; i < N_TYPES; i++)
+        seq_gradcheck((cr_rnn_config){.cell = all_types[i], .num_layers = 1}, false);
 }
 
 Test(nn, gradcheck_two_layers_bidirectional)
@@ -274,8 +278,10 @@ Test(nn, gradcheck_variable_lengths)
 
 Test(nn, gradcheck_lstm_peephole_and_forget_bias)
 {
-    seq_gradcheck((cr_rnn_config){.cell = &cr_cell_lstm_peephole, .num_layers = 1, .forget_bias = 1.0}, false);
-    seq_gradcheck((cr_rnn_config){.cell = &cr_cell_lstm_peephole, .num_layers = 2, .bidirectional = true}, true);
+    seq_gradcheck((cr_rnn_config){.cell = &cr_cell_lstm_peephole, .num_layers = 1, .forget_bias = 1.0},
+                  false);
+    seq_gradcheck((cr_rnn_config){.cell = &cr_cell_lstm_peephole, .num_layers = 2, .bidirectional = true},
+                  true);
 }
 
 Test(nn, gradcheck_without_bias)
@@ -294,8 +300,12 @@ Test(nn, padding_changes_nothing)
         int64_t B = 3, T = 5, I = 2, H = 3;
         cr_params *ps = cr_params_init();
         cr_rng rng = cr_rng_seed(21);
-        cr_rnn_config cfg = {.cell = type, .input_size = I, .hidden_size = H, .num_layers = 2,
-                             .bidirectional = true, .dtype = CR_F64};
+        cr_rnn_config cfg = {.cell = type,
+                             .input_size = I,
+                             .hidden_size = H,
+                             .num_layers = 2,
+                             .bidirectional = true,
+                             .dtype = CR_F64};
         cr_rnn *m = cr_rnn_init(ps, "m", cfg, &rng);
         cr_tensor *x = cr_tensor_init(CR_F64, CR_SHAPE(B, T, I));
         cr_fill_uniform(x, &rng, -1, 1);
@@ -331,12 +341,13 @@ Test(nn, padding_changes_nothing)
             for (int64_t t = 0; t < T; t++)
                 for (int64_t j = 0; j < 2 * H; j++) {
                     double want = t < lens[b] ? cr_get(ob.y, (int64_t[]){0, t, j}) : 0.0;
-                    cr_expect(fabs(cr_get(y_batched, (int64_t[]){b, t, j}) - want) < 1e-13, "%s y[%lld,%lld,%lld]",
-                              type->name, (long long)b, (long long)t, (long long)j);
+                    cr_expect(fabs(cr_get(y_batched, (int64_t[]){b, t, j}) - want) < 1e-13,
+                              "%s y[%lld,%lld,%lld]", type->name, (long long)b, (long long)t, (long long)j);
                 }
             for (int64_t k = 0; k < 4; k++)
                 for (int64_t j = 0; j < H; j++)
-                    cr_expect(fabs(cr_get(h_batched, (int64_t[]){k, b, j}) - cr_get(ob.h_n, (int64_t[]){k, 0, j})) < 1e-13,
+                    cr_expect(fabs(cr_get(h_batched, (int64_t[]){k, b, j}) -
+                                   cr_get(ob.h_n, (int64_t[]){k, 0, j})) < 1e-13,
                               "%s h_n", type->name);
         }
         for (size_t i = 0; i < np; i++)
@@ -364,7 +375,8 @@ Test(nn, orthogonal_blocks_have_spectral_radius_one)
         for (int i = 0; i < 4; i++)
             for (int j = 0; j < 4; j++) {
                 double dot = 0; /* rows of an orthogonal block are orthonormal */
-                for (int k = 0; k < 4; k++) dot += cr_get_flat(w, (b * 4 + i) * 4 + k) * cr_get_flat(w, (b * 4 + j) * 4 + k);
+                for (int k = 0; k < 4; k++)
+                    dot += cr_get_flat(w, (b * 4 + i) * 4 + k) * cr_get_flat(w, (b * 4 + j) * 4 + k);
                 cr_expect(fabs(dot - (i == j)) < 1e-12);
             }
     cr_tensor_free(w);
@@ -374,10 +386,14 @@ Test(nn, init_bounds_and_forget_bias)
 {
     cr_params *ps = cr_params_init();
     cr_rng rng = cr_rng_seed(6);
-    cr_cell c = cr_cell_init(ps, "lstm", (cr_cell_config){.cell = &cr_cell_lstm, .input_size = 5, .hidden_size = 16,
-                                                          .forget_bias = 1.0, .dtype = CR_F32}, &rng);
+    cr_cell c = cr_cell_init(
+        ps, "lstm",
+        (cr_cell_config){
+            .cell = &cr_cell_lstm, .input_size = 5, .hidden_size = 16, .forget_bias = 1.0, .dtype = CR_F32},
+        &rng);
     double bound = 0.25;
-    cr_tensor *w_hh = cr_cell_get(&c, "w_hh"), *b_ih = cr_cell_get(&c, "b_ih"), *b_hh = cr_cell_get(&c, "b_hh");
+    cr_tensor *w_hh = cr_cell_get(&c, "w_hh"), *b_ih = cr_cell_get(&c, "b_ih"),
+              *b_hh = cr_cell_get(&c, "b_hh");
     for (int64_t i = 0; i < cr_numel(w_hh); i++) cr_expect(fabs(cr_get_flat(w_hh, i)) <= bound);
     for (int64_t j = 16; j < 32; j++) {
         cr_expect_eq(cr_get_flat(b_ih, j), 1.0);
@@ -404,16 +420,21 @@ Test(nn, misuse_names_the_op_and_shapes)
 {
     cr_params *ps = cr_params_init();
     cr_rng rng = cr_rng_seed(7);
-    cr_rnn *m = cr_rnn_init(ps, "lstm", (cr_rnn_config){.cell = &cr_cell_lstm, .input_size = 4, .hidden_size = 8,
-                                                         .num_layers = 1, .dtype = CR_F32}, &rng);
+    cr_rnn *m = cr_rnn_init(
+        ps, "lstm",
+        (cr_rnn_config){
+            .cell = &cr_cell_lstm, .input_size = 4, .hidden_size = 8, .num_layers = 1, .dtype = CR_F32},
+        &rng);
     cr_tensor *x = cr_zeros(CR_F32, CR_SHAPE(2, 3, 5));
     EXPECT_ERROR(cr_rnn_forward(m, x, NULL, NULL, NULL),
                  "cr_rnn_forward: input is f32 [2,3,5], expected f32 [B,T,4]");
     cr_tensor *x4 = cr_zeros(CR_F32, CR_SHAPE(2, 3, 4));
     cr_tensor *len = cr_from_array(CR_I32, CR_SHAPE(2), (int32_t[]){3, 4});
-    EXPECT_ERROR(cr_rnn_forward(m, x4, len, NULL, NULL), "cr_rnn_forward: length 4 of sequence 1 is not in [1, 3]");
+    EXPECT_ERROR(cr_rnn_forward(m, x4, len, NULL, NULL),
+                 "cr_rnn_forward: length 4 of sequence 1 is not in [1, 3]");
     cr_tensor *h0 = cr_zeros(CR_F32, CR_SHAPE(2, 2, 8));
-    EXPECT_ERROR(cr_rnn_forward(m, x4, NULL, h0, NULL), "cr_rnn_forward: h0 is f32 [2,2,8], expected f32 [1,2,8]");
+    EXPECT_ERROR(cr_rnn_forward(m, x4, NULL, h0, NULL),
+                 "cr_rnn_forward: h0 is f32 [2,2,8], expected f32 [1,2,8]");
     cr_rnn_free(m);
     cr_params_free(ps);
 }
@@ -422,7 +443,11 @@ Test(nn, dropout_between_layers_only_in_training)
 {
     cr_params *ps = cr_params_init();
     cr_rng rng = cr_rng_seed(8);
-    cr_rnn_config cfg = {.cell = &cr_cell_gru, .input_size = 3, .hidden_size = 5, .num_layers = 2, .dropout = 0.5,
+    cr_rnn_config cfg = {.cell = &cr_cell_gru,
+                         .input_size = 3,
+                         .hidden_size = 5,
+                         .num_layers = 2,
+                         .dropout = 0.5,
                          .dtype = CR_F64};
     cr_rnn *m = cr_rnn_init(ps, "gru", cfg, &rng);
     cr_tensor *x = cr_tensor_new(CR_F64, CR_SHAPE(2, 4, 3));

@@ -27,7 +27,10 @@ TestSuite(ops, .init = setup, .fini = teardown);
 
 /* ---- helpers ---------------------------------------------------------------- */
 
-static cr_tensor *f64(int ndim, const int64_t *shape, const double *v) { return cr_from_array(CR_F64, ndim, shape, v); }
+static cr_tensor *f64(int ndim, const int64_t *shape, const double *v)
+{
+    return cr_from_array(CR_F64, ndim, shape, v);
+}
 
 static cr_tensor *i32(int ndim, const int64_t *shape, const int32_t *v)
 {
@@ -39,8 +42,8 @@ static void expect_values(const cr_tensor *t, const double *want, int64_t n, dou
     cr_assert_eq(cr_numel(t), n, "numel %lld, expected %lld", (long long)cr_numel(t), (long long)n);
     for (int64_t i = 0; i < n; i++) {
         double got = cr_get_flat(t, i);
-        cr_assert(fabs(got - want[i]) <= tol * fmax(1, fabs(want[i])), "element %lld: got %.17g, expected %.17g",
-                  (long long)i, got, want[i]);
+        cr_assert(fabs(got - want[i]) <= tol * fmax(1, fabs(want[i])),
+                  "element %lld: got %.17g, expected %.17g", (long long)i, got, want[i]);
     }
 }
 
@@ -52,7 +55,6 @@ static void expect_shape(const cr_tensor *t, int ndim, const int64_t *shape)
     cr_assert(ok, "shape %s, expected %s", cr_shape_str(a, sizeof a, t->ndim, t->shape),
               cr_shape_str(b, sizeof b, ndim, shape));
 }
-
 
 /* ---- arithmetic with broadcasting --------------------------------------------------- */
 
@@ -98,7 +100,8 @@ Test(ops, arithmetic_misuse_names_op_and_shapes)
 {
     cr_tensor *a = cr_zeros(CR_F64, CR_SHAPE(2, 3)), *b = cr_zeros(CR_F64, CR_SHAPE(4));
     EXPECT_ERROR(cr_add(a, b), "cr_add: shapes [2,3] and [4] do not broadcast");
-    EXPECT_ERROR(cr_mul(a, cr_zeros(CR_F32, CR_SHAPE(3))), "cr_mul: f64 [2,3] and f32 [3] (need one float dtype)");
+    EXPECT_ERROR(cr_mul(a, cr_zeros(CR_F32, CR_SHAPE(3))),
+                 "cr_mul: f64 [2,3] and f32 [3] (need one float dtype)");
     EXPECT_ERROR(cr_exp(cr_zeros(CR_I32, CR_SHAPE(3))), "cr_exp: needs f32 or f64, got i32 [3]");
 }
 
@@ -117,7 +120,9 @@ Test(ops, unary_functions)
         unary_fn f;
         double (*ref)(double);
     } cases[] = {
-        {"exp", cr_exp, exp},           {"tanh", cr_tanh, tanh}, {"sigmoid", cr_sigmoid, sigm},
+        {"exp", cr_exp, exp},
+        {"tanh", cr_tanh, tanh},
+        {"sigmoid", cr_sigmoid, sigm},
         {"abs", cr_abs, fabs},
     };
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
@@ -169,8 +174,9 @@ Test(ops, unary_cases_match_libm)
                 expect_shape(y, views[v]->ndim, views[v]->shape);
                 for (int64_t j = 0; j < 20; j++) {
                     double in = cr_get_flat(views[v], j), got = cr_get_flat(y, j), want = c->ref(in);
-                    cr_assert(fabs(got - want) <= tol * fmax(1, fabs(want)), "%s %s%s (%.17g) = %.17g, libm %.17g",
-                              c->id, cr_dtype_name(x->dtype), v ? " on a view" : "", in, got, want);
+                    cr_assert(fabs(got - want) <= tol * fmax(1, fabs(want)),
+                              "%s %s%s (%.17g) = %.17g, libm %.17g", c->id, cr_dtype_name(x->dtype),
+                              v ? " on a view" : "", in, got, want);
                 }
             }
         }
@@ -234,7 +240,8 @@ Test(ops, max_dim_and_argmax)
     expect_shape(a0, CR_SHAPE(1, 4));
     expect_values(a0, (double[]){0, 0, 0, 0}, 4, 0);
     cr_assert_not(a1->requires_grad);
-    EXPECT_ERROR(cr_max_dim(cr_zeros(CR_F64, CR_SHAPE(3, 0)), 1, false), "cr_max_dim: dim 1 of the input is empty");
+    EXPECT_ERROR(cr_max_dim(cr_zeros(CR_F64, CR_SHAPE(3, 0)), 1, false),
+                 "cr_max_dim: dim 1 of the input is empty");
 }
 
 Test(ops, softmax_and_log_softmax)
@@ -243,9 +250,11 @@ Test(ops, softmax_and_log_softmax)
     cr_tensor *p = cr_softmax(x, 1), *lp = cr_log_softmax(x, -1);
     double z = exp(1) + exp(2) + exp(3);
     expect_values(p, (double[]){exp(1) / z, exp(2) / z, exp(3) / z, 0.25, 0.25, 0.5}, 6, 1e-15);
-    expect_values(lp, (double[]){1 - log(z), 2 - log(z), 3 - log(z), log(0.25), log(0.25), log(0.5)}, 6, 1e-15);
+    expect_values(lp, (double[]){1 - log(z), 2 - log(z), 3 - log(z), log(0.25), log(0.25), log(0.5)}, 6,
+                  1e-15);
     cr_tensor *p0 = cr_softmax(x, 0);
-    expect_values(p0, (double[]){sigm(1), sigm(2), sigm(3 - log(2.0)), sigm(-1), sigm(-2), sigm(log(2.0) - 3)}, 6,
+    expect_values(p0,
+                  (double[]){sigm(1), sigm(2), sigm(3 - log(2.0)), sigm(-1), sigm(-2), sigm(log(2.0) - 3)}, 6,
                   1e-15);
     /* of a transposed view: same as softmax over the other dim */
     cr_tensor *pt = cr_softmax(cr_transpose(x, 0, 1), 0);
@@ -298,15 +307,17 @@ Test(ops, matmul_2d)
     expect_shape(ata, CR_SHAPE(3, 3));
     expect_values(ata, (double[]){17, 22, 27, 22, 29, 36, 27, 36, 45}, 9, 0);
     /* larger than the small-kernel threshold, with transposed and narrowed views */
-    cr_tensor *big_a = random_tensor(CR_F64, CR_SHAPE(70, 50), 1), *big_b = random_tensor(CR_F64, CR_SHAPE(60, 45), 2);
-    cr_tensor *va = cr_transpose(big_a, 0, 1);          /* [50,70] */
-    cr_tensor *vb = cr_narrow(big_b, 1, 5, 40);         /* [60,40] */
-    cr_tensor *va2 = cr_narrow(va, 1, 10, 60);          /* [50,60] */
-    cr_tensor *got = cr_matmul(va2, vb);                /* [50,40] */
+    cr_tensor *big_a = random_tensor(CR_F64, CR_SHAPE(70, 50), 1),
+              *big_b = random_tensor(CR_F64, CR_SHAPE(60, 45), 2);
+    cr_tensor *va = cr_transpose(big_a, 0, 1);  /* [50,70] */
+    cr_tensor *vb = cr_narrow(big_b, 1, 5, 40); /* [60,40] */
+    cr_tensor *va2 = cr_narrow(va, 1, 10, 60);  /* [50,60] */
+    cr_tensor *got = cr_matmul(va2, vb);        /* [50,40] */
     expect_shape(got, CR_SHAPE(50, 40));
     expect_close(got, naive_matmul(va2, vb), 1e-12);
     /* f32 */
-    cr_tensor *fa = random_tensor(CR_F32, CR_SHAPE(33, 40), 3), *fb = random_tensor(CR_F32, CR_SHAPE(40, 35), 4);
+    cr_tensor *fa = random_tensor(CR_F32, CR_SHAPE(33, 40), 3),
+              *fb = random_tensor(CR_F32, CR_SHAPE(40, 35), 4);
     expect_close(cr_matmul(fa, fb), naive_matmul(fa, fb), 1e-4);
 }
 
@@ -329,10 +340,10 @@ Test(ops, matmul_batched)
     expect_shape(lb, CR_SHAPE(2, 1, 2));
     expect_values(lb, (double[]){-4, -4, -4, -4}, 4, 0);
     /* batched on permuted views, against per-batch naive products */
-    cr_tensor *p = random_tensor(CR_F64, CR_SHAPE(5, 4, 3), 5);   /* [K,B,M] */
-    cr_tensor *q = random_tensor(CR_F64, CR_SHAPE(4, 6, 5), 6);   /* [B,N,K] */
-    cr_tensor *pa = cr_permute(p, (int[]){1, 2, 0});              /* [B,M,K] */
-    cr_tensor *qb = cr_transpose(q, 1, 2);                        /* [B,K,N] */
+    cr_tensor *p = random_tensor(CR_F64, CR_SHAPE(5, 4, 3), 5); /* [K,B,M] */
+    cr_tensor *q = random_tensor(CR_F64, CR_SHAPE(4, 6, 5), 6); /* [B,N,K] */
+    cr_tensor *pa = cr_permute(p, (int[]){1, 2, 0});            /* [B,M,K] */
+    cr_tensor *qb = cr_transpose(q, 1, 2);                      /* [B,K,N] */
     cr_tensor *pq = cr_matmul(pa, qb);
     expect_shape(pq, CR_SHAPE(4, 3, 6));
     for (int64_t i = 0; i < 4; i++)
@@ -340,7 +351,8 @@ Test(ops, matmul_batched)
     /* a 3-D view that cannot fold its batch into rows, times a 2-D weight */
     cr_tensor *w2 = random_tensor(CR_F64, CR_SHAPE(5, 2), 7);
     cr_tensor *pw = cr_matmul(cr_permute(p, (int[]){1, 2, 0}), w2);
-    for (int64_t i = 0; i < 4; i++) expect_close(cr_select(pw, 0, i), naive_matmul(cr_select(pa, 0, i), w2), 1e-14);
+    for (int64_t i = 0; i < 4; i++)
+        expect_close(cr_select(pw, 0, i), naive_matmul(cr_select(pa, 0, i), w2), 1e-14);
 }
 
 Test(ops, matmul_bias)
@@ -363,7 +375,8 @@ Test(ops, matmul_bias)
                  "cr_matmul_bias: bias [3] does not broadcast to the product's shape [1,2]");
     EXPECT_ERROR(cr_matmul_bias(x2, w2, f64(CR_SHAPE(2, 1, 2), (double[]){1, 2, 3, 4})),
                  "cr_matmul_bias: bias [2,1,2] does not broadcast");
-    EXPECT_ERROR(cr_matmul_bias(x2, f64(CR_SHAPE(3, 2), (double[6]){0}), row), "cr_matmul_bias: [1,2] x [3,2]: inner dims 2 and 3 differ");
+    EXPECT_ERROR(cr_matmul_bias(x2, f64(CR_SHAPE(3, 2), (double[6]){0}), row),
+                 "cr_matmul_bias: [1,2] x [3,2]: inner dims 2 and 3 differ");
 }
 
 /* Five steps h' = tanh(h W^T + x_t) through W^T as a view (rows 0) or as
@@ -374,7 +387,8 @@ static double recurrent_grads(const cr_tensor *w0, int mode, int64_t rows, cr_te
     cr_tensor *w = cr_tensor_init(CR_F64, 2, w0->shape);
     cr_copy_(w, w0);
     cr_requires_grad(w, true);
-    cr_tensor *wt = mode ? cr_weight_t(w, rows) : cr_transpose(w, 0, 1), *h = cr_zeros(CR_F64, CR_SHAPE(3, 6));
+    cr_tensor *wt = mode ? cr_weight_t(w, rows) : cr_transpose(w, 0, 1),
+              *h = cr_zeros(CR_F64, CR_SHAPE(3, 6));
     cr_rng r = cr_rng_seed(11);
     cr_tensor *loss = NULL;
     for (int t = 0; t < 5; t++) {
@@ -413,15 +427,18 @@ Test(ops, weight_t)
         double l = recurrent_grads(w0, 1, rows[i], got);
         cr_assert_eq(l, l0, "rows %lld: the loss differs", (long long)rows[i]);
         for (int64_t j = 0; j < 36; j++)
-            cr_assert(fabs(cr_get_flat(got, j) - cr_get_flat(want, j)) <= 1e-13, "rows %lld: dW[%lld] %.17g, want %.17g",
-                      (long long)rows[i], (long long)j, cr_get_flat(got, j), cr_get_flat(want, j));
+            cr_assert(fabs(cr_get_flat(got, j) - cr_get_flat(want, j)) <= 1e-13,
+                      "rows %lld: dW[%lld] %.17g, want %.17g", (long long)rows[i], (long long)j,
+                      cr_get_flat(got, j), cr_get_flat(want, j));
     }
     cr_tensor_free(w0);
     cr_tensor_free(want);
     cr_tensor_free(got);
-    EXPECT_ERROR(cr_weight_t(f64(CR_SHAPE(3), (double[]){1, 2, 3}), 0), "cr_weight_t: weight [3] must be 2-D");
+    EXPECT_ERROR(cr_weight_t(f64(CR_SHAPE(3), (double[]){1, 2, 3}), 0),
+                 "cr_weight_t: weight [3] must be 2-D");
     EXPECT_ERROR(cr_weight_t(w, -1), "cr_weight_t: rows -1 must be 0 (no stack) or positive");
-    EXPECT_ERROR(cr_weight_t(cr_zeros(CR_I32, CR_SHAPE(2, 2)), 0), "cr_weight_t: needs f32 or f64, got i32 [2,2]");
+    EXPECT_ERROR(cr_weight_t(cr_zeros(CR_I32, CR_SHAPE(2, 2)), 0),
+                 "cr_weight_t: needs f32 or f64, got i32 [2,2]");
 }
 
 Test(ops, matmul_misuse)
@@ -430,7 +447,8 @@ Test(ops, matmul_misuse)
     EXPECT_ERROR(cr_matmul(a, b), "cr_matmul: [32,64] x [65,128]: inner dims 64 and 65 differ");
     EXPECT_ERROR(cr_matmul(cr_zeros(CR_F32, CR_SHAPE(2, 3, 4)), cr_zeros(CR_F32, CR_SHAPE(3, 4, 5))),
                  "cr_matmul: [2,3,4] x [3,4,5]: batch sizes 2 and 3 differ");
-    EXPECT_ERROR(cr_matmul(cr_zeros(CR_F32, CR_SHAPE(4)), b), "cr_matmul: [4] x [65,128]: operands must be 2-D or 3-D");
+    EXPECT_ERROR(cr_matmul(cr_zeros(CR_F32, CR_SHAPE(4)), b),
+                 "cr_matmul: [4] x [65,128]: operands must be 2-D or 3-D");
 }
 
 /* ---- views and shape ops ------------------------------------------------------------------- */
@@ -460,8 +478,9 @@ Test(ops, view_ops_share_storage)
     /* reshape of a non-contiguous view copies first */
     cr_tensor *rt = cr_reshape(t, CR_SHAPE(24));
     cr_assert_neq(rt->data, x->data);
-    expect_values(rt, (double[]){0, 12, 4, 16, 8, 20, 1, 13, 5, 17, 9, 21, 2, 14, 6, 18, 10, 22, 3, 15, 7, 19, 11, 23},
-                  24, 0);
+    expect_values(
+        rt, (double[]){0, 12, 4, 16, 8, 20, 1, 13, 5, 17, 9, 21, 2, 14, 6, 18, 10, 22, 3, 15, 7, 19, 11, 23},
+        24, 0);
     EXPECT_ERROR(cr_reshape(x, CR_SHAPE(5, 5)), "cr_reshape: [24] (24 elements) cannot become [5,5]");
     EXPECT_ERROR(cr_narrow(r, 2, 3, 2), "cr_narrow: start 3, length 2 out of range for dim 2 of [2,3,4]");
     EXPECT_ERROR(cr_select(r, 0, 2), "cr_select: index 2 out of range for dim 0 of [2,3,4]");
@@ -551,7 +570,8 @@ Test(ops, concat_and_stack)
     expect_values(s1, (double[]){1, 2, 1, 2, 1, 2, 3, 4, 3, 4, 3, 4}, 12, 0);
     EXPECT_ERROR(cr_concat(2, (cr_tensor *[]){a, b}, 0),
                  "cr_concat: tensor 0 f64 [2,2] and tensor 1 f64 [2,3] do not fit along dim 0");
-    EXPECT_ERROR(cr_stack(2, (cr_tensor *[]){a, c}, 0), "cr_stack: tensor 0 f64 [2,2] and tensor 1 f64 [1,2]");
+    EXPECT_ERROR(cr_stack(2, (cr_tensor *[]){a, c}, 0),
+                 "cr_stack: tensor 0 f64 [2,2] and tensor 1 f64 [1,2]");
     EXPECT_ERROR(cr_concat(0, NULL, 0), "cr_concat: needs at least one tensor");
     EXPECT_ERROR(cr_concat(2, (cr_tensor *[]){a, cr_zeros(CR_F64, CR_SHAPE(2))}, 0), "cr_concat");
 }
@@ -599,7 +619,8 @@ Test(ops, gather_rows)
     expect_values(cr_gather_rows(tt, i32(CR_SHAPE(1), (int32_t[]){2}), -1), (double[]){3, 6}, 2, 0);
     EXPECT_ERROR(cr_gather_rows(table, i32(CR_SHAPE(2), (int32_t[]){1, 4}), -1),
                  "cr_gather_rows: index 4 at position 1 is out of range for 4 rows");
-    EXPECT_ERROR(cr_gather_rows(table, f64(CR_SHAPE(1), (double[]){1}), -1), "cr_gather_rows: indices must be i32");
+    EXPECT_ERROR(cr_gather_rows(table, f64(CR_SHAPE(1), (double[]){1}), -1),
+                 "cr_gather_rows: indices must be i32");
 }
 
 Test(ops, where_and_mask)
@@ -614,7 +635,8 @@ Test(ops, where_and_mask)
     expect_values(cr_where(c2, x, y), (double[]){-1, 2, -1, -1, 5, -1}, 6, 0);
     cr_tensor *m = f64(CR_SHAPE(3), (double[]){1, 0, 2});
     expect_values(cr_mask(x, m), (double[]){1, 0, 6, 4, 0, 12}, 6, 0);
-    EXPECT_ERROR(cr_where(i32(CR_SHAPE(4), (int32_t[]){1, 1, 1, 1}), x, y), "cr_where: cond [4], x [2,3], y []");
+    EXPECT_ERROR(cr_where(i32(CR_SHAPE(4), (int32_t[]){1, 1, 1, 1}), x, y),
+                 "cr_where: cond [4], x [2,3], y []");
     EXPECT_ERROR(cr_mask(x, f64(CR_SHAPE(2, 2, 3), (double[12]){0})),
                  "cr_mask: mask [2,2,3] does not broadcast to x [2,3]");
 }
@@ -683,13 +705,13 @@ Test(ops, cross_entropy)
     cr_tensor *l1 = f64(CR_SHAPE(4), lg[1]);
     cr_assert_float_eq(cr_item(cr_cross_entropy(l1, i32(0, NULL, (int32_t[]){0}), -100, CR_MEAN)), n1, 1e-14);
     /* f32 logits, from a transposed view */
-    cr_tensor *lt = cr_transpose(cr_from_array(CR_F32, CR_SHAPE(4, 3),
-                                               (float[]){1, -1, 10, 2, 0.5, -10, 3, 0, 0, 4, 2, 5}),
-                                 0, 1);
+    cr_tensor *lt = cr_transpose(
+        cr_from_array(CR_F32, CR_SHAPE(4, 3), (float[]){1, -1, 10, 2, 0.5, -10, 3, 0, 0, 4, 2, 5}), 0, 1);
     cr_assert_float_eq(cr_item(cr_cross_entropy(lt, target, -100, CR_SUM)), n0 + n1 + n2, 1e-4);
     /* large logits stay finite */
     cr_tensor *huge = f64(CR_SHAPE(1, 2), (double[]){1000, 0});
-    cr_assert_float_eq(cr_item(cr_cross_entropy(huge, i32(CR_SHAPE(1), (int32_t[]){1}), -100, CR_SUM)), 1000, 1e-9);
+    cr_assert_float_eq(cr_item(cr_cross_entropy(huge, i32(CR_SHAPE(1), (int32_t[]){1}), -100, CR_SUM)), 1000,
+                       1e-9);
     EXPECT_ERROR(cr_cross_entropy(logits, i32(CR_SHAPE(3), (int32_t[]){0, 4, 1}), -100, CR_MEAN),
                  "cr_cross_entropy: target 4 at row 1 is out of range for 4 classes");
     EXPECT_ERROR(cr_cross_entropy(logits, i32(CR_SHAPE(2), (int32_t[]){0, 1}), -100, CR_MEAN),
@@ -714,7 +736,8 @@ Test(ops, conv2d)
     expect_values(y, (double[]){4, 2 * 3 + 3 * 4, 4 * 2 + 7 * 4, 5 + 12 + 24 + 36}, 4, 1e-15);
     /* two output channels, each its own filter; f32 as f64 */
     cr_tensor *w2 = cr_from_array(CR_F32, CR_SHAPE(2, 1, 1, 1), (float[]){2, -1});
-    y = cr_conv2d(cr_from_array(CR_F32, CR_SHAPE(1, 1, 1, 2), (float[]){3, 5}), w2, NULL, (cr_conv2d_opts){0});
+    y = cr_conv2d(cr_from_array(CR_F32, CR_SHAPE(1, 1, 1, 2), (float[]){3, 5}), w2, NULL,
+                  (cr_conv2d_opts){0});
     cr_assert_eq(y->dtype, CR_F32);
     expect_values(y, (double[]){6, 10, -3, -5}, 4, 0);
 }
@@ -743,7 +766,8 @@ Test(ops, max_and_avg_pool)
     y = cr_avg_pool2d(x, (cr_pool2d_opts){.kernel = {2, 2}, .stride = {2, 2}, .padding = {1, 1}});
     expect_values(y, (double[]){1 / 4.0, 5 / 4.0, 11 / 4.0, 28 / 4.0}, 4, 1e-15); /* padding counts */
     /* stride defaults to the kernel; a [C, H, W] input */
-    y = cr_max_pool2d(f64(CR_SHAPE(1, 2, 4), (double[]){1, 9, 2, 3, 4, 0, 8, 7}), (cr_pool2d_opts){.kernel = {2, 2}});
+    y = cr_max_pool2d(f64(CR_SHAPE(1, 2, 4), (double[]){1, 9, 2, 3, 4, 0, 8, 7}),
+                      (cr_pool2d_opts){.kernel = {2, 2}});
     expect_shape(y, CR_SHAPE(1, 1, 2));
     expect_values(y, (double[]){9, 8}, 2, 0);
     cr_tensor *s = f64(CR_SHAPE(1, 1, 5), (double[]){1, 3, 2, 5, 4});
@@ -764,7 +788,8 @@ Test(ops, max_pool_ties_go_to_the_first)
     expect_values(x->grad, (double[]){1, 0, 0, 0}, 4, 0);
     cr_tensor_free(x);
     /* a NaN wins, as in PyTorch */
-    cr_tensor *y = cr_max_pool1d(f64(CR_SHAPE(1, 1, 3), (double[]){1, NAN, 2}), (cr_pool1d_opts){.kernel = 3});
+    cr_tensor *y =
+        cr_max_pool1d(f64(CR_SHAPE(1, 1, 3), (double[]){1, NAN, 2}), (cr_pool1d_opts){.kernel = 3});
     cr_assert(isnan(cr_get_flat(y, 0)));
 }
 
@@ -782,7 +807,8 @@ static void seg_affine(cr_tensor *const *in, cr_tensor **out, void *ctx)
 Test(ops, recompute)
 {
     double k = 2.0;
-    cr_tensor *x = f64(CR_SHAPE(2, 2), (double[]){0.1, -0.2, 0.3, 0.4}), *m = f64(CR_SHAPE(2, 2), (double[]){1, 2, 3, 4});
+    cr_tensor *x = f64(CR_SHAPE(2, 2), (double[]){0.1, -0.2, 0.3, 0.4}),
+              *m = f64(CR_SHAPE(2, 2), (double[]){1, 2, 3, 4});
     cr_requires_grad(x, true);
     cr_tensor *out[3];
     cr_recompute(seg_affine, &k, 2, (cr_tensor *[]){x, m}, 3, out, 0, NULL);
@@ -854,9 +880,10 @@ Test(ops, lstm_gates)
             expect_close(cr_select(y2, 0, 0), h2, tol);
             expect_close(cr_select(y2, 0, 1), c2, tol);
         }
-    EXPECT_ERROR(cr_lstm_gates(cr_zeros(CR_F64, CR_SHAPE(2, 8)), cr_zeros(CR_F64, CR_SHAPE(2, 8)),
-                               cr_zeros(CR_F64, CR_SHAPE(2, 3))),
-                 "cr_lstm_gates: gx [2,8], gh [2,8], state [2,3]: expected gx and gh [B,4H] for a state [B,H]");
+    EXPECT_ERROR(
+        cr_lstm_gates(cr_zeros(CR_F64, CR_SHAPE(2, 8)), cr_zeros(CR_F64, CR_SHAPE(2, 8)),
+                      cr_zeros(CR_F64, CR_SHAPE(2, 3))),
+        "cr_lstm_gates: gx [2,8], gh [2,8], state [2,3]: expected gx and gh [B,4H] for a state [B,H]");
     EXPECT_ERROR(cr_lstm_gates(cr_zeros(CR_F64, CR_SHAPE(2, 8)), cr_zeros(CR_F32, CR_SHAPE(2, 8)),
                                cr_zeros(CR_F64, CR_SHAPE(2, 2))),
                  "cr_lstm_gates: f64 [2,8] and f32 [2,8]");
@@ -879,9 +906,10 @@ Test(ops, gru_gates)
             cr_tensor *h = random_tensor(dt, CR_SHAPE(B, H), 6);
             expect_close(cr_gru_gates(gx, gh, h), gru_composed(gx, gh, h), d ? 1e-6 : 1e-15);
         }
-    EXPECT_ERROR(cr_gru_gates(cr_zeros(CR_F64, CR_SHAPE(2, 6)), cr_zeros(CR_F64, CR_SHAPE(3, 6)),
-                              cr_zeros(CR_F64, CR_SHAPE(2, 2))),
-                 "cr_gru_gates: gx [2,6], gh [3,6], state [2,2]: expected gx and gh [B,3H] for a state [B,H]");
+    EXPECT_ERROR(
+        cr_gru_gates(cr_zeros(CR_F64, CR_SHAPE(2, 6)), cr_zeros(CR_F64, CR_SHAPE(3, 6)),
+                     cr_zeros(CR_F64, CR_SHAPE(2, 2))),
+        "cr_gru_gates: gx [2,6], gh [3,6], state [2,2]: expected gx and gh [B,3H] for a state [B,H]");
 }
 
 /* ---- every op above is in the table --------------------------------------------------------------- */
@@ -889,12 +917,13 @@ Test(ops, gru_gates)
 Test(ops, op_table_is_complete_and_findable)
 {
     /* the unary ops are tested through the cases of tests/unary_cases.h */
-    const char *tested[] = {"add", "sub", "mul", "div", "maximum", "minimum", "sum", "mean", "sum_dim", "mean_dim",
-                            "max_dim", "softmax", "log_softmax", "matmul", "matmul_bias", "weight_t", "reshape", "transpose", "permute",
-                            "narrow", "select", "expand", "unsqueeze", "contiguous", "concat", "stack",
-                            "gather_rows", "where", "mask", "dropout", "cross_entropy", "conv1d", "conv2d",
-                            "max_pool1d", "max_pool2d", "avg_pool1d", "avg_pool2d",
-                            "recompute", "lstm_gates", "gru_gates"};
+    const char *tested[] = {
+        "add",         "sub",        "mul",           "div",        "maximum",  "minimum",     "sum",
+        "mean",        "sum_dim",    "mean_dim",      "max_dim",    "softmax",  "log_softmax", "matmul",
+        "matmul_bias", "weight_t",   "reshape",       "transpose",  "permute",  "narrow",      "select",
+        "expand",      "unsqueeze",  "contiguous",    "concat",     "stack",    "gather_rows", "where",
+        "mask",        "dropout",    "cross_entropy", "conv1d",     "conv2d",   "max_pool1d",  "max_pool2d",
+        "avg_pool1d",  "avg_pool2d", "recompute",     "lstm_gates", "gru_gates"};
     size_t n_tested = sizeof tested / sizeof tested[0], count;
     const cr_op *unary_ops[N_UNARY_CASES];
     cr_tensor *x = cr_tensor_init(CR_F64, CR_SHAPE(2));
@@ -907,7 +936,8 @@ Test(ops, op_table_is_complete_and_findable)
         bool found = false;
         for (size_t j = 0; j < n_tested; j++) found |= strcmp(table[i]->name + 3, tested[j]) == 0;
         for (size_t j = 0; j < N_UNARY_CASES; j++) found |= unary_ops[j] == table[i];
-        cr_assert(found, "op '%s' has no forward test in test_ops.c (a unary op: a line in tests/unary_cases.h)",
+        cr_assert(found,
+                  "op '%s' has no forward test in test_ops.c (a unary op: a line in tests/unary_cases.h)",
                   table[i]->name);
         cr_assert(strncmp(table[i]->name, "cr_", 3) == 0, "op '%s' is not named by its public function",
                   table[i]->name);

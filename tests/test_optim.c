@@ -1,8 +1,7 @@
 /*
- * Tests of optim/ (the rules in sgd.c, adam.c, rmsprop.c, the generic optim.c, clip.c, schedule.c): PyTorch parity on the
- * 20-step trajectories of tests/fixtures/optim_f64.safetensors, hand-computed
- * references for the options the fixture leaves out, clipping, schedules and
- * contract errors.
+ * Tests of optim/ (the rules in sgd.c, adam.c, rmsprop.c, the generic optim.c, clip.c, schedule.c): PyTorch
+ * parity on the 20-step trajectories of tests/fixtures/optim_f64.safetensors, hand-computed references for
+ * the options the fixture leaves out, clipping, schedules and contract errors.
  */
 #include "carousel.h"
 
@@ -161,7 +160,7 @@ static double run_fixture_config(const cr_st_file *f, const char *cfg, cr_dtype 
         if (norms) {
             cr_status status = CR_NONFINITE;
             double n;
-    status = cr_clip_grad_norm(ps, meta_f(f, cfg, "max_norm"), &n);
+            status = cr_clip_grad_norm(ps, meta_f(f, cfg, "max_norm"), &n);
             cr_assert_eq(status, CR_OK);
             worst = fmax(worst, rel_err(n, entry_at(norms, k - 1)));
         } else if (strcmp(clip, "value") == 0) {
@@ -669,8 +668,8 @@ static void noop_update(const void *cfg, cr_tensor *p, const cr_tensor *g, cr_te
 Test(optim, rule_without_lr_is_misuse, .signal = SIGABRT)
 {
     static const cr_optim_hparam hp[] = {{"rate", 0, false, 0, INFINITY}};
-    static const cr_optim_rule bad = {.name = "bad", .config_size = sizeof(double), .hparams = hp, .n_hparams = 1,
-                                      .update = noop_update};
+    static const cr_optim_rule bad = {
+        .name = "bad", .config_size = sizeof(double), .hparams = hp, .n_hparams = 1, .update = noop_update};
     cr_params *ps = cr_params_init();
     cr_params_add(ps, NULL, "p", CR_F32, CR_SHAPE(3));
     double rate = 0.1;

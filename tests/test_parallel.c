@@ -26,8 +26,16 @@ void __wrap_GOMP_parallel(void (*fn)(void *), void *data, unsigned n, unsigned f
     __real_GOMP_parallel(fn, data, n, flags);
 }
 
-static const pm_config small = {.B = 12, .T = 7, .V = 11, .E = 6, .H = 9, .layers = 2, .dropout = 0.3,
-                                .lengths = true, .carry = true, .seed = 5};
+static const pm_config small = {.B = 12,
+                                .T = 7,
+                                .V = 11,
+                                .E = 6,
+                                .H = 9,
+                                .layers = 2,
+                                .dropout = 0.3,
+                                .lengths = true,
+                                .carry = true,
+                                .seed = 5};
 
 /* ---- products: the serial path is BLIS's arithmetic ------------------------------------ */
 
@@ -46,8 +54,14 @@ static void gemm_case(cr_dtype dt, int64_t m, int64_t n, int64_t k, bool ta, boo
     void *c_in = malloc(bytes);
     memcpy(c_in, C0->data, bytes);
     cr_tensor a, b;
-    if (ta) cr_view_transpose(&a, A, 0, 1); else a = *A;
-    if (tb) cr_view_transpose(&b, B, 0, 1); else b = *B;
+    if (ta)
+        cr_view_transpose(&a, A, 0, 1);
+    else
+        a = *A;
+    if (tb)
+        cr_view_transpose(&b, B, 0, 1);
+    else
+        b = *B;
     cr_serial_begin();
     cr_k_gemm(1.0, &a, &b, beta, C0);
     cr_serial_end();
@@ -57,16 +71,17 @@ static void gemm_case(cr_dtype dt, int64_t m, int64_t n, int64_t k, bool ta, boo
         bli_rntm_set_num_threads(nt, &rn);
         if (dt == CR_F32) {
             float one = 1, be = (float)beta;
-            bli_sgemm_ex(BLIS_NO_TRANSPOSE, BLIS_NO_TRANSPOSE, m, n, k, &one, a.data, a.stride[0], a.stride[1],
-                         b.data, b.stride[0], b.stride[1], &be, C1->data, n, 1, NULL, &rn);
+            bli_sgemm_ex(BLIS_NO_TRANSPOSE, BLIS_NO_TRANSPOSE, m, n, k, &one, a.data, a.stride[0],
+                         a.stride[1], b.data, b.stride[0], b.stride[1], &be, C1->data, n, 1, NULL, &rn);
         } else {
             double one = 1;
-            bli_dgemm_ex(BLIS_NO_TRANSPOSE, BLIS_NO_TRANSPOSE, m, n, k, &one, a.data, a.stride[0], a.stride[1],
-                         b.data, b.stride[0], b.stride[1], &beta, C1->data, n, 1, NULL, &rn);
+            bli_dgemm_ex(BLIS_NO_TRANSPOSE, BLIS_NO_TRANSPOSE, m, n, k, &one, a.data, a.stride[0],
+                         a.stride[1], b.data, b.stride[0], b.stride[1], &beta, C1->data, n, 1, NULL, &rn);
         }
-        cr_assert(memcmp(C0->data, C1->data, bytes) == 0,
-                  "%s [%lld,%lld]x[%lld,%lld] ta=%d tb=%d beta=%g: serial path differs from BLIS on %d threads",
-                  cr_dtype_name(dt), (long long)m, (long long)k, (long long)k, (long long)n, ta, tb, beta, nt);
+        cr_assert(
+            memcmp(C0->data, C1->data, bytes) == 0,
+            "%s [%lld,%lld]x[%lld,%lld] ta=%d tb=%d beta=%g: serial path differs from BLIS on %d threads",
+            cr_dtype_name(dt), (long long)m, (long long)k, (long long)k, (long long)n, ta, tb, beta, nt);
     }
     free(c_in);
     cr_tensor_free(A);
@@ -227,7 +242,8 @@ Test(parallel, dropout_streams_belong_to_shards_not_threads)
     double first[4];
     for (int s = 0; s < 4; s++) {
         cr_rng stream = cr_rng_seed(100 + (uint64_t)s);
-        cr_shard sh = {.index = s, .shards = 4, .begin = 3 * s, .end = 3 * s + 3, .rows = cfg.B, .weight = 0.25};
+        cr_shard sh = {
+            .index = s, .shards = 4, .begin = 3 * s, .end = 3 * s + 3, .rows = cfg.B, .weight = 0.25};
         cr_rng *prev = cr_rng_use_dropout_stream(&stream);
         first[s] = cr_item(pm_loss(&m, &sh));
         cr_rng_use_dropout_stream(prev);
@@ -241,7 +257,8 @@ Test(parallel, dropout_streams_belong_to_shards_not_threads)
     /* through the trainer: two steps on 1 and 3 threads give the same losses */
     pm_model a = pm_make(cfg, 4), b = pm_make(cfg, 4);
     for (int k = 0; k < 2; k++) {
-        double la = pm_train(&a, 1, 4, 1, CR_PARALLEL_REPLICAS, 0), lb = pm_train(&b, 1, 4, 3, CR_PARALLEL_REPLICAS, 0);
+        double la = pm_train(&a, 1, 4, 1, CR_PARALLEL_REPLICAS, 0),
+               lb = pm_train(&b, 1, 4, 3, CR_PARALLEL_REPLICAS, 0);
         cr_assert_eq(la, lb);
     }
     cr_assert(pm_same_weights(a.ps, b.ps));
@@ -260,10 +277,10 @@ Test(parallel, local_shard_ranges_complete_the_tree_bit_for_bit)
     pm_next_batch(&m);
     cr_task task = pm_task(&m);
     cr_trainer *all = cr_trainer_init(m.ps, (cr_trainer_config){.shards = 8, .threads = 2, .seed = 3});
-    cr_trainer *lo = cr_trainer_init(m.ps, (cr_trainer_config){.shards = 8, .threads = 2, .seed = 3,
-                                                               .first_shard = 0, .local_shards = 4});
-    cr_trainer *hi = cr_trainer_init(m.ps, (cr_trainer_config){.shards = 8, .threads = 1, .seed = 3,
-                                                               .first_shard = 4, .local_shards = 4});
+    cr_trainer *lo = cr_trainer_init(
+        m.ps, (cr_trainer_config){.shards = 8, .threads = 2, .seed = 3, .first_shard = 0, .local_shards = 4});
+    cr_trainer *hi = cr_trainer_init(
+        m.ps, (cr_trainer_config){.shards = 8, .threads = 1, .seed = 3, .first_shard = 4, .local_shards = 4});
     double l_all = cr_trainer_backward(all, &task);
     double l_lo = cr_trainer_backward(lo, &task), l_hi = cr_trainer_backward(hi, &task);
     cr_assert_eq(l_lo + l_hi, l_all);
@@ -271,8 +288,8 @@ Test(parallel, local_shard_ranges_complete_the_tree_bit_for_bit)
     cr_assert_eq(cr_numel(g), (int64_t)cr_params_numel(m.ps));
     for (int64_t k = 0; k < cr_numel(g); k++) {
         float s = ((float *)a->data)[k] + ((float *)b->data)[k];
-        cr_assert(s == ((float *)g->data)[k], "element %lld: %g + %g != %g", (long long)k, ((float *)a->data)[k],
-                  ((float *)b->data)[k], ((float *)g->data)[k]);
+        cr_assert(s == ((float *)g->data)[k], "element %lld: %g + %g != %g", (long long)k,
+                  ((float *)a->data)[k], ((float *)b->data)[k], ((float *)g->data)[k]);
     }
     cr_trainer_free(all);
     cr_trainer_free(lo);
@@ -291,8 +308,8 @@ Test(parallel, a_replica_step_enters_one_parallel_region)
     cfg.V = 300;
     pm_model m = pm_make(cfg, 4);
     omp_set_num_threads(2);
-    cr_trainer *t = cr_trainer_init(m.ps, (cr_trainer_config){.shards = 4, .threads = 2,
-                                                              .mode = CR_PARALLEL_REPLICAS});
+    cr_trainer *t =
+        cr_trainer_init(m.ps, (cr_trainer_config){.shards = 4, .threads = 2, .mode = CR_PARALLEL_REPLICAS});
     cr_task task = pm_task(&m);
     pm_next_batch(&m);
     cr_trainer_step(t, &task, m.opt, 1.0, NULL, NULL);
@@ -339,7 +356,8 @@ Test(parallel, publish_callbacks_and_shards_without_rows)
     double loss = cr_trainer_backward(t, &task); /* 3 rows, 8 shards: five shards have none */
     cr_assert_float_eq(loss, 3 * 6.0, 1e-6);
     cr_assert_eq(n_order, 3);
-    for (int k = 1; k < n_order; k++) cr_assert_lt(order[k - 1], order[k], "after_backward runs in shard order");
+    for (int k = 1; k < n_order; k++)
+        cr_assert_lt(order[k - 1], order[k], "after_backward runs in shard order");
     cr_assert_null(w->grad, "backward leaves the parameters' gradients alone");
     cr_trainer_publish(t);
     for (int k = 0; k < 3; k++) cr_assert_float_eq(cr_get_flat(w->grad, k), 3.0, 1e-6);
@@ -404,7 +422,8 @@ static cr_tensor *conv_loss(void *ctx, const cr_shard *s)
 {
     conv_model *m = ctx;
     int64_t rows = s->end - s->begin;
-    cr_tensor *out = cr_conv1d(cr_narrow(m->x, 0, s->begin, rows), m->w, m->b, (cr_conv1d_opts){.padding = 1});
+    cr_tensor *out =
+        cr_conv1d(cr_narrow(m->x, 0, s->begin, rows), m->w, m->b, (cr_conv1d_opts){.padding = 1});
     cr_tensor *d = cr_sub(cr_tanh(out), cr_narrow(m->y, 0, s->begin, rows));
     return cr_mul_scalar(cr_sum(cr_mul(d, d)), 1.0 / (double)cr_numel(m->y));
 }
@@ -433,11 +452,12 @@ Test(parallel, convolutions_in_replicas_give_the_same_weights)
     cr_conv_block_bytes = 2 * 12 * 30 * 4; /* two samples of columns (C*K = 12 rows, 30 positions) */
     conv_model a = conv_make(), b = conv_make();
     cr_task ta = {.rows = 16, .loss = conv_loss, .ctx = &a}, tb = {.rows = 16, .loss = conv_loss, .ctx = &b};
-    cr_optim *oa = cr_adam_init(a.ps, cr_adam_defaults(1e-2)), *ob = cr_adam_init(b.ps, cr_adam_defaults(1e-2));
-    cr_trainer *t1 = cr_trainer_init(a.ps, (cr_trainer_config){.shards = 4, .threads = 1,
-                                                               .mode = CR_PARALLEL_REPLICAS});
-    cr_trainer *t3 = cr_trainer_init(b.ps, (cr_trainer_config){.shards = 4, .threads = 3,
-                                                               .mode = CR_PARALLEL_REPLICAS});
+    cr_optim *oa = cr_adam_init(a.ps, cr_adam_defaults(1e-2)),
+             *ob = cr_adam_init(b.ps, cr_adam_defaults(1e-2));
+    cr_trainer *t1 =
+        cr_trainer_init(a.ps, (cr_trainer_config){.shards = 4, .threads = 1, .mode = CR_PARALLEL_REPLICAS});
+    cr_trainer *t3 =
+        cr_trainer_init(b.ps, (cr_trainer_config){.shards = 4, .threads = 3, .mode = CR_PARALLEL_REPLICAS});
     for (int k = 0; k < 3; k++) {
         double la, lb;
         cr_trainer_step(t1, &ta, oa, 0, &la, NULL);

@@ -170,8 +170,8 @@ static bool files_equal(const char *a, const char *b)
 {
     char *x = NULL, *y = NULL;
     size_t nx = 0, ny = 0;
-    bool eq = cr_read_file(a, &x, &nx) == CR_OK && cr_read_file(b, &y, &ny) == CR_OK &&
-              nx == ny && memcmp(x, y, nx) == 0;
+    bool eq = cr_read_file(a, &x, &nx) == CR_OK && cr_read_file(b, &y, &ny) == CR_OK && nx == ny &&
+              memcmp(x, y, nx) == 0;
     free(x);
     free(y);
     return eq;
@@ -320,8 +320,7 @@ Test(resume, checkpoint_contents)
     cr_st_file_free(f);
     /* weights-only loaders read it too */
     cr_assert_eq(cr_params_load(s->ps, tpath("c.safetensors")), CR_OK, "%s", cr_last_error());
-    cr_assert_eq(cr_checkpoint_load(tpath("c.safetensors"), s->ps, NULL, NULL, NULL, NULL),
-                 CR_OK);
+    cr_assert_eq(cr_checkpoint_load(tpath("c.safetensors"), s->ps, NULL, NULL, NULL, NULL), CR_OK);
     session_free(s);
 }
 
@@ -333,11 +332,11 @@ Test(resume, caller_tensors_in_a_checkpoint)
     session *s = session_new(1, NULL, OPT_ADAM);
     session_train(s, 2);
     float h[2][3] = {{1, -2, 3.5f}, {0.25f, 0, -1e-3f}};
-    cr_st_entry e = {.name = "__optim__.lm.h", .dtype = CR_F32, .ndim = 2, .shape = {2, 3}, .data = h,
-                     .nbytes = sizeof h};
+    cr_st_entry e = {
+        .name = "__optim__.lm.h", .dtype = CR_F32, .ndim = 2, .shape = {2, 3}, .data = h, .nbytes = sizeof h};
     const char *path = tpath("extra.safetensors");
-    cr_assert_eq(cr_checkpoint_save_extra(path, s->ps, s->opt, s->step, &s->rng, s->vocab, &e, 1, NULL, 0), CR_OK,
-                 "%s", cr_last_error());
+    cr_assert_eq(cr_checkpoint_save_extra(path, s->ps, s->opt, s->step, &s->rng, s->vocab, &e, 1, NULL, 0),
+                 CR_OK, "%s", cr_last_error());
     cr_st_file *f = NULL;
     cr_assert_eq(cr_st_read(path, &f), CR_OK, "%s", cr_last_error());
     const cr_st_entry *got = cr_st_find(f, "__optim__.lm.h");
@@ -375,9 +374,10 @@ Test(resume, hyperparameters_are_restored)
     cr_optim *o = cr_adamw_init(ps, cr_adam_defaults(1.0)); /* no amsgrad, other lr and wd */
     cr_assert_null(cr_optim_state(o, "lm.embed", "max_exp_avg_sq"));
     int64_t step = 0;
-    cr_assert_eq(cr_checkpoint_load(tpath("h.safetensors"), ps, o, &step, NULL, NULL), CR_OK,
-                 "%s", cr_last_error());
-    cr_adam_config c = *(const cr_adam_config *)cr_optim_config(o), want = *(const cr_adam_config *)cr_optim_config(s->opt);
+    cr_assert_eq(cr_checkpoint_load(tpath("h.safetensors"), ps, o, &step, NULL, NULL), CR_OK, "%s",
+                 cr_last_error());
+    cr_adam_config c = *(const cr_adam_config *)cr_optim_config(o),
+                   want = *(const cr_adam_config *)cr_optim_config(s->opt);
     cr_assert(memcmp(&c, &want, sizeof c) == 0);
     cr_assert(c.amsgrad);
     cr_assert_eq(step, 3);
@@ -401,8 +401,7 @@ typedef struct snapshot {
 static snapshot snap(session *s)
 {
     snapshot sn = {0};
-    cr_assert_eq(
-        cr_checkpoint_save(tpath("snap.safetensors"), s->ps, s->opt, 0, NULL, NULL, NULL, 0), CR_OK);
+    cr_assert_eq(cr_checkpoint_save(tpath("snap.safetensors"), s->ps, s->opt, 0, NULL, NULL, NULL, 0), CR_OK);
     cr_assert_eq(cr_read_file(tpath("snap.safetensors"), &sn.bytes, &sn.n), CR_OK);
     return sn;
 }
@@ -465,10 +464,10 @@ Test(resume, failed_loads_change_nothing)
     cr_vocab *vocab = NULL;
 #define EXPECT_FAIL(path, want, what)                                                                        \
     do {                                                                                                     \
-        cr_failure(CR_OK, "%s", "");                                                                                          \
-        cr_status got = cr_checkpoint_load(path, s->ps, s->opt, &step, &rng, &vocab);       \
-        cr_assert_eq(got, want, "%s: got %s (%s)", what, cr_status_str(got), cr_last_error());                           \
-        cr_assert(cr_last_error()[0] != 0, "%s: a message", what);                                                       \
+        cr_failure(CR_OK, "%s", "");                                                                         \
+        cr_status got = cr_checkpoint_load(path, s->ps, s->opt, &step, &rng, &vocab);                        \
+        cr_assert_eq(got, want, "%s: got %s (%s)", what, cr_status_str(got), cr_last_error());               \
+        cr_assert(cr_last_error()[0] != 0, "%s: a message", what);                                           \
         expect_unchanged(s, before, what);                                                                   \
         cr_assert(step == 77 && rng.seed == 1 && rng.offset == 2 && vocab == NULL, "%s: outputs untouched",  \
                   what);                                                                                     \
@@ -539,9 +538,8 @@ Test(resume, failed_loads_change_nothing)
     EXPECT_FAIL(tpath("weights.safetensors"), CR_EMISMATCH, "no optimizer state");
 
     /* and the good file loads */
-    cr_assert_eq(
-        cr_checkpoint_load(tpath("good.safetensors"), s->ps, s->opt, &step, &rng, &vocab),
-        CR_OK, "%s", cr_last_error());
+    cr_assert_eq(cr_checkpoint_load(tpath("good.safetensors"), s->ps, s->opt, &step, &rng, &vocab), CR_OK,
+                 "%s", cr_last_error());
     cr_assert_eq(step, 5);
     cr_assert(vocab != NULL);
     cr_assert_eq(cr_vocab_size(vocab), cr_vocab_size(src->vocab));
@@ -579,7 +577,8 @@ Test(resume, file_strings_are_escaped_in_messages)
         snprintf(want, sizeof want, "%s%s'", cases[i].want, shown);
         cr_assert(strstr(cr_last_error(), want), "%s: '%s' lacks '%s'", cases[i].key, cr_last_error(), want);
         for (const char *c = cr_last_error(); *c; c++)
-            cr_assert((unsigned char)*c >= 0x20 && (unsigned char)*c < 0x7f, "raw byte 0x%02x", (unsigned char)*c);
+            cr_assert((unsigned char)*c >= 0x20 && (unsigned char)*c < 0x7f, "raw byte 0x%02x",
+                      (unsigned char)*c);
     }
     session_free(s);
     session_free(src);

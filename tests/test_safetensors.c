@@ -1,7 +1,6 @@
 /*
- * Tests of the safetensors reader and writer (checkpoint/st_*.c) and of params_io.c: round trips, the bytes written,
- * rejection of every kind of broken or lying file, atomic writes, and loading
- * parameter sets.
+ * Tests of the safetensors reader and writer (checkpoint/st_*.c) and of params_io.c: round trips, the bytes
+ * written, rejection of every kind of broken or lying file, atomic writes, and loading parameter sets.
  */
 #include "carousel.h"
 
@@ -48,8 +47,7 @@ static int count_dir_entries(const char *dir)
     int n = 0;
     struct dirent *de;
     while ((de = readdir(d)))
-        if (strcmp(de->d_name, ".") != 0 && strcmp(de->d_name, "..") != 0)
-            n++;
+        if (strcmp(de->d_name, ".") != 0 && strcmp(de->d_name, "..") != 0) n++;
     closedir(d);
     return n;
 }
@@ -60,11 +58,9 @@ static unsigned char *mkfile(const char *hdr, size_t data_len, size_t *len)
     size_t h = strlen(hdr);
     *len = 8 + h + data_len;
     unsigned char *b = malloc(*len);
-    for (int i = 0; i < 8; i++)
-        b[i] = (unsigned char)((uint64_t)h >> (8 * i));
+    for (int i = 0; i < 8; i++) b[i] = (unsigned char)((uint64_t)h >> (8 * i));
     memcpy(b + 8, hdr, h);
-    for (size_t i = 0; i < data_len; i++)
-        b[8 + h + i] = (unsigned char)i;
+    for (size_t i = 0; i < data_len; i++) b[8 + h + i] = (unsigned char)i;
     return b;
 }
 
@@ -78,7 +74,8 @@ static void expect_reject(const char *hdr, size_t data_len, const char *needle)
     free(b);
     cr_assert_eq(rc, CR_EFORMAT, "accepted: %s", hdr);
     cr_assert_null(f);
-    cr_assert(strstr(cr_last_error(), needle), "message '%s' lacks '%s' (header %s)", cr_last_error(), needle, hdr);
+    cr_assert(strstr(cr_last_error(), needle), "message '%s' lacks '%s' (header %s)", cr_last_error(), needle,
+              hdr);
     cr_assert_null(strchr(cr_last_error(), '\n'), "message is not one line: %s", cr_last_error());
 }
 
@@ -99,19 +96,25 @@ static const float k_f32[6] = {1.5f, -2.0f, 3.25f, 0.0f, 1e-8f, -7.0f};
 static const double k_f64[4] = {3.141592653589793, -1e300, 2.5e-310, 42.0};
 static const int32_t k_i32[1] = {-123456};
 
-static const char *const k_meta[] = {"step",  "1000", "note", "quote \" back\\slash \n tab\t ü€",
-                                     "empty", ""};
+static const char *const k_meta[] = {"step", "1000", "note", "quote \" back\\slash \n tab\t ü€", "empty", ""};
 
 static void write_sample(const char *path)
 {
     cr_st_entry es[4] = {
-        {.name = "l0.w_ih", .dtype = CR_F32, .ndim = 2, .shape = {2, 3}, .data = k_f32,
+        {.name = "l0.w_ih",
+         .dtype = CR_F32,
+         .ndim = 2,
+         .shape = {2, 3},
+         .data = k_f32,
          .nbytes = sizeof k_f32},
-        {.name = "analysis.x", .dtype = CR_F64, .ndim = 1, .shape = {4}, .data = k_f64,
+        {.name = "analysis.x",
+         .dtype = CR_F64,
+         .ndim = 1,
+         .shape = {4},
+         .data = k_f64,
          .nbytes = sizeof k_f64},
         {.name = "scalar", .dtype = CR_I32, .ndim = 0, .data = k_i32, .nbytes = 4},
-        {.name = "empty", .dtype = CR_F32, .ndim = 2, .shape = {0, 5}, .data = NULL,
-         .nbytes = 0},
+        {.name = "empty", .dtype = CR_F32, .ndim = 2, .shape = {0, 5}, .data = NULL, .nbytes = 0},
     };
     cr_assert_eq(cr_st_write(path, es, 4, k_meta, 3), CR_OK, "%s", cr_last_error());
 }
@@ -206,23 +209,19 @@ Test(safetensors, golden_bytes)
 {
     const char *p = tpath("g.safetensors");
     const float x[2] = {1.0f, 2.0f};
-    cr_st_entry e = {.name = "x", .dtype = CR_F32, .ndim = 1, .shape = {2}, .data = x,
-                     .nbytes = 8};
+    cr_st_entry e = {.name = "x", .dtype = CR_F32, .ndim = 1, .shape = {2}, .data = x, .nbytes = 8};
     const char *meta[] = {"k", "v"};
     cr_assert_eq(cr_st_write(p, &e, 1, meta, 1), CR_OK, "%s", cr_last_error());
     size_t len;
     unsigned char *b = slurp(p, &len);
-    const char *json =
-        "{\"__metadata__\":{\"k\":\"v\"},\"x\":{\"dtype\":\"F32\",\"shape\":[2],"
-        "\"data_offsets\":[0,8]}}";
+    const char *json = "{\"__metadata__\":{\"k\":\"v\"},\"x\":{\"dtype\":\"F32\",\"shape\":[2],"
+                       "\"data_offsets\":[0,8]}}";
     size_t jl = strlen(json), hl = (jl + 7) / 8 * 8;
     cr_assert_eq(len, 8 + hl + 8);
     cr_assert_eq(b[0], (unsigned char)hl);
-    for (int i = 1; i < 8; i++)
-        cr_assert_eq(b[i], 0);
+    for (int i = 1; i < 8; i++) cr_assert_eq(b[i], 0);
     cr_assert_eq(memcmp(b + 8, json, jl), 0);
-    for (size_t i = jl; i < hl; i++)
-        cr_assert_eq(b[8 + i], ' ');
+    for (size_t i = jl; i < hl; i++) cr_assert_eq(b[8 + i], ' ');
     /* 1.0f and 2.0f little-endian */
     const unsigned char want[8] = {0, 0, 0x80, 0x3f, 0, 0, 0, 0x40};
     cr_assert_eq(memcmp(b + 8 + hl, want, 8), 0);
@@ -237,8 +236,8 @@ Test(safetensors, escaped_names_round_trip)
     int32_t v[4] = {1, 2, 3, 4};
     cr_st_entry es[4];
     for (int i = 0; i < 4; i++)
-        es[i] = (cr_st_entry){.name = names[i], .dtype = CR_I32, .ndim = 1, .shape = {1},
-                              .data = &v[i], .nbytes = 4};
+        es[i] = (cr_st_entry){
+            .name = names[i], .dtype = CR_I32, .ndim = 1, .shape = {1}, .data = &v[i], .nbytes = 4};
     const char *meta[] = {"k\"\n", "v\\\t"};
     cr_assert_eq(cr_st_write(p, es, 4, meta, 1), CR_OK, "%s", cr_last_error());
     cr_st_file *f = NULL;
@@ -308,8 +307,7 @@ Test(safetensors, header_length_lies)
 
     memset(b, 0, 8);
     uint64_t big = CR_ST_MAX_HEADER + 1;
-    for (int i = 0; i < 8; i++)
-        b[i] = (unsigned char)(big >> (8 * i));
+    for (int i = 0; i < 8; i++) b[i] = (unsigned char)(big >> (8 * i));
     cr_assert_neq(cr_st_parse(b, len, &f), CR_OK);
     cr_assert(strstr(cr_last_error(), "limit"), "%s", cr_last_error());
 
@@ -337,8 +335,7 @@ Test(safetensors, offsets_beyond_end)
 {
     expect_reject("{\"a\":{\"dtype\":\"F32\",\"shape\":[4],\"data_offsets\":[0,16]}}", 8,
                   "tensor 'a': data_offsets [0,16] end beyond the 8-byte data section");
-    expect_reject("{\"a\":{\"dtype\":\"F32\",\"shape\":[0],\"data_offsets\":[9,9]}}", 8,
-                  "end beyond");
+    expect_reject("{\"a\":{\"dtype\":\"F32\",\"shape\":[0],\"data_offsets\":[9,9]}}", 8, "end beyond");
 }
 
 Test(safetensors, offsets_wrong_size)
@@ -346,10 +343,8 @@ Test(safetensors, offsets_wrong_size)
     expect_reject("{\"l0.w_ih\":{\"dtype\":\"F32\",\"shape\":[4,8],\"data_offsets\":[0,96]}}", 96,
                   "tensor 'l0.w_ih': data_offsets [0,96] but dtype F32 shape [4,8] needs 128 "
                   "bytes");
-    expect_reject("{\"a\":{\"dtype\":\"F64\",\"shape\":[],\"data_offsets\":[0,4]}}", 4,
-                  "needs 8 bytes");
-    expect_reject("{\"a\":{\"dtype\":\"I32\",\"shape\":[2],\"data_offsets\":[8,0]}}", 8,
-                  "begin after end");
+    expect_reject("{\"a\":{\"dtype\":\"F64\",\"shape\":[],\"data_offsets\":[0,4]}}", 4, "needs 8 bytes");
+    expect_reject("{\"a\":{\"dtype\":\"I32\",\"shape\":[2],\"data_offsets\":[8,0]}}", 8, "begin after end");
 }
 
 Test(safetensors, offsets_overlap_gap_trailing)
@@ -388,7 +383,7 @@ Test(safetensors, bad_json)
     expect_reject("{} {}", 0, "bytes after the JSON object");
     expect_reject("{}x", 0, "bytes after the JSON object");
     expect_reject("{\"a\xff\":1}", 0, "not valid UTF-8");
-    expect_reject("{\"\xc0\xaf\":1}", 0, "not valid UTF-8");  /* overlong '/' */
+    expect_reject("{\"\xc0\xaf\":1}", 0, "not valid UTF-8");     /* overlong '/' */
     expect_reject("{\"\xed\xa0\x80\":1}", 0, "not valid UTF-8"); /* surrogate */
 
     /* An embedded NUL byte in the header. */
@@ -412,18 +407,14 @@ Test(safetensors, bad_entries)
     expect_reject("{\"a\":{\"dtype\":\"F32\",\"dtype\":\"F32\",\"shape\":[0],"
                   "\"data_offsets\":[0,0]}}",
                   0, "field 'dtype' appears twice");
-    expect_reject("{\"a\":{\"dtype\":32,\"shape\":[0],\"data_offsets\":[0,0]}}", 0,
-                  "dtype is not a string");
+    expect_reject("{\"a\":{\"dtype\":32,\"shape\":[0],\"data_offsets\":[0,0]}}", 0, "dtype is not a string");
     expect_reject("{\"a\":{\"dtype\":\"F32\",\"shape\":{},\"data_offsets\":[0,0]}}", 0,
                   "shape is not an array");
     expect_reject("{\"a\":{\"dtype\":\"F32\",\"shape\":[-1],\"data_offsets\":[0,0]}}", 0,
                   "shape[0] is not a non-negative integer");
-    expect_reject("{\"a\":{\"dtype\":\"F32\",\"shape\":[1.5],\"data_offsets\":[0,0]}}", 0,
-                  "shape[0]");
-    expect_reject("{\"a\":{\"dtype\":\"F32\",\"shape\":[1,\"2\"],\"data_offsets\":[0,0]}}", 0,
-                  "shape[1]");
-    expect_reject("{\"a\":{\"dtype\":\"F32\",\"shape\":[1e300],\"data_offsets\":[0,0]}}", 0,
-                  "shape[0]");
+    expect_reject("{\"a\":{\"dtype\":\"F32\",\"shape\":[1.5],\"data_offsets\":[0,0]}}", 0, "shape[0]");
+    expect_reject("{\"a\":{\"dtype\":\"F32\",\"shape\":[1,\"2\"],\"data_offsets\":[0,0]}}", 0, "shape[1]");
+    expect_reject("{\"a\":{\"dtype\":\"F32\",\"shape\":[1e300],\"data_offsets\":[0,0]}}", 0, "shape[0]");
     expect_reject("{\"a\":{\"dtype\":\"F32\",\"shape\":[1,1,1,1,1,1,1,1,1],"
                   "\"data_offsets\":[0,4]}}",
                   4, "more than 8 dims");
@@ -453,16 +444,14 @@ Test(safetensors, duplicates)
     expect_reject("{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]},"
                   "\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]}}",
                   8, "duplicate tensor name 'a'");
-    expect_reject("{\"__metadata__\":{\"k\":\"1\"},\"__metadata__\":{}}", 0,
-                  "__metadata__ appears twice");
+    expect_reject("{\"__metadata__\":{\"k\":\"1\"},\"__metadata__\":{}}", 0, "__metadata__ appears twice");
     expect_reject("{\"__metadata__\":{\"k\":\"1\",\"k\":\"2\"}}", 0, "duplicate metadata key 'k'");
 }
 
 Test(safetensors, bad_metadata)
 {
     expect_reject("{\"__metadata__\":[]}", 0, "__metadata__ is not an object");
-    expect_reject("{\"__metadata__\":{\"step\":100}}", 0,
-                  "__metadata__ value of 'step' is not a string");
+    expect_reject("{\"__metadata__\":{\"step\":100}}", 0, "__metadata__ value of 'step' is not a string");
     expect_reject("{\"__metadata__\":{\"a\":null}}", 0, "value of 'a' is not a string");
 }
 
@@ -481,15 +470,13 @@ Test(safetensors, writer_rejects_bad_input)
 {
     const char *p = tpath("w.safetensors");
     float x[2] = {0};
-    cr_st_entry e = {.name = "x", .dtype = CR_F32, .ndim = 1, .shape = {3}, .data = x,
-                     .nbytes = 8};
+    cr_st_entry e = {.name = "x", .dtype = CR_F32, .ndim = 1, .shape = {3}, .data = x, .nbytes = 8};
     cr_assert_neq(cr_st_write(p, &e, 1, NULL, 0), CR_OK);
-    cr_assert(strstr(cr_last_error(), "tensor 'x': nbytes 8 but dtype F32 shape [3] needs 12"), "%s", cr_last_error());
+    cr_assert(strstr(cr_last_error(), "tensor 'x': nbytes 8 but dtype F32 shape [3] needs 12"), "%s",
+              cr_last_error());
 
-    cr_st_entry two[2] = {{.name = "x", .dtype = CR_F32, .ndim = 1, .shape = {2}, .data = x,
-                           .nbytes = 8},
-                          {.name = "x", .dtype = CR_F32, .ndim = 1, .shape = {2}, .data = x,
-                           .nbytes = 8}};
+    cr_st_entry two[2] = {{.name = "x", .dtype = CR_F32, .ndim = 1, .shape = {2}, .data = x, .nbytes = 8},
+                          {.name = "x", .dtype = CR_F32, .ndim = 1, .shape = {2}, .data = x, .nbytes = 8}};
     cr_assert_neq(cr_st_write(p, two, 2, NULL, 0), CR_OK);
     cr_assert(strstr(cr_last_error(), "duplicate tensor name 'x'"), "%s", cr_last_error());
 
@@ -583,8 +570,8 @@ Test(safetensors, failed_write_keeps_old_file)
     unsigned char *before = slurp(p, &len0);
 
     static float big[4096];
-    cr_st_entry e = {.name = "big", .dtype = CR_F32, .ndim = 1, .shape = {4096}, .data = big,
-                     .nbytes = sizeof big};
+    cr_st_entry e = {
+        .name = "big", .dtype = CR_F32, .ndim = 1, .shape = {4096}, .data = big, .nbytes = sizeof big};
     signal(SIGXFSZ, SIG_IGN);
     struct rlimit rl = {.rlim_cur = 1000, .rlim_max = RLIM_INFINITY};
     cr_assert_eq(setrlimit(RLIMIT_FSIZE, &rl), 0);
@@ -677,10 +664,8 @@ static cr_params *make_params(int64_t hidden)
     cr_tensor *w = cr_params_add(ps, "rnn", "w_ih", CR_F32, CR_SHAPE(hidden, 3));
     cr_tensor *b = cr_params_add(ps, "rnn", "b_ih", CR_F64, CR_SHAPE(hidden));
     cr_tensor *sc = cr_params_add(ps, NULL, "scale", CR_F64, CR_SHAPE(2));
-    for (int64_t i = 0; i < hidden * 3; i++)
-        ((float *)w->data)[i] = (float)i * 0.5f;
-    for (int64_t i = 0; i < hidden; i++)
-        ((double *)b->data)[i] = -(double)i;
+    for (int64_t i = 0; i < hidden * 3; i++) ((float *)w->data)[i] = (float)i * 0.5f;
+    for (int64_t i = 0; i < hidden; i++) ((double *)b->data)[i] = -(double)i;
     ((double *)sc->data)[0] = 7;
     ((double *)sc->data)[1] = -7.5;
     return ps;
@@ -688,14 +673,12 @@ static cr_params *make_params(int64_t hidden)
 
 static void zero_params(cr_params *ps)
 {
-    for (size_t i = 0; i < ps->n; i++)
-        cr_fill(ps->items[i].value, 0.0);
+    for (size_t i = 0; i < ps->n; i++) cr_fill(ps->items[i].value, 0.0);
 }
 
 static bool params_equal(const cr_params *a, const cr_params *b)
 {
-    if (a->n != b->n)
-        return false;
+    if (a->n != b->n) return false;
     for (size_t i = 0; i < a->n; i++) {
         const cr_tensor *x = a->items[i].value, *y = b->items[i].value;
         size_t nb = (size_t)cr_numel(x) * cr_dtype_size(x->dtype);
@@ -752,7 +735,8 @@ Test(safetensors, params_load_rejects_shape_mismatch_and_changes_nothing)
     cr_params_add(rs, "rnn", "b_ih", CR_F64, CR_SHAPE(4));
     cr_params_add(rs, NULL, "scale", CR_F32, CR_SHAPE(2)); /* dtype differs */
     cr_assert_neq(cr_params_load(rs, p), CR_OK);
-    cr_assert(strstr(cr_last_error(), "parameter 'scale': file has F64 [2], model has F32 [2]"), "%s", cr_last_error());
+    cr_assert(strstr(cr_last_error(), "parameter 'scale': file has F64 [2], model has F32 [2]"), "%s",
+              cr_last_error());
     cr_assert_eq(cr_get_flat(rs->items[0].value, 5), 0.0);
     cr_params_free(rs);
     cr_params_free(ps);
@@ -776,7 +760,8 @@ Test(safetensors, params_load_missing_and_extra)
     cr_params_add(fewer, "rnn", "w_ih", CR_F32, CR_SHAPE(2, 3));
     cr_params_add(fewer, "rnn", "b_ih", CR_F64, CR_SHAPE(2));
     cr_assert_neq(cr_params_load(fewer, p), CR_OK);
-    cr_assert(strstr(cr_last_error(), "tensor 'scale' is not a parameter of the model"), "%s", cr_last_error());
+    cr_assert(strstr(cr_last_error(), "tensor 'scale' is not a parameter of the model"), "%s",
+              cr_last_error());
     cr_assert_eq(cr_get_flat(fewer->items[0].value, 1), 0.0);
     cr_params_free(fewer);
     cr_params_free(ps);
@@ -787,8 +772,12 @@ Test(safetensors, params_with_optimizer_state)
     const char *p = tpath("ckpt.safetensors");
     cr_params *ps = make_params(3);
     double m[3] = {0.1, 0.2, 0.3};
-    cr_st_entry extra = {.name = CR_ST_OPTIM_PREFIX "adam.m.rnn.b_ih", .dtype = CR_F64,
-                         .ndim = 1, .shape = {3}, .data = m, .nbytes = sizeof m};
+    cr_st_entry extra = {.name = CR_ST_OPTIM_PREFIX "adam.m.rnn.b_ih",
+                         .dtype = CR_F64,
+                         .ndim = 1,
+                         .shape = {3},
+                         .data = m,
+                         .nbytes = sizeof m};
     cr_assert_eq(cr_params_save_extra(ps, &extra, 1, p, NULL, 0), CR_OK, "%s", cr_last_error());
 
     cr_params *qs = make_params(3);
@@ -862,13 +851,14 @@ Test(safetensors, hostile_headers)
     expect_repeated_reject("{\"a\":", "[", 1000000, "", "entry is not an object");
     expect_repeated_reject("{\"a\":{\"dtype\":", "[", 1000000, "", "dtype is not a string");
     expect_repeated_reject("{\"a\":{\"shape\":[", "[", 1000000, "", "shape[0] is not a non-negative integer");
-    expect_repeated_reject("{\"__metadata__\":{\"k\":", "{\"k\":", 1000000, "", "value of 'k' is not a string");
+    expect_repeated_reject("{\"__metadata__\":{\"k\":", "{\"k\":", 1000000, "",
+                           "value of 'k' is not a string");
     expect_repeated_reject("{\"a\":", "{\"a\":", 1000000, "", "unknown field 'a'");
     /* Huge arrays: the 9th dim, the 3rd offset. */
-    expect_repeated_reject("{\"a\":{\"dtype\":\"F32\",\"shape\":[0", ",0", 5000000, "],\"data_offsets\":[0,0]}}",
-                           "more than 8 dims");
-    expect_repeated_reject("{\"a\":{\"dtype\":\"F32\",\"shape\":[],\"data_offsets\":[0,4", ",4", 5000000, "]}}",
-                           "data_offsets is not an array of two");
+    expect_repeated_reject("{\"a\":{\"dtype\":\"F32\",\"shape\":[0", ",0", 5000000,
+                           "],\"data_offsets\":[0,0]}}", "more than 8 dims");
+    expect_repeated_reject("{\"a\":{\"dtype\":\"F32\",\"shape\":[],\"data_offsets\":[0,4", ",4", 5000000,
+                           "]}}", "data_offsets is not an array of two");
     /* Huge numbers: a million digits, 2^63, and values that are not plain integers. */
     expect_repeated_reject("{\"a\":{\"dtype\":\"F32\",\"shape\":[1", "0", 1000000, "]}}", "shape[0]");
     expect_reject("{\"a\":{\"dtype\":\"F32\",\"shape\":[9223372036854775808],\"data_offsets\":[0,0]}}", 0,
@@ -881,7 +871,8 @@ Test(safetensors, hostile_headers)
     expect_reject("{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,18446744073709551620]}}", 4,
                   "data_offsets is not an array of two");
     /* Many duplicate keys, found by sorting, not by pairs. */
-    expect_repeated_reject("{\"__metadata__\":{\"x\":\"1\"", ",\"k\":\"v\"", 200000, "}}", "duplicate metadata key 'k'");
+    expect_repeated_reject("{\"__metadata__\":{\"x\":\"1\"", ",\"k\":\"v\"", 200000, "}}",
+                           "duplicate metadata key 'k'");
     /* Strings: bad escapes, lone surrogates, NUL, raw control bytes, invalid UTF-8 in values. */
     expect_reject("{\"a\\q\":1}", 0, "not valid JSON");
     expect_reject("{\"a\\u12\":1}", 0, "not valid JSON");
@@ -902,7 +893,8 @@ Test(safetensors, hostile_headers)
 Test(safetensors, string_escapes_decode)
 {
     size_t len;
-    unsigned char *b = mkfile("{\"__metadata__\":{\"\\u00e9\\ud83d\\ude00\\/\\b\\f\":\"\\\"\\\\\"}}", 0, &len);
+    unsigned char *b =
+        mkfile("{\"__metadata__\":{\"\\u00e9\\ud83d\\ude00\\/\\b\\f\":\"\\\"\\\\\"}}", 0, &len);
     cr_st_file *f = NULL;
     cr_assert_eq(cr_st_parse(b, len, &f), CR_OK, "%s", cr_last_error());
     free(b);
@@ -948,8 +940,10 @@ static size_t write_many_tensors(const char *path, size_t n)
     char *hdr = malloc(cap);
     hdr[h++] = '{';
     for (size_t i = 0; i < n; i++)
-        h += (size_t)snprintf(hdr + h, cap - h, "%s\"tensor.%09zu\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[%zu,%zu]}",
-                              i ? "," : "", i, 4 * i, 4 * i + 4);
+        h += (size_t)snprintf(
+            hdr + h, cap - h,
+            "%s\"tensor.%09zu\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[%zu,%zu]}", i ? "," : "",
+            i, 4 * i, 4 * i + 4);
     hdr[h++] = '}';
     unsigned char lb[8];
     for (int i = 0; i < 8; i++) lb[i] = (unsigned char)((uint64_t)h >> (8 * i));
@@ -1147,8 +1141,8 @@ Test(safetensors, killed_save_leaves_nothing)
 {
     const char *p = tpath("run.safetensors");
     static float big[1 << 20]; /* 4 MiB */
-    cr_st_entry e = {.name = "big", .dtype = CR_F32, .ndim = 1, .shape = {1 << 20}, .data = big,
-                     .nbytes = sizeof big};
+    cr_st_entry e = {
+        .name = "big", .dtype = CR_F32, .ndim = 1, .shape = {1 << 20}, .data = big, .nbytes = sizeof big};
     for (int kill_round = 0; kill_round < 5; kill_round++) {
         pid_t pid = fork();
         cr_assert(pid >= 0);

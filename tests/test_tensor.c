@@ -65,7 +65,6 @@ static void expect_strides(const cr_tensor *t, const int64_t *stride)
                      (long long)stride[d]);
 }
 
-
 /* ---- creation and dtypes ---------------------------------------------------- */
 
 Test(tensor, dtypes)
@@ -205,7 +204,8 @@ Test(tensor, reshape_errors)
 {
     cr_tensor *t = cr_zeros(CR_F64, CR_SHAPE(3, 4));
     cr_tensor v, tr;
-    EXPECT_ERROR(cr_view_reshape(&v, t, CR_SHAPE(5, 2)), "cr_reshape: [3,4] (12 elements) cannot become [5,2]");
+    EXPECT_ERROR(cr_view_reshape(&v, t, CR_SHAPE(5, 2)),
+                 "cr_reshape: [3,4] (12 elements) cannot become [5,2]");
     EXPECT_ERROR(cr_view_reshape(&v, t, CR_SHAPE(-1, -1)), "more than one -1");
     EXPECT_ERROR(cr_view_reshape(&v, t, CR_SHAPE(-1, 5)), "cannot become [-1,5]");
     cr_view_transpose(&tr, t, 0, 1);
@@ -266,7 +266,8 @@ Test(tensor, narrow_and_select_are_views)
     cr_assert_eq(cr_get_flat(t, 3), -3.0);
     cr_view_narrow(&n, &m, 0, 4, 0); /* empty narrow at the end is fine */
     cr_assert_eq(cr_numel(&n), 0);
-    EXPECT_ERROR(cr_view_narrow(&n, &m, 1, 3, 3), "cr_narrow: start 3, length 3 out of range for dim 1 of [4,5]");
+    EXPECT_ERROR(cr_view_narrow(&n, &m, 1, 3, 3),
+                 "cr_narrow: start 3, length 3 out of range for dim 1 of [4,5]");
     EXPECT_ERROR(cr_view_select(&s, &m, 0, 4), "cr_select: index 4 out of range for dim 0 of [4,5]");
     EXPECT_ERROR(cr_view_select(&s, &m, 0, -5), "cr_select");
 }
@@ -429,14 +430,18 @@ Test(tensor, api_writes_bump_the_shared_version)
 Test(tensor, element_counts_that_overflow_are_refused)
 {
     /* [2^32, 2^32] has 2^64 elements: used to wrap to 0 and allocate nothing */
-    EXPECT_ERROR(cr_tensor_init(CR_F32, CR_SHAPE(P32, P32)),
-                 "cr_tensor_init: shape [4294967296,4294967296] of f32 holds more elements than memory can address");
+    EXPECT_ERROR(
+        cr_tensor_init(CR_F32, CR_SHAPE(P32, P32)),
+        "cr_tensor_init: shape [4294967296,4294967296] of f32 holds more elements than memory can address");
     EXPECT_ERROR(cr_zeros(CR_F32, CR_SHAPE(P32, P32)), "cr_zeros: shape [4294967296,4294967296]");
-    EXPECT_ERROR(cr_tensor_new(CR_F64, CR_SHAPE(3, P32, P32)), "cr_tensor_new: shape [3,4294967296,4294967296]");
+    EXPECT_ERROR(cr_tensor_new(CR_F64, CR_SHAPE(3, P32, P32)),
+                 "cr_tensor_new: shape [3,4294967296,4294967296]");
     EXPECT_ERROR(cr_ones(CR_F64, CR_SHAPE(P32 / 2, P32 / 2, 2)), "cr_ones"); /* 2^63 elements */
-    EXPECT_ERROR(cr_full(CR_F64, CR_SHAPE(P32 / 4, P32 / 4, 8), 1), "cr_full"); /* 2^61 elements, 2^64 bytes */
+    EXPECT_ERROR(cr_full(CR_F64, CR_SHAPE(P32 / 4, P32 / 4, 8), 1),
+                 "cr_full"); /* 2^61 elements, 2^64 bytes */
     EXPECT_ERROR(cr_from_array(CR_I32, CR_SHAPE(INT64_MAX, 2), NULL), "cr_from_array");
-    EXPECT_ERROR(cr_tensor_init(CR_F32, CR_SHAPE(0, P32, P32)), "cr_tensor_init"); /* no elements, but no strides */
+    EXPECT_ERROR(cr_tensor_init(CR_F32, CR_SHAPE(0, P32, P32)),
+                 "cr_tensor_init"); /* no elements, but no strides */
     /* a large empty shape whose strides fit is fine */
     cr_tensor *e = cr_zeros(CR_F32, CR_SHAPE(1 << 20, 1 << 20, 0));
     cr_assert_eq(cr_numel(e), 0);
@@ -455,8 +460,9 @@ Test(tensor, view_ranges_that_overflow_are_refused)
 {
     cr_tensor *x = cr_zeros(CR_F32, CR_SHAPE(2, 3)), v;
     /* start + len overflows: the check used to pass and return [2,INT64_MAX] */
-    EXPECT_ERROR(cr_view_narrow(&v, x, 1, 1, INT64_MAX), "cr_narrow: start 1, length 9223372036854775807 out of range "
-                                                         "for dim 1 of [2,3]");
+    EXPECT_ERROR(cr_view_narrow(&v, x, 1, 1, INT64_MAX),
+                 "cr_narrow: start 1, length 9223372036854775807 out of range "
+                 "for dim 1 of [2,3]");
     EXPECT_ERROR(cr_view_narrow(&v, x, 1, INT64_MAX, 1), "cr_narrow: start 9223372036854775807");
     EXPECT_ERROR(cr_view_narrow(&v, x, 1, 4, -1), "cr_narrow");
     EXPECT_ERROR(cr_view_select(&v, x, 1, INT64_MIN), "cr_select: index -9223372036854775808 out of range");
@@ -468,22 +474,25 @@ Test(tensor, view_ranges_that_overflow_are_refused)
     cr_view_expand(&v, one, CR_SHAPE(P32, P32 / 4)); /* 2^62: fine, it costs no memory */
     cr_assert_eq(cr_numel(&v), (int64_t)1 << 62);
     /* reshape sizes whose product overflows */
-    EXPECT_ERROR(cr_view_reshape(&v, x, CR_SHAPE(P32, P32, -1)), "cr_reshape: [2,3] (6 elements) cannot become");
+    EXPECT_ERROR(cr_view_reshape(&v, x, CR_SHAPE(P32, P32, -1)),
+                 "cr_reshape: [2,3] (6 elements) cannot become");
     EXPECT_ERROR(cr_view_reshape(&v, x, CR_SHAPE(P32, P32, 0, 6)), "cr_reshape");
 }
 
 Test(tensor, arange_counts_that_overflow_are_refused)
 {
-    EXPECT_ERROR(cr_arange(CR_F32, 0, 1e300, 1), "cr_arange: start 0, stop 1e+300, step 1 give 1e+300 elements");
+    EXPECT_ERROR(cr_arange(CR_F32, 0, 1e300, 1),
+                 "cr_arange: start 0, stop 1e+300, step 1 give 1e+300 elements");
     EXPECT_ERROR(cr_arange(CR_F64, -1e308, 1e308, 1), "cr_arange"); /* stop - start is inf */
     EXPECT_ERROR(cr_arange(CR_F64, 0, 0x1p62, 0.5), "cr_arange");
-    cr_assert_eq(cr_numel(cr_arange(CR_F64, 1e300, 0, 1)), 0);   /* a negative count is empty */
+    cr_assert_eq(cr_numel(cr_arange(CR_F64, 1e300, 0, 1)), 0); /* a negative count is empty */
 }
 
 Test(tensor, arena_sizes_that_overflow_are_refused)
 {
     cr_arena *a = cr_arena_init(4096);
-    EXPECT_ERROR(cr_arena_alloc(a, SIZE_MAX), "cr_arena_alloc: 18446744073709551615 bytes is more than any memory holds");
+    EXPECT_ERROR(cr_arena_alloc(a, SIZE_MAX),
+                 "cr_arena_alloc: 18446744073709551615 bytes is more than any memory holds");
     EXPECT_ERROR(cr_arena_alloc(a, SIZE_MAX - 15), "cr_arena_alloc"); /* used to round up to 0 */
     EXPECT_ERROR(cr_arena_alloc_aligned(a, SIZE_MAX / 2, 16), "cr_arena_alloc");
     cr_assert_eq(cr_arena_used(a), 0);
@@ -752,7 +761,8 @@ Test(tensor, rng_normal_moments)
     cr_assert(fabs(mean - 3) < 0.02, "mean %g", mean);
     cr_assert(fabs(sqrt(var) - 2) < 0.02, "std %g", sqrt(var));
     cr_assert(fabs(s3 / (double)n) < 0.03, "skew %g", s3 / (double)n);
-    cr_assert(fabs((double)within1 / (double)n - 0.6827) < 0.005, "P(|z|<1) = %g", (double)within1 / (double)n);
+    cr_assert(fabs((double)within1 / (double)n - 0.6827) < 0.005, "P(|z|<1) = %g",
+              (double)within1 / (double)n);
 }
 
 Test(tensor, rng_uniform_and_dropout_mask)
@@ -797,11 +807,11 @@ static char *print_to_string(const cr_tensor *t)
     return buf;
 }
 
-#define EXPECT_PRINT(t, text)                                                                      \
-    do {                                                                                           \
-        char *s_ = print_to_string(t);                                                             \
-        cr_assert_str_eq(s_, text);                                                                \
-        free(s_);                                                                                  \
+#define EXPECT_PRINT(t, text)                                                                                \
+    do {                                                                                                     \
+        char *s_ = print_to_string(t);                                                                       \
+        cr_assert_str_eq(s_, text);                                                                          \
+        free(s_);                                                                                            \
     } while (0)
 
 Test(tensor, print_small)
@@ -826,9 +836,11 @@ Test(tensor, print_elides_long_dims)
     cr_view_reshape(&v, t, CR_SHAPE(100, 10));
     char *s = print_to_string(&v);
     cr_assert(strlen(s) < 400, "printed %zu characters", strlen(s));
-    cr_assert(strstr(s, "tensor([[0, 1, 2, ..., 7, 8, 9],\n        [10, 11, 12, ..., 17, 18, 19],\n") == s, "%s", s);
+    cr_assert(strstr(s, "tensor([[0, 1, 2, ..., 7, 8, 9],\n        [10, 11, 12, ..., 17, 18, 19],\n") == s,
+              "%s", s);
     cr_assert(strstr(s, "        ...,\n        [970, 971, 972, ..., 977, 978, 979],\n") != NULL, "%s", s);
-    cr_assert(strstr(s, "[990, 991, 992, ..., 997, 998, 999]], dtype=f64, shape=[100,10])\n") != NULL, "%s", s);
+    cr_assert(strstr(s, "[990, 991, 992, ..., 997, 998, 999]], dtype=f64, shape=[100,10])\n") != NULL, "%s",
+              s);
     cr_assert(strstr(s, "500") == NULL);
     free(s);
 }
@@ -845,7 +857,7 @@ Test(tensor, arena_bump_reset_and_grow)
     cr_assert_eq((uintptr_t)p % 64, 0);
     cr_assert_eq((uintptr_t)q % 64, 0);
     cr_assert_eq(q - p, 64);
-    cr_assert_eq(cr_arena_used(a), 64 + 112); /* sizes round up to 16 bytes */
+    cr_assert_eq(cr_arena_used(a), 64 + 112);    /* sizes round up to 16 bytes */
     char *r = cr_arena_alloc_aligned(a, 20, 16); /* headers pack at 16 */
     cr_assert_eq(r - q, 112);
     cr_assert_eq(cr_arena_used(a), 64 + 112 + 32);
@@ -930,9 +942,9 @@ static void check_gemm(cr_dtype dt, int64_t m, int64_t k, int64_t n, int layout,
     cr_rng r = cr_rng_seed((uint64_t)(m * 1000 + k * 10 + n + layout));
     cr_tensor *abuf = cr_tensor_new(dt, CR_SHAPE(k + 2, m + 1)), at, a;
     cr_fill_uniform(abuf, &r, -1, 1);
-    cr_view_transpose(&at, abuf, 0, 1);  /* [m+1, k+2] */
-    cr_view_narrow(&a, &at, 1, 1, k);    /* [m+1, k] */
-    cr_view_narrow(&a, &a, 0, 1, m);     /* [m, k], strides (1, m+1) */
+    cr_view_transpose(&at, abuf, 0, 1); /* [m+1, k+2] */
+    cr_view_narrow(&a, &at, 1, 1, k);   /* [m+1, k] */
+    cr_view_narrow(&a, &a, 0, 1, m);    /* [m, k], strides (1, m+1) */
     cr_tensor b;
     if (layout == 0) {
         cr_tensor *bbuf = cr_tensor_new(dt, CR_SHAPE(k, n + 3));
@@ -952,14 +964,15 @@ static void check_gemm(cr_dtype dt, int64_t m, int64_t k, int64_t n, int layout,
     double tol = (dt == CR_F32 ? 2e-6 : 1e-13) * (double)(k + 1);
     for (int64_t i = 0; i < m * n; i++) {
         double got = cr_get_flat(&c, i), w = cr_get_flat(want, i);
-        cr_assert(fabs(got - w) <= tol, "%s m=%lld k=%lld n=%lld layout %d: element %lld is %.10g, expected %.10g",
+        cr_assert(fabs(got - w) <= tol,
+                  "%s m=%lld k=%lld n=%lld layout %d: element %lld is %.10g, expected %.10g",
                   cr_dtype_name(dt), (long long)m, (long long)k, (long long)n, layout, (long long)i, got, w);
     }
 }
 
 Test(tensor, gemm_matches_naive_on_strided_views)
 {
-    int64_t sizes[][3] = {{3, 4, 5}, {1, 7, 1}, {5, 1, 6}, {17, 13, 9}, /* small kernel */
+    int64_t sizes[][3] = {{3, 4, 5},    {1, 7, 1},    {5, 1, 6},     {17, 13, 9},    /* small kernel */
                           {40, 50, 30}, {64, 33, 70}, {1, 300, 200}, {200, 120, 1}}; /* BLIS */
     cr_dtype dts[2] = {CR_F32, CR_F64};
     int64_t saved = cr_gemm_small_threshold;
@@ -996,7 +1009,8 @@ Test(tensor, gemm_contiguous_and_expanded_operands)
         cr_tensor *c2 = cr_zeros(CR_F64, CR_SHAPE(m, 60)), *w2 = cr_zeros(CR_F64, CR_SHAPE(m, 60));
         cr_k_gemm(1, &e, b, 0, c2);
         naive_gemm(1, &e, b, 0, w2);
-        for (int64_t i = 0; i < m * 60; i++) cr_assert_float_eq(cr_get_flat(c2, i), cr_get_flat(w2, i), 1e-12);
+        for (int64_t i = 0; i < m * 60; i++)
+            cr_assert_float_eq(cr_get_flat(c2, i), cr_get_flat(w2, i), 1e-12);
     }
     /* a column broadcast along B's columns (column stride 0), through BLIS */
     cr_tensor *colv = cr_tensor_new(CR_F64, CR_SHAPE(40, 1)), eb;
@@ -1044,8 +1058,8 @@ Test(tensor, reductions)
 Test(tensor, argmax_ties_and_nan)
 {
     /* ties keep the first index; NaN wins (as in PyTorch) */
-    cr_tensor *x = f64(CR_SHAPE(3, 4), (double[]){2, 7, 7, 1,  /* tie */
-                                                  NAN, 1, 9, 3, /* NaN first */
+    cr_tensor *x = f64(CR_SHAPE(3, 4), (double[]){2, 7, 7, 1,     /* tie */
+                                                  NAN, 1, 9, 3,   /* NaN first */
                                                   0, 5, NAN, 8}); /* NaN later */
     cr_tensor *v = cr_tensor_new(CR_F64, CR_SHAPE(3)), *a = cr_tensor_new(CR_I32, CR_SHAPE(3));
     cr_k_reduce(CR_R_MAX, v, a, x, 1);
@@ -1152,8 +1166,10 @@ Test(tensor, unary_kernel_values_and_strides)
     cr_k_unary(CR_U_MUL_SCALAR, os, &sqt, 3, 0);
     for (int64_t i = 0; i < n; i += 7)
         for (int64_t j = 0; j < n; j += 5)
-            cr_assert_eq(cr_get(os, (int64_t[]){i, j}), (double)(3.0f * (float)cr_get(sq, (int64_t[]){j, i})));
-    EXPECT_ERROR(cr_k_unary(CR_U_EXP, o, x, 0, 0), "cr_k_unary: output [3,2] and input [2,3] differ in shape");
+            cr_assert_eq(cr_get(os, (int64_t[]){i, j}),
+                         (double)(3.0f * (float)cr_get(sq, (int64_t[]){j, i})));
+    EXPECT_ERROR(cr_k_unary(CR_U_EXP, o, x, 0, 0),
+                 "cr_k_unary: output [3,2] and input [2,3] differ in shape");
 }
 
 /* Every kernel above the parallel threshold gives what it gives serially. */
@@ -1162,12 +1178,12 @@ static void run_kernels(cr_tensor **out, cr_tensor **argmax, const cr_tensor *x,
                         const cr_tensor *xt, const cr_tensor *row, int64_t R, int64_t C)
 {
     for (int k = 0; k < N_KERNELS; k++) out[k] = cr_zeros(CR_F64, CR_SHAPE(R, C));
-    cr_k_unary(CR_U_TANH, out[0], x, 0, 0);    /* contiguous */
-    cr_k_unary(CR_U_ELU, out[1], xt, 0.5, 0);  /* strided */
-    cr_k_binary(CR_B_MUL, out[2], x, y);       /* same shapes */
-    cr_k_binary(CR_B_SUB, out[3], xt, row);    /* broadcast, strided */
-    cr_k_accumulate(out[4], x, y);             /* same shapes */
-    cr_k_accumulate(out[5], row, xt);          /* acc larger than x: rows disjoint */
+    cr_k_unary(CR_U_TANH, out[0], x, 0, 0);            /* contiguous */
+    cr_k_unary(CR_U_ELU, out[1], xt, 0.5, 0);          /* strided */
+    cr_k_binary(CR_B_MUL, out[2], x, y);               /* same shapes */
+    cr_k_binary(CR_B_SUB, out[3], xt, row);            /* broadcast, strided */
+    cr_k_accumulate(out[4], x, y);                     /* same shapes */
+    cr_k_accumulate(out[5], row, xt);                  /* acc larger than x: rows disjoint */
     cr_tensor *colsum = cr_zeros(CR_F64, CR_SHAPE(C)); /* acc smaller: summed */
     cr_k_accumulate(colsum, x, xt);
     cr_k_accumulate(out[6], colsum, NULL);
@@ -1232,7 +1248,8 @@ Test(tensor, parallel_kernels_match_serial)
         cr_assert_eq(cr_get_flat(arg_p, i), (double)best);
         double colsum = 0;
         for (int64_t k = 0; k < R; k++) colsum += cr_get(x, (int64_t[]){k, 5});
-        cr_assert_float_eq(cr_get(parallel[9], (int64_t[]){i, 5}), colsum + cr_get(x, (int64_t[]){i, best}), 1e-11);
+        cr_assert_float_eq(cr_get(parallel[9], (int64_t[]){i, 5}), colsum + cr_get(x, (int64_t[]){i, best}),
+                           1e-11);
     }
 }
 
@@ -1273,7 +1290,8 @@ Test(tensor, shape_str)
 Test(tensor, f32_tanh_sigmoid_accuracy)
 {
     int64_t n = 200001;
-    cr_tensor *x = cr_tensor_new(CR_F32, 1, &n), *t = cr_tensor_new(CR_F32, 1, &n), *s = cr_tensor_new(CR_F32, 1, &n);
+    cr_tensor *x = cr_tensor_new(CR_F32, 1, &n), *t = cr_tensor_new(CR_F32, 1, &n),
+              *s = cr_tensor_new(CR_F32, 1, &n);
     for (int64_t i = 0; i < n; i++) cr_set_flat(x, i, -60.0 + 120.0 * (double)i / (double)(n - 1));
     cr_set_flat(x, n / 2, 0.0);
     cr_set_flat(x, 1, 1e-7);

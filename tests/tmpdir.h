@@ -16,16 +16,14 @@ static char g_dir[256];
 static void rm_rf(const char *path)
 {
     struct stat st;
-    if (lstat(path, &st) != 0)
-        return;
+    if (lstat(path, &st) != 0) return;
     if (S_ISDIR(st.st_mode)) {
         chmod(path, 0700); /* a test may have made it read-only */
         DIR *d = opendir(path);
         if (d) {
             struct dirent *de;
             while ((de = readdir(d))) {
-                if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
-                    continue;
+                if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0) continue;
                 char sub[512];
                 snprintf(sub, sizeof sub, "%s/%s", path, de->d_name);
                 rm_rf(sub);

@@ -59,17 +59,18 @@ typedef struct unary_case {
     int n_kinks;
 } unary_case;
 
-#define UNARY_CASE_FNS_(id, call, reference, lo, hi, kinks)                                              \
-    static cr_tensor *unary_apply_##id(cr_tensor *x) { return call; }                                    \
-    static double unary_ref_##id(double v)                                                               \
-    {                                                                                                    \
-        (void)v;                                                                                         \
-        return reference;                                                                                \
+#define UNARY_CASE_FNS_(id, call, reference, lo, hi, kinks)                                                  \
+    static cr_tensor *unary_apply_##id(cr_tensor *x) { return call; }                                        \
+    static double unary_ref_##id(double v)                                                                   \
+    {                                                                                                        \
+        (void)v;                                                                                             \
+        return reference;                                                                                    \
     }
 UNARY_CASES(UNARY_CASE_FNS_)
 #undef UNARY_CASE_FNS_
 
-#define UNARY_CASE_ENTRY_(id, call, reference, lo, hi, kinks) {#id, unary_apply_##id, unary_ref_##id, lo, hi, kinks},
+#define UNARY_CASE_ENTRY_(id, call, reference, lo, hi, kinks)                                                \
+    {#id, unary_apply_##id, unary_ref_##id, lo, hi, kinks},
 static const unary_case unary_cases[] = {UNARY_CASES(UNARY_CASE_ENTRY_)};
 #undef UNARY_CASE_ENTRY_
 #define N_UNARY_CASES (sizeof unary_cases / sizeof unary_cases[0])

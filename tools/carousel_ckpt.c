@@ -38,11 +38,9 @@ static int cmd_info(const cr_st_file *f, const char *path)
     unsigned long long numel_total = 0;
     for (size_t i = 0; i < n; i++) {
         size_t l = strlen(cr_st_entry_at(f, i)->name);
-        if (l > width)
-            width = l;
+        if (l > width) width = l;
     }
-    if (width > 60)
-        width = 60; /* longer names just push their row out */
+    if (width > 60) width = 60; /* longer names just push their row out */
 
     printf("file: ");
     put_escaped(stdout, path);
@@ -57,11 +55,10 @@ static int cmd_info(const cr_st_file *f, const char *path)
         numel_total += numel;
         size_t l = strlen(e->name);
         put_escaped(stdout, e->name);
-        printf("%*s  %-5s  %-20s  %12zu\n", l < width ? (int)(width - l) : 0, "",
-               cr_st_dtype_name(e->dtype), shape, e->nbytes);
+        printf("%*s  %-5s  %-20s  %12zu\n", l < width ? (int)(width - l) : 0, "", cr_st_dtype_name(e->dtype),
+               shape, e->nbytes);
     }
-    printf("\ntotal: %zu tensors, %llu elements, %zu bytes of data\n", n, numel_total,
-           cr_st_data_bytes(f));
+    printf("\ntotal: %zu tensors, %llu elements, %zu bytes of data\n", n, numel_total, cr_st_data_bytes(f));
 
     size_t nm = cr_st_meta_count(f);
     printf("metadata: %zu %s\n", nm, nm == 1 ? "entry" : "entries");
