@@ -137,27 +137,6 @@ static inline bool cli_has(int argc, char **argv, const char *name)
     return false;
 }
 
-/* The older helpers, for programs that print their own usage(): a malformed
- * number calls usage(prog), which the program declares before using them. */
-static inline int64_t cli_int_or(const char *prog, const char *s, void (*fail)(const char *))
-{
-    char *end;
-    errno = 0;
-    long long v = strtoll(s, &end, 10);
-    if (errno || end == s || *end) fail(prog);
-    return (int64_t)v;
-}
-static inline double cli_real_or(const char *prog, const char *s, void (*fail)(const char *))
-{
-    char *end;
-    errno = 0;
-    double v = strtod(s, &end);
-    if (errno || end == s || *end) fail(prog);
-    return v;
-}
-#define parse_int(prog, s) cli_int_or((prog), (s), usage)
-#define parse_real(prog, s) cli_real_or((prog), (s), usage)
-
 /* ---- progress ---------------------------------------------------------------------------------- */
 
 /* The line a training loop updates after every step. On a terminal (stdout
