@@ -20,10 +20,8 @@
 #include "cli.h"
 
 typedef struct opts {
-    const char *cell;
-    int64_t bits, test_bits, steps, hidden, batch, test, shards, threads, seed;
-    double lr, clip, threshold;
-    bool quick;
+    int64_t bits, test_bits, test;
+    double threshold;
 } opts;
 
 /* B sums of two n-bit numbers: x [B, n+1, 2] holds bit t of a and of b at
@@ -131,101 +129,85 @@ static double accuracy(model *m, const batch *b, cr_graph *g, int show, double *
 int main(int argc, char **argv)
 {
     bool quick = cli_has(argc, argv, "--quick");
-    opts o = {.cell = "gru",
-              .bits = 8,
-              .test_bits = 32,
-              .steps = quick ? 1000 : 2000,
-              .hidden = 8,
-              .batch = 32,
-              .test = 1000,
-              .shards = 4,
-              .threads = quick ? 1 : 0,
-              .seed = 1,
-              .lr = 1e-2,
-              .clip = 1.0,
-              .threshold = 0.95,
-              .quick = quick};
+    cli_training t = {.cell = "gru",
+                      .steps = quick ? 1000 : 2000,
+                      .hidden = 8,
+                      .batch = 32,
+                      .shards = 4,
+                      .threads = quick ? 1 : 0,
+                      .seed = 1,
+                      .lr = 1e-2,
+                      .clip = 1.0,
+                      .decay = 20,
+                      .quick = quick};
+    opts o = {.bits = 8, .test_bits = 32, .test = 1000, .threshold = 0.95};
     cli_flag flags[] = {
-        {"--cell", CLI_STR, &o.cell, "a built-in cell: gru, lstm, rnn_tanh, ..."},
+        CLI_TRAINING_FLAG("--cell", "a built-in cell: gru, lstm, rnn_tanh, ..."),
         {"--bits", CLI_INT, &o.bits, "width of the training operands"},
         {"--test-bits", CLI_INT, &o.test_bits, "width of the test operands"},
-        {"--steps", CLI_INT, &o.steps, "training steps (batches)"},
-        {"--hidden", CLI_INT, &o.hidden, "hidden units"},
-        {"--batch", CLI_INT, &o.batch, "sums per batch"},
+        CLI_TRAINING_FLAG("--steps", NULL),
+        CLI_TRAINING_FLAG("--hidden", NULL),
+        CLI_TRAINING_FLAG("--batch", "sums per batch"),
         {"--test", CLI_INT, &o.test, "test sums"},
-        {"--shards", CLI_INT, &o.shards, "shards per batch (the unit of parallel work)"},
-        {"--threads", CLI_INT, &o.threads, "threads taking the shards (0: OMP_NUM_THREADS, else every core)"},
-        {"--lr", CLI_REAL, &o.lr, "Adam's learning rate"},
-        {"--clip", CLI_REAL, &o.clip, "clip the gradient's global norm to this (0: off)"},
+        CLI_TRAINING_FLAG("--shards", NULL),
+        CLI_TRAINING_FLAG("--threads", NULL),
+        CLI_TRAINING_FLAG("--lr", NULL),
+        CLI_TRAINING_FLAG("--clip", NULL),
         {"--threshold", CLI_REAL, &o.threshold,
          "--quick fails below this exact-sum accuracy on the test width"},
-        {"--seed", CLI_INT, &o.seed, "seed of weights and data"},
-        {"--quick", CLI_BOOL, &o.quick, "a short run (1000 steps) that exits 1 unless it learned"},
+        CLI_TRAINING_FLAG("--seed", NULL),
+        CLI_TRAINING_FLAG("--quick", "a short run (1000 steps) that exits 1 unless it learned"),
     };
-    cli_parse(argc, argv,
-              "An RNN adds binary numbers bit by bit: trained on 8-bit numbers, tested on 32-bit.", NULL,
-              flags, CLI_COUNT(flags));
-    const cr_cell_type *cell = cr_cell_builtin(o.cell);
-    if (!cell) cli_fail(argv[0], "--cell: no built-in cell '%s'", o.cell);
-    if (o.bits < 1 || o.test_bits < 1 || o.steps < 1 || o.hidden < 1 || o.batch < 1 || o.test < 1 ||
-        o.shards < 1 || o.shards > o.batch || o.threads < 0 || o.threads > 1024 || !(o.lr > 0) || o.clip < 0)
-        cli_fail(argv[0], "a size or rate out of range");
+    cli_training_parse(&t, argc, argv,
+                       "An RNN adds binary numbers bit by bit: trained on 8-bit numbers, tested on 32-bit.",
+                       NULL, flags, CLI_COUNT(flags));
+    cli_training_check(&t, argv[0], o.bits < 1 || o.test_bits < 1 || o.test < 1,
+                       "a size or rate out of range");
 
-    cr_rng rng = cr_rng_seed((uint64_t)o.seed), data = cr_rng_seed((uint64_t)o.seed ^ 0xda7a);
+    const cr_cell_type *cell = t.cell_type;
     model m = {.ps = cr_params_init()};
     m.rnn = cr_rnn_init(
         m.ps, "adder.rnn",
         (cr_rnn_config){
-            .cell = cell, .input_size = 2, .hidden_size = o.hidden, .num_layers = 1, .dtype = CR_F32},
-        &rng);
-    m.head = cr_linear_init(m.ps, "adder.head", o.hidden, 2, true, CR_F32, &rng);
-    cr_optim *opt = cr_adam_init(m.ps, cr_adam_defaults(o.lr));
-    cr_trainer *tr = cli_trainer_init(m.ps, o.shards, o.threads, o.seed);
-    cr_schedule sched = cr_schedule_cosine(o.lr, o.steps, o.lr / 20);
-    /* Kernels on tensors this small lose more to threading than they gain: the
-     * trainer's threads take whole shards instead (it was made above, while
-     * cr_get_num_threads still counted every core). */
-    cr_set_num_threads(1);
-    cr_graph *g = cr_graph_init();
-    cr_graph_use(g);
+            .cell = cell, .input_size = 2, .hidden_size = t.hidden, .num_layers = 1, .dtype = CR_F32},
+        &t.rng);
+    m.head = cr_linear_init(m.ps, "adder.head", t.hidden, 2, true, CR_F32, &t.rng);
+    cli_training_start(&t, m.ps);
     printf("example=binary_add cell=%s hidden=%lld params=%zu train_bits=%lld test_bits=%lld\n", cell->name,
-           (long long)o.hidden, cr_params_numel(m.ps), (long long)o.bits, (long long)o.test_bits);
+           (long long)t.hidden, cr_params_numel(m.ps), (long long)o.bits, (long long)o.test_bits);
 
-    batch train = batch_init(o.batch, o.bits);
+    batch train = batch_init(t.batch, o.bits);
     step_ctx ctx = {.m = &m, .b = &train};
-    progress bar = progress_start(o.steps, "seq");
+    progress bar = progress_start(t.steps, "seq");
     double loss_avg = NAN;
-    for (int64_t step = 1; step <= o.steps; step++) {
-        batch_fill(&train, &data);
-        cr_schedule_apply(&sched, opt, step - 1);
-        double loss = train_step(tr, opt, shard_loss, &ctx, o.batch, o.clip);
+    for (int64_t step = 1; step <= t.steps; step++) {
+        batch_fill(&train, &t.data);
+        double loss = cli_training_step(&t, step - 1, shard_loss, &ctx);
         loss_avg = isnan(loss_avg) ? loss : 0.95 * loss_avg + 0.05 * loss;
-        progress_update(&bar, step, step * o.batch, "loss=%.4f", loss_avg);
+        progress_update(&bar, step, step * t.batch, "loss=%.4f", loss_avg);
     }
     double train_s = progress_elapsed(&bar), bits_train, bits_test;
     batch held = batch_init(o.test, o.bits), test = batch_init(o.test, o.test_bits);
-    batch_fill(&held, &data);
-    batch_fill(&test, &data);
-    double acc_train = accuracy(&m, &held, g, 0, &bits_train), acc = accuracy(&m, &test, g, 3, &bits_test);
+    batch_fill(&held, &t.data);
+    batch_fill(&test, &t.data);
+    double acc_train = accuracy(&m, &held, t.g, 0, &bits_train),
+           acc = accuracy(&m, &test, t.g, 3, &bits_test);
     printf("bits=%lld accuracy=%.4f bit_accuracy=%.5f\nbits=%lld accuracy=%.4f bit_accuracy=%.5f\n",
            (long long)o.bits, acc_train, bits_train, (long long)o.test_bits, acc, bits_test);
     printf("example=binary_add cell=%s steps=%lld train_loss=%.4f train_bits=%lld train_accuracy=%.4f "
            "test_bits=%lld test_accuracy=%.4f test_bit_accuracy=%.5f train_s=%.1f\n",
-           cell->name, (long long)o.steps, loss_avg, (long long)o.bits, acc_train, (long long)o.test_bits,
+           cell->name, (long long)t.steps, loss_avg, (long long)o.bits, acc_train, (long long)o.test_bits,
            acc, bits_test, train_s);
     bool ok = acc >= o.threshold;
-    if (o.quick && !ok)
+    if (t.quick && !ok)
         fprintf(stderr, "binary_add: %lld-bit accuracy %.4f below the threshold %.2f\n",
                 (long long)o.test_bits, acc, o.threshold);
 
     batch_free(&train);
     batch_free(&held);
     batch_free(&test);
-    cr_graph_use(NULL);
-    cr_graph_free(g);
-    cr_trainer_free(tr);
-    cr_optim_free(opt);
+    cli_training_free(&t);
     cr_rnn_free(m.rnn);
     cr_params_free(m.ps);
-    return o.quick && !ok ? 1 : 0;
+    return t.quick && !ok ? 1 : 0;
 }

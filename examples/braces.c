@@ -27,9 +27,8 @@ enum { MAX_LEN = 256, MAX_KINDS = 4 };
 static const char brackets[] = "()[]{}<>"; /* token 2k opens kind k, 2k+1 closes it */
 
 typedef struct opts {
-    int64_t kinds, max_len, depth, steps, hidden, batch, test, shards, threads, seed;
-    double lr, clip, threshold;
-    bool quick;
+    int64_t kinds, max_len, depth, test;
+    double threshold;
 } opts;
 
 /* ---- the strings --------------------------------------------------------------------------------- */
@@ -197,88 +196,78 @@ static void score(model *m, const batch *b, cr_graph *g, int64_t *right, int64_t
 int main(int argc, char **argv)
 {
     bool quick = cli_has(argc, argv, "--quick");
-    opts o = {.kinds = 3,
-              .max_len = 20,
-              .depth = 4,
-              .steps = 3000,
-              .hidden = 48,
-              .batch = 64,
-              .test = 2000,
-              .shards = 4,
-              .threads = quick ? 1 : 0,
-              .seed = 1,
-              .lr = 1e-2,
-              .clip = 1.0,
-              .threshold = 0.9,
-              .quick = quick};
-    if (quick) o.max_len = 12, o.depth = 3, o.hidden = 32, o.steps = 800;
+    cli_training t = {.steps = 3000,
+                      .hidden = 48,
+                      .batch = 64,
+                      .shards = 4,
+                      .threads = quick ? 1 : 0,
+                      .seed = 1,
+                      .lr = 1e-2,
+                      .clip = 1.0,
+                      .warmup = true,
+                      .decay = 20,
+                      .quick = quick};
+    opts o = {.kinds = 3, .max_len = 20, .depth = 4, .test = 2000, .threshold = 0.9};
+    if (quick) o.max_len = 12, o.depth = 3, t.hidden = 32, t.steps = 800;
     cli_flag flags[] = {
         {"--kinds", CLI_INT, &o.kinds, "kinds of brackets, 1..4: () [] {} <>"},
         {"--max-len", CLI_INT, &o.max_len, "longest string (even)"},
         {"--depth", CLI_INT, &o.depth, "deepest nesting in training (the test goes two deeper)"},
-        {"--steps", CLI_INT, &o.steps, "training steps (batches)"},
-        {"--hidden", CLI_INT, &o.hidden, "LSTM hidden units"},
-        {"--batch", CLI_INT, &o.batch, "strings per batch"},
+        CLI_TRAINING_FLAG("--steps", NULL),
+        CLI_TRAINING_FLAG("--hidden", "LSTM hidden units"),
+        CLI_TRAINING_FLAG("--batch", "strings per batch"),
         {"--test", CLI_INT, &o.test, "test strings"},
-        {"--shards", CLI_INT, &o.shards, "shards per batch (the unit of parallel work)"},
-        {"--threads", CLI_INT, &o.threads, "threads taking the shards (0: OMP_NUM_THREADS, else every core)"},
-        {"--lr", CLI_REAL, &o.lr, "Adam's learning rate"},
-        {"--clip", CLI_REAL, &o.clip, "clip the gradient's global norm to this (0: off)"},
+        CLI_TRAINING_FLAG("--shards", NULL),
+        CLI_TRAINING_FLAG("--threads", NULL),
+        CLI_TRAINING_FLAG("--lr", NULL),
+        CLI_TRAINING_FLAG("--clip", NULL),
         {"--threshold", CLI_REAL, &o.threshold, "--quick fails below this accuracy on the trained depths"},
-        {"--seed", CLI_INT, &o.seed, "seed of weights and data"},
-        {"--quick", CLI_BOOL, &o.quick,
-         "a short run that exits 1 unless it learned (--max-len 12 --depth 3 --hidden 32 --steps 800)"},
+        CLI_TRAINING_FLAG("--seed", NULL),
+        CLI_TRAINING_FLAG(
+            "--quick",
+            "a short run that exits 1 unless it learned (--max-len 12 --depth 3 --hidden 32 --steps 800)"),
     };
-    cli_parse(argc, argv, "An LSTM says whether a string of brackets of several kinds is balanced.", NULL,
-              flags, CLI_COUNT(flags));
-    if (o.kinds < 1 || o.kinds > MAX_KINDS || o.depth < 1 || o.max_len < 2 * (o.depth + 2) ||
-        o.max_len > MAX_LEN || o.steps < 1 || o.hidden < 1 || o.batch < 1 || o.test < 1 || o.shards < 1 ||
-        o.shards > o.batch || o.threads < 0 || o.threads > 1024 || !(o.lr > 0) || o.clip < 0)
-        cli_fail(argv[0], "a size or rate out of range (--max-len must reach 2 (depth + 2))");
+    cli_training_parse(&t, argc, argv,
+                       "An LSTM says whether a string of brackets of several kinds is balanced.", NULL, flags,
+                       CLI_COUNT(flags));
+    cli_training_check(&t, argv[0],
+                       o.kinds < 1 || o.kinds > MAX_KINDS || o.depth < 1 || o.max_len < 2 * (o.depth + 2) ||
+                           o.max_len > MAX_LEN || o.test < 1,
+                       "a size or rate out of range (--max-len must reach 2 (depth + 2))");
 
-    cr_rng rng = cr_rng_seed((uint64_t)o.seed), data = cr_rng_seed((uint64_t)o.seed ^ 0xda7a);
     model m = {.ps = cr_params_init()};
     m.lstm = cr_rnn_init(m.ps, "braces.lstm",
                          (cr_rnn_config){.cell = &cr_cell_lstm,
                                          .input_size = 2 * o.kinds,
-                                         .hidden_size = o.hidden,
+                                         .hidden_size = t.hidden,
                                          .num_layers = 1,
                                          .forget_bias = 1.0,
                                          .dtype = CR_F32},
-                         &rng);
-    m.head = cr_linear_init(m.ps, "braces.head", o.hidden, 2, true, CR_F32, &rng);
-    cr_optim *opt = cr_adam_init(m.ps, cr_adam_defaults(o.lr));
-    cr_trainer *tr = cli_trainer_init(m.ps, o.shards, o.threads, o.seed);
-    cr_schedule sched = cr_schedule_warmup_cosine(o.lr, o.steps / 20, o.steps, o.lr / 20);
-    /* Kernels on tensors this small lose more to threading than they gain: the
-     * trainer's threads take whole shards instead (it was made above, while
-     * cr_get_num_threads still counted every core). */
-    cr_set_num_threads(1);
-    cr_graph *g = cr_graph_init();
-    cr_graph_use(g);
+                         &t.rng);
+    m.head = cr_linear_init(m.ps, "braces.head", t.hidden, 2, true, CR_F32, &t.rng);
+    cli_training_start(&t, m.ps);
     printf("example=braces kinds=%.*s hidden=%lld params=%zu max_len=%lld train_depth=1..%lld\n",
-           (int)(2 * o.kinds), brackets, (long long)o.hidden, cr_params_numel(m.ps), (long long)o.max_len,
+           (int)(2 * o.kinds), brackets, (long long)t.hidden, cr_params_numel(m.ps), (long long)o.max_len,
            (long long)o.depth);
 
-    batch train = batch_init(o.batch, o.max_len, o.kinds);
+    batch train = batch_init(t.batch, o.max_len, o.kinds);
     step_ctx ctx = {.m = &m, .b = &train};
-    progress bar = progress_start(o.steps, "seq");
+    progress bar = progress_start(t.steps, "seq");
     double loss_avg = NAN;
-    for (int64_t step = 1; step <= o.steps; step++) {
-        batch_fill(&train, o.depth, &data);
-        cr_schedule_apply(&sched, opt, step - 1);
-        double loss = train_step(tr, opt, shard_loss, &ctx, o.batch, o.clip);
+    for (int64_t step = 1; step <= t.steps; step++) {
+        batch_fill(&train, o.depth, &t.data);
+        double loss = cli_training_step(&t, step - 1, shard_loss, &ctx);
         loss_avg = isnan(loss_avg) ? loss : 0.95 * loss_avg + 0.05 * loss;
-        progress_update(&bar, step, step * o.batch, "loss=%.4f", loss_avg);
+        progress_update(&bar, step, step * t.batch, "loss=%.4f", loss_avg);
     }
     double train_s = progress_elapsed(&bar);
 
     /* Test strings of every depth up to two past training, in batches. */
     int64_t right[MAX_LEN] = {0}, all[MAX_LEN] = {0}, D = o.depth + 2;
-    batch test = batch_init(o.batch, o.max_len, o.kinds);
-    for (int64_t k = 0; k < o.test; k += o.batch) {
-        batch_fill(&test, D, &data);
-        score(&m, &test, g, right, all);
+    batch test = batch_init(t.batch, o.max_len, o.kinds);
+    for (int64_t k = 0; k < o.test; k += t.batch) {
+        batch_fill(&test, D, &t.data);
+        score(&m, &test, t.g, right, all);
     }
     batch_free(&test);
     int64_t seen_right = 0, seen_all = 0;
@@ -292,17 +281,14 @@ int main(int argc, char **argv)
         if (d <= o.depth) seen_right += right[d], seen_all += all[d];
     }
     double acc = (double)seen_right / (double)seen_all;
-    printf("example=braces steps=%lld train_loss=%.4f accuracy=%.4f%s train_s=%.1f\n", (long long)o.steps,
+    printf("example=braces steps=%lld train_loss=%.4f accuracy=%.4f%s train_s=%.1f\n", (long long)t.steps,
            loss_avg, acc, per_depth, train_s);
     bool ok = acc >= o.threshold;
-    if (o.quick && !ok) fprintf(stderr, "braces: accuracy %.4f below the threshold %.2f\n", acc, o.threshold);
+    if (t.quick && !ok) fprintf(stderr, "braces: accuracy %.4f below the threshold %.2f\n", acc, o.threshold);
 
     batch_free(&train);
-    cr_graph_use(NULL);
-    cr_graph_free(g);
-    cr_trainer_free(tr);
-    cr_optim_free(opt);
+    cli_training_free(&t);
     cr_rnn_free(m.lstm);
     cr_params_free(m.ps);
-    return o.quick && !ok ? 1 : 0;
+    return t.quick && !ok ? 1 : 0;
 }

@@ -1,8 +1,9 @@
 /* Shared by the example programs: flags read from a table (with --help that
  * lists them and their defaults), a monotonic clock, the progress line (a
- * bar redrawn in place on a terminal, plain periodic lines otherwise) and a
- * training step written as "the loss of one shard of the batch", run on
- * every core by optim.h's data-parallel trainer. */
+ * bar redrawn in place on a terminal, plain periodic lines otherwise), and
+ * the training block of an example (cli_training: the common flags, Adam,
+ * optim.h's data-parallel trainer, the schedule, the graph) whose step is
+ * written as "the loss of one shard of the batch". */
 #ifndef CAROUSEL_EXAMPLES_CLI_H
 #define CAROUSEL_EXAMPLES_CLI_H
 
@@ -10,6 +11,7 @@
 #include <math.h>
 #include <stdarg.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -135,27 +137,6 @@ static inline bool cli_has(int argc, char **argv, const char *name)
     return false;
 }
 
-/* The older helpers, for programs that print their own usage(): a malformed
- * number calls usage(prog), which the program declares before using them. */
-static inline int64_t cli_int_or(const char *prog, const char *s, void (*fail)(const char *))
-{
-    char *end;
-    errno = 0;
-    long long v = strtoll(s, &end, 10);
-    if (errno || end == s || *end) fail(prog);
-    return (int64_t)v;
-}
-static inline double cli_real_or(const char *prog, const char *s, void (*fail)(const char *))
-{
-    char *end;
-    errno = 0;
-    double v = strtod(s, &end);
-    if (errno || end == s || *end) fail(prog);
-    return v;
-}
-#define parse_int(prog, s) cli_int_or((prog), (s), usage)
-#define parse_real(prog, s) cli_real_or((prog), (s), usage)
-
 /* ---- progress ---------------------------------------------------------------------------------- */
 
 /* The line a training loop updates after every step. On a terminal (stdout
@@ -245,30 +226,149 @@ typedef cr_tensor *(*shard_loss_fn)(void *ctx, const cr_shard *s);
  * changes what cr_get_num_threads reports. */
 static inline int64_t cli_threads(int64_t threads) { return threads > 0 ? threads : cr_get_num_threads(); }
 
-/* The trainer of an example: `shards` shards per batch (part of the run: the
- * results depend on it), taken by `threads` threads (not part of the run),
- * `seed` keying the shards' random streams. Prints its threads, shards and mode. */
-static inline cr_trainer *cli_trainer_init(cr_params *ps, int64_t shards, int64_t threads, int64_t seed)
+/* ---- the training block of an example ------------------------------------------------------- */
+
+/* What every training example sets up around its model: the common flags,
+ * their checks, the random streams, Adam, the trainer, the learning-rate
+ * schedule and the graph. The example sets the defaults, lists the common
+ * rows where it wants them in its own table (CLI_TRAINING_FLAG: the row's
+ * name and help, NULL for the usual help) and keeps its own rows:
+ *
+ *     cli_training t = {.steps = 600, .hidden = 8, .batch = 64, .shards = 4, .seed = 1,
+ *                       .lr = 1e-2, .clip = 1.0, .decay = 20};
+ *     cli_flag flags[] = {CLI_TRAINING_FLAG("--steps", NULL),
+ *                         {"--len", CLI_INT, &len, "string length"},
+ *                         CLI_TRAINING_FLAG("--batch", "strings per batch"), ...};
+ *     cli_training_parse(&t, argc, argv, "what it shows", NULL, flags, CLI_COUNT(flags));
+ *     cli_training_check(&t, argv[0], len < 1, "a size or rate out of range");
+ *     ... the model, its weights drawn from t.rng ...
+ *     cli_training_start(&t, ps);
+ *     for (int64_t k = 0; k < t.steps; k++) loss = cli_training_step(&t, k, shard_loss, &ctx);
+ *     cli_training_free(&t);
+ *
+ * A field without its row (no --clip, say) keeps the example's constant. */
+typedef struct cli_training {
+    /* the flags */
+    const char *cell; /* --cell: a built-in cell (NULL: the example has no --cell) */
+    int64_t steps, hidden, batch, shards, threads, seed;
+    double lr, clip; /* Adam's learning rate; the global norm clipped to (0: off) */
+    bool quick;
+    /* The learning rate: a linear warm-up over the first steps / 20 when
+     * warmup is set, then a cosine from lr down to lr / decay at the last
+     * step; decay 0 keeps lr throughout. */
+    bool warmup;
+    double decay;
+    /* set by cli_training_parse and cli_training_check */
+    const cr_cell_type *cell_type; /* --cell's */
+    cr_rng rng, data;              /* the weights' stream (seed) and the data's (seed ^ 0xda7a) */
+    /* made by cli_training_start, freed by cli_training_free */
+    cr_optim *opt;
+    cr_trainer *tr;
+    cr_schedule sched;
+    cr_graph *g, *prev; /* the step's graph, made current; the one it replaced */
+} cli_training;
+
+/* A row of the example's table whose variable is a field of cli_training:
+ * cli_training_parse fills in its kind and variable, and the usual help
+ * where `help` is NULL. */
+#define CLI_TRAINING_FLAG(name, help) ((cli_flag){name, CLI_INT, NULL, help})
+
+/* Bind the table's CLI_TRAINING_FLAG rows to t, read argv (cli_parse), and
+ * look --cell up among the built-in cells (exit 2 if it is none). */
+static inline void cli_training_parse(cli_training *t, int argc, char **argv, const char *about,
+                                      const char *notes, cli_flag *fl, int n)
 {
-    cr_trainer_config cfg = {
-        .shards = (int)shards, .threads = (int)cli_threads(threads), .seed = (uint64_t)seed};
-    cr_trainer *tr = cr_trainer_init(ps, cfg);
-    printf("threads=%d shards=%d mode=%s\n", cr_trainer_threads(tr), cr_trainer_shards(tr),
-           cr_parallel_mode_name(cr_trainer_mode(tr)));
-    return tr;
+    static const struct {
+        const char *name;
+        cli_kind kind;
+        size_t offset;
+        const char *help; /* NULL: each example says its own */
+    } rows[] = {
+        {"--cell", CLI_STR, offsetof(cli_training, cell), NULL},
+        {"--steps", CLI_INT, offsetof(cli_training, steps), "training steps (batches)"},
+        {"--hidden", CLI_INT, offsetof(cli_training, hidden), "hidden units"},
+        {"--batch", CLI_INT, offsetof(cli_training, batch), NULL},
+        {"--shards", CLI_INT, offsetof(cli_training, shards), "shards per batch (the unit of parallel work)"},
+        {"--threads", CLI_INT, offsetof(cli_training, threads),
+         "threads taking the shards (0: OMP_NUM_THREADS, else every core)"},
+        {"--lr", CLI_REAL, offsetof(cli_training, lr), "Adam's learning rate"},
+        {"--clip", CLI_REAL, offsetof(cli_training, clip),
+         "clip the gradient's global norm to this (0: off)"},
+        {"--seed", CLI_INT, offsetof(cli_training, seed), "seed of weights and data"},
+        {"--quick", CLI_BOOL, offsetof(cli_training, quick), NULL},
+    };
+    for (int i = 0; i < n; i++) {
+        if (fl[i].value) continue;
+        int r = 0;
+        while (r < CLI_COUNT(rows) && strcmp(fl[i].name, rows[r].name)) r++;
+        if (r == CLI_COUNT(rows))
+            cr_error("cli_training_parse: %s is not a flag of cli_training", fl[i].name);
+        if (!fl[i].help && !rows[r].help)
+            cr_error("cli_training_parse: %s needs the example's help", fl[i].name);
+        fl[i].kind = rows[r].kind;
+        fl[i].value = (char *)t + rows[r].offset;
+        if (!fl[i].help) fl[i].help = rows[r].help;
+    }
+    cli_parse(argc, argv, about, notes, fl, n);
+    if (t->cell && !(t->cell_type = cr_cell_builtin(t->cell)))
+        cli_fail(argv[0], "--cell: no built-in cell '%s'", t->cell);
 }
 
-/* One optimizer step on a batch of `rows` rows: every shard's forward and
- * backward on the trainer's threads, the gradients summed in a fixed order,
- * clipping by global norm when clip > 0 (a non-finite norm skips the
- * update), the update. Returns the batch's loss. */
-static inline double train_step(cr_trainer *tr, cr_optim *opt, shard_loss_fn loss_of, void *ctx, int64_t rows,
-                                double clip)
+/* Exit 2 with `msg` if the example's own flags are `out_of_range` or a
+ * common one is. Then settle the run: --threads 0 becomes the core count,
+ * the kernels go to one thread (on tensors this small threading loses more
+ * than it gains: the trainer's threads take whole shards instead), and the
+ * weights' and data's streams are seeded. */
+static inline void cli_training_check(cli_training *t, const char *prog, bool out_of_range, const char *msg)
 {
-    cr_task task = {.rows = rows, .loss = loss_of, .ctx = ctx};
+    if (out_of_range || t->steps < 1 || t->hidden < 1 || t->batch < 1 || t->shards < 1 ||
+        t->shards > t->batch || t->threads < 0 || t->threads > 1024 || !(t->lr > 0) || t->clip < 0)
+        cli_fail(prog, "%s", msg);
+    t->threads = cli_threads(t->threads); /* before cr_get_num_threads reports 1 */
+    cr_set_num_threads(1);
+    t->rng = cr_rng_seed((uint64_t)t->seed);
+    t->data = cr_rng_seed((uint64_t)t->seed ^ 0xda7a);
+}
+
+/* Adam on ps, the trainer (`shards` shards per batch, part of the run: the
+ * results depend on it; taken by `threads` threads, not part of the run;
+ * `seed` keying the shards' random streams; it prints its threads, shards
+ * and mode), the schedule, and a graph made current. */
+static inline void cli_training_start(cli_training *t, cr_params *ps)
+{
+    t->opt = cr_adam_init(ps, cr_adam_defaults(t->lr));
+    cr_trainer_config cfg = {.shards = (int)t->shards, .threads = (int)t->threads, .seed = (uint64_t)t->seed};
+    t->tr = cr_trainer_init(ps, cfg);
+    printf("threads=%d shards=%d mode=%s\n", cr_trainer_threads(t->tr), cr_trainer_shards(t->tr),
+           cr_parallel_mode_name(cr_trainer_mode(t->tr)));
+    t->sched = t->decay > 0 ? cr_schedule_warmup_cosine(t->lr, t->warmup ? t->steps / 20 : 0, t->steps,
+                                                        t->lr / t->decay)
+                            : cr_schedule_constant(t->lr);
+    t->g = cr_graph_init();
+    t->prev = cr_graph_use(t->g);
+}
+
+/* Step k of the run (0 for the first): the schedule's learning rate, then
+ * every shard's forward and backward on the trainer's threads, the gradients
+ * summed in a fixed order, clipping by global norm when clip > 0 (a
+ * non-finite norm skips the update), the update. Returns the batch's loss. */
+static inline double cli_training_step(cli_training *t, int64_t k, shard_loss_fn loss_of, void *ctx)
+{
+    cr_schedule_apply(&t->sched, t->opt, k);
+    cr_task task = {.rows = t->batch, .loss = loss_of, .ctx = ctx};
     double loss;
-    cr_trainer_step(tr, &task, opt, clip, &loss, NULL);
+    cr_trainer_step(t->tr, &task, t->opt, t->clip, &loss, NULL);
     return loss;
+}
+
+/* Free what cli_training_start made and make the previous graph current. */
+static inline void cli_training_free(cli_training *t)
+{
+    cr_trainer_free(t->tr);
+    cr_optim_free(t->opt);
+    cr_graph_use(t->prev);
+    cr_graph_free(t->g);
+    t->tr = NULL, t->opt = NULL, t->g = t->prev = NULL;
 }
 #endif
 

@@ -21,10 +21,8 @@
 #include "cli.h"
 
 typedef struct opts {
-    const char *cell;
-    int64_t len, steps, hidden, batch, test, shards, threads, seed;
-    double lr, clip, threshold;
-    bool quick;
+    int64_t len, test;
+    double threshold;
 } opts;
 
 /* A batch of B bit strings: one-hot bits x [B, T, 2] (zero rows past a
@@ -123,95 +121,79 @@ static void evaluate(model *m, const batch *b, cr_graph *g, double *rmse, double
 int main(int argc, char **argv)
 {
     bool quick = cli_has(argc, argv, "--quick");
-    opts o = {.cell = "rnn_relu",
-              .len = 16,
-              .steps = quick ? 600 : 2000,
-              .hidden = 8,
-              .batch = 64,
-              .test = 1000,
-              .shards = 4,
-              .threads = quick ? 1 : 0,
-              .seed = 1,
-              .lr = 1e-2,
-              .clip = 1.0,
-              .threshold = 0.9,
-              .quick = quick};
+    cli_training t = {.cell = "rnn_relu",
+                      .steps = quick ? 600 : 2000,
+                      .hidden = 8,
+                      .batch = 64,
+                      .shards = 4,
+                      .threads = quick ? 1 : 0,
+                      .seed = 1,
+                      .lr = 1e-2,
+                      .clip = 1.0,
+                      .decay = 20,
+                      .quick = quick};
+    opts o = {.len = 16, .test = 1000, .threshold = 0.9};
     cli_flag flags[] = {
-        {"--cell", CLI_STR, &o.cell, "a built-in cell: rnn_relu, rnn_tanh, gru, lstm, ..."},
+        CLI_TRAINING_FLAG("--cell", "a built-in cell: rnn_relu, rnn_tanh, gru, lstm, ..."),
         {"--len", CLI_INT, &o.len, "N: training strings have 1..N bits, test strings 2N"},
-        {"--steps", CLI_INT, &o.steps, "training steps (batches)"},
-        {"--hidden", CLI_INT, &o.hidden, "hidden units"},
-        {"--batch", CLI_INT, &o.batch, "strings per batch"},
+        CLI_TRAINING_FLAG("--steps", NULL),
+        CLI_TRAINING_FLAG("--hidden", NULL),
+        CLI_TRAINING_FLAG("--batch", "strings per batch"),
         {"--test", CLI_INT, &o.test, "test strings of 2N bits"},
-        {"--shards", CLI_INT, &o.shards, "shards per batch (the unit of parallel work)"},
-        {"--threads", CLI_INT, &o.threads, "threads taking the shards (0: OMP_NUM_THREADS, else every core)"},
-        {"--lr", CLI_REAL, &o.lr, "Adam's learning rate"},
-        {"--clip", CLI_REAL, &o.clip, "clip the gradient's global norm to this (0: off)"},
+        CLI_TRAINING_FLAG("--shards", NULL),
+        CLI_TRAINING_FLAG("--threads", NULL),
+        CLI_TRAINING_FLAG("--lr", NULL),
+        CLI_TRAINING_FLAG("--clip", NULL),
         {"--threshold", CLI_REAL, &o.threshold, "--quick fails below this test accuracy"},
-        {"--seed", CLI_INT, &o.seed, "seed of weights and data"},
-        {"--quick", CLI_BOOL, &o.quick, "a short run (600 steps) that exits 1 unless it learned"},
+        CLI_TRAINING_FLAG("--seed", NULL),
+        CLI_TRAINING_FLAG("--quick", "a short run (600 steps) that exits 1 unless it learned"),
     };
-    cli_parse(argc, argv, "An RNN counts the zeros in a bit string: trained on 1..N bits, tested on 2N.",
-              NULL, flags, CLI_COUNT(flags));
-    const cr_cell_type *cell = cr_cell_builtin(o.cell);
-    if (!cell) cli_fail(argv[0], "--cell: no built-in cell '%s'", o.cell);
-    if (o.len < 1 || o.steps < 1 || o.hidden < 1 || o.batch < 1 || o.test < 1 || o.shards < 1 ||
-        o.shards > o.batch || o.threads < 0 || o.threads > 1024 || !(o.lr > 0) || o.clip < 0)
-        cli_fail(argv[0], "a size or rate out of range");
+    cli_training_parse(&t, argc, argv,
+                       "An RNN counts the zeros in a bit string: trained on 1..N bits, tested on 2N.", NULL,
+                       flags, CLI_COUNT(flags));
+    cli_training_check(&t, argv[0], o.len < 1 || o.test < 1, "a size or rate out of range");
 
-    cr_rng rng = cr_rng_seed((uint64_t)o.seed), data = cr_rng_seed((uint64_t)o.seed ^ 0xda7a);
+    const cr_cell_type *cell = t.cell_type;
     model m = {.ps = cr_params_init()};
     m.rnn = cr_rnn_init(
         m.ps, "counter.rnn",
         (cr_rnn_config){
-            .cell = cell, .input_size = 2, .hidden_size = o.hidden, .num_layers = 1, .dtype = CR_F32},
-        &rng);
-    m.head = cr_linear_init(m.ps, "counter.head", o.hidden, 1, true, CR_F32, &rng);
-    cr_optim *opt = cr_adam_init(m.ps, cr_adam_defaults(o.lr));
-    cr_trainer *tr = cli_trainer_init(m.ps, o.shards, o.threads, o.seed);
-    cr_schedule sched = cr_schedule_cosine(o.lr, o.steps, o.lr / 20);
-    /* Kernels on tensors this small lose more to threading than they gain: the
-     * trainer's threads take whole shards instead (it was made above, while
-     * cr_get_num_threads still counted every core). */
-    cr_set_num_threads(1);
-    cr_graph *g = cr_graph_init();
-    cr_graph_use(g);
+            .cell = cell, .input_size = 2, .hidden_size = t.hidden, .num_layers = 1, .dtype = CR_F32},
+        &t.rng);
+    m.head = cr_linear_init(m.ps, "counter.head", t.hidden, 1, true, CR_F32, &t.rng);
+    cli_training_start(&t, m.ps);
     printf("example=count_zeros cell=%s hidden=%lld params=%zu train_len=1..%lld test_len=%lld\n", cell->name,
-           (long long)o.hidden, cr_params_numel(m.ps), (long long)o.len, (long long)(2 * o.len));
+           (long long)t.hidden, cr_params_numel(m.ps), (long long)o.len, (long long)(2 * o.len));
 
-    batch train = batch_init(o.batch, o.len), test = batch_init(o.test, 2 * o.len);
-    batch_fill(&test, 2 * o.len, &data); /* every test string has exactly 2N bits */
+    batch train = batch_init(t.batch, o.len), test = batch_init(o.test, 2 * o.len);
+    batch_fill(&test, 2 * o.len, &t.data); /* every test string has exactly 2N bits */
     step_ctx ctx = {.m = &m, .b = &train};
-    progress bar = progress_start(o.steps, "seq");
+    progress bar = progress_start(t.steps, "seq");
     double loss_avg = NAN;
-    for (int64_t step = 1; step <= o.steps; step++) {
-        batch_fill(&train, 1, &data);
-        cr_schedule_apply(&sched, opt, step - 1);
-        double loss = train_step(tr, opt, shard_loss, &ctx, o.batch, o.clip);
+    for (int64_t step = 1; step <= t.steps; step++) {
+        batch_fill(&train, 1, &t.data);
+        double loss = cli_training_step(&t, step - 1, shard_loss, &ctx);
         loss_avg = isnan(loss_avg) ? loss : 0.95 * loss_avg + 0.05 * loss;
-        progress_update(&bar, step, step * o.batch, "mse=%.4f", loss_avg);
+        progress_update(&bar, step, step * t.batch, "mse=%.4f", loss_avg);
     }
     double train_s = progress_elapsed(&bar), rmse_train, acc_train, rmse, acc;
-    batch_fill(&train, o.len, &data); /* held-out strings of the training length N */
-    evaluate(&m, &train, g, &rmse_train, &acc_train);
-    evaluate(&m, &test, g, &rmse, &acc);
+    batch_fill(&train, o.len, &t.data); /* held-out strings of the training length N */
+    evaluate(&m, &train, t.g, &rmse_train, &acc_train);
+    evaluate(&m, &test, t.g, &rmse, &acc);
     printf("len=%lld rmse=%.4f accuracy=%.4f\nlen=%lld rmse=%.4f accuracy=%.4f\n", (long long)o.len,
            rmse_train, acc_train, (long long)(2 * o.len), rmse, acc);
     printf(
         "example=count_zeros cell=%s steps=%lld train_mse=%.4f train_len_rmse=%.4f test_len=%lld test_rmse=%.4f "
         "test_accuracy=%.4f train_s=%.1f\n",
-        cell->name, (long long)o.steps, loss_avg, rmse_train, (long long)(2 * o.len), rmse, acc, train_s);
+        cell->name, (long long)t.steps, loss_avg, rmse_train, (long long)(2 * o.len), rmse, acc, train_s);
     bool ok = acc >= o.threshold;
-    if (o.quick && !ok)
+    if (t.quick && !ok)
         fprintf(stderr, "count_zeros: test accuracy %.4f below the threshold %.2f\n", acc, o.threshold);
 
     batch_free(&train);
     batch_free(&test);
-    cr_graph_use(NULL);
-    cr_graph_free(g);
-    cr_trainer_free(tr);
-    cr_optim_free(opt);
+    cli_training_free(&t);
     cr_rnn_free(m.rnn);
     cr_params_free(m.ps);
-    return o.quick && !ok ? 1 : 0;
+    return t.quick && !ok ? 1 : 0;
 }

@@ -82,58 +82,61 @@ static const cr_cell_type lngru = {.name = "lngru",
 /* ---- options ------------------------------------------------------------------------------- */
 
 typedef struct opts {
-    const char *cell;
-    int64_t steps, hidden, batch, min_len, max_len, delay, symbols, eval, shards, threads, seed;
-    double lr, threshold;
-    bool quick;
+    cli_training t;
+    const char *cell; /* mgu, lngru or all: not a built-in cell, so not t.cell */
+    int64_t min_len, max_len, delay, symbols, eval;
+    double threshold;
 } opts;
 
 static opts parse(int argc, char **argv)
 {
-    opts o = {.cell = "all",
-              .steps = 600,
-              .hidden = 24,
-              .batch = 32,
+    bool quick = cli_has(argc, argv, "--quick");
+    opts o = {.t = {.steps = quick ? 300 : 600,
+                    .hidden = 24,
+                    .batch = 32,
+                    .shards = 4,
+                    .threads = quick ? 1 : 0,
+                    .seed = 1,
+                    .lr = 1e-2,
+                    .clip = 1.0,
+                    .decay = 0, /* a constant learning rate */
+                    .quick = quick},
+              .cell = "all",
               .min_len = 6,
               .max_len = 14,
               .delay = 2,
               .symbols = 4,
               .eval = 256,
-              .shards = 4,
-              .threads = cli_has(argc, argv, "--quick") ? 1 : 0,
-              .seed = 1,
-              .lr = 1e-2,
-              .threshold = 0.9,
-              .quick = cli_has(argc, argv, "--quick")};
-    if (o.quick) o.steps = 300;
+              .threshold = 0.9};
     cli_flag flags[] = {
         {"--cell", CLI_STR, &o.cell, "mgu, lngru or all"},
-        {"--steps", CLI_INT, &o.steps, "training steps (batches)"},
-        {"--hidden", CLI_INT, &o.hidden, "hidden units per direction"},
-        {"--batch", CLI_INT, &o.batch, "sequences per batch"},
+        CLI_TRAINING_FLAG("--steps", NULL),
+        CLI_TRAINING_FLAG("--hidden", "hidden units per direction"),
+        CLI_TRAINING_FLAG("--batch", "sequences per batch"),
         {"--min-len", CLI_INT, &o.min_len, "shortest sequence"},
         {"--max-len", CLI_INT, &o.max_len, "longest sequence"},
         {"--delay", CLI_INT, &o.delay, "D: step t is tagged with the symbols at t-D and t+D"},
         {"--symbols", CLI_INT, &o.symbols, "K: distinct symbols"},
         {"--eval", CLI_INT, &o.eval, "held-out sequences"},
-        {"--shards", CLI_INT, &o.shards, "shards per batch (the unit of parallel work)"},
-        {"--threads", CLI_INT, &o.threads, "threads taking the shards (0: OMP_NUM_THREADS, else every core)"},
-        {"--lr", CLI_REAL, &o.lr, "Adam's learning rate"},
+        CLI_TRAINING_FLAG("--shards", NULL),
+        CLI_TRAINING_FLAG("--threads", NULL),
+        CLI_TRAINING_FLAG("--lr", NULL),
         {"--threshold", CLI_REAL, &o.threshold, "--quick fails below this accuracy"},
-        {"--seed", CLI_INT, &o.seed, "seed of weights and data"},
-        {"--quick", CLI_BOOL, &o.quick,
-         "300 steps, then exit 1 unless accuracy >= threshold and the gradient check passes"},
+        CLI_TRAINING_FLAG("--seed", NULL),
+        CLI_TRAINING_FLAG(
+            "--quick", "300 steps, then exit 1 unless accuracy >= threshold and the gradient check passes"),
     };
-    cli_parse(argc, argv,
-              "Two user-defined cells (MGU, a GRU with layer norm) trained as bidirectional taggers through\n"
-              "the sequence layer, and gradient-checked in f64.",
-              NULL, flags, CLI_COUNT(flags));
+    cli_training_parse(
+        &o.t, argc, argv,
+        "Two user-defined cells (MGU, a GRU with layer norm) trained as bidirectional taggers through\n"
+        "the sequence layer, and gradient-checked in f64.",
+        NULL, flags, CLI_COUNT(flags));
     if (strcmp(o.cell, "mgu") && strcmp(o.cell, "lngru") && strcmp(o.cell, "all"))
         cli_fail(argv[0], "--cell: mgu, lngru or all, not '%s'", o.cell);
-    if (o.steps < 1 || o.hidden < 1 || o.batch < 1 || o.min_len < 1 || o.max_len < o.min_len ||
-        o.max_len > 4096 || o.delay < 1 || o.symbols < 2 || o.eval < 1 || o.shards < 1 ||
-        o.shards > o.batch || o.threads < 0 || o.threads > 1024 || !(o.lr > 0))
-        cli_fail(argv[0], "an option out of range");
+    cli_training_check(&o.t, argv[0],
+                       o.min_len < 1 || o.max_len < o.min_len || o.max_len > 4096 || o.delay < 1 ||
+                           o.symbols < 2 || o.eval < 1,
+                       "an option out of range");
     return o;
 }
 
@@ -272,9 +275,9 @@ static double gradcheck_layer(model *m, const opts *o, cr_rng *rng)
 /* Train, evaluate and check one cell; returns true when it passed (--quick). */
 static bool run(const opts *o, const cr_cell_type *type)
 {
-    cr_rng rng = cr_rng_seed((uint64_t)o->seed), data = cr_rng_seed((uint64_t)o->seed ^ UINT64_C(0xda7a)),
-           held = cr_rng_seed((uint64_t)o->seed ^ UINT64_C(0x7e57));
-    const int64_t K = o->symbols, C = (K + 1) * (K + 1), H = o->hidden;
+    cli_training t = o->t; /* every cell from the same weights' and data's streams */
+    cr_rng held = cr_rng_seed((uint64_t)t.seed ^ UINT64_C(0x7e57));
+    const int64_t K = o->symbols, C = (K + 1) * (K + 1), H = t.hidden;
     model m = {.ps = cr_params_init(), .classes = C};
     m.rnn = cr_rnn_init(m.ps, "tagger.rnn",
                         (cr_rnn_config){.cell = type,
@@ -283,47 +286,40 @@ static bool run(const opts *o, const cr_cell_type *type)
                                         .num_layers = 2,
                                         .bidirectional = true,
                                         .dtype = CR_F32},
-                        &rng);
-    m.head = cr_linear_init(m.ps, "tagger.head", 2 * H, C, true, CR_F32, &rng);
+                        &t.rng);
+    m.head = cr_linear_init(m.ps, "tagger.head", 2 * H, C, true, CR_F32, &t.rng);
     printf(
         "cell=%s params=%zu layers=2 bidirectional=1 hidden=%lld lengths=%lld..%lld delay=%lld classes=%lld\n",
         type->name, cr_params_numel(m.ps), (long long)H, (long long)o->min_len, (long long)o->max_len,
         (long long)o->delay, (long long)C);
 
-    cr_graph *g = cr_graph_init();
-    cr_graph_use(g);
     batch test = batch_make(o, o->eval, &held);
-    cr_optim *opt = cr_adam_init(m.ps, cr_adam_defaults(o->lr));
-    cr_trainer *tr = cli_trainer_init(m.ps, o->shards, o->threads, o->seed);
-    progress bar = progress_start(o->steps, "seq");
+    cli_training_start(&t, m.ps);
+    progress bar = progress_start(t.steps, "seq");
     double loss_avg = NAN, acc = NAN;
-    for (int64_t step = 1; step <= o->steps; step++) {
-        batch b = batch_make(o, o->batch, &data);
-        step_ctx ctx = {.m = &m, .b = &b, .B = o->batch, .T = o->max_len, .steps = 0};
-        for (int64_t i = 0; i < o->batch; i++) ctx.steps += ((const int32_t *)b.lengths->data)[i];
-        double l = train_step(tr, opt, shard_loss, &ctx, o->batch, 1.0);
+    for (int64_t step = 1; step <= t.steps; step++) {
+        batch b = batch_make(o, t.batch, &t.data);
+        step_ctx ctx = {.m = &m, .b = &b, .B = t.batch, .T = o->max_len, .steps = 0};
+        for (int64_t i = 0; i < t.batch; i++) ctx.steps += ((const int32_t *)b.lengths->data)[i];
+        double l = cli_training_step(&t, step - 1, shard_loss, &ctx);
         loss_avg = isnan(loss_avg) ? l : 0.9 * loss_avg + 0.1 * l;
         batch_free(&b);
-        if (step % 100 == 0 || step == o->steps) {
+        if (step % 100 == 0 || step == t.steps) {
             acc = accuracy(&m, &test);
-            cr_graph_clear(g);
+            cr_graph_clear(t.g);
         }
-        progress_update(&bar, step, step * o->batch, "cell=%s loss=%.4f accuracy=%.4f", type->name, loss_avg,
+        progress_update(&bar, step, step * t.batch, "cell=%s loss=%.4f accuracy=%.4f", type->name, loss_avg,
                         acc);
     }
     acc = accuracy(&m, &test);
-    cr_graph_clear(g);
-    cr_trainer_free(tr); /* before the check converts the parameters */
-    cr_optim_free(opt);  /* its moments are f32; the check converts the parameters */
-    double err = gradcheck_layer(&m, o, &rng);
+    cli_training_free(&t); /* before the check converts the parameters: Adam's moments are f32 */
+    double err = gradcheck_layer(&m, o, &t.rng);
     bool ok = acc >= o->threshold && err < 1e-5;
-    if (o->quick && !ok)
+    if (t.quick && !ok)
         fprintf(stderr, "custom_cell: %s: accuracy %.4f (threshold %.2f), gradcheck %.3e (limit 1e-5)\n",
                 type->name, acc, o->threshold, err);
     printf("example=custom_cell cell=%s gradcheck_max_rel=%.3e accuracy=%.4f\n", type->name, err, acc);
     batch_free(&test);
-    cr_graph_use(NULL);
-    cr_graph_free(g);
     cr_rnn_free(m.rnn);
     cr_params_free(m.ps);
     return ok;
@@ -332,13 +328,8 @@ static bool run(const opts *o, const cr_cell_type *type)
 int main(int argc, char **argv)
 {
     opts o = parse(argc, argv);
-    /* Kernels on tensors this small lose more to threading than they gain: the
-     * trainer's threads take whole shards instead (0 resolved first, while
-     * cr_get_num_threads still counts every core). */
-    o.threads = cli_threads(o.threads);
-    cr_set_num_threads(1);
     bool ok = true;
     if (!strcmp(o.cell, "mgu") || !strcmp(o.cell, "all")) ok &= run(&o, &mgu);
     if (!strcmp(o.cell, "lngru") || !strcmp(o.cell, "all")) ok &= run(&o, &lngru);
-    return o.quick && !ok ? 1 : 0;
+    return o.t.quick && !ok ? 1 : 0;
 }

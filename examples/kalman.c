@@ -33,9 +33,9 @@
 #include "cli.h"
 
 typedef struct opts {
-    int64_t steps, batch, len, hidden, test, shards, threads, seed;
-    double lr, sigma_a, sigma_z, threshold;
-    bool quick;
+    cli_training t;
+    int64_t len, test;
+    double sigma_a, sigma_z, threshold;
 } opts;
 
 /* The simulated world (dt = 1):
@@ -60,41 +60,42 @@ typedef struct lrnn {
 
 static opts parse(int argc, char **argv)
 {
-    opts o = {.steps = 3000,
-              .batch = 64,
+    bool quick = cli_has(argc, argv, "--quick");
+    opts o = {.t = {.steps = quick ? 1000 : 3000,
+                    .batch = 64,
+                    .hidden = 8,
+                    .shards = 4,
+                    .threads = quick ? 1 : 0,
+                    .seed = 1,
+                    .lr = 5e-2,
+                    .clip = 100.0, /* only a guard: a bad start can overshoot */
+                    .decay = 100,
+                    .quick = quick},
               .len = 50,
-              .hidden = 8,
               .test = 1000,
-              .shards = 4,
-              .threads = cli_has(argc, argv, "--quick") ? 1 : 0,
-              .seed = 1,
-              .lr = 5e-2,
               .sigma_a = 0.2,
               .sigma_z = 1.0,
-              .threshold = 1.1,
-              .quick = cli_has(argc, argv, "--quick")};
-    if (o.quick) o.steps = 1000;
+              .threshold = 1.1};
     cli_flag flags[] = {
-        {"--steps", CLI_INT, &o.steps, "training steps (batches of fresh sequences)"},
-        {"--batch", CLI_INT, &o.batch, "sequences per batch"},
+        CLI_TRAINING_FLAG("--steps", "training steps (batches of fresh sequences)"),
+        CLI_TRAINING_FLAG("--batch", "sequences per batch"),
         {"--len", CLI_INT, &o.len, "time steps T per sequence"},
-        {"--hidden", CLI_INT, &o.hidden, "state size of the linear RNN"},
+        CLI_TRAINING_FLAG("--hidden", "state size of the linear RNN"),
         {"--test", CLI_INT, &o.test, "held-out sequences"},
-        {"--shards", CLI_INT, &o.shards, "shards per batch (the unit of parallel work)"},
-        {"--threads", CLI_INT, &o.threads, "threads taking the shards (0: OMP_NUM_THREADS, else every core)"},
-        {"--lr", CLI_REAL, &o.lr, "Adam's learning rate"},
+        CLI_TRAINING_FLAG("--shards", NULL),
+        CLI_TRAINING_FLAG("--threads", NULL),
+        CLI_TRAINING_FLAG("--lr", NULL),
         {"--sigma-a", CLI_REAL, &o.sigma_a, "std of the random accelerations"},
         {"--sigma-z", CLI_REAL, &o.sigma_z, "std of the measurement noise"},
         {"--threshold", CLI_REAL, &o.threshold, "--quick fails if mse_rnn / mse_kalman exceeds this"},
-        {"--seed", CLI_INT, &o.seed, "seed of weights and data"},
-        {"--quick", CLI_BOOL, &o.quick, "a short run (1000 steps) that exits 1 unless it learned"},
+        CLI_TRAINING_FLAG("--seed", NULL),
+        CLI_TRAINING_FLAG("--quick", "a short run (1000 steps) that exits 1 unless it learned"),
     };
-    cli_parse(argc, argv, "A linear RNN learns the Kalman filter of a noisy constant-velocity target.", NULL,
-              flags, CLI_COUNT(flags));
-    if (o.steps < 1 || o.batch < 1 || o.len < 1 || o.hidden < 1 || o.test < 1 || o.shards < 1 ||
-        o.shards > o.batch || o.threads < 0 || o.threads > 1024 || !(o.lr > 0) || !(o.sigma_a >= 0) ||
-        !(o.sigma_z > 0))
-        cli_fail(argv[0], "an option out of range");
+    cli_training_parse(&o.t, argc, argv,
+                       "A linear RNN learns the Kalman filter of a noisy constant-velocity target.", NULL,
+                       flags, CLI_COUNT(flags));
+    cli_training_check(&o.t, argv[0], o.len < 1 || o.test < 1 || !(o.sigma_a >= 0) || !(o.sigma_z > 0),
+                       "an option out of range");
     return o;
 }
 
@@ -262,13 +263,9 @@ static void lrnn_impulse(const lrnn *m, int n, double *out)
 int main(int argc, char **argv)
 {
     opts o = parse(argc, argv);
-    /* Kernels on tensors this small lose more to threading than they gain: the
-     * trainer's threads take whole shards instead (0 resolved first, while
-     * cr_get_num_threads still counts every core). */
-    o.threads = cli_threads(o.threads);
-    cr_set_num_threads(1);
+    cli_training *t = &o.t;
     world w = {.sigma_a = o.sigma_a, .sigma_z = o.sigma_z};
-    int64_t B = o.batch, T = o.len, H = o.hidden, NT = o.test;
+    int64_t B = t->batch, T = o.len, H = t->hidden, NT = o.test;
 
     /* The reference: the steady-state filter as a linear RNN. */
     double K[2], Abar[2][2];
@@ -276,9 +273,8 @@ int main(int argc, char **argv)
     printf("world: sigma_a=%g sigma_z=%g len=%lld; steady-state gain K=[%.4f, %.4f]\n", o.sigma_a, o.sigma_z,
            (long long)T, K[0], K[1]);
 
-    cr_rng rng = cr_rng_seed((uint64_t)o.seed);
-    cr_rng data_rng = cr_rng_seed((uint64_t)o.seed ^ UINT64_C(0x7a11)),
-           test_rng = cr_rng_seed((uint64_t)o.seed ^ UINT64_C(0x7e57));
+    cr_rng data_rng = cr_rng_seed((uint64_t)t->seed ^ UINT64_C(0x7a11)),
+           test_rng = cr_rng_seed((uint64_t)t->seed ^ UINT64_C(0x7e57));
     cr_params *ps = cr_params_init();
     lrnn m = {.A = cr_params_add(ps, "kalman", "A", CR_F32, CR_SHAPE(H, H)),
               .B = cr_params_add(ps, "kalman", "B", CR_F32, CR_SHAPE(H, 1)),
@@ -289,15 +285,10 @@ int main(int argc, char **argv)
      * but the minimal model sometimes sits for thousands of steps on a plateau
      * (a real eigenvalue of A has to become a complex pair); with a few spare
      * units it converges from every seed we tried. */
-    cr_init_orthogonal(m.A, &rng, 0.9, 0);
-    cr_init_uniform(m.B, &rng, 1.0 / sqrt((double)H));
-    cr_init_uniform(m.C, &rng, 1.0 / sqrt((double)H));
-
-    cr_optim *opt = cr_adam_init(ps, cr_adam_defaults(o.lr));
-    cr_trainer *tr = cli_trainer_init(ps, o.shards, o.threads, o.seed);
-    cr_schedule sched = cr_schedule_cosine(o.lr, o.steps, o.lr / 100);
-    cr_graph *g = cr_graph_init();
-    cr_graph_use(g);
+    cr_init_orthogonal(m.A, &t->rng, 0.9, 0);
+    cr_init_uniform(m.B, &t->rng, 1.0 / sqrt((double)H));
+    cr_init_uniform(m.C, &t->rng, 1.0 / sqrt((double)H));
+    cli_training_start(t, ps);
 
     /* Training: a fresh batch of simulated sequences every step (no data is
      * seen twice), full BPTT through all T steps of each sequence. Sequences
@@ -307,16 +298,14 @@ int main(int argc, char **argv)
      * from truncating. */
     float *z = cr_xmalloc((size_t)(B * T) * sizeof *z), *p = cr_xmalloc((size_t)(B * T) * sizeof *p);
     step_ctx ctx = {.m = &m, .z = z, .p = p, .B = B, .T = T};
-    progress bar = progress_start(o.steps, "seq");
+    progress bar = progress_start(t->steps, "seq");
     double loss_avg = NAN;
-    for (int64_t step = 0; step < o.steps; step++) {
+    for (int64_t step = 0; step < t->steps; step++) {
         simulate(&w, &data_rng, B, T, z, p);
-        cr_schedule_apply(&sched, opt, step);
-        /* the clip is only a guard: a bad start can overshoot */
-        double l = train_step(tr, opt, shard_loss, &ctx, B, 100.0);
+        double l = cli_training_step(t, step, shard_loss, &ctx);
         loss_avg = isnan(loss_avg) ? l : 0.9 * loss_avg + 0.1 * l;
         progress_update(&bar, step + 1, (step + 1) * B, "train_mse=%.4f lr=%.2e", loss_avg,
-                        cr_optim_get_lr(opt));
+                        cr_optim_get_lr(t->opt));
     }
     free(z);
     free(p);
@@ -332,7 +321,7 @@ int main(int argc, char **argv)
     bool old = cr_set_grad_enabled(false);
     cr_tensor *y = lrnn_forward(&m, cr_from_array(CR_F32, CR_SHAPE(NT, T), zs));
     for (int64_t i = 0; i < NT * T; i++) rn[i] = (float)cr_get_flat(y, i);
-    cr_graph_clear(g);
+    cr_graph_clear(t->g);
     cr_set_grad_enabled(old);
 
     double m_meas = mse(zs, ps_true, NT * T), m_kf = mse(kf, ps_true, NT * T);
@@ -368,9 +357,9 @@ int main(int argc, char **argv)
 
     printf("example=kalman mse_measurement=%.4f mse_kalman=%.4f mse_rnn=%.4f ratio_rnn_to_kalman=%.4f "
            "mse_kalman_steady=%.4f steps=%lld hidden=%lld\n",
-           m_meas, m_kf, m_rnn, m_rnn / m_kf, m_kss, (long long)o.steps, (long long)H);
+           m_meas, m_kf, m_rnn, m_rnn / m_kf, m_kss, (long long)t->steps, (long long)H);
     bool ok = m_rnn / m_kf <= o.threshold;
-    if (o.quick && !ok)
+    if (t->quick && !ok)
         fprintf(stderr, "kalman: mse_rnn / mse_kalman = %.4f above the threshold %.2f\n", m_rnn / m_kf,
                 o.threshold);
 
@@ -379,9 +368,7 @@ int main(int argc, char **argv)
     free(kf);
     free(kss);
     free(rn);
-    cr_graph_free(g);
-    cr_trainer_free(tr);
-    cr_optim_free(opt);
+    cli_training_free(t);
     cr_params_free(ps);
-    return o.quick && !ok ? 1 : 0;
+    return t->quick && !ok ? 1 : 0;
 }

@@ -15,7 +15,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "carousel.h"
 #include "cli.h"
@@ -24,98 +23,48 @@
 
 typedef struct opts {
     const char *data;
-    int64_t epochs, batch, train_limit, test_limit;
+    int64_t epochs, batch, train_limit, test_limit, seed, threads;
     double lr, min_accuracy;
-    uint64_t seed;
-    int threads;
     bool tanh_avg, quick;
 } opts;
 
-static void print_flags(FILE *f, const char *prog)
-{
-    fprintf(
-        f,
-        "usage: %s [--data DIR] [--epochs N] [--batch B] [--lr LR] [--seed S] [--threads N]\n"
-        "          [--train-limit N] [--test-limit N] [--tanh] [--quick] [--min-accuracy A] [--help]\n"
-        "  --data DIR          Fashion-MNIST's four .gz files (default /usr/share/datasets/fashion-mnist)\n"
-        "  --epochs N          passes over the training images (default 8)\n"
-        "  --batch B           images per step (default 64)\n"
-        "  --lr LR             Adam's learning rate, cosine-annealed to LR/20 (default 0.002)\n"
-        "  --seed S            initial weights and shuffling (default 1)\n"
-        "  --threads N         OpenMP and BLIS threads (default 1: LeNet's products are small, and on\n"
-        "                      the shared 2-core machine it was measured on a second thread made a\n"
-        "                      step slower; see bench/README.md)\n"
-        "  --train-limit N     train on the first N images only (default all 60000)\n"
-        "  --test-limit N      evaluate on the first N test images only (default all 10000)\n"
-        "  --tanh              tanh and average pooling instead of relu and max pooling\n"
-        "  --quick             the test mode: 12000 training images, 1 epoch, 2000 test images, and\n"
-        "                      exit 1 below --min-accuracy (exit 77, skipped, when the data is missing)\n"
-        "  --min-accuracy A    the threshold of --quick (default 0.7; chance is 0.1)\n"
-        "Output: progress (a bar on a terminal, lines otherwise), a line per epoch, and last:\n"
-        "  example=lenet epochs=... test_accuracy=... train_images=... seconds=...\n",
-        prog);
-}
-
-static void usage(const char *prog)
-{
-    print_flags(stderr, prog);
-    exit(2);
-}
-
 static opts parse(int argc, char **argv)
 {
+    bool quick = cli_has(argc, argv, "--quick");
     opts o = {.data = "/usr/share/datasets/fashion-mnist",
-              .epochs = 8,
+              .epochs = quick ? 1 : 8,
               .batch = 64,
-              .lr = 0.002,
+              .train_limit = quick ? 12000 : 0,
+              .test_limit = quick ? 2000 : 0,
               .seed = 1,
               .threads = 1,
-              .min_accuracy = 0.7};
-    bool set_epochs = false, set_train = false, set_test = false;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-            print_flags(stdout, argv[0]);
-            exit(0);
-        }
-        if (!strcmp(a, "--tanh")) {
-            o.tanh_avg = true;
-            continue;
-        }
-        if (!strcmp(a, "--quick")) {
-            o.quick = true;
-            continue;
-        }
-        const char *v = i + 1 < argc ? argv[++i] : NULL;
-        if (!v) usage(argv[0]);
-        if (!strcmp(a, "--data"))
-            o.data = v;
-        else if (!strcmp(a, "--epochs"))
-            o.epochs = parse_int(argv[0], v), set_epochs = true;
-        else if (!strcmp(a, "--batch"))
-            o.batch = parse_int(argv[0], v);
-        else if (!strcmp(a, "--lr"))
-            o.lr = parse_real(argv[0], v);
-        else if (!strcmp(a, "--seed"))
-            o.seed = (uint64_t)parse_int(argv[0], v);
-        else if (!strcmp(a, "--threads"))
-            o.threads = (int)parse_int(argv[0], v);
-        else if (!strcmp(a, "--train-limit"))
-            o.train_limit = parse_int(argv[0], v), set_train = true;
-        else if (!strcmp(a, "--test-limit"))
-            o.test_limit = parse_int(argv[0], v), set_test = true;
-        else if (!strcmp(a, "--min-accuracy"))
-            o.min_accuracy = parse_real(argv[0], v);
-        else
-            usage(argv[0]);
-    }
-    if (o.quick) {
-        if (!set_epochs) o.epochs = 1;
-        if (!set_train) o.train_limit = 12000;
-        if (!set_test) o.test_limit = 2000;
-    }
+              .lr = 0.002,
+              .min_accuracy = 0.7,
+              .quick = quick};
+    cli_flag flags[] = {
+        {"--data", CLI_STR, &o.data, "the directory of Fashion-MNIST's four .gz files"},
+        {"--epochs", CLI_INT, &o.epochs, "passes over the training images"},
+        {"--batch", CLI_INT, &o.batch, "images per step"},
+        {"--lr", CLI_REAL, &o.lr, "Adam's learning rate, cosine-annealed to lr/20"},
+        {"--seed", CLI_INT, &o.seed, "initial weights and shuffling"},
+        {"--threads", CLI_INT, &o.threads, "OpenMP and BLIS threads (why 1: below)"},
+        {"--train-limit", CLI_INT, &o.train_limit, "train on the first N images only (0: all 60000)"},
+        {"--test-limit", CLI_INT, &o.test_limit, "evaluate on the first N test images only (0: all 10000)"},
+        {"--tanh", CLI_BOOL, &o.tanh_avg, "tanh and average pooling instead of relu and max pooling"},
+        {"--quick", CLI_BOOL, &o.quick,
+         "the test mode: --epochs 1 --train-limit 12000 --test-limit 2000, and exit 1 below --min-accuracy"},
+        {"--min-accuracy", CLI_REAL, &o.min_accuracy, "the threshold of --quick (chance is 0.1)"},
+    };
+    cli_parse(
+        argc, argv, "LeNet-5 trained on Fashion-MNIST, with the test accuracy after every epoch.",
+        "--threads is 1 by default: LeNet's products are small, and on the shared 2-core machine it was\n"
+        "measured on a second thread made a step slower (bench/README.md). Without the data it exits 1\n"
+        "(77 under --quick: meson's \"skipped\").\n"
+        "Output: progress (a bar on a terminal, lines otherwise), a line per epoch, and last:\n"
+        "  example=lenet epochs=... test_accuracy=... train_images=... seconds=...",
+        flags, CLI_COUNT(flags));
     if (o.epochs < 1 || o.batch < 1 || !(o.lr > 0) || o.train_limit < 0 || o.test_limit < 0 || o.threads < 1)
-        usage(argv[0]);
+        cli_fail(argv[0], "a size or rate out of range");
     return o;
 }
 
@@ -260,43 +209,11 @@ static double accuracy(const lenet *m, const dataset *d, cr_graph *g)
     return d->n ? (double)right / (double)d->n : 0;
 }
 
-/* ---- progress ---------------------------------------------------------------------------- */
-
-static void fmt_time(char *buf, size_t len, double s)
-{
-    if (s < 60)
-        snprintf(buf, len, "%.0fs", s);
-    else
-        snprintf(buf, len, "%dm%02ds", (int)(s / 60), (int)fmod(s, 60));
-}
-
-/* A bar redrawn in place on a terminal; otherwise a plain line at each tenth
- * of an epoch. */
-static void epoch_progress(bool tty, int64_t epoch, int64_t epochs, int64_t step, int64_t steps, double loss,
-                           double img_s, double left_s)
-{
-    char left[32];
-    fmt_time(left, sizeof left, left_s);
-    if (tty) {
-        int width = 30, fill = (int)((double)width * (double)step / (double)steps);
-        char bar[64];
-        for (int i = 0; i < width; i++) bar[i] = i < fill ? '#' : '.';
-        bar[width] = '\0';
-        printf("\repoch %lld/%lld [%s] %3d%% loss %.4f %6.0f img/s, %s left ", (long long)epoch,
-               (long long)epochs, bar, (int)(100 * step / steps), loss, img_s, left);
-        fflush(stdout);
-    } else {
-        printf("epoch %lld/%lld step %lld/%lld loss %.4f img/s %.0f left %s\n", (long long)epoch,
-               (long long)epochs, (long long)step, (long long)steps, loss, img_s, left);
-    }
-}
-
 int main(int argc, char **argv)
 {
     opts o = parse(argc, argv);
-    cr_set_num_threads(o.threads);
+    cr_set_num_threads((int)o.threads);
     setvbuf(stdout, NULL, _IOLBF, 0);
-    bool tty = isatty(STDOUT_FILENO);
     double t_start = now_s();
 
     dataset train = {0}, test = {0};
@@ -323,7 +240,7 @@ int main(int argc, char **argv)
     normalise(&train, mean, std);
     normalise(&test, mean, std);
 
-    cr_rng rng = cr_rng_seed(o.seed);
+    cr_rng rng = cr_rng_seed((uint64_t)o.seed);
     lenet m = lenet_init(o.tanh_avg, &rng);
     int64_t B = o.batch, steps = train.n / B; /* the last partial batch of an epoch is dropped */
     if (steps < 1) {
@@ -339,10 +256,11 @@ int main(int argc, char **argv)
     cr_graph *g = cr_graph_init();
     cr_graph_use(g);
     int64_t *order = cr_xmalloc((size_t)train.n * sizeof *order);
-    double t_train = now_s(), last_shown = 0, acc = 0;
+    double acc = 0;
     for (int64_t epoch = 1; epoch <= o.epochs; epoch++) {
         cr_permutation(order, train.n, &rng);
         double loss_sum = 0, loss_avg = NAN, t_epoch = now_s();
+        progress bar = progress_start(steps, "img");
         for (int64_t s = 0; s < steps; s++) {
             int64_t k = (epoch - 1) * steps + s;
             cr_schedule_apply(&sched, opt, k);
@@ -355,17 +273,10 @@ int main(int argc, char **argv)
             loss_sum += l;
             loss_avg = isnan(loss_avg) ? l : 0.98 * loss_avg + 0.02 * l;
             cr_graph_clear(g);
-            double now = now_s();
-            bool show = tty ? now - last_shown > 0.25 : (s + 1) % (steps / 10 > 0 ? steps / 10 : 1) == 0;
-            if (show || s + 1 == steps) {
-                double img_s = (double)((k + 1) * B) / (now - t_train);
-                double left = (double)(o.epochs * steps - k - 1) * B / img_s;
-                epoch_progress(tty, epoch, o.epochs, s + 1, steps, loss_avg, img_s, left);
-                last_shown = now;
-            }
+            progress_update(&bar, s + 1, (s + 1) * B, "epoch=%lld/%lld loss=%.4f", (long long)epoch,
+                            (long long)o.epochs, loss_avg);
         }
         acc = accuracy(&m, &test, g);
-        if (tty) printf("\n");
         printf("epoch %lld/%lld train_loss=%.4f test_accuracy=%.4f seconds=%.1f\n", (long long)epoch,
                (long long)o.epochs, loss_sum / (double)steps, acc, now_s() - t_epoch);
     }

@@ -22,10 +22,8 @@
 #include "cli.h"
 
 typedef struct opts {
-    const char *cell;
-    int64_t len, steps, hidden, batch, test, shards, threads, seed;
-    double lr, clip, threshold;
-    bool quick;
+    int64_t len, test;
+    double threshold;
 } opts;
 
 /* A batch of B bit strings: one-hot bits x [B, T, 2], lengths [B], and the
@@ -124,96 +122,80 @@ static double accuracy(model *m, const batch *b, cr_graph *g)
 int main(int argc, char **argv)
 {
     bool quick = cli_has(argc, argv, "--quick");
-    opts o = {.cell = "gru",
-              .len = 10,
-              .steps = quick ? 500 : 3000,
-              .hidden = 16,
-              .batch = 32,
-              .test = 1000,
-              .shards = 4,
-              .threads = quick ? 1 : 0,
-              .seed = 1,
-              .lr = 1e-2,
-              .clip = 1.0,
-              .threshold = 0.95,
-              .quick = quick};
+    cli_training t = {.cell = "gru",
+                      .steps = quick ? 500 : 3000,
+                      .hidden = 16,
+                      .batch = 32,
+                      .shards = 4,
+                      .threads = quick ? 1 : 0,
+                      .seed = 1,
+                      .lr = 1e-2,
+                      .clip = 1.0,
+                      .decay = 20,
+                      .quick = quick};
+    opts o = {.len = 10, .test = 1000, .threshold = 0.95};
     cli_flag flags[] = {
-        {"--cell", CLI_STR, &o.cell, "a built-in cell: gru, lstm, rnn_tanh, ..."},
+        CLI_TRAINING_FLAG("--cell", "a built-in cell: gru, lstm, rnn_tanh, ..."),
         {"--len", CLI_INT, &o.len, "N: training strings have 1..N bits, test strings 2N and 4N"},
-        {"--steps", CLI_INT, &o.steps, "training steps (batches)"},
-        {"--hidden", CLI_INT, &o.hidden, "hidden units"},
-        {"--batch", CLI_INT, &o.batch, "strings per batch"},
+        CLI_TRAINING_FLAG("--steps", NULL),
+        CLI_TRAINING_FLAG("--hidden", NULL),
+        CLI_TRAINING_FLAG("--batch", "strings per batch"),
         {"--test", CLI_INT, &o.test, "test strings of each length"},
-        {"--shards", CLI_INT, &o.shards, "shards per batch (the unit of parallel work)"},
-        {"--threads", CLI_INT, &o.threads, "threads taking the shards (0: OMP_NUM_THREADS, else every core)"},
-        {"--lr", CLI_REAL, &o.lr, "Adam's learning rate"},
-        {"--clip", CLI_REAL, &o.clip, "clip the gradient's global norm to this (0: off)"},
+        CLI_TRAINING_FLAG("--shards", NULL),
+        CLI_TRAINING_FLAG("--threads", NULL),
+        CLI_TRAINING_FLAG("--lr", NULL),
+        CLI_TRAINING_FLAG("--clip", NULL),
         {"--threshold", CLI_REAL, &o.threshold, "--quick fails below this accuracy on 4N bits"},
-        {"--seed", CLI_INT, &o.seed, "seed of weights and data"},
-        {"--quick", CLI_BOOL, &o.quick, "a short run (500 steps) that exits 1 unless it learned"},
+        CLI_TRAINING_FLAG("--seed", NULL),
+        CLI_TRAINING_FLAG("--quick", "a short run (500 steps) that exits 1 unless it learned"),
     };
-    cli_parse(argc, argv, "An RNN learns the parity of a bit string on 1..N bits and keeps it on 2N and 4N.",
-              NULL, flags, CLI_COUNT(flags));
-    const cr_cell_type *cell = cr_cell_builtin(o.cell);
-    if (!cell) cli_fail(argv[0], "--cell: no built-in cell '%s'", o.cell);
-    if (o.len < 1 || o.steps < 1 || o.hidden < 1 || o.batch < 1 || o.test < 1 || o.shards < 1 ||
-        o.shards > o.batch || o.threads < 0 || o.threads > 1024 || !(o.lr > 0) || o.clip < 0)
-        cli_fail(argv[0], "a size or rate out of range");
+    cli_training_parse(&t, argc, argv,
+                       "An RNN learns the parity of a bit string on 1..N bits and keeps it on 2N and 4N.",
+                       NULL, flags, CLI_COUNT(flags));
+    cli_training_check(&t, argv[0], o.len < 1 || o.test < 1, "a size or rate out of range");
 
-    cr_rng rng = cr_rng_seed((uint64_t)o.seed), data = cr_rng_seed((uint64_t)o.seed ^ 0xda7a);
+    const cr_cell_type *cell = t.cell_type;
     model m = {.ps = cr_params_init()};
     m.rnn = cr_rnn_init(
         m.ps, "parity.rnn",
         (cr_rnn_config){
-            .cell = cell, .input_size = 2, .hidden_size = o.hidden, .num_layers = 1, .dtype = CR_F32},
-        &rng);
-    m.head = cr_linear_init(m.ps, "parity.head", o.hidden, 2, true, CR_F32, &rng);
-    cr_optim *opt = cr_adam_init(m.ps, cr_adam_defaults(o.lr));
-    cr_trainer *tr = cli_trainer_init(m.ps, o.shards, o.threads, o.seed);
-    cr_schedule sched = cr_schedule_cosine(o.lr, o.steps, o.lr / 20);
-    /* Kernels on tensors this small lose more to threading than they gain: the
-     * trainer's threads take whole shards instead (it was made above, while
-     * cr_get_num_threads still counted every core). */
-    cr_set_num_threads(1);
-    cr_graph *g = cr_graph_init();
-    cr_graph_use(g);
+            .cell = cell, .input_size = 2, .hidden_size = t.hidden, .num_layers = 1, .dtype = CR_F32},
+        &t.rng);
+    m.head = cr_linear_init(m.ps, "parity.head", t.hidden, 2, true, CR_F32, &t.rng);
+    cli_training_start(&t, m.ps);
     printf("example=parity cell=%s hidden=%lld params=%zu train_len=1..%lld\n", cell->name,
-           (long long)o.hidden, cr_params_numel(m.ps), (long long)o.len);
+           (long long)t.hidden, cr_params_numel(m.ps), (long long)o.len);
 
-    batch train = batch_init(o.batch, o.len);
+    batch train = batch_init(t.batch, o.len);
     step_ctx ctx = {.m = &m, .b = &train};
-    progress bar = progress_start(o.steps, "seq");
+    progress bar = progress_start(t.steps, "seq");
     double loss_avg = NAN;
-    for (int64_t step = 1; step <= o.steps; step++) {
-        batch_fill(&train, 1, &data);
-        cr_schedule_apply(&sched, opt, step - 1);
-        double loss = train_step(tr, opt, shard_loss, &ctx, o.batch, o.clip);
+    for (int64_t step = 1; step <= t.steps; step++) {
+        batch_fill(&train, 1, &t.data);
+        double loss = cli_training_step(&t, step - 1, shard_loss, &ctx);
         loss_avg = isnan(loss_avg) ? loss : 0.95 * loss_avg + 0.05 * loss;
-        progress_update(&bar, step, step * o.batch, "loss=%.4f", loss_avg);
+        progress_update(&bar, step, step * t.batch, "loss=%.4f", loss_avg);
     }
     double train_s = progress_elapsed(&bar), acc[3];
     for (int k = 0; k < 3; k++) { /* strings of exactly N, 2N and 4N bits */
         int64_t T = o.len << k;
         batch test = batch_init(o.test, T);
-        batch_fill(&test, T, &data);
-        acc[k] = accuracy(&m, &test, g);
+        batch_fill(&test, T, &t.data);
+        acc[k] = accuracy(&m, &test, t.g);
         printf("len=%lld accuracy=%.4f\n", (long long)T, acc[k]);
         batch_free(&test);
     }
     printf("example=parity cell=%s steps=%lld train_loss=%.4f len=%lld accuracy_n=%.4f accuracy_2n=%.4f "
            "accuracy_4n=%.4f train_s=%.1f\n",
-           cell->name, (long long)o.steps, loss_avg, (long long)o.len, acc[0], acc[1], acc[2], train_s);
+           cell->name, (long long)t.steps, loss_avg, (long long)o.len, acc[0], acc[1], acc[2], train_s);
     bool ok = acc[2] >= o.threshold;
-    if (o.quick && !ok)
+    if (t.quick && !ok)
         fprintf(stderr, "parity: accuracy on %lld bits %.4f below the threshold %.2f\n",
                 (long long)(4 * o.len), acc[2], o.threshold);
 
     batch_free(&train);
-    cr_graph_use(NULL);
-    cr_graph_free(g);
-    cr_trainer_free(tr);
-    cr_optim_free(opt);
+    cli_training_free(&t);
     cr_rnn_free(m.rnn);
     cr_params_free(m.ps);
-    return o.quick && !ok ? 1 : 0;
+    return t.quick && !ok ? 1 : 0;
 }

@@ -143,9 +143,9 @@ static void print_review(const review *v)
 /* ---- the model ---------------------------------------------------------------------------------------- */
 
 typedef struct opts {
-    int64_t train, test, epochs, batch, embed, hidden, shards, threads, seed;
-    double lr, clip, threshold;
-    bool quick;
+    cli_training t; /* t.steps: --epochs passes over the training set's whole batches */
+    int64_t train, test, epochs, embed;
+    double threshold;
 } opts;
 
 typedef struct model {
@@ -155,22 +155,21 @@ typedef struct model {
     cr_linear head;   /* (2, dirs*H) */
 } model;
 
-static model model_init(const opts *o, bool bidirectional)
+static model model_init(const opts *o, bool bidirectional, cr_rng *rng)
 {
-    cr_rng rng = cr_rng_seed((uint64_t)o->seed);
     model m = {.ps = cr_params_init()};
-    m.emb = cr_embedding_init(m.ps, "sentiment.embed", V, o->embed, PAD, CR_F32, &rng);
+    m.emb = cr_embedding_init(m.ps, "sentiment.embed", V, o->embed, PAD, CR_F32, rng);
     m.lstm = cr_rnn_init(m.ps, "sentiment.lstm",
                          (cr_rnn_config){.cell = &cr_cell_lstm,
                                          .input_size = o->embed,
-                                         .hidden_size = o->hidden,
+                                         .hidden_size = o->t.hidden,
                                          .num_layers = 1,
                                          .bidirectional = bidirectional,
                                          .forget_bias = 1.0,
                                          .dtype = CR_F32},
-                         &rng);
+                         rng);
     m.head =
-        cr_linear_init(m.ps, "sentiment.head", (bidirectional ? 2 : 1) * o->hidden, 2, true, CR_F32, &rng);
+        cr_linear_init(m.ps, "sentiment.head", (bidirectional ? 2 : 1) * o->t.hidden, 2, true, CR_F32, rng);
     return m;
 }
 
@@ -244,39 +243,32 @@ static double evaluate(model *m, const review *test, int64_t n, cr_graph *g, int
 static double run(const opts *o, bool bidirectional, const review *train, const review *test, int64_t *right,
                   int64_t *all)
 {
-    model m = model_init(o, bidirectional);
-    int64_t steps_per_epoch = o->train / o->batch, steps = o->epochs * steps_per_epoch;
-    cr_optim *opt = cr_adam_init(m.ps, cr_adam_defaults(o->lr));
-    cr_trainer *tr = cli_trainer_init(m.ps, o->shards, o->threads, o->seed);
-    cr_schedule sched = cr_schedule_warmup_cosine(o->lr, steps / 20, steps, o->lr / 20);
-    cr_graph *g = cr_graph_init();
-    cr_graph *prev = cr_graph_use(g);
+    cli_training t = o->t; /* both models from the same weights' stream */
+    model m = model_init(o, bidirectional, &t.rng);
+    int64_t steps_per_epoch = o->train / t.batch;
+    cli_training_start(&t, m.ps);
     printf("model=%s params=%zu steps=%lld\n", bidirectional ? "bidirectional" : "unidirectional",
-           cr_params_numel(m.ps), (long long)steps);
-    cr_rng order_rng = cr_rng_seed((uint64_t)o->seed ^ 0x5eed);
+           cr_params_numel(m.ps), (long long)t.steps);
+    cr_rng order_rng = cr_rng_seed((uint64_t)t.seed ^ 0x5eed);
     int64_t *order = cr_xmalloc((size_t)o->train * sizeof *order);
-    const review **batch = cr_xmalloc((size_t)o->batch * sizeof *batch);
-    step_ctx ctx = {.m = &m, .batch = batch, .B = o->batch};
-    progress bar = progress_start(steps, "seq");
+    const review **batch = cr_xmalloc((size_t)t.batch * sizeof *batch);
+    step_ctx ctx = {.m = &m, .batch = batch, .B = t.batch};
+    progress bar = progress_start(t.steps, "seq");
     double loss_avg = NAN;
-    for (int64_t step = 0; step < steps; step++) {
+    for (int64_t step = 0; step < t.steps; step++) {
         int64_t k = step % steps_per_epoch;
         if (k == 0) cr_permutation(order, o->train, &order_rng); /* a new epoch, a new order */
-        for (int64_t i = 0; i < o->batch; i++) batch[i] = &train[order[k * o->batch + i]];
-        cr_schedule_apply(&sched, opt, step);
-        double loss = train_step(tr, opt, shard_loss, &ctx, o->batch, o->clip);
+        for (int64_t i = 0; i < t.batch; i++) batch[i] = &train[order[k * t.batch + i]];
+        double loss = cli_training_step(&t, step, shard_loss, &ctx);
         loss_avg = isnan(loss_avg) ? loss : 0.95 * loss_avg + 0.05 * loss;
-        progress_update(&bar, step + 1, (step + 1) * o->batch, "loss=%.4f", loss_avg);
+        progress_update(&bar, step + 1, (step + 1) * t.batch, "loss=%.4f", loss_avg);
     }
-    double acc = evaluate(&m, test, o->test, g, right, all, 3);
+    double acc = evaluate(&m, test, o->test, t.g, right, all, 3);
     printf("model=%s train_loss=%.4f test_accuracy=%.4f train_s=%.1f\n",
            bidirectional ? "bidirectional" : "unidirectional", loss_avg, acc, progress_elapsed(&bar));
     free(order);
     free(batch);
-    cr_trainer_free(tr);
-    cr_optim_free(opt);
-    cr_graph_use(prev);
-    cr_graph_free(g);
+    cli_training_free(&t);
     model_free(&m);
     return acc;
 }
@@ -284,51 +276,49 @@ static double run(const opts *o, bool bidirectional, const review *train, const 
 int main(int argc, char **argv)
 {
     bool quick = cli_has(argc, argv, "--quick");
-    opts o = {.train = 1000,
+    opts o = {.t = {.batch = 32,
+                    .hidden = 32,
+                    .shards = 4,
+                    .threads = quick ? 1 : 0,
+                    .seed = 1,
+                    .lr = 1e-2,
+                    .clip = 1.0,
+                    .warmup = true,
+                    .decay = 20,
+                    .quick = quick},
+              .train = quick ? 2000 : 1000,
               .test = 2000,
-              .epochs = 15,
-              .batch = 32,
+              .epochs = quick ? 5 : 15,
               .embed = 16,
-              .hidden = 32,
-              .shards = 4,
-              .threads = quick ? 1 : 0,
-              .seed = 1,
-              .lr = 1e-2,
-              .clip = 1.0,
-              .threshold = 0.9,
-              .quick = quick};
-    if (quick) o.train = 2000, o.epochs = 5;
+              .threshold = 0.9};
     cli_flag flags[] = {
         {"--train", CLI_INT, &o.train, "labelled training reviews"},
         {"--test", CLI_INT, &o.test, "test reviews"},
         {"--epochs", CLI_INT, &o.epochs, "passes over the training set"},
-        {"--batch", CLI_INT, &o.batch, "reviews per batch"},
+        CLI_TRAINING_FLAG("--batch", "reviews per batch"),
         {"--embed", CLI_INT, &o.embed, "word embedding size"},
-        {"--hidden", CLI_INT, &o.hidden, "LSTM hidden units per direction"},
-        {"--shards", CLI_INT, &o.shards, "shards per batch (the unit of parallel work)"},
-        {"--threads", CLI_INT, &o.threads, "threads taking the shards (0: OMP_NUM_THREADS, else every core)"},
-        {"--lr", CLI_REAL, &o.lr, "Adam's learning rate"},
-        {"--clip", CLI_REAL, &o.clip, "clip the gradient's global norm to this (0: off)"},
+        CLI_TRAINING_FLAG("--hidden", "LSTM hidden units per direction"),
+        CLI_TRAINING_FLAG("--shards", NULL),
+        CLI_TRAINING_FLAG("--threads", NULL),
+        CLI_TRAINING_FLAG("--lr", NULL),
+        CLI_TRAINING_FLAG("--clip", NULL),
         {"--threshold", CLI_REAL, &o.threshold, "--quick fails below this test accuracy"},
-        {"--seed", CLI_INT, &o.seed, "seed of weights and data"},
-        {"--quick", CLI_BOOL, &o.quick,
-         "a short run (--train 2000 --epochs 5) that exits 1 unless both models learned"},
+        CLI_TRAINING_FLAG("--seed", NULL),
+        CLI_TRAINING_FLAG("--quick",
+                          "a short run (--train 2000 --epochs 5) that exits 1 unless both models learned"),
     };
-    cli_parse(argc, argv,
-              "Embeddings and an LSTM classify generated reviews with negation, intensifiers and 'but';\n"
-              "a unidirectional and a bidirectional model are compared on held-out reviews.",
-              NULL, flags, CLI_COUNT(flags));
-    if (o.train < 1 || o.test < 1 || o.epochs < 1 || o.batch < 1 || o.batch > o.train || o.embed < 1 ||
-        o.hidden < 1 || o.shards < 1 || o.shards > o.batch || o.threads < 0 || o.threads > 1024 ||
-        !(o.lr > 0) || o.clip < 0)
-        cli_fail(argv[0], "a size or rate out of range");
+    cli_training_parse(
+        &o.t, argc, argv,
+        "Embeddings and an LSTM classify generated reviews with negation, intensifiers and 'but';\n"
+        "a unidirectional and a bidirectional model are compared on held-out reviews.",
+        NULL, flags, CLI_COUNT(flags));
+    /* 0 when a flag below is out of range, which then fails anyway */
+    o.t.steps = o.t.batch > 0 ? o.epochs * (o.train / o.t.batch) : 0;
+    cli_training_check(&o.t, argv[0],
+                       o.train < 1 || o.test < 1 || o.epochs < 1 || o.t.batch > o.train || o.embed < 1,
+                       "a size or rate out of range");
 
-    /* Kernels on tensors this small lose more to threading than they gain: the
-     * trainer's threads take whole shards instead (0 resolved first, while
-     * cr_get_num_threads still counts every core). */
-    o.threads = cli_threads(o.threads);
-    cr_set_num_threads(1);
-    cr_rng data = cr_rng_seed((uint64_t)o.seed ^ 0xda7a);
+    cr_rng data = o.t.data;
     review *train = cr_xmalloc((size_t)o.train * sizeof *train),
            *test = cr_xmalloc((size_t)o.test * sizeof *test);
     for (int64_t i = 0; i < o.train; i++) train[i] = make_review(&data);
@@ -354,10 +344,10 @@ int main(int argc, char **argv)
     printf("example=sentiment train=%lld epochs=%lld accuracy_uni=%.4f accuracy_bi=%.4f%s\n",
            (long long)o.train, (long long)o.epochs, acc[0], acc[1], per_kind);
     bool ok = acc[0] >= o.threshold && acc[1] >= o.threshold;
-    if (o.quick && !ok)
+    if (o.t.quick && !ok)
         fprintf(stderr, "sentiment: test accuracy %.4f (uni) %.4f (bi), threshold %.2f\n", acc[0], acc[1],
                 o.threshold);
     free(train);
     free(test);
-    return o.quick && !ok ? 1 : 0;
+    return o.t.quick && !ok ? 1 : 0;
 }

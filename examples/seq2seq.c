@@ -25,10 +25,10 @@
 enum { PAD = 0, BOS = 1, EOS = 2, DIGIT0 = 3, VOCAB = 13 };
 
 typedef struct opts {
+    cli_training t;
     const char *task;
-    int64_t steps, batch, hidden, embed, min_len, max_len, beam, test, shards, threads, seed;
-    double lr, clip, threshold;
-    bool quick;
+    int64_t embed, min_len, max_len, beam, test;
+    double threshold;
 } opts;
 
 typedef struct model {
@@ -47,51 +47,54 @@ typedef struct example {
 
 static opts parse(int argc, char **argv)
 {
-    opts o = {.task = "reverse",
-              .steps = 600,
-              .batch = 64,
-              .hidden = 64,
+    bool quick = cli_has(argc, argv, "--quick");
+    opts o = {.t = {.steps = quick ? 300 : 600,
+                    .batch = 64,
+                    .hidden = 64,
+                    .shards = 4,
+                    .threads = quick ? 1 : 0,
+                    .seed = 1,
+                    .lr = 5e-3,
+                    .clip = 1.0,
+                    .warmup = true,
+                    .decay = 20,
+                    .quick = quick},
+              .task = "reverse",
               .embed = 32,
               .min_len = 3,
-              .max_len = 10,
+              .max_len = quick ? 6 : 10,
               .beam = 4,
-              .test = 500,
-              .shards = 4,
-              .threads = cli_has(argc, argv, "--quick") ? 1 : 0,
-              .seed = 1,
-              .lr = 5e-3,
-              .clip = 1.0,
-              .threshold = 0.8,
-              .quick = cli_has(argc, argv, "--quick")};
-    if (o.quick) o.steps = 300, o.max_len = 6, o.test = 200;
+              .test = quick ? 200 : 500,
+              .threshold = 0.8};
     cli_flag flags[] = {
         {"--task", CLI_STR, &o.task, "reverse or sort the digits"},
-        {"--steps", CLI_INT, &o.steps, "training steps (batches)"},
-        {"--batch", CLI_INT, &o.batch, "examples per batch"},
-        {"--hidden", CLI_INT, &o.hidden, "LSTM hidden units (encoder and decoder)"},
+        CLI_TRAINING_FLAG("--steps", NULL),
+        CLI_TRAINING_FLAG("--batch", "examples per batch"),
+        CLI_TRAINING_FLAG("--hidden", "LSTM hidden units (encoder and decoder)"),
         {"--embed", CLI_INT, &o.embed, "token embedding size"},
         {"--min-len", CLI_INT, &o.min_len, "shortest source"},
         {"--max-len", CLI_INT, &o.max_len, "longest source (at most 63)"},
         {"--beam", CLI_INT, &o.beam, "beam width"},
         {"--test", CLI_INT, &o.test, "held-out sources decoded"},
-        {"--shards", CLI_INT, &o.shards, "shards per batch (the unit of parallel work)"},
-        {"--threads", CLI_INT, &o.threads, "threads taking the shards (0: OMP_NUM_THREADS, else every core)"},
-        {"--lr", CLI_REAL, &o.lr, "Adam's learning rate"},
-        {"--clip", CLI_REAL, &o.clip, "clip the gradient's global norm to this"},
+        CLI_TRAINING_FLAG("--shards", NULL),
+        CLI_TRAINING_FLAG("--threads", NULL),
+        CLI_TRAINING_FLAG("--lr", NULL),
+        CLI_TRAINING_FLAG("--clip", "clip the gradient's global norm to this"),
         {"--threshold", CLI_REAL, &o.threshold, "--quick fails below this greedy accuracy"},
-        {"--seed", CLI_INT, &o.seed, "seed of weights and data"},
-        {"--quick", CLI_BOOL, &o.quick,
-         "a short run (--steps 300 --max-len 6 --test 200) that exits 1 unless it learned"},
+        CLI_TRAINING_FLAG("--seed", NULL),
+        CLI_TRAINING_FLAG("--quick",
+                          "a short run (--steps 300 --max-len 6 --test 200) that exits 1 unless it learned"),
     };
-    cli_parse(argc, argv,
-              "An LSTM encoder-decoder reverses (or sorts) strings of digits: teacher forcing in training,\n"
-              "greedy and beam-search decoding of held-out sources.",
-              NULL, flags, CLI_COUNT(flags));
-    if ((strcmp(o.task, "reverse") && strcmp(o.task, "sort")) || o.steps < 1 || o.batch < 1 || o.hidden < 1 ||
-        o.embed < 1 || o.min_len < 1 || o.max_len < o.min_len || o.max_len > 63 || o.beam < 1 ||
-        o.beam > 64 || o.test < 1 || o.shards < 1 || o.shards > o.batch || o.threads < 0 ||
-        o.threads > 1024 || !(o.lr > 0) || !(o.clip > 0))
-        cli_fail(argv[0], "an option out of range");
+    cli_training_parse(
+        &o.t, argc, argv,
+        "An LSTM encoder-decoder reverses (or sorts) strings of digits: teacher forcing in training,\n"
+        "greedy and beam-search decoding of held-out sources.",
+        NULL, flags, CLI_COUNT(flags));
+    cli_training_check(&o.t, argv[0],
+                       (strcmp(o.task, "reverse") && strcmp(o.task, "sort")) || o.embed < 1 ||
+                           o.min_len < 1 || o.max_len < o.min_len || o.max_len > 63 || o.beam < 1 ||
+                           o.beam > 64 || o.test < 1 || !(o.t.clip > 0),
+                       "an option out of range");
     return o;
 }
 
@@ -357,57 +360,46 @@ static void print_tokens(const char *label, const int32_t *t, int64_t n)
 int main(int argc, char **argv)
 {
     opts o = parse(argc, argv);
-    /* Kernels on tensors this small lose more to threading than they gain: the
-     * trainer's threads take whole shards instead (0 resolved first, while
-     * cr_get_num_threads still counts every core). */
-    o.threads = cli_threads(o.threads);
-    cr_set_num_threads(1);
-    cr_rng rng = cr_rng_seed((uint64_t)o.seed);
-    cr_rng data_rng = cr_rng_seed((uint64_t)o.seed ^ UINT64_C(0xda7a)),
-           test_rng = cr_rng_seed((uint64_t)o.seed ^ UINT64_C(0x7e57));
+    cli_training *t = &o.t;
+    cr_rng *rng = &t->rng, test_rng = cr_rng_seed((uint64_t)t->seed ^ UINT64_C(0x7e57));
 
     model m = {.ps = cr_params_init()};
-    m.emb = cr_embedding_init(m.ps, "s2s.embed", VOCAB, o.embed, PAD, CR_F32, &rng);
+    m.emb = cr_embedding_init(m.ps, "s2s.embed", VOCAB, o.embed, PAD, CR_F32, rng);
     m.enc = cr_rnn_init(m.ps, "s2s.enc",
                         (cr_rnn_config){.cell = &cr_cell_lstm,
                                         .input_size = o.embed,
-                                        .hidden_size = o.hidden,
+                                        .hidden_size = t->hidden,
                                         .num_layers = 1,
                                         .forget_bias = 1.0,
                                         .dtype = CR_F32},
-                        &rng);
+                        rng);
     m.dec = cr_cell_init(m.ps, "s2s.dec",
                          (cr_cell_config){.cell = &cr_cell_lstm,
                                           .input_size = o.embed,
-                                          .hidden_size = o.hidden,
+                                          .hidden_size = t->hidden,
                                           .forget_bias = 1.0,
                                           .dtype = CR_F32},
-                         &rng);
-    m.head = cr_linear_init(m.ps, "s2s.head", o.hidden, VOCAB, true, CR_F32, &rng);
+                         rng);
+    m.head = cr_linear_init(m.ps, "s2s.head", t->hidden, VOCAB, true, CR_F32, rng);
     printf("task=%s lengths=%lld..%lld params=%zu\n", o.task, (long long)o.min_len, (long long)o.max_len,
            cr_params_numel(m.ps));
 
-    cr_optim *opt = cr_adam_init(m.ps, cr_adam_defaults(o.lr));
-    cr_trainer *tr = cli_trainer_init(m.ps, o.shards, o.threads, o.seed);
-    cr_schedule sched = cr_schedule_warmup_cosine(o.lr, o.steps / 20, o.steps, o.lr / 20);
-    cr_graph *g = cr_graph_init();
-    cr_graph_use(g);
+    cli_training_start(t, m.ps);
 
-    example *batch = cr_xmalloc((size_t)o.batch * sizeof *batch);
-    step_ctx ctx = {.m = &m, .batch = batch, .B = o.batch};
-    progress bar = progress_start(o.steps, "seq");
+    example *batch = cr_xmalloc((size_t)t->batch * sizeof *batch);
+    step_ctx ctx = {.m = &m, .batch = batch, .B = t->batch};
+    progress bar = progress_start(t->steps, "seq");
     double loss_avg = NAN;
-    for (int64_t step = 0; step < o.steps; step++) {
+    for (int64_t step = 0; step < t->steps; step++) {
         ctx.targets = 0;
-        for (int64_t b = 0; b < o.batch; b++) {
-            batch[b] = make_example(&o, &data_rng);
+        for (int64_t b = 0; b < t->batch; b++) {
+            batch[b] = make_example(&o, &t->data);
             ctx.targets += batch[b].len + 1;
         }
-        cr_schedule_apply(&sched, opt, step);
-        double l = train_step(tr, opt, shard_loss, &ctx, o.batch, o.clip);
+        double l = cli_training_step(t, step, shard_loss, &ctx);
         loss_avg = isnan(loss_avg) ? l : 0.95 * loss_avg + 0.05 * l;
-        progress_update(&bar, step + 1, (step + 1) * o.batch, "loss=%.4f lr=%.2e", loss_avg,
-                        cr_optim_get_lr(opt));
+        progress_update(&bar, step + 1, (step + 1) * t->batch, "loss=%.4f lr=%.2e", loss_avg,
+                        cr_optim_get_lr(t->opt));
     }
     free(batch);
 
@@ -421,14 +413,14 @@ int main(int argc, char **argv)
     bool *greedy_ok = cr_xcalloc((size_t)N, sizeof *greedy_ok);
     bool old = cr_set_grad_enabled(false);
     int64_t greedy_right = decode_greedy(&m, N, test, max_steps, greedy_out, greedy_len, greedy_ok);
-    cr_graph_clear(g);
+    cr_graph_clear(t->g);
     int64_t beam_right = 0, fixed = 0, broke = 0;
     for (int64_t i = 0; i < N; i++) {
         int32_t out[64];
         int64_t n;
         bool ok = decode_beam(&m, &test[i], o.beam, max_steps, out, &n);
         beam_right += ok;
-        cr_graph_clear(g); /* one example's beam per graph */
+        cr_graph_clear(t->g); /* one example's beam per graph */
         /* a few examples, and the first few that beam search gets right and greedy wrong */
         if (i < 3 || (ok && !greedy_ok[i] && fixed < 2)) {
             print_tokens("src=", test[i].src, test[i].len);
@@ -445,19 +437,17 @@ int main(int argc, char **argv)
     printf("held-out=%lld greedy_exact=%lld beam_exact=%lld beam_fixed=%lld beam_broke=%lld\n", (long long)N,
            (long long)greedy_right, (long long)beam_right, (long long)fixed, (long long)broke);
     printf("example=seq2seq steps=%lld train_loss=%.4f greedy_acc=%.4f beam_acc=%.4f beam=%lld task=%s\n",
-           (long long)o.steps, loss_avg, greedy_acc, beam_acc, (long long)o.beam, o.task);
+           (long long)t->steps, loss_avg, greedy_acc, beam_acc, (long long)o.beam, o.task);
     bool ok = greedy_acc >= o.threshold;
-    if (o.quick && !ok)
+    if (t->quick && !ok)
         fprintf(stderr, "seq2seq: greedy accuracy %.4f below the threshold %.2f\n", greedy_acc, o.threshold);
 
     free(test);
     free(greedy_out);
     free(greedy_len);
     free(greedy_ok);
-    cr_graph_free(g);
-    cr_trainer_free(tr);
-    cr_optim_free(opt);
+    cli_training_free(t);
     cr_rnn_free(m.enc);
     cr_params_free(m.ps);
-    return o.quick && !ok ? 1 : 0;
+    return t->quick && !ok ? 1 : 0;
 }

@@ -103,9 +103,9 @@ static sentence make_sentence(cr_rng *r)
 /* ---- the model ---------------------------------------------------------------------------------------- */
 
 typedef struct opts {
-    int64_t steps, batch, embed, hidden, test, shards, threads, seed;
-    double lr, clip, threshold;
-    bool quick;
+    cli_training t;
+    int64_t embed, test;
+    double threshold;
 } opts;
 
 typedef struct model {
@@ -115,21 +115,20 @@ typedef struct model {
     cr_linear head;   /* (N_TAGS, dirs*H): a tag at every step */
 } model;
 
-static model model_init(const opts *o, bool bidirectional)
+static model model_init(const opts *o, bool bidirectional, cr_rng *rng)
 {
-    cr_rng rng = cr_rng_seed((uint64_t)o->seed);
     model m = {.ps = cr_params_init()};
-    m.emb = cr_embedding_init(m.ps, "tagger.embed", V, o->embed, PAD, CR_F32, &rng);
+    m.emb = cr_embedding_init(m.ps, "tagger.embed", V, o->embed, PAD, CR_F32, rng);
     m.lstm = cr_rnn_init(m.ps, "tagger.lstm",
                          (cr_rnn_config){.cell = &cr_cell_lstm,
                                          .input_size = o->embed,
-                                         .hidden_size = o->hidden,
+                                         .hidden_size = o->t.hidden,
                                          .num_layers = 1,
                                          .bidirectional = bidirectional,
                                          .forget_bias = 1.0,
                                          .dtype = CR_F32},
-                         &rng);
-    m.head = cr_linear_init(m.ps, "tagger.head", m.lstm->dirs * o->hidden, N_TAGS, true, CR_F32, &rng);
+                         rng);
+    m.head = cr_linear_init(m.ps, "tagger.head", m.lstm->dirs * o->t.hidden, N_TAGS, true, CR_F32, rng);
     return m;
 }
 
@@ -200,45 +199,37 @@ static score evaluate(model *m, const sentence *test, int64_t n, cr_graph *g)
 
 static score run(const opts *o, bool bidirectional, const sentence *test)
 {
-    model m = model_init(o, bidirectional);
-    cr_optim *opt = cr_adam_init(m.ps, cr_adam_defaults(o->lr));
-    cr_trainer *tr = cli_trainer_init(m.ps, o->shards, o->threads, o->seed);
-    cr_schedule sched = cr_schedule_warmup_cosine(o->lr, o->steps / 20, o->steps, o->lr / 20);
-    cr_graph *g = cr_graph_init();
-    cr_graph *prev = cr_graph_use(g);
+    cli_training t = o->t; /* both models from the same weights and sentences */
+    model m = model_init(o, bidirectional, &t.rng);
+    cli_training_start(&t, m.ps);
     const char *name = bidirectional ? "bidirectional" : "unidirectional";
     printf("model=%s params=%zu\n", name, cr_params_numel(m.ps));
-    cr_rng data = cr_rng_seed((uint64_t)o->seed ^ 0xda7a); /* both models see the same sentences */
-    sentence *batch = cr_xmalloc((size_t)o->batch * sizeof *batch);
-    const sentence **rows = cr_xmalloc((size_t)o->batch * sizeof *rows);
-    step_ctx ctx = {.m = &m, .batch = rows, .B = o->batch};
-    progress bar = progress_start(o->steps, "tok");
+    sentence *batch = cr_xmalloc((size_t)t.batch * sizeof *batch);
+    const sentence **rows = cr_xmalloc((size_t)t.batch * sizeof *rows);
+    step_ctx ctx = {.m = &m, .batch = rows, .B = t.batch};
+    progress bar = progress_start(t.steps, "tok");
     double loss_avg = NAN;
     int64_t tokens = 0;
-    for (int64_t step = 0; step < o->steps; step++) {
+    for (int64_t step = 0; step < t.steps; step++) {
         ctx.words = 0;
-        for (int64_t i = 0; i < o->batch; i++) {
-            batch[i] = make_sentence(&data);
+        for (int64_t i = 0; i < t.batch; i++) {
+            batch[i] = make_sentence(&t.data);
             rows[i] = &batch[i];
             ctx.words += batch[i].len;
         }
         tokens += ctx.words;
-        cr_schedule_apply(&sched, opt, step);
-        double loss = train_step(tr, opt, shard_loss, &ctx, o->batch, o->clip);
+        double loss = cli_training_step(&t, step, shard_loss, &ctx);
         loss_avg = isnan(loss_avg) ? loss : 0.95 * loss_avg + 0.05 * loss;
         progress_update(&bar, step + 1, tokens, "loss=%.4f", loss_avg);
     }
-    score sc = evaluate(&m, test, o->test, g);
+    score sc = evaluate(&m, test, o->test, t.g);
     printf("model=%s train_loss=%.4f word_accuracy=%.4f ambiguous_accuracy=%.4f sentence_accuracy=%.4f "
            "train_s=%.1f\n",
            name, loss_avg, (double)sc.right / (double)sc.words, (double)sc.amb_right / (double)sc.amb,
            (double)sc.sentences_right / (double)sc.sentences, progress_elapsed(&bar));
     free(batch);
     free(rows);
-    cr_trainer_free(tr);
-    cr_optim_free(opt);
-    cr_graph_use(prev);
-    cr_graph_free(g);
+    cli_training_free(&t);
     cr_rnn_free(m.lstm);
     cr_params_free(m.ps);
     return sc;
@@ -247,48 +238,43 @@ static score run(const opts *o, bool bidirectional, const sentence *test)
 int main(int argc, char **argv)
 {
     bool quick = cli_has(argc, argv, "--quick");
-    opts o = {.steps = 1500,
-              .batch = 32,
+    opts o = {.t = {.steps = quick ? 400 : 1500,
+                    .batch = 32,
+                    .hidden = 32,
+                    .shards = 4,
+                    .threads = quick ? 1 : 0,
+                    .seed = 1,
+                    .lr = 1e-2,
+                    .clip = 1.0,
+                    .warmup = true,
+                    .decay = 20,
+                    .quick = quick},
               .embed = 16,
-              .hidden = 32,
               .test = 2000,
-              .shards = 4,
-              .threads = quick ? 1 : 0,
-              .seed = 1,
-              .lr = 1e-2,
-              .clip = 1.0,
-              .threshold = 0.95,
-              .quick = quick};
-    if (quick) o.steps = 400;
+              .threshold = 0.95};
     cli_flag flags[] = {
-        {"--steps", CLI_INT, &o.steps, "training steps (batches of fresh sentences)"},
-        {"--batch", CLI_INT, &o.batch, "sentences per batch"},
+        CLI_TRAINING_FLAG("--steps", "training steps (batches of fresh sentences)"),
+        CLI_TRAINING_FLAG("--batch", "sentences per batch"),
         {"--embed", CLI_INT, &o.embed, "word embedding size"},
-        {"--hidden", CLI_INT, &o.hidden, "LSTM hidden units per direction"},
+        CLI_TRAINING_FLAG("--hidden", "LSTM hidden units per direction"),
         {"--test", CLI_INT, &o.test, "held-out test sentences"},
-        {"--shards", CLI_INT, &o.shards, "shards per batch (the unit of parallel work)"},
-        {"--threads", CLI_INT, &o.threads, "threads taking the shards (0: OMP_NUM_THREADS, else every core)"},
-        {"--lr", CLI_REAL, &o.lr, "Adam's learning rate"},
-        {"--clip", CLI_REAL, &o.clip, "clip the gradient's global norm to this (0: off)"},
+        CLI_TRAINING_FLAG("--shards", NULL),
+        CLI_TRAINING_FLAG("--threads", NULL),
+        CLI_TRAINING_FLAG("--lr", NULL),
+        CLI_TRAINING_FLAG("--clip", NULL),
         {"--threshold", CLI_REAL, &o.threshold,
          "--quick fails below this bidirectional accuracy on ambiguous words"},
-        {"--seed", CLI_INT, &o.seed, "seed of weights and data"},
-        {"--quick", CLI_BOOL, &o.quick, "a short run (400 steps) that exits 1 unless it learned"},
+        CLI_TRAINING_FLAG("--seed", NULL),
+        CLI_TRAINING_FLAG("--quick", "a short run (400 steps) that exits 1 unless it learned"),
     };
-    cli_parse(argc, argv,
-              "A bidirectional LSTM tags parts of speech where ambiguous words need left and right context;\n"
-              "a unidirectional tagger trained on the same sentences is the baseline.",
-              NULL, flags, CLI_COUNT(flags));
-    if (o.steps < 1 || o.batch < 1 || o.embed < 1 || o.hidden < 1 || o.test < 1 || o.shards < 1 ||
-        o.shards > o.batch || o.threads < 0 || o.threads > 1024 || !(o.lr > 0) || o.clip < 0)
-        cli_fail(argv[0], "a size or rate out of range");
+    cli_training_parse(
+        &o.t, argc, argv,
+        "A bidirectional LSTM tags parts of speech where ambiguous words need left and right context;\n"
+        "a unidirectional tagger trained on the same sentences is the baseline.",
+        NULL, flags, CLI_COUNT(flags));
+    cli_training_check(&o.t, argv[0], o.embed < 1 || o.test < 1, "a size or rate out of range");
 
-    /* Kernels on tensors this small lose more to threading than they gain: the
-     * trainer's threads take whole shards instead (0 resolved first, while
-     * cr_get_num_threads still counts every core). */
-    o.threads = cli_threads(o.threads);
-    cr_set_num_threads(1);
-    cr_rng held = cr_rng_seed((uint64_t)o.seed ^ 0x7e57);
+    cr_rng held = cr_rng_seed((uint64_t)o.t.seed ^ 0x7e57);
     sentence *test = cr_xmalloc((size_t)o.test * sizeof *test);
     for (int64_t i = 0; i < o.test; i++) test[i] = make_sentence(&held);
     printf("example=tagger vocabulary=%d tags=%d e.g.", (int)V, (int)N_TAGS);
@@ -313,11 +299,11 @@ int main(int argc, char **argv)
     printf(
         "example=tagger steps=%lld accuracy_uni=%.4f accuracy_bi=%.4f ambiguous_uni=%.4f ambiguous_bi=%.4f "
         "sentences_uni=%.4f sentences_bi=%.4f\n",
-        (long long)o.steps, acc[0], acc[1], amb[0], amb[1], sent[0], sent[1]);
+        (long long)o.t.steps, acc[0], acc[1], amb[0], amb[1], sent[0], sent[1]);
     bool ok = amb[1] >= o.threshold && amb[1] > amb[0];
-    if (o.quick && !ok)
+    if (o.t.quick && !ok)
         fprintf(stderr, "tagger: ambiguous-word accuracy %.4f (bi) against %.4f (uni), threshold %.2f\n",
                 amb[1], amb[0], o.threshold);
     free(test);
-    return o.quick && !ok ? 1 : 0;
+    return o.t.quick && !ok ? 1 : 0;
 }
