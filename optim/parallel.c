@@ -6,8 +6,10 @@
 #include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "optim_internal.h"
 
@@ -30,6 +32,46 @@ typedef struct leaf_index {
     const cr_tensor *p;
     size_t i;
 } leaf_index;
+
+/* ---- profile ----------------------------------------------------------------------
+ * CR_TRAINER_PROFILE=1 in the environment at cr_trainer_init: every step
+ * takes clock readings (a few dozen, ~25 ns each) and cr_trainer_free prints
+ * per-step averages to stderr: where the step's time goes on the calling
+ * thread, and each thread's part of the region (start latency, shard work
+ * in wall and CPU time, waiting at the barrier, reducing, waiting for the
+ * join). Off (one branch per phase) otherwise. */
+#define PROF_THREADS 8
+#define PROF_WARMUP 2 /* steps not counted: first touch of buffers, arenas, optimizer state */
+
+/* One thread's readings for the current step, on a cache line of its own. */
+typedef struct prof_thread {
+    _Alignas(64) double start, shards_done, barrier_out, reduce_done, end; /* wall, s */
+    double cpu_shards;                                                  /* CPU s in shards */
+    int shards;
+} prof_thread;
+
+enum { PH_PRE, PH_REGION, PH_AFTER, PH_PUBLISH, PH_CLIP, PH_OPT, PH_STEP, PH_N };
+static const char *const ph_name[PH_N] = {"before region", "region (fork..join)", "after region",
+                                          "publish",       "clip",                "optimizer step",
+                                          "whole step"};
+
+typedef struct prof {
+    prof_thread th[PROF_THREADS];
+    double mark[PH_N + 1]; /* this step's phase boundaries */
+    double ph[PH_N];       /* sums over steps */
+    double lat[PROF_THREADS], busy[PROF_THREADS], cpu[PROF_THREADS], bwait[PROF_THREADS],
+        red[PROF_THREADS], jwait[PROF_THREADS];
+    long nshards[PROF_THREADS];
+    int64_t steps, region_steps;
+    int nth_max;
+} prof;
+
+static double now_s(clockid_t c)
+{
+    struct timespec ts;
+    clock_gettime(c, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
 
 struct cr_trainer {
     cr_trainer_config cfg; /* as resolved: shards, threads, mode, local range */
@@ -55,6 +97,7 @@ struct cr_trainer {
      * not instrumented). A release/acquire pair costs nothing here. */
     atomic_int next_shard;
     atomic_int sync;
+    prof *prof; /* NULL unless CR_TRAINER_PROFILE is set */
 };
 
 /* ---- configuration ------------------------------------------------------------- */
@@ -133,6 +176,12 @@ cr_trainer *cr_trainer_init(cr_params *ps, cr_trainer_config cfg)
     }
     qsort(t->sorted, t->n, sizeof *t->sorted, cmp_leaf);
     t->cfg.mode = resolve_mode(t);
+    const char *pe = getenv("CR_TRAINER_PROFILE");
+    if (pe && *pe && strcmp(pe, "0") != 0) {
+        t->prof = aligned_alloc(64, (sizeof(prof) + 63) / 64 * 64);
+        if (!t->prof) cr_error("cr_trainer_init: out of memory for the profile");
+        memset(t->prof, 0, sizeof(prof));
+    }
 
     int S = t->n_local = cfg.local_shards;
     t->flat = cr_xcalloc((size_t)S, sizeof *t->flat);
@@ -156,9 +205,31 @@ cr_trainer *cr_trainer_init(cr_params *ps, cr_trainer_config cfg)
     return t;
 }
 
+/* Per-step averages of the profile, in microseconds, to stderr. */
+static void prof_print(const cr_trainer *t)
+{
+    const prof *p = t->prof;
+    int64_t steps = p->steps ? p->steps : p->region_steps;
+    if (steps == 0) return;
+    double k = 1e6 / (double)steps;
+    fprintf(stderr, "cr_trainer profile: %lld steps, %d shards, %s, up to %d threads; us per step:\n",
+            (long long)steps, t->cfg.shards, cr_parallel_mode_name(t->cfg.mode), p->nth_max);
+    for (int i = 0; i < PH_N; i++) fprintf(stderr, "  %-20s %10.1f\n", ph_name[i], p->ph[i] * k);
+    fprintf(stderr, "  %-6s %8s %8s %8s %8s %8s %8s %8s\n", "thread", "shards", "start", "busy", "cpu",
+            "barrier", "reduce", "join");
+    for (int i = 0; i < p->nth_max && i < PROF_THREADS; i++)
+        fprintf(stderr, "  %-6d %8.2f %8.1f %8.1f %8.1f %8.1f %8.1f %8.1f\n", i,
+                (double)p->nshards[i] / (double)steps, p->lat[i] * k, p->busy[i] * k, p->cpu[i] * k,
+                p->bwait[i] * k, p->red[i] * k, p->jwait[i] * k);
+}
+
 void cr_trainer_free(cr_trainer *t)
 {
     if (!t) return;
+    if (t->prof) {
+        prof_print(t);
+        free(t->prof);
+    }
     for (int s = 0; s < t->n_local && t->flat; s++) {
         for (size_t i = 0; i < t->n; i++) free(t->view[(size_t)s * t->n + i]);
         cr_tensor_free(t->flat[s]);
@@ -292,10 +363,22 @@ static double tree_sum_doubles(double *x, int n)
  * others, then sum blocks `id`, `id + nth`, ... of the buffers. */
 static void replica_body(cr_trainer *t, const cr_task *task, int id, int nth, bool anomaly)
 {
+    prof_thread *pt = t->prof && id < PROF_THREADS ? &t->prof->th[id] : NULL;
+    double cpu0 = 0;
+    if (pt) {
+        pt->start = now_s(CLOCK_MONOTONIC);
+        cpu0 = now_s(CLOCK_THREAD_CPUTIME_ID);
+        pt->shards = 0;
+    }
     for (;;) {
         int s = atomic_fetch_add_explicit(&t->next_shard, 1, memory_order_acq_rel);
         if (s >= t->n_local) break;
         run_shard(t, task, s, anomaly);
+        if (pt) pt->shards++;
+    }
+    if (pt) {
+        pt->cpu_shards = now_s(CLOCK_THREAD_CPUTIME_ID) - cpu0;
+        pt->shards_done = now_s(CLOCK_MONOTONIC);
     }
     atomic_fetch_add_explicit(&t->sync, 1, memory_order_release);
 #ifdef _OPENMP
@@ -304,12 +387,31 @@ static void replica_body(cr_trainer *t, const cr_task *task, int id, int nth, bo
     }
 #endif
     (void)atomic_load_explicit(&t->sync, memory_order_acquire);
+    if (pt) pt->barrier_out = now_s(CLOCK_MONOTONIC);
     int64_t blocks = (t->numel + REDUCE_BLOCK - 1) / REDUCE_BLOCK;
     for (int64_t b = id; b < blocks; b += nth) {
         int64_t lo = b * REDUCE_BLOCK, hi = lo + REDUCE_BLOCK < t->numel ? lo + REDUCE_BLOCK : t->numel;
         tree_sum(t->flat, t->n_local, t->dtype, lo, hi);
     }
+    if (pt) pt->reduce_done = now_s(CLOCK_MONOTONIC);
     atomic_fetch_add_explicit(&t->sync, 1, memory_order_release);
+}
+
+/* Sum the threads' readings of a region that ran from `fork` to `join`. */
+static void prof_region(prof *p, int nth, double fork, double join)
+{
+    p->region_steps++;
+    if (nth > p->nth_max) p->nth_max = nth;
+    for (int i = 0; i < nth && i < PROF_THREADS; i++) {
+        const prof_thread *q = &p->th[i];
+        p->nshards[i] += q->shards;
+        p->lat[i] += q->start - fork;
+        p->busy[i] += q->shards_done - q->start;
+        p->cpu[i] += q->cpu_shards;
+        p->bwait[i] += q->barrier_out - q->shards_done;
+        p->red[i] += q->reduce_done - q->barrier_out;
+        p->jwait[i] += join - q->reduce_done;
+    }
 }
 
 typedef struct region_args {
@@ -352,6 +454,8 @@ double cr_trainer_backward(cr_trainer *t, const cr_task *task)
     if (task->rows < 1)
         cr_error("cr_trainer_backward: task->rows = %lld must be at least 1", (long long)task->rows);
     check_params(t, "cr_trainer_backward");
+    prof *pf = t->step >= PROF_WARMUP ? t->prof : NULL;
+    double m0 = pf ? now_s(CLOCK_MONOTONIC) : 0, m1 = 0, m2 = 0;
     const int S = t->cfg.shards, n = t->n_local;
     int active = 0;
     for (int s = 0; s < n; s++) {
@@ -383,6 +487,7 @@ double cr_trainer_backward(cr_trainer *t, const cr_task *task)
 #endif
     int nth = replicas && can_fork ? (t->cfg.threads < active ? t->cfg.threads : active) : 1;
     if (replicas) cr_serial_begin(); /* no kernel of a shard forks */
+    if (pf) m1 = now_s(CLOCK_MONOTONIC);
     if (nth > 1) {
         /* The region's arguments go through region_args, published with a
          * release store the workers' first action acquires, so that
@@ -400,6 +505,10 @@ double cr_trainer_backward(cr_trainer *t, const cr_task *task)
         (void)atomic_load_explicit(&t->sync, memory_order_acquire);
     } else {
         replica_body(t, task, 0, 1, anomaly);
+    }
+    if (pf) {
+        m2 = now_s(CLOCK_MONOTONIC);
+        prof_region(pf, nth, m1, m2);
     }
     if (replicas) cr_serial_end();
 
@@ -419,7 +528,13 @@ double cr_trainer_backward(cr_trainer *t, const cr_task *task)
         for (int s = 0; s < n; s++) t->reached[i] |= t->touched[(size_t)s * t->n + i];
     }
     t->step++;
-    return tree_sum_doubles(t->loss, n);
+    double total = tree_sum_doubles(t->loss, n);
+    if (pf) {
+        pf->ph[PH_PRE] += m1 - m0;
+        pf->ph[PH_REGION] += m2 - m1;
+        pf->ph[PH_AFTER] += now_s(CLOCK_MONOTONIC) - m2;
+    }
+    return total;
 }
 
 cr_tensor *cr_trainer_grad(cr_trainer *t) { return t->flat[0]; }
@@ -452,19 +567,32 @@ cr_status cr_trainer_step(cr_trainer *t, const cr_task *task, cr_optim *opt, dou
         cr_error("cr_trainer_step: max_norm = %g must be finite and >= 0 (0: no clipping)", max_norm);
     if (cr_optim_params(opt) != t->ps)
         cr_error("cr_trainer_step: the optimizer is over another parameter set");
+    prof *pf = t->step >= PROF_WARMUP ? t->prof : NULL;
+    double m0 = pf ? now_s(CLOCK_MONOTONIC) : 0, m1 = 0, m2 = 0, m3 = 0;
     double l = cr_trainer_backward(t, task);
     if (loss) *loss = l;
     /* Replicas: the step's one parallel region is behind us; the serial rest
      * (publish, clip, update) forks no more. */
     bool serial = t->cfg.mode == CR_PARALLEL_REPLICAS;
     if (serial) cr_serial_begin();
+    if (pf) m1 = now_s(CLOCK_MONOTONIC);
     cr_trainer_publish(t);
+    if (pf) m2 = now_s(CLOCK_MONOTONIC);
     cr_status st = CR_OK;
     if (max_norm > 0)
         st = cr_clip_grad_norm(t->ps, max_norm, norm);
     else if (norm)
         *norm = NAN;
+    if (pf) m3 = now_s(CLOCK_MONOTONIC);
     if (st == CR_OK) cr_optim_step(opt);
     if (serial) cr_serial_end();
+    if (pf) {
+        double m4 = now_s(CLOCK_MONOTONIC);
+        pf->ph[PH_PUBLISH] += m2 - m1;
+        pf->ph[PH_CLIP] += m3 - m2;
+        pf->ph[PH_OPT] += m4 - m3;
+        pf->ph[PH_STEP] += m4 - m0;
+        pf->steps++;
+    }
     return st;
 }
