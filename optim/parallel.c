@@ -68,37 +68,54 @@ typedef struct tail {
  * per-step averages to stderr: where the step's time goes on the calling
  * thread, and each thread's part of the region (start latency, shard work
  * in wall and CPU time, waiting at the barrier, reducing, waiting for the
- * join). Off (one branch per phase) otherwise. */
+ * join). CR_TRAINER_PROFILE=serial profiles the step with the optimizer
+ * part after the region instead of inside it (as before), for comparison.
+ * Off (one branch per phase) otherwise. */
 #define PROF_THREADS 8
 #define PROF_WARMUP 2 /* steps not counted: first touch of buffers, arenas, optimizer state */
 
-/* One thread's readings for the current step, on a cache line of its own. */
+/* A reading of the wall clock and of this thread's CPU clock, in seconds.
+ * On a shared machine the CPU time is the instrument: wall time also holds
+ * the time other processes ran on this thread's core. */
+typedef struct stamp {
+    double w, c;
+} stamp;
+
+static stamp stamp_now(void)
+{
+    struct timespec w, c;
+    clock_gettime(CLOCK_MONOTONIC, &w);
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &c);
+    return (stamp){(double)w.tv_sec + 1e-9 * (double)w.tv_nsec, (double)c.tv_sec + 1e-9 * (double)c.tv_nsec};
+}
+
+/* One thread's readings for the current step, on a cache line of its own:
+ * region entry, shards done, out of the barrier, work after the shards done. */
+enum { TS_START, TS_SHARDS, TS_BARRIER, TS_DONE, TS_N };
 typedef struct prof_thread {
-    _Alignas(64) double start, shards_done, barrier_out, reduce_done, end; /* wall, s */
-    double cpu_shards;                                                     /* CPU s in shards */
+    _Alignas(64) stamp ts[TS_N];
     int shards;
 } prof_thread;
 
-enum { PH_PRE, PH_REGION, PH_AFTER, PH_PUBLISH, PH_CLIP, PH_OPT, PH_STEP, PH_N };
-static const char *const ph_name[PH_N] = {"before region", "region (fork..join)", "after region", "publish",
-                                          "clip",          "optimizer step",      "whole step"};
+enum { PH_PRE, PH_REGION, PH_AFTER, PH_TAIL, PH_STEP, PH_N };
+static const char *const ph_name[PH_N] = {"before the region", "region (fork..join)", "after the region",
+                                          "publish+clip+optimizer after the region", "whole step"};
+/* per thread: start latency, shards, barrier, after the shards, join wait */
+enum { TH_START, TH_SHARDS, TH_BARRIER, TH_AFTER, TH_JOIN, TH_N };
 
 typedef struct prof {
     prof_thread th[PROF_THREADS];
-    double mark[PH_N + 1]; /* this step's phase boundaries */
-    double ph[PH_N];       /* sums over steps */
-    double lat[PROF_THREADS], busy[PROF_THREADS], cpu[PROF_THREADS], bwait[PROF_THREADS], red[PROF_THREADS],
-        jwait[PROF_THREADS];
+    double ph[PH_N][2];                /* sums over steps, wall and CPU of the calling thread */
+    double thr[PROF_THREADS][TH_N][2]; /* the same per thread and part of the region */
     long nshards[PROF_THREADS];
     int64_t steps, region_steps;
     int nth_max;
 } prof;
 
-static double now_s(clockid_t c)
+static void prof_add(double *acc, stamp a, stamp b)
 {
-    struct timespec ts;
-    clock_gettime(c, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+    acc[0] += b.w - a.w;
+    acc[1] += b.c - a.c;
 }
 
 struct cr_trainer {
@@ -130,7 +147,8 @@ struct cr_trainer {
     /* Happens-before edges around the OpenMP region and its barrier, in C11
      * atomics that ThreadSanitizer sees (libgomp's own synchronisation is
      * not instrumented). A release/acquire pair costs nothing here. */
-    prof *prof; /* NULL unless CR_TRAINER_PROFILE is set */
+    prof *prof;       /* NULL unless CR_TRAINER_PROFILE is set */
+    bool serial_tail; /* CR_TRAINER_PROFILE=serial: the old serial tail, to compare */
     /* Counters the threads take work from, on a line of their own. */
     _Alignas(64) atomic_int next_shard;
     atomic_int next_chunk, next_update;
@@ -230,6 +248,7 @@ cr_trainer *cr_trainer_init(cr_params *ps, cr_trainer_config cfg)
         t->prof = aligned_alloc(64, (sizeof(prof) + 63) / 64 * 64);
         if (!t->prof) cr_error("cr_trainer_init: out of memory for the profile");
         memset(t->prof, 0, sizeof(prof));
+        t->serial_tail = strcmp(pe, "serial") == 0;
     }
 
     int S = t->n_local = cfg.local_shards;
@@ -257,22 +276,27 @@ cr_trainer *cr_trainer_init(cr_params *ps, cr_trainer_config cfg)
     return t;
 }
 
-/* Per-step averages of the profile, in microseconds, to stderr. */
+/* Per-step averages of the profile, in microseconds (wall / CPU), to stderr. */
 static void prof_print(const cr_trainer *t)
 {
     const prof *p = t->prof;
     int64_t steps = p->steps ? p->steps : p->region_steps;
     if (steps == 0) return;
     double k = 1e6 / (double)steps;
-    fprintf(stderr, "cr_trainer profile: %lld steps, %d shards, %s, up to %d threads; us per step:\n",
+    fprintf(stderr,
+            "cr_trainer profile: %lld steps, %d shards, %s, up to %d threads; us per step, wall / CPU of "
+            "the calling thread:\n",
             (long long)steps, t->cfg.shards, cr_parallel_mode_name(t->cfg.mode), p->nth_max);
-    for (int i = 0; i < PH_N; i++) fprintf(stderr, "  %-20s %10.1f\n", ph_name[i], p->ph[i] * k);
-    fprintf(stderr, "  %-6s %8s %8s %8s %8s %8s %8s %8s\n", "thread", "shards", "start", "busy", "cpu",
-            "barrier", "reduce", "join");
-    for (int i = 0; i < p->nth_max && i < PROF_THREADS; i++)
-        fprintf(stderr, "  %-6d %8.2f %8.1f %8.1f %8.1f %8.1f %8.1f %8.1f\n", i,
-                (double)p->nshards[i] / (double)steps, p->lat[i] * k, p->busy[i] * k, p->cpu[i] * k,
-                p->bwait[i] * k, p->red[i] * k, p->jwait[i] * k);
+    for (int i = 0; i < PH_N; i++)
+        fprintf(stderr, "  %-40s %10.1f / %10.1f\n", ph_name[i], p->ph[i][0] * k, p->ph[i][1] * k);
+    fprintf(stderr, "  per thread, wall / CPU: %6s %17s %17s %17s %17s %17s\n", "shards", "start", "shards",
+            "barrier", "after shards", "join wait");
+    for (int i = 0; i < p->nth_max && i < PROF_THREADS; i++) {
+        fprintf(stderr, "  thread %-16d %6.2f", i, (double)p->nshards[i] / (double)steps);
+        for (int j = 0; j < TH_N; j++)
+            fprintf(stderr, " %8.1f/%8.1f", p->thr[i][j][0] * k, p->thr[i][j][1] * k);
+        fprintf(stderr, "\n");
+    }
 }
 
 void cr_trainer_free(cr_trainer *t)
@@ -556,10 +580,8 @@ static void region_barrier(cr_trainer *t, int nth)
 static void replica_body(cr_trainer *t, const cr_task *task, tail *tl, int id, int nth, bool anomaly)
 {
     prof_thread *pt = t->prof && id < PROF_THREADS ? &t->prof->th[id] : NULL;
-    double cpu0 = 0;
     if (pt) {
-        pt->start = now_s(CLOCK_MONOTONIC);
-        cpu0 = now_s(CLOCK_THREAD_CPUTIME_ID);
+        pt->ts[TS_START] = stamp_now();
         pt->shards = 0;
     }
     for (;;) {
@@ -568,12 +590,9 @@ static void replica_body(cr_trainer *t, const cr_task *task, tail *tl, int id, i
         run_shard(t, task, s, anomaly);
         if (pt) pt->shards++;
     }
-    if (pt) {
-        pt->cpu_shards = now_s(CLOCK_THREAD_CPUTIME_ID) - cpu0;
-        pt->shards_done = now_s(CLOCK_MONOTONIC);
-    }
+    if (pt) pt->ts[TS_SHARDS] = stamp_now();
     region_barrier(t, nth);
-    if (pt) pt->barrier_out = now_s(CLOCK_MONOTONIC);
+    if (pt) pt->ts[TS_BARRIER] = stamp_now();
     if (tl && id == 0) finish_shards(t, task);
     for (;;) {
         int c = atomic_fetch_add_explicit(&t->next_chunk, 1, memory_order_relaxed);
@@ -601,24 +620,24 @@ static void replica_body(cr_trainer *t, const cr_task *task, tail *tl, int id, i
                 update_range(t, tl, coef, (size_t)u, 0, cr_numel(t->value[u]));
         }
     }
-    if (pt) pt->reduce_done = now_s(CLOCK_MONOTONIC);
+    if (pt) pt->ts[TS_DONE] = stamp_now();
     atomic_fetch_add_explicit(&t->sync, 1, memory_order_release);
 }
 
-/* Sum the threads' readings of a region that ran from `fork` to `join`. */
-static void prof_region(prof *p, int nth, double fork, double join)
+/* Sum the threads' readings of a region that ran from `fork` to `join` (the
+ * calling thread's stamps; start latency and join wait in wall time only). */
+static void prof_region(prof *p, int nth, stamp fork, stamp join)
 {
     p->region_steps++;
     if (nth > p->nth_max) p->nth_max = nth;
     for (int i = 0; i < nth && i < PROF_THREADS; i++) {
         const prof_thread *q = &p->th[i];
         p->nshards[i] += q->shards;
-        p->lat[i] += q->start - fork;
-        p->busy[i] += q->shards_done - q->start;
-        p->cpu[i] += q->cpu_shards;
-        p->bwait[i] += q->barrier_out - q->shards_done;
-        p->red[i] += q->reduce_done - q->barrier_out;
-        p->jwait[i] += join - q->reduce_done;
+        p->thr[i][TH_START][0] += q->ts[TS_START].w - fork.w;
+        prof_add(p->thr[i][TH_SHARDS], q->ts[TS_START], q->ts[TS_SHARDS]);
+        prof_add(p->thr[i][TH_BARRIER], q->ts[TS_SHARDS], q->ts[TS_BARRIER]);
+        prof_add(p->thr[i][TH_AFTER], q->ts[TS_BARRIER], q->ts[TS_DONE]);
+        p->thr[i][TH_JOIN][0] += join.w - q->ts[TS_DONE].w;
     }
 }
 
@@ -665,7 +684,7 @@ static double backward_run(cr_trainer *t, const cr_task *task, tail *tl)
         cr_error("cr_trainer_backward: task->rows = %lld must be at least 1", (long long)task->rows);
     check_params(t, "cr_trainer_backward");
     prof *pf = t->step >= PROF_WARMUP ? t->prof : NULL;
-    double m0 = pf ? now_s(CLOCK_MONOTONIC) : 0, m1 = 0, m2 = 0;
+    stamp m0 = pf ? stamp_now() : (stamp){0}, m1 = {0}, m2 = {0};
     const int S = t->cfg.shards, n = t->n_local;
     int active = 0;
     for (int s = 0; s < n; s++) {
@@ -699,7 +718,7 @@ static double backward_run(cr_trainer *t, const cr_task *task, tail *tl)
 #endif
     int nth = replicas && can_fork ? (t->cfg.threads < active ? t->cfg.threads : active) : 1;
     if (replicas) cr_serial_begin(); /* no kernel of a shard forks */
-    if (pf) m1 = now_s(CLOCK_MONOTONIC);
+    if (pf) m1 = stamp_now();
     if (nth > 1) {
         /* The region's arguments go through region_args, published with a
          * release store the workers' first action acquires, so that
@@ -719,7 +738,7 @@ static double backward_run(cr_trainer *t, const cr_task *task, tail *tl)
         replica_body(t, task, tl, 0, 1, anomaly);
     }
     if (pf) {
-        m2 = now_s(CLOCK_MONOTONIC);
+        m2 = stamp_now();
         prof_region(pf, nth, m1, m2);
     }
     if (replicas) cr_serial_end();
@@ -728,9 +747,9 @@ static double backward_run(cr_trainer *t, const cr_task *task, tail *tl)
     for (int s = 0; s < n; s++) t->loss[s] = t->slot[s].loss;
     double total = tree_sum_doubles(t->loss, n);
     if (pf) {
-        pf->ph[PH_PRE] += m1 - m0;
-        pf->ph[PH_REGION] += m2 - m1;
-        pf->ph[PH_AFTER] += now_s(CLOCK_MONOTONIC) - m2;
+        prof_add(pf->ph[PH_PRE], m0, m1);
+        prof_add(pf->ph[PH_REGION], m1, m2);
+        prof_add(pf->ph[PH_AFTER], m2, stamp_now());
     }
     return total;
 }
@@ -815,10 +834,10 @@ cr_status cr_trainer_step(cr_trainer *t, const cr_task *task, cr_optim *opt, dou
     if (cr_optim_params(opt) != t->ps)
         cr_error("cr_trainer_step: the optimizer is over another parameter set");
     prof *pf = t->step >= PROF_WARMUP ? t->prof : NULL;
-    double m0 = pf ? now_s(CLOCK_MONOTONIC) : 0, m1 = 0, m2 = 0, m3 = 0;
+    stamp m0 = pf ? stamp_now() : (stamp){0}, m1 = {0};
     check_params(t, "cr_trainer_step");
     cr_optim_check(opt, t->ps, "cr_trainer_step");
-    if (tail_fits(t, opt)) {
+    if (!t->serial_tail && tail_fits(t, opt)) {
         /* Replicas, steady state: publish, clip and update inside the step's
          * one region, chunk by chunk (the serial tail was ~1.5% of a step at
          * hidden 128; see ARCHITECTURE.md, Parallel training). */
@@ -832,7 +851,7 @@ cr_status cr_trainer_step(cr_trainer *t, const cr_task *task, cr_optim *opt, dou
                    .coef = 1};
         double l = backward_run(t, task, &tl);
         if (loss) *loss = l;
-        if (pf) m1 = now_s(CLOCK_MONOTONIC);
+        if (pf) m1 = stamp_now();
         cr_status st = CR_OK;
         if (tl.serial_clip) { /* published, not scaled, not updated */
             cr_serial_begin();
@@ -845,9 +864,9 @@ cr_status cr_trainer_step(cr_trainer *t, const cr_task *task, cr_optim *opt, dou
             tail_finish(t, &tl);
         }
         if (pf) {
-            double m4 = now_s(CLOCK_MONOTONIC);
-            pf->ph[PH_OPT] += m4 - m1;
-            pf->ph[PH_STEP] += m4 - m0;
+            stamp m2 = stamp_now();
+            prof_add(pf->ph[PH_TAIL], m1, m2);
+            prof_add(pf->ph[PH_STEP], m0, m2);
             pf->steps++;
         }
         return st;
@@ -858,23 +877,19 @@ cr_status cr_trainer_step(cr_trainer *t, const cr_task *task, cr_optim *opt, dou
      * (publish, clip, update) forks no more. */
     bool serial = t->cfg.mode == CR_PARALLEL_REPLICAS;
     if (serial) cr_serial_begin();
-    if (pf) m1 = now_s(CLOCK_MONOTONIC);
+    if (pf) m1 = stamp_now();
     cr_trainer_publish(t);
-    if (pf) m2 = now_s(CLOCK_MONOTONIC);
     cr_status st = CR_OK;
     if (max_norm > 0)
         st = cr_clip_grad_norm(t->ps, max_norm, norm);
     else if (norm)
         *norm = NAN;
-    if (pf) m3 = now_s(CLOCK_MONOTONIC);
     if (st == CR_OK) cr_optim_step(opt);
     if (serial) cr_serial_end();
     if (pf) {
-        double m4 = now_s(CLOCK_MONOTONIC);
-        pf->ph[PH_PUBLISH] += m2 - m1;
-        pf->ph[PH_CLIP] += m3 - m2;
-        pf->ph[PH_OPT] += m4 - m3;
-        pf->ph[PH_STEP] += m4 - m0;
+        stamp m2 = stamp_now();
+        prof_add(pf->ph[PH_TAIL], m1, m2);
+        prof_add(pf->ph[PH_STEP], m0, m2);
         pf->steps++;
     }
     return st;
