@@ -594,12 +594,16 @@ static void replica_body(cr_trainer *t, const cr_task *task, tail *tl, int id, i
     region_barrier(t, nth);
     if (pt) pt->ts[TS_BARRIER] = stamp_now();
     if (tl && id == 0) finish_shards(t, task);
+    /* Without clipping an elementwise rule needs nothing from other chunks:
+     * each chunk is updated right after it is summed, with no second barrier. */
+    bool at_once = tl && tl->max_norm == 0 && tl->ranges;
     for (;;) {
         int c = atomic_fetch_add_explicit(&t->next_chunk, 1, memory_order_relaxed);
         if (c >= t->n_chunks) break;
         chunk_reduce(t, tl, c);
+        if (at_once) update_range(t, tl, 1, t->chunk[c].i, t->chunk[c].lo, t->chunk[c].hi);
     }
-    if (tl) {
+    if (tl && !at_once) {
         region_barrier(t, nth);
         double norm = NAN, coef = 1;
         bool clip_here = tl->max_norm > 0;
@@ -839,7 +843,7 @@ cr_status cr_trainer_step(cr_trainer *t, const cr_task *task, cr_optim *opt, dou
     cr_optim_check(opt, t->ps, "cr_trainer_step");
     if (!t->serial_tail && tail_fits(t, opt)) {
         /* Replicas, steady state: publish, clip and update inside the step's
-         * one region, chunk by chunk (the serial tail was ~1.5% of a step at
+         * one region, chunk by chunk (the serial tail was 1.2% of a step's CPU at
          * hidden 128; see ARCHITECTURE.md, Parallel training). */
         const cr_optim_rule *r = cr_optim_rule_of(opt);
         tail tl = {.opt = opt,
@@ -848,6 +852,7 @@ cr_status cr_trainer_step(cr_trainer *t, const cr_task *task, cr_optim *opt, dou
                    .max_norm = max_norm,
                    .ranges = r == &cr_adam_rule || r == &cr_adamw_rule || r == &cr_sgd_rule ||
                              r == &cr_rmsprop_rule,
+                   .norm = NAN,
                    .coef = 1};
         double l = backward_run(t, task, &tl);
         if (loss) *loss = l;
