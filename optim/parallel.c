@@ -595,8 +595,9 @@ static void replica_body(cr_trainer *t, const cr_task *task, tail *tl, int id, i
     if (pt) pt->ts[TS_BARRIER] = stamp_now();
     if (tl && id == 0) finish_shards(t, task);
     /* Without clipping an elementwise rule needs nothing from other chunks:
-     * each chunk is updated right after it is summed, with no second barrier. */
-    bool at_once = tl && tl->max_norm == 0 && tl->ranges;
+     * each chunk is updated right after it is summed, with no second barrier
+     * (unless after_backward, still running on thread 0, may read weights). */
+    bool at_once = tl && tl->max_norm == 0 && tl->ranges && !task->after_backward;
     for (;;) {
         int c = atomic_fetch_add_explicit(&t->next_chunk, 1, memory_order_relaxed);
         if (c >= t->n_chunks) break;
