@@ -440,7 +440,7 @@ static void tail_free(tail_model *m)
     cr_params_free(m->ps);
 }
 
-Test(parallel, the_update_inside_the_region_is_publish_clip_step_bit_for_bit, .timeout = 120)
+Test(parallel, the_update_inside_the_region_is_publish_clip_step_bit_for_bit)
 {
     static const double clips[] = {0.05, 0, 1e6};
     for (int rule = 0; rule < 3; rule++)
