@@ -5,7 +5,7 @@
  *
  *   ./build/bench/parallel [--hidden H[,H..]] [--threads T[,T..]] [--modes M[,M..]]
  *                          [--shards S] [--reps N] [--rounds R] [--batch B] [--steps T]
- *                          [--no-torch] [--forkjoin]
+ *                          [--no-torch] [--forkjoin] [--paired]
  *
  * Modes: replicas (threads take shards; --shards, 8 by default), intra-op
  * (one shard, threads inside products and kernels) and auto (the rule of
@@ -13,6 +13,10 @@
  * pipe (bench/parallel_torch.py), takes turns with carousel round by round.
  * --forkjoin measures instead what one OpenMP fork/join costs here under the
  * wait policy in the environment (OMP_WAIT_POLICY, GOMP_SPINCOUNT).
+ * --paired (no PyTorch) keeps one model per thread count alive and takes
+ * turns between the thread counts round by round, so that each round's
+ * speedup compares steps run under the same load from other processes; it
+ * reports the spread of those per-round speedups and the load average.
  */
 #include <math.h>
 #include <omp.h>
@@ -39,14 +43,14 @@ typedef struct opts {
     int n_modes;
     int shards, reps, rounds;
     int64_t B, T;
-    bool torch, forkjoin;
+    bool torch, forkjoin, paired;
 } opts;
 
 static void usage(const char *prog)
 {
     fprintf(stderr,
             "usage: %s [--hidden H[,H..]] [--threads T[,T..]] [--modes M[,M..]] [--shards S]\n"
-            "          [--reps N] [--rounds R] [--batch B] [--steps T] [--no-torch] [--forkjoin]\n"
+            "          [--reps N] [--rounds R] [--batch B] [--steps T] [--no-torch] [--forkjoin] [--paired]\n"
             "  defaults: --hidden 128,512 --threads 1,2 --modes replicas,intra-op,auto --shards 8\n"
             "  --reps 3 --rounds 5 --batch 64 --steps 64 (modes: replicas, intra-op, auto)\n",
             prog);
@@ -108,6 +112,10 @@ static opts parse(int argc, char **argv)
         }
         if (!strcmp(a, "--forkjoin")) {
             o.forkjoin = true;
+            continue;
+        }
+        if (!strcmp(a, "--paired")) {
+            o.paired = true;
             continue;
         }
         const char *v = i + 1 < argc ? argv[++i] : NULL;
@@ -295,6 +303,77 @@ static bench_stats rate(const bench_samples *ms, double tokens)
     return (bench_stats){tokens * 1e3 / s.max, tokens * 1e3 / s.med, tokens * 1e3 / s.min};
 }
 
+/* ---- paired turns --------------------------------------------------------------------- */
+
+static double loadavg1(void)
+{
+    double l = NAN;
+    FILE *f = fopen("/proc/loadavg", "r");
+    if (f) {
+        if (fscanf(f, "%lf", &l) != 1) l = NAN;
+        fclose(f);
+    }
+    return l;
+}
+
+/* For each hidden size and mode: one model per thread count, the thread
+ * counts taking turns (order alternating) for o->rounds rounds of o->reps
+ * steps. A round's speedup is the 1-thread median step time of that round
+ * over the T-thread one. */
+static void paired(const opts *o)
+{
+    double tokens = (double)(o->B * o->T);
+    printf("paired turns: %d rounds x %d steps per thread count; load average %.2f at the start\n", o->rounds,
+           o->reps, loadavg1());
+    static double ms[MAX_LIST][MAX_SAMPLES];
+    static double ratio[MAX_LIST][MAX_SAMPLES];
+    for (int h = 0; h < o->n_hidden; h++)
+        for (int mi = 0; mi < o->n_modes; mi++) {
+            model m[MAX_LIST];
+            int nt = o->n_threads;
+            for (int ti = 0; ti < nt; ti++) {
+                cr_set_num_threads((int)o->threads[ti]);
+                m[ti] = model_make(o, o->hidden[h], o->modes[mi], (int)o->threads[ti]);
+                train_step(&m[ti], NULL);
+                train_step(&m[ti], NULL);
+            }
+            double l0 = loadavg1();
+            for (int r = 0; r < o->rounds; r++) {
+                double med[MAX_LIST];
+                for (int k = 0; k < nt; k++) {
+                    int ti = r & 1 ? nt - 1 - k : k;
+                    cr_set_num_threads((int)o->threads[ti]);
+                    double one[MAX_SAMPLES];
+                    for (int s = 0; s < o->reps; s++) {
+                        double t0 = bench_now_ms();
+                        train_step(&m[ti], NULL);
+                        one[s] = ms[ti][r * o->reps + s] = bench_now_ms() - t0;
+                    }
+                    med[ti] = bench_spread(one, o->reps).med;
+                }
+                for (int ti = 0; ti < nt; ti++) ratio[ti][r] = med[0] / med[ti];
+            }
+            double l1 = loadavg1();
+            for (int ti = 0; ti < nt; ti++) {
+                bench_stats st = bench_spread(ms[ti], o->rounds * o->reps);
+                bench_stats sp = bench_spread(ratio[ti], o->rounds);
+                printf(
+                    "hidden=%lld mode=%s (%s) threads=%lld: %.0f / %.0f / %.0f tokens/s; per-round speedup "
+                    "against threads=%lld %.2f / %.2f / %.2f (min / median / max); load %.2f..%.2f\n",
+                    (long long)o->hidden[h], cr_parallel_mode_name(o->modes[mi]),
+                    cr_parallel_mode_name(cr_trainer_mode(m[ti].tr)), (long long)o->threads[ti],
+                    tokens * 1e3 / st.max, tokens * 1e3 / st.med, tokens * 1e3 / st.min,
+                    (long long)o->threads[0], sp.min, sp.med, sp.max, l0, l1);
+                printf(
+                    "bench=parallel_paired mode=%s hidden=%lld threads=%lld tokens_per_s=%.0f speedup=%.3f "
+                    "speedup_min=%.3f speedup_max=%.3f load=%.2f\n",
+                    cr_parallel_mode_name(o->modes[mi]), (long long)o->hidden[h], (long long)o->threads[ti],
+                    tokens * 1e3 / st.med, sp.med, sp.min, sp.max, (l0 + l1) / 2);
+            }
+            for (int ti = 0; ti < nt; ti++) model_free(&m[ti]);
+        }
+}
+
 typedef struct result {
     int64_t H;
     int threads;
@@ -312,6 +391,10 @@ int main(int argc, char **argv)
     const opts o = parse(argc, argv);
     if (o.forkjoin) {
         forkjoin();
+        return 0;
+    }
+    if (o.paired) {
+        paired(&o);
         return 0;
     }
     double tokens = (double)(o.B * o.T);

@@ -6,8 +6,10 @@
 #include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "optim_internal.h"
 
@@ -15,9 +17,14 @@
 #include <omp.h>
 #endif
 
-/* Elements per block of the tree sum: blocks go to threads, and each block is
- * summed over the shards level by level while it sits in cache. */
-#define REDUCE_BLOCK 4096
+/* Elements per chunk, the unit of the work after the shards: the tree sum of
+ * the shard buffers, then (cr_trainer_step) publishing, the sum of squares,
+ * scaling and the update. A chunk lies inside one parameter, at multiples of
+ * CHUNK from its start: that is clip.c's SQ_BLOCK, so the chunks' sums of
+ * squares are cr_clip_grad_norm's blocks and the norm is its norm bit for
+ * bit. Eight shard buffers of a chunk (256 KB in f32) sit in L2 while the
+ * tree sums them. */
+#define CHUNK 8192
 
 /* Auto mode: intra-op threads once the largest weight matrix has at least
  * this many elements. bench/parallel on the shared 2-core machine: replicas
@@ -31,6 +38,86 @@ typedef struct leaf_index {
     size_t i;
 } leaf_index;
 
+typedef struct chunk {
+    size_t i;       /* parameter */
+    int64_t lo, hi; /* its elements [lo, hi) */
+} chunk;
+
+/* What the thread running shard s writes during a step, on cache lines no
+ * other shard writes (its dropout stream advances on every draw). */
+typedef struct shard_slot {
+    _Alignas(64) cr_rng rng;
+    double loss;
+} shard_slot;
+
+/* The optimizer part of a replica step, run inside the step's region. */
+typedef struct tail {
+    cr_optim *opt;
+    const cr_optim_rule *rule;
+    const void *cfg;
+    double max_norm; /* 0: no clipping */
+    bool ranges;     /* the rule updates element by element, so chunks update apart */
+    /* written by thread 0 in the region, read after it */
+    bool serial_clip; /* a sum of squares is not finite: cr_clip_grad_norm decides after the region */
+    double norm, coef;
+} tail;
+
+/* ---- profile ----------------------------------------------------------------------
+ * CR_TRAINER_PROFILE=1 in the environment at cr_trainer_init: every step
+ * takes clock readings (a few dozen, ~25 ns each) and cr_trainer_free prints
+ * per-step averages to stderr: where the step's time goes on the calling
+ * thread, and each thread's part of the region (start latency, shard work
+ * in wall and CPU time, waiting at the barrier, reducing, waiting for the
+ * join). CR_TRAINER_PROFILE=serial profiles the step with the optimizer
+ * part after the region instead of inside it (as before), for comparison.
+ * Off (one branch per phase) otherwise. */
+#define PROF_THREADS 8
+#define PROF_WARMUP 2 /* steps not counted: first touch of buffers, arenas, optimizer state */
+
+/* A reading of the wall clock and of this thread's CPU clock, in seconds.
+ * On a shared machine the CPU time is the instrument: wall time also holds
+ * the time other processes ran on this thread's core. */
+typedef struct stamp {
+    double w, c;
+} stamp;
+
+static stamp stamp_now(void)
+{
+    struct timespec w, c;
+    clock_gettime(CLOCK_MONOTONIC, &w);
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &c);
+    return (stamp){(double)w.tv_sec + 1e-9 * (double)w.tv_nsec, (double)c.tv_sec + 1e-9 * (double)c.tv_nsec};
+}
+
+/* One thread's readings for the current step, on a cache line of its own:
+ * region entry, shards done, out of the barrier, work after the shards done. */
+enum { TS_START, TS_SHARDS, TS_BARRIER, TS_DONE, TS_N };
+typedef struct prof_thread {
+    _Alignas(64) stamp ts[TS_N];
+    int shards;
+} prof_thread;
+
+enum { PH_PRE, PH_REGION, PH_AFTER, PH_TAIL, PH_STEP, PH_N };
+static const char *const ph_name[PH_N] = {"before the region", "region (fork..join)", "after the region",
+                                          "publish+clip+optimizer after the region", "whole step"};
+/* per thread: start latency, shards, barrier, after the shards, join wait */
+enum { TH_START, TH_SHARDS, TH_BARRIER, TH_AFTER, TH_JOIN, TH_N };
+
+typedef struct prof {
+    prof_thread th[PROF_THREADS];
+    double ph[PH_N][2];                /* sums over steps, wall and CPU of the calling thread */
+    double thr[PROF_THREADS][TH_N][2]; /* the same per thread and part of the region */
+    long nshards[PROF_THREADS];
+    int64_t steps, region_steps;
+    int nth_max;
+} prof;
+
+static void prof_add(double *acc, stamp a, stamp b)
+{
+    acc[0] += b.w - a.w;
+    acc[1] += b.c - a.c;
+}
+
 struct cr_trainer {
     cr_trainer_config cfg; /* as resolved: shards, threads, mode, local range */
     cr_params *ps;
@@ -43,18 +130,30 @@ struct cr_trainer {
     int n_local;            /* shards this trainer runs */
     cr_tensor **flat;       /* [n_local] one gradient buffer per shard, [numel] */
     cr_tensor **view;       /* [n_local * n] parameter i of shard s, a view of flat[s] */
-    unsigned char *touched; /* [n_local * n] shard s reached parameter i */
+    unsigned char *touched; /* [n_local * tstride] shard s reached parameter i */
+    size_t tstride;         /* n rounded up to a cache line: shards write their own lines */
     unsigned char *reached; /* [n] some local shard reached parameter i (ORed over ranks by MPI) */
     cr_graph **graph;       /* [n_local] each shard's graph */
     cr_shard *shard;        /* [n_local] this step's shards */
-    cr_rng *rng;            /* [n_local] their dropout streams */
-    double *loss;           /* [n_local] their losses */
-    int64_t step;           /* backward passes so far: keys the dropout streams */
+    shard_slot *slot;       /* [n_local] their dropout streams and losses */
+    double *loss;           /* [n_local] the losses, gathered for the tree */
+    int64_t n_chunks;
+    chunk *chunk;    /* [n_chunks] in parameter order */
+    double *part;    /* [n_chunks] sum of squares of each chunk's published gradient */
+    int64_t *psteps; /* [n] the optimizer's update counts after a step in the region */
+    void *cfg_copy;  /* the optimizer's config, for cr_optim_restore */
+    size_t cfg_copy_size;
+    int64_t step; /* backward passes so far: keys the dropout streams */
     /* Happens-before edges around the OpenMP region and its barrier, in C11
      * atomics that ThreadSanitizer sees (libgomp's own synchronisation is
      * not instrumented). A release/acquire pair costs nothing here. */
-    atomic_int next_shard;
+    prof *prof;       /* NULL unless CR_TRAINER_PROFILE is set */
+    bool serial_tail; /* CR_TRAINER_PROFILE=serial: the old serial tail, to compare */
+    /* Counters the threads take work from, on a line of their own. */
+    _Alignas(64) atomic_int next_shard;
+    atomic_int next_chunk, next_update;
     atomic_int sync;
+    char pad[64 - 4 * sizeof(atomic_int)];
 };
 
 /* ---- configuration ------------------------------------------------------------- */
@@ -108,7 +207,10 @@ cr_trainer *cr_trainer_init(cr_params *ps, cr_trainer_config cfg)
     if (cfg.threads == 0) cfg.threads = cr_get_num_threads();
     if (ps->n == 0) cr_error("cr_trainer_init: the parameter set is empty");
 
-    cr_trainer *t = cr_xcalloc(1, sizeof *t);
+    /* aligned: the counters' cache line */
+    cr_trainer *t = aligned_alloc(_Alignof(cr_trainer), (sizeof *t + 63) / 64 * 64);
+    if (!t) cr_error("cr_trainer_init: out of memory");
+    memset(t, 0, sizeof *t);
     t->cfg = cfg;
     t->ps = ps;
     t->n = ps->n;
@@ -130,18 +232,36 @@ cr_trainer *cr_trainer_init(cr_params *ps, cr_trainer_config cfg)
         t->offset[i] = t->numel;
         t->numel += cr_numel(v);
         t->sorted[i] = (leaf_index){v, i};
+        t->n_chunks += (cr_numel(v) + CHUNK - 1) / CHUNK;
     }
+    t->chunk = cr_xcalloc((size_t)t->n_chunks + 1, sizeof *t->chunk);
+    t->part = cr_xcalloc((size_t)t->n_chunks + 1, sizeof *t->part);
+    t->psteps = cr_xcalloc(t->n, sizeof *t->psteps);
+    for (size_t i = 0, c = 0; i < t->n; i++)
+        for (int64_t lo = 0; lo < cr_numel(t->value[i]); lo += CHUNK)
+            t->chunk[c++] =
+                (chunk){i, lo, lo + CHUNK < cr_numel(t->value[i]) ? lo + CHUNK : cr_numel(t->value[i])};
     qsort(t->sorted, t->n, sizeof *t->sorted, cmp_leaf);
     t->cfg.mode = resolve_mode(t);
+    const char *pe = getenv("CR_TRAINER_PROFILE");
+    if (pe && *pe && strcmp(pe, "0") != 0) {
+        t->prof = aligned_alloc(64, (sizeof(prof) + 63) / 64 * 64);
+        if (!t->prof) cr_error("cr_trainer_init: out of memory for the profile");
+        memset(t->prof, 0, sizeof(prof));
+        t->serial_tail = strcmp(pe, "serial") == 0;
+    }
 
     int S = t->n_local = cfg.local_shards;
     t->flat = cr_xcalloc((size_t)S, sizeof *t->flat);
     t->view = cr_xcalloc((size_t)S * t->n, sizeof *t->view);
-    t->touched = cr_xcalloc((size_t)S * t->n, 1);
+    t->tstride = (t->n + 63) / 64 * 64;
+    t->touched = cr_xcalloc((size_t)S * t->tstride, 1);
     t->reached = cr_xcalloc(t->n, 1);
     t->graph = cr_xcalloc((size_t)S, sizeof *t->graph);
     t->shard = cr_xcalloc((size_t)S, sizeof *t->shard);
-    t->rng = cr_xcalloc((size_t)S, sizeof *t->rng);
+    t->slot = aligned_alloc(_Alignof(shard_slot), (size_t)S * sizeof *t->slot);
+    if (!t->slot) cr_error("cr_trainer_init: out of memory");
+    memset(t->slot, 0, (size_t)S * sizeof *t->slot);
     t->loss = cr_xcalloc((size_t)S, sizeof *t->loss);
     for (int s = 0; s < S; s++) {
         t->flat[s] = cr_tensor_init(t->dtype, 1, (int64_t[]){t->numel});
@@ -156,9 +276,36 @@ cr_trainer *cr_trainer_init(cr_params *ps, cr_trainer_config cfg)
     return t;
 }
 
+/* Per-step averages of the profile, in microseconds (wall / CPU), to stderr. */
+static void prof_print(const cr_trainer *t)
+{
+    const prof *p = t->prof;
+    int64_t steps = p->steps ? p->steps : p->region_steps;
+    if (steps == 0) return;
+    double k = 1e6 / (double)steps;
+    fprintf(stderr,
+            "cr_trainer profile: %lld steps, %d shards, %s, up to %d threads; us per step, wall / CPU of "
+            "the calling thread:\n",
+            (long long)steps, t->cfg.shards, cr_parallel_mode_name(t->cfg.mode), p->nth_max);
+    for (int i = 0; i < PH_N; i++)
+        fprintf(stderr, "  %-40s %10.1f / %10.1f\n", ph_name[i], p->ph[i][0] * k, p->ph[i][1] * k);
+    fprintf(stderr, "  per thread, wall / CPU: %6s %17s %17s %17s %17s %17s\n", "shards", "start", "shards",
+            "barrier", "after shards", "join wait");
+    for (int i = 0; i < p->nth_max && i < PROF_THREADS; i++) {
+        fprintf(stderr, "  thread %-16d %6.2f", i, (double)p->nshards[i] / (double)steps);
+        for (int j = 0; j < TH_N; j++)
+            fprintf(stderr, " %8.1f/%8.1f", p->thr[i][j][0] * k, p->thr[i][j][1] * k);
+        fprintf(stderr, "\n");
+    }
+}
+
 void cr_trainer_free(cr_trainer *t)
 {
     if (!t) return;
+    if (t->prof) {
+        prof_print(t);
+        free(t->prof);
+    }
     for (int s = 0; s < t->n_local && t->flat; s++) {
         for (size_t i = 0; i < t->n; i++) free(t->view[(size_t)s * t->n + i]);
         cr_tensor_free(t->flat[s]);
@@ -173,8 +320,12 @@ void cr_trainer_free(cr_trainer *t)
     free(t->reached);
     free(t->graph);
     free(t->shard);
-    free(t->rng);
+    free(t->slot);
     free(t->loss);
+    free(t->chunk);
+    free(t->part);
+    free(t->psteps);
+    free(t->cfg_copy);
     free(t);
 }
 
@@ -218,7 +369,8 @@ static cr_tensor *shard_grad(void *ctx, const cr_tensor *leaf)
                  leaf->name ? " named " : "", leaf->name ? leaf->name : "");
     }
     size_t i = t->sorted[lo].i;
-    t->touched[(size_t)r->s * t->n + i] = 1;
+    unsigned char *tch = &t->touched[(size_t)r->s * t->tstride + i];
+    if (!*tch) *tch = 1;
     return t->view[(size_t)r->s * t->n + i];
 }
 
@@ -238,8 +390,8 @@ static void run_shard(cr_trainer *t, const cr_task *task, int s, bool anomaly)
     cr_shard *sh = &t->shard[s];
     size_t bytes = (size_t)t->numel * cr_dtype_size(t->dtype);
     memset(t->flat[s]->data, 0, bytes);
-    memset(t->touched + (size_t)s * t->n, 0, t->n);
-    t->loss[s] = 0;
+    memset(t->touched + (size_t)s * t->tstride, 0, t->n);
+    t->slot[s].loss = 0;
     if (sh->begin == sh->end) return; /* fewer rows than shards: nothing here */
     replica r = {t, s};
     cr_graph *old_graph = cr_graph_use(t->graph[s]);
@@ -251,7 +403,7 @@ static void run_shard(cr_trainer *t, const cr_task *task, int s, bool anomaly)
     if (!loss || cr_numel(loss) != 1 || loss->dtype == CR_I32)
         cr_error("cr_trainer_step: the loss of shard %d is %s; it must be a one-element float tensor",
                  sh->index, loss ? cr_shape_str(str, sizeof str, loss->ndim, loss->shape) : "NULL");
-    t->loss[s] = cr_item(loss);
+    t->slot[s].loss = cr_item(loss);
     if (loss->requires_grad) cr_backward(loss);
     cr_set_grad_hook(NULL, NULL);
     cr_rng_use_dropout_stream(old_stream);
@@ -288,33 +440,216 @@ static double tree_sum_doubles(double *x, int n)
     return x[0];
 }
 
-/* One thread's part of a step: take shards until none is left, wait for the
- * others, then sum blocks `id`, `id + nth`, ... of the buffers. */
-static void replica_body(cr_trainer *t, const cr_task *task, int id, int nth, bool anomaly)
+/* ---- the work after the shards ------------------------------------------------------- */
+
+/* After every shard's backward, in shard order, with the shard's graph
+ * current: carried state is written once no shard still reads it. Then the
+ * graphs are cleared and reached[] gathered. One thread. */
+static void finish_shards(cr_trainer *t, const cr_task *task)
 {
-    for (;;) {
-        int s = atomic_fetch_add_explicit(&t->next_shard, 1, memory_order_acq_rel);
-        if (s >= t->n_local) break;
-        run_shard(t, task, s, anomaly);
+    const int n = t->n_local;
+    if (task->after_backward) {
+        for (int s = 0; s < n; s++) {
+            if (t->shard[s].begin == t->shard[s].end) continue;
+            cr_graph *old = cr_graph_use(t->graph[s]);
+            task->after_backward(task->ctx, &t->shard[s]);
+            cr_graph_use(old);
+        }
     }
+    for (int s = 0; s < n; s++) cr_graph_clear(t->graph[s]);
+    for (size_t i = 0; i < t->n; i++) {
+        t->reached[i] = 0;
+        for (int s = 0; s < n; s++) t->reached[i] |= t->touched[(size_t)s * t->tstride + i];
+    }
+}
+
+/* Chunk c summed over the shards into flat[0]; with a tail, also published
+ * into its parameter's ->grad (zeros where no shard reached the parameter, as
+ * cr_trainer_publish) and, when clipping, its sum of squares in part[c]: the
+ * loop of clip.c's sumsq (f64, element order), for the same bits. */
+static void chunk_reduce(cr_trainer *t, const tail *tl, int64_t c)
+{
+    const chunk *k = &t->chunk[c];
+    int64_t off = t->offset[k->i] + k->lo, len = k->hi - k->lo;
+    tree_sum(t->flat, t->n_local, t->dtype, off, off + len);
+    if (!tl) return;
+    bool reached = false;
+    for (int s = 0; s < t->n_local; s++) reached |= t->touched[(size_t)s * t->tstride + k->i];
+    cr_tensor *g = t->value[k->i]->grad;
+    size_t esz = cr_dtype_size(t->dtype);
+    char *dst = (char *)g->data + (size_t)k->lo * esz;
+    if (reached)
+        memcpy(dst, (const char *)t->flat[0]->data + (size_t)off * esz, (size_t)len * esz);
+    else
+        memset(dst, 0, (size_t)len * esz);
+    if (tl->max_norm == 0) return;
+    double ss = 0;
+    if (t->dtype == CR_F64)
+        for (int64_t i = 0; i < len; i++) {
+            double x = ((const double *)(const void *)dst)[i];
+            ss += x * x;
+        }
+    else
+        for (int64_t i = 0; i < len; i++) {
+            double x = (double)((const float *)(const void *)dst)[i];
+            ss += x * x;
+        }
+    t->part[c] = ss;
+}
+
+/* cr_grad_norm's arithmetic over the chunks' sums of squares: a parameter's
+ * blocks in order, its norm sqrt(ss), the norms squared summed in parameter
+ * order, sqrt. False when a sum is not finite: cr_clip_grad_norm then
+ * rescales or reports, after the region. */
+static bool chunks_norm(const cr_trainer *t, double *norm)
+{
+    double total = 0, ss = 0;
+    for (int64_t c = 0; c < t->n_chunks; c++) {
+        ss += t->part[c];
+        if (c + 1 == t->n_chunks || t->chunk[c + 1].i != t->chunk[c].i) {
+            if (!isfinite(ss)) return false;
+            double norm_i = sqrt(ss);
+            total += norm_i * norm_i;
+            ss = 0;
+        }
+    }
+    if (!isfinite(total)) return false;
+    *norm = sqrt(total);
+    return true;
+}
+
+/* A 1-d view of elements [lo, hi) of a contiguous tensor. */
+static void range_view(cr_tensor *dst, const cr_tensor *src, int64_t lo, int64_t hi)
+{
+    cr_tensor whole;
+    cr_view_reshape(&whole, src, 1, (int64_t[]){cr_numel(src)});
+    cr_view_narrow(dst, &whole, 0, lo, hi - lo);
+}
+
+/* Elements [lo, hi) of parameter i: the gradient scaled by coef (clip.c's
+ * scale_grad: x * (float)coef in f32) when below 1, then the rule's update
+ * on the same range of the parameter, its gradient and its state. */
+static void update_range(cr_trainer *t, const tail *tl, double coef, size_t i, int64_t lo, int64_t hi)
+{
+    cr_tensor *p = t->value[i], *g = p->grad;
+    if (coef < 1) {
+        if (t->dtype == CR_F64) {
+            double *x = (double *)g->data;
+            for (int64_t e = lo; e < hi; e++) x[e] = x[e] * coef;
+        } else {
+            float *x = (float *)g->data, cf = (float)coef;
+            for (int64_t e = lo; e < hi; e++) x[e] = x[e] * cf;
+        }
+    }
+    cr_tensor pv, gv, sv[CR_OPTIM_MAX_SLOTS], *slot[CR_OPTIM_MAX_SLOTS] = {NULL};
+    range_view(&pv, p, lo, hi);
+    range_view(&gv, g, lo, hi);
+    for (int s = 0; s < tl->rule->n_slots; s++) {
+        cr_tensor *x = cr_optim_slot(tl->opt, i, s);
+        if (!x) continue;
+        range_view(&sv[s], x, lo, hi);
+        slot[s] = &sv[s];
+    }
+    tl->rule->update(tl->cfg, &pv, &gv, slot, cr_optim_param_steps_at(tl->opt, i) + 1);
+}
+
+/* Every thread's exit from a barrier of the region: a happens-before edge in
+ * C11 atomics that ThreadSanitizer sees (libgomp's own synchronisation is
+ * not instrumented). */
+static void region_barrier(cr_trainer *t, int nth)
+{
     atomic_fetch_add_explicit(&t->sync, 1, memory_order_release);
 #ifdef _OPENMP
     if (nth > 1) {
 #pragma omp barrier
     }
+#else
+    (void)nth;
 #endif
     (void)atomic_load_explicit(&t->sync, memory_order_acquire);
-    int64_t blocks = (t->numel + REDUCE_BLOCK - 1) / REDUCE_BLOCK;
-    for (int64_t b = id; b < blocks; b += nth) {
-        int64_t lo = b * REDUCE_BLOCK, hi = lo + REDUCE_BLOCK < t->numel ? lo + REDUCE_BLOCK : t->numel;
-        tree_sum(t->flat, t->n_local, t->dtype, lo, hi);
+}
+
+/* One thread's part of a step: take shards until none is left; wait for the
+ * others; take chunks to sum over the shards (thread 0 first finishes the
+ * shards: callbacks, graphs). With a tail (cr_trainer_step in replica mode)
+ * the chunks are also published and their sums of squares taken; after a
+ * second barrier every thread derives the same norm from the sums and takes
+ * chunks (or whole parameters, for a rule not known to be elementwise) to
+ * scale and update. Which thread takes what changes no result: each chunk's
+ * arithmetic is fixed, and the norm is summed in one order by every thread. */
+static void replica_body(cr_trainer *t, const cr_task *task, tail *tl, int id, int nth, bool anomaly)
+{
+    prof_thread *pt = t->prof && id < PROF_THREADS ? &t->prof->th[id] : NULL;
+    if (pt) {
+        pt->ts[TS_START] = stamp_now();
+        pt->shards = 0;
     }
+    for (;;) {
+        int s = atomic_fetch_add_explicit(&t->next_shard, 1, memory_order_acq_rel);
+        if (s >= t->n_local) break;
+        run_shard(t, task, s, anomaly);
+        if (pt) pt->shards++;
+    }
+    if (pt) pt->ts[TS_SHARDS] = stamp_now();
+    region_barrier(t, nth);
+    if (pt) pt->ts[TS_BARRIER] = stamp_now();
+    if (tl && id == 0) finish_shards(t, task);
+    /* Without clipping an elementwise rule needs nothing from other chunks:
+     * each chunk is updated right after it is summed, with no second barrier
+     * (unless after_backward, still running on thread 0, may read weights). */
+    bool at_once = tl && tl->max_norm == 0 && tl->ranges && !task->after_backward;
+    for (;;) {
+        int c = atomic_fetch_add_explicit(&t->next_chunk, 1, memory_order_relaxed);
+        if (c >= t->n_chunks) break;
+        chunk_reduce(t, tl, c);
+        if (at_once) update_range(t, tl, 1, t->chunk[c].i, t->chunk[c].lo, t->chunk[c].hi);
+    }
+    if (tl && !at_once) {
+        region_barrier(t, nth);
+        double norm = NAN, coef = 1;
+        bool clip_here = tl->max_norm > 0;
+        if (clip_here && chunks_norm(t, &norm)) coef = tl->max_norm / (norm + 1e-6);
+        bool update = !clip_here || !isnan(norm);
+        if (id == 0) {
+            tl->serial_clip = !update;
+            tl->norm = norm;
+            tl->coef = coef;
+        }
+        int units = tl->ranges ? (int)t->n_chunks : (int)t->n;
+        for (;;) {
+            int u = update ? atomic_fetch_add_explicit(&t->next_update, 1, memory_order_relaxed) : units;
+            if (u >= units) break;
+            if (tl->ranges)
+                update_range(t, tl, coef, t->chunk[u].i, t->chunk[u].lo, t->chunk[u].hi);
+            else
+                update_range(t, tl, coef, (size_t)u, 0, cr_numel(t->value[u]));
+        }
+    }
+    if (pt) pt->ts[TS_DONE] = stamp_now();
     atomic_fetch_add_explicit(&t->sync, 1, memory_order_release);
+}
+
+/* Sum the threads' readings of a region that ran from `fork` to `join` (the
+ * calling thread's stamps; start latency and join wait in wall time only). */
+static void prof_region(prof *p, int nth, stamp fork, stamp join)
+{
+    p->region_steps++;
+    if (nth > p->nth_max) p->nth_max = nth;
+    for (int i = 0; i < nth && i < PROF_THREADS; i++) {
+        const prof_thread *q = &p->th[i];
+        p->nshards[i] += q->shards;
+        p->thr[i][TH_START][0] += q->ts[TS_START].w - fork.w;
+        prof_add(p->thr[i][TH_SHARDS], q->ts[TS_START], q->ts[TS_SHARDS]);
+        prof_add(p->thr[i][TH_BARRIER], q->ts[TS_SHARDS], q->ts[TS_BARRIER]);
+        prof_add(p->thr[i][TH_AFTER], q->ts[TS_BARRIER], q->ts[TS_DONE]);
+        p->thr[i][TH_JOIN][0] += join.w - q->ts[TS_DONE].w;
+    }
 }
 
 typedef struct region_args {
     cr_trainer *t;
     const cr_task *task;
+    tail *tl;
     bool anomaly;
 } region_args;
 
@@ -328,9 +663,9 @@ static void region_body(void)
     const region_args *a = atomic_load_explicit(&region, memory_order_acquire);
     cr_serial_begin();
 #ifdef _OPENMP
-    replica_body(a->t, a->task, omp_get_thread_num(), omp_get_num_threads(), a->anomaly);
+    replica_body(a->t, a->task, a->tl, omp_get_thread_num(), omp_get_num_threads(), a->anomaly);
 #else
-    replica_body(a->t, a->task, 0, 1, a->anomaly);
+    replica_body(a->t, a->task, a->tl, 0, 1, a->anomaly);
 #endif
     cr_serial_end();
 }
@@ -345,13 +680,16 @@ static void check_params(const cr_trainer *t, const char *op)
                      t->ps->items[i].name);
 }
 
-double cr_trainer_backward(cr_trainer *t, const cr_task *task)
+/* cr_trainer_backward, and with a tail cr_trainer_step's whole replica step. */
+static double backward_run(cr_trainer *t, const cr_task *task, tail *tl)
 {
     if (!t || !task || !task->loss)
         cr_error("cr_trainer_backward: %s is NULL", !t ? "trainer" : !task ? "task" : "task->loss");
     if (task->rows < 1)
         cr_error("cr_trainer_backward: task->rows = %lld must be at least 1", (long long)task->rows);
     check_params(t, "cr_trainer_backward");
+    prof *pf = t->step >= PROF_WARMUP ? t->prof : NULL;
+    stamp m0 = pf ? stamp_now() : (stamp){0}, m1 = {0}, m2 = {0};
     const int S = t->cfg.shards, n = t->n_local;
     int active = 0;
     for (int s = 0; s < n; s++) {
@@ -366,12 +704,14 @@ double cr_trainer_backward(cr_trainer *t, const cr_task *task)
                                  .rows = task->rows,
                                  .weight = (double)(end - begin) / (double)task->rows,
                                  .step = t->step,
-                                 .rng = &t->rng[s]};
-        t->rng[s] = cr_rng_seed(mix(t->cfg.seed ^ mix((uint64_t)t->step ^ mix((uint64_t)g))));
+                                 .rng = &t->slot[s].rng};
+        t->slot[s].rng = cr_rng_seed(mix(t->cfg.seed ^ mix((uint64_t)t->step ^ mix((uint64_t)g))));
         active += begin < end;
     }
     bool anomaly = cr_detect_anomaly();
     atomic_store_explicit(&t->next_shard, 0, memory_order_relaxed);
+    atomic_store_explicit(&t->next_chunk, 0, memory_order_relaxed);
+    atomic_store_explicit(&t->next_update, 0, memory_order_relaxed);
     bool replicas = t->cfg.mode == CR_PARALLEL_REPLICAS;
     /* The configured thread count, not OpenMP's default: threads = 3 forks
      * three threads even under OMP_NUM_THREADS=1. Never a nested team. */
@@ -383,6 +723,7 @@ double cr_trainer_backward(cr_trainer *t, const cr_task *task)
 #endif
     int nth = replicas && can_fork ? (t->cfg.threads < active ? t->cfg.threads : active) : 1;
     if (replicas) cr_serial_begin(); /* no kernel of a shard forks */
+    if (pf) m1 = stamp_now();
     if (nth > 1) {
         /* The region's arguments go through region_args, published with a
          * release store the workers' first action acquires, so that
@@ -391,7 +732,7 @@ double cr_trainer_backward(cr_trainer *t, const cr_task *task)
          * stack behind its back). The lock serialises trainers stepping on
          * several user threads at once; uncontended it costs ~20 ns a step. */
         pthread_mutex_lock(&region_lock);
-        region_args args = {t, task, anomaly};
+        region_args args = {t, task, tl, anomaly};
         atomic_store_explicit(&region, &args, memory_order_release);
 #pragma omp parallel num_threads(nth)
         region_body();
@@ -399,28 +740,26 @@ double cr_trainer_backward(cr_trainer *t, const cr_task *task)
         pthread_mutex_unlock(&region_lock);
         (void)atomic_load_explicit(&t->sync, memory_order_acquire);
     } else {
-        replica_body(t, task, 0, 1, anomaly);
+        replica_body(t, task, tl, 0, 1, anomaly);
+    }
+    if (pf) {
+        m2 = stamp_now();
+        prof_region(pf, nth, m1, m2);
     }
     if (replicas) cr_serial_end();
-
-    /* After every shard's backward, in shard order, with the shard's graph
-     * current: carried state is written once no shard still reads it. */
-    if (task->after_backward) {
-        for (int s = 0; s < n; s++) {
-            if (t->shard[s].begin == t->shard[s].end) continue;
-            cr_graph *old = cr_graph_use(t->graph[s]);
-            task->after_backward(task->ctx, &t->shard[s]);
-            cr_graph_use(old);
-        }
-    }
-    for (int s = 0; s < n; s++) cr_graph_clear(t->graph[s]);
-    for (size_t i = 0; i < t->n; i++) {
-        t->reached[i] = 0;
-        for (int s = 0; s < n; s++) t->reached[i] |= t->touched[(size_t)s * t->n + i];
-    }
+    if (!tl) finish_shards(t, task);
     t->step++;
-    return tree_sum_doubles(t->loss, n);
+    for (int s = 0; s < n; s++) t->loss[s] = t->slot[s].loss;
+    double total = tree_sum_doubles(t->loss, n);
+    if (pf) {
+        prof_add(pf->ph[PH_PRE], m0, m1);
+        prof_add(pf->ph[PH_REGION], m1, m2);
+        prof_add(pf->ph[PH_AFTER], m2, stamp_now());
+    }
+    return total;
 }
+
+double cr_trainer_backward(cr_trainer *t, const cr_task *task) { return backward_run(t, task, NULL); }
 
 cr_tensor *cr_trainer_grad(cr_trainer *t) { return t->flat[0]; }
 unsigned char *cr_trainer_reached(cr_trainer *t) { return t->reached; }
@@ -444,6 +783,53 @@ void cr_trainer_publish(cr_trainer *t)
     }
 }
 
+/* Can the optimizer part of this step run inside the region? Replica mode,
+ * and every parameter already has a gradient tensor the chunks can be
+ * published into (from the first step on; creating one is not for worker
+ * threads) and state of its own shape. */
+static bool tail_fits(const cr_trainer *t, const cr_optim *opt)
+{
+    if (t->cfg.mode != CR_PARALLEL_REPLICAS) return false;
+    const cr_optim_rule *r = cr_optim_rule_of(opt);
+    for (size_t i = 0; i < t->n; i++) {
+        const cr_tensor *p = t->value[i], *g = p->grad;
+        if (!g || g->dtype != t->dtype || !cr_is_contiguous(g) || cr_numel(g) != cr_numel(p)) return false;
+        for (int s = 0; s < r->n_slots; s++) {
+            const cr_tensor *x = cr_optim_slot(opt, i, s);
+            if (x && (x->dtype != t->dtype || !cr_is_contiguous(x) || cr_numel(x) != cr_numel(p)))
+                return false;
+        }
+    }
+    return true;
+}
+
+/* After a step whose update ran in the region: what cr_trainer_publish,
+ * cr_clip_grad_norm and cr_optim_step would have left besides the numbers
+ * (tensor versions, the optimizer's step counts). */
+static void tail_finish(cr_trainer *t, const tail *tl)
+{
+    const cr_optim_rule *r = tl->rule;
+    for (size_t i = 0; i < t->n; i++) {
+        cr_tensor *p = t->value[i];
+        cr_tensor_bump_version(p->grad); /* published */
+        if (tl->coef < 1) cr_tensor_bump_version(p->grad);
+        cr_tensor_bump_version(p);
+        for (int s = 0; s < r->n_slots; s++) {
+            cr_tensor *x = cr_optim_slot(tl->opt, i, s);
+            if (x) cr_tensor_bump_version(x);
+        }
+        t->psteps[i] = cr_optim_param_steps_at(tl->opt, i) + 1;
+    }
+    /* the config is passed back unchanged; restore copies it, so not from itself */
+    if (t->cfg_copy_size < r->config_size) {
+        free(t->cfg_copy);
+        t->cfg_copy = cr_xmalloc(r->config_size);
+        t->cfg_copy_size = r->config_size;
+    }
+    memcpy(t->cfg_copy, tl->cfg, r->config_size);
+    cr_optim_restore(tl->opt, t->cfg_copy, cr_optim_steps(tl->opt) + 1, t->psteps);
+}
+
 cr_status cr_trainer_step(cr_trainer *t, const cr_task *task, cr_optim *opt, double max_norm, double *loss,
                           double *norm)
 {
@@ -452,12 +838,52 @@ cr_status cr_trainer_step(cr_trainer *t, const cr_task *task, cr_optim *opt, dou
         cr_error("cr_trainer_step: max_norm = %g must be finite and >= 0 (0: no clipping)", max_norm);
     if (cr_optim_params(opt) != t->ps)
         cr_error("cr_trainer_step: the optimizer is over another parameter set");
+    prof *pf = t->step >= PROF_WARMUP ? t->prof : NULL;
+    stamp m0 = pf ? stamp_now() : (stamp){0}, m1 = {0};
+    check_params(t, "cr_trainer_step");
+    cr_optim_check(opt, t->ps, "cr_trainer_step");
+    if (!t->serial_tail && tail_fits(t, opt)) {
+        /* Replicas, steady state: publish, clip and update inside the step's
+         * one region, chunk by chunk (the serial tail was 1.2% of a step's CPU at
+         * hidden 128; see ARCHITECTURE.md, Parallel training). */
+        const cr_optim_rule *r = cr_optim_rule_of(opt);
+        tail tl = {.opt = opt,
+                   .rule = r,
+                   .cfg = cr_optim_config(opt),
+                   .max_norm = max_norm,
+                   .ranges = r == &cr_adam_rule || r == &cr_adamw_rule || r == &cr_sgd_rule ||
+                             r == &cr_rmsprop_rule,
+                   .norm = NAN,
+                   .coef = 1};
+        double l = backward_run(t, task, &tl);
+        if (loss) *loss = l;
+        if (pf) m1 = stamp_now();
+        cr_status st = CR_OK;
+        if (tl.serial_clip) { /* published, not scaled, not updated */
+            cr_serial_begin();
+            for (size_t i = 0; i < t->n; i++) cr_tensor_bump_version(t->value[i]->grad);
+            st = cr_clip_grad_norm(t->ps, max_norm, norm);
+            if (st == CR_OK) cr_optim_step(opt);
+            cr_serial_end();
+        } else {
+            if (norm) *norm = tl.norm;
+            tail_finish(t, &tl);
+        }
+        if (pf) {
+            stamp m2 = stamp_now();
+            prof_add(pf->ph[PH_TAIL], m1, m2);
+            prof_add(pf->ph[PH_STEP], m0, m2);
+            pf->steps++;
+        }
+        return st;
+    }
     double l = cr_trainer_backward(t, task);
     if (loss) *loss = l;
     /* Replicas: the step's one parallel region is behind us; the serial rest
      * (publish, clip, update) forks no more. */
     bool serial = t->cfg.mode == CR_PARALLEL_REPLICAS;
     if (serial) cr_serial_begin();
+    if (pf) m1 = stamp_now();
     cr_trainer_publish(t);
     cr_status st = CR_OK;
     if (max_norm > 0)
@@ -466,5 +892,11 @@ cr_status cr_trainer_step(cr_trainer *t, const cr_task *task, cr_optim *opt, dou
         *norm = NAN;
     if (st == CR_OK) cr_optim_step(opt);
     if (serial) cr_serial_end();
+    if (pf) {
+        stamp m2 = stamp_now();
+        prof_add(pf->ph[PH_TAIL], m1, m2);
+        prof_add(pf->ph[PH_STEP], m0, m2);
+        pf->steps++;
+    }
     return st;
 }

@@ -10,6 +10,7 @@
 #include <math.h>
 #include <omp.h>
 #include <stdatomic.h>
+#include <stddef.h>
 #include <string.h>
 
 #include "carousel.h"
@@ -365,6 +366,135 @@ Test(parallel, publish_callbacks_and_shards_without_rows)
     cr_assert_eq(cr_trainer_steps(t), 1);
     cr_trainer_free(t);
     cr_params_free(ps);
+}
+
+/* ---- the optimizer part inside the region ------------------------------------------------------ */
+
+/* A two-layer model whose first weight spans three 8192-element chunks, and
+ * a parameter no shard reaches (its old gradient is zeroed and updated, as
+ * zero_grad + step would). */
+typedef struct tail_model {
+    cr_params *ps;
+    cr_tensor *w, *b, *v, *unused, *x;
+    cr_optim *opt;
+    double nan_at; /* a shard loss times NaN at this step (from 1), else 1 */
+    int step;
+} tail_model;
+
+static cr_tensor *tail_loss(void *ctx, const cr_shard *s)
+{
+    tail_model *m = ctx;
+    cr_tensor *h = cr_tanh(cr_add(cr_matmul(cr_narrow(m->x, 0, s->begin, s->end - s->begin), m->w), m->b));
+    double k = m->step == m->nan_at && s->index == 1 ? NAN : s->weight;
+    return cr_mul_scalar(cr_sum(cr_matmul(h, m->v)), k);
+}
+
+/* Normalised SGD, p -= lr g / ||g||: not element by element, so the trainer
+ * updates it a whole parameter at a time. */
+typedef struct nsgd_config {
+    double lr;
+} nsgd_config;
+static void nsgd_update(const void *cfg, cr_tensor *p, const cr_tensor *g, cr_tensor *const *slot, int64_t k)
+{
+    (void)slot;
+    (void)k;
+    double ss = 0, lr = ((const nsgd_config *)cfg)->lr;
+    for (int64_t i = 0; i < cr_numel(p); i++)
+        ss += (double)((const float *)g->data)[i] * ((const float *)g->data)[i];
+    for (int64_t i = 0; i < cr_numel(p); i++)
+        ((float *)p->data)[i] -= (float)(lr * ((const float *)g->data)[i] / (sqrt(ss) + 1e-12));
+}
+static const cr_optim_hparam nsgd_hparams[] = {{"lr", offsetof(nsgd_config, lr), false, 0, INFINITY}};
+static const cr_optim_rule nsgd_rule = {.name = "nsgd",
+                                        .config_size = sizeof(nsgd_config),
+                                        .hparams = nsgd_hparams,
+                                        .n_hparams = 1,
+                                        .update = nsgd_update};
+
+static tail_model tail_make(int rule)
+{
+    tail_model m = {.ps = cr_params_init(), .nan_at = 0};
+    cr_rng r = cr_rng_seed(17);
+    m.w = cr_params_add(m.ps, NULL, "w", CR_F32, CR_SHAPE(120, 200)); /* 24000: chunks 8192, 8192, 7616 */
+    m.b = cr_params_add(m.ps, NULL, "b", CR_F32, CR_SHAPE(200));
+    m.unused = cr_params_add(m.ps, NULL, "unused", CR_F32, CR_SHAPE(9000));
+    m.v = cr_params_add(m.ps, NULL, "v", CR_F32, CR_SHAPE(200, 1));
+    cr_fill_uniform(m.w, &r, -0.1, 0.1);
+    cr_fill_uniform(m.b, &r, -0.1, 0.1);
+    cr_fill_uniform(m.v, &r, -0.5, 0.5);
+    cr_fill_uniform(m.unused, &r, -1, 1);
+    cr_grad_of(m.unused);
+    cr_fill(m.unused->grad, 3);
+    m.x = cr_tensor_init(CR_F32, CR_SHAPE(10, 120));
+    cr_fill_uniform(m.x, &r, -1, 1);
+    if (rule == 0) m.opt = cr_adam_init(m.ps, cr_adam_defaults(1e-2));
+    if (rule == 1) m.opt = cr_sgd_init(m.ps, (cr_sgd_config){.lr = 0.1, .momentum = 0.9, .nesterov = true});
+    if (rule == 2) m.opt = cr_optim_init(m.ps, &nsgd_rule, &(nsgd_config){.lr = 0.05});
+    return m;
+}
+
+static void tail_free(tail_model *m)
+{
+    cr_optim_free(m->opt);
+    cr_tensor_free(m->x);
+    cr_params_free(m->ps);
+}
+
+Test(parallel, the_update_inside_the_region_is_publish_clip_step_bit_for_bit)
+{
+    static const double clips[] = {0.05, 0, 1e6};
+    for (int rule = 0; rule < 3; rule++)
+        for (size_t c = 0; c < sizeof clips / sizeof *clips; c++)
+            for (int threads = 1; threads <= 3; threads += 2) {
+                tail_model a = tail_make(rule), b = tail_make(rule);
+                a.nan_at = b.nan_at = c == 0 ? 4 : 0; /* clipping a NaN gradient: reported, no update */
+                cr_trainer *ta = cr_trainer_init(
+                    a.ps, (cr_trainer_config){.shards = 5, .threads = threads, .mode = CR_PARALLEL_REPLICAS});
+                cr_trainer *tb = cr_trainer_init(
+                    b.ps, (cr_trainer_config){.shards = 5, .threads = 1, .mode = CR_PARALLEL_REPLICAS});
+                cr_task task_a = {.rows = 10, .loss = tail_loss, .ctx = &a},
+                        task_b = {.rows = 10, .loss = tail_loss, .ctx = &b};
+                for (int k = 1; k <= 5; k++) {
+                    a.step = b.step = k;
+                    double na = -1, nb = -1, la, lb;
+                    cr_status sa = cr_trainer_step(ta, &task_a, a.opt, clips[c], &la, &na);
+                    /* the serial tail by hand */
+                    lb = cr_trainer_backward(tb, &task_b);
+                    cr_trainer_publish(tb);
+                    cr_status sb = CR_OK;
+                    if (clips[c] > 0)
+                        sb = cr_clip_grad_norm(b.ps, clips[c], &nb);
+                    else
+                        nb = NAN;
+                    if (sb == CR_OK) cr_optim_step(b.opt);
+                    cr_assert_eq(sa, sb, "rule %d clip %g threads %d step %d: status", rule, clips[c],
+                                 threads, k);
+                    cr_assert(memcmp(&la, &lb, sizeof la) == 0);
+                    cr_assert((isnan(na) && isnan(nb)) || na == nb,
+                              "rule %d clip %g threads %d step %d: norm %.17g, serially %.17g", rule,
+                              clips[c], threads, k, na, nb);
+                    cr_assert(pm_same_weights(a.ps, b.ps),
+                              "rule %d clip %g threads %d step %d: weights differ", rule, clips[c], threads,
+                              k);
+                    for (size_t i = 0; i < a.ps->n; i++) {
+                        const cr_tensor *ga = a.ps->items[i].value->grad, *gb = b.ps->items[i].value->grad;
+                        cr_assert(memcmp(ga->data, gb->data, (size_t)cr_numel(ga) * 4) == 0,
+                                  "published (clipped) gradients differ");
+                        cr_assert_eq(cr_optim_param_steps_at(a.opt, i), cr_optim_param_steps_at(b.opt, i));
+                        for (int s = 0; s < cr_optim_rule_of(a.opt)->n_slots; s++) {
+                            const cr_tensor *xa = cr_optim_slot(a.opt, i, s),
+                                            *xb = cr_optim_slot(b.opt, i, s);
+                            cr_assert_eq(!xa, !xb);
+                            if (xa) cr_assert(memcmp(xa->data, xb->data, (size_t)cr_numel(xa) * 4) == 0);
+                        }
+                    }
+                    cr_assert_eq(cr_optim_steps(a.opt), cr_optim_steps(b.opt));
+                }
+                cr_trainer_free(ta);
+                cr_trainer_free(tb);
+                tail_free(&a);
+                tail_free(&b);
+            }
 }
 
 /* ---- misuse ------------------------------------------------------------------------------------ */
