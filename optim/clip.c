@@ -5,9 +5,9 @@
 
 #include "optim_internal.h"
 
-/* Elements per block of a sum of squares: blocks are summed one after the
- * other whatever the thread count, so the result never depends on it. */
-#define SQ_BLOCK 8192
+/* Elements per block of a sum of squares (optim_internal.h): blocks are summed
+ * one after the other whatever the thread count, so the result never depends on it. */
+#define SQ_BLOCK CR_SQ_BLOCK
 /* Blocks handed to threads per round (their partial sums live on the stack). */
 #define SQ_ROUND 64
 

@@ -83,9 +83,13 @@ typedef struct cr_optim_rule {
     /* One update of parameter p (contiguous, f32 or f64) by its gradient g
      * (same dtype and size); slot[s] is its state for slot s (NULL where the
      * config does not use it); k counts the updates p has received,
-     * this one included (1 on the first). Each element i must depend only on
-     * element i of its inputs, so threads can split the elements. */
+     * this one included (1 on the first). Unless whole_tensor is set, element
+     * i must depend only on element i of its inputs: cr_trainer then updates
+     * 8192-element chunks of a parameter on different threads. */
     void (*update)(const void *cfg, cr_tensor *p, const cr_tensor *g, cr_tensor *const *slot, int64_t k);
+    /* The update reads across elements (a norm of g, say): it is only ever
+     * given whole parameters. */
+    bool whole_tensor;
 } cr_optim_rule;
 
 /* An optimizer following `rule` with config cfg (copied; rule->config_size

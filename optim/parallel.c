@@ -24,7 +24,7 @@
  * squares are cr_clip_grad_norm's blocks and the norm is its norm bit for
  * bit. Eight shard buffers of a chunk (256 KB in f32) sit in L2 while the
  * tree sums them. */
-#define CHUNK 8192
+#define CHUNK CR_SQ_BLOCK
 
 /* Auto mode: intra-op threads once the largest weight matrix has at least
  * this many elements. bench/parallel on the shared 2-core machine: replicas
@@ -574,7 +574,7 @@ static void region_barrier(cr_trainer *t, int nth)
  * shards: callbacks, graphs). With a tail (cr_trainer_step in replica mode)
  * the chunks are also published and their sums of squares taken; after a
  * second barrier every thread derives the same norm from the sums and takes
- * chunks (or whole parameters, for a rule not known to be elementwise) to
+ * chunks (or whole parameters, for a rule marked whole_tensor) to
  * scale and update. Which thread takes what changes no result: each chunk's
  * arithmetic is fixed, and the norm is summed in one order by every thread. */
 static void replica_body(cr_trainer *t, const cr_task *task, tail *tl, int id, int nth, bool anomaly)
@@ -851,8 +851,7 @@ cr_status cr_trainer_step(cr_trainer *t, const cr_task *task, cr_optim *opt, dou
                    .rule = r,
                    .cfg = cr_optim_config(opt),
                    .max_norm = max_norm,
-                   .ranges = r == &cr_adam_rule || r == &cr_adamw_rule || r == &cr_sgd_rule ||
-                             r == &cr_rmsprop_rule,
+                   .ranges = !r->whole_tensor,
                    .norm = NAN,
                    .coef = 1};
         double l = backward_run(t, task, &tl);

@@ -389,8 +389,8 @@ static cr_tensor *tail_loss(void *ctx, const cr_shard *s)
     return cr_mul_scalar(cr_sum(cr_matmul(h, m->v)), k);
 }
 
-/* Normalised SGD, p -= lr g / ||g||: not element by element, so the trainer
- * updates it a whole parameter at a time. */
+/* Normalised SGD, p -= lr g / ||g||: not element by element (whole_tensor), so
+ * the trainer updates it a whole parameter at a time. */
 typedef struct nsgd_config {
     double lr;
 } nsgd_config;
@@ -409,7 +409,8 @@ static const cr_optim_rule nsgd_rule = {.name = "nsgd",
                                         .config_size = sizeof(nsgd_config),
                                         .hparams = nsgd_hparams,
                                         .n_hparams = 1,
-                                        .update = nsgd_update};
+                                        .update = nsgd_update,
+                                        .whole_tensor = true};
 
 static tail_model tail_make(int rule)
 {
