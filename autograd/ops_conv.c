@@ -216,13 +216,14 @@ static void fwd_direct(const fwd_ctx *c)
     const conv_dims *d = &c->d;
     int64_t per = cr_k_conv_direct_scratch(c->g, d->G, d->O, d->dt, false);
     cr_tensor *s = scratch(d, per);
-    CR_PAR_FOR(d->par, "omp parallel for schedule(static) num_threads(d->threads)",
-               for (int64_t b = 0; b < d->blocks; b++) {
-                   cr_tensor sv = flat(s, per);
-                   sv.data = at(s, thread_id(d) * per);
-                   int64_t n0 = b * d->nb, m = d->N - n0 < d->nb ? d->N - n0 : d->nb;
-                   cr_k_conv_direct(c->g, d->G, c->x, c->w, c->b, n0, m, c->y, &sv);
-               });
+    CR_PAR_FOR(
+        d->par, "omp parallel for schedule(static) num_threads(d->threads)",
+        for (int64_t b = 0; b < d->blocks; b++) {
+            cr_tensor sv = flat(s, per);
+            sv.data = at(s, thread_id(d) * per);
+            int64_t n0 = b * d->nb, m = d->N - n0 < d->nb ? d->N - n0 : d->nb;
+            cr_k_conv_direct(c->g, d->G, c->x, c->w, c->b, n0, m, c->y, &sv);
+        });
 }
 
 static void conv_fwd(cr_node *n)

@@ -85,7 +85,8 @@ static void parse_list(const char *prog, const char *s, int64_t *list, int *n)
 
 static opts parse(int argc, char **argv)
 {
-    opts o = {.threads = {1, 2}, .n_threads = 2, .reps = 5, .rounds = 10, .torch = true, .torch_malloc = "keep"};
+    opts o = {
+        .threads = {1, 2}, .n_threads = 2, .reps = 5, .rounds = 10, .torch = true, .torch_malloc = "keep"};
     for (size_t k = 0; k < N_CASES; k++) o.use[k] = true;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -105,8 +106,7 @@ static opts parse(int argc, char **argv)
         else if (!strcmp(a, "--torch-malloc")) {
             if (strcmp(v, "keep") && strcmp(v, "default")) usage(argv[0]);
             o.torch_malloc = v;
-        }
-        else if (!strcmp(a, "--case")) {
+        } else if (!strcmp(a, "--case")) {
             for (size_t k = 0; k < N_CASES; k++) o.use[k] = false;
             char buf[256];
             snprintf(buf, sizeof buf, "%s", v);
@@ -246,10 +246,9 @@ static bench_peer peer_start(const bench_case *c, int threads, const char *path,
     snprintf(a[6], 32, "%d", c->input_grad);
     snprintf(a[7], 32, "%d", threads);
     const char *kind = c->lenet ? "lenet" : "conv";
-    const char *args[] = {"--file",    path,     "--case",       kind,     "--batch",   a[0],       "--cin",
-                          a[1],        "--cout", a[2],           "--size", a[3],        "--kernel", a[4],
-                          "--padding", a[5],     "--input-grad", a[6],     "--threads", a[7],       "--malloc",
-                          malloc_mode, NULL};
+    const char *args[] = {"--file",       path, "--case",    kind, "--batch",  a[0],        "--cin",     a[1],
+                          "--cout",       a[2], "--size",    a[3], "--kernel", a[4],        "--padding", a[5],
+                          "--input-grad", a[6], "--threads", a[7], "--malloc", malloc_mode, NULL};
     return bench_peer_start((bench_peer_config){.script = "conv_torch.py", .args = args, .threads = threads});
 }
 
@@ -333,7 +332,7 @@ int main(int argc, char **argv)
         "backward of sum(y), [N,C,S,S] * [O,C,K,K] (input gradient too unless it is the first layer).\n"
         "torch's malloc: %s (faults: minor page faults per call, carousel/torch).\n\n",
         o.rounds, o.reps,
-        !o.torch ? "-"
+        !o.torch                         ? "-"
         : strcmp(o.torch_malloc, "keep") ? "as shipped (--torch-malloc default)"
                                          : "freed memory kept (--torch-malloc keep)");
     printf("%-12s %7s %28s %28s %7s %11s  %s\n", "case", "threads", "carousel_ms min/med/max",
@@ -345,9 +344,10 @@ int main(int argc, char **argv)
         for (int t = 0; t < o.n_threads; t++) {
             result r = measure(&o, &cases[k], (int)o.threads[t]);
             res[n++] = r;
-            printf("%-12s %7d %8.3f %8.3f %9.3f  %8.3f %8.3f %9.3f  %6.3f %5.0f/%-5.0f  %.7g %.7g; %.7g %.7g\n",
-                   r.c->name, r.threads, r.c_min, r.c_med, r.c_max, r.t_min, r.t_med, r.t_max, r.t_min / r.c_min,
-                   r.c_faults, r.t_faults, r.c_v0, r.c_v1, r.t_v0, r.t_v1);
+            printf(
+                "%-12s %7d %8.3f %8.3f %9.3f  %8.3f %8.3f %9.3f  %6.3f %5.0f/%-5.0f  %.7g %.7g; %.7g %.7g\n",
+                r.c->name, r.threads, r.c_min, r.c_med, r.c_max, r.t_min, r.t_med, r.t_max, r.t_min / r.c_min,
+                r.c_faults, r.t_faults, r.c_v0, r.c_v1, r.t_v0, r.t_v1);
         }
     }
     double worst = 0;

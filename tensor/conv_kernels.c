@@ -120,8 +120,8 @@ void cr_k_col2im(const cr_window *g, const cr_tensor *cols, int64_t n0, int64_t 
 
 /* The direct kernels: x [N, C, H, W], w [O, C/G, KH, KW], y and gy [N, O, OH, OW], all
  * contiguous, stride 1 along W. */
-static void check_direct(const char *fn, const cr_window *g, int64_t G, const cr_tensor *x, const cr_tensor *w,
-                         const cr_tensor *out, int64_t n0, int64_t nb)
+static void check_direct(const char *fn, const cr_window *g, int64_t G, const cr_tensor *x,
+                         const cr_tensor *w, const cr_tensor *out, int64_t n0, int64_t nb)
 {
     char s[128];
     check_window(fn, g);
@@ -133,8 +133,8 @@ static void check_direct(const char *fn, const cr_window *g, int64_t G, const cr
     int64_t O = w->ndim >= 1 ? w->shape[0] : 0;
     if (G < 1 || g->C % G || O % G || cr_numel(w) != O * (g->C / G) * g->KH * g->KW)
         cr_error("%s: weight %s does not fit %lld channels in %lld groups with a %lldx%lld kernel", fn,
-                 cr_shape_str(s, sizeof s, w->ndim, w->shape), (long long)g->C, (long long)G, (long long)g->KH,
-                 (long long)g->KW);
+                 cr_shape_str(s, sizeof s, w->ndim, w->shape), (long long)g->C, (long long)G,
+                 (long long)g->KH, (long long)g->KW);
     check_block(fn, g, x, n0, nb);
     int64_t sample = g->C * g->H * g->W;
     check_numel(fn, "output", out, (sample > 0 ? cr_numel(x) / sample : 0) * O * g->OH * g->OW);
@@ -179,7 +179,8 @@ void cr_k_conv_direct_dw(const cr_window *g, int64_t groups, const cr_tensor *x,
     if (cr_numel(scratch) < need)
         cr_error("cr_k_conv_direct_dw: scratch of %lld elements, needs %lld", (long long)cr_numel(scratch),
                  (long long)need);
-    int64_t pad = cr_k_conv_direct_scratch(g, groups, O, x->dtype, false), v = 64 / (int64_t)cr_dtype_size(x->dtype);
+    int64_t pad = cr_k_conv_direct_scratch(g, groups, O, x->dtype, false),
+            v = 64 / (int64_t)cr_dtype_size(x->dtype);
     int64_t gyq = O * g->OH * ((g->OW + v - 1) / v * v);
     if (x->dtype == CR_F32) {
         float *s = scratch->data;

@@ -180,9 +180,8 @@ FN(conv_direct)(const cr_window *g, int64_t G, int64_t O, const T *x, const T *w
 /* Lane sums for weights (c, ki, kj) of channels o0 .. o0+og of one sample:
  * s[o][(c, ki, kj)][l] += the sum over (oh, tiles) of lane l of
  * dy[o] (gyp rows, OWq long, zero past OW) times the input tile. */
-static inline __attribute__((always_inline)) void FN(direct_dw_lanes)(const cr_window *g, int64_t Cg, int og,
-                                                                      const T *xp, const T *gyp, int64_t OWq,
-                                                                      T *s)
+static inline __attribute__((always_inline)) void
+FN(direct_dw_lanes)(const cr_window *g, int64_t Cg, int og, const T *xp, const T *gyp, int64_t OWq, T *s)
 {
     const int64_t KK = g->KH * g->KW, Hp = g->H + 2 * g->PH, Wq = g->W + 2 * g->PW + V, OHq = g->OH * OWq;
     for (int64_t c = 0; c < Cg; c++)

@@ -127,7 +127,8 @@ static void parity_file(const char *file, double tol)
      * with stride 1 along W, however many channels */
     int64_t blocks[4] = {1, cr_conv_block_bytes, cr_conv_block_bytes, cr_conv_block_bytes};
     int64_t keep[4] = {cr_conv_keep_bytes, 0, cr_conv_keep_bytes, cr_conv_keep_bytes};
-    int64_t direct[4] = {0, 0, cr_conv_direct_channels, (int64_t)1 << 30}, default_direct = cr_conv_direct_channels;
+    int64_t direct[4] = {0, 0, cr_conv_direct_channels, (int64_t)1 << 30},
+            default_direct = cr_conv_direct_channels;
     int n_cases = 0;
     double worst = 0;
     for (int k = 0; k < 4; k++) {
@@ -445,7 +446,7 @@ Test(conv, results_do_not_depend_on_threads_or_blocks)
                 cr_parallel_threshold = 0;
                 cr_gemm_small_threshold = 0;
                 cr_set_num_threads(1);
-                cr_conv_direct_channels = 0; /* the reference: products */
+                cr_conv_direct_channels = 0;                       /* the reference: products */
                 run_out ref = keep_run(conv_run(x, w, b, direct)); /* persistent: outlives the clears */
                 cr_conv_direct_channels = direct ? 8 : 0;
                 /* blocks of 1, 4 (a partial last block) and all samples, the columns

@@ -838,7 +838,8 @@ static void check_conv1d(void)
         {"conv1d of [B,T,C] transposed",
          {1, {2, 3, 9}, {4, 3, 5}, .o1 = {.padding = 2}, .bias = true, .view = true}},
         {"conv1d odd sizes", {1, {1, 1, 11}, {3, 1, 4}, .o1 = {.stride = 3, .padding = 1}}},
-        {"conv1d long rows, dilated", {1, {2, 2, 30}, {3, 2, 5}, .o1 = {.padding = 3, .dilation = 2}, .bias = true}},
+        {"conv1d long rows, dilated",
+         {1, {2, 2, 30}, {3, 2, 5}, .o1 = {.padding = 3, .dilation = 2}, .bias = true}},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) check_conv_case(cases[i].name, &cases[i].c);
 }
