@@ -345,6 +345,10 @@ cr_tensor *cr_conv2d(cr_tensor *x, cr_tensor *w, cr_tensor *b, cr_conv2d_opts o)
  * the thread count at all (tests vary them; bench/conv measured the defaults). */
 extern int64_t cr_conv_block_bytes;
 extern int64_t cr_conv_keep_bytes;
+/* Groups with at most cr_conv_direct_channels output channels, stride 1
+ * along W, compute the output and the weight gradient with direct kernels
+ * instead (default 8; 0 turns them off). */
+extern int64_t cr_conv_direct_channels;
 
 /* Pooling over the last dim (1-D: x [N, C, L] or [C, L]) or the last two
  * (2-D: [N, C, H, W] or [C, H, W]); stride 0 means the kernel (PyTorch's

@@ -25,6 +25,12 @@ int64_t cr_conv_block_bytes = (int64_t)1 << 18;
 /* The forward keeps the columns of the whole batch for the weight gradient
  * (instead of backward building them again) when they take at most this. */
 int64_t cr_conv_keep_bytes = (int64_t)1 << 25;
+/* Groups with at most this many output channels (and stride 1 along W) run
+ * the direct kernels for the output and the weight gradient: their product
+ * [O/G, C/G KH KW] x [C/G KH KW, positions] is thinner than BLIS's
+ * micro-kernel (32 rows for sgemm on skx), and the columns cost more memory
+ * traffic than the product. The input gradient stays a product. */
+int64_t cr_conv_direct_channels = 8;
 
 /* Below this many multiply-adds an op runs its blocks on one thread: a
  * parallel region costs microseconds, more on a busy machine. */
@@ -103,6 +109,7 @@ typedef struct {
     int64_t nb, blocks;               /* samples per block, number of blocks */
     int64_t segs;                     /* segments of blocks for the weight gradient */
     bool direct;                      /* 1x1, one sample per block: the input plane is the columns */
+    bool dconv;                       /* few output channels per group: the direct kernels */
     int threads;                      /* scratch sets; blocks (and segments) run in parallel when > 1 */
     bool par;                         /* enough work for parallel blocks */
 } conv_dims;
@@ -128,6 +135,7 @@ static conv_dims dims_of(const cr_node *n)
     d.blocks = (d.N + d.nb - 1) / d.nb;
     bool pointwise = g->KH == 1 && g->KW == 1 && g->SH == 1 && g->SW == 1 && g->PH == 0 && g->PW == 0;
     d.direct = pointwise && d.nb == 1;
+    d.dconv = g->SW == 1 && d.Og <= cr_conv_direct_channels;
     /* Several blocks and threads, and enough work to pay for a parallel
      * region: one block per thread at a time, each product on one thread
      * (BLIS, called inside a parallel region, runs on the calling thread),
@@ -201,6 +209,23 @@ static void fwd_block(const fwd_ctx *c, int64_t blk)
     if (c->yb) reorder(true, d->es, at(c->y, n0 * d->O * d->P), out, m, d->O, d->P);
 }
 
+/* The direct forward: blocks of samples as the lowering's, each thread with
+ * its own padded-sample scratch. */
+static void fwd_direct(const fwd_ctx *c)
+{
+    const conv_dims *d = &c->d;
+    int64_t per = cr_k_conv_direct_scratch(c->g, d->G, d->O, d->dt, false);
+    cr_tensor *s = scratch(d, per);
+    CR_PAR_FOR(
+        d->par, "omp parallel for schedule(static) num_threads(d->threads)",
+        for (int64_t b = 0; b < d->blocks; b++) {
+            cr_tensor sv = flat(s, per);
+            sv.data = at(s, thread_id(d) * per);
+            int64_t n0 = b * d->nb, m = d->N - n0 < d->nb ? d->N - n0 : d->nb;
+            cr_k_conv_direct(c->g, d->G, c->x, c->w, c->b, n0, m, c->y, &sv);
+        });
+}
+
 static void conv_fwd(cr_node *n)
 {
     fwd_ctx c = {.d = dims_of(n),
@@ -210,6 +235,10 @@ static void conv_fwd(cr_node *n)
                  .b = n->n_in > 2 ? n->in[2] : NULL,
                  .y = n->out};
     const conv_dims *d = &c.d;
+    if (d->dconv) {
+        fwd_direct(&c);
+        return;
+    }
     int64_t slice = d->rows * d->nb * d->P, all;
     /* keep the columns for dW when it will be wanted and they are not too big */
     c.kept = !d->direct && cr_grad_enabled() && c.w->requires_grad && cr_mul_ok(slice, d->blocks, &all) &&
@@ -324,6 +353,20 @@ static void dw_segment(const bwd_ctx *c, int64_t seg)
     }
 }
 
+/* The direct weight gradient of a segment's samples into its partial sum
+ * dW [O, K] (the partial sums are added in segment order). */
+static void dw_direct_segment(const bwd_ctx *c, int64_t seg)
+{
+    const conv_dims *d = &c->d;
+    int64_t per = cr_k_conv_direct_scratch(c->g, d->G, d->O, d->dt, true);
+    cr_tensor sv = flat(c->cols, per);
+    sv.data = at(c->cols, thread_id(d) * per);
+    cr_tensor pv = mat(d->dt, at(c->part, seg * d->O * d->K), d->O, d->K, d->K, 1);
+    int64_t n0 = seg * d->blocks / d->segs * d->nb, n1 = (seg + 1) * d->blocks / d->segs * d->nb;
+    if (n1 > d->N) n1 = d->N;
+    cr_k_conv_direct_dw(c->g, d->G, c->x, c->gy, n0, n1 - n0, &pv, &sv);
+}
+
 /* dcols[g] = W[g]^T dY[g] with dY as [O, m*P], then dX += col2im(dcols); a
  * direct 1x1 adds W[g]^T dY[g] into the sample's gradient itself. Blocks
  * write disjoint samples. */
@@ -366,7 +409,20 @@ static void conv_bwd(cr_node *n)
     cr_tensor *gb = n->n_in > 2 ? input_grad(n, 2) : NULL;
     if (gb) bias_grad(d, c.gy, gb); /* db += sum of dy over samples and positions */
     if (!c.gx && !c.gw) return;
-    if (!d->direct && (c.gx || !c.kept)) c.cols = scratch(d, d->rows * d->nb * d->P);
+    if (c.gw && d->dconv) {
+        c.part = cr_tensor_new(d->dt, CR_SHAPE(d->segs * d->O * d->K));
+        c.cols = scratch(d, cr_k_conv_direct_scratch(c.g, d->G, d->O, d->dt, true));
+        int segs_threads = d->threads < d->segs ? d->threads : (int)d->segs;
+        CR_PAR_FOR(d->par && d->segs > 1, "omp parallel for schedule(static) num_threads(segs_threads)",
+                   for (int64_t s = 0; s < d->segs; s++) dw_direct_segment(&c, s););
+        for (int64_t s = 0; s < d->segs; s++) { /* dW += the segments' partial sums, in order */
+            cr_tensor gwv = mat(d->dt, c.gw->data, d->O, d->K, d->K, 1);
+            cr_tensor pv = mat(d->dt, at(c.part, s * d->O * d->K), d->O, d->K, d->K, 1);
+            cr_k_accumulate(&gwv, &pv, NULL);
+        }
+        c.gw = NULL; /* done */
+    }
+    if (!d->direct && (c.gx || (c.gw && !c.kept))) c.cols = scratch(d, d->rows * d->nb * d->P);
     if (c.gw) {
         c.part = cr_tensor_new(d->dt, CR_SHAPE(d->segs * d->O * d->K));
         c.dyt = scratch(d, d->nb * d->P * d->O);

@@ -4,14 +4,24 @@
  * layers, a 3x3 64->64 conv on 32x32, a 1x1 64->64 conv on 32x32).
  *
  *   ./build/bench/conv [--threads T[,T..]] [--reps N] [--rounds R] [--case NAME[,NAME..]]
- *                      [--no-torch]
+ *                      [--torch-malloc keep|default] [--no-torch]
  *
  * The peer bench/conv_torch.py runs in one python process per case, driven
  * over a pipe, so the two sides take turns round by round. Both run with the
  * same thread count (torch.set_num_threads and BLIS_NUM_THREADS).
+ *
+ * Page faults: torch allocates its activations and gradients afresh every
+ * call, and glibc's malloc returns large blocks to the kernel, so as shipped
+ * each call faults in new pages; on this VM that cost swings from session to
+ * session (conv3x3_64: torch ~18 ms in one, 95-145 ms in another, all of the
+ * difference in faults). By default the peer keeps its freed memory
+ * (--torch-malloc keep, mallopt in conv_torch.py), as carousel's arena does,
+ * so torch is measured at its best; --torch-malloc default measures it as
+ * shipped. Each side's minor faults per call are printed.
  */
 #include <math.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -44,13 +54,15 @@ typedef struct opts {
     int reps, rounds;
     bool use[N_CASES];
     bool torch;
+    const char *torch_malloc; /* "keep" or "default" */
 } opts;
 
 static void usage(const char *prog)
 {
     fprintf(stderr,
-            "usage: %s [--threads T[,T..]] [--reps N] [--rounds R] [--case NAME[,NAME..]] [--no-torch]\n"
-            "  defaults: --threads 1,2 --reps 5 --rounds 6, every case:",
+            "usage: %s [--threads T[,T..]] [--reps N] [--rounds R] [--case NAME[,NAME..]]\n"
+            "          [--torch-malloc keep|default] [--no-torch]\n"
+            "  defaults: --threads 1,2 --reps 5 --rounds 10 --torch-malloc keep, every case:",
             prog);
     for (size_t k = 0; k < N_CASES; k++) fprintf(stderr, " %s", cases[k].name);
     fprintf(stderr, "\n");
@@ -73,7 +85,8 @@ static void parse_list(const char *prog, const char *s, int64_t *list, int *n)
 
 static opts parse(int argc, char **argv)
 {
-    opts o = {.threads = {1, 2}, .n_threads = 2, .reps = 5, .rounds = 6, .torch = true};
+    opts o = {
+        .threads = {1, 2}, .n_threads = 2, .reps = 5, .rounds = 10, .torch = true, .torch_malloc = "keep"};
     for (size_t k = 0; k < N_CASES; k++) o.use[k] = true;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -90,7 +103,10 @@ static opts parse(int argc, char **argv)
             o.reps = atoi(v);
         else if (!strcmp(a, "--rounds"))
             o.rounds = atoi(v);
-        else if (!strcmp(a, "--case")) {
+        else if (!strcmp(a, "--torch-malloc")) {
+            if (strcmp(v, "keep") && strcmp(v, "default")) usage(argv[0]);
+            o.torch_malloc = v;
+        } else if (!strcmp(a, "--case")) {
             for (size_t k = 0; k < N_CASES; k++) o.use[k] = false;
             char buf[256];
             snprintf(buf, sizeof buf, "%s", v);
@@ -218,7 +234,7 @@ static int write_tensors(const model *m, FILE *f)
 /* ---- the PyTorch peer, one process per case and thread count ---------------------------------- */
 
 /* Starts the peer on the data file (see bench/peer.h). */
-static bench_peer peer_start(const bench_case *c, int threads, const char *path)
+static bench_peer peer_start(const bench_case *c, int threads, const char *path, const char *malloc_mode)
 {
     char a[8][32];
     snprintf(a[0], 32, "%lld", (long long)c->N);
@@ -230,9 +246,9 @@ static bench_peer peer_start(const bench_case *c, int threads, const char *path)
     snprintf(a[6], 32, "%d", c->input_grad);
     snprintf(a[7], 32, "%d", threads);
     const char *kind = c->lenet ? "lenet" : "conv";
-    const char *args[] = {"--file",    path,     "--case",       kind,     "--batch",   a[0],       "--cin",
-                          a[1],        "--cout", a[2],           "--size", a[3],        "--kernel", a[4],
-                          "--padding", a[5],     "--input-grad", a[6],     "--threads", a[7],       NULL};
+    const char *args[] = {"--file",       path, "--case",    kind, "--batch",  a[0],        "--cin",     a[1],
+                          "--cout",       a[2], "--size",    a[3], "--kernel", a[4],        "--padding", a[5],
+                          "--input-grad", a[6], "--threads", a[7], "--malloc", malloc_mode, NULL};
     return bench_peer_start((bench_peer_config){.script = "conv_torch.py", .args = args, .threads = threads});
 }
 
@@ -245,12 +261,26 @@ typedef struct result {
     int threads;
     double c_min, c_med, c_max, t_min, t_med, t_max; /* ms per call */
     double c_v0, c_v1, t_v0, t_v1;                   /* first two losses (or sum |dW|) of each side */
+    double c_faults, t_faults;                       /* minor page faults per call */
 } result;
+
+static double minor_faults(void)
+{
+    struct rusage u;
+    getrusage(RUSAGE_SELF, &u);
+    return (double)u.ru_minflt;
+}
 
 static result measure(const opts *o, const bench_case *c, int threads)
 {
-    result r = {
-        .c = c, .threads = threads, .t_min = NAN, .t_med = NAN, .t_max = NAN, .t_v0 = NAN, .t_v1 = NAN};
+    result r = {.c = c,
+                .threads = threads,
+                .t_min = NAN,
+                .t_med = NAN,
+                .t_max = NAN,
+                .t_v0 = NAN,
+                .t_v1 = NAN,
+                .t_faults = NAN};
     cr_set_num_threads(threads);
     model m = model_make(c);
     bench_peer p = BENCH_PEER_NONE;
@@ -262,7 +292,7 @@ static result measure(const opts *o, const bench_case *c, int threads)
         if (!f || write_tensors(&m, f) != 0 || fclose(f) != 0) {
             printf("torch: skipped (cannot write %s)\n", path);
         } else {
-            p = peer_start(c, threads, path);
+            p = peer_start(c, threads, path, o->torch_malloc);
             started = p.ok;
         }
         if (fd >= 0) unlink(path);
@@ -270,9 +300,13 @@ static result measure(const opts *o, const bench_case *c, int threads)
     /* two warm-up calls (arena, BLIS buffers, optimizer state), compared with the peer's */
     r.c_v0 = step(&m);
     r.c_v1 = step(&m);
+    double f0 = minor_faults();
+    for (int k = 0; k < 3; k++) step(&m);
+    r.c_faults = (minor_faults() - f0) / 3;
     if (p.ok) {
         r.t_v0 = bench_field(p.ready, "loss0");
         r.t_v1 = bench_field(p.ready, "loss1");
+        r.t_faults = bench_field(p.ready, "faults");
     }
     static double tc[MAX_SAMPLES], tt[MAX_SAMPLES];
     bench_samples sc = BENCH_SAMPLES(tc), st = BENCH_SAMPLES(tt);
@@ -295,10 +329,14 @@ int main(int argc, char **argv)
         "f32, ms per call, min / median / max of %d rounds x %d calls per side, the sides taking turns.\n"
         "lenet_step: LeNet-5 training step, batch 64 (conv 6@5x5 pad 2, relu, max pool, conv 16@5x5, relu,\n"
         "max pool, fc 120, 84, 10, cross-entropy, backward, SGD momentum 0.9). conv cases: conv2d forward +\n"
-        "backward of sum(y), [N,C,S,S] * [O,C,K,K] (input gradient too unless it is the first layer).\n\n",
-        o.rounds, o.reps);
-    printf("%-12s %7s %28s %28s %7s  %s\n", "case", "threads", "carousel_ms min/med/max",
-           "torch_ms min/med/max", "ratio", "first two values (carousel; torch)");
+        "backward of sum(y), [N,C,S,S] * [O,C,K,K] (input gradient too unless it is the first layer).\n"
+        "torch's malloc: %s (faults: minor page faults per call, carousel/torch).\n\n",
+        o.rounds, o.reps,
+        !o.torch                         ? "-"
+        : strcmp(o.torch_malloc, "keep") ? "as shipped (--torch-malloc default)"
+                                         : "freed memory kept (--torch-malloc keep)");
+    printf("%-12s %7s %28s %28s %7s %11s  %s\n", "case", "threads", "carousel_ms min/med/max",
+           "torch_ms min/med/max", "ratio", "faults", "first two values (carousel; torch)");
     result res[N_CASES * MAX_LIST];
     int n = 0;
     for (size_t k = 0; k < N_CASES; k++) {
@@ -306,9 +344,10 @@ int main(int argc, char **argv)
         for (int t = 0; t < o.n_threads; t++) {
             result r = measure(&o, &cases[k], (int)o.threads[t]);
             res[n++] = r;
-            printf("%-12s %7d %8.3f %8.3f %9.3f  %8.3f %8.3f %9.3f  %6.3f  %.7g %.7g; %.7g %.7g\n", r.c->name,
-                   r.threads, r.c_min, r.c_med, r.c_max, r.t_min, r.t_med, r.t_max, r.t_min / r.c_min, r.c_v0,
-                   r.c_v1, r.t_v0, r.t_v1);
+            printf(
+                "%-12s %7d %8.3f %8.3f %9.3f  %8.3f %8.3f %9.3f  %6.3f %5.0f/%-5.0f  %.7g %.7g; %.7g %.7g\n",
+                r.c->name, r.threads, r.c_min, r.c_med, r.c_max, r.t_min, r.t_med, r.t_max, r.t_min / r.c_min,
+                r.c_faults, r.t_faults, r.c_v0, r.c_v1, r.t_v0, r.t_v1);
         }
     }
     double worst = 0;

@@ -2,14 +2,35 @@
 # (the LeNet-5 training step, or one conv2d forward+backward) on the data and
 # weights the C side wrote to --file. Driven over stdin by the C side.
 #
-# Protocol: after two warm-up calls it prints
-#   ready ok=1 loss0=... loss1=... torch_version=... threads=...
+# Protocol: after two warm-up calls and three more counted ones it prints
+#   ready ok=1 loss0=... loss1=... faults=... malloc=... torch_version=... threads=...
 # (ok=0 and a reason when torch is missing), then answers each "run N" line
 # with "ms t1 ... tN" (wall ms per call) until "quit" or end of input.
+#
+# faults: minor page faults per call. torch allocates every activation and
+# gradient afresh each call, and glibc's malloc hands large blocks back to
+# the kernel (munmap, heap trimming), so each call touches new pages; on
+# this VM a fault costs 5 to 25 us, which made conv3x3_64's torch time swing
+# between ~18 and ~145 ms from one session to the next. --malloc keep (the
+# default) stops that with mallopt (no mmap below 32 MiB, no trimming), as
+# carousel's arena keeps its memory; --malloc default measures torch as
+# shipped. The convolutions themselves are oneDNN 2.6's jit:avx512_core
+# direct kernels on 16-channel blocked layouts, with reorders to and from
+# NCHW around each call (DNNL_VERBOSE=1 shows them).
 import argparse
 import os
+import resource
 import sys
 import time
+
+
+def keep_malloc():
+    """No mmap for blocks below 32 MiB (glibc's largest threshold) and no heap
+    trimming: freed memory stays mapped for the next call. True if both took."""
+    import ctypes
+    libc = ctypes.CDLL("libc.so.6")
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    return bool(libc.mallopt(M_MMAP_THRESHOLD, 32 << 20)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
 
 
 def take(torch, buf, off, dtype, shape):
@@ -96,7 +117,11 @@ def main():
     for k, v in [("batch", 64), ("cin", 1), ("cout", 6), ("size", 28), ("kernel", 5), ("padding", 0),
                  ("input-grad", 1), ("threads", 1)]:
         ap.add_argument("--" + k, type=int, default=v)
+    ap.add_argument("--malloc", choices=["keep", "default"], default="keep")
     a = ap.parse_args()
+    malloc = a.malloc
+    if a.malloc == "keep" and not keep_malloc():
+        malloc = "keep_failed"
     try:
         import torch
     except ImportError as e:  # the C side reports nan
@@ -107,7 +132,12 @@ def main():
     step = lenet_case(torch, a, buf) if a.case == "lenet" else conv_case(torch, a, buf)
     loss0 = step()
     loss1 = step()
-    print(f"ready ok=1 loss0={loss0:.9g} loss1={loss1:.9g} threads={torch.get_num_threads()} "
+    f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(3):
+        step()
+    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0) / 3
+    print(f"ready ok=1 loss0={loss0:.9g} loss1={loss1:.9g} faults={faults:.0f} malloc={malloc} "
+          f"threads={torch.get_num_threads()} "
           f"blis_threads={os.environ.get('BLIS_NUM_THREADS', '-')} "
           f"mkldnn={int(torch.backends.mkldnn.is_available())} torch_version={torch.__version__}", flush=True)
     for line in sys.stdin:

@@ -1,11 +1,18 @@
 /* Sliding-window kernels for convolutions and pooling, f32 and f64: im2col
- * and its adjoint col2im (which lower a convolution to gemm), max and average
+ * and its adjoint col2im (which lower a convolution to gemm), the direct
+ * convolution and its weight gradient (for few output channels), max and average
  * pooling with their backward. The loops are in conv_kernels_impl.h,
  * instantiated per float type. A 1-D window is a 2-D one with H = KH = 1. */
 #include <math.h>
 #include <string.h>
 
 #include "tensor.h"
+
+/* Products and sums fuse into FMAs where the CPU has them (the direct
+ * kernels' AVX-512 clone): half the instructions. A machine without FMA
+ * rounds each product, so the two give slightly different sums; either is
+ * the same on any thread count. */
+#pragma GCC optimize("fp-contract=fast")
 
 int64_t cr_window_out(int64_t in, int64_t k, int64_t s, int64_t p, int64_t d)
 {
@@ -109,6 +116,79 @@ void cr_k_col2im(const cr_window *g, const cr_tensor *cols, int64_t n0, int64_t 
         col2im_f32(g, cols->data, n0, nb, gx->data);
     else
         col2im_f64(g, cols->data, n0, nb, gx->data);
+}
+
+/* The direct kernels: x [N, C, H, W], w [O, C/G, KH, KW], y and gy [N, O, OH, OW], all
+ * contiguous, stride 1 along W. */
+static void check_direct(const char *fn, const cr_window *g, int64_t G, const cr_tensor *x,
+                         const cr_tensor *w, const cr_tensor *out, int64_t n0, int64_t nb)
+{
+    char s[128];
+    check_window(fn, g);
+    if (x->dtype == CR_I32) cr_error("%s: needs f32 or f64, got i32", fn);
+    if (g->SW != 1) cr_error("%s: stride %lld along W: the direct kernels need 1", fn, (long long)g->SW);
+    check_contig(fn, "input", x, x->dtype);
+    check_contig(fn, "weight", w, x->dtype);
+    check_contig(fn, "output", out, x->dtype);
+    int64_t O = w->ndim >= 1 ? w->shape[0] : 0;
+    if (G < 1 || g->C % G || O % G || cr_numel(w) != O * (g->C / G) * g->KH * g->KW)
+        cr_error("%s: weight %s does not fit %lld channels in %lld groups with a %lldx%lld kernel", fn,
+                 cr_shape_str(s, sizeof s, w->ndim, w->shape), (long long)g->C, (long long)G,
+                 (long long)g->KH, (long long)g->KW);
+    check_block(fn, g, x, n0, nb);
+    int64_t sample = g->C * g->H * g->W;
+    check_numel(fn, "output", out, (sample > 0 ? cr_numel(x) / sample : 0) * O * g->OH * g->OW);
+}
+
+/* The padded sample (pad_planes: rows of W + 2 PW + V, V = 64 bytes of the
+ * dtype), and for the weight gradient the sample's gy with rows padded to
+ * whole tiles and the lane sums. */
+int64_t cr_k_conv_direct_scratch(const cr_window *g, int64_t groups, int64_t O, cr_dtype dt, bool dw)
+{
+    int64_t v = 64 / (int64_t)cr_dtype_size(dt), pad = g->C * (g->H + 2 * g->PH) * (g->W + 2 * g->PW + v);
+    if (!dw) return pad;
+    int64_t owq = (g->OW + v - 1) / v * v;
+    return pad + O * g->OH * owq + O * (g->C / groups) * g->KH * g->KW * v;
+}
+
+void cr_k_conv_direct(const cr_window *g, int64_t groups, const cr_tensor *x, const cr_tensor *w,
+                      const cr_tensor *b, int64_t n0, int64_t nb, cr_tensor *y, cr_tensor *scratch)
+{
+    check_direct("cr_k_conv_direct", g, groups, x, w, y, n0, nb);
+    int64_t O = w->shape[0];
+    if (b) {
+        check_contig("cr_k_conv_direct", "bias", b, x->dtype);
+        check_numel("cr_k_conv_direct", "bias", b, O);
+    }
+    check_contig("cr_k_conv_direct", "scratch", scratch, x->dtype);
+    if (cr_numel(scratch) < cr_k_conv_direct_scratch(g, groups, O, x->dtype, false))
+        cr_error("cr_k_conv_direct: scratch of %lld elements, needs %lld", (long long)cr_numel(scratch),
+                 (long long)cr_k_conv_direct_scratch(g, groups, O, x->dtype, false));
+    if (x->dtype == CR_F32)
+        conv_direct_f32(g, groups, O, x->data, w->data, b ? b->data : NULL, n0, nb, y->data, scratch->data);
+    else
+        conv_direct_f64(g, groups, O, x->data, w->data, b ? b->data : NULL, n0, nb, y->data, scratch->data);
+}
+
+void cr_k_conv_direct_dw(const cr_window *g, int64_t groups, const cr_tensor *x, const cr_tensor *gy,
+                         int64_t n0, int64_t nb, cr_tensor *dw, cr_tensor *scratch)
+{
+    check_direct("cr_k_conv_direct_dw", g, groups, x, dw, gy, n0, nb);
+    int64_t O = dw->shape[0], need = cr_k_conv_direct_scratch(g, groups, O, x->dtype, true);
+    check_contig("cr_k_conv_direct_dw", "scratch", scratch, x->dtype);
+    if (cr_numel(scratch) < need)
+        cr_error("cr_k_conv_direct_dw: scratch of %lld elements, needs %lld", (long long)cr_numel(scratch),
+                 (long long)need);
+    int64_t pad = cr_k_conv_direct_scratch(g, groups, O, x->dtype, false),
+            v = 64 / (int64_t)cr_dtype_size(x->dtype);
+    int64_t gyq = O * g->OH * ((g->OW + v - 1) / v * v);
+    if (x->dtype == CR_F32) {
+        float *s = scratch->data;
+        conv_direct_dw_f32(g, groups, O, x->data, gy->data, n0, nb, dw->data, s, s + pad, s + pad + gyq);
+    } else {
+        double *s = scratch->data;
+        conv_direct_dw_f64(g, groups, O, x->data, gy->data, n0, nb, dw->data, s, s + pad, s + pad + gyq);
+    }
 }
 
 /* Planes of x (its elements / (H W)), with out (and arg) holding OH x OW per plane. */

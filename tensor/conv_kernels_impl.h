@@ -80,6 +80,175 @@ static void FN(col2im)(const cr_window *g, const T *cols, int64_t n0, int64_t nb
         });
 }
 
+/* ---- the direct convolution ----
+ * One vector VT is 64 bytes of T (V lanes: 16 floats, 8 doubles), whatever
+ * the CPU: lane l of a tile always holds position ow0 + l, so every sum is
+ * taken in the same order on every code path (the AVX-512 clone and the
+ * baseline one; products and sums stay separate, C11 contracts no FMA). */
+typedef T FN(vec) __attribute__((vector_size(64)));
+typedef T FN(vec_u) __attribute__((vector_size(64), aligned(sizeof(T)))); /* at any element */
+#define VT FN(vec)
+#define V ((int64_t)(64 / sizeof(T)))
+/* the tile at p (GCC's vector types may alias their element type) */
+#define VLOAD(p) (*(const FN(vec_u) *)(p))
+
+/* xp [C, Hp, Wq] = the C planes of one sample, x[c] (H x W), inside a border
+ * of PH rows and PW columns of zeros, each row then V more zeros
+ * (Hp = H + 2 PH, Wq = W + 2 PW + V): a tile of V lanes starting at any
+ * output column then reads inside its row. */
+static void FN(pad_planes)(const cr_window *g, int64_t C, const T *x, T *xp)
+{
+    const int64_t Hp = g->H + 2 * g->PH, Wq = g->W + 2 * g->PW + V;
+    for (int64_t c = 0; c < C; c++) {
+        T *d = xp + c * Hp * Wq;
+        const T *s = x + c * g->H * g->W;
+        memset(d, 0, (size_t)(g->PH * Wq) * sizeof(T));
+        for (int64_t h = 0; h < g->H; h++) {
+            T *r = d + (g->PH + h) * Wq;
+            memset(r, 0, (size_t)g->PW * sizeof(T));
+            memcpy(r + g->PW, s + h * g->W, (size_t)g->W * sizeof(T));
+            memset(r + g->PW + g->W, 0, (size_t)(Wq - g->PW - g->W) * sizeof(T));
+        }
+        memset(d + (g->PH + g->H) * Wq, 0, (size_t)(g->PH * Wq) * sizeof(T));
+    }
+}
+
+/* Output rows oh of channels o0 .. o0+og (og <= 8, a constant after
+ * inlining, so the accumulators stay in registers), tile by tile: y = b +
+ * the sum over (c, ki, kj) of w[o,c,ki,kj] times the tile of the padded
+ * input row oh SH + ki DH from column ow0 + kj DW. */
+static inline __attribute__((always_inline)) void FN(direct_rows)(const cr_window *g, int64_t Cg, int og,
+                                                                  const T *w, const T *b, const T *xp, T *y,
+                                                                  int64_t P, int64_t oh)
+{
+    const int64_t KK = g->KH * g->KW, Hp = g->H + 2 * g->PH, Wq = g->W + 2 * g->PW + V, OW = g->OW;
+    for (int64_t ow0 = 0; ow0 < OW; ow0 += V) {
+        VT acc[8];
+        for (int o = 0; o < og; o++) acc[o] = (VT){0} + (b ? b[o] : 0);
+        for (int64_t c = 0; c < Cg; c++)
+            for (int64_t ki = 0; ki < g->KH; ki++) {
+                const T *row = xp + (c * Hp + oh * g->SH + ki * g->DH) * Wq + ow0;
+                const T *wr = w + c * KK + ki * g->KW;
+                for (int64_t kj = 0; kj < g->KW; kj++) {
+                    VT xv = VLOAD(row + kj * g->DW);
+                    for (int o = 0; o < og; o++) acc[o] += wr[o * Cg * KK + kj] * xv;
+                }
+            }
+        int64_t n = OW - ow0 < V ? OW - ow0 : V;
+        for (int o = 0; o < og; o++) memcpy(y + o * P + oh * OW + ow0, &acc[o], (size_t)n * sizeof(T));
+    }
+}
+
+#define DIRECT_SWITCH(CALL)                                                                                  \
+    switch (og) {                                                                                            \
+    case 1: CALL(1); break;                                                                                  \
+    case 2: CALL(2); break;                                                                                  \
+    case 3: CALL(3); break;                                                                                  \
+    case 4: CALL(4); break;                                                                                  \
+    case 5: CALL(5); break;                                                                                  \
+    case 6: CALL(6); break;                                                                                  \
+    case 7: CALL(7); break;                                                                                  \
+    default: CALL(8); break;                                                                                 \
+    }
+
+/* The direct convolution of samples [n0, n0+nb), stride 1 along W, output
+ * channels in runs of at most 8 (one accumulator tile each). One sample at a
+ * time: no sum depends on threads. xp: C Hp Wq elements (pad_planes). */
+__attribute__((target_clones("arch=x86-64-v4", "default"))) static void
+FN(conv_direct)(const cr_window *g, int64_t G, int64_t O, const T *x, const T *w, const T *b, int64_t n0,
+                int64_t nb, T *y, T *xp)
+{
+    const int64_t C = g->C, Cg = C / G, Og = O / G, KK = g->KH * g->KW, P = g->OH * g->OW;
+    const int64_t Hp = g->H + 2 * g->PH, Wq = g->W + 2 * g->PW + V;
+    for (int64_t n = n0; n < n0 + nb; n++) {
+        FN(pad_planes)(g, C, x + n * C * g->H * g->W, xp);
+        for (int64_t k = 0; k < G; k++)
+            for (int64_t o0 = 0; o0 < Og; o0 += 8) {
+                int og = Og - o0 < 8 ? (int)(Og - o0) : 8;
+                int64_t o = k * Og + o0;
+                const T *wo = w + o * Cg * KK, *bo = b ? b + o : NULL, *xk = xp + k * Cg * Hp * Wq;
+                T *yo = y + (n * O + o) * P;
+                for (int64_t oh = 0; oh < g->OH; oh++) {
+#define ROWS(OG) FN(direct_rows)(g, Cg, OG, wo, bo, xk, yo, P, oh)
+                    DIRECT_SWITCH(ROWS)
+#undef ROWS
+                }
+            }
+    }
+}
+
+/* Lane sums for weights (c, ki, kj) of channels o0 .. o0+og of one sample:
+ * s[o][(c, ki, kj)][l] += the sum over (oh, tiles) of lane l of
+ * dy[o] (gyp rows, OWq long, zero past OW) times the input tile. */
+static inline __attribute__((always_inline)) void
+FN(direct_dw_lanes)(const cr_window *g, int64_t Cg, int og, const T *xp, const T *gyp, int64_t OWq, T *s)
+{
+    const int64_t KK = g->KH * g->KW, Hp = g->H + 2 * g->PH, Wq = g->W + 2 * g->PW + V, OHq = g->OH * OWq;
+    for (int64_t c = 0; c < Cg; c++)
+        for (int64_t ki = 0; ki < g->KH; ki++)
+            for (int64_t kj = 0; kj < g->KW; kj++) {
+                VT acc[8];
+                for (int o = 0; o < og; o++) acc[o] = (VT){0};
+                for (int64_t oh = 0; oh < g->OH; oh++) {
+                    const T *row = xp + (c * Hp + oh * g->SH + ki * g->DH) * Wq + kj * g->DW;
+                    const T *d = gyp + oh * OWq;
+                    for (int64_t ow0 = 0; ow0 < OWq; ow0 += V) {
+                        VT xv = VLOAD(row + ow0);
+                        for (int o = 0; o < og; o++) acc[o] += VLOAD(d + o * OHq + ow0) * xv;
+                    }
+                }
+                T *sk = s + ((c * KK + ki * g->KW + kj) * V);
+                for (int o = 0; o < og; o++) {
+                    VT t = VLOAD(sk + o * Cg * KK * V) + acc[o];
+                    memcpy(sk + o * Cg * KK * V, &t, sizeof t);
+                }
+            }
+}
+
+/* dw [O, Cg KH KW] = the weight gradient of the direct convolution over
+ * samples [n0, n0+nb): dw[o,c,ki,kj] = the sum over (n, oh, ow) of
+ * gy[n,o,oh,ow] xpad[n, c, oh SH + ki DH, ow + kj DW], in an order fixed by
+ * the shapes: V lanes per weight (ow mod V), summed over tiles and rows into
+ * registers per sample, then into lane sums (acc) sample by sample, then the
+ * lanes pairwise. xp: C Hp Wq elements; gyp: O OH OWq (the sample's gy with
+ * rows padded to whole tiles by zeros); acc: O Cg KH KW V. */
+__attribute__((target_clones("arch=x86-64-v4", "default"))) static void
+FN(conv_direct_dw)(const cr_window *g, int64_t G, int64_t O, const T *x, const T *gy, int64_t n0, int64_t nb,
+                   T *dw, T *xp, T *gyp, T *acc)
+{
+    const int64_t C = g->C, Cg = C / G, Og = O / G, KK = g->KH * g->KW, OW = g->OW, P = g->OH * OW;
+    const int64_t Hp = g->H + 2 * g->PH, Wq = g->W + 2 * g->PW + V, nw = O * Cg * KK;
+    const int64_t OWq = (OW + V - 1) / V * V;
+    memset(acc, 0, (size_t)(nw * V) * sizeof(T));
+    for (int64_t n = n0; n < n0 + nb; n++) {
+        FN(pad_planes)(g, C, x + n * C * g->H * g->W, xp);
+        for (int64_t r = 0; r < O * g->OH; r++) {
+            memcpy(gyp + r * OWq, gy + n * O * P + r * OW, (size_t)OW * sizeof(T));
+            memset(gyp + r * OWq + OW, 0, (size_t)(OWq - OW) * sizeof(T));
+        }
+        for (int64_t k = 0; k < G; k++)
+            for (int64_t o0 = 0; o0 < Og; o0 += 8) {
+                int og = Og - o0 < 8 ? (int)(Og - o0) : 8;
+                int64_t o = k * Og + o0;
+                const T *xk = xp + k * Cg * Hp * Wq, *go = gyp + o * g->OH * OWq;
+                T *so = acc + o * Cg * KK * V;
+#define LANES_OF(OG) FN(direct_dw_lanes)(g, Cg, OG, xk, go, OWq, so)
+                DIRECT_SWITCH(LANES_OF)
+#undef LANES_OF
+            }
+    }
+    for (int64_t j = 0; j < nw; j++) {
+        T *s = acc + j * V;
+        for (int64_t h = V / 2; h >= 1; h /= 2)
+            for (int64_t l = 0; l < h; l++) s[l] += s[l + h];
+        dw[j] = s[0];
+    }
+}
+#undef DIRECT_SWITCH
+#undef VLOAD
+#undef V
+#undef VT
+
 /* Max over each window, padding being -inf; the index of the first maximum
  * in scan order, a NaN taking over (PyTorch's `val > max || isnan(val)`).
  * Starting from the window's first element gives the same result (PyTorch

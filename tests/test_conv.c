@@ -122,14 +122,19 @@ static void parity_file(const char *file, double tol)
     const char *cases = cr_st_meta_get(f, "cases");
     cr_assert_not_null(cases);
     /* one sample per block (1x1 cases multiply the input directly); the
-     * default blocks with the columns built again in backward; the defaults */
-    int64_t blocks[3] = {1, cr_conv_block_bytes, cr_conv_block_bytes};
-    int64_t keep[3] = {cr_conv_keep_bytes, 0, cr_conv_keep_bytes};
+     * default blocks with the columns built again in backward; both through
+     * the products only; the defaults; the direct kernels for every case
+     * with stride 1 along W, however many channels */
+    int64_t blocks[4] = {1, cr_conv_block_bytes, cr_conv_block_bytes, cr_conv_block_bytes};
+    int64_t keep[4] = {cr_conv_keep_bytes, 0, cr_conv_keep_bytes, cr_conv_keep_bytes};
+    int64_t direct[4] = {0, 0, cr_conv_direct_channels, (int64_t)1 << 30},
+            default_direct = cr_conv_direct_channels;
     int n_cases = 0;
     double worst = 0;
-    for (int k = 0; k < 3; k++) {
+    for (int k = 0; k < 4; k++) {
         cr_conv_block_bytes = blocks[k];
         cr_conv_keep_bytes = keep[k];
+        cr_conv_direct_channels = direct[k];
         n_cases = 0;
         for (const char *s = cases; *s;) {
             const char *e = strchr(s, ',');
@@ -143,6 +148,7 @@ static void parity_file(const char *file, double tol)
             s += len + (e != NULL);
         }
     }
+    cr_conv_direct_channels = default_direct;
     cr_assert_geq(n_cases, 20, "only %d cases in %s", n_cases, file);
     fprintf(stderr, "%s: %d cases, worst error %.3g\n", file, n_cases, worst);
     cr_st_file_free(f);
@@ -351,15 +357,23 @@ typedef struct {
     cr_tensor *y, *gx, *gw, *gb, *p;
 } run_out;
 
-/* conv (groups 2, padding, stride) -> max pool and avg pool -> weighted sum; backward */
-static run_out conv_run(cr_tensor *x, cr_tensor *w, cr_tensor *b, cr_tensor *gy_pool)
+/* conv (groups 2, padding, stride) -> max pool and avg pool -> weighted sum
+ * (weights from a fixed seed); backward. Stride 2 along W goes through the
+ * products; stride 2 along H (stride 1 along W) through the direct kernels
+ * when they are on (cr_conv_direct_channels). */
+static run_out conv_run(cr_tensor *x, cr_tensor *w, cr_tensor *b, bool stride_h)
 {
     cr_zero_grad(x);
     cr_zero_grad(w);
     cr_zero_grad(b);
-    cr_tensor *y = cr_conv2d(x, w, b, (cr_conv2d_opts){.stride = {1, 2}, .padding = {2, 1}, .groups = 2});
+    cr_conv2d_opts co = {.stride = {1, 2}, .padding = {2, 1}, .groups = 2};
+    if (stride_h) co = (cr_conv2d_opts){.stride = {2, 1}, .padding = {1, 2}, .groups = 2};
+    cr_tensor *y = cr_conv2d(x, w, b, co);
     cr_pool2d_opts po = {.kernel = {3, 3}, .stride = {2, 2}, .padding = {1, 1}};
     cr_tensor *p = cr_add(cr_max_pool2d(y, po), cr_avg_pool2d(y, po));
+    cr_rng rng = cr_rng_seed(5);
+    cr_tensor *gy_pool = cr_tensor_new(p->dtype, p->ndim, p->shape);
+    cr_fill_uniform(gy_pool, &rng, -1, 1);
     cr_backward(cr_sum(cr_mul(p, gy_pool)));
     run_out r = {cr_contiguous_copy(y), cr_contiguous_copy(x->grad), cr_contiguous_copy(w->grad),
                  cr_contiguous_copy(b->grad), cr_contiguous_copy(p)};
@@ -406,56 +420,62 @@ static void compare_runs(run_out a, run_out b, double tol)
 
 Test(conv, results_do_not_depend_on_threads_or_blocks)
 {
-    /* (a) 9 samples of [4, 48, 49] into 8 channels of [48, 24]; (b) 70 samples of
-     * [4, 16, 16] into [16, 7], so one sample per block makes 70 blocks in 64
-     * weight-gradient segments. Both above the 2M multiply-adds where blocks run
-     * in parallel. */
-    const int64_t shapes[2][4] = {{9, 4, 48, 49}, {70, 4, 16, 16}},
-                  pooled[2][4] = {{9, 8, 24, 12}, {70, 8, 8, 4}};
+    /* (a) 9 samples of [4, 48, 49] into 8 channels of [48, 24] (stride 2
+     * along W) or [23, 49] (along H); (b) 70 samples of [4, 16, 16] into
+     * [16, 7] or [7, 16], so one sample per block makes 70 blocks in 64
+     * weight-gradient segments. Both above the 2M multiply-adds where blocks
+     * run in parallel. Stride along H with 4 channels per group takes the
+     * direct kernels: the same checks, and the same numbers as the products
+     * to rounding. */
+    const int64_t shapes[2][4] = {{9, 4, 48, 49}, {70, 4, 16, 16}};
     const int64_t positions[2] = {48 * 24, 16 * 7};
+    const int64_t default_direct = cr_conv_direct_channels;
     cr_rng rng = cr_rng_seed(4);
     for (int sh = 0; sh < 2; sh++)
-        for (int dt = 0; dt < 2; dt++) {
-            cr_dtype t = dt ? CR_F64 : CR_F32;
-            cr_tensor *x = leaf(cr_tensor_init(t, 4, shapes[sh])),
-                      *w = leaf(cr_tensor_init(t, CR_SHAPE(8, 2, 5, 5)));
-            cr_tensor *b = leaf(cr_tensor_init(t, CR_SHAPE(8))), *gp = cr_tensor_init(t, 4, pooled[sh]);
-            cr_fill_uniform(x, &rng, -1, 1);
-            cr_fill_uniform(w, &rng, -1, 1);
-            cr_fill_uniform(b, &rng, -1, 1);
-            cr_fill_uniform(gp, &rng, -1, 1);
-            /* every loop parallel, every product through BLIS */
-            int64_t par = cr_parallel_threshold, small = cr_gemm_small_threshold;
-            cr_parallel_threshold = 0;
-            cr_gemm_small_threshold = 0;
-            cr_set_num_threads(1);
-            run_out ref = keep_run(conv_run(x, w, b, gp)); /* persistent: outlives the clears */
-            /* blocks of 1, 4 (a partial last block) and all samples, the columns
-             * kept from forward or built again: the same bits on 1 and 2 threads,
-             * and only the grouping of the weight gradient's sums changes */
-            int64_t sample = 4 * 25 * positions[sh] * (int64_t)cr_dtype_size(t);
-            int64_t blocks[] = {1, 4 * sample, 1 << 30};
-            for (int k = 0; k < 3; k++)
-                for (int keep = 0; keep < 2; keep++) {
-                    cr_conv_block_bytes = blocks[k];
-                    cr_conv_keep_bytes = keep ? (int64_t)1 << 30 : 0;
-                    cr_set_num_threads(1);
-                    run_out one = conv_run(x, w, b, gp);
-                    cr_set_num_threads(2);
-                    compare_runs(one, conv_run(x, w, b, gp), 0); /* bit for bit */
-                    compare_runs(ref, one, t == CR_F32 ? 1e-4 : 1e-12);
-                    cr_graph_clear(g);
-                }
-            free_run(ref);
-            cr_set_num_threads(1);
-            cr_parallel_threshold = par;
-            cr_gemm_small_threshold = small;
-            cr_conv_block_bytes = default_block;
-            cr_conv_keep_bytes = default_keep;
-            cr_tensor *all[] = {x, w, b, gp};
-            for (int i = 0; i < 4; i++) cr_tensor_free(all[i]);
-            cr_graph_clear(g);
-        }
+        for (int dt = 0; dt < 2; dt++)
+            for (int direct = 0; direct < 2; direct++) {
+                cr_dtype t = dt ? CR_F64 : CR_F32;
+                cr_tensor *x = leaf(cr_tensor_init(t, 4, shapes[sh])),
+                          *w = leaf(cr_tensor_init(t, CR_SHAPE(8, 2, 5, 5)));
+                cr_tensor *b = leaf(cr_tensor_init(t, CR_SHAPE(8)));
+                cr_fill_uniform(x, &rng, -1, 1);
+                cr_fill_uniform(w, &rng, -1, 1);
+                cr_fill_uniform(b, &rng, -1, 1);
+                /* every loop parallel, every product through BLIS */
+                int64_t par = cr_parallel_threshold, small = cr_gemm_small_threshold;
+                cr_parallel_threshold = 0;
+                cr_gemm_small_threshold = 0;
+                cr_set_num_threads(1);
+                cr_conv_direct_channels = 0;                       /* the reference: products */
+                run_out ref = keep_run(conv_run(x, w, b, direct)); /* persistent: outlives the clears */
+                cr_conv_direct_channels = direct ? 8 : 0;
+                /* blocks of 1, 4 (a partial last block) and all samples, the columns
+                 * kept from forward or built again: the same bits on 1 and 2 threads,
+                 * and only the grouping of the weight gradient's sums changes */
+                int64_t sample = 4 * 25 * positions[sh] * (int64_t)cr_dtype_size(t);
+                int64_t blocks[] = {1, 4 * sample, 1 << 30};
+                for (int k = 0; k < 3; k++)
+                    for (int keep = 0; keep < 2; keep++) {
+                        cr_conv_block_bytes = blocks[k];
+                        cr_conv_keep_bytes = keep ? (int64_t)1 << 30 : 0;
+                        cr_set_num_threads(1);
+                        run_out one = conv_run(x, w, b, direct);
+                        cr_set_num_threads(2);
+                        compare_runs(one, conv_run(x, w, b, direct), 0); /* bit for bit */
+                        compare_runs(ref, one, t == CR_F32 ? 1e-4 : 1e-12);
+                        cr_graph_clear(g);
+                    }
+                free_run(ref);
+                cr_set_num_threads(1);
+                cr_parallel_threshold = par;
+                cr_gemm_small_threshold = small;
+                cr_conv_block_bytes = default_block;
+                cr_conv_keep_bytes = default_keep;
+                cr_conv_direct_channels = default_direct;
+                cr_tensor *all[] = {x, w, b};
+                for (int i = 0; i < 3; i++) cr_tensor_free(all[i]);
+                cr_graph_clear(g);
+            }
 }
 
 /* ---- what backward reads is version-checked ---------------------------------------------------- */

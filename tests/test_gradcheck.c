@@ -715,11 +715,13 @@ static void check_cross_entropy(void)
 
 /* ---- convolutions and pooling ------------------------------------------------------------------ */
 
-/* Each convolution case runs with three block sizes (cr_conv_block_bytes):
- * one sample per block (a 1x1 convolution then multiplies the input
- * directly), two samples per block (the last block is partial when N is
- * odd; and backward builds the columns again: cr_conv_keep_bytes 0), and
- * every sample in one block. */
+/* Each convolution case runs through the products with three block sizes
+ * (cr_conv_block_bytes): one sample per block (a 1x1 convolution then
+ * multiplies the input directly), two samples per block (the last block is
+ * partial when N is odd; and backward builds the columns again:
+ * cr_conv_keep_bytes 0), and every sample in one block; then with the direct
+ * kernels on for any number of channels (cr_conv_direct_channels), which
+ * take every case with stride 1 along W. */
 typedef struct {
     int nd;             /* 1 or 2 */
     int64_t x[4], w[4]; /* shapes (nd + 2 dims) */
@@ -757,12 +759,13 @@ static void check_conv_case(const char *name, const conv_case *c)
         per_sample *= c->w[2 + d] * cr_window_out(c->x[2 + d], c->w[2 + d], s ? s : 1, p, dil ? dil : 1);
     }
     /* one sample per block; two (columns built again in backward); all */
-    int64_t blocks[3] = {1, 2 * per_sample, (int64_t)1 << 30}, keep = cr_conv_keep_bytes,
-            block = cr_conv_block_bytes;
+    int64_t blocks[4] = {1, 2 * per_sample, (int64_t)1 << 30, 2 * per_sample}, keep = cr_conv_keep_bytes,
+            block = cr_conv_block_bytes, direct = cr_conv_direct_channels;
     eps = 1e-3; /* linear in each input: no truncation error, less rounding */
-    for (int k = 0; k < 3; k++) {
+    for (int k = 0; k < 4; k++) {
         cr_conv_block_bytes = blocks[k];
         cr_conv_keep_bytes = k == 1 ? 0 : keep;
+        cr_conv_direct_channels = k == 3 ? (int64_t)1 << 30 : 0;
         cr_tensor *x = input(nd, xs, -1, 1), *w = input(nd, c->w, -1, 1);
         cr_tensor *b = input(CR_SHAPE(c->w[0]), -1, 1);
         snprintf(what, sizeof what, "%s, block %d", name, k);
@@ -771,6 +774,7 @@ static void check_conv_case(const char *name, const conv_case *c)
     }
     cr_conv_block_bytes = block;
     cr_conv_keep_bytes = keep;
+    cr_conv_direct_channels = direct;
 }
 
 static void check_conv2d(void)
@@ -806,6 +810,16 @@ static void check_conv2d(void)
           .bias = true,
           .view = true}},
         {"conv2d through BLIS", {2, {2, 8, 10, 10}, {16, 8, 3, 3}, .o2 = {.padding = {1, 1}}, .bias = true}},
+        /* for the direct kernels: 10 channels (a tile of 8 and one of 2), rows of
+         * 21 outputs (f64 tiles of 8: a partial third), stride and dilation along H */
+        {"conv2d wide rows, 10 channels",
+         {2,
+          {3, 3, 6, 19},
+          {10, 3, 2, 3},
+          .o2 = {.stride = {2, 1}, .padding = {1, 2}, .dilation = {2, 1}},
+          .bias = true}},
+        {"conv2d groups 3, dilated along W",
+         {2, {2, 6, 5, 9}, {9, 2, 3, 2}, .o2 = {.padding = {0, 1}, .dilation = {1, 3}, .groups = 3}}},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) check_conv_case(cases[i].name, &cases[i].c);
 }
@@ -824,6 +838,8 @@ static void check_conv1d(void)
         {"conv1d of [B,T,C] transposed",
          {1, {2, 3, 9}, {4, 3, 5}, .o1 = {.padding = 2}, .bias = true, .view = true}},
         {"conv1d odd sizes", {1, {1, 1, 11}, {3, 1, 4}, .o1 = {.stride = 3, .padding = 1}}},
+        {"conv1d long rows, dilated",
+         {1, {2, 2, 30}, {3, 2, 5}, .o1 = {.padding = 3, .dilation = 2}, .bias = true}},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) check_conv_case(cases[i].name, &cases[i].c);
 }
