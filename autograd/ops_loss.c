@@ -101,14 +101,14 @@ cr_tensor *cr_cross_entropy(cr_tensor *logits, const cr_tensor *target, int64_t 
 {
     char s1[128], s2[128];
     cr_check_float("cr_cross_entropy", logits);
-    cr_shape_str(s1, sizeof s1, logits->ndim, logits->shape);
-    cr_shape_str(s2, sizeof s2, target->ndim, target->shape);
     if (target->dtype != CR_I32)
         cr_error("cr_cross_entropy: targets must be i32, got %s", cr_dtype_name(target->dtype));
     bool ok = (logits->ndim == 2 && target->ndim == 1 && target->shape[0] == logits->shape[0]) ||
               (logits->ndim == 1 && target->ndim == 0);
     if (!ok)
-        cr_error("cr_cross_entropy: logits %s and targets %s: need [N,C] with [N], or [C] with []", s1, s2);
+        cr_error("cr_cross_entropy: logits %s and targets %s: need [N,C] with [N], or [C] with []",
+                 cr_shape_str(s1, sizeof s1, logits->ndim, logits->shape),
+                 cr_shape_str(s2, sizeof s2, target->ndim, target->shape));
     cr_tensor *in[2] = {logits, (cr_tensor *)target};
     cr_node *n = cr_node_new(&cr_op_cross_entropy, 2, in);
     *CR_NODE_ATTR(n, ce_attr) = (ce_attr){ignore_index, red, 0};
