@@ -177,6 +177,12 @@ void cr_backward(cr_tensor *loss);
 void cr_backward_with(cr_tensor *out, const cr_tensor *grad);
 /* Zero (keep allocated) the gradient of a leaf. */
 void cr_zero_grad(cr_tensor *t);
+/* The rows of a persistent leaf's gradient that may be nonzero, *n of them,
+ * each once; every other row is exactly +0. Known for a table whose gradient
+ * since its last cr_zero_grad came only from cr_gather_rows (embedding
+ * lookups), else NULL (any row may be nonzero). A write through ->data that
+ * is not followed by cr_tensor_bump_version is not seen: bump after one. */
+const int32_t *cr_grad_rows(const cr_tensor *t, int64_t *n);
 
 /* ---- the op table ---------------------------------------------------------- */
 

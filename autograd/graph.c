@@ -539,6 +539,15 @@ void cr_set_grad_hook(cr_grad_hook fn, void *ctx)
 
 static bool is_view_output(const cr_tensor *t) { return t->node && (t->node->op->saves & CR_OP_VIEW); }
 
+/* The rows of a persistent gradient that may be nonzero (cr_grad_rows, below). */
+struct cr_grad_rows {
+    uint64_t version;    /* the gradient's version when the record was made */
+    bool valid;          /* every row outside list[0..n) is +0 */
+    int64_t n_rows, n;   /* rows of the table, rows listed */
+    int32_t *list;       /* the rows that may be nonzero, each once */
+    unsigned char *mark; /* [n_rows]: 1 for a listed row */
+};
+
 static cr_tensor *grad_header(cr_graph *g)
 {
     return cr_block_payload(pool_get(g, sizeof(cr_tensor), CR_BLOCK_HEADER));
@@ -552,6 +561,7 @@ static void grad_header_own(cr_graph *g, cr_tensor *hdr, cr_block *d)
     hdr->grad = NULL;
     hdr->node = NULL;
     hdr->name = NULL;
+    hdr->rows = NULL;
     hdr->version = &hdr->version_store;
     hdr->version_store = 0;
     hdr->owned = d;
@@ -607,6 +617,7 @@ cr_tensor *cr_grad_buffer(cr_tensor *t, bool *fresh)
         }
     }
     cr_tensor *gr = t->grad;
+    if (gr->persistent && gr->rows) gr->rows->valid = false; /* the caller may write any row */
     cr_block *d = gr->persistent ? NULL : gr->owned;
     bool is_fresh = d && d->fresh;
     if (is_fresh) d->fresh = false; /* written next: by the caller, or zeroed here */
@@ -690,9 +701,75 @@ void cr_grad_drop(cr_graph *g, cr_tensor *t)
     cr_pool_put(g->pool, cr_block_of(gr));
 }
 
+/* ---- rows of a parameter's gradient that may be nonzero ---------------------------- */
+
+/* An embedding table's gradient after a step holds the rows of the words the
+ * step looked up, every other row zero. Knowing them, cr_zero_grad clears
+ * those rows only and plain SGD updates those rows only (p - lr * 0 is p),
+ * instead of passes over the whole table. The record is right while the
+ * gradient's version is the one noted (API writes bump it) and nothing took
+ * the buffer through cr_grad_buffer (which may write any row) since. */
+static bool rows_valid(const cr_tensor *g)
+{
+    return g && g->persistent && g->rows && g->rows->valid && *g->version == g->rows->version;
+}
+
+const int32_t *cr_grad_rows(const cr_tensor *t, int64_t *n)
+{
+    if (!rows_valid(t->grad)) return NULL;
+    *n = t->grad->rows->n;
+    return t->grad->rows->list;
+}
+
+struct cr_grad_rows *cr_grad_rows_begin(const cr_tensor *t)
+{
+    return !grad_hook && t->persistent && rows_valid(t->grad) ? t->grad->rows : NULL;
+}
+
+void cr_grad_rows_end(cr_tensor *t, struct cr_grad_rows *was, const int32_t *ix, int64_t m, int64_t skip)
+{
+    cr_tensor *g = t->grad;
+    if (grad_hook || !t->persistent || !g || !g->persistent || g->ndim < 1 || g->shape[0] > INT32_MAX) return;
+    if (!was) { /* untracked so far, or written elsewhere: track from the next cr_zero_grad */
+        if (!g->rows) {
+            int64_t r = g->shape[0];
+            struct cr_grad_rows *s = cr_xcalloc(1, sizeof *s + (size_t)r * (sizeof(int32_t) + 1));
+            s->n_rows = r;
+            s->list = (int32_t *)(s + 1);
+            s->mark = (unsigned char *)(s->list + r);
+            g->rows = s;
+        }
+        return;
+    }
+    for (int64_t i = 0; i < m; i++)
+        if (ix[i] != skip && !was->mark[ix[i]]) {
+            was->mark[ix[i]] = 1;
+            was->list[was->n++] = ix[i];
+        }
+    was->valid = true;
+    was->version = *g->version;
+}
+
 void cr_zero_grad(cr_tensor *t)
 {
-    if (t->grad) cr_fill(t->grad, 0.0);
+    cr_tensor *g = t->grad;
+    if (!g) return;
+    struct cr_grad_rows *s = g->persistent ? g->rows : NULL;
+    if (s && rows_valid(g)) { /* only the listed rows can be nonzero */
+        size_t row = (size_t)(cr_numel(g) / s->n_rows) * cr_dtype_size(g->dtype);
+        for (int64_t k = 0; k < s->n; k++) {
+            memset((char *)g->data + (size_t)s->list[k] * row, 0, row);
+            s->mark[s->list[k]] = 0;
+        }
+        cr_tensor_bump_version(g);
+    } else {
+        cr_fill(g, 0.0);
+        if (s) memset(s->mark, 0, (size_t)s->n_rows);
+    }
+    if (!s) return;
+    s->n = 0;
+    s->valid = true;
+    s->version = *g->version;
 }
 
 /* ---- backward ------------------------------------------------------------------ */

@@ -39,6 +39,7 @@ static void gather_rows_fwd(cr_node *n)
 
 static void gather_rows_bwd(cr_node *n)
 {
+    struct cr_grad_rows *nonzero = cr_grad_rows_begin(n->in[0]);
     cr_tensor *gt_ = input_grad(n, 0);
     if (!gt_) return;
     cr_tensor *gt = contiguous_grad(gt_); /* the rows are written raw */
@@ -52,6 +53,7 @@ static void gather_rows_bwd(cr_node *n)
     else
         SCATTER_ADD(double);
     contiguous_grad_done(gt_, gt);
+    cr_grad_rows_end(n->in[0], nonzero, ix, m, skip);
 }
 const cr_op cr_op_gather_rows = {"cr_gather_rows", gather_rows_fwd, gather_rows_bwd, CR_SAVES_IN(1),
                                  sizeof(gather_attr)};

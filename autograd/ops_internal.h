@@ -26,6 +26,13 @@ CR_UNARY_OPS(CR_DECLARE_UNARY_OP)
 #undef CR_DECLARE_UNARY_OP
 #undef CR_DECLARE_OP
 
+/* For a backward that adds into rows ix[0..m) of t's gradient (ix[i] ==
+ * skip: none) and nothing else: the record of nonzero rows, taken before
+ * input_grad (which drops it), and handed back with the rows after the
+ * writes (graph.c; cr_grad_rows). */
+struct cr_grad_rows *cr_grad_rows_begin(const cr_tensor *t);
+void cr_grad_rows_end(cr_tensor *t, struct cr_grad_rows *was, const int32_t *ix, int64_t m, int64_t skip);
+
 /* The gradient buffer of input i, or NULL when it needs none. */
 static inline cr_tensor *input_grad(cr_node *n, int i)
 {

@@ -14,15 +14,26 @@ typedef struct {
     int64_t count; /* targets that counted, set by forward */
 } ce_attr;
 
+/* On a new buffer (first) the rows are written, not added: an ignored row
+ * gets +0 and a counted one 0 + v, which is v with -0 turned into +0, the
+ * bits the zero-filled buffer gave. */
 #define CE_BACKWARD(T)                                                                                       \
     do {                                                                                                     \
         T *g = gx->data;                                                                                     \
         const T *lp = n->saved->data;                                                                        \
         for (int64_t r = 0; r < rows; r++) {                                                                 \
             int32_t t = tgt[r];                                                                              \
-            if (t == ignore) continue;                                                                       \
-            for (int64_t c = 0; c < C; c++)                                                                  \
-                g[r * C + c] += (T)(scale * (exp((double)lp[r * C + c]) - (c == t)));                        \
+            T *gr = g + r * C;                                                                               \
+            const T *lr = lp + r * C;                                                                        \
+            if (t == ignore) {                                                                               \
+                if (first)                                                                                   \
+                    for (int64_t c = 0; c < C; c++) gr[c] = 0;                                               \
+                continue;                                                                                    \
+            }                                                                                                \
+            if (first)                                                                                       \
+                for (int64_t c = 0; c < C; c++) gr[c] = (T)0 + (T)(scale * (exp((double)lr[c]) - (c == t))); \
+            else                                                                                             \
+                for (int64_t c = 0; c < C; c++) gr[c] += (T)(scale * (exp((double)lr[c]) - (c == t)));       \
         }                                                                                                    \
     } while (0)
 
@@ -60,9 +71,15 @@ static void cross_entropy_fwd(cr_node *n)
 
 static void cross_entropy_bwd(cr_node *n)
 {
-    cr_tensor *gx_ = input_grad(n, 0);
+    bool first_, first;
+    cr_tensor *gx_ = input_grad_first(n, 0, &first_);
     if (!gx_) return;
-    cr_tensor *gx = contiguous_grad(gx_); /* the rows are written raw */
+    cr_tensor *gx = gx_;
+    first = first_;
+    if (!cr_is_contiguous(gx_)) { /* the rows are written raw: into a new contiguous buffer, then added */
+        gx = cr_tensor_new(gx_->dtype, gx_->ndim, gx_->shape);
+        first = true;
+    }
     cr_tensor *logits = n->in[0];
     int64_t C = logits->shape[logits->ndim - 1], rows = cr_numel(logits) / (C ? C : 1);
     const ce_attr *at = CR_NODE_ATTR(n, ce_attr);
@@ -74,7 +91,7 @@ static void cross_entropy_bwd(cr_node *n)
         CE_BACKWARD(float);
     else
         CE_BACKWARD(double);
-    contiguous_grad_done(gx_, gx);
+    if (gx != gx_) grad_add(gx_, first_, gx, NULL);
 }
 const cr_op cr_op_cross_entropy = {"cr_cross_entropy", cross_entropy_fwd, cross_entropy_bwd, CR_SAVES_IN(1),
                                    sizeof(ce_attr)};
@@ -84,14 +101,14 @@ cr_tensor *cr_cross_entropy(cr_tensor *logits, const cr_tensor *target, int64_t 
 {
     char s1[128], s2[128];
     cr_check_float("cr_cross_entropy", logits);
-    cr_shape_str(s1, sizeof s1, logits->ndim, logits->shape);
-    cr_shape_str(s2, sizeof s2, target->ndim, target->shape);
     if (target->dtype != CR_I32)
         cr_error("cr_cross_entropy: targets must be i32, got %s", cr_dtype_name(target->dtype));
     bool ok = (logits->ndim == 2 && target->ndim == 1 && target->shape[0] == logits->shape[0]) ||
               (logits->ndim == 1 && target->ndim == 0);
     if (!ok)
-        cr_error("cr_cross_entropy: logits %s and targets %s: need [N,C] with [N], or [C] with []", s1, s2);
+        cr_error("cr_cross_entropy: logits %s and targets %s: need [N,C] with [N], or [C] with []",
+                 cr_shape_str(s1, sizeof s1, logits->ndim, logits->shape),
+                 cr_shape_str(s2, sizeof s2, target->ndim, target->shape));
     cr_tensor *in[2] = {logits, (cr_tensor *)target};
     cr_node *n = cr_node_new(&cr_op_cross_entropy, 2, in);
     *CR_NODE_ATTR(n, ce_attr) = (ce_attr){ignore_index, red, 0};

@@ -200,17 +200,18 @@ static int product_shape(const char *fn, const cr_tensor *a, const cr_tensor *b,
 {
     char s1[128], s2[128];
     cr_check_float_pair(fn, a, b);
-    cr_shape_str(s1, sizeof s1, a->ndim, a->shape);
-    cr_shape_str(s2, sizeof s2, b->ndim, b->shape);
+    /* the shapes are formatted for a message only (a product per step is a hot path) */
+#define SHAPES cr_shape_str(s1, sizeof s1, a->ndim, a->shape), cr_shape_str(s2, sizeof s2, b->ndim, b->shape)
     if (a->ndim < 2 || a->ndim > 3 || b->ndim < 2 || b->ndim > 3)
-        cr_error("%s: %s x %s: operands must be 2-D or 3-D", fn, s1, s2);
+        cr_error("%s: %s x %s: operands must be 2-D or 3-D", fn, SHAPES);
     int64_t m = a->shape[a->ndim - 2], k = a->shape[a->ndim - 1];
     int64_t k2 = b->shape[b->ndim - 2], nn = b->shape[b->ndim - 1];
     if (k != k2)
-        cr_error("%s: %s x %s: inner dims %lld and %lld differ", fn, s1, s2, (long long)k, (long long)k2);
+        cr_error("%s: %s x %s: inner dims %lld and %lld differ", fn, SHAPES, (long long)k, (long long)k2);
     if (a->ndim == 3 && b->ndim == 3 && a->shape[0] != b->shape[0])
-        cr_error("%s: %s x %s: batch sizes %lld and %lld differ", fn, s1, s2, (long long)a->shape[0],
+        cr_error("%s: %s x %s: batch sizes %lld and %lld differ", fn, SHAPES, (long long)a->shape[0],
                  (long long)b->shape[0]);
+#undef SHAPES
     if (a->ndim == 2 && b->ndim == 2) {
         shape[0] = m;
         shape[1] = nn;

@@ -10,28 +10,51 @@
  * den = sqrt(v or vmax) / sqrt(1-b2^k) + eps; p -= step_size m / den.
  * PyTorch's order of operations (addcmul_(a, b, value) is self + value*a*b);
  * iteration i touches element i only. */
+/* One loop per combination of the flags (decay, weight decay, amsgrad), each
+ * with constants for them, so GCC vectorises it; sqrt and / are correctly
+ * rounded in vector form too, and optim/ builds with -fno-math-errno so sqrt
+ * needs no libm call. */
+#define ADAM_LOOP(T, SQRT, DECAY, WD, AMS)                                                                   \
+    CR_PAR_FOR(                                                                                              \
+        n >= cr_parallel_threshold, "omp parallel for schedule(static)", for (int64_t i = 0; i < n; i++) {   \
+            T pi = p[i], gi = g[i];                                                                          \
+            if (DECAY) pi = pi * decay;                                                                      \
+            if (WD) gi = gi + wd * pi;                                                                       \
+            T mi = m[i] * b1 + one_m_b1 * gi;                                                                \
+            T vi = v[i] * b2 + one_m_b2 * gi * gi;                                                           \
+            m[i] = mi;                                                                                       \
+            v[i] = vi;                                                                                       \
+            if (AMS) {                                                                                       \
+                T vm = vmax[i];                                                                              \
+                vm = vm >= vi ? vm : vi; /* torch.maximum: NaN wins */                                       \
+                vmax[i] = vm;                                                                                \
+                vi = vm;                                                                                     \
+            }                                                                                                \
+            T den = SQRT(vi) / bc2_sqrt + eps;                                                               \
+            p[i] = pi + (-step_size) * mi / den;                                                             \
+        })
+#define ADAM_AMS(T, SQRT, DECAY, WD)                                                                         \
+    do {                                                                                                     \
+        if (vmax)                                                                                            \
+            ADAM_LOOP(T, SQRT, DECAY, WD, 1);                                                                \
+        else                                                                                                 \
+            ADAM_LOOP(T, SQRT, DECAY, WD, 0);                                                                \
+    } while (0)
 #define DEF_ADAM(T, SQRT)                                                                                    \
     static void adam_##T(T *restrict p, const T *restrict g, T *restrict m, T *restrict v, T *restrict vmax, \
                          int64_t n, T decay, T wd, T b1, T one_m_b1, T b2, T one_m_b2, T step_size,          \
                          T bc2_sqrt, T eps)                                                                  \
     {                                                                                                        \
-        CR_PAR_FOR(                                                                                          \
-            n >= cr_parallel_threshold, "omp parallel for schedule(static)",                                 \
-            for (int64_t i = 0; i < n; i++) {                                                                \
-                T pi = p[i], gi = g[i];                                                                      \
-                if (decay != 1) pi = pi * decay;                                                             \
-                if (wd != 0) gi = gi + wd * pi;                                                              \
-                T mi = m[i] * b1 + one_m_b1 * gi;                                                            \
-                T vi = v[i] * b2 + one_m_b2 * gi * gi;                                                       \
-                m[i] = mi;                                                                                   \
-                v[i] = vi;                                                                                   \
-                if (vmax) {                                                                                  \
-                    if (!(vmax[i] >= vi)) vmax[i] = vi; /* torch.maximum: NaN wins */                        \
-                    vi = vmax[i];                                                                            \
-                }                                                                                            \
-                T den = SQRT(vi) / bc2_sqrt + eps;                                                           \
-                p[i] = pi + (-step_size) * mi / den;                                                         \
-            });                                                                                              \
+        if (decay != 1) {                                                                                    \
+            if (wd != 0)                                                                                     \
+                ADAM_AMS(T, SQRT, 1, 1);                                                                     \
+            else                                                                                             \
+                ADAM_AMS(T, SQRT, 1, 0);                                                                     \
+        } else if (wd != 0) {                                                                                \
+            ADAM_AMS(T, SQRT, 0, 1);                                                                         \
+        } else {                                                                                             \
+            ADAM_AMS(T, SQRT, 0, 0);                                                                         \
+        }                                                                                                    \
     }
 DEF_ADAM(float, sqrtf)
 DEF_ADAM(double, sqrt)

@@ -10,23 +10,46 @@
 /* Each expression keeps PyTorch's order of operations (add_(x, alpha) is
  * self + alpha*x), scalars arrive rounded to the parameter's type, and
  * iteration i touches element i only, so any thread count gives the same bits.
- * d = g + wd p; buf = first ? d : m buf + (1-damp) d; d = nesterov ? d + m buf : buf; p -= lr d */
+ * d = g + wd p; buf = first ? d : m buf + (1-damp) d; d = nesterov ? d + m buf : buf; p -= lr d
+ * One loop per combination of the flags, each with constants for them: a test
+ * inside the loop (and the conditional store of buf) kept GCC from
+ * vectorising it, and plain SGD is a pass over every parameter per step.
+ * ISO C mode (-std=c11) contracts no a*b+c into an FMA, so the vector loops
+ * round as the scalar one did. */
+#define SGD_LOOP(T, WD, BUF, NEST, FIRST)                                                                    \
+    CR_PAR_FOR(                                                                                              \
+        n >= cr_parallel_threshold, "omp parallel for schedule(static)", for (int64_t i = 0; i < n; i++) {   \
+            T d = g[i];                                                                                      \
+            if (WD) d = d + wd * p[i];                                                                       \
+            if (BUF) {                                                                                       \
+                T b = (FIRST) ? d : buf[i] * mom + one_m_damp * d;                                           \
+                buf[i] = b;                                                                                  \
+                d = (NEST) ? d + mom * b : b;                                                                \
+            }                                                                                                \
+            p[i] = p[i] + (-lr) * d;                                                                         \
+        })
+#define SGD_MODES(T, WD)                                                                                     \
+    do {                                                                                                     \
+        if (!buf)                                                                                            \
+            SGD_LOOP(T, WD, 0, 0, 0);                                                                        \
+        else if (nesterov)                                                                                   \
+            if (first)                                                                                       \
+                SGD_LOOP(T, WD, 1, 1, 1);                                                                    \
+            else                                                                                             \
+                SGD_LOOP(T, WD, 1, 1, 0);                                                                    \
+        else if (first)                                                                                      \
+            SGD_LOOP(T, WD, 1, 0, 1);                                                                        \
+        else                                                                                                 \
+            SGD_LOOP(T, WD, 1, 0, 0);                                                                        \
+    } while (0)
 #define DEF_SGD(T)                                                                                           \
     static void sgd_##T(T *restrict p, const T *restrict g, T *restrict buf, int64_t n, T lr, T wd, T mom,   \
                         T one_m_damp, bool nesterov, bool first)                                             \
     {                                                                                                        \
-        CR_PAR_FOR(                                                                                          \
-            n >= cr_parallel_threshold, "omp parallel for schedule(static)",                                 \
-            for (int64_t i = 0; i < n; i++) {                                                                \
-                T d = g[i];                                                                                  \
-                if (wd != 0) d = d + wd * p[i];                                                              \
-                if (buf) {                                                                                   \
-                    T b = first ? d : buf[i] * mom + one_m_damp * d;                                         \
-                    buf[i] = b;                                                                              \
-                    d = nesterov ? d + mom * b : b;                                                          \
-                }                                                                                            \
-                p[i] = p[i] + (-lr) * d;                                                                     \
-            });                                                                                              \
+        if (wd != 0)                                                                                         \
+            SGD_MODES(T, 1);                                                                                 \
+        else                                                                                                 \
+            SGD_MODES(T, 0);                                                                                 \
     }
 DEF_SGD(float)
 DEF_SGD(double)
@@ -67,6 +90,25 @@ static void update(const void *cfg, cr_tensor *p, const cr_tensor *g, cr_tensor 
     const cr_sgd_config *c = cfg;
     int64_t n = cr_numel(p);
     void *buf = slot[SLOT_MOMENTUM_BUFFER] ? slot[SLOT_MOMENTUM_BUFFER]->data : NULL;
+    int64_t n_rows;
+    const int32_t *rows;
+    /* Plain SGD moves a row only by its gradient: where the gradient is known
+     * to be zero outside a few rows (an embedding table after its lookups),
+     * update those (p + (-lr) * +0 is p for every p, so the bits are the
+     * same). Momentum and weight decay move every row. */
+    if (!buf && c->weight_decay == 0 && isfinite(c->lr) && (rows = cr_grad_rows(p, &n_rows))) {
+        int64_t w = n / p->shape[0];
+        for (int64_t k = 0; k < n_rows; k++) {
+            int64_t o = (int64_t)rows[k] * w;
+            if (p->dtype == CR_F64)
+                sgd_double((double *)p->data + o, (const double *)g->data + o, NULL, w, c->lr, 0, 0, 1, false,
+                           false);
+            else
+                sgd_float((float *)p->data + o, (const float *)g->data + o, NULL, w, (float)c->lr, 0, 0, 1,
+                          false, false);
+        }
+        return;
+    }
     if (p->dtype == CR_F64)
         sgd_double(p->data, g->data, buf, n, c->lr, c->weight_decay, c->momentum, 1 - c->dampening,
                    c->nesterov, k == 1);

@@ -185,6 +185,7 @@ void cr_tensor_free(cr_tensor *t)
                  cr_shape_str(s, sizeof s, t->ndim, t->shape));
     }
     if (t->grad && t->grad->persistent) cr_tensor_free(t->grad);
+    free(t->rows);
     free(t->owned);
     free(t);
 }
@@ -290,6 +291,7 @@ cr_tensor *cr_tensor_alias(const cr_tensor *t)
     v->grad = NULL;
     v->node = NULL;
     v->name = NULL;
+    v->rows = NULL;
     return v;
 }
 
@@ -489,6 +491,7 @@ static void view_base(cr_tensor *dst, const cr_tensor *src)
     dst->grad = NULL;
     dst->node = NULL;
     dst->name = NULL;
+    dst->rows = NULL;
 }
 
 void cr_view_reshape(cr_tensor *dst, const cr_tensor *src, int ndim, const int64_t *shape)

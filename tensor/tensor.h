@@ -60,6 +60,10 @@ typedef struct cr_tensor {
      * whose generation is no longer its arena's belongs to a cleared step. */
     uint64_t gen;
     const char *name; /* optional label (parameters, graph export) */
+    /* A persistent gradient's record of the rows that may be nonzero (kept by
+     * autograd/graph.c for embedding tables; one heap block, freed with the
+     * tensor), or NULL. Headers copied from it must not keep it. */
+    struct cr_grad_rows *rows;
 } cr_tensor;
 
 /* ---- errors ------------------------------------------------------------ */

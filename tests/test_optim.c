@@ -420,6 +420,106 @@ Test(optim, threads_do_not_change_results)
     free(res[1]);
 }
 
+/* One SGD step of loss = sum(w * lookup(table, idx)): the table's gradient is
+ * nonzero in the looked-up rows only. With `dense`, cr_grad_of before the
+ * backward drops the record of those rows, so the step takes the dense path. */
+static void lookup_step(cr_params *ps, cr_optim *o, const int32_t *ids, int64_t m, bool dense)
+{
+    cr_tensor *table = cr_params_get(ps, "table"), *w = cr_params_get(ps, "w");
+    cr_optim_zero_grad(o);
+    if (dense) cr_grad_of(table);
+    cr_tensor *idx = cr_tensor_new(CR_I32, CR_SHAPE(m));
+    memcpy(idx->data, ids, (size_t)m * sizeof *ids);
+    cr_backward(cr_sum(cr_mul(cr_gather_rows(table, idx, 2), w)));
+    cr_optim_step(o);
+    cr_graph_clear(g_graph);
+}
+
+/* Plain SGD updates only the rows an embedding lookup reached when it knows
+ * them (cr_grad_rows), and lands on the same bits as the dense update: the
+ * other rows, a NaN and a -0 among them, are p + (-lr) * +0 = p. */
+Test(optim, sgd_on_looked_up_rows_matches_dense)
+{
+    float *res[2];
+    for (int run = 0; run < 2; run++) {
+        cr_params *ps = cr_params_init();
+        cr_tensor *table = cr_params_add(ps, NULL, "table", CR_F32, CR_SHAPE(40, 5));
+        cr_tensor *w = cr_params_add(ps, NULL, "w", CR_F32, CR_SHAPE(3, 5));
+        cr_rng r = cr_rng_seed(11);
+        cr_fill_normal(table, &r, 0, 1);
+        cr_fill_normal(w, &r, 0, 1);
+        cr_set_flat(table, 5 * 30, NAN);
+        cr_set_flat(table, 5 * 31 + 1, -0.0);
+        cr_optim *o = cr_sgd_init(ps, cr_sgd_defaults(0.3));
+        static const int32_t ids[4][3] = {{4, 9, 4}, {2, 17, 39}, {0, 2, 4}, {9, 9, 2}}; /* 2: skipped */
+        for (int k = 0; k < 4; k++) {
+            lookup_step(ps, o, ids[k], 3, run == 1);
+            int64_t n;
+            const int32_t *rows = cr_grad_rows(table, &n);
+            if (run == 1 || k == 0) { /* dense, or untracked until the first zero_grad */
+                cr_assert_null(rows, "step %d", k);
+                continue;
+            }
+            cr_assert_not_null(rows, "step %d", k);
+            int64_t want = 0; /* distinct ids but the skipped one */
+            for (int j = 0; j < 3; j++) {
+                bool seen = ids[k][j] == 2;
+                for (int i = 0; i < j; i++) seen |= ids[k][i] == ids[k][j];
+                want += !seen;
+            }
+            cr_assert_eq(n, want, "step %d: %lld rows listed", k, (long long)n);
+            for (int64_t i = 0; i < n; i++) cr_assert_neq(rows[i], 2);
+        }
+        res[run] = malloc(sizeof(float) * 200);
+        memcpy(res[run], table->data, sizeof(float) * 200);
+        cr_optim_zero_grad(o);
+        for (int64_t i = 0; i < 200; i++)
+            cr_assert_eq(cr_get_flat(table->grad, i), 0.0, "grad %lld", (long long)i);
+        cr_optim_free(o);
+        cr_params_free(ps);
+    }
+    cr_assert(memcmp(res[0], res[1], sizeof(float) * 200) == 0, "sparse and dense SGD differ");
+    cr_assert(isnan(res[0][150]) && signbit(res[0][156]), "untouched rows kept");
+    free(res[0]);
+    free(res[1]);
+}
+
+/* The record of looked-up rows is dropped by any other write to the gradient:
+ * an API write (it bumps the version), a second use of the table through
+ * another op, or a caller of cr_grad_of. */
+Test(optim, grad_rows_dropped_by_other_writes)
+{
+    cr_params *ps = cr_params_init();
+    cr_tensor *table = cr_params_add(ps, NULL, "table", CR_F64, CR_SHAPE(6, 3));
+    cr_tensor *w = cr_params_add(ps, NULL, "w", CR_F64, CR_SHAPE(2, 3));
+    cr_fill(table, 0.5);
+    cr_fill(w, 1.0);
+    cr_optim *o = cr_sgd_init(ps, cr_sgd_defaults(0.1));
+    const int32_t ids[2] = {1, 4};
+    lookup_step(ps, o, ids, 2, false); /* the first backward: the record starts at the next zero_grad */
+    int64_t n;
+    lookup_step(ps, o, ids, 2, false);
+    cr_assert_not_null(cr_grad_rows(table, &n));
+    cr_assert_eq(n, 2);
+    cr_fill(table->grad, 1.0);
+    cr_assert_null(cr_grad_rows(table, &n), "an API write drops it");
+    cr_optim_zero_grad(o);
+    cr_assert_not_null(cr_grad_rows(table, &n), "a full zero_grad starts it again");
+    cr_assert_eq(n, 0);
+    for (int64_t i = 0; i < 18; i++) cr_assert_eq(cr_get_flat(table->grad, i), 0.0);
+    /* the table also used whole: every row has a gradient */
+    cr_tensor *idx = cr_tensor_new(CR_I32, CR_SHAPE(2));
+    memcpy(idx->data, ids, sizeof ids);
+    cr_tensor *y = cr_add(cr_sum(cr_gather_rows(table, idx, -1)), cr_sum(cr_mul(table, table)));
+    cr_backward(y);
+    cr_assert_null(cr_grad_rows(table, &n), "a second op on the table drops it");
+    cr_graph_clear(g_graph);
+    cr_optim_zero_grad(o);
+    for (int64_t i = 0; i < 18; i++) cr_assert_eq(cr_get_flat(table->grad, i), 0.0);
+    cr_optim_free(o);
+    cr_params_free(ps);
+}
+
 /* ---- clipping ------------------------------------------------------------------- */
 
 static cr_params *two_grads(double scale)
