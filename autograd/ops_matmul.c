@@ -74,10 +74,14 @@ static void gemm_batched(const cr_tensor *a, bool ta, const cr_tensor *b, bool t
 
 /* The stack of the products' rows, in a gradient-side pool block taken by the
  * first product's backward and given back by weight_t's: h [cap,K], then dy
- * [cap,N]. */
+ * [cap,N]. W packed for the products' dh = dy W (cr_k_gemm_pack), in another
+ * such block, made and given back the same way. (W^T's own pack, for the
+ * forward products, is the node's saved tensor.) */
 typedef struct {
     int64_t cap, used; /* rows the stack holds (0: no stack), rows in it */
     cr_block *blk;
+    cr_block *pack_w;
+    int64_t pack_numel;
 } weight_t_attr;
 
 /* Header of rows [0, m) of a [cap, cols] matrix at p. */
@@ -132,19 +136,45 @@ static bool weight_t_defer(cr_node *wn, const cr_tensor *h, const cr_tensor *gy)
     return true;
 }
 
+/* W packed for dh = dy W (a header over the pool block, made by the first
+ * product's backward), or NULL when W cannot be packed. */
+static const cr_tensor *weight_t_pack_w(cr_node *wn, cr_tensor *hdr)
+{
+    weight_t_attr *a = CR_NODE_ATTR(wn, weight_t_attr);
+    const cr_tensor *w = wn->in[0];
+    if (!a->pack_w) {
+        int64_t np = cr_k_gemm_pack_numel(w);
+        if (!np) return NULL;
+        a->pack_w = cr_graph_block_get(cr_graph_current(), (size_t)np * cr_dtype_size(w->dtype));
+        a->pack_numel = np;
+        cr_grad_reserve(wn->out); /* so that weight_t's backward runs and gives the block back */
+        *hdr = rows_of(w->dtype, cr_block_payload(a->pack_w), 1, np);
+        cr_k_gemm_pack(hdr, w);
+    }
+    *hdr = rows_of(w->dtype, cr_block_payload(a->pack_w), 1, a->pack_numel);
+    return hdr;
+}
+
 /* W' = W^T as a contiguous copy: every step's product reads a row-major
- * matrix (BLIS's fast layout for both operands). */
+ * matrix (BLIS's fast layout for both operands). When it will be recorded,
+ * it is also packed for the micro-kernel (n->saved, in the arena), so the
+ * steps' products h W' do not each pack it again. */
 static void weight_t_fwd(cr_node *n)
 {
     cr_tensor wt = mat(n->in[0], 0, true);
     cr_copy_(n->out, &wt);
+    int64_t np = cr_grad_enabled() && n->in[0]->requires_grad ? cr_k_gemm_pack_numel(n->out) : 0;
+    if (!np) return;
+    n->saved = cr_tensor_new(n->out->dtype, 1, (int64_t[]){np});
+    cr_k_gemm_pack(n->saved, n->out);
 }
 static void weight_t_bwd(cr_node *n)
 {
     weight_t_attr *a = CR_NODE_ATTR(n, weight_t_attr);
     weight_t_flush(n); /* dW (+)= dy^T h, the stacked rows */
     if (a->blk) cr_graph_block_put(cr_graph_current(), a->blk);
-    a->blk = NULL;
+    if (a->pack_w) cr_graph_block_put(cr_graph_current(), a->pack_w);
+    a->blk = a->pack_w = NULL;
     bool unwritten;
     cr_tensor *gy = cr_grad_buffer(n->out, &unwritten);
     if (unwritten) return; /* every product stacked its rows */
@@ -177,14 +207,30 @@ static cr_node *shared_weight(const cr_node *n)
     return b->node && b->node->op == &cr_op_weight_t ? b->node : NULL;
 }
 
-static void matmul_fwd(cr_node *n) { gemm_batched(n->in[0], false, n->in[1], false, 0.0, n->out); }
+/* y = a b; by W^T's pack when b is a shared weight's W^T (the same bits) */
+static void product(cr_node *n)
+{
+    cr_node *wn = shared_weight(n);
+    if (wn && wn->saved && n->in[0]->ndim == 2)
+        cr_k_gemm_packed(1.0, n->in[0], n->in[1], wn->saved, 0.0, n->out);
+    else
+        gemm_batched(n->in[0], false, n->in[1], false, 0.0, n->out);
+}
+
+static void matmul_fwd(cr_node *n) { product(n); }
 static void matmul_bwd(cr_node *n)
 {
     bool first_a, first_b;
     cr_tensor *gy = n->out->grad, *ga = input_grad_first(n, 0, &first_a);
-    /* B = W^T of a shared weight: B^T is W itself, row-major, so dY B^T is dY W */
+    /* B = W^T of a shared weight: B^T is W itself, row-major, so dY B^T is dY
+     * W, by W's pack when weight_t's backward will run to give it back */
     cr_node *wn = shared_weight(n);
-    if (ga && wn)
+    cr_tensor pk;
+    const cr_tensor *pw =
+        ga && wn && n->in[1]->requires_grad && gy->ndim == 2 ? weight_t_pack_w(wn, &pk) : NULL;
+    if (pw)
+        cr_k_gemm_packed(1.0, gy, wn->in[0], pw, first_a ? 0.0 : 1.0, ga);
+    else if (ga && wn)
         gemm_batched(gy, false, wn->in[0], false, first_a ? 0.0 : 1.0, ga);
     else if (ga)
         gemm_batched(gy, false, n->in[1], true, first_a ? 0.0 : 1.0, ga); /* dA (+)= dY B^T */
@@ -234,7 +280,7 @@ cr_tensor *cr_matmul(cr_tensor *a, cr_tensor *b)
 /* y = a b, then y += bias in place: the same rounding as cr_add(cr_matmul(a, b), bias). */
 static void matmul_bias_fwd(cr_node *n)
 {
-    gemm_batched(n->in[0], false, n->in[1], false, 0.0, n->out);
+    product(n);
     cr_k_accumulate(n->out, n->in[2], NULL);
 }
 static void matmul_bias_bwd(cr_node *n)

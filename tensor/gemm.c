@@ -446,3 +446,233 @@ void cr_k_gemm(double alpha, const cr_tensor *a, const cr_tensor *b, double beta
                      csb, &beta, c->data, rsc, csc, NULL, &rntm);
     }
 }
+
+/* ---- a right operand packed once ------------------------------------------------
+ *
+ * A product C = A B with row-stored C repacks B on every call: at hidden 512
+ * the recurrent product [32,512] x [512,2048] copies B's 4 MB into panels to
+ * do 67 MFLOP, and the backward dh = dz W_hh as much again, 64 times per
+ * sequence with the same weight. cr_k_gemm_pack packs B once, in the layout
+ * the loops above give it (per KC block of B's rows, every micro-panel of its
+ * columns: MR-wide panels when the micro-kernel prefers column-stored C, so
+ * that C^T = B^T A^T makes B the left operand, NR-wide otherwise).
+ * cr_k_gemm_packed then runs the loops above, taking B's panels from the pack
+ * and packing only the small A: the same micro-kernel calls on the same
+ * values with the same KC blocks, so every element of C has cr_k_gemm's bits.
+ * With threads it splits the panels of the pack (C's columns) between them,
+ * which changes no element's arithmetic either. */
+
+/* The geometry of a pack: panels of width w (stored pw wide, zero-padded) of
+ * B's n columns, per KC block of its k rows; `lhs` when B lands on the
+ * micro-kernel's A side. */
+typedef struct pack_geom {
+    ukr_info u;
+    bool lhs;
+    int64_t w, pw, panels;
+    size_t numel; /* elements, with slack for alignment and prefetches */
+} pack_geom;
+
+static bool pack_geom_of(cr_dtype dt, int64_t k, int64_t n, pack_geom *g)
+{
+    if (dt != CR_F32 && dt != CR_F64) return false;
+    g->u = ukr_query(dt == CR_F32 ? BLIS_FLOAT : BLIS_DOUBLE);
+    g->lhs = !g->u.rows;
+    g->w = g->lhs ? g->u.mr : g->u.nr;
+    g->pw = g->lhs ? g->u.pmr : g->u.pnr;
+    /* the blocks over B's columns (MC or NC) must start on panel boundaries */
+    int64_t big = g->lhs ? g->u.mc : g->u.nc, big_max = g->lhs ? g->u.mc_max : g->u.nc_max;
+    if (big % g->w || big_max % g->w || k < 1 || n < 1) return false;
+    g->panels = (n + g->w - 1) / g->w;
+    size_t es = cr_dtype_size(dt);
+    g->numel = (size_t)(g->panels * g->pw * k) + (64 + 256 + es - 1) / es;
+    return true;
+}
+
+static void *pack_base(const cr_tensor *pack)
+{
+    return (void *)(((uintptr_t)pack->data + 63) & ~(uintptr_t)63);
+}
+
+int64_t cr_k_gemm_pack_numel(const cr_tensor *b)
+{
+    pack_geom g;
+    if (b->ndim != 2 || !pack_geom_of(b->dtype, b->shape[0], b->shape[1], &g)) return 0;
+    return (int64_t)g.numel;
+}
+
+/* Offset of KC block starting at row pc of B: every block before the last is
+ * KC rows (block()'s rule), so blocks start at multiples of KC. */
+static inline int64_t pack_at(const pack_geom *g, int64_t pc, int64_t panel, int64_t kc)
+{
+    return pc * g->panels * g->pw + panel * g->pw * kc;
+}
+
+#define PACK_B(T, SFX)                                                                                       \
+    static void pack_whole_##SFX(const pack_geom *g, T *dst, const T *b, int64_t k, int64_t n, int64_t rsb,  \
+                                 int64_t csb)                                                                \
+    {                                                                                                        \
+        for (int64_t pc = 0, kc; pc < k; pc += kc) {                                                         \
+            kc = block(k - pc, g->u.kc, g->u.kc_max);                                                        \
+            for (int64_t p = 0; p < g->panels; p++) {                                                        \
+                int64_t j0 = p * g->w;                                                                       \
+                panel_##SFX(dst + pack_at(g, pc, p, kc), g->pw, b + pc * rsb + j0 * csb,                     \
+                            n - j0 < g->w ? n - j0 : g->w, kc, csb, rsb);                                    \
+            }                                                                                                \
+        }                                                                                                    \
+    }
+PACK_B(float, f32)
+PACK_B(double, f64)
+
+void cr_k_gemm_pack(cr_tensor *pack, const cr_tensor *b)
+{
+    char s1[128];
+    pack_geom g;
+    if (b->ndim != 2 || !pack_geom_of(b->dtype, b->shape[0], b->shape[1], &g))
+        cr_error("cr_k_gemm_pack: %s %s cannot be packed", cr_dtype_name(b->dtype),
+                 cr_shape_str(s1, sizeof s1, b->ndim, b->shape));
+    if (pack->dtype != b->dtype || !cr_is_contiguous(pack) || cr_numel(pack) < (int64_t)g.numel)
+        cr_error("cr_k_gemm_pack: pack of %lld %s elements, need %lld", (long long)cr_numel(pack),
+                 cr_dtype_name(pack->dtype), (long long)g.numel);
+    int64_t k = b->shape[0], n = b->shape[1], rsb = b->stride[0], csb = b->stride[1];
+    fix_strides(k, n, &rsb, &csb);
+    if (b->dtype == CR_F32)
+        pack_whole_f32(&g, pack_base(pack), b->data, k, n, rsb, csb);
+    else
+        pack_whole_f64(&g, pack_base(pack), b->data, k, n, rsb, csb);
+}
+
+/* C's columns [p0*w, p1*w) (panels p0..p1 of the pack), C row-stored. When
+ * the pack is the left operand: C^T = B^T A^T, m' = B's columns in MC blocks,
+ * A^T the right operand packed per KC block; else C = A B with B's panels
+ * in NC blocks and A packed per (NC, KC, MC) block, as serial_gemm does. */
+#define PACKED_GEMM(T, SFX, UKR_T)                                                                           \
+    static void packed_part_##SFX(const pack_geom *g, int64_t p0, int64_t p1, int64_t m, int64_t n,          \
+                                  int64_t k, T alpha, const T *a, int64_t rsa, int64_t csa, const T *pk,     \
+                                  T beta, T *c, int64_t rsc)                                                 \
+    {                                                                                                        \
+        const ukr_info *u = &g->u;                                                                           \
+        int64_t lo = p0 * g->w, hi = p1 * g->w < n ? p1 * g->w : n;                                          \
+        int64_t small_w = g->lhs ? u->nr : u->mr, small_pw = g->lhs ? u->pnr : u->pmr;                       \
+        int64_t small_blk = g->lhs ? (m < u->nc_max ? m : u->nc_max) : (m < u->mc_max ? m : u->mc_max);      \
+        int64_t kc_top = k < u->kc_max ? k : u->kc_max;                                                      \
+        T *sp = g->lhs                                                                                       \
+                    ? grow(&bufs.b, &bufs.b_bytes,                                                           \
+                           (size_t)((small_blk + small_w - 1) / small_w * small_pw * kc_top) * sizeof(T))    \
+                    : grow(&bufs.a, &bufs.a_bytes,                                                           \
+                           (size_t)((small_blk + small_w - 1) / small_w * small_pw * kc_top) * sizeof(T));   \
+        UKR_T ukr = (UKR_T)u->ukr;                                                                           \
+        auxinfo_t aux;                                                                                       \
+        bli_auxinfo_set_schema_a(BLIS_PACKED_ROW_PANELS, &aux);                                              \
+        bli_auxinfo_set_schema_b(BLIS_PACKED_COL_PANELS, &aux);                                              \
+        bli_auxinfo_set_is_a(1, &aux);                                                                       \
+        bli_auxinfo_set_is_b(1, &aux);                                                                       \
+        bli_auxinfo_set_ukr(u->ukr, &aux);                                                                   \
+        bli_auxinfo_set_params(NULL, &aux);                                                                  \
+        T one = 1;                                                                                           \
+        if (g->lhs) { /* C^T [n, m] = B^T A^T: rows of C^T are B's columns (unit stride in C) */             \
+            for (int64_t jc = 0, nc; jc < m; jc += nc) {                                                     \
+                nc = block(m - jc, u->nc, u->nc_max);                                                        \
+                for (int64_t pc = 0, kc; pc < k; pc += kc) {                                                 \
+                    kc = block(k - pc, u->kc, u->kc_max);                                                    \
+                    /* A^T's panels: (kc x nc) of A^T, rows strided by csa, columns by rsa */                \
+                    pack_b_##SFX(sp, a + pc * csa + jc * rsa, kc, nc, csa, rsa, u->nr, u->pnr);              \
+                    T *beta_use = pc == 0 ? &beta : &one;                                                    \
+                    int64_t ps_a = u->pmr * kc, ps_b = u->pnr * kc;                                          \
+                    bli_auxinfo_set_ps_a(ps_a, &aux);                                                        \
+                    bli_auxinfo_set_ps_b(ps_b, &aux);                                                        \
+                    for (int64_t ic = lo, mc; ic < hi; ic += mc) {                                           \
+                        mc = block(hi - ic, u->mc, u->mc_max);                                               \
+                        const T *ap = pk + pack_at(g, pc, ic / u->mr, kc);                                   \
+                        for (int64_t jr = 0; jr < nc; jr += u->nr) {                                         \
+                            T *b1 = sp + jr / u->nr * ps_b;                                                  \
+                            for (int64_t ir = 0; ir < mc; ir += u->mr) {                                     \
+                                T *a1 = (T *)ap + ir / u->mr * ps_a;                                         \
+                                bool last_i = ir + u->mr >= mc;                                              \
+                                T *a2 = last_i ? (T *)ap : a1 + ps_a;                                        \
+                                T *b2 = last_i ? (jr + u->nr >= nc ? sp : b1 + ps_b) : b1;                   \
+                                bli_auxinfo_set_next_a(a2, &aux);                                            \
+                                bli_auxinfo_set_next_b(b2, &aux);                                            \
+                                ukr(mc - ir < u->mr ? mc - ir : u->mr, nc - jr < u->nr ? nc - jr : u->nr,    \
+                                    kc, &alpha, a1, b1, beta_use, c + (jc + jr) * rsc + (ic + ir), 1, rsc,   \
+                                    &aux, u->cntx);                                                          \
+                            }                                                                                \
+                        }                                                                                    \
+                    }                                                                                        \
+                }                                                                                            \
+            }                                                                                                \
+        } else { /* C = A B: B's panels from the pack, A packed per block */                                 \
+            for (int64_t jc = lo, nc; jc < hi; jc += nc) {                                                   \
+                nc = block(hi - jc, u->nc, u->nc_max);                                                       \
+                for (int64_t pc = 0, kc; pc < k; pc += kc) {                                                 \
+                    kc = block(k - pc, u->kc, u->kc_max);                                                    \
+                    const T *bp = pk + pack_at(g, pc, jc / u->nr, kc);                                       \
+                    T *beta_use = pc == 0 ? &beta : &one;                                                    \
+                    for (int64_t ic = 0, mc; ic < m; ic += mc) {                                             \
+                        mc = block(m - ic, u->mc, u->mc_max);                                                \
+                        pack_a_##SFX(sp, a + ic * rsa + pc * csa, mc, kc, rsa, csa, u->mr, u->pmr);          \
+                        int64_t ps_a = u->pmr * kc, ps_b = u->pnr * kc;                                      \
+                        bli_auxinfo_set_ps_a(ps_a, &aux);                                                    \
+                        bli_auxinfo_set_ps_b(ps_b, &aux);                                                    \
+                        for (int64_t jr = 0; jr < nc; jr += u->nr) {                                         \
+                            T *b1 = (T *)bp + jr / u->nr * ps_b;                                             \
+                            for (int64_t ir = 0; ir < mc; ir += u->mr) {                                     \
+                                T *a1 = sp + ir / u->mr * ps_a;                                              \
+                                bool last_i = ir + u->mr >= mc;                                              \
+                                T *a2 = last_i ? sp : a1 + ps_a;                                             \
+                                T *b2 = last_i ? (jr + u->nr >= nc ? (T *)bp : b1 + ps_b) : b1;              \
+                                bli_auxinfo_set_next_a(a2, &aux);                                            \
+                                bli_auxinfo_set_next_b(b2, &aux);                                            \
+                                ukr(mc - ir < u->mr ? mc - ir : u->mr, nc - jr < u->nr ? nc - jr : u->nr,    \
+                                    kc, &alpha, a1, b1, beta_use, c + (ic + ir) * rsc + (jc + jr), rsc, 1,   \
+                                    &aux, u->cntx);                                                          \
+                            }                                                                                \
+                        }                                                                                    \
+                    }                                                                                        \
+                }                                                                                            \
+            }                                                                                                \
+        }                                                                                                    \
+    }                                                                                                        \
+    static void packed_gemm_##SFX(const pack_geom *g, int nt, int64_t m, int64_t n, int64_t k, T alpha,      \
+                                  const T *a, int64_t rsa, int64_t csa, const T *pk, T beta, T *c,           \
+                                  int64_t rsc)                                                               \
+    {                                                                                                        \
+        if (nt <= 1) {                                                                                       \
+            packed_part_##SFX(g, 0, g->panels, m, n, k, alpha, a, rsa, csa, pk, beta, c, rsc);               \
+            return;                                                                                          \
+        }                                                                                                    \
+        _Pragma("omp parallel for num_threads(nt) schedule(static)") for (int t = 0; t < nt; t++)            \
+        {                                                                                                    \
+            int64_t p0 = g->panels * t / nt, p1 = g->panels * (t + 1) / nt;                                  \
+            if (p1 > p0) packed_part_##SFX(g, p0, p1, m, n, k, alpha, a, rsa, csa, pk, beta, c, rsc);        \
+        }                                                                                                    \
+    }
+
+PACKED_GEMM(float, f32, sgemm_ukr_ft)
+PACKED_GEMM(double, f64, dgemm_ukr_ft)
+
+void cr_k_gemm_packed(double alpha, const cr_tensor *a, const cr_tensor *b, const cr_tensor *pack,
+                      double beta, cr_tensor *c)
+{
+    pack_geom g;
+    int64_t m = a->ndim == 2 ? a->shape[0] : 0, k = b->shape[0], n = b->ndim == 2 ? b->shape[1] : 0;
+    /* Where cr_k_gemm would not pack B (small products, C not row-stored, a
+     * pack of another size), it is cr_k_gemm. */
+    bool use = pack && a->ndim == 2 && b->ndim == 2 && c->ndim == 2 && a->shape[1] == k && c->shape[0] == m &&
+               c->shape[1] == n && a->dtype == b->dtype && c->dtype == b->dtype && pack->dtype == b->dtype &&
+               m > 0 && n > 1 && (m * n * k > cr_gemm_small_threshold || n > 4096) && c->stride[1] == 1 &&
+               (m == 1 || c->stride[0] != 1) && pack_geom_of(b->dtype, k, n, &g) &&
+               cr_numel(pack) >= (int64_t)g.numel && alpha != 0;
+    if (!use) {
+        cr_k_gemm(alpha, a, b, beta, c);
+        return;
+    }
+    int64_t rsa = a->stride[0], csa = a->stride[1], rsc = c->stride[0], csc = 1;
+    fix_strides(m, k, &rsa, &csa);
+    fix_strides(m, n, &rsc, &csc);
+    int nt = cr_parallel_ok() ? cr_get_num_threads() : 1;
+    if (a->dtype == CR_F32)
+        packed_gemm_f32(&g, nt, m, n, k, (float)alpha, a->data, rsa, csa, pack_base(pack), (float)beta,
+                        c->data, rsc);
+    else
+        packed_gemm_f64(&g, nt, m, n, k, alpha, a->data, rsa, csa, pack_base(pack), beta, c->data, rsc);
+}

@@ -1,6 +1,7 @@
-/* Float-type template for rnn_kernels.c: included once per type with T, SFX,
- * TANH and SIGMOID defined. Every 2-D operand has unit inner stride and any
- * row stride (a time step's slice of a [B,T,G] projection); act, out and dy
+/* Float-type template for rnn_kernels.c: included once per type (and, for
+ * f32, once per instruction set) with T, SFX, TGT (a target attribute or
+ * nothing), TANH and SIGMOID defined. Every 2-D operand has unit inner
+ * stride and any row stride (a time step's slice of a [B,T,G] projection); act, out and dy
  * are contiguous. Every gradient target is given (the op passes a scratch
  * buffer for an input that needs none) and is written when its flag says it is new
  * (`first`) and added to otherwise, so no buffer is zero-filled first. */
@@ -19,8 +20,8 @@
 
 /* i, f, g, o = s(z_i), s(z_f), tanh(z_g), s(z_o) with z = gx + gh;
  * c' = f c + i g; h' = o tanh(c'). act rows: i | f | g | o | tanh(c'). */
-static void FN(lstm_gates)(int64_t B, int64_t H, T *restrict out, T *restrict act, const T *gx, int64_t sgx,
-                           const T *gh, int64_t sgh, const T *c, int64_t sc)
+static TGT void FN(lstm_gates)(int64_t B, int64_t H, T *restrict out, T *restrict act, const T *gx,
+                               int64_t sgx, const T *gh, int64_t sgh, const T *c, int64_t sc)
 {
     const int64_t BH = B * H;
     CR_PAR_FOR(
@@ -50,7 +51,7 @@ static void FN(lstm_gates)(int64_t B, int64_t H, T *restrict out, T *restrict ac
  * dc_prev (+)= dc f. One batch row; inlined with constant flags, so each
  * combination is a loop of plain stores or adds (a flag read inside the loop
  * keeps GCC from vectorising it). */
-static inline __attribute__((always_inline)) void
+static inline TGT __attribute__((always_inline)) void
 FN(lstm_bwd_row)(int64_t H, int64_t BH, T *restrict x0, T *restrict h0, T *restrict pc, const T *restrict dh,
                  const T *restrict dcn, const T *restrict cp, const T *restrict ai, const bool gx_first,
                  const bool gh_first, const bool c_first)
@@ -78,9 +79,9 @@ FN(lstm_bwd_row)(int64_t H, int64_t BH, T *restrict x0, T *restrict h0, T *restr
 
 /* the row function with constant flags, from inside the batch loop */
 #define ROW(gf, hf, cf) FN(lstm_bwd_row)(H, BH, x0, h0, pc, dh, dcn, cp, ai, gf, hf, cf)
-static void FN(lstm_gates_backward)(int64_t B, int64_t H, T *dgx, int64_t sdgx, bool gx_first, T *dgh,
-                                    int64_t sdgh, bool gh_first, T *dcp, int64_t sdc, bool c_first,
-                                    const T *restrict dy, const T *restrict act, const T *c, int64_t sc)
+static TGT void FN(lstm_gates_backward)(int64_t B, int64_t H, T *dgx, int64_t sdgx, bool gx_first, T *dgh,
+                                        int64_t sdgh, bool gh_first, T *dcp, int64_t sdc, bool c_first,
+                                        const T *restrict dy, const T *restrict act, const T *c, int64_t sc)
 {
     const int64_t BH = B * H;
     const int flags = gx_first << 2 | gh_first << 1 | c_first;
@@ -104,8 +105,8 @@ static void FN(lstm_gates_backward)(int64_t B, int64_t H, T *dgx, int64_t sdgx, 
 
 /* r = s(gx_r + gh_r), z = s(gx_z + gh_z), n = tanh(gx_n + r gh_n),
  * h' = n + z (h - n). act rows: r | z | n | gh_n. */
-static void FN(gru_gates)(int64_t B, int64_t H, T *restrict out, T *restrict act, const T *gx, int64_t sgx,
-                          const T *gh, int64_t sgh, const T *h, int64_t sh)
+static TGT void FN(gru_gates)(int64_t B, int64_t H, T *restrict out, T *restrict act, const T *gx,
+                              int64_t sgx, const T *gh, int64_t sgh, const T *h, int64_t sh)
 {
     const int64_t BH = B * H;
     CR_PAR_FOR(
@@ -130,11 +131,10 @@ static void FN(gru_gates)(int64_t B, int64_t H, T *restrict out, T *restrict act
 /* da_n = dh' (1-z)(1-n^2); dz_r = da_n gh_n r(1-r); dz_z = dh' (h-n) z(1-z);
  * dgx = [dz_r, dz_z, da_n], dgh = [dz_r, dz_z, da_n r]; dh (+)= dh' z. One
  * batch row, inlined with constant flags as the LSTM's. */
-static inline __attribute__((always_inline)) void FN(gru_bwd_row)(int64_t H, int64_t BH, T *restrict x0,
-                                                                  T *restrict h0, T *restrict pq,
-                                                                  const T *restrict d, const T *restrict hp,
-                                                                  const T *restrict ar, const bool gx_first,
-                                                                  const bool gh_first, const bool h_first)
+static inline TGT __attribute__((always_inline)) void
+FN(gru_bwd_row)(int64_t H, int64_t BH, T *restrict x0, T *restrict h0, T *restrict pq, const T *restrict d,
+                const T *restrict hp, const T *restrict ar, const bool gx_first, const bool gh_first,
+                const bool h_first)
 {
     const T *restrict az = ar + BH, *restrict an = az + BH, *restrict ahn = an + BH;
     T *restrict x1 = x0 + H, *restrict x2 = x1 + H;
@@ -156,9 +156,9 @@ static inline __attribute__((always_inline)) void FN(gru_bwd_row)(int64_t H, int
 
 /* the row function with constant flags, from inside the batch loop */
 #define ROW(gf, hf, cf) FN(gru_bwd_row)(H, BH, x0, h0, pq, d, hp, ar, gf, hf, cf)
-static void FN(gru_gates_backward)(int64_t B, int64_t H, T *dgx, int64_t sdgx, bool gx_first, T *dgh,
-                                   int64_t sdgh, bool gh_first, T *dhp, int64_t sdh, bool h_first,
-                                   const T *restrict dy, const T *restrict act, const T *h, int64_t sh)
+static TGT void FN(gru_gates_backward)(int64_t B, int64_t H, T *dgx, int64_t sdgx, bool gx_first, T *dgh,
+                                       int64_t sdgh, bool gh_first, T *dhp, int64_t sdh, bool h_first,
+                                       const T *restrict dy, const T *restrict act, const T *h, int64_t sh)
 {
     const int64_t BH = B * H;
     const int flags = gx_first << 2 | gh_first << 1 | h_first;

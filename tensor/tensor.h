@@ -367,6 +367,10 @@ void cr_k_gru_gates(cr_tensor *out, cr_tensor *act, const cr_tensor *gx, const c
                     const cr_tensor *h);
 void cr_k_gru_gates_backward(cr_tensor *dgx, bool gx_first, cr_tensor *dgh, bool gh_first, cr_tensor *dh,
                              bool h_first, const cr_tensor *dy, const cr_tensor *act, const cr_tensor *h);
+/* The f32 gate kernels run an AVX2 or AVX-512 build where the CPU has it,
+ * with the same bits as the baseline build; true forces the baseline one
+ * (tests compare them). */
+extern bool cr_gates_baseline;
 
 /* C = alpha * op(A) op(B) + beta * C for 2-D views of one float dtype, any
  * strides (a transposed view costs no copy). Small products use a plain C
@@ -374,6 +378,19 @@ void cr_k_gru_gates_backward(cr_tensor *dgx, bool gx_first, cr_tensor *dgh, bool
 void cr_k_gemm(double alpha, const cr_tensor *a, const cr_tensor *b, double beta, cr_tensor *c);
 /* Products with m*n*k at or below this use the C kernel (measured, bench/matmul). */
 extern int64_t cr_gemm_small_threshold;
+/* A right operand B [K,N] used by many products (a recurrent weight at every
+ * time step), packed once into the micro-kernel's panels instead of on every
+ * call. cr_k_gemm_pack_numel: elements of B's dtype the pack needs (0 when B
+ * cannot be packed); cr_k_gemm_pack fills `pack` (contiguous, that many
+ * elements, any alignment) from B; cr_k_gemm_packed(alpha, A, B, pack, beta,
+ * C) is cr_k_gemm(alpha, A, B, beta, C) bit for bit on any thread count,
+ * reading B's panels from the pack (B's values must not have changed). It is
+ * cr_k_gemm itself where cr_k_gemm would not pack B (small products, C not
+ * row-stored, pack NULL). */
+int64_t cr_k_gemm_pack_numel(const cr_tensor *b);
+void cr_k_gemm_pack(cr_tensor *pack, const cr_tensor *b);
+void cr_k_gemm_packed(double alpha, const cr_tensor *a, const cr_tensor *b, const cr_tensor *pack,
+                      double beta, cr_tensor *c);
 
 /* ---- sliding windows: convolution lowering and pooling (conv_kernels.c) ---- */
 

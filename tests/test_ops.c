@@ -912,6 +912,62 @@ Test(ops, gru_gates)
         "cr_gru_gates: gx [2,6], gh [3,6], state [2,2]: expected gx and gh [B,3H] for a state [B,H]");
 }
 
+/* The f32 gate kernels of every instruction set this CPU has (baseline,
+ * AVX2, AVX-512) give the same bits, forward and backward (written and
+ * added-to targets), on values across the clamps and the tanh series'
+ * range, with a row length that leaves a vector tail. */
+static void gates_run(bool lstm, bool baseline, int64_t B, int64_t H, bool first, cr_tensor **res)
+{
+    int G = lstm ? 4 : 3, n_act = lstm ? 5 : 4;
+    cr_tensor *gx = random_tensor(CR_F32, CR_SHAPE(B, G * H), 7),
+              *gh = random_tensor(CR_F32, CR_SHAPE(B, G * H), 8);
+    cr_tensor *s = random_tensor(CR_F32, CR_SHAPE(B, H), 9);
+    float *x = gx->data, *y = gh->data;
+    for (int64_t k = 0; k < B * G * H; k++) { /* |z| from 1e-3 to ~100: series, body and clamps */
+        x[k] *= (float)pow(10.0, (double)(k % 6) - 3.0);
+        y[k] *= 0.5f;
+    }
+    cr_tensor *out = lstm ? cr_zeros(CR_F32, CR_SHAPE(2, B, H)) : cr_zeros(CR_F32, CR_SHAPE(B, H));
+    cr_tensor *act = cr_zeros(CR_F32, CR_SHAPE(n_act, B, H));
+    cr_tensor *dy =
+        lstm ? random_tensor(CR_F32, CR_SHAPE(2, B, H), 10) : random_tensor(CR_F32, CR_SHAPE(B, H), 10);
+    cr_tensor *dgx = random_tensor(CR_F32, CR_SHAPE(B, G * H), 11),
+              *dgh = random_tensor(CR_F32, CR_SHAPE(B, G * H), 12);
+    cr_tensor *ds = random_tensor(CR_F32, CR_SHAPE(B, H), 13);
+    bool old = cr_gates_baseline;
+    cr_gates_baseline = baseline;
+    if (lstm) {
+        cr_k_lstm_gates(out, act, gx, gh, s);
+        cr_k_lstm_gates_backward(dgx, first, dgh, first, ds, first, dy, act, s);
+    } else {
+        cr_k_gru_gates(out, act, gx, gh, s);
+        cr_k_gru_gates_backward(dgx, first, dgh, first, ds, first, dy, act, s);
+    }
+    cr_gates_baseline = old;
+    res[0] = out;
+    res[1] = act;
+    res[2] = dgx;
+    res[3] = dgh;
+    res[4] = ds;
+}
+
+Test(ops, gate_kernels_give_the_same_bits_in_every_instruction_set)
+{
+    cr_graph *g = cr_graph_init(), *prev = cr_graph_use(g);
+    for (int lstm = 0; lstm < 2; lstm++)
+        for (int first = 0; first < 2; first++) {
+            cr_tensor *a[5], *b[5];
+            gates_run(lstm, true, 5, 37, first, a);
+            gates_run(lstm, false, 5, 37, first, b);
+            for (int k = 0; k < 5; k++)
+                cr_assert(memcmp(a[k]->data, b[k]->data, (size_t)cr_numel(a[k]) * sizeof(float)) == 0,
+                          "%s gates, first=%d: result %d differs between the baseline and the CPU's build",
+                          lstm ? "lstm" : "gru", first, k);
+        }
+    cr_graph_use(prev);
+    cr_graph_free(g);
+}
+
 /* ---- every op above is in the table --------------------------------------------------------------- */
 
 Test(ops, op_table_is_complete_and_findable)

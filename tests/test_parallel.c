@@ -107,6 +107,73 @@ Test(parallel, serial_products_are_blis_bits_on_1_to_4_threads, .timeout = 300)
     gemm_case(CR_F64, 70, 24, 300, true, false, 1.0);
 }
 
+/* C = A B (+ C) through cr_k_gemm_packed (B packed once) against cr_k_gemm
+ * on one thread, the packed product on 1 to 4 threads and inside a serial
+ * section, with B row-major or a transposed view, A row-major or transposed. */
+static void packed_case(cr_dtype dt, int64_t m, int64_t n, int64_t k, bool ta, bool tb, double beta)
+{
+    cr_rng r = cr_rng_seed((uint64_t)(m * 17 + n * 5 + k));
+    cr_tensor *A = ta ? cr_tensor_init(dt, CR_SHAPE(k, m)) : cr_tensor_init(dt, CR_SHAPE(m, k));
+    cr_tensor *B = tb ? cr_tensor_init(dt, CR_SHAPE(n, k)) : cr_tensor_init(dt, CR_SHAPE(k, n));
+    cr_tensor *C0 = cr_tensor_init(dt, CR_SHAPE(m, n)), *C1 = cr_tensor_init(dt, CR_SHAPE(m, n));
+    cr_fill_uniform(A, &r, -1, 1);
+    cr_fill_uniform(B, &r, -1, 1);
+    cr_fill_uniform(C0, &r, -1, 1);
+    size_t bytes = (size_t)(m * n) * cr_dtype_size(dt);
+    void *c_in = malloc(bytes);
+    memcpy(c_in, C0->data, bytes);
+    cr_tensor a, b;
+    if (ta)
+        cr_view_transpose(&a, A, 0, 1);
+    else
+        a = *A;
+    if (tb)
+        cr_view_transpose(&b, B, 0, 1);
+    else
+        b = *B;
+    int64_t np = cr_k_gemm_pack_numel(&b);
+    cr_assert_gt(np, (int64_t)0);
+    cr_tensor *P = cr_tensor_init(dt, CR_SHAPE(np + 3)), pv; /* an odd offset: any alignment is accepted */
+    cr_view_narrow(&pv, P, 0, 3, np);
+    cr_k_gemm_pack(&pv, &b);
+    cr_serial_begin();
+    cr_k_gemm(1.0, &a, &b, beta, C0);
+    cr_serial_end();
+    for (int nt = 0; nt <= 4; nt++) { /* 0: one thread allowed, inside a serial section */
+        memcpy(C1->data, c_in, bytes);
+        omp_set_num_threads(nt ? nt : 2);
+        if (!nt) cr_serial_begin();
+        cr_k_gemm_packed(1.0, &a, &b, &pv, beta, C1);
+        if (!nt) cr_serial_end();
+        cr_assert(memcmp(C0->data, C1->data, bytes) == 0,
+                  "%s [%lld,%lld]x[%lld,%lld] ta=%d tb=%d beta=%g: packed product differs on %d threads",
+                  cr_dtype_name(dt), (long long)m, (long long)k, (long long)k, (long long)n, ta, tb, beta,
+                  nt);
+    }
+    omp_set_num_threads(1);
+    free(c_in);
+    cr_tensor_free(P);
+    cr_tensor_free(A);
+    cr_tensor_free(B);
+    cr_tensor_free(C0);
+    cr_tensor_free(C1);
+}
+
+Test(parallel, packed_products_are_cr_k_gemm_bits_on_1_to_4_threads, .timeout = 300)
+{
+    /* recurrent products h W^T and dh = dz W (m = batch rows), KC edges (k =
+     * 400, 1000), panel edges (n not a multiple of the micro-tile), one row,
+     * and a product small enough for the C kernel (the pack is then unused) */
+    const int64_t shapes[][3] = {{32, 512, 128}, {32, 128, 512}, {7, 300, 400}, {33, 47, 1000},
+                                 {1, 300, 120},  {64, 97, 33},   {4, 8, 8},     {3, 2, 520}};
+    for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++)
+        for (int ta = 0; ta < 2; ta++)
+            for (int tb = 0; tb < 2; tb++)
+                packed_case(CR_F32, shapes[s][0], shapes[s][1], shapes[s][2], ta, tb, s % 2 ? 1.0 : 0.0);
+    packed_case(CR_F64, 24, 90, 70, false, true, 0.0);
+    packed_case(CR_F64, 33, 100, 300, true, false, 1.0);
+}
+
 Test(parallel, serial_sections_keep_kernels_from_forking)
 {
     omp_set_num_threads(2);
