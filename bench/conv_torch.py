@@ -23,14 +23,7 @@ import resource
 import sys
 import time
 
-
-def keep_malloc():
-    """No mmap for blocks below 32 MiB (glibc's largest threshold) and no heap
-    trimming: freed memory stays mapped for the next call. True if both took."""
-    import ctypes
-    libc = ctypes.CDLL("libc.so.6")
-    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-    return bool(libc.mallopt(M_MMAP_THRESHOLD, 32 << 20)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
+from peer_torch import keep_malloc
 
 
 def take(torch, buf, off, dtype, shape):

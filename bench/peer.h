@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/types.h>
+#include <time.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -191,14 +192,27 @@ static inline void bench_peer_stop(bench_peer *p)
     }
 }
 
+/* Waits 50 ms between turns: OpenMP workers keep spinning for a while after a
+ * parallel region (libgomp's GOMP_SPINCOUNT, torch's pool alike), and a turn
+ * that starts at once shares the cores with the other side's spinners. Seen in
+ * bench/parallel: carousel's 2-thread replicas read 1.55x its 1-thread speed
+ * right after torch's turns, 1.95x with no peer (--paired). */
+static inline void bench_settle(void)
+{
+    struct timespec ts = {0, 50 * 1000 * 1000};
+    nanosleep(&ts, NULL);
+}
+
 /* rounds rounds of reps timed calls of step(ctx) appended to c and reps steps
  * of the peer appended to t, the two sides taking turns going first (so that
- * neither always runs on a machine the other just warmed or loaded). */
+ * neither always runs on a machine the other just warmed or loaded), with a
+ * settling pause before each turn. */
 static inline void bench_turns(int rounds, int reps, void (*step)(void *), void *ctx, bench_samples *c,
                                bench_peer *p, bench_samples *t)
 {
     for (int round = 0; round < rounds; round++)
         for (int side = 0; side < 2; side++) {
+            bench_settle();
             if ((side ^ (round & 1)) == 0) {
                 for (int k = 0; k < reps && c->n < c->cap; k++) {
                     double t0 = bench_now_ms();

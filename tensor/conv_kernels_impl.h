@@ -83,8 +83,12 @@ static void FN(col2im)(const cr_window *g, const T *cols, int64_t n0, int64_t nb
 /* ---- the direct convolution ----
  * One vector VT is 64 bytes of T (V lanes: 16 floats, 8 doubles), whatever
  * the CPU: lane l of a tile always holds position ow0 + l, so every sum is
- * taken in the same order on every code path (the AVX-512 clone and the
- * baseline one; products and sums stay separate, C11 contracts no FMA). */
+ * taken in the same order on every code path and thread count. The kernels
+ * are built twice with GCC's target_clones (the library targets baseline
+ * x86-64; the AVX-512 clone is chosen at load time and holds 16-float
+ * tiles in one register). conv_kernels.c lets products and sums fuse into
+ * FMAs, so the clone's last bits can differ from the baseline's, never
+ * between thread counts. */
 typedef T FN(vec) __attribute__((vector_size(64)));
 typedef T FN(vec_u) __attribute__((vector_size(64), aligned(sizeof(T)))); /* at any element */
 #define VT FN(vec)
