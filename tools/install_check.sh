@@ -6,19 +6,33 @@
 set -euo pipefail
 src=$(cd "$(dirname "$0")/.." && pwd)
 work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
+# The build's output goes to $work/log, printed if any step fails (meson and
+# ninja print their errors on stdout, so discarding it hid the reason).
+finish() {
+    status=$?
+    if [ "$status" != 0 ]; then
+        echo "install-check: FAILED (exit $status) at line ${failed_line:-?}; build output:" >&2
+        cat "$work/log" >&2 2>/dev/null || true
+    fi
+    rm -rf "$work"
+}
+trap 'failed_line=$LINENO' ERR
+trap finish EXIT
 
-meson setup "$work/build" "$src" --prefix "$work/prefix" -Dtests=disabled >/dev/null
+meson setup "$work/build" "$src" --prefix "$work/prefix" -Dtests=disabled >>"$work/log" 2>&1
 targets="libcarousel.so libcarousel.a tools/carousel-ckpt"
 # With Open MPI found, the optional mpi library is installed too.
 have_mpi=0
-if ninja -C "$work/build" -t targets all | grep -q '^libcarousel-mpi\.so:'; then
+# (grep reads the whole list: with -q it could stop early, ninja would die of
+# SIGPIPE, pipefail would call the mpi library absent, and the install that
+# follows would then fail on the unbuilt library, as CI once saw.)
+if ninja -C "$work/build" -t targets all | grep '^libcarousel-mpi\.so:' >/dev/null; then
     have_mpi=1
     targets="$targets libcarousel-mpi.so libcarousel-mpi.a"
 fi
 # shellcheck disable=SC2086
-ninja -C "$work/build" $targets >/dev/null
-meson install -C "$work/build" --no-rebuild >/dev/null
+ninja -C "$work/build" $targets >>"$work/log" 2>&1
+meson install -C "$work/build" --no-rebuild >>"$work/log" 2>&1
 
 pc_dir=$(dirname "$(find "$work/prefix" -name carousel.pc | head -n 1)")
 cat > "$work/app.c" <<'C'
