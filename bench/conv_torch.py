@@ -21,9 +21,8 @@ import argparse
 import os
 import resource
 import sys
-import time
 
-from peer_torch import keep_malloc
+from peer_torch import keep_malloc, serve
 
 
 def take(torch, buf, off, dtype, shape):
@@ -133,16 +132,7 @@ def main():
           f"threads={torch.get_num_threads()} "
           f"blis_threads={os.environ.get('BLIS_NUM_THREADS', '-')} "
           f"mkldnn={int(torch.backends.mkldnn.is_available())} torch_version={torch.__version__}", flush=True)
-    for line in sys.stdin:
-        cmd = line.split()
-        if not cmd or cmd[0] == "quit":
-            break
-        times = []
-        for _ in range(int(cmd[1])):
-            t0 = time.perf_counter_ns()
-            step()
-            times.append((time.perf_counter_ns() - t0) / 1e6)
-        print("ms " + " ".join(f"{t:.4f}" for t in times), flush=True)
+    serve(step)
     return 0
 
 

@@ -13,9 +13,8 @@ import os
 import re
 import struct
 import sys
-import time
 
-from peer_torch import keep_malloc
+from peer_torch import keep_malloc, serve
 
 
 def read_safetensors(torch, path):
@@ -142,16 +141,7 @@ def main():
     print(f"ready ok=1 loss0={loss0:.9g} loss1={loss1:.9g} gnorm0={gnorm0:.9g} "
           f"threads={torch.get_num_threads()} blis_threads={os.environ.get('BLIS_NUM_THREADS', '-')} "
           f"blis_arch={os.environ.get('BLIS_ARCH_TYPE', '-')} torch_version={torch.__version__}", flush=True)
-    for line in sys.stdin:
-        cmd = line.split()
-        if not cmd or cmd[0] == "quit":
-            break
-        times = []
-        for _ in range(int(cmd[1])):
-            t0 = time.perf_counter_ns()
-            unit()
-            times.append((time.perf_counter_ns() - t0) / 1e6)
-        print("ms " + " ".join(f"{t:.4f}" for t in times), flush=True)
+    serve(unit)
     return 0
 
 
