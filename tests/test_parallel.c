@@ -40,55 +40,78 @@ static const pm_config small = {.B = 12,
 
 /* ---- products: the serial path is BLIS's arithmetic ------------------------------------ */
 
+/* The operands of one product C = A B (+ C): random A, B and C (C0, with its
+ * first contents saved in c_in, and C1 for the second path), and the views a
+ * and b, row-major or the transposes of [k, m] and [n, k] tensors. */
+typedef struct {
+    cr_tensor *A, *B, *C0, *C1;
+    cr_tensor a, b;
+    void *c_in;
+    size_t bytes;
+} operands;
+
+static operands operands_make(cr_dtype dt, int64_t m, int64_t n, int64_t k, bool ta, bool tb, uint64_t seed)
+{
+    operands o = {.A = ta ? cr_tensor_init(dt, CR_SHAPE(k, m)) : cr_tensor_init(dt, CR_SHAPE(m, k)),
+                  .B = tb ? cr_tensor_init(dt, CR_SHAPE(n, k)) : cr_tensor_init(dt, CR_SHAPE(k, n)),
+                  .C0 = cr_tensor_init(dt, CR_SHAPE(m, n)),
+                  .C1 = cr_tensor_init(dt, CR_SHAPE(m, n)),
+                  .bytes = (size_t)(m * n) * cr_dtype_size(dt)};
+    cr_rng r = cr_rng_seed(seed);
+    cr_fill_uniform(o.A, &r, -1, 1);
+    cr_fill_uniform(o.B, &r, -1, 1);
+    cr_fill_uniform(o.C0, &r, -1, 1);
+    o.c_in = malloc(o.bytes);
+    memcpy(o.c_in, o.C0->data, o.bytes);
+    if (ta)
+        cr_view_transpose(&o.a, o.A, 0, 1);
+    else
+        o.a = *o.A;
+    if (tb)
+        cr_view_transpose(&o.b, o.B, 0, 1);
+    else
+        o.b = *o.B;
+    return o;
+}
+
+static void operands_free(operands *o)
+{
+    free(o->c_in);
+    cr_tensor_free(o->A);
+    cr_tensor_free(o->B);
+    cr_tensor_free(o->C0);
+    cr_tensor_free(o->C1);
+}
+
 /* C = A B (+ C) through cr_k_gemm on one thread against bli_?gemm_ex on nt
  * threads, for operands given as row-major or transposed views. */
 static void gemm_case(cr_dtype dt, int64_t m, int64_t n, int64_t k, bool ta, bool tb, double beta)
 {
-    cr_rng r = cr_rng_seed((uint64_t)(m * 131 + n * 7 + k));
-    cr_tensor *A = ta ? cr_tensor_init(dt, CR_SHAPE(k, m)) : cr_tensor_init(dt, CR_SHAPE(m, k));
-    cr_tensor *B = tb ? cr_tensor_init(dt, CR_SHAPE(n, k)) : cr_tensor_init(dt, CR_SHAPE(k, n));
-    cr_tensor *C0 = cr_tensor_init(dt, CR_SHAPE(m, n)), *C1 = cr_tensor_init(dt, CR_SHAPE(m, n));
-    cr_fill_uniform(A, &r, -1, 1);
-    cr_fill_uniform(B, &r, -1, 1);
-    cr_fill_uniform(C0, &r, -1, 1);
-    size_t bytes = (size_t)(m * n) * cr_dtype_size(dt);
-    void *c_in = malloc(bytes);
-    memcpy(c_in, C0->data, bytes);
-    cr_tensor a, b;
-    if (ta)
-        cr_view_transpose(&a, A, 0, 1);
-    else
-        a = *A;
-    if (tb)
-        cr_view_transpose(&b, B, 0, 1);
-    else
-        b = *B;
+    operands o = operands_make(dt, m, n, k, ta, tb, (uint64_t)(m * 131 + n * 7 + k));
+    const cr_tensor *a = &o.a, *b = &o.b;
     cr_serial_begin();
-    cr_k_gemm(1.0, &a, &b, beta, C0);
+    cr_k_gemm(1.0, a, b, beta, o.C0);
     cr_serial_end();
     for (int nt = 1; nt <= 4; nt++) {
-        memcpy(C1->data, c_in, bytes);
+        memcpy(o.C1->data, o.c_in, o.bytes);
         rntm_t rn = BLIS_RNTM_INITIALIZER;
         bli_rntm_set_num_threads(nt, &rn);
         if (dt == CR_F32) {
             float one = 1, be = (float)beta;
-            bli_sgemm_ex(BLIS_NO_TRANSPOSE, BLIS_NO_TRANSPOSE, m, n, k, &one, a.data, a.stride[0],
-                         a.stride[1], b.data, b.stride[0], b.stride[1], &be, C1->data, n, 1, NULL, &rn);
+            bli_sgemm_ex(BLIS_NO_TRANSPOSE, BLIS_NO_TRANSPOSE, m, n, k, &one, a->data, a->stride[0],
+                         a->stride[1], b->data, b->stride[0], b->stride[1], &be, o.C1->data, n, 1, NULL, &rn);
         } else {
             double one = 1;
-            bli_dgemm_ex(BLIS_NO_TRANSPOSE, BLIS_NO_TRANSPOSE, m, n, k, &one, a.data, a.stride[0],
-                         a.stride[1], b.data, b.stride[0], b.stride[1], &beta, C1->data, n, 1, NULL, &rn);
+            bli_dgemm_ex(BLIS_NO_TRANSPOSE, BLIS_NO_TRANSPOSE, m, n, k, &one, a->data, a->stride[0],
+                         a->stride[1], b->data, b->stride[0], b->stride[1], &beta, o.C1->data, n, 1, NULL,
+                         &rn);
         }
         cr_assert(
-            memcmp(C0->data, C1->data, bytes) == 0,
+            memcmp(o.C0->data, o.C1->data, o.bytes) == 0,
             "%s [%lld,%lld]x[%lld,%lld] ta=%d tb=%d beta=%g: serial path differs from BLIS on %d threads",
             cr_dtype_name(dt), (long long)m, (long long)k, (long long)k, (long long)n, ta, tb, beta, nt);
     }
-    free(c_in);
-    cr_tensor_free(A);
-    cr_tensor_free(B);
-    cr_tensor_free(C0);
-    cr_tensor_free(C1);
+    operands_free(&o);
 }
 
 Test(parallel, serial_products_are_blis_bits_on_1_to_4_threads, .timeout = 300)
@@ -112,51 +135,29 @@ Test(parallel, serial_products_are_blis_bits_on_1_to_4_threads, .timeout = 300)
  * section, with B row-major or a transposed view, A row-major or transposed. */
 static void packed_case(cr_dtype dt, int64_t m, int64_t n, int64_t k, bool ta, bool tb, double beta)
 {
-    cr_rng r = cr_rng_seed((uint64_t)(m * 17 + n * 5 + k));
-    cr_tensor *A = ta ? cr_tensor_init(dt, CR_SHAPE(k, m)) : cr_tensor_init(dt, CR_SHAPE(m, k));
-    cr_tensor *B = tb ? cr_tensor_init(dt, CR_SHAPE(n, k)) : cr_tensor_init(dt, CR_SHAPE(k, n));
-    cr_tensor *C0 = cr_tensor_init(dt, CR_SHAPE(m, n)), *C1 = cr_tensor_init(dt, CR_SHAPE(m, n));
-    cr_fill_uniform(A, &r, -1, 1);
-    cr_fill_uniform(B, &r, -1, 1);
-    cr_fill_uniform(C0, &r, -1, 1);
-    size_t bytes = (size_t)(m * n) * cr_dtype_size(dt);
-    void *c_in = malloc(bytes);
-    memcpy(c_in, C0->data, bytes);
-    cr_tensor a, b;
-    if (ta)
-        cr_view_transpose(&a, A, 0, 1);
-    else
-        a = *A;
-    if (tb)
-        cr_view_transpose(&b, B, 0, 1);
-    else
-        b = *B;
-    int64_t np = cr_k_gemm_pack_numel(&b);
+    operands o = operands_make(dt, m, n, k, ta, tb, (uint64_t)(m * 17 + n * 5 + k));
+    int64_t np = cr_k_gemm_pack_numel(&o.b);
     cr_assert_gt(np, (int64_t)0);
     cr_tensor *P = cr_tensor_init(dt, CR_SHAPE(np + 3)), pv; /* an odd offset: any alignment is accepted */
     cr_view_narrow(&pv, P, 0, 3, np);
-    cr_k_gemm_pack(&pv, &b);
+    cr_k_gemm_pack(&pv, &o.b);
     cr_serial_begin();
-    cr_k_gemm(1.0, &a, &b, beta, C0);
+    cr_k_gemm(1.0, &o.a, &o.b, beta, o.C0);
     cr_serial_end();
     for (int nt = 0; nt <= 4; nt++) { /* 0: one thread allowed, inside a serial section */
-        memcpy(C1->data, c_in, bytes);
+        memcpy(o.C1->data, o.c_in, o.bytes);
         omp_set_num_threads(nt ? nt : 2);
         if (!nt) cr_serial_begin();
-        cr_k_gemm_packed(1.0, &a, &b, &pv, beta, C1);
+        cr_k_gemm_packed(1.0, &o.a, &o.b, &pv, beta, o.C1);
         if (!nt) cr_serial_end();
-        cr_assert(memcmp(C0->data, C1->data, bytes) == 0,
+        cr_assert(memcmp(o.C0->data, o.C1->data, o.bytes) == 0,
                   "%s [%lld,%lld]x[%lld,%lld] ta=%d tb=%d beta=%g: packed product differs on %d threads",
                   cr_dtype_name(dt), (long long)m, (long long)k, (long long)k, (long long)n, ta, tb, beta,
                   nt);
     }
     omp_set_num_threads(1);
-    free(c_in);
     cr_tensor_free(P);
-    cr_tensor_free(A);
-    cr_tensor_free(B);
-    cr_tensor_free(C0);
-    cr_tensor_free(C1);
+    operands_free(&o);
 }
 
 Test(parallel, packed_products_are_cr_k_gemm_bits_on_1_to_4_threads, .timeout = 300)
