@@ -14,6 +14,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "args.h"
 #include "carousel.h"
 
 #define MAX_LIST 16
@@ -39,20 +40,6 @@ static void usage(const char *prog)
     exit(2);
 }
 
-/* Append the comma-separated positive integers of s to list (n entries). */
-static void parse_list(const char *prog, const char *s, int64_t *list, int *n)
-{
-    char *end;
-    for (;;) {
-        long long v = strtoll(s, &end, 10);
-        if (end == s || v < 1 || *n == MAX_LIST) usage(prog);
-        list[(*n)++] = v;
-        if (*end == '\0') return;
-        if (*end != ',') usage(prog);
-        s = end + 1;
-    }
-}
-
 static opts parse(int argc, char **argv)
 {
     opts o = {.reps = 3, .B = 32, .T = 64, .run_auto = true, .run_hand = true};
@@ -60,11 +47,11 @@ static opts parse(int argc, char **argv)
     for (int i = 1; i < argc; i += 2) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!v || !strcmp(a, "--help") || !strcmp(a, "-h")) usage(argv[0]);
-        if (!strcmp(a, "--hidden"))
-            parse_list(argv[0], v, o.hidden, &o.n_hidden);
-        else if (!strcmp(a, "--threads"))
-            parse_list(argv[0], v, th, &o.n_threads);
-        else if (!strcmp(a, "--reps"))
+        if (!strcmp(a, "--hidden")) {
+            if (!bench_list(v, o.hidden, &o.n_hidden, MAX_LIST)) usage(argv[0]);
+        } else if (!strcmp(a, "--threads")) {
+            if (!bench_list(v, th, &o.n_threads, MAX_LIST)) usage(argv[0]);
+        } else if (!strcmp(a, "--reps"))
             o.reps = atoi(v);
         else if (!strcmp(a, "--batch"))
             o.B = atoll(v);

@@ -24,6 +24,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "args.h"
 #include "carousel.h"
 
 #ifndef CR_BENCH_SRCDIR
@@ -308,20 +309,6 @@ static run run_torch(int64_t T, int ckpt, int64_t seg, int reps)
     return spawn(argv);
 }
 
-static void parse_list(const char *prog, const char *s, int64_t *list, int *n)
-{
-    *n = 0;
-    for (;;) {
-        char *end;
-        long long v = strtoll(s, &end, 10);
-        if (end == s || v < 1 || *n == MAX_T) usage(prog);
-        list[(*n)++] = v;
-        if (*end == '\0') return;
-        if (*end != ',') usage(prog);
-        s = end + 1;
-    }
-}
-
 int main(int argc, char **argv)
 {
     setvbuf(stdout, NULL, _IOLBF, 0);
@@ -339,9 +326,10 @@ int main(int argc, char **argv)
         }
         const char *v = i + 1 < argc ? argv[++i] : NULL;
         if (!v) usage(argv[0]);
-        if (!strcmp(a, "--T"))
-            parse_list(argv[0], v, o.T, &o.n_T);
-        else if (!strcmp(a, "--reps"))
+        if (!strcmp(a, "--T")) {
+            o.n_T = 0; /* a repeated flag replaces the list */
+            if (!bench_list(v, o.T, &o.n_T, MAX_T)) usage(argv[0]);
+        } else if (!strcmp(a, "--reps"))
             o.reps = atoi(v);
         else if (!strcmp(a, "--segment"))
             o.segment = atoll(v);

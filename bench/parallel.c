@@ -26,6 +26,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "args.h"
 #include "carousel.h"
 #include "peer.h"
 
@@ -55,20 +56,6 @@ static void usage(const char *prog)
             "  --reps 3 --rounds 5 --batch 64 --steps 64 (modes: replicas, intra-op, auto)\n",
             prog);
     exit(2);
-}
-
-static void parse_list(const char *prog, const char *s, int64_t *list, int *n)
-{
-    *n = 0;
-    for (;;) {
-        char *end;
-        long long v = strtoll(s, &end, 10);
-        if (end == s || v < 1 || *n == MAX_LIST) usage(prog);
-        list[(*n)++] = v;
-        if (*end == '\0') return;
-        if (*end != ',') usage(prog);
-        s = end + 1;
-    }
 }
 
 static void parse_modes(const char *prog, const char *s, opts *o)
@@ -120,11 +107,13 @@ static opts parse(int argc, char **argv)
         }
         const char *v = i + 1 < argc ? argv[++i] : NULL;
         if (!v) usage(argv[0]);
-        if (!strcmp(a, "--hidden"))
-            parse_list(argv[0], v, o.hidden, &o.n_hidden);
-        else if (!strcmp(a, "--threads"))
-            parse_list(argv[0], v, o.threads, &o.n_threads);
-        else if (!strcmp(a, "--modes"))
+        if (!strcmp(a, "--hidden")) {
+            o.n_hidden = 0; /* a repeated flag replaces the list */
+            if (!bench_list(v, o.hidden, &o.n_hidden, MAX_LIST)) usage(argv[0]);
+        } else if (!strcmp(a, "--threads")) {
+            o.n_threads = 0; /* a repeated flag replaces the list */
+            if (!bench_list(v, o.threads, &o.n_threads, MAX_LIST)) usage(argv[0]);
+        } else if (!strcmp(a, "--modes"))
             parse_modes(argv[0], v, &o);
         else if (!strcmp(a, "--shards"))
             o.shards = atoi(v);
