@@ -21,9 +21,8 @@
 
 #include "carousel.h"
 #include "carousel/cr_mpi.h"
+#include "charlm_model.h"
 
-#define VOCAB 65
-#define EMBED 64
 #define MAX_ROUNDS 64
 
 typedef struct opts {
@@ -87,25 +86,6 @@ static int cmp_double(const void *a, const void *b)
 
 /* ---- the child: one configuration under mpirun ------------------------------------------ */
 
-typedef struct model {
-    int64_t H;
-    cr_embedding emb;
-    cr_rnn *lstm;
-    cr_linear head;
-    cr_tensor *x, *y;
-} model;
-
-static cr_tensor *shard_loss(void *ctx, const cr_shard *s)
-{
-    model *m = ctx;
-    int64_t rows = s->end - s->begin;
-    cr_tensor *x = cr_narrow(m->x, 0, s->begin, rows),
-              *y = cr_reshape(cr_narrow(m->y, 0, s->begin, rows), CR_SHAPE(-1));
-    cr_rnn_output o = cr_rnn_forward(m->lstm, cr_embedding_forward(&m->emb, x), NULL, NULL, NULL);
-    cr_tensor *logits = cr_linear_forward(&m->head, cr_reshape(o.y, CR_SHAPE(-1, m->H)));
-    return cr_mul_scalar(cr_cross_entropy(logits, y, -1, CR_MEAN), s->weight);
-}
-
 /* A shard loss that needs no gradient: the trainer's backward does no work,
  * so a step is the exchange alone (both ranks arrive at once). */
 static cr_tensor *no_loss(void *ctx, const cr_shard *s)
@@ -121,20 +101,8 @@ static int child(opts o)
     MPI_Comm_size(MPI_COMM_WORLD, &ranks);
     cr_set_num_threads(o.threads);
     cr_rng rng = cr_rng_seed(1);
-    cr_params *ps = cr_params_init();
-    model m = {.H = o.H};
-    m.emb = cr_embedding_init(ps, "emb", VOCAB, EMBED, -1, CR_F32, &rng);
-    m.lstm = cr_rnn_init(ps, "lstm",
-                         (cr_rnn_config){.cell = &cr_cell_lstm,
-                                         .input_size = EMBED,
-                                         .hidden_size = o.H,
-                                         .num_layers = 1,
-                                         .forget_bias = 1.0,
-                                         .dtype = CR_F32},
-                         &rng);
-    m.head = cr_linear_init(ps, "head", o.H, VOCAB, true, CR_F32, &rng);
-    m.x = cr_tensor_init(CR_I32, CR_SHAPE(o.B, o.T));
-    m.y = cr_tensor_init(CR_I32, CR_SHAPE(o.B, o.T));
+    charlm m = charlm_make(o.B, o.T, o.H, 1.0, &rng);
+    cr_params *ps = m.ps;
     cr_optim *opt = cr_adam_init(ps, cr_adam_defaults(1e-3));
     cr_trainer_config cfg = {
         .shards = o.shards, .threads = o.threads, .mode = CR_PARALLEL_REPLICAS, .seed = 1};
@@ -148,16 +116,11 @@ static int child(opts o)
     } else {
         tr = cr_trainer_init(ps, cfg);
     }
-    cr_task task = {.rows = o.B, .loss = shard_loss, .ctx = &m};
+    cr_task task = {.rows = o.B, .loss = charlm_shard_loss, .ctx = &m};
     cr_rng data = cr_rng_seed(2);
     double *step_s = cr_xcalloc((size_t)o.steps, sizeof *step_s), exch = 0, loss = 0, norm;
     for (int k = -2; k < o.steps; k++) { /* two warm-up steps */
-        for (int64_t i = 0; i < o.B * o.T; i++) {
-            ((int32_t *)m.x->data)[i] = (int32_t)(cr_rng_uniform01(&data) * VOCAB);
-            ((int32_t *)m.y->data)[i] = (int32_t)(cr_rng_uniform01(&data) * VOCAB);
-        }
-        cr_tensor_bump_version(m.x);
-        cr_tensor_bump_version(m.y);
+        charlm_fill(&m, &data);
         double t0 = MPI_Wtime();
         cr_status st = mt ? cr_mpi_trainer_step(mt, &task, opt, 5.0, &loss, &norm)
                           : cr_trainer_step(tr, &task, opt, 5.0, &loss, &norm);
@@ -203,10 +166,7 @@ static int child(opts o)
     cr_mpi_trainer_free(mt);
     cr_trainer_free(tr);
     cr_optim_free(opt);
-    cr_tensor_free(m.x);
-    cr_tensor_free(m.y);
-    cr_rnn_free(m.lstm);
-    cr_params_free(ps);
+    charlm_free(&m);
     return 0;
 }
 

@@ -28,12 +28,11 @@
 
 #include "args.h"
 #include "carousel.h"
+#include "charlm_model.h"
 #include "peer.h"
 
 #define MAX_LIST 8
 #define MAX_SAMPLES 4096
-#define VOCAB 65
-#define EMBED 64
 
 typedef struct opts {
     int64_t hidden[MAX_LIST];
@@ -172,49 +171,18 @@ static void forkjoin(void)
 /* ---- the carousel side ------------------------------------------------------------ */
 
 typedef struct model {
-    int64_t B, T, H;
-    cr_params *ps;
-    cr_embedding emb;
-    cr_rnn *lstm;
-    cr_linear head;
+    charlm lm;
     cr_optim *opt;
     cr_trainer *tr;
-    cr_tensor *x, *y; /* [B, T] i32 ids and targets */
 } model;
-
-static cr_tensor *shard_loss(void *ctx, const cr_shard *s)
-{
-    model *m = ctx;
-    int64_t rows = s->end - s->begin;
-    cr_tensor *x = cr_narrow(m->x, 0, s->begin, rows),
-              *y = cr_reshape(cr_narrow(m->y, 0, s->begin, rows), CR_SHAPE(-1));
-    cr_rnn_output o = cr_rnn_forward(m->lstm, cr_embedding_forward(&m->emb, x), NULL, NULL, NULL);
-    cr_tensor *logits = cr_linear_forward(&m->head, cr_reshape(o.y, CR_SHAPE(-1, m->H)));
-    return cr_mul_scalar(cr_cross_entropy(logits, y, -1, CR_MEAN), s->weight);
-}
 
 static model model_make(const opts *o, int64_t H, cr_parallel_mode mode, int threads)
 {
-    model m = {.B = o->B, .T = o->T, .H = H};
     cr_rng rng = cr_rng_seed(1234);
-    m.ps = cr_params_init();
-    m.emb = cr_embedding_init(m.ps, "embed", VOCAB, EMBED, -1, CR_F32, &rng);
-    m.lstm = cr_rnn_init(
-        m.ps, "lstm",
-        (cr_rnn_config){
-            .cell = &cr_cell_lstm, .input_size = EMBED, .hidden_size = H, .num_layers = 1, .dtype = CR_F32},
-        &rng);
-    m.head = cr_linear_init(m.ps, "head", H, VOCAB, true, CR_F32, &rng);
-    m.opt = cr_adam_init(m.ps, cr_adam_defaults(1e-3));
+    model m = {.lm = charlm_make(o->B, o->T, H, 0.0, &rng)};
+    m.opt = cr_adam_init(m.lm.ps, cr_adam_defaults(1e-3));
     int shards = mode == CR_PARALLEL_INTRA_OP ? 1 : mode == CR_PARALLEL_AUTO ? 0 : o->shards;
-    m.tr = cr_trainer_init(m.ps, (cr_trainer_config){.shards = shards, .threads = threads, .mode = mode});
-    m.x = cr_tensor_init(CR_I32, CR_SHAPE(m.B, m.T));
-    m.y = cr_tensor_init(CR_I32, CR_SHAPE(m.B, m.T));
-    int32_t *x = m.x->data, *y = m.y->data;
-    for (int64_t k = 0; k < m.B * m.T; k++) {
-        x[k] = (int32_t)(cr_rng_uniform01(&rng) * VOCAB) % VOCAB;
-        y[k] = (int32_t)(cr_rng_uniform01(&rng) * VOCAB) % VOCAB;
-    }
+    m.tr = cr_trainer_init(m.lm.ps, (cr_trainer_config){.shards = shards, .threads = threads, .mode = mode});
     return m;
 }
 
@@ -222,15 +190,12 @@ static void model_free(model *m)
 {
     cr_trainer_free(m->tr);
     cr_optim_free(m->opt);
-    cr_tensor_free(m->x);
-    cr_tensor_free(m->y);
-    cr_rnn_free(m->lstm);
-    cr_params_free(m->ps);
+    charlm_free(&m->lm);
 }
 
 static double train_step(model *m, double *norm)
 {
-    cr_task task = {.rows = m->B, .loss = shard_loss, .ctx = m};
+    cr_task task = {.rows = m->lm.B, .loss = charlm_shard_loss, .ctx = &m->lm};
     double loss, n;
     cr_trainer_step(m->tr, &task, m->opt, 5.0, &loss, &n);
     if (norm) *norm = n;
@@ -240,16 +205,16 @@ static double train_step(model *m, double *norm)
 /* The data, then the weights in torch's order, raw little-endian. */
 static int write_tensors(const model *m, FILE *f)
 {
-    const cr_cell *c = &m->lstm->cells[0];
-    const cr_tensor *ts[] = {m->x,
-                             m->y,
-                             m->emb.weight,
+    const cr_cell *c = &m->lm.lstm->cells[0];
+    const cr_tensor *ts[] = {m->lm.x,
+                             m->lm.y,
+                             m->lm.emb.weight,
                              cr_cell_get(c, "w_ih"),
                              cr_cell_get(c, "w_hh"),
                              cr_cell_get(c, "b_ih"),
                              cr_cell_get(c, "b_hh"),
-                             m->head.weight,
-                             m->head.bias};
+                             m->lm.head.weight,
+                             m->lm.head.bias};
     for (size_t k = 0; k < sizeof ts / sizeof *ts; k++) {
         size_t count = (size_t)cr_numel(ts[k]);
         if (!cr_is_contiguous(ts[k]) || fwrite(ts[k]->data, cr_dtype_size(ts[k]->dtype), count, f) != count)
@@ -267,9 +232,9 @@ static int write_tensors(const model *m, FILE *f)
 static bench_peer peer_start(const model *m, int threads, const char *path)
 {
     char a[5][32];
-    snprintf(a[0], 32, "%lld", (long long)m->B);
-    snprintf(a[1], 32, "%lld", (long long)m->T);
-    snprintf(a[2], 32, "%lld", (long long)m->H);
+    snprintf(a[0], 32, "%lld", (long long)m->lm.B);
+    snprintf(a[1], 32, "%lld", (long long)m->lm.T);
+    snprintf(a[2], 32, "%lld", (long long)m->lm.H);
     snprintf(a[3], 32, "%d", threads);
     snprintf(a[4], 32, "%d", VOCAB);
     const char *args[] = {"--file", path,        "--batch", a[0],      "--steps", a[1], "--hidden",
