@@ -798,7 +798,7 @@ static _Noreturn void version_error(const cr_node *n, const char *which, const c
         (unsigned long long)version_of(t));
 }
 
-static void check_versions(const cr_node *n)
+void cr_node_check_versions(const cr_node *n)
 {
     const uint64_t *ver = node_versions(n);
     int k = 0;
@@ -848,7 +848,7 @@ static void backward_checked(const cr_graph *g, cr_node *n)
 void cr_run_backward_node(cr_graph *g, cr_node *n)
 {
     if (!n->out->grad) return;
-    if (n->saves) check_versions(n);
+    if (n->saves) cr_node_check_versions(n);
     cr_arena_mark m = cr_arena_mark_get(g->arena);
     if (detect_anomaly)
         backward_checked(g, n);

@@ -33,6 +33,12 @@ CR_UNARY_OPS(CR_DECLARE_UNARY_OP)
 struct cr_grad_rows *cr_grad_rows_begin(const cr_tensor *t);
 void cr_grad_rows_end(cr_tensor *t, struct cr_grad_rows *was, const int32_t *ix, int64_t m, int64_t skip);
 
+/* Refuses (cr_backward's error) when a tensor that n's backward reads (its
+ * op's saves) was written in place since n was recorded. The engine checks
+ * each node before its own backward; a backward that reads another node's
+ * input (a product reading the W of its weight_t) checks that node first. */
+void cr_node_check_versions(const cr_node *n);
+
 /* The gradient buffer of input i, or NULL when it needs none. */
 static inline cr_tensor *input_grad(cr_node *n, int i)
 {

@@ -184,7 +184,12 @@ static void weight_t_bwd(cr_node *n)
     cr_tensor gwt = mat(gw, 0, true);
     grad_add(&gwt, first, gy, NULL); /* dW (+)= dW'^T: other uses of W' (a narrowed block) */
 }
-const cr_op cr_op_weight_t = {"cr_weight_t", weight_t_fwd, weight_t_bwd, 0, sizeof(weight_t_attr)};
+/* Saves W: its backward reads nothing, but the products' backward read W
+ * itself (dh = dy W, and W's pack made then), after their forward read W'.
+ * An in-place write to W in between (an optimizer step before backward)
+ * would mix two weights into dh; the products check W's version first. */
+const cr_op cr_op_weight_t = {"cr_weight_t", weight_t_fwd, weight_t_bwd, CR_SAVES_IN(0),
+                              sizeof(weight_t_attr)};
 
 cr_tensor *cr_weight_t(cr_tensor *w, int64_t rows)
 {
@@ -225,6 +230,7 @@ static void matmul_bwd(cr_node *n)
     /* B = W^T of a shared weight: B^T is W itself, row-major, so dY B^T is dY
      * W, by W's pack when weight_t's backward will run to give it back */
     cr_node *wn = shared_weight(n);
+    if (ga && wn && wn->saves) cr_node_check_versions(wn); /* W as weight_t recorded it */
     cr_tensor pk;
     const cr_tensor *pw =
         ga && wn && n->in[1]->requires_grad && gy->ndim == 2 ? weight_t_pack_w(wn, &pk) : NULL;

@@ -542,6 +542,50 @@ Test(graph, write_into_a_saved_input_before_backward_is_refused)
     expect_values(w->grad, (double[]){2, 2, 2, 2, 2, 2, 2, 2, 2}, 9, 0);
 }
 
+/* A weight shared by every step's product through cr_weight_t, as the
+ * recurrent layers use it: the products' forward reads W' (a copy of W^T),
+ * their backward reads W itself (dh = dy W, by W's pack made then). W written
+ * in place in between (an optimizer step before backward) would mix two
+ * weights into dh without a trace; it is refused before any product's
+ * backward runs. H = 3 and 64: below and above the size the pack is made for. */
+static cr_tensor *two_steps(cr_tensor *h0, cr_tensor *w, int64_t rows)
+{
+    cr_tensor *wt = cr_weight_t(w, rows);
+    return cr_sum(cr_tanh(cr_matmul(cr_tanh(cr_matmul(h0, wt)), wt)));
+}
+
+static void shared_weight_case(int64_t H)
+{
+    int64_t B = 2;
+    cr_rng r = cr_rng_seed(7);
+    cr_tensor *w = cr_tensor_init(CR_F64, CR_SHAPE(H, H)), *h0 = cr_tensor_init(CR_F64, CR_SHAPE(B, H));
+    owned[n_owned++] = w;
+    owned[n_owned++] = h0;
+    cr_fill_uniform(w, &r, -0.5, 0.5);
+    cr_fill_uniform(h0, &r, -1, 1);
+    cr_requires_grad(w, true);
+    cr_requires_grad(h0, true);
+    /* the weight written after backward, as a training loop does: fine */
+    cr_backward(two_steps(h0, w, 2 * B));
+    cr_fill(w, 0.5);
+    cr_assert_not_null(h0->grad);
+    cr_graph_clear(graph);
+    cr_zero_grad(h0);
+    /* written between forward and backward: refused, nothing flows */
+    cr_tensor *y = two_steps(h0, w, 2 * B);
+    cr_fill(w, 0.25);
+    EXPECT_ERROR(cr_backward(y), "cr_backward: cr_weight_t (tape #0) needs its input 0");
+    for (int64_t i = 0; i < B * H; i++)
+        cr_assert(cr_get_flat(h0->grad, i) == 0, "H=%lld: a gradient flowed into h0", (long long)H);
+    cr_graph_clear(graph);
+}
+
+Test(graph, write_into_a_shared_weight_before_backward_is_refused)
+{
+    shared_weight_case(3);
+    shared_weight_case(64);
+}
+
 Test(graph, views_share_the_version_counter)
 {
     /* a view of h is saved; a write through h is seen */
