@@ -14,7 +14,9 @@
  *     direction) for the rare words; SGD lr 0.1.
  *
  * Options: --hidden H[,..] --batch B[,..] --threads T[,..] --reps N --rounds R
- * --quick --no-torch --no-fused (the cells' composed steps) --only NAME.
+ * --quick --no-torch --no-fused (the cells' composed steps) --only NAME
+ * --mode auto|replicas|intra-op --shards S (the char LM on several threads:
+ * through cr_trainer in its auto mode by default, one shard per thread).
  * The suite is chosen at build time (CR_TRAIN_SUITE). See bench/README.md. */
 #include <math.h>
 #include <signal.h>
@@ -25,6 +27,7 @@
 
 #include <blis.h>
 
+#include "args.h"
 #include "carousel.h"
 #include "peer.h"
 
@@ -51,6 +54,8 @@ typedef struct opts {
     int reps, rounds;
     bool torch, quick, fused;
     const char *only;
+    const char *mode; /* char LM on several threads: auto, replicas or intra-op */
+    int shards;       /* its shards (0: one per thread) */
     int64_t hidden[MAX_LIST], batch[MAX_LIST], threads[MAX_LIST];
     int n_hidden, n_batch, n_threads;
 } opts;
@@ -90,6 +95,9 @@ typedef struct model {
     cr_linear head, mlp;
     cr_optim *opt;
     cr_graph *g;
+    cr_trainer *tr;                 /* char LM on several threads: the step runs through it */
+    int shards;                     /* the trainer's (1 without one) */
+    int cur;                        /* the batch the trainer's shards read */
     int n_batches;                  /* optimizer updates per timed unit */
     int64_t len[MAX_BATCHES];       /* time steps of each */
     cr_tensor *in[MAX_BATCHES];     /* tokens [B, T] i32 */
@@ -105,8 +113,26 @@ static void fill_ids(cr_tensor *t, cr_rng *rng, int64_t n)
         p[k] = (int32_t)(cr_rng_uniform01(rng) * (double)n) % (int32_t)n;
 }
 
-static model model_make(const config *cf, bool fused)
+/* The trainer that runs the char LM's step on several threads, in the mode
+ * the options ask for: auto (cr_trainer's choice for the model's size, which
+ * is how a user trains on several threads), replicas, or none (intra-op:
+ * one batch, threads inside the products and kernels, also the 1-thread
+ * step). One shard per thread unless --shards; none when the batch has fewer
+ * rows than shards. */
+static cr_trainer *trainer_for(const opts *o, const config *cf, cr_params *ps, int *shards)
 {
+    *shards = 1;
+    if (cf->kind != W_CHARLM || cf->threads < 2 || !strcmp(o->mode, "intra-op")) return NULL;
+    int s = o->shards ? o->shards : cf->threads;
+    if (cf->B < s) return NULL;
+    *shards = s;
+    cr_parallel_mode mode = !strcmp(o->mode, "replicas") ? CR_PARALLEL_REPLICAS : CR_PARALLEL_AUTO;
+    return cr_trainer_init(ps, (cr_trainer_config){.shards = s, .threads = cf->threads, .mode = mode});
+}
+
+static model model_make(const opts *o, const config *cf)
+{
+    bool fused = o->fused;
     model m = {.cf = *cf};
     cr_rng rng = cr_rng_seed(1234);
     m.ps = cr_params_init();
@@ -174,6 +200,7 @@ static model model_make(const config *cf, bool fused)
     m.opt = cf->kind == W_CHARLM ? cr_adam_init(m.ps, cr_adam_defaults(1e-3))
                                  : cr_sgd_init(m.ps, cr_sgd_defaults(0.1));
     m.g = cr_graph_init();
+    m.tr = trainer_for(o, cf, m.ps, &m.shards);
     return m;
 }
 
@@ -186,6 +213,7 @@ static void model_free(model *m)
         for (int64_t j = 0; j < m->len[k]; j++) cr_tensor_free(m->chars[k][j]);
         free(m->chars[k]);
     }
+    cr_trainer_free(m->tr);
     cr_optim_free(m->opt);
     cr_graph_free(m->g);
     cr_rnn_free(m->rnn);
@@ -214,9 +242,36 @@ static cr_tensor *tagger_words(model *m, int k)
     return cr_stack((int)L, v, 1);
 }
 
+/* The char LM's loss on a shard's rows of batch m->cur, weighted by the
+ * shard's share (the trainer sums the shards). */
+static cr_tensor *charlm_shard_loss(void *ctx, const cr_shard *s)
+{
+    model *m = ctx;
+    int64_t rows = s->end - s->begin, T = m->len[m->cur];
+    cr_tensor *x = cr_narrow(m->in[m->cur], 0, s->begin, rows),
+              *y = cr_narrow(m->tgt[m->cur], 0, s->begin * T, rows * T);
+    cr_rnn_output o = cr_rnn_forward(m->rnn, cr_embedding_forward(&m->emb, x), NULL, NULL, NULL);
+    cr_tensor *logits = cr_linear_forward(&m->head, o.y);
+    cr_tensor *loss =
+        cr_cross_entropy(cr_reshape(logits, CR_SHAPE(-1, m->head.weight->shape[0])), y, -1, CR_MEAN);
+    return cr_mul_scalar(loss, s->weight);
+}
+
 /* One update on batch k: forward, loss, backward, clip (char LM), Adam. */
 static double batch_step(model *m, int k, double *grad_norm)
 {
+    if (m->tr) { /* the same, over the trainer's shards on its threads */
+        double loss = NAN, norm = NAN;
+        m->cur = k;
+        cr_task task = {.rows = m->cf.B, .loss = charlm_shard_loss, .ctx = m};
+        cr_status st = cr_trainer_step(m->tr, &task, m->opt, 5.0, &loss, &norm);
+        if (st != CR_OK && st != CR_NONFINITE) {
+            fprintf(stderr, "bench: cr_trainer_step: %s\n", cr_last_error());
+            exit(1);
+        }
+        if (grad_norm) *grad_norm = norm;
+        return loss;
+    }
     cr_graph *prev = cr_graph_use(m->g);
     cr_optim_zero_grad(m->opt);
     cr_tensor *loss;
@@ -347,6 +402,8 @@ typedef struct result {
     config cf;
     double c[3], t[3]; /* ms per unit: min, median, max (t: nan without the peer) */
     double tokens, gflop, blis;
+    const char *mode; /* char LM: how its threads were used */
+    int shards;
     double c_loss0, c_loss1, c_gnorm0, t_loss0, t_loss1, t_gnorm0;
 } result;
 
@@ -373,8 +430,10 @@ static result measure(const opts *o, const config *cf)
 {
     result r = {.cf = *cf, .t_loss0 = NAN, .t_loss1 = NAN, .t_gnorm0 = NAN};
     cr_set_num_threads(cf->threads);
-    model m = model_make(cf, o->fused);
+    model m = model_make(o, cf);
     r.tokens = m.tokens;
+    r.mode = m.tr ? cr_parallel_mode_name(cr_trainer_mode(m.tr)) : "intra-op";
+    r.shards = m.shards;
     bench_peer p = BENCH_PEER_NONE;
     bool started = false;
     if (o->torch) {
@@ -421,28 +480,15 @@ static void usage(const char *prog)
 {
     fprintf(stderr,
             "usage: %s [--hidden H[,H..]] [--batch B[,B..]] [--threads T[,T..]] [--reps N] [--rounds R]\n"
-            "          [--quick] [--no-torch] [--no-fused] [--only charlm|lm|tagger]\n",
+            "          [--quick] [--no-torch] [--no-fused] [--only charlm|lm|tagger]\n"
+            "          [--mode auto|replicas|intra-op] [--shards S]\n",
             prog);
     exit(2);
 }
 
-static void parse_list(const char *prog, const char *s, int64_t *list, int *n)
-{
-    *n = 0;
-    for (;;) {
-        char *end;
-        long long v = strtoll(s, &end, 10);
-        if (end == s || v < 1 || *n == MAX_LIST) usage(prog);
-        list[(*n)++] = v;
-        if (*end == '\0') return;
-        if (*end != ',') usage(prog);
-        s = end + 1;
-    }
-}
-
 static opts parse(int argc, char **argv)
 {
-    opts o = {.reps = 3, .rounds = 4, .torch = true, .fused = true};
+    opts o = {.reps = 3, .rounds = 4, .torch = true, .fused = true, .mode = "auto"};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "--no-torch"))
@@ -454,12 +500,20 @@ static opts parse(int argc, char **argv)
         else {
             const char *v = i + 1 < argc ? argv[++i] : NULL;
             if (!v) usage(argv[0]);
-            if (!strcmp(a, "--hidden"))
-                parse_list(argv[0], v, o.hidden, &o.n_hidden);
-            else if (!strcmp(a, "--batch"))
-                parse_list(argv[0], v, o.batch, &o.n_batch);
-            else if (!strcmp(a, "--threads"))
-                parse_list(argv[0], v, o.threads, &o.n_threads);
+            if (!strcmp(a, "--hidden")) {
+                o.n_hidden = 0; /* a repeated flag replaces the list */
+                if (!bench_list(v, o.hidden, &o.n_hidden, MAX_LIST)) usage(argv[0]);
+            } else if (!strcmp(a, "--batch")) {
+                o.n_batch = 0;
+                if (!bench_list(v, o.batch, &o.n_batch, MAX_LIST)) usage(argv[0]);
+            } else if (!strcmp(a, "--threads")) {
+                o.n_threads = 0;
+                if (!bench_list(v, o.threads, &o.n_threads, MAX_LIST)) usage(argv[0]);
+            } else if (!strcmp(a, "--mode") &&
+                       (!strcmp(v, "auto") || !strcmp(v, "replicas") || !strcmp(v, "intra-op")))
+                o.mode = v;
+            else if (!strcmp(a, "--shards"))
+                o.shards = atoi(v);
             else if (!strcmp(a, "--reps"))
                 o.reps = atoi(v);
             else if (!strcmp(a, "--rounds"))
@@ -476,7 +530,7 @@ static opts parse(int argc, char **argv)
         o.reps = 1;
         o.rounds = 3;
     }
-    if (o.reps < 1 || o.rounds < 1) usage(argv[0]);
+    if (o.reps < 1 || o.rounds < 1 || o.shards < 0) usage(argv[0]);
     return o;
 }
 
@@ -574,9 +628,9 @@ int main(int argc, char **argv)
             double gf = r->gflop / (r->c[1] * 1e-3);
             printf(
                 "bench=%s hidden=%lld batch=%lld threads=%d tokens_per_s=%.0f torch_tokens_per_s=%.0f ratio=%.3f "
-                "gflops=%.1f blis_peak_share=%.3f\n",
+                "gflops=%.1f blis_peak_share=%.3f mode=%s shards=%d\n",
                 bench_name(&r->cf), (long long)r->cf.H, (long long)r->cf.B, r->cf.threads, tok, ttok,
-                tok / ttok, gf, gf / r->blis);
+                tok / ttok, gf, gf / r->blis, r->mode, r->shards);
         } else {
             printf("bench=%s hidden=%lld batch=%lld threads=%d tokens_per_s=%.0f torch_tokens_per_s=%.0f "
                    "ratio=%.3f\n",

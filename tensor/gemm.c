@@ -18,6 +18,11 @@
 /* m*n*k at or below this goes to the C kernel; see ARCHITECTURE.md for the
  * measurement behind the default. */
 int64_t cr_gemm_small_threshold = 32768;
+/* m*n*k at or below this runs on one thread even where threads are allowed:
+ * the fork and join of a parallel region (microseconds on a quiet machine,
+ * a scheduler time slice when the other core is busy) cost more than half
+ * of such a product. The one-thread path gives the threaded one's bits. */
+int64_t cr_gemm_parallel_threshold = (int64_t)1 << 20;
 
 void cr_gemm_set_threads(int n) { bli_thread_set_num_threads(n > 0 ? n : 1); }
 
@@ -424,7 +429,7 @@ void cr_k_gemm(double alpha, const cr_tensor *a, const cr_tensor *b, double beta
     fix_strides(m, k, &rsa, &csa);
     fix_strides(k, n, &rsb, &csb);
     fix_strides(m, n, &rsc, &csc);
-    if (!cr_parallel_ok()) {
+    if (!cr_parallel_ok() || m * n * k <= cr_gemm_parallel_threshold) {
         if (a->dtype == CR_F32)
             serial_gemm_f32(m, n, k, (float)alpha, a->data, rsa, csa, b->data, rsb, csb, (float)beta, c->data,
                             rsc, csc);
@@ -669,7 +674,7 @@ void cr_k_gemm_packed(double alpha, const cr_tensor *a, const cr_tensor *b, cons
     int64_t rsa = a->stride[0], csa = a->stride[1], rsc = c->stride[0], csc = 1;
     fix_strides(m, k, &rsa, &csa);
     fix_strides(m, n, &rsc, &csc);
-    int nt = cr_parallel_ok() ? cr_get_num_threads() : 1;
+    int nt = cr_parallel_ok() && m * n * k > cr_gemm_parallel_threshold ? cr_get_num_threads() : 1;
     if (a->dtype == CR_F32)
         packed_gemm_f32(&g, nt, m, n, k, (float)alpha, a->data, rsa, csa, pack_base(pack), (float)beta,
                         c->data, rsc);

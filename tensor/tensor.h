@@ -378,6 +378,9 @@ extern bool cr_gates_baseline;
 void cr_k_gemm(double alpha, const cr_tensor *a, const cr_tensor *b, double beta, cr_tensor *c);
 /* Products with m*n*k at or below this use the C kernel (measured, bench/matmul). */
 extern int64_t cr_gemm_small_threshold;
+/* Products with m*n*k at or below this run on one thread even where threads
+ * are allowed (a parallel region costs more than it saves); same bits. */
+extern int64_t cr_gemm_parallel_threshold;
 /* A right operand B [K,N] used by many products (a recurrent weight at every
  * time step), packed once into the micro-kernel's panels instead of on every
  * call. cr_k_gemm_pack_numel: elements of B's dtype the pack needs (0 when B

@@ -162,6 +162,8 @@ static void packed_case(cr_dtype dt, int64_t m, int64_t n, int64_t k, bool ta, b
 
 Test(parallel, packed_products_are_cr_k_gemm_bits_on_1_to_4_threads, .timeout = 300)
 {
+    int64_t par = cr_gemm_parallel_threshold;
+    cr_gemm_parallel_threshold = 0; /* every product here on the threads asked for */
     /* recurrent products h W^T and dh = dz W (m = batch rows), KC edges (k =
      * 400, 1000), panel edges (n not a multiple of the micro-tile), one row,
      * and a product small enough for the C kernel (the pack is then unused) */
@@ -173,6 +175,7 @@ Test(parallel, packed_products_are_cr_k_gemm_bits_on_1_to_4_threads, .timeout = 
                 packed_case(CR_F32, shapes[s][0], shapes[s][1], shapes[s][2], ta, tb, s % 2 ? 1.0 : 0.0);
     packed_case(CR_F64, 24, 90, 70, false, true, 0.0);
     packed_case(CR_F64, 33, 100, 300, true, false, 1.0);
+    cr_gemm_parallel_threshold = par;
 }
 
 Test(parallel, serial_sections_keep_kernels_from_forking)

@@ -975,11 +975,15 @@ Test(tensor, gemm_matches_naive_on_strided_views)
     int64_t sizes[][3] = {{3, 4, 5},    {1, 7, 1},    {5, 1, 6},     {17, 13, 9},    /* small kernel */
                           {40, 50, 30}, {64, 33, 70}, {1, 300, 200}, {200, 120, 1}}; /* BLIS */
     cr_dtype dts[2] = {CR_F32, CR_F64};
-    int64_t saved = cr_gemm_small_threshold;
-    /* every size through both paths: BLIS (threshold 0) and the C kernel */
-    int64_t thresholds[2] = {0, INT64_MAX};
-    for (int p = 0; p < 2; p++) {
-        cr_gemm_small_threshold = thresholds[p];
+    int64_t saved = cr_gemm_small_threshold, saved_par = cr_gemm_parallel_threshold;
+    int saved_threads = cr_get_num_threads();
+    /* every size through each path: the C kernel, BLIS's micro-kernel under
+     * carousel's loops on one thread, BLIS's threaded API on two threads */
+    int64_t small[3] = {INT64_MAX, 0, 0}, par[3] = {0, INT64_MAX, 0};
+    for (int p = 0; p < 3; p++) {
+        cr_gemm_small_threshold = small[p];
+        cr_gemm_parallel_threshold = par[p];
+        cr_set_num_threads(p == 2 ? 2 : saved_threads);
         for (int d = 0; d < 2; d++)
             for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; s++)
                 for (int layout = 0; layout < 2; layout++) {
@@ -988,6 +992,8 @@ Test(tensor, gemm_matches_naive_on_strided_views)
                 }
     }
     cr_gemm_small_threshold = saved;
+    cr_gemm_parallel_threshold = saved_par;
+    cr_set_num_threads(saved_threads);
 }
 
 Test(tensor, gemm_contiguous_and_expanded_operands)
