@@ -581,15 +581,30 @@ static cr_tensor *grad_new(cr_graph *g, const cr_tensor *t)
 }
 
 /* t's gradient as the same view of its base's gradient, or NULL when the
- * base's gradient is not laid out like the base. */
-static cr_tensor *grad_via_base(cr_graph *g, cr_tensor *t)
+ * base's gradient is not laid out like the base. A new base gradient is
+ * zero-filled, except for cr_grad_buffer (`whole_ok`) when the view covers
+ * every element of the base (a view with as many elements as its base maps
+ * one to one: reshape, transpose, permute, a full narrow): then it stays
+ * fresh, and cr_grad_buffer's caller writes all of it through the view or
+ * cr_grad_buffer zero-fills it (a [rows, 10000] logits gradient seen through
+ * a reshape was zero-filled and then overwritten). */
+static cr_tensor *grad_via_base(cr_graph *g, cr_tensor *t, bool whole_ok)
 {
     cr_node *n = t->node;
     cr_tensor *base = n->in[0];
     if (!base->requires_grad) return NULL;
-    cr_tensor *bg = cr_grad_buffer(base, NULL);
+    bool fresh;
+    cr_tensor *bg = cr_grad_buffer(base, &fresh);
+    bool laid_out = true;
     for (int d = 0; d < base->ndim; d++)
-        if (bg->stride[d] != base->stride[d] && base->shape[d] != 1) return NULL;
+        if (bg->stride[d] != base->stride[d] && base->shape[d] != 1) laid_out = false;
+    if (fresh) {
+        if (laid_out && whole_ok && cr_numel(t) == cr_numel(base))
+            ((cr_block *)bg->owned)->fresh = true;
+        else
+            memset(bg->data, 0, (size_t)cr_numel(bg) * cr_dtype_size(bg->dtype));
+    }
+    if (!laid_out) return NULL;
     cr_tensor *hdr = grad_header(g);
     memset(hdr, 0, sizeof *hdr);
     cr_node view = *n;
@@ -612,7 +627,7 @@ cr_tensor *cr_grad_buffer(cr_tensor *t, bool *fresh)
             t->grad = cr_tensor_init(t->dtype, t->ndim, t->shape);
         } else {
             cr_graph *g = need_graph("cr_grad_of");
-            if (is_view_output(t)) t->grad = grad_via_base(g, t);
+            if (is_view_output(t)) t->grad = grad_via_base(g, t, true);
             if (!t->grad) t->grad = grad_new(g, t);
         }
     }
@@ -634,7 +649,7 @@ void cr_grad_reserve(cr_tensor *t)
 {
     if (t->grad || t->persistent) return;
     cr_graph *g = need_graph("cr_grad_reserve");
-    if (is_view_output(t)) t->grad = grad_via_base(g, t);
+    if (is_view_output(t)) t->grad = grad_via_base(g, t, false);
     if (!t->grad) t->grad = grad_new(g, t);
 }
 

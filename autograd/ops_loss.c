@@ -14,29 +14,6 @@ typedef struct {
     int64_t count; /* targets that counted, set by forward */
 } ce_attr;
 
-/* On a new buffer (first) the rows are written, not added: an ignored row
- * gets +0 and a counted one 0 + v, which is v with -0 turned into +0, the
- * bits the zero-filled buffer gave. */
-#define CE_BACKWARD(T)                                                                                       \
-    do {                                                                                                     \
-        T *g = gx->data;                                                                                     \
-        const T *lp = n->saved->data;                                                                        \
-        for (int64_t r = 0; r < rows; r++) {                                                                 \
-            int32_t t = tgt[r];                                                                              \
-            T *gr = g + r * C;                                                                               \
-            const T *lr = lp + r * C;                                                                        \
-            if (t == ignore) {                                                                               \
-                if (first)                                                                                   \
-                    for (int64_t c = 0; c < C; c++) gr[c] = 0;                                               \
-                continue;                                                                                    \
-            }                                                                                                \
-            if (first)                                                                                       \
-                for (int64_t c = 0; c < C; c++) gr[c] = (T)0 + (T)(scale * (exp((double)lr[c]) - (c == t))); \
-            else                                                                                             \
-                for (int64_t c = 0; c < C; c++) gr[c] += (T)(scale * (exp((double)lr[c]) - (c == t)));       \
-        }                                                                                                    \
-    } while (0)
-
 static void cross_entropy_fwd(cr_node *n)
 {
     cr_tensor *logits = n->in[0], *target = n->in[1];
@@ -86,11 +63,15 @@ static void cross_entropy_bwd(cr_node *n)
     int64_t count = at->count, ignore = at->ignore_index;
     double scale = cr_item(n->out->grad);
     if (at->red == CR_MEAN) scale = count ? scale / (double)count : 0.0;
-    const int32_t *tgt = as_contiguous(n->in[1])->data;
-    if (gx->dtype == CR_F32)
-        CE_BACKWARD(float);
-    else
-        CE_BACKWARD(double);
+    /* dlogits (+)= scale * (softmax - onehot(t)) on counted rows; a new buffer's rows are written (0 + v:
+     * -0 turns +0, the bits a zero-filled buffer gave), ignored ones zeroed */
+    cr_tensor g2 = *gx;
+    g2.ndim = 2;
+    g2.shape[0] = rows;
+    g2.shape[1] = C;
+    g2.stride[0] = C;
+    g2.stride[1] = 1;
+    cr_k_cross_entropy_backward(&g2, first, n->saved, as_contiguous(n->in[1]), ignore, scale);
     if (gx != gx_) grad_add(gx_, first_, gx, NULL);
 }
 const cr_op cr_op_cross_entropy = {"cr_cross_entropy", cross_entropy_fwd, cross_entropy_bwd, CR_SAVES_IN(1),

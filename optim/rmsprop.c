@@ -7,35 +7,55 @@
 
 /* g += wd p; s = a s + (1-a) g^2; [ga = a ga + (1-a) g]; den = sqrt(s [- ga^2]) + eps;
  * momentum: buf = m buf + g/den, p -= lr buf; else p -= lr g/den.
- * PyTorch's order of operations; iteration i touches element i only. */
+ * PyTorch's order of operations; iteration i touches element i only. One loop
+ * per combination of the flags (weight decay, centered, momentum) with
+ * constants for them, as in sgd.c and adam.c: a test inside the loop kept GCC
+ * from vectorising it. sqrt is inline (optim/ builds with -fno-math-errno) and
+ * ISO C mode contracts nothing into an FMA, so the vector loops give the
+ * scalar loop's bits. */
+#define RMSPROP_LOOP(T, SQRT, WD, CENT, MOM)                                                                 \
+    CR_PAR_FOR(                                                                                              \
+        n >= cr_parallel_threshold, "omp parallel for schedule(static)", for (int64_t i = 0; i < n; i++) {   \
+            T gi = g[i];                                                                                     \
+            if (WD) gi = gi + wd * p[i];                                                                     \
+            T si = s[i] * alpha + one_m_alpha * gi * gi;                                                     \
+            s[i] = si;                                                                                       \
+            T avg;                                                                                           \
+            if (CENT) {                                                                                      \
+                T gai = ga[i] * alpha + one_m_alpha * gi;                                                    \
+                ga[i] = gai;                                                                                 \
+                avg = SQRT(si + (T)(-1) * gai * gai);                                                        \
+            } else {                                                                                         \
+                avg = SQRT(si);                                                                              \
+            }                                                                                                \
+            avg = avg + eps;                                                                                 \
+            if (MOM) {                                                                                       \
+                T b = buf[i] * mom + gi / avg;                                                               \
+                buf[i] = b;                                                                                  \
+                p[i] = p[i] + (-lr) * b;                                                                     \
+            } else {                                                                                         \
+                p[i] = p[i] + (-lr) * gi / avg;                                                              \
+            }                                                                                                \
+        })
+#define RMSPROP_MODES(T, SQRT, WD)                                                                           \
+    do {                                                                                                     \
+        if (ga && buf)                                                                                       \
+            RMSPROP_LOOP(T, SQRT, WD, 1, 1);                                                                 \
+        else if (ga)                                                                                         \
+            RMSPROP_LOOP(T, SQRT, WD, 1, 0);                                                                 \
+        else if (buf)                                                                                        \
+            RMSPROP_LOOP(T, SQRT, WD, 0, 1);                                                                 \
+        else                                                                                                 \
+            RMSPROP_LOOP(T, SQRT, WD, 0, 0);                                                                 \
+    } while (0)
 #define DEF_RMSPROP(T, SQRT)                                                                                 \
     static void rmsprop_##T(T *restrict p, const T *restrict g, T *restrict s, T *restrict ga,               \
                             T *restrict buf, int64_t n, T lr, T wd, T alpha, T one_m_alpha, T eps, T mom)    \
     {                                                                                                        \
-        CR_PAR_FOR(                                                                                          \
-            n >= cr_parallel_threshold, "omp parallel for schedule(static)",                                 \
-            for (int64_t i = 0; i < n; i++) {                                                                \
-                T gi = g[i];                                                                                 \
-                if (wd != 0) gi = gi + wd * p[i];                                                            \
-                T si = s[i] * alpha + one_m_alpha * gi * gi;                                                 \
-                s[i] = si;                                                                                   \
-                T avg;                                                                                       \
-                if (ga) {                                                                                    \
-                    T gai = ga[i] * alpha + one_m_alpha * gi;                                                \
-                    ga[i] = gai;                                                                             \
-                    avg = SQRT(si + (T)(-1) * gai * gai);                                                    \
-                } else {                                                                                     \
-                    avg = SQRT(si);                                                                          \
-                }                                                                                            \
-                avg = avg + eps;                                                                             \
-                if (buf) {                                                                                   \
-                    T b = buf[i] * mom + gi / avg;                                                           \
-                    buf[i] = b;                                                                              \
-                    p[i] = p[i] + (-lr) * b;                                                                 \
-                } else {                                                                                     \
-                    p[i] = p[i] + (-lr) * gi / avg;                                                          \
-                }                                                                                            \
-            });                                                                                              \
+        if (wd != 0)                                                                                         \
+            RMSPROP_MODES(T, SQRT, 1);                                                                       \
+        else                                                                                                 \
+            RMSPROP_MODES(T, SQRT, 0);                                                                       \
     }
 DEF_RMSPROP(float, sqrtf)
 DEF_RMSPROP(double, sqrt)

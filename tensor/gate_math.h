@@ -37,6 +37,42 @@ static inline float exp_gate_f32(float x)
     return p * scale;
 }
 
+/* e^x over the whole float range, for softmax and cross-entropy, whose
+ * arguments (x - max of the row) reach -inf and whose small results matter
+ * (e^-100 is 3.7e-44, not the gate exp's clamped 1.6e-38). The gate exp's
+ * reduction and polynomial on x clamped to [-104, 89]: below -104 e^x rounds
+ * to 0 and above 89 it overflows, so the clamp changes no result. 2^n, for
+ * n in [-150, 128], is applied as two factors 2^(n/2) and 2^(n - n/2), both
+ * normal floats: the first product is exact (p is near 1) and the second
+ * rounds once, into the subnormal range, to 0 or to inf where the true value
+ * does. A NaN is clamped to -104 like -inf (so the integer conversion never
+ * sees one; a NaN's conversion is undefined) and put back by the last select,
+ * so NaN gives NaN, +inf gives inf and -inf gives 0. Only +, -, *, compares,
+ * an exact int conversion and bit moves: exactly rounded in any vector
+ * width. Accuracy: tests/test_tensor.c sweeps it against libm's exp. */
+static inline float exp_softmax_f32(float x)
+{
+    float xc = x > -104.0f ? x : -104.0f; /* NaN and -inf give -104 */
+    xc = xc < 89.0f ? xc : 89.0f;
+    float n = (xc * 1.44269504f + 12582912.0f) - 12582912.0f; /* round to nearest */
+    float r = (xc - n * 0.693359375f) - n * -2.12194440e-4f;
+    float p = 1.0f / 5040;
+    p = p * r + 1.0f / 720;
+    p = p * r + 1.0f / 120;
+    p = p * r + 1.0f / 24;
+    p = p * r + 1.0f / 6;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    int32_t ni = (int32_t)n, n1 = ni / 2, n2 = ni - n1; /* each in [-75, 64] */
+    int32_t b1 = (n1 + 127) * (1 << 23), b2 = (n2 + 127) * (1 << 23);
+    float s1, s2;
+    memcpy(&s1, &b1, sizeof s1);
+    memcpy(&s2, &b2, sizeof s2);
+    float y = (p * s1) * s2;
+    return x != x ? x : y;
+}
+
 /* 1/(1+e^-x); the clamp in exp makes both tails finite. */
 static inline float sigmoid_gate_f32(float x) { return 1.0f / (1.0f + exp_gate_f32(-x)); }
 

@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "iter.h"
+#include "softmax_kernels.h"
 #include "tensor.h"
 
 #ifdef _OPENMP
@@ -56,6 +57,7 @@ static void split_dims(const cr_tensor *x, int dim, int64_t *outer, int64_t *n, 
 #define ABS fabsf
 #define POW powf
 #define SOFTPLUS(v) ((float)softplus_d((double)(v)))
+#define SMEXP(v) ((double)exp_softmax_f32(v)) /* softmax's exp, as a double */
 #include "kernels_impl.h"
 #undef T
 #undef SFX
@@ -67,6 +69,7 @@ static void split_dims(const cr_tensor *x, int dim, int64_t *outer, int64_t *n, 
 #undef ABS
 #undef POW
 #undef SOFTPLUS
+#undef SMEXP
 
 #define T double
 #define SFX f64
@@ -78,6 +81,7 @@ static void split_dims(const cr_tensor *x, int dim, int64_t *outer, int64_t *n, 
 #define ABS fabs
 #define POW pow
 #define SOFTPLUS softplus_d
+#define SMEXP(v) exp(v)
 #include "kernels_impl.h"
 
 /* What each kind's derivative reads (the reads column). */
@@ -227,7 +231,9 @@ void cr_k_softmax_backward(cr_tensor *gx, const cr_tensor *gy, const cr_tensor *
     dim = cr_dim_norm("cr_k_softmax_backward", dim, gx->ndim);
     int64_t outer, n, inner;
     split_dims(gx, dim, &outer, &n, &inner);
-    if (gx->dtype == CR_F32)
+    if (gx->dtype == CR_F32 && inner == 1 && log)
+        cr_k_log_softmax_backward_rows_f32(gx->data, gy->data, out->data, outer, n);
+    else if (gx->dtype == CR_F32)
         softmax_backward_f32(gx->data, gy->data, out->data, outer, n, inner, log);
     else
         softmax_backward_f64(gx->data, gy->data, out->data, outer, n, inner, log);
@@ -307,7 +313,9 @@ void cr_k_softmax(cr_tensor *out, const cr_tensor *x, int dim, bool log)
     dim = cr_dim_norm("cr_k_softmax", dim, x->ndim);
     int64_t outer, n, inner;
     split_dims(x, dim, &outer, &n, &inner);
-    if (x->dtype == CR_F32)
+    if (x->dtype == CR_F32 && inner == 1)
+        cr_k_softmax_rows_f32(out->data, x->data, outer, n, log);
+    else if (x->dtype == CR_F32)
         softmax_f32(out->data, x->data, outer, n, inner, log);
     else
         softmax_f64(out->data, x->data, outer, n, inner, log);

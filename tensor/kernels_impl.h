@@ -1,6 +1,8 @@
 /* Float-type template for kernels.c: included once per type with T (float or
- * double), SFX (f32 or f64) and the names tensor/unary_ops.h's expressions
- * use (EXP, TANH, ...) defined. */
+ * double), SFX (f32 or f64), the names tensor/unary_ops.h's expressions
+ * use (EXP, TANH, ...) and SMEXP (softmax's exp as a double) defined. The
+ * softmax loops here serve a dim that is not the last; f32 rows go to
+ * softmax_kernels.c. */
 
 #define CAT_(a, b) a##_##b
 #define CAT2(a, b) CAT_(a, b)
@@ -316,12 +318,12 @@ static void FN(softmax)(T *out, const T *x, int64_t outer, int64_t n, int64_t in
                 for (int64_t j = 1; j < n; j++)
                     if (xo[j * inner] > m) m = xo[j * inner];
                 double s = 0;
-                for (int64_t j = 0; j < n; j++) s += exp((double)(xo[j * inner] - m));
+                for (int64_t j = 0; j < n; j++) s += SMEXP(xo[j * inner] - m);
                 if (take_log) {
                     T lse = (T)(log(s));
                     for (int64_t j = 0; j < n; j++) oo[j * inner] = xo[j * inner] - m - lse;
                 } else {
-                    for (int64_t j = 0; j < n; j++) oo[j * inner] = (T)(exp((double)(xo[j * inner] - m)) / s);
+                    for (int64_t j = 0; j < n; j++) oo[j * inner] = (T)(SMEXP(xo[j * inner] - m) / s);
                 }
             }
         });
@@ -399,8 +401,7 @@ static void FN(softmax_backward)(T *gx, const T *gy, const T *y, int64_t outer, 
                     /* y = log softmax: gx = gy - softmax * sum(gy) */
                     for (int64_t j = 0; j < n; j++) s += gy[base + j * inner];
                     for (int64_t j = 0; j < n; j++)
-                        gx[base + j * inner] +=
-                            gy[base + j * inner] - (T)(exp((double)y[base + j * inner]) * s);
+                        gx[base + j * inner] += gy[base + j * inner] - (T)(SMEXP(y[base + j * inner]) * s);
                 } else {
                     /* y = softmax: gx = y * (gy - sum(gy * y)) */
                     for (int64_t j = 0; j < n; j++) s += (double)gy[base + j * inner] * y[base + j * inner];

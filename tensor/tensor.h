@@ -347,6 +347,17 @@ void cr_k_reduce(cr_reduce_kind k, cr_tensor *out, cr_tensor *arg, const cr_tens
 void cr_k_softmax(cr_tensor *out, const cr_tensor *x, int dim, bool log);
 /* gx += d softmax (or log-softmax) given gy and the forward output out. */
 void cr_k_softmax_backward(cr_tensor *gx, const cr_tensor *gy, const cr_tensor *out, int dim, bool log);
+/* Cross-entropy's input gradient from the log-probabilities logp [rows, C]
+ * and i32 targets [rows] (contiguous): gx row r (+)= scale * (softmax -
+ * onehot(t_r)), written when first (a new buffer; ignored rows get 0) and
+ * added otherwise (ignored rows untouched). f32 uses the softmax exp below. */
+void cr_k_cross_entropy_backward(cr_tensor *gx, bool first, const cr_tensor *logp, const cr_tensor *target,
+                                 int64_t ignore, double scale);
+/* y = e^x elementwise (contiguous f32) with the exp of the f32 softmax,
+ * log-softmax and cross-entropy kernels: valid over the whole float range
+ * (subnormal results, 0, inf, NaN), within 1.3 ulp of the exact value
+ * (tests/test_tensor.c). */
+void cr_k_exp_softmax(cr_tensor *y, const cr_tensor *x);
 /* gx[..., idx[...], ...] += gy along dim (gx contiguous; idx i32 with gy's
  * element count, the reduced shape): the backward of max over a dim. */
 void cr_k_index_add_dim(cr_tensor *gx, int dim, const cr_tensor *idx, const cr_tensor *gy);
@@ -367,9 +378,9 @@ void cr_k_gru_gates(cr_tensor *out, cr_tensor *act, const cr_tensor *gx, const c
                     const cr_tensor *h);
 void cr_k_gru_gates_backward(cr_tensor *dgx, bool gx_first, cr_tensor *dgh, bool gh_first, cr_tensor *dh,
                              bool h_first, const cr_tensor *dy, const cr_tensor *act, const cr_tensor *h);
-/* The f32 gate kernels run an AVX2 or AVX-512 build where the CPU has it,
- * with the same bits as the baseline build; true forces the baseline one
- * (tests compare them). */
+/* The f32 gate and softmax kernels run an AVX2 or AVX-512 build where the
+ * CPU has it, with the same bits as the baseline build; true forces the
+ * baseline one (tests compare them). */
 extern bool cr_gates_baseline;
 
 /* C = alpha * op(A) op(B) + beta * C for 2-D views of one float dtype, any

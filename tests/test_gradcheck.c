@@ -689,10 +689,17 @@ typedef struct {
     int64_t ignore;
     cr_reduction red;
     bool view;
+    bool step_base; /* the view's base is an op's output, also used by another op */
 } ce_ctx;
 static cr_tensor *f_ce(cr_tensor *const *in, void *ctx)
 {
     const ce_ctx *c = ctx;
+    if (c->step_base) { /* backward writes y's gradient through the whole-base view first, then adds y*y's */
+        cr_tensor *y = cr_mul_scalar(in[0], 1.5), *sq = cr_sum(cr_mul(y, y));
+        cr_tensor *ce =
+            cr_cross_entropy(cr_reshape(cr_transpose(y, 0, 1), CR_SHAPE(4, 5)), c->target, c->ignore, c->red);
+        return cr_add(ce, sq);
+    }
     return cr_cross_entropy(c->view ? cr_transpose(in[0], 0, 1) : in[0], c->target, c->ignore, c->red);
 }
 static void check_cross_entropy(void)
@@ -701,8 +708,10 @@ static void check_cross_entropy(void)
     memcpy(t->data, (int32_t[]){2, 0, -100, 4}, 4 * sizeof(int32_t));
     cr_tensor *t1 = keep(cr_tensor_init(CR_I32, 0, NULL));
     ((int32_t *)t1->data)[0] = 3;
-    ce_ctx mean = {t, -100, CR_MEAN, false}, sum = {t, -100, CR_SUM, false}, view = {t, -100, CR_MEAN, true};
-    ce_ctx one = {t1, -100, CR_SUM, false}, ign = {t, 0, CR_MEAN, false};
+    ce_ctx mean = {t, -100, CR_MEAN, false, false}, sum = {t, -100, CR_SUM, false, false},
+           view = {t, -100, CR_MEAN, true, false};
+    ce_ctx one = {t1, -100, CR_SUM, false, false}, ign = {t, 0, CR_MEAN, false, false},
+           step = {t, -100, CR_SUM, false, true};
     cr_tensor *tt = keep(cr_tensor_init(CR_I32, CR_SHAPE(4)));
     memcpy(tt->data, (int32_t[]){2, 0, 1, 4}, 4 * sizeof(int32_t));
     ign.target = tt;
@@ -711,6 +720,7 @@ static void check_cross_entropy(void)
     CHECK1("cross_entropy of a transposed view", f_ce, &view, input(CR_SHAPE(5, 4), -2, 2));
     CHECK1("cross_entropy 1-D", f_ce, &one, input(CR_SHAPE(5), -2, 2));
     CHECK1("cross_entropy ignoring class 0", f_ce, &ign, input(CR_SHAPE(4, 5), -2, 2));
+    CHECK1("cross_entropy of views of a step tensor", f_ce, &step, input(CR_SHAPE(5, 4), -2, 2));
 }
 
 /* ---- convolutions and pooling ------------------------------------------------------------------ */

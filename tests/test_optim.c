@@ -284,6 +284,61 @@ Test(optim, rmsprop_centered_momentum_matches_reference)
     cr_params_free(ps);
 }
 
+/* RMSprop's vector loops (one per combination of weight decay, centered,
+ * momentum) give the bits of the scalar update, written here in float with
+ * PyTorch's order of operations, on 1037 elements (a vector remainder). */
+Test(optim, rmsprop_every_flag_combination_bit_for_bit)
+{
+    enum { N = 1037 };
+    for (int mode = 0; mode < 8; mode++) {
+        bool wd_on = mode & 1, cent = mode & 2, mom_on = mode & 4;
+        cr_params *ps = cr_params_init();
+        cr_tensor *p = cr_params_add(ps, NULL, "p", CR_F32, CR_SHAPE(N));
+        for (int i = 0; i < N; i++) cr_set_flat(p, i, 0.01 * (i % 37) - 0.2);
+        cr_rmsprop_config c = {.lr = 0.03,
+                               .alpha = 0.9,
+                               .eps = 1e-6,
+                               .weight_decay = wd_on ? 0.1 : 0,
+                               .momentum = mom_on ? 0.5 : 0,
+                               .centered = cent};
+        cr_optim *o = cr_rmsprop_init(ps, c);
+        static float ref[N], s[N], ga[N], buf[N];
+        memcpy(ref, p->data, sizeof ref);
+        memset(s, 0, sizeof s);
+        memset(ga, 0, sizeof ga);
+        memset(buf, 0, sizeof buf);
+        float lr = 0.03f, wd = (float)c.weight_decay, alpha = 0.9f, oma = (float)(1 - 0.9), eps = 1e-6f,
+              mom = (float)c.momentum;
+        for (int k = 1; k <= 3; k++) {
+            set_grad(p, k);
+            const float *g = cr_grad_of(p)->data;
+            cr_optim_step(o);
+            for (int i = 0; i < N; i++) {
+                float gi = g[i];
+                if (wd_on) gi = gi + wd * ref[i];
+                s[i] = s[i] * alpha + oma * gi * gi;
+                float avg;
+                if (cent) {
+                    ga[i] = ga[i] * alpha + oma * gi;
+                    avg = sqrtf(s[i] + -1.0f * ga[i] * ga[i]);
+                } else {
+                    avg = sqrtf(s[i]);
+                }
+                avg = avg + eps;
+                if (mom_on) {
+                    buf[i] = buf[i] * mom + gi / avg;
+                    ref[i] = ref[i] + (-lr) * buf[i];
+                } else {
+                    ref[i] = ref[i] + (-lr) * gi / avg;
+                }
+            }
+            cr_assert(memcmp(p->data, ref, sizeof ref) == 0, "mode %d step %d", mode, k);
+        }
+        cr_optim_free(o);
+        cr_params_free(ps);
+    }
+}
+
 Test(optim, sgd_dampening_matches_reference)
 {
     cr_params *ps = cr_params_init();

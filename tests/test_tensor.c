@@ -4,10 +4,12 @@
  * naive loop, reductions, softmax and the error path.
  */
 #include <criterion/criterion.h>
+#include <float.h>
 #include <math.h>
 #include <omp.h>
 #include <setjmp.h>
 #include <signal.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1317,4 +1319,198 @@ Test(tensor, f32_tanh_sigmoid_accuracy)
     cr_view_narrow(&o, out, 0, 0, 1000);
     cr_k_unary(CR_U_TANH, &o, &v, 0, 0);
     for (int64_t i = 0; i < 1000; i++) cr_assert_eq(cr_get_flat(out, i), cr_get_flat(t, 100 + i));
+}
+
+/* Units in the last place of a float near v (exact, from double): 2^-149 in
+ * the subnormal range. */
+static double f32_ulp(double v)
+{
+    v = fabs(v);
+    if (v < FLT_MIN) return ldexp(1, -149);
+    int e;
+    frexp(v, &e);
+    return ldexp(1, e - 24);
+}
+
+/* The f32 softmax exp over the whole float range, against libm's double exp.
+ * Every 1009th float of [-110, 90] plus every float in windows around the
+ * edges (1, FLT_MIN, the last nonzero result, overflow). An exhaustive run
+ * over all 2.24e9 floats of [-110, 90] gave 1.218 ulp for normal results and
+ * 0.777 units of 2^-149 below FLT_MIN. */
+Test(tensor, softmax_exp_f32_full_range)
+{
+    float centres[] = {0.0f, -87.336548f, -103.27893f, -103.97208f, 88.722839f, -1e-30f, 1e-30f};
+    int64_t nc = (int64_t)(sizeof centres / sizeof *centres), win = 20000;
+    uint32_t lo, hi;
+    float flo = -110.0f, fhi = 90.0f;
+    memcpy(&lo, &flo, 4); /* negative floats: bits grow as the value falls */
+    memcpy(&hi, &fhi, 4);
+    int64_t n = (int64_t)(lo - 0x80000000u) / 1009 + (int64_t)hi / 1009 + 2 + nc * 2 * win, k = 0;
+    cr_tensor *x = cr_tensor_new(CR_F32, 1, &n), *y = cr_tensor_new(CR_F32, 1, &n);
+    float *xs = x->data;
+    for (uint32_t b = 0x80000000u; b <= lo; b += 1009) memcpy(&xs[k++], &b, 4);
+    for (uint32_t b = 0; b <= hi; b += 1009) memcpy(&xs[k++], &b, 4);
+    for (int64_t c = 0; c < nc; c++) {
+        float v = centres[c];
+        for (int64_t i = 0; i < win; i++) v = nextafterf(v, -INFINITY);
+        for (int64_t i = 0; i < 2 * win; i++, v = nextafterf(v, INFINITY)) xs[k++] = v;
+    }
+    cr_assert_eq(k, n);
+    cr_k_exp_softmax(y, x);
+    const float *ys = y->data;
+    double worst = 0, worst_sub = 0;
+    int64_t overflows = 0, zeros = 0, subnormals = 0;
+    for (int64_t i = 0; i < n; i++) {
+        double ref = exp((double)xs[i]);
+        if (ref >= 0x1.ffffffp127) { /* rounds to inf */
+            cr_assert(isinf(ys[i]) && ys[i] > 0, "exp(%a) = %a, want inf", xs[i], ys[i]);
+            overflows++;
+            continue;
+        }
+        double err = fabs((double)ys[i] - ref) / f32_ulp(ref);
+        if (ref >= FLT_MIN)
+            worst = fmax(worst, err);
+        else {
+            worst_sub = fmax(worst_sub, err);
+            zeros += ys[i] == 0;
+            subnormals += ys[i] != 0;
+        }
+        cr_assert(ref >= FLT_MIN ? err <= 1.25 : err <= 1.0, "exp(%a) = %a, want %a (%.3f ulp)", xs[i], ys[i],
+                  ref, err);
+    }
+    cr_assert(overflows > 1000 && zeros > 1000 && subnormals > 10000, "%lld %lld %lld", (long long)overflows,
+              (long long)zeros, (long long)subnormals);
+    cr_log_info("softmax exp: %lld points, max %.3f ulp (normal), %.3f x 2^-149 (subnormal)\n", (long long)n,
+                worst, worst_sub);
+    /* the edges: NaN in gives NaN, inf and -inf the limits, no undefined
+     * behaviour for any of them (the suite runs under UBSan) */
+    float ex[] = {NAN,        -NAN,    INFINITY, -INFINITY, FLT_MAX, -FLT_MAX, 0.0f,      -0.0f,    0x1p-149f,
+                  -0x1p-149f, -104.0f, -200.0f,  89.0f,     1e30f,   -1e30f,   88.72283f, -103.28f, -87.0f};
+    int64_t ne = (int64_t)(sizeof ex / sizeof *ex);
+    cr_tensor *xe = cr_tensor_new(CR_F32, 1, &ne), *ye = cr_tensor_new(CR_F32, 1, &ne);
+    memcpy(xe->data, ex, sizeof ex);
+    cr_k_exp_softmax(ye, xe);
+    const float *e = ye->data;
+    cr_assert(isnan(e[0]) && isnan(e[1]));
+    cr_assert(isinf(e[2]) && e[2] > 0 && isinf(e[4]) && isinf(e[12]) && isinf(e[13]));
+    uint32_t zero_bits = 0;
+    for (int i = 3; i < ne; i++)
+        if (i == 3 || i == 5 || i == 10 || i == 11 || i == 14) {
+            cr_assert(memcmp(&e[i], &zero_bits, 4) == 0, "exp(%a) = %a, want +0", ex[i], e[i]);
+        }
+    for (int i = 6; i < 10; i++) cr_assert_eq(e[i], 1.0f);
+    cr_assert(isfinite(e[15]) && e[16] == 0x1p-149f, "%a %a", e[15], e[16]);
+    for (int i = 15; i < 18; i++) {
+        double want = exp((double)ex[i]);
+        cr_assert(fabs(e[i] - want) <= f32_ulp(want) * 1.25, "exp(%a) = %a, want %a", ex[i], e[i], want);
+    }
+}
+
+/* f32 softmax, log-softmax, their backward and cross-entropy's backward:
+ * close to the f64 kernels, and the same bits in the baseline, AVX2 and
+ * AVX-512 builds and on 1 and 2 threads (rows of 1003, not a multiple of the
+ * 16 lanes; one ignored row). */
+enum { SMX_OUTS = 6 };
+static void softmax_f32_outputs(cr_tensor *out[SMX_OUTS], const cr_tensor *x, const cr_tensor *gy,
+                                const cr_tensor *tgt)
+{
+    int64_t R = x->shape[0], C = x->shape[1];
+    for (int k = 0; k < SMX_OUTS; k++) out[k] = cr_tensor_new(CR_F32, CR_SHAPE(R, C));
+    cr_k_softmax(out[0], x, 1, false);
+    cr_k_softmax(out[1], x, 1, true);
+    cr_copy_(out[2], gy); /* gx += d log_softmax */
+    cr_k_softmax_backward(out[2], gy, out[1], 1, true);
+    cr_k_cross_entropy_backward(out[3], true, out[1], tgt, 2, 0.37);
+    cr_copy_(out[4], gy);
+    cr_k_cross_entropy_backward(out[4], false, out[1], tgt, 2, -1.5);
+    cr_k_exp_softmax(out[5], x);
+}
+
+Test(tensor, softmax_f32_bits_on_every_isa_and_thread_count)
+{
+    int64_t R = 64, C = 1003;
+    cr_rng r = cr_rng_seed(77);
+    cr_tensor *x = cr_tensor_new(CR_F32, CR_SHAPE(R, C)), *gy = cr_tensor_new(CR_F32, CR_SHAPE(R, C));
+    cr_tensor *tgt = cr_tensor_new(CR_I32, CR_SHAPE(R));
+    cr_fill_normal(x, &r, 0, 8);
+    cr_fill_normal(gy, &r, 0, 1);
+    int32_t *t = tgt->data;
+    for (int64_t i = 0; i < R; i++) t[i] = (int32_t)((i * 389) % C);
+    t[5] = 2; /* the ignore index */
+    cr_set_flat(x, 3 * C + 17, -INFINITY);
+    cr_set_flat(x, 7 * C + 1002, -200); /* underflows to 0 */
+    cr_tensor *ref[SMX_OUTS], *got[SMX_OUTS];
+    int64_t saved = cr_parallel_threshold;
+    int old = cr_get_num_threads();
+    bool old_base = cr_gates_baseline;
+    cr_gates_baseline = true;
+    cr_parallel_threshold = INT64_MAX;
+    cr_set_num_threads(1);
+    softmax_f32_outputs(ref, x, gy, tgt);
+    cr_gates_baseline = old_base;
+    cr_parallel_threshold = 0;
+    cr_set_num_threads(2);
+    softmax_f32_outputs(got, x, gy, tgt);
+    cr_parallel_threshold = saved;
+    cr_set_num_threads(old);
+    for (int k = 0; k < SMX_OUTS; k++)
+        cr_assert(memcmp(ref[k]->data, got[k]->data, (size_t)(R * C) * sizeof(float)) == 0,
+                  "output %d: baseline serial and native parallel differ", k);
+    /* against double-precision libm on the same float differences x - max */
+    const float *xs = x->data;
+    float m = 0;
+    double s = 0;
+    for (int64_t i = 0; i < R * C; i++) {
+        int64_t row = i / C, c = i % C;
+        if (c == 0) {
+            m = xs[i];
+            for (int64_t j = 1; j < C; j++) m = fmaxf(m, xs[i + j]);
+            s = 0;
+            for (int64_t j = 0; j < C; j++) s += exp((double)(xs[i + j] - m));
+        }
+        double d = (double)(xs[i] - m), p = exp(d) / s, lp = d - log(s), g = cr_get_flat(gy, i);
+        cr_assert(fabs(cr_get_flat(got[0], i) - p) <= 4e-7 * p + 0x1p-149, "softmax %lld: %.9g, want %.9g",
+                  (long long)i, cr_get_flat(got[0], i), p);
+        cr_assert(fabs(cr_get_flat(got[1], i) - lp) <= 3e-7 * fmax(1, fabs(lp)) || (isinf(lp) && lp < 0),
+                  "log_softmax %lld: %.9g, want %.9g", (long long)i, cr_get_flat(got[1], i), lp);
+        double oh = c == t[row], ce3 = t[row] == 2 ? 0 : 0.37 * (p - oh),
+               ce4 = t[row] == 2 ? g : g - 1.5 * (p - oh);
+        /* e^logp: logp's own rounding (3e-7 |logp|) comes back as a relative error */
+        double tol = (p > 0 ? 1e-6 * p * fabs(lp) : 0) + 1e-40;
+        cr_assert(fabs(cr_get_flat(got[3], i) - ce3) <= 1e-6 * fabs(ce3) + tol, "ce first %lld",
+                  (long long)i);
+        cr_assert(fabs(cr_get_flat(got[4], i) - ce4) <= 1e-6 * fabs(ce4) + 2 * tol, "ce add %lld",
+                  (long long)i);
+    }
+}
+
+/* A row with a NaN or +inf logit is NaN throughout (as the double-exp code
+ * gave, and as PyTorch does), -inf logits get probability 0, and a row of
+ * -inf only is NaN; the NaN may sit in any of the 16 lanes or the tail. */
+Test(tensor, softmax_f32_nan_and_inf_rows)
+{
+    int64_t R = 6, C = 21;
+    cr_tensor *x = cr_tensor_new(CR_F32, CR_SHAPE(R, C)), *p = cr_tensor_new(CR_F32, CR_SHAPE(R, C)),
+              *lp = cr_tensor_new(CR_F32, CR_SHAPE(R, C));
+    for (int64_t i = 0; i < R * C; i++) cr_set_flat(x, i, (double)(i % 7) - 3);
+    cr_set_flat(x, 0 * C + 0, NAN);       /* the first element */
+    cr_set_flat(x, 1 * C + 18, NAN);      /* the tail */
+    cr_set_flat(x, 2 * C + 5, INFINITY);  /* +inf */
+    cr_set_flat(x, 3 * C + 4, -INFINITY); /* -inf: probability 0 */
+    cr_set_flat(x, 3 * C + 20, -INFINITY);
+    for (int64_t j = 0; j < C; j++) cr_set_flat(x, 4 * C + j, -INFINITY); /* all -inf */
+    cr_k_softmax(p, x, 1, false);
+    cr_k_softmax(lp, x, 1, true);
+    for (int64_t row = 0; row < R; row++)
+        for (int64_t j = 0; j < C; j++) {
+            double a = cr_get_flat(p, row * C + j), b = cr_get_flat(lp, row * C + j);
+            if (row <= 2 || row == 4)
+                cr_assert(isnan(a) && isnan(b), "row %lld col %lld: %g %g", (long long)row, (long long)j, a,
+                          b);
+            else if (row == 3 && (j == 4 || j == 20))
+                cr_assert(a == 0 && isinf(b) && b < 0);
+            else
+                cr_assert(isfinite(a) && a > 0 && isfinite(b), "row %lld col %lld", (long long)row,
+                          (long long)j);
+        }
 }
