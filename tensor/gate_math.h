@@ -20,9 +20,10 @@
  * before. */
 static inline float exp_gate_f32(float x)
 {
-    x = x < -87.0f ? -87.0f : x > 88.0f ? 88.0f : x;
-    float n = (x * 1.44269504f + 12582912.0f) - 12582912.0f; /* round to nearest */
-    float r = (x - n * 0.693359375f) - n * -2.12194440e-4f;
+    float xc = x > -87.0f ? x : -87.0f; /* a NaN too: its int conversion below would be undefined */
+    xc = xc < 88.0f ? xc : 88.0f;
+    float n = (xc * 1.44269504f + 12582912.0f) - 12582912.0f; /* round to nearest */
+    float r = (xc - n * 0.693359375f) - n * -2.12194440e-4f;
     float p = 1.0f / 5040;
     p = p * r + 1.0f / 720;
     p = p * r + 1.0f / 120;
@@ -34,7 +35,7 @@ static inline float exp_gate_f32(float x)
     int32_t bits = ((int32_t)n + 127) << 23;
     float scale;
     memcpy(&scale, &bits, sizeof scale);
-    return p * scale;
+    return x != x ? x : p * scale; /* NaN gives NaN (and so sigmoid and tanh) */
 }
 
 /* e^x over the whole float range, for softmax and cross-entropy, whose

@@ -1319,6 +1319,25 @@ Test(tensor, f32_tanh_sigmoid_accuracy)
     cr_view_narrow(&o, out, 0, 0, 1000);
     cr_k_unary(CR_U_TANH, &o, &v, 0, 0);
     for (int64_t i = 0; i < 1000; i++) cr_assert_eq(cr_get_flat(out, i), cr_get_flat(t, 100 + i));
+    /* NaN in, NaN out (a diverged run), among finite lanes and in the tail;
+     * the infinities saturate */
+    int64_t m = 37;
+    cr_tensor *e = cr_tensor_new(CR_F32, 1, &m), *et = cr_tensor_new(CR_F32, 1, &m),
+              *es = cr_tensor_new(CR_F32, 1, &m);
+    for (int64_t i = 0; i < m; i++) cr_set_flat(e, i, 0.5);
+    cr_set_flat(e, 3, NAN);
+    cr_set_flat(e, 35, NAN);
+    cr_set_flat(e, 5, INFINITY);
+    cr_set_flat(e, 6, -INFINITY);
+    cr_k_unary(CR_U_TANH, et, e, 0, 0);
+    cr_k_unary(CR_U_SIGMOID, es, e, 0, 0);
+    for (int64_t i = 3; i < m; i += 32) {
+        cr_assert(isnan(cr_get_flat(et, i)) && isnan(cr_get_flat(es, i)), "element %lld: NaN lost",
+                  (long long)i);
+    }
+    cr_assert(cr_get_flat(et, 5) == 1 && cr_get_flat(et, 6) == -1 && cr_get_flat(es, 5) == 1 &&
+              cr_get_flat(es, 6) >= 0 && cr_get_flat(es, 6) < 1e-37);
+    cr_assert_float_eq(cr_get_flat(et, 4), tanh(0.5), 1e-7); /* a finite lane beside the NaN */
 }
 
 /* Units in the last place of a float near v (exact, from double): 2^-149 in
