@@ -222,7 +222,7 @@ static void fwd_direct(const fwd_ctx *c)
             cr_tensor sv = flat(s, per);
             sv.data = at(s, thread_id(d) * per);
             int64_t n0 = b * d->nb, m = d->N - n0 < d->nb ? d->N - n0 : d->nb;
-            cr_k_conv_direct(c->g, d->G, c->x, c->w, c->b, n0, m, c->y, &sv);
+            cr_k_conv_direct(c->g, d->G, c->x, c->w, c->b, n0, m, c->y, false, &sv);
         });
 }
 
@@ -315,6 +315,7 @@ typedef struct {
     cr_tensor *cols;       /* per thread: columns (rebuilt), or column gradients */
     cr_tensor *dyt;        /* per thread: dY^T [m*P, O] */
     cr_tensor *dyb;        /* per thread: dY [O, m*P], when nb > 1 */
+    bool gx_first;         /* gx is a new buffer: written, not added to */
 } bwd_ctx;
 
 static int64_t block_size(const conv_dims *d, int64_t blk)
@@ -395,6 +396,61 @@ static void dx_block(const bwd_ctx *c, int64_t blk)
     }
 }
 
+/* The input gradient as a convolution, for stride 1 with padding at most
+ * the dilated kernel's reach D (K-1): dX[c, ih, iw] = the sum over (o, ki,
+ * kj) of dY[o, ih + P - ki D, iw + P - kj D] w[o, c, ki, kj], the
+ * correlation of dY zero-padded by D (K-1) - P with the flipped weight
+ * wf[c, o, K-1-ki, K-1-kj] (per group: [Cg, Og] transposed). Its output is
+ * H x W again, and it runs on the direct kernels: no columns, no col2im. */
+static bool dx_as_conv(const cr_window *g)
+{
+    return g->SH == 1 && g->SW == 1 && g->PH <= g->DH * (g->KH - 1) && g->PW <= g->DW * (g->KW - 1);
+}
+
+#define FLIP_WEIGHT(T)                                                                                       \
+    for (int64_t k = 0; k < d->G; k++)                                                                       \
+        for (int64_t o = 0; o < d->Og; o++)                                                                  \
+            for (int64_t ch = 0; ch < d->Cg; ch++)                                                           \
+                for (int64_t i = 0; i < KK; i++)                                                             \
+    ((T *)wf->data)[((k * d->Cg + ch) * d->Og + o) * KK + KK - 1 - i] =                                      \
+        ((const T *)c->w->data)[((k * d->Og + o) * d->Cg + ch) * KK + i]
+
+static void dx_direct(const bwd_ctx *c)
+{
+    const conv_dims *d = &c->d;
+    const cr_window *g = c->g;
+    const int64_t KK = g->KH * g->KW;
+    cr_tensor *wf = cr_tensor_new(d->dt, CR_SHAPE(d->C, d->Og, g->KH, g->KW));
+    if (d->dt == CR_F32)
+        FLIP_WEIGHT(float);
+    else
+        FLIP_WEIGHT(double);
+    cr_window t = {.C = d->O,
+                   .H = g->OH,
+                   .W = g->OW,
+                   .KH = g->KH,
+                   .KW = g->KW,
+                   .SH = 1,
+                   .SW = 1,
+                   .PH = g->DH * (g->KH - 1) - g->PH,
+                   .PW = g->DW * (g->KW - 1) - g->PW,
+                   .DH = g->DH,
+                   .DW = g->DW,
+                   .OH = g->H,
+                   .OW = g->W};
+    int64_t per = cr_k_conv_direct_scratch(&t, d->G, d->C, d->dt, false);
+    cr_tensor *s = scratch(d, per);
+    CR_PAR_FOR(
+        d->par, "omp parallel for schedule(static) num_threads(d->threads)",
+        for (int64_t b = 0; b < d->blocks; b++) {
+            cr_tensor sv = flat(s, per);
+            sv.data = at(s, thread_id(d) * per);
+            cr_k_conv_direct(&t, d->G, c->gy, wf, NULL, b * d->nb, block_size(d, b), c->gx, !c->gx_first,
+                             &sv);
+        });
+}
+#undef FLIP_WEIGHT
+
 static void conv_bwd(cr_node *n)
 {
     bwd_ctx c = {.d = dims_of(n),
@@ -402,10 +458,13 @@ static void conv_bwd(cr_node *n)
                  .x = n->in[0],
                  .w = n->in[1],
                  .gy = as_contiguous(n->out->grad),
-                 .gx = input_grad(n, 0),
+                 .gx = NULL,
                  .gw = input_grad(n, 1),
                  .kept = n->saved};
     const conv_dims *d = &c.d;
+    bool first = false;
+    c.gx = input_grad_first(n, 0, &first);
+    c.gx_first = first;
     cr_tensor *gb = n->n_in > 2 ? input_grad(n, 2) : NULL;
     if (gb) bias_grad(d, c.gy, gb); /* db += sum of dy over samples and positions */
     if (!c.gx && !c.gw) return;
@@ -436,7 +495,12 @@ static void conv_bwd(cr_node *n)
                 cr_k_accumulate(&gwk, &tk, NULL);
             }
     }
+    if (c.gx && d->dconv && dx_as_conv(c.g)) {
+        dx_direct(&c);
+        c.gx = NULL; /* done */
+    }
     if (c.gx) {
+        if (c.gx_first) memset(c.gx->data, 0, (size_t)cr_numel(c.gx) * d->es); /* col2im adds */
         if (d->nb > 1) c.dyb = scratch(d, d->O * d->nb * d->P);
         CR_PAR_FOR(d->par, "omp parallel for schedule(static) num_threads(d->threads)",
                    for (int64_t b = 0; b < d->blocks; b++) dx_block(&c, b););

@@ -422,7 +422,7 @@ void cr_k_col2im(const cr_window *g, const cr_tensor *cols, int64_t n0, int64_t 
  * x's dtype (dw: with the gradient's partial sums). */
 int64_t cr_k_conv_direct_scratch(const cr_window *g, int64_t groups, int64_t O, cr_dtype dt, bool dw);
 void cr_k_conv_direct(const cr_window *g, int64_t groups, const cr_tensor *x, const cr_tensor *w,
-                      const cr_tensor *b, int64_t n0, int64_t nb, cr_tensor *y, cr_tensor *scratch);
+                      const cr_tensor *b, int64_t n0, int64_t nb, cr_tensor *y, bool add, cr_tensor *scratch);
 void cr_k_conv_direct_dw(const cr_window *g, int64_t groups, const cr_tensor *x, const cr_tensor *gy,
                          int64_t n0, int64_t nb, cr_tensor *dw, cr_tensor *scratch);
 /* Pooling over every H x W plane of x (contiguous) into out [..., OH, OW].
