@@ -26,11 +26,24 @@ int64_t cr_conv_block_bytes = (int64_t)1 << 18;
  * (instead of backward building them again) when they take at most this. */
 int64_t cr_conv_keep_bytes = (int64_t)1 << 25;
 /* Groups with at most this many output channels (and stride 1 along W) run
- * the direct kernels for the output and the weight gradient: their product
- * [O/G, C/G KH KW] x [C/G KH KW, positions] is thinner than BLIS's
- * micro-kernel (32 rows for sgemm on skx), and the columns cost more memory
- * traffic than the product. The input gradient stays a product. */
-int64_t cr_conv_direct_channels = 8;
+ * the direct kernels for the output and the weight gradient, and with
+ * stride 1 both ways the input gradient too (a direct convolution of dY
+ * with the flipped weight). -1, the default, means every group on a CPU
+ * with AVX-512, where the kernels' 64-byte tiles are registers and beat the
+ * products at every size measured (bench/conv), and 8 elsewhere: the
+ * baseline build splits each tile into four SSE registers, and only a
+ * product too thin for BLIS's micro-kernel (32 rows for sgemm on skx) is
+ * still worth it there. */
+int64_t cr_conv_direct_channels = -1;
+
+static int64_t direct_limit(void)
+{
+    if (cr_conv_direct_channels >= 0) return cr_conv_direct_channels;
+#if defined(__x86_64__) || defined(__i386__)
+    if (__builtin_cpu_supports("avx512f")) return INT64_MAX;
+#endif
+    return 8;
+}
 
 /* Below this many multiply-adds an op runs its blocks on one thread: a
  * parallel region costs microseconds, more on a busy machine. */
@@ -135,7 +148,7 @@ static conv_dims dims_of(const cr_node *n)
     d.blocks = (d.N + d.nb - 1) / d.nb;
     bool pointwise = g->KH == 1 && g->KW == 1 && g->SH == 1 && g->SW == 1 && g->PH == 0 && g->PW == 0;
     d.direct = pointwise && d.nb == 1;
-    d.dconv = g->SW == 1 && d.Og <= cr_conv_direct_channels;
+    d.dconv = g->SW == 1 && d.Og <= direct_limit();
     /* Several blocks and threads, and enough work to pay for a parallel
      * region: one block per thread at a time, each product on one thread
      * (BLIS, called inside a parallel region, runs on the calling thread),

@@ -161,7 +161,7 @@ int64_t cr_k_conv_direct_scratch(const cr_window *g, int64_t groups, int64_t O, 
             weight = O * (g->C / groups) * g->KH * g->KW;
     if (!dw) return pad + weight;
     int64_t owq = (g->OW + v - 1) / v * v, ns = dw_group(g, v);
-    return ns * (pad + O * g->OH * owq) + weight * l;
+    return ns * (pad + (O < 8 ? O : 8) * g->OH * owq) + weight * l;
 }
 
 void cr_k_conv_direct(const cr_window *g, int64_t groups, const cr_tensor *x, const cr_tensor *w,
@@ -199,7 +199,7 @@ void cr_k_conv_direct_dw(const cr_window *g, int64_t groups, const cr_tensor *x,
                  (long long)need);
     int64_t v = 64 / (int64_t)cr_dtype_size(x->dtype);
     int64_t ns = dw_group(g, v), pad = ns * g->C * (g->H + 2 * g->PH) * (g->W + 2 * g->PW + v),
-            gyq = ns * O * g->OH * ((g->OW + v - 1) / v * v);
+            gyq = ns * (O < 8 ? O : 8) * g->OH * ((g->OW + v - 1) / v * v);
     if (x->dtype == CR_F32) {
         float *s = scratch->data;
         conv_direct_dw_f32(g, groups, O, x->data, gy->data, n0, nb, dw->data, s, s + pad, s + pad + gyq);

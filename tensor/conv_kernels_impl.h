@@ -244,26 +244,29 @@ typedef T FN(quarter_u) __attribute__((vector_size(16), aligned(sizeof(T))));
 /* The weight gradient's sums over ns samples for og channels (a constant
  * after inlining) by TILES(og) weights, weight q's input read at offset
  * qo[q] of the padded planes xk (xs elements per sample): acc[o][q] = the
- * sum over samples, rows and tiles of the gradient tile (gy, rows of OWq,
- * zero past OW, gs elements per sample) times the input tile; each folded
- * to L lanes and added to s + (o K + q) L (the first nvalid weights). */
-static inline __attribute__((always_inline)) void
-FN(direct_dw_tiles)(const cr_window *g, int og, const T *xk, const int64_t *qo, const T *gy, int64_t OWq,
-                    int64_t K, int nvalid, T *s, int64_t ns, int64_t xs, int64_t gs)
+ * sum over samples, rows and tiles of the gradient tile times the input
+ * tile; each folded to L lanes and added to s + (o K + q) L (the first
+ * nvalid weights). dp: the gradient packed tile by tile, [ns][OH][tw][og][V]
+ * (zeros past OW): one pointer walks it, so the loop keeps its counters in
+ * registers. */
+static inline __attribute__((always_inline)) void FN(direct_dw_tiles)(const cr_window *g, int og, const T *xk,
+                                                                      const int64_t *qo, const T *dp,
+                                                                      int64_t tw, int64_t K, int nvalid, T *s,
+                                                                      int64_t ns, int64_t xs)
 {
     const int nq = TILES(og);
-    const int64_t Wq = g->W + 2 * g->PW + V, OHq = g->OH * OWq;
+    const int64_t Wq = g->W + 2 * g->PW + V;
     VT acc[8][8];
     for (int o = 0; o < og; o++)
         for (int q = 0; q < nq; q++) acc[o][q] = (VT){0};
     for (int64_t j = 0; j < ns; j++)
         for (int64_t oh = 0; oh < g->OH; oh++) {
-            const T *xr = xk + j * xs + oh * g->SH * Wq, *dr = gy + j * gs + oh * OWq;
-            for (int64_t ow0 = 0; ow0 < OWq; ow0 += V) {
+            const T *xr = xk + j * xs + oh * g->SH * Wq;
+            for (int64_t t = 0; t < tw; t++, xr += V, dp += og * V) {
                 VT xv[8];
-                for (int q = 0; q < nq; q++) xv[q] = VLOAD(xr + ow0 + qo[q]);
+                for (int q = 0; q < nq; q++) xv[q] = VLOAD(xr + qo[q]);
                 for (int o = 0; o < og; o++) {
-                    VT dv = VLOAD(dr + o * OHq + ow0);
+                    VT dv = *(volatile const FN(vec_u) *)(dp + o * V); /* once: see above */
                     for (int q = 0; q < nq; q++) acc[o][q] += dv * xv[q];
                 }
             }
@@ -281,37 +284,39 @@ FN(direct_dw_tiles)(const cr_window *g, int og, const T *xk, const int64_t *qo, 
  * samples [n0, n0+nb): dw[o,c,ki,kj] = the sum over (n, oh, ow) of
  * gy[n,o,oh,ow] xpad[n, c, oh SH + ki DH, ow + kj DW], in an order fixed by
  * the shapes: V lanes per weight (ow mod V) summed in registers over groups
- * of ns samples (dw_group: enough rows that the registers' fold and
- * spill are amortised), folded to L lanes and added to lane sums (acc)
+ * of ns samples (dw_group: enough tiles that the registers' fold into
+ * memory is amortised), folded to L lanes and added to lane sums (acc)
  * group by group, the L lanes pairwise at the end. xp: ns C Hp Wq elements;
- * gyp: ns O OH OWq (the samples' gy with rows padded to whole tiles by
- * zeros, unless OW is a multiple of V); acc: O Cg KH KW L. */
+ * dp: ns 8 OH OWq (a run of channels' gradient packed by tiles); acc: O Cg
+ * KH KW L. */
 __attribute__((target_clones("arch=x86-64-v4", "default"))) static void
 FN(conv_direct_dw)(const cr_window *g, int64_t G, int64_t O, const T *x, const T *gy, int64_t n0, int64_t nb,
-                   T *dw, T *xp, T *gyp, T *acc)
+                   T *dw, T *xp, T *dp, T *acc)
 {
     const int64_t C = g->C, Cg = C / G, Og = O / G, KK = g->KH * g->KW, K = Cg * KK, OW = g->OW,
                   P = g->OH * OW;
     const int64_t Hp = g->H + 2 * g->PH, Wq = g->W + 2 * g->PW + V, nw = O * K, xs = C * Hp * Wq;
-    const int64_t OWq = (OW + V - 1) / V * V, group = dw_group(g, V);
+    const int64_t tw = (OW + V - 1) / V, group = dw_group(g, V);
     memset(acc, 0, (size_t)(nw * L) * sizeof(T));
     for (int64_t n1 = n0; n1 < n0 + nb; n1 += group) {
-        int64_t ns = n0 + nb - n1 < group ? n0 + nb - n1 : group, gs = O * P;
-        const T *gn = gy + n1 * O * P;
+        int64_t ns = n0 + nb - n1 < group ? n0 + nb - n1 : group;
         for (int64_t j = 0; j < ns; j++) FN(pad_planes)(g, C, x + (n1 + j) * C * g->H * g->W, xp + j * xs);
-        if (OWq != OW) {
-            for (int64_t r = 0; r < ns * O * g->OH; r++) {
-                memcpy(gyp + r * OWq, gn + r * OW, (size_t)OW * sizeof(T));
-                memset(gyp + r * OWq + OW, 0, (size_t)(OWq - OW) * sizeof(T));
-            }
-            gn = gyp;
-            gs = O * g->OH * OWq;
-        }
         for (int64_t k = 0; k < G; k++)
             for (int64_t o0 = 0; o0 < Og; o0 += 8) {
                 int og = Og - o0 < 8 ? (int)(Og - o0) : 8, nq = TILES(og);
                 int64_t o = k * Og + o0;
-                const T *xk = xp + k * Cg * Hp * Wq, *go = gn + o * g->OH * OWq;
+                /* dp[j][oh][t][i][l] = gy[n1 + j, o + i, oh, t V + l], zero past OW */
+                for (int64_t j = 0; j < ns; j++)
+                    for (int64_t oh = 0; oh < g->OH; oh++)
+                        for (int64_t t = 0; t < tw; t++)
+                            for (int64_t i = 0; i < og; i++) {
+                                T *d = dp + (((j * g->OH + oh) * tw + t) * og + i) * V;
+                                const T *r = gy + ((n1 + j) * O + o + i) * P + oh * OW + t * V;
+                                int64_t len = OW - t * V < V ? OW - t * V : V;
+                                memcpy(d, r, (size_t)len * sizeof(T));
+                                memset(d + len, 0, (size_t)(V - len) * sizeof(T));
+                            }
+                const T *xk = xp + k * Cg * Hp * Wq;
                 T *so = acc + o * K * L;
                 for (int64_t j0 = 0; j0 < K; j0 += nq) {
                     int64_t qo[8];
@@ -321,7 +326,7 @@ FN(conv_direct_dw)(const cr_window *g, int64_t G, int64_t O, const T *x, const T
                                 kj = j % g->KW;
                         qo[q] = (c * Hp + ki * g->DH) * Wq + kj * g->DW;
                     }
-#define DW_OF(OG) FN(direct_dw_tiles)(g, OG, xk, qo, go, OWq, K, nvalid, so + j0 * L, ns, xs, gs)
+#define DW_OF(OG) FN(direct_dw_tiles)(g, OG, xk, qo, dp, tw, K, nvalid, so + j0 * L, ns, xs)
                     DIRECT_SWITCH(DW_OF)
 #undef DW_OF
                 }
