@@ -184,11 +184,23 @@ static cr_tensor *scratch(const conv_dims *d, int64_t per)
     return cr_tensor_new(d->dt, CR_SHAPE(per * d->threads));
 }
 
+/* The window the direct kernels see: a 1x1 convolution with stride 1 and no
+ * padding as one row of H W per plane (the same arithmetic), so its tiles
+ * run along the whole plane instead of stopping at each row's end. */
+static cr_window direct_window(const cr_window *g)
+{
+    if (g->KH != 1 || g->KW != 1 || g->SH != 1 || g->SW != 1 || g->PH != 0 || g->PW != 0) return *g;
+    int64_t hw = g->H * g->W;
+    return (cr_window){
+        .C = g->C, .H = 1, .W = hw, .KH = 1, .KW = 1, .SH = 1, .SW = 1, .DH = 1, .DW = 1, .OH = 1, .OW = hw};
+}
+
 /* ---- forward ------------------------------------------------------------------------- */
 
 typedef struct {
     conv_dims d;
     const cr_window *g;
+    cr_window dg; /* direct_window(g) */
     const cr_tensor *x, *w, *b;
     cr_tensor *y;
     cr_tensor *cols; /* kept: one slice per block; else one per thread */
@@ -227,7 +239,7 @@ static void fwd_block(const fwd_ctx *c, int64_t blk)
 static void fwd_direct(const fwd_ctx *c)
 {
     const conv_dims *d = &c->d;
-    int64_t per = cr_k_conv_direct_scratch(c->g, d->G, d->O, d->dt, false);
+    int64_t per = cr_k_conv_direct_scratch(&c->dg, d->G, d->O, d->dt, false);
     cr_tensor *s = scratch(d, per);
     CR_PAR_FOR(
         d->par, "omp parallel for schedule(static) num_threads(d->threads)",
@@ -235,7 +247,7 @@ static void fwd_direct(const fwd_ctx *c)
             cr_tensor sv = flat(s, per);
             sv.data = at(s, thread_id(d) * per);
             int64_t n0 = b * d->nb, m = d->N - n0 < d->nb ? d->N - n0 : d->nb;
-            cr_k_conv_direct(c->g, d->G, c->x, c->w, c->b, n0, m, c->y, false, &sv);
+            cr_k_conv_direct(&c->dg, d->G, c->x, c->w, c->b, n0, m, c->y, false, &sv);
         });
 }
 
@@ -243,6 +255,7 @@ static void conv_fwd(cr_node *n)
 {
     fwd_ctx c = {.d = dims_of(n),
                  .g = &CR_NODE_ATTR(n, conv_attr)->g,
+                 .dg = direct_window(&CR_NODE_ATTR(n, conv_attr)->g),
                  .x = n->in[0],
                  .w = n->in[1],
                  .b = n->n_in > 2 ? n->in[2] : NULL,
@@ -321,6 +334,7 @@ static void transpose_block(size_t es, const char *dy, char *dyt, int64_t m, int
 typedef struct {
     conv_dims d;
     const cr_window *g;
+    cr_window dg; /* direct_window(g) */
     const cr_tensor *x, *w, *gy;
     cr_tensor *gx, *gw;
     const cr_tensor *kept; /* the forward's columns, one slice per block, or NULL */
@@ -372,13 +386,13 @@ static void dw_segment(const bwd_ctx *c, int64_t seg)
 static void dw_direct_segment(const bwd_ctx *c, int64_t seg)
 {
     const conv_dims *d = &c->d;
-    int64_t per = cr_k_conv_direct_scratch(c->g, d->G, d->O, d->dt, true);
+    int64_t per = cr_k_conv_direct_scratch(&c->dg, d->G, d->O, d->dt, true);
     cr_tensor sv = flat(c->cols, per);
     sv.data = at(c->cols, thread_id(d) * per);
     cr_tensor pv = mat(d->dt, at(c->part, seg * d->O * d->K), d->O, d->K, d->K, 1);
     int64_t n0 = seg * d->blocks / d->segs * d->nb, n1 = (seg + 1) * d->blocks / d->segs * d->nb;
     if (n1 > d->N) n1 = d->N;
-    cr_k_conv_direct_dw(c->g, d->G, c->x, c->gy, n0, n1 - n0, &pv, &sv);
+    cr_k_conv_direct_dw(&c->dg, d->G, c->x, c->gy, n0, n1 - n0, &pv, &sv);
 }
 
 /* dcols[g] = W[g]^T dY[g] with dY as [O, m*P], then dX += col2im(dcols); a
@@ -431,7 +445,7 @@ static bool dx_as_conv(const cr_window *g)
 static void dx_direct(const bwd_ctx *c)
 {
     const conv_dims *d = &c->d;
-    const cr_window *g = c->g;
+    const cr_window *g = &c->dg;
     const int64_t KK = g->KH * g->KW;
     cr_tensor *wf = cr_tensor_new(d->dt, CR_SHAPE(d->C, d->Og, g->KH, g->KW));
     if (d->dt == CR_F32)
@@ -468,6 +482,7 @@ static void conv_bwd(cr_node *n)
 {
     bwd_ctx c = {.d = dims_of(n),
                  .g = &CR_NODE_ATTR(n, conv_attr)->g,
+                 .dg = direct_window(&CR_NODE_ATTR(n, conv_attr)->g),
                  .x = n->in[0],
                  .w = n->in[1],
                  .gy = as_contiguous(n->out->grad),
@@ -483,7 +498,7 @@ static void conv_bwd(cr_node *n)
     if (!c.gx && !c.gw) return;
     if (c.gw && d->dconv) {
         c.part = cr_tensor_new(d->dt, CR_SHAPE(d->segs * d->O * d->K));
-        c.cols = scratch(d, cr_k_conv_direct_scratch(c.g, d->G, d->O, d->dt, true));
+        c.cols = scratch(d, cr_k_conv_direct_scratch(&c.dg, d->G, d->O, d->dt, true));
         int segs_threads = d->threads < d->segs ? d->threads : (int)d->segs;
         CR_PAR_FOR(d->par && d->segs > 1, "omp parallel for schedule(static) num_threads(segs_threads)",
                    for (int64_t s = 0; s < d->segs; s++) dw_direct_segment(&c, s););
@@ -508,7 +523,7 @@ static void conv_bwd(cr_node *n)
                 cr_k_accumulate(&gwk, &tk, NULL);
             }
     }
-    if (c.gx && d->dconv && dx_as_conv(c.g)) {
+    if (c.gx && d->dconv && dx_as_conv(&c.dg)) {
         dx_direct(&c);
         c.gx = NULL; /* done */
     }

@@ -95,6 +95,13 @@ typedef T FN(vec_u) __attribute__((vector_size(64), aligned(sizeof(T)))); /* at 
 #define V ((int64_t)(64 / sizeof(T)))
 /* the tile at p (GCC's vector types may alias their element type) */
 #define VLOAD(p) (*(const FN(vec_u) *)(p))
+/* Without padding, and with whole tiles per output row, no tile reads past
+ * its input row (the last one ends at W - 1): the kernels then read the
+ * input in place, rows of W (a 1x1 convolution, whose planes ops_conv.c
+ * passes as single rows of H W, always qualifies when H W is a multiple of
+ * V). Otherwise pad_planes copies it into rows of W + 2 PW + V. */
+#define IN_PLACE(g) ((g)->PH == 0 && (g)->PW == 0 && (g)->OW % V == 0)
+#define ROW_Q(g) (IN_PLACE(g) ? (g)->W : (g)->W + 2 * (g)->PW + V)
 
 /* xp [C, Hp, Wq] = the C planes of one sample, x[c] (H x W), inside a border
  * of PH rows and PW columns of zeros, each row then V more zeros
@@ -149,7 +156,7 @@ FN(direct_tiles)(const cr_window *g, int64_t Cg, int og, const T *wp, const T *b
                  int64_t P, const int64_t *yo, const int64_t *len, int nvalid, bool add)
 {
     const int nt = TILES(og);
-    const int64_t Hp = g->H + 2 * g->PH, Wq = g->W + 2 * g->PW + V;
+    const int64_t Hp = g->H + 2 * g->PH, Wq = ROW_Q(g);
     VT acc[8][8];
     for (int o = 0; o < og; o++)
         for (int t = 0; t < nt; t++) acc[o][t] = (VT){0} + (b ? b[o] : 0);
@@ -202,15 +209,19 @@ FN(conv_direct)(const cr_window *g, int64_t G, int64_t O, const T *x, const T *w
                 int64_t nb, T *y, bool add, T *xp, T *wp)
 {
     const int64_t C = g->C, Cg = C / G, Og = O / G, K = Cg * g->KH * g->KW, OW = g->OW, P = g->OH * OW;
-    const int64_t Hp = g->H + 2 * g->PH, Wq = g->W + 2 * g->PW + V, tw = (OW + V - 1) / V, tiles = g->OH * tw;
+    const int64_t Hp = g->H + 2 * g->PH, Wq = ROW_Q(g), tw = (OW + V - 1) / V, tiles = g->OH * tw;
     FN(pack_weights)(G, O, K, w, wp);
     for (int64_t n = n0; n < n0 + nb; n++) {
-        FN(pad_planes)(g, C, x + n * C * g->H * g->W, xp);
+        const T *xn = x + n * C * g->H * g->W;
+        if (!IN_PLACE(g)) {
+            FN(pad_planes)(g, C, xn, xp);
+            xn = xp;
+        }
         for (int64_t k = 0; k < G; k++)
             for (int64_t o0 = 0; o0 < Og; o0 += 8) {
                 int og = Og - o0 < 8 ? (int)(Og - o0) : 8, nt = TILES(og);
                 int64_t o = k * Og + o0;
-                const T *wo = wp + o * K, *bo = b ? b + o : NULL, *xk = xp + k * Cg * Hp * Wq;
+                const T *wo = wp + o * K, *bo = b ? b + o : NULL, *xk = xn + k * Cg * Hp * Wq;
                 T *yo = y + (n * O + o) * P;
                 for (int64_t i0 = 0; i0 < tiles; i0 += nt) {
                     const T *xt[8];
@@ -255,7 +266,7 @@ static inline __attribute__((always_inline)) void FN(direct_dw_tiles)(const cr_w
                                                                       int64_t ns, int64_t xs)
 {
     const int nq = TILES(og);
-    const int64_t Wq = g->W + 2 * g->PW + V;
+    const int64_t Wq = ROW_Q(g);
     VT acc[8][8];
     for (int o = 0; o < og; o++)
         for (int q = 0; q < nq; q++) acc[o][q] = (VT){0};
@@ -295,12 +306,17 @@ FN(conv_direct_dw)(const cr_window *g, int64_t G, int64_t O, const T *x, const T
 {
     const int64_t C = g->C, Cg = C / G, Og = O / G, KK = g->KH * g->KW, K = Cg * KK, OW = g->OW,
                   P = g->OH * OW;
-    const int64_t Hp = g->H + 2 * g->PH, Wq = g->W + 2 * g->PW + V, nw = O * K, xs = C * Hp * Wq;
+    const int64_t Hp = g->H + 2 * g->PH, Wq = ROW_Q(g), nw = O * K, xs = C * Hp * Wq;
     const int64_t tw = (OW + V - 1) / V, group = dw_group(g, V);
     memset(acc, 0, (size_t)(nw * L) * sizeof(T));
     for (int64_t n1 = n0; n1 < n0 + nb; n1 += group) {
         int64_t ns = n0 + nb - n1 < group ? n0 + nb - n1 : group;
-        for (int64_t j = 0; j < ns; j++) FN(pad_planes)(g, C, x + (n1 + j) * C * g->H * g->W, xp + j * xs);
+        const T *xn = x + n1 * xs; /* in place: xs is a sample */
+        if (!IN_PLACE(g)) {
+            for (int64_t j = 0; j < ns; j++)
+                FN(pad_planes)(g, C, x + (n1 + j) * C * g->H * g->W, xp + j * xs);
+            xn = xp;
+        }
         for (int64_t k = 0; k < G; k++)
             for (int64_t o0 = 0; o0 < Og; o0 += 8) {
                 int og = Og - o0 < 8 ? (int)(Og - o0) : 8, nq = TILES(og);
@@ -313,10 +329,15 @@ FN(conv_direct_dw)(const cr_window *g, int64_t G, int64_t O, const T *x, const T
                                 T *d = dp + (((j * g->OH + oh) * tw + t) * og + i) * V;
                                 const T *r = gy + ((n1 + j) * O + o + i) * P + oh * OW + t * V;
                                 int64_t len = OW - t * V < V ? OW - t * V : V;
+                                if (len == V) { /* a vector copy, not a call */
+                                    FN(vec_u) v = VLOAD(r);
+                                    memcpy(d, &v, sizeof v);
+                                    continue;
+                                }
                                 memcpy(d, r, (size_t)len * sizeof(T));
                                 memset(d + len, 0, (size_t)(V - len) * sizeof(T));
                             }
-                const T *xk = xp + k * Cg * Hp * Wq;
+                const T *xk = xn + k * Cg * Hp * Wq;
                 T *so = acc + o * K * L;
                 for (int64_t j0 = 0; j0 < K; j0 += nq) {
                     int64_t qo[8];
@@ -342,6 +363,8 @@ FN(conv_direct_dw)(const cr_window *g, int64_t G, int64_t O, const T *x, const T
 #undef L
 #undef TILES
 #undef DIRECT_SWITCH
+#undef ROW_Q
+#undef IN_PLACE
 #undef VLOAD
 #undef V
 #undef VT
