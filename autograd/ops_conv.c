@@ -1,7 +1,9 @@
 /* Convolutions (conv1d, conv2d; PyTorch's NCL/NCHW layout, weight [O, C/G, k...],
- * stride, zero padding, dilation, groups, optional bias) lowered to products:
- * im2col of a block of samples, then one gemm per group. A 1x1 convolution
- * whose samples are large is a plain product on the input itself. */
+ * stride, zero padding, dilation, groups, optional bias): direct kernels
+ * (stride 1 along W; the input gradient as a convolution of dY with the
+ * flipped weight), or lowered to products: im2col of a block of samples, then
+ * one gemm per group. A 1x1 convolution whose samples are large is a plain
+ * product on the input itself. */
 #include <string.h>
 
 #ifdef _OPENMP
