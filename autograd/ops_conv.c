@@ -58,6 +58,7 @@ static int64_t direct_limit(void)
  * products use BLIS's threads instead). */
 #define CONV_SEGMENTS 64
 #define CONV_SEGMENT_BYTES ((int64_t)8 << 20)
+#define CONV_DIRECT_SEGMENTS 8
 
 /* A 2-D header over data (elements of dt), for cr_k_gemm. */
 static cr_tensor mat(cr_dtype dt, void *data, int64_t rows, int64_t cols, int64_t rs, int64_t cs)
@@ -162,6 +163,9 @@ static conv_dims dims_of(const cr_node *n)
     d.threads = d.par ? (int)(t < d.blocks ? t : d.blocks) : 1;
     int64_t weight = d.O * d.K * (int64_t)d.es, segs = CONV_SEGMENT_BYTES / (weight > 0 ? weight : 1);
     d.segs = segs < 1 ? 1 : segs > CONV_SEGMENTS ? CONV_SEGMENTS : segs;
+    /* the direct weight gradient clears and folds O K lane sums per segment:
+     * fewer segments, as many as parallel blocks need on a small machine */
+    if (d.dconv && d.segs > CONV_DIRECT_SEGMENTS) d.segs = CONV_DIRECT_SEGMENTS;
     if (d.segs > d.blocks) d.segs = d.blocks > 0 ? d.blocks : 1;
     return d;
 }
