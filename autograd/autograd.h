@@ -353,7 +353,9 @@ extern int64_t cr_conv_block_bytes;
 extern int64_t cr_conv_keep_bytes;
 /* Groups with at most cr_conv_direct_channels output channels, stride 1
  * along W, compute the output and the weight gradient with direct kernels
- * instead (default 8; 0 turns them off). */
+ * instead, and with stride 1 both ways (padding at most the dilated kernel's
+ * reach) the input gradient too. Default -1: every group on a CPU with
+ * AVX-512, at most 8 channels elsewhere; 0 turns them off. */
 extern int64_t cr_conv_direct_channels;
 
 /* Pooling over the last dim (1-D: x [N, C, L] or [C, L]) or the last two

@@ -1,7 +1,9 @@
 /* Convolutions (conv1d, conv2d; PyTorch's NCL/NCHW layout, weight [O, C/G, k...],
- * stride, zero padding, dilation, groups, optional bias) lowered to products:
- * im2col of a block of samples, then one gemm per group. A 1x1 convolution
- * whose samples are large is a plain product on the input itself. */
+ * stride, zero padding, dilation, groups, optional bias): direct kernels
+ * (stride 1 along W; the input gradient as a convolution of dY with the
+ * flipped weight), or lowered to products: im2col of a block of samples, then
+ * one gemm per group. A 1x1 convolution whose samples are large is a plain
+ * product on the input itself. */
 #include <string.h>
 
 #ifdef _OPENMP
@@ -26,11 +28,24 @@ int64_t cr_conv_block_bytes = (int64_t)1 << 18;
  * (instead of backward building them again) when they take at most this. */
 int64_t cr_conv_keep_bytes = (int64_t)1 << 25;
 /* Groups with at most this many output channels (and stride 1 along W) run
- * the direct kernels for the output and the weight gradient: their product
- * [O/G, C/G KH KW] x [C/G KH KW, positions] is thinner than BLIS's
- * micro-kernel (32 rows for sgemm on skx), and the columns cost more memory
- * traffic than the product. The input gradient stays a product. */
-int64_t cr_conv_direct_channels = 8;
+ * the direct kernels for the output and the weight gradient, and with
+ * stride 1 both ways the input gradient too (a direct convolution of dY
+ * with the flipped weight). -1, the default, means every group on a CPU
+ * with AVX-512, where the kernels' 64-byte tiles are registers and beat the
+ * products at every size measured (bench/conv), and 8 elsewhere: the
+ * baseline build splits each tile into four SSE registers, and only a
+ * product too thin for BLIS's micro-kernel (32 rows for sgemm on skx) is
+ * still worth it there. */
+int64_t cr_conv_direct_channels = -1;
+
+static int64_t direct_limit(void)
+{
+    if (cr_conv_direct_channels >= 0) return cr_conv_direct_channels;
+#if defined(__x86_64__) || defined(__i386__)
+    if (__builtin_cpu_supports("avx512f")) return INT64_MAX;
+#endif
+    return 8;
+}
 
 /* Below this many multiply-adds an op runs its blocks on one thread: a
  * parallel region costs microseconds, more on a busy machine. */
@@ -43,6 +58,7 @@ int64_t cr_conv_direct_channels = 8;
  * products use BLIS's threads instead). */
 #define CONV_SEGMENTS 64
 #define CONV_SEGMENT_BYTES ((int64_t)8 << 20)
+#define CONV_DIRECT_SEGMENTS 8
 
 /* A 2-D header over data (elements of dt), for cr_k_gemm. */
 static cr_tensor mat(cr_dtype dt, void *data, int64_t rows, int64_t cols, int64_t rs, int64_t cs)
@@ -135,7 +151,7 @@ static conv_dims dims_of(const cr_node *n)
     d.blocks = (d.N + d.nb - 1) / d.nb;
     bool pointwise = g->KH == 1 && g->KW == 1 && g->SH == 1 && g->SW == 1 && g->PH == 0 && g->PW == 0;
     d.direct = pointwise && d.nb == 1;
-    d.dconv = g->SW == 1 && d.Og <= cr_conv_direct_channels;
+    d.dconv = g->SW == 1 && d.Og <= direct_limit();
     /* Several blocks and threads, and enough work to pay for a parallel
      * region: one block per thread at a time, each product on one thread
      * (BLIS, called inside a parallel region, runs on the calling thread),
@@ -147,6 +163,9 @@ static conv_dims dims_of(const cr_node *n)
     d.threads = d.par ? (int)(t < d.blocks ? t : d.blocks) : 1;
     int64_t weight = d.O * d.K * (int64_t)d.es, segs = CONV_SEGMENT_BYTES / (weight > 0 ? weight : 1);
     d.segs = segs < 1 ? 1 : segs > CONV_SEGMENTS ? CONV_SEGMENTS : segs;
+    /* the direct weight gradient clears and folds O K lane sums per segment:
+     * fewer segments, as many as parallel blocks need on a small machine */
+    if (d.dconv && d.segs > CONV_DIRECT_SEGMENTS) d.segs = CONV_DIRECT_SEGMENTS;
     if (d.segs > d.blocks) d.segs = d.blocks > 0 ? d.blocks : 1;
     return d;
 }
@@ -171,11 +190,23 @@ static cr_tensor *scratch(const conv_dims *d, int64_t per)
     return cr_tensor_new(d->dt, CR_SHAPE(per * d->threads));
 }
 
+/* The window the direct kernels see: a 1x1 convolution with stride 1 and no
+ * padding as one row of H W per plane (the same arithmetic), so its tiles
+ * run along the whole plane instead of stopping at each row's end. */
+static cr_window direct_window(const cr_window *g)
+{
+    if (g->KH != 1 || g->KW != 1 || g->SH != 1 || g->SW != 1 || g->PH != 0 || g->PW != 0) return *g;
+    int64_t hw = g->H * g->W;
+    return (cr_window){
+        .C = g->C, .H = 1, .W = hw, .KH = 1, .KW = 1, .SH = 1, .SW = 1, .DH = 1, .DW = 1, .OH = 1, .OW = hw};
+}
+
 /* ---- forward ------------------------------------------------------------------------- */
 
 typedef struct {
     conv_dims d;
     const cr_window *g;
+    cr_window dg; /* direct_window(g) */
     const cr_tensor *x, *w, *b;
     cr_tensor *y;
     cr_tensor *cols; /* kept: one slice per block; else one per thread */
@@ -214,7 +245,7 @@ static void fwd_block(const fwd_ctx *c, int64_t blk)
 static void fwd_direct(const fwd_ctx *c)
 {
     const conv_dims *d = &c->d;
-    int64_t per = cr_k_conv_direct_scratch(c->g, d->G, d->O, d->dt, false);
+    int64_t per = cr_k_conv_direct_scratch(&c->dg, d->G, d->O, d->dt, false);
     cr_tensor *s = scratch(d, per);
     CR_PAR_FOR(
         d->par, "omp parallel for schedule(static) num_threads(d->threads)",
@@ -222,7 +253,7 @@ static void fwd_direct(const fwd_ctx *c)
             cr_tensor sv = flat(s, per);
             sv.data = at(s, thread_id(d) * per);
             int64_t n0 = b * d->nb, m = d->N - n0 < d->nb ? d->N - n0 : d->nb;
-            cr_k_conv_direct(c->g, d->G, c->x, c->w, c->b, n0, m, c->y, &sv);
+            cr_k_conv_direct(&c->dg, d->G, c->x, c->w, c->b, n0, m, c->y, false, &sv);
         });
 }
 
@@ -230,6 +261,7 @@ static void conv_fwd(cr_node *n)
 {
     fwd_ctx c = {.d = dims_of(n),
                  .g = &CR_NODE_ATTR(n, conv_attr)->g,
+                 .dg = direct_window(&CR_NODE_ATTR(n, conv_attr)->g),
                  .x = n->in[0],
                  .w = n->in[1],
                  .b = n->n_in > 2 ? n->in[2] : NULL,
@@ -308,6 +340,7 @@ static void transpose_block(size_t es, const char *dy, char *dyt, int64_t m, int
 typedef struct {
     conv_dims d;
     const cr_window *g;
+    cr_window dg; /* direct_window(g) */
     const cr_tensor *x, *w, *gy;
     cr_tensor *gx, *gw;
     const cr_tensor *kept; /* the forward's columns, one slice per block, or NULL */
@@ -315,6 +348,7 @@ typedef struct {
     cr_tensor *cols;       /* per thread: columns (rebuilt), or column gradients */
     cr_tensor *dyt;        /* per thread: dY^T [m*P, O] */
     cr_tensor *dyb;        /* per thread: dY [O, m*P], when nb > 1 */
+    bool gx_first;         /* gx is a new buffer: written, not added to */
 } bwd_ctx;
 
 static int64_t block_size(const conv_dims *d, int64_t blk)
@@ -358,13 +392,13 @@ static void dw_segment(const bwd_ctx *c, int64_t seg)
 static void dw_direct_segment(const bwd_ctx *c, int64_t seg)
 {
     const conv_dims *d = &c->d;
-    int64_t per = cr_k_conv_direct_scratch(c->g, d->G, d->O, d->dt, true);
+    int64_t per = cr_k_conv_direct_scratch(&c->dg, d->G, d->O, d->dt, true);
     cr_tensor sv = flat(c->cols, per);
     sv.data = at(c->cols, thread_id(d) * per);
     cr_tensor pv = mat(d->dt, at(c->part, seg * d->O * d->K), d->O, d->K, d->K, 1);
     int64_t n0 = seg * d->blocks / d->segs * d->nb, n1 = (seg + 1) * d->blocks / d->segs * d->nb;
     if (n1 > d->N) n1 = d->N;
-    cr_k_conv_direct_dw(c->g, d->G, c->x, c->gy, n0, n1 - n0, &pv, &sv);
+    cr_k_conv_direct_dw(&c->dg, d->G, c->x, c->gy, n0, n1 - n0, &pv, &sv);
 }
 
 /* dcols[g] = W[g]^T dY[g] with dY as [O, m*P], then dX += col2im(dcols); a
@@ -395,23 +429,82 @@ static void dx_block(const bwd_ctx *c, int64_t blk)
     }
 }
 
+/* The input gradient as a convolution, for stride 1 with padding at most
+ * the dilated kernel's reach D (K-1): dX[c, ih, iw] = the sum over (o, ki,
+ * kj) of dY[o, ih + P - ki D, iw + P - kj D] w[o, c, ki, kj], the
+ * correlation of dY zero-padded by D (K-1) - P with the flipped weight
+ * wf[c, o, K-1-ki, K-1-kj] (per group: [Cg, Og] transposed). Its output is
+ * H x W again, and it runs on the direct kernels: no columns, no col2im. */
+static bool dx_as_conv(const cr_window *g)
+{
+    return g->SH == 1 && g->SW == 1 && g->PH <= g->DH * (g->KH - 1) && g->PW <= g->DW * (g->KW - 1);
+}
+
+#define FLIP_WEIGHT(T)                                                                                       \
+    for (int64_t k = 0; k < d->G; k++)                                                                       \
+        for (int64_t o = 0; o < d->Og; o++)                                                                  \
+            for (int64_t ch = 0; ch < d->Cg; ch++)                                                           \
+                for (int64_t i = 0; i < KK; i++)                                                             \
+    ((T *)wf->data)[((k * d->Cg + ch) * d->Og + o) * KK + KK - 1 - i] =                                      \
+        ((const T *)c->w->data)[((k * d->Og + o) * d->Cg + ch) * KK + i]
+
+static void dx_direct(const bwd_ctx *c)
+{
+    const conv_dims *d = &c->d;
+    const cr_window *g = &c->dg;
+    const int64_t KK = g->KH * g->KW;
+    cr_tensor *wf = cr_tensor_new(d->dt, CR_SHAPE(d->C, d->Og, g->KH, g->KW));
+    if (d->dt == CR_F32)
+        FLIP_WEIGHT(float);
+    else
+        FLIP_WEIGHT(double);
+    cr_window t = {.C = d->O,
+                   .H = g->OH,
+                   .W = g->OW,
+                   .KH = g->KH,
+                   .KW = g->KW,
+                   .SH = 1,
+                   .SW = 1,
+                   .PH = g->DH * (g->KH - 1) - g->PH,
+                   .PW = g->DW * (g->KW - 1) - g->PW,
+                   .DH = g->DH,
+                   .DW = g->DW,
+                   .OH = g->H,
+                   .OW = g->W};
+    int64_t per = cr_k_conv_direct_scratch(&t, d->G, d->C, d->dt, false);
+    cr_tensor *s = scratch(d, per);
+    CR_PAR_FOR(
+        d->par, "omp parallel for schedule(static) num_threads(d->threads)",
+        for (int64_t b = 0; b < d->blocks; b++) {
+            cr_tensor sv = flat(s, per);
+            sv.data = at(s, thread_id(d) * per);
+            cr_k_conv_direct(&t, d->G, c->gy, wf, NULL, b * d->nb, block_size(d, b), c->gx, !c->gx_first,
+                             &sv);
+        });
+}
+#undef FLIP_WEIGHT
+
 static void conv_bwd(cr_node *n)
 {
     bwd_ctx c = {.d = dims_of(n),
                  .g = &CR_NODE_ATTR(n, conv_attr)->g,
+                 .dg = direct_window(&CR_NODE_ATTR(n, conv_attr)->g),
                  .x = n->in[0],
                  .w = n->in[1],
                  .gy = as_contiguous(n->out->grad),
-                 .gx = input_grad(n, 0),
+                 .gx = NULL,
                  .gw = input_grad(n, 1),
                  .kept = n->saved};
     const conv_dims *d = &c.d;
+    bool first = false;
+    c.gx = input_grad_first(n, 0, &first);
+    c.gx_first = first;
     cr_tensor *gb = n->n_in > 2 ? input_grad(n, 2) : NULL;
     if (gb) bias_grad(d, c.gy, gb); /* db += sum of dy over samples and positions */
     if (!c.gx && !c.gw) return;
     if (c.gw && d->dconv) {
         c.part = cr_tensor_new(d->dt, CR_SHAPE(d->segs * d->O * d->K));
-        c.cols = scratch(d, cr_k_conv_direct_scratch(c.g, d->G, d->O, d->dt, true));
+        c.cols = scratch(d, cr_k_conv_direct_scratch(&c.dg, d->G, d->O, d->dt, true));
         int segs_threads = d->threads < d->segs ? d->threads : (int)d->segs;
         CR_PAR_FOR(d->par && d->segs > 1, "omp parallel for schedule(static) num_threads(segs_threads)",
                    for (int64_t s = 0; s < d->segs; s++) dw_direct_segment(&c, s););
@@ -436,7 +529,12 @@ static void conv_bwd(cr_node *n)
                 cr_k_accumulate(&gwk, &tk, NULL);
             }
     }
+    if (c.gx && d->dconv && dx_as_conv(&c.dg)) {
+        dx_direct(&c);
+        c.gx = NULL; /* done */
+    }
     if (c.gx) {
+        if (c.gx_first) memset(c.gx->data, 0, (size_t)cr_numel(c.gx) * d->es); /* col2im adds */
         if (d->nb > 1) c.dyb = scratch(d, d->O * d->nb * d->P);
         CR_PAR_FOR(d->par, "omp parallel for schedule(static) num_threads(d->threads)",
                    for (int64_t b = 0; b < d->blocks; b++) dx_block(&c, b););

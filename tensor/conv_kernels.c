@@ -36,6 +36,16 @@ static inline void window_span(int64_t W, int64_t OW, int64_t S, int64_t off, in
     if (*hi < *lo) *hi = *lo;
 }
 
+/* Samples whose weight-gradient sums share the registers of the direct
+ * kernel: enough that a register tile runs over at least 32 tiles of V
+ * positions between two folds into memory (one for 32 x 32 outputs, four
+ * for LeNet's 10 x 10), at most 8. */
+static int64_t dw_group(const cr_window *g, int64_t v)
+{
+    int64_t steps = g->OH * ((g->OW + v - 1) / v), n = steps > 0 ? (32 + steps - 1) / steps : 1;
+    return n < 1 ? 1 : n > 8 ? 8 : n;
+}
+
 #define T float
 #define SFX f32
 #include "conv_kernels_impl.h"
@@ -141,18 +151,21 @@ static void check_direct(const char *fn, const cr_window *g, int64_t G, const cr
 }
 
 /* The padded sample (pad_planes: rows of W + 2 PW + V, V = 64 bytes of the
- * dtype), and for the weight gradient the sample's gy with rows padded to
- * whole tiles and the lane sums. */
+ * dtype) and the packed weight (forward), or for the weight gradient the
+ * sample's gy with rows padded to whole tiles and the lane sums (16 bytes
+ * of the dtype per weight). */
 int64_t cr_k_conv_direct_scratch(const cr_window *g, int64_t groups, int64_t O, cr_dtype dt, bool dw)
 {
-    int64_t v = 64 / (int64_t)cr_dtype_size(dt), pad = g->C * (g->H + 2 * g->PH) * (g->W + 2 * g->PW + v);
-    if (!dw) return pad;
-    int64_t owq = (g->OW + v - 1) / v * v;
-    return pad + O * g->OH * owq + O * (g->C / groups) * g->KH * g->KW * v;
+    int64_t es = (int64_t)cr_dtype_size(dt), v = 64 / es, l = 16 / es;
+    int64_t pad = g->C * (g->H + 2 * g->PH) * (g->W + 2 * g->PW + v),
+            weight = O * (g->C / groups) * g->KH * g->KW;
+    if (!dw) return pad + weight;
+    int64_t owq = (g->OW + v - 1) / v * v, ns = dw_group(g, v);
+    return ns * (pad + (O < 8 ? O : 8) * g->OH * owq) + weight * l;
 }
 
 void cr_k_conv_direct(const cr_window *g, int64_t groups, const cr_tensor *x, const cr_tensor *w,
-                      const cr_tensor *b, int64_t n0, int64_t nb, cr_tensor *y, cr_tensor *scratch)
+                      const cr_tensor *b, int64_t n0, int64_t nb, cr_tensor *y, bool add, cr_tensor *scratch)
 {
     check_direct("cr_k_conv_direct", g, groups, x, w, y, n0, nb);
     int64_t O = w->shape[0];
@@ -161,13 +174,18 @@ void cr_k_conv_direct(const cr_window *g, int64_t groups, const cr_tensor *x, co
         check_numel("cr_k_conv_direct", "bias", b, O);
     }
     check_contig("cr_k_conv_direct", "scratch", scratch, x->dtype);
-    if (cr_numel(scratch) < cr_k_conv_direct_scratch(g, groups, O, x->dtype, false))
+    int64_t need = cr_k_conv_direct_scratch(g, groups, O, x->dtype, false);
+    if (cr_numel(scratch) < need)
         cr_error("cr_k_conv_direct: scratch of %lld elements, needs %lld", (long long)cr_numel(scratch),
-                 (long long)cr_k_conv_direct_scratch(g, groups, O, x->dtype, false));
-    if (x->dtype == CR_F32)
-        conv_direct_f32(g, groups, O, x->data, w->data, b ? b->data : NULL, n0, nb, y->data, scratch->data);
-    else
-        conv_direct_f64(g, groups, O, x->data, w->data, b ? b->data : NULL, n0, nb, y->data, scratch->data);
+                 (long long)need);
+    int64_t pad = need - cr_numel(w);
+    if (x->dtype == CR_F32) {
+        float *s = scratch->data;
+        conv_direct_f32(g, groups, O, x->data, w->data, b ? b->data : NULL, n0, nb, y->data, add, s, s + pad);
+    } else {
+        double *s = scratch->data;
+        conv_direct_f64(g, groups, O, x->data, w->data, b ? b->data : NULL, n0, nb, y->data, add, s, s + pad);
+    }
 }
 
 void cr_k_conv_direct_dw(const cr_window *g, int64_t groups, const cr_tensor *x, const cr_tensor *gy,
@@ -179,9 +197,9 @@ void cr_k_conv_direct_dw(const cr_window *g, int64_t groups, const cr_tensor *x,
     if (cr_numel(scratch) < need)
         cr_error("cr_k_conv_direct_dw: scratch of %lld elements, needs %lld", (long long)cr_numel(scratch),
                  (long long)need);
-    int64_t pad = cr_k_conv_direct_scratch(g, groups, O, x->dtype, false),
-            v = 64 / (int64_t)cr_dtype_size(x->dtype);
-    int64_t gyq = O * g->OH * ((g->OW + v - 1) / v * v);
+    int64_t v = 64 / (int64_t)cr_dtype_size(x->dtype);
+    int64_t ns = dw_group(g, v), pad = ns * g->C * (g->H + 2 * g->PH) * (g->W + 2 * g->PW + v),
+            gyq = ns * (O < 8 ? O : 8) * g->OH * ((g->OW + v - 1) / v * v);
     if (x->dtype == CR_F32) {
         float *s = scratch->data;
         conv_direct_dw_f32(g, groups, O, x->data, gy->data, n0, nb, dw->data, s, s + pad, s + pad + gyq);

@@ -95,6 +95,13 @@ typedef T FN(vec_u) __attribute__((vector_size(64), aligned(sizeof(T)))); /* at 
 #define V ((int64_t)(64 / sizeof(T)))
 /* the tile at p (GCC's vector types may alias their element type) */
 #define VLOAD(p) (*(const FN(vec_u) *)(p))
+/* Without padding, and with whole tiles per output row, no tile reads past
+ * its input row (the last one ends at W - 1): the kernels then read the
+ * input in place, rows of W (a 1x1 convolution, whose planes ops_conv.c
+ * passes as single rows of H W, always qualifies when H W is a multiple of
+ * V). Otherwise pad_planes copies it into rows of W + 2 PW + V. */
+#define IN_PLACE(g) ((g)->PH == 0 && (g)->PW == 0 && (g)->OW % V == 0)
+#define ROW_Q(g) (IN_PLACE(g) ? (g)->W : (g)->W + 2 * (g)->PW + V)
 
 /* xp [C, Hp, Wq] = the C planes of one sample, x[c] (H x W), inside a border
  * of PH rows and PW columns of zeros, each row then V more zeros
@@ -117,30 +124,65 @@ static void FN(pad_planes)(const cr_window *g, int64_t C, const T *x, T *xp)
     }
 }
 
-/* Output rows oh of channels o0 .. o0+og (og <= 8, a constant after
- * inlining, so the accumulators stay in registers), tile by tile: y = b +
- * the sum over (c, ki, kj) of w[o,c,ki,kj] times the tile of the padded
- * input row oh SH + ki DH from column ow0 + kj DW. */
-static inline __attribute__((always_inline)) void FN(direct_rows)(const cr_window *g, int64_t Cg, int og,
-                                                                  const T *w, const T *b, const T *xp, T *y,
-                                                                  int64_t P, int64_t oh)
+/* Register tiles of the direct kernels: og output channels (at most 8) by
+ * TILES(og) vectors, at most 24 accumulators of AVX-512's 32 registers, the
+ * rest for the step's loads. A forward step loads TILES(og) input vectors
+ * and og weights for og TILES(og) FMAs; a weight-gradient step TILES(og)
+ * input vectors and og gradient vectors. One row of the old kernel (og
+ * weights and one load per og FMAs) was bound by loads past 8 channels. */
+#define TILES(og) ((og) >= 7 ? 3 : (og) >= 5 ? 4 : (og) >= 4 ? 6 : 8)
+
+/* wp: each run of og <= 8 output channels of a group (o .. o+og) as
+ * [Cg KH KW][og] from o K on, so a step's og weights are adjacent. */
+static void FN(pack_weights)(int64_t G, int64_t O, int64_t K, const T *w, T *wp)
 {
-    const int64_t KK = g->KH * g->KW, Hp = g->H + 2 * g->PH, Wq = g->W + 2 * g->PW + V, OW = g->OW;
-    for (int64_t ow0 = 0; ow0 < OW; ow0 += V) {
-        VT acc[8];
-        for (int o = 0; o < og; o++) acc[o] = (VT){0} + (b ? b[o] : 0);
-        for (int64_t c = 0; c < Cg; c++)
-            for (int64_t ki = 0; ki < g->KH; ki++) {
-                const T *row = xp + (c * Hp + oh * g->SH + ki * g->DH) * Wq + ow0;
-                const T *wr = w + c * KK + ki * g->KW;
-                for (int64_t kj = 0; kj < g->KW; kj++) {
-                    VT xv = VLOAD(row + kj * g->DW);
-                    for (int o = 0; o < og; o++) acc[o] += wr[o * Cg * KK + kj] * xv;
-                }
+    const int64_t Og = O / G;
+    for (int64_t k = 0; k < G; k++)
+        for (int64_t o0 = 0; o0 < Og; o0 += 8) {
+            int64_t og = Og - o0 < 8 ? Og - o0 : 8, o = k * Og + o0;
+            for (int64_t j = 0; j < K; j++)
+                for (int64_t i = 0; i < og; i++) wp[o * K + j * og + i] = w[(o + i) * K + j];
+        }
+}
+
+/* og channels (a constant after inlining, so the accumulators stay in
+ * registers) by TILES(og) tiles of output positions, tile t reading the
+ * padded input from xt[t]: acc[o][t] = b[o] + the sum over (c, ki, kj) of
+ * wp[(c, ki, kj)][o] times the input tile at xt[t] + (c Hp + ki DH) Wq + kj DW.
+ * Lanes [0, len[t]) of the first nvalid tiles go to y + o P + yo[t]
+ * (added to y when add). */
+static inline __attribute__((always_inline)) void
+FN(direct_tiles)(const cr_window *g, int64_t Cg, int og, const T *wp, const T *b, const T *const *xt, T *y,
+                 int64_t P, const int64_t *yo, const int64_t *len, int nvalid, bool add)
+{
+    const int nt = TILES(og);
+    const int64_t Hp = g->H + 2 * g->PH, Wq = ROW_Q(g);
+    VT acc[8][8];
+    for (int o = 0; o < og; o++)
+        for (int t = 0; t < nt; t++) acc[o][t] = (VT){0} + (b ? b[o] : 0);
+    for (int64_t c = 0; c < Cg; c++)
+        for (int64_t ki = 0; ki < g->KH; ki++) {
+            const int64_t off = (c * Hp + ki * g->DH) * Wq;
+            for (int64_t kj = 0; kj < g->KW; kj++, wp += og) {
+                VT xv[8];
+                for (int t = 0; t < nt; t++) xv[t] = VLOAD(xt[t] + off + kj * g->DW);
+                for (int o = 0; o < og; o++)
+                    for (int t = 0; t < nt; t++) acc[o][t] += wp[o] * xv[t];
             }
-        int64_t n = OW - ow0 < V ? OW - ow0 : V;
-        for (int o = 0; o < og; o++) memcpy(y + o * P + oh * OW + ow0, &acc[o], (size_t)n * sizeof(T));
-    }
+        }
+    for (int t = 0; t < nvalid; t++)
+        for (int o = 0; o < og; o++) {
+            T *d = y + o * P + yo[t];
+            if (len[t] == V) {
+                VT r = acc[o][t];
+                if (add) r += VLOAD(d);
+                memcpy(d, &r, sizeof r);
+            } else {
+                T tmp[V];
+                memcpy(tmp, &acc[o][t], sizeof tmp);
+                for (int64_t l = 0; l < len[t]; l++) d[l] = add ? d[l] + tmp[l] : tmp[l];
+            }
+        }
 }
 
 #define DIRECT_SWITCH(CALL)                                                                                  \
@@ -155,100 +197,174 @@ static inline __attribute__((always_inline)) void FN(direct_rows)(const cr_windo
     default: CALL(8); break;                                                                                 \
     }
 
-/* The direct convolution of samples [n0, n0+nb), stride 1 along W, output
- * channels in runs of at most 8 (one accumulator tile each). One sample at a
- * time: no sum depends on threads. xp: C Hp Wq elements (pad_planes). */
+/* The direct convolution of samples [n0, n0+nb), stride 1 along W: y = b +
+ * the correlation, or y += it (add). Per sample, per group, per run of at
+ * most 8 output channels, the output's tiles (V positions of one row; a row
+ * of OW has ceil(OW / V) of them) in runs of TILES(og), in row order; the
+ * last run repeats its last tile to fill the registers and stores only its
+ * own. One sample at a time: no sum depends on threads. xp: C Hp Wq
+ * elements (pad_planes); wp: O Cg KH KW (pack_weights). */
 __attribute__((target_clones("arch=x86-64-v4", "default"))) static void
 FN(conv_direct)(const cr_window *g, int64_t G, int64_t O, const T *x, const T *w, const T *b, int64_t n0,
-                int64_t nb, T *y, T *xp)
+                int64_t nb, T *y, bool add, T *xp, T *wp)
 {
-    const int64_t C = g->C, Cg = C / G, Og = O / G, KK = g->KH * g->KW, P = g->OH * g->OW;
-    const int64_t Hp = g->H + 2 * g->PH, Wq = g->W + 2 * g->PW + V;
+    const int64_t C = g->C, Cg = C / G, Og = O / G, K = Cg * g->KH * g->KW, OW = g->OW, P = g->OH * OW;
+    const int64_t Hp = g->H + 2 * g->PH, Wq = ROW_Q(g), tw = (OW + V - 1) / V, tiles = g->OH * tw;
+    FN(pack_weights)(G, O, K, w, wp);
     for (int64_t n = n0; n < n0 + nb; n++) {
-        FN(pad_planes)(g, C, x + n * C * g->H * g->W, xp);
+        const T *xn = x + n * C * g->H * g->W;
+        if (!IN_PLACE(g)) {
+            FN(pad_planes)(g, C, xn, xp);
+            xn = xp;
+        }
         for (int64_t k = 0; k < G; k++)
             for (int64_t o0 = 0; o0 < Og; o0 += 8) {
-                int og = Og - o0 < 8 ? (int)(Og - o0) : 8;
+                int og = Og - o0 < 8 ? (int)(Og - o0) : 8, nt = TILES(og);
                 int64_t o = k * Og + o0;
-                const T *wo = w + o * Cg * KK, *bo = b ? b + o : NULL, *xk = xp + k * Cg * Hp * Wq;
+                const T *wo = wp + o * K, *bo = b ? b + o : NULL, *xk = xn + k * Cg * Hp * Wq;
                 T *yo = y + (n * O + o) * P;
-                for (int64_t oh = 0; oh < g->OH; oh++) {
-#define ROWS(OG) FN(direct_rows)(g, Cg, OG, wo, bo, xk, yo, P, oh)
-                    DIRECT_SWITCH(ROWS)
-#undef ROWS
+                for (int64_t i0 = 0; i0 < tiles; i0 += nt) {
+                    const T *xt[8];
+                    int64_t yoff[8], len[8];
+                    int nvalid = tiles - i0 < nt ? (int)(tiles - i0) : nt;
+                    for (int t = 0; t < nt; t++) {
+                        int64_t i = i0 + (t < nvalid ? t : nvalid - 1), oh = i / tw, ow0 = i % tw * V;
+                        xt[t] = xk + oh * g->SH * Wq + ow0;
+                        yoff[t] = oh * OW + ow0;
+                        len[t] = OW - ow0 < V ? OW - ow0 : V;
+                    }
+#define TILES_OF(OG) FN(direct_tiles)(g, Cg, OG, wo, bo, xt, yo, P, yoff, len, nvalid, add)
+                    DIRECT_SWITCH(TILES_OF)
+#undef TILES_OF
                 }
             }
     }
 }
 
-/* Lane sums for weights (c, ki, kj) of channels o0 .. o0+og of one sample:
- * s[o][(c, ki, kj)][l] += the sum over (oh, tiles) of lane l of
- * dy[o] (gyp rows, OWq long, zero past OW) times the input tile. */
-static inline __attribute__((always_inline)) void
-FN(direct_dw_lanes)(const cr_window *g, int64_t Cg, int og, const T *xp, const T *gyp, int64_t OWq, T *s)
+/* A vector's lanes folded to L = 16 bytes of T (4 floats, 2 doubles) by
+ * adding halves twice: lane l of the result is ((a_l + a_l+V/2) + (a_l+V/4
+ * + a_l+3V/4)), the same on every path. */
+typedef union {
+    VT v;
+    T __attribute__((vector_size(32))) h[2];
+    T __attribute__((vector_size(16))) q[4];
+} FN(fold_u);
+typedef T FN(quarter_u) __attribute__((vector_size(16), aligned(sizeof(T))));
+#define L ((int64_t)(16 / sizeof(T)))
+
+/* The weight gradient's sums over ns samples for og channels (a constant
+ * after inlining) by TILES(og) weights, weight q's input read at offset
+ * qo[q] of the padded planes xk (xs elements per sample): acc[o][q] = the
+ * sum over samples, rows and tiles of the gradient tile times the input
+ * tile; each folded to L lanes and added to s + (o K + q) L (the first
+ * nvalid weights). dp: the gradient packed tile by tile, [ns][OH][tw][og][V]
+ * (zeros past OW): one pointer walks it, so the loop keeps its counters in
+ * registers. */
+static inline __attribute__((always_inline)) void FN(direct_dw_tiles)(const cr_window *g, int og, const T *xk,
+                                                                      const int64_t *qo, const T *dp,
+                                                                      int64_t tw, int64_t K, int nvalid, T *s,
+                                                                      int64_t ns, int64_t xs)
 {
-    const int64_t KK = g->KH * g->KW, Hp = g->H + 2 * g->PH, Wq = g->W + 2 * g->PW + V, OHq = g->OH * OWq;
-    for (int64_t c = 0; c < Cg; c++)
-        for (int64_t ki = 0; ki < g->KH; ki++)
-            for (int64_t kj = 0; kj < g->KW; kj++) {
-                VT acc[8];
-                for (int o = 0; o < og; o++) acc[o] = (VT){0};
-                for (int64_t oh = 0; oh < g->OH; oh++) {
-                    const T *row = xp + (c * Hp + oh * g->SH + ki * g->DH) * Wq + kj * g->DW;
-                    const T *d = gyp + oh * OWq;
-                    for (int64_t ow0 = 0; ow0 < OWq; ow0 += V) {
-                        VT xv = VLOAD(row + ow0);
-                        for (int o = 0; o < og; o++) acc[o] += VLOAD(d + o * OHq + ow0) * xv;
-                    }
-                }
-                T *sk = s + ((c * KK + ki * g->KW + kj) * V);
+    const int nq = TILES(og);
+    const int64_t Wq = ROW_Q(g);
+    VT acc[8][8];
+    for (int o = 0; o < og; o++)
+        for (int q = 0; q < nq; q++) acc[o][q] = (VT){0};
+    for (int64_t j = 0; j < ns; j++)
+        for (int64_t oh = 0; oh < g->OH; oh++) {
+            const T *xr = xk + j * xs + oh * g->SH * Wq;
+            for (int64_t t = 0; t < tw; t++, xr += V, dp += og * V) {
+                VT xv[8];
+                for (int q = 0; q < nq; q++) xv[q] = VLOAD(xr + qo[q]);
                 for (int o = 0; o < og; o++) {
-                    VT t = VLOAD(sk + o * Cg * KK * V) + acc[o];
-                    memcpy(sk + o * Cg * KK * V, &t, sizeof t);
+                    VT dv = *(volatile const FN(vec_u) *)(dp + o * V); /* once: see above */
+                    for (int q = 0; q < nq; q++) acc[o][q] += dv * xv[q];
                 }
             }
+        }
+    for (int o = 0; o < og; o++)
+        for (int q = 0; q < nvalid; q++) {
+            FN(fold_u) u = {.v = acc[o][q]};
+            u.h[0] += u.h[1];
+            FN(quarter_u) *d = (FN(quarter_u) *)(s + (o * K + q) * L);
+            *d += u.q[0] + u.q[1];
+        }
 }
 
 /* dw [O, Cg KH KW] = the weight gradient of the direct convolution over
  * samples [n0, n0+nb): dw[o,c,ki,kj] = the sum over (n, oh, ow) of
  * gy[n,o,oh,ow] xpad[n, c, oh SH + ki DH, ow + kj DW], in an order fixed by
- * the shapes: V lanes per weight (ow mod V), summed over tiles and rows into
- * registers per sample, then into lane sums (acc) sample by sample, then the
- * lanes pairwise. xp: C Hp Wq elements; gyp: O OH OWq (the sample's gy with
- * rows padded to whole tiles by zeros); acc: O Cg KH KW V. */
+ * the shapes: V lanes per weight (ow mod V) summed in registers over groups
+ * of ns samples (dw_group: enough tiles that the registers' fold into
+ * memory is amortised), folded to L lanes and added to lane sums (acc)
+ * group by group, the L lanes pairwise at the end. xp: ns C Hp Wq elements;
+ * dp: ns 8 OH OWq (a run of channels' gradient packed by tiles); acc: O Cg
+ * KH KW L. */
 __attribute__((target_clones("arch=x86-64-v4", "default"))) static void
 FN(conv_direct_dw)(const cr_window *g, int64_t G, int64_t O, const T *x, const T *gy, int64_t n0, int64_t nb,
-                   T *dw, T *xp, T *gyp, T *acc)
+                   T *dw, T *xp, T *dp, T *acc)
 {
-    const int64_t C = g->C, Cg = C / G, Og = O / G, KK = g->KH * g->KW, OW = g->OW, P = g->OH * OW;
-    const int64_t Hp = g->H + 2 * g->PH, Wq = g->W + 2 * g->PW + V, nw = O * Cg * KK;
-    const int64_t OWq = (OW + V - 1) / V * V;
-    memset(acc, 0, (size_t)(nw * V) * sizeof(T));
-    for (int64_t n = n0; n < n0 + nb; n++) {
-        FN(pad_planes)(g, C, x + n * C * g->H * g->W, xp);
-        for (int64_t r = 0; r < O * g->OH; r++) {
-            memcpy(gyp + r * OWq, gy + n * O * P + r * OW, (size_t)OW * sizeof(T));
-            memset(gyp + r * OWq + OW, 0, (size_t)(OWq - OW) * sizeof(T));
+    const int64_t C = g->C, Cg = C / G, Og = O / G, KK = g->KH * g->KW, K = Cg * KK, OW = g->OW,
+                  P = g->OH * OW;
+    const int64_t Hp = g->H + 2 * g->PH, Wq = ROW_Q(g), nw = O * K, xs = C * Hp * Wq;
+    const int64_t tw = (OW + V - 1) / V, group = dw_group(g, V);
+    memset(acc, 0, (size_t)(nw * L) * sizeof(T));
+    for (int64_t n1 = n0; n1 < n0 + nb; n1 += group) {
+        int64_t ns = n0 + nb - n1 < group ? n0 + nb - n1 : group;
+        const T *xn = x + n1 * xs; /* in place: xs is a sample */
+        if (!IN_PLACE(g)) {
+            for (int64_t j = 0; j < ns; j++)
+                FN(pad_planes)(g, C, x + (n1 + j) * C * g->H * g->W, xp + j * xs);
+            xn = xp;
         }
         for (int64_t k = 0; k < G; k++)
             for (int64_t o0 = 0; o0 < Og; o0 += 8) {
-                int og = Og - o0 < 8 ? (int)(Og - o0) : 8;
+                int og = Og - o0 < 8 ? (int)(Og - o0) : 8, nq = TILES(og);
                 int64_t o = k * Og + o0;
-                const T *xk = xp + k * Cg * Hp * Wq, *go = gyp + o * g->OH * OWq;
-                T *so = acc + o * Cg * KK * V;
-#define LANES_OF(OG) FN(direct_dw_lanes)(g, Cg, OG, xk, go, OWq, so)
-                DIRECT_SWITCH(LANES_OF)
-#undef LANES_OF
+                /* dp[j][oh][t][i][l] = gy[n1 + j, o + i, oh, t V + l], zero past OW */
+                for (int64_t j = 0; j < ns; j++)
+                    for (int64_t oh = 0; oh < g->OH; oh++)
+                        for (int64_t t = 0; t < tw; t++)
+                            for (int64_t i = 0; i < og; i++) {
+                                T *d = dp + (((j * g->OH + oh) * tw + t) * og + i) * V;
+                                const T *r = gy + ((n1 + j) * O + o + i) * P + oh * OW + t * V;
+                                int64_t len = OW - t * V < V ? OW - t * V : V;
+                                if (len == V) { /* a vector copy, not a call */
+                                    FN(vec_u) v = VLOAD(r);
+                                    memcpy(d, &v, sizeof v);
+                                    continue;
+                                }
+                                memcpy(d, r, (size_t)len * sizeof(T));
+                                memset(d + len, 0, (size_t)(V - len) * sizeof(T));
+                            }
+                const T *xk = xn + k * Cg * Hp * Wq;
+                T *so = acc + o * K * L;
+                for (int64_t j0 = 0; j0 < K; j0 += nq) {
+                    int64_t qo[8];
+                    int nvalid = K - j0 < nq ? (int)(K - j0) : nq;
+                    for (int q = 0; q < nq; q++) {
+                        int64_t j = j0 + (q < nvalid ? q : nvalid - 1), c = j / KK, ki = j % KK / g->KW,
+                                kj = j % g->KW;
+                        qo[q] = (c * Hp + ki * g->DH) * Wq + kj * g->DW;
+                    }
+#define DW_OF(OG) FN(direct_dw_tiles)(g, OG, xk, qo, dp, tw, K, nvalid, so + j0 * L, ns, xs)
+                    DIRECT_SWITCH(DW_OF)
+#undef DW_OF
+                }
             }
     }
     for (int64_t j = 0; j < nw; j++) {
-        T *s = acc + j * V;
-        for (int64_t h = V / 2; h >= 1; h /= 2)
+        T *s = acc + j * L;
+        for (int64_t h = L / 2; h >= 1; h /= 2)
             for (int64_t l = 0; l < h; l++) s[l] += s[l + h];
         dw[j] = s[0];
     }
 }
+#undef L
+#undef TILES
 #undef DIRECT_SWITCH
+#undef ROW_Q
+#undef IN_PLACE
 #undef VLOAD
 #undef V
 #undef VT

@@ -426,17 +426,17 @@ void cr_k_im2col(const cr_window *g, const cr_tensor *x, int64_t n0, int64_t nb,
 /* The adjoint of im2col: gx[n0 .. n0+nb) += each column entry at the element it came
  * from (per plane in a fixed order, so any thread count gives the same sums). */
 void cr_k_col2im(const cr_window *g, const cr_tensor *cols, int64_t n0, int64_t nb, cr_tensor *gx);
-/* The direct convolution, for few output channels per group, where a
- * product [O/G, C/G KH KW] x [C/G KH KW, positions] is too thin for gemm.
- * x [N, C, H, W], w [O, C/G, KH, KW], b [O] or NULL, y [N, O, OH, OW], all
- * contiguous, stride 1 along W (g->SW == 1). cr_k_conv_direct writes y for
- * samples [n0, n0+nb); cr_k_conv_direct_dw writes dw [O, C/G, KH, KW] = the
- * weight gradient from those samples' gy (same shape as y), summed in an
- * order fixed by the shapes. scratch: cr_k_conv_direct_scratch elements of
- * x's dtype (dw: with the gradient's partial sums). */
+/* The direct convolution (no columns): x [N, C, H, W], w [O, C/G, KH, KW],
+ * b [O] or NULL, y [N, O, OH, OW], all contiguous, stride 1 along W
+ * (g->SW == 1). cr_k_conv_direct writes y (or adds to it: add) for samples
+ * [n0, n0+nb); cr_k_conv_direct_dw writes dw [O, C/G, KH, KW] = the weight
+ * gradient from those samples' gy (same shape as y), summed in an order
+ * fixed by the shapes. scratch: cr_k_conv_direct_scratch elements of x's
+ * dtype (the padded input, the packed weight; dw: the packed gradient and
+ * the lane sums). */
 int64_t cr_k_conv_direct_scratch(const cr_window *g, int64_t groups, int64_t O, cr_dtype dt, bool dw);
 void cr_k_conv_direct(const cr_window *g, int64_t groups, const cr_tensor *x, const cr_tensor *w,
-                      const cr_tensor *b, int64_t n0, int64_t nb, cr_tensor *y, cr_tensor *scratch);
+                      const cr_tensor *b, int64_t n0, int64_t nb, cr_tensor *y, bool add, cr_tensor *scratch);
 void cr_k_conv_direct_dw(const cr_window *g, int64_t groups, const cr_tensor *x, const cr_tensor *gy,
                          int64_t n0, int64_t nb, cr_tensor *dw, cr_tensor *scratch);
 /* Pooling over every H x W plane of x (contiguous) into out [..., OH, OW].

@@ -820,6 +820,8 @@ static void check_conv2d(void)
           .bias = true,
           .view = true}},
         {"conv2d through BLIS", {2, {2, 8, 10, 10}, {16, 8, 3, 3}, .o2 = {.padding = {1, 1}}, .bias = true}},
+        /* no padding and rows of 8 outputs (whole f64 tiles): the direct kernels read the input in place */
+        {"conv2d read in place", {2, {3, 3, 6, 10}, {5, 3, 3, 3}, .o2 = {.stride = {2, 1}}, .bias = true}},
         /* for the direct kernels: 10 channels (a tile of 8 and one of 2), rows of
          * 21 outputs (f64 tiles of 8: a partial third), stride and dilation along H */
         {"conv2d wide rows, 10 channels",
