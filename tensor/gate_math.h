@@ -8,20 +8,11 @@
 #include <stdint.h>
 #include <string.h>
 
-/* Single-precision exp, tanh and sigmoid for the gate nonlinearities, written
- * without calls or branches so the compiler vectorises the loops around them
- * (libm's scalar tanhf/expf were a fifth of an LSTM step). Accuracy: a few
- * ulp (tests/test_tensor.c checks them against double-precision libm).
- *
- * exp: x = n ln2 + r with |r| <= ln2/2 (ln2 split in two for an exact
- * product), e^r by its Taylor polynomial to r^7 (truncation 5e-9, below float
- * rounding), 2^n built in the exponent bits. x is clamped to [-87, 88], where
- * 2^n stays a normal float: enough for sigmoid and tanh, which saturate long
- * before. */
-static inline float exp_gate_f32(float x)
+/* xc = n ln2 + r with |r| <= ln2/2 (ln2 split in two for an exact
+ * product) and n an integer (in a float); returns e^r by its Taylor
+ * polynomial to r^7 (truncation 5e-9, below float rounding). */
+static inline float exp_reduced_f32(float xc, float *n_out)
 {
-    float xc = x > -87.0f ? x : -87.0f; /* a NaN too: its int conversion below would be undefined */
-    xc = xc < 88.0f ? xc : 88.0f;
     float n = (xc * 1.44269504f + 12582912.0f) - 12582912.0f; /* round to nearest */
     float r = (xc - n * 0.693359375f) - n * -2.12194440e-4f;
     float p = 1.0f / 5040;
@@ -32,6 +23,23 @@ static inline float exp_gate_f32(float x)
     p = p * r + 0.5f;
     p = p * r + 1.0f;
     p = p * r + 1.0f;
+    *n_out = n;
+    return p;
+}
+
+/* Single-precision exp, tanh and sigmoid for the gate nonlinearities, written
+ * without calls or branches so the compiler vectorises the loops around them
+ * (libm's scalar tanhf/expf were a fifth of an LSTM step). Accuracy: a few
+ * ulp (tests/test_tensor.c checks them against double-precision libm).
+ *
+ * exp: e^r of exp_reduced_f32, 2^n built in the exponent bits. x is clamped to [-87, 88], where
+ * 2^n stays a normal float: enough for sigmoid and tanh, which saturate long
+ * before. */
+static inline float exp_gate_f32(float x)
+{
+    float xc = x > -87.0f ? x : -87.0f; /* a NaN too: its int conversion below would be undefined */
+    xc = xc < 88.0f ? xc : 88.0f;
+    float n, p = exp_reduced_f32(xc, &n);
     int32_t bits = ((int32_t)n + 127) << 23;
     float scale;
     memcpy(&scale, &bits, sizeof scale);
@@ -55,16 +63,7 @@ static inline float exp_softmax_f32(float x)
 {
     float xc = x > -104.0f ? x : -104.0f; /* NaN and -inf give -104 */
     xc = xc < 89.0f ? xc : 89.0f;
-    float n = (xc * 1.44269504f + 12582912.0f) - 12582912.0f; /* round to nearest */
-    float r = (xc - n * 0.693359375f) - n * -2.12194440e-4f;
-    float p = 1.0f / 5040;
-    p = p * r + 1.0f / 720;
-    p = p * r + 1.0f / 120;
-    p = p * r + 1.0f / 24;
-    p = p * r + 1.0f / 6;
-    p = p * r + 0.5f;
-    p = p * r + 1.0f;
-    p = p * r + 1.0f;
+    float n, p = exp_reduced_f32(xc, &n);
     int32_t ni = (int32_t)n, n1 = ni / 2, n2 = ni - n1; /* each in [-75, 64] */
     int32_t b1 = (n1 + 127) * (1 << 23), b2 = (n2 + 127) * (1 << 23);
     float s1, s2;

@@ -13,6 +13,7 @@
 #include <stdbool.h>
 
 #include "gate_math.h"
+#include "isa.h"
 #include "tensor.h"
 
 bool cr_gates_baseline = false;
@@ -25,8 +26,7 @@ bool cr_gates_baseline = false;
 #include "rnn_kernels_impl.h"
 #undef SFX
 #undef TGT
-#if defined(__GNUC__) && defined(__x86_64__)
-#define GATES_ISA 1
+#ifdef CR_ISA_VARIANTS
 #define SFX f32_avx2
 #define TGT __attribute__((target("avx2")))
 #include "rnn_kernels_impl.h"
@@ -54,32 +54,6 @@ bool cr_gates_baseline = false;
 #undef TANH
 #undef SIGMOID
 
-/* The widest f32 variant this CPU runs: 2 AVX-512, 1 AVX2, 0 baseline. */
-static int gates_isa(void)
-{
-#ifdef GATES_ISA
-    if (cr_gates_baseline) return 0;
-    if (__builtin_cpu_supports("avx512f")) return 2;
-    if (__builtin_cpu_supports("avx2")) return 1;
-#endif
-    return 0;
-}
-
-#ifdef GATES_ISA
-#define F32_CALL(name, ...)                                                                                  \
-    do {                                                                                                     \
-        int isa_ = gates_isa();                                                                              \
-        if (isa_ == 2)                                                                                       \
-            name##_f32_avx512(__VA_ARGS__);                                                                  \
-        else if (isa_ == 1)                                                                                  \
-            name##_f32_avx2(__VA_ARGS__);                                                                    \
-        else                                                                                                 \
-            name##_f32(__VA_ARGS__);                                                                         \
-    } while (0)
-#else
-#define F32_CALL(name, ...) name##_f32(__VA_ARGS__)
-#endif
-
 /* Row stride of a 2-D operand (unit inner stride checked by the caller). */
 static int64_t rs(const cr_tensor *t) { return t->stride[0]; }
 static void *dp(cr_tensor *t) { return t->data; }
@@ -89,7 +63,8 @@ void cr_k_lstm_gates(cr_tensor *out, cr_tensor *act, const cr_tensor *gx, const 
 {
     int64_t B = c->shape[0], H = c->shape[1];
     if (out->dtype == CR_F32)
-        F32_CALL(lstm_gates, B, H, out->data, act->data, gx->data, rs(gx), gh->data, rs(gh), c->data, rs(c));
+        CR_F32_CALL(lstm_gates, B, H, out->data, act->data, gx->data, rs(gx), gh->data, rs(gh), c->data,
+                    rs(c));
     else
         lstm_gates_f64(B, H, out->data, act->data, gx->data, rs(gx), gh->data, rs(gh), c->data, rs(c));
 }
@@ -99,8 +74,8 @@ void cr_k_lstm_gates_backward(cr_tensor *dgx, bool gx_first, cr_tensor *dgh, boo
 {
     int64_t B = c->shape[0], H = c->shape[1];
     if (dy->dtype == CR_F32)
-        F32_CALL(lstm_gates_backward, B, H, dp(dgx), rs(dgx), gx_first, dp(dgh), rs(dgh), gh_first, dp(dc),
-                 rs(dc), c_first, dy->data, act->data, c->data, rs(c));
+        CR_F32_CALL(lstm_gates_backward, B, H, dp(dgx), rs(dgx), gx_first, dp(dgh), rs(dgh), gh_first, dp(dc),
+                    rs(dc), c_first, dy->data, act->data, c->data, rs(c));
     else
         lstm_gates_backward_f64(B, H, dp(dgx), rs(dgx), gx_first, dp(dgh), rs(dgh), gh_first, dp(dc), rs(dc),
                                 c_first, dy->data, act->data, c->data, rs(c));
@@ -111,7 +86,8 @@ void cr_k_gru_gates(cr_tensor *out, cr_tensor *act, const cr_tensor *gx, const c
 {
     int64_t B = h->shape[0], H = h->shape[1];
     if (out->dtype == CR_F32)
-        F32_CALL(gru_gates, B, H, out->data, act->data, gx->data, rs(gx), gh->data, rs(gh), h->data, rs(h));
+        CR_F32_CALL(gru_gates, B, H, out->data, act->data, gx->data, rs(gx), gh->data, rs(gh), h->data,
+                    rs(h));
     else
         gru_gates_f64(B, H, out->data, act->data, gx->data, rs(gx), gh->data, rs(gh), h->data, rs(h));
 }
@@ -121,8 +97,8 @@ void cr_k_gru_gates_backward(cr_tensor *dgx, bool gx_first, cr_tensor *dgh, bool
 {
     int64_t B = h->shape[0], H = h->shape[1];
     if (dy->dtype == CR_F32)
-        F32_CALL(gru_gates_backward, B, H, dp(dgx), rs(dgx), gx_first, dp(dgh), rs(dgh), gh_first, dp(dh),
-                 rs(dh), h_first, dy->data, act->data, h->data, rs(h));
+        CR_F32_CALL(gru_gates_backward, B, H, dp(dgx), rs(dgx), gx_first, dp(dgh), rs(dgh), gh_first, dp(dh),
+                    rs(dh), h_first, dy->data, act->data, h->data, rs(h));
     else
         gru_gates_backward_f64(B, H, dp(dgx), rs(dgx), gx_first, dp(dgh), rs(dgh), gh_first, dp(dh), rs(dh),
                                h_first, dy->data, act->data, h->data, rs(h));

@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "gate_math.h"
+#include "isa.h"
 #include "softmax_kernels.h"
 #include "tensor.h"
 
@@ -24,8 +25,7 @@
 #include "softmax_kernels_impl.h"
 #undef SFX
 #undef TGT
-#if defined(__GNUC__) && defined(__x86_64__)
-#define SOFTMAX_ISA 1
+#ifdef CR_ISA_VARIANTS
 #define SFX f32_avx2
 #define TGT __attribute__((target("avx2")))
 #include "softmax_kernels_impl.h"
@@ -38,41 +38,14 @@
 #undef TGT
 #endif
 
-/* The widest variant this CPU runs (cr_gates_baseline forces the baseline):
- * 2 AVX-512, 1 AVX2, 0 baseline. */
-static int softmax_isa(void)
-{
-#ifdef SOFTMAX_ISA
-    if (cr_gates_baseline) return 0;
-    if (__builtin_cpu_supports("avx512f")) return 2;
-    if (__builtin_cpu_supports("avx2")) return 1;
-#endif
-    return 0;
-}
-
-#ifdef SOFTMAX_ISA
-#define F32_CALL(name, ...)                                                                                  \
-    do {                                                                                                     \
-        int isa_ = softmax_isa();                                                                            \
-        if (isa_ == 2)                                                                                       \
-            name##_f32_avx512(__VA_ARGS__);                                                                  \
-        else if (isa_ == 1)                                                                                  \
-            name##_f32_avx2(__VA_ARGS__);                                                                    \
-        else                                                                                                 \
-            name##_f32(__VA_ARGS__);                                                                         \
-    } while (0)
-#else
-#define F32_CALL(name, ...) name##_f32(__VA_ARGS__)
-#endif
-
 void cr_k_softmax_rows_f32(float *out, const float *x, int64_t rows, int64_t n, bool log)
 {
-    if (n > 0) F32_CALL(softmax_rows, out, x, rows, n, log);
+    if (n > 0) CR_F32_CALL(softmax_rows, out, x, rows, n, log);
 }
 
 void cr_k_log_softmax_backward_rows_f32(float *gx, const float *gy, const float *y, int64_t rows, int64_t n)
 {
-    if (n > 0) F32_CALL(log_softmax_backward_rows, gx, gy, y, rows, n);
+    if (n > 0) CR_F32_CALL(log_softmax_backward_rows, gx, gy, y, rows, n);
 }
 
 void cr_k_exp_softmax(cr_tensor *y, const cr_tensor *x)
@@ -80,7 +53,7 @@ void cr_k_exp_softmax(cr_tensor *y, const cr_tensor *x)
     if (x->dtype != CR_F32 || y->dtype != CR_F32 || !cr_is_contiguous(x) || !cr_is_contiguous(y) ||
         !cr_same_shape(x, y))
         cr_error("cr_k_exp_softmax: needs contiguous f32 operands of one shape");
-    F32_CALL(exp_all, y->data, x->data, cr_numel(x));
+    CR_F32_CALL(exp_all, y->data, x->data, cr_numel(x));
 }
 
 /* f64: g_c (+)= scale * (e^lp_c - [c == t]) with libm's exp */
@@ -118,7 +91,7 @@ void cr_k_cross_entropy_backward(cr_tensor *gx, bool first, const cr_tensor *log
                      t[r], (long long)r, (long long)C);
     if (C == 0) return;
     if (gx->dtype == CR_F32)
-        F32_CALL(ce_backward, gx->data, logp->data, target->data, rows, C, ignore, scale, first);
+        CR_F32_CALL(ce_backward, gx->data, logp->data, target->data, rows, C, ignore, scale, first);
     else
         ce_backward_f64(gx->data, logp->data, target->data, rows, C, ignore, scale, first);
 }
