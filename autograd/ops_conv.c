@@ -240,20 +240,25 @@ static void fwd_block(const fwd_ctx *c, int64_t blk)
     if (c->yb) reorder(true, d->es, at(c->y, n0 * d->O * d->P), out, m, d->O, d->P);
 }
 
-/* The direct forward: blocks of samples as the lowering's, each thread with
- * its own padded-sample scratch. */
-static void fwd_direct(const fwd_ctx *c)
+static int64_t block_size(const conv_dims *d, int64_t blk)
 {
-    const conv_dims *d = &c->d;
-    int64_t per = cr_k_conv_direct_scratch(&c->dg, d->G, d->O, d->dt, false);
+    return d->N - blk * d->nb < d->nb ? d->N - blk * d->nb : d->nb;
+}
+
+/* y (+)= the direct convolution of x with w (and b) under window g, O output
+ * channels: blocks of samples as the lowering's, each thread with its own
+ * padded-sample scratch. The forward, and dX as a convolution of dY. */
+static void direct_blocks(const conv_dims *d, const cr_window *g, int64_t O, const cr_tensor *x,
+                          const cr_tensor *w, const cr_tensor *b, cr_tensor *y, bool add)
+{
+    int64_t per = cr_k_conv_direct_scratch(g, d->G, O, d->dt, false);
     cr_tensor *s = scratch(d, per);
     CR_PAR_FOR(
         d->par, "omp parallel for schedule(static) num_threads(d->threads)",
-        for (int64_t b = 0; b < d->blocks; b++) {
+        for (int64_t k = 0; k < d->blocks; k++) {
             cr_tensor sv = flat(s, per);
             sv.data = at(s, thread_id(d) * per);
-            int64_t n0 = b * d->nb, m = d->N - n0 < d->nb ? d->N - n0 : d->nb;
-            cr_k_conv_direct(&c->dg, d->G, c->x, c->w, c->b, n0, m, c->y, false, &sv);
+            cr_k_conv_direct(g, d->G, x, w, b, k * d->nb, block_size(d, k), y, add, &sv);
         });
 }
 
@@ -268,7 +273,7 @@ static void conv_fwd(cr_node *n)
                  .y = n->out};
     const conv_dims *d = &c.d;
     if (d->dconv) {
-        fwd_direct(&c);
+        direct_blocks(&c.d, &c.dg, c.d.O, c.x, c.w, c.b, c.y, false);
         return;
     }
     int64_t slice = d->rows * d->nb * d->P, all;
@@ -350,11 +355,6 @@ typedef struct {
     cr_tensor *dyb;        /* per thread: dY [O, m*P], when nb > 1 */
     bool gx_first;         /* gx is a new buffer: written, not added to */
 } bwd_ctx;
-
-static int64_t block_size(const conv_dims *d, int64_t blk)
-{
-    return d->N - blk * d->nb < d->nb ? d->N - blk * d->nb : d->nb;
-}
 
 /* dW[g]^T = sum over the segment's blocks of cols[g] dY[g]^T: BLIS sums
  * fastest over the rows of dY^T [m*P, O] (a row-major operand), not over a
@@ -471,16 +471,7 @@ static void dx_direct(const bwd_ctx *c)
                    .DW = g->DW,
                    .OH = g->H,
                    .OW = g->W};
-    int64_t per = cr_k_conv_direct_scratch(&t, d->G, d->C, d->dt, false);
-    cr_tensor *s = scratch(d, per);
-    CR_PAR_FOR(
-        d->par, "omp parallel for schedule(static) num_threads(d->threads)",
-        for (int64_t b = 0; b < d->blocks; b++) {
-            cr_tensor sv = flat(s, per);
-            sv.data = at(s, thread_id(d) * per);
-            cr_k_conv_direct(&t, d->G, c->gy, wf, NULL, b * d->nb, block_size(d, b), c->gx, !c->gx_first,
-                             &sv);
-        });
+    direct_blocks(d, &t, d->C, c->gy, wf, NULL, c->gx, !c->gx_first);
 }
 #undef FLIP_WEIGHT
 
