@@ -21,23 +21,9 @@ bool cr_gates_baseline = false;
 #define T float
 #define TANH tanh_gate_f32
 #define SIGMOID sigmoid_gate_f32
-#define SFX f32
-#define TGT
-#include "rnn_kernels_impl.h"
-#undef SFX
-#undef TGT
-#ifdef CR_ISA_VARIANTS
-#define SFX f32_avx2
-#define TGT __attribute__((target("avx2")))
-#include "rnn_kernels_impl.h"
-#undef SFX
-#undef TGT
-#define SFX f32_avx512
-#define TGT __attribute__((target("avx512f")))
-#include "rnn_kernels_impl.h"
-#undef SFX
-#undef TGT
-#endif
+#define CR_ISA_IMPL "rnn_kernels_impl.h"
+#include "isa_variants.h"
+#undef CR_ISA_IMPL
 #undef T
 #undef TANH
 #undef SIGMOID

@@ -20,23 +20,9 @@
 
 #define LANES 16
 
-#define SFX f32
-#define TGT
-#include "softmax_kernels_impl.h"
-#undef SFX
-#undef TGT
-#ifdef CR_ISA_VARIANTS
-#define SFX f32_avx2
-#define TGT __attribute__((target("avx2")))
-#include "softmax_kernels_impl.h"
-#undef SFX
-#undef TGT
-#define SFX f32_avx512
-#define TGT __attribute__((target("avx512f")))
-#include "softmax_kernels_impl.h"
-#undef SFX
-#undef TGT
-#endif
+#define CR_ISA_IMPL "softmax_kernels_impl.h"
+#include "isa_variants.h"
+#undef CR_ISA_IMPL
 
 void cr_k_softmax_rows_f32(float *out, const float *x, int64_t rows, int64_t n, bool log)
 {
