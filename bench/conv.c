@@ -27,6 +27,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "args.h"
 #include "carousel.h"
 #include "peer.h"
 
@@ -69,20 +70,6 @@ static void usage(const char *prog)
     exit(2);
 }
 
-static void parse_list(const char *prog, const char *s, int64_t *list, int *n)
-{
-    *n = 0;
-    for (;;) {
-        char *end;
-        long long v = strtoll(s, &end, 10);
-        if (end == s || v < 1 || *n == MAX_LIST) usage(prog);
-        list[(*n)++] = v;
-        if (*end == '\0') return;
-        if (*end != ',') usage(prog);
-        s = end + 1;
-    }
-}
-
 static opts parse(int argc, char **argv)
 {
     opts o = {
@@ -97,9 +84,10 @@ static opts parse(int argc, char **argv)
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) usage(argv[0]);
         const char *v = i + 1 < argc ? argv[++i] : NULL;
         if (!v) usage(argv[0]);
-        if (!strcmp(a, "--threads"))
-            parse_list(argv[0], v, o.threads, &o.n_threads);
-        else if (!strcmp(a, "--reps"))
+        if (!strcmp(a, "--threads")) {
+            o.n_threads = 0; /* a repeated flag replaces the list */
+            if (!bench_list(v, o.threads, &o.n_threads, MAX_LIST)) usage(argv[0]);
+        } else if (!strcmp(a, "--reps"))
             o.reps = atoi(v);
         else if (!strcmp(a, "--rounds"))
             o.rounds = atoi(v);
