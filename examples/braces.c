@@ -196,17 +196,8 @@ static void score(model *m, const batch *b, cr_graph *g, int64_t *right, int64_t
 int main(int argc, char **argv)
 {
     bool quick = cli_has(argc, argv, "--quick");
-    cli_training t = {.steps = 3000,
-                      .hidden = 48,
-                      .batch = 64,
-                      .shards = 4,
-                      .threads = quick ? 1 : 0,
-                      .seed = 1,
-                      .lr = 1e-2,
-                      .clip = 1.0,
-                      .warmup = true,
-                      .decay = 20,
-                      .quick = quick};
+    cli_training t = {
+        CLI_TRAINING_COMMON(quick), .steps = 3000, .hidden = 48, .batch = 64, .lr = 1e-2, .warmup = true};
     opts o = {.kinds = 3, .max_len = 20, .depth = 4, .test = 2000, .threshold = 0.9};
     if (quick) o.max_len = 12, o.depth = 3, t.hidden = 32, t.steps = 800;
     cli_flag flags[] = {

@@ -268,6 +268,15 @@ typedef struct cli_training {
     cr_graph *g, *prev; /* the step's graph, made current; the one it replaced */
 } cli_training;
 
+/* The training block's settings the small examples share, as designated
+ * initializers inside a cli_training: 4 shards (the results do not depend on
+ * the thread count), one thread under --quick (meson test runs several
+ * examples at once, every core otherwise), seed 1, clipping at norm 1, a
+ * cosine decay to lr / 20. The example adds its cell, steps, sizes, lr and
+ * warm-up. */
+#define CLI_TRAINING_COMMON(quick_)                                                                          \
+    .shards = 4, .threads = (quick_) ? 1 : 0, .seed = 1, .clip = 1.0, .decay = 20, .quick = (quick_)
+
 /* A row of the example's table whose variable is a field of cli_training:
  * cli_training_parse fills in its kind and variable, and the usual help
  * where `help` is NULL. */

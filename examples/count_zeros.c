@@ -121,17 +121,12 @@ static void evaluate(model *m, const batch *b, cr_graph *g, double *rmse, double
 int main(int argc, char **argv)
 {
     bool quick = cli_has(argc, argv, "--quick");
-    cli_training t = {.cell = "rnn_relu",
+    cli_training t = {CLI_TRAINING_COMMON(quick),
+                      .cell = "rnn_relu",
                       .steps = quick ? 600 : 2000,
                       .hidden = 8,
                       .batch = 64,
-                      .shards = 4,
-                      .threads = quick ? 1 : 0,
-                      .seed = 1,
-                      .lr = 1e-2,
-                      .clip = 1.0,
-                      .decay = 20,
-                      .quick = quick};
+                      .lr = 1e-2};
     opts o = {.len = 16, .test = 1000, .threshold = 0.9};
     cli_flag flags[] = {
         CLI_TRAINING_FLAG("--cell", "a built-in cell: rnn_relu, rnn_tanh, gru, lstm, ..."),

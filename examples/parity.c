@@ -122,17 +122,12 @@ static double accuracy(model *m, const batch *b, cr_graph *g)
 int main(int argc, char **argv)
 {
     bool quick = cli_has(argc, argv, "--quick");
-    cli_training t = {.cell = "gru",
+    cli_training t = {CLI_TRAINING_COMMON(quick),
+                      .cell = "gru",
                       .steps = quick ? 500 : 3000,
                       .hidden = 16,
                       .batch = 32,
-                      .shards = 4,
-                      .threads = quick ? 1 : 0,
-                      .seed = 1,
-                      .lr = 1e-2,
-                      .clip = 1.0,
-                      .decay = 20,
-                      .quick = quick};
+                      .lr = 1e-2};
     opts o = {.len = 10, .test = 1000, .threshold = 0.95};
     cli_flag flags[] = {
         CLI_TRAINING_FLAG("--cell", "a built-in cell: gru, lstm, rnn_tanh, ..."),

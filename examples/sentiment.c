@@ -276,16 +276,7 @@ static double run(const opts *o, bool bidirectional, const review *train, const 
 int main(int argc, char **argv)
 {
     bool quick = cli_has(argc, argv, "--quick");
-    opts o = {.t = {.batch = 32,
-                    .hidden = 32,
-                    .shards = 4,
-                    .threads = quick ? 1 : 0,
-                    .seed = 1,
-                    .lr = 1e-2,
-                    .clip = 1.0,
-                    .warmup = true,
-                    .decay = 20,
-                    .quick = quick},
+    opts o = {.t = {CLI_TRAINING_COMMON(quick), .batch = 32, .hidden = 32, .lr = 1e-2, .warmup = true},
               .train = quick ? 2000 : 1000,
               .test = 2000,
               .epochs = quick ? 5 : 15,

@@ -48,17 +48,8 @@ typedef struct example {
 static opts parse(int argc, char **argv)
 {
     bool quick = cli_has(argc, argv, "--quick");
-    opts o = {.t = {.steps = quick ? 300 : 600,
-                    .batch = 64,
-                    .hidden = 64,
-                    .shards = 4,
-                    .threads = quick ? 1 : 0,
-                    .seed = 1,
-                    .lr = 5e-3,
-                    .clip = 1.0,
-                    .warmup = true,
-                    .decay = 20,
-                    .quick = quick},
+    opts o = {.t = {CLI_TRAINING_COMMON(quick), .steps = quick ? 300 : 600, .batch = 64, .hidden = 64,
+                    .lr = 5e-3, .warmup = true},
               .task = "reverse",
               .embed = 32,
               .min_len = 3,

@@ -238,17 +238,8 @@ static score run(const opts *o, bool bidirectional, const sentence *test)
 int main(int argc, char **argv)
 {
     bool quick = cli_has(argc, argv, "--quick");
-    opts o = {.t = {.steps = quick ? 400 : 1500,
-                    .batch = 32,
-                    .hidden = 32,
-                    .shards = 4,
-                    .threads = quick ? 1 : 0,
-                    .seed = 1,
-                    .lr = 1e-2,
-                    .clip = 1.0,
-                    .warmup = true,
-                    .decay = 20,
-                    .quick = quick},
+    opts o = {.t = {CLI_TRAINING_COMMON(quick), .steps = quick ? 400 : 1500, .batch = 32, .hidden = 32,
+                    .lr = 1e-2, .warmup = true},
               .embed = 16,
               .test = 2000,
               .threshold = 0.95};
