@@ -118,6 +118,15 @@ static void prof_add(double *acc, stamp a, stamp b)
     acc[1] += b.c - a.c;
 }
 
+/* A step's end: its tail since m1 and the whole step since m0. */
+static void prof_step_end(prof *pf, stamp m0, stamp m1)
+{
+    stamp m2 = stamp_now();
+    prof_add(pf->ph[PH_TAIL], m1, m2);
+    prof_add(pf->ph[PH_STEP], m0, m2);
+    pf->steps++;
+}
+
 struct cr_trainer {
     cr_trainer_config cfg; /* as resolved: shards, threads, mode, local range */
     cr_params *ps;
@@ -868,12 +877,7 @@ cr_status cr_trainer_step(cr_trainer *t, const cr_task *task, cr_optim *opt, dou
             if (norm) *norm = tl.norm;
             tail_finish(t, &tl);
         }
-        if (pf) {
-            stamp m2 = stamp_now();
-            prof_add(pf->ph[PH_TAIL], m1, m2);
-            prof_add(pf->ph[PH_STEP], m0, m2);
-            pf->steps++;
-        }
+        if (pf) prof_step_end(pf, m0, m1);
         return st;
     }
     double l = cr_trainer_backward(t, task);
@@ -891,11 +895,6 @@ cr_status cr_trainer_step(cr_trainer *t, const cr_task *task, cr_optim *opt, dou
         *norm = NAN;
     if (st == CR_OK) cr_optim_step(opt);
     if (serial) cr_serial_end();
-    if (pf) {
-        stamp m2 = stamp_now();
-        prof_add(pf->ph[PH_TAIL], m1, m2);
-        prof_add(pf->ph[PH_STEP], m0, m2);
-        pf->steps++;
-    }
+    if (pf) prof_step_end(pf, m0, m1);
     return st;
 }
