@@ -404,6 +404,43 @@ void cr_fill(cr_tensor *t, double value)
     for (int64_t i = 0; i < n; i++) store(t, flat_offset(t, i), value);
 }
 
+/* dst = src where dst's rows are contiguous and src's columns are (a matrix
+ * and its transpose, as cr_weight_t copies W^T every sequence): row by row,
+ * every read of src would touch a new cache line, and at 4096 x 1024 the
+ * copy ran at 1.3 GB/s. In TILE x TILE tiles the lines read stay in L1 while
+ * the tile's rows are written: 0.46 ms instead of 1.5 at 2048 x 512, 3.3 ms
+ * instead of 25 at 4096 x 1024 (the weights of hidden 512 and 1024).
+ * Copies bits; false when the layout is not this one. */
+enum { TILE = 32 };
+#define TRANSPOSE_TILES(T)                                                                                   \
+    do {                                                                                                     \
+        T *d0 = dst->data;                                                                                   \
+        const T *s0 = src->data;                                                                             \
+        int64_t tiles = (R + TILE - 1) / TILE;                                                               \
+        CR_PAR_FOR(                                                                                          \
+            R * Q > cr_parallel_threshold, "omp parallel for schedule(static)",                              \
+            for (int64_t t = 0; t < tiles; t++) {                                                            \
+                int64_t r0 = t * TILE, r1 = r0 + TILE < R ? r0 + TILE : R;                                   \
+                for (int64_t q0 = 0; q0 < Q; q0 += TILE) {                                                   \
+                    int64_t q1 = q0 + TILE < Q ? q0 + TILE : Q;                                              \
+                    for (int64_t r = r0; r < r1; r++)                                                        \
+                        for (int64_t q = q0; q < q1; q++) d0[r * ds + q] = s0[q * ss + r];                   \
+                }                                                                                            \
+            });                                                                                              \
+    } while (0)
+static bool transposed_copy(cr_tensor *dst, const cr_tensor *src)
+{
+    if (dst->ndim != 2 || dst->stride[1] != 1 || src->stride[0] != 1 || src->stride[1] == 1) return false;
+    int64_t R = dst->shape[0], Q = dst->shape[1], ds = dst->stride[0], ss = src->stride[1];
+    if (R < TILE || Q < TILE) return false;
+    if (cr_dtype_size(src->dtype) == 4)
+        TRANSPOSE_TILES(uint32_t);
+    else
+        TRANSPOSE_TILES(uint64_t);
+    return true;
+}
+#undef TRANSPOSE_TILES
+
 /* dst = src for two operands of one shape, any strides: rows of the merged
  * iteration, a flat inner loop where both rows are contiguous. */
 #define COPY_ROWS(TD, TS)                                                                                    \
@@ -442,6 +479,7 @@ void cr_copy_(cr_tensor *dst, const cr_tensor *src)
         memmove(dst->data, src->data, (size_t)n * cr_dtype_size(src->dtype));
         return;
     }
+    if (dst->dtype == src->dtype && transposed_copy(dst, src)) return;
     const cr_tensor *ops[2] = {dst, src};
     cr_iter it;
     cr_iter_init(&it, dst->ndim, dst->shape, 2, ops);

@@ -375,6 +375,32 @@ Test(tensor, strided_copies_convert_every_dtype_pair)
     cr_copy_(cr_tensor_new(CR_F64, CR_SHAPE(0, 3)), cr_zeros(CR_F64, CR_SHAPE(0, 3))); /* empty */
 }
 
+/* The tiled path of a matrix copied from its transpose: every element, for
+ * sizes that are not multiples of the tile, a destination with padded rows,
+ * each element size, and a size that runs on threads. */
+Test(tensor, transposed_copies_hit_every_element)
+{
+    cr_dtype dts[3] = {CR_F32, CR_F64, CR_I32};
+    int64_t sizes[][2] = {{33, 70}, {64, 32}, {97, 31}, {700, 650}};
+    for (int d = 0; d < 3; d++)
+        for (int s = 0; s < 4; s++) {
+            int64_t R = sizes[s][0], Q = sizes[s][1];
+            cr_tensor *src = cr_tensor_new(dts[d], CR_SHAPE(Q, R)), st, dv;
+            for (int64_t k = 0; k < Q * R; k++) cr_set_flat(src, k, (double)(k % 1000003));
+            cr_view_transpose(&st, src, 0, 1);
+            cr_tensor *dst = cr_full(dts[d], CR_SHAPE(R, Q + 5), -1); /* rows padded by 5 */
+            cr_view_narrow(&dv, dst, 1, 0, Q);
+            cr_copy_(&dv, &st);
+            for (int64_t i = 0; i < R; i++) {
+                for (int64_t j = 0; j < Q; j++)
+                    if (cr_get(dst, (int64_t[]){i, j}) != cr_get(src, (int64_t[]){j, i}))
+                        cr_assert_fail("dtype %d, %lldx%lld: [%lld,%lld]", d, (long long)R, (long long)Q, (long long)i,
+                                (long long)j);
+                for (int64_t j = Q; j < Q + 5; j++) cr_assert_eq(cr_get(dst, (int64_t[]){i, j}), -1);
+            }
+        }
+}
+
 Test(tensor, unsqueeze_view)
 {
     cr_tensor *t = cr_arange(CR_F64, 0, 6, 1), x, u, tr;
