@@ -478,7 +478,10 @@ void cr_k_gemm(double alpha, const cr_tensor *a, const cr_tensor *b, double beta
 bool cr_gemm_blis_only = false;
 static atomic_llong own_products;
 
-int64_t cr_k_gemm_own_count(void) { return (int64_t)atomic_load_explicit(&own_products, memory_order_relaxed); }
+int64_t cr_k_gemm_own_count(void)
+{
+    return (int64_t)atomic_load_explicit(&own_products, memory_order_relaxed);
+}
 
 static bool own_possible(const ukr_info *u)
 {

@@ -28,7 +28,10 @@ bool cr_ukr_available(void) { return __builtin_cpu_supports("avx512f"); }
 
 /* Columns [j0, j0 + 16) of a panel: the lanes below `w` columns, and those
  * at or past j_edge (BLIS's edge tile along the columns). */
-static inline __mmask16 lanes_below(int64_t w) { return w >= 16 ? 0xffff : w <= 0 ? 0 : (__mmask16)((1u << w) - 1); }
+static inline __mmask16 lanes_below(int64_t w)
+{
+    return w >= 16 ? 0xffff : w <= 0 ? 0 : (__mmask16)((1u << w) - 1);
+}
 
 /* One tile: R rows (a constant once inlined) by the panel's NV vectors of
  * 16 columns, of which the lanes in cm[] exist in C. The accumulators stay in
@@ -99,7 +102,8 @@ TGT static void tile_rows(int rows, int64_t kc, const float *a, const float *b, 
 /* Panels outer, row groups inner: a panel (kc x 32, 48 KB at KC 384) is
  * read from L3 once and then from L1/L2 by every group of rows. */
 TGT void cr_ukr_sgemm_block(int64_t m, int64_t j_lo, int64_t j_hi, int64_t kc, float alpha, const float *ap,
-                            const float *bp, float beta, int64_t i_edge, int64_t j_edge, float *c, int64_t rsc)
+                            const float *bp, float beta, int64_t i_edge, int64_t j_edge, float *c,
+                            int64_t rsc)
 {
     bool general_beta = beta != 0 && beta != 1;
     for (int64_t j0 = j_lo; j0 < j_hi; j0 += CR_UKR_NW, bp += kc * CR_UKR_NW) {
