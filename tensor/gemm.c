@@ -2,12 +2,16 @@
  * where packing and dispatch cost more than the arithmetic (threshold
  * measured with bench/matmul); BLIS's micro-kernel under carousel's own
  * blocking loops when the product runs on one thread; BLIS's threaded typed
- * API when it may fork. */
+ * API when it may fork; products with a packed right operand on carousel's
+ * own AVX-512 micro-kernel (gemm_ukr.c) with BLIS's bits. */
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include <blis.h>
 
+#include "gemm_ukr.h"
 #include "iter.h"
 #include "tensor.h"
 
@@ -467,29 +471,75 @@ void cr_k_gemm(double alpha, const cr_tensor *a, const cr_tensor *b, double beta
  * With threads it splits the panels of the pack (C's columns) between them,
  * which changes no element's arithmetic either. */
 
+/* Packed f32 products use carousel's own micro-kernel (gemm_ukr.c) where
+ * it reproduces BLIS's arithmetic: the CPU has AVX-512 and BLIS runs its skx
+ * kernels (32 x 12, column-preferring, the blocksizes below multiples of the
+ * tile so that its edge tiles are the last rows and columns of C). */
+bool cr_gemm_blis_only = false;
+static atomic_llong own_products;
+
+int64_t cr_k_gemm_own_count(void)
+{
+    return (int64_t)atomic_load_explicit(&own_products, memory_order_relaxed);
+}
+
+static bool own_possible(const ukr_info *u)
+{
+#ifdef CR_HAVE_UKR
+    return cr_ukr_available() && bli_arch_query_id() == BLIS_ARCH_SKX && u->mr == 32 && u->nr == 12 &&
+           !u->rows && u->mc % u->mr == 0 && u->nc % u->nr == 0;
+#else
+    (void)u;
+    return false;
+#endif
+}
+
 /* The geometry of a pack: panels of width w (stored pw wide, zero-padded) of
- * B's n columns, per KC block of its k rows; `lhs` when B lands on the
- * micro-kernel's A side. */
+ * B's n columns, per KC block of its k rows; `lhs` when B lands on BLIS's
+ * micro-kernel's A side, `own` when the panels are carousel's kernel's
+ * (CR_UKR_NW wide, B on the vector side). */
 typedef struct pack_geom {
     ukr_info u;
-    bool lhs;
+    bool lhs, own;
     int64_t w, pw, panels;
-    size_t numel; /* elements, with slack for alignment and prefetches */
+    size_t numel; /* elements, with slack for alignment and prefetches, and the header */
 } pack_geom;
 
-static bool pack_geom_of(cr_dtype dt, int64_t k, int64_t n, pack_geom *g)
+/* A pack opens (at its first 64-byte boundary) with a header saying whose
+ * panels follow, so a product reads a pack the way it was made even if
+ * cr_gemm_blis_only changed in between; the panels start 64 bytes later. */
+typedef struct pack_head {
+    uint64_t magic;
+    int64_t k, n;
+    int32_t dtype, own;
+} pack_head;
+#define PACK_MAGIC 0x6b6361702d7263ull /* "cr-pack" */
+#define PACK_HEAD_BYTES 64
+
+/* own: -1 chooses (the own kernel where possible unless cr_gemm_blis_only),
+ * 0 or 1 asks for that layout (false when it cannot be had). */
+static bool pack_geom_of(cr_dtype dt, int64_t k, int64_t n, int own, pack_geom *g)
 {
     if (dt != CR_F32 && dt != CR_F64) return false;
     g->u = ukr_query(dt == CR_F32 ? BLIS_FLOAT : BLIS_DOUBLE);
-    g->lhs = !g->u.rows;
-    g->w = g->lhs ? g->u.mr : g->u.nr;
-    g->pw = g->lhs ? g->u.pmr : g->u.pnr;
-    /* the blocks over B's columns (MC or NC) must start on panel boundaries */
-    int64_t big = g->lhs ? g->u.mc : g->u.nc, big_max = g->lhs ? g->u.mc_max : g->u.nc_max;
-    if (big % g->w || big_max % g->w || k < 1 || n < 1) return false;
-    g->panels = (n + g->w - 1) / g->w;
+    bool can_own = dt == CR_F32 && own_possible(&g->u);
+    g->own = own < 0 ? can_own && !cr_gemm_blis_only : own == 1;
+    if (g->own && !can_own) return false;
+    if (k < 1 || n < 1) return false;
     size_t es = cr_dtype_size(dt);
-    g->numel = (size_t)(g->panels * g->pw * k) + (64 + 256 + es - 1) / es;
+    if (g->own) {
+        g->lhs = false;
+        g->w = g->pw = CR_UKR_NW;
+    } else {
+        g->lhs = !g->u.rows;
+        g->w = g->lhs ? g->u.mr : g->u.nr;
+        g->pw = g->lhs ? g->u.pmr : g->u.pnr;
+        /* the blocks over B's columns (MC or NC) must start on panel boundaries */
+        int64_t big = g->lhs ? g->u.mc : g->u.nc, big_max = g->lhs ? g->u.mc_max : g->u.nc_max;
+        if (big % g->w || big_max % g->w) return false;
+    }
+    g->panels = (n + g->w - 1) / g->w;
+    g->numel = (size_t)(g->panels * g->pw * k) + (64 + PACK_HEAD_BYTES + 256 + es - 1) / es;
     return true;
 }
 
@@ -498,10 +548,12 @@ static void *pack_base(const cr_tensor *pack)
     return (void *)(((uintptr_t)pack->data + 63) & ~(uintptr_t)63);
 }
 
+static void *pack_panels(const cr_tensor *pack) { return (char *)pack_base(pack) + PACK_HEAD_BYTES; }
+
 int64_t cr_k_gemm_pack_numel(const cr_tensor *b)
 {
     pack_geom g;
-    if (b->ndim != 2 || !pack_geom_of(b->dtype, b->shape[0], b->shape[1], &g)) return 0;
+    if (b->ndim != 2 || !pack_geom_of(b->dtype, b->shape[0], b->shape[1], -1, &g)) return 0;
     return (int64_t)g.numel;
 }
 
@@ -532,7 +584,7 @@ void cr_k_gemm_pack(cr_tensor *pack, const cr_tensor *b)
 {
     char s1[128];
     pack_geom g;
-    if (b->ndim != 2 || !pack_geom_of(b->dtype, b->shape[0], b->shape[1], &g))
+    if (b->ndim != 2 || !pack_geom_of(b->dtype, b->shape[0], b->shape[1], -1, &g))
         cr_error("cr_k_gemm_pack: %s %s cannot be packed", cr_dtype_name(b->dtype),
                  cr_shape_str(s1, sizeof s1, b->ndim, b->shape));
     if (pack->dtype != b->dtype || !cr_is_contiguous(pack) || cr_numel(pack) < (int64_t)g.numel)
@@ -540,10 +592,24 @@ void cr_k_gemm_pack(cr_tensor *pack, const cr_tensor *b)
                  cr_dtype_name(pack->dtype), (long long)g.numel);
     int64_t k = b->shape[0], n = b->shape[1], rsb = b->stride[0], csb = b->stride[1];
     fix_strides(k, n, &rsb, &csb);
+    pack_head h = {.magic = PACK_MAGIC, .k = k, .n = n, .dtype = (int32_t)b->dtype, .own = g.own};
+    memcpy(pack_base(pack), &h, sizeof h);
     if (b->dtype == CR_F32)
-        pack_whole_f32(&g, pack_base(pack), b->data, k, n, rsb, csb);
+        pack_whole_f32(&g, pack_panels(pack), b->data, k, n, rsb, csb);
     else
-        pack_whole_f64(&g, pack_base(pack), b->data, k, n, rsb, csb);
+        pack_whole_f64(&g, pack_panels(pack), b->data, k, n, rsb, csb);
+}
+
+/* The geometry `pack` was made with, if it is a pack of B (k x n, dtype). */
+static bool pack_geom_read(const cr_tensor *pack, cr_dtype dt, int64_t k, int64_t n, pack_geom *g)
+{
+    pack_head h;
+    if (pack->dtype != dt || !cr_is_contiguous(pack) ||
+        cr_numel(pack) * (int64_t)cr_dtype_size(dt) < 64 + PACK_HEAD_BYTES)
+        return false;
+    memcpy(&h, pack_base(pack), sizeof h);
+    return h.magic == PACK_MAGIC && h.k == k && h.n == n && h.dtype == (int32_t)dt &&
+           pack_geom_of(dt, k, n, h.own, g) && cr_numel(pack) >= (int64_t)g->numel;
 }
 
 /* C's columns [p0*w, p1*w) (panels p0..p1 of the pack), C row-stored. When
@@ -655,6 +721,53 @@ void cr_k_gemm_pack(cr_tensor *pack, const cr_tensor *b)
 PACKED_GEMM(float, f32, sgemm_ukr_ft)
 PACKED_GEMM(double, f64, dgemm_ukr_ft)
 
+#ifdef CR_HAVE_UKR
+/* Rows of A packed at a time by the own kernel's loops (a multiple of
+ * CR_UKR_MR): a batch's rows in one go, A's block small beside B's panels. */
+enum { OWN_MB = 192 };
+
+/* C's columns [p0*NW, p1*NW) through carousel's kernel: per KC block of B's
+ * rows (BLIS's blocks, so the same chains of FMAs), A's rows packed in
+ * groups of CR_UKR_MR, then every panel of the pack by every group. */
+static void own_part(const pack_geom *g, int64_t p0, int64_t p1, int64_t m, int64_t n, int64_t k, float alpha,
+                     const float *a, int64_t rsa, int64_t csa, const float *pk, float beta, float *c,
+                     int64_t rsc)
+{
+    const ukr_info *u = &g->u;
+    int64_t lo = p0 * CR_UKR_NW, hi = p1 * CR_UKR_NW < n ? p1 * CR_UKR_NW : n;
+    int64_t mb_top = m < OWN_MB ? m : OWN_MB, kc_top = k < u->kc_max ? k : u->kc_max;
+    float *sp = grow(&bufs.a, &bufs.a_bytes,
+                     (size_t)((mb_top + CR_UKR_MR - 1) / CR_UKR_MR * CR_UKR_MR * kc_top) * sizeof(float));
+    /* BLIS's edge tiles: C^T's last MR rows (C's columns) and last NR columns (C's rows) */
+    int64_t i_edge = m - m % u->nr, j_edge = n - n % u->mr;
+    for (int64_t pc = 0, kc; pc < k; pc += kc) {
+        kc = block(k - pc, u->kc, u->kc_max);
+        const float *bp = pk + pack_at(g, pc, p0, kc);
+        for (int64_t ic = 0; ic < m; ic += OWN_MB) {
+            int64_t mb = m - ic < OWN_MB ? m - ic : OWN_MB;
+            pack_a_f32(sp, a + ic * rsa + pc * csa, mb, kc, rsa, csa, CR_UKR_MR, CR_UKR_MR);
+            cr_ukr_sgemm_block(mb, lo, hi, kc, alpha, sp, bp, pc == 0 ? beta : 1.0f, i_edge - ic, j_edge,
+                               c + ic * rsc, rsc);
+        }
+    }
+}
+
+static void own_gemm(const pack_geom *g, int nt, int64_t m, int64_t n, int64_t k, float alpha, const float *a,
+                     int64_t rsa, int64_t csa, const float *pk, float beta, float *c, int64_t rsc)
+{
+    atomic_fetch_add_explicit(&own_products, 1, memory_order_relaxed);
+    if (nt <= 1) {
+        own_part(g, 0, g->panels, m, n, k, alpha, a, rsa, csa, pk, beta, c, rsc);
+        return;
+    }
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (int t = 0; t < nt; t++) {
+        int64_t p0 = g->panels * t / nt, p1 = g->panels * (t + 1) / nt;
+        if (p1 > p0) own_part(g, p0, p1, m, n, k, alpha, a, rsa, csa, pk, beta, c, rsc);
+    }
+}
+#endif
+
 void cr_k_gemm_packed(double alpha, const cr_tensor *a, const cr_tensor *b, const cr_tensor *pack,
                       double beta, cr_tensor *c)
 {
@@ -665,8 +778,7 @@ void cr_k_gemm_packed(double alpha, const cr_tensor *a, const cr_tensor *b, cons
     bool use = pack && a->ndim == 2 && b->ndim == 2 && c->ndim == 2 && a->shape[1] == k && c->shape[0] == m &&
                c->shape[1] == n && a->dtype == b->dtype && c->dtype == b->dtype && pack->dtype == b->dtype &&
                m > 0 && n > 1 && (m * n * k > cr_gemm_small_threshold || n > 4096) && c->stride[1] == 1 &&
-               (m == 1 || c->stride[0] != 1) && pack_geom_of(b->dtype, k, n, &g) &&
-               cr_numel(pack) >= (int64_t)g.numel && alpha != 0;
+               (m == 1 || c->stride[0] != 1) && pack_geom_read(pack, b->dtype, k, n, &g) && alpha != 0;
     if (!use) {
         cr_k_gemm(alpha, a, b, beta, c);
         return;
@@ -675,9 +787,16 @@ void cr_k_gemm_packed(double alpha, const cr_tensor *a, const cr_tensor *b, cons
     fix_strides(m, k, &rsa, &csa);
     fix_strides(m, n, &rsc, &csc);
     int nt = cr_parallel_ok() && m * n * k > cr_gemm_parallel_threshold ? cr_get_num_threads() : 1;
+#ifdef CR_HAVE_UKR
+    if (g.own) {
+        own_gemm(&g, nt, m, n, k, (float)alpha, a->data, rsa, csa, pack_panels(pack), (float)beta, c->data,
+                 rsc);
+        return;
+    }
+#endif
     if (a->dtype == CR_F32)
-        packed_gemm_f32(&g, nt, m, n, k, (float)alpha, a->data, rsa, csa, pack_base(pack), (float)beta,
+        packed_gemm_f32(&g, nt, m, n, k, (float)alpha, a->data, rsa, csa, pack_panels(pack), (float)beta,
                         c->data, rsc);
     else
-        packed_gemm_f64(&g, nt, m, n, k, alpha, a->data, rsa, csa, pack_base(pack), beta, c->data, rsc);
+        packed_gemm_f64(&g, nt, m, n, k, alpha, a->data, rsa, csa, pack_panels(pack), beta, c->data, rsc);
 }

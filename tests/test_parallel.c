@@ -178,6 +178,129 @@ Test(parallel, packed_products_are_cr_k_gemm_bits_on_1_to_4_threads, .timeout = 
     cr_gemm_parallel_threshold = par;
 }
 
+/* carousel's own micro-kernel for packed f32 products (tensor/gemm_ukr.c)
+ * runs where the CPU has AVX-512 and BLIS its skx kernels, whose arithmetic
+ * it reproduces; elsewhere packed products stay on BLIS's kernel. */
+static bool own_kernel_expected(void)
+{
+    return __builtin_cpu_supports("avx512f") && bli_arch_query_id() == BLIS_ARCH_SKX;
+}
+
+/* C = alpha A B + beta C through a pack, against cr_k_gemm on one thread,
+ * on 1 and 2 threads; A row-major with a row stride wider than k (a narrowed
+ * view) or transposed. beta 0 starts from a C of NaNs (never read). Checks
+ * that the own kernel ran (or did not) as expected. */
+static void own_case(int64_t m, int64_t n, int64_t k, bool ta, double alpha, double beta)
+{
+    cr_tensor *A = ta ? cr_tensor_init(CR_F32, CR_SHAPE(k, m)) : cr_tensor_init(CR_F32, CR_SHAPE(m, k + 5));
+    cr_tensor *B = cr_tensor_init(CR_F32, CR_SHAPE(k, n)), *C0 = cr_tensor_init(CR_F32, CR_SHAPE(m, n)),
+              *C1 = cr_tensor_init(CR_F32, CR_SHAPE(m, n)), a;
+    cr_rng r = cr_rng_seed((uint64_t)(m * 1009 + n * 31 + k));
+    cr_fill_uniform(A, &r, -1, 1);
+    cr_fill_uniform(B, &r, -1, 1);
+    cr_fill_uniform(C0, &r, -1, 1);
+    if (beta == 0) cr_fill(C0, NAN);
+    size_t bytes = (size_t)(m * n) * sizeof(float);
+    void *c_in = malloc(bytes);
+    memcpy(c_in, C0->data, bytes);
+    if (ta)
+        cr_view_transpose(&a, A, 0, 1);
+    else
+        cr_view_narrow(&a, A, 1, 2, k);
+    cr_tensor *P = cr_tensor_init(CR_F32, CR_SHAPE(cr_k_gemm_pack_numel(B)));
+    cr_k_gemm_pack(P, B);
+    cr_serial_begin();
+    cr_k_gemm(alpha, &a, B, beta, C0);
+    cr_serial_end();
+    for (int nt = 1; nt <= 2; nt++) {
+        memcpy(C1->data, c_in, bytes);
+        omp_set_num_threads(nt);
+        int64_t before = cr_k_gemm_own_count();
+        cr_k_gemm_packed(alpha, &a, B, P, beta, C1);
+        int64_t ran = cr_k_gemm_own_count() - before;
+        cr_assert_eq(ran, own_kernel_expected() && !cr_gemm_blis_only ? 1 : 0,
+                     "[%lld,%lld]x[%lld,%lld]: own kernel ran %lld times", (long long)m, (long long)k,
+                     (long long)k, (long long)n, (long long)ran);
+        cr_assert(memcmp(C0->data, C1->data, bytes) == 0,
+                  "[%lld,%lld]x[%lld,%lld] ta=%d alpha=%g beta=%g: packed product differs on %d threads",
+                  (long long)m, (long long)k, (long long)k, (long long)n, ta, alpha, beta, nt);
+    }
+    omp_set_num_threads(1);
+    free(c_in);
+    cr_tensor_free(P);
+    cr_tensor_free(A);
+    cr_tensor_free(B);
+    cr_tensor_free(C0);
+    cr_tensor_free(C1);
+}
+
+Test(parallel, packed_own_kernel_edges_are_cr_k_gemm_bits, .timeout = 300)
+{
+    int64_t par = cr_gemm_parallel_threshold;
+    cr_gemm_parallel_threshold = 0; /* 2 threads really split the panels */
+    /* rows: one tile, partial tiles, exact tiles, past them, and more than
+     * the 192 rows packed at a time (BLIS's own edge tiles of 12 rows fall
+     * elsewhere); columns: partial panels and BLIS's 32-column edge; k in KC
+     * blocks of 384 + 116, 384 + 384 + 232 and 384 + 316 (KC 384, at most
+     * 480 in one block); every product above cr_gemm_small_threshold, so the
+     * pack is used */
+    const int64_t rows[] = {1, 7, 8, 16, 17, 32, 33, 200}, cols[][2] = {{97, 500}, {200, 1000}, {50, 700}};
+    const double ab[][2] = {{1, 0}, {1, 1}, {0.5, 0.75}, {-1.3, -1.5}, {1, 0.3}, {2.5, 0}};
+    for (size_t i = 0; i < sizeof rows / sizeof *rows; i++)
+        for (size_t j = 0; j < sizeof cols / sizeof *cols; j++)
+            for (size_t s = 0; s < sizeof ab / sizeof *ab; s++)
+                own_case(rows[i], cols[j][0], cols[j][1], (i + j + s) % 2, ab[s][0], ab[s][1]);
+    cr_gemm_parallel_threshold = par;
+}
+
+Test(parallel, packs_are_read_the_way_they_were_made)
+{
+    /* A pack made for BLIS's kernel (cr_gemm_blis_only) stays BLIS's after
+     * the flag is cleared, and an own-kernel pack stays the own kernel's
+     * after it is set: the product follows the pack's header, bits equal. */
+    int64_t m = 32, n = 256, k = 500;
+    cr_tensor *A = cr_tensor_init(CR_F32, CR_SHAPE(m, k)), *B = cr_tensor_init(CR_F32, CR_SHAPE(k, n));
+    cr_tensor *C0 = cr_tensor_init(CR_F32, CR_SHAPE(m, n)), *C1 = cr_tensor_init(CR_F32, CR_SHAPE(m, n));
+    cr_rng r = cr_rng_seed(3);
+    cr_fill_uniform(A, &r, -1, 1);
+    cr_fill_uniform(B, &r, -1, 1);
+    cr_serial_begin();
+    cr_k_gemm(1.0, A, B, 0.0, C0);
+    for (int blis = 0; blis < 2; blis++) {
+        cr_gemm_blis_only = blis;
+        cr_tensor *P = cr_tensor_init(CR_F32, CR_SHAPE(cr_k_gemm_pack_numel(B)));
+        cr_k_gemm_pack(P, B);
+        cr_gemm_blis_only = !blis;
+        int64_t before = cr_k_gemm_own_count();
+        cr_k_gemm_packed(1.0, A, B, P, 0.0, C1);
+        cr_assert_eq(cr_k_gemm_own_count() - before, !blis && own_kernel_expected() ? 1 : 0);
+        cr_assert(memcmp(C0->data, C1->data, (size_t)(m * n) * sizeof(float)) == 0, "blis_only=%d", blis);
+        cr_tensor_free(P);
+    }
+    cr_gemm_blis_only = false;
+    /* a pack of another B (one column more) is not read: the product is cr_k_gemm's */
+    cr_tensor *B2 = cr_tensor_init(CR_F32, CR_SHAPE(k, n - 1)),
+              *C2 = cr_tensor_init(CR_F32, CR_SHAPE(m, n - 1)),
+              *C3 = cr_tensor_init(CR_F32, CR_SHAPE(m, n - 1));
+    cr_fill_uniform(B2, &r, -1, 1);
+    cr_tensor *P = cr_tensor_init(CR_F32, CR_SHAPE(cr_k_gemm_pack_numel(B)));
+    cr_k_gemm_pack(P, B);
+    int64_t before = cr_k_gemm_own_count();
+    cr_k_gemm_packed(1.0, A, B2, P, 0.0, C2);
+    cr_assert_eq(cr_k_gemm_own_count(), before);
+    cr_k_gemm(1.0, A, B2, 0.0, C3);
+    cr_assert(memcmp(C2->data, C3->data, (size_t)(m * (n - 1)) * sizeof(float)) == 0);
+    cr_serial_end();
+    cr_tensor_free(P);
+    cr_tensor_free(B2);
+    cr_tensor_free(C2);
+    cr_tensor_free(C3);
+    cr_tensor_free(A);
+    cr_tensor_free(B);
+    cr_tensor_free(C0);
+    cr_tensor_free(C1);
+}
+
 Test(parallel, serial_sections_keep_kernels_from_forking)
 {
     omp_set_num_threads(2);

@@ -1,0 +1,124 @@
+/* carousel's own f32 AVX-512 micro-kernel for products with a packed right
+ * operand (cr_k_gemm_packed): tiles of 8 rows of A by 32 columns of B, with
+ * the arithmetic of BLIS's skx kernel element by element, so the bits are
+ * those of cr_k_gemm.
+ *
+ * Why its own kernel: BLIS's skx sgemm kernel is 32 x 12 and prefers
+ * column-stored C, so a row-stored C = A B runs as C^T = B^T A^T and A's
+ * rows land on the 12 side: a batch of 32 rows is tiled 12 + 12 + 8 (89% of
+ * the work useful), a shard of 16 rows 12 + 4 (67%). Here A's rows are the
+ * broadcast side, 8 per tile, so 8, 16, 32 or 64 rows tile exactly, and the
+ * columns run along C's contiguous rows, B's packed panels. Why 8 x 32 (16
+ * accumulators, two loads of B and eight broadcasts per 16 FMAs): against
+ * 8 x 48 (24 accumulators, fewer loads per FMA) and 6 x 64 on one Zen 5
+ * core, [32,512]x[512,2048] ran at 207/208/206 GFLOP/s (medians of three
+ * alternating runs) against 192/198/183 and 187/202 (the likely reason: a
+ * 32-column panel of a KC block, 384 x 32 floats = 48 KB, fits Zen 5's L1
+ * for every group of rows to read, a 48-column one, 72 KB, does not); and
+ * 32 divides the hidden sizes' 4H, so no lane is padding and two threads
+ * split the panels evenly. */
+#include "gemm_ukr.h"
+
+#ifdef CR_HAVE_UKR
+#include <immintrin.h>
+
+#define TGT __attribute__((target("avx512f")))
+
+bool cr_ukr_available(void) { return __builtin_cpu_supports("avx512f"); }
+
+/* Columns [j0, j0 + 16) of a panel: the lanes below `w` columns, and those
+ * at or past j_edge (BLIS's edge tile along the columns). */
+static inline __mmask16 lanes_below(int64_t w)
+{
+    return w >= 16 ? 0xffff : w <= 0 ? 0 : (__mmask16)((1u << w) - 1);
+}
+
+/* One tile: R rows (a constant once inlined) by the panel's NV vectors of
+ * 16 columns, of which the lanes in cm[] exist in C. The accumulators stay in
+ * registers: R * NV of them, with NV rows of B and one broadcast. */
+#define NV (CR_UKR_NW / 16)
+TGT static inline __attribute__((always_inline)) void tile(const int R, int64_t kc, const float *restrict a,
+                                                           const float *restrict b, float alpha, float beta,
+                                                           bool general_beta, const __mmask16 cm[NV],
+                                                           const __mmask16 em[NV], int64_t edge_row, float *c,
+                                                           int64_t rsc)
+{
+    __m512 acc[CR_UKR_MR][NV];
+    for (int r = 0; r < R; r++)
+        for (int q = 0; q < NV; q++) acc[r][q] = _mm512_setzero_ps();
+    for (int64_t p = 0; p < kc; p++) {
+        const float *bp = b + p * CR_UKR_NW, *ap = a + p * CR_UKR_MR;
+        __m512 bq[NV];
+        for (int q = 0; q < NV; q++) bq[q] = _mm512_loadu_ps(bp + 16 * q);
+        for (int r = 0; r < R; r++) {
+            __m512 ar = _mm512_set1_ps(ap[r]);
+            for (int q = 0; q < NV; q++) acc[r][q] = _mm512_fmadd_ps(ar, bq[q], acc[r][q]);
+        }
+    }
+    __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
+    for (int r = 0; r < R; r++) {
+        float *cr = c + r * rsc;
+        for (int q = 0; q < NV; q++) {
+            __m512 t = _mm512_mul_ps(acc[r][q], va); /* BLIS: acc * alpha, always */
+            if (beta == 0) {
+                _mm512_mask_storeu_ps(cr + 16 * q, cm[q], t);
+                continue;
+            }
+            __m512 cv = _mm512_maskz_loadu_ps(cm[q], cr + 16 * q);
+            __m512 v = _mm512_fmadd_ps(vb, cv, t); /* full tile: beta * C + acc * alpha, one rounding */
+            if (general_beta) { /* edge tile: acc * alpha + (beta * C); the same when beta is 1 */
+                __m512 e = _mm512_add_ps(t, _mm512_mul_ps(vb, cv));
+                v = _mm512_mask_blend_ps(r >= edge_row ? cm[q] : em[q], v, e);
+            }
+            _mm512_mask_storeu_ps(cr + 16 * q, cm[q], v);
+        }
+    }
+}
+
+#define TILE_CASE(R)                                                                                         \
+    case R: tile(R, kc, a, b, alpha, beta, general_beta, cm, em, edge_row, c, rsc); break;
+
+TGT static void tile_rows(int rows, int64_t kc, const float *a, const float *b, float alpha, float beta,
+                          bool general_beta, const __mmask16 cm[NV], const __mmask16 em[NV], int64_t edge_row,
+                          float *c, int64_t rsc)
+{
+    switch (rows) {
+#if CR_UKR_MR > 7
+        TILE_CASE(8)
+#endif
+#if CR_UKR_MR > 6
+        TILE_CASE(7)
+#endif
+        TILE_CASE(6)
+        TILE_CASE(5)
+        TILE_CASE(4)
+        TILE_CASE(3)
+        TILE_CASE(2)
+        TILE_CASE(1)
+    default: break;
+    }
+}
+
+/* Panels outer, row groups inner: a panel (kc x 32, 48 KB at KC 384) is
+ * read from L3 once and then from L1/L2 by every group of rows. */
+TGT void cr_ukr_sgemm_block(int64_t m, int64_t j_lo, int64_t j_hi, int64_t kc, float alpha, const float *ap,
+                            const float *bp, float beta, int64_t i_edge, int64_t j_edge, float *c,
+                            int64_t rsc)
+{
+    bool general_beta = beta != 0 && beta != 1;
+    for (int64_t j0 = j_lo; j0 < j_hi; j0 += CR_UKR_NW, bp += kc * CR_UKR_NW) {
+        __mmask16 cm[NV], em[NV];
+        for (int q = 0; q < NV; q++) {
+            int64_t jq = j0 + 16 * q;
+            cm[q] = lanes_below(j_hi - jq);
+            em[q] = (__mmask16)(cm[q] & ~lanes_below(j_edge - jq));
+        }
+        for (int64_t i0 = 0; i0 < m; i0 += CR_UKR_MR) {
+            int rows = m - i0 < CR_UKR_MR ? (int)(m - i0) : CR_UKR_MR;
+            tile_rows(rows, kc, ap + i0 * kc, bp, alpha, beta, general_beta, cm, em, i_edge - i0,
+                      c + i0 * rsc + j0, rsc);
+        }
+    }
+}
+
+#endif
