@@ -418,7 +418,7 @@ enum { TILE = 32 };
         const T *s0 = src->data;                                                                             \
         int64_t tiles = (R + TILE - 1) / TILE;                                                               \
         CR_PAR_FOR(                                                                                          \
-            R * Q > cr_parallel_threshold, "omp parallel for schedule(static)",                              \
+            R *Q > cr_parallel_threshold, "omp parallel for schedule(static)",                               \
             for (int64_t t = 0; t < tiles; t++) {                                                            \
                 int64_t r0 = t * TILE, r1 = r0 + TILE < R ? r0 + TILE : R;                                   \
                 for (int64_t q0 = 0; q0 < Q; q0 += TILE) {                                                   \

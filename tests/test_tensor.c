@@ -394,8 +394,8 @@ Test(tensor, transposed_copies_hit_every_element)
             for (int64_t i = 0; i < R; i++) {
                 for (int64_t j = 0; j < Q; j++)
                     if (cr_get(dst, (int64_t[]){i, j}) != cr_get(src, (int64_t[]){j, i}))
-                        cr_assert_fail("dtype %d, %lldx%lld: [%lld,%lld]", d, (long long)R, (long long)Q, (long long)i,
-                                (long long)j);
+                        cr_assert_fail("dtype %d, %lldx%lld: [%lld,%lld]", d, (long long)R, (long long)Q,
+                                       (long long)i, (long long)j);
                 for (int64_t j = Q; j < Q + 5; j++) cr_assert_eq(cr_get(dst, (int64_t[]){i, j}), -1);
             }
         }
