@@ -1,6 +1,8 @@
 /* bench/matmul: cr_matmul through the framework (a recorded graph node with its
  * arena output) against bli_sgemm on the same buffers, on LSTM-sized f32 products;
- * then a small-size sweep of the C kernel against BLIS to place cr_gemm_small_threshold.
+ * the recurrent products with a packed weight on carousel's own micro-kernel
+ * against BLIS's kernel on the same loops; then a small-size sweep of the C
+ * kernel against BLIS to place cr_gemm_small_threshold.
  *
  *   ./build/bench/matmul [--threads N] [--rounds N] [--no-sweep]
  */
@@ -36,6 +38,86 @@ static void run_blis(void *p_)
     float one = 1, zero = 0;
     bli_sgemm(BLIS_NO_TRANSPOSE, BLIS_NO_TRANSPOSE, p->m, p->n, p->k, &one, p->a->data, p->k, 1, p->b->data,
               p->n, 1, &zero, p->c->data, p->n, 1);
+}
+
+/* ---- packed right operand: own micro-kernel against BLIS's ------------------ */
+
+typedef struct packed {
+    cr_tensor *a, *b, *c, *pack_own, *pack_blis;
+    const cr_tensor *pack; /* the one run_packed uses */
+} packed;
+
+static void run_packed(void *p_)
+{
+    packed *p = p_;
+    cr_k_gemm_packed(1.0, p->a, p->b, p->pack, 0.0, p->c);
+}
+
+/* A pack of b made with the own kernel's layout or BLIS's (cr_gemm_blis_only). */
+static cr_tensor *pack_made(const cr_tensor *b, bool blis)
+{
+    bool saved = cr_gemm_blis_only;
+    cr_gemm_blis_only = blis;
+    cr_tensor *pk = cr_tensor_init(CR_F32, 1, (int64_t[]){cr_k_gemm_pack_numel(b)});
+    cr_k_gemm_pack(pk, b);
+    cr_gemm_blis_only = saved;
+    return pk;
+}
+
+/* [m,H]x[H,4H] with the weight packed, m = 32 (a batch) and 16 (a shard of two
+ * replicas): GFLOP/s of each kernel, min / median / max over the rounds (each
+ * round's figure the best sample of that round), the sides alternating. */
+static void packed_products(int rounds, cr_rng *rng)
+{
+    static const int64_t hs[2] = {512, 1024}, ms[2] = {32, 16};
+    printf("\npacked weight ([m,H]x[H,4H], cr_k_gemm_packed): own micro-kernel vs BLIS's, GFLOP/s "
+           "min/median/max over %d rounds\n",
+           rounds);
+    double *own = malloc((size_t)rounds * sizeof *own), *blis = malloc((size_t)rounds * sizeof *blis);
+    if (!own || !blis) {
+        fprintf(stderr, "matmul: out of memory\n");
+        exit(1);
+    }
+    for (int ih = 0; ih < 2; ih++)
+        for (int im = 0; im < 2; im++) {
+            int64_t m = ms[im], k = hs[ih], n = 4 * hs[ih];
+            packed p = {cr_tensor_init(CR_F32, 2, (int64_t[]){m, k}),
+                        cr_tensor_init(CR_F32, 2, (int64_t[]){k, n}),
+                        cr_tensor_init(CR_F32, 2, (int64_t[]){m, n}),
+                        NULL,
+                        NULL,
+                        NULL};
+            cr_fill_uniform(p.a, rng, -1, 1);
+            cr_fill_uniform(p.b, rng, -1, 1);
+            p.pack_own = pack_made(p.b, false);
+            p.pack_blis = pack_made(p.b, true);
+            double flops = 2.0 * (double)(m * k * n);
+            for (int r = 0; r < rounds; r++)
+                for (int side = 0; side < 2; side++) {
+                    bool is_own = (side ^ (r & 1)) == 0;
+                    p.pack = is_own ? p.pack_own : p.pack_blis;
+                    double g = flops / bench_best_ns(run_packed, &p, 1e6, 20e6);
+                    (is_own ? own : blis)[r] = g;
+                }
+            int64_t before = cr_k_gemm_own_count();
+            p.pack = p.pack_own;
+            run_packed(&p);
+            bool own_ran = cr_k_gemm_own_count() > before; /* false: no AVX-512 or not BLIS's skx kernels */
+            bench_stats so = bench_spread(own, rounds), sb = bench_spread(blis, rounds);
+            printf("packed [%lld,%lld]x[%lld,%lld] own %.1f/%.1f/%.1f blis_kernel %.1f/%.1f/%.1f%s\n",
+                   (long long)m, (long long)k, (long long)k, (long long)n, so.min, so.med, so.max, sb.min,
+                   sb.med, sb.max, own_ran ? "" : " (own kernel not available here: both are BLIS's)");
+            printf(
+                "bench=matmul_packed m=%lld k=%lld n=%lld own_gflops=%.1f blis_kernel_gflops=%.1f ratio=%.2f\n",
+                (long long)m, (long long)k, (long long)n, so.med, sb.med, so.med / sb.med);
+            cr_tensor_free(p.a);
+            cr_tensor_free(p.b);
+            cr_tensor_free(p.c);
+            cr_tensor_free(p.pack_own);
+            cr_tensor_free(p.pack_blis);
+        }
+    free(own);
+    free(blis);
 }
 
 /* ---- the small sweep ------------------------------------------------------- */
@@ -154,6 +236,8 @@ int main(int argc, char **argv)
     printf(
         "aggregate (total flops / total time): framework %.1f GFLOP/s, BLIS %.1f GFLOP/s, %.1f%% (worst single %.1f%%)\n",
         fw_gflops, blis_gflops, pct, min_pct);
+
+    packed_products(rounds, &rng);
 
     if (sweep) {
         /* C kernel (threshold huge) against BLIS (threshold 0) through cr_k_gemm,
