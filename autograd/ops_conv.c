@@ -38,6 +38,24 @@ int64_t cr_conv_keep_bytes = (int64_t)1 << 25;
  * still worth it there. */
 int64_t cr_conv_direct_channels = -1;
 
+/* Groups with at least this many input and output channels, a 3x3 kernel,
+ * stride 1, dilation 1 and padding at most 2 compute the output and the
+ * input gradient by Winograd F(2x2, 3x3) (cr_k_conv_winograd: 16
+ * multiply-adds per tile of 2x2 outputs and channel pair instead of 36).
+ * -1, the default, means 16 on a CPU with AVX-512 (conv3x3_64 of bench/conv:
+ * the products then run at the direct kernel's rate), and never elsewhere;
+ * INT64_MAX turns it off. */
+int64_t cr_conv_winograd_channels = -1;
+
+static int64_t winograd_limit(void)
+{
+    if (cr_conv_winograd_channels >= 0) return cr_conv_winograd_channels;
+#if defined(__x86_64__) || defined(__i386__)
+    if (__builtin_cpu_supports("avx512f")) return 16;
+#endif
+    return INT64_MAX;
+}
+
 static int64_t direct_limit(void)
 {
     if (cr_conv_direct_channels >= 0) return cr_conv_direct_channels;
@@ -126,6 +144,7 @@ typedef struct {
     int64_t segs;                     /* segments of blocks for the weight gradient */
     bool direct;                      /* 1x1, one sample per block: the input plane is the columns */
     bool dconv;                       /* few output channels per group: the direct kernels */
+    bool wino;                        /* 3x3, stride 1: Winograd for the output and dX */
     int threads;                      /* scratch sets; blocks (and segments) run in parallel when > 1 */
     bool par;                         /* enough work for parallel blocks */
 } conv_dims;
@@ -152,6 +171,9 @@ static conv_dims dims_of(const cr_node *n)
     bool pointwise = g->KH == 1 && g->KW == 1 && g->SH == 1 && g->SW == 1 && g->PH == 0 && g->PW == 0;
     d.direct = pointwise && d.nb == 1;
     d.dconv = g->SW == 1 && d.Og <= direct_limit();
+    int64_t wl = winograd_limit();
+    d.wino = g->KH == 3 && g->KW == 3 && g->SH == 1 && g->SW == 1 && g->DH == 1 && g->DW == 1 && g->PH <= 2 &&
+             g->PW <= 2 && d.Cg >= wl && d.Og >= wl;
     /* Several blocks and threads, and enough work to pay for a parallel
      * region: one block per thread at a time, each product on one thread
      * (BLIS, called inside a parallel region, runs on the calling thread),
@@ -262,6 +284,24 @@ static void direct_blocks(const conv_dims *d, const cr_window *g, int64_t O, con
         });
 }
 
+/* The same by Winograd F(2x2, 3x3) (d->wino): w transformed once, then the
+ * blocks, each thread with its own scratch. */
+static void winograd_blocks(const conv_dims *d, const cr_window *g, int64_t O, const cr_tensor *x,
+                            const cr_tensor *w, const cr_tensor *b, cr_tensor *y, bool add)
+{
+    cr_tensor *wt = cr_tensor_new(d->dt, CR_SHAPE(16, O, w->shape[1]));
+    cr_k_winograd_weights(w, d->G, wt);
+    int64_t per = cr_k_conv_winograd_scratch(g, d->G, O, d->nb);
+    cr_tensor *s = scratch(d, per);
+    CR_PAR_FOR(
+        d->par, "omp parallel for schedule(static) num_threads(d->threads)",
+        for (int64_t k = 0; k < d->blocks; k++) {
+            cr_tensor sv = flat(s, per);
+            sv.data = at(s, thread_id(d) * per);
+            cr_k_conv_winograd(g, d->G, x, wt, b, k * d->nb, block_size(d, k), y, add, &sv);
+        });
+}
+
 static void conv_fwd(cr_node *n)
 {
     fwd_ctx c = {.d = dims_of(n),
@@ -272,6 +312,10 @@ static void conv_fwd(cr_node *n)
                  .b = n->n_in > 2 ? n->in[2] : NULL,
                  .y = n->out};
     const conv_dims *d = &c.d;
+    if (d->wino) {
+        winograd_blocks(&c.d, c.g, c.d.O, c.x, c.w, c.b, c.y, false);
+        return;
+    }
     if (d->dconv) {
         direct_blocks(&c.d, &c.dg, c.d.O, c.x, c.w, c.b, c.y, false);
         return;
@@ -471,7 +515,10 @@ static void dx_direct(const bwd_ctx *c)
                    .DW = g->DW,
                    .OH = g->H,
                    .OW = g->W};
-    direct_blocks(d, &t, d->C, c->gy, wf, NULL, c->gx, !c->gx_first);
+    if (d->wino)
+        winograd_blocks(d, &t, d->C, c->gy, wf, NULL, c->gx, !c->gx_first);
+    else
+        direct_blocks(d, &t, d->C, c->gy, wf, NULL, c->gx, !c->gx_first);
 }
 #undef FLIP_WEIGHT
 
@@ -520,7 +567,7 @@ static void conv_bwd(cr_node *n)
                 cr_k_accumulate(&gwk, &tk, NULL);
             }
     }
-    if (c.gx && d->dconv && dx_as_conv(&c.dg)) {
+    if (c.gx && (d->wino || (d->dconv && dx_as_conv(&c.dg)))) {
         dx_direct(&c);
         c.gx = NULL; /* done */
     }

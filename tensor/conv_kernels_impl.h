@@ -364,6 +364,259 @@ FN(conv_direct_dw)(const cr_window *g, int64_t G, int64_t O, const T *x, const T
         dw[j] = s[0];
     }
 }
+
+/* ---- Winograd F(2x2, 3x3) ----
+ * A 3x3 correlation (stride 1, dilation 1) by 2x2 output tiles (Lavin and
+ * Gray, 2015): with d the tile's 4x4 input patch and g a 3x3 filter, the
+ * tile is A^T [(G g G^T) (.) (B^T d B)] A, where
+ *   B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1],
+ *   G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1],
+ *   A^T = [1 1 1 0; 0 1 -1 -1].
+ * Summed over input channels, each of the 16 elementwise products becomes
+ * a product of matrices, [O, C] by [C, tiles]: 16 multiply-adds per tile and
+ * channel pair instead of 36. The transforms only add (and halve the
+ * weights), so the rounding stays near the direct kernel's. Every output
+ * tile is computed on its own (the products' lanes are independent tiles,
+ * the channel sums run in channel order), so neither blocks, chunks nor
+ * threads change a bit. */
+
+/* wt: 16 planes of [O, Cg] (u = G g G^T of each filter, plane 4 i + j for
+ * u[i][j]), each packed as pack_weights does (runs of og <= 8 output
+ * channels of a group as [Cg][og]). */
+static void FN(winograd_weights)(int64_t G, int64_t O, int64_t Cg, const T *w, T *wt)
+{
+    const int64_t Og = O / G, plane = O * Cg;
+    for (int64_t o = 0; o < O; o++)
+        for (int64_t c = 0; c < Cg; c++) {
+            const T *f = w + (o * Cg + c) * 9;
+            T t[4][3], u[4][4];
+            for (int j = 0; j < 3; j++) { /* t = G g */
+                t[0][j] = f[j];
+                t[1][j] = (T)0.5 * (f[j] + f[3 + j] + f[6 + j]);
+                t[2][j] = (T)0.5 * (f[j] - f[3 + j] + f[6 + j]);
+                t[3][j] = f[6 + j];
+            }
+            for (int i = 0; i < 4; i++) { /* u = t G^T */
+                u[i][0] = t[i][0];
+                u[i][1] = (T)0.5 * (t[i][0] + t[i][1] + t[i][2]);
+                u[i][2] = (T)0.5 * (t[i][0] - t[i][1] + t[i][2]);
+                u[i][3] = t[i][2];
+            }
+            int64_t k = o / Og, ol = o % Og, o0 = ol / 8 * 8, og = Og - o0 < 8 ? Og - o0 : 8;
+            int64_t at = (k * Og + o0) * Cg + c * og + (ol - o0);
+            for (int i = 0; i < 16; i++) wt[i * plane + at] = u[i / 4][i % 4];
+        }
+}
+
+/* xq: the samples' planes inside a border of zeros (PH rows and PW columns
+ * before, enough after for whole 4x4 patches: Hq = 2 TH + 2 rows of 2 TW + 2
+ * columns), each row stored as its even columns then its odd ones (TW + 1
+ * each): the patch column 2 tw + j of every tile of a row is then one
+ * contiguous run (even or odd, from tw or tw + 1). */
+static void FN(winograd_pad)(const cr_window *g, int64_t planes, const T *x, T *xq, int64_t TH, int64_t TW)
+{
+    const int64_t Hq = 2 * TH + 2, half = TW + 1, R = 2 * half;
+    for (int64_t q = 0; q < planes; q++) {
+        T *d = xq + q * Hq * R;
+        const T *s = x + q * g->H * g->W;
+        memset(d, 0, (size_t)(Hq * R) * sizeof(T));
+        for (int64_t h = 0; h < g->H && g->PH + h < Hq; h++) {
+            T *r = d + (g->PH + h) * R;
+            const T *sr = s + h * g->W;
+            for (int64_t w = 0; w < g->W; w++) {
+                int64_t col = g->PW + w;
+                if (col < R) r[(col & 1) * half + (col >> 1)] = sr[w];
+            }
+        }
+    }
+}
+
+/* The input transform of n tiles of one tile row (tw0 .. tw0 + n) of one
+ * plane, p at its first patch row: v = B^T d B, plane 4 a + b of v to
+ * u[(4 a + b) ks + j] for tile j. V tiles at a time: the patch columns
+ * are runs of the even and odd halves (reading up to V past a row: the
+ * scratch has room); a last partial vector stores only its tiles. */
+static inline void FN(winograd_in)(const T *restrict p, int64_t R, int64_t half, int64_t tw0, int64_t n,
+                                   T *restrict u, int64_t ks)
+{
+    const T *e[4], *q[4];
+    for (int i = 0; i < 4; i++) {
+        e[i] = p + i * R + tw0;
+        q[i] = e[i] + half;
+    }
+    for (int64_t j = 0; j < n; j += V) {
+        /* B^T d: rows d0 - d2, d1 + d2, d2 - d1, d1 - d3 of the columns e[j], q[j], e[j+1], q[j+1] */
+        VT d[4][4], r[4][4], v[16];
+        for (int i = 0; i < 4; i++) {
+            d[i][0] = VLOAD(e[i] + j);
+            d[i][1] = VLOAD(q[i] + j);
+            d[i][2] = VLOAD(e[i] + j + 1);
+            d[i][3] = VLOAD(q[i] + j + 1);
+        }
+        for (int b = 0; b < 4; b++) {
+            r[0][b] = d[0][b] - d[2][b];
+            r[1][b] = d[1][b] + d[2][b];
+            r[2][b] = d[2][b] - d[1][b];
+            r[3][b] = d[1][b] - d[3][b];
+        }
+        for (int a = 0; a < 4; a++) { /* (B^T d) B */
+            v[4 * a + 0] = r[a][0] - r[a][2];
+            v[4 * a + 1] = r[a][1] + r[a][2];
+            v[4 * a + 2] = r[a][2] - r[a][1];
+            v[4 * a + 3] = r[a][1] - r[a][3];
+        }
+        if (n - j >= V) { /* (a constant size: a vector store, not a call or rep movs) */
+            for (int i = 0; i < 16; i++) memcpy(u + i * ks + j, &v[i], sizeof(VT));
+            continue;
+        }
+        for (int i = 0; i < 16; i++) {
+            T t[V];
+            memcpy(t, &v[i], sizeof t);
+            for (int64_t l = 0; l < n - j; l++) u[i * ks + j + l] = t[l];
+        }
+    }
+}
+
+/* Lanes interleaved: lo = a0 b0 a1 b1 .. (the first halves), hi = the
+ * second halves'. */
+static inline void FN(interleave)(VT a, VT b, VT *lo, VT *hi)
+{
+    typedef TI FN(mask) __attribute__((vector_size(64)));
+    FN(mask) ml, mh;
+    for (int64_t l = 0; l < V; l++) {
+        ml[l] = (TI)(l / 2 + (l % 2) * V);
+        mh[l] = (TI)(V / 2 + l / 2 + (l % 2) * V);
+    }
+    *lo = __builtin_shuffle(a, b, ml);
+    *hi = __builtin_shuffle(a, b, mh);
+}
+
+/* The output transform of n tiles of one tile row of one output plane: the
+ * tile A^T m A (m: plane 4 i + j at mp[(4 i + j) ks + j']) plus bias to
+ * rows y0, y1 (y1 NULL past the last row) at columns 2 tw, 2 tw + 1 (the
+ * latter only below OW), or added to them; V tiles at a time. */
+static inline void FN(winograd_out)(const T *restrict mp, int64_t ks, int64_t tw0, int64_t n, int64_t OW,
+                                    T bias, bool add, T *restrict y0, T *restrict y1)
+{
+    for (int64_t j = 0; j < n; j += V) {
+        VT m[16], s[2][4], v[2][2];
+        for (int i = 0; i < 16; i++) m[i] = VLOAD(mp + i * ks + j);
+        for (int b = 0; b < 4; b++) {
+            s[0][b] = m[b] + m[4 + b] + m[8 + b];
+            s[1][b] = m[4 + b] - m[8 + b] - m[12 + b];
+        }
+        for (int a = 0; a < 2; a++) {
+            v[a][0] = bias + (s[a][0] + s[a][1] + s[a][2]);
+            v[a][1] = bias + (s[a][1] - s[a][2] - s[a][3]);
+        }
+        /* columns 2 (tw0 + j) .. : 2 V of them, fewer at the row's end */
+        int64_t col = 2 * (tw0 + j), cols = OW - col < 2 * V ? OW - col : 2 * V;
+        if (cols > 2 * (n - j)) cols = 2 * (n - j);
+        for (int a = 0; a < 2; a++) {
+            T *d = a ? y1 : y0;
+            if (!d) continue;
+            union {
+                VT v[2];
+                T e[2 * V];
+            } t;
+            FN(interleave)(v[a][0], v[a][1], &t.v[0], &t.v[1]);
+            if (cols == 2 * V) {
+                if (add) {
+                    t.v[0] += VLOAD(d + col);
+                    t.v[1] += VLOAD(d + col + V);
+                }
+                memcpy(d + col, t.e, sizeof t.e);
+            } else {
+                for (int64_t l = 0; l < cols; l++) d[col + l] = add ? d[col + l] + t.e[l] : t.e[l];
+            }
+        }
+    }
+}
+
+/* m [og][ld] (+ nvalid vectors) = the products of og packed weight rows
+ * (wp: [Cg][og]) with nt vectors of u ([Cg][ld]): og and nt constants after
+ * inlining, so the og nt accumulators stay in registers. Vectors past
+ * nvalid repeat the last valid one and are not stored. */
+static inline __attribute__((always_inline)) void FN(winograd_tiles)(int64_t Cg, int og, int nt, int nvalid,
+                                                                     const T *wp, const T *u, T *m, int64_t ld)
+{
+    VT acc[8][8];
+    const T *ut[8];
+    for (int t = 0; t < nt; t++) ut[t] = u + (t < nvalid ? t : nvalid - 1) * V;
+    for (int o = 0; o < og; o++)
+        for (int t = 0; t < nt; t++) acc[o][t] = (VT){0};
+    for (int64_t c = 0; c < Cg; c++, wp += og) {
+        VT xv[8];
+        for (int t = 0; t < nt; t++) xv[t] = VLOAD(ut[t] + c * ld);
+        for (int o = 0; o < og; o++)
+            for (int t = 0; t < nt; t++) acc[o][t] += wp[o] * xv[t];
+    }
+    for (int o = 0; o < og; o++)
+        for (int t = 0; t < nvalid; t++) memcpy(m + o * ld + t * V, &acc[o][t], sizeof(VT));
+}
+
+/* y (+)= the 3x3 correlation (stride 1, dilation 1) of samples [n0, n0+nb)
+ * of x with the transformed weight wt (winograd_weights), plus b. The tiles
+ * of the block, in (sample, tile row, tile column) order, go in chunks of
+ * WG_CHUNK: per group the input transform to u [16][Cg][WG_CHUNK], 16
+ * products to m [16][Og][WG_CHUNK], the output transform. xq: nb C Hq R
+ * elements (winograd_pad). */
+__attribute__((target_clones("arch=x86-64-v4", "default"))) static void
+FN(conv_winograd)(const cr_window *g, int64_t G, int64_t O, const T *x, const T *wt, const T *b, int64_t n0,
+                  int64_t nb, T *y, bool add, T *xq, T *u, T *m)
+{
+    const int64_t C = g->C, Cg = C / G, Og = O / G, OH = g->OH, OW = g->OW, P = OH * OW;
+    const int64_t TH = (OH + 1) / 2, TW = (OW + 1) / 2, half = TW + 1, R = 2 * half, Hq = 2 * TH + 2;
+    const int64_t per = TH * TW, total = nb * per, ld = WG_CHUNK, plane = O * Cg;
+    FN(winograd_pad)(g, nb * C, x + n0 * C * g->H * g->W, xq, TH, TW);
+    for (int64_t t0 = 0; t0 < total; t0 += ld) {
+        const int64_t nt = total - t0 < ld ? total - t0 : ld, nv = (nt + V - 1) / V;
+        for (int64_t k = 0; k < G; k++) {
+            for (int64_t s = t0; s < t0 + nt;) { /* the input transform, a tile row at a time */
+                int64_t n = s / per, th = s % per / TW, tw0 = s % per % TW;
+                int64_t len = TW - tw0 < t0 + nt - s ? TW - tw0 : t0 + nt - s;
+                for (int64_t c = 0; c < Cg; c++)
+                    FN(winograd_in)(xq + ((n * C + k * Cg + c) * Hq + 2 * th) * R, R, half, tw0, len,
+                                    u + c * ld + (s - t0), Cg * ld);
+                s += len;
+            }
+            if (nt < nv * V) /* the last vector's lanes past the tiles: zeros, not stale scratch */
+                for (int64_t i = 0; i < 16 * Cg; i++) memset(u + i * ld + nt, 0, (size_t)(nv * V - nt) * sizeof(T));
+            for (int64_t i = 0; i < 16; i++) { /* m[i] = wt[i] u[i], per run of output channels */
+                const T *ui = u + i * Cg * ld;
+                for (int64_t o0 = 0; o0 < Og; o0 += 8) {
+                    int og = Og - o0 < 8 ? (int)(Og - o0) : 8;
+                    const T *wp = wt + i * plane + (k * Og + o0) * Cg;
+                    T *mi = m + (i * Og + o0) * ld;
+                    if (og == 8) { /* 3 vectors a run; the last run as many as are left */
+                        int64_t v0 = 0;
+                        for (; v0 + 3 <= nv; v0 += 3) FN(winograd_tiles)(Cg, 8, 3, 3, wp, ui + v0 * V, mi + v0 * V, ld);
+                        if (nv - v0 == 2) FN(winograd_tiles)(Cg, 8, 2, 2, wp, ui + v0 * V, mi + v0 * V, ld);
+                        if (nv - v0 == 1) FN(winograd_tiles)(Cg, 8, 1, 1, wp, ui + v0 * V, mi + v0 * V, ld);
+                        continue;
+                    }
+                    int nq = TILES(og);
+                    for (int64_t v0 = 0; v0 < nv; v0 += nq) {
+                        int nvalid = nv - v0 < nq ? (int)(nv - v0) : nq;
+#define WG_OF(OG) FN(winograd_tiles)(Cg, OG, TILES(OG), nvalid, wp, ui + v0 * V, mi + v0 * V, ld)
+                        DIRECT_SWITCH(WG_OF)
+#undef WG_OF
+                    }
+                }
+            }
+            for (int64_t s = t0; s < t0 + nt;) { /* the output transform */
+                int64_t n = s / per, th = s % per / TW, tw0 = s % per % TW;
+                int64_t len = TW - tw0 < t0 + nt - s ? TW - tw0 : t0 + nt - s;
+                for (int64_t o = 0; o < Og; o++) {
+                    T *yp = y + ((n0 + n) * O + k * Og + o) * P + 2 * th * OW;
+                    FN(winograd_out)(m + o * ld + (s - t0), Og * ld, tw0, len, OW, b ? b[k * Og + o] : 0, add,
+                                     yp, 2 * th + 1 < OH ? yp + OW : NULL);
+                }
+                s += len;
+            }
+        }
+    }
+}
 #undef L
 #undef TILES
 #undef DIRECT_SWITCH
