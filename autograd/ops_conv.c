@@ -445,6 +445,23 @@ static void dw_direct_segment(const bwd_ctx *c, int64_t seg)
     cr_k_conv_direct_dw(&c->dg, d->G, c->x, c->gy, n0, n1 - n0, &pv, &sv);
 }
 
+/* The Winograd weight gradient of a segment's samples into its partial
+ * sum of transformed sums (cr_k_conv_winograd_dw). */
+static void dw_winograd_segment(const bwd_ctx *c, int64_t seg)
+{
+    const conv_dims *d = &c->d;
+    int64_t per = cr_k_conv_winograd_dw_scratch(c->g, d->G, d->O, d->dt),
+            nd = cr_k_winograd_dw_numel(d->O, d->Cg, d->dt);
+    cr_tensor sv = flat(c->cols, per);
+    sv.data = at(c->cols, thread_id(d) * per);
+    cr_tensor pv = flat(c->part, nd);
+    pv.data = at(c->part, seg * nd);
+    memset(pv.data, 0, (size_t)nd * d->es);
+    int64_t n0 = seg * d->blocks / d->segs * d->nb, n1 = (seg + 1) * d->blocks / d->segs * d->nb;
+    if (n1 > d->N) n1 = d->N;
+    cr_k_conv_winograd_dw(c->g, d->G, c->x, c->gy, n0, n1 - n0, d->O, &pv, &sv);
+}
+
 /* dcols[g] = W[g]^T dY[g] with dY as [O, m*P], then dX += col2im(dcols); a
  * direct 1x1 adds W[g]^T dY[g] into the sample's gradient itself. Blocks
  * write disjoint samples. */
@@ -540,6 +557,22 @@ static void conv_bwd(cr_node *n)
     cr_tensor *gb = n->n_in > 2 ? input_grad(n, 2) : NULL;
     if (gb) bias_grad(d, c.gy, gb); /* db += sum of dy over samples and positions */
     if (!c.gx && !c.gw) return;
+    if (c.gw && d->wino) {
+        int64_t nd = cr_k_winograd_dw_numel(d->O, d->Cg, d->dt);
+        c.part = cr_tensor_new(d->dt, CR_SHAPE(d->segs * nd));
+        c.cols = scratch(d, cr_k_conv_winograd_dw_scratch(c.g, d->G, d->O, d->dt));
+        int segs_threads = d->threads < d->segs ? d->threads : (int)d->segs;
+        CR_PAR_FOR(d->par && d->segs > 1, "omp parallel for schedule(static) num_threads(segs_threads)",
+                   for (int64_t s = 0; s < d->segs; s++) dw_winograd_segment(&c, s););
+        cr_tensor sum = flat(c.part, nd);
+        for (int64_t s = 1; s < d->segs; s++) { /* the segments' sums in order, then dW += G^T sum G */
+            cr_tensor pv = flat(c.part, nd);
+            pv.data = at(c.part, s * nd);
+            cr_k_accumulate(&sum, &pv, NULL);
+        }
+        cr_k_winograd_dw_finish(&sum, d->G, c.gw);
+        c.gw = NULL; /* done */
+    }
     if (c.gw && d->dconv) {
         c.part = cr_tensor_new(d->dt, CR_SHAPE(d->segs * d->O * d->K));
         c.cols = scratch(d, cr_k_conv_direct_scratch(&c.dg, d->G, d->O, d->dt, true));

@@ -291,6 +291,88 @@ void cr_k_conv_winograd(const cr_window *g, int64_t groups, const cr_tensor *x, 
     }
 }
 
+/* The weight gradient's transformed sums: [16][O][Cq], Cq the channels per
+ * group rounded up to 64 bytes. */
+int64_t cr_k_winograd_dw_numel(int64_t O, int64_t Cg, cr_dtype dt)
+{
+    int64_t v = 64 / (int64_t)cr_dtype_size(dt);
+    return 16 * O * ((Cg + v - 1) / v * v);
+}
+
+/* The sample's channels and gradient channel-last (winograd_dw: xn, yn), the
+ * chunk's transforms (xt, yt). */
+static void winograd_dw_parts(const cr_window *g, int64_t groups, int64_t O, cr_dtype dt, int64_t part[4])
+{
+    int64_t v = 64 / (int64_t)cr_dtype_size(dt), Cg = g->C / groups, Og = O / groups;
+    int64_t TH = (g->OH + 1) / 2, TW = (g->OW + 1) / 2, Cq = (Cg + v - 1) / v * v, Op = (Og + v - 1) / v * v;
+    part[0] = (2 * TH + 2) * (2 * TW + 2) * Cq;
+    part[1] = 4 * TH * TW * Op;
+    part[2] = 16 * (WG_CHUNK / 2) * Cq;
+    part[3] = 16 * (WG_CHUNK / 2) * (Op + 16);
+}
+
+int64_t cr_k_conv_winograd_dw_scratch(const cr_window *g, int64_t groups, int64_t O, cr_dtype dt)
+{
+    int64_t part[4];
+    winograd_dw_parts(g, groups, O, dt, part);
+    return part[0] + part[1] + part[2] + part[3];
+}
+
+void cr_k_conv_winograd_dw(const cr_window *g, int64_t groups, const cr_tensor *x, const cr_tensor *gy,
+                           int64_t n0, int64_t nb, int64_t O, cr_tensor *du, cr_tensor *scratch)
+{
+    const char *fn = "cr_k_conv_winograd_dw";
+    check_window(fn, g);
+    if (!winograd_window(g))
+        cr_error("%s: kernel %lldx%lld stride %lldx%lld dilation %lldx%lld: needs 3x3, stride 1, dilation 1", fn,
+                 (long long)g->KH, (long long)g->KW, (long long)g->SH, (long long)g->SW, (long long)g->DH,
+                 (long long)g->DW);
+    if (x->dtype == CR_I32) cr_error("%s: needs f32 or f64, got i32", fn);
+    if (groups < 1 || O < 1 || g->C % groups || O % groups)
+        cr_error("%s: %lld input and %lld output channels do not split into %lld groups", fn, (long long)g->C,
+                 (long long)O, (long long)groups);
+    check_contig(fn, "input", x, x->dtype);
+    check_contig(fn, "gradient", gy, x->dtype);
+    check_contig(fn, "sums", du, x->dtype);
+    check_contig(fn, "scratch", scratch, x->dtype);
+    check_block(fn, g, x, n0, nb);
+    int64_t sample = g->C * g->H * g->W;
+    check_numel(fn, "gradient", gy, (sample > 0 ? cr_numel(x) / sample : 0) * O * g->OH * g->OW);
+    check_numel(fn, "sums", du, cr_k_winograd_dw_numel(O, g->C / groups, x->dtype));
+    int64_t part[4];
+    winograd_dw_parts(g, groups, O, x->dtype, part);
+    if (cr_numel(scratch) < part[0] + part[1] + part[2] + part[3])
+        cr_error("%s: scratch of %lld elements, needs %lld", fn, (long long)cr_numel(scratch),
+                 (long long)(part[0] + part[1] + part[2] + part[3]));
+    if (x->dtype == CR_F32) {
+        float *p = scratch->data;
+        conv_winograd_dw_f32(g, groups, O, x->data, gy->data, n0, nb, du->data, p, p + part[0],
+                             p + part[0] + part[1], p + part[0] + part[1] + part[2]);
+    } else {
+        double *p = scratch->data;
+        conv_winograd_dw_f64(g, groups, O, x->data, gy->data, n0, nb, du->data, p, p + part[0],
+                             p + part[0] + part[1], p + part[0] + part[1] + part[2]);
+    }
+}
+
+void cr_k_winograd_dw_finish(const cr_tensor *du, int64_t groups, cr_tensor *dw)
+{
+    const char *fn = "cr_k_winograd_dw_finish";
+    char s[128];
+    if (dw->dtype == CR_I32) cr_error("%s: needs f32 or f64, got i32", fn);
+    check_contig(fn, "weight gradient", dw, dw->dtype);
+    check_contig(fn, "sums", du, dw->dtype);
+    if (dw->ndim != 4 || dw->shape[2] != 3 || dw->shape[3] != 3 || groups < 1 || dw->shape[0] % groups)
+        cr_error("%s: weight gradient %s is not [O, C/G, 3, 3] with O divisible by %lld groups", fn,
+                 cr_shape_str(s, sizeof s, dw->ndim, dw->shape), (long long)groups);
+    int64_t O = dw->shape[0], Cg = dw->shape[1], n = cr_k_winograd_dw_numel(O, Cg, dw->dtype);
+    check_numel(fn, "sums", du, n);
+    if (dw->dtype == CR_F32)
+        winograd_dw_finish_f32(O, Cg, n / (16 * O), du->data, dw->data);
+    else
+        winograd_dw_finish_f64(O, Cg, n / (16 * O), du->data, dw->data);
+}
+
 /* Planes of x (its elements / (H W)), with out (and arg) holding OH x OW per plane. */
 static int64_t pool_planes(const char *fn, const cr_window *g, const cr_tensor *x, const cr_tensor *out,
                            const cr_tensor *arg)
