@@ -359,8 +359,8 @@ extern int64_t cr_conv_keep_bytes;
 extern int64_t cr_conv_direct_channels;
 /* Groups with at least cr_conv_winograd_channels input and output channels,
  * a 3x3 kernel, stride 1, dilation 1 and padding at most 2 compute the
- * output and the input gradient by Winograd F(2x2, 3x3) instead (the same
- * numbers to rounding, on any thread count). Default -1: 16 on a CPU with
+ * output and both gradients by Winograd F(2x2, 3x3) instead (the same
+ * numbers to rounding, on any thread count). Default -1: 32 on a CPU with
  * AVX-512, never elsewhere; INT64_MAX turns it off. */
 extern int64_t cr_conv_winograd_channels;
 
