@@ -250,14 +250,15 @@ void cr_k_winograd_weights(const cr_tensor *w, int64_t groups, cr_tensor *wt)
 }
 
 void cr_k_conv_winograd(const cr_window *g, int64_t groups, const cr_tensor *x, const cr_tensor *wt,
-                        const cr_tensor *b, int64_t n0, int64_t nb, cr_tensor *y, bool add, cr_tensor *scratch)
+                        const cr_tensor *b, int64_t n0, int64_t nb, cr_tensor *y, bool add,
+                        cr_tensor *scratch)
 {
     const char *fn = "cr_k_conv_winograd";
     char s[128];
     check_window(fn, g);
     if (!winograd_window(g))
-        cr_error("%s: kernel %lldx%lld stride %lldx%lld dilation %lldx%lld: needs 3x3, stride 1, dilation 1", fn,
-                 (long long)g->KH, (long long)g->KW, (long long)g->SH, (long long)g->SW, (long long)g->DH,
+        cr_error("%s: kernel %lldx%lld stride %lldx%lld dilation %lldx%lld: needs 3x3, stride 1, dilation 1",
+                 fn, (long long)g->KH, (long long)g->KW, (long long)g->SH, (long long)g->SW, (long long)g->DH,
                  (long long)g->DW);
     if (x->dtype == CR_I32) cr_error("%s: needs f32 or f64, got i32", fn);
     check_contig(fn, "input", x, x->dtype);
@@ -278,16 +279,17 @@ void cr_k_conv_winograd(const cr_window *g, int64_t groups, const cr_tensor *x, 
     check_numel(fn, "output", y, (sample > 0 ? cr_numel(x) / sample : 0) * O * g->OH * g->OW);
     int64_t need = cr_k_conv_winograd_scratch(g, groups, O, nb);
     if (cr_numel(scratch) < need)
-        cr_error("%s: scratch of %lld elements, needs %lld", fn, (long long)cr_numel(scratch), (long long)need);
+        cr_error("%s: scratch of %lld elements, needs %lld", fn, (long long)cr_numel(scratch),
+                 (long long)need);
     int64_t pad = need - 16 * (g->C / groups + O / groups) * WG_CHUNK, ul = 16 * (g->C / groups) * WG_CHUNK;
     if (x->dtype == CR_F32) {
         float *p = scratch->data;
-        conv_winograd_f32(g, groups, O, x->data, wt->data, b ? b->data : NULL, n0, nb, y->data, add, p, p + pad,
-                          p + pad + ul);
+        conv_winograd_f32(g, groups, O, x->data, wt->data, b ? b->data : NULL, n0, nb, y->data, add, p,
+                          p + pad, p + pad + ul);
     } else {
         double *p = scratch->data;
-        conv_winograd_f64(g, groups, O, x->data, wt->data, b ? b->data : NULL, n0, nb, y->data, add, p, p + pad,
-                          p + pad + ul);
+        conv_winograd_f64(g, groups, O, x->data, wt->data, b ? b->data : NULL, n0, nb, y->data, add, p,
+                          p + pad, p + pad + ul);
     }
 }
 
@@ -324,8 +326,8 @@ void cr_k_conv_winograd_dw(const cr_window *g, int64_t groups, const cr_tensor *
     const char *fn = "cr_k_conv_winograd_dw";
     check_window(fn, g);
     if (!winograd_window(g))
-        cr_error("%s: kernel %lldx%lld stride %lldx%lld dilation %lldx%lld: needs 3x3, stride 1, dilation 1", fn,
-                 (long long)g->KH, (long long)g->KW, (long long)g->SH, (long long)g->SW, (long long)g->DH,
+        cr_error("%s: kernel %lldx%lld stride %lldx%lld dilation %lldx%lld: needs 3x3, stride 1, dilation 1",
+                 fn, (long long)g->KH, (long long)g->KW, (long long)g->SH, (long long)g->SW, (long long)g->DH,
                  (long long)g->DW);
     if (x->dtype == CR_I32) cr_error("%s: needs f32 or f64, got i32", fn);
     if (groups < 1 || O < 1 || g->C % groups || O % groups)

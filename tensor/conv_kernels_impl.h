@@ -414,7 +414,8 @@ static void FN(winograd_weights)(int64_t G, int64_t O, int64_t Cg, const T *w, T
  * columns), each row stored as its even columns then its odd ones (TW + 1
  * each): the patch column 2 tw + j of every tile of a row is then one
  * contiguous run (even or odd, from tw or tw + 1). */
-static inline __attribute__((always_inline)) void FN(winograd_pad)(const cr_window *g, int64_t planes, const T *x, T *xq, int64_t TH, int64_t TW)
+static inline __attribute__((always_inline)) void FN(winograd_pad)(const cr_window *g, int64_t planes,
+                                                                   const T *x, T *xq, int64_t TH, int64_t TW)
 {
     typedef TI FN(pmask) __attribute__((vector_size(64)));
     FN(pmask) me, mo; /* the even and the odd lanes of two vectors */
@@ -452,8 +453,9 @@ static inline __attribute__((always_inline)) void FN(winograd_pad)(const cr_wind
  * u[(4 a + b) ks + j] for tile j. V tiles at a time: the patch columns
  * are runs of the even and odd halves (reading up to V past a row: the
  * scratch has room); a last partial vector stores only its tiles. */
-static inline __attribute__((always_inline)) void FN(winograd_in)(const T *restrict p, int64_t R, int64_t half, int64_t tw0, int64_t n,
-                                   T *restrict u, int64_t ks)
+static inline __attribute__((always_inline)) void FN(winograd_in)(const T *restrict p, int64_t R,
+                                                                  int64_t half, int64_t tw0, int64_t n,
+                                                                  T *restrict u, int64_t ks)
 {
     const T *e[4], *q[4];
     for (int i = 0; i < 4; i++) {
@@ -511,8 +513,9 @@ static inline __attribute__((always_inline)) void FN(interleave)(VT a, VT b, VT 
  * tile A^T m A (m: plane 4 i + j at mp[(4 i + j) ks + j']) plus bias to
  * rows y0, y1 (y1 NULL past the last row) at columns 2 tw, 2 tw + 1 (the
  * latter only below OW), or added to them; V tiles at a time. */
-static inline __attribute__((always_inline)) void FN(winograd_out)(const T *restrict mp, int64_t ks, int64_t tw0, int64_t n, int64_t OW,
-                                    T bias, bool add, T *restrict y0, T *restrict y1)
+static inline __attribute__((always_inline)) void FN(winograd_out)(const T *restrict mp, int64_t ks,
+                                                                   int64_t tw0, int64_t n, int64_t OW, T bias,
+                                                                   bool add, T *restrict y0, T *restrict y1)
 {
     for (int64_t j = 0; j < n; j += V) {
         VT m[16], s[2][4], v[2][2];
@@ -554,8 +557,8 @@ static inline __attribute__((always_inline)) void FN(winograd_out)(const T *rest
  * (wp: [Cg][og]) with nt vectors of u ([Cg][ld]): og and nt constants after
  * inlining, so the og nt accumulators stay in registers. Vectors past
  * nvalid repeat the last valid one and are not stored. */
-static inline __attribute__((always_inline)) void FN(winograd_tiles)(int64_t Cg, int og, int nt, int nvalid,
-                                                                     const T *wp, const T *u, T *m, int64_t ld)
+static inline __attribute__((always_inline)) void
+FN(winograd_tiles)(int64_t Cg, int og, int nt, int nvalid, const T *wp, const T *u, T *m, int64_t ld)
 {
     VT acc[8][8];
     const T *ut[8];
@@ -593,12 +596,14 @@ FN(conv_winograd)(const cr_window *g, int64_t G, int64_t O, const T *x, const T 
                 int64_t n = s / per, th = s % per / TW, tw0 = s % per % TW;
                 int64_t len = TW - tw0 < t0 + nt - s ? TW - tw0 : t0 + nt - s;
                 for (int64_t c = 0; c < Cg; c++)
-                    FN(winograd_in)(xq + ((n * C + k * Cg + c) * Hq + 2 * th) * R, R, half, tw0, len,
-                                    u + c * ld + (s - t0), Cg * ld);
+                    FN(winograd_in)
+                    (xq + ((n * C + k * Cg + c) * Hq + 2 * th) * R, R, half, tw0, len, u + c * ld + (s - t0),
+                     Cg * ld);
                 s += len;
             }
             if (nt < nv * V) /* the last vector's lanes past the tiles: zeros, not stale scratch */
-                for (int64_t i = 0; i < 16 * Cg; i++) memset(u + i * ld + nt, 0, (size_t)(nv * V - nt) * sizeof(T));
+                for (int64_t i = 0; i < 16 * Cg; i++)
+                    memset(u + i * ld + nt, 0, (size_t)(nv * V - nt) * sizeof(T));
             for (int64_t i = 0; i < 16; i++) { /* m[i] = wt[i] u[i], per run of output channels */
                 const T *ui = u + i * Cg * ld;
                 for (int64_t o0 = 0; o0 < Og; o0 += 8) {
@@ -607,7 +612,8 @@ FN(conv_winograd)(const cr_window *g, int64_t G, int64_t O, const T *x, const T 
                     T *mi = m + (i * Og + o0) * ld;
                     if (og == 8) { /* 3 vectors a run; the last run as many as are left */
                         int64_t v0 = 0;
-                        for (; v0 + 3 <= nv; v0 += 3) FN(winograd_tiles)(Cg, 8, 3, 3, wp, ui + v0 * V, mi + v0 * V, ld);
+                        for (; v0 + 3 <= nv; v0 += 3)
+                            FN(winograd_tiles)(Cg, 8, 3, 3, wp, ui + v0 * V, mi + v0 * V, ld);
                         if (nv - v0 == 2) FN(winograd_tiles)(Cg, 8, 2, 2, wp, ui + v0 * V, mi + v0 * V, ld);
                         if (nv - v0 == 1) FN(winograd_tiles)(Cg, 8, 1, 1, wp, ui + v0 * V, mi + v0 * V, ld);
                         continue;
@@ -626,8 +632,9 @@ FN(conv_winograd)(const cr_window *g, int64_t G, int64_t O, const T *x, const T 
                 int64_t len = TW - tw0 < t0 + nt - s ? TW - tw0 : t0 + nt - s;
                 for (int64_t o = 0; o < Og; o++) {
                     T *yp = y + ((n0 + n) * O + k * Og + o) * P + 2 * th * OW;
-                    FN(winograd_out)(m + o * ld + (s - t0), Og * ld, tw0, len, OW, b ? b[k * Og + o] : 0, add,
-                                     yp, 2 * th + 1 < OH ? yp + OW : NULL);
+                    FN(winograd_out)
+                    (m + o * ld + (s - t0), Og * ld, tw0, len, OW, b ? b[k * Og + o] : 0, add, yp,
+                     2 * th + 1 < OH ? yp + OW : NULL);
                 }
                 s += len;
             }
@@ -644,7 +651,8 @@ FN(conv_winograd)(const cr_window *g, int64_t G, int64_t O, const T *x, const T 
 /* r[j][l] = r[l][j]: log2 V rounds of interleaving row i with row i + V/2
  * (each rotates the bits of (row, lane) by one: log2 V of them swap the
  * halves). */
-static inline __attribute__((always_inline)) void FN(transpose_vv)(const T *src, int64_t ss, T *dst, int64_t ds)
+static inline __attribute__((always_inline)) void FN(transpose_vv)(const T *src, int64_t ss, T *dst,
+                                                                   int64_t ds)
 {
     VT r[V], t[V];
     for (int64_t i = 0; i < V; i++) r[i] = VLOAD(src + i * ss);
@@ -657,8 +665,10 @@ static inline __attribute__((always_inline)) void FN(transpose_vv)(const T *src,
 
 /* dst [Hq][Wq][Cq] = n planes of h x w (src, plane after plane) channel-last,
  * plane row hh at dst row r0 + hh, column ww at c0 + ww; zeros elsewhere. */
-static inline __attribute__((always_inline)) void FN(channels_last)(const T *src, int64_t n, int64_t h, int64_t w, int64_t r0, int64_t c0, int64_t Hq,
-                              int64_t Wq, int64_t Cq, T *dst)
+static inline __attribute__((always_inline)) void FN(channels_last)(const T *src, int64_t n, int64_t h,
+                                                                    int64_t w, int64_t r0, int64_t c0,
+                                                                    int64_t Hq, int64_t Wq, int64_t Cq,
+                                                                    T *dst)
 {
     memset(dst, 0, (size_t)(Hq * Wq * Cq) * sizeof(T));
     for (int64_t ch0 = 0; ch0 < n; ch0 += V)
@@ -679,9 +689,10 @@ static inline __attribute__((always_inline)) void FN(channels_last)(const T *src
  * constants after inlining), added to du + o ldu + q V. y rows have ldy
  * elements (room for og past the last channel: the extra rows read zeros
  * and only nvalid are stored), x rows ldx. */
-static inline __attribute__((always_inline)) void FN(winograd_dw_tiles)(int og, int nq, int nvalid, int64_t nt,
-                                                                        const T *y, int64_t ldy, const T *x,
-                                                                        int64_t ldx, T *du, int64_t ldu)
+static inline __attribute__((always_inline)) void FN(winograd_dw_tiles)(int og, int nq, int nvalid,
+                                                                        int64_t nt, const T *y, int64_t ldy,
+                                                                        const T *x, int64_t ldx, T *du,
+                                                                        int64_t ldu)
 {
     VT acc[16][4];
     for (int o = 0; o < og; o++)
@@ -706,8 +717,8 @@ static inline __attribute__((always_inline)) void FN(winograd_dw_tiles)(int og, 
  * channel-last, padded: Hq Wq Cq), yn (its gradient: 2 TH 2 TW Op), xt [16][ch][Cq]
  * and yt [16][ch][Oq] (the chunk's transforms). */
 __attribute__((target_clones("arch=x86-64-v4", "default"))) static void
-FN(conv_winograd_dw)(const cr_window *g, int64_t G, int64_t O, const T *x, const T *gy, int64_t n0, int64_t nb,
-                     T *du, T *xn, T *yn, T *xt, T *yt)
+FN(conv_winograd_dw)(const cr_window *g, int64_t G, int64_t O, const T *x, const T *gy, int64_t n0,
+                     int64_t nb, T *du, T *xn, T *yn, T *xt, T *yt)
 {
     const int64_t C = g->C, Cg = C / G, Og = O / G, OH = g->OH, OW = g->OW;
     const int64_t TH = (OH + 1) / 2, TW = (OW + 1) / 2, Hq = 2 * TH + 2, Wq = 2 * TW + 2, Yw = 2 * TW;
@@ -716,7 +727,8 @@ FN(conv_winograd_dw)(const cr_window *g, int64_t G, int64_t O, const T *x, const
     memset(yt, 0, (size_t)(16 * ch * Oq) * sizeof(T)); /* lanes past Op stay zero */
     for (int64_t n = n0; n < n0 + nb; n++)
         for (int64_t k = 0; k < G; k++) {
-            FN(channels_last)(x + (n * C + k * Cg) * g->H * g->W, Cg, g->H, g->W, g->PH, g->PW, Hq, Wq, Cq, xn);
+            FN(channels_last)
+            (x + (n * C + k * Cg) * g->H * g->W, Cg, g->H, g->W, g->PH, g->PW, Hq, Wq, Cq, xn);
             FN(channels_last)(gy + (n * O + k * Og) * OH * OW, Og, OH, OW, 0, 0, 2 * TH, Yw, Op, yn);
             for (int64_t t0 = 0; t0 < per; t0 += ch) {
                 const int64_t nt = per - t0 < ch ? per - t0 : ch;
@@ -734,8 +746,10 @@ FN(conv_winograd_dw)(const cr_window *g, int64_t G, int64_t O, const T *x, const
                             r[3][j] = d[1][j] - d[3][j];
                         }
                         for (int a = 0; a < 4; a++) {
-                            VT v[4] = {r[a][0] - r[a][2], r[a][1] + r[a][2], r[a][2] - r[a][1], r[a][1] - r[a][3]};
-                            for (int b = 0; b < 4; b++) memcpy(xt + ((4 * a + b) * ch + t) * Cq + cv, &v[b], sizeof(VT));
+                            VT v[4] = {r[a][0] - r[a][2], r[a][1] + r[a][2], r[a][2] - r[a][1],
+                                       r[a][1] - r[a][3]};
+                            for (int b = 0; b < 4; b++)
+                                memcpy(xt + ((4 * a + b) * ch + t) * Cq + cv, &v[b], sizeof(VT));
                         }
                     }
                     const T *q = yn + (2 * th * Yw + 2 * tw) * Op;
@@ -751,7 +765,8 @@ FN(conv_winograd_dw)(const cr_window *g, int64_t G, int64_t O, const T *x, const
                         }
                         for (int a = 0; a < 4; a++) {
                             VT v[4] = {r[a][0], r[a][0] + r[a][1], r[a][0] - r[a][1], -r[a][1]};
-                            for (int b = 0; b < 4; b++) memcpy(yt + ((4 * a + b) * ch + t) * Oq + ov, &v[b], sizeof(VT));
+                            for (int b = 0; b < 4; b++)
+                                memcpy(yt + ((4 * a + b) * ch + t) * Oq + ov, &v[b], sizeof(VT));
                         }
                     }
                 }
@@ -763,7 +778,8 @@ FN(conv_winograd_dw)(const cr_window *g, int64_t G, int64_t O, const T *x, const
                         int og = nq == 4 ? 6 : nq == 3 ? 8 : nq == 2 ? 12 : 16;
                         for (int64_t o0 = 0; o0 < Og; o0 += og) {
                             int nvalid = Og - o0 < og ? (int)(Og - o0) : og;
-#define DW_RUN(OG, NQ) FN(winograd_dw_tiles)(OG, NQ, nvalid, nt, yi + o0, Oq, xi + c0, Cq, di + o0 * Cq + c0, Cq)
+#define DW_RUN(OG, NQ)                                                                                       \
+    FN(winograd_dw_tiles)(OG, NQ, nvalid, nt, yi + o0, Oq, xi + c0, Cq, di + o0 * Cq + c0, Cq)
                             switch (nq) {
                             case 4: DW_RUN(6, 4); break;
                             case 3: DW_RUN(8, 3); break;

@@ -449,7 +449,8 @@ void cr_k_conv_direct_dw(const cr_window *g, int64_t groups, const cr_tensor *x,
 int64_t cr_k_conv_winograd_scratch(const cr_window *g, int64_t groups, int64_t O, int64_t nb);
 void cr_k_winograd_weights(const cr_tensor *w, int64_t groups, cr_tensor *wt);
 void cr_k_conv_winograd(const cr_window *g, int64_t groups, const cr_tensor *x, const cr_tensor *wt,
-                        const cr_tensor *b, int64_t n0, int64_t nb, cr_tensor *y, bool add, cr_tensor *scratch);
+                        const cr_tensor *b, int64_t n0, int64_t nb, cr_tensor *y, bool add,
+                        cr_tensor *scratch);
 /* Its weight gradient: cr_k_conv_winograd_dw adds to du (cr_k_winograd_dw_numel
  * elements: 16 planes of [O, C/G rounded up to 64 bytes]) the transformed
  * sums over samples [n0, n0+nb) of x and gy (y's shape, O channels), in an

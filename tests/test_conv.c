@@ -127,7 +127,8 @@ static void parity_file(const char *file, double tol)
      * with stride 1 along W, however many channels; Winograd for every 3x3
      * case with stride 1, dilation 1 and padding at most 2, however many
      * channels */
-    int64_t blocks[5] = {1, cr_conv_block_bytes, cr_conv_block_bytes, cr_conv_block_bytes, cr_conv_block_bytes};
+    int64_t blocks[5] = {1, cr_conv_block_bytes, cr_conv_block_bytes, cr_conv_block_bytes,
+                         cr_conv_block_bytes};
     int64_t keep[5] = {cr_conv_keep_bytes, 0, cr_conv_keep_bytes, cr_conv_keep_bytes, cr_conv_keep_bytes};
     int64_t direct[5] = {0, 0, cr_conv_direct_channels, (int64_t)1 << 30, cr_conv_direct_channels},
             default_direct = cr_conv_direct_channels;
@@ -484,7 +485,7 @@ Test(conv, results_do_not_depend_on_threads_or_blocks)
             }
 }
 
-/* Winograd F(2x2, 3x3): y, dX (and the rest) of a 3x3 conv with groups 2,
+/* Winograd F(2x2, 3x3): y, dX and dW of a 3x3 conv with groups 2,
  * 16 channels per group, padding 1 and odd outputs (9 x 21: tiles of one
  * at the ends, 55 per sample, so chunks of 96 cross samples), against the
  * direct kernels: the same bits on 1 and 2 threads, the same y and dX bits
@@ -511,7 +512,8 @@ Test(conv, winograd_does_not_depend_on_threads_or_blocks)
     for (int dt = 0; dt < 2; dt++) {
         cr_dtype t = dt ? CR_F64 : CR_F32;
         cr_tensor *x = leaf(cr_tensor_init(t, CR_SHAPE(6, 32, 9, 21))),
-                  *w = leaf(cr_tensor_init(t, CR_SHAPE(32, 16, 3, 3))), *b = leaf(cr_tensor_init(t, CR_SHAPE(32)));
+                  *w = leaf(cr_tensor_init(t, CR_SHAPE(32, 16, 3, 3))),
+                  *b = leaf(cr_tensor_init(t, CR_SHAPE(32)));
         cr_fill_uniform(x, &rng, -1, 1);
         cr_fill_uniform(w, &rng, -1, 1);
         cr_fill_uniform(b, &rng, -1, 1);
@@ -529,7 +531,7 @@ Test(conv, winograd_does_not_depend_on_threads_or_blocks)
         cr_set_num_threads(2);
         compare_runs(one, wino_run(x, w, b), 0);
         cr_conv_block_bytes = (int64_t)1 << 30; /* all samples in one block: the weight */
-        run_out all = wino_run(x, w, b);         /* gradient's sums are grouped by blocks */
+        run_out all = wino_run(x, w, b);        /* gradient's sums are grouped by blocks */
         compare_runs(one, all, t == CR_F32 ? 1e-4 : 1e-12);
         cr_assert(!memcmp(one.y->data, all.y->data, (size_t)cr_numel(one.y) * cr_dtype_size(t)));
         cr_assert(!memcmp(one.gx->data, all.gx->data, (size_t)cr_numel(one.gx) * cr_dtype_size(t)));

@@ -733,8 +733,8 @@ static void check_cross_entropy(void)
  * kernels on for any number of channels (cr_conv_direct_channels), which
  * take every case with stride 1 along W; then with Winograd F(2x2, 3x3) on
  * for any number of channels (cr_conv_winograd_channels), which takes the
- * output and input gradient of every 3x3 case with stride 1, dilation 1 and
- * padding at most 2 (the weight gradient as by default). */
+ * output and both gradients of every 3x3 case with stride 1, dilation 1
+ * and padding at most 2. */
 typedef struct {
     int nd;             /* 1 or 2 */
     int64_t x[4], w[4]; /* shapes (nd + 2 dims) */
