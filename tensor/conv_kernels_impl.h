@@ -595,10 +595,9 @@ FN(conv_winograd)(const cr_window *g, int64_t G, int64_t O, const T *x, const T 
             for (int64_t s = t0; s < t0 + nt;) { /* the input transform, a tile row at a time */
                 int64_t n = s / per, th = s % per / TW, tw0 = s % per % TW;
                 int64_t len = TW - tw0 < t0 + nt - s ? TW - tw0 : t0 + nt - s;
-                for (int64_t c = 0; c < Cg; c++)
-                    FN(winograd_in)
-                    (xq + ((n * C + k * Cg + c) * Hq + 2 * th) * R, R, half, tw0, len, u + c * ld + (s - t0),
-                     Cg * ld);
+                for (int64_t c = 0; c < Cg; c++) FN(winograd_in)
+                (xq + ((n * C + k * Cg + c) * Hq + 2 * th) * R, R, half, tw0, len, u + c * ld + (s - t0),
+                 Cg * ld);
                 s += len;
             }
             if (nt < nv * V) /* the last vector's lanes past the tiles: zeros, not stale scratch */
