@@ -219,13 +219,14 @@ void cr_k_conv_direct_dw(const cr_window *g, int64_t groups, const cr_tensor *x,
 }
 
 /* Winograd F(2x2, 3x3): the padded samples (winograd_pad) of a block of
- * nb (and 16 elements, as far as a vector of the input transform reads
- * past the last row), the chunk's transformed input (16 Cg WG_CHUNK) and products (16 Og
- * WG_CHUNK). */
+ * nb, the chunk's transformed input (16 Cg WG_CHUNK) and products (16 Og
+ * WG_CHUNK), each of the first and the last followed by 16 elements: a
+ * vector of the transforms may read past the last row (its lanes there
+ * are not used). */
 int64_t cr_k_conv_winograd_scratch(const cr_window *g, int64_t groups, int64_t O, int64_t nb)
 {
     int64_t TH = (g->OH + 1) / 2, TW = (g->OW + 1) / 2;
-    return nb * g->C * (2 * TH + 2) * (2 * TW + 2) + 16 + 16 * (g->C / groups + O / groups) * WG_CHUNK;
+    return nb * g->C * (2 * TH + 2) * (2 * TW + 2) + 16 + 16 * (g->C / groups + O / groups) * WG_CHUNK + 16;
 }
 
 static bool winograd_window(const cr_window *g)
@@ -281,7 +282,8 @@ void cr_k_conv_winograd(const cr_window *g, int64_t groups, const cr_tensor *x, 
     if (cr_numel(scratch) < need)
         cr_error("%s: scratch of %lld elements, needs %lld", fn, (long long)cr_numel(scratch),
                  (long long)need);
-    int64_t pad = need - 16 * (g->C / groups + O / groups) * WG_CHUNK, ul = 16 * (g->C / groups) * WG_CHUNK;
+    int64_t pad = need - 16 * (g->C / groups + O / groups) * WG_CHUNK - 16,
+            ul = 16 * (g->C / groups) * WG_CHUNK;
     if (x->dtype == CR_F32) {
         float *p = scratch->data;
         conv_winograd_f32(g, groups, O, x->data, wt->data, b ? b->data : NULL, n0, nb, y->data, add, p,
