@@ -357,6 +357,12 @@ extern int64_t cr_conv_keep_bytes;
  * reach) the input gradient too. Default -1: every group on a CPU with
  * AVX-512, at most 8 channels elsewhere; 0 turns them off. */
 extern int64_t cr_conv_direct_channels;
+/* Groups with at least cr_conv_winograd_channels input and output channels,
+ * a 3x3 kernel, stride 1, dilation 1 and padding at most 2 compute the
+ * output and both gradients by Winograd F(2x2, 3x3) instead (the same
+ * numbers to rounding, on any thread count). Default -1: 32 on a CPU with
+ * AVX-512, never elsewhere; INT64_MAX turns it off. */
+extern int64_t cr_conv_winograd_channels;
 
 /* Pooling over the last dim (1-D: x [N, C, L] or [C, L]) or the last two
  * (2-D: [N, C, H, W] or [C, H, W]); stride 0 means the kernel (PyTorch's

@@ -46,15 +46,24 @@ static int64_t dw_group(const cr_window *g, int64_t v)
     return n < 1 ? 1 : n > 8 ? 8 : n;
 }
 
+/* Winograd tiles per chunk: 2 runs of 3 vectors (f32), 4 (f64); the
+ * chunk's transformed input and products (16 planes of C x 96 each) stay
+ * in L2 for 64 channels. */
+#define WG_CHUNK ((int64_t)96)
+
 #define T float
+#define TI int32_t
 #define SFX f32
 #include "conv_kernels_impl.h"
 #undef T
+#undef TI
 #undef SFX
 #define T double
+#define TI int64_t
 #define SFX f64
 #include "conv_kernels_impl.h"
 #undef T
+#undef TI
 #undef SFX
 
 /* ---- checks: the kernels take raw buffers, so their shapes are checked here ---- */
@@ -207,6 +216,165 @@ void cr_k_conv_direct_dw(const cr_window *g, int64_t groups, const cr_tensor *x,
         double *s = scratch->data;
         conv_direct_dw_f64(g, groups, O, x->data, gy->data, n0, nb, dw->data, s, s + pad, s + pad + gyq);
     }
+}
+
+/* Winograd F(2x2, 3x3): the padded samples (winograd_pad) of a block of
+ * nb, the chunk's transformed input (16 Cg WG_CHUNK) and products (16 Og
+ * WG_CHUNK), each of the first and the last followed by 16 elements: a
+ * vector of the transforms may read past the last row (its lanes there
+ * are not used). */
+int64_t cr_k_conv_winograd_scratch(const cr_window *g, int64_t groups, int64_t O, int64_t nb)
+{
+    int64_t TH = (g->OH + 1) / 2, TW = (g->OW + 1) / 2;
+    return nb * g->C * (2 * TH + 2) * (2 * TW + 2) + 16 + 16 * (g->C / groups + O / groups) * WG_CHUNK + 16;
+}
+
+static bool winograd_window(const cr_window *g)
+{
+    return g->KH == 3 && g->KW == 3 && g->SH == 1 && g->SW == 1 && g->DH == 1 && g->DW == 1;
+}
+
+void cr_k_winograd_weights(const cr_tensor *w, int64_t groups, cr_tensor *wt)
+{
+    char s[128];
+    if (w->dtype == CR_I32) cr_error("cr_k_winograd_weights: needs f32 or f64, got i32");
+    check_contig("cr_k_winograd_weights", "weight", w, w->dtype);
+    check_contig("cr_k_winograd_weights", "transformed weight", wt, w->dtype);
+    if (w->ndim != 4 || w->shape[2] != 3 || w->shape[3] != 3 || groups < 1 || w->shape[0] % groups)
+        cr_error("cr_k_winograd_weights: weight %s is not [O, C/G, 3, 3] with O divisible by %lld groups",
+                 cr_shape_str(s, sizeof s, w->ndim, w->shape), (long long)groups);
+    check_numel("cr_k_winograd_weights", "transformed weight", wt, 16 * w->shape[0] * w->shape[1]);
+    if (w->dtype == CR_F32)
+        winograd_weights_f32(groups, w->shape[0], w->shape[1], w->data, wt->data);
+    else
+        winograd_weights_f64(groups, w->shape[0], w->shape[1], w->data, wt->data);
+}
+
+void cr_k_conv_winograd(const cr_window *g, int64_t groups, const cr_tensor *x, const cr_tensor *wt,
+                        const cr_tensor *b, int64_t n0, int64_t nb, cr_tensor *y, bool add,
+                        cr_tensor *scratch)
+{
+    const char *fn = "cr_k_conv_winograd";
+    char s[128];
+    check_window(fn, g);
+    if (!winograd_window(g))
+        cr_error("%s: kernel %lldx%lld stride %lldx%lld dilation %lldx%lld: needs 3x3, stride 1, dilation 1",
+                 fn, (long long)g->KH, (long long)g->KW, (long long)g->SH, (long long)g->SW, (long long)g->DH,
+                 (long long)g->DW);
+    if (x->dtype == CR_I32) cr_error("%s: needs f32 or f64, got i32", fn);
+    check_contig(fn, "input", x, x->dtype);
+    check_contig(fn, "transformed weight", wt, x->dtype);
+    check_contig(fn, "output", y, x->dtype);
+    check_contig(fn, "scratch", scratch, x->dtype);
+    if (wt->ndim != 3 || wt->shape[0] != 16 || groups < 1 || g->C % groups || wt->shape[2] * groups != g->C ||
+        wt->shape[1] % groups)
+        cr_error("%s: transformed weight %s is not [16, O, C/G] for %lld channels in %lld groups", fn,
+                 cr_shape_str(s, sizeof s, wt->ndim, wt->shape), (long long)g->C, (long long)groups);
+    int64_t O = wt->shape[1];
+    if (b) {
+        check_contig(fn, "bias", b, x->dtype);
+        check_numel(fn, "bias", b, O);
+    }
+    check_block(fn, g, x, n0, nb);
+    int64_t sample = g->C * g->H * g->W;
+    check_numel(fn, "output", y, (sample > 0 ? cr_numel(x) / sample : 0) * O * g->OH * g->OW);
+    int64_t need = cr_k_conv_winograd_scratch(g, groups, O, nb);
+    if (cr_numel(scratch) < need)
+        cr_error("%s: scratch of %lld elements, needs %lld", fn, (long long)cr_numel(scratch),
+                 (long long)need);
+    int64_t pad = need - 16 * (g->C / groups + O / groups) * WG_CHUNK - 16,
+            ul = 16 * (g->C / groups) * WG_CHUNK;
+    if (x->dtype == CR_F32) {
+        float *p = scratch->data;
+        conv_winograd_f32(g, groups, O, x->data, wt->data, b ? b->data : NULL, n0, nb, y->data, add, p,
+                          p + pad, p + pad + ul);
+    } else {
+        double *p = scratch->data;
+        conv_winograd_f64(g, groups, O, x->data, wt->data, b ? b->data : NULL, n0, nb, y->data, add, p,
+                          p + pad, p + pad + ul);
+    }
+}
+
+/* The weight gradient's transformed sums: [16][O][Cq], Cq the channels per
+ * group rounded up to 64 bytes. */
+int64_t cr_k_winograd_dw_numel(int64_t O, int64_t Cg, cr_dtype dt)
+{
+    int64_t v = 64 / (int64_t)cr_dtype_size(dt);
+    return 16 * O * ((Cg + v - 1) / v * v);
+}
+
+/* The sample's channels and gradient channel-last (winograd_dw: xn, yn), the
+ * chunk's transforms (xt, yt). */
+static void winograd_dw_parts(const cr_window *g, int64_t groups, int64_t O, cr_dtype dt, int64_t part[4])
+{
+    int64_t v = 64 / (int64_t)cr_dtype_size(dt), Cg = g->C / groups, Og = O / groups;
+    int64_t TH = (g->OH + 1) / 2, TW = (g->OW + 1) / 2, Cq = (Cg + v - 1) / v * v, Op = (Og + v - 1) / v * v;
+    part[0] = (2 * TH + 2) * (2 * TW + 2) * Cq;
+    part[1] = 4 * TH * TW * Op;
+    part[2] = 16 * (WG_CHUNK / 2) * Cq;
+    part[3] = 16 * (WG_CHUNK / 2) * (Op + 16);
+}
+
+int64_t cr_k_conv_winograd_dw_scratch(const cr_window *g, int64_t groups, int64_t O, cr_dtype dt)
+{
+    int64_t part[4];
+    winograd_dw_parts(g, groups, O, dt, part);
+    return part[0] + part[1] + part[2] + part[3];
+}
+
+void cr_k_conv_winograd_dw(const cr_window *g, int64_t groups, const cr_tensor *x, const cr_tensor *gy,
+                           int64_t n0, int64_t nb, int64_t O, cr_tensor *du, cr_tensor *scratch)
+{
+    const char *fn = "cr_k_conv_winograd_dw";
+    check_window(fn, g);
+    if (!winograd_window(g))
+        cr_error("%s: kernel %lldx%lld stride %lldx%lld dilation %lldx%lld: needs 3x3, stride 1, dilation 1",
+                 fn, (long long)g->KH, (long long)g->KW, (long long)g->SH, (long long)g->SW, (long long)g->DH,
+                 (long long)g->DW);
+    if (x->dtype == CR_I32) cr_error("%s: needs f32 or f64, got i32", fn);
+    if (groups < 1 || O < 1 || g->C % groups || O % groups)
+        cr_error("%s: %lld input and %lld output channels do not split into %lld groups", fn, (long long)g->C,
+                 (long long)O, (long long)groups);
+    check_contig(fn, "input", x, x->dtype);
+    check_contig(fn, "gradient", gy, x->dtype);
+    check_contig(fn, "sums", du, x->dtype);
+    check_contig(fn, "scratch", scratch, x->dtype);
+    check_block(fn, g, x, n0, nb);
+    int64_t sample = g->C * g->H * g->W;
+    check_numel(fn, "gradient", gy, (sample > 0 ? cr_numel(x) / sample : 0) * O * g->OH * g->OW);
+    check_numel(fn, "sums", du, cr_k_winograd_dw_numel(O, g->C / groups, x->dtype));
+    int64_t part[4];
+    winograd_dw_parts(g, groups, O, x->dtype, part);
+    if (cr_numel(scratch) < part[0] + part[1] + part[2] + part[3])
+        cr_error("%s: scratch of %lld elements, needs %lld", fn, (long long)cr_numel(scratch),
+                 (long long)(part[0] + part[1] + part[2] + part[3]));
+    if (x->dtype == CR_F32) {
+        float *p = scratch->data;
+        conv_winograd_dw_f32(g, groups, O, x->data, gy->data, n0, nb, du->data, p, p + part[0],
+                             p + part[0] + part[1], p + part[0] + part[1] + part[2]);
+    } else {
+        double *p = scratch->data;
+        conv_winograd_dw_f64(g, groups, O, x->data, gy->data, n0, nb, du->data, p, p + part[0],
+                             p + part[0] + part[1], p + part[0] + part[1] + part[2]);
+    }
+}
+
+void cr_k_winograd_dw_finish(const cr_tensor *du, int64_t groups, cr_tensor *dw)
+{
+    const char *fn = "cr_k_winograd_dw_finish";
+    char s[128];
+    if (dw->dtype == CR_I32) cr_error("%s: needs f32 or f64, got i32", fn);
+    check_contig(fn, "weight gradient", dw, dw->dtype);
+    check_contig(fn, "sums", du, dw->dtype);
+    if (dw->ndim != 4 || dw->shape[2] != 3 || dw->shape[3] != 3 || groups < 1 || dw->shape[0] % groups)
+        cr_error("%s: weight gradient %s is not [O, C/G, 3, 3] with O divisible by %lld groups", fn,
+                 cr_shape_str(s, sizeof s, dw->ndim, dw->shape), (long long)groups);
+    int64_t O = dw->shape[0], Cg = dw->shape[1], n = cr_k_winograd_dw_numel(O, Cg, dw->dtype);
+    check_numel(fn, "sums", du, n);
+    if (dw->dtype == CR_F32)
+        winograd_dw_finish_f32(O, Cg, n / (16 * O), du->data, dw->data);
+    else
+        winograd_dw_finish_f64(O, Cg, n / (16 * O), du->data, dw->data);
 }
 
 /* Planes of x (its elements / (H W)), with out (and arg) holding OH x OW per plane. */

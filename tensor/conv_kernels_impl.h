@@ -364,6 +364,456 @@ FN(conv_direct_dw)(const cr_window *g, int64_t G, int64_t O, const T *x, const T
         dw[j] = s[0];
     }
 }
+
+/* ---- Winograd F(2x2, 3x3) ----
+ * A 3x3 correlation (stride 1, dilation 1) by 2x2 output tiles (Lavin and
+ * Gray, 2015): with d the tile's 4x4 input patch and g a 3x3 filter, the
+ * tile is A^T [(G g G^T) (.) (B^T d B)] A, where
+ *   B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1],
+ *   G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1],
+ *   A^T = [1 1 1 0; 0 1 -1 -1].
+ * Summed over input channels, each of the 16 elementwise products becomes
+ * a product of matrices, [O, C] by [C, tiles]: 16 multiply-adds per tile and
+ * channel pair instead of 36. The transforms only add (and halve the
+ * weights), so the rounding stays near the direct kernel's. Every output
+ * tile is computed on its own (the products' lanes are independent tiles,
+ * the channel sums run in channel order), so neither blocks, chunks nor
+ * threads change a bit. */
+
+/* wt: 16 planes of [O, Cg] (u = G g G^T of each filter, plane 4 i + j for
+ * u[i][j]), each packed as pack_weights does (runs of og <= 8 output
+ * channels of a group as [Cg][og]). */
+static void FN(winograd_weights)(int64_t G, int64_t O, int64_t Cg, const T *w, T *wt)
+{
+    const int64_t Og = O / G, plane = O * Cg;
+    for (int64_t o = 0; o < O; o++) {
+        int64_t k = o / Og, ol = o % Og, o0 = ol / 8 * 8, og = Og - o0 < 8 ? Og - o0 : 8;
+        T *dst = wt + (k * Og + o0) * Cg + (ol - o0); /* + c og: filter (o, c) in each plane */
+        for (int64_t c = 0; c < Cg; c++) {
+            const T *f = w + (o * Cg + c) * 9;
+            T t[4][3];
+            for (int j = 0; j < 3; j++) { /* t = G g */
+                t[0][j] = f[j];
+                t[1][j] = (T)0.5 * (f[j] + f[3 + j] + f[6 + j]);
+                t[2][j] = (T)0.5 * (f[j] - f[3 + j] + f[6 + j]);
+                t[3][j] = f[6 + j];
+            }
+            for (int i = 0; i < 4; i++) { /* u = t G^T, u[i][j] to plane 4 i + j */
+                T *u = dst + c * og + 4 * i * plane;
+                u[0] = t[i][0];
+                u[plane] = (T)0.5 * (t[i][0] + t[i][1] + t[i][2]);
+                u[2 * plane] = (T)0.5 * (t[i][0] - t[i][1] + t[i][2]);
+                u[3 * plane] = t[i][2];
+            }
+        }
+    }
+}
+
+/* xq: the samples' planes inside a border of zeros (PH rows and PW columns
+ * before, enough after for whole 4x4 patches: Hq = 2 TH + 2 rows of 2 TW + 2
+ * columns), each row stored as its even columns then its odd ones (TW + 1
+ * each): the patch column 2 tw + j of every tile of a row is then one
+ * contiguous run (even or odd, from tw or tw + 1). */
+static inline __attribute__((always_inline)) void FN(winograd_pad)(const cr_window *g, int64_t planes,
+                                                                   const T *x, T *xq, int64_t TH, int64_t TW)
+{
+    typedef TI FN(pmask) __attribute__((vector_size(64)));
+    FN(pmask) me, mo; /* the even and the odd lanes of two vectors */
+    for (int64_t l = 0; l < V; l++) {
+        me[l] = (TI)(2 * l);
+        mo[l] = (TI)(2 * l + 1);
+    }
+    const int64_t Hq = 2 * TH + 2, half = TW + 1, R = 2 * half, W = g->W, PW = g->PW;
+    for (int64_t q = 0; q < planes; q++) {
+        T *d = xq + q * Hq * R;
+        const T *s = x + q * g->H * W;
+        memset(d, 0, (size_t)(Hq * R) * sizeof(T));
+        for (int64_t h = 0; h < g->H && g->PH + h < Hq; h++) {
+            T *r = d + (g->PH + h) * R;
+            const T *sr = s + h * W;
+            /* x[w] goes to column PW + w: to the even half when PW + w is even */
+            T *ev = r + (PW & 1 ? half + PW / 2 : PW / 2), *od = r + (PW & 1 ? (PW + 1) / 2 : half + PW / 2);
+            int64_t w = 0;
+            for (; w + 2 * V <= W; w += 2 * V) { /* (R >= W + 2 PW: every column has room) */
+                VT a = VLOAD(sr + w), b = VLOAD(sr + w + V);
+                VT e = __builtin_shuffle(a, b, me), o = __builtin_shuffle(a, b, mo);
+                memcpy(ev + w / 2, &e, sizeof e);
+                memcpy(od + w / 2, &o, sizeof o);
+            }
+            for (; w < W; w++) {
+                int64_t col = PW + w;
+                r[(col & 1) * half + (col >> 1)] = sr[w];
+            }
+        }
+    }
+}
+
+/* The input transform of n tiles of one tile row (tw0 .. tw0 + n) of one
+ * plane, p at its first patch row: v = B^T d B, plane 4 a + b of v to
+ * u[(4 a + b) ks + j] for tile j. V tiles at a time: the patch columns
+ * are runs of the even and odd halves (reading up to V past a row: the
+ * scratch has room); a last partial vector stores only its tiles. */
+static inline __attribute__((always_inline)) void FN(winograd_in)(const T *restrict p, int64_t R,
+                                                                  int64_t half, int64_t tw0, int64_t n,
+                                                                  T *restrict u, int64_t ks)
+{
+    const T *e[4], *q[4];
+    for (int i = 0; i < 4; i++) {
+        e[i] = p + i * R + tw0;
+        q[i] = e[i] + half;
+    }
+    for (int64_t j = 0; j < n; j += V) {
+        /* B^T d: rows d0 - d2, d1 + d2, d2 - d1, d1 - d3 of the columns e[j], q[j], e[j+1], q[j+1] */
+        VT d[4][4], r[4][4], v[16];
+        for (int i = 0; i < 4; i++) {
+            d[i][0] = VLOAD(e[i] + j);
+            d[i][1] = VLOAD(q[i] + j);
+            d[i][2] = VLOAD(e[i] + j + 1);
+            d[i][3] = VLOAD(q[i] + j + 1);
+        }
+        for (int b = 0; b < 4; b++) {
+            r[0][b] = d[0][b] - d[2][b];
+            r[1][b] = d[1][b] + d[2][b];
+            r[2][b] = d[2][b] - d[1][b];
+            r[3][b] = d[1][b] - d[3][b];
+        }
+        for (int a = 0; a < 4; a++) { /* (B^T d) B */
+            v[4 * a + 0] = r[a][0] - r[a][2];
+            v[4 * a + 1] = r[a][1] + r[a][2];
+            v[4 * a + 2] = r[a][2] - r[a][1];
+            v[4 * a + 3] = r[a][1] - r[a][3];
+        }
+        if (n - j >= V) { /* (a constant size: a vector store, not a call or rep movs) */
+            for (int i = 0; i < 16; i++) memcpy(u + i * ks + j, &v[i], sizeof(VT));
+            continue;
+        }
+        for (int i = 0; i < 16; i++) {
+            T t[V];
+            memcpy(t, &v[i], sizeof t);
+            for (int64_t l = 0; l < n - j; l++) u[i * ks + j + l] = t[l];
+        }
+    }
+}
+
+/* Lanes interleaved: lo = a0 b0 a1 b1 .. (the first halves), hi = the
+ * second halves'. */
+static inline __attribute__((always_inline)) void FN(interleave)(VT a, VT b, VT *lo, VT *hi)
+{
+    typedef TI FN(mask) __attribute__((vector_size(64)));
+    FN(mask) ml, mh;
+    for (int64_t l = 0; l < V; l++) {
+        ml[l] = (TI)(l / 2 + (l % 2) * V);
+        mh[l] = (TI)(V / 2 + l / 2 + (l % 2) * V);
+    }
+    *lo = __builtin_shuffle(a, b, ml);
+    *hi = __builtin_shuffle(a, b, mh);
+}
+
+/* The output transform of n tiles of one tile row of one output plane: the
+ * tile A^T m A (m: plane 4 i + j at mp[(4 i + j) ks + j']) plus bias to
+ * rows y0, y1 (y1 NULL past the last row) at columns 2 tw, 2 tw + 1 (the
+ * latter only below OW), or added to them; V tiles at a time. */
+static inline __attribute__((always_inline)) void FN(winograd_out)(const T *restrict mp, int64_t ks,
+                                                                   int64_t tw0, int64_t n, int64_t OW, T bias,
+                                                                   bool add, T *restrict y0, T *restrict y1)
+{
+    for (int64_t j = 0; j < n; j += V) {
+        VT m[16], s[2][4], v[2][2];
+        for (int i = 0; i < 16; i++) m[i] = VLOAD(mp + i * ks + j);
+        for (int b = 0; b < 4; b++) {
+            s[0][b] = m[b] + m[4 + b] + m[8 + b];
+            s[1][b] = m[4 + b] - m[8 + b] - m[12 + b];
+        }
+        for (int a = 0; a < 2; a++) {
+            v[a][0] = bias + (s[a][0] + s[a][1] + s[a][2]);
+            v[a][1] = bias + (s[a][1] - s[a][2] - s[a][3]);
+        }
+        /* columns 2 (tw0 + j) .. : 2 V of them, fewer at the row's end */
+        int64_t col = 2 * (tw0 + j), cols = OW - col < 2 * V ? OW - col : 2 * V;
+        if (cols > 2 * (n - j)) cols = 2 * (n - j);
+        for (int a = 0; a < 2; a++) {
+            T *d = a ? y1 : y0;
+            if (!d) continue;
+            VT lo, hi;
+            FN(interleave)(v[a][0], v[a][1], &lo, &hi);
+            if (cols == 2 * V) { /* whole vectors, stored from registers */
+                if (add) {
+                    lo += VLOAD(d + col);
+                    hi += VLOAD(d + col + V);
+                }
+                memcpy(d + col, &lo, sizeof lo);
+                memcpy(d + col + V, &hi, sizeof hi);
+                continue;
+            }
+            T t[2 * V];
+            memcpy(t, &lo, sizeof lo);
+            memcpy(t + V, &hi, sizeof hi);
+            for (int64_t l = 0; l < cols; l++) d[col + l] = add ? d[col + l] + t[l] : t[l];
+        }
+    }
+}
+
+/* m [og][ld] (+ nvalid vectors) = the products of og packed weight rows
+ * (wp: [Cg][og]) with nt vectors of u ([Cg][ld]): og and nt constants after
+ * inlining, so the og nt accumulators stay in registers. Vectors past
+ * nvalid repeat the last valid one and are not stored. */
+static inline __attribute__((always_inline)) void
+FN(winograd_tiles)(int64_t Cg, int og, int nt, int nvalid, const T *wp, const T *u, T *m, int64_t ld)
+{
+    VT acc[8][8];
+    const T *ut[8];
+    for (int t = 0; t < nt; t++) ut[t] = u + (t < nvalid ? t : nvalid - 1) * V;
+    for (int o = 0; o < og; o++)
+        for (int t = 0; t < nt; t++) acc[o][t] = (VT){0};
+    for (int64_t c = 0; c < Cg; c++, wp += og) {
+        VT xv[8];
+        for (int t = 0; t < nt; t++) xv[t] = VLOAD(ut[t] + c * ld);
+        for (int o = 0; o < og; o++)
+            for (int t = 0; t < nt; t++) acc[o][t] += wp[o] * xv[t];
+    }
+    for (int o = 0; o < og; o++)
+        for (int t = 0; t < nvalid; t++) memcpy(m + o * ld + t * V, &acc[o][t], sizeof(VT));
+}
+
+/* y (+)= the 3x3 correlation (stride 1, dilation 1) of samples [n0, n0+nb)
+ * of x with the transformed weight wt (winograd_weights), plus b. The tiles
+ * of the block, in (sample, tile row, tile column) order, go in chunks of
+ * WG_CHUNK: per group the input transform to u [16][Cg][WG_CHUNK], 16
+ * products to m [16][Og][WG_CHUNK], the output transform. xq: nb C Hq R
+ * elements (winograd_pad). */
+__attribute__((target_clones("arch=x86-64-v4", "default"))) static void
+FN(conv_winograd)(const cr_window *g, int64_t G, int64_t O, const T *x, const T *wt, const T *b, int64_t n0,
+                  int64_t nb, T *y, bool add, T *xq, T *u, T *m)
+{
+    const int64_t C = g->C, Cg = C / G, Og = O / G, OH = g->OH, OW = g->OW, P = OH * OW;
+    const int64_t TH = (OH + 1) / 2, TW = (OW + 1) / 2, half = TW + 1, R = 2 * half, Hq = 2 * TH + 2;
+    const int64_t per = TH * TW, total = nb * per, ld = WG_CHUNK, plane = O * Cg;
+    FN(winograd_pad)(g, nb * C, x + n0 * C * g->H * g->W, xq, TH, TW);
+    for (int64_t t0 = 0; t0 < total; t0 += ld) {
+        const int64_t nt = total - t0 < ld ? total - t0 : ld, nv = (nt + V - 1) / V;
+        for (int64_t k = 0; k < G; k++) {
+            for (int64_t s = t0; s < t0 + nt;) { /* the input transform, a tile row at a time */
+                int64_t n = s / per, th = s % per / TW, tw0 = s % per % TW;
+                int64_t len = TW - tw0 < t0 + nt - s ? TW - tw0 : t0 + nt - s;
+                for (int64_t c = 0; c < Cg; c++) FN(winograd_in)
+                (xq + ((n * C + k * Cg + c) * Hq + 2 * th) * R, R, half, tw0, len, u + c * ld + (s - t0),
+                 Cg * ld);
+                s += len;
+            }
+            if (nt < nv * V) /* the last vector's lanes past the tiles: zeros, not stale scratch */
+                for (int64_t i = 0; i < 16 * Cg; i++)
+                    memset(u + i * ld + nt, 0, (size_t)(nv * V - nt) * sizeof(T));
+            for (int64_t i = 0; i < 16; i++) { /* m[i] = wt[i] u[i], per run of output channels */
+                const T *ui = u + i * Cg * ld;
+                for (int64_t o0 = 0; o0 < Og; o0 += 8) {
+                    int og = Og - o0 < 8 ? (int)(Og - o0) : 8;
+                    const T *wp = wt + i * plane + (k * Og + o0) * Cg;
+                    T *mi = m + (i * Og + o0) * ld;
+                    if (og == 8) { /* 3 vectors a run; the last run as many as are left */
+                        int64_t v0 = 0;
+                        for (; v0 + 3 <= nv; v0 += 3)
+                            FN(winograd_tiles)(Cg, 8, 3, 3, wp, ui + v0 * V, mi + v0 * V, ld);
+                        if (nv - v0 == 2) FN(winograd_tiles)(Cg, 8, 2, 2, wp, ui + v0 * V, mi + v0 * V, ld);
+                        if (nv - v0 == 1) FN(winograd_tiles)(Cg, 8, 1, 1, wp, ui + v0 * V, mi + v0 * V, ld);
+                        continue;
+                    }
+                    int nq = TILES(og);
+                    for (int64_t v0 = 0; v0 < nv; v0 += nq) {
+                        int nvalid = nv - v0 < nq ? (int)(nv - v0) : nq;
+#define WG_OF(OG) FN(winograd_tiles)(Cg, OG, TILES(OG), nvalid, wp, ui + v0 * V, mi + v0 * V, ld)
+                        DIRECT_SWITCH(WG_OF)
+#undef WG_OF
+                    }
+                }
+            }
+            for (int64_t s = t0; s < t0 + nt;) { /* the output transform */
+                int64_t n = s / per, th = s % per / TW, tw0 = s % per % TW;
+                int64_t len = TW - tw0 < t0 + nt - s ? TW - tw0 : t0 + nt - s;
+                for (int64_t o = 0; o < Og; o++) {
+                    T *yp = y + ((n0 + n) * O + k * Og + o) * P + 2 * th * OW;
+                    FN(winograd_out)
+                    (m + o * ld + (s - t0), Og * ld, tw0, len, OW, b ? b[k * Og + o] : 0, add, yp,
+                     2 * th + 1 < OH ? yp + OW : NULL);
+                }
+                s += len;
+            }
+        }
+    }
+}
+/* ---- Winograd F(2x2, 3x3): the weight gradient ----
+ * With a tile y = A^T [U (.) X] A (U = G g G^T, X = B^T d B), dL/dU is the
+ * sum over tiles of (A dY A^T) (.) X, and dg = G^T (dL/dU) G. Per plane i
+ * of the 16 that is a product over tiles, dU[i][o][c] = the sum over t of
+ * Y[i][t][o] X[i][t][c]: here with c along the vector lanes, so the tiles
+ * and the input's channels go channel-last first (V x V transposes). */
+
+/* r[j][l] = r[l][j]: log2 V rounds of interleaving row i with row i + V/2
+ * (each rotates the bits of (row, lane) by one: log2 V of them swap the
+ * halves). */
+static inline __attribute__((always_inline)) void FN(transpose_vv)(const T *src, int64_t ss, T *dst,
+                                                                   int64_t ds)
+{
+    VT r[V], t[V];
+    for (int64_t i = 0; i < V; i++) r[i] = VLOAD(src + i * ss);
+    for (int64_t s = 1; s < V; s *= 2) {
+        for (int64_t i = 0; i < V / 2; i++) FN(interleave)(r[i], r[i + V / 2], &t[2 * i], &t[2 * i + 1]);
+        memcpy(r, t, sizeof r);
+    }
+    for (int64_t j = 0; j < V; j++) memcpy(dst + j * ds, &r[j], sizeof(VT));
+}
+
+/* dst [Hq][Wq][Cq] = n planes of h x w (src, plane after plane) channel-last,
+ * plane row hh at dst row r0 + hh, column ww at c0 + ww; zeros elsewhere. */
+static inline __attribute__((always_inline)) void FN(channels_last)(const T *src, int64_t n, int64_t h,
+                                                                    int64_t w, int64_t r0, int64_t c0,
+                                                                    int64_t Hq, int64_t Wq, int64_t Cq,
+                                                                    T *dst)
+{
+    memset(dst, 0, (size_t)(Hq * Wq * Cq) * sizeof(T));
+    for (int64_t ch0 = 0; ch0 < n; ch0 += V)
+        for (int64_t hh = 0; hh < h; hh++)
+            for (int64_t w0 = 0; w0 < w; w0 += V) {
+                const T *s = src + ch0 * h * w + hh * w + w0;
+                T *d = dst + ((r0 + hh) * Wq + c0 + w0) * Cq + ch0;
+                if (ch0 + V <= n && w0 + V <= w) {
+                    FN(transpose_vv)(s, h * w, d, Cq);
+                    continue;
+                }
+                for (int64_t ch = 0; ch < V && ch0 + ch < n; ch++)
+                    for (int64_t j = 0; j < V && w0 + j < w; j++) d[j * Cq + ch] = s[ch * h * w + j];
+            }
+}
+
+/* acc[o][q] = the sum over nt tiles of y[t][o] x[t][q V ..] (og and nq
+ * constants after inlining), added to du + o ldu + q V. y rows have ldy
+ * elements (room for og past the last channel: the extra rows read zeros
+ * and only nvalid are stored), x rows ldx. */
+static inline __attribute__((always_inline)) void FN(winograd_dw_tiles)(int og, int nq, int nvalid,
+                                                                        int64_t nt, const T *y, int64_t ldy,
+                                                                        const T *x, int64_t ldx, T *du,
+                                                                        int64_t ldu)
+{
+    VT acc[16][4];
+    for (int o = 0; o < og; o++)
+        for (int q = 0; q < nq; q++) acc[o][q] = (VT){0};
+    for (int64_t t = 0; t < nt; t++, y += ldy, x += ldx) {
+        VT xv[4];
+        for (int q = 0; q < nq; q++) xv[q] = VLOAD(x + q * V);
+        for (int o = 0; o < og; o++)
+            for (int q = 0; q < nq; q++) acc[o][q] += y[o] * xv[q];
+    }
+    for (int o = 0; o < og && o < nvalid; o++) /* (og: GCC then sees acc set) */
+        for (int q = 0; q < nq; q++) {
+            VT r = VLOAD(du + o * ldu + q * V) + acc[o][q];
+            memcpy(du + o * ldu + q * V, &r, sizeof r);
+        }
+}
+
+/* du [16][O][Cq] += the transformed weight gradient of samples [n0,
+ * n0+nb) (Cq: Cg rounded up to vectors), sample by sample, in chunks of
+ * WG_CHUNK / 2 tiles: the sums run over the tiles in order, so they depend on
+ * the samples given, not on threads. Scratch: xn (the sample's group
+ * channel-last, padded: Hq Wq Cq), yn (its gradient: 2 TH 2 TW Op), xt [16][ch][Cq]
+ * and yt [16][ch][Oq] (the chunk's transforms). */
+__attribute__((target_clones("arch=x86-64-v4", "default"))) static void
+FN(conv_winograd_dw)(const cr_window *g, int64_t G, int64_t O, const T *x, const T *gy, int64_t n0,
+                     int64_t nb, T *du, T *xn, T *yn, T *xt, T *yt)
+{
+    const int64_t C = g->C, Cg = C / G, Og = O / G, OH = g->OH, OW = g->OW;
+    const int64_t TH = (OH + 1) / 2, TW = (OW + 1) / 2, Hq = 2 * TH + 2, Wq = 2 * TW + 2, Yw = 2 * TW;
+    const int64_t Cq = (Cg + V - 1) / V * V, Op = (Og + V - 1) / V * V, Oq = Op + 16, ch = WG_CHUNK / 2;
+    const int64_t per = TH * TW;
+    memset(yt, 0, (size_t)(16 * ch * Oq) * sizeof(T)); /* lanes past Op stay zero */
+    for (int64_t n = n0; n < n0 + nb; n++)
+        for (int64_t k = 0; k < G; k++) {
+            FN(channels_last)
+            (x + (n * C + k * Cg) * g->H * g->W, Cg, g->H, g->W, g->PH, g->PW, Hq, Wq, Cq, xn);
+            FN(channels_last)(gy + (n * O + k * Og) * OH * OW, Og, OH, OW, 0, 0, 2 * TH, Yw, Op, yn);
+            for (int64_t t0 = 0; t0 < per; t0 += ch) {
+                const int64_t nt = per - t0 < ch ? per - t0 : ch;
+                for (int64_t t = 0; t < nt; t++) {
+                    int64_t th = (t0 + t) / TW, tw = (t0 + t) % TW;
+                    const T *p = xn + (2 * th * Wq + 2 * tw) * Cq;
+                    for (int64_t cv = 0; cv < Cq; cv += V) { /* X = B^T d B */
+                        VT d[4][4], r[4][4];
+                        for (int i = 0; i < 4; i++)
+                            for (int j = 0; j < 4; j++) d[i][j] = VLOAD(p + (i * Wq + j) * Cq + cv);
+                        for (int j = 0; j < 4; j++) {
+                            r[0][j] = d[0][j] - d[2][j];
+                            r[1][j] = d[1][j] + d[2][j];
+                            r[2][j] = d[2][j] - d[1][j];
+                            r[3][j] = d[1][j] - d[3][j];
+                        }
+                        for (int a = 0; a < 4; a++) {
+                            VT v[4] = {r[a][0] - r[a][2], r[a][1] + r[a][2], r[a][2] - r[a][1],
+                                       r[a][1] - r[a][3]};
+                            for (int b = 0; b < 4; b++)
+                                memcpy(xt + ((4 * a + b) * ch + t) * Cq + cv, &v[b], sizeof(VT));
+                        }
+                    }
+                    const T *q = yn + (2 * th * Yw + 2 * tw) * Op;
+                    for (int64_t ov = 0; ov < Op; ov += V) { /* Y = A dY A^T, A = [1 0; 1 1; 1 -1; 0 -1] */
+                        VT e[2][2], r[4][2];
+                        for (int a = 0; a < 2; a++)
+                            for (int b = 0; b < 2; b++) e[a][b] = VLOAD(q + (a * Yw + b) * Op + ov);
+                        for (int b = 0; b < 2; b++) {
+                            r[0][b] = e[0][b];
+                            r[1][b] = e[0][b] + e[1][b];
+                            r[2][b] = e[0][b] - e[1][b];
+                            r[3][b] = -e[1][b];
+                        }
+                        for (int a = 0; a < 4; a++) {
+                            VT v[4] = {r[a][0], r[a][0] + r[a][1], r[a][0] - r[a][1], -r[a][1]};
+                            for (int b = 0; b < 4; b++)
+                                memcpy(yt + ((4 * a + b) * ch + t) * Oq + ov, &v[b], sizeof(VT));
+                        }
+                    }
+                }
+                for (int64_t i = 0; i < 16; i++) { /* du[i] += yt[i]^T xt[i] */
+                    const T *xi = xt + i * ch * Cq, *yi = yt + i * ch * Oq;
+                    T *di = du + (i * O + k * Og) * Cq;
+                    for (int64_t c0 = 0; c0 < Cq; c0 += 4 * V) {
+                        int nq = Cq - c0 >= 4 * V ? 4 : (int)((Cq - c0) / V);
+                        int og = nq == 4 ? 6 : nq == 3 ? 8 : nq == 2 ? 12 : 16;
+                        for (int64_t o0 = 0; o0 < Og; o0 += og) {
+                            int nvalid = Og - o0 < og ? (int)(Og - o0) : og;
+#define DW_RUN(OG, NQ)                                                                                       \
+    FN(winograd_dw_tiles)(OG, NQ, nvalid, nt, yi + o0, Oq, xi + c0, Cq, di + o0 * Cq + c0, Cq)
+                            switch (nq) {
+                            case 4: DW_RUN(6, 4); break;
+                            case 3: DW_RUN(8, 3); break;
+                            case 2: DW_RUN(12, 2); break;
+                            default: DW_RUN(16, 1); break;
+                            }
+#undef DW_RUN
+                        }
+                    }
+                }
+            }
+        }
+}
+
+/* dw [O, Cg, 3, 3] += G^T du G for every filter (du [16][O][Cq]). */
+static void FN(winograd_dw_finish)(int64_t O, int64_t Cg, int64_t Cq, const T *du, T *dw)
+{
+    for (int64_t o = 0; o < O; o++)
+        for (int64_t c = 0; c < Cg; c++) {
+            T u[4][4], t[3][4];
+            for (int i = 0; i < 16; i++) u[i / 4][i % 4] = du[(i * O + o) * Cq + c];
+            for (int j = 0; j < 4; j++) { /* t = G^T u, G^T = [1 1/2 1/2 0; 0 1/2 -1/2 0; 0 1/2 1/2 1] */
+                t[0][j] = u[0][j] + (T)0.5 * (u[1][j] + u[2][j]);
+                t[1][j] = (T)0.5 * (u[1][j] - u[2][j]);
+                t[2][j] = (T)0.5 * (u[1][j] + u[2][j]) + u[3][j];
+            }
+            T *f = dw + (o * Cg + c) * 9;
+            for (int i = 0; i < 3; i++) { /* t G */
+                f[3 * i + 0] += t[i][0] + (T)0.5 * (t[i][1] + t[i][2]);
+                f[3 * i + 1] += (T)0.5 * (t[i][1] - t[i][2]);
+                f[3 * i + 2] += (T)0.5 * (t[i][1] + t[i][2]) + t[i][3];
+            }
+        }
+}
+
 #undef L
 #undef TILES
 #undef DIRECT_SWITCH

@@ -448,6 +448,28 @@ void cr_k_conv_direct(const cr_window *g, int64_t groups, const cr_tensor *x, co
                       const cr_tensor *b, int64_t n0, int64_t nb, cr_tensor *y, bool add, cr_tensor *scratch);
 void cr_k_conv_direct_dw(const cr_window *g, int64_t groups, const cr_tensor *x, const cr_tensor *gy,
                          int64_t n0, int64_t nb, cr_tensor *dw, cr_tensor *scratch);
+/* Winograd F(2x2, 3x3) for a 3x3 window with stride 1 and dilation 1 (any
+ * padding): cr_k_winograd_weights transforms w [O, C/G, 3, 3] into wt [16,
+ * O, C/G] (G w G^T of every filter, packed for the products), and
+ * cr_k_conv_winograd writes y (or adds to it: add) = b + the correlation
+ * for samples [n0, n0+nb), as cr_k_conv_direct, every output tile on its own
+ * (no bit depends on blocks or threads). scratch: cr_k_conv_winograd_scratch
+ * elements (nb padded samples, one chunk's transforms). */
+int64_t cr_k_conv_winograd_scratch(const cr_window *g, int64_t groups, int64_t O, int64_t nb);
+void cr_k_winograd_weights(const cr_tensor *w, int64_t groups, cr_tensor *wt);
+void cr_k_conv_winograd(const cr_window *g, int64_t groups, const cr_tensor *x, const cr_tensor *wt,
+                        const cr_tensor *b, int64_t n0, int64_t nb, cr_tensor *y, bool add,
+                        cr_tensor *scratch);
+/* Its weight gradient: cr_k_conv_winograd_dw adds to du (cr_k_winograd_dw_numel
+ * elements: 16 planes of [O, C/G rounded up to 64 bytes]) the transformed
+ * sums over samples [n0, n0+nb) of x and gy (y's shape, O channels), in an
+ * order fixed by those samples; cr_k_winograd_dw_finish adds G^T du G to dw
+ * [O, C/G, 3, 3]. scratch: cr_k_conv_winograd_dw_scratch elements. */
+int64_t cr_k_winograd_dw_numel(int64_t O, int64_t Cg, cr_dtype dt);
+int64_t cr_k_conv_winograd_dw_scratch(const cr_window *g, int64_t groups, int64_t O, cr_dtype dt);
+void cr_k_conv_winograd_dw(const cr_window *g, int64_t groups, const cr_tensor *x, const cr_tensor *gy,
+                           int64_t n0, int64_t nb, int64_t O, cr_tensor *du, cr_tensor *scratch);
+void cr_k_winograd_dw_finish(const cr_tensor *du, int64_t groups, cr_tensor *dw);
 /* Pooling over every H x W plane of x (contiguous) into out [..., OH, OW].
  * Max: padding is -inf; arg (i32, out's element count) gets the index
  * ih*W + iw of the first maximum in scan order (a NaN wins), as PyTorch;

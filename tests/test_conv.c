@@ -124,17 +124,23 @@ static void parity_file(const char *file, double tol)
     /* one sample per block (1x1 cases multiply the input directly); the
      * default blocks with the columns built again in backward; both through
      * the products only; the defaults; the direct kernels for every case
-     * with stride 1 along W, however many channels */
-    int64_t blocks[4] = {1, cr_conv_block_bytes, cr_conv_block_bytes, cr_conv_block_bytes};
-    int64_t keep[4] = {cr_conv_keep_bytes, 0, cr_conv_keep_bytes, cr_conv_keep_bytes};
-    int64_t direct[4] = {0, 0, cr_conv_direct_channels, (int64_t)1 << 30},
+     * with stride 1 along W, however many channels; Winograd for every 3x3
+     * case with stride 1, dilation 1 and padding at most 2, however many
+     * channels */
+    int64_t blocks[5] = {1, cr_conv_block_bytes, cr_conv_block_bytes, cr_conv_block_bytes,
+                         cr_conv_block_bytes};
+    int64_t keep[5] = {cr_conv_keep_bytes, 0, cr_conv_keep_bytes, cr_conv_keep_bytes, cr_conv_keep_bytes};
+    int64_t direct[5] = {0, 0, cr_conv_direct_channels, (int64_t)1 << 30, cr_conv_direct_channels},
             default_direct = cr_conv_direct_channels;
+    int64_t winograd[5] = {INT64_MAX, INT64_MAX, cr_conv_winograd_channels, INT64_MAX, 1},
+            default_winograd = cr_conv_winograd_channels;
     int n_cases = 0;
     double worst = 0;
-    for (int k = 0; k < 4; k++) {
+    for (int k = 0; k < 5; k++) {
         cr_conv_block_bytes = blocks[k];
         cr_conv_keep_bytes = keep[k];
         cr_conv_direct_channels = direct[k];
+        cr_conv_winograd_channels = winograd[k];
         n_cases = 0;
         for (const char *s = cases; *s;) {
             const char *e = strchr(s, ',');
@@ -149,6 +155,7 @@ static void parity_file(const char *file, double tol)
         }
     }
     cr_conv_direct_channels = default_direct;
+    cr_conv_winograd_channels = default_winograd;
     cr_assert_geq(n_cases, 20, "only %d cases in %s", n_cases, file);
     fprintf(stderr, "%s: %d cases, worst error %.3g\n", file, n_cases, worst);
     cr_st_file_free(f);
@@ -476,6 +483,69 @@ Test(conv, results_do_not_depend_on_threads_or_blocks)
                 for (int i = 0; i < 3; i++) cr_tensor_free(all[i]);
                 cr_graph_clear(g);
             }
+}
+
+/* Winograd F(2x2, 3x3): y, dX and dW of a 3x3 conv with groups 2,
+ * 16 channels per group, padding 1 and odd outputs (9 x 21: tiles of one
+ * at the ends, 55 per sample, so chunks of 96 cross samples), against the
+ * direct kernels: the same bits on 1 and 2 threads, the same y and dX bits
+ * for one sample or all per block, the same numbers to rounding. */
+static run_out wino_run(cr_tensor *x, cr_tensor *w, cr_tensor *b)
+{
+    cr_zero_grad(x);
+    cr_zero_grad(w);
+    cr_zero_grad(b);
+    cr_tensor *y = cr_conv2d(x, w, b, (cr_conv2d_opts){.padding = {1, 1}, .groups = 2});
+    cr_rng rng = cr_rng_seed(6);
+    cr_tensor *gy = cr_tensor_new(y->dtype, y->ndim, y->shape);
+    cr_fill_uniform(gy, &rng, -1, 1);
+    cr_backward(cr_sum(cr_mul(y, gy)));
+    return (run_out){cr_contiguous_copy(y), cr_contiguous_copy(x->grad), cr_contiguous_copy(w->grad),
+                     cr_contiguous_copy(b->grad), cr_contiguous_copy(y)};
+}
+
+Test(conv, winograd_does_not_depend_on_threads_or_blocks)
+{
+    const int64_t default_direct = cr_conv_direct_channels, default_winograd = cr_conv_winograd_channels,
+                  par = cr_parallel_threshold;
+    cr_rng rng = cr_rng_seed(8);
+    for (int dt = 0; dt < 2; dt++) {
+        cr_dtype t = dt ? CR_F64 : CR_F32;
+        cr_tensor *x = leaf(cr_tensor_init(t, CR_SHAPE(6, 32, 9, 21))),
+                  *w = leaf(cr_tensor_init(t, CR_SHAPE(32, 16, 3, 3))),
+                  *b = leaf(cr_tensor_init(t, CR_SHAPE(32)));
+        cr_fill_uniform(x, &rng, -1, 1);
+        cr_fill_uniform(w, &rng, -1, 1);
+        cr_fill_uniform(b, &rng, -1, 1);
+        cr_parallel_threshold = 0;
+        cr_set_num_threads(1);
+        cr_conv_winograd_channels = INT64_MAX; /* the reference: the direct kernels */
+        cr_conv_direct_channels = (int64_t)1 << 30;
+        run_out ref = keep_run(wino_run(x, w, b));
+        cr_conv_winograd_channels = 1;
+        cr_conv_direct_channels = default_direct;
+        cr_conv_block_bytes = 1; /* one sample per block */
+        run_out one = keep_run(wino_run(x, w, b));
+        cr_graph_clear(g);
+        compare_runs(ref, one, t == CR_F32 ? 1e-4 : 1e-12);
+        cr_set_num_threads(2);
+        compare_runs(one, wino_run(x, w, b), 0);
+        cr_conv_block_bytes = (int64_t)1 << 30; /* all samples in one block: the weight */
+        run_out all = wino_run(x, w, b);        /* gradient's sums are grouped by blocks */
+        compare_runs(one, all, t == CR_F32 ? 1e-4 : 1e-12);
+        cr_assert(!memcmp(one.y->data, all.y->data, (size_t)cr_numel(one.y) * cr_dtype_size(t)));
+        cr_assert(!memcmp(one.gx->data, all.gx->data, (size_t)cr_numel(one.gx) * cr_dtype_size(t)));
+        cr_graph_clear(g);
+        free_run(ref);
+        free_run(one);
+        cr_set_num_threads(1);
+        cr_conv_block_bytes = default_block;
+        cr_tensor *ins[] = {x, w, b};
+        for (int i = 0; i < 3; i++) cr_tensor_free(ins[i]);
+    }
+    cr_parallel_threshold = par;
+    cr_conv_direct_channels = default_direct;
+    cr_conv_winograd_channels = default_winograd;
 }
 
 /* ---- what backward reads is version-checked ---------------------------------------------------- */

@@ -731,7 +731,10 @@ static void check_cross_entropy(void)
  * partial when N is odd; and backward builds the columns again:
  * cr_conv_keep_bytes 0), and every sample in one block; then with the direct
  * kernels on for any number of channels (cr_conv_direct_channels), which
- * take every case with stride 1 along W. */
+ * take every case with stride 1 along W; then with Winograd F(2x2, 3x3) on
+ * for any number of channels (cr_conv_winograd_channels), which takes the
+ * output and both gradients of every 3x3 case with stride 1, dilation 1
+ * and padding at most 2. */
 typedef struct {
     int nd;             /* 1 or 2 */
     int64_t x[4], w[4]; /* shapes (nd + 2 dims) */
@@ -769,13 +772,15 @@ static void check_conv_case(const char *name, const conv_case *c)
         per_sample *= c->w[2 + d] * cr_window_out(c->x[2 + d], c->w[2 + d], s ? s : 1, p, dil ? dil : 1);
     }
     /* one sample per block; two (columns built again in backward); all */
-    int64_t blocks[4] = {1, 2 * per_sample, (int64_t)1 << 30, 2 * per_sample}, keep = cr_conv_keep_bytes,
-            block = cr_conv_block_bytes, direct = cr_conv_direct_channels;
+    int64_t blocks[5] = {1, 2 * per_sample, (int64_t)1 << 30, 2 * per_sample, 2 * per_sample},
+            keep = cr_conv_keep_bytes, block = cr_conv_block_bytes, direct = cr_conv_direct_channels,
+            winograd = cr_conv_winograd_channels;
     eps = 1e-3; /* linear in each input: no truncation error, less rounding */
-    for (int k = 0; k < 4; k++) {
+    for (int k = 0; k < 5; k++) {
         cr_conv_block_bytes = blocks[k];
         cr_conv_keep_bytes = k == 1 ? 0 : keep;
-        cr_conv_direct_channels = k == 3 ? (int64_t)1 << 30 : 0;
+        cr_conv_direct_channels = k == 3 ? (int64_t)1 << 30 : k == 4 ? direct : 0;
+        cr_conv_winograd_channels = k == 4 ? 1 : INT64_MAX;
         cr_tensor *x = input(nd, xs, -1, 1), *w = input(nd, c->w, -1, 1);
         cr_tensor *b = input(CR_SHAPE(c->w[0]), -1, 1);
         snprintf(what, sizeof what, "%s, block %d", name, k);
@@ -785,6 +790,7 @@ static void check_conv_case(const char *name, const conv_case *c)
     cr_conv_block_bytes = block;
     cr_conv_keep_bytes = keep;
     cr_conv_direct_channels = direct;
+    cr_conv_winograd_channels = winograd;
 }
 
 static void check_conv2d(void)
@@ -832,6 +838,15 @@ static void check_conv2d(void)
           .bias = true}},
         {"conv2d groups 3, dilated along W",
          {2, {2, 6, 5, 9}, {9, 2, 3, 2}, .o2 = {.padding = {0, 1}, .dilation = {1, 3}, .groups = 3}}},
+        /* for Winograd F(2x2, 3x3): odd outputs (a last tile row and column of
+         * one), 3 samples of 6 x 7 tiles (126: chunks of 96 cross a sample),
+         * 9 channels per group (a run of 8 and one of 1), padding 0, 1, 2
+         * (the input gradient's then 2, 1, 0), rows of 19 tiles (f64 vectors
+         * of 8: a partial third) */
+        {"conv2d 3x3 odd sizes, groups 2",
+         {2, {3, 4, 11, 13}, {18, 2, 3, 3}, .o2 = {.padding = {1, 1}, .groups = 2}, .bias = true}},
+        {"conv2d 3x3 padding 0", {2, {2, 3, 8, 7}, {2, 3, 3, 3}, .bias = true}},
+        {"conv2d 3x3 padding 2 and 0", {2, {2, 2, 5, 37}, {3, 2, 3, 3}, .o2 = {.padding = {2, 0}}}},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) check_conv_case(cases[i].name, &cases[i].c);
 }
