@@ -61,9 +61,10 @@ static chunk *chunk_new(size_t size)
 
 cr_arena *cr_arena_init(size_t chunk_bytes)
 {
+    chunk *first = chunk_new(chunk_bytes ? chunk_bytes : (size_t)1 << 20); /* may refuse the size */
     cr_arena *a = cr_xcalloc(1, sizeof *a);
-    a->chunk_bytes = chunk_bytes ? chunk_bytes : (size_t)1 << 20;
-    a->first = a->cur = chunk_new(a->chunk_bytes);
+    a->chunk_bytes = first->size;
+    a->first = a->cur = first;
     a->n_chunks = 1;
     a->gen = atomic_fetch_add(&next_gen, 1);
     return a;
