@@ -273,38 +273,30 @@ static int64_t block_size(const conv_dims *d, int64_t blk)
     return d->N - blk * d->nb < d->nb ? d->N - blk * d->nb : d->nb;
 }
 
-/* y (+)= the direct convolution of x with w (and b) under window g, O output
- * channels: blocks of samples as the lowering's, each thread with its own
- * padded-sample scratch. The forward, and dX as a convolution of dY. */
-static void direct_blocks(const conv_dims *d, const cr_window *g, int64_t O, const cr_tensor *x,
-                          const cr_tensor *w, const cr_tensor *b, cr_tensor *y, bool add)
+/* y (+)= the convolution of x with w (and b) under window g, O output
+ * channels, on the direct kernels or, when d->wino, by Winograd F(2x2, 3x3)
+ * (w transformed once first): blocks of samples as the lowering's, each
+ * thread with its own scratch. The forward, and dX as a convolution of dY. */
+static void conv_blocks(const conv_dims *d, const cr_window *g, int64_t O, const cr_tensor *x,
+                        const cr_tensor *w, const cr_tensor *b, cr_tensor *y, bool add)
 {
-    int64_t per = cr_k_conv_direct_scratch(g, d->G, O, d->dt, false);
+    cr_tensor *wt = NULL;
+    if (d->wino) {
+        wt = cr_tensor_new(d->dt, CR_SHAPE(16, O, w->shape[1]));
+        cr_k_winograd_weights(w, d->G, wt);
+    }
+    int64_t per = d->wino ? cr_k_conv_winograd_scratch(g, d->G, O, d->nb)
+                          : cr_k_conv_direct_scratch(g, d->G, O, d->dt, false);
     cr_tensor *s = scratch(d, per);
     CR_PAR_FOR(
         d->par, "omp parallel for schedule(static) num_threads(d->threads)",
         for (int64_t k = 0; k < d->blocks; k++) {
             cr_tensor sv = flat(s, per);
             sv.data = at(s, thread_id(d) * per);
-            cr_k_conv_direct(g, d->G, x, w, b, k * d->nb, block_size(d, k), y, add, &sv);
-        });
-}
-
-/* The same by Winograd F(2x2, 3x3) (d->wino): w transformed once, then the
- * blocks, each thread with its own scratch. */
-static void winograd_blocks(const conv_dims *d, const cr_window *g, int64_t O, const cr_tensor *x,
-                            const cr_tensor *w, const cr_tensor *b, cr_tensor *y, bool add)
-{
-    cr_tensor *wt = cr_tensor_new(d->dt, CR_SHAPE(16, O, w->shape[1]));
-    cr_k_winograd_weights(w, d->G, wt);
-    int64_t per = cr_k_conv_winograd_scratch(g, d->G, O, d->nb);
-    cr_tensor *s = scratch(d, per);
-    CR_PAR_FOR(
-        d->par, "omp parallel for schedule(static) num_threads(d->threads)",
-        for (int64_t k = 0; k < d->blocks; k++) {
-            cr_tensor sv = flat(s, per);
-            sv.data = at(s, thread_id(d) * per);
-            cr_k_conv_winograd(g, d->G, x, wt, b, k * d->nb, block_size(d, k), y, add, &sv);
+            if (wt)
+                cr_k_conv_winograd(g, d->G, x, wt, b, k * d->nb, block_size(d, k), y, add, &sv);
+            else
+                cr_k_conv_direct(g, d->G, x, w, b, k * d->nb, block_size(d, k), y, add, &sv);
         });
 }
 
@@ -318,12 +310,8 @@ static void conv_fwd(cr_node *n)
                  .b = n->n_in > 2 ? n->in[2] : NULL,
                  .y = n->out};
     const conv_dims *d = &c.d;
-    if (d->wino) {
-        winograd_blocks(&c.d, c.g, c.d.O, c.x, c.w, c.b, c.y, false);
-        return;
-    }
-    if (d->dconv) {
-        direct_blocks(&c.d, &c.dg, c.d.O, c.x, c.w, c.b, c.y, false);
+    if (d->wino || d->dconv) {
+        conv_blocks(&c.d, d->wino ? c.g : &c.dg, c.d.O, c.x, c.w, c.b, c.y, false);
         return;
     }
     int64_t slice = d->rows * d->nb * d->P, all;
@@ -538,10 +526,7 @@ static void dx_direct(const bwd_ctx *c)
                    .DW = g->DW,
                    .OH = g->H,
                    .OW = g->W};
-    if (d->wino)
-        winograd_blocks(d, &t, d->C, c->gy, wf, NULL, c->gx, !c->gx_first);
-    else
-        direct_blocks(d, &t, d->C, c->gy, wf, NULL, c->gx, !c->gx_first);
+    conv_blocks(d, &t, d->C, c->gy, wf, NULL, c->gx, !c->gx_first);
 }
 #undef FLIP_WEIGHT
 

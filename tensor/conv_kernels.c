@@ -250,18 +250,24 @@ void cr_k_winograd_weights(const cr_tensor *w, int64_t groups, cr_tensor *wt)
         winograd_weights_f64(groups, w->shape[0], w->shape[1], w->data, wt->data);
 }
 
-void cr_k_conv_winograd(const cr_window *g, int64_t groups, const cr_tensor *x, const cr_tensor *wt,
-                        const cr_tensor *b, int64_t n0, int64_t nb, cr_tensor *y, bool add,
-                        cr_tensor *scratch)
+/* The window and input a Winograd kernel takes, or an error naming fn. */
+static void check_winograd(const char *fn, const cr_window *g, const cr_tensor *x)
 {
-    const char *fn = "cr_k_conv_winograd";
-    char s[128];
     check_window(fn, g);
     if (!winograd_window(g))
         cr_error("%s: kernel %lldx%lld stride %lldx%lld dilation %lldx%lld: needs 3x3, stride 1, dilation 1",
                  fn, (long long)g->KH, (long long)g->KW, (long long)g->SH, (long long)g->SW, (long long)g->DH,
                  (long long)g->DW);
     if (x->dtype == CR_I32) cr_error("%s: needs f32 or f64, got i32", fn);
+}
+
+void cr_k_conv_winograd(const cr_window *g, int64_t groups, const cr_tensor *x, const cr_tensor *wt,
+                        const cr_tensor *b, int64_t n0, int64_t nb, cr_tensor *y, bool add,
+                        cr_tensor *scratch)
+{
+    const char *fn = "cr_k_conv_winograd";
+    char s[128];
+    check_winograd(fn, g, x);
     check_contig(fn, "input", x, x->dtype);
     check_contig(fn, "transformed weight", wt, x->dtype);
     check_contig(fn, "output", y, x->dtype);
@@ -326,12 +332,7 @@ void cr_k_conv_winograd_dw(const cr_window *g, int64_t groups, const cr_tensor *
                            int64_t n0, int64_t nb, int64_t O, cr_tensor *du, cr_tensor *scratch)
 {
     const char *fn = "cr_k_conv_winograd_dw";
-    check_window(fn, g);
-    if (!winograd_window(g))
-        cr_error("%s: kernel %lldx%lld stride %lldx%lld dilation %lldx%lld: needs 3x3, stride 1, dilation 1",
-                 fn, (long long)g->KH, (long long)g->KW, (long long)g->SH, (long long)g->SW, (long long)g->DH,
-                 (long long)g->DW);
-    if (x->dtype == CR_I32) cr_error("%s: needs f32 or f64, got i32", fn);
+    check_winograd(fn, g, x);
     if (groups < 1 || O < 1 || g->C % groups || O % groups)
         cr_error("%s: %lld input and %lld output channels do not split into %lld groups", fn, (long long)g->C,
                  (long long)O, (long long)groups);
