@@ -12,6 +12,7 @@
 #include <blis.h>
 
 #include "gemm_ukr.h"
+#include "transpose.h"
 #include "iter.h"
 #include "tensor.h"
 
@@ -197,102 +198,6 @@ static ukr_info ukr_query(num_t dt)
     };
 }
 
-/* Transposing copies, dst[q*ld + r] = src[r*rs + q] for r < R, q < Q (rows
- * of src contiguous): how a weight W (4H, H) becomes the column panels the
- * micro-kernel reads, in every forward product h W^T. In 8x8 (f32) and 4x4
- * (f64) tiles with AVX shuffles where the CPU has AVX; a scalar copy
- * elsewhere and for the edges. */
-#if defined(__GNUC__) && defined(__x86_64__)
-#include <immintrin.h>
-#define HAVE_AVX_TILES 1
-
-__attribute__((target("avx"))) static void transpose_f32_avx(float *dst, int64_t ld, const float *src,
-                                                             int64_t rs, int64_t R, int64_t Q)
-{
-    int64_t r0 = 0;
-    for (; r0 + 8 <= R; r0 += 8) {
-        int64_t q0 = 0;
-        for (; q0 + 8 <= Q; q0 += 8) {
-            const float *s = src + r0 * rs + q0;
-            __m256 a0 = _mm256_loadu_ps(s), a1 = _mm256_loadu_ps(s + rs), a2 = _mm256_loadu_ps(s + 2 * rs),
-                   a3 = _mm256_loadu_ps(s + 3 * rs), a4 = _mm256_loadu_ps(s + 4 * rs),
-                   a5 = _mm256_loadu_ps(s + 5 * rs), a6 = _mm256_loadu_ps(s + 6 * rs),
-                   a7 = _mm256_loadu_ps(s + 7 * rs);
-            __m256 t0 = _mm256_unpacklo_ps(a0, a1), t1 = _mm256_unpackhi_ps(a0, a1);
-            __m256 t2 = _mm256_unpacklo_ps(a2, a3), t3 = _mm256_unpackhi_ps(a2, a3);
-            __m256 t4 = _mm256_unpacklo_ps(a4, a5), t5 = _mm256_unpackhi_ps(a4, a5);
-            __m256 t6 = _mm256_unpacklo_ps(a6, a7), t7 = _mm256_unpackhi_ps(a6, a7);
-            __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
-            __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
-            __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
-            __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
-            float *d = dst + q0 * ld + r0;
-            _mm256_storeu_ps(d, _mm256_permute2f128_ps(u0, u4, 0x20));
-            _mm256_storeu_ps(d + ld, _mm256_permute2f128_ps(u1, u5, 0x20));
-            _mm256_storeu_ps(d + 2 * ld, _mm256_permute2f128_ps(u2, u6, 0x20));
-            _mm256_storeu_ps(d + 3 * ld, _mm256_permute2f128_ps(u3, u7, 0x20));
-            _mm256_storeu_ps(d + 4 * ld, _mm256_permute2f128_ps(u0, u4, 0x31));
-            _mm256_storeu_ps(d + 5 * ld, _mm256_permute2f128_ps(u1, u5, 0x31));
-            _mm256_storeu_ps(d + 6 * ld, _mm256_permute2f128_ps(u2, u6, 0x31));
-            _mm256_storeu_ps(d + 7 * ld, _mm256_permute2f128_ps(u3, u7, 0x31));
-        }
-        for (int64_t r = r0; r < r0 + 8; r++)
-            for (int64_t q = q0; q < Q; q++) dst[q * ld + r] = src[r * rs + q];
-    }
-    for (int64_t r = r0; r < R; r++)
-        for (int64_t q = 0; q < Q; q++) dst[q * ld + r] = src[r * rs + q];
-}
-
-__attribute__((target("avx"))) static void transpose_f64_avx(double *dst, int64_t ld, const double *src,
-                                                             int64_t rs, int64_t R, int64_t Q)
-{
-    int64_t r0 = 0;
-    for (; r0 + 4 <= R; r0 += 4) {
-        int64_t q0 = 0;
-        for (; q0 + 4 <= Q; q0 += 4) {
-            const double *s = src + r0 * rs + q0;
-            __m256d a0 = _mm256_loadu_pd(s), a1 = _mm256_loadu_pd(s + rs), a2 = _mm256_loadu_pd(s + 2 * rs),
-                    a3 = _mm256_loadu_pd(s + 3 * rs);
-            __m256d t0 = _mm256_unpacklo_pd(a0, a1), t1 = _mm256_unpackhi_pd(a0, a1);
-            __m256d t2 = _mm256_unpacklo_pd(a2, a3), t3 = _mm256_unpackhi_pd(a2, a3);
-            double *d = dst + q0 * ld + r0;
-            _mm256_storeu_pd(d, _mm256_permute2f128_pd(t0, t2, 0x20));
-            _mm256_storeu_pd(d + ld, _mm256_permute2f128_pd(t1, t3, 0x20));
-            _mm256_storeu_pd(d + 2 * ld, _mm256_permute2f128_pd(t0, t2, 0x31));
-            _mm256_storeu_pd(d + 3 * ld, _mm256_permute2f128_pd(t1, t3, 0x31));
-        }
-        for (int64_t r = r0; r < r0 + 4; r++)
-            for (int64_t q = q0; q < Q; q++) dst[q * ld + r] = src[r * rs + q];
-    }
-    for (int64_t r = r0; r < R; r++)
-        for (int64_t q = 0; q < Q; q++) dst[q * ld + r] = src[r * rs + q];
-}
-#endif
-
-static void transpose_f32(float *dst, int64_t ld, const float *src, int64_t rs, int64_t R, int64_t Q)
-{
-#ifdef HAVE_AVX_TILES
-    if (__builtin_cpu_supports("avx")) {
-        transpose_f32_avx(dst, ld, src, rs, R, Q);
-        return;
-    }
-#endif
-    for (int64_t r = 0; r < R; r++)
-        for (int64_t q = 0; q < Q; q++) dst[q * ld + r] = src[r * rs + q];
-}
-
-static void transpose_f64(double *dst, int64_t ld, const double *src, int64_t rs, int64_t R, int64_t Q)
-{
-#ifdef HAVE_AVX_TILES
-    if (__builtin_cpu_supports("avx")) {
-        transpose_f64_avx(dst, ld, src, rs, R, Q);
-        return;
-    }
-#endif
-    for (int64_t r = 0; r < R; r++)
-        for (int64_t q = 0; q < Q; q++) dst[q * ld + r] = src[r * rs + q];
-}
-
 /* One micro-panel: dst[p*ld + i] = src[i*si + p*sp] for i < m, p < kc, and
  * zeros for i in [m, ld). A (mc x kc) becomes panels of mr rows (si = rs,
  * sp = cs); B (kc x nc) panels of nr columns (si = cs, sp = rs). */
@@ -301,7 +206,7 @@ static void transpose_f64(double *dst, int64_t ld, const double *src, int64_t rs
                             int64_t sp)                                                                      \
     {                                                                                                        \
         if (sp == 1 && si != 1 && m > 1) { /* rows of the panel contiguous in src: transpose */              \
-            transpose_##SFX(dst, ld, src, si, m, kc);                                                        \
+            cr_transpose_##SFX(dst, ld, src, si, m, kc);                                                     \
         } else if (si == 1) { /* columns contiguous: copies */                                               \
             for (int64_t p = 0; p < kc; p++)                                                                 \
                 for (int64_t i = 0; i < m; i++) dst[p * ld + i] = src[p * sp + i];                           \

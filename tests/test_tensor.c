@@ -375,9 +375,10 @@ Test(tensor, strided_copies_convert_every_dtype_pair)
     cr_copy_(cr_tensor_new(CR_F64, CR_SHAPE(0, 3)), cr_zeros(CR_F64, CR_SHAPE(0, 3))); /* empty */
 }
 
-/* The tiled path of a matrix copied from its transpose: every element, for
- * sizes that are not multiples of the tile, a destination with padded rows,
- * each element size, and a size that runs on threads. */
+/* A matrix copied from its transpose (f32 and f64 by transpose.c's tiles, i32
+ * by the general loop): every element, for sizes that are not multiples of
+ * the tile, a destination with padded rows, each element size, and a size
+ * that runs on threads. */
 Test(tensor, transposed_copies_hit_every_element)
 {
     cr_dtype dts[3] = {CR_F32, CR_F64, CR_I32};
