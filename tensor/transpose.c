@@ -73,26 +73,23 @@ __attribute__((target("avx"))) static void transpose_f64_avx(double *dst, int64_
 }
 #endif
 
-void cr_transpose_f32(float *dst, int64_t ld, const float *src, int64_t rs, int64_t R, int64_t Q)
-{
+/* The AVX tiles where the CPU has them (the call vanishes where they are not
+ * built), then the scalar copy. */
 #ifdef HAVE_AVX_TILES
-    if (__builtin_cpu_supports("avx")) {
-        transpose_f32_avx(dst, ld, src, rs, R, Q);
-        return;
+#define AVX_FIRST(call)                                                                                      \
+    if (__builtin_cpu_supports("avx")) {                                                                     \
+        call;                                                                                                \
+        return;                                                                                              \
     }
+#else
+#define AVX_FIRST(call)
 #endif
-    for (int64_t r = 0; r < R; r++)
-        for (int64_t q = 0; q < Q; q++) dst[q * ld + r] = src[r * rs + q];
-}
-
-void cr_transpose_f64(double *dst, int64_t ld, const double *src, int64_t rs, int64_t R, int64_t Q)
-{
-#ifdef HAVE_AVX_TILES
-    if (__builtin_cpu_supports("avx")) {
-        transpose_f64_avx(dst, ld, src, rs, R, Q);
-        return;
+#define TRANSPOSE(T, SFX)                                                                                    \
+    void cr_transpose_##SFX(T *dst, int64_t ld, const T *src, int64_t rs, int64_t R, int64_t Q)              \
+    {                                                                                                        \
+        AVX_FIRST(transpose_##SFX##_avx(dst, ld, src, rs, R, Q))                                             \
+        for (int64_t r = 0; r < R; r++)                                                                      \
+            for (int64_t q = 0; q < Q; q++) dst[q * ld + r] = src[r * rs + q];                               \
     }
-#endif
-    for (int64_t r = 0; r < R; r++)
-        for (int64_t q = 0; q < Q; q++) dst[q * ld + r] = src[r * rs + q];
-}
+TRANSPOSE(float, f32)
+TRANSPOSE(double, f64)
