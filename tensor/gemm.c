@@ -201,15 +201,37 @@ static ukr_info ukr_query(num_t dt)
 /* One micro-panel: dst[p*ld + i] = src[i*si + p*sp] for i < m, p < kc, and
  * zeros for i in [m, ld). A (mc x kc) becomes panels of mr rows (si = rs,
  * sp = cs); B (kc x nc) panels of nr columns (si = cs, sp = rs). */
+/* kc rows of w elements, src rows sp apart to dst rows ld apart: with w a
+ * constant the compiler moves each row in vector registers, where a width
+ * it cannot see becomes a call to memcpy per row (37% of a weight-gradient
+ * product whose panels are 8 wide, measured). */
+#define COPY_ROWS(w)                                                                                         \
+    for (int64_t p = 0; p < kc; p++)                                                                         \
+        for (int64_t i = 0; i < (w); i++) dst[p * ld + i] = src[p * sp + i]
+
+/* Rows [p0, p1) of full panels of panels_by_rows: per panel, w elements of
+ * each row, zero-padded to pw. */
+#define ROW_PANELS(w)                                                                                        \
+    for (int64_t j0 = 0; j0 < full; j0 += (w))                                                               \
+        for (int64_t p = p0; p < p1; p++) {                                                                  \
+            for (int64_t i = 0; i < (w); i++) dst[j0 / (w)*pw * kc + p * pw + i] = src[p * sp + j0 + i];     \
+            for (int64_t i = (w); i < pw; i++) dst[j0 / (w)*pw * kc + p * pw + i] = 0;                       \
+        }
+
 #define PANEL(T, SFX)                                                                                        \
     static void panel_##SFX(T *restrict dst, int64_t ld, const T *src, int64_t m, int64_t kc, int64_t si,    \
                             int64_t sp)                                                                      \
     {                                                                                                        \
         if (sp == 1 && si != 1 && m > 1) { /* rows of the panel contiguous in src: transpose */              \
             cr_transpose_##SFX(dst, ld, src, si, m, kc);                                                     \
-        } else if (si == 1) { /* columns contiguous: copies */                                               \
-            for (int64_t p = 0; p < kc; p++)                                                                 \
-                for (int64_t i = 0; i < m; i++) dst[p * ld + i] = src[p * sp + i];                           \
+        } else if (si == 1) { /* columns contiguous: copies, of a constant width where they can be */        \
+            switch (m) {                                                                                     \
+            case 8: COPY_ROWS(8); break;                                                                     \
+            case 12: COPY_ROWS(12); break;                                                                   \
+            case 16: COPY_ROWS(16); break;                                                                   \
+            case 32: COPY_ROWS(32); break;                                                                   \
+            default: COPY_ROWS(m); break;                                                                    \
+            }                                                                                                \
         } else {                                                                                             \
             for (int64_t p = 0; p < kc; p++)                                                                 \
                 for (int64_t i = 0; i < m; i++) dst[p * ld + i] = src[i * si + p * sp];                      \
@@ -218,15 +240,48 @@ static ukr_info ukr_query(num_t dt)
             for (int64_t p = 0; p < kc; p++)                                                                 \
                 for (int64_t i = m; i < ld; i++) dst[p * ld + i] = 0;                                        \
     }                                                                                                        \
+    /* Panels of w (stored pw wide) over mn elements that are contiguous in the                              \
+     * source (src[p*sp + i]), eight source rows at a time: every panel's part                               \
+     * of them in turn, so that each source line is fetched once and each                                    \
+     * panel written in order. Panel by panel, a weight gradient's A^T (8 of                                 \
+     * every row's floats, rows 8 KB apart) took longer to pack than to                                      \
+     * multiply. */                                                                                          \
+    static void panels_by_rows_##SFX(T *restrict dst, const T *src, int64_t mn, int64_t kc, int64_t sp,      \
+                                     int64_t w, int64_t pw)                                                  \
+    {                                                                                                        \
+        int64_t full = mn - mn % w;                                                                          \
+        for (int64_t p0 = 0, p1; p0 < kc; p0 = p1) {                                                         \
+            p1 = p0 + 8 < kc ? p0 + 8 : kc;                                                                  \
+            switch (w) {                                                                                     \
+            case 8: ROW_PANELS(8); break;                                                                    \
+            case 12: ROW_PANELS(12); break;                                                                  \
+            case 16: ROW_PANELS(16); break;                                                                  \
+            case 32: ROW_PANELS(32); break;                                                                  \
+            default: ROW_PANELS(w); break;                                                                   \
+            }                                                                                                \
+            if (full < mn)                                                                                   \
+                for (int64_t p = p0; p < p1; p++)                                                            \
+                    for (int64_t i = 0; i < pw; i++)                                                         \
+                        dst[full / w * pw * kc + p * pw + i] = full + i < mn ? src[p * sp + full + i] : 0;   \
+        }                                                                                                    \
+    }                                                                                                        \
     static void pack_a_##SFX(T *dst, const T *src, int64_t mc, int64_t kc, int64_t rs, int64_t cs,           \
                              int64_t mr, int64_t pmr)                                                        \
     {                                                                                                        \
+        if (rs == 1 && cs != 1) {                                                                            \
+            panels_by_rows_##SFX(dst, src, mc, kc, cs, mr, pmr);                                             \
+            return;                                                                                          \
+        }                                                                                                    \
         for (int64_t i0 = 0; i0 < mc; i0 += mr, dst += pmr * kc)                                             \
             panel_##SFX(dst, pmr, src + i0 * rs, mc - i0 < mr ? mc - i0 : mr, kc, rs, cs);                   \
     }                                                                                                        \
     static void pack_b_##SFX(T *dst, const T *src, int64_t kc, int64_t nc, int64_t rs, int64_t cs,           \
                              int64_t nr, int64_t pnr)                                                        \
     {                                                                                                        \
+        if (cs == 1 && rs != 1) {                                                                            \
+            panels_by_rows_##SFX(dst, src, nc, kc, rs, nr, pnr);                                             \
+            return;                                                                                          \
+        }                                                                                                    \
         for (int64_t j0 = 0; j0 < nc; j0 += nr, dst += pnr * kc)                                             \
             panel_##SFX(dst, pnr, src + j0 * cs, nc - j0 < nr ? nc - j0 : nr, kc, cs, rs);                   \
     }
@@ -312,55 +367,6 @@ PANEL(double, f64)
 SERIAL_GEMM(float, f32, BLIS_FLOAT, sgemm_ukr_ft)
 SERIAL_GEMM(double, f64, BLIS_DOUBLE, dgemm_ukr_ft)
 
-void cr_k_gemm(double alpha, const cr_tensor *a, const cr_tensor *b, double beta, cr_tensor *c)
-{
-    char s1[128], s2[128], s3[128];
-    if (a->ndim != 2 || b->ndim != 2 || c->ndim != 2 || a->shape[1] != b->shape[0] ||
-        c->shape[0] != a->shape[0] || c->shape[1] != b->shape[1])
-        cr_error("cr_k_gemm: %s x %s -> %s do not fit", cr_shape_str(s1, sizeof s1, a->ndim, a->shape),
-                 cr_shape_str(s2, sizeof s2, b->ndim, b->shape),
-                 cr_shape_str(s3, sizeof s3, c->ndim, c->shape));
-    if (a->dtype != b->dtype || a->dtype != c->dtype || a->dtype == CR_I32)
-        cr_error("cr_k_gemm: dtypes %s, %s, %s (need one float dtype)", cr_dtype_name(a->dtype),
-                 cr_dtype_name(b->dtype), cr_dtype_name(c->dtype));
-    int64_t m = a->shape[0], k = a->shape[1], n = b->shape[1];
-    if (m == 0 || n == 0) return;
-    int64_t rsa = a->stride[0], csa = a->stride[1], rsb = b->stride[0], csb = b->stride[1];
-    int64_t rsc = c->stride[0], csc = c->stride[1];
-    if (m * n * k <= cr_gemm_small_threshold && n <= 4096) {
-        if (a->dtype == CR_F32)
-            small_sgemm(m, n, k, (float)alpha, a->data, rsa, csa, b->data, rsb, csb, (float)beta, c->data,
-                        rsc, csc);
-        else
-            small_dgemm(m, n, k, alpha, a->data, rsa, csa, b->data, rsb, csb, beta, c->data, rsc, csc);
-        return;
-    }
-    fix_strides(m, k, &rsa, &csa);
-    fix_strides(k, n, &rsb, &csb);
-    fix_strides(m, n, &rsc, &csc);
-    if (!cr_parallel_ok() || m * n * k <= cr_gemm_parallel_threshold) {
-        if (a->dtype == CR_F32)
-            serial_gemm_f32(m, n, k, (float)alpha, a->data, rsa, csa, b->data, rsb, csb, (float)beta, c->data,
-                            rsc, csc);
-        else
-            serial_gemm_f64(m, n, k, alpha, a->data, rsa, csa, b->data, rsb, csb, beta, c->data, rsc, csc);
-        return;
-    }
-    /* Threads: BLIS splits the rows and columns of C, never the inner
-     * dimension, so each element's arithmetic is the one above. A local
-     * runtime object carries the thread count (BLIS's own is global). */
-    rntm_t rntm = BLIS_RNTM_INITIALIZER;
-    bli_rntm_set_num_threads(cr_get_num_threads(), &rntm);
-    if (a->dtype == CR_F32) {
-        float al = (float)alpha, be = (float)beta;
-        bli_sgemm_ex(BLIS_NO_TRANSPOSE, BLIS_NO_TRANSPOSE, m, n, k, &al, a->data, rsa, csa, b->data, rsb, csb,
-                     &be, c->data, rsc, csc, NULL, &rntm);
-    } else {
-        bli_dgemm_ex(BLIS_NO_TRANSPOSE, BLIS_NO_TRANSPOSE, m, n, k, &alpha, a->data, rsa, csa, b->data, rsb,
-                     csb, &beta, c->data, rsc, csc, NULL, &rntm);
-    }
-}
-
 /* ---- a right operand packed once ------------------------------------------------
  *
  * A product C = A B with row-stored C repacks B on every call: at hidden 512
@@ -381,11 +387,16 @@ void cr_k_gemm(double alpha, const cr_tensor *a, const cr_tensor *b, double beta
  * kernels (32 x 12, column-preferring, the blocksizes below multiples of the
  * tile so that its edge tiles are the last rows and columns of C). */
 bool cr_gemm_blis_only = false;
-static atomic_llong own_products;
+static atomic_llong own_products, own_plain_products;
 
 int64_t cr_k_gemm_own_count(void)
 {
     return (int64_t)atomic_load_explicit(&own_products, memory_order_relaxed);
+}
+
+int64_t cr_k_gemm_own_plain_count(void)
+{
+    return (int64_t)atomic_load_explicit(&own_plain_products, memory_order_relaxed);
 }
 
 static bool own_possible(const ukr_info *u)
@@ -657,6 +668,72 @@ static void own_part(const pack_geom *g, int64_t p0, int64_t p1, int64_t m, int6
     }
 }
 
+/* Columns of B packed at a time by own_plain: kc x OWN_NB floats (1.5 MB at
+ * KC 384) stay in L2 and L3 while every block of A's rows runs over them. */
+enum { OWN_NB = 1024 };
+
+/* C[i_lo:i_hi, j_lo:j_hi] (row-stored; j_lo a multiple of CR_UKR_NW) on
+ * carousel's kernel with B packed as it goes: per block of OWN_NB columns and
+ * KC block of B's rows (BLIS's KC blocks, so the same chains of FMAs), B's
+ * panels, then per OWN_MB rows A's groups. i_edge, j_edge: BLIS's edge tiles
+ * in the whole of C. */
+static void own_plain_part(const ukr_info *u, int64_t i_lo, int64_t i_hi, int64_t j_lo, int64_t j_hi,
+                           int64_t k, float alpha, const float *a, int64_t rsa, int64_t csa, const float *b,
+                           int64_t rsb, int64_t csb, float beta, float *c, int64_t rsc, int64_t i_edge,
+                           int64_t j_edge)
+{
+    int64_t kc_top = k < u->kc_max ? k : u->kc_max;
+    int64_t nb_top = j_hi - j_lo < OWN_NB ? j_hi - j_lo : OWN_NB,
+            mb_top = i_hi - i_lo < OWN_MB ? i_hi - i_lo : OWN_MB;
+    float *bp = grow(&bufs.b, &bufs.b_bytes,
+                     (size_t)((nb_top + CR_UKR_NW - 1) / CR_UKR_NW * CR_UKR_NW * kc_top) * sizeof(float));
+    float *ap = grow(&bufs.a, &bufs.a_bytes,
+                     (size_t)((mb_top + CR_UKR_MR - 1) / CR_UKR_MR * CR_UKR_MR * kc_top) * sizeof(float));
+    for (int64_t jc = j_lo; jc < j_hi; jc += OWN_NB) {
+        int64_t nb = j_hi - jc < OWN_NB ? j_hi - jc : OWN_NB;
+        for (int64_t pc = 0, kc; pc < k; pc += kc) {
+            kc = block(k - pc, u->kc, u->kc_max);
+            pack_b_f32(bp, b + pc * rsb + jc * csb, kc, nb, rsb, csb, CR_UKR_NW, CR_UKR_NW);
+            for (int64_t ic = i_lo; ic < i_hi; ic += OWN_MB) {
+                int64_t mb = i_hi - ic < OWN_MB ? i_hi - ic : OWN_MB;
+                pack_a_f32(ap, a + ic * rsa + pc * csa, mb, kc, rsa, csa, CR_UKR_MR, CR_UKR_MR);
+                cr_ukr_sgemm_block(mb, jc, jc + nb, kc, alpha, ap, bp, pc == 0 ? beta : 1.0f, i_edge - ic,
+                                   j_edge, c + ic * rsc, rsc);
+            }
+        }
+    }
+}
+
+/* C = alpha A B + beta C (C row-stored, k > 0, alpha != 0) on carousel's
+ * kernel, B packed on the way; on nt threads split along C's longer side
+ * (each thread packs all of the other operand), which changes no element's
+ * arithmetic. */
+static void own_plain(const ukr_info *u, int nt, int64_t m, int64_t n, int64_t k, float alpha, const float *a,
+                      int64_t rsa, int64_t csa, const float *b, int64_t rsb, int64_t csb, float beta,
+                      float *c, int64_t rsc)
+{
+    atomic_fetch_add_explicit(&own_plain_products, 1, memory_order_relaxed);
+    /* BLIS's edge tiles: C^T's last MR rows (C's columns) and last NR columns (C's rows) */
+    int64_t i_edge = m - m % u->nr, j_edge = n - n % u->mr;
+    if (nt <= 1) {
+        own_plain_part(u, 0, m, 0, n, k, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, i_edge, j_edge);
+        return;
+    }
+    bool by_rows = m >= n;
+    int64_t units = by_rows ? (m + CR_UKR_MR - 1) / CR_UKR_MR : (n + CR_UKR_NW - 1) / CR_UKR_NW;
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (int t = 0; t < nt; t++) {
+        int64_t u0 = units * t / nt, u1 = units * (t + 1) / nt;
+        if (u1 <= u0) continue;
+        if (by_rows)
+            own_plain_part(u, u0 * CR_UKR_MR, u1 * CR_UKR_MR < m ? u1 * CR_UKR_MR : m, 0, n, k, alpha, a, rsa,
+                           csa, b, rsb, csb, beta, c, rsc, i_edge, j_edge);
+        else
+            own_plain_part(u, 0, m, u0 * CR_UKR_NW, u1 * CR_UKR_NW < n ? u1 * CR_UKR_NW : n, k, alpha, a, rsa,
+                           csa, b, rsb, csb, beta, c, rsc, i_edge, j_edge);
+    }
+}
+
 static void own_gemm(const pack_geom *g, int nt, int64_t m, int64_t n, int64_t k, float alpha, const float *a,
                      int64_t rsa, int64_t csa, const float *pk, float beta, float *c, int64_t rsc)
 {
@@ -672,6 +749,67 @@ static void own_gemm(const pack_geom *g, int nt, int64_t m, int64_t n, int64_t k
     }
 }
 #endif
+
+void cr_k_gemm(double alpha, const cr_tensor *a, const cr_tensor *b, double beta, cr_tensor *c)
+{
+    char s1[128], s2[128], s3[128];
+    if (a->ndim != 2 || b->ndim != 2 || c->ndim != 2 || a->shape[1] != b->shape[0] ||
+        c->shape[0] != a->shape[0] || c->shape[1] != b->shape[1])
+        cr_error("cr_k_gemm: %s x %s -> %s do not fit", cr_shape_str(s1, sizeof s1, a->ndim, a->shape),
+                 cr_shape_str(s2, sizeof s2, b->ndim, b->shape),
+                 cr_shape_str(s3, sizeof s3, c->ndim, c->shape));
+    if (a->dtype != b->dtype || a->dtype != c->dtype || a->dtype == CR_I32)
+        cr_error("cr_k_gemm: dtypes %s, %s, %s (need one float dtype)", cr_dtype_name(a->dtype),
+                 cr_dtype_name(b->dtype), cr_dtype_name(c->dtype));
+    int64_t m = a->shape[0], k = a->shape[1], n = b->shape[1];
+    if (m == 0 || n == 0) return;
+    int64_t rsa = a->stride[0], csa = a->stride[1], rsb = b->stride[0], csb = b->stride[1];
+    int64_t rsc = c->stride[0], csc = c->stride[1];
+    if (m * n * k <= cr_gemm_small_threshold && n <= 4096) {
+        if (a->dtype == CR_F32)
+            small_sgemm(m, n, k, (float)alpha, a->data, rsa, csa, b->data, rsb, csb, (float)beta, c->data,
+                        rsc, csc);
+        else
+            small_dgemm(m, n, k, alpha, a->data, rsa, csa, b->data, rsb, csb, beta, c->data, rsc, csc);
+        return;
+    }
+    fix_strides(m, k, &rsa, &csa);
+    fix_strides(k, n, &rsb, &csb);
+    fix_strides(m, n, &rsc, &csc);
+    bool serial = !cr_parallel_ok() || m * n * k <= cr_gemm_parallel_threshold;
+#ifdef CR_HAVE_UKR
+    /* row-stored f32 C on carousel's kernel, where it has BLIS's arithmetic */
+    if (a->dtype == CR_F32 && csc == 1 && k > 0 && alpha != 0 && !cr_gemm_blis_only) {
+        ukr_info u = ukr_query(BLIS_FLOAT);
+        if (own_possible(&u)) {
+            own_plain(&u, serial ? 1 : cr_get_num_threads(), m, n, k, (float)alpha, a->data, rsa, csa,
+                      b->data, rsb, csb, (float)beta, c->data, rsc);
+            return;
+        }
+    }
+#endif
+    if (serial) {
+        if (a->dtype == CR_F32)
+            serial_gemm_f32(m, n, k, (float)alpha, a->data, rsa, csa, b->data, rsb, csb, (float)beta, c->data,
+                            rsc, csc);
+        else
+            serial_gemm_f64(m, n, k, alpha, a->data, rsa, csa, b->data, rsb, csb, beta, c->data, rsc, csc);
+        return;
+    }
+    /* Threads: BLIS splits the rows and columns of C, never the inner
+     * dimension, so each element's arithmetic is the one above. A local
+     * runtime object carries the thread count (BLIS's own is global). */
+    rntm_t rntm = BLIS_RNTM_INITIALIZER;
+    bli_rntm_set_num_threads(cr_get_num_threads(), &rntm);
+    if (a->dtype == CR_F32) {
+        float al = (float)alpha, be = (float)beta;
+        bli_sgemm_ex(BLIS_NO_TRANSPOSE, BLIS_NO_TRANSPOSE, m, n, k, &al, a->data, rsa, csa, b->data, rsb, csb,
+                     &be, c->data, rsc, csc, NULL, &rntm);
+    } else {
+        bli_dgemm_ex(BLIS_NO_TRANSPOSE, BLIS_NO_TRANSPOSE, m, n, k, &alpha, a->data, rsa, csa, b->data, rsb,
+                     csb, &beta, c->data, rsc, csc, NULL, &rntm);
+    }
+}
 
 void cr_k_gemm_packed(double alpha, const cr_tensor *a, const cr_tensor *b, const cr_tensor *pack,
                       double beta, cr_tensor *c)

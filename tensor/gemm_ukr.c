@@ -46,6 +46,14 @@ TGT static inline __attribute__((always_inline)) void tile(const int R, int64_t 
     __m512 acc[CR_UKR_MR][NV];
     for (int r = 0; r < R; r++)
         for (int q = 0; q < NV; q++) acc[r][q] = _mm512_setzero_ps();
+    /* C's lines are wanted after the products: ask for them now, so that a
+     * C too big for the caches (a product over all B*T rows) does not stall
+     * the tile's end on memory. */
+    for (int r = 0; r < R; r++) {
+        const char *cr = (const char *)(c + r * rsc);
+        for (int q = 0; q < NV; q++) _mm_prefetch(cr + 64 * q, _MM_HINT_T0);
+        _mm_prefetch(cr + 4 * CR_UKR_NW - 1, _MM_HINT_T0);
+    }
     for (int64_t p = 0; p < kc; p++) {
         const float *bp = b + p * CR_UKR_NW, *ap = a + p * CR_UKR_MR;
         __m512 bq[NV];

@@ -405,15 +405,17 @@ int64_t cr_k_gemm_pack_numel(const cr_tensor *b);
 void cr_k_gemm_pack(cr_tensor *pack, const cr_tensor *b);
 void cr_k_gemm_packed(double alpha, const cr_tensor *a, const cr_tensor *b, const cr_tensor *pack,
                       double beta, cr_tensor *c);
-/* f32 packs run carousel's own AVX-512 micro-kernel (8 rows of A by 32
- * columns, so batches of 8, 16, 32 rows tile exactly) where the CPU has
- * AVX-512 and BLIS runs its skx kernels, whose arithmetic it reproduces:
- * the same bits. true makes packs made from then on use BLIS's micro-kernel
- * (a pack is always read the way it was made). */
+/* f32 products with row-stored C, packed or not, run carousel's own AVX-512
+ * micro-kernel (8 rows of A by 32 columns, so batches of 8, 16, 32 rows tile
+ * exactly) where the CPU has AVX-512 and BLIS runs its skx kernels, whose
+ * arithmetic it reproduces: the same bits. true sends cr_k_gemm's products
+ * to BLIS's micro-kernel, and makes packs made from then on use it (a pack
+ * is always read the way it was made). */
 extern bool cr_gemm_blis_only;
-/* Packed products that have run on carousel's own micro-kernel so far in
- * this process (tests check the dispatch with it). */
+/* Products that have run on carousel's own micro-kernel so far in this
+ * process, through a pack and without one (tests check the dispatch). */
 int64_t cr_k_gemm_own_count(void);
+int64_t cr_k_gemm_own_plain_count(void);
 
 /* ---- sliding windows: convolution lowering and pooling (conv_kernels.c) ---- */
 
