@@ -198,19 +198,27 @@ static ukr_info ukr_query(num_t dt)
     };
 }
 
-/* One micro-panel: dst[p*ld + i] = src[i*si + p*sp] for i < m, p < kc, and
- * zeros for i in [m, ld). A (mc x kc) becomes panels of mr rows (si = rs,
- * sp = cs); B (kc x nc) panels of nr columns (si = cs, sp = rs). */
-/* kc rows of w elements, src rows sp apart to dst rows ld apart: with w a
- * constant the compiler moves each row in vector registers, where a width
- * it cannot see becomes a call to memcpy per row (37% of a weight-gradient
- * product whose panels are 8 wide, measured). */
+/* Packing copies rows of a constant width where it can: the compiler then
+ * moves each row in vector registers, where a width it cannot see becomes
+ * a call to memcpy per row (37% of a weight-gradient product whose panels
+ * are 8 wide, measured). BY_WIDTH(w, COPY) expands COPY(w) with w made a
+ * constant for the micro-kernels' widths. */
+#define BY_WIDTH(w, COPY)                                                                                    \
+    switch (w) {                                                                                             \
+    case 8: COPY(8); break;                                                                                  \
+    case 12: COPY(12); break;                                                                                \
+    case 16: COPY(16); break;                                                                                \
+    case 32: COPY(32); break;                                                                                \
+    default: COPY(w); break;                                                                                 \
+    }
+
+/* kc rows of w elements, src rows sp apart to dst rows ld apart */
 #define COPY_ROWS(w)                                                                                         \
     for (int64_t p = 0; p < kc; p++)                                                                         \
         for (int64_t i = 0; i < (w); i++) dst[p * ld + i] = src[p * sp + i]
 
-/* Rows [p0, p1) of full panels of panels_by_rows: per panel, w elements of
- * each row, zero-padded to pw. */
+/* Rows [p0, p1) of the full panels of panels_by_rows: per panel, w elements
+ * of each row, zero-padded to pw. */
 #define ROW_PANELS(w)                                                                                        \
     for (int64_t j0 = 0; j0 < full; j0 += (w))                                                               \
         for (int64_t p = p0; p < p1; p++) {                                                                  \
@@ -218,20 +226,17 @@ static ukr_info ukr_query(num_t dt)
             for (int64_t i = (w); i < pw; i++) dst[j0 / (w)*pw * kc + p * pw + i] = 0;                       \
         }
 
+/* One micro-panel: dst[p*ld + i] = src[i*si + p*sp] for i < m, p < kc, and
+ * zeros for i in [m, ld). A (mc x kc) becomes panels of mr rows (si = rs,
+ * sp = cs); B (kc x nc) panels of nr columns (si = cs, sp = rs). */
 #define PANEL(T, SFX)                                                                                        \
     static void panel_##SFX(T *restrict dst, int64_t ld, const T *src, int64_t m, int64_t kc, int64_t si,    \
                             int64_t sp)                                                                      \
     {                                                                                                        \
         if (sp == 1 && si != 1 && m > 1) { /* rows of the panel contiguous in src: transpose */              \
             cr_transpose_##SFX(dst, ld, src, si, m, kc);                                                     \
-        } else if (si == 1) { /* columns contiguous: copies, of a constant width where they can be */        \
-            switch (m) {                                                                                     \
-            case 8: COPY_ROWS(8); break;                                                                     \
-            case 12: COPY_ROWS(12); break;                                                                   \
-            case 16: COPY_ROWS(16); break;                                                                   \
-            case 32: COPY_ROWS(32); break;                                                                   \
-            default: COPY_ROWS(m); break;                                                                    \
-            }                                                                                                \
+        } else if (si == 1) { /* columns contiguous: copies */                                               \
+            BY_WIDTH(m, COPY_ROWS)                                                                           \
         } else {                                                                                             \
             for (int64_t p = 0; p < kc; p++)                                                                 \
                 for (int64_t i = 0; i < m; i++) dst[p * ld + i] = src[i * si + p * sp];                      \
@@ -243,22 +248,15 @@ static ukr_info ukr_query(num_t dt)
     /* Panels of w (stored pw wide) over mn elements that are contiguous in the                              \
      * source (src[p*sp + i]), eight source rows at a time: every panel's part                               \
      * of them in turn, so that each source line is fetched once and each                                    \
-     * panel written in order. Panel by panel, a weight gradient's A^T (8 of                                 \
-     * every row's floats, rows 8 KB apart) took longer to pack than to                                      \
-     * multiply. */                                                                                          \
+     * panel written in order (a weight gradient's A^T, 8 of every row's                                     \
+     * floats with rows 8 KB apart, packed panel by panel was slower). */                                    \
     static void panels_by_rows_##SFX(T *restrict dst, const T *src, int64_t mn, int64_t kc, int64_t sp,      \
                                      int64_t w, int64_t pw)                                                  \
     {                                                                                                        \
         int64_t full = mn - mn % w;                                                                          \
         for (int64_t p0 = 0, p1; p0 < kc; p0 = p1) {                                                         \
             p1 = p0 + 8 < kc ? p0 + 8 : kc;                                                                  \
-            switch (w) {                                                                                     \
-            case 8: ROW_PANELS(8); break;                                                                    \
-            case 12: ROW_PANELS(12); break;                                                                  \
-            case 16: ROW_PANELS(16); break;                                                                  \
-            case 32: ROW_PANELS(32); break;                                                                  \
-            default: ROW_PANELS(w); break;                                                                   \
-            }                                                                                                \
+            BY_WIDTH(w, ROW_PANELS)                                                                          \
             if (full < mn)                                                                                   \
                 for (int64_t p = p0; p < p1; p++)                                                            \
                     for (int64_t i = 0; i < pw; i++)                                                         \
