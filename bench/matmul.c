@@ -1,8 +1,9 @@
 /* bench/matmul: cr_matmul through the framework (a recorded graph node with its
  * arena output) against bli_sgemm on the same buffers, on LSTM-sized f32 products;
- * the recurrent products with a packed weight on carousel's own micro-kernel
- * against BLIS's kernel on the same loops; then a small-size sweep of the C
- * kernel against BLIS to place cr_gemm_small_threshold.
+ * the recurrent products with a packed weight, and the char LM's products over
+ * all time steps without one, on carousel's own micro-kernel against BLIS's
+ * kernel on the same loops; then a small-size sweep of the C kernel against
+ * BLIS to place cr_gemm_small_threshold.
  *
  *   ./build/bench/matmul [--threads N] [--rounds N] [--no-sweep]
  */
@@ -150,6 +151,68 @@ static cr_tensor *operand(int64_t r, int64_t c, bool trans, cr_tensor **store, c
     return view;
 }
 
+/* ---- products without a pack: own micro-kernel against BLIS's ----------------- */
+
+/* The char LM's products over all B*T = 2048 rows at hidden 512 (embedding
+ * 64, 65 classes, 4H = 2048) in the layouts the step gives them, through
+ * cr_k_gemm with carousel's kernel and with BLIS's (cr_gemm_blis_only) on
+ * the same loops: GFLOP/s min/median/max over the rounds, sides alternating. */
+static void plain_products(int rounds, cr_rng *rng)
+{
+    static const struct {
+        const char *name;
+        int64_t m, k, n;
+        bool ta, tb;
+    } cases[] = {
+        {"input_proj", 2048, 64, 2048, false, true}, /* x W_ih^T */
+        {"head", 2048, 512, 65, false, true},        /* h W_out^T */
+        {"head_dh", 2048, 65, 512, false, false},    /* dy W_out */
+        {"head_dw", 65, 2048, 512, true, false},     /* dy^T h */
+        {"input_dx", 2048, 2048, 64, false, false},  /* dz W_ih */
+        {"input_dw", 2048, 2048, 64, true, false},   /* dz^T x */
+        {"stacked_dw", 2048, 512, 512, true, false}, /* dz^T h over 512 stacked rows */
+    };
+    printf("\nwithout a pack (cr_k_gemm, the char LM's products at hidden 512): own micro-kernel vs BLIS's, "
+           "GFLOP/s min/median/max over %d rounds\n",
+           rounds);
+    double *own = malloc((size_t)rounds * sizeof *own), *blis = malloc((size_t)rounds * sizeof *blis);
+    if (!own || !blis) {
+        fprintf(stderr, "matmul: out of memory\n");
+        exit(1);
+    }
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        cr_tensor *store[2], views[2];
+        small s = {operand(cases[i].m, cases[i].k, cases[i].ta, &store[0], &views[0], rng),
+                   operand(cases[i].k, cases[i].n, cases[i].tb, &store[1], &views[1], rng),
+                   cr_tensor_init(CR_F32, 2, (int64_t[]){cases[i].m, cases[i].n})};
+        double flops = 2.0 * (double)(cases[i].m * cases[i].k * cases[i].n);
+        for (int r = 0; r < rounds; r++)
+            for (int side = 0; side < 2; side++) {
+                bool is_own = (side ^ (r & 1)) == 0;
+                cr_gemm_blis_only = !is_own;
+                (is_own ? own : blis)[r] = flops / bench_best_ns(run_small, &s, 1e6, 20e6);
+            }
+        cr_gemm_blis_only = false;
+        int64_t before = cr_k_gemm_own_plain_count();
+        run_small(&s);
+        bool own_ran = cr_k_gemm_own_plain_count() > before;
+        bench_stats so = bench_spread(own, rounds), sb = bench_spread(blis, rounds);
+        printf("%-10s [%lld,%lld]x[%lld,%lld] own %.1f/%.1f/%.1f blis_kernel %.1f/%.1f/%.1f%s\n",
+               cases[i].name, (long long)cases[i].m, (long long)cases[i].k, (long long)cases[i].k,
+               (long long)cases[i].n, so.min, so.med, so.max, sb.min, sb.med, sb.max,
+               own_ran ? "" : " (own kernel not available here)");
+        printf("bench=matmul_plain case=%s m=%lld k=%lld n=%lld own_gflops=%.1f blis_kernel_gflops=%.1f "
+               "ratio=%.2f\n",
+               cases[i].name, (long long)cases[i].m, (long long)cases[i].k, (long long)cases[i].n, so.med,
+               sb.med, so.med / sb.med);
+        cr_tensor_free(store[0]);
+        cr_tensor_free(store[1]);
+        cr_tensor_free(s.c);
+    }
+    free(own);
+    free(blis);
+}
+
 typedef struct point {
     layout lay;
     int64_t m, nk, mnk;
@@ -238,6 +301,7 @@ int main(int argc, char **argv)
         fw_gflops, blis_gflops, pct, min_pct);
 
     packed_products(rounds, &rng);
+    plain_products(rounds, &rng);
 
     if (sweep) {
         /* C kernel (threshold huge) against BLIS (threshold 0) through cr_k_gemm,

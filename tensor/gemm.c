@@ -669,6 +669,9 @@ static void own_part(const pack_geom *g, int64_t p0, int64_t p1, int64_t m, int6
 /* Columns of B packed at a time by own_plain: kc x OWN_NB floats (1.5 MB at
  * KC 384) stay in L2 and L3 while every block of A's rows runs over them. */
 enum { OWN_NB = 1024 };
+/* C at most OWN_NARROW columns wide is "narrow" for own_plain_part, which
+ * then packs A OWN_MB_NARROW rows at a time (768 KB at KC 384). */
+enum { OWN_NARROW = 128, OWN_MB_NARROW = 512 };
 
 /* C[i_lo:i_hi, j_lo:j_hi] (row-stored; j_lo a multiple of CR_UKR_NW) on
  * carousel's kernel with B packed as it goes: per block of OWN_NB columns and
@@ -680,9 +683,16 @@ static void own_plain_part(const ukr_info *u, int64_t i_lo, int64_t i_hi, int64_
                            int64_t rsb, int64_t csb, float beta, float *c, int64_t rsc, int64_t i_edge,
                            int64_t j_edge)
 {
+    /* Narrow C (a weight gradient of the embedding, [4H, 64]): B's block is
+     * small, so each group of A's rows runs over all its panels while in L1,
+     * and A is packed in blocks of OWN_MB_NARROW rows, so that a transposed
+     * A is read in long runs of its rows (192 of them read 768-byte pieces
+     * of rows 8 KB apart, and lost to BLIS). */
+    bool narrow = j_hi - j_lo <= OWN_NARROW;
+    int64_t mb_max = narrow ? OWN_MB_NARROW : OWN_MB;
     int64_t kc_top = k < u->kc_max ? k : u->kc_max;
     int64_t nb_top = j_hi - j_lo < OWN_NB ? j_hi - j_lo : OWN_NB,
-            mb_top = i_hi - i_lo < OWN_MB ? i_hi - i_lo : OWN_MB;
+            mb_top = i_hi - i_lo < mb_max ? i_hi - i_lo : mb_max;
     float *bp = grow(&bufs.b, &bufs.b_bytes,
                      (size_t)((nb_top + CR_UKR_NW - 1) / CR_UKR_NW * CR_UKR_NW * kc_top) * sizeof(float));
     float *ap = grow(&bufs.a, &bufs.a_bytes,
@@ -691,12 +701,15 @@ static void own_plain_part(const ukr_info *u, int64_t i_lo, int64_t i_hi, int64_
         int64_t nb = j_hi - jc < OWN_NB ? j_hi - jc : OWN_NB;
         for (int64_t pc = 0, kc; pc < k; pc += kc) {
             kc = block(k - pc, u->kc, u->kc_max);
+            float be = pc == 0 ? beta : 1.0f;
             pack_b_f32(bp, b + pc * rsb + jc * csb, kc, nb, rsb, csb, CR_UKR_NW, CR_UKR_NW);
-            for (int64_t ic = i_lo; ic < i_hi; ic += OWN_MB) {
-                int64_t mb = i_hi - ic < OWN_MB ? i_hi - ic : OWN_MB;
+            for (int64_t ic = i_lo; ic < i_hi; ic += mb_max) {
+                int64_t mb = i_hi - ic < mb_max ? i_hi - ic : mb_max;
                 pack_a_f32(ap, a + ic * rsa + pc * csa, mb, kc, rsa, csa, CR_UKR_MR, CR_UKR_MR);
-                cr_ukr_sgemm_block(mb, jc, jc + nb, kc, alpha, ap, bp, pc == 0 ? beta : 1.0f, i_edge - ic,
-                                   j_edge, c + ic * rsc, rsc);
+                int64_t step = narrow ? CR_UKR_MR : mb; /* rows per call: the call runs panels outer */
+                for (int64_t i0 = 0; i0 < mb; i0 += step)
+                    cr_ukr_sgemm_block(mb - i0 < step ? mb - i0 : step, jc, jc + nb, kc, alpha, ap + i0 * kc,
+                                       bp, be, i_edge - ic - i0, j_edge, c + (ic + i0) * rsc, rsc);
             }
         }
     }

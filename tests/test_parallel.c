@@ -307,10 +307,11 @@ Test(parallel, plain_products_on_the_own_kernel_are_blis_bits, .timeout = 300)
      * classes, their backward products, stacked weight gradients), and edges:
      * rows past one block of 192 and not a multiple of 8 or 12, columns past
      * one block of 1024 and not a multiple of 32, k in KC blocks (384 + 116,
-     * 384 + 384 + 232), more columns than rows (split by columns). */
+     * 384 + 384 + 232), more columns than rows (split by columns), narrow C
+     * (at most 128 columns) with rows past one block of 512. */
     const int64_t shapes[][3] = {{200, 256, 64},   {130, 65, 160}, {130, 160, 65}, {65, 160, 400},
                                  {416, 64, 500},   {7, 1100, 70},  {13, 97, 1000}, {1, 300, 120},
-                                 {393, 1057, 130}, {40, 2100, 33}};
+                                 {393, 1057, 130}, {40, 2100, 33}, {1100, 40, 300}};
     const double ab[][2] = {{1, 0}, {1, 1}, {0.5, 0.75}, {-1.3, -1.5}, {1, 0.3}, {2.5, 0}};
     for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++)
         for (int t = 0; t < 4; t++)
