@@ -66,6 +66,15 @@ static void fix_strides(int64_t r, int64_t c, int64_t *rs, int64_t *cs)
     }
 }
 
+/* m*n*k, the measure of a product's size that the thresholds compare, or
+ * INT64_MAX past it: expanded views (stride 0) give shapes whose product
+ * overflows without any memory behind them. */
+static int64_t work_of(int64_t m, int64_t n, int64_t k)
+{
+    int64_t mn, mnk;
+    return cr_mul_ok(m, n, &mn) && cr_mul_ok(mn, k, &mnk) ? mnk : INT64_MAX;
+}
+
 #define SMALL_GEMM(T, NAME)                                                                                  \
     static void NAME(int64_t m, int64_t n, int64_t k, T alpha, const T *a, int64_t rsa, int64_t csa,         \
                      const T *b, int64_t rsb, int64_t csb, T beta, T *c, int64_t rsc, int64_t csc)           \
@@ -776,7 +785,8 @@ void cr_k_gemm(double alpha, const cr_tensor *a, const cr_tensor *b, double beta
     if (m == 0 || n == 0) return;
     int64_t rsa = a->stride[0], csa = a->stride[1], rsb = b->stride[0], csb = b->stride[1];
     int64_t rsc = c->stride[0], csc = c->stride[1];
-    if (m * n * k <= cr_gemm_small_threshold && n <= 4096) {
+    int64_t work = work_of(m, n, k);
+    if (work <= cr_gemm_small_threshold && n <= 4096) {
         if (a->dtype == CR_F32)
             small_sgemm(m, n, k, (float)alpha, a->data, rsa, csa, b->data, rsb, csb, (float)beta, c->data,
                         rsc, csc);
@@ -787,7 +797,7 @@ void cr_k_gemm(double alpha, const cr_tensor *a, const cr_tensor *b, double beta
     fix_strides(m, k, &rsa, &csa);
     fix_strides(k, n, &rsb, &csb);
     fix_strides(m, n, &rsc, &csc);
-    bool serial = !cr_parallel_ok() || m * n * k <= cr_gemm_parallel_threshold;
+    bool serial = !cr_parallel_ok() || work <= cr_gemm_parallel_threshold;
 #ifdef CR_HAVE_UKR
     /* row-stored f32 C on carousel's kernel, where it has BLIS's arithmetic */
     if (a->dtype == CR_F32 && csc == 1 && k > 0 && alpha != 0 && !cr_gemm_blis_only) {
@@ -831,8 +841,9 @@ void cr_k_gemm_packed(double alpha, const cr_tensor *a, const cr_tensor *b, cons
      * pack of another size), it is cr_k_gemm. */
     bool use = pack && a->ndim == 2 && b->ndim == 2 && c->ndim == 2 && a->shape[1] == k && c->shape[0] == m &&
                c->shape[1] == n && a->dtype == b->dtype && c->dtype == b->dtype && pack->dtype == b->dtype &&
-               m > 0 && n > 1 && (m * n * k > cr_gemm_small_threshold || n > 4096) && c->stride[1] == 1 &&
-               (m == 1 || c->stride[0] != 1) && pack_geom_read(pack, b->dtype, k, n, &g) && alpha != 0;
+               m > 0 && n > 1 && (work_of(m, n, k) > cr_gemm_small_threshold || n > 4096) &&
+               c->stride[1] == 1 && (m == 1 || c->stride[0] != 1) &&
+               pack_geom_read(pack, b->dtype, k, n, &g) && alpha != 0;
     if (!use) {
         cr_k_gemm(alpha, a, b, beta, c);
         return;
@@ -840,7 +851,7 @@ void cr_k_gemm_packed(double alpha, const cr_tensor *a, const cr_tensor *b, cons
     int64_t rsa = a->stride[0], csa = a->stride[1], rsc = c->stride[0], csc = 1;
     fix_strides(m, k, &rsa, &csa);
     fix_strides(m, n, &rsc, &csc);
-    int nt = cr_parallel_ok() && m * n * k > cr_gemm_parallel_threshold ? cr_get_num_threads() : 1;
+    int nt = cr_parallel_ok() && work_of(m, n, k) > cr_gemm_parallel_threshold ? cr_get_num_threads() : 1;
 #ifdef CR_HAVE_UKR
     if (g.own) {
         own_gemm(&g, nt, m, n, k, (float)alpha, a->data, rsa, csa, pack_panels(pack), (float)beta, c->data,

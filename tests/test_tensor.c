@@ -1063,6 +1063,40 @@ Test(tensor, gemm_contiguous_and_expanded_operands)
     EXPECT_ERROR(cr_k_gemm(1, a, a, 0, c), "cr_k_gemm: [50,40] x [50,40] -> [50,60] do not fit");
 }
 
+Test(tensor, gemm_f32_broadcast_operands_and_sizes_past_int64, .timeout = 30)
+{
+    /* f32 with row-stored C runs carousel's kernel: A a row broadcast to
+     * every row, B a column broadcast along its columns (stride 0) */
+    cr_rng r = cr_rng_seed(6);
+    cr_tensor *row = cr_tensor_new(CR_F32, CR_SHAPE(1, 70)), *col = cr_tensor_new(CR_F32, CR_SHAPE(70, 1)),
+              *bf = cr_tensor_new(CR_F32, CR_SHAPE(70, 90)), *af = cr_tensor_new(CR_F32, CR_SHAPE(40, 70)),
+              ea, eb;
+    cr_fill_uniform(row, &r, -1, 1);
+    cr_fill_uniform(col, &r, -1, 1);
+    cr_fill_uniform(bf, &r, -1, 1);
+    cr_fill_uniform(af, &r, -1, 1);
+    cr_view_expand(&ea, row, CR_SHAPE(40, 70));
+    cr_view_expand(&eb, col, CR_SHAPE(70, 90));
+    const cr_tensor *as[2] = {&ea, af}, *bs[2] = {bf, &eb};
+    for (int i = 0; i < 2; i++) {
+        cr_tensor *c = cr_zeros(CR_F32, CR_SHAPE(40, 90)), *w = cr_zeros(CR_F32, CR_SHAPE(40, 90));
+        cr_k_gemm(1, as[i], bs[i], 0, c);
+        naive_gemm(1, as[i], bs[i], 0, w);
+        for (int64_t j = 0; j < 40 * 90; j++) cr_assert_float_eq(cr_get_flat(c, j), cr_get_flat(w, j), 1e-4);
+    }
+    /* m*n*k past INT64_MAX with no memory behind it (expanded views): 4*4*2^60
+     * wraps to 0, which would send the product to the C kernel's loop over
+     * k; compared without overflowing, alpha 0 leaves C = beta C at once */
+    int64_t k = (int64_t)1 << 60;
+    cr_tensor *one_a = cr_tensor_new(CR_F32, CR_SHAPE(1, 1)), *one_b = cr_tensor_new(CR_F32, CR_SHAPE(1, 1));
+    cr_tensor big_a, big_b;
+    cr_view_expand(&big_a, one_a, CR_SHAPE(4, k));
+    cr_view_expand(&big_b, one_b, CR_SHAPE(k, 4));
+    cr_tensor *c = cr_full(CR_F32, CR_SHAPE(4, 4), 3);
+    cr_k_gemm(0, &big_a, &big_b, 0.5, c);
+    for (int64_t j = 0; j < 16; j++) cr_assert_eq(cr_get_flat(c, j), 1.5);
+}
+
 /* ---- reductions and softmax ------------------------------------------------------------------- */
 
 Test(tensor, reductions)
