@@ -1,9 +1,10 @@
 /* Matrix products on strided 2-D views: a plain C kernel for tiny products
  * where packing and dispatch cost more than the arithmetic (threshold
- * measured with bench/matmul); BLIS's micro-kernel under carousel's own
- * blocking loops when the product runs on one thread; BLIS's threaded typed
- * API when it may fork; products with a packed right operand on carousel's
- * own AVX-512 micro-kernel (gemm_ukr.c) with BLIS's bits. */
+ * measured with bench/matmul); f32 products with row-stored C, with or
+ * without a packed right operand, on carousel's own AVX-512 micro-kernel
+ * (gemm_ukr.c) with BLIS's bits, where it has them; otherwise BLIS's
+ * micro-kernel under carousel's own blocking loops when the product runs on
+ * one thread, BLIS's threaded typed API when it may fork. */
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
