@@ -65,6 +65,33 @@ static cr_tensor *pack_made(const cr_tensor *b, bool blis)
     return pk;
 }
 
+/* GFLOP/s of run(ctx) on carousel's own micro-kernel and on BLIS's, pick(ctx,
+ * own) choosing the side: the sides alternate over the rounds, each round's
+ * figure the best sample of that round; their min / median / max in *so and
+ * *sb. Leaves the own side picked. */
+static void own_vs_blis(int rounds, double flops, void (*run)(void *), void (*pick)(void *, bool), void *ctx,
+                        bench_stats *so, bench_stats *sb)
+{
+    double *g[2] = {cr_xmalloc((size_t)rounds * sizeof(double)), cr_xmalloc((size_t)rounds * sizeof(double))};
+    for (int r = 0; r < rounds; r++)
+        for (int side = 0; side < 2; side++) {
+            bool is_own = (side ^ (r & 1)) == 0;
+            pick(ctx, is_own);
+            g[!is_own][r] = flops / bench_best_ns(run, ctx, 1e6, 20e6);
+        }
+    pick(ctx, true);
+    *so = bench_spread(g[0], rounds);
+    *sb = bench_spread(g[1], rounds);
+    free(g[0]);
+    free(g[1]);
+}
+
+static void pick_pack(void *p_, bool own)
+{
+    packed *p = p_;
+    p->pack = own ? p->pack_own : p->pack_blis;
+}
+
 /* [m,H]x[H,4H] with the weight packed, m = 32 (a batch) and 16 (a shard of two
  * replicas): GFLOP/s of each kernel, min / median / max over the rounds (each
  * round's figure the best sample of that round), the sides alternating. */
@@ -74,11 +101,6 @@ static void packed_products(int rounds, cr_rng *rng)
     printf("\npacked weight ([m,H]x[H,4H], cr_k_gemm_packed): own micro-kernel vs BLIS's, GFLOP/s "
            "min/median/max over %d rounds\n",
            rounds);
-    double *own = malloc((size_t)rounds * sizeof *own), *blis = malloc((size_t)rounds * sizeof *blis);
-    if (!own || !blis) {
-        fprintf(stderr, "matmul: out of memory\n");
-        exit(1);
-    }
     for (int ih = 0; ih < 2; ih++)
         for (int im = 0; im < 2; im++) {
             int64_t m = ms[im], k = hs[ih], n = 4 * hs[ih];
@@ -92,19 +114,11 @@ static void packed_products(int rounds, cr_rng *rng)
             cr_fill_uniform(p.b, rng, -1, 1);
             p.pack_own = pack_made(p.b, false);
             p.pack_blis = pack_made(p.b, true);
-            double flops = 2.0 * (double)(m * k * n);
-            for (int r = 0; r < rounds; r++)
-                for (int side = 0; side < 2; side++) {
-                    bool is_own = (side ^ (r & 1)) == 0;
-                    p.pack = is_own ? p.pack_own : p.pack_blis;
-                    double g = flops / bench_best_ns(run_packed, &p, 1e6, 20e6);
-                    (is_own ? own : blis)[r] = g;
-                }
+            bench_stats so, sb;
+            own_vs_blis(rounds, 2.0 * (double)(m * k * n), run_packed, pick_pack, &p, &so, &sb);
             int64_t before = cr_k_gemm_own_count();
-            p.pack = p.pack_own;
             run_packed(&p);
             bool own_ran = cr_k_gemm_own_count() > before; /* false: no AVX-512 or not BLIS's skx kernels */
-            bench_stats so = bench_spread(own, rounds), sb = bench_spread(blis, rounds);
             printf("packed [%lld,%lld]x[%lld,%lld] own %.1f/%.1f/%.1f blis_kernel %.1f/%.1f/%.1f%s\n",
                    (long long)m, (long long)k, (long long)k, (long long)n, so.min, so.med, so.max, sb.min,
                    sb.med, sb.max, own_ran ? "" : " (own kernel not available here: both are BLIS's)");
@@ -117,8 +131,6 @@ static void packed_products(int rounds, cr_rng *rng)
             cr_tensor_free(p.pack_own);
             cr_tensor_free(p.pack_blis);
         }
-    free(own);
-    free(blis);
 }
 
 /* ---- the small sweep ------------------------------------------------------- */
@@ -153,6 +165,13 @@ static cr_tensor *operand(int64_t r, int64_t c, bool trans, cr_tensor **store, c
 
 /* ---- products without a pack: own micro-kernel against BLIS's ----------------- */
 
+/* cr_k_gemm's products on the own kernel or on BLIS's */
+static void pick_kernel(void *ctx, bool own)
+{
+    (void)ctx;
+    cr_gemm_blis_only = !own;
+}
+
 /* The char LM's products over all B*T = 2048 rows at hidden 512 (embedding
  * 64, 65 classes, 4H = 2048) in the layouts the step gives them, through
  * cr_k_gemm with carousel's kernel and with BLIS's (cr_gemm_blis_only) on
@@ -175,28 +194,17 @@ static void plain_products(int rounds, cr_rng *rng)
     printf("\nwithout a pack (cr_k_gemm, the char LM's products at hidden 512): own micro-kernel vs BLIS's, "
            "GFLOP/s min/median/max over %d rounds\n",
            rounds);
-    double *own = malloc((size_t)rounds * sizeof *own), *blis = malloc((size_t)rounds * sizeof *blis);
-    if (!own || !blis) {
-        fprintf(stderr, "matmul: out of memory\n");
-        exit(1);
-    }
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
         cr_tensor *store[2], views[2];
         small s = {operand(cases[i].m, cases[i].k, cases[i].ta, &store[0], &views[0], rng),
                    operand(cases[i].k, cases[i].n, cases[i].tb, &store[1], &views[1], rng),
                    cr_tensor_init(CR_F32, 2, (int64_t[]){cases[i].m, cases[i].n})};
-        double flops = 2.0 * (double)(cases[i].m * cases[i].k * cases[i].n);
-        for (int r = 0; r < rounds; r++)
-            for (int side = 0; side < 2; side++) {
-                bool is_own = (side ^ (r & 1)) == 0;
-                cr_gemm_blis_only = !is_own;
-                (is_own ? own : blis)[r] = flops / bench_best_ns(run_small, &s, 1e6, 20e6);
-            }
-        cr_gemm_blis_only = false;
+        bench_stats so, sb;
+        own_vs_blis(rounds, 2.0 * (double)(cases[i].m * cases[i].k * cases[i].n), run_small, pick_kernel, &s,
+                    &so, &sb);
         int64_t before = cr_k_gemm_own_plain_count();
         run_small(&s);
         bool own_ran = cr_k_gemm_own_plain_count() > before;
-        bench_stats so = bench_spread(own, rounds), sb = bench_spread(blis, rounds);
         printf("%-10s [%lld,%lld]x[%lld,%lld] own %.1f/%.1f/%.1f blis_kernel %.1f/%.1f/%.1f%s\n",
                cases[i].name, (long long)cases[i].m, (long long)cases[i].k, (long long)cases[i].k,
                (long long)cases[i].n, so.min, so.med, so.max, sb.min, sb.med, sb.max,
@@ -209,8 +217,6 @@ static void plain_products(int rounds, cr_rng *rng)
         cr_tensor_free(store[1]);
         cr_tensor_free(s.c);
     }
-    free(own);
-    free(blis);
 }
 
 typedef struct point {
