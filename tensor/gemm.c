@@ -787,12 +787,17 @@ void cr_k_gemm(double alpha, const cr_tensor *a, const cr_tensor *b, double beta
     int64_t rsa = a->stride[0], csa = a->stride[1], rsb = b->stride[0], csb = b->stride[1];
     int64_t rsc = c->stride[0], csc = c->stride[1];
     int64_t work = work_of(m, n, k);
+/* the f32 or the f64 kernel of a pair, on this call's operands */
+#define BY_DTYPE(F32, F64)                                                                                   \
+    do {                                                                                                     \
+        if (a->dtype == CR_F32)                                                                              \
+            F32(m, n, k, (float)alpha, a->data, rsa, csa, b->data, rsb, csb, (float)beta, c->data, rsc,      \
+                csc);                                                                                        \
+        else                                                                                                 \
+            F64(m, n, k, alpha, a->data, rsa, csa, b->data, rsb, csb, beta, c->data, rsc, csc);              \
+    } while (0)
     if (work <= cr_gemm_small_threshold && n <= 4096) {
-        if (a->dtype == CR_F32)
-            small_sgemm(m, n, k, (float)alpha, a->data, rsa, csa, b->data, rsb, csb, (float)beta, c->data,
-                        rsc, csc);
-        else
-            small_dgemm(m, n, k, alpha, a->data, rsa, csa, b->data, rsb, csb, beta, c->data, rsc, csc);
+        BY_DTYPE(small_sgemm, small_dgemm);
         return;
     }
     fix_strides(m, k, &rsa, &csa);
@@ -811,13 +816,10 @@ void cr_k_gemm(double alpha, const cr_tensor *a, const cr_tensor *b, double beta
     }
 #endif
     if (serial) {
-        if (a->dtype == CR_F32)
-            serial_gemm_f32(m, n, k, (float)alpha, a->data, rsa, csa, b->data, rsb, csb, (float)beta, c->data,
-                            rsc, csc);
-        else
-            serial_gemm_f64(m, n, k, alpha, a->data, rsa, csa, b->data, rsb, csb, beta, c->data, rsc, csc);
+        BY_DTYPE(serial_gemm_f32, serial_gemm_f64);
         return;
     }
+#undef BY_DTYPE
     /* Threads: BLIS splits the rows and columns of C, never the inner
      * dimension, so each element's arithmetic is the one above. A local
      * runtime object carries the thread count (BLIS's own is global). */
