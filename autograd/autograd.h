@@ -274,13 +274,14 @@ cr_tensor *cr_matmul(cr_tensor *a, cr_tensor *b);
  * values of cr_add(cr_matmul(a, b), bias), bit for bit, in one buffer instead
  * of two (a linear layer, a hoisted input projection). */
 cr_tensor *cr_matmul_bias(cr_tensor *a, cr_tensor *b, cr_tensor *bias);
-/* W^T ([N,K] -> [K,N]) as a contiguous copy, for a weight multiplied at many
- * time steps (a recurrent h W^T). A product cr_matmul(h, wt) reads the copy
- * (row-major: BLIS's fast layout), takes dh = dy W from W itself, and, with
+/* W^T ([N,K] -> [K,N]) for a weight multiplied at many time steps (a
+ * recurrent h W^T): when recorded (W requires a gradient), a view of W that
+ * is packed once for the micro-kernel; else a contiguous copy. A product
+ * cr_matmul(h, wt) reads that pack, takes dh = dy W from W itself, and, with
  * rows > 0, stacks its (h, dy) rows instead of adding h^T dy per product:
  * dW += dy^T h is one product per `rows` stacked rows (and one for the rest
- * in this op's backward). Other uses of the copy (a narrowed block) get its
- * gradient as usual, added to W's transposed. rows 0: no stack. */
+ * in this op's backward). Other uses of wt (a narrowed block) reach W's
+ * gradient through the view. rows 0: no stack. */
 cr_tensor *cr_weight_t(cr_tensor *w, int64_t rows);
 /* Fused recurrent gates (a cell's pointwise step after its recurrent product,
  * one op with its own backward). LSTM, gates i f g o as nn.LSTM:

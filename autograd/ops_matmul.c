@@ -2,8 +2,9 @@
  * the strided gemm kernel (transposed views cost no copy); a batch that folds
  * into rows becomes one product. matmul_bias adds a broadcast bias into the
  * product's own buffer (one output instead of a product and a sum).
- * weight_t is W^T made contiguous for a weight multiplied at every time step,
- * whose products stack their weight-gradient rows into one product. */
+ * weight_t is W^T for a weight multiplied at every time step: a view of W
+ * packed once for the products, which stack their weight-gradient rows into
+ * one product. */
 #include <string.h>
 
 #include "graph_internal.h"
@@ -155,19 +156,10 @@ static const cr_tensor *weight_t_pack_w(cr_node *wn, cr_tensor *hdr)
     return hdr;
 }
 
-/* W' = W^T as a contiguous copy: every step's product reads a row-major
- * matrix (BLIS's fast layout for both operands). When it will be recorded,
- * it is also packed for the micro-kernel (n->saved, in the arena), so the
- * steps' products h W' do not each pack it again. */
-static void weight_t_fwd(cr_node *n)
-{
-    cr_tensor wt = mat(n->in[0], 0, true);
-    cr_copy_(n->out, &wt);
-    int64_t np = cr_grad_enabled() && n->in[0]->requires_grad ? cr_k_gemm_pack_numel(n->out) : 0;
-    if (!np) return;
-    n->saved = cr_tensor_new(n->out->dtype, 1, (int64_t[]){np});
-    cr_k_gemm_pack(n->saved, n->out);
-}
+/* W' = W^T, a view of W (its gradient the same view of W's). The products
+ * read W's pack for the micro-kernel (n->saved, made by cr_weight_t), not
+ * W' itself, so no copy of W^T is made. */
+static void weight_t_fwd(cr_node *n) { cr_view_transpose(n->out, n->in[0], 0, 1); }
 static void weight_t_bwd(cr_node *n)
 {
     weight_t_attr *a = CR_NODE_ATTR(n, weight_t_attr);
@@ -175,6 +167,7 @@ static void weight_t_bwd(cr_node *n)
     if (a->blk) cr_graph_block_put(cr_graph_current(), a->blk);
     if (a->pack_w) cr_graph_block_put(cr_graph_current(), a->pack_w);
     a->blk = a->pack_w = NULL;
+    if (cr_grad_via_base(n->out)) return; /* other uses of W' wrote W's gradient through the view */
     bool unwritten;
     cr_tensor *gy = cr_grad_buffer(n->out, &unwritten);
     if (unwritten) return; /* every product stacked its rows */
@@ -182,13 +175,14 @@ static void weight_t_bwd(cr_node *n)
     cr_tensor *gw = input_grad_first(n, 0, &first);
     if (!gw) return;
     cr_tensor gwt = mat(gw, 0, true);
-    grad_add(&gwt, first, gy, NULL); /* dW (+)= dW'^T: other uses of W' (a narrowed block) */
+    grad_add(&gwt, first, gy, NULL); /* dW (+)= dW'^T: W's gradient not laid out like W */
 }
 /* Saves W: its backward reads nothing, but the products' backward read W
- * itself (dh = dy W, and W's pack made then), after their forward read W'.
- * An in-place write to W in between (an optimizer step before backward)
- * would mix two weights into dh; the products check W's version first. */
-const cr_op cr_op_weight_t = {"cr_weight_t", weight_t_fwd, weight_t_bwd, CR_SAVES_IN(0),
+ * itself (dh = dy W, and W's pack made then), after their forward read W'
+ * through its pack. An in-place write to W in between (an optimizer step
+ * before backward) would mix two weights into dh; the products check W's
+ * version first. */
+const cr_op cr_op_weight_t = {"cr_weight_t", weight_t_fwd, weight_t_bwd, CR_SAVES_IN(0) | CR_OP_VIEW,
                               sizeof(weight_t_attr)};
 
 cr_tensor *cr_weight_t(cr_tensor *w, int64_t rows)
@@ -198,9 +192,20 @@ cr_tensor *cr_weight_t(cr_tensor *w, int64_t rows)
     if (w->ndim != 2)
         cr_error("cr_weight_t: weight %s must be 2-D", cr_shape_str(s, sizeof s, w->ndim, w->shape));
     if (rows < 0) cr_error("cr_weight_t: rows %lld must be 0 (no stack) or positive", (long long)rows);
+    /* Not recorded (no gradient wanted): a contiguous copy, which every
+     * product packs as a plain copy (no node holds a pack for them). */
+    if (!cr_grad_enabled() || !w->requires_grad) return cr_contiguous(cr_transpose(w, 0, 1));
     cr_node *n = cr_node_new(&cr_op_weight_t, 1, &w);
     CR_NODE_ATTR(n, weight_t_attr)->cap = rows;
-    return cr_node_finish(n, w->dtype, 2, (int64_t[]){w->shape[1], w->shape[0]});
+    cr_tensor *wt = cr_node_finish_view(n);
+    /* W^T packed once, straight from W, for every step's product (not in
+     * forward: a view op's forward also makes its gradient's view) */
+    int64_t np = cr_k_gemm_pack_numel(wt);
+    if (np) {
+        n->saved = cr_tensor_new(wt->dtype, 1, (int64_t[]){np});
+        cr_k_gemm_pack(n->saved, wt);
+    }
+    return wt;
 }
 
 /* ---- matmul ------------------------------------------------------------------------------------ */

@@ -21,7 +21,7 @@ cr_cell cr_cell_make(const char *op, cr_params *ps, const char *prefix, const cr
                      cr_rng *rng);
 /* The weights a step sees (w[j] of cr_cell_step_fn), made once per sequence
  * of T steps of batch B: W^T as a view for one step, else as cr_weight_t (a
- * contiguous copy whose products stack their weight-gradient rows). */
+ * view packed once, whose products stack their weight-gradient rows). */
 void cr_cell_step_weights(const cr_cell *cell, cr_tensor **w, int64_t T, int64_t B);
 /* x W_ih^T + the input biases, x [..., I] -> [..., G]. */
 cr_tensor *cr_cell_project(const cr_cell *cell, cr_tensor *x);

@@ -406,7 +406,8 @@ void cr_fill(cr_tensor *t, double value)
 }
 
 /* dst = src where dst's rows are contiguous and src's columns are (a matrix
- * and its transpose, as cr_weight_t copies W^T every sequence), f32 or f64:
+ * and its transpose: cr_contiguous of a transposed view, cr_weight_t's W^T
+ * when nothing is recorded), f32 or f64:
  * row by row every read of src would touch a new cache line (at 4096 x 1024
  * the copy ran at 1.3 GB/s); transpose.c copies by tiles in registers, the
  * threads taking blocks of dst's rows. False when the layout is not this one. */

@@ -1,6 +1,7 @@
 /* Transposing copies of f32 and f64 matrices (transpose.h): the packing of
  * gemm.c's micro-panels (a weight W becomes the column panels the micro-kernel
- * reads) and cr_copy_ of a matrix from its transpose (cr_weight_t's W^T). */
+ * reads; cr_weight_t's pack of W^T straight from W) and cr_copy_ of a matrix
+ * from its transpose. */
 #include "transpose.h"
 
 /* In 8x8 (f32) and 4x4 (f64) tiles with AVX shuffles where the CPU has

@@ -383,8 +383,9 @@ static void check_matmul_bias(void)
 }
 
 /* Three steps h' = tanh(h W'), W' = weight_t(W, rows), plus a product with a
- * narrowed block of W' (a use whose gradient is not stacked). rows 6 with 3
- * rows a step: a product of two steps' rows, then the rest in backward. */
+ * narrowed block of W' and a sum of W' squared (uses whose gradient is not
+ * stacked: it reaches W's through the view). rows 6 with 3 rows a step: a
+ * product of two steps' rows, then the rest in backward. */
 static cr_tensor *f_weight_t(cr_tensor *const *in, void *ctx)
 {
     cr_tensor *h = in[0], *wt = cr_weight_t(in[1], *(const int64_t *)ctx), *loss = NULL;
@@ -392,6 +393,7 @@ static cr_tensor *f_weight_t(cr_tensor *const *in, void *ctx)
         h = cr_tanh(cr_matmul(h, wt));
         loss = loss ? cr_add(loss, cr_sum(h)) : cr_sum(h);
     }
+    loss = cr_add(loss, cr_sum(cr_square(wt)));
     return cr_add(loss, cr_sum(cr_square(cr_matmul(h, cr_narrow(wt, 1, 1, 2)))));
 }
 

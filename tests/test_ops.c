@@ -410,10 +410,17 @@ static double recurrent_grads(const cr_tensor *w0, int mode, int64_t rows, cr_te
 Test(ops, weight_t)
 {
     cr_tensor *w = f64(CR_SHAPE(2, 3), (double[]){1, 2, 3, 4, 5, 6});
+    /* no gradient wanted: a contiguous copy; else a view of W, no copy */
     cr_tensor *wt = cr_weight_t(w, 0);
     expect_shape(wt, CR_SHAPE(3, 2));
-    cr_assert(cr_is_contiguous(wt));
+    cr_assert(cr_is_contiguous(wt) && wt->data != w->data);
     expect_values(wt, (double[]){1, 4, 2, 5, 3, 6}, 6, 0);
+    cr_requires_grad(w, true);
+    wt = cr_weight_t(w, 0);
+    expect_shape(wt, CR_SHAPE(3, 2));
+    cr_assert(wt->data == w->data && wt->stride[0] == 1 && wt->stride[1] == 3, "W^T is a view of W");
+    expect_values(wt, (double[]){1, 4, 2, 5, 3, 6}, 6, 0);
+    cr_requires_grad(w, false);
     /* the loss and W's gradient of a recurrence as through the W^T view, for
      * no stack, stacks of one step, of two (a product, then the rest in
      * backward) and of all five */
