@@ -387,12 +387,13 @@ static double recurrent_grads(const cr_tensor *w0, int mode, int64_t rows, cr_te
     cr_tensor *w = cr_tensor_init(CR_F64, 2, w0->shape);
     cr_copy_(w, w0);
     cr_requires_grad(w, true);
+    int64_t H = w0->shape[0];
     cr_tensor *wt = mode ? cr_weight_t(w, rows) : cr_transpose(w, 0, 1),
-              *h = cr_zeros(CR_F64, CR_SHAPE(3, 6));
+              *h = cr_zeros(CR_F64, CR_SHAPE(3, H));
     cr_rng r = cr_rng_seed(11);
     cr_tensor *loss = NULL;
     for (int t = 0; t < 5; t++) {
-        cr_tensor *x = cr_tensor_new(CR_F64, CR_SHAPE(3, 6));
+        cr_tensor *x = cr_tensor_new(CR_F64, CR_SHAPE(3, H));
         cr_fill_uniform(x, &r, -1, 1);
         h = cr_tanh(cr_add(cr_matmul(h, wt), x));
         cr_tensor *term = cr_sum(cr_mul(h, x));
@@ -423,24 +424,30 @@ Test(ops, weight_t)
     cr_requires_grad(w, false);
     /* the loss and W's gradient of a recurrence as through the W^T view, for
      * no stack, stacks of one step, of two (a product, then the rest in
-     * backward) and of all five */
-    cr_rng r = cr_rng_seed(3);
-    cr_tensor *w0 = cr_tensor_init(CR_F64, CR_SHAPE(6, 6)), *want = cr_tensor_init(CR_F64, CR_SHAPE(6, 6));
-    cr_tensor *got = cr_tensor_init(CR_F64, CR_SHAPE(6, 6));
-    cr_fill_uniform(w0, &r, -0.5, 0.5);
-    double l0 = recurrent_grads(w0, 0, 0, want);
-    static const int64_t rows[] = {0, 3, 6, 15, 64};
-    for (int i = 0; i < 5; i++) {
-        double l = recurrent_grads(w0, 1, rows[i], got);
-        cr_assert_eq(l, l0, "rows %lld: the loss differs", (long long)rows[i]);
-        for (int64_t j = 0; j < 36; j++)
-            cr_assert(fabs(cr_get_flat(got, j) - cr_get_flat(want, j)) <= 1e-13,
-                      "rows %lld: dW[%lld] %.17g, want %.17g", (long long)rows[i], (long long)j,
-                      cr_get_flat(got, j), cr_get_flat(want, j));
+     * backward) and of all five; H 6 (products small enough to read a
+     * contiguous W^T) and 192 (only W^T's pack and the view) */
+    static const int64_t sizes[] = {6, 192};
+    for (int s = 0; s < 2; s++) {
+        int64_t H = sizes[s];
+        cr_rng r = cr_rng_seed(3);
+        cr_tensor *w0 = cr_tensor_init(CR_F64, CR_SHAPE(H, H)),
+                  *want = cr_tensor_init(CR_F64, CR_SHAPE(H, H));
+        cr_tensor *got = cr_tensor_init(CR_F64, CR_SHAPE(H, H));
+        cr_fill_uniform(w0, &r, -0.5, 0.5);
+        double l0 = recurrent_grads(w0, 0, 0, want);
+        static const int64_t rows[] = {0, 3, 6, 15, 64};
+        for (int i = 0; i < 5; i++) {
+            double l = recurrent_grads(w0, 1, rows[i], got);
+            cr_assert_eq(l, l0, "H %lld rows %lld: the loss differs", (long long)H, (long long)rows[i]);
+            for (int64_t j = 0; j < H * H; j++)
+                cr_assert(fabs(cr_get_flat(got, j) - cr_get_flat(want, j)) <= 1e-13,
+                          "H %lld rows %lld: dW[%lld] %.17g, want %.17g", (long long)H, (long long)rows[i],
+                          (long long)j, cr_get_flat(got, j), cr_get_flat(want, j));
+        }
+        cr_tensor_free(w0);
+        cr_tensor_free(want);
+        cr_tensor_free(got);
     }
-    cr_tensor_free(w0);
-    cr_tensor_free(want);
-    cr_tensor_free(got);
     EXPECT_ERROR(cr_weight_t(f64(CR_SHAPE(3), (double[]){1, 2, 3}), 0),
                  "cr_weight_t: weight [3] must be 2-D");
     EXPECT_ERROR(cr_weight_t(w, -1), "cr_weight_t: rows -1 must be 0 (no stack) or positive");
