@@ -582,12 +582,16 @@ static cr_tensor *grad_new(cr_graph *g, const cr_tensor *t)
 
 /* t's gradient as the same view of its base's gradient, or NULL when the
  * base's gradient is not laid out like the base. A new base gradient is
- * zero-filled, except for cr_grad_buffer (`whole_ok`) when the view covers
- * every element of the base (a view with as many elements as its base maps
- * one to one: reshape, transpose, permute, a full narrow): then it stays
- * fresh, and cr_grad_buffer's caller writes all of it through the view or
- * cr_grad_buffer zero-fills it (a [rows, 10000] logits gradient seen through
- * a reshape was zero-filled and then overwritten). */
+ * zero-filled, except for cr_grad_buffer (`whole_ok`), whose caller writes
+ * all of the view: then the view's part stays fresh (written, not added to)
+ * and only the rest of the base is zero-filled. The view's part is known for
+ * a view with as many elements as its base, mapped one to one (reshape,
+ * transpose, permute, a full narrow: nothing left to fill; a [rows, 10000]
+ * logits gradient seen through a reshape was zero-filled and then
+ * overwritten), and for a contiguous view of a contiguous base, one run of
+ * its elements (a select along the first dim: the h of an LSTM step's
+ * [2,B,H] (h, c) pair, whose c half alone is filled); any other view
+ * zero-fills the whole base first. */
 static cr_tensor *grad_via_base(cr_graph *g, cr_tensor *t, bool whole_ok)
 {
     cr_node *n = t->node;
@@ -595,22 +599,33 @@ static cr_tensor *grad_via_base(cr_graph *g, cr_tensor *t, bool whole_ok)
     if (!base->requires_grad) return NULL;
     bool fresh;
     cr_tensor *bg = cr_grad_buffer(base, &fresh);
+    size_t es = cr_dtype_size(bg->dtype);
+    int64_t total = cr_numel(bg);
     bool laid_out = true;
     for (int d = 0; d < base->ndim; d++)
         if (bg->stride[d] != base->stride[d] && base->shape[d] != 1) laid_out = false;
-    if (fresh) {
-        if (laid_out && whole_ok && cr_numel(t) == cr_numel(base))
-            ((cr_block *)bg->owned)->fresh = true;
-        else
-            memset(bg->data, 0, (size_t)cr_numel(bg) * cr_dtype_size(bg->dtype));
+    if (!laid_out) {
+        if (fresh) memset(bg->data, 0, (size_t)total * es);
+        return NULL;
     }
-    if (!laid_out) return NULL;
     cr_tensor *hdr = grad_header(g);
     memset(hdr, 0, sizeof *hdr);
     cr_node view = *n;
     view.in = &bg;
     view.out = hdr;
     n->op->forward(&view);
+    if (fresh) {
+        int64_t lo = 0, hi = 0; /* the view's elements: [lo, hi) of the base's, when one run */
+        if (whole_ok && cr_numel(t) == total) {
+            hi = total;
+        } else if (whole_ok && cr_is_contiguous(hdr) && cr_is_contiguous(bg)) {
+            lo = (int64_t)(((char *)hdr->data - (char *)bg->data) / (ptrdiff_t)es);
+            hi = lo + cr_numel(hdr);
+        }
+        memset(bg->data, 0, (size_t)lo * es);
+        memset((char *)bg->data + (size_t)hi * es, 0, (size_t)(total - hi) * es);
+        if (hi > lo) ((cr_block *)bg->owned)->fresh = true;
+    }
     grad_header_own(g, hdr, bg->persistent ? NULL : bg->owned);
     cr_block_of(hdr)->via_base = true;
     return hdr;
