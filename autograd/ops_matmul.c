@@ -232,8 +232,8 @@ static cr_node *shared_weight(const cr_node *n)
 static void product(cr_node *n)
 {
     cr_node *wn = shared_weight(n);
-    const cr_tensor *b =
-        wn && CR_NODE_ATTR(wn, weight_t_attr)->small ? CR_NODE_ATTR(wn, weight_t_attr)->small : n->in[1];
+    const cr_tensor *small = wn ? CR_NODE_ATTR(wn, weight_t_attr)->small : NULL;
+    const cr_tensor *b = small ? small : n->in[1];
     if (wn && wn->saved && n->in[0]->ndim == 2)
         cr_k_gemm_packed(1.0, n->in[0], b, wn->saved, 0.0, n->out);
     else
