@@ -142,16 +142,6 @@ static bool weight_t_defer(cr_node *wn, const cr_tensor *h, const cr_tensor *gy)
     return true;
 }
 
-/* A pack of a persistent weight (a parameter, which replicas share and
- * nothing writes during their step) is keyed by the weight and its version,
- * and `which` (1: W^T, 2: W): replicas' products by the same key may pair
- * (cr_gemm_gang_enter). Packs of anything else are not keyed. */
-static void pack_key(cr_tensor *pack, const cr_tensor *w, uint64_t which)
-{
-    if (w->persistent && !w->node)
-        cr_k_gemm_pack_key(pack, (uint64_t)(uintptr_t)w | which, cr_tensor_version(w));
-}
-
 /* W packed for dh = dy W (a header over the pool block, made by the first
  * product's backward), or NULL when W cannot be packed. */
 static const cr_tensor *weight_t_pack_w(cr_node *wn, cr_tensor *hdr)
@@ -166,7 +156,6 @@ static const cr_tensor *weight_t_pack_w(cr_node *wn, cr_tensor *hdr)
         cr_grad_reserve(wn->out); /* so that weight_t's backward runs and gives the block back */
         *hdr = rows_of(w->dtype, cr_block_payload(a->pack_w), 1, np);
         cr_k_gemm_pack(hdr, w);
-        pack_key(hdr, w, 2);
     }
     *hdr = rows_of(w->dtype, cr_block_payload(a->pack_w), 1, a->pack_numel);
     return hdr;
@@ -220,7 +209,6 @@ cr_tensor *cr_weight_t(cr_tensor *w, int64_t rows)
     if (np) {
         n->saved = cr_tensor_new(wt->dtype, 1, (int64_t[]){np});
         cr_k_gemm_pack(n->saved, wt);
-        pack_key(n->saved, w, 1);
     }
     if (cr_numel(w) <= cr_gemm_small_threshold) {
         weight_t_attr *a = CR_NODE_ATTR(n, weight_t_attr);

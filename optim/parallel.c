@@ -156,9 +156,8 @@ struct cr_trainer {
     /* Happens-before edges around the OpenMP region and its barrier, in C11
      * atomics that ThreadSanitizer sees (libgomp's own synchronisation is
      * not instrumented). A release/acquire pair costs nothing here. */
-    prof *prof;         /* NULL unless CR_TRAINER_PROFILE is set */
-    bool serial_tail;   /* CR_TRAINER_PROFILE=serial: the old serial tail, to compare */
-    cr_gemm_gang *gang; /* the replicas' paired products (threads > 1) */
+    prof *prof;       /* NULL unless CR_TRAINER_PROFILE is set */
+    bool serial_tail; /* CR_TRAINER_PROFILE=serial: the old serial tail, to compare */
     /* Counters the threads take work from, on a line of their own. */
     _Alignas(64) atomic_int next_shard;
     atomic_int next_chunk, next_update;
@@ -261,7 +260,6 @@ cr_trainer *cr_trainer_init(cr_params *ps, cr_trainer_config cfg)
         t->serial_tail = strcmp(pe, "serial") == 0;
     }
 
-    if (cfg.threads > 1) t->gang = cr_gemm_gang_new(cfg.threads < 255 ? cfg.threads : 255); /* its most */
     int S = t->n_local = cfg.local_shards;
     t->flat = cr_xcalloc((size_t)S, sizeof *t->flat);
     t->view = cr_xcalloc((size_t)S * t->n, sizeof *t->view);
@@ -337,7 +335,6 @@ void cr_trainer_free(cr_trainer *t)
     free(t->part);
     free(t->psteps);
     free(t->cfg_copy);
-    cr_gemm_gang_free(t->gang);
     free(t);
 }
 
@@ -596,15 +593,12 @@ static void replica_body(cr_trainer *t, const cr_task *task, tail *tl, int id, i
         pt->ts[TS_START] = stamp_now();
         pt->shards = 0;
     }
-    bool gang = nth > 1 && id < 255;
-    if (gang) cr_gemm_gang_enter(t->gang, id); /* products by one weight may pair across replicas */
     for (;;) {
         int s = atomic_fetch_add_explicit(&t->next_shard, 1, memory_order_acq_rel);
         if (s >= t->n_local) break;
         run_shard(t, task, s, anomaly);
         if (pt) pt->shards++;
     }
-    if (gang) cr_gemm_gang_leave();
     if (pt) pt->ts[TS_SHARDS] = stamp_now();
     region_barrier(t, nth);
     if (pt) pt->ts[TS_BARRIER] = stamp_now();
@@ -740,7 +734,6 @@ static double backward_run(cr_trainer *t, const cr_task *task, tail *tl)
     if (replicas) cr_serial_begin(); /* no kernel of a shard forks */
     if (pf) m1 = stamp_now();
     if (nth > 1) {
-        cr_gemm_gang_open(t->gang, nth < 255 ? nth : 255);
         /* The region's arguments go through region_args, published with a
          * release store the workers' first action acquires, so that
          * ThreadSanitizer sees the hand-off (libgomp's is not instrumented,

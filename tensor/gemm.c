@@ -6,18 +6,13 @@
  * micro-kernel under carousel's own blocking loops when the product runs on
  * one thread, BLIS's threaded typed API when it may fork. */
 #include <pthread.h>
-#include <sched.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include <blis.h>
 
 #include "gemm_ukr.h"
-#ifdef CR_HAVE_UKR
-#include <immintrin.h> /* _mm_pause while waiting for a paired product */
-#endif
 #include "transpose.h"
 #include "iter.h"
 #include "tensor.h"
@@ -441,7 +436,6 @@ typedef struct pack_head {
     uint64_t magic;
     int64_t k, n;
     int32_t dtype, own;
-    uint64_t key_id, key_ver; /* cr_k_gemm_pack_key: packs of one key hold the same values (0: none) */
 } pack_head;
 #define PACK_MAGIC 0x6b6361702d7263ull /* "cr-pack" */
 #define PACK_HEAD_BYTES 64
@@ -777,303 +771,6 @@ static void own_gemm(const pack_geom *g, int nt, int64_t m, int64_t n, int64_t k
 }
 #endif
 
-/* ---- paired products: replicas that multiply by the same packed matrix ---------------- */
-
-/* Two threads that each multiply a few rows (a replica's 16) by the same
- * large matrix at about the same time each stream the whole pack through
- * their core, at 2 flops per float read per row: a 16 MB pack at 16 rows
- * runs at the memory's pace, not the kernel's. Paired, the two products run
- * as one over both threads' rows: the pack's columns are cut into chunks of
- * GANG_CHUNK_PANELS panels, and whichever thread takes a chunk computes it
- * for both threads' rows (cr_ukr_sgemm_blocks: each panel read once and
- * used from L1 by every row), from its own pack (the two hold the same
- * values). So each thread streams half of a pack instead of all of it, and
- * the kernel's panels serve 32 rows instead of 16. No element's arithmetic
- * changes: a chunk is own_part's loop over the same KC blocks, for each
- * thread's rows with its own alpha, beta and edge tiles.
- *
- * The hand-off. A thread publishes its product in the gang's one slot and
- * works through its chunks; a thread that arrives with a product of the
- * same key (the same matrix at the same version, cr_k_gemm_pack_key) takes
- * the slot and joins from the next chunk on; the chunks taken before, it
- * computes for its own rows afterwards. An owner first waits up to
- * cr_gemm_gang_wait_us for a partner while another member is still inside
- * (replicas run the same steps, so one is usually microseconds away), and
- * then never again for one to come: after its chunks it waits only for
- * the partner's chunks of its rows in hand, and for the partner to let go
- * of its offer before reusing it; the joiner waits only for the owner's
- * chunks of its rows. Every hand-off is a C11 atomic (ThreadSanitizer
- * checks them in tests/replica_check). */
-
-int64_t cr_gemm_gang_min_bytes = (int64_t)8 << 20;
-double cr_gemm_gang_wait_us = 50;
-enum { GANG_CHUNK_PANELS = 8, GANG_MAX_ROWS = 64, GANG_MAX_MEMBERS = 255 };
-static atomic_llong gang_products;
-
-int64_t cr_k_gemm_gang_count(void)
-{
-    return (int64_t)atomic_load_explicit(&gang_products, memory_order_relaxed);
-}
-
-/* One thread's rows of a paired product: A packed whole (every KC block, in
- * groups of CR_UKR_MR), and where its C goes. */
-typedef struct gang_src {
-    const float *apk;
-    float *c;
-    int64_t m, rsc, i_edge;
-    float alpha, beta;
-} gang_src;
-
-/* A member's offer. The key is read by would-be joiners before they take
- * the slot (atomics: it may be rewritten meanwhile, and then the take
- * fails). owner is written before publishing, joiner before the joined bit. */
-typedef struct gang_offer {
-    _Alignas(64) _Atomic uint64_t key_id, key_ver;
-    _Atomic int64_t key_k, key_n;
-    _Alignas(64) _Atomic uint64_t claim; /* next chunk | GANG_JOINED */
-    _Atomic int done, both_done, released;
-    gang_src owner, joiner;
-    uint64_t seq;
-    float *buf; /* this member's packed A */
-    size_t buf_bytes;
-} gang_offer;
-#define GANG_JOINED ((uint64_t)1 << 32)
-
-struct cr_gemm_gang {
-    int members;
-    _Atomic int
-        inside; /* members announced (cr_gemm_gang_open) and not left: an owner waits only if one can come */
-    _Alignas(64) _Atomic uint64_t slot; /* (seq << 8) | (member + 1) of the open offer, or 0 */
-    gang_offer *offer;
-};
-
-static _Thread_local struct {
-    cr_gemm_gang *g;
-    int member;
-} gang_me;
-
-cr_gemm_gang *cr_gemm_gang_new(int members)
-{
-    if (members < 1 || members > GANG_MAX_MEMBERS)
-        cr_error("cr_gemm_gang_new: %d members (need 1 to %d)", members, GANG_MAX_MEMBERS);
-    cr_gemm_gang *g = aligned_alloc(64, (sizeof *g + 63) / 64 * 64);
-    if (!g) cr_error("cr_gemm_gang_new: out of memory");
-    memset(g, 0, sizeof *g);
-    g->members = members;
-    g->offer = aligned_alloc(64, (size_t)members * sizeof *g->offer);
-    if (!g->offer) {
-        free(g);
-        cr_error("cr_gemm_gang_new: out of memory");
-    }
-    memset(g->offer, 0, (size_t)members * sizeof *g->offer);
-    atomic_init(&g->slot, 0);
-    atomic_init(&g->inside, 0);
-    return g;
-}
-
-void cr_gemm_gang_free(cr_gemm_gang *g)
-{
-    if (!g) return;
-    for (int i = 0; i < g->members; i++) free(g->offer[i].buf);
-    free(g->offer);
-    free(g);
-}
-
-void cr_gemm_gang_enter(cr_gemm_gang *g, int member)
-{
-    if (!g || member < 0 || member >= g->members)
-        cr_error("cr_gemm_gang_enter: member %d of a gang of %d", member, g ? g->members : 0);
-    gang_me.g = g;
-    gang_me.member = member;
-}
-
-void cr_gemm_gang_open(cr_gemm_gang *g, int members)
-{
-    if (!g || members < 0 || members > g->members)
-        cr_error("cr_gemm_gang_open: %d members of a gang of %d", members, g ? g->members : 0);
-    atomic_store_explicit(&g->inside, members, memory_order_relaxed);
-}
-
-void cr_gemm_gang_leave(void)
-{
-    if (gang_me.g) atomic_fetch_sub_explicit(&gang_me.g->inside, 1, memory_order_relaxed);
-    gang_me.g = NULL;
-}
-
-void cr_k_gemm_pack_key(cr_tensor *pack, uint64_t id, uint64_t version)
-{
-    pack_head h;
-    if (pack->dtype != CR_F32 && pack->dtype != CR_F64) cr_error("cr_k_gemm_pack_key: not a pack");
-    memcpy(&h, pack_base(pack), sizeof h);
-    if (h.magic != PACK_MAGIC) cr_error("cr_k_gemm_pack_key: not a pack (cr_k_gemm_pack makes one)");
-    h.key_id = id;
-    h.key_ver = version;
-    memcpy(pack_base(pack), &h, sizeof h);
-}
-
-#ifdef CR_HAVE_UKR
-/* Until *v reaches target: the other thread is in the middle of a chunk
- * (tens of microseconds), or descheduled (then give the core away). */
-static void gang_wait(_Atomic int *v, int target)
-{
-    for (int spins = 0; atomic_load_explicit(v, memory_order_acquire) < target; spins++)
-        if (spins < 4096)
-            _mm_pause();
-        else
-            sched_yield();
-}
-
-/* Chunk q (panels [q*GANG_CHUNK_PANELS, ...)) of C for one or two sources'
- * rows, from the pack's panels pk: each panel from L1 for every row. */
-static void gang_chunk(const pack_geom *g, const float *pk, int64_t n, int64_t k, int64_t q, int nsrc,
-                       const gang_src *const *s)
-{
-    const ukr_info *u = &g->u;
-    int64_t p0 = q * GANG_CHUNK_PANELS,
-            p1 = p0 + GANG_CHUNK_PANELS < g->panels ? p0 + GANG_CHUNK_PANELS : g->panels;
-    int64_t lo = p0 * CR_UKR_NW, hi = p1 * CR_UKR_NW < n ? p1 * CR_UKR_NW : n, j_edge = n - n % u->mr;
-    cr_ukr_rows r[2];
-    for (int64_t pc = 0, kc; pc < k; pc += kc) {
-        kc = block(k - pc, u->kc, u->kc_max);
-        for (int i = 0; i < nsrc; i++) {
-            int64_t mpad = (s[i]->m + CR_UKR_MR - 1) / CR_UKR_MR * CR_UKR_MR;
-            r[i] = (cr_ukr_rows){
-                s[i]->apk + pc * mpad,      s[i]->c, s[i]->m, s[i]->rsc, s[i]->i_edge, s[i]->alpha,
-                pc == 0 ? s[i]->beta : 1.0f};
-        }
-        cr_ukr_sgemm_blocks(nsrc, r, lo, hi, kc, pk + pack_at(g, pc, p0, kc), j_edge);
-    }
-}
-
-/* Joined offer o (taken from the slot): my rows with the owner's from the
- * next chunk on, then the chunks it had taken before, for my rows alone. */
-static void gang_join(const pack_geom *g, gang_offer *o, const gang_src *self, const float *pk, int64_t n,
-                      int64_t k, int64_t nchunks)
-{
-    o->joiner = *self;
-    int64_t j0 =
-        (int64_t)(atomic_fetch_or_explicit(&o->claim, GANG_JOINED, memory_order_acq_rel) & 0xffffffffu);
-    if (j0 > nchunks) j0 = nchunks;
-    if (j0 < nchunks) atomic_fetch_add_explicit(&gang_products, 1, memory_order_relaxed);
-    for (;;) {
-        int64_t q = (int64_t)(atomic_fetch_add_explicit(&o->claim, 1, memory_order_acq_rel) & 0xffffffffu);
-        if (q >= nchunks) break;
-        gang_chunk(g, pk, n, k, q, 2, (const gang_src *[]){&o->owner, self});
-        atomic_fetch_add_explicit(&o->done, 1, memory_order_release);
-        atomic_fetch_add_explicit(&o->both_done, 1, memory_order_release);
-    }
-    gang_wait(&o->both_done, (int)(nchunks - j0)); /* the owner's chunks of my rows */
-    atomic_store_explicit(&o->released, 1, memory_order_release);
-    for (int64_t q = 0; q < j0; q++)
-        gang_chunk(g, pk, n, k, q, 1, (const gang_src *[]){self}); /* before I came */
-}
-
-/* The product through the gang, if this thread is in one and the product
- * qualifies (few rows, a keyed pack of at least cr_gemm_gang_min_bytes);
- * false: not done, run it alone. */
-static bool gang_product(const pack_geom *g, const pack_head *h, int64_t m, int64_t n, int64_t k, float alpha,
-                         const float *a, int64_t rsa, int64_t csa, const float *pk, float beta, float *c,
-                         int64_t rsc)
-{
-    cr_gemm_gang *gg = gang_me.g;
-    if (!gg || gg->members < 2 || !h->key_id || m > GANG_MAX_ROWS ||
-        (int64_t)(g->panels * g->pw * k * (int64_t)sizeof(float)) < cr_gemm_gang_min_bytes)
-        return false;
-    const ukr_info *u = &g->u;
-    int me = gang_me.member;
-    gang_offer *mine = &gg->offer[me];
-    /* A packed whole, where the partner can read it */
-    int64_t mpad = (m + CR_UKR_MR - 1) / CR_UKR_MR * CR_UKR_MR;
-    size_t need = (size_t)(mpad * k) * sizeof(float) + 256;
-    if (mine->buf_bytes < need) {
-        free(mine->buf);
-        mine->buf = NULL;
-        mine->buf_bytes = 0;
-        if (posix_memalign((void **)&mine->buf, 64, need))
-            cr_error("cr_k_gemm: out of memory for %zu bytes of packing buffer", need);
-        mine->buf_bytes = need;
-    }
-    for (int64_t pc = 0, kc; pc < k; pc += kc) {
-        kc = block(k - pc, u->kc, u->kc_max);
-        pack_a_f32(mine->buf + pc * mpad, a + pc * csa, m, kc, rsa, csa, CR_UKR_MR, CR_UKR_MR);
-    }
-    gang_src self = {mine->buf, c, m, rsc, m - m % u->nr, alpha, beta};
-    int64_t nchunks = (g->panels + GANG_CHUNK_PANELS - 1) / GANG_CHUNK_PANELS;
-
-    /* My offer, ready to publish (nobody reads it until it is: the last
-     * joiner of my previous one let go before that product returned). */
-    atomic_store_explicit(&mine->key_id, h->key_id, memory_order_relaxed);
-    atomic_store_explicit(&mine->key_ver, h->key_ver, memory_order_relaxed);
-    atomic_store_explicit(&mine->key_k, k, memory_order_relaxed);
-    atomic_store_explicit(&mine->key_n, n, memory_order_relaxed);
-    atomic_store_explicit(&mine->claim, 0, memory_order_relaxed);
-    atomic_store_explicit(&mine->done, 0, memory_order_relaxed);
-    atomic_store_explicit(&mine->both_done, 0, memory_order_relaxed);
-    atomic_store_explicit(&mine->released, 0, memory_order_relaxed);
-    mine->owner = self;
-    uint64_t tag = (++mine->seq << 8) | (uint64_t)(me + 1);
-    atomic_fetch_add_explicit(&own_products, 1, memory_order_relaxed); /* the own kernel's, paired or not */
-    /* Join the open offer if it has my key; else publish mine if the slot
-     * is free; else (another key open) run alone. Retried while the slot
-     * changes under me, so that two products arriving together pair. */
-    bool open = false;
-    for (uint64_t v = atomic_load_explicit(&gg->slot, memory_order_acquire);;) {
-        if (!v) {
-            if (atomic_compare_exchange_strong_explicit(&gg->slot, &v, tag, memory_order_acq_rel,
-                                                        memory_order_acquire)) {
-                open = true;
-                break;
-            }
-            continue; /* v is now the slot's value */
-        }
-        gang_offer *o = &gg->offer[(v & 0xff) - 1];
-        bool same = atomic_load_explicit(&o->key_id, memory_order_relaxed) == h->key_id &&
-                    atomic_load_explicit(&o->key_ver, memory_order_relaxed) == h->key_ver &&
-                    atomic_load_explicit(&o->key_k, memory_order_relaxed) == k &&
-                    atomic_load_explicit(&o->key_n, memory_order_relaxed) == n;
-        if (!same) break;
-        if (atomic_compare_exchange_strong_explicit(&gg->slot, &v, 0, memory_order_acq_rel,
-                                                    memory_order_acquire)) {
-            gang_join(g, o, &self, pk, n, k, nchunks);
-            return true;
-        }
-    }
-    if (open && cr_gemm_gang_wait_us > 0 &&
-        atomic_load_explicit(&gg->inside, memory_order_relaxed) >
-            1) { /* give a partner a moment to come: then it joins from chunk 0 */
-        struct timespec t0, t1;
-        clock_gettime(CLOCK_MONOTONIC, &t0);
-        for (int spins = 1; !(atomic_load_explicit(&mine->claim, memory_order_acquire) & GANG_JOINED);
-             spins++) {
-            _mm_pause();
-            if (spins % 64) continue;
-            clock_gettime(CLOCK_MONOTONIC, &t1);
-            if ((t1.tv_sec - t0.tv_sec) * 1e6 + (t1.tv_nsec - t0.tv_nsec) * 1e-3 > cr_gemm_gang_wait_us)
-                break;
-        }
-    }
-    for (;;) {
-        uint64_t cl = atomic_fetch_add_explicit(&mine->claim, 1, memory_order_acq_rel);
-        int64_t q = (int64_t)(cl & 0xffffffffu);
-        if (q >= nchunks) break;
-        bool both = cl & GANG_JOINED;
-        gang_chunk(g, pk, n, k, q, both ? 2 : 1, (const gang_src *[]){&self, &mine->joiner});
-        if (both) atomic_fetch_add_explicit(&mine->both_done, 1, memory_order_release);
-        atomic_fetch_add_explicit(&mine->done, 1, memory_order_release);
-    }
-    if (open) {
-        uint64_t t = tag;
-        if (!atomic_compare_exchange_strong_explicit(&gg->slot, &t, 0, memory_order_acq_rel,
-                                                     memory_order_relaxed)) {
-            /* taken: wait for the joiner's chunks of my rows, then for it to let go */
-            gang_wait(&mine->done, (int)nchunks);
-            gang_wait(&mine->released, 1);
-        }
-    }
-    return true;
-}
-#endif
-
 void cr_k_gemm(double alpha, const cr_tensor *a, const cr_tensor *b, double beta, cr_tensor *c)
 {
     char s1[128], s2[128], s3[128];
@@ -1160,11 +857,6 @@ void cr_k_gemm_packed(double alpha, const cr_tensor *a, const cr_tensor *b, cons
     int nt = cr_parallel_ok() && work_of(m, n, k) > cr_gemm_parallel_threshold ? cr_get_num_threads() : 1;
 #ifdef CR_HAVE_UKR
     if (g.own) {
-        pack_head h;
-        memcpy(&h, pack_base(pack), sizeof h);
-        if (nt == 1 && gang_product(&g, &h, m, n, k, (float)alpha, a->data, rsa, csa, pack_panels(pack),
-                                    (float)beta, c->data, rsc))
-            return;
         own_gemm(&g, nt, m, n, k, (float)alpha, a->data, rsa, csa, pack_panels(pack), (float)beta, c->data,
                  rsc);
         return;

@@ -109,9 +109,11 @@ TGT static void tile_rows(int rows, int64_t kc, const float *a, const float *b, 
 
 /* Panels outer, row groups inner: a panel (kc x 32, 48 KB at KC 384) is
  * read from L3 once and then from L1/L2 by every group of rows. */
-TGT void cr_ukr_sgemm_blocks(int nsrc, const cr_ukr_rows *src, int64_t j_lo, int64_t j_hi, int64_t kc,
-                             const float *bp, int64_t j_edge)
+TGT void cr_ukr_sgemm_block(int64_t m, int64_t j_lo, int64_t j_hi, int64_t kc, float alpha, const float *ap,
+                            const float *bp, float beta, int64_t i_edge, int64_t j_edge, float *c,
+                            int64_t rsc)
 {
+    bool general_beta = beta != 0 && beta != 1;
     for (int64_t j0 = j_lo; j0 < j_hi; j0 += CR_UKR_NW, bp += kc * CR_UKR_NW) {
         __mmask16 cm[NV], em[NV];
         for (int q = 0; q < NV; q++) {
@@ -119,24 +121,12 @@ TGT void cr_ukr_sgemm_blocks(int nsrc, const cr_ukr_rows *src, int64_t j_lo, int
             cm[q] = lanes_below(j_hi - jq);
             em[q] = (__mmask16)(cm[q] & ~lanes_below(j_edge - jq));
         }
-        for (int s = 0; s < nsrc; s++) {
-            const cr_ukr_rows *r = &src[s];
-            bool general_beta = r->beta != 0 && r->beta != 1;
-            for (int64_t i0 = 0; i0 < r->m; i0 += CR_UKR_MR) {
-                int rows = r->m - i0 < CR_UKR_MR ? (int)(r->m - i0) : CR_UKR_MR;
-                tile_rows(rows, kc, r->ap + i0 * kc, bp, r->alpha, r->beta, general_beta, cm, em,
-                          r->i_edge - i0, r->c + i0 * r->rsc + j0, r->rsc);
-            }
+        for (int64_t i0 = 0; i0 < m; i0 += CR_UKR_MR) {
+            int rows = m - i0 < CR_UKR_MR ? (int)(m - i0) : CR_UKR_MR;
+            tile_rows(rows, kc, ap + i0 * kc, bp, alpha, beta, general_beta, cm, em, i_edge - i0,
+                      c + i0 * rsc + j0, rsc);
         }
     }
-}
-
-TGT void cr_ukr_sgemm_block(int64_t m, int64_t j_lo, int64_t j_hi, int64_t kc, float alpha, const float *ap,
-                            const float *bp, float beta, int64_t i_edge, int64_t j_edge, float *c,
-                            int64_t rsc)
-{
-    cr_ukr_rows r = {ap, c, m, rsc, i_edge, alpha, beta};
-    cr_ukr_sgemm_blocks(1, &r, j_lo, j_hi, kc, bp, j_edge);
 }
 
 #endif

@@ -35,17 +35,6 @@ bool cr_ukr_available(void);
  * following panels after it, each [kc][CR_UKR_NW]. */
 void cr_ukr_sgemm_block(int64_t m, int64_t j_lo, int64_t j_hi, int64_t kc, float alpha, const float *ap,
                         const float *bp, float beta, int64_t i_edge, int64_t j_edge, float *c, int64_t rsc);
-/* The same for several sets of rows at once (paired products, gemm.c): each
- * panel is read from L1 by every group of every set. A set is its rows' A
- * block (packed as above), C, and its own alpha, beta and i_edge. */
-typedef struct cr_ukr_rows {
-    const float *ap;
-    float *c;
-    int64_t m, rsc, i_edge;
-    float alpha, beta;
-} cr_ukr_rows;
-void cr_ukr_sgemm_blocks(int nsrc, const cr_ukr_rows *src, int64_t j_lo, int64_t j_hi, int64_t kc,
-                         const float *bp, int64_t j_edge);
 
 #endif
 #endif

@@ -416,31 +416,6 @@ extern bool cr_gemm_blis_only;
  * process, through a pack and without one (tests check the dispatch). */
 int64_t cr_k_gemm_own_count(void);
 int64_t cr_k_gemm_own_plain_count(void);
-/* Paired products. Threads that each run single-thread products of a few rows
- * (at most 64) by one large packed matrix, like data-parallel replicas at
- * every time step, can pair them: members of one gang (each thread enters
- * with its own member index, 0 .. members-1) whose products' packs carry the
- * same key run them together, each thread computing chunks of the pack's
- * columns for both threads' rows, so that each chunk comes from memory once
- * for twice the rows. Same bits as alone; an owner waits a bounded time for
- * a partner, and never for one that cannot come (gemm.c says how). A thread
- * is in at most one gang; cr_gemm_gang_enter and _leave are its own. The key says the packs hold the same
- * values: set it (id != 0) only where that holds, e.g. one weight at one version. Packs of fewer than
- * cr_gemm_gang_min_bytes (8 MiB: those that stay in cache) never pair. cr_k_gemm_gang_count: products that
- * have joined another so far. */
-typedef struct cr_gemm_gang cr_gemm_gang;
-cr_gemm_gang *cr_gemm_gang_new(int members);
-void cr_gemm_gang_free(cr_gemm_gang *g);
-/* open: `members` threads are about to enter and run products, so that an
- * owner waits up to cr_gemm_gang_wait_us for a partner while another of
- * them has not left (without it products pair only when they meet). */
-void cr_gemm_gang_open(cr_gemm_gang *g, int members);
-void cr_gemm_gang_enter(cr_gemm_gang *g, int member); /* this thread's products may pair */
-void cr_gemm_gang_leave(void);
-void cr_k_gemm_pack_key(cr_tensor *pack, uint64_t id, uint64_t version); /* after cr_k_gemm_pack */
-extern int64_t cr_gemm_gang_min_bytes;
-extern double cr_gemm_gang_wait_us; /* 50 */
-int64_t cr_k_gemm_gang_count(void);
 
 /* ---- sliding windows: convolution lowering and pooling (conv_kernels.c) ---- */
 

@@ -376,81 +376,6 @@ Test(parallel, packs_are_read_the_way_they_were_made)
     cr_tensor_free(C1);
 }
 
-/* Two members of a gang, each multiplying its own rows by its own pack of
- * one B (keys key0, key1), against cr_k_gemm alone: m and (alpha, beta)
- * differ between the members, beta 0 starts from NaNs; n ends in a partial
- * panel, k spans three KC blocks. An owner waits wait_us for a partner.
- * Returns the products that paired. */
-static int64_t gang_case(uint64_t key0, uint64_t key1, int reps, double wait_us)
-{
-    const int64_t n = 1000, k = 900, ms[2] = {16, 13};
-    const double ab[2][2] = {{1, 0}, {0.5, 0.75}};
-    cr_tensor *B = cr_tensor_init(CR_F32, CR_SHAPE(k, n)), *P[2], *A[2], *C0[2], *C1[2];
-    cr_rng r = cr_rng_seed(17);
-    cr_fill_uniform(B, &r, -1, 1);
-    for (int i = 0; i < 2; i++) {
-        P[i] = cr_tensor_init(CR_F32, CR_SHAPE(cr_k_gemm_pack_numel(B)));
-        cr_k_gemm_pack(P[i], B);
-        cr_k_gemm_pack_key(P[i], i ? key1 : key0, 0);
-        A[i] = cr_tensor_init(CR_F32, CR_SHAPE(ms[i], k));
-        C0[i] = cr_tensor_init(CR_F32, CR_SHAPE(ms[i], n));
-        C1[i] = cr_tensor_init(CR_F32, CR_SHAPE(ms[i], n));
-        cr_fill_uniform(A[i], &r, -1, 1);
-        cr_fill_uniform(C0[i], &r, -1, 1);
-        if (ab[i][1] == 0) cr_fill(C0[i], NAN);
-    }
-    void *c_in[2] = {malloc((size_t)(ms[0] * n) * 4), malloc((size_t)(ms[1] * n) * 4)};
-    for (int i = 0; i < 2; i++) memcpy(c_in[i], C0[i]->data, (size_t)(ms[i] * n) * 4);
-    cr_serial_begin();
-    for (int i = 0; i < 2; i++) cr_k_gemm(ab[i][0], A[i], B, ab[i][1], C0[i]);
-    cr_serial_end();
-    cr_gemm_gang *g = cr_gemm_gang_new(2);
-    int64_t min = cr_gemm_gang_min_bytes, before = cr_k_gemm_gang_count();
-    double wait = cr_gemm_gang_wait_us;
-    cr_gemm_gang_min_bytes = 0; /* this B's 3.6 MB pair too */
-    cr_gemm_gang_wait_us = wait_us;
-    atomic_int bad = 0;
-    cr_gemm_gang_open(g, 2);
-#pragma omp parallel num_threads(2)
-    {
-        int id = omp_get_thread_num();
-        cr_serial_begin();
-        cr_gemm_gang_enter(g, id);
-        for (int rep = 0; rep < reps; rep++) {
-            memcpy(C1[id]->data, c_in[id], (size_t)(ms[id] * n) * 4);
-            cr_k_gemm_packed(ab[id][0], A[id], B, P[id], ab[id][1], C1[id]);
-            if (memcmp(C0[id]->data, C1[id]->data, (size_t)(ms[id] * n) * 4)) atomic_fetch_add(&bad, 1);
-        }
-        cr_gemm_gang_leave();
-        cr_serial_end();
-    }
-    cr_gemm_gang_min_bytes = min;
-    cr_gemm_gang_wait_us = wait;
-    cr_assert_eq(atomic_load(&bad), 0, "%d paired products differ from cr_k_gemm's", atomic_load(&bad));
-    cr_gemm_gang_free(g);
-    for (int i = 0; i < 2; i++) {
-        free(c_in[i]);
-        cr_tensor_free(P[i]);
-        cr_tensor_free(A[i]);
-        cr_tensor_free(C0[i]);
-        cr_tensor_free(C1[i]);
-    }
-    cr_tensor_free(B);
-    return cr_k_gemm_gang_count() - before;
-}
-
-Test(parallel, paired_products_are_cr_k_gemm_bits, .timeout = 300)
-{
-    bli_init();                         /* before asking BLIS which kernels it runs */
-    if (!own_kernel_expected()) return; /* pairing is the own kernel's */
-    /* a long wait: they pair whatever the machine's load */
-    cr_assert_gt(gang_case(42, 42, 20, 20000), 0, "no product paired in 20 rounds");
-    /* no wait: partners also join late, and compute the chunks before that alone */
-    gang_case(42, 42, 50, 0);
-    cr_assert_eq(gang_case(42, 43, 5, 20000), 0, "packs of different keys paired");
-    cr_assert_eq(gang_case(0, 0, 5, 20000), 0, "packs without a key paired");
-}
-
 Test(parallel, serial_sections_keep_kernels_from_forking)
 {
     omp_set_num_threads(2);
@@ -563,46 +488,6 @@ Test(parallel, identical_weights_on_1_2_3_4_threads_and_in_both_modes, .timeout 
     pm_train(&io, 4, 5, 2, CR_PARALLEL_INTRA_OP, 0.05);
     cr_assert(pm_same_weights(io.ps, ref.ps), "intra-op mode gives other weights");
     pm_free(&io);
-    pm_free(&ref);
-}
-
-Test(parallel, paired_products_in_replicas_give_the_same_weights, .timeout = 300)
-{
-    /* hidden 64: the recurrent products of a shard's 8 rows go through W's
-     * packs, which pair across the two replicas once any size may */
-    const pm_config big = {.B = 16,
-                           .T = 6,
-                           .V = 11,
-                           .E = 8,
-                           .H = 64,
-                           .layers = 2,
-                           .dropout = 0.3,
-                           .lengths = true,
-                           .carry = true,
-                           .seed = 9};
-    pm_model ref = pm_make(big, 2);
-    double l_ref = pm_train(&ref, 3, 2, 1, CR_PARALLEL_REPLICAS, 0.05);
-    int64_t min = cr_gemm_gang_min_bytes, before = cr_k_gemm_gang_count();
-    double wait = cr_gemm_gang_wait_us;
-    cr_gemm_gang_min_bytes = 0;
-    cr_gemm_gang_wait_us = 2000;
-    bli_init();
-    /* Whether the replicas overlap is up to the scheduler (a loaded machine
-     * may start the second thread after the first has finished): train
-     * again until some products paired, checking the weights every time. */
-    int64_t paired = 0;
-    for (int attempt = 0; attempt < 20 && !paired; attempt++) {
-        pm_model m = pm_make(big, 2);
-        double l = pm_train(&m, 3, 2, 2, CR_PARALLEL_REPLICAS, 0.05);
-        paired = cr_k_gemm_gang_count() - before;
-        cr_assert_eq(l, l_ref, "loss with paired products: %.17g vs %.17g", l, l_ref);
-        cr_assert(pm_same_weights(m.ps, ref.ps), "weights with paired products differ from 1 thread");
-        pm_free(&m);
-        if (!own_kernel_expected()) break; /* pairing is the own kernel's */
-    }
-    cr_gemm_gang_min_bytes = min;
-    cr_gemm_gang_wait_us = wait;
-    if (own_kernel_expected()) cr_assert_gt(paired, 0, "no product paired in 20 trainings");
     pm_free(&ref);
 }
 
