@@ -960,8 +960,28 @@ void cr_backward(cr_tensor *loss)
 
 /* ---- checks shared by the op files ------------------------------------------------ */
 
+/* An op's first look at its inputs. A step tensor of a cleared step whose
+ * header memory has been handed out again reads as garbage: its dtype and
+ * shape would be reported as such by the op's own checks, before the node
+ * could name it as stale. So a stale header that is not a tensor's any more
+ * is refused here (best effort: one overwritten by a header of this step
+ * cannot be told apart); a stale one still intact gets the node's message,
+ * which names the input. */
+static void check_step(const char *op, const cr_tensor *t)
+{
+    if (!current_graph || !t->gen || t->gen == current_graph->gen) return;
+    bool plausible = (t->dtype == CR_F32 || t->dtype == CR_F64 || t->dtype == CR_I32) && t->ndim >= 0 &&
+                     t->ndim <= CR_MAX_DIMS;
+    for (int d = 0; plausible && d < t->ndim; d++) plausible = t->shape[d] >= 0;
+    if (!plausible)
+        cr_error("%s: an input is a step tensor from before a cr_graph_clear, its header since overwritten; "
+                 "keep values across steps in persistent tensors (cr_tensor_init)",
+                 op);
+}
+
 void cr_check_float(const char *op, const cr_tensor *a)
 {
+    check_step(op, a);
     if (a->dtype == CR_I32) {
         char s[128];
         cr_error("%s: needs f32 or f64, got i32 %s", op, cr_shape_str(s, sizeof s, a->ndim, a->shape));
@@ -971,6 +991,8 @@ void cr_check_float(const char *op, const cr_tensor *a)
 void cr_check_float_pair(const char *op, const cr_tensor *a, const cr_tensor *b)
 {
     char s1[128], s2[128];
+    check_step(op, a);
+    check_step(op, b);
     if (a->dtype != b->dtype || a->dtype == CR_I32)
         cr_error("%s: %s %s and %s %s (need one float dtype)", op, cr_dtype_name(a->dtype),
                  cr_shape_str(s1, sizeof s1, a->ndim, a->shape), cr_dtype_name(b->dtype),

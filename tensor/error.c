@@ -39,6 +39,10 @@ char *cr_shape_str(char *buf, size_t len, int ndim, const int64_t *shape)
     size_t used = 0;
     if (len == 0) return buf;
     buf[0] = '\0';
+    if (ndim < 0 || ndim > CR_MAX_DIMS) { /* not a shape (a header overwritten since): none of it is read */
+        snprintf(buf, len, "[? %d dims]", ndim);
+        return buf;
+    }
     used += (size_t)snprintf(buf + used, len - used, "[");
     for (int d = 0; d < ndim && used < len; d++)
         used += (size_t)snprintf(buf + used, len - used, d ? ",%lld" : "%lld", (long long)shape[d]);

@@ -709,6 +709,30 @@ Test(graph, step_tensor_from_a_cleared_graph_is_refused_as_input)
     expect_values(cr_add(&v, w), (double[]){3, 4}, 2, 0);
 }
 
+Test(graph, step_tensor_whose_header_was_overwritten_is_named_stale)
+{
+    /* the cleared step's tensor header is handed out again as data: its
+     * dtype and shape are garbage, and the op says what happened instead of
+     * reporting them */
+    cr_tensor *w = param(CR_SHAPE(2), (double[]){1, 2});
+    cr_tensor *t = cr_tanh(w);
+    cr_graph_clear(graph);
+    size_t bytes = 4096;
+    void *p = cr_arena_alloc_aligned(cr_arena_current(), bytes, 16);
+    cr_assert((char *)t >= (char *)p && (char *)(t + 1) <= (char *)p + bytes,
+              "the header is not reused here");
+    memset(p, 0xa5, bytes);
+    const char *want = "an input is a step tensor from before a cr_graph_clear, its header since overwritten";
+    EXPECT_ERROR(cr_mul(t, w), want);
+    EXPECT_ERROR(cr_mul(w, t), want);
+    EXPECT_ERROR(cr_tanh(t), want);
+    EXPECT_ERROR(cr_sum(t), want);
+    /* a shape of an impossible rank is not read */
+    char s[64];
+    cr_assert_str_eq(cr_shape_str(s, sizeof s, -5, NULL), "[? -5 dims]");
+    cr_assert_str_eq(cr_shape_str(s, sizeof s, CR_MAX_DIMS + 1, NULL), "[? 9 dims]");
+}
+
 Test(graph, step_tensor_of_another_live_graph_is_refused)
 {
     cr_tensor *w = param(CR_SHAPE(2), (double[]){1, 2});
