@@ -139,17 +139,25 @@ static cr_status read_idx(gzFile f, const char *path, cr_idx *idx)
                           "%s: truncated header: %d dims need %d bytes of sizes, the file has %zu", path,
                           idx->ndim, 4 * idx->ndim, got);
     }
-    int64_t numel = 1, bytes;
-    bool fits = true;
+    /* The product of the nonzero dims, also when a zero dim empties the
+     * shape: it gives the strides of the tensor cr_idx_tensor makes, which
+     * must fit as f64 (8 bytes, the largest dtype) or cr_tensor_init aborts. */
+    int64_t nonzero = 1, bytes;
+    bool fits = true, empty = false;
     for (int d = 0; d < idx->ndim; d++) {
         idx->shape[d] = be32(head + 4 + 4 * d);
-        fits = fits && cr_mul_ok(numel, idx->shape[d], &numel);
+        if (idx->shape[d] == 0)
+            empty = true;
+        else
+            fits = fits && cr_mul_ok(nonzero, idx->shape[d], &nonzero);
     }
     char s[160];
     cr_shape_str(s, sizeof s, idx->ndim, idx->shape);
-    if (!fits || !cr_mul_ok(numel, (int64_t)es, &bytes) || (uint64_t)bytes > SIZE_MAX / 2)
+    if (!fits || !cr_mul_ok(nonzero, 8, &bytes) || (uint64_t)bytes > SIZE_MAX / 2)
         return cr_failure(CR_EFORMAT, "%s: sizes %s of %s hold more bytes than memory can address", path, s,
                           cr_idx_type_name(idx->type));
+    int64_t numel = empty ? 0 : nonzero;
+    bytes = numel * (int64_t)es;
     idx->numel = numel;
     /* Grow with what arrives, from at most 1 MiB: a header promising more than
      * the file holds fails at the end of the file, not at a huge malloc. */
