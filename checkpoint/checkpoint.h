@@ -37,7 +37,9 @@ extern "C" {
  * \u0000 or lone surrogate in a string; every tensor has exactly those three
  * fields, a dtype carousel has (F32, F64, I32), at most CR_MAX_DIMS dims, dims
  * and offsets written as plain non-negative integers (no fraction, exponent
- * or sign) up to INT64_MAX, and end - begin equal to its byte size; names and
+ * or sign) up to INT64_MAX, a shape a tensor can have (the product of its
+ * nonzero dims times the element size below PTRDIFF_MAX, even when a zero dim
+ * empties it), and end - begin equal to its byte size; names and
  * metadata keys are unique; and, as in the reference reader, the ranges tile
  * the data section exactly (no overlap, gap or trailing bytes).
  *

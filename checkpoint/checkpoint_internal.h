@@ -24,7 +24,8 @@ cr_escaped cr_escape(const char *s);
 
 bool cr_st_dtype_parse(const char *s, cr_dtype *dt); /* "F32" -> CR_F32, ... */
 bool cr_st_dtype_known(cr_dtype dt);
-/* bytes = prod(shape) * element size; false on a bad dtype, a negative dim or overflow. */
+/* bytes = prod(shape) * element size; false on a bad dtype, a negative dim or overflow
+ * (of the nonzero dims too, when a zero dim makes 0 bytes). */
 bool cr_st_nbytes(cr_dtype dt, int ndim, const int64_t *shape, uint64_t *bytes);
 /* Length of the valid UTF-8 sequence at s[0..len) (no overlongs, surrogates
  * or code points above U+10FFFF), or 0 if it is not one. */

@@ -889,6 +889,35 @@ Test(safetensors, hostile_headers)
     expect_reject("{\"__metadata__\":{\"k\":\"v\"", 0, "not valid JSON");
 }
 
+/* An empty shape has no bytes, but its other dims still make the strides of
+ * a tensor of it: a product of them that overflows is refused whatever the
+ * order of the dims, so every entry read can become a tensor. */
+Test(safetensors, empty_shape_with_overflowing_dims)
+{
+    expect_reject("{\"a\":{\"dtype\":\"F32\",\"shape\":[0,4611686018427387904,4611686018427387904],"
+                  "\"data_offsets\":[0,0]}}",
+                  0, "tensor 'a': dtype F32 shape [0,4611686018427387904,4611686018427387904] overflows");
+    expect_reject("{\"a\":{\"dtype\":\"F32\",\"shape\":[4611686018427387904,4611686018427387904,0],"
+                  "\"data_offsets\":[0,0]}}",
+                  0, "overflows");
+    /* 2^61 elements of 8 bytes: 2^64, one more than a tensor can address */
+    expect_reject("{\"a\":{\"dtype\":\"F64\",\"shape\":[0,2305843009213693952],\"data_offsets\":[0,0]}}", 0,
+                  "overflows");
+    /* what is accepted can be made a tensor */
+    const char *hdr = "{\"a\":{\"dtype\":\"F64\",\"shape\":[1099511627776,0,1024],\"data_offsets\":[0,0]}}";
+    size_t len;
+    unsigned char *b = mkfile(hdr, 0, &len);
+    cr_st_file *f = NULL;
+    cr_assert_eq(cr_st_parse(b, len, &f), CR_OK, "%s", cr_last_error());
+    free(b);
+    const cr_st_entry *e = cr_st_find(f, "a");
+    cr_assert_not_null(e);
+    cr_tensor *t = cr_tensor_init(e->dtype, e->ndim, e->shape);
+    cr_assert_eq(cr_numel(t), 0);
+    cr_tensor_free(t);
+    cr_st_file_free(f);
+}
+
 /* Escapes decode to the UTF-8 a writer would have stored directly. */
 Test(safetensors, string_escapes_decode)
 {
