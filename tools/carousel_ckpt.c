@@ -16,18 +16,39 @@ static const char usage[] = "usage: carousel-ckpt info FILE\n"
                             "  verify  validate the whole file; print 'ok: N tensors, B bytes'\n"
                             "          and exit 0, or print the reason and exit 1\n";
 
-/* Names and metadata come from the file: print control bytes escaped so a
- * hostile file cannot move the cursor or forge lines. */
+/* Bytes of a character at s that a terminal may act on or that reorders the
+ * line, 0 for others: the C1 controls U+0080..U+009F (UTF-8 C2 80..C2 9F,
+ * e.g. U+009B CSI, U+0085 NEL), the line and paragraph separators U+2028,
+ * U+2029 and the bidirectional overrides and isolates U+202A..U+202E,
+ * U+2066..U+2069. */
+static int unsafe_seq(const unsigned char *s)
+{
+    if (s[0] == 0xC2 && s[1] >= 0x80 && s[1] <= 0x9F) return 2;
+    if (s[0] == 0xE2 && s[1] == 0x80 && s[2] >= 0xA8 && s[2] <= 0xAE) return 3;
+    if (s[0] == 0xE2 && s[1] == 0x81 && s[2] >= 0xA6 && s[2] <= 0xA9) return 3;
+    return 0;
+}
+
+/* Names and metadata come from the file: print control characters (C0, DEL
+ * and C1) and the bidirectional controls escaped, as \xNN per byte, so a
+ * hostile file cannot move the cursor, forge lines or reorder what is shown. */
 static void put_escaped(FILE *out, const char *s)
 {
-    for (; *s; s++) {
+    while (*s) {
         unsigned char c = (unsigned char)*s;
+        int k = unsafe_seq((const unsigned char *)s); /* the && chains stop at a NUL */
+        if (k) {
+            for (int i = 0; i < k; i++) fprintf(out, "\\x%02x", (unsigned char)s[i]);
+            s += k;
+            continue;
+        }
         if (c == '\\')
             fputs("\\\\", out);
         else if (c < 0x20 || c == 0x7F)
             fprintf(out, "\\x%02x", c);
         else
             fputc(c, out);
+        s++;
     }
 }
 
