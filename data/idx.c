@@ -2,7 +2,10 @@
  * plain, read through zlib: the header is validated before anything is
  * allocated for the data, the buffer grows with the bytes actually read (a
  * header that lies costs no more memory than the file holds), and any
- * truncation, trailing byte or corrupt gzip stream is a CR_EFORMAT. */
+ * truncation, trailing byte or corrupt gzip stream is a CR_EFORMAT. One
+ * exception, zlib's: bytes after a complete gzip stream that do not start
+ * another are ignored by gzread, so a compressed file with junk appended
+ * reads as its stream alone (refusing it would mean inflating by hand). */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
