@@ -1,8 +1,6 @@
 /* The safetensors format's small pieces shared by the reader and the writer:
  * dtype names and sizes, strict UTF-8, duplicate names, and the escaping of
  * file strings for messages. */
-#include <stddef.h>
-#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -65,27 +63,15 @@ bool cr_st_dtype_parse(const char *s, cr_dtype *dt)
 
 bool cr_st_dtype_known(cr_dtype dt) { return dt == CR_F32 || dt == CR_F64 || dt == CR_I32; }
 
-/* bytes = prod(shape) * element size; false on a negative dim or overflow.
- * A zero dim makes 0 bytes, but the other dims still make the strides of a
- * tensor of that shape: like cr_tensor_init, require their product times the
- * element size to stay below PTRDIFF_MAX, in whatever order the dims come. */
+/* bytes = prod(shape) * element size; false on a negative dim or overflow:
+ * exactly the shapes cr_tensor_init accepts (cr_shape_fits, whose rule also
+ * bounds the nonzero dims of an empty shape), so reader and writer agree
+ * with it in whatever order the dims come. */
 bool cr_st_nbytes(cr_dtype dt, int ndim, const int64_t *shape, uint64_t *bytes)
 {
-    if (!cr_st_dtype_known(dt) || ndim < 0 || ndim > CR_MAX_DIMS) return false;
-    uint64_t b = cr_dtype_size(dt);
-    bool empty = false;
-    for (int d = 0; d < ndim; d++) {
-        if (shape[d] < 0) return false;
-        uint64_t dim = (uint64_t)shape[d];
-        if (dim == 0) {
-            empty = true;
-            continue;
-        }
-        if (b > UINT64_MAX / dim) return false;
-        b *= dim;
-    }
-    if (b > PTRDIFF_MAX || b > SIZE_MAX) return false;
-    *bytes = empty ? 0 : b;
+    int64_t numel;
+    if (!cr_st_dtype_known(dt) || !cr_shape_fits(dt, ndim, shape, &numel)) return false;
+    *bytes = (uint64_t)numel * cr_dtype_size(dt); /* at most PTRDIFF_MAX */
     return true;
 }
 

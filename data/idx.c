@@ -142,25 +142,17 @@ static cr_status read_idx(gzFile f, const char *path, cr_idx *idx)
                           "%s: truncated header: %d dims need %d bytes of sizes, the file has %zu", path,
                           idx->ndim, 4 * idx->ndim, got);
     }
-    /* The product of the nonzero dims, also when a zero dim empties the
-     * shape: it gives the strides of the tensor cr_idx_tensor makes, which
-     * must fit as f64 (8 bytes, the largest dtype) or cr_tensor_init aborts. */
-    int64_t nonzero = 1, bytes;
-    bool fits = true, empty = false;
-    for (int d = 0; d < idx->ndim; d++) {
-        idx->shape[d] = be32(head + 4 + 4 * d);
-        if (idx->shape[d] == 0)
-            empty = true;
-        else
-            fits = fits && cr_mul_ok(nonzero, idx->shape[d], &nonzero);
-    }
+    /* A shape cr_idx_tensor can make a tensor of, in its largest dtype (f64):
+     * the product of the nonzero dims bounded too when a zero dim empties
+     * it, since it gives the strides (cr_tensor_init would abort). */
+    for (int d = 0; d < idx->ndim; d++) idx->shape[d] = be32(head + 4 + 4 * d);
     char s[160];
     cr_shape_str(s, sizeof s, idx->ndim, idx->shape);
-    if (!fits || !cr_mul_ok(nonzero, 8, &bytes) || (uint64_t)bytes > SIZE_MAX / 2)
+    int64_t numel;
+    if (!cr_shape_fits(CR_F64, idx->ndim, idx->shape, &numel))
         return cr_failure(CR_EFORMAT, "%s: sizes %s of %s hold more bytes than memory can address", path, s,
                           cr_idx_type_name(idx->type));
-    int64_t numel = empty ? 0 : nonzero;
-    bytes = numel * (int64_t)es;
+    int64_t bytes = numel * (int64_t)es; /* es <= 8: fits */
     idx->numel = numel;
     /* Grow with what arrives, from at most 1 MiB: a header promising more than
      * the file holds fails at the end of the file, not at a huge malloc. */

@@ -108,28 +108,39 @@ int64_t cr_shape_numel(int ndim, const int64_t *shape)
     return n ? nonzero : 0;
 }
 
-/* A shape `fn` can allocate in dtype dt: dims in range, no negative size, and
- * an element count whose bytes (zero dims counted as 1, so the strides of an
- * empty shape fit too) stay below PTRDIFF_MAX. Returns the element count. */
+bool cr_shape_fits(cr_dtype dt, int ndim, const int64_t *shape, int64_t *numel)
+{
+    if (ndim < 0 || ndim > CR_MAX_DIMS) return false;
+    int64_t nonzero = 1, bytes;
+    bool empty = false;
+    for (int d = 0; d < ndim; d++) {
+        if (shape[d] < 0) return false;
+        if (shape[d] == 0)
+            empty = true;
+        else if (!cr_mul_ok(nonzero, shape[d], &nonzero))
+            return false;
+    }
+    if (!cr_mul_ok(nonzero, (int64_t)cr_dtype_size(dt), &bytes) || (uint64_t)bytes > PTRDIFF_MAX)
+        return false;
+    *numel = empty ? 0 : nonzero;
+    return true;
+}
+
+/* A shape `fn` can allocate in dtype dt (cr_shape_fits), or an error saying
+ * why not. Returns the element count. */
 static int64_t check_shape(const char *fn, cr_dtype dt, int ndim, const int64_t *shape)
 {
     char s[128];
     if (ndim < 0 || ndim > CR_MAX_DIMS)
         cr_error("%s: %d dims, at most %d are supported", fn, ndim, CR_MAX_DIMS);
-    int64_t nonzero = 1, bytes;
-    bool empty = false, overflow = false;
-    for (int d = 0; d < ndim; d++) {
+    for (int d = 0; d < ndim; d++)
         if (shape[d] < 0)
             cr_error("%s: negative size in shape %s", fn, cr_shape_str(s, sizeof s, ndim, shape));
-        if (shape[d] == 0)
-            empty = true;
-        else
-            overflow |= !cr_mul_ok(nonzero, shape[d], &nonzero);
-    }
-    if (overflow || !cr_mul_ok(nonzero, (int64_t)cr_dtype_size(dt), &bytes) || (uint64_t)bytes > PTRDIFF_MAX)
+    int64_t numel;
+    if (!cr_shape_fits(dt, ndim, shape, &numel))
         cr_error("%s: shape %s of %s holds more elements than memory can address", fn,
                  cr_shape_str(s, sizeof s, ndim, shape), cr_dtype_name(dt));
-    return empty ? 0 : nonzero;
+    return numel;
 }
 
 static void set_contiguous(cr_tensor *t, cr_dtype dt, int ndim, const int64_t *shape)

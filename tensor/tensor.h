@@ -91,6 +91,12 @@ bool cr_add_ok(int64_t a, int64_t b, int64_t *out);
  * Zero dims count as 1 in the overflow test, so a valid shape's strides fit
  * too. */
 int64_t cr_shape_numel(int ndim, const int64_t *shape);
+/* Whether cr_tensor_init accepts `shape` in dtype dt: 0 to CR_MAX_DIMS dims,
+ * none negative, and the product of the nonzero dims times the element size
+ * at most PTRDIFF_MAX (so an empty shape's strides fit too). Readers of
+ * files check a shape with it before making a tensor of it. The element
+ * count into *numel when it does. */
+bool cr_shape_fits(cr_dtype dt, int ndim, const int64_t *shape, int64_t *numel);
 
 /* ---- status: failures that come from the outside world ------------------ */
 
