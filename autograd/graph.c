@@ -970,10 +970,9 @@ void cr_backward(cr_tensor *loss)
 static void check_step(const char *op, const cr_tensor *t)
 {
     if (!current_graph || !t->gen || t->gen == current_graph->gen) return;
-    bool plausible = (t->dtype == CR_F32 || t->dtype == CR_F64 || t->dtype == CR_I32) && t->ndim >= 0 &&
-                     t->ndim <= CR_MAX_DIMS;
-    for (int d = 0; plausible && d < t->ndim; d++) plausible = t->shape[d] >= 0;
-    if (!plausible)
+    int64_t numel;
+    if (!(t->dtype == CR_F32 || t->dtype == CR_F64 || t->dtype == CR_I32) ||
+        !cr_shape_fits(t->dtype, t->ndim, t->shape, &numel))
         cr_error("%s: an input is a step tensor from before a cr_graph_clear, its header since overwritten; "
                  "keep values across steps in persistent tensors (cr_tensor_init)",
                  op);
