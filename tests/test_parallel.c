@@ -96,6 +96,7 @@ static void gemm_case(cr_dtype dt, int64_t m, int64_t n, int64_t k, bool ta, boo
         memcpy(o.C1->data, o.c_in, o.bytes);
         rntm_t rn = BLIS_RNTM_INITIALIZER;
         bli_rntm_set_num_threads(nt, &rn);
+        bli_rntm_disable_l3_sup(&rn); /* BLIS's packed path, as cr_k_gemm's threads (gemm.c) */
         if (dt == CR_F32) {
             float one = 1, be = (float)beta;
             bli_sgemm_ex(BLIS_NO_TRANSPOSE, BLIS_NO_TRANSPOSE, m, n, k, &one, a->data, a->stride[0],
@@ -275,6 +276,7 @@ static void own_plain_case(int64_t m, int64_t n, int64_t k, bool ta, bool tb, do
     float al = (float)alpha, be = (float)beta;
     rntm_t rn = BLIS_RNTM_INITIALIZER;
     bli_rntm_set_num_threads(1, &rn);
+    bli_rntm_disable_l3_sup(&rn); /* BLIS's packed path, as cr_k_gemm's threads (gemm.c) */
     bli_sgemm_ex(BLIS_NO_TRANSPOSE, BLIS_NO_TRANSPOSE, m, n, k, &al, o.a.data, o.a.stride[0], o.a.stride[1],
                  o.b.data, o.b.stride[0], o.b.stride[1], &be, c0.data, ldc, 1, NULL, &rn);
     for (int nt = 0; nt <= 3; nt++) { /* 0: inside a serial section */
