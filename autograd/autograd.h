@@ -317,6 +317,12 @@ void cr_chunk(cr_tensor *x, int n, int dim, cr_tensor **out);
  * backward scatter-adds into the rows. Rows equal to skip_index (unless < 0)
  * receive no gradient (embedding padding). */
 cr_tensor *cr_gather_rows(cr_tensor *table, const cr_tensor *idx, int64_t skip_index);
+/* When x is, unchanged, what cr_gather_rows made on the current step from a
+ * 2-D table without a skip_index (a plain embedding lookup), and neither the
+ * table nor the indices were written since: true, with the (contiguous) table
+ * and the indices. A product x W then equals gather_rows(table W, idx), which
+ * costs less when the table has fewer rows than idx has entries (nn/cell.c). */
+bool cr_gather_rows_source(const cr_tensor *x, cr_tensor **table, const cr_tensor **idx);
 /* where(cond, x, y) with broadcasting; cond is any dtype, nonzero = true. */
 cr_tensor *cr_where(const cr_tensor *cond, cr_tensor *x, cr_tensor *y);
 /* x * mask (mask broadcast, no gradient to mask). */

@@ -2,12 +2,15 @@
  * backward, where, multiplicative masks and inverted dropout. */
 #include <string.h>
 
-#include "ops_internal.h"
+#include "graph_internal.h"
 
 /* ---- gather_rows --------------------------------------------------------------------- */
 
 typedef struct {
     int64_t skip_index; /* rows equal to it get no gradient (< 0: none) */
+    /* The table's and the indices' versions when the lookup was recorded
+     * (cr_gather_rows_source asks whether they still hold). */
+    uint64_t table_version, idx_version;
 } gather_attr;
 
 static void gather_rows_fwd(cr_node *n)
@@ -75,8 +78,28 @@ cr_tensor *cr_gather_rows(cr_tensor *table, const cr_tensor *idx, int64_t skip_i
     for (int d = 0; d < idx->ndim; d++) shape[nd++] = idx->shape[d];
     for (int d = 1; d < table->ndim; d++) shape[nd++] = table->shape[d];
     cr_node *n = cr_node_new(&cr_op_gather_rows, 2, in);
-    CR_NODE_ATTR(n, gather_attr)->skip_index = skip_index;
+    gather_attr *a = CR_NODE_ATTR(n, gather_attr);
+    a->skip_index = skip_index;
+    a->table_version = cr_tensor_version(in[0]);
+    a->idx_version = cr_tensor_version(in[1]);
     return cr_node_finish(n, table->dtype, nd, shape);
+}
+
+bool cr_gather_rows_source(const cr_tensor *x, cr_tensor **table, const cr_tensor **idx)
+{
+    const cr_graph *g = cr_graph_current();
+    const cr_node *n = x->node;
+    /* x is this step's (its node is intact), the lookup's own output, unwritten */
+    if (!g || !x->gen || x->gen != g->gen || !n || n->op != &cr_op_gather_rows || n->out != x ||
+        cr_tensor_version(x) != 0)
+        return false;
+    const gather_attr *a = CR_NODE_ATTR(n, gather_attr);
+    if (a->skip_index >= 0 || n->in[0]->ndim != 2 || cr_tensor_version(n->in[0]) != a->table_version ||
+        cr_tensor_version(n->in[1]) != a->idx_version)
+        return false;
+    *table = n->in[0];
+    *idx = n->in[1];
+    return true;
 }
 
 /* ---- where ------------------------------------------------------------------------------ */

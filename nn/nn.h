@@ -298,6 +298,13 @@ typedef struct cr_rnn {
     cr_cell *cells; /* [num_layers * dirs]: layer l direction d at l*dirs+d */
     bool train;     /* dropout on when true (default) */
     bool fused;     /* use the type's fused_step when it has one (default) */
+    /* When x is an embedding lookup (cr_embedding_forward, no padding_idx)
+     * of a table with at most half as many rows as x has tokens, the first
+     * layer's input projection is taken over the table's rows and looked up
+     * (cr_gather_rows_source): same values, a third of the products or less
+     * for a character-level model. Default true; the gradients then sum in
+     * another order (equal to rounding). */
+    bool fold_lookup;
     cr_rng dropout_rng;
 } cr_rnn;
 

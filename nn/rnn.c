@@ -30,6 +30,7 @@ cr_rnn *cr_rnn_init(cr_params *ps, const char *prefix, cr_rnn_config cfg, cr_rng
     m->dirs = cfg.bidirectional ? 2 : 1;
     m->train = true;
     m->fused = true;
+    m->fold_lookup = true;
     m->dropout_rng = cr_rng_seed(rng->seed ^ UINT64_C(0xd50c0de));
     m->cells = cr_xcalloc((size_t)(cfg.num_layers * m->dirs), sizeof *m->cells);
     for (int l = 0; l < cfg.num_layers; l++)
@@ -132,7 +133,7 @@ static cr_tensor *run_direction(const char *op, cr_rnn *m, const cr_cell *cell, 
     const int n = cell->type->n_states;
     const int64_t T = in->shape[1];
     cr_scope sc = cr_scope_begin();
-    cr_tensor *gx = cr_cell_project(cell, in); /* [B,T,I] x [I,G]: one product over B*T */
+    cr_tensor *gx = cr_cell_project(cell, in, m->fold_lookup); /* [B,T,I] x [I,G]: one product over B*T */
     steps *st = cr_arena_alloc(cr_arena_current(), sizeof *st);
     *st = (steps){.op = op,
                   .cell = cell,

@@ -290,6 +290,198 @@ Test(nn, gradcheck_without_bias)
     seq_gradcheck((cr_rnn_config){.cell = &cr_cell_lstm, .num_layers = 1, .no_bias = true}, false);
 }
 
+/* ---- an embedding lookup folded into the input projection ------------------------------------- */
+
+/* Lookups on the current graph's tape: 1 for the embedding, and one per
+ * direction of the first layer when the layer folded it. */
+static int lookups_on_tape(void)
+{
+    const cr_graph *cg = cr_graph_current();
+    int n = 0;
+    for (size_t i = 0; i < cr_graph_node_count(cg); i++)
+        n += !strcmp(cr_graph_node(cg, i)->op->name, "cr_gather_rows");
+    return n;
+}
+
+typedef struct fold_case {
+    cr_rnn *m;
+    const cr_tensor *idx, *lengths;
+    int lookups; /* on the tape after the forward */
+} fold_case;
+
+static cr_tensor *fold_fn(cr_tensor *const *in, void *ctx)
+{
+    fold_case *c = ctx;
+    int k = (int)c->m->cells[0].type->n_params * c->m->cfg.num_layers * c->m->dirs; /* in[k]: the table */
+    cr_rnn_output o = cr_rnn_forward(c->m, cr_gather_rows(in[k], c->idx, -1), c->lengths, NULL, NULL);
+    int n = lookups_on_tape(); /* the analytic pass records; the numeric ones need no tape */
+    if (n > c->lookups) c->lookups = n;
+    cr_tensor *parts[2] = {flat(o.y), flat(o.h_n)};
+    return cr_concat(2, parts, 0);
+}
+
+static void idx_fill(cr_tensor *idx, int64_t V)
+{
+    for (int64_t i = 0; i < cr_numel(idx); i++) ((int32_t *)idx->data)[i] = (int32_t)((i * 7 + 2) % V);
+}
+
+/* Through the fold, the table's, the weights' and the biases' gradients
+ * are right (central differences, f64), bidirectional, two layers, uneven
+ * lengths: every cell type. */
+Test(nn, gradcheck_through_a_folded_lookup)
+{
+    for (size_t t = 0; t < N_TYPES; t++) {
+        int64_t B = 3, T = 4, V = 3, I = 2;
+        cr_params *ps = cr_params_init();
+        cr_rng rng = cr_rng_seed(31);
+        cr_rnn *m = cr_rnn_init(ps, "rnn",
+                                (cr_rnn_config){.cell = all_types[t],
+                                                .input_size = I,
+                                                .hidden_size = 3,
+                                                .num_layers = 2,
+                                                .bidirectional = true,
+                                                .dtype = CR_F64},
+                                &rng);
+        cr_tensor *in[64];
+        int n = 0;
+        for (size_t i = 0; i < ps->n; i++) in[n++] = ps->items[i].value;
+        cr_tensor *table = leaf(cr_tensor_init(CR_F64, CR_SHAPE(V, I)));
+        cr_fill_uniform(table, &rng, -1, 1);
+        in[n++] = table;
+        cr_tensor *idx = cr_tensor_init(CR_I32, CR_SHAPE(B, T)),
+                  *lengths = cr_tensor_init(CR_I32, CR_SHAPE(B));
+        idx_fill(idx, V);
+        memcpy(lengths->data, (int32_t[]){4, 2, 3}, 3 * sizeof(int32_t));
+        fold_case c = {.m = m, .idx = idx, .lengths = lengths};
+        cr_gradcheck_report rep;
+        double err = cr_gradcheck(fold_fn, &c, n, in, 1e-5, &rep);
+        cr_expect_eq(c.lookups, 3, "%s: %d lookups on the tape, expected the embedding's and two folded",
+                     all_types[t]->name, c.lookups);
+        cr_expect(err < 1e-6, "%s: rel err %.3g at input %d index %lld (%.10g vs %.10g)", all_types[t]->name,
+                  err, rep.worst_input, (long long)rep.worst_index, rep.analytic, rep.numeric);
+        cr_expect_gt(rep.n_checked, 20);
+        cr_tensor_free(table);
+        cr_tensor_free(idx);
+        cr_tensor_free(lengths);
+        cr_rnn_free(m);
+        cr_params_free(ps);
+    }
+}
+
+/* The folded layer's outputs, loss and gradients against the same layer
+ * with m->fold_lookup off: outputs equal to rounding, gradients (summed in
+ * another order) to 1e-13 in f64 and 1e-5 in f32. */
+static void fold_against_plain(const cr_cell_type *type, cr_dtype dt, double tol)
+{
+    int64_t B = 4, T = 16, V = 5, I = 6, H = 8;
+    cr_params *ps = cr_params_init();
+    cr_rng rng = cr_rng_seed(41);
+    cr_embedding e = cr_embedding_init(ps, "emb", V, I, -1, dt, &rng);
+    cr_rnn *m = cr_rnn_init(
+        ps, "rnn",
+        (cr_rnn_config){.cell = type, .input_size = I, .hidden_size = H, .num_layers = 2, .dtype = dt}, &rng);
+    cr_tensor *idx = cr_tensor_init(CR_I32, CR_SHAPE(B, T));
+    idx_fill(idx, V);
+    cr_tensor *y[2], **grads[2];
+    for (int fold = 1; fold >= 0; fold--) {
+        m->fold_lookup = fold;
+        cr_params_zero_grad(ps);
+        cr_rnn_output o = cr_rnn_forward(m, cr_embedding_forward(&e, idx), NULL, NULL, NULL);
+        cr_expect_eq(lookups_on_tape(), 1 + fold, "%s fold=%d: %d lookups", type->name, fold,
+                     lookups_on_tape());
+        cr_backward(cr_sum(cr_mul(o.y, o.y)));
+        y[fold] = cr_tensor_init(dt, o.y->ndim, o.y->shape);
+        cr_copy_(y[fold], o.y);
+        grads[fold] = calloc(ps->n, sizeof *grads[fold]);
+        for (size_t i = 0; i < ps->n; i++) {
+            cr_assert(ps->items[i].value->grad, "%s fold=%d: no gradient for %s", type->name, fold,
+                      ps->items[i].name);
+            grads[fold][i] = cr_tensor_init(dt, ps->items[i].value->ndim, ps->items[i].value->shape);
+            cr_copy_(grads[fold][i], ps->items[i].value->grad);
+        }
+        cr_graph_clear(g);
+    }
+    for (int64_t k = 0; k < cr_numel(y[0]); k++)
+        cr_expect(fabs(cr_get_flat(y[0], k) - cr_get_flat(y[1], k)) <= tol * 1e-2, "%s y[%lld]", type->name,
+                  (long long)k);
+    for (size_t i = 0; i < ps->n; i++) {
+        double worst = 0, scale = 0;
+        for (int64_t k = 0; k < cr_numel(grads[0][i]); k++) {
+            worst = fmax(worst, fabs(cr_get_flat(grads[0][i], k) - cr_get_flat(grads[1][i], k)));
+            scale = fmax(scale, fabs(cr_get_flat(grads[0][i], k)));
+        }
+        cr_expect(scale > 0 && worst <= tol * scale, "%s %s: gradient of %s differs by %.3g (scale %.3g)",
+                  type->name, cr_dtype_name(dt), ps->items[i].name, worst, scale);
+        cr_tensor_free(grads[0][i]);
+        cr_tensor_free(grads[1][i]);
+    }
+    free(grads[0]);
+    free(grads[1]);
+    cr_tensor_free(y[0]);
+    cr_tensor_free(y[1]);
+    cr_tensor_free(idx);
+    cr_rnn_free(m);
+    cr_params_free(ps);
+}
+
+Test(nn, folded_lookup_matches_the_plain_projection)
+{
+    for (size_t t = 0; t < N_TYPES; t++) {
+        fold_against_plain(all_types[t], CR_F64, 1e-13);
+        fold_against_plain(all_types[t], CR_F32, 1e-5);
+    }
+}
+
+/* No fold where it would be wrong or dear: a padding_idx (its row gets no
+ * gradient, the product's weight gradient still needs it), a table or an
+ * embedding output written after the lookup (the fold would read the new
+ * values), a table with more than half as many rows as lookups. The layer
+ * then sees the values it was given. */
+Test(nn, lookup_is_not_folded_when_it_would_change_the_result)
+{
+    int64_t B = 2, T = 6, V = 4, I = 3;
+    cr_params *ps = cr_params_init();
+    cr_rng rng = cr_rng_seed(51);
+    cr_rnn *m = cr_rnn_init(
+        ps, "rnn",
+        (cr_rnn_config){
+            .cell = &cr_cell_lstm, .input_size = I, .hidden_size = 4, .num_layers = 1, .dtype = CR_F64},
+        &rng);
+    cr_tensor *table = leaf(cr_tensor_init(CR_F64, CR_SHAPE(V, I))),
+              *idx = cr_tensor_init(CR_I32, CR_SHAPE(B, T));
+    cr_fill_uniform(table, &rng, -1, 1);
+    idx_fill(idx, V);
+    for (int c = 0; c < 5; c++) {
+        cr_tensor *x = cr_gather_rows(table, idx, c == 0 ? 1 : -1);
+        cr_tensor *want = NULL;
+        if (c == 1 || c == 2) { /* written after the lookup: the layer must see x as it is now */
+            cr_fill(c == 1 ? table : x, 0.25);
+            want = cr_tensor_init(CR_F64, CR_SHAPE(B, T, I));
+            cr_fill(want, c == 1 ? cr_get_flat(x, 0) : 0.25);
+            if (c == 1) cr_copy_(want, x);
+        }
+        if (c == 3) x = cr_gather_rows(table, cr_narrow(idx, 1, 0, 3), -1); /* 6 lookups of 4 rows */
+        int before = lookups_on_tape();
+        cr_rnn_output o = cr_rnn_forward(m, x, NULL, NULL, NULL);
+        cr_expect_eq(lookups_on_tape(), before + (c == 4), "case %d: %d lookups added", c,
+                     lookups_on_tape() - before);
+        if (want) {
+            m->fold_lookup = false;
+            cr_rnn_output p = cr_rnn_forward(m, want, NULL, NULL, NULL);
+            m->fold_lookup = true;
+            for (int64_t k = 0; k < cr_numel(o.y); k++)
+                cr_expect_eq(cr_get_flat(o.y, k), cr_get_flat(p.y, k), "case %d: y[%lld]", c, (long long)k);
+            cr_tensor_free(want);
+        }
+        cr_graph_clear(g);
+        if (c == 1) cr_fill_uniform(table, &rng, -1, 1);
+    }
+    cr_tensor_free(table);
+    cr_tensor_free(idx);
+    cr_rnn_free(m);
+    cr_params_free(ps);
+}
+
 /* ---- variable lengths: a padded batch equals each sequence run alone ---------------------------- */
 
 Test(nn, padding_changes_nothing)
