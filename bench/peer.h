@@ -62,7 +62,8 @@ static inline double bench_field(const char *line, const char *key)
  * what it says before. Its environment is this one's with BLIS_NUM_THREADS
  * (and OMP_NUM_THREADS) set to the thread count: torch.set_num_threads does
  * not reach the BLAS it links (Debian's libblas.so.3 is BLIS, with its own
- * thread count). Returns with ok false, and a "torch: skipped" line where a
+ * thread count), and without the BLIS_ARCH_TYPE carousel set on a Zen 4 CPU
+ * (below). Returns with ok false, and a "torch: skipped" line where a
  * cause is known, when python, the script or torch is missing. */
 static inline bench_peer bench_peer_start(bench_peer_config cfg)
 {
@@ -84,6 +85,12 @@ static inline bench_peer bench_peer_start(bench_peer_config cfg)
 
     const char *vars[] = {"BLIS_NUM_THREADS=", "OMP_NUM_THREADS="};
     const size_t n_vars = cfg.omp ? 2 : 1;
+    /* BLIS's kernels: each side gets its faster choice. carousel set skx
+     * (tensor/gemm.c) unless the user chose; on Zen 5 that is torch's best
+     * too (BLIS's own choice there is its generic C), but on Zen 4 torch ran
+     * its step 1.2x (hidden 128) to 1.5x (hidden 512) slower with skx than
+     * with BLIS's own zen3 kernels, so there the peer does not inherit it. */
+    const bool drop_arch = cr_blis_arch_hinted() == 0x19;
     char set[2][64];
     size_t n_env = 0;
     while (environ[n_env]) n_env++;
@@ -92,6 +99,7 @@ static inline bench_peer bench_peer_start(bench_peer_config cfg)
     for (size_t k = 0; k < n_env; k++) {
         bool replaced = false;
         for (size_t v = 0; v < n_vars; v++) replaced |= !strncmp(environ[k], vars[v], strlen(vars[v]));
+        replaced |= drop_arch && !strncmp(environ[k], "BLIS_ARCH_TYPE=", 15);
         if (!replaced) envp[k_env++] = environ[k];
     }
     for (size_t v = 0; v < n_vars; v++) {

@@ -34,10 +34,21 @@ void cr_gemm_set_threads(int n) { bli_thread_set_num_threads(n > 0 ? n : 1); }
 
 /* Debian's BLIS 0.9.0 predates AMD Zen 5 (CPU family 0x1A): on it BLIS falls
  * back to its generic C kernels, about 6x slower than its AVX-512 (skx)
- * kernels, which run correctly there. BLIS reads BLIS_ARCH_TYPE once, when it
- * initialises, so the choice is made at load time, before any BLIS call, and
- * only when the user has not chosen. The constructor attribute and cpuid.h
- * are GCC/clang facilities; other compilers simply skip the hint. */
+ * kernels, which run correctly there. On Zen 4 (family 0x19 with AVX-512; Zen
+ * 3, the same family, has none) it picks its zen3 AVX2 kernels, and there the
+ * skx kernels with carousel's own micro-kernel (which needs them) ran the
+ * char LM step 11-12% faster at hidden 512 (ARCHITECTURE.md, Threads). BLIS
+ * reads BLIS_ARCH_TYPE once, when it initialises, so the choice is made at
+ * load time, before any BLIS call, and only when the user has not chosen.
+ * Debian's BLIS 0.9 takes any name as id 0, which is skx's (BLIS_ARCH_TYPE=zen3
+ * selects skx there too: tested with bli_arch_query_id), so "skx" works
+ * there as well as with versions that read names. The
+ * constructor attribute and cpuid.h are GCC/clang facilities; other compilers
+ * simply skip the hint. */
+static unsigned hinted_family;
+
+unsigned cr_blis_arch_hinted(void) { return hinted_family; }
+
 #if defined(__GNUC__) && defined(__x86_64__)
 #include <cpuid.h>
 #include <stdlib.h>
@@ -49,7 +60,8 @@ __attribute__((constructor)) static void blis_arch_hint(void)
     bool amd = b == 0x68747541u; /* "AuthenticAMD" */
     if (!amd || !__get_cpuid(1, &a, &b, &c, &d)) return;
     unsigned family = ((a >> 8) & 0xfu) + ((a >> 20) & 0xffu);
-    if (family >= 0x1Au && __builtin_cpu_supports("avx512f")) setenv("BLIS_ARCH_TYPE", "skx", 0);
+    if (family >= 0x19u && __builtin_cpu_supports("avx512f") && setenv("BLIS_ARCH_TYPE", "skx", 0) == 0)
+        hinted_family = family;
 }
 #endif
 
