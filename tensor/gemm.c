@@ -835,9 +835,10 @@ void cr_k_gemm(double alpha, const cr_tensor *a, const cr_tensor *b, double beta
     /* Threads: BLIS splits the rows and columns of C, never the inner
      * dimension, so each element's arithmetic is the one above. A local
      * runtime object carries the thread count (BLIS's own is global). BLIS's
-     * "sup" path for small and skinny products (on in the zen3 kernels BLIS
-     * picks on AMD Zen 4, absent from skx's) blocks k and sums otherwise:
-     * it is turned off, so that the thread count never changes a bit. */
+     * "sup" path for small and skinny products (in its zen3 kernels, which
+     * Zen 3 CPUs run, and Zen 4 ones when BLIS_ARCH_TYPE is set to their
+     * number; skx's have none) blocks k and sums otherwise: it is turned
+     * off, so that the thread count never changes a bit. */
     rntm_t rntm = BLIS_RNTM_INITIALIZER;
     bli_rntm_set_num_threads(cr_get_num_threads(), &rntm);
     bli_rntm_disable_l3_sup(&rntm);
