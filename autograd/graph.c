@@ -180,6 +180,11 @@ static const char *made_by(char *buf, size_t len, const cr_graph *g, const cr_te
     return buf;
 }
 
+const cr_node *cr_step_node(const cr_tensor *t)
+{
+    return current_graph && t->gen && t->gen == current_graph->gen ? t->node : NULL;
+}
+
 /* A step tensor (gen != 0) used in this graph must be of its current step. */
 static void check_current(const char *fn, const char *what, int i, const cr_graph *g, const cr_tensor *t)
 {

@@ -2,7 +2,7 @@
  * backward, where, multiplicative masks and inverted dropout. */
 #include <string.h>
 
-#include "graph_internal.h"
+#include "ops_internal.h"
 
 /* ---- gather_rows --------------------------------------------------------------------- */
 
@@ -87,12 +87,9 @@ cr_tensor *cr_gather_rows(cr_tensor *table, const cr_tensor *idx, int64_t skip_i
 
 bool cr_gather_rows_source(const cr_tensor *x, cr_tensor **table, const cr_tensor **idx)
 {
-    const cr_graph *g = cr_graph_current();
-    const cr_node *n = x->node;
-    /* x is this step's (its node is intact), the lookup's own output, unwritten */
-    if (!g || !x->gen || x->gen != g->gen || !n || n->op != &cr_op_gather_rows || n->out != x ||
-        cr_tensor_version(x) != 0)
-        return false;
+    const cr_node *n = cr_step_node(x);
+    /* made on this step (its node is intact), the lookup's own output, unwritten */
+    if (!n || n->op != &cr_op_gather_rows || n->out != x || cr_tensor_version(x) != 0) return false;
     const gather_attr *a = CR_NODE_ATTR(n, gather_attr);
     if (a->skip_index >= 0 || n->in[0]->ndim != 2 || cr_tensor_version(n->in[0]) != a->table_version ||
         cr_tensor_version(n->in[1]) != a->idx_version)

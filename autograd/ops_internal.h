@@ -92,5 +92,8 @@ static inline const cr_tensor *as_contiguous(const cr_tensor *x)
 /* Name the op and both shapes when a and b cannot be combined (graph.c). */
 void cr_check_float_pair(const char *op, const cr_tensor *a, const cr_tensor *b);
 void cr_check_float(const char *op, const cr_tensor *a);
+/* The node that made t on the current graph's current step, or NULL (a leaf,
+ * a persistent tensor, a tensor of a cleared step or of another graph). */
+const cr_node *cr_step_node(const cr_tensor *t);
 
 #endif

@@ -476,6 +476,13 @@ Test(nn, lookup_is_not_folded_when_it_would_change_the_result)
         cr_graph_clear(g);
         if (c == 1) cr_fill_uniform(table, &rng, -1, 1);
     }
+    /* a lookup of a cleared step is not one to fold, though its header and
+     * node are still intact (nothing has been allocated since the clear) */
+    cr_tensor *old = cr_gather_rows(table, idx, -1), *t;
+    const cr_tensor *ix;
+    cr_expect(cr_gather_rows_source(old, &t, &ix), "a lookup of this step");
+    cr_graph_clear(g);
+    cr_expect(!cr_gather_rows_source(old, &t, &ix), "a lookup of a cleared step taken for a foldable one");
     cr_tensor_free(table);
     cr_tensor_free(idx);
     cr_rnn_free(m);
