@@ -32,14 +32,23 @@ int64_t cr_gemm_parallel_threshold = (int64_t)1 << 20;
 
 void cr_gemm_set_threads(int n) { bli_thread_set_num_threads(n > 0 ? n : 1); }
 
-/* Debian's BLIS 0.9.0 predates AMD Zen 5 (CPU family 0x1A): on it BLIS falls
- * back to its generic C kernels, about 6x slower than its AVX-512 (skx)
- * kernels, which run correctly there. On Zen 4 (family 0x19 with AVX-512; Zen
- * 3, the same family, has none) it picks its zen3 AVX2 kernels, and there the
- * skx kernels with carousel's own micro-kernel (which needs them) ran the
- * char LM step 11-12% faster at hidden 512 (ARCHITECTURE.md, Threads). BLIS
- * reads BLIS_ARCH_TYPE once, when it initialises, so the choice is made at
- * load time, before any BLIS call, and only when the user has not chosen.
+/* Debian's BLIS 0.9.0 often fails to pick its AVX-512 (skx) kernels on CPUs
+ * that run them well, so carousel asks for them at load time, before any BLIS
+ * call, and only when the user has not chosen (BLIS reads BLIS_ARCH_TYPE
+ * once, when it initialises):
+ * - AMD Zen 5 (family 0x1A), which BLIS 0.9 predates: it falls back to its
+ *   generic C kernels, about 6x slower than skx's.
+ * - AMD Zen 4 (family 0x19 with AVX-512; Zen 3, the same family, has none):
+ *   BLIS picks its zen3 AVX2 kernels, and skx's with carousel's own
+ *   micro-kernel (which needs them) ran the char LM step 11-12% faster at
+ *   hidden 512 (ARCHITECTURE.md, Threads).
+ * - Intel with AVX-512: BLIS takes skx only where the brand string names a
+ *   Xeon tier and SKU it knows to have two FMA units, else haswell's AVX2
+ *   kernels. A virtual machine's "Intel(R) Xeon(R) Processor" names neither:
+ *   on such a Xeon (family 6, model 207) sgemm ran at 150 GFLOP/s per core
+ *   with skx, 80 with haswell, and both carousel's step and PyTorch's ran
+ *   faster. On a one-FMA-unit part, skx's 16-wide FMAs on one port match
+ *   haswell's two 8-wide ones, so nothing is lost there.
  * Debian's BLIS 0.9 takes any name as id 0, which is skx's (BLIS_ARCH_TYPE=zen3
  * selects skx there too: tested with bli_arch_query_id), so "skx" works
  * there as well as with versions that read names. The
@@ -57,11 +66,14 @@ __attribute__((constructor)) static void blis_arch_hint(void)
 {
     unsigned a, b, c, d;
     if (getenv("BLIS_ARCH_TYPE") || !__get_cpuid(0, &a, &b, &c, &d)) return;
-    bool amd = b == 0x68747541u; /* "AuthenticAMD" */
-    if (!amd || !__get_cpuid(1, &a, &b, &c, &d)) return;
+    bool amd = b == 0x68747541u;   /* "AuthenticAMD" */
+    bool intel = b == 0x756e6547u; /* "GenuineIntel" */
+    if (!(amd || intel) || !__get_cpuid(1, &a, &b, &c, &d)) return;
     unsigned family = ((a >> 8) & 0xfu) + ((a >> 20) & 0xffu);
-    if (family >= 0x19u && __builtin_cpu_supports("avx512f") && setenv("BLIS_ARCH_TYPE", "skx", 0) == 0)
-        hinted_family = family;
+    /* The AVX-512 subsets BLIS's skx kernels need (its own test). */
+    bool skx = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+               __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
+    if (skx && (intel || family >= 0x19u) && setenv("BLIS_ARCH_TYPE", "skx", 0) == 0) hinted_family = family;
 }
 #endif
 

@@ -418,9 +418,9 @@ void cr_k_gemm_packed(double alpha, const cr_tensor *a, const cr_tensor *b, cons
  * to BLIS's micro-kernel, and makes packs made from then on use it (a pack
  * is always read the way it was made). */
 extern bool cr_gemm_blis_only;
-/* The AMD CPU family (0x19 Zen 4, 0x1A Zen 5) for which carousel set
- * BLIS_ARCH_TYPE=skx when it was loaded (the variable unset, the CPU with
- * AVX-512), else 0. Other BLIS users in the process see the variable too
+/* The CPU family (AMD's 0x19 Zen 4 or 0x1A Zen 5, or Intel's 6) for which
+ * carousel set BLIS_ARCH_TYPE=skx when it was loaded (the variable unset, the
+ * CPU with AVX-512; tensor/gemm.c says why), else 0. Other BLIS users in the process see the variable too
  * (bench/peer.h decides what its PyTorch peer gets). */
 unsigned cr_blis_arch_hinted(void);
 /* Products that have run on carousel's own micro-kernel so far in this
