@@ -178,7 +178,7 @@ void cr_cell_step_weights(const cr_cell *cell, cr_tensor **w, int64_t T, int64_t
     }
 }
 
-cr_tensor *cr_cell_project(const cr_cell *cell, cr_tensor *x, bool fold)
+cr_tensor *cr_cell_project(const cr_cell *cell, cr_tensor *x, const cr_tensor **fold_idx)
 {
     const cr_cell_type *t = cell->type;
     cr_tensor *w_t = cr_transpose(cell->p[cr_cell_input_index(t)], 0, 1);
@@ -192,12 +192,14 @@ cr_tensor *cr_cell_project(const cr_cell *cell, cr_tensor *x, bool fold)
      * E W^T + b, so the product runs over the table's V rows instead of the
      * B*T looked up, and backward scatter-adds dz into a [V, G] gradient
      * before two products of V rows, instead of three of B*T (a character
-     * LM's 65 rows against 2048). Worth it from 2 lookups per row on. */
+     * LM's 65 rows against 2048). Worth it from 2 lookups per row on. The
+     * caller looks the rows up, a step at a time. */
     cr_tensor *table;
     const cr_tensor *idx;
-    if (fold && cr_gather_rows_source(x, &table, &idx) && 2 * table->shape[0] <= cr_numel(idx)) {
-        cr_tensor *p = b ? cr_matmul_bias(table, w_t, b) : cr_matmul(table, w_t); /* [V, G] */
-        return cr_gather_rows(p, idx, -1);
+    if (fold_idx) *fold_idx = NULL;
+    if (fold_idx && cr_gather_rows_source(x, &table, &idx) && 2 * table->shape[0] <= cr_numel(idx)) {
+        *fold_idx = idx;
+        return b ? cr_matmul_bias(table, w_t, b) : cr_matmul(table, w_t); /* [V, G] */
     }
     return b ? cr_matmul_bias(x, w_t, b) : cr_matmul(x, w_t);
 }
@@ -257,7 +259,7 @@ static void cell_step(const char *op, const cr_cell *cell, cr_tensor *x, cr_tens
         in[k] = s[k]; /* a copy, so next may be s itself */
     }
     cr_cell_step_weights(cell, w, 1, B);
-    cr_cell_step_of(t, true)(cell, w, cr_cell_project(cell, x, false), in, out);
+    cr_cell_step_of(t, true)(cell, w, cr_cell_project(cell, x, NULL), in, out);
     cr_cell_check_next(op, cell, out, B, dt);
     for (int k = 0; k < t->n_states; k++) next[k] = out[k];
 }

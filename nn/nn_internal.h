@@ -23,9 +23,12 @@ cr_cell cr_cell_make(const char *op, cr_params *ps, const char *prefix, const cr
  * of T steps of batch B: W^T as a view for one step, else as cr_weight_t (a
  * view packed once, whose products stack their weight-gradient rows). */
 void cr_cell_step_weights(const cr_cell *cell, cr_tensor **w, int64_t T, int64_t B);
-/* x W_ih^T + the input biases, x [..., I] -> [..., G]; with `fold`, through
- * the embedding table when x is a lookup of one (cr_gather_rows_source). */
-cr_tensor *cr_cell_project(const cr_cell *cell, cr_tensor *x, bool fold);
+/* x W_ih^T + the input biases, x [..., I] -> [..., G]. With fold_idx
+ * non-NULL and x a lookup E[idx] of an embedding table E [V, I]
+ * (cr_gather_rows_source) with at least 2V lookups, the projection of the
+ * table instead, E W_ih^T + biases [V, G], and *fold_idx = idx: row idx[i] of
+ * it is row i of x's projection. Else *fold_idx = NULL. */
+cr_tensor *cr_cell_project(const cr_cell *cell, cr_tensor *x, const cr_tensor **fold_idx);
 /* The step to run: the fused one when the type has it and `fused`. */
 cr_cell_step_fn cr_cell_step_of(const cr_cell_type *type, bool fused);
 /* Every next[k] of a step is a (B, H) tensor of dtype dt, else an error

@@ -74,9 +74,31 @@ typedef struct steps {
     cr_cell_step_fn step;
     cr_tensor *w[CR_CELL_MAX_PARAMS]; /* the step's weights (W^T made once) */
     const cr_tensor *lengths;
+    /* A folded embedding lookup's indices [B, T] (cr_cell_project): gx is
+     * then the table's projection [V, G], whose rows each step looks up. */
+    const cr_tensor *idx;
+    uint64_t idx_version; /* idx's when the forward began (a recomputed segment reads it again) */
     bool reverse;
     int64_t T, i0, i1; /* steps i0..i1-1 in processing order (t = T-1-i when reverse) */
 } steps;
+
+/* Step t's input projection [B, G]: a time slice of gx [B, T, G], or, for a
+ * folded lookup, gx's rows idx[:, t]. Looked up a step at a time, the rows
+ * are in cache when the step reads them, and their gradient is a step's own
+ * buffer, written whole by the step's backward and scatter-added at once
+ * into the [V, G] table's (one [B, T, G] buffer would be zero-filled first:
+ * a step writes a strided slice of it). */
+static cr_tensor *step_input(const steps *st, cr_tensor *gx, int64_t t)
+{
+    if (!st->idx) return cr_select(gx, 1, t);
+    if (cr_tensor_version(st->idx) != st->idx_version)
+        cr_error("%s: the indices of the embedding lookup were written after the forward began", st->op);
+    const int64_t B = st->idx->shape[0];
+    cr_tensor *col = cr_tensor_new(CR_I32, 1, (int64_t[]){B});
+    const int32_t *ix = st->idx->data;
+    for (int64_t b = 0; b < B; b++) ((int32_t *)col->data)[b] = ix[b * st->T + t];
+    return cr_gather_rows(gx, col, -1);
+}
 
 /* Steps i0..i1-1 from the states s (updated), each in a scope of its own: of
  * a step's values only the states, its output (ys[i - i0]) and what backward
@@ -85,13 +107,13 @@ static void run_steps(const steps *st, cr_tensor *gx, cr_tensor **s, cr_tensor *
 {
     const cr_cell *cell = st->cell;
     const int n = cell->type->n_states;
-    const int64_t B = gx->shape[0];
+    const int64_t B = st->idx ? st->idx->shape[0] : gx->shape[0];
     const cr_dtype dt = gx->dtype;
     for (int64_t i = st->i0; i < st->i1; i++) {
         int64_t t = st->reverse ? st->T - 1 - i : i;
         cr_scope sc = cr_scope_begin();
         cr_tensor *next[CR_CELL_MAX_STATES] = {0}, *y;
-        st->step(cell, st->w, cr_select(gx, 1, t), s, next);
+        st->step(cell, st->w, step_input(st, gx, t), s, next);
         cr_cell_check_next(st->op, cell, next, B, dt);
         cr_tensor *mask = step_mask(st->lengths, t, dt);
         if (mask) { /* finished sequences keep every state and output 0 */
@@ -133,12 +155,15 @@ static cr_tensor *run_direction(const char *op, cr_rnn *m, const cr_cell *cell, 
     const int n = cell->type->n_states;
     const int64_t T = in->shape[1];
     cr_scope sc = cr_scope_begin();
-    cr_tensor *gx = cr_cell_project(cell, in, m->fold_lookup); /* [B,T,I] x [I,G]: one product over B*T */
+    const cr_tensor *idx = NULL; /* [B,T,I] x [I,G]: one product over B*T, or over V for a folded lookup */
+    cr_tensor *gx = cr_cell_project(cell, in, m->fold_lookup ? &idx : NULL);
     steps *st = cr_arena_alloc(cr_arena_current(), sizeof *st);
     *st = (steps){.op = op,
                   .cell = cell,
                   .step = cr_cell_step_of(cell->type, m->fused),
                   .lengths = lengths,
+                  .idx = idx,
+                  .idx_version = idx ? cr_tensor_version(idx) : 0,
                   .reverse = reverse,
                   .T = T,
                   .i0 = 0,

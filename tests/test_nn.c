@@ -292,8 +292,9 @@ Test(nn, gradcheck_without_bias)
 
 /* ---- an embedding lookup folded into the input projection ------------------------------------- */
 
-/* Lookups on the current graph's tape: 1 for the embedding, and one per
- * direction of the first layer when the layer folded it. */
+/* Lookups on the current graph's tape: 1 for the embedding, and, when the
+ * first layer folded it, one per time step of each of its directions (a
+ * step looks its rows up in the table's projection). */
 static int lookups_on_tape(void)
 {
     const cr_graph *cg = cr_graph_current();
@@ -355,7 +356,8 @@ Test(nn, gradcheck_through_a_folded_lookup)
         fold_case c = {.m = m, .idx = idx, .lengths = lengths};
         cr_gradcheck_report rep;
         double err = cr_gradcheck(fold_fn, &c, n, in, 1e-5, &rep);
-        cr_expect_eq(c.lookups, 3, "%s: %d lookups on the tape, expected the embedding's and two folded",
+        cr_expect_eq(c.lookups, 1 + 2 * T,
+                     "%s: %d lookups on the tape, expected the embedding's and one per step and direction",
                      all_types[t]->name, c.lookups);
         cr_expect(err < 1e-6, "%s: rel err %.3g at input %d index %lld (%.10g vs %.10g)", all_types[t]->name,
                   err, rep.worst_input, (long long)rep.worst_index, rep.analytic, rep.numeric);
@@ -387,7 +389,7 @@ static void fold_against_plain(const cr_cell_type *type, cr_dtype dt, double tol
         m->fold_lookup = fold;
         cr_params_zero_grad(ps);
         cr_rnn_output o = cr_rnn_forward(m, cr_embedding_forward(&e, idx), NULL, NULL, NULL);
-        cr_expect_eq(lookups_on_tape(), 1 + fold, "%s fold=%d: %d lookups", type->name, fold,
+        cr_expect_eq(lookups_on_tape(), 1 + fold * T, "%s fold=%d: %d lookups", type->name, fold,
                      lookups_on_tape());
         cr_backward(cr_sum(cr_mul(o.y, o.y)));
         y[fold] = cr_tensor_init(dt, o.y->ndim, o.y->shape);
@@ -463,7 +465,7 @@ Test(nn, lookup_is_not_folded_when_it_would_change_the_result)
         if (c == 3) x = cr_gather_rows(table, cr_narrow(idx, 1, 0, 3), -1); /* 6 lookups of 4 rows */
         int before = lookups_on_tape();
         cr_rnn_output o = cr_rnn_forward(m, x, NULL, NULL, NULL);
-        cr_expect_eq(lookups_on_tape(), before + (c == 4), "case %d: %d lookups added", c,
+        cr_expect_eq(lookups_on_tape(), before + (c == 4 ? T : 0), "case %d: %d lookups added", c,
                      lookups_on_tape() - before);
         if (want) {
             m->fold_lookup = false;
@@ -484,6 +486,63 @@ Test(nn, lookup_is_not_folded_when_it_would_change_the_result)
     cr_graph_clear(g);
     cr_expect(!cr_gather_rows_source(old, &t, &ix), "a lookup of a cleared step taken for a foldable one");
     cr_tensor_free(table);
+    cr_tensor_free(idx);
+    cr_rnn_free(m);
+    cr_params_free(ps);
+}
+
+/* A folded lookup in recomputed segments: backward looks each step's rows up
+ * again, the same rows (outputs and gradients equal the plain run's bit for
+ * bit), and indices written after the forward are an error, not other rows. */
+Test(nn, folded_lookup_in_recomputed_segments)
+{
+    int64_t B = 3, T = 8, V = 4, I = 3, H = 5;
+    cr_params *ps = cr_params_init();
+    cr_rng rng = cr_rng_seed(61);
+    cr_embedding e = cr_embedding_init(ps, "emb", V, I, -1, CR_F64, &rng);
+    cr_rnn *m = cr_rnn_init(
+        ps, "rnn",
+        (cr_rnn_config){
+            .cell = &cr_cell_lstm, .input_size = I, .hidden_size = H, .num_layers = 1, .dtype = CR_F64},
+        &rng);
+    cr_tensor *idx = cr_tensor_init(CR_I32, CR_SHAPE(B, T));
+    idx_fill(idx, V);
+    cr_tensor *y[2], **grads[2];
+    for (int r = 0; r < 2; r++) {
+        m->cfg.recompute_steps = r ? 3 : 0;
+        cr_params_zero_grad(ps);
+        cr_rnn_output o = cr_rnn_forward(m, cr_embedding_forward(&e, idx), NULL, NULL, NULL);
+        /* the segments' steps are not on the tape (one cr_recompute node each) */
+        cr_expect_eq(lookups_on_tape(), r ? 1 : 1 + T, "recompute_steps %d: %d lookups", r ? 3 : 0,
+                     lookups_on_tape());
+        cr_backward(cr_sum(cr_mul(o.y, o.y)));
+        y[r] = cr_tensor_init(CR_F64, o.y->ndim, o.y->shape);
+        cr_copy_(y[r], o.y);
+        grads[r] = calloc(ps->n, sizeof *grads[r]);
+        for (size_t i = 0; i < ps->n; i++) {
+            grads[r][i] = cr_tensor_init(CR_F64, ps->items[i].value->ndim, ps->items[i].value->shape);
+            cr_copy_(grads[r][i], ps->items[i].value->grad);
+        }
+        cr_graph_clear(g);
+    }
+    for (int64_t k = 0; k < cr_numel(y[0]); k++)
+        cr_expect_eq(cr_get_flat(y[0], k), cr_get_flat(y[1], k), "y[%lld]", (long long)k);
+    for (size_t i = 0; i < ps->n; i++) {
+        for (int64_t k = 0; k < cr_numel(grads[0][i]); k++)
+            cr_expect_eq(cr_get_flat(grads[0][i], k), cr_get_flat(grads[1][i], k), "gradient of %s[%lld]",
+                         ps->items[i].name, (long long)k);
+        cr_tensor_free(grads[0][i]);
+        cr_tensor_free(grads[1][i]);
+    }
+    cr_rnn_output o = cr_rnn_forward(m, cr_embedding_forward(&e, idx), NULL, NULL, NULL);
+    cr_tensor *loss = cr_sum(cr_mul(o.y, o.y));
+    cr_set_flat(idx, 0, (cr_get_flat(idx, 0) + 1) < V ? cr_get_flat(idx, 0) + 1 : 0);
+    EXPECT_ERROR(cr_backward(loss), "indices of the embedding lookup were written");
+    cr_graph_clear(g);
+    free(grads[0]);
+    free(grads[1]);
+    cr_tensor_free(y[0]);
+    cr_tensor_free(y[1]);
     cr_tensor_free(idx);
     cr_rnn_free(m);
     cr_params_free(ps);
