@@ -397,12 +397,27 @@ static cr_tensor *f_weight_t(cr_tensor *const *in, void *ctx)
     return cr_add(loss, cr_sum(cr_square(cr_matmul(h, cr_narrow(wt, 1, 1, 2)))));
 }
 
+/* Two products by W' whose outputs one op multiplies: its backward makes
+ * both products' gradients before either product's backward runs, and the
+ * products' backward run in the other order. */
+static cr_tensor *f_weight_t_pair(cr_tensor *const *in, void *ctx)
+{
+    cr_tensor *wt = cr_weight_t(in[1], *(const int64_t *)ctx);
+    cr_tensor *a = cr_matmul(in[0], wt);          /* recorded first: its backward runs last */
+    cr_tensor *b = cr_matmul(cr_tanh(in[0]), wt); /* its gradient made second */
+    cr_tensor *y = cr_mul(a, b);
+    return cr_sum(cr_tanh(cr_matmul(y, wt)));
+}
+
 static void check_weight_t(void)
 {
     static const int64_t rows[] = {0, 3, 6, 100};
-    for (int i = 0; i < 4; i++)
+    for (int i = 0; i < 4; i++) {
         CHECK2("weight_t", f_weight_t, (void *)&rows[i], input(CR_SHAPE(3, 4), -1, 1),
                input(CR_SHAPE(4, 4), -1, 1));
+        CHECK2("weight_t, two products' gradients made at once", f_weight_t_pair, (void *)&rows[i],
+               input(CR_SHAPE(3, 4), -1, 1), input(CR_SHAPE(4, 4), -1, 1));
+    }
 }
 
 /* ---- views and shape ops ---------------------------------------------------------------- */
