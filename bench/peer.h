@@ -87,9 +87,12 @@ static inline bench_peer bench_peer_start(bench_peer_config cfg)
     const size_t n_vars = cfg.omp ? 2 : 1;
     /* BLIS's kernels: each side gets its faster choice. carousel set skx
      * (tensor/gemm.c) unless the user chose; on Zen 5 that is torch's best
-     * too (BLIS's own choice there is its generic C), but on Zen 4 torch ran
-     * its step 1.2x (hidden 128) to 1.5x (hidden 512) slower with skx than
-     * with BLIS's own zen3 kernels, so there the peer does not inherit it. */
+     * too (BLIS's own choice there is its generic C), and on an Intel Xeon
+     * whose brand string BLIS cannot place (haswell's kernels otherwise:
+     * torch's hidden-512 step ran 1.5x faster with skx), but on Zen 4 torch
+     * ran its step 1.2x (hidden 128) to 1.5x (hidden 512) slower with skx
+     * than with BLIS's own zen3 kernels, so there the peer does not inherit
+     * it. */
     const bool drop_arch = cr_blis_arch_hinted() == 0x19;
     char set[2][64];
     size_t n_env = 0;
