@@ -370,6 +370,41 @@ Test(nn, gradcheck_through_a_folded_lookup)
     }
 }
 
+/* y and every parameter's gradient of one forward and backward (loss: the
+ * sum of y^2) of m on e's lookup of idx, copied out of the graph (which is
+ * cleared); `lookups`: the lookups the forward must leave on the tape. */
+typedef struct {
+    cr_tensor *y, **grads;
+    size_t n;
+} layer_run;
+
+static layer_run run_on_lookup(cr_params *ps, cr_rnn *m, cr_embedding *e, const cr_tensor *idx, int lookups,
+                               const char *what)
+{
+    cr_params_zero_grad(ps);
+    cr_rnn_output o = cr_rnn_forward(m, cr_embedding_forward(e, idx), NULL, NULL, NULL);
+    cr_expect_eq(lookups_on_tape(), lookups, "%s: %d lookups, expected %d", what, lookups_on_tape(), lookups);
+    cr_backward(cr_sum(cr_mul(o.y, o.y)));
+    layer_run r = {.y = cr_tensor_init(o.y->dtype, o.y->ndim, o.y->shape), .n = ps->n};
+    cr_copy_(r.y, o.y);
+    r.grads = calloc(ps->n, sizeof *r.grads);
+    for (size_t i = 0; i < ps->n; i++) {
+        const cr_tensor *v = ps->items[i].value;
+        cr_assert(v->grad, "%s: no gradient for %s", what, ps->items[i].name);
+        r.grads[i] = cr_tensor_init(v->dtype, v->ndim, v->shape);
+        cr_copy_(r.grads[i], v->grad);
+    }
+    cr_graph_clear(g);
+    return r;
+}
+
+static void layer_run_free(layer_run *r)
+{
+    for (size_t i = 0; i < r->n; i++) cr_tensor_free(r->grads[i]);
+    free(r->grads);
+    cr_tensor_free(r->y);
+}
+
 /* The folded layer's outputs, loss and gradients against the same layer
  * with m->fold_lookup off: outputs equal to rounding, gradients (summed in
  * another order) to 1e-13 in f64 and 1e-5 in f32. */
@@ -384,43 +419,27 @@ static void fold_against_plain(const cr_cell_type *type, cr_dtype dt, double tol
         (cr_rnn_config){.cell = type, .input_size = I, .hidden_size = H, .num_layers = 2, .dtype = dt}, &rng);
     cr_tensor *idx = cr_tensor_init(CR_I32, CR_SHAPE(B, T));
     idx_fill(idx, V);
-    cr_tensor *y[2], **grads[2];
+    layer_run run[2];
     for (int fold = 1; fold >= 0; fold--) {
+        char what[64];
+        snprintf(what, sizeof what, "%s fold=%d", type->name, fold);
         m->fold_lookup = fold;
-        cr_params_zero_grad(ps);
-        cr_rnn_output o = cr_rnn_forward(m, cr_embedding_forward(&e, idx), NULL, NULL, NULL);
-        cr_expect_eq(lookups_on_tape(), 1 + fold * T, "%s fold=%d: %d lookups", type->name, fold,
-                     lookups_on_tape());
-        cr_backward(cr_sum(cr_mul(o.y, o.y)));
-        y[fold] = cr_tensor_init(dt, o.y->ndim, o.y->shape);
-        cr_copy_(y[fold], o.y);
-        grads[fold] = calloc(ps->n, sizeof *grads[fold]);
-        for (size_t i = 0; i < ps->n; i++) {
-            cr_assert(ps->items[i].value->grad, "%s fold=%d: no gradient for %s", type->name, fold,
-                      ps->items[i].name);
-            grads[fold][i] = cr_tensor_init(dt, ps->items[i].value->ndim, ps->items[i].value->shape);
-            cr_copy_(grads[fold][i], ps->items[i].value->grad);
-        }
-        cr_graph_clear(g);
+        run[fold] = run_on_lookup(ps, m, &e, idx, 1 + fold * (int)T, what);
     }
-    for (int64_t k = 0; k < cr_numel(y[0]); k++)
-        cr_expect(fabs(cr_get_flat(y[0], k) - cr_get_flat(y[1], k)) <= tol * 1e-2, "%s y[%lld]", type->name,
-                  (long long)k);
+    for (int64_t k = 0; k < cr_numel(run[0].y); k++)
+        cr_expect(fabs(cr_get_flat(run[0].y, k) - cr_get_flat(run[1].y, k)) <= tol * 1e-2, "%s y[%lld]",
+                  type->name, (long long)k);
     for (size_t i = 0; i < ps->n; i++) {
         double worst = 0, scale = 0;
-        for (int64_t k = 0; k < cr_numel(grads[0][i]); k++) {
-            worst = fmax(worst, fabs(cr_get_flat(grads[0][i], k) - cr_get_flat(grads[1][i], k)));
-            scale = fmax(scale, fabs(cr_get_flat(grads[0][i], k)));
+        for (int64_t k = 0; k < cr_numel(run[0].grads[i]); k++) {
+            worst = fmax(worst, fabs(cr_get_flat(run[0].grads[i], k) - cr_get_flat(run[1].grads[i], k)));
+            scale = fmax(scale, fabs(cr_get_flat(run[0].grads[i], k)));
         }
         cr_expect(scale > 0 && worst <= tol * scale, "%s %s: gradient of %s differs by %.3g (scale %.3g)",
                   type->name, cr_dtype_name(dt), ps->items[i].name, worst, scale);
-        cr_tensor_free(grads[0][i]);
-        cr_tensor_free(grads[1][i]);
     }
-    free(grads[0]);
-    free(grads[1]);
-    cr_tensor_free(y[0]);
-    cr_tensor_free(y[1]);
+    layer_run_free(&run[0]);
+    layer_run_free(&run[1]);
     cr_tensor_free(idx);
     cr_rnn_free(m);
     cr_params_free(ps);
@@ -507,42 +526,26 @@ Test(nn, folded_lookup_in_recomputed_segments)
         &rng);
     cr_tensor *idx = cr_tensor_init(CR_I32, CR_SHAPE(B, T));
     idx_fill(idx, V);
-    cr_tensor *y[2], **grads[2];
+    layer_run run[2];
     for (int r = 0; r < 2; r++) {
         m->cfg.recompute_steps = r ? 3 : 0;
-        cr_params_zero_grad(ps);
-        cr_rnn_output o = cr_rnn_forward(m, cr_embedding_forward(&e, idx), NULL, NULL, NULL);
         /* the segments' steps are not on the tape (one cr_recompute node each) */
-        cr_expect_eq(lookups_on_tape(), r ? 1 : 1 + T, "recompute_steps %d: %d lookups", r ? 3 : 0,
-                     lookups_on_tape());
-        cr_backward(cr_sum(cr_mul(o.y, o.y)));
-        y[r] = cr_tensor_init(CR_F64, o.y->ndim, o.y->shape);
-        cr_copy_(y[r], o.y);
-        grads[r] = calloc(ps->n, sizeof *grads[r]);
-        for (size_t i = 0; i < ps->n; i++) {
-            grads[r][i] = cr_tensor_init(CR_F64, ps->items[i].value->ndim, ps->items[i].value->shape);
-            cr_copy_(grads[r][i], ps->items[i].value->grad);
-        }
-        cr_graph_clear(g);
+        run[r] =
+            run_on_lookup(ps, m, &e, idx, r ? 1 : 1 + (int)T, r ? "recompute_steps 3" : "recompute_steps 0");
     }
-    for (int64_t k = 0; k < cr_numel(y[0]); k++)
-        cr_expect_eq(cr_get_flat(y[0], k), cr_get_flat(y[1], k), "y[%lld]", (long long)k);
-    for (size_t i = 0; i < ps->n; i++) {
-        for (int64_t k = 0; k < cr_numel(grads[0][i]); k++)
-            cr_expect_eq(cr_get_flat(grads[0][i], k), cr_get_flat(grads[1][i], k), "gradient of %s[%lld]",
-                         ps->items[i].name, (long long)k);
-        cr_tensor_free(grads[0][i]);
-        cr_tensor_free(grads[1][i]);
-    }
+    for (int64_t k = 0; k < cr_numel(run[0].y); k++)
+        cr_expect_eq(cr_get_flat(run[0].y, k), cr_get_flat(run[1].y, k), "y[%lld]", (long long)k);
+    for (size_t i = 0; i < ps->n; i++)
+        for (int64_t k = 0; k < cr_numel(run[0].grads[i]); k++)
+            cr_expect_eq(cr_get_flat(run[0].grads[i], k), cr_get_flat(run[1].grads[i], k),
+                         "gradient of %s[%lld]", ps->items[i].name, (long long)k);
+    layer_run_free(&run[0]);
+    layer_run_free(&run[1]);
     cr_rnn_output o = cr_rnn_forward(m, cr_embedding_forward(&e, idx), NULL, NULL, NULL);
     cr_tensor *loss = cr_sum(cr_mul(o.y, o.y));
     cr_set_flat(idx, 0, (cr_get_flat(idx, 0) + 1) < V ? cr_get_flat(idx, 0) + 1 : 0);
     EXPECT_ERROR(cr_backward(loss), "indices of the embedding lookup were written");
     cr_graph_clear(g);
-    free(grads[0]);
-    free(grads[1]);
-    cr_tensor_free(y[0]);
-    cr_tensor_free(y[1]);
     cr_tensor_free(idx);
     cr_rnn_free(m);
     cr_params_free(ps);
