@@ -70,7 +70,10 @@ __attribute__((constructor)) static void blis_arch_hint(void)
     bool intel = b == 0x756e6547u; /* "GenuineIntel" */
     if (!(amd || intel) || !__get_cpuid(1, &a, &b, &c, &d)) return;
     unsigned family = ((a >> 8) & 0xfu) + ((a >> 20) & 0xffu);
-    /* The AVX-512 subsets BLIS's skx kernels need (its own test). */
+    /* The AVX-512 subsets BLIS's skx kernels need (its own test). A
+     * constructor may run before libgcc's, which fills in what
+     * __builtin_cpu_supports reads: hence the explicit init. */
+    __builtin_cpu_init();
     bool skx = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
                __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
     if (skx && (intel || family >= 0x19u) && setenv("BLIS_ARCH_TYPE", "skx", 0) == 0) hinted_family = family;
