@@ -405,26 +405,52 @@ static void layer_run_free(layer_run *r)
     cr_tensor_free(r->y);
 }
 
+/* An embedding of V rows of I into a sequence layer of `layers` layers of
+ * hidden size H, in ps (new), with idx [B, T] filled with indices below V. */
+typedef struct {
+    cr_params *ps;
+    cr_embedding e;
+    cr_rnn *m;
+    cr_tensor *idx;
+} lookup_layer;
+
+static lookup_layer lookup_layer_init(const cr_cell_type *type, cr_dtype dt, int layers, uint64_t seed,
+                                      int64_t B, int64_t T, int64_t V, int64_t I, int64_t H)
+{
+    lookup_layer l = {.ps = cr_params_init()};
+    cr_rng rng = cr_rng_seed(seed);
+    l.e = cr_embedding_init(l.ps, "emb", V, I, -1, dt, &rng);
+    l.m = cr_rnn_init(
+        l.ps, "rnn",
+        (cr_rnn_config){.cell = type, .input_size = I, .hidden_size = H, .num_layers = layers, .dtype = dt},
+        &rng);
+    l.idx = cr_tensor_init(CR_I32, CR_SHAPE(B, T));
+    idx_fill(l.idx, V);
+    return l;
+}
+
+static void lookup_layer_free(lookup_layer *l)
+{
+    cr_tensor_free(l->idx);
+    cr_rnn_free(l->m);
+    cr_params_free(l->ps);
+}
+
 /* The folded layer's outputs, loss and gradients against the same layer
  * with m->fold_lookup off: outputs equal to rounding, gradients (summed in
  * another order) to 1e-13 in f64 and 1e-5 in f32. */
 static void fold_against_plain(const cr_cell_type *type, cr_dtype dt, double tol)
 {
-    int64_t B = 4, T = 16, V = 5, I = 6, H = 8;
-    cr_params *ps = cr_params_init();
-    cr_rng rng = cr_rng_seed(41);
-    cr_embedding e = cr_embedding_init(ps, "emb", V, I, -1, dt, &rng);
-    cr_rnn *m = cr_rnn_init(
-        ps, "rnn",
-        (cr_rnn_config){.cell = type, .input_size = I, .hidden_size = H, .num_layers = 2, .dtype = dt}, &rng);
-    cr_tensor *idx = cr_tensor_init(CR_I32, CR_SHAPE(B, T));
-    idx_fill(idx, V);
+    const int64_t T = 16;
+    lookup_layer l = lookup_layer_init(type, dt, 2, 41, 4, T, 5, 6, 8);
+    cr_params *ps = l.ps;
+    cr_rnn *m = l.m;
     layer_run run[2];
     for (int fold = 1; fold >= 0; fold--) {
         char what[64];
         snprintf(what, sizeof what, "%s fold=%d", type->name, fold);
         m->fold_lookup = fold;
-        run[fold] = run_on_lookup(ps, m, &e, idx, 1 + fold * (int)T, what);
+        run[fold] = run_on_lookup(ps, m, &l.e, l.idx, 1 + fold * (int)T, what);
     }
     for (int64_t k = 0; k < cr_numel(run[0].y); k++)
         cr_expect(fabs(cr_get_flat(run[0].y, k) - cr_get_flat(run[1].y, k)) <= tol * 1e-2, "%s y[%lld]",
@@ -440,9 +466,7 @@ static void fold_against_plain(const cr_cell_type *type, cr_dtype dt, double tol
     }
     layer_run_free(&run[0]);
     layer_run_free(&run[1]);
-    cr_tensor_free(idx);
-    cr_rnn_free(m);
-    cr_params_free(ps);
+    lookup_layer_free(&l);
 }
 
 Test(nn, folded_lookup_matches_the_plain_projection)
@@ -515,23 +539,17 @@ Test(nn, lookup_is_not_folded_when_it_would_change_the_result)
  * bit), and indices written after the forward are an error, not other rows. */
 Test(nn, folded_lookup_in_recomputed_segments)
 {
-    int64_t B = 3, T = 8, V = 4, I = 3, H = 5;
-    cr_params *ps = cr_params_init();
-    cr_rng rng = cr_rng_seed(61);
-    cr_embedding e = cr_embedding_init(ps, "emb", V, I, -1, CR_F64, &rng);
-    cr_rnn *m = cr_rnn_init(
-        ps, "rnn",
-        (cr_rnn_config){
-            .cell = &cr_cell_lstm, .input_size = I, .hidden_size = H, .num_layers = 1, .dtype = CR_F64},
-        &rng);
-    cr_tensor *idx = cr_tensor_init(CR_I32, CR_SHAPE(B, T));
-    idx_fill(idx, V);
+    const int64_t T = 8, V = 4;
+    lookup_layer l = lookup_layer_init(&cr_cell_lstm, CR_F64, 1, 61, 3, T, V, 3, 5);
+    cr_params *ps = l.ps;
+    cr_rnn *m = l.m;
+    cr_tensor *idx = l.idx;
     layer_run run[2];
     for (int r = 0; r < 2; r++) {
         m->cfg.recompute_steps = r ? 3 : 0;
         /* the segments' steps are not on the tape (one cr_recompute node each) */
-        run[r] =
-            run_on_lookup(ps, m, &e, idx, r ? 1 : 1 + (int)T, r ? "recompute_steps 3" : "recompute_steps 0");
+        run[r] = run_on_lookup(ps, m, &l.e, idx, r ? 1 : 1 + (int)T,
+                               r ? "recompute_steps 3" : "recompute_steps 0");
     }
     for (int64_t k = 0; k < cr_numel(run[0].y); k++)
         cr_expect_eq(cr_get_flat(run[0].y, k), cr_get_flat(run[1].y, k), "y[%lld]", (long long)k);
@@ -541,14 +559,12 @@ Test(nn, folded_lookup_in_recomputed_segments)
                          "gradient of %s[%lld]", ps->items[i].name, (long long)k);
     layer_run_free(&run[0]);
     layer_run_free(&run[1]);
-    cr_rnn_output o = cr_rnn_forward(m, cr_embedding_forward(&e, idx), NULL, NULL, NULL);
+    cr_rnn_output o = cr_rnn_forward(m, cr_embedding_forward(&l.e, idx), NULL, NULL, NULL);
     cr_tensor *loss = cr_sum(cr_mul(o.y, o.y));
     cr_set_flat(idx, 0, (cr_get_flat(idx, 0) + 1) < V ? cr_get_flat(idx, 0) + 1 : 0);
     EXPECT_ERROR(cr_backward(loss), "indices of the embedding lookup were written");
     cr_graph_clear(g);
-    cr_tensor_free(idx);
-    cr_rnn_free(m);
-    cr_params_free(ps);
+    lookup_layer_free(&l);
 }
 
 /* ---- variable lengths: a padded batch equals each sequence run alone ---------------------------- */
