@@ -694,11 +694,14 @@ static void own_part(const pack_geom *g, int64_t p0, int64_t p1, int64_t m, int6
     for (int64_t pc = 0, kc; pc < k; pc += kc) {
         kc = block(k - pc, u->kc, u->kc_max);
         const float *bp = pk + pack_at(g, pc, p0, kc);
+        /* the panels read after this block's: the next block's, or these again for more rows */
+        const float *next_block =
+            pc + kc < k ? pk + pack_at(g, pc + kc, p0, block(k - pc - kc, u->kc, u->kc_max)) : NULL;
         for (int64_t ic = 0; ic < m; ic += OWN_MB) {
             int64_t mb = m - ic < OWN_MB ? m - ic : OWN_MB;
             pack_a_f32(sp, a + ic * rsa + pc * csa, mb, kc, rsa, csa, CR_UKR_MR, CR_UKR_MR);
-            cr_ukr_sgemm_block(mb, lo, hi, kc, alpha, sp, bp, pc == 0 ? beta : 1.0f, i_edge - ic, j_edge,
-                               c + ic * rsc, rsc);
+            cr_ukr_sgemm_block(mb, lo, hi, kc, alpha, sp, bp, ic + mb < m ? bp : next_block,
+                               pc == 0 ? beta : 1.0f, i_edge - ic, j_edge, c + ic * rsc, rsc);
         }
     }
 }
@@ -744,9 +747,10 @@ static void own_plain_part(const ukr_info *u, int64_t i_lo, int64_t i_hi, int64_
                 int64_t mb = i_hi - ic < mb_max ? i_hi - ic : mb_max;
                 pack_a_f32(ap, a + ic * rsa + pc * csa, mb, kc, rsa, csa, CR_UKR_MR, CR_UKR_MR);
                 int64_t step = narrow ? CR_UKR_MR : mb; /* rows per call: the call runs panels outer */
+                /* the next call reads these panels again (or their next block, packed in their place) */
                 for (int64_t i0 = 0; i0 < mb; i0 += step)
                     cr_ukr_sgemm_block(mb - i0 < step ? mb - i0 : step, jc, jc + nb, kc, alpha, ap + i0 * kc,
-                                       bp, be, i_edge - ic - i0, j_edge, c + (ic + i0) * rsc, rsc);
+                                       bp, bp, be, i_edge - ic - i0, j_edge, c + (ic + i0) * rsc, rsc);
             }
         }
     }
