@@ -28,16 +28,26 @@ static void gather_rows_fwd(cr_node *n)
     }
 }
 
+/* Threads take slices of SCATTER_COLS columns, each running over all of the
+ * rows in order, so every element sums its rows in the same order on any
+ * thread count. */
+enum { SCATTER_COLS = 512 };
 #define SCATTER_ADD(T)                                                                                       \
     do {                                                                                                     \
         T *g = gt->data;                                                                                     \
         const T *gy = n->out->grad->data;                                                                    \
-        for (int64_t i = 0; i < m; i++) {                                                                    \
-            if (ix[i] == skip) continue;                                                                     \
-            T *row = g + (int64_t)ix[i] * width;                                                             \
-            const T *src = gy + i * width;                                                                   \
-            for (int64_t j = 0; j < width; j++) row[j] += src[j];                                            \
-        }                                                                                                    \
+        int64_t slices = (width + SCATTER_COLS - 1) / SCATTER_COLS;                                          \
+        CR_PAR_FOR(                                                                                          \
+            slices > 1 && m * width > cr_parallel_threshold, "omp parallel for schedule(static)",            \
+            for (int64_t s = 0; s < slices; s++) {                                                           \
+                int64_t j0 = s * SCATTER_COLS, j1 = j0 + SCATTER_COLS < width ? j0 + SCATTER_COLS : width;   \
+                for (int64_t i = 0; i < m; i++) {                                                            \
+                    if (ix[i] == skip) continue;                                                             \
+                    T *row = g + (int64_t)ix[i] * width;                                                     \
+                    const T *src = gy + i * width;                                                           \
+                    for (int64_t j = j0; j < j1; j++) row[j] += src[j];                                      \
+                }                                                                                            \
+            });                                                                                              \
     } while (0)
 
 static void gather_rows_bwd(cr_node *n)
@@ -50,7 +60,7 @@ static void gather_rows_bwd(cr_node *n)
     int64_t rows = n->in[0]->shape[0], width = cr_numel(n->in[0]) / (rows ? rows : 1);
     int64_t m = cr_numel(idx), skip = CR_NODE_ATTR(n, gather_attr)->skip_index;
     const int32_t *ix = idx->data;
-    /* dtable[idx[i]] += dy[i], serially: repeated indices add in one fixed order */
+    /* dtable[idx[i]] += dy[i] in i's order: repeated indices add in one fixed order */
     if (gt->dtype == CR_F32)
         SCATTER_ADD(float);
     else

@@ -519,14 +519,18 @@ static inline int64_t pack_at(const pack_geom *g, int64_t pc, int64_t panel, int
     static void pack_whole_##SFX(const pack_geom *g, T *dst, const T *b, int64_t k, int64_t n, int64_t rsb,  \
                                  int64_t csb)                                                                \
     {                                                                                                        \
-        for (int64_t pc = 0, kc; pc < k; pc += kc) {                                                         \
-            kc = block(k - pc, g->u.kc, g->u.kc_max);                                                        \
+        /* panels split among threads, each panel's KC blocks in turn (a panel of a                          \
+         * transposed B reads the same rows of the source in every block) */                                 \
+        CR_PAR_FOR(                                                                                          \
+            k *n > cr_parallel_threshold, "omp parallel for schedule(static)",                               \
             for (int64_t p = 0; p < g->panels; p++) {                                                        \
                 int64_t j0 = p * g->w;                                                                       \
-                panel_##SFX(dst + pack_at(g, pc, p, kc), g->pw, b + pc * rsb + j0 * csb,                     \
-                            n - j0 < g->w ? n - j0 : g->w, kc, csb, rsb);                                    \
-            }                                                                                                \
-        }                                                                                                    \
+                for (int64_t pc = 0, kc; pc < k; pc += kc) {                                                 \
+                    kc = block(k - pc, g->u.kc, g->u.kc_max);                                                \
+                    panel_##SFX(dst + pack_at(g, pc, p, kc), g->pw, b + pc * rsb + j0 * csb,                 \
+                                n - j0 < g->w ? n - j0 : g->w, kc, csb, rsb);                                \
+                }                                                                                            \
+            });                                                                                              \
     }
 PACK_B(float, f32)
 PACK_B(double, f64)

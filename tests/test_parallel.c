@@ -378,6 +378,87 @@ Test(parallel, packs_are_read_the_way_they_were_made)
     cr_tensor_free(C1);
 }
 
+/* A pack made on 2 to 4 threads (the panels split among them) is the pack
+ * made inside a serial section, byte for byte: B row-major and transposed,
+ * a last KC block shorter than the others (k = 900) and a last panel with
+ * padding (n = 1000). */
+Test(parallel, packs_made_on_threads_are_the_serial_pack)
+{
+    int64_t k = 900, n = 1000;
+    cr_tensor *B = cr_tensor_init(CR_F32, CR_SHAPE(k, n)), *Bt = cr_tensor_init(CR_F32, CR_SHAPE(n, k)), bt;
+    cr_rng r = cr_rng_seed(8);
+    cr_fill_uniform(B, &r, -1, 1);
+    cr_fill_uniform(Bt, &r, -1, 1);
+    cr_view_transpose(&bt, Bt, 0, 1);
+    const cr_tensor *bs[2] = {B, &bt};
+    for (int t = 0; t < 2; t++) {
+        /* two packs 64-byte multiples apart in one buffer: the same alignment,
+         * so the same bytes before the header are left alone */
+        int64_t np = cr_k_gemm_pack_numel(bs[t]), off = (np + 15) / 16 * 16;
+        cr_tensor *buf = cr_tensor_init(CR_F32, CR_SHAPE(off + np)), p0, p1, *P0 = &p0, *P1 = &p1;
+        cr_view_narrow(P0, buf, 0, 0, np);
+        cr_view_narrow(P1, buf, 0, off, np);
+        memset(P0->data, 0xff, (size_t)np * sizeof(float));
+        cr_serial_begin();
+        cr_k_gemm_pack(P0, bs[t]);
+        cr_serial_end();
+        for (int nt = 2; nt <= 4; nt++) {
+            omp_set_num_threads(nt);
+            memset(P1->data, 0xff, (size_t)np * sizeof(float));
+            int64_t before = atomic_load(&n_regions);
+            cr_k_gemm_pack(P1, bs[t]);
+            cr_assert_gt(atomic_load(&n_regions), before, "the pack did not fork");
+            cr_assert(memcmp(P0->data, P1->data, (size_t)np * sizeof(float)) == 0,
+                      "transposed=%d: the pack on %d threads differs", t, nt);
+        }
+        omp_set_num_threads(1);
+        cr_tensor_free(buf);
+    }
+    cr_tensor_free(B);
+    cr_tensor_free(Bt);
+}
+
+/* The lookup's gradient, a scatter-add whose columns threads share out, is
+ * the same on 1 to 4 threads and equal to the rows added in order (repeated
+ * indices, a skipped index, a width that leaves a partial slice). */
+Test(parallel, lookup_gradient_is_the_same_on_1_to_4_threads)
+{
+    int64_t V = 6, width = 1300, m = 40;
+    cr_tensor *gy = cr_tensor_init(CR_F32, CR_SHAPE(m, width)),
+              *want = cr_tensor_init(CR_F32, CR_SHAPE(V, width));
+    cr_tensor *idx = cr_tensor_init(CR_I32, CR_SHAPE(m));
+    cr_rng r = cr_rng_seed(12);
+    cr_fill_uniform(gy, &r, -1, 1);
+    int32_t *ix = idx->data;
+    for (int64_t i = 0; i < m; i++) ix[i] = (int32_t)((i * 7 + i / 3) % V); /* every row several times */
+    const int32_t skip = 2;
+    float *w = want->data;
+    const float *g = gy->data;
+    memset(w, 0, (size_t)(V * width) * sizeof(float));
+    for (int64_t i = 0; i < m; i++)
+        if (ix[i] != skip)
+            for (int64_t j = 0; j < width; j++) w[ix[i] * width + j] += g[i * width + j];
+    for (int nt = 1; nt <= 4; nt++) {
+        omp_set_num_threads(nt);
+        cr_graph *gr = cr_graph_init();
+        cr_graph *old = cr_graph_use(gr);
+        cr_tensor *table = cr_tensor_init(CR_F32, CR_SHAPE(V, width));
+        cr_requires_grad(table, true);
+        int64_t before = atomic_load(&n_regions);
+        cr_backward_with(cr_gather_rows(table, idx, skip), gy);
+        if (nt > 1) cr_assert_gt(atomic_load(&n_regions), before, "nothing forked on %d threads", nt);
+        cr_assert(memcmp(table->grad->data, w, (size_t)(V * width) * sizeof(float)) == 0,
+                  "the lookup's gradient on %d threads is not the rows added in order", nt);
+        cr_graph_use(old);
+        cr_graph_free(gr);
+        cr_tensor_free(table);
+    }
+    omp_set_num_threads(1);
+    cr_tensor_free(gy);
+    cr_tensor_free(want);
+    cr_tensor_free(idx);
+}
+
 Test(parallel, serial_sections_keep_kernels_from_forking)
 {
     omp_set_num_threads(2);
