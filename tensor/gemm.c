@@ -522,7 +522,7 @@ static inline int64_t pack_at(const pack_geom *g, int64_t pc, int64_t panel, int
         /* panels split among threads, each panel's KC blocks in turn (a panel of a                          \
          * transposed B reads the same rows of the source in every block) */                                 \
         CR_PAR_FOR(                                                                                          \
-            k *n > cr_parallel_threshold, "omp parallel for schedule(static)",                               \
+            cr_parallel_threshold < k * n, "omp parallel for schedule(static)",                              \
             for (int64_t p = 0; p < g->panels; p++) {                                                        \
                 int64_t j0 = p * g->w;                                                                       \
                 for (int64_t pc = 0, kc; pc < k; pc += kc) {                                                 \
