@@ -681,6 +681,13 @@ PACKED_GEMM(double, f64, dgemm_ukr_ft)
  * CR_UKR_MR): a batch's rows in one go, A's block small beside B's panels. */
 enum { OWN_MB = 192 };
 
+/* Packs at least this big have the kernel fetch each next panel ahead
+ * (cr_ukr_sgemm_block): at hidden 1024 (16 MB) it ran the step 3-10% faster
+ * on the Xeon; at hidden 512 (4 MB) it measured level to a few percent ahead
+ * there, and an earlier version lost 5-17% on Zen 5, so smaller packs go
+ * without. */
+enum { OWN_PREFETCH_BYTES = 8 << 20 };
+
 /* C's columns [p0*NW, p1*NW) through carousel's kernel: per KC block of B's
  * rows (BLIS's blocks, so the same chains of FMAs), A's rows packed in
  * groups of CR_UKR_MR, then every panel of the pack by every group. */
@@ -700,11 +707,15 @@ static void own_part(const pack_geom *g, int64_t p0, int64_t p1, int64_t m, int6
         const float *bp = pk + pack_at(g, pc, p0, kc);
         /* the panels read after this block's: the next block's, or these again for more rows */
         const float *next_block =
-            pc + kc < k ? pk + pack_at(g, pc + kc, p0, block(k - pc - kc, u->kc, u->kc_max)) : NULL;
+            pc + kc < k ? pk + pack_at(g, pc + kc, p0, block(k - pc - kc, u->kc, u->kc_max)) : bp;
+        bool ahead = g->numel >= OWN_PREFETCH_BYTES / sizeof(float);
         for (int64_t ic = 0; ic < m; ic += OWN_MB) {
             int64_t mb = m - ic < OWN_MB ? m - ic : OWN_MB;
             pack_a_f32(sp, a + ic * rsa + pc * csa, mb, kc, rsa, csa, CR_UKR_MR, CR_UKR_MR);
-            cr_ukr_sgemm_block(mb, lo, hi, kc, alpha, sp, bp, ic + mb < m ? bp : next_block,
+            cr_ukr_sgemm_block(mb, lo, hi, kc, alpha, sp, bp,
+                               !ahead        ? NULL
+                               : ic + mb < m ? bp
+                                             : next_block,
                                pc == 0 ? beta : 1.0f, i_edge - ic, j_edge, c + ic * rsc, rsc);
         }
     }
@@ -751,10 +762,10 @@ static void own_plain_part(const ukr_info *u, int64_t i_lo, int64_t i_hi, int64_
                 int64_t mb = i_hi - ic < mb_max ? i_hi - ic : mb_max;
                 pack_a_f32(ap, a + ic * rsa + pc * csa, mb, kc, rsa, csa, CR_UKR_MR, CR_UKR_MR);
                 int64_t step = narrow ? CR_UKR_MR : mb; /* rows per call: the call runs panels outer */
-                /* the next call reads these panels again (or their next block, packed in their place) */
+                /* B's block (at most OWN_NB columns) is read from L2: nothing to fetch ahead */
                 for (int64_t i0 = 0; i0 < mb; i0 += step)
                     cr_ukr_sgemm_block(mb - i0 < step ? mb - i0 : step, jc, jc + nb, kc, alpha, ap + i0 * kc,
-                                       bp, bp, be, i_edge - ic - i0, j_edge, c + (ic + i0) * rsc, rsc);
+                                       bp, NULL, be, i_edge - ic - i0, j_edge, c + (ic + i0) * rsc, rsc);
             }
         }
     }

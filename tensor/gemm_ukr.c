@@ -36,10 +36,10 @@ static inline __mmask16 lanes_below(int64_t w)
 /* One tile: R rows (a constant once inlined) by the panel's NV vectors of
  * 16 columns, of which the lanes in cm[] exist in C. The accumulators stay in
  * registers: R * NV of them, with NV rows of B and one broadcast. Each of its
- * kc steps also asks for one row (NV lines) of the panel at address pf, the
- * one read next, into L2. An address rather than a pointer: the next block's
- * panel may be shorter than kc rows, and a prefetch past it is harmless where
- * a pointer past its object is not. */
+ * kc steps also asks for one row (NV lines) of the panel at address pf (0:
+ * none), the one read next, into L2. An address rather than a pointer: the
+ * next block's panel may be shorter than kc rows, and a prefetch past it is
+ * harmless where a pointer past its object is not. */
 #define NV (CR_UKR_NW / 16)
 TGT static inline __attribute__((always_inline)) void tile(const int R, int64_t kc, const float *restrict a,
                                                            const float *restrict b, float alpha, float beta,
@@ -60,8 +60,9 @@ TGT static inline __attribute__((always_inline)) void tile(const int R, int64_t 
     }
     for (int64_t p = 0; p < kc; p++) {
         const float *bp = b + p * CR_UKR_NW, *ap = a + p * CR_UKR_MR;
-        for (int q = 0; q < NV; q++)
-            _mm_prefetch((const char *)(pf + (uintptr_t)(p * 4 * CR_UKR_NW + 64 * q)), _MM_HINT_T1);
+        if (pf)
+            for (int q = 0; q < NV; q++)
+                _mm_prefetch((const char *)(pf + (uintptr_t)(p * 4 * CR_UKR_NW + 64 * q)), _MM_HINT_T1);
         __m512 bq[NV];
         for (int q = 0; q < NV; q++) bq[q] = _mm512_loadu_ps(bp + 16 * q);
         for (int r = 0; r < R; r++) {
@@ -89,8 +90,15 @@ TGT static inline __attribute__((always_inline)) void tile(const int R, int64_t 
     }
 }
 
+/* Two copies of each tile, with and without the fetches ahead: a test of pf
+ * inside the k loop cost 1-3% of a product where it was false. */
 #define TILE_CASE(R)                                                                                         \
-    case R: tile(R, kc, a, b, alpha, beta, general_beta, cm, em, edge_row, c, rsc, pf); break;
+    case R:                                                                                                  \
+        if (pf)                                                                                              \
+            tile(R, kc, a, b, alpha, beta, general_beta, cm, em, edge_row, c, rsc, pf);                      \
+        else                                                                                                 \
+            tile(R, kc, a, b, alpha, beta, general_beta, cm, em, edge_row, c, rsc, 0);                       \
+        break;
 
 TGT static void tile_rows(int rows, int64_t kc, const float *a, const float *b, float alpha, float beta,
                           bool general_beta, const __mmask16 cm[NV], const __mmask16 em[NV], int64_t edge_row,
@@ -114,21 +122,22 @@ TGT static void tile_rows(int rows, int64_t kc, const float *a, const float *b, 
 }
 
 /* Panels outer, row groups inner: a panel (kc x 32, 48 KB at KC 384) is
- * read from L3 once and then from L1/L2 by every group of rows, while they
- * ask for the next panel (or `after`, past the last one) to be brought into
- * L2: the hardware's prefetchers do not run ahead across panels, and a
- * product whose packed weight streams from L3 (16 MB at hidden 1024) waited
- * for it. On the Xeon of ARCHITECTURE.md, [16,1024]x[1024,4096] went from
- * 113-121 to 122-124 GFLOP/s and [32,1024]x[1024,4096] from 128-140 to
- * 140-142 (bench/matmul's packed products, alternating). */
+ * read from L3 once and then from L1/L2 by every group of rows. With `after`
+ * (not NULL) they also ask for the next panel (`after` past the last one)
+ * to be brought into L2: the hardware's prefetchers do not run ahead across
+ * panels, and a product whose packed weight streams from L3 (16 MB at hidden
+ * 1024) waited for it. On the Xeon of ARCHITECTURE.md, [16,1024]x[1024,4096]
+ * went from 113-121 to 122-124 GFLOP/s and [32,1024]x[1024,4096] from
+ * 128-140 to 140-142 (bench/matmul's packed products, alternating). */
 TGT void cr_ukr_sgemm_block(int64_t m, int64_t j_lo, int64_t j_hi, int64_t kc, float alpha, const float *ap,
                             const float *bp, const float *after, float beta, int64_t i_edge, int64_t j_edge,
                             float *c, int64_t rsc)
 {
     bool general_beta = beta != 0 && beta != 1;
     for (int64_t j0 = j_lo; j0 < j_hi; j0 += CR_UKR_NW, bp += kc * CR_UKR_NW) {
-        uintptr_t next = j0 + CR_UKR_NW < j_hi ? (uintptr_t)bp + (uintptr_t)(kc * CR_UKR_NW) * sizeof(float)
-                                               : (uintptr_t)(after ? after : bp);
+        uintptr_t next = !after                  ? 0
+                         : j0 + CR_UKR_NW < j_hi ? (uintptr_t)bp + (uintptr_t)(kc * CR_UKR_NW) * sizeof(float)
+                                                 : (uintptr_t)after;
         __mmask16 cm[NV], em[NV];
         for (int q = 0; q < NV; q++) {
             int64_t jq = j0 + 16 * q;

@@ -32,9 +32,10 @@ bool cr_ukr_available(void);
  * edge path does. beta == 0 never reads C. ap: A's m rows of this block,
  * packed in groups of CR_UKR_MR ([kc][CR_UKR_MR] each, zero-padded); bp: the
  * pack's panel holding column j_lo (j_lo a multiple of CR_UKR_NW), the
- * following panels after it, each [kc][CR_UKR_NW]; after: the panel the
- * caller reads next, once this block's are done (the kernel has it brought
- * into L2 while it works on the last of them), or NULL. */
+ * following panels after it, each [kc][CR_UKR_NW]; after: NULL, or the
+ * panel the caller reads next, once this block's are done, and then the
+ * kernel has each next panel brought into L2 while it works on the one
+ * before (for packs streaming from L3). */
 void cr_ukr_sgemm_block(int64_t m, int64_t j_lo, int64_t j_hi, int64_t kc, float alpha, const float *ap,
                         const float *bp, const float *after, float beta, int64_t i_edge, int64_t j_edge,
                         float *c, int64_t rsc);
