@@ -422,11 +422,16 @@ SERIAL_GEMM(double, f64, BLIS_DOUBLE, dgemm_ukr_ft)
  * kernels (32 x 12, column-preferring, the blocksizes below multiples of the
  * tile so that its edge tiles are the last rows and columns of C). */
 bool cr_gemm_blis_only = false;
-static atomic_llong own_products, own_plain_products;
+static atomic_llong own_products, own_plain_products, own_small_products;
 
 int64_t cr_k_gemm_own_count(void)
 {
     return (int64_t)atomic_load_explicit(&own_products, memory_order_relaxed);
+}
+
+int64_t cr_k_gemm_own_small_count(void)
+{
+    return (int64_t)atomic_load_explicit(&own_small_products, memory_order_relaxed);
 }
 
 int64_t cr_k_gemm_own_plain_count(void)
@@ -886,6 +891,37 @@ void cr_k_gemm(double alpha, const cr_tensor *a, const cr_tensor *b, double beta
     }
 }
 
+#ifdef CR_HAVE_UKR
+/* A product cr_k_gemm gives to the C kernel (small_sgemm) where that runs
+ * along B's rows, computed on the pack by carousel's AVX-512 kernel with the
+ * C kernel's arithmetic (cr_ukr_small): the same bits, with the chains in
+ * registers and sixteen lanes wide. The recurrent products at hidden 32,
+ * batch 1 (h [1,32] x W^T [32,128] and dh = dz [1,128] x W [128,32]) are
+ * such products, 128 per sequence of 64 steps. false (nothing done) where
+ * the C kernel would take its other path (B a transposed matrix, A
+ * row-major: partial sums of dot products), C is not row-stored, or the
+ * pack is not the own kernel's or holds more than one KC block. */
+static bool small_on_pack(double alpha, const cr_tensor *a, const cr_tensor *b, const cr_tensor *pack,
+                          double beta, cr_tensor *c)
+{
+    pack_geom g;
+    if (!pack || a->ndim != 2 || b->ndim != 2 || c->ndim != 2 || b->dtype != CR_F32 || a->dtype != CR_F32 ||
+        c->dtype != CR_F32)
+        return false;
+    int64_t m = a->shape[0], k = a->shape[1], n = b->shape[1];
+    if (b->shape[0] != k || c->shape[0] != m || c->shape[1] != n || m < 1 || n < 1 || k < 1) return false;
+    bool small = work_of(m, n, k) <= cr_gemm_small_threshold && n <= 4096;
+    bool dots = b->stride[0] == 1 && b->stride[1] != 1 && a->stride[1] == 1; /* small_sgemm's other path */
+    if (!small || dots || c->stride[1] != 1 || !pack_geom_read(pack, CR_F32, k, n, &g) || !g.own ||
+        k > g.u.kc_max)
+        return false;
+    cr_ukr_small(m, n, k, (float)alpha, a->data, a->stride[0], a->stride[1], pack_panels(pack), (float)beta,
+                 c->data, c->stride[0]);
+    atomic_fetch_add_explicit(&own_small_products, 1, memory_order_relaxed);
+    return true;
+}
+#endif
+
 void cr_k_gemm_packed(double alpha, const cr_tensor *a, const cr_tensor *b, const cr_tensor *pack,
                       double beta, cr_tensor *c)
 {
@@ -899,6 +935,9 @@ void cr_k_gemm_packed(double alpha, const cr_tensor *a, const cr_tensor *b, cons
                c->stride[1] == 1 && (m == 1 || c->stride[0] != 1) &&
                pack_geom_read(pack, b->dtype, k, n, &g) && alpha != 0;
     if (!use) {
+#ifdef CR_HAVE_UKR
+        if (small_on_pack(alpha, a, b, pack, beta, c)) return;
+#endif
         cr_k_gemm(alpha, a, b, beta, c);
         return;
     }

@@ -153,4 +153,53 @@ TGT void cr_ukr_sgemm_block(int64_t m, int64_t j_lo, int64_t j_hi, int64_t kc, f
     }
 }
 
+/* Columns [j0, j0 + NP * CR_UKR_NW) of one row of C (NP panels, a constant
+ * once inlined), as the small-product kernel computes them: per element one
+ * chain from zero over the k products in order, each a multiply then an add
+ * (two roundings, no FMA), then alpha * acc, or alpha * acc + beta * C. */
+TGT static inline __attribute__((always_inline)) void small_cols(const int NP, int64_t k, const float *a,
+                                                                 int64_t csa, const float *bp, int64_t j0,
+                                                                 int64_t n, float alpha, float beta, float *c)
+{
+    __m512 acc[4][NV];
+    for (int g = 0; g < NP; g++)
+        for (int q = 0; q < NV; q++) acc[g][q] = _mm512_setzero_ps();
+    for (int64_t p = 0; p < k; p++) {
+        __m512 ap = _mm512_set1_ps(a[p * csa]);
+        for (int g = 0; g < NP; g++)
+            for (int q = 0; q < NV; q++)
+                acc[g][q] = _mm512_add_ps(
+                    acc[g][q], _mm512_mul_ps(ap, _mm512_loadu_ps(bp + (g * k + p) * CR_UKR_NW + 16 * q)));
+    }
+    __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
+    for (int g = 0; g < NP; g++)
+        for (int q = 0; q < NV; q++) {
+            int64_t j = j0 + g * CR_UKR_NW + 16 * q;
+            __mmask16 cm = lanes_below(n - j);
+            __m512 t = _mm512_mul_ps(va, acc[g][q]);
+            if (beta != 0) t = _mm512_add_ps(t, _mm512_mul_ps(vb, _mm512_maskz_loadu_ps(cm, c + j)));
+            _mm512_mask_storeu_ps(c + j, cm, t);
+        }
+}
+
+/* Four panels at a time (eight chains in flight where a panel is two
+ * vectors), the last one, two or three by their own copy. */
+TGT void cr_ukr_small(int64_t m, int64_t n, int64_t k, float alpha, const float *a, int64_t rsa, int64_t csa,
+                      const float *bp, float beta, float *c, int64_t rsc)
+{
+    int64_t panels = (n + CR_UKR_NW - 1) / CR_UKR_NW;
+    for (int64_t i = 0; i < m; i++)
+        for (int64_t p0 = 0; p0 < panels; p0 += 4) {
+            const float *a_i = a + i * rsa, *b0 = bp + p0 * k * CR_UKR_NW;
+            float *c_i = c + i * rsc;
+            int64_t j0 = p0 * CR_UKR_NW;
+            switch (panels - p0 < 4 ? (int)(panels - p0) : 4) {
+            case 4: small_cols(4, k, a_i, csa, b0, j0, n, alpha, beta, c_i); break;
+            case 3: small_cols(3, k, a_i, csa, b0, j0, n, alpha, beta, c_i); break;
+            case 2: small_cols(2, k, a_i, csa, b0, j0, n, alpha, beta, c_i); break;
+            default: small_cols(1, k, a_i, csa, b0, j0, n, alpha, beta, c_i); break;
+            }
+        }
+}
+
 #endif

@@ -40,5 +40,13 @@ void cr_ukr_sgemm_block(int64_t m, int64_t j_lo, int64_t j_hi, int64_t kc, float
                         const float *bp, const float *after, float beta, int64_t i_edge, int64_t j_edge,
                         float *c, int64_t rsc);
 
+/* C = alpha A B + beta C (C row-stored, m x n; beta == 0 never reads C) with
+ * the arithmetic of gemm.c's kernel for small products where it runs along
+ * B's rows (each element one chain over k in order from zero, multiply then
+ * add, then alpha * acc, plus beta * C), B read from a pack of one KC block:
+ * bp its panels, [k][CR_UKR_NW] each, in order. */
+void cr_ukr_small(int64_t m, int64_t n, int64_t k, float alpha, const float *a, int64_t rsa, int64_t csa,
+                  const float *bp, float beta, float *c, int64_t rsc);
+
 #endif
 #endif

@@ -424,9 +424,11 @@ extern bool cr_gemm_blis_only;
  * (bench/peer.h decides what its PyTorch peer gets). */
 unsigned cr_blis_arch_hinted(void);
 /* Products that have run on carousel's own micro-kernel so far in this
- * process, through a pack and without one (tests check the dispatch). */
+ * process, through a pack and without one, and small products through a pack
+ * with the C kernel's arithmetic (tests check the dispatch). */
 int64_t cr_k_gemm_own_count(void);
 int64_t cr_k_gemm_own_plain_count(void);
+int64_t cr_k_gemm_own_small_count(void);
 
 /* ---- sliding windows: convolution lowering and pooling (conv_kernels.c) ---- */
 

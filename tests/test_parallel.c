@@ -254,6 +254,62 @@ Test(parallel, packed_own_kernel_edges_are_cr_k_gemm_bits, .timeout = 300)
     cr_gemm_parallel_threshold = par;
 }
 
+/* Small products through a pack (cr_k_gemm would give them to its C kernel)
+ * against cr_k_gemm: the same bits, whether the pack's AVX-512 copy of the C
+ * kernel's arithmetic ran (B row-major) or the C kernel itself (B a
+ * transposed matrix and A row-major: its partial sums of dot products; or k
+ * beyond one KC block). A row-major with wide rows or transposed, C's rows
+ * wider than n, beta 0 from a C of NaNs; columns over one to eight panels
+ * with partial last ones. */
+Test(parallel, small_products_on_a_pack_are_the_c_kernels_bits)
+{
+    const int64_t shapes[][3] = {{1, 128, 32}, {1, 32, 128}, {2, 200, 50}, {1, 65, 7}, {3, 97, 17},
+                                 {1, 256, 64}, {4, 8, 8},    {1, 2, 500},  {1, 1, 9},  {5, 33, 1}};
+    const double ab[][2] = {{1, 0}, {1, 1}, {0.5, 0.75}, {-1.3, 0}};
+    for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++)
+        for (int layout = 0; layout < 4; layout++) {
+            bool ta = layout & 1, tb = layout & 2;
+            int64_t m = shapes[s][0], n = shapes[s][1], k = shapes[s][2];
+            cr_assert_leq(m * n * k, cr_gemm_small_threshold);
+            const double *al = ab[(s + (size_t)layout) % 4];
+            operands o = operands_make(CR_F32, m, n, k, ta, tb, (uint64_t)(m * 3 + n * 7 + k * 11));
+            cr_tensor *W = cr_tensor_init(CR_F32, CR_SHAPE(m, n + 2)), c;
+            cr_view_narrow(&c, W, 1, 1, n);
+            cr_tensor *P = cr_tensor_init(CR_F32, CR_SHAPE(cr_k_gemm_pack_numel(&o.b)));
+            cr_k_gemm_pack(P, &o.b);
+            float *want = malloc((size_t)(m * n) * sizeof(float));
+            for (int side = 0; side < 2; side++) {
+                cr_fill(W, al[1] == 0 ? NAN : 0.25f);
+                int64_t before = cr_k_gemm_own_small_count();
+                if (side == 0)
+                    cr_k_gemm(al[0], &o.a, &o.b, al[1], &c);
+                else
+                    cr_k_gemm_packed(al[0], &o.a, &o.b, P, al[1], &c);
+                int64_t ran = cr_k_gemm_own_small_count() - before;
+                /* the C kernel's dot products: B transposed, A's rows contiguous (so also
+                 * a transposed A of one row) */
+                bool dots = o.b.stride[0] == 1 && o.b.stride[1] != 1 && o.a.stride[1] == 1;
+                bool expect = side == 1 && !dots && k <= 480 && own_kernel_expected();
+                cr_assert_eq(ran, expect ? 1 : 0, "[%lld,%lld]x[%lld,%lld] ta=%d tb=%d: ran %lld times",
+                             (long long)m, (long long)k, (long long)k, (long long)n, ta, tb, (long long)ran);
+                for (int64_t i = 0; i < m; i++) {
+                    float *row = (float *)c.data + i * c.stride[0];
+                    if (side == 0)
+                        memcpy(want + i * n, row, (size_t)n * sizeof(float));
+                    else
+                        cr_assert(memcmp(want + i * n, row, (size_t)n * sizeof(float)) == 0,
+                                  "[%lld,%lld]x[%lld,%lld] ta=%d tb=%d alpha=%g beta=%g: row %lld differs",
+                                  (long long)m, (long long)k, (long long)k, (long long)n, ta, tb, al[0],
+                                  al[1], (long long)i);
+                }
+            }
+            free(want);
+            cr_tensor_free(P);
+            cr_tensor_free(W);
+            operands_free(&o);
+        }
+}
+
 /* C = alpha A B + beta C through cr_k_gemm without a pack (carousel's kernel
  * with B packed on the way, where it runs), on one thread and split over 2
  * and 3 threads, against bli_sgemm_ex on one thread; A and B row-major or
