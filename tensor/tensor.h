@@ -404,9 +404,11 @@ extern int64_t cr_gemm_parallel_threshold;
  * cannot be packed); cr_k_gemm_pack fills `pack` (contiguous, that many
  * elements, any alignment) from B; cr_k_gemm_packed(alpha, A, B, pack, beta,
  * C) is cr_k_gemm(alpha, A, B, beta, C) bit for bit on any thread count,
- * reading B's panels from the pack (B's values must not have changed). It is
- * cr_k_gemm itself where cr_k_gemm would not pack B (small products, C not
- * row-stored, pack NULL). */
+ * reading B's panels from the pack (B's values must not have changed). Small
+ * products read the pack too where the C kernel's arithmetic can be had from
+ * it (the same bits, by carousel's AVX-512 kernel); otherwise it is cr_k_gemm
+ * itself where cr_k_gemm would not pack B (small products, C not row-stored,
+ * pack NULL). */
 int64_t cr_k_gemm_pack_numel(const cr_tensor *b);
 void cr_k_gemm_pack(cr_tensor *pack, const cr_tensor *b);
 void cr_k_gemm_packed(double alpha, const cr_tensor *a, const cr_tensor *b, const cr_tensor *pack,
