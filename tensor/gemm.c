@@ -707,20 +707,19 @@ static void own_part(const pack_geom *g, int64_t p0, int64_t p1, int64_t m, int6
                      (size_t)((mb_top + CR_UKR_MR - 1) / CR_UKR_MR * CR_UKR_MR * kc_top) * sizeof(float));
     /* BLIS's edge tiles: C^T's last MR rows (C's columns) and last NR columns (C's rows) */
     int64_t i_edge = m - m % u->nr, j_edge = n - n % u->mr;
+    bool ahead = g->numel >= OWN_PREFETCH_BYTES / sizeof(float);
     for (int64_t pc = 0, kc; pc < k; pc += kc) {
         kc = block(k - pc, u->kc, u->kc_max);
         const float *bp = pk + pack_at(g, pc, p0, kc);
-        /* the panels read after this block's: the next block's, or these again for more rows */
-        const float *next_block =
-            pc + kc < k ? pk + pack_at(g, pc + kc, p0, block(k - pc - kc, u->kc, u->kc_max)) : bp;
-        bool ahead = g->numel >= OWN_PREFETCH_BYTES / sizeof(float);
+        /* the panels read after this block's: these again for more rows, else the next block's */
+        const float *after = !ahead ? NULL
+                             : pc + kc < k
+                                 ? pk + pack_at(g, pc + kc, p0, block(k - pc - kc, u->kc, u->kc_max))
+                                 : bp;
         for (int64_t ic = 0; ic < m; ic += OWN_MB) {
             int64_t mb = m - ic < OWN_MB ? m - ic : OWN_MB;
             pack_a_f32(sp, a + ic * rsa + pc * csa, mb, kc, rsa, csa, CR_UKR_MR, CR_UKR_MR);
-            cr_ukr_sgemm_block(mb, lo, hi, kc, alpha, sp, bp,
-                               !ahead        ? NULL
-                               : ic + mb < m ? bp
-                                             : next_block,
+            cr_ukr_sgemm_block(mb, lo, hi, kc, alpha, sp, bp, after && ic + mb < m ? bp : after,
                                pc == 0 ? beta : 1.0f, i_edge - ic, j_edge, c + ic * rsc, rsc);
         }
     }
@@ -891,53 +890,36 @@ void cr_k_gemm(double alpha, const cr_tensor *a, const cr_tensor *b, double beta
     }
 }
 
-#ifdef CR_HAVE_UKR
-/* A product cr_k_gemm gives to the C kernel (small_sgemm) where that runs
- * along B's rows, computed on the pack by carousel's AVX-512 kernel with the
- * C kernel's arithmetic (cr_ukr_small): the same bits, with the chains in
- * registers and sixteen lanes wide. The recurrent products at hidden 32,
- * batch 1 (h [1,32] x W^T [32,128] and dh = dz [1,128] x W [128,32]) are
- * such products, 128 per sequence of 64 steps. false (nothing done) where
- * the C kernel would take its other path (B a transposed matrix, A
- * row-major: partial sums of dot products), C is not row-stored, or the
- * pack is not the own kernel's or holds more than one KC block. */
-static bool small_on_pack(double alpha, const cr_tensor *a, const cr_tensor *b, const cr_tensor *pack,
-                          double beta, cr_tensor *c)
-{
-    pack_geom g;
-    if (!pack || a->ndim != 2 || b->ndim != 2 || c->ndim != 2 || b->dtype != CR_F32 || a->dtype != CR_F32 ||
-        c->dtype != CR_F32)
-        return false;
-    int64_t m = a->shape[0], k = a->shape[1], n = b->shape[1];
-    if (b->shape[0] != k || c->shape[0] != m || c->shape[1] != n || m < 1 || n < 1 || k < 1) return false;
-    bool small = work_of(m, n, k) <= cr_gemm_small_threshold && n <= 4096;
-    bool dots = b->stride[0] == 1 && b->stride[1] != 1 && a->stride[1] == 1; /* small_sgemm's other path */
-    if (!small || dots || c->stride[1] != 1 || !pack_geom_read(pack, CR_F32, k, n, &g) || !g.own ||
-        k > g.u.kc_max)
-        return false;
-    cr_ukr_small(m, n, k, (float)alpha, a->data, a->stride[0], a->stride[1], pack_panels(pack), (float)beta,
-                 c->data, c->stride[0]);
-    atomic_fetch_add_explicit(&own_small_products, 1, memory_order_relaxed);
-    return true;
-}
-#endif
-
 void cr_k_gemm_packed(double alpha, const cr_tensor *a, const cr_tensor *b, const cr_tensor *pack,
                       double beta, cr_tensor *c)
 {
     pack_geom g;
     int64_t m = a->ndim == 2 ? a->shape[0] : 0, k = b->shape[0], n = b->ndim == 2 ? b->shape[1] : 0;
-    /* Where cr_k_gemm would not pack B (small products, C not row-stored, a
-     * pack of another size), it is cr_k_gemm. */
-    bool use = pack && a->ndim == 2 && b->ndim == 2 && c->ndim == 2 && a->shape[1] == k && c->shape[0] == m &&
-               c->shape[1] == n && a->dtype == b->dtype && c->dtype == b->dtype && pack->dtype == b->dtype &&
-               m > 0 && n > 1 && (work_of(m, n, k) > cr_gemm_small_threshold || n > 4096) &&
-               c->stride[1] == 1 && (m == 1 || c->stride[0] != 1) &&
-               pack_geom_read(pack, b->dtype, k, n, &g) && alpha != 0;
-    if (!use) {
+    /* the operands fit, C is row-stored and the pack is one of B */
+    bool fits = pack && a->ndim == 2 && b->ndim == 2 && c->ndim == 2 && a->shape[1] == k &&
+                c->shape[0] == m && c->shape[1] == n && a->dtype == b->dtype && c->dtype == b->dtype &&
+                pack->dtype == b->dtype && m > 0 && n > 0 && c->stride[1] == 1 &&
+                pack_geom_read(pack, b->dtype, k, n, &g);
+    bool small = work_of(m, n, k) <= cr_gemm_small_threshold && n <= 4096; /* cr_k_gemm's C kernel */
 #ifdef CR_HAVE_UKR
-        if (small_on_pack(alpha, a, b, pack, beta, c)) return;
+    /* A small product cr_k_gemm gives to the C kernel (small_sgemm) where that
+     * runs along B's rows (not its dot products: B a transposed matrix, A's
+     * rows contiguous), computed on an own pack of one KC block by carousel's
+     * AVX-512 kernel with the C kernel's arithmetic (cr_ukr_small): the same
+     * bits, the chains in registers and sixteen lanes wide. The recurrent
+     * products at hidden 32, batch 1 (h [1,32] x W^T [32,128] and dh = dz
+     * [1,128] x W [128,32]) are such products, 128 per sequence of 64 steps. */
+    if (fits && small && g.own && k <= g.u.kc_max &&
+        !(b->stride[0] == 1 && b->stride[1] != 1 && a->stride[1] == 1)) {
+        cr_ukr_small(m, n, k, (float)alpha, a->data, a->stride[0], a->stride[1], pack_panels(pack),
+                     (float)beta, c->data, c->stride[0]);
+        atomic_fetch_add_explicit(&own_small_products, 1, memory_order_relaxed);
+        return;
+    }
 #endif
+    /* Where cr_k_gemm would not pack B (other small products, C not
+     * row-stored, a pack of another size), it is cr_k_gemm. */
+    if (!fits || small || n < 2 || (m > 1 && c->stride[0] == 1) || alpha == 0) {
         cr_k_gemm(alpha, a, b, beta, c);
         return;
     }
