@@ -687,11 +687,12 @@ PACKED_GEMM(double, f64, dgemm_ukr_ft)
 enum { OWN_MB = 192 };
 
 /* Packs at least this big have the kernel fetch each next panel ahead
- * (cr_ukr_sgemm_block): at hidden 1024 (16 MB) it ran the step 3-10% faster
- * on the Xeon; at hidden 512 (4 MB) it measured level to a few percent ahead
- * there, and an earlier version lost 5-17% on Zen 5, so smaller packs go
- * without. */
-enum { OWN_PREFETCH_BYTES = 8 << 20 };
+ * (cr_ukr_sgemm_block): bigger than L2 (2 MB on the Xeon, 1 MB on Zen 4
+ * and 5), they stream from L3 at every product. On the Xeon it is worth
+ * 15-25% to the packed products at hidden 512 and 1024, and nothing either
+ * way at 256 (1 MB); at 128 (256 KB, in L2) about 0.5% lost, so smaller
+ * packs go without. */
+enum { OWN_PREFETCH_BYTES = 1 << 20 };
 
 /* C's columns [p0*NW, p1*NW) through carousel's kernel: per KC block of B's
  * rows (BLIS's blocks, so the same chains of FMAs), A's rows packed in

@@ -36,16 +36,16 @@ static inline __mmask16 lanes_below(int64_t w)
 /* One tile: R rows (a constant once inlined) by the panel's NV vectors of
  * 16 columns, of which the lanes in cm[] exist in C. The accumulators stay in
  * registers: R * NV of them, with NV rows of B and one broadcast. Each of its
- * kc steps also asks for one row (NV lines) of the panel at address pf (0:
- * none), the one read next, into L2. An address rather than a pointer: the
- * next block's panel may be shorter than kc rows, and a prefetch past it is
- * harmless where a pointer past its object is not. */
+ * kc steps also asks for one line into L2, at address pf + p * pfs (pf 0:
+ * none): this tile's share of the panel read next. Addresses rather than
+ * pointers: the next block's panel may be shorter than kc rows, and a
+ * prefetch past it is harmless where a pointer past its object is not. */
 #define NV (CR_UKR_NW / 16)
 TGT static inline __attribute__((always_inline)) void tile(const int R, int64_t kc, const float *restrict a,
                                                            const float *restrict b, float alpha, float beta,
                                                            bool general_beta, const __mmask16 cm[NV],
                                                            const __mmask16 em[NV], int64_t edge_row, float *c,
-                                                           int64_t rsc, uintptr_t pf)
+                                                           int64_t rsc, uintptr_t pf, uintptr_t pfs)
 {
     __m512 acc[CR_UKR_MR][NV];
     for (int r = 0; r < R; r++)
@@ -60,9 +60,7 @@ TGT static inline __attribute__((always_inline)) void tile(const int R, int64_t 
     }
     for (int64_t p = 0; p < kc; p++) {
         const float *bp = b + p * CR_UKR_NW, *ap = a + p * CR_UKR_MR;
-        if (pf)
-            for (int q = 0; q < NV; q++)
-                _mm_prefetch((const char *)(pf + (uintptr_t)(p * 4 * CR_UKR_NW + 64 * q)), _MM_HINT_T1);
+        if (pf) _mm_prefetch((const char *)(pf + (uintptr_t)p * pfs), _MM_HINT_T1);
         __m512 bq[NV];
         for (int q = 0; q < NV; q++) bq[q] = _mm512_loadu_ps(bp + 16 * q);
         for (int r = 0; r < R; r++) {
@@ -96,14 +94,14 @@ TGT static inline __attribute__((always_inline)) void tile(const int R, int64_t 
 #define TILE_CASE(R)                                                                                         \
     case R:                                                                                                  \
         if (pf)                                                                                              \
-            tile(R, kc, a, b, alpha, beta, general_beta, cm, em, edge_row, c, rsc, pf);                      \
+            tile(R, kc, a, b, alpha, beta, general_beta, cm, em, edge_row, c, rsc, pf, pfs);                 \
         else                                                                                                 \
-            tile(R, kc, a, b, alpha, beta, general_beta, cm, em, edge_row, c, rsc, 0);                       \
+            tile(R, kc, a, b, alpha, beta, general_beta, cm, em, edge_row, c, rsc, 0, 0);                    \
         break;
 
 TGT static void tile_rows(int rows, int64_t kc, const float *a, const float *b, float alpha, float beta,
                           bool general_beta, const __mmask16 cm[NV], const __mmask16 em[NV], int64_t edge_row,
-                          float *c, int64_t rsc, uintptr_t pf)
+                          float *c, int64_t rsc, uintptr_t pf, uintptr_t pfs)
 {
     switch (rows) {
 #if CR_UKR_MR > 7
@@ -126,15 +124,34 @@ TGT static void tile_rows(int rows, int64_t kc, const float *a, const float *b, 
  * read from L3 once and then from L1/L2 by every group of rows. With `after`
  * (not NULL) they also ask for the next panel (`after` past the last one)
  * to be brought into L2: the hardware's prefetchers do not run ahead across
- * panels, and a product whose packed weight streams from L3 (16 MB at hidden
- * 1024) waited for it. On the Xeon of ARCHITECTURE.md, [16,1024]x[1024,4096]
- * went from 113-121 to 122-124 GFLOP/s and [32,1024]x[1024,4096] from
- * 128-140 to 140-142 (bench/matmul's packed products, alternating). */
+ * panels, and a product whose packed weight streams from L3 (4 MB at hidden
+ * 512, 16 MB at 1024) waited for it. The next panel is shared out among the
+ * panel's G groups of rows, each asking for one line per k step over its
+ * 1/G of the panel, so that the requests are spread over the whole time the
+ * panel takes and L3 sees a steady stream. (One group alone asks for every
+ * other line; the line pairs' other halves come with them, by the L2's
+ * adjacent-line prefetch.)
+ *
+ * bench/matmul's packed products on the Xeon of ARCHITECTURE.md, 12
+ * alternating runs each, GFLOP/s min/median/max (before: the whole next
+ * panel during the first group, and only for packs of 8 MB or more):
+ *   [32,1024]x[1024,4096]  before 138.6/139.8/141.5  spread 157.9/164.4/165.3
+ *   [16,1024]x[1024,4096]  before 100.7/120.0/122.3  spread 111.9/150.0/151.9
+ *   [32,512]x[512,2048]    before 139.3/141.7/145.8  spread 162.5/166.3/168.4
+ *   [16,512]x[512,2048]    before 120.7/123.5/127.4  spread 147.1/154.6/155.4
+ *   [8,1024]x[1024,4096]   before  90.6/ 94.2/ 98.5  spread  72.6/ 96.6/ 99.9
+ * The spread fetch runs a streamed weight at the speed of one that fits in
+ * L2 (165-169 at hidden 128 and 256, where the fetch changes nothing). The
+ * earlier one, tried at hidden 512 on Zen 5, lost 5-17% there; the spread
+ * one has not been measured on Zen. */
 TGT void cr_ukr_sgemm_block(int64_t m, int64_t j_lo, int64_t j_hi, int64_t kc, float alpha, const float *ap,
                             const float *bp, const float *after, float beta, int64_t i_edge, int64_t j_edge,
                             float *c, int64_t rsc)
 {
     bool general_beta = beta != 0 && beta != 1;
+    /* a panel is 4 * CR_UKR_NW bytes per k step: 1/G of it per group */
+    int64_t groups = (m + CR_UKR_MR - 1) / CR_UKR_MR;
+    uintptr_t pfs = (uintptr_t)((4 * CR_UKR_NW + groups - 1) / groups);
     for (int64_t j0 = j_lo; j0 < j_hi; j0 += CR_UKR_NW, bp += kc * CR_UKR_NW) {
         uintptr_t next = !after                  ? 0
                          : j0 + CR_UKR_NW < j_hi ? (uintptr_t)bp + (uintptr_t)(kc * CR_UKR_NW) * sizeof(float)
@@ -147,8 +164,9 @@ TGT void cr_ukr_sgemm_block(int64_t m, int64_t j_lo, int64_t j_hi, int64_t kc, f
         }
         for (int64_t i0 = 0; i0 < m; i0 += CR_UKR_MR) {
             int rows = m - i0 < CR_UKR_MR ? (int)(m - i0) : CR_UKR_MR;
+            uintptr_t share = next ? next + (uintptr_t)(i0 / CR_UKR_MR) * pfs * (uintptr_t)kc : 0;
             tile_rows(rows, kc, ap + i0 * kc, bp, alpha, beta, general_beta, cm, em, i_edge - i0,
-                      c + i0 * rsc + j0, rsc, next);
+                      c + i0 * rsc + j0, rsc, share, pfs);
         }
     }
 }

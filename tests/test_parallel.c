@@ -244,8 +244,10 @@ Test(parallel, packed_own_kernel_edges_are_cr_k_gemm_bits, .timeout = 300)
      * elsewhere); columns: partial panels and BLIS's 32-column edge; k in KC
      * blocks of 384 + 116, 384 + 384 + 232 and 384 + 316 (KC 384, at most
      * 480 in one block); every product above cr_gemm_small_threshold, so the
-     * pack is used */
-    const int64_t rows[] = {1, 7, 8, 16, 17, 32, 33, 200}, cols[][2] = {{97, 500}, {200, 1000}, {50, 700}};
+     * pack is used; a pack over 1 MB ([1000,300]), for which the tiles fetch
+     * the next panel ahead, each group of rows its share of it */
+    const int64_t rows[] = {1, 7, 8, 16, 17, 32, 33, 200},
+                  cols[][2] = {{97, 500}, {200, 1000}, {50, 700}, {300, 1000}};
     const double ab[][2] = {{1, 0}, {1, 1}, {0.5, 0.75}, {-1.3, -1.5}, {1, 0.3}, {2.5, 0}};
     for (size_t i = 0; i < sizeof rows / sizeof *rows; i++)
         for (size_t j = 0; j < sizeof cols / sizeof *cols; j++)
