@@ -103,12 +103,21 @@ static int64_t work_of(int64_t m, int64_t n, int64_t k)
     return cr_mul_ok(m, n, &mn) && cr_mul_ok(mn, k, &mnk) ? mnk : INT64_MAX;
 }
 
+/* Products cr_k_gemm gives to the C kernel below (small_sgemm/small_dgemm):
+ * work (work_of) at most cr_gemm_small_threshold, C at most 4096 wide. */
+static bool goes_small(int64_t work, int64_t n) { return work <= cr_gemm_small_threshold && n <= 4096; }
+
+/* The C kernel computes dot products of contiguous rows (eight partial sums)
+ * where B is a transposed row-major matrix and A's rows are contiguous, and
+ * runs along B's rows (one chain per element) otherwise. */
+static bool small_by_dots(int64_t csa, int64_t rsb, int64_t csb) { return rsb == 1 && csb != 1 && csa == 1; }
+
 #define SMALL_GEMM(T, NAME)                                                                                  \
     static void NAME(int64_t m, int64_t n, int64_t k, T alpha, const T *a, int64_t rsa, int64_t csa,         \
                      const T *b, int64_t rsb, int64_t csb, T beta, T *c, int64_t rsc, int64_t csc)           \
     {                                                                                                        \
         T acc[n > 0 ? n : 1];                                                                                \
-        if (rsb == 1 && csb != 1 && csa == 1) {                                                              \
+        if (small_by_dots(csa, rsb, csb)) {                                                                  \
             /* B is a transposed row-major matrix (a weight W^T): dot products of                            \
              * contiguous rows, eight partial sums so the loop vectorises without                            \
              * reassociating a single sum. */                                                                \
@@ -847,7 +856,7 @@ void cr_k_gemm(double alpha, const cr_tensor *a, const cr_tensor *b, double beta
         else                                                                                                 \
             F64(m, n, k, alpha, a->data, rsa, csa, b->data, rsb, csb, beta, c->data, rsc, csc);              \
     } while (0)
-    if (work <= cr_gemm_small_threshold && n <= 4096) {
+    if (goes_small(work, n)) {
         BY_DTYPE(small_sgemm, small_dgemm);
         return;
     }
@@ -901,7 +910,8 @@ void cr_k_gemm_packed(double alpha, const cr_tensor *a, const cr_tensor *b, cons
                 c->shape[0] == m && c->shape[1] == n && a->dtype == b->dtype && c->dtype == b->dtype &&
                 pack->dtype == b->dtype && m > 0 && n > 0 && c->stride[1] == 1 &&
                 pack_geom_read(pack, b->dtype, k, n, &g);
-    bool small = work_of(m, n, k) <= cr_gemm_small_threshold && n <= 4096; /* cr_k_gemm's C kernel */
+    int64_t work = work_of(m, n, k);
+    bool small = goes_small(work, n); /* cr_k_gemm's C kernel */
 #ifdef CR_HAVE_UKR
     /* A small product cr_k_gemm gives to the C kernel (small_sgemm) where that
      * runs along B's rows (not its dot products: B a transposed matrix, A's
@@ -911,7 +921,7 @@ void cr_k_gemm_packed(double alpha, const cr_tensor *a, const cr_tensor *b, cons
      * products at hidden 32, batch 1 (h [1,32] x W^T [32,128] and dh = dz
      * [1,128] x W [128,32]) are such products, 128 per sequence of 64 steps. */
     if (fits && small && g.own && k <= g.u.kc_max &&
-        !(b->stride[0] == 1 && b->stride[1] != 1 && a->stride[1] == 1)) {
+        !small_by_dots(a->stride[1], b->stride[0], b->stride[1])) {
         cr_ukr_small(m, n, k, (float)alpha, a->data, a->stride[0], a->stride[1], pack_panels(pack),
                      (float)beta, c->data, c->stride[0]);
         atomic_fetch_add_explicit(&own_small_products, 1, memory_order_relaxed);
@@ -927,7 +937,7 @@ void cr_k_gemm_packed(double alpha, const cr_tensor *a, const cr_tensor *b, cons
     int64_t rsa = a->stride[0], csa = a->stride[1], rsc = c->stride[0], csc = 1;
     fix_strides(m, k, &rsa, &csa);
     fix_strides(m, n, &rsc, &csc);
-    int nt = cr_parallel_ok() && work_of(m, n, k) > cr_gemm_parallel_threshold ? cr_get_num_threads() : 1;
+    int nt = cr_parallel_ok() && work > cr_gemm_parallel_threshold ? cr_get_num_threads() : 1;
 #ifdef CR_HAVE_UKR
     if (g.own) {
         own_gemm(&g, nt, m, n, k, (float)alpha, a->data, rsa, csa, pack_panels(pack), (float)beta, c->data,
