@@ -214,31 +214,38 @@ static inline void bench_settle(void)
     nanosleep(&ts, NULL);
 }
 
-/* rounds rounds of reps timed calls of step(ctx) appended to c and reps steps
- * of the peer appended to t, the two sides taking turns going first (so that
- * neither always runs on a machine the other just warmed or loaded), with a
- * settling pause before each turn, and one untimed call at the start of each
- * turn on both sides: after the pause and the other side's turn the caches,
- * branch predictors and clock are cold, and a short unit pays for that
- * (the hidden-32, batch-1 char-LM step, 0.3 ms, read 0.28 / 0.36 / 1.75 ms
- * min / median / max over three turns of one call each). */
+/* Round `round` of bench_turns: reps timed calls of step(ctx) appended to c
+ * and reps steps of the peer appended to t, the side going first changing
+ * with the round's parity (so that neither always runs on a machine the
+ * other just warmed or loaded), with a settling pause before each turn, and
+ * one untimed call at the start of each turn on both sides: after the pause
+ * and the other side's turn the caches, branch predictors and clock are
+ * cold, and a short unit pays for that (the hidden-32, batch-1 char-LM step,
+ * 0.3 ms, read 0.28 / 0.36 / 1.75 ms min / median / max over three turns of
+ * one call each). */
+static inline void bench_turn(int round, int reps, void (*step)(void *), void *ctx, bench_samples *c,
+                              bench_peer *p, bench_samples *t)
+{
+    for (int side = 0; side < 2; side++) {
+        bench_settle();
+        if ((side ^ (round & 1)) == 0) {
+            step(ctx); /* untimed: warms what the other side's turn cooled */
+            for (int k = 0; k < reps && c->n < c->cap; k++) {
+                double t0 = bench_now_ms();
+                step(ctx);
+                c->v[c->n++] = bench_now_ms() - t0;
+            }
+        } else if (p) {
+            bench_peer_run(p, 1, reps, t);
+        }
+    }
+}
+
+/* rounds rounds of bench_turn */
 static inline void bench_turns(int rounds, int reps, void (*step)(void *), void *ctx, bench_samples *c,
                                bench_peer *p, bench_samples *t)
 {
-    for (int round = 0; round < rounds; round++)
-        for (int side = 0; side < 2; side++) {
-            bench_settle();
-            if ((side ^ (round & 1)) == 0) {
-                step(ctx); /* untimed: warms what the other side's turn cooled */
-                for (int k = 0; k < reps && c->n < c->cap; k++) {
-                    double t0 = bench_now_ms();
-                    step(ctx);
-                    c->v[c->n++] = bench_now_ms() - t0;
-                }
-            } else if (p) {
-                bench_peer_run(p, 1, reps, t);
-            }
-        }
+    for (int round = 0; round < rounds; round++) bench_turn(round, reps, step, ctx, c, p, t);
 }
 
 #endif

@@ -371,29 +371,44 @@ static bench_peer peer_start(const config *cf, const char *path)
 
 /* ---- BLIS's sgemm peak, measured in the same run ---------------------------------- */
 
-/* Best GFLOP/s of a 2048^3 sgemm over a few calls on the current thread count. */
+/* The operands of the 2048^3 product, made once for the whole run. */
+enum { PEAK_N = 2048 };
+static float *peak_a, *peak_b, *peak_c;
+
+/* Best GFLOP/s of a 2048^3 sgemm over reps calls (after one untimed call,
+ * which warms the packing buffers and caches the step cooled) on the
+ * current thread count. */
 static double blis_peak(int reps)
 {
-    const dim_t n = 2048;
-    float *a = cr_xmalloc((size_t)(n * n) * sizeof *a), *b = cr_xmalloc((size_t)(n * n) * sizeof *b),
-          *c = cr_xmalloc((size_t)(n * n) * sizeof *c);
-    for (dim_t k = 0; k < n * n; k++) {
-        a[k] = (float)(k % 7) * 0.1f;
-        b[k] = (float)(k % 5) * 0.1f;
-        c[k] = 0;
+    const dim_t n = PEAK_N;
+    if (!peak_a) {
+        peak_a = cr_xmalloc((size_t)(n * n) * sizeof *peak_a);
+        peak_b = cr_xmalloc((size_t)(n * n) * sizeof *peak_b);
+        peak_c = cr_xmalloc((size_t)(n * n) * sizeof *peak_c);
+        for (dim_t k = 0; k < n * n; k++) {
+            peak_a[k] = (float)(k % 7) * 0.1f;
+            peak_b[k] = (float)(k % 5) * 0.1f;
+            peak_c[k] = 0;
+        }
     }
     float one = 1, zero = 0;
     double best = INFINITY;
     for (int r = 0; r < reps + 1; r++) {
         double t0 = bench_now_ms();
-        bli_sgemm(BLIS_NO_TRANSPOSE, BLIS_NO_TRANSPOSE, n, n, n, &one, a, n, 1, b, n, 1, &zero, c, n, 1);
+        bli_sgemm(BLIS_NO_TRANSPOSE, BLIS_NO_TRANSPOSE, n, n, n, &one, peak_a, n, 1, peak_b, n, 1, &zero,
+                  peak_c, n, 1);
         double t = bench_now_ms() - t0;
-        if (r > 0 && t < best) best = t; /* the first call packs cold buffers */
+        if (r > 0 && t < best) best = t;
     }
-    free(a);
-    free(b);
-    free(c);
     return 2.0 * (double)n * (double)n * (double)n / (best * 1e6);
+}
+
+static void blis_peak_free(void)
+{
+    free(peak_a);
+    free(peak_b);
+    free(peak_c);
+    peak_a = peak_b = peak_c = NULL;
 }
 
 /* ---- one configuration ------------------------------------------------------------- */
@@ -401,7 +416,8 @@ static double blis_peak(int reps)
 typedef struct result {
     config cf;
     double c[3], t[3]; /* ms per unit: min, median, max (t: nan without the peer) */
-    double tokens, gflop, blis;
+    double tokens, gflop;
+    double share[3];  /* the step's GFLOP/s over BLIS's in the same round: min, median, max over rounds */
     const char *mode; /* char LM: how its threads were used */
     int shards;
     double c_loss0, c_loss1, c_gnorm0, t_loss0, t_loss1, t_gnorm0;
@@ -458,18 +474,32 @@ static result measure(const opts *o, const config *cf)
         r.t_loss1 = bench_field(p.ready, "loss1");
         r.t_gnorm0 = bench_field(p.ready, "gnorm0");
     }
-    if (cf->kind == W_CHARLM) {
-        r.gflop = charlm_gflop(cf);
-        r.blis = blis_peak(3);
+    /* The char LM's share of BLIS's peak is taken round by round: BLIS's
+     * product right after the round's turns, against the step's median in
+     * that round, so that both sides of the share ran under the same load
+     * (a shared machine's load changes within a run, and a peak taken once
+     * in a quiet moment against steps taken in a busy one reads low, or
+     * high the other way round). */
+    static double tc[MAX_SAMPLES], tt[MAX_SAMPLES], sh[MAX_SAMPLES];
+    bench_samples sc = BENCH_SAMPLES(tc), st = BENCH_SAMPLES(tt), ss = BENCH_SAMPLES(sh);
+    if (cf->kind == W_CHARLM) r.gflop = charlm_gflop(cf);
+    for (int round = 0; round < o->rounds; round++) {
+        int n0 = sc.n;
+        bench_turn(round, o->reps, unit_call, &m, &sc, &p, &st);
+        if (cf->kind != W_CHARLM || sc.n == n0 || ss.n == ss.cap) continue;
+        double peak = blis_peak(2), med[3];
+        bench_samples this_round = {.v = tc + n0, .n = sc.n - n0, .cap = sc.n - n0};
+        spread(&this_round, med); /* sorts the round's samples in place: only their spread is read */
+        ss.v[ss.n++] = r.gflop / (med[1] * 1e-3) / peak;
     }
-    static double tc[MAX_SAMPLES], tt[MAX_SAMPLES];
-    bench_samples sc = BENCH_SAMPLES(tc), st = BENCH_SAMPLES(tt);
-    bench_turns(o->rounds, o->reps, unit_call, &m, &sc, &p, &st);
-    if (cf->kind == W_CHARLM) r.blis = fmax(r.blis, blis_peak(2)); /* before and after: the better */
     if (started && !p.ok) printf("torch: peer failed, no timings\n");
     bench_peer_stop(&p);
     spread(&sc, r.c);
     spread(&st, r.t);
+    if (ss.n)
+        spread(&ss, r.share);
+    else
+        r.share[0] = r.share[1] = r.share[2] = NAN;
     model_free(&m);
     return r;
 }
@@ -602,8 +632,8 @@ int main(int argc, char **argv)
                               : "lstm_train",
         n, o.rounds, o.reps, o.fused ? "" : ", composed cell steps (--no-fused)", bli_info_get_version_str(),
         bli_arch_string(bli_arch_query_id()));
-    printf("%-20s %6s %5s %3s %27s %27s %7s %9s %6s  %s\n", "bench", "hidden", "batch", "thr",
-           "carousel ms min/med/max", "torch ms min/med/max", "ratio", "GFLOP/s", "peak",
+    printf("%-20s %6s %5s %3s %27s %27s %7s %9s %17s  %s\n", "bench", "hidden", "batch", "thr",
+           "carousel ms min/med/max", "torch ms min/med/max", "ratio", "GFLOP/s", "of BLIS med (min-max)",
            "loss0 c/torch, |g|0 c/torch");
     static result res[64];
     double worst = 0;
@@ -611,14 +641,16 @@ int main(int argc, char **argv)
         result r = res[k] = measure(&o, &cfs[k]);
         double gf = r.gflop / (r.c[1] * 1e-3);
         printf(
-            "%-20s %6lld %5lld %3d %8.2f %8.2f %9.2f %8.2f %8.2f %9.2f %7.3f %9.1f %5.1f%%  %.6f %.6f %.5f %.5f\n",
+            "%-20s %6lld %5lld %3d %8.2f %8.2f %9.2f %8.2f %8.2f %9.2f %7.3f %9.1f %5.1f%% (%3.0f-%3.0f%%)  %.6f "
+            "%.6f %.5f %.5f\n",
             bench_name(&r.cf), (long long)r.cf.H, (long long)r.cf.B, r.cf.threads, r.c[0], r.c[1], r.c[2],
-            r.t[0], r.t[1], r.t[2], r.t[1] / r.c[1], r.gflop > 0 ? gf : NAN,
-            r.gflop > 0 ? 100 * gf / r.blis : NAN, r.c_loss0, r.t_loss0, r.c_gnorm0, r.t_gnorm0);
+            r.t[0], r.t[1], r.t[2], r.t[1] / r.c[1], r.gflop > 0 ? gf : NAN, 100 * r.share[1],
+            100 * r.share[0], 100 * r.share[2], r.c_loss0, r.t_loss0, r.c_gnorm0, r.t_gnorm0);
         const double c[] = {r.c_loss0, r.c_loss1, r.c_gnorm0}, t[] = {r.t_loss0, r.t_loss1, r.t_gnorm0};
         for (int j = 0; j < 3; j++)
             if (!isnan(t[j])) worst = fmax(worst, fabs(c[j] - t[j]) / fmax(fabs(t[j]), 1e-30));
     }
+    blis_peak_free();
     printf("\nagreement: largest relative difference of loss0, loss1, |grad|0 (carousel vs torch): %.2e\n\n",
            worst);
     for (int k = 0; k < n; k++) {
@@ -630,7 +662,7 @@ int main(int argc, char **argv)
                 "bench=%s hidden=%lld batch=%lld threads=%d tokens_per_s=%.0f torch_tokens_per_s=%.0f ratio=%.3f "
                 "gflops=%.1f blis_peak_share=%.3f mode=%s shards=%d\n",
                 bench_name(&r->cf), (long long)r->cf.H, (long long)r->cf.B, r->cf.threads, tok, ttok,
-                tok / ttok, gf, gf / r->blis, r->mode, r->shards);
+                tok / ttok, gf, r->share[1], r->mode, r->shards);
         } else {
             printf("bench=%s hidden=%lld batch=%lld threads=%d tokens_per_s=%.0f torch_tokens_per_s=%.0f "
                    "ratio=%.3f\n",
