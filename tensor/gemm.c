@@ -29,6 +29,18 @@ int64_t cr_gemm_small_threshold = 32768;
  * a scheduler time slice when the other core is busy) cost more than half
  * of such a product. The one-thread path gives the threaded one's bits. */
 int64_t cr_gemm_parallel_threshold = (int64_t)1 << 20;
+/* Packs of at least this many bytes have the kernel fetch each next panel
+ * ahead (own_part, cr_ukr_sgemm_block): bigger than L2 (2 MB on the Xeon, 1 MB on
+ * Zen 4 and 5), they stream from L3 at every product. On the Xeon it is
+ * worth 15-25% to the packed products at hidden 512 and 1024, and nothing
+ * either way at 256 (1 MB); at 128 (256 KB, in L2) about 0.5% lost, so
+ * smaller packs go without. On AMD (set at load, by blis_arch_hint below) only packs of 8 MB
+ * and more (hidden 1024): on Zen 5 the products at hidden 512 already ran at
+ * the FMA units' peak without it (about 205 GFLOP/s of 208), and a fetch
+ * ahead lost 5-17% of the step there, while at hidden 1024 it gained 9% on
+ * two threads (that fetch was the earlier, unspread one; the spread one has
+ * not been measured on Zen). */
+int64_t cr_gemm_fetch_bytes = (int64_t)1 << 20;
 
 void cr_gemm_set_threads(int n) { bli_thread_set_num_threads(n > 0 ? n : 1); }
 
@@ -65,10 +77,11 @@ unsigned cr_blis_arch_hinted(void) { return hinted_family; }
 __attribute__((constructor)) static void blis_arch_hint(void)
 {
     unsigned a, b, c, d;
-    if (getenv("BLIS_ARCH_TYPE") || !__get_cpuid(0, &a, &b, &c, &d)) return;
-    bool amd = b == 0x68747541u;   /* "AuthenticAMD" */
-    bool intel = b == 0x756e6547u; /* "GenuineIntel" */
-    if (!(amd || intel) || !__get_cpuid(1, &a, &b, &c, &d)) return;
+    if (!__get_cpuid(0, &a, &b, &c, &d)) return;
+    bool amd = b == 0x68747541u;                     /* "AuthenticAMD" */
+    bool intel = b == 0x756e6547u;                   /* "GenuineIntel" */
+    if (amd) cr_gemm_fetch_bytes = (int64_t)8 << 20; /* the fetch ahead: see cr_gemm_fetch_bytes */
+    if (getenv("BLIS_ARCH_TYPE") || !(amd || intel) || !__get_cpuid(1, &a, &b, &c, &d)) return;
     unsigned family = ((a >> 8) & 0xfu) + ((a >> 20) & 0xffu);
     /* The AVX-512 subsets BLIS's skx kernels need (its own test). A
      * constructor may run before libgcc's, which fills in what
@@ -695,14 +708,6 @@ PACKED_GEMM(double, f64, dgemm_ukr_ft)
  * CR_UKR_MR): a batch's rows in one go, A's block small beside B's panels. */
 enum { OWN_MB = 192 };
 
-/* Packs at least this big have the kernel fetch each next panel ahead
- * (cr_ukr_sgemm_block): bigger than L2 (2 MB on the Xeon, 1 MB on Zen 4
- * and 5), they stream from L3 at every product. On the Xeon it is worth
- * 15-25% to the packed products at hidden 512 and 1024, and nothing either
- * way at 256 (1 MB); at 128 (256 KB, in L2) about 0.5% lost, so smaller
- * packs go without. */
-enum { OWN_PREFETCH_BYTES = 1 << 20 };
-
 /* C's columns [p0*NW, p1*NW) through carousel's kernel: per KC block of B's
  * rows (BLIS's blocks, so the same chains of FMAs), A's rows packed in
  * groups of CR_UKR_MR, then every panel of the pack by every group. */
@@ -717,7 +722,7 @@ static void own_part(const pack_geom *g, int64_t p0, int64_t p1, int64_t m, int6
                      (size_t)((mb_top + CR_UKR_MR - 1) / CR_UKR_MR * CR_UKR_MR * kc_top) * sizeof(float));
     /* BLIS's edge tiles: C^T's last MR rows (C's columns) and last NR columns (C's rows) */
     int64_t i_edge = m - m % u->nr, j_edge = n - n % u->mr;
-    bool ahead = g->numel >= OWN_PREFETCH_BYTES / sizeof(float);
+    bool ahead = (int64_t)(g->numel * sizeof(float)) >= cr_gemm_fetch_bytes;
     for (int64_t pc = 0, kc; pc < k; pc += kc) {
         kc = block(k - pc, u->kc, u->kc_max);
         const float *bp = pk + pack_at(g, pc, p0, kc);

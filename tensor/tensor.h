@@ -398,6 +398,10 @@ extern int64_t cr_gemm_small_threshold;
 /* Products with m*n*k at or below this run on one thread even where threads
  * are allowed (a parallel region costs more than it saves); same bits. */
 extern int64_t cr_gemm_parallel_threshold;
+/* Packs of at least this many bytes have carousel's kernel fetch each next
+ * panel into L2 ahead of use (same bits): 1 MB, 8 MB on AMD (set at load;
+ * tensor/gemm.c gives the measurements). */
+extern int64_t cr_gemm_fetch_bytes;
 /* A right operand B [K,N] used by many products (a recurrent weight at every
  * time step), packed once into the micro-kernel's panels instead of on every
  * call. cr_k_gemm_pack_numel: elements of B's dtype the pack needs (0 when B

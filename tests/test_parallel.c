@@ -237,8 +237,9 @@ static void own_case(int64_t m, int64_t n, int64_t k, bool ta, double alpha, dou
 
 Test(parallel, packed_own_kernel_edges_are_cr_k_gemm_bits, .timeout = 300)
 {
-    int64_t par = cr_gemm_parallel_threshold;
-    cr_gemm_parallel_threshold = 0; /* 2 threads really split the panels */
+    int64_t par = cr_gemm_parallel_threshold, fetch = cr_gemm_fetch_bytes;
+    cr_gemm_parallel_threshold = 0;         /* 2 threads really split the panels */
+    cr_gemm_fetch_bytes = (int64_t)1 << 20; /* on every CPU: 8 MB on AMD */
     /* rows: one tile, partial tiles, exact tiles, past them, and more than
      * the 192 rows packed at a time (BLIS's own edge tiles of 12 rows fall
      * elsewhere); columns: partial panels and BLIS's 32-column edge; k in KC
@@ -254,6 +255,7 @@ Test(parallel, packed_own_kernel_edges_are_cr_k_gemm_bits, .timeout = 300)
             for (size_t s = 0; s < sizeof ab / sizeof *ab; s++)
                 own_case(rows[i], cols[j][0], cols[j][1], (i + j + s) % 2, ab[s][0], ab[s][1]);
     cr_gemm_parallel_threshold = par;
+    cr_gemm_fetch_bytes = fetch;
 }
 
 /* Small products through a pack (cr_k_gemm would give them to its C kernel)
