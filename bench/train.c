@@ -418,6 +418,7 @@ typedef struct result {
     double c[3], t[3]; /* ms per unit: min, median, max (t: nan without the peer) */
     double tokens, gflop;
     double share[3];  /* the step's GFLOP/s over BLIS's in the same round: min, median, max over rounds */
+    double blis_best; /* BLIS's best GFLOP/s in any round */
     const char *mode; /* char LM: how its threads were used */
     int shards;
     double c_loss0, c_loss1, c_gnorm0, t_loss0, t_loss1, t_gnorm0;
@@ -488,6 +489,7 @@ static result measure(const opts *o, const config *cf)
         bench_turn(round, o->reps, unit_call, &m, &sc, &p, &st);
         if (cf->kind != W_CHARLM || sc.n == n0 || ss.n == ss.cap) continue;
         double peak = blis_peak(2), med[3];
+        r.blis_best = fmax(r.blis_best, peak);
         bench_samples this_round = {.v = tc + n0, .n = sc.n - n0, .cap = sc.n - n0};
         spread(&this_round, med); /* sorts the round's samples in place: only their spread is read */
         ss.v[ss.n++] = r.gflop / (med[1] * 1e-3) / peak;
@@ -632,20 +634,20 @@ int main(int argc, char **argv)
                               : "lstm_train",
         n, o.rounds, o.reps, o.fused ? "" : ", composed cell steps (--no-fused)", bli_info_get_version_str(),
         bli_arch_string(bli_arch_query_id()));
-    printf("%-20s %6s %5s %3s %27s %27s %7s %9s %17s  %s\n", "bench", "hidden", "batch", "thr",
+    printf("%-20s %6s %5s %3s %27s %27s %7s %9s %17s %9s  %s\n", "bench", "hidden", "batch", "thr",
            "carousel ms min/med/max", "torch ms min/med/max", "ratio", "GFLOP/s", "of BLIS med (min-max)",
-           "loss0 c/torch, |g|0 c/torch");
+           "BLIS best", "loss0 c/torch, |g|0 c/torch");
     static result res[64];
     double worst = 0;
     for (int k = 0; k < n; k++) {
         result r = res[k] = measure(&o, &cfs[k]);
         double gf = r.gflop / (r.c[1] * 1e-3);
         printf(
-            "%-20s %6lld %5lld %3d %8.2f %8.2f %9.2f %8.2f %8.2f %9.2f %7.3f %9.1f %5.1f%% (%3.0f-%3.0f%%)  %.6f "
+            "%-20s %6lld %5lld %3d %8.2f %8.2f %9.2f %8.2f %8.2f %9.2f %7.3f %9.1f %5.1f%% (%3.0f-%3.0f%%) %9.1f  %.6f "
             "%.6f %.5f %.5f\n",
             bench_name(&r.cf), (long long)r.cf.H, (long long)r.cf.B, r.cf.threads, r.c[0], r.c[1], r.c[2],
             r.t[0], r.t[1], r.t[2], r.t[1] / r.c[1], r.gflop > 0 ? gf : NAN, 100 * r.share[1],
-            100 * r.share[0], 100 * r.share[2], r.c_loss0, r.t_loss0, r.c_gnorm0, r.t_gnorm0);
+            100 * r.share[0], 100 * r.share[2], r.blis_best, r.c_loss0, r.t_loss0, r.c_gnorm0, r.t_gnorm0);
         const double c[] = {r.c_loss0, r.c_loss1, r.c_gnorm0}, t[] = {r.t_loss0, r.t_loss1, r.t_gnorm0};
         for (int j = 0; j < 3; j++)
             if (!isnan(t[j])) worst = fmax(worst, fabs(c[j] - t[j]) / fmax(fabs(t[j]), 1e-30));
