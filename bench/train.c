@@ -488,6 +488,7 @@ static result measure(const opts *o, const config *cf)
         int n0 = sc.n;
         bench_turn(round, o->reps, unit_call, &m, &sc, &p, &st);
         if (cf->kind != W_CHARLM || sc.n == n0 || ss.n == ss.cap) continue;
+        bench_settle(); /* as before a turn: the peer's spinning threads stop first */
         double peak = blis_peak(2), med[3];
         r.blis_best = fmax(r.blis_best, peak);
         bench_samples this_round = {.v = tc + n0, .n = sc.n - n0, .cap = sc.n - n0};
