@@ -417,7 +417,8 @@ int64_t cr_k_gemm_pack_numel(const cr_tensor *b);
 void cr_k_gemm_pack(cr_tensor *pack, const cr_tensor *b);
 void cr_k_gemm_packed(double alpha, const cr_tensor *a, const cr_tensor *b, const cr_tensor *pack,
                       double beta, cr_tensor *c);
-/* f32 products with row-stored C, packed or not, run carousel's own AVX-512
+/* f32 products with row-stored C, packed or not (and unpacked ones with a
+ * column-stored C more than 128 rows and at least 1024 columns), run carousel's own AVX-512
  * micro-kernel (8 rows of A by 32 columns, so batches of 8, 16, 32 rows tile
  * exactly) where the CPU has AVX-512 and BLIS runs its skx kernels, whose
  * arithmetic it reproduces: the same bits. true sends cr_k_gemm's products

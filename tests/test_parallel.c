@@ -317,28 +317,37 @@ Test(parallel, small_products_on_a_pack_are_the_c_kernels_bits)
 /* C = alpha A B + beta C through cr_k_gemm without a pack (carousel's kernel
  * with B packed on the way, where it runs), on one thread and split over 2
  * and 3 threads, against bli_sgemm_ex on one thread; A and B row-major or
- * transposed, C's rows wider than n (a narrowed view). beta 0 starts from a
- * C of NaNs. */
-static void own_plain_case(int64_t m, int64_t n, int64_t k, bool ta, bool tb, double alpha, double beta)
+ * transposed, C's rows wider than n (a narrowed view), or with tc C stored
+ * by columns (a transposed view of a narrowed [n, m + 3]: carousel's kernel
+ * where m > 128 and n >= 1024, else BLIS's). beta 0 starts from a C of
+ * NaNs. */
+static void own_plain_case(int64_t m, int64_t n, int64_t k, bool ta, bool tb, bool tc, double alpha,
+                           double beta)
 {
     operands o = operands_make(CR_F32, m, n, k, ta, tb, (uint64_t)(m * 7 + n * 131 + k * 3));
-    int64_t ldc = n + 3;
-    cr_tensor *W0 = cr_tensor_init(CR_F32, CR_SHAPE(m, ldc)), *W1 = cr_tensor_init(CR_F32, CR_SHAPE(m, ldc));
+    int64_t rows = tc ? n : m, cols = tc ? m : n, ldc = cols + 3;
+    cr_tensor *W0 = cr_tensor_init(CR_F32, CR_SHAPE(rows, ldc)),
+              *W1 = cr_tensor_init(CR_F32, CR_SHAPE(rows, ldc));
     cr_rng r = cr_rng_seed((uint64_t)(m + n + k));
     cr_fill_uniform(W0, &r, -1, 1);
     if (beta == 0) cr_fill(W0, NAN);
-    size_t bytes = (size_t)(m * ldc) * sizeof(float);
+    size_t bytes = (size_t)(rows * ldc) * sizeof(float);
     void *w_in = malloc(bytes);
     memcpy(w_in, W0->data, bytes);
     cr_tensor c0, c1;
-    cr_view_narrow(&c0, W0, 1, 0, n);
-    cr_view_narrow(&c1, W1, 1, 0, n);
+    cr_view_narrow(&c0, W0, 1, 0, cols);
+    cr_view_narrow(&c1, W1, 1, 0, cols);
+    if (tc) {
+        cr_tensor n0 = c0, n1 = c1;
+        cr_view_transpose(&c0, &n0, 0, 1);
+        cr_view_transpose(&c1, &n1, 0, 1);
+    }
     float al = (float)alpha, be = (float)beta;
     rntm_t rn = BLIS_RNTM_INITIALIZER;
     bli_rntm_set_num_threads(1, &rn);
     bli_rntm_disable_l3_sup(&rn); /* BLIS's packed path, as cr_k_gemm's threads (gemm.c) */
     bli_sgemm_ex(BLIS_NO_TRANSPOSE, BLIS_NO_TRANSPOSE, m, n, k, &al, o.a.data, o.a.stride[0], o.a.stride[1],
-                 o.b.data, o.b.stride[0], o.b.stride[1], &be, c0.data, ldc, 1, NULL, &rn);
+                 o.b.data, o.b.stride[0], o.b.stride[1], &be, c0.data, c0.stride[0], c0.stride[1], NULL, &rn);
     for (int nt = 0; nt <= 3; nt++) { /* 0: inside a serial section */
         if (nt == 1) continue;
         memcpy(W1->data, w_in, bytes);
@@ -348,11 +357,13 @@ static void own_plain_case(int64_t m, int64_t n, int64_t k, bool ta, bool tb, do
         cr_k_gemm(alpha, &o.a, &o.b, beta, &c1);
         int64_t ran = cr_k_gemm_own_plain_count() - before;
         if (!nt) cr_serial_end();
-        cr_assert_eq(ran, own_kernel_expected() ? 1 : 0, "[%lld,%lld]x[%lld,%lld]: own kernel ran %lld times",
-                     (long long)m, (long long)k, (long long)k, (long long)n, (long long)ran);
-        cr_assert(memcmp(W0->data, W1->data, bytes) == 0,
-                  "[%lld,%lld]x[%lld,%lld] ta=%d tb=%d alpha=%g beta=%g: differs from BLIS on %d threads",
-                  (long long)m, (long long)k, (long long)k, (long long)n, ta, tb, alpha, beta, nt);
+        bool own = own_kernel_expected() && (!tc || (m > 128 && n >= 1024));
+        cr_assert_eq(ran, own ? 1 : 0, "[%lld,%lld]x[%lld,%lld] tc=%d: own kernel ran %lld times",
+                     (long long)m, (long long)k, (long long)k, (long long)n, tc, (long long)ran);
+        cr_assert(
+            memcmp(W0->data, W1->data, bytes) == 0,
+            "[%lld,%lld]x[%lld,%lld] ta=%d tb=%d tc=%d alpha=%g beta=%g: differs from BLIS on %d threads",
+            (long long)m, (long long)k, (long long)k, (long long)n, ta, tb, tc, alpha, beta, nt);
     }
     omp_set_num_threads(1);
     free(w_in);
@@ -370,15 +381,20 @@ Test(parallel, plain_products_on_the_own_kernel_are_blis_bits, .timeout = 300)
      * rows past one block of 192 and not a multiple of 8 or 12, columns past
      * one block of 1024 and not a multiple of 32, k in KC blocks (384 + 116,
      * 384 + 384 + 232), more columns than rows (split by columns), narrow C
-     * (at most 128 columns) with rows past one block of 512. */
-    const int64_t shapes[][3] = {{200, 256, 64},   {130, 65, 160}, {130, 160, 65}, {65, 160, 400},
-                                 {416, 64, 500},   {7, 1100, 70},  {13, 97, 1000}, {1, 300, 120},
-                                 {393, 1057, 130}, {40, 2100, 33}, {1100, 40, 300}};
+     * (at most 128 columns) with rows past one block of 512. Each also with
+     * C stored by columns; [393, 1057], [200, 1030] and [129, 2100] are wide
+     * and tall enough for carousel's kernel then (a transposed head's
+     * gradient like DyNet's [256, 10000]: C^T with 1030 rows and 200
+     * columns, past one block of 192 rows and of 1024 columns). */
+    const int64_t shapes[][3] = {{200, 256, 64},   {130, 65, 160}, {130, 160, 65},  {65, 160, 400},
+                                 {416, 64, 500},   {7, 1100, 70},  {13, 97, 1000},  {1, 300, 120},
+                                 {393, 1057, 130}, {40, 2100, 33}, {1100, 40, 300}, {200, 1030, 450},
+                                 {129, 2100, 40}};
     const double ab[][2] = {{1, 0}, {1, 1}, {0.5, 0.75}, {-1.3, -1.5}, {1, 0.3}, {2.5, 0}};
     for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++)
-        for (int t = 0; t < 4; t++)
-            own_plain_case(shapes[s][0], shapes[s][1], shapes[s][2], t & 1, t >> 1, ab[(s + t) % 6][0],
-                           ab[(s + t) % 6][1]);
+        for (int t = 0; t < 8; t++)
+            own_plain_case(shapes[s][0], shapes[s][1], shapes[s][2], t & 1, (t >> 1) & 1, t >> 2,
+                           ab[(s + t) % 6][0], ab[(s + t) % 6][1]);
     /* cr_gemm_blis_only keeps products on BLIS's kernel */
     operands o = operands_make(CR_F32, 64, 64, 64, false, false, 9);
     cr_gemm_blis_only = true;
