@@ -63,9 +63,11 @@ void cr_gemm_set_threads(int n) { bli_thread_set_num_threads(n > 0 ? n : 1); }
  *   haswell's two 8-wide ones, so nothing is lost there.
  * Debian's BLIS 0.9 takes any name as id 0, which is skx's (BLIS_ARCH_TYPE=zen3
  * selects skx there too: tested with bli_arch_query_id), so "skx" works
- * there as well as with versions that read names. The
- * constructor attribute and cpuid.h are GCC/clang facilities; other compilers
- * simply skip the hint. */
+ * there as well as with versions that read names. The same constructor
+ * sets cr_gemm_fetch_bytes for AMD CPUs (whatever BLIS_ARCH_TYPE says), as
+ * it reads the vendor anyway. The constructor attribute and cpuid.h are
+ * GCC/clang facilities; other compilers simply skip the hint (and keep the
+ * 1 MB bound). */
 static unsigned hinted_family;
 
 unsigned cr_blis_arch_hinted(void) { return hinted_family; }
@@ -877,14 +879,17 @@ void cr_k_gemm(double alpha, const cr_tensor *a, const cr_tensor *b, double beta
      * prefers the other storage). That pays for a transposed weight's
      * gradient like DyNet's LM head, dW^T = h^T dy, [256, 10000] (won 43-57
      * of 60 alternating calls against BLIS's kernel on the Xeon, 5-15%),
-     * and not for narrower ones: [128, 1024] (C^T 128 columns wide) and the
-     * char LM head's [512, 65] lost 5-10%. */
-    bool by_rows = csc == 1, by_cols = rsc == 1 && m > OWN_NARROW && n >= OWN_NB;
-    if (a->dtype == CR_F32 && (by_rows || by_cols) && k > 0 && alpha != 0 && !cr_gemm_blis_only) {
+     * and not for narrower ones: [128, 1024] (C^T 128 columns wide, so
+     * own_plain's narrow path) and the char LM head's [512, 65] (C^T 65
+     * rows) lost 5-10%. So a column-stored C goes when C^T is not narrow
+     * (m > OWN_NARROW) and has at least OWN_NB rows. */
+    bool stored_by_rows = csc == 1, stored_by_cols = rsc == 1 && m > OWN_NARROW && n >= OWN_NB;
+    if (a->dtype == CR_F32 && (stored_by_rows || stored_by_cols) && k > 0 && alpha != 0 &&
+        !cr_gemm_blis_only) {
         ukr_info u = ukr_query(BLIS_FLOAT);
         if (own_possible(&u)) {
             int nt = serial ? 1 : cr_get_num_threads();
-            if (by_rows)
+            if (stored_by_rows)
                 own_plain(&u, nt, m, n, k, (float)alpha, a->data, rsa, csa, b->data, rsb, csb, (float)beta,
                           c->data, rsc);
             else
